@@ -1,0 +1,1 @@
+"""riskd benchmarks; run with ``python -m benchmarks``."""

@@ -1,0 +1,1 @@
+"""Trio actors that own the engine state and process ingested updates."""

@@ -1,0 +1,1 @@
+"""gRPC servicers translating between riskd.v1 messages and the actors."""

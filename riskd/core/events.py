@@ -1,0 +1,322 @@
+"""What flows into the engine (inputs) and out of its pure parts (effects).
+
+Inputs are the updates gateways stream in.  Effects are what a market's state
+machine asks of the rest of the system: credits and claims for its settlement
+asset's insurance fund, credits for wallets, and events for subscribers.  The
+synchronous :class:`riskd.core.engine.Engine` routes them in-process; the
+daemon's actors route them over channels.  Timestamps are Unix milliseconds
+from the gateway: the core never reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "Fill",
+    "MarkPrice",
+    "Deposit",
+    "Withdrawal",
+    "MarginTransfer",
+    "FundingRate",
+    "LiquidationFill",
+    "LiquidationDone",
+    "FundInjection",
+    "Input",
+    "FundKind",
+    "FundCredit",
+    "TakeoverClaim",
+    "ReserveClaim",
+    "ReserveSettle",
+    "FundDecision",
+    "WalletCredit",
+    "LiquidationOrder",
+    "LiquidationSettled",
+    "AdlNotice",
+    "AdlEvent",
+    "FundFlow",
+    "Effect",
+]
+
+
+# --- inputs -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """Both sides of a trade; fees are >= 0 and come out of position margin."""
+
+    market: str
+    trade_id: int
+    buyer: int
+    seller: int
+    price: int
+    quantity: int
+    buyer_fee: int = 0
+    seller_fee: int = 0
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPrice:
+    market: str
+    price: int
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Deposit:
+    account: int
+    asset: str
+    amount: int
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    account: int
+    asset: str
+    amount: int
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MarginTransfer:
+    """``amount > 0`` moves wallet → isolated margin, ``< 0`` moves it back."""
+
+    account: int
+    market: str
+    amount: int
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FundingRate:
+    """A funding payment at the current mark; ``rate_e8 > 0``: longs pay shorts."""
+
+    market: str
+    rate_e8: int
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationFill:
+    """A fill of a liquidation order, reported back by the gateway."""
+
+    market: str
+    liquidation_id: int
+    counterparty: int
+    price: int
+    quantity: int
+    counterparty_fee: int = 0
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationDone:
+    """The book will fill no more of a liquidation order: the rest goes to ADL."""
+
+    market: str
+    liquidation_id: int
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FundInjection:
+    """Seed capital an operator puts into an asset's insurance fund."""
+
+    asset: str
+    amount: int
+    cause: str = "seed"
+    ts: int = 0
+
+
+Input = (
+    Fill
+    | MarkPrice
+    | Deposit
+    | Withdrawal
+    | MarginTransfer
+    | FundingRate
+    | LiquidationFill
+    | LiquidationDone
+    | FundInjection
+)
+
+
+# --- effects ----------------------------------------------------------------
+
+
+class FundKind(enum.Enum):
+    """Ledger entry kinds: every unit into or out of a fund is one of these."""
+
+    INJECTION = "injection"
+    TRADING_FEE = "trading_fee"
+    LIQUIDATION_FEE = "liquidation_fee"
+    SHORTFALL = "shortfall"
+    BACKSTOP_MARGIN = "backstop_margin"
+    BACKSTOP_RETURN = "backstop_return"
+
+
+@dataclass(frozen=True, slots=True)
+class FundCredit:
+    """Units a market hands to its fund; never refused."""
+
+    asset: str
+    market: str
+    kind: FundKind
+    amount: int
+    cause: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class TakeoverClaim:
+    """Takeover-mode settlement: fee in, shortfall out, and backstop margin wanted.
+
+    The fund answers with a :class:`FundDecision`: ``absorbed`` says whether it
+    covers ``shortfall`` (all or nothing); ``granted`` is the backstop margin it
+    moves to the market (0 if it refused).
+    """
+
+    asset: str
+    market: str
+    liquidation_id: int
+    ts: int
+    notional: int
+    fee: int
+    shortfall: int
+    margin_wanted: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveClaim:
+    """Book mode: earmark up to ``wanted`` for a liquidation order's slippage."""
+
+    asset: str
+    market: str
+    liquidation_id: int
+    ts: int
+    notional: int
+    wanted: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveSettle:
+    """Book mode, final: release ``reserved``, pay ``shortfall`` (<= it), take ``fee``."""
+
+    asset: str
+    market: str
+    liquidation_id: int
+    ts: int
+    reserved: int
+    shortfall: int
+    fee: int
+
+
+@dataclass(frozen=True, slots=True)
+class FundDecision:
+    market: str
+    liquidation_id: int
+    absorbed: bool
+    granted: int
+
+
+@dataclass(frozen=True, slots=True)
+class WalletCredit:
+    account: int
+    asset: str
+    amount: int
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationOrder:
+    """Book mode: place this order; ``side`` is +1 buy / -1 sell."""
+
+    market: str
+    liquidation_id: int
+    account: int
+    side: int
+    quantity: int
+    worst_price: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationSettled:
+    market: str
+    liquidation_id: int
+    account: int
+    quantity: int
+    price: int
+    fund_delta: int
+    returned_to_trader: int
+    adl_quantity: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdlNotice:
+    """To a deleveraged account: ``quantity`` of its position closed at ``price``."""
+
+    market: str
+    liquidation_id: int
+    account: int
+    side: int
+    quantity: int
+    price: int
+    realised: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdlEvent:
+    """One ADL execution, for metrics and reports.
+
+    ``deficit`` is what the bankrupt position lacked at the mark; ``haircut`` the
+    profit the counterparties gave up by closing at the bankruptcy price instead
+    of the mark; ``overshoot = haircut - deficit`` (tick rounding, booked to the
+    fund as a liquidation fee).
+    """
+
+    market: str
+    asset: str
+    liquidation_id: int
+    quantity: int
+    price: int
+    closed_notional: int
+    deficit: int
+    haircut: int
+    overshoot: int
+    counterparties: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class FundFlow:
+    """A fund ledger entry, as published."""
+
+    asset: str
+    market: str
+    kind: FundKind
+    amount: int
+    balance_after: int
+    cause: str
+    ts: int
+
+
+Effect = (
+    FundCredit
+    | TakeoverClaim
+    | ReserveClaim
+    | ReserveSettle
+    | FundDecision
+    | WalletCredit
+    | LiquidationOrder
+    | LiquidationSettled
+    | AdlNotice
+    | AdlEvent
+    | FundFlow
+)

@@ -1,0 +1,93 @@
+"""Checks that must hold between any two inputs, and a canonical state digest.
+
+Conservation, per settlement asset (exact, to the quantum)::
+
+    Σ wallets + Σ isolated margins (backstop included) + Σ unrealised PnL
+      + fund balance + Σ fee pools  ==  deposits − withdrawals + injections
+
+Σ unrealised PnL over a market is ``Σ value(q_i, P) − Σ basis_i``; since every
+market nets to zero size and value is linear in size, the first sum is zero at
+any mark, so it is exactly ``−Σ basis_i``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from riskd.core.engine import Engine
+from riskd.core.margin import is_bankrupt
+
+__all__ = ["violations", "conservation", "digest"]
+
+
+def conservation(engine: Engine, asset: str) -> tuple[int, int]:
+    """``(held, owed)``: the two sides of the conservation identity."""
+    held = sum(engine.wallets[asset].balances.values()) + engine.funds[asset].balance
+    for m in engine.markets.values():
+        if m.asset == asset:
+            held += m.fee_pool
+            held += sum(p.margin - p.basis for p in m.positions.values())
+    w = engine.wallets[asset]
+    return held, w.deposits - w.withdrawals + engine.injections[asset]
+
+
+def violations(engine: Engine) -> list[str]:
+    """Every broken invariant, in words; empty when all hold."""
+    out: list[str] = []
+    for asset, fund in engine.funds.items():
+        held, owed = conservation(engine, asset)
+        if held != owed:
+            out.append(f"{asset}: conservation broken: held {held} != owed {owed}")
+        if fund.balance < 0 or fund.reserved_total > fund.balance:
+            out.append(f"{asset}: fund balance {fund.balance}, reserved {fund.reserved_total}")
+        if any(b < 0 for b in engine.wallets[asset].balances.values()):
+            out.append(f"{asset}: a wallet is negative")
+    for m in engine.markets.values():
+        longs = sum(p.size for p in m.positions.values() if p.size > 0)
+        shorts = -sum(p.size for p in m.positions.values() if p.size < 0)
+        if longs != shorts:
+            out.append(f"{m.symbol}: long size {longs} != short size {shorts}")
+        for p in m.positions.values():
+            if p.size == 0 and p.basis != 0:
+                out.append(f"{m.symbol}: flat position of {p.account} keeps basis {p.basis}")
+            if p.liquidation:
+                if p.liquidation not in m.liquidations:
+                    out.append(f"{m.symbol}: {p.account} frozen by unknown liquidation")
+                continue
+            if p.margin < 0:
+                out.append(f"{m.symbol}: account {p.account} has negative margin {p.margin}")
+            if m.mark is not None and p.size and (p.key is None):
+                out.append(f"{m.symbol}: open position of {p.account} is not indexed")
+            if m.mark is not None and p.size and is_bankrupt(m.spec, p, m.mark) and not _waiting(m):
+                out.append(f"{m.symbol}: bankrupt position of {p.account} survived")
+    return out
+
+
+def _waiting(m: object) -> bool:
+    return bool(getattr(m, "liquidations", None))
+
+
+def digest(engine: Engine) -> str:
+    """SHA-256 over a canonical rendering of all state: same inputs, same digest."""
+    h = hashlib.sha256()
+    for sym in sorted(engine.markets):
+        m = engine.markets[sym]
+        h.update(f"M|{sym}|{m.mark}|{m.fee_pool}|{m.next_liquidation}\n".encode())
+        for acct in sorted(m.positions):
+            p = m.positions[acct]
+            h.update(f"P|{acct}|{p.size}|{p.basis}|{p.margin}|{p.liquidation}\n".encode())
+        for lid in sorted(m.liquidations):
+            x = m.liquidations[lid]
+            h.update(
+                f"L|{lid}|{x.account}|{x.stage.value}|{x.price}|{x.quantity}|{x.reserved}|"
+                f"{x.worst_price}|{x.filled}|{x.filled_notional}|{x.fee}|{x.shortfall}\n".encode()
+            )
+    for asset in sorted(engine.wallets):
+        w, f = engine.wallets[asset], engine.funds[asset]
+        h.update(f"A|{asset}|{w.deposits}|{w.withdrawals}|{engine.injections[asset]}\n".encode())
+        for acct in sorted(w.balances):
+            h.update(f"W|{acct}|{w.balances[acct]}\n".encode())
+        h.update(f"F|{f.balance}|{f.reserved_total}|{len(f.ledger)}\n".encode())
+        for e in f.ledger[-1:]:
+            h.update(f"E|{e.sequence}|{e.kind.value}|{e.amount}|{e.balance_after}\n".encode())
+    return h.hexdigest()

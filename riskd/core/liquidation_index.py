@@ -1,0 +1,62 @@
+"""Positions ordered by liquidation price, so a mark tick finds the crossed ones.
+
+Two sorted lists per market hold one integer per position:
+``threshold << 64 | account``.  Longs are crossed when the mark is at or below
+their threshold, shorts when it is at or above, so the crossed longs are a
+suffix of one list and the crossed shorts a prefix of the other.  A tick that
+crosses nobody costs two comparisons; one that crosses ``k`` costs
+O(log n + k).  Packing the account into the key keeps one small int per
+position instead of a tuple (memory is the constraint at 10**6 positions).
+"""
+
+from __future__ import annotations
+
+from sortedcontainers import SortedList
+
+__all__ = ["LiquidationIndex"]
+
+_SHIFT = 64
+_MASK = (1 << _SHIFT) - 1
+
+
+class LiquidationIndex:
+    __slots__ = ("_longs", "_shorts")
+
+    def __init__(self) -> None:
+        self._longs: SortedList[int] = SortedList()
+        self._shorts: SortedList[int] = SortedList()
+
+    def __len__(self) -> int:
+        return len(self._longs) + len(self._shorts)
+
+    @staticmethod
+    def key(threshold: int, account: int) -> int:
+        return (threshold << _SHIFT) | account
+
+    def add(self, long: bool, key: int) -> None:
+        (self._longs if long else self._shorts).add(key)
+
+    def remove(self, long: bool, key: int) -> None:
+        (self._longs if long else self._shorts).remove(key)
+
+    def crossed(self, price: int) -> list[int]:
+        """Accounts whose threshold the price has reached, longs then shorts.
+
+        Longs come highest threshold first and shorts lowest first: the most
+        endangered positions are handled first.
+        """
+        out: list[int] = []
+        longs, shorts = self._longs, self._shorts
+        if longs and longs[-1] >> _SHIFT >= price:
+            i = longs.bisect_left(price << _SHIFT)
+            out.extend(k & _MASK for k in reversed(longs[i:]))
+        if shorts and shorts[0] >> _SHIFT <= price:
+            j = shorts.bisect_left((price + 1) << _SHIFT)
+            out.extend(k & _MASK for k in shorts[:j])
+        return out
+
+    def nearest(self) -> tuple[int | None, int | None]:
+        """The highest long threshold and the lowest short threshold."""
+        lo = self._longs[-1] >> _SHIFT if self._longs else None
+        hi = self._shorts[0] >> _SHIFT if self._shorts else None
+        return lo, hi

@@ -1,0 +1,133 @@
+"""Margin arithmetic for an isolated position: exact, integer, sans-IO.
+
+Notation (DOMAIN.md §2): ``q`` signed size, ``c`` cost basis, ``M`` isolated
+margin, ``P`` a price, ``v(q, P) = num/den`` the exact value (see
+:meth:`MarketSpec.value`).  Then::
+
+    u  = v(q, P) - c                   unrealised PnL
+    B  = M + u                         margin balance
+    N  = |v(q, P)|                     notional
+    MM = max_t (N * MMR_t - cum_t)     maintenance margin (tiers are convex)
+
+and a position is liquidatable iff ``B <= MM``, compared exactly by clearing
+denominators.  Displayed amounts round against the trader: unrealised PnL
+down, requirements up.
+
+Liquidation and bankruptcy *thresholds* are solved in closed form per tier
+and combined with max/min (a long is liquidatable iff ``P <= max_t LP_t``, a
+short iff ``P >= min_t LP_t``), so they are the exact integer prices at which
+the predicate flips, not approximations to be re-checked.
+"""
+
+from __future__ import annotations
+
+from riskd.core.market import MarketSpec
+from riskd.core.position import Position
+from riskd.core.units import INT64_MAX, PPM, ceil_div
+
+__all__ = [
+    "unrealised",
+    "margin_balance",
+    "notional",
+    "maintenance_margin",
+    "initial_margin",
+    "is_liquidatable",
+    "is_bankrupt",
+    "liquidation_threshold",
+    "bankruptcy_threshold",
+    "NEVER_LONG",
+    "NEVER_SHORT",
+]
+
+#: Threshold meaning "never crosses": no positive price is <= 0 and none >= 2**63.
+NEVER_LONG = 0
+NEVER_SHORT = INT64_MAX + 1
+
+
+def unrealised(spec: MarketSpec, pos: Position, price: int) -> int:
+    """Unrealised PnL at ``price``, rounded down."""
+    num, den = spec.value(pos.size, price)
+    return (num - pos.basis * den) // den
+
+
+def margin_balance(spec: MarketSpec, pos: Position, price: int) -> int:
+    return pos.margin + unrealised(spec, pos, price)
+
+
+def notional(spec: MarketSpec, pos: Position, price: int) -> int:
+    """Notional at ``price``, rounded up (it scales requirements)."""
+    num, den = spec.notional(pos.size, price)
+    return ceil_div(num, den)
+
+
+def maintenance_margin(spec: MarketSpec, pos: Position, price: int) -> int:
+    """Maintenance margin at ``price``, rounded up."""
+    num, den = spec.notional(pos.size, price)
+    best = max(num * t.mmr_ppm - t.cum_scaled * den for t in spec.tiers.tiers)
+    return ceil_div(max(best, 0), den * PPM)
+
+
+def initial_margin(spec: MarketSpec, pos: Position, price: int) -> int:
+    """Initial margin at the max leverage of the position's bracket, rounded up."""
+    return spec.tiers.initial(notional(spec, pos, price))
+
+
+def is_liquidatable(spec: MarketSpec, pos: Position, price: int) -> bool:
+    """Exactly ``B <= MM`` at ``price``; a flat position never is."""
+    if pos.size == 0:
+        return False
+    num, den = spec.value(pos.size, price)
+    lhs = PPM * ((pos.margin - pos.basis) * den + num)
+    n = abs(num)
+    return any(lhs <= n * t.mmr_ppm - t.cum_scaled * den for t in spec.tiers.tiers)
+
+
+def is_bankrupt(spec: MarketSpec, pos: Position, price: int) -> bool:
+    """``B <= 0`` at ``price``: the margin is gone (the backstop's trigger)."""
+    if pos.size == 0:
+        return False
+    num, den = spec.value(pos.size, price)
+    return (pos.margin - pos.basis) * den + num <= 0
+
+
+def _threshold(spec: MarketSpec, q: int, equity: int, mmr: int, cum_scaled: int) -> int:
+    """Integer price where ``equity + v(q, P) <= N*mmr - cum`` starts to hold.
+
+    ``equity`` is ``M - c``.  For a long the predicate holds for ``P <= result``;
+    for a short for ``P >= result``.
+    """
+    if spec.is_linear:
+        k = spec.value(1, 1)[0]
+        if q > 0:  # P*q*k*(1e6 - mmr) <= 1e6*(c - M) - cum
+            return max(((-PPM * equity) - cum_scaled) // (q * k * (PPM - mmr)), NEVER_LONG)
+        a = -q  # P*a*k*(1e6 + mmr) >= 1e6*(M - c) + cum
+        return min(max(ceil_div(PPM * equity + cum_scaled, a * k * (PPM + mmr)), 1), NEVER_SHORT)
+    inv = spec.value(-1, 1)[0]  # cv * 10**pd * 10**ad
+    qd = spec.value(-1, 1)[1]
+    d = PPM * equity + cum_scaled
+    if q > 0:  # P*qd*d <= q*inv*(1e6 + mmr)
+        if d <= 0:
+            return INT64_MAX
+        return max(min((q * inv * (PPM + mmr)) // (qd * d), INT64_MAX), NEVER_LONG)
+    a = -q  # P*qd*d <= -a*inv*(1e6 - mmr)
+    if d >= 0:
+        return NEVER_SHORT
+    return min(max(ceil_div(a * inv * (PPM - mmr), qd * -d), 1), NEVER_SHORT)
+
+
+def liquidation_threshold(spec: MarketSpec, pos: Position) -> int:
+    """The liquidation price as an exact integer threshold (see module doc)."""
+    equity = pos.margin - pos.basis
+    q = pos.size
+    ts = [_threshold(spec, q, equity, t.mmr_ppm, t.cum_scaled) for t in spec.tiers.tiers]
+    return max(ts) if q > 0 else min(ts)
+
+
+def bankruptcy_threshold(spec: MarketSpec, pos: Position, extra_margin: int = 0) -> int:
+    """The price at which margin (plus ``extra_margin``) is exactly used up.
+
+    For a long, the lowest integer price at which closing leaves margin >= 0 is
+    ``bankruptcy_threshold + 1``; callers that execute at it round to the tick
+    against the trader (see :func:`riskd.core.liquidation.execution_price`).
+    """
+    return _threshold(spec, pos.size, pos.margin + extra_margin - pos.basis, 0, 0)

@@ -1,0 +1,151 @@
+"""Market specifications and the value of a quantity at a price.
+
+A market is a perpetual contract, either *linear* (quote-settled: value =
+quantity × price) or *inverse* (base-settled: value = contracts × contract value
+/ price).  Everything the margin code needs from the contract type goes through
+:meth:`MarketSpec.value`, an exact rational, and :meth:`MarketSpec.trade_value`,
+its one explicit rounding.
+
+Sign convention: the value of a signed quantity ``q`` (+ long) rises with the
+price for both contract types, so unrealised PnL is always
+``value(q, mark) - basis`` where ``basis`` is the sum of the trade values that
+opened the position.  For inverse contracts that makes the value negative
+(``-q × cv / P``); only differences of values ever mean money.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from riskd.core.tiers import TierTable
+from riskd.core.units import INT64_MAX, PPM, Asset
+
+__all__ = ["ContractType", "LiquidationMode", "AdlPolicy", "MarketSpec"]
+
+
+class ContractType(enum.Enum):
+    LINEAR = "linear"
+    INVERSE = "inverse"
+
+
+class LiquidationMode(enum.Enum):
+    """How a liquidated position finds its counterparty.
+
+    ``BOOK``: riskd emits a liquidation order; the gateway places it and reports
+    the fills; the unfilled rest is auto-deleveraged.  ``TAKEOVER``: the position
+    passes at the mark price to the fund's backstop account (BitMEX, Binance).
+    """
+
+    BOOK = "book"
+    TAKEOVER = "takeover"
+
+
+class AdlPolicy(enum.Enum):
+    PNL_LEVERAGE = "pnl_leverage"  # BitMEX/Bybit: PnL% x effective leverage
+    LEVERAGE_PNL = "leverage_pnl"  # Binance variant
+
+
+@dataclass(frozen=True, slots=True)
+class MarketSpec:
+    """Static description of a perpetual market.
+
+    ``contract_value`` is, for inverse markets, the quote amount one quantity
+    unit is worth (e.g. 100 USD per BTCUSD contract), in whole quote currency.
+    For linear markets the asset must have at least
+    ``price_decimals + quantity_decimals`` decimals so that quantity × price is
+    an exact number of quantums.
+    """
+
+    symbol: str
+    contract_type: ContractType
+    asset: Asset
+    price_decimals: int
+    tick_size: int
+    quantity_decimals: int
+    step_size: int
+    tiers: TierTable
+    contract_value: int = 0
+    liquidation_fee_cap_ppm: int = PPM
+    fund_fee_share_ppm: int = 0
+    liquidation_mode: LiquidationMode = LiquidationMode.TAKEOVER
+    adl_policy: AdlPolicy = AdlPolicy.PNL_LEVERAGE
+    fund_loss_cap: int | None = None
+    reduce_only: bool = False
+    # Derived constants (see __post_init__); excluded from equality.
+    _linear_k: int = field(default=0, compare=False, repr=False)
+    _inverse_num: int = field(default=0, compare=False, repr=False)
+    _inverse_den: int = field(default=1, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        sym = self.symbol
+        if not sym or not sym.isascii() or len(sym) > 32:
+            raise ValueError(f"market symbol must be 1..32 ASCII chars: {sym!r}")
+        if self.tick_size <= 0 or self.step_size <= 0:
+            raise ValueError(f"{sym}: tick_size and step_size must be > 0")
+        if not 0 <= self.liquidation_fee_cap_ppm <= PPM:
+            raise ValueError(f"{sym}: liquidation_fee_cap_ppm must be in 0..1e6")
+        if not 0 <= self.fund_fee_share_ppm <= PPM:
+            raise ValueError(f"{sym}: fund_fee_share_ppm must be in 0..1e6")
+        if self.fund_loss_cap is not None and self.fund_loss_cap < 0:
+            raise ValueError(f"{sym}: fund_loss_cap must be >= 0")
+        if self.contract_type is ContractType.LINEAR:
+            exp = self.asset.decimals - self.price_decimals - self.quantity_decimals
+            if exp < 0:
+                need = self.price_decimals + self.quantity_decimals
+                raise ValueError(
+                    f"{sym}: {self.asset.symbol} needs >= {need} decimals so quantity x price"
+                    " is exact"
+                )
+            object.__setattr__(self, "_linear_k", 10**exp)
+        else:
+            if self.contract_value <= 0:
+                raise ValueError(f"{sym}: inverse markets need contract_value > 0")
+            # value(q, P) = -q * cv * 10**pd * 10**ad / (P * 10**qd)
+            num = self.contract_value * 10**self.price_decimals * self.asset.scale
+            object.__setattr__(self, "_inverse_num", num)
+            object.__setattr__(self, "_inverse_den", 10**self.quantity_decimals)
+
+    @property
+    def is_linear(self) -> bool:
+        return self.contract_type is ContractType.LINEAR
+
+    def value(self, qty: int, price: int) -> tuple[int, int]:
+        """Exact value of a signed quantity at a price as ``(num, den)``, den > 0."""
+        if self._linear_k:
+            return qty * price * self._linear_k, 1
+        return -qty * self._inverse_num, price * self._inverse_den
+
+    def trade_value(self, qty: int, price: int) -> int:
+        """Value of a trade of signed ``qty`` for the side that trades it, in quantums.
+
+        Both sides of a trade use the same number with opposite signs, so its
+        rounding (down, for inverse contracts) moves nothing between accounts
+        that is not booked: it becomes part of each side's cost basis.
+        """
+        num, den = self.value(qty, price)
+        return num // den
+
+    def notional(self, qty: int, price: int) -> tuple[int, int]:
+        """Exact notional ``|value|`` as ``(num, den)``."""
+        num, den = self.value(qty, price)
+        return abs(num), den
+
+    def check_price(self, price: int) -> str | None:
+        """Why a price is unacceptable, or None."""
+        if price <= 0:
+            return f"must be > 0, got {price}"
+        if price > INT64_MAX:
+            return f"{price} does not fit in int64"
+        if price % self.tick_size:
+            return f"{price} is not a multiple of tick_size {self.tick_size}"
+        return None
+
+    def check_quantity(self, qty: int) -> str | None:
+        if qty <= 0:
+            return f"must be > 0, got {qty}"
+        if qty > INT64_MAX:
+            return f"{qty} does not fit in int64"
+        if qty % self.step_size:
+            return f"{qty} is not a multiple of step_size {self.step_size}"
+        return None

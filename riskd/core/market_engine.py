@@ -1,0 +1,658 @@
+"""One market's state machine: positions, marks, fills, funding, liquidations, ADL.
+
+Sans-IO in the h11 sense: methods take inputs, mutate this market's state and
+append :mod:`effects <riskd.core.events>` to :attr:`MarketEngine.effects`;
+whoever owns the engine drains them and routes them (to the asset's fund, to
+wallets, to subscribers).  Fund answers come back through
+:meth:`MarketEngine.fund_decision`.  Nothing here does I/O, reads a clock or
+touches another market.
+
+Every input method validates completely before it mutates, so a
+:class:`~riskd.core.errors.Rejected` leaves the state exactly as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from riskd.core import adl
+from riskd.core.errors import Rejected
+from riskd.core.events import (
+    AdlEvent,
+    AdlNotice,
+    Effect,
+    Fill,
+    FundCredit,
+    FundDecision,
+    FundingRate,
+    FundKind,
+    LiquidationDone,
+    LiquidationFill,
+    LiquidationOrder,
+    LiquidationSettled,
+    MarkPrice,
+    ReserveClaim,
+    ReserveSettle,
+    TakeoverClaim,
+    WalletCredit,
+)
+from riskd.core.funding import funding_transfers
+from riskd.core.liquidation import (
+    Liquidation,
+    Stage,
+    close_result,
+    execution_price,
+    liquidation_fee,
+)
+from riskd.core.liquidation_index import LiquidationIndex
+from riskd.core.margin import (
+    bankruptcy_threshold,
+    initial_margin,
+    liquidation_threshold,
+    maintenance_margin,
+    notional,
+    unrealised,
+)
+from riskd.core.market import LiquidationMode, MarketSpec
+from riskd.core.position import BACKSTOP_ACCOUNT, Position
+from riskd.core.units import INT64_MAX, check_int64
+from riskd.core.wallet import check_account
+
+__all__ = ["MarketEngine", "PositionView"]
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    """A position as the query API shows it; prices 0 where undefined."""
+
+    account: int
+    market: str
+    size: int
+    entry_price: int
+    margin: int
+    unrealised: int
+    margin_balance: int
+    maintenance_margin: int
+    initial_margin: int
+    liquidation_price: int
+    bankruptcy_price: int
+    adl_quintile: int
+    in_liquidation: bool
+
+
+def _sign(x: int) -> int:
+    return 1 if x > 0 else -1
+
+
+class MarketEngine:
+    """The state of one market, owned by exactly one actor."""
+
+    def __init__(self, spec: MarketSpec) -> None:
+        self.spec = spec
+        self.mark: int | None = None
+        self.positions: dict[int, Position] = {}
+        self.index = LiquidationIndex()
+        self.fee_pool = 0
+        self.liquidations: dict[int, Liquidation] = {}
+        self.next_liquidation = 1
+        self.effects: list[Effect] = []
+        self._ranking: dict[bool, list[Position]] = {}
+
+    @property
+    def asset(self) -> str:
+        return self.spec.asset.symbol
+
+    @property
+    def symbol(self) -> str:
+        return self.spec.symbol
+
+    def take_effects(self) -> list[Effect]:
+        effects, self.effects = self.effects, []
+        return effects
+
+    # --- inputs -----------------------------------------------------------------
+
+    def mark_price(self, m: MarkPrice) -> None:
+        self._check_price(m.price, "price")
+        self.mark = m.price
+        self._ranking.clear()
+        self._scan(m.ts)
+
+    def fill(self, f: Fill) -> None:
+        """Apply both sides of a trade (open, increase, reduce, close or flip)."""
+        self._check_price(f.price, "price")
+        self._check_quantity(f.quantity, "quantity")
+        if f.trade_id < 0:
+            raise Rejected.invalid("trade_id", "must be >= 0")
+        self._check_account(f.buyer, "buyer_account")
+        self._check_account(f.seller, "seller_account")
+        if f.buyer == f.seller:
+            raise Rejected.invalid("seller_account", "buyer and seller are the same account")
+        value = self.spec.trade_value(f.quantity, f.price)
+        buyer, buyer_after = self._plan(f.buyer, f.quantity, value, f.buyer_fee, "buyer")
+        seller, seller_after = self._plan(f.seller, -f.quantity, -value, f.seller_fee, "seller")
+        cause = f"trade:{f.trade_id}"
+        self._commit(buyer, buyer_after)
+        self._commit(seller, seller_after)
+        self._take_fee(f.buyer_fee, cause, f.ts)
+        self._take_fee(f.seller_fee, cause, f.ts)
+        self._after_trade(buyer, f.ts)
+        self._after_trade(seller, f.ts)
+        self._ranking.clear()
+        self._scan(f.ts)
+
+    def check_margin_credit(self, account: int, amount: int) -> None:
+        """Validate a wallet → margin transfer before the wallet is debited."""
+        self._check_account(account, "account")
+        if amount <= 0:
+            raise Rejected.invalid("amount", f"must be > 0, got {amount}")
+        pos = self.positions.get(account)
+        if (pos.margin if pos else 0) + amount > INT64_MAX:
+            raise Rejected.invalid("amount", "isolated margin would overflow int64")
+
+    def credit_margin(self, account: int, amount: int, ts: int) -> None:
+        """Wallet → isolated margin; the wallet has already been debited."""
+        self.check_margin_credit(account, amount)
+        pos = self.positions.get(account)
+        if pos is None:
+            pos = self.positions[account] = Position(account)
+        self._set(pos, pos.size, pos.basis, pos.margin + amount)
+        self._ranking.clear()
+
+    def withdraw_margin(self, account: int, amount: int, ts: int) -> None:
+        """Isolated margin → wallet, refused if it would take needed margin or profit."""
+        self._check_account(account, "account")
+        if amount <= 0:
+            raise Rejected.invalid("amount", f"must be > 0, got {amount}")
+        pos = self.positions.get(account)
+        if pos is None:
+            raise Rejected.not_found("account", f"no margin for account {account} in {self.symbol}")
+        if pos.liquidation:
+            raise Rejected.precondition("account", "position is being liquidated")
+        free = pos.margin
+        if pos.size:
+            if self.mark is None:
+                raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
+            u = unrealised(self.spec, pos, self.mark)
+            free += min(u, 0) - initial_margin(self.spec, pos, self.mark)
+        if amount > free:
+            raise Rejected.precondition(
+                "amount", f"{amount} exceeds the {max(free, 0)} free in the isolated margin"
+            )
+        self._set(pos, pos.size, pos.basis, pos.margin - amount)
+        self.effects.append(WalletCredit(account, self.asset, amount, "margin_transfer"))
+        if pos.size == 0 and pos.margin == 0:
+            del self.positions[account]
+        self._ranking.clear()
+
+    def funding(self, f: FundingRate) -> None:
+        if self.mark is None:
+            raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
+        if not -(10**8) < f.rate_e8 < 10**8:
+            raise Rejected.invalid("rate_e8", "funding rate must be within (-100 %, 100 %)")
+        live = [p for p in self.positions.values() if p.size and not p.liquidation]
+        deltas, residue = funding_transfers(self.spec, live, self.mark, f.rate_e8)
+        for account, delta in deltas.items():
+            pos = self.positions[account]
+            self._set(pos, pos.size, pos.basis, pos.margin + delta)
+        self.fee_pool += residue
+        self._ranking.clear()
+        self._scan(f.ts)
+
+    def liquidation_fill(self, lf: LiquidationFill) -> None:
+        """A book fill of a liquidation order (book mode)."""
+        liq = self.liquidations.get(lf.liquidation_id)
+        if liq is None or liq.stage is not Stage.WORKING:
+            raise Rejected.not_found(
+                "liquidation_id", f"no working liquidation {lf.liquidation_id} in {self.symbol}"
+            )
+        self._check_price(lf.price, "price")
+        self._check_quantity(lf.quantity, "quantity")
+        self._check_account(lf.counterparty, "counterparty_account")
+        trader = self.positions[liq.account]
+        if lf.counterparty == liq.account:
+            raise Rejected.invalid("counterparty_account", "is the liquidated account")
+        if lf.quantity > abs(trader.size):
+            raise Rejected.invalid(
+                "quantity", f"{lf.quantity} exceeds the {abs(trader.size)} left to liquidate"
+            )
+        side = -_sign(trader.size)  # the liquidation order's side
+        if (lf.price - liq.worst_price) * side > 0:
+            raise Rejected.invalid(
+                "price", f"{lf.price} is worse than the order's worst price {liq.worst_price}"
+            )
+        qty = side * lf.quantity
+        value = self.spec.trade_value(qty, lf.price)
+        cp, cp_state = self._plan(
+            lf.counterparty, -qty, -value, lf.counterparty_fee, "counterparty"
+        )
+        self._commit(cp, cp_state)
+        self._take_fee(lf.counterparty_fee, f"liq:{self.symbol}:{liq.id}", lf.ts)
+        realised = trader.trade(qty, value)
+        trader.margin += realised
+        liq.filled += lf.quantity
+        liq.filled_notional += abs(value)
+        self._after_trade(cp, lf.ts)
+        self._ranking.clear()
+        if trader.size == 0:
+            self._settle_book(liq, lf.ts)
+        self._retry_adl(lf.ts)
+        self._scan(lf.ts)
+
+    def liquidation_done(self, ld: LiquidationDone) -> None:
+        """The book gave up on a liquidation order: the rest is auto-deleveraged."""
+        liq = self.liquidations.get(ld.liquidation_id)
+        if liq is None or liq.stage is not Stage.WORKING:
+            raise Rejected.not_found(
+                "liquidation_id", f"no working liquidation {ld.liquidation_id} in {self.symbol}"
+            )
+        liq.stage = Stage.AWAITING_ADL
+        self._retry_adl(ld.ts)
+        self._scan(ld.ts)
+
+    def fund_decision(self, d: FundDecision, ts: int) -> None:
+        """The fund's answer to a claim this market made."""
+        liq = self.liquidations[d.liquidation_id]
+        if liq.stage is not Stage.AWAITING_FUND:
+            raise AssertionError(f"decision for liquidation {liq.id} in stage {liq.stage}")
+        pos = self.positions[liq.account]
+        if not liq.takeover:
+            liq.reserved = d.granted
+            liq.stage = Stage.WORKING
+            liq.worst_price = execution_price(self.spec, pos, d.granted)
+            self.effects.append(
+                LiquidationOrder(
+                    self.symbol,
+                    liq.id,
+                    liq.account,
+                    -_sign(pos.size),
+                    abs(pos.size),
+                    liq.worst_price,
+                    ts,
+                )
+            )
+        elif d.absorbed:
+            self._take_over(liq, pos, d.granted, ts)
+        else:
+            liq.fee = liq.shortfall = 0
+            liq.stage = Stage.AWAITING_ADL
+        self._ranking.clear()
+        self._retry_adl(ts)
+        self._scan(ts)
+
+    # --- liquidation ------------------------------------------------------------
+
+    def _scan(self, ts: int) -> None:
+        """Start liquidating every position the mark has crossed."""
+        if self.mark is None:
+            return
+        for account in self.index.crossed(self.mark):
+            self._start(self.positions[account], ts)
+
+    def _start(self, pos: Position, ts: int) -> None:
+        assert self.mark is not None
+        self._unindex(pos)
+        spec, mark = self.spec, self.mark
+        liq = Liquidation(
+            self.next_liquidation,
+            pos.account,
+            spec.liquidation_mode is LiquidationMode.TAKEOVER or pos.is_backstop,
+            mark,
+            abs(pos.size),
+            ts,
+        )
+        self.next_liquidation += 1
+        self.liquidations[liq.id] = liq
+        pos.liquidation = liq.id
+        self._ranking.clear()
+        n = notional(spec, pos, mark)
+        if pos.is_backstop:  # the fund's own inventory: nobody left to ask
+            liq.stage = Stage.AWAITING_ADL
+            self._retry_adl(ts)
+        elif liq.takeover:
+            _, remaining = close_result(spec, pos, mark)
+            liq.fee = liquidation_fee(spec, remaining, n)
+            liq.shortfall = max(-remaining, 0)
+            self.effects.append(
+                TakeoverClaim(
+                    self.asset,
+                    self.symbol,
+                    liq.id,
+                    ts,
+                    n,
+                    liq.fee,
+                    liq.shortfall,
+                    initial_margin(spec, pos, mark),
+                )
+            )
+        else:
+            self.effects.append(
+                ReserveClaim(
+                    self.asset, self.symbol, liq.id, ts, n, maintenance_margin(spec, pos, mark)
+                )
+            )
+
+    def _take_over(self, liq: Liquidation, pos: Position, granted: int, ts: int) -> None:
+        """The fund paid: the position passes at the trigger mark to the backstop."""
+        backstop = self.positions.get(BACKSTOP_ACCOUNT)
+        if backstop is None:
+            backstop = self.positions[BACKSTOP_ACCOUNT] = Position(BACKSTOP_ACCOUNT)
+        self._unindex(backstop)
+        value = self.spec.trade_value(-pos.size, liq.price)
+        size = pos.size
+        pos.margin += pos.trade(-size, value) + liq.shortfall - liq.fee
+        backstop.margin += backstop.trade(size, -value) + granted
+        returned = self._close(pos, liq, ts)
+        self.effects.append(
+            LiquidationSettled(
+                self.symbol,
+                liq.id,
+                liq.account,
+                liq.quantity,
+                liq.price,
+                liq.fee - liq.shortfall,
+                returned,
+                0,
+                ts,
+            )
+        )
+        if backstop.size == 0:
+            self._sweep(backstop, ts)
+        else:
+            self._index(backstop)
+
+    def _settle_book(self, liq: Liquidation, ts: int, adl_quantity: int = 0) -> None:
+        pos = self.positions[liq.account]
+        r = pos.margin
+        fee = liquidation_fee(self.spec, r, liq.filled_notional)
+        shortfall = max(-r, 0)
+        pos.margin += shortfall - fee
+        self.effects.append(
+            ReserveSettle(self.asset, self.symbol, liq.id, ts, liq.reserved, shortfall, fee)
+        )
+        returned = self._close(pos, liq, ts)
+        self.effects.append(
+            LiquidationSettled(
+                self.symbol,
+                liq.id,
+                liq.account,
+                liq.quantity,
+                liq.price,
+                fee - shortfall,
+                returned,
+                adl_quantity,
+                ts,
+            )
+        )
+
+    def _close(self, pos: Position, liq: Liquidation, ts: int) -> int:
+        """End a liquidation: the flat position's margin goes back to its owner."""
+        del self.liquidations[liq.id]
+        pos.liquidation = 0
+        returned = pos.margin
+        self._sweep(pos, ts)
+        return returned
+
+    def _retry_adl(self, ts: int) -> None:
+        for liq in [x for x in self.liquidations.values() if x.stage is Stage.AWAITING_ADL]:
+            if liq.id in self.liquidations:
+                self._adl(liq, ts)
+
+    def _adl(self, liq: Liquidation, ts: int) -> None:
+        """Close the bankrupt position against ranked opposite positions at its BP."""
+        spec = self.spec
+        pos = self.positions[liq.account]
+        q = pos.size
+        ranked = [
+            p
+            for p in self._ranked(q < 0)
+            if p.size and (p.size > 0) != (q > 0) and not p.liquidation
+        ]
+        takes = adl.allocate(ranked, abs(q))
+        if sum(x for _, x in takes) < abs(q):
+            return  # wait: the missing counterparties are being liquidated themselves
+        mark = self.mark if self.mark is not None else liq.price
+        extra = liq.reserved
+        price = execution_price(spec, pos, extra)
+        _, at_mark = close_result(spec, pos, mark)
+        deficit = max(-(at_mark + extra), 0)
+        total = spec.trade_value(-q, price)
+        pos.margin += pos.trade(-q, total)
+        haircut = 0
+        left_qty, left_value = abs(q), -total
+        for cp, x in takes:
+            cp_value = left_value if x == left_qty else -total * x // abs(q)
+            left_qty -= x
+            left_value -= cp_value
+            cp_qty = _sign(q) * x
+            self._unindex(cp)
+            realised = cp.trade(cp_qty, cp_value)
+            cp.margin += realised
+            haircut += cp_value - spec.trade_value(cp_qty, mark)
+            self.effects.append(
+                AdlNotice(
+                    self.symbol, liq.id, cp.account, _sign(cp.size or -q), x, price, realised, ts
+                )
+            )
+            self._after_trade(cp, ts)
+        self.effects.append(
+            AdlEvent(
+                self.symbol,
+                self.asset,
+                liq.id,
+                abs(q),
+                price,
+                abs(total),
+                deficit,
+                haircut,
+                haircut - deficit,
+                len(takes),
+                ts,
+            )
+        )
+        self._ranking.clear()
+        if liq.takeover:
+            r = pos.margin
+            fee = r if pos.is_backstop else liquidation_fee(spec, r, abs(total))
+            pos.margin -= fee
+            if fee and not pos.is_backstop:
+                self.effects.append(
+                    FundCredit(
+                        self.asset,
+                        self.symbol,
+                        FundKind.LIQUIDATION_FEE,
+                        fee,
+                        f"liq:{self.symbol}:{liq.id}",
+                        ts,
+                    )
+                )
+            returned = self._close(pos, liq, ts) if not pos.is_backstop else 0
+            if pos.is_backstop:
+                del self.liquidations[liq.id]
+                pos.liquidation = 0
+                self._sweep_backstop_margin(fee, ts)
+            self.effects.append(
+                LiquidationSettled(
+                    self.symbol, liq.id, liq.account, liq.quantity, price, fee, returned, abs(q), ts
+                )
+            )
+        else:
+            liq.filled_notional += abs(total)
+            self._settle_book(liq, ts, abs(q))
+
+    # --- position bookkeeping ---------------------------------------------------
+
+    def _plan(
+        self, account: int, qty: int, value: int, fee: int, who: str
+    ) -> tuple[Position, tuple[int, int, int]]:
+        """Check one side of a trade; return its position and (size, basis, margin) after."""
+        if fee < 0:
+            raise Rejected.invalid(f"{who}_fee", "fees must be >= 0")
+        check_int64(fee, f"{who}_fee")
+        field = f"{who}_account"
+        pos = self.positions.get(account)
+        if pos is None:
+            pos = Position(account)
+        if pos.liquidation:
+            raise Rejected.precondition(field, f"account {account} is being liquidated")
+        trial = Position(account)
+        trial.size, trial.basis, trial.margin = pos.size, pos.basis, pos.margin
+        realised = trial.trade(qty, value)
+        margin = trial.margin + realised - fee
+        grows = abs(trial.size) > abs(pos.size) or (
+            pos.size and trial.size and (trial.size > 0) != (pos.size > 0)
+        )
+        if grows and (self.spec.reduce_only or pos.is_backstop):
+            why = "the backstop only reduces" if pos.is_backstop else "market is reduce-only"
+            raise Rejected.precondition(field, f"{self.symbol}: {why}")
+        if margin < 0:
+            raise Rejected.precondition(
+                field,
+                f"account {account}'s isolated margin would go negative ({margin}):"
+                " the price is beyond its bankruptcy price or the fee exceeds its margin",
+            )
+        for name, v in (("quantity", trial.size), ("price", trial.basis), (field, margin)):
+            if abs(v) > INT64_MAX:
+                raise Rejected.invalid(name, f"position of account {account} would overflow int64")
+        return pos, (trial.size, trial.basis, margin)
+
+    def _commit(self, pos: Position, after: tuple[int, int, int]) -> None:
+        """Apply a planned trade side; a new position is only stored now."""
+        self.positions.setdefault(pos.account, pos)
+        self._set(pos, *after)
+
+    def _set(self, pos: Position, size: int, basis: int, margin: int) -> None:
+        self._unindex(pos)
+        pos.size, pos.basis, pos.margin = size, basis, margin
+        self._index(pos)
+
+    def _take_fee(self, fee: int, cause: str, ts: int) -> None:
+        if not fee:
+            return
+        share = fee * self.spec.fund_fee_share_ppm // 1_000_000
+        self.fee_pool += fee - share
+        if share:
+            self.effects.append(
+                FundCredit(self.asset, self.symbol, FundKind.TRADING_FEE, share, cause, ts)
+            )
+
+    def _after_trade(self, pos: Position, ts: int) -> None:
+        if pos.size == 0 and not pos.liquidation:
+            self._sweep(pos, ts)
+
+    def _sweep(self, pos: Position, ts: int) -> None:
+        """A flat position's margin returns to its owner; the record goes."""
+        self._unindex(pos)
+        if pos.margin:
+            if pos.is_backstop:
+                self._sweep_backstop_margin(pos.margin, ts)
+            else:
+                self.effects.append(WalletCredit(pos.account, self.asset, pos.margin, "close"))
+        pos.margin = 0
+        self.positions.pop(pos.account, None)
+
+    def _sweep_backstop_margin(self, amount: int, ts: int) -> None:
+        if amount:
+            self.effects.append(
+                FundCredit(
+                    self.asset, self.symbol, FundKind.BACKSTOP_RETURN, amount, "backstop", ts
+                )
+            )
+
+    def _index(self, pos: Position) -> None:
+        if pos.size == 0 or pos.liquidation:
+            return
+        if pos.is_backstop:
+            t = bankruptcy_threshold(self.spec, pos)
+        else:
+            t = liquidation_threshold(self.spec, pos)
+        pos.key = LiquidationIndex.key(t, pos.account)
+        self.index.add(pos.size > 0, pos.key)
+
+    def _unindex(self, pos: Position) -> None:
+        if pos.key is not None:
+            self.index.remove(pos.size > 0, pos.key)
+            pos.key = None
+
+    def _ranked(self, long: bool) -> list[Position]:
+        """ADL order of one side at the mark, cached until the state changes."""
+        cached = self._ranking.get(long)
+        if cached is None:
+            mark = self.mark or 1
+            side = [
+                p
+                for p in self.positions.values()
+                if p.size and (p.size > 0) == long and not p.liquidation and not p.is_backstop
+            ]
+            cached = adl.rank(self.spec, side, mark)
+            backstop = self.positions.get(BACKSTOP_ACCOUNT)
+            if backstop and backstop.size and (backstop.size > 0) == long:
+                cached.append(backstop)  # the fund's inventory is the last resort
+            self._ranking[long] = cached
+        return cached
+
+    # --- validation -------------------------------------------------------------
+
+    def _check_price(self, price: int, field: str) -> None:
+        why = self.spec.check_price(price)
+        if why:
+            raise Rejected.invalid(field, why)
+
+    def _check_quantity(self, qty: int, field: str) -> None:
+        why = self.spec.check_quantity(qty)
+        if why:
+            raise Rejected.invalid(field, why)
+
+    @staticmethod
+    def _check_account(account: int, field: str) -> None:
+        if account != BACKSTOP_ACCOUNT:
+            check_account(account, field)
+
+    # --- queries ----------------------------------------------------------------
+
+    def view(self, account: int) -> PositionView | None:
+        pos = self.positions.get(account)
+        if pos is None:
+            return None
+        spec, mark = self.spec, self.mark
+        entry = lp = bp = u = mm = im = 0
+        quintile = 0
+        if pos.size:
+            num, den = spec.value(pos.size, 1)
+            # value(q, E) = basis: E = basis/(q k) (linear) or -q*inv/(basis*qd) (inverse)
+            if spec.is_linear:
+                entry = pos.basis * den // num
+            elif pos.basis:
+                entry = num // (pos.basis * den)
+            lp = (
+                bankruptcy_threshold(spec, pos)
+                if pos.is_backstop
+                else liquidation_threshold(spec, pos)
+            )
+            bp = bankruptcy_threshold(spec, pos)
+            if mark is not None:
+                u = unrealised(spec, pos, mark)
+                mm = maintenance_margin(spec, pos, mark)
+                im = initial_margin(spec, pos, mark)
+                ranked = self._ranked(pos.size > 0)
+                quintile = adl.quintiles(ranked).get(account, 0)
+        return PositionView(
+            account,
+            self.symbol,
+            pos.size,
+            entry,
+            pos.margin,
+            u,
+            pos.margin + u,
+            mm,
+            im,
+            _wire_price(lp),
+            _wire_price(bp),
+            quintile,
+            bool(pos.liquidation),
+        )
+
+
+def _wire_price(p: int) -> int:
+    """Thresholds that never cross are shown as 0."""
+    return p if 0 < p <= INT64_MAX else 0

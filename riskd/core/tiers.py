@@ -1,0 +1,95 @@
+"""Risk tiers: notional brackets mapped to max leverage and maintenance margin.
+
+A tier table is given by each bracket's notional floor, max leverage and
+maintenance margin rate (MMR, in ppm); the ``cum`` offsets are derived so the
+maintenance margin is continuous across brackets::
+
+    cum_n = floor_n * (MMR_n - MMR_{n-1}) + cum_{n-1}
+    MM(N) = N * MMR_tier(N) - cum_tier(N)
+
+Because MMR never decreases from one bracket to the next, MM(N) is convex and
+piecewise linear, so it also equals ``max_n (N * MMR_n - cum_n)``.  The margin
+and liquidation-price code leans on that: it never needs to guess the bracket a
+price falls into.
+
+``cum`` is kept scaled by one million (quantum-ppm) so it is exact.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from riskd.core.units import PPM, ceil_div
+
+__all__ = ["Tier", "TierTable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One bracket: ``floor`` in settlement quantums of notional, MMR in ppm."""
+
+    floor: int
+    max_leverage: int
+    mmr_ppm: int
+    cum_scaled: int = 0
+
+    @property
+    def cum(self) -> int:
+        """``cum`` in quantums, rounded up (it is published, never used in math)."""
+        return ceil_div(self.cum_scaled, PPM)
+
+
+class TierTable:
+    """An ordered, validated set of tiers with derived ``cum``."""
+
+    __slots__ = ("tiers", "_floors")
+
+    def __init__(self, brackets: Iterable[tuple[int, int, int]]) -> None:
+        """Build from ``(floor, max_leverage, mmr_ppm)`` triples, first floor 0."""
+        rows = list(brackets)
+        if not rows or rows[0][0] != 0:
+            raise ValueError("the first tier must start at notional 0")
+        tiers: list[Tier] = []
+        prev_mmr, prev_cum = 0, 0
+        for i, (floor, lev, mmr) in enumerate(rows):
+            if tiers and floor <= tiers[-1].floor:
+                raise ValueError(f"tier {i}: floors must increase")
+            if not 0 < mmr < PPM:
+                raise ValueError(f"tier {i}: mmr_ppm must be in (0, 1e6)")
+            if lev < 1:
+                raise ValueError(f"tier {i}: max_leverage must be >= 1")
+            if tiers and (mmr < prev_mmr or lev > tiers[-1].max_leverage):
+                raise ValueError(f"tier {i}: MMR must not fall nor leverage rise with notional")
+            cum = floor * (mmr - prev_mmr) + prev_cum
+            tiers.append(Tier(floor, lev, mmr, cum))
+            prev_mmr, prev_cum = mmr, cum
+        self.tiers: tuple[Tier, ...] = tuple(tiers)
+        self._floors = [t.floor for t in tiers]
+
+    def __iter__(self) -> Iterator[Tier]:
+        return iter(self.tiers)
+
+    def __len__(self) -> int:
+        return len(self.tiers)
+
+    def tier_for(self, notional: int) -> Tier:
+        """The bracket a notional (in quantums) falls in."""
+        return self.tiers[bisect_right(self._floors, notional) - 1]
+
+    def maintenance_scaled(self, notional: int) -> int:
+        """Maintenance margin times 1e6, exact, for an integer notional."""
+        t = self.tier_for(notional)
+        return notional * t.mmr_ppm - t.cum_scaled
+
+    def maintenance(self, notional: int) -> int:
+        """Maintenance margin in quantums, rounded up (a requirement)."""
+        return ceil_div(self.maintenance_scaled(notional), PPM)
+
+    def initial(self, notional: int) -> int:
+        """Initial margin at the bracket's max leverage, rounded up."""
+        return ceil_div(notional, self.tier_for(notional).max_leverage)
+
+    def as_rows(self) -> Sequence[tuple[int, int, int]]:
+        return [(t.floor, t.max_leverage, t.mmr_ppm) for t in self.tiers]

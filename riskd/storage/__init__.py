@@ -1,0 +1,1 @@
+"""Durable storage: write-ahead log and snapshots."""
