@@ -17,10 +17,8 @@ from riskd.core.events import (
     Effect,
     Fill,
     FundCredit,
-    FundDecision,
     FundingRate,
     FundInjection,
-    FundKind,
     Input,
     LiquidationDone,
     LiquidationFill,
@@ -32,13 +30,13 @@ from riskd.core.events import (
     WalletCredit,
     Withdrawal,
 )
-from riskd.core.insurance_fund import FundPolicy, InsuranceFund
+from riskd.core.insurance_fund import FundEffect, FundPolicy, InsuranceFund
 from riskd.core.market import MarketSpec
 from riskd.core.market_engine import MarketEngine
 from riskd.core.units import Asset
 from riskd.core.wallet import Wallets
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "split_effects"]
 
 
 class Engine:
@@ -61,8 +59,23 @@ class Engine:
         policies = policies or {}
         self.wallets = {a: Wallets(a) for a in self.assets}
         self.funds = {a: InsuranceFund(a, policies.get(a)) for a in self.assets}
-        self.injections = dict.fromkeys(self.assets, 0)
         self.outbox: list[Effect] = []
+
+    @classmethod
+    def view(
+        cls,
+        markets: dict[str, MarketEngine],
+        wallets: dict[str, Wallets],
+        funds: dict[str, InsuranceFund],
+    ) -> Engine:
+        """An engine over parts owned elsewhere (the daemon's actors), for checks."""
+        engine = cls.__new__(cls)
+        engine.markets = markets
+        engine.assets = {m.asset: m.spec.asset for m in markets.values()}
+        engine.wallets = wallets
+        engine.funds = funds
+        engine.outbox = []
+        return engine
 
     def market(self, symbol: str, field: str = "market") -> MarketEngine:
         m = self.markets.get(symbol)
@@ -100,7 +113,6 @@ class Engine:
                 if fund is None:
                     raise Rejected.not_found("asset", f"unknown asset {event.asset!r}")
                 fund.inject(event.amount, event.cause, event.ts)
-                self.injections[event.asset] += event.amount
                 self.outbox.extend(fund.take_flows())
             case _:
                 raise Rejected.invalid("kind", f"unknown input {type(event).__name__}")
@@ -125,28 +137,37 @@ class Engine:
         while busy:
             busy = False
             for market in self.markets.values():
-                for effect in market.take_effects():
-                    busy = True
-                    self._deliver(market, effect)
+                effects = market.take_effects()
+                if not effects:
+                    continue
+                busy = True
+                fund_effects, wallet_credits, published = split_effects(effects)
+                for w in wallet_credits:
+                    self.wallets[w.asset].credit(w.account, w.amount)
+                self.outbox.extend(published)
+                fund = self.funds[market.asset]
+                decisions = fund.process(fund_effects)
+                self.outbox.extend(fund.take_flows())
+                for claim, decision in zip(
+                    (e for e in fund_effects if isinstance(e, TakeoverClaim | ReserveClaim)),
+                    decisions,
+                    strict=True,
+                ):
+                    market.fund_decision(decision, claim.ts)
 
-    def _deliver(self, market: MarketEngine, effect: Effect) -> None:
-        fund = self.funds[market.asset]
-        decision: FundDecision | None = None
-        match effect:
-            case WalletCredit():
-                self.wallets[effect.asset].credit(effect.account, effect.amount)
-            case FundCredit(kind=FundKind.BACKSTOP_RETURN):
-                fund.backstop_returned(effect)
-            case FundCredit():
-                fund.credit(effect)
-            case TakeoverClaim():
-                decision = fund.takeover(effect)
-            case ReserveClaim():
-                decision = fund.reserve(effect)
-            case ReserveSettle():
-                fund.settle(effect)
-            case _:
-                self.outbox.append(effect)
-        self.outbox.extend(fund.take_flows())
-        if decision is not None:
-            market.fund_decision(decision, effect.ts)  # type: ignore[union-attr]
+
+def split_effects(
+    effects: Iterable[Effect],
+) -> tuple[list[FundEffect], list[WalletCredit], list[Effect]]:
+    """A market's effects by destination, each list in the order produced."""
+    fund: list[FundEffect] = []
+    wallets: list[WalletCredit] = []
+    published: list[Effect] = []
+    for e in effects:
+        if isinstance(e, FundCredit | TakeoverClaim | ReserveClaim | ReserveSettle):
+            fund.append(e)
+        elif isinstance(e, WalletCredit):
+            wallets.append(e)
+        else:
+            published.append(e)
+    return fund, wallets, published

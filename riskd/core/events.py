@@ -177,7 +177,8 @@ class TakeoverClaim:
 
     The fund answers with a :class:`FundDecision`: ``absorbed`` says whether it
     covers ``shortfall`` (all or nothing); ``granted`` is the backstop margin it
-    moves to the market (0 if it refused).
+    moves to the market (0 if it refused).  ``loss_cap`` is the market's cap on
+    what the fund may pay out for it over the rolling window (None: no cap).
     """
 
     asset: str
@@ -188,6 +189,7 @@ class TakeoverClaim:
     fee: int
     shortfall: int
     margin_wanted: int
+    loss_cap: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +202,7 @@ class ReserveClaim:
     ts: int
     notional: int
     wanted: int
+    loss_cap: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

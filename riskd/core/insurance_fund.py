@@ -21,6 +21,7 @@ window length, not by the number of liquidations in a crash.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from riskd.core.errors import Rejected
@@ -35,7 +36,9 @@ from riskd.core.events import (
 )
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_positive
 
-__all__ = ["FundPolicy", "LedgerEntry", "DailyReport", "InsuranceFund"]
+FundEffect = FundCredit | TakeoverClaim | ReserveClaim | ReserveSettle
+
+__all__ = ["FundEffect", "FundPolicy", "LedgerEntry", "DailyReport", "InsuranceFund"]
 
 _MINUTE_MS = 60_000
 _DAY_MS = 86_400_000
@@ -44,15 +47,10 @@ _OUTFLOWS = (FundKind.SHORTFALL, FundKind.BACKSTOP_MARGIN)
 
 @dataclass(frozen=True, slots=True)
 class FundPolicy:
-    """Limits on what one fund may pay out.
-
-    ``market_loss_caps`` maps a market to the most it may take from the fund
-    within the window (absent: no cap).
-    """
+    """Limits on what one fund may pay out (per-market caps come with each claim)."""
 
     drawdown_limit_ppm: int = 300_000
     window_ms: int = 8 * 3_600_000
-    market_loss_caps: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 < self.drawdown_limit_ppm <= PPM:
@@ -94,6 +92,7 @@ class InsuranceFund:
         self.backstop_granted: dict[str, int] = {}
         self.total_inflow = 0
         self.total_outflow = 0
+        self.injected = 0
         self.ledger: list[LedgerEntry] = []
         self.reports: dict[int, DailyReport] = {}
         self._peaks: deque[tuple[int, int]] = deque()  # (minute, max balance)
@@ -102,18 +101,17 @@ class InsuranceFund:
 
     # --- what the fund may pay ---------------------------------------------
 
-    def budget(self, market: str, ts: int) -> int:
+    def budget(self, market: str, ts: int, loss_cap: int | None = None) -> int:
         """The most the fund may pay out for ``market`` now."""
         self._expire(ts)
         free = self.balance - self.reserved_total
         peak = max((b for _, b in self._peaks), default=self.balance)
         floor = ceil_div(peak * (PPM - self.policy.drawdown_limit_ppm), PPM)
         room = min(free, self.balance - floor - self.reserved_total)
-        cap = self.policy.market_loss_caps.get(market)
-        if cap is not None:
+        if loss_cap is not None:
             used = sum(x for _, x in self._losses.get(market, ()))
             used += sum(v for (m, _), v in self.reserved.items() if m == market)
-            room = min(room, cap - used)
+            room = min(room, loss_cap - used)
         return max(room, 0)
 
     # --- inputs ---------------------------------------------------------------
@@ -125,6 +123,7 @@ class InsuranceFund:
             raise Rejected.invalid("amount", "fund balance would overflow int64")
         if not cause.isascii() or len(cause) > 128:
             raise Rejected.invalid("cause", "must be ASCII, at most 128 characters")
+        self.injected += amount
         return self._book(FundKind.INJECTION, "", cause, amount, ts)
 
     def credit(self, c: FundCredit) -> None:
@@ -136,7 +135,7 @@ class InsuranceFund:
         self._report(claim.ts).liquidation_volume += claim.notional
         if claim.fee:
             self._book(FundKind.LIQUIDATION_FEE, claim.market, cause, claim.fee, claim.ts)
-        budget = self.budget(claim.market, claim.ts)
+        budget = self.budget(claim.market, claim.ts, claim.loss_cap)
         if claim.shortfall > budget:
             return FundDecision(claim.market, claim.liquidation_id, False, 0)
         if claim.shortfall:
@@ -151,7 +150,7 @@ class InsuranceFund:
 
     def reserve(self, claim: ReserveClaim) -> FundDecision:
         self._report(claim.ts).liquidation_volume += claim.notional
-        granted = min(claim.wanted, self.budget(claim.market, claim.ts))
+        granted = min(claim.wanted, self.budget(claim.market, claim.ts, claim.loss_cap))
         if granted:
             self.reserved[(claim.market, claim.liquidation_id)] = granted
             self.reserved_total += granted
@@ -172,6 +171,27 @@ class InsuranceFund:
         granted = self.backstop_granted.get(c.market, 0)
         self.backstop_granted[c.market] = max(granted - c.amount, 0)
         self.credit(c)
+
+    def process(self, effects: Sequence[FundEffect]) -> list[FundDecision]:
+        """Apply a market's fund effects in order; return the decisions on its claims.
+
+        One call per batch of effects keeps their order exactly as the market
+        produced them, in-process and across actors alike.
+        """
+        decisions: list[FundDecision] = []
+        for e in effects:
+            match e:
+                case FundCredit(kind=FundKind.BACKSTOP_RETURN):
+                    self.backstop_returned(e)
+                case FundCredit():
+                    self.credit(e)
+                case TakeoverClaim():
+                    decisions.append(self.takeover(e))
+                case ReserveClaim():
+                    decisions.append(self.reserve(e))
+                case ReserveSettle():
+                    self.settle(e)
+        return decisions
 
     def take_flows(self) -> list[FundFlow]:
         """Ledger entries booked since the last call, as events to publish."""

@@ -28,7 +28,7 @@ def conservation(engine: Engine, asset: str) -> tuple[int, int]:
             held += m.fee_pool
             held += sum(p.margin - p.basis for p in m.positions.values())
     w = engine.wallets[asset]
-    return held, w.deposits - w.withdrawals + engine.injections[asset]
+    return held, w.deposits - w.withdrawals + engine.funds[asset].injected
 
 
 def violations(engine: Engine) -> list[str]:
@@ -84,7 +84,7 @@ def digest(engine: Engine) -> str:
             )
     for asset in sorted(engine.wallets):
         w, f = engine.wallets[asset], engine.funds[asset]
-        h.update(f"A|{asset}|{w.deposits}|{w.withdrawals}|{engine.injections[asset]}\n".encode())
+        h.update(f"A|{asset}|{w.deposits}|{w.withdrawals}|{f.injected}\n".encode())
         for acct in sorted(w.balances):
             h.update(f"W|{acct}|{w.balances[acct]}\n".encode())
         h.update(f"F|{f.balance}|{f.reserved_total}|{len(f.ledger)}\n".encode())

@@ -185,6 +185,30 @@ class MarketEngine:
             del self.positions[account]
         self._ranking.clear()
 
+    def update_spec(self, spec: MarketSpec, ts: int) -> None:
+        """Change a live market's risk settings (tiers, fees, modes, caps, reduce-only).
+
+        What positions are measured in (contract type, asset, decimals,
+        contract value) cannot change under open positions.
+        """
+        old = self.spec
+        for name in (
+            "symbol",
+            "contract_type",
+            "asset",
+            "price_decimals",
+            "quantity_decimals",
+            "contract_value",
+        ):
+            if getattr(spec, name) != getattr(old, name):
+                raise Rejected.invalid(f"market.{name}", "cannot change on a live market")
+        self.spec = spec
+        for pos in list(self.positions.values()):
+            self._unindex(pos)
+            self._index(pos)
+        self._ranking.clear()
+        self._scan(ts)
+
     def funding(self, f: FundingRate) -> None:
         if self.mark is None:
             raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
@@ -323,12 +347,19 @@ class MarketEngine:
                     liq.fee,
                     liq.shortfall,
                     initial_margin(spec, pos, mark),
+                    spec.fund_loss_cap,
                 )
             )
         else:
             self.effects.append(
                 ReserveClaim(
-                    self.asset, self.symbol, liq.id, ts, n, maintenance_margin(spec, pos, mark)
+                    self.asset,
+                    self.symbol,
+                    liq.id,
+                    ts,
+                    n,
+                    maintenance_margin(spec, pos, mark),
+                    spec.fund_loss_cap,
                 )
             )
 
@@ -452,10 +483,10 @@ class MarketEngine:
         )
         self._ranking.clear()
         if liq.takeover:
-            r = pos.margin
-            fee = r if pos.is_backstop else liquidation_fee(spec, r, abs(total))
-            pos.margin -= fee
-            if fee and not pos.is_backstop:
+            # The backstop's rest goes back to the fund whole, as its own return.
+            fee = 0 if pos.is_backstop else liquidation_fee(spec, pos.margin, abs(total))
+            if fee:
+                pos.margin -= fee
                 self.effects.append(
                     FundCredit(
                         self.asset,
@@ -466,14 +497,18 @@ class MarketEngine:
                         ts,
                     )
                 )
-            returned = self._close(pos, liq, ts) if not pos.is_backstop else 0
-            if pos.is_backstop:
-                del self.liquidations[liq.id]
-                pos.liquidation = 0
-                self._sweep_backstop_margin(fee, ts)
+            returned = self._close(pos, liq, ts)
             self.effects.append(
                 LiquidationSettled(
-                    self.symbol, liq.id, liq.account, liq.quantity, price, fee, returned, abs(q), ts
+                    self.symbol,
+                    liq.id,
+                    liq.account,
+                    liq.quantity,
+                    price,
+                    fee,
+                    returned,
+                    abs(q),
+                    ts,
                 )
             )
         else:

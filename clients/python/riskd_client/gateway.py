@@ -1,0 +1,317 @@
+"""A gateway helper: batching, sequence numbers, resume after reconnect.
+
+Usage (asyncio)::
+
+    async with Gateway("127.0.0.1:50051", "gw-1") as gw:
+        gw.deposit(account=7, asset="USDT", amount=1_000_000_000)
+        gw.mark_price("BTC-USDT", 6_000_000)
+        await gw.flush()            # returns when riskd has acknowledged all of it
+
+Updates are numbered 1, 2, 3… per gateway and epoch and sent in batches of up
+to ``batch_size`` (riskd costs ~200 µs per stream message whatever its size:
+batch).  At most ``window`` batches are unacknowledged; beyond that the
+sender waits.  If the stream breaks, the helper reconnects with backoff: riskd's
+first response names the last sequence it applied, and the helper resends
+everything after it, so nothing acknowledged is lost and nothing is applied
+twice.  Rejections (per update, with code and field) are collected in
+:attr:`Gateway.rejections`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+
+import grpc
+
+from riskd.v1 import ingest_pb2, ingest_pb2_grpc
+
+__all__ = ["Gateway", "StreamRefused"]
+
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+}
+
+
+class StreamRefused(Exception):
+    """riskd refused the stream for good (bad sequence, bad epoch, bad batch)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class Gateway:
+    def __init__(
+        self,
+        target: str,
+        gateway_id: str,
+        *,
+        epoch: int = 1,
+        batch_size: int = 256,
+        window: int = 32,
+        channel: grpc.aio.Channel | None = None,
+        reconnect_delay: float = 0.05,
+        max_reconnect_delay: float = 2.0,
+    ) -> None:
+        self.target = target
+        self.gateway_id = gateway_id
+        self.epoch = epoch
+        self.batch_size = batch_size
+        self.window = window
+        self._channel = channel
+        self._own_channel = channel is None
+        self._delay = reconnect_delay
+        self._max_delay = max_reconnect_delay
+        self.next_sequence = 1
+        self.acked_sequence = 0
+        self.rejections: list[ingest_pb2.Rejection] = []
+        self.reconnects = 0
+        self._pending: list[ingest_pb2.Update] = []
+        self._unacked: deque[ingest_pb2.IngestRequest] = deque()
+        self._outbox: asyncio.Queue[ingest_pb2.IngestRequest | None] | None = None
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if t is None:
+                await self.flush()
+        finally:
+            await self.close()
+
+    async def start(self) -> None:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.target)
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._own_channel and self._channel is not None:
+            await self._channel.close()
+
+    # --- building updates ------------------------------------------------------
+
+    def add(self, update: ingest_pb2.Update) -> int:
+        """Queue one update (its ``sequence`` is assigned here); returns the sequence."""
+        update.sequence = self.next_sequence
+        self.next_sequence += 1
+        self._pending.append(update)
+        if len(self._pending) >= self.batch_size:
+            self._seal()
+        return update.sequence
+
+    def fill(
+        self,
+        market: str,
+        buyer: int,
+        seller: int,
+        price: int,
+        quantity: int,
+        *,
+        trade_id: int = 0,
+        buyer_fee: int = 0,
+        seller_fee: int = 0,
+        ts: int = 0,
+    ) -> int:
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts,
+                fill=ingest_pb2.Fill(
+                    market=market,
+                    trade_id=trade_id,
+                    buyer_account=buyer,
+                    seller_account=seller,
+                    price=price,
+                    quantity=quantity,
+                    buyer_fee=buyer_fee,
+                    seller_fee=seller_fee,
+                ),
+            )
+        )
+
+    def mark_price(self, market: str, price: int, *, ts: int = 0) -> int:
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts, mark_price=ingest_pb2.MarkPrice(market=market, price=price)
+            )
+        )
+
+    def deposit(
+        self, account: int, asset: str, amount: int, *, deposit_id: int = 0, ts: int = 0
+    ) -> int:
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts,
+                deposit=ingest_pb2.Deposit(
+                    account=account, asset=asset, amount=amount, deposit_id=deposit_id
+                ),
+            )
+        )
+
+    def margin_transfer(self, account: int, market: str, amount: int, *, ts: int = 0) -> int:
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts,
+                margin_transfer=ingest_pb2.MarginTransfer(
+                    account=account, market=market, amount=amount
+                ),
+            )
+        )
+
+    def funding_rate(self, market: str, rate_e8: int, *, ts: int = 0) -> int:
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts, funding_rate=ingest_pb2.FundingRate(market=market, rate_e8=rate_e8)
+            )
+        )
+
+    def liquidation_fill(
+        self,
+        market: str,
+        liquidation_id: int,
+        counterparty: int,
+        price: int,
+        quantity: int,
+        *,
+        counterparty_fee: int = 0,
+        ts: int = 0,
+    ) -> int:
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts,
+                liquidation_fill=ingest_pb2.LiquidationFill(
+                    market=market,
+                    liquidation_id=liquidation_id,
+                    counterparty_account=counterparty,
+                    price=price,
+                    quantity=quantity,
+                    counterparty_fee=counterparty_fee,
+                ),
+            )
+        )
+
+    def liquidation_done(self, market: str, liquidation_id: int, *, ts: int = 0) -> int:
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts,
+                liquidation_done=ingest_pb2.LiquidationDone(
+                    market=market, liquidation_id=liquidation_id
+                ),
+            )
+        )
+
+    # --- sending ---------------------------------------------------------------
+
+    async def flush(self, timeout: float | None = 30.0) -> int:
+        """Send what is queued and wait until all of it is acknowledged."""
+        self._seal()
+        target = self.next_sequence - 1
+        async with asyncio.timeout(timeout):
+            while self.acked_sequence < target:
+                self._raise_if_failed()
+                await self._wait_change()
+        self._raise_if_failed()
+        return self.acked_sequence
+
+    async def wait_for_window(self) -> None:
+        """Wait until fewer than ``window`` batches are unacknowledged (backpressure)."""
+        while len(self._unacked) >= self.window:
+            self._raise_if_failed()
+            await self._wait_change()
+
+    def _seal(self) -> None:
+        if not self._pending:
+            return
+        request = ingest_pb2.IngestRequest(epoch=self.epoch, updates=self._pending)
+        self._pending = []
+        self._unacked.append(request)
+        if self._outbox is not None:
+            self._outbox.put_nowait(request)
+
+    async def _wait_change(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _signal(self) -> None:
+        self._changed.set()
+
+    async def _run(self) -> None:
+        delay = self._delay
+        while True:
+            try:
+                await self._stream()
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in RETRYABLE:
+                    self._error = StreamRefused(e.code(), e.details() or "")
+                    self._signal()
+                    return
+            self.reconnects += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max_delay)
+
+    async def _stream(self) -> None:
+        assert self._channel is not None
+        stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
+        outbox: asyncio.Queue[ingest_pb2.IngestRequest | None] = asyncio.Queue()
+        metadata = (("x-riskd-gateway", self.gateway_id), ("x-riskd-epoch", str(self.epoch)))
+        call = stub.Ingest(_drain(outbox), metadata=metadata)
+        first = True
+        try:
+            async for response in call:
+                if first:
+                    # riskd tells us where it stands; resend everything after it.
+                    first = False
+                    self._ack(response.acked_sequence)
+                    self._outbox = outbox
+                    for request in self._unacked:
+                        outbox.put_nowait(_trim(request, self.acked_sequence))
+                    self._signal()
+                    continue
+                self.rejections.extend(response.rejections)
+                self._ack(response.acked_sequence)
+        finally:
+            self._outbox = None
+            outbox.put_nowait(None)
+
+    def _ack(self, acked: int) -> None:
+        if acked > self.acked_sequence:
+            self.acked_sequence = acked
+        while self._unacked and self._unacked[0].updates[-1].sequence <= self.acked_sequence:
+            self._unacked.popleft()
+        self._signal()
+
+
+def _trim(request: ingest_pb2.IngestRequest, acked: int) -> ingest_pb2.IngestRequest:
+    if request.updates[0].sequence > acked:
+        return request
+    keep: Sequence[ingest_pb2.Update] = [u for u in request.updates if u.sequence > acked]
+    return ingest_pb2.IngestRequest(epoch=request.epoch, updates=keep)
+
+
+async def _drain(outbox: asyncio.Queue[ingest_pb2.IngestRequest | None]):  # type: ignore[no-untyped-def]
+    while (request := await outbox.get()) is not None:
+        yield request

@@ -1,0 +1,113 @@
+"""The actor that owns one market's :class:`~riskd.core.MarketEngine`.
+
+It applies runs of inputs in order and, after each, routes the engine's
+effects exactly as :class:`riskd.core.Engine` does in-process: wallet credits
+to the asset's wallet actor, fund effects to the asset's fund actor in one
+ordered message (waiting for decisions only when there are claims), the rest
+to subscribers.  Same inputs, same order: same state as the pure engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from riskd.actors.actor import Actor
+from riskd.actors.fund import FundActor
+from riskd.actors.wallet import WalletActor
+from riskd.core import MarketEngine, Rejected
+from riskd.core.engine import split_effects
+from riskd.core.events import (
+    Effect,
+    Fill,
+    FundingRate,
+    Input,
+    LiquidationDone,
+    LiquidationFill,
+    MarginTransfer,
+    MarkPrice,
+    ReserveClaim,
+    TakeoverClaim,
+)
+
+__all__ = ["MarketActor"]
+
+T = TypeVar("T")
+
+
+class MarketActor(Actor):
+    def __init__(
+        self,
+        engine: MarketEngine,
+        fund: FundActor,
+        wallet: WalletActor,
+        publish: Callable[[list[Effect]], None],
+        capacity: int,
+        on_mark: Callable[[str, int], None] | None = None,
+    ) -> None:
+        super().__init__(f"market:{engine.symbol}", capacity)
+        self.engine = engine
+        self.fund = fund
+        self.wallet = wallet
+        self._publish = publish
+        self._on_mark = on_mark
+
+    async def apply(self, items: list[Input]) -> list[Rejected | None]:
+        """Apply inputs in order; one result per input (None = applied)."""
+        results: list[Rejected | None] = []
+        for item in items:
+            try:
+                await self._apply_one(item)
+                results.append(None)
+            except Rejected as e:
+                results.append(e)
+            if self.engine.effects:
+                await self._route()
+        return results
+
+    async def _apply_one(self, item: Input) -> None:
+        engine = self.engine
+        match item:
+            case MarkPrice():
+                engine.mark_price(item)
+                if self._on_mark is not None:
+                    self._on_mark(engine.symbol, item.ts)
+            case Fill():
+                engine.fill(item)
+            case FundingRate():
+                engine.funding(item)
+            case LiquidationFill():
+                engine.liquidation_fill(item)
+            case LiquidationDone():
+                engine.liquidation_done(item)
+            case MarginTransfer() if item.amount > 0:
+                engine.check_margin_credit(item.account, item.amount)
+                await self.wallet.call(self.wallet.debit, item.account, item.amount)
+                engine.credit_margin(item.account, item.amount, item.ts)
+            case MarginTransfer() if item.amount < 0:
+                engine.withdraw_margin(item.account, -item.amount, item.ts)
+            case MarginTransfer():
+                raise Rejected.invalid("amount", "must not be 0")
+            case _:
+                raise Rejected.invalid("kind", f"{type(item).__name__} does not go to a market")
+
+    async def _route(self) -> None:
+        engine = self.engine
+        while effects := engine.take_effects():
+            fund_effects, wallet_credits, published = split_effects(effects)
+            for w in wallet_credits:
+                await self.wallet.cast(self.wallet.credit, w.account, w.amount)
+            if published:
+                self._publish(published)
+            claims = [e for e in fund_effects if isinstance(e, TakeoverClaim | ReserveClaim)]
+            if not claims:
+                if fund_effects:
+                    await self.fund.cast(self.fund.process, fund_effects)
+                continue
+            decisions = await self.fund.call(self.fund.process, fund_effects)
+            for claim, decision in zip(claims, decisions, strict=True):
+                engine.fund_decision(decision, claim.ts)
+
+    def query(self, fn: Callable[[MarketEngine], T]) -> T:
+        """Run a read-only function against the engine (for the query API)."""
+        return fn(self.engine)

@@ -1,0 +1,38 @@
+"""The wallet actor of one settlement asset: free balances, deposits, withdrawals."""
+
+from __future__ import annotations
+
+from riskd.actors.actor import Actor
+from riskd.core import Rejected
+from riskd.core.events import Deposit, Withdrawal
+from riskd.core.wallet import Wallets
+
+__all__ = ["WalletActor"]
+
+
+class WalletActor(Actor):
+    def __init__(self, wallets: Wallets, capacity: int) -> None:
+        super().__init__(f"wallet:{wallets.asset}", capacity)
+        self.wallets = wallets
+
+    def apply(self, items: list[Deposit]) -> list[Rejected | None]:
+        out: list[Rejected | None] = []
+        for d in items:
+            try:
+                self.wallets.deposit(d.account, d.amount)
+                out.append(None)
+            except Rejected as e:
+                out.append(e)
+        return out
+
+    def withdraw(self, w: Withdrawal) -> int:
+        return self.wallets.withdraw(w.account, w.amount)
+
+    def debit(self, account: int, amount: int) -> None:
+        self.wallets.debit(account, amount)
+
+    def credit(self, account: int, amount: int) -> None:
+        self.wallets.credit(account, amount)
+
+    def balance(self, account: int) -> int:
+        return self.wallets.balance(account)

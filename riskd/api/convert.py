@@ -1,0 +1,298 @@
+"""Protobuf ↔ core translation: the only place that knows both.
+
+Decoding checks what the wire format cannot (a oneof left empty, an id too
+long or not ASCII); ranges, ticks and steps are the core's business.  Every
+problem is a :class:`~riskd.core.Rejected` naming the field as the client
+wrote it (``updates[3].fill.price``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from riskd.core import AdlPolicy, ContractType, LiquidationMode, MarketSpec, PositionView, Rejected
+from riskd.core.errors import Code
+from riskd.core.events import (
+    AdlNotice,
+    Deposit,
+    Effect,
+    Fill,
+    FundFlow,
+    FundingRate,
+    Input,
+    LiquidationDone,
+    LiquidationFill,
+    LiquidationOrder,
+    LiquidationSettled,
+    MarginTransfer,
+    MarkPrice,
+)
+from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
+from riskd.v1 import events_pb2, ingest_pb2, query_pb2, types_pb2
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "decode_update",
+    "encode_event",
+    "rejection",
+    "position",
+    "market",
+    "fund",
+    "ledger_entry",
+    "daily_report",
+    "check_symbol",
+]
+
+MAX_ID_LENGTH = 32
+
+REJECTION_CODES = {
+    Code.INVALID_ARGUMENT: ingest_pb2.REJECTION_CODE_INVALID_ARGUMENT,
+    Code.FAILED_PRECONDITION: ingest_pb2.REJECTION_CODE_FAILED_PRECONDITION,
+    Code.NOT_FOUND: ingest_pb2.REJECTION_CODE_NOT_FOUND,
+    Code.PERMISSION_DENIED: ingest_pb2.REJECTION_CODE_PERMISSION_DENIED,
+    Code.RESOURCE_EXHAUSTED: ingest_pb2.REJECTION_CODE_RESOURCE_EXHAUSTED,
+}
+_CONTRACT = {
+    ContractType.LINEAR: types_pb2.CONTRACT_TYPE_LINEAR,
+    ContractType.INVERSE: types_pb2.CONTRACT_TYPE_INVERSE,
+}
+_MODE = {
+    LiquidationMode.BOOK: types_pb2.LIQUIDATION_MODE_BOOK,
+    LiquidationMode.TAKEOVER: types_pb2.LIQUIDATION_MODE_TAKEOVER,
+}
+_ADL = {
+    AdlPolicy.PNL_LEVERAGE: types_pb2.ADL_POLICY_PNL_LEVERAGE,
+    AdlPolicy.LEVERAGE_PNL: types_pb2.ADL_POLICY_LEVERAGE_PNL,
+}
+MODE_FROM_WIRE = {v: k for k, v in _MODE.items()}
+ADL_FROM_WIRE = {v: k for k, v in _ADL.items()}
+
+
+def check_symbol(value: str, field: str) -> str:
+    if not value:
+        raise Rejected.invalid(field, "is required")
+    if len(value) > MAX_ID_LENGTH or not value.isascii() or not value.isprintable():
+        raise Rejected.invalid(field, f"must be 1..{MAX_ID_LENGTH} printable ASCII characters")
+    return value
+
+
+def decode_update(u: ingest_pb2.Update, field: str) -> Input:
+    """One wire update to a core input; raises Rejected naming ``field.<...>``."""
+    kind = u.WhichOneof("kind")
+    ts = u.timestamp_ms
+    if kind is None:
+        raise Rejected.invalid(f"{field}.kind", "no update kind set")
+    f = f"{field}.{kind}"
+    match kind:
+        case "fill":
+            x = u.fill
+            return Fill(
+                check_symbol(x.market, f"{f}.market"),
+                x.trade_id,
+                x.buyer_account,
+                x.seller_account,
+                x.price,
+                x.quantity,
+                x.buyer_fee,
+                x.seller_fee,
+                ts,
+            )
+        case "mark_price":
+            return MarkPrice(
+                check_symbol(u.mark_price.market, f"{f}.market"), u.mark_price.price, ts
+            )
+        case "deposit":
+            d = u.deposit
+            return Deposit(d.account, check_symbol(d.asset, f"{f}.asset"), d.amount, ts)
+        case "margin_transfer":
+            t = u.margin_transfer
+            return MarginTransfer(t.account, check_symbol(t.market, f"{f}.market"), t.amount, ts)
+        case "funding_rate":
+            r = u.funding_rate
+            return FundingRate(check_symbol(r.market, f"{f}.market"), r.rate_e8, ts)
+        case "liquidation_fill":
+            lf = u.liquidation_fill
+            return LiquidationFill(
+                check_symbol(lf.market, f"{f}.market"),
+                lf.liquidation_id,
+                lf.counterparty_account,
+                lf.price,
+                lf.quantity,
+                lf.counterparty_fee,
+                ts,
+            )
+        case "liquidation_done":
+            ld = u.liquidation_done
+            return LiquidationDone(check_symbol(ld.market, f"{f}.market"), ld.liquidation_id, ts)
+    raise Rejected.invalid(f"{field}.kind", f"unknown update kind {kind!r}")
+
+
+# Core field names differ from the wire in a few places; map them back so a
+# rejection names what the client sent.
+_WIRE_FIELDS = {
+    "fill": {"buyer": "buyer_account", "seller": "seller_account"},
+    "liquidation_fill": {"counterparty": "counterparty_account"},
+}
+
+
+def rejection(sequence: int, index: int, update: Any, r: Rejected) -> ingest_pb2.Rejection:
+    field = r.field
+    if not field.startswith("updates["):
+        kind = update.WhichOneof("kind") if update is not None else None
+        if kind:
+            field = f"updates[{index}].{kind}.{_WIRE_FIELDS.get(kind, {}).get(field, field)}"
+        else:
+            field = f"updates[{index}].{field}"
+    return ingest_pb2.Rejection(
+        sequence=sequence, code=REJECTION_CODES[r.code], field=field, message=r.message
+    )
+
+
+def encode_event(seq: int, e: Effect) -> events_pb2.Event | None:
+    """A published effect as a wire event; None for internal-only effects."""
+    ts = getattr(e, "ts", 0)
+    match e:
+        case LiquidationOrder():
+            return events_pb2.Event(
+                sequence=seq,
+                timestamp_ms=ts,
+                liquidation_order=events_pb2.LiquidationOrder(
+                    market=e.market,
+                    liquidation_id=e.liquidation_id,
+                    account=e.account,
+                    side=types_pb2.SIDE_BUY if e.side > 0 else types_pb2.SIDE_SELL,
+                    quantity=e.quantity,
+                    worst_price=e.worst_price,
+                ),
+            )
+        case LiquidationSettled():
+            return events_pb2.Event(
+                sequence=seq,
+                timestamp_ms=ts,
+                liquidation_settled=events_pb2.LiquidationSettled(
+                    market=e.market,
+                    liquidation_id=e.liquidation_id,
+                    account=e.account,
+                    quantity=e.quantity,
+                    price=e.price,
+                    fund_delta=e.fund_delta,
+                    returned_to_trader=e.returned_to_trader,
+                    adl_quantity=e.adl_quantity,
+                ),
+            )
+        case FundFlow():
+            return events_pb2.Event(
+                sequence=seq,
+                timestamp_ms=ts,
+                fund_flow=events_pb2.FundFlow(
+                    asset=e.asset,
+                    market=e.market,
+                    kind=e.kind.value,
+                    amount=e.amount,
+                    balance_after=e.balance_after,
+                    cause=e.cause,
+                ),
+            )
+        case AdlNotice():
+            return events_pb2.Event(
+                sequence=seq,
+                timestamp_ms=ts,
+                adl_notice=events_pb2.AdlNotice(
+                    market=e.market,
+                    account=e.account,
+                    liquidation_id=e.liquidation_id,
+                    side=types_pb2.POSITION_SIDE_LONG
+                    if e.side > 0
+                    else types_pb2.POSITION_SIDE_SHORT,
+                    quantity=e.quantity,
+                    price=e.price,
+                    realized_pnl=e.realised,
+                ),
+            )
+    return None
+
+
+def event_market(e: Effect) -> str:
+    return getattr(e, "market", "")
+
+
+def position(v: PositionView) -> query_pb2.Position:
+    return query_pb2.Position(
+        account=v.account,
+        market=v.market,
+        size=v.size,
+        entry_price=v.entry_price,
+        isolated_margin=v.margin,
+        unrealized_pnl=v.unrealised,
+        margin_balance=v.margin_balance,
+        maintenance_margin=v.maintenance_margin,
+        initial_margin=v.initial_margin,
+        liquidation_price=v.liquidation_price,
+        bankruptcy_price=v.bankruptcy_price,
+        adl_quintile=v.adl_quintile,
+        in_liquidation=v.in_liquidation,
+    )
+
+
+def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
+    return types_pb2.Market(
+        symbol=spec.symbol,
+        contract_type=_CONTRACT[spec.contract_type],
+        settle_asset=spec.asset.symbol,
+        price_decimals=spec.price_decimals,
+        tick_size=spec.tick_size,
+        quantity_decimals=spec.quantity_decimals,
+        step_size=spec.step_size,
+        contract_value=spec.contract_value,
+        tiers=[
+            types_pb2.RiskTier(
+                notional_floor=t.floor,
+                max_leverage=t.max_leverage,
+                maintenance_margin_rate_ppm=t.mmr_ppm,
+                cum=t.cum,
+            )
+            for t in spec.tiers.tiers
+        ],
+        liquidation_fee_cap_ppm=spec.liquidation_fee_cap_ppm,
+        fund_fee_share_ppm=spec.fund_fee_share_ppm,
+        liquidation_mode=_MODE[spec.liquidation_mode],
+        adl_policy=_ADL[spec.adl_policy],
+        fund_loss_cap=spec.fund_loss_cap or 0,
+        reduce_only=spec.reduce_only,
+        mark_price=mark or 0,
+    )
+
+
+def fund(f: InsuranceFund) -> query_pb2.InsuranceFund:
+    return query_pb2.InsuranceFund(
+        asset=f.asset,
+        balance=f.balance,
+        reserved=f.reserved_total,
+        backstop_margin=sum(f.backstop_granted.values()),
+        total_inflow=f.total_inflow,
+        total_outflow=f.total_outflow,
+    )
+
+
+def ledger_entry(e: LedgerEntry) -> query_pb2.LedgerEntry:
+    return query_pb2.LedgerEntry(
+        sequence=e.sequence,
+        timestamp_ms=e.ts,
+        kind=e.kind.value,
+        market=e.market,
+        cause=e.cause,
+        amount=e.amount,
+        balance_after=e.balance_after,
+    )
+
+
+def daily_report(asset: str, day: str, r: DailyReport) -> query_pb2.DailyReport:
+    return query_pb2.DailyReport(
+        asset=asset,
+        day=day,
+        opening_balance=r.opening_balance,
+        closing_balance=r.closing_balance,
+        liquidation_volume=r.liquidation_volume,
+        inflow_by_kind={k.value: v for k, v in r.inflow_by_kind.items()},
+        outflow_by_kind={k.value: v for k, v in r.outflow_by_kind.items()},
+    )

@@ -1,0 +1,103 @@
+"""Events out: a bounded, resumable log of what subscribers need to act on.
+
+Liquidation orders to place, settlements, fund flows and ADL notices get one
+sequence number each, in the order the engine produced them.  The log keeps the
+last ``retention`` events; a subscriber resumes from any sequence still held
+and follows new ones.  There is no per-subscriber queue: each subscriber keeps
+a cursor into the one log, so a slow subscriber costs no memory — once it falls
+behind the retained window its stream ends with OUT_OF_RANGE, naming the
+oldest sequence it can resume from.
+
+Lives on the gRPC thread; the engine appends through ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+
+from riskd.api import convert
+from riskd.api.status import abort
+from riskd.core.events import Effect
+from riskd.metrics import Metrics
+from riskd.v1 import events_pb2, events_pb2_grpc
+
+__all__ = ["EventLog", "EventServicer"]
+
+
+class FellBehind(Exception):
+    def __init__(self, oldest: int) -> None:
+        super().__init__(f"events before {oldest} are no longer retained")
+        self.oldest = oldest
+
+
+class EventLog:
+    def __init__(self, retention: int) -> None:
+        self._events: deque[tuple[int, str, events_pb2.Event]] = deque(maxlen=retention)
+        self.next_sequence = 1
+        self._wake = asyncio.Event()
+
+    @property
+    def oldest(self) -> int:
+        return self._events[0][0] if self._events else self.next_sequence
+
+    def extend(self, effects: Iterable[Effect]) -> None:
+        added = False
+        for e in effects:
+            pb = convert.encode_event(self.next_sequence, e)
+            if pb is None:
+                continue
+            self._events.append((self.next_sequence, convert.event_market(e), pb))
+            self.next_sequence += 1
+            added = True
+        if added:
+            self._wake.set()
+            self._wake = asyncio.Event()
+
+    async def follow(self, start: int, markets: frozenset[str]) -> AsyncIterator[events_pb2.Event]:
+        """Events from sequence ``start`` on (0: only new ones), forever."""
+        cursor = start or self.next_sequence
+        while True:
+            wake = self._wake
+            while cursor < self.next_sequence:
+                oldest = self.oldest
+                if cursor < oldest:
+                    raise FellBehind(oldest)
+                seq, market, pb = self._events[cursor - oldest]
+                cursor = seq + 1
+                if not markets or market in markets:
+                    yield pb
+            await wake.wait()
+
+
+class EventServicer(events_pb2_grpc.EventServiceServicer):
+    def __init__(self, log: EventLog, metrics: Metrics) -> None:
+        self.log = log
+        self.metrics = metrics
+
+    async def Subscribe(
+        self,
+        request: events_pb2.SubscribeRequest,
+        context: grpc.aio.ServicerContext[
+            events_pb2.SubscribeRequest, events_pb2.SubscribeResponse
+        ],
+    ) -> AsyncIterator[events_pb2.SubscribeResponse]:
+        if request.from_sequence > self.log.next_sequence:
+            await abort(
+                context,
+                grpc.StatusCode.OUT_OF_RANGE,
+                "from_sequence",
+                f"no event {request.from_sequence} yet (next is {self.log.next_sequence})",
+            )
+        markets = frozenset(request.markets)
+        self.metrics.subscribers.inc()
+        try:
+            async for event in self.log.follow(request.from_sequence, markets):
+                yield events_pb2.SubscribeResponse(event=event)
+        except FellBehind as e:
+            await abort(context, grpc.StatusCode.OUT_OF_RANGE, "from_sequence", str(e))
+        finally:
+            self.metrics.subscribers.dec()

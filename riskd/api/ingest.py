@@ -1,0 +1,205 @@
+"""The ingest stream: batches of gateway updates in, acknowledgements out.
+
+Per stream, at most ``window`` batches are in flight: the reader stops
+reading when the window is full, so HTTP/2 flow control slows the gateway
+instead of memory growing.  The first response, sent before anything is
+read, carries the last sequence already applied for this gateway and epoch:
+a reconnecting gateway resends from there, and a duplicate is acknowledged
+again without being applied twice.
+
+A gateway is identified by the ``x-riskd-gateway`` metadata key and restarts
+its sequence numbers with a higher ``x-riskd-epoch``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+
+from riskd.actors.sequencer import BatchResult, SequenceError, Sequencer, Update
+from riskd.api import convert
+from riskd.api.bridge import Portal, Unavailable
+from riskd.api.status import GRPC_CODES, abort
+from riskd.config import ServerConfig
+from riskd.core import Rejected
+from riskd.metrics import Metrics
+from riskd.v1 import ingest_pb2, ingest_pb2_grpc
+
+__all__ = ["IngestServicer", "GATEWAY_KEY", "EPOCH_KEY"]
+
+GATEWAY_KEY = "x-riskd-gateway"
+EPOCH_KEY = "x-riskd-epoch"
+_EOS = object()
+log = structlog.get_logger("riskd.ingest")
+
+Context = grpc.aio.ServicerContext[ingest_pb2.IngestRequest, ingest_pb2.IngestResponse]
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(
+        self, portal: Portal, sequencer: Sequencer, server: ServerConfig, metrics: Metrics
+    ) -> None:
+        self.portal = portal
+        self.sequencer = sequencer
+        self.window = server.stream_window
+        self.max_streams = server.max_ingest_streams
+        self.max_batch = server.max_batch_updates
+        self.metrics = metrics
+        self.draining = False
+        self._readers: set[asyncio.Task[None]] = set()
+        self._open = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def Ingest(
+        self, request_iterator: AsyncIterator[ingest_pb2.IngestRequest], context: Context
+    ) -> AsyncIterator[ingest_pb2.IngestResponse]:
+        metadata = dict(context.invocation_metadata() or ())
+        gateway = str(metadata.get(GATEWAY_KEY, "default"))
+        try:
+            convert.check_symbol(gateway, GATEWAY_KEY)
+            epoch = int(metadata.get(EPOCH_KEY, 0))
+            if not 0 <= epoch < 2**63:
+                raise ValueError
+        except Rejected as r:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, r.field, r.message)
+        except ValueError:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, EPOCH_KEY, "must be an integer")
+        if self.draining:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "", "riskd is shutting down")
+        if self._open >= self.max_streams:
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "",
+                f"at most {self.max_streams} ingest streams are served at once",
+            )
+        self._open += 1
+        self._idle.clear()
+        self.metrics.streams_open.inc()
+        bound = log.bind(gateway=gateway, epoch=epoch, peer=context.peer())
+        results: asyncio.Queue[Any] = asyncio.Queue()  # bounded by the credit window
+        credits = asyncio.Semaphore(self.window)
+        reader: asyncio.Task[None] | None = None
+        try:
+            acked = await self.portal.run(self.sequencer.call, self.sequencer.acked, gateway, epoch)
+            bound.info("ingest_stream_opened", acked_sequence=acked)
+            yield ingest_pb2.IngestResponse(acked_sequence=acked)
+            reader = asyncio.create_task(
+                self._read(request_iterator, gateway, epoch, credits, results)
+            )
+            self._readers.add(reader)
+            while (item := await results.get()) is not _EOS:
+                if isinstance(item, ingest_pb2.IngestResponse):
+                    credits.release()
+                    yield item
+                    continue
+                await self._fail(context, item, bound)
+            bound.info("ingest_stream_closed")
+        except Unavailable as e:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "", str(e))
+        finally:
+            if reader is not None:
+                reader.cancel()
+                self._readers.discard(reader)
+            self._open -= 1
+            self.metrics.streams_open.dec()
+            if self._open == 0:
+                self._idle.set()
+
+    async def _read(
+        self,
+        requests: AsyncIterator[ingest_pb2.IngestRequest],
+        gateway: str,
+        epoch: int,
+        credits: asyncio.Semaphore,
+        results: asyncio.Queue[Any],
+    ) -> None:
+        def on_batch(request: ingest_pb2.IngestRequest) -> Any:
+            def deliver(value: Any, error: BaseException | None) -> None:
+                if error is not None:
+                    results.put_nowait(error)
+                elif isinstance(value, SequenceError):
+                    results.put_nowait(value)
+                else:
+                    results.put_nowait(_response(request, value))
+
+            return deliver
+
+        try:
+            async for request in requests:
+                if len(request.updates) > self.max_batch:
+                    results.put_nowait(
+                        Rejected.invalid(
+                            "updates", f"{len(request.updates)} updates exceed {self.max_batch}"
+                        )
+                    )
+                    return
+                if request.epoch and request.epoch != epoch:
+                    results.put_nowait(
+                        Rejected.invalid("epoch", f"{request.epoch} differs from {EPOCH_KEY}")
+                    )
+                    return
+                if not request.updates:
+                    continue
+                updates = _decode(request)
+                await credits.acquire()
+                self.portal.post(
+                    self.sequencer,
+                    self.sequencer.ingest_or_error,
+                    (gateway, epoch, updates),
+                    on_batch(request),
+                )
+        finally:
+            # Behind every batch already posted, so the stream ends after their acks.
+            self.portal.post(self.sequencer, _nothing, (), lambda _v, _e: results.put_nowait(_EOS))
+
+    async def _fail(self, context: Context, item: Any, bound: Any) -> None:
+        if isinstance(item, SequenceError):
+            bound.warning("ingest_sequence_refused", reason=item.message)
+            await abort(context, GRPC_CODES[item.code], item.field, item.message)
+        if isinstance(item, Rejected):
+            await abort(context, GRPC_CODES[item.code], item.field, item.message)
+        if isinstance(item, Unavailable):
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "", str(item))
+        bound.error("ingest_internal_error", error=repr(item))
+        await abort(context, grpc.StatusCode.INTERNAL, "", "internal error")
+
+    async def drain(self, limit_s: float) -> None:
+        """Stop reading every stream; each ends with OK after its in-flight acks."""
+        self.draining = True
+        for reader in list(self._readers):
+            reader.cancel()
+        try:
+            async with asyncio.timeout(limit_s):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("ingest_drain_timeout", open_streams=self._open)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _decode(request: ingest_pb2.IngestRequest) -> list[Update]:
+    out: list[Update] = []
+    for i, u in enumerate(request.updates):
+        try:
+            out.append((u.sequence, convert.decode_update(u, f"updates[{i}]")))
+        except Rejected as r:
+            out.append((u.sequence, r))
+    return out
+
+
+def _response(request: ingest_pb2.IngestRequest, result: BatchResult) -> ingest_pb2.IngestResponse:
+    response = ingest_pb2.IngestResponse(acked_sequence=result.acked)
+    if result.rejections:
+        where = {u.sequence: (i, u) for i, u in enumerate(request.updates)}
+        for seq, r in result.rejections:
+            i, u = where[seq]
+            response.rejections.append(convert.rejection(seq, i, u, r))
+    return response

@@ -1,0 +1,170 @@
+"""Read-only queries: accounts, positions, the insurance fund, markets, assets.
+
+Each query runs inside the actor that owns the state (so it sees a state
+between two inputs, never half of one) and is translated to protobuf here, on
+the gRPC thread.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import grpc
+
+from riskd.actors.fund import FundActor
+from riskd.actors.market import MarketActor
+from riskd.actors.wallet import WalletActor
+from riskd.api import convert
+from riskd.api.bridge import Portal
+from riskd.api.status import abort
+from riskd.core import MarketEngine, PositionView
+from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
+from riskd.core.units import Asset
+from riskd.v1 import query_pb2, query_pb2_grpc, types_pb2
+
+__all__ = ["QueryServicer", "MAX_PAGE"]
+
+MAX_PAGE = 1000
+Ctx = grpc.aio.ServicerContext[object, object]
+
+
+class QueryServicer(query_pb2_grpc.QueryServiceServicer):
+    def __init__(
+        self,
+        portal: Portal,
+        markets: dict[str, MarketActor],
+        funds: dict[str, FundActor],
+        wallets: dict[str, WalletActor],
+        assets: dict[str, Asset],
+    ) -> None:
+        self.portal = portal
+        self.markets = markets
+        self.funds = funds
+        self.wallets = wallets
+        self.assets = assets
+
+    async def GetAccount(
+        self, request: query_pb2.GetAccountRequest, context: Ctx
+    ) -> query_pb2.GetAccountResponse:
+        wallet = self.wallets.get(request.asset)
+        if wallet is None:
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, "asset", f"unknown asset {request.asset!r}"
+            )
+        balance = await self.portal.run(wallet.call, wallet.balance, request.account)
+        positions = []
+        for market in self.markets.values():
+            if market.engine.asset != request.asset:
+                continue
+            view = await self._view(market, request.account)
+            if view is not None:
+                positions.append(convert.position(view))
+        return query_pb2.GetAccountResponse(wallet_balance=balance, positions=positions)
+
+    async def GetPosition(
+        self, request: query_pb2.GetPositionRequest, context: Ctx
+    ) -> query_pb2.GetPositionResponse:
+        market = self.markets.get(request.market)
+        if market is None:
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, "market", f"unknown market {request.market!r}"
+            )
+        view = await self._view(market, request.account)
+        if view is None:
+            await abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                "account",
+                f"account {request.account} has no position in {request.market}",
+            )
+        return query_pb2.GetPositionResponse(position=convert.position(view))
+
+    async def GetInsuranceFund(
+        self, request: query_pb2.GetInsuranceFundRequest, context: Ctx
+    ) -> query_pb2.GetInsuranceFundResponse:
+        actor = await self._fund(request.asset, context)
+        pb = await self.portal.run(actor.call, _fund_pb, actor.fund)
+        return query_pb2.GetInsuranceFundResponse(fund=pb)
+
+    async def ListFundLedger(
+        self, request: query_pb2.ListFundLedgerRequest, context: Ctx
+    ) -> query_pb2.ListFundLedgerResponse:
+        actor = await self._fund(request.asset, context)
+        size = request.page_size or 100
+        if size > MAX_PAGE:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "page_size", f"at most {MAX_PAGE}"
+            )
+        start = max(request.page_token, 1)
+        entries, total = await self.portal.run(actor.call, _ledger_page, actor.fund, start, size)
+        token = start + len(entries) if start + len(entries) <= total else 0
+        return query_pb2.ListFundLedgerResponse(
+            entries=[convert.ledger_entry(e) for e in entries], next_page_token=token
+        )
+
+    async def GetFundDailyReport(
+        self, request: query_pb2.GetFundDailyReportRequest, context: Ctx
+    ) -> query_pb2.GetFundDailyReportResponse:
+        actor = await self._fund(request.asset, context)
+        try:
+            day = date.fromisoformat(request.day) if request.day else datetime.now(UTC).date()
+        except ValueError:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "day", "must be YYYY-MM-DD")
+        index = (day - date(1970, 1, 1)).days
+        report = await self.portal.run(actor.call, _report, actor.fund, index)
+        return query_pb2.GetFundDailyReportResponse(
+            report=convert.daily_report(request.asset, day.isoformat(), report)
+        )
+
+    async def ListMarkets(
+        self, request: query_pb2.ListMarketsRequest, context: Ctx
+    ) -> query_pb2.ListMarketsResponse:
+        out = []
+        for m in self.markets.values():
+            spec, mark = await self.portal.run(m.call, m.query, _spec_and_mark)
+            out.append(convert.market(spec, mark))
+        return query_pb2.ListMarketsResponse(markets=out)
+
+    async def ListAssets(
+        self, request: query_pb2.ListAssetsRequest, context: Ctx
+    ) -> query_pb2.ListAssetsResponse:
+        return query_pb2.ListAssetsResponse(
+            assets=[
+                types_pb2.Asset(symbol=a.symbol, decimals=a.decimals) for a in self.assets.values()
+            ]
+        )
+
+    async def _view(self, market: MarketActor, account: int) -> PositionView | None:
+        return await self.portal.run(market.call, market.query, lambda e: e.view(account))
+
+    async def _fund(self, asset: str, context: Ctx) -> FundActor:
+        actor = self.funds.get(asset)
+        if actor is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "asset", f"unknown asset {asset!r}")
+        return actor
+
+
+def _fund_pb(fund: InsuranceFund) -> query_pb2.InsuranceFund:
+    return convert.fund(fund)
+
+
+def _ledger_page(fund: InsuranceFund, start: int, size: int) -> tuple[list[LedgerEntry], int]:
+    return fund.ledger[start - 1 : start - 1 + size], len(fund.ledger)
+
+
+def _report(fund: InsuranceFund, day: int) -> DailyReport:
+    report = fund.reports.get(day)
+    if report is None:  # a day without movements: balance as it stands
+        return DailyReport(day, fund.balance, fund.balance)
+    return DailyReport(
+        report.day,
+        report.opening_balance,
+        report.closing_balance,
+        report.liquidation_volume,
+        dict(report.inflow_by_kind),
+        dict(report.outflow_by_kind),
+    )
+
+
+def _spec_and_mark(engine: MarketEngine) -> tuple[object, int | None]:
+    return engine.spec, engine.mark

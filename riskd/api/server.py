@@ -1,0 +1,82 @@
+"""Assemble the grpc.aio server: riskd's services, health and reflection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from riskd.api.admin import AdminServicer
+from riskd.api.events import EventLog, EventServicer
+from riskd.api.ingest import IngestServicer
+from riskd.api.query import QueryServicer
+from riskd.api.withdrawal import WithdrawalServicer
+from riskd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    withdrawal_pb2,
+    withdrawal_pb2_grpc,
+)
+
+__all__ = ["Services", "build_server", "SERVICE_NAMES"]
+
+SERVICE_NAMES = (
+    ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
+    withdrawal_pb2.DESCRIPTOR.services_by_name["WithdrawalService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+@dataclass(slots=True)
+class Services:
+    ingest: IngestServicer
+    events: EventServicer
+    query: QueryServicer
+    withdrawal: WithdrawalServicer
+    admin: AdminServicer
+    log: EventLog
+
+
+async def build_server(
+    services: Services, address: str, max_message_bytes: int
+) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
+    """Create, wire and bind the server (not started); returns the bound port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    ingest_pb2_grpc.add_IngestServiceServicer_to_server(services.ingest, server)
+    events_pb2_grpc.add_EventServiceServicer_to_server(services.events, server)
+    query_pb2_grpc.add_QueryServiceServicer_to_server(services.query, server)
+    withdrawal_pb2_grpc.add_WithdrawalServiceServicer_to_server(services.withdrawal, server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(services.admin, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port, health

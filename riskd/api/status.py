@@ -1,0 +1,60 @@
+"""gRPC statuses for refused requests, with the offending field as rich details.
+
+Clients get a plain status code and message (``field: why``) and, for those
+that read ``grpc-status-details-bin``, a ``google.rpc.BadRequest`` naming the
+field (grpcio-status).
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from riskd.core import Rejected
+from riskd.core.errors import Code
+
+__all__ = ["GRPC_CODES", "abort", "abort_rejected", "status_for"]
+
+GRPC_CODES = {
+    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Code.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Code.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def status_for(code: grpc.StatusCode, field: str, message: str) -> grpc.Status:
+    details = any_pb2.Any()
+    details.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+            ]
+        )
+    )
+    text = f"{field}: {message}" if field else message
+    number: int = code.value[0]
+    assert code_pb2.Code.Name(number)  # a real google.rpc code
+    return rpc_status.to_status(status_pb2.Status(code=number, message=text, details=[details]))
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[object, object],
+    code: grpc.StatusCode,
+    field: str,
+    message: str,
+) -> NoReturn:
+    await context.abort_with_status(status_for(code, field, message))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+async def abort_rejected(
+    context: grpc.aio.ServicerContext[object, object], r: Rejected, prefix: str = ""
+) -> NoReturn:
+    field = f"{prefix}{r.field}" if prefix else r.field
+    await abort(context, GRPC_CODES[r.code], field, r.message)

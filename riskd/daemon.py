@@ -1,0 +1,246 @@
+"""The daemon: actors in a trio nursery, gRPC on its thread, metrics on theirs.
+
+Start-up order: actors running → gRPC bound and started → health SERVING.
+Shutdown (SIGTERM/SIGINT, or cancellation): health NOT_SERVING → ingest
+streams stop reading and end with OK after acknowledging what they had in
+flight → gRPC server stops → actors are cancelled.  ``server.stop(grace)``
+alone would cut streams with acks still in flight (measured:
+docs/architecture.md), hence the explicit drain first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+from grpc_health.v1 import health_pb2
+from prometheus_client import start_http_server
+
+from riskd.actors.fund import FundActor
+from riskd.actors.market import MarketActor
+from riskd.actors.sequencer import Sequencer
+from riskd.actors.wallet import WalletActor
+from riskd.api.admin import AdminServicer
+from riskd.api.bridge import GrpcThread, Portal, call_soon
+from riskd.api.events import EventLog, EventServicer
+from riskd.api.ingest import IngestServicer
+from riskd.api.query import QueryServicer
+from riskd.api.server import SERVICE_NAMES, Services, build_server
+from riskd.api.withdrawal import WithdrawalServicer
+from riskd.config import Config
+from riskd.core import InsuranceFund, MarketEngine
+from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
+from riskd.core.wallet import Wallets
+from riskd.metrics import Metrics
+
+__all__ = ["Daemon", "Endpoints", "serve"]
+
+log = structlog.get_logger("riskd")
+
+#: Room for every message a unary RPC may have waiting at the sequencer.
+UNARY_LIMIT = 64
+DRAIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    grpc_port: int
+    metrics_port: int
+
+
+class Daemon:
+    """All of riskd's moving parts, built from a config (nothing started yet)."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        srv = config.server
+        cap = srv.mailbox_capacity
+        self.event_log = EventLog(srv.event_retention)
+        self._grpc: GrpcThread | None = None
+        self.wallets = {a: WalletActor(Wallets(a), cap) for a in config.assets}
+        self.funds = {
+            a: FundActor(InsuranceFund(a, config.funds.get(a)), self.publish, cap)
+            for a in config.assets
+        }
+        self.markets = {
+            m.symbol: MarketActor(
+                MarketEngine(m),
+                self.funds[m.asset.symbol],
+                self.wallets[m.asset.symbol],
+                self.publish,
+                cap,
+                self._marked,
+            )
+            for m in config.markets
+        }
+        # Every stream may have a full window in flight, plus the unary calls.
+        self.sequencer = Sequencer(
+            self.markets,
+            self.wallets,
+            self.funds,
+            self.metrics,
+            srv.max_ingest_streams * (srv.stream_window + 1) + UNARY_LIMIT,
+        )
+        for a, asset in config.assets.items():
+            self.metrics.asset_info.labels(a, str(asset.decimals)).set(1)
+            self.metrics.fund_balance.labels(a).set(0)
+            self.metrics.watch_mailbox("fund", "", a, _depth(self.funds[a]), cap)
+            self.metrics.watch_mailbox("wallet", "", a, _depth(self.wallets[a]), cap)
+        for sym, actor in self.markets.items():
+            self.metrics.watch_mailbox("market", sym, actor.engine.asset, _depth(actor), cap)
+        self.metrics.watch_mailbox(
+            "sequencer", "", "", _depth(self.sequencer), self.sequencer.capacity
+        )
+
+    def actors(self) -> list[Any]:
+        return [
+            self.sequencer,
+            *self.markets.values(),
+            *self.funds.values(),
+            *self.wallets.values(),
+        ]
+
+    def publish(self, effects: list[Effect]) -> None:
+        """Effects for the outside world: metrics, one log line per money decision, events."""
+        self.metrics.observe(effects)
+        for e in effects:
+            if isinstance(e, LiquidationSettled | AdlEvent | FundFlow):
+                _log_decision(e)
+        grpc = self._grpc
+        if grpc is not None and grpc.loop is not None:
+            call_soon(grpc.loop, self.event_log.extend, effects)
+
+    def _marked(self, market: str, ts: int) -> None:
+        self.metrics.mark_timestamp.labels(market).set(ts / 1000)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until SIGTERM/SIGINT or cancellation; then drain and stop."""
+        srv = self.config.server
+        host, port = _split(srv.metrics_listen)
+        http, http_thread = start_http_server(port, host, registry=self.metrics.registry)
+        try:
+            async with trio.open_nursery() as nursery:
+                for actor in self.actors():
+                    await nursery.start(actor.run)
+                portal = Portal(trio.lowlevel.current_trio_token(), nursery, UNARY_LIMIT)
+                ingest = IngestServicer(portal, self.sequencer, srv, self.metrics)
+                services = Services(
+                    ingest=ingest,
+                    events=EventServicer(self.event_log, self.metrics),
+                    query=QueryServicer(
+                        portal, self.markets, self.funds, self.wallets, self.config.assets
+                    ),
+                    withdrawal=WithdrawalServicer(portal, self.sequencer),
+                    admin=AdminServicer(portal, self.sequencer),
+                    log=self.event_log,
+                )
+                bound: dict[str, Any] = {}
+
+                async def build() -> Any:
+                    server, port, health = await build_server(
+                        services, srv.grpc_listen, 4 * 1024 * 1024
+                    )
+                    bound.update(port=port, health=health)
+                    return server
+
+                self._grpc = grpc = GrpcThread(build)
+                await trio.to_thread.run_sync(grpc.start)
+                health = bound["health"]
+                await trio.to_thread.run_sync(
+                    grpc.run_coroutine, _set_health(health, health_pb2.HealthCheckResponse.SERVING)
+                )
+                endpoints = Endpoints(bound["port"], http.server_port)
+                log.info(
+                    "riskd_serving",
+                    grpc_port=endpoints.grpc_port,
+                    metrics_port=endpoints.metrics_port,
+                    markets=list(self.markets),
+                )
+                task_status.started(endpoints)
+                try:
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for sig in signals:
+                            log.info("riskd_stopping", signal=signal.Signals(sig).name)
+                            break
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._shutdown(grpc, health, ingest)
+                    nursery.cancel_scope.cancel()
+        finally:
+            http.shutdown()
+            http_thread.join(timeout=5)
+            self._grpc = None
+
+    async def _shutdown(self, grpc: GrpcThread, health: Any, ingest: IngestServicer) -> None:
+        await trio.to_thread.run_sync(
+            grpc.run_coroutine, _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        await trio.to_thread.run_sync(grpc.run_coroutine, ingest.drain(DRAIN_SECONDS))
+        await trio.to_thread.run_sync(grpc.stop, 2.0)
+        log.info("riskd_stopped")
+
+
+async def serve(
+    config: Config, *, task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED
+) -> None:
+    await Daemon(config).run(task_status=task_status)
+
+
+async def _set_health(health: Any, status: int) -> None:
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, status)
+    if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+        await asyncio.sleep(0)
+
+
+def _depth(actor: Any) -> Callable[[], int]:
+    return lambda: actor.depth
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _log_decision(e: Effect) -> None:
+    if isinstance(e, LiquidationSettled):
+        log.info(
+            "liquidation_settled",
+            market=e.market,
+            liquidation_id=e.liquidation_id,
+            quantity=e.quantity,
+            price=e.price,
+            fund_delta_quantums=e.fund_delta,
+            returned_quantums=e.returned_to_trader,
+            adl_quantity=e.adl_quantity,
+        )
+    elif isinstance(e, AdlEvent):
+        log.info(
+            "adl_executed",
+            market=e.market,
+            liquidation_id=e.liquidation_id,
+            quantity=e.quantity,
+            price=e.price,
+            counterparties=e.counterparties,
+            closed_notional_quantums=e.closed_notional,
+            deficit_quantums=e.deficit,
+            overshoot_quantums=e.overshoot,
+        )
+    elif isinstance(e, FundFlow):
+        log.info(
+            "fund_flow",
+            asset=e.asset,
+            market=e.market,
+            kind=e.kind.value,
+            amount_quantums=e.amount,
+            balance_after_quantums=e.balance_after,
+            cause=e.cause,
+        )

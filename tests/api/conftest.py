@@ -1,0 +1,81 @@
+"""A real riskd daemon on loopback, as a subprocess, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    metrics_port: int
+    log: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.target)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def start_daemon(tmp: Path, *extra: str) -> Daemon:
+    """Start ``riskd serve`` on free ports; wait until it reports serving."""
+    log = tmp / f"riskd-{time.monotonic_ns()}.log"
+    out = log.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "riskd.cli",
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp / "data"),
+            *extra,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if '"riskd_serving"' in line:
+                rec = json.loads(line)
+                return Daemon(process, rec["grpc_port"], rec["metrics_port"], log)
+        if process.poll() is not None:
+            raise RuntimeError(f"riskd exited early:\n{log.read_text()}")
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"riskd did not start:\n{log.read_text()}")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = start_daemon(tmp_path)
+    try:
+        yield d
+    finally:
+        code = d.stop()
+        assert code == 0, f"riskd exited with {code}:\n{d.log.read_text()}"
