@@ -24,6 +24,7 @@ from riskd.core.events import (
     LiquidationFill,
     LiquidationOrder,
     LiquidationSettled,
+    MarginCall,
     MarginTransfer,
     MarkPrice,
 )
@@ -207,6 +208,18 @@ def encode_event(seq: int, e: Effect) -> events_pb2.Event | None:
                     quantity=e.quantity,
                     price=e.price,
                     realized_pnl=e.realised,
+                ),
+            )
+        case MarginCall():
+            return events_pb2.Event(
+                sequence=seq,
+                timestamp_ms=ts,
+                margin_call=events_pb2.MarginCall(
+                    market=e.market,
+                    account=e.account,
+                    margin_balance=e.margin_balance,
+                    maintenance_margin=e.maintenance_margin,
+                    liquidation_price=e.liquidation_price,
                 ),
             )
     return None

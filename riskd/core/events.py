@@ -35,6 +35,7 @@ __all__ = [
     "LiquidationSettled",
     "AdlNotice",
     "AdlEvent",
+    "MarginCall",
     "FundFlow",
     "Effect",
 ]
@@ -298,6 +299,18 @@ class AdlEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class MarginCall:
+    """A position's mark came within the market's margin-call distance of its LP."""
+
+    market: str
+    account: int
+    margin_balance: int
+    maintenance_margin: int
+    liquidation_price: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
 class FundFlow:
     """A fund ledger entry, as published."""
 
@@ -321,5 +334,6 @@ Effect = (
     | LiquidationSettled
     | AdlNotice
     | AdlEvent
+    | MarginCall
     | FundFlow
 )

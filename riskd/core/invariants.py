@@ -5,6 +5,10 @@ Conservation, per settlement asset (exact, to the quantum)::
     Σ wallets + Σ isolated margins (backstop included) + Σ unrealised PnL
       + fund balance + Σ fee pools  ==  deposits − withdrawals + injections
 
+Every open position not being liquidated is above maintenance margin at the
+mark (the backstop: above bankruptcy): the liquidation index checked against
+the exact predicate.
+
 Σ unrealised PnL over a market is ``Σ value(q_i, P) − Σ basis_i``; since every
 market nets to zero size and value is linear in size, the first sum is zero at
 any mark, so it is exactly ``−Σ basis_i``.
@@ -15,7 +19,7 @@ from __future__ import annotations
 import hashlib
 
 from riskd.core.engine import Engine
-from riskd.core.margin import is_bankrupt
+from riskd.core.margin import is_bankrupt, is_liquidatable
 
 __all__ = ["violations", "conservation", "digest"]
 
@@ -58,13 +62,14 @@ def violations(engine: Engine) -> list[str]:
                 out.append(f"{m.symbol}: account {p.account} has negative margin {p.margin}")
             if m.mark is not None and p.size and (p.key is None):
                 out.append(f"{m.symbol}: open position of {p.account} is not indexed")
-            if m.mark is not None and p.size and is_bankrupt(m.spec, p, m.mark) and not _waiting(m):
-                out.append(f"{m.symbol}: bankrupt position of {p.account} survived")
+            if m.mark is None or not p.size:
+                continue
+            if p.is_backstop:
+                if is_bankrupt(m.spec, p, m.mark):
+                    out.append(f"{m.symbol}: the backstop is bankrupt but not liquidating")
+            elif is_liquidatable(m.spec, p, m.mark):
+                out.append(f"{m.symbol}: {p.account} is liquidatable but not liquidating")
     return out
-
-
-def _waiting(m: object) -> bool:
-    return bool(getattr(m, "liquidations", None))
 
 
 def digest(engine: Engine) -> str:

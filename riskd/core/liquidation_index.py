@@ -45,15 +45,23 @@ class LiquidationIndex:
         Longs come highest threshold first and shorts lowest first: the most
         endangered positions are handled first.
         """
-        out: list[int] = []
-        longs, shorts = self._longs, self._shorts
-        if longs and longs[-1] >> _SHIFT >= price:
-            i = longs.bisect_left(price << _SHIFT)
-            out.extend(k & _MASK for k in reversed(longs[i:]))
-        if shorts and shorts[0] >> _SHIFT <= price:
-            j = shorts.bisect_left((price + 1) << _SHIFT)
-            out.extend(k & _MASK for k in shorts[:j])
-        return out
+        return self.longs_from(price) + self.shorts_to(price)
+
+    def longs_from(self, price: int) -> list[int]:
+        """Longs with threshold >= ``price``, highest first."""
+        longs = self._longs
+        if not longs or longs[-1] >> _SHIFT < price:
+            return []
+        i = longs.bisect_left(price << _SHIFT)
+        return [k & _MASK for k in reversed(longs[i:])]
+
+    def shorts_to(self, price: int) -> list[int]:
+        """Shorts with threshold <= ``price``, lowest first."""
+        shorts = self._shorts
+        if not shorts or shorts[0] >> _SHIFT > price:
+            return []
+        j = shorts.bisect_left((price + 1) << _SHIFT)
+        return [k & _MASK for k in shorts[:j]]
 
     def nearest(self) -> tuple[int | None, int | None]:
         """The highest long threshold and the lowest short threshold."""

@@ -55,6 +55,12 @@ class MarketSpec:
     For linear markets the asset must have at least
     ``price_decimals + quantity_decimals`` decimals so that quantity × price is
     an exact number of quantums.
+
+    ``partial_liquidation`` steps a crossed position down one risk tier (closes
+    just enough that its notional leaves its bracket) instead of closing it
+    whole, when it is not bankrupt.  ``margin_call_ppm`` is how close (as a
+    fraction of the price) the mark may come to a position's liquidation price
+    before a margin call is published; 0 disables margin calls.
     """
 
     symbol: str
@@ -72,6 +78,8 @@ class MarketSpec:
     adl_policy: AdlPolicy = AdlPolicy.PNL_LEVERAGE
     fund_loss_cap: int | None = None
     reduce_only: bool = False
+    partial_liquidation: bool = False
+    margin_call_ppm: int = 20_000
     # Derived constants (see __post_init__); excluded from equality.
     _linear_k: int = field(default=0, compare=False, repr=False)
     _inverse_num: int = field(default=0, compare=False, repr=False)
@@ -87,6 +95,10 @@ class MarketSpec:
             raise ValueError(f"{sym}: liquidation_fee_cap_ppm must be in 0..1e6")
         if not 0 <= self.fund_fee_share_ppm <= PPM:
             raise ValueError(f"{sym}: fund_fee_share_ppm must be in 0..1e6")
+        if self.partial_liquidation and self.liquidation_fee_cap_ppm >= PPM:
+            raise ValueError(f"{sym}: partial liquidation needs a liquidation fee cap below 100 %")
+        if not 0 <= self.margin_call_ppm < PPM:
+            raise ValueError(f"{sym}: margin_call_ppm must be in 0..1e6")
         if self.fund_loss_cap is not None and self.fund_loss_cap < 0:
             raise ValueError(f"{sym}: fund_loss_cap must be >= 0")
         if self.contract_type is ContractType.LINEAR:

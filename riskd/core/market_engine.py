@@ -30,6 +30,7 @@ from riskd.core.events import (
     LiquidationFill,
     LiquidationOrder,
     LiquidationSettled,
+    MarginCall,
     MarkPrice,
     ReserveClaim,
     ReserveSettle,
@@ -55,7 +56,7 @@ from riskd.core.margin import (
 )
 from riskd.core.market import LiquidationMode, MarketSpec
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
-from riskd.core.units import INT64_MAX, check_int64
+from riskd.core.units import INT64_MAX, PPM, check_int64
 from riskd.core.wallet import check_account
 
 __all__ = ["MarketEngine", "PositionView"]
@@ -97,6 +98,7 @@ class MarketEngine:
         self.next_liquidation = 1
         self.effects: list[Effect] = []
         self._ranking: dict[bool, list[Position]] = {}
+        self._called: set[int] = set()
 
     @property
     def asset(self) -> str:
@@ -307,11 +309,35 @@ class MarketEngine:
     # --- liquidation ------------------------------------------------------------
 
     def _scan(self, ts: int) -> None:
-        """Start liquidating every position the mark has crossed."""
+        """Start liquidating every position the mark has crossed; call the close ones."""
         if self.mark is None:
             return
         for account in self.index.crossed(self.mark):
             self._start(self.positions[account], ts)
+        if self.spec.margin_call_ppm:
+            self._margin_calls(ts)
+
+    def _margin_calls(self, ts: int) -> None:
+        """Publish a margin call when a position enters the band near its LP (once)."""
+        assert self.mark is not None
+        spec, mark, d = self.spec, self.mark, self.spec.margin_call_ppm
+        band = set(self.index.longs_from(mark * PPM // (PPM + d)))
+        band.update(self.index.shorts_to(mark * PPM // (PPM - d)))
+        for account in sorted(band - self._called):
+            pos = self.positions[account]
+            if pos.is_backstop:
+                continue
+            self.effects.append(
+                MarginCall(
+                    self.symbol,
+                    account,
+                    pos.margin + unrealised(spec, pos, mark),
+                    maintenance_margin(spec, pos, mark),
+                    _wire_price(liquidation_threshold(spec, pos)),
+                    ts,
+                )
+            )
+        self._called = band
 
     def _start(self, pos: Position, ts: int) -> None:
         assert self.mark is not None
@@ -334,7 +360,15 @@ class MarketEngine:
             liq.stage = Stage.AWAITING_ADL
             self._retry_adl(ts)
         elif liq.takeover:
-            _, remaining = close_result(spec, pos, mark)
+            part = self._partial(pos, mark) if spec.partial_liquidation else 0
+            if part:
+                liq.quantity = part
+                trial = _copy(pos)
+                value = spec.trade_value(-_sign(pos.size) * part, mark)
+                remaining = trial.margin + trial.trade(-_sign(pos.size) * part, value)
+                n = abs(value)
+            else:
+                _, remaining = close_result(spec, pos, mark)
             liq.fee = liquidation_fee(spec, remaining, n)
             liq.shortfall = max(-remaining, 0)
             self.effects.append(
@@ -346,7 +380,7 @@ class MarketEngine:
                     n,
                     liq.fee,
                     liq.shortfall,
-                    initial_margin(spec, pos, mark),
+                    spec.tiers.initial(n),
                     spec.fund_loss_cap,
                 )
             )
@@ -363,17 +397,35 @@ class MarketEngine:
                 )
             )
 
+    def _partial(self, pos: Position, mark: int) -> int:
+        """Quantity that steps a solvent position down one tier (0: close it whole)."""
+        spec = self.spec
+        num, den = spec.notional(1, mark)
+        t = spec.tiers.tier_for(notional(spec, pos, mark))
+        if t.floor == 0 or close_result(spec, pos, mark)[1] <= 0:
+            return 0
+        keep = (t.floor * den - 1) // num
+        keep -= keep % spec.step_size
+        part = abs(pos.size) - keep
+        return part if 0 < part < abs(pos.size) else 0
+
     def _take_over(self, liq: Liquidation, pos: Position, granted: int, ts: int) -> None:
-        """The fund paid: the position passes at the trigger mark to the backstop."""
+        """The fund paid: the position (or its part) passes at the trigger mark to the backstop."""
         backstop = self.positions.get(BACKSTOP_ACCOUNT)
         if backstop is None:
             backstop = self.positions[BACKSTOP_ACCOUNT] = Position(BACKSTOP_ACCOUNT)
         self._unindex(backstop)
-        value = self.spec.trade_value(-pos.size, liq.price)
-        size = pos.size
+        size = _sign(pos.size) * liq.quantity
+        value = self.spec.trade_value(-size, liq.price)
         pos.margin += pos.trade(-size, value) + liq.shortfall - liq.fee
         backstop.margin += backstop.trade(size, -value) + granted
-        returned = self._close(pos, liq, ts)
+        if pos.size:  # a partial liquidation: the rest stays open, re-indexed
+            del self.liquidations[liq.id]
+            pos.liquidation = 0
+            self._index(pos)
+            returned = 0
+        else:
+            returned = self._close(pos, liq, ts)
         self.effects.append(
             LiquidationSettled(
                 self.symbol,
@@ -530,8 +582,7 @@ class MarketEngine:
             pos = Position(account)
         if pos.liquidation:
             raise Rejected.precondition(field, f"account {account} is being liquidated")
-        trial = Position(account)
-        trial.size, trial.basis, trial.margin = pos.size, pos.basis, pos.margin
+        trial = _copy(pos)
         realised = trial.trade(qty, value)
         margin = trial.margin + realised - fee
         grows = abs(trial.size) > abs(pos.size) or (
@@ -686,6 +737,12 @@ class MarketEngine:
             quintile,
             bool(pos.liquidation),
         )
+
+
+def _copy(pos: Position) -> Position:
+    trial = Position(pos.account)
+    trial.size, trial.basis, trial.margin = pos.size, pos.basis, pos.margin
+    return trial
 
 
 def _wire_price(p: int) -> int:

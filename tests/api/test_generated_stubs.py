@@ -50,7 +50,7 @@ EXPECTED_SERVICES = {
         "ListAssets",
     },
     "WithdrawalService": {"Withdraw"},
-    "AdminService": {"UpdateMarket", "SetReduceOnly", "InjectFund"},
+    "AdminService": {"UpdateMarket", "SetReduceOnly", "InjectFund", "CheckState"},
 }
 
 
