@@ -14,6 +14,7 @@ import asyncio
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -124,6 +125,9 @@ class Daemon:
     ) -> None:
         """Serve until SIGTERM/SIGINT or cancellation; then drain and stop."""
         srv = self.config.server
+        # Durable state (journal, snapshots) will live here; create it up front so a
+        # misconfigured path fails at start, not later.
+        Path(srv.data_dir).mkdir(parents=True, exist_ok=True)
         host, port = _split(srv.metrics_listen)
         http, http_thread = start_http_server(port, host, registry=self.metrics.registry)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import urllib.request
 
 import grpc
@@ -133,12 +134,13 @@ def test_resend_after_reconnect_applies_once(daemon: Daemon) -> None:
     inputs = crash_scenario()
 
     async def go() -> Gateway:
-        # First connection: send half, then drop the stream mid-way.
+        # First connection: batches in flight when the stream is cut.
         gw = Gateway(daemon.target, "gw-resume", batch_size=3)
         await gw.start()
-        for x in inputs[: len(inputs) // 2]:
+        for x in inputs[: len(inputs) // 2 + 1]:
             send(gw, x)
-        await gw.flush()
+        gw._seal()
+        await asyncio.sleep(0.01)
         await gw.close()
         # A new helper that does not know what was acked resends everything.
         gw2 = Gateway(daemon.target, "gw-resume", batch_size=3)
@@ -227,3 +229,31 @@ def test_withdrawal_is_atomic_and_idempotent(daemon: Daemon) -> None:
         q.GetAccount(query_pb2.GetAccountRequest(account=1, asset="USDT")).wallet_balance
         == 6_000 * USDT
     )
+
+
+def test_sigterm_drains_streams_and_exits_cleanly(daemon: Daemon) -> None:
+    """Streams in flight at SIGTERM end with OK after their acks; exit code 0."""
+    inputs = crash_scenario()
+
+    async def go() -> tuple[Gateway, BaseException | None]:
+        gw = Gateway(daemon.target, "gw-term", batch_size=1, window=64)
+        await gw.start()
+        for _ in range(200):
+            for x in inputs[:4]:
+                send(gw, x)
+        await gw.wait_for_window()
+        daemon.process.send_signal(signal.SIGTERM)
+        try:
+            await gw.flush(timeout=10)
+            error = None
+        except BaseException as e:  # the daemon went away before acking all
+            error = e
+        await gw.close()
+        return gw, error
+
+    gw, _ = asyncio.run(go())
+    assert daemon.process.wait(20) == 0
+    log = daemon.log.read_text()
+    assert "riskd_stopping" in log and "riskd_stopped" in log
+    assert "ingest_internal_error" not in log
+    assert gw.acked_sequence > 0
