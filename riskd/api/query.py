@@ -70,12 +70,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 context, grpc.StatusCode.NOT_FOUND, "market", f"unknown market {request.market!r}"
             )
         view = await self._view(market, request.account)
-        if view is None:
-            await abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                "account",
-                f"account {request.account} has no position in {request.market}",
+        if view is None:  # no position: the proto promises a flat one, not an error
+            return query_pb2.GetPositionResponse(
+                position=query_pb2.Position(account=request.account, market=request.market)
             )
         return query_pb2.GetPositionResponse(position=convert.position(view))
 

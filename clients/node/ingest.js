@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+// Second-language check: stream one batch into riskd's IngestService from Node,
+// using nothing but the .proto files (no generated code).
+//
+//   npm ci && node ingest.js 127.0.0.1:50051
+//
+// Prints one JSON line: {"acked": N, "rejections": [{sequence, code, field}]}.
+// Exits 0 when riskd acknowledged the whole batch, non-zero on any error or
+// after 10 seconds.
+'use strict';
+
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const TIMEOUT_MS = 10_000;
+const PROTOS = path.resolve(__dirname, '..', '..', 'protos');
+const GATEWAY = 'node-gw';
+const EPOCH = '1';
+const USDT = 1_000_000n; // USDT has 6 decimals: 1 USDT = 10^6 quantums
+
+function fail(message) {
+  process.stderr.write(`ingest.js: ${message}\n`);
+  process.exit(1);
+}
+
+function main() {
+  const target = process.argv[2];
+  if (!target) fail('usage: node ingest.js HOST:PORT');
+
+  const definition = protoLoader.loadSync(['riskd/v1/ingest.proto'], {
+    keepCase: true, // field names exactly as in the .proto (acked_sequence, not ackedSequence)
+    longs: String, // int64/uint64 arrive as decimal strings: no precision loss
+    enums: String, // RejectionCode arrives as its name
+    defaults: true, // unset scalars arrive as 0 / "" rather than undefined
+    oneofs: true,
+    includeDirs: [PROTOS],
+  });
+  const riskd = grpc.loadPackageDefinition(definition).riskd.v1;
+  const client = new riskd.IngestService(target, grpc.credentials.createInsecure());
+
+  const timer = setTimeout(() => fail(`timed out after ${TIMEOUT_MS} ms`), TIMEOUT_MS);
+
+  // 64-bit integers are sent as strings so nothing depends on JS number precision.
+  const ts = String(Date.now());
+  const updates = [
+    { deposit: { account: '42', asset: 'USDT', amount: String(1000n * USDT), deposit_id: '1' } },
+    { margin_transfer: { account: '42', market: 'BTC-USDT', amount: String(100n * USDT) } },
+    { mark_price: { market: 'BTC-USDT', price: '5000000' } }, // 50,000.00
+    { mark_price: { market: 'BTC-USDT', price: '5000005' } }, // off the 10-unit tick: rejected
+    { mark_price: { market: 'BTC-USDT', price: '5001000' } }, // the batch goes on after a rejection
+  ].map((u, i) => ({ sequence: String(i + 1), timestamp_ms: ts, ...u }));
+  const last = BigInt(updates.length);
+
+  const metadata = new grpc.Metadata();
+  metadata.set('x-riskd-gateway', GATEWAY);
+  metadata.set('x-riskd-epoch', EPOCH);
+  const call = client.Ingest(metadata, { deadline: Date.now() + TIMEOUT_MS });
+
+  let first = true;
+  let acked = 0n;
+  const rejections = [];
+  let halfClosed = false;
+
+  call.on('data', (response) => {
+    if (first) {
+      // riskd speaks first: the last sequence it already applied for this gateway.
+      first = false;
+      process.stderr.write(`first response: acked_sequence=${response.acked_sequence}\n`);
+      call.write({ epoch: EPOCH, updates });
+      return;
+    }
+    for (const r of response.rejections) {
+      rejections.push({ sequence: Number(r.sequence), code: r.code, field: r.field });
+    }
+    const n = BigInt(response.acked_sequence);
+    if (n > acked) acked = n;
+    if (acked >= last && !halfClosed) {
+      halfClosed = true;
+      call.end(); // half-close: riskd ends the stream with OK
+    }
+  });
+
+  call.on('error', (err) => fail(`stream failed: ${err.code} ${err.details || err.message}`));
+
+  call.on('status', (status) => {
+    if (status.code !== grpc.status.OK) return; // reported by the 'error' handler
+    clearTimeout(timer);
+    client.close();
+    if (acked < last) fail(`stream ended at acked_sequence=${acked}, expected ${last}`);
+    process.stdout.write(`${JSON.stringify({ acked: Number(acked), rejections })}\n`);
+  });
+}
+
+main();

@@ -1,0 +1,81 @@
+"""Second-language check: a Node client built from the .proto files alone.
+
+``clients/node/ingest.js`` (``@grpc/grpc-js`` + ``@grpc/proto-loader`` from npm)
+streams one batch into a real daemon; the result is then read back with the
+Python stubs.  Skipped when node/npm are missing or ``npm ci`` cannot install.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from riskd.v1 import query_pb2, query_pb2_grpc
+
+from .conftest import Daemon
+
+NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
+USDT = 10**6
+N = 5  # updates in the batch that ingest.js sends
+BAD = 3  # index in that batch of the off-tick mark price
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None,
+    reason="node and npm are not both on PATH",
+)
+
+
+def _installed() -> bool:
+    modules = NODE_DIR / "node_modules" / "@grpc"
+    return all((modules / p / "package.json").exists() for p in ("grpc-js", "proto-loader"))
+
+
+@pytest.fixture(scope="module")
+def node_client() -> Path:
+    """``clients/node`` with its dependencies installed (once; kept between runs)."""
+    if not _installed():
+        try:
+            done = subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund"],
+                cwd=NODE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.skip("npm ci in clients/node timed out (no registry?)")
+        if done.returncode != 0 or not _installed():
+            pytest.skip(f"npm ci in clients/node failed (no registry?): {done.stderr[-500:]}")
+    return NODE_DIR / "ingest.js"
+
+
+def test_node_client_streams_a_batch(node_client: Path, daemon: Daemon) -> None:
+    run = subprocess.run(
+        ["node", str(node_client), daemon.target],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "first response: acked_sequence=0" in run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["acked"] == N
+    assert result["rejections"] == [
+        {
+            "sequence": BAD + 1,
+            "code": "REJECTION_CODE_INVALID_ARGUMENT",
+            "field": f"updates[{BAD}].mark_price.price",
+        }
+    ]
+
+    query = query_pb2_grpc.QueryServiceStub(daemon.channel())
+    account = query.GetAccount(query_pb2.GetAccountRequest(account=42, asset="USDT"))
+    assert account.wallet_balance == 900 * USDT  # 1000 deposited, 100 moved to margin
+    # The isolated margin bucket shows up as a position of size 0.
+    assert [(p.market, p.size, p.isolated_margin) for p in account.positions] == [
+        ("BTC-USDT", 0, 100 * USDT)
+    ]
