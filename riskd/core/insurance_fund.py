@@ -127,7 +127,9 @@ class InsuranceFund:
         return self._book(FundKind.INJECTION, "", cause, amount, ts)
 
     def credit(self, c: FundCredit) -> None:
-        if c.amount > 0:
+        if c.amount < 0:  # a market bug: never let units vanish quietly
+            raise AssertionError(f"negative fund credit {c}")
+        if c.amount:
             self._book(c.kind, c.market, c.cause, c.amount, c.ts)
 
     def takeover(self, claim: TakeoverClaim) -> FundDecision:

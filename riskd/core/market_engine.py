@@ -50,6 +50,7 @@ from riskd.core.margin import (
     bankruptcy_threshold,
     initial_margin,
     liquidation_threshold,
+    margin_balance,
     maintenance_margin,
     notional,
     unrealised,
@@ -415,6 +416,11 @@ class MarketEngine:
         if backstop is None:
             backstop = self.positions[BACKSTOP_ACCOUNT] = Position(BACKSTOP_ACCOUNT)
         self._unindex(backstop)
+        if backstop.liquidation:
+            # It waits for ADL counterparties (no fund claim is open for it): drop
+            # that, merge, and let the next scan judge the merged position.
+            del self.liquidations[backstop.liquidation]
+            backstop.liquidation = 0
         size = _sign(pos.size) * liq.quantity
         value = self.spec.trade_value(-size, liq.price)
         pos.margin += pos.trade(-size, value) + liq.shortfall - liq.fee
@@ -486,17 +492,22 @@ class MarketEngine:
         spec = self.spec
         pos = self.positions[liq.account]
         q = pos.size
+        extra = liq.reserved
+        price = execution_price(spec, pos, extra)
+        # A counterparty must stay solvent at the execution price (2 quanta spare
+        # for the rounding of its share), or closing it would just move the hole.
         ranked = [
             p
             for p in self._ranked(q < 0)
-            if p.size and (p.size > 0) != (q > 0) and not p.liquidation
+            if p.size
+            and (p.size > 0) != (q > 0)
+            and not p.liquidation
+            and margin_balance(spec, p, price) >= 2
         ]
         takes = adl.allocate(ranked, abs(q))
         if sum(x for _, x in takes) < abs(q):
             return  # wait: the missing counterparties are being liquidated themselves
         mark = self.mark if self.mark is not None else liq.price
-        extra = liq.reserved
-        price = execution_price(spec, pos, extra)
         _, at_mark = close_result(spec, pos, mark)
         deficit = max(-(at_mark + extra), 0)
         total = spec.trade_value(-q, price)
@@ -513,11 +524,12 @@ class MarketEngine:
             cp.margin += realised
             haircut += cp_value - spec.trade_value(cp_qty, mark)
             self.effects.append(
-                AdlNotice(
-                    self.symbol, liq.id, cp.account, _sign(cp.size or -q), x, price, realised, ts
-                )
+                AdlNotice(self.symbol, liq.id, cp.account, -_sign(q), x, price, realised, ts)
             )
-            self._after_trade(cp, ts)
+            if cp.size:
+                self._index(cp)
+            else:
+                self._sweep(cp, ts)
         self.effects.append(
             AdlEvent(
                 self.symbol,
@@ -628,6 +640,8 @@ class MarketEngine:
 
     def _sweep(self, pos: Position, ts: int) -> None:
         """A flat position's margin returns to its owner; the record goes."""
+        if pos.margin < 0:
+            raise AssertionError(f"{self.symbol}: {pos} would leave with negative margin")
         self._unindex(pos)
         if pos.margin:
             if pos.is_backstop:

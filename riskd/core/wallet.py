@@ -59,5 +59,7 @@ class Wallets:
             self.balances[account] = have - amount
 
     def credit(self, account: int, amount: int) -> None:
+        if amount < 0:  # credits come from the engine, never from input
+            raise AssertionError(f"negative wallet credit {amount} to {account}")
         if amount:
             self.balances[account] = self.balance(account) + amount
