@@ -89,6 +89,7 @@ class InsuranceFund:
         self.balance = 0
         self.reserved: dict[tuple[str, int], int] = {}
         self.reserved_total = 0
+        self._reserved_by_market: dict[str, int] = {}
         self.backstop_granted: dict[str, int] = {}
         self.total_inflow = 0
         self.total_outflow = 0
@@ -110,7 +111,7 @@ class InsuranceFund:
         room = min(free, self.balance - floor - self.reserved_total)
         if loss_cap is not None:
             used = sum(x for _, x in self._losses.get(market, ()))
-            used += sum(v for (m, _), v in self.reserved.items() if m == market)
+            used += self._reserved_by_market.get(market, 0)
             room = min(room, loss_cap - used)
         return max(room, 0)
 
@@ -156,6 +157,8 @@ class InsuranceFund:
         if granted:
             self.reserved[(claim.market, claim.liquidation_id)] = granted
             self.reserved_total += granted
+            by_market = self._reserved_by_market
+            by_market[claim.market] = by_market.get(claim.market, 0) + granted
         return FundDecision(claim.market, claim.liquidation_id, True, granted)
 
     def settle(self, s: ReserveSettle) -> None:
@@ -163,6 +166,8 @@ class InsuranceFund:
         if held != s.reserved or s.shortfall > held:
             raise AssertionError(f"settlement {s} does not match reservation {held}")
         self.reserved_total -= held
+        if held:
+            self._reserved_by_market[s.market] -= held
         cause = f"liq:{s.market}:{s.liquidation_id}"
         if s.fee:
             self._book(FundKind.LIQUIDATION_FEE, s.market, cause, s.fee, s.ts)

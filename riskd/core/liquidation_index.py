@@ -63,6 +63,22 @@ class LiquidationIndex:
         j = shorts.bisect_left((price + 1) << _SHIFT)
         return [k & _MASK for k in shorts[:j]]
 
+    def longs_between(self, low: int, high: int) -> list[int]:
+        """Longs with ``low <= threshold < high``."""
+        if low >= high:
+            return []
+        longs = self._longs
+        i, j = longs.bisect_left(low << _SHIFT), longs.bisect_left(high << _SHIFT)
+        return [k & _MASK for k in longs[i:j]]
+
+    def shorts_between(self, low: int, high: int) -> list[int]:
+        """Shorts with ``low < threshold <= high``."""
+        if low >= high:
+            return []
+        shorts = self._shorts
+        i, j = shorts.bisect_left((low + 1) << _SHIFT), shorts.bisect_left((high + 1) << _SHIFT)
+        return [k & _MASK for k in shorts[i:j]]
+
     def nearest(self) -> tuple[int | None, int | None]:
         """The highest long threshold and the lowest short threshold."""
         lo = self._longs[-1] >> _SHIFT if self._longs else None

@@ -13,6 +13,7 @@ Every input method validates completely before it mutates, so a
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from riskd.core import adl
@@ -50,8 +51,8 @@ from riskd.core.margin import (
     bankruptcy_threshold,
     initial_margin,
     liquidation_threshold,
-    margin_balance,
     maintenance_margin,
+    margin_balance,
     notional,
     unrealised,
 )
@@ -98,8 +99,12 @@ class MarketEngine:
         self.liquidations: dict[int, Liquidation] = {}
         self.next_liquidation = 1
         self.effects: list[Effect] = []
-        self._ranking: dict[bool, list[Position]] = {}
-        self._called: set[int] = set()
+        self._awaiting_adl: dict[int, None] = {}  # liquidation ids, in order
+        # ADL ranking per side, built at most once per input and reused by every
+        # ADL that input causes; ``_ranked_stale`` marks it outdated for queries.
+        self._input = 0
+        self._ranking: dict[bool, tuple[int, deque[Position]]] = {}
+        self._ranked_stale = False
 
     @property
     def asset(self) -> str:
@@ -109,6 +114,10 @@ class MarketEngine:
     def symbol(self) -> str:
         return self.spec.symbol
 
+    def _begin(self) -> None:
+        """A new input: cached ADL rankings describe an older state."""
+        self._input += 1
+
     def take_effects(self) -> list[Effect]:
         effects, self.effects = self.effects, []
         return effects
@@ -116,13 +125,16 @@ class MarketEngine:
     # --- inputs -----------------------------------------------------------------
 
     def mark_price(self, m: MarkPrice) -> None:
+        self._begin()
         self._check_price(m.price, "price")
-        self.mark = m.price
-        self._ranking.clear()
+        previous, self.mark = self.mark, m.price
         self._scan(m.ts)
+        if previous is not None and self.spec.margin_call_ppm:
+            self._margin_calls(previous, m.ts)
 
     def fill(self, f: Fill) -> None:
         """Apply both sides of a trade (open, increase, reduce, close or flip)."""
+        self._begin()
         self._check_price(f.price, "price")
         self._check_quantity(f.quantity, "quantity")
         if f.trade_id < 0:
@@ -141,7 +153,6 @@ class MarketEngine:
         self._take_fee(f.seller_fee, cause, f.ts)
         self._after_trade(buyer, f.ts)
         self._after_trade(seller, f.ts)
-        self._ranking.clear()
         self._scan(f.ts)
 
     def check_margin_credit(self, account: int, amount: int) -> None:
@@ -155,15 +166,16 @@ class MarketEngine:
 
     def credit_margin(self, account: int, amount: int, ts: int) -> None:
         """Wallet → isolated margin; the wallet has already been debited."""
+        self._begin()
         self.check_margin_credit(account, amount)
         pos = self.positions.get(account)
         if pos is None:
             pos = self.positions[account] = Position(account)
         self._set(pos, pos.size, pos.basis, pos.margin + amount)
-        self._ranking.clear()
 
     def withdraw_margin(self, account: int, amount: int, ts: int) -> None:
         """Isolated margin → wallet, refused if it would take needed margin or profit."""
+        self._begin()
         self._check_account(account, "account")
         if amount <= 0:
             raise Rejected.invalid("amount", f"must be > 0, got {amount}")
@@ -186,7 +198,6 @@ class MarketEngine:
         self.effects.append(WalletCredit(account, self.asset, amount, "margin_transfer"))
         if pos.size == 0 and pos.margin == 0:
             del self.positions[account]
-        self._ranking.clear()
 
     def update_spec(self, spec: MarketSpec, ts: int) -> None:
         """Change a live market's risk settings (tiers, fees, modes, caps, reduce-only).
@@ -194,6 +205,7 @@ class MarketEngine:
         What positions are measured in (contract type, asset, decimals,
         contract value) cannot change under open positions.
         """
+        self._begin()
         old = self.spec
         for name in (
             "symbol",
@@ -209,10 +221,10 @@ class MarketEngine:
         for pos in list(self.positions.values()):
             self._unindex(pos)
             self._index(pos)
-        self._ranking.clear()
         self._scan(ts)
 
     def funding(self, f: FundingRate) -> None:
+        self._begin()
         if self.mark is None:
             raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
         if not -(10**8) < f.rate_e8 < 10**8:
@@ -223,11 +235,11 @@ class MarketEngine:
             pos = self.positions[account]
             self._set(pos, pos.size, pos.basis, pos.margin + delta)
         self.fee_pool += residue
-        self._ranking.clear()
         self._scan(f.ts)
 
     def liquidation_fill(self, lf: LiquidationFill) -> None:
         """A book fill of a liquidation order (book mode)."""
+        self._begin()
         liq = self.liquidations.get(lf.liquidation_id)
         if liq is None or liq.stage is not Stage.WORKING:
             raise Rejected.not_found(
@@ -260,7 +272,6 @@ class MarketEngine:
         liq.filled += lf.quantity
         liq.filled_notional += abs(value)
         self._after_trade(cp, lf.ts)
-        self._ranking.clear()
         if trader.size == 0:
             self._settle_book(liq, lf.ts)
         self._retry_adl(lf.ts)
@@ -268,12 +279,13 @@ class MarketEngine:
 
     def liquidation_done(self, ld: LiquidationDone) -> None:
         """The book gave up on a liquidation order: the rest is auto-deleveraged."""
+        self._begin()
         liq = self.liquidations.get(ld.liquidation_id)
         if liq is None or liq.stage is not Stage.WORKING:
             raise Rejected.not_found(
                 "liquidation_id", f"no working liquidation {ld.liquidation_id} in {self.symbol}"
             )
-        liq.stage = Stage.AWAITING_ADL
+        self._await_adl(liq)
         self._retry_adl(ld.ts)
         self._scan(ld.ts)
 
@@ -302,29 +314,31 @@ class MarketEngine:
             self._take_over(liq, pos, d.granted, ts)
         else:
             liq.fee = liq.shortfall = 0
-            liq.stage = Stage.AWAITING_ADL
-        self._ranking.clear()
+            self._await_adl(liq)
         self._retry_adl(ts)
         self._scan(ts)
 
     # --- liquidation ------------------------------------------------------------
 
     def _scan(self, ts: int) -> None:
-        """Start liquidating every position the mark has crossed; call the close ones."""
+        """Start liquidating every position the mark has crossed."""
         if self.mark is None:
             return
         for account in self.index.crossed(self.mark):
             self._start(self.positions[account], ts)
-        if self.spec.margin_call_ppm:
-            self._margin_calls(ts)
 
-    def _margin_calls(self, ts: int) -> None:
-        """Publish a margin call when a position enters the band near its LP (once)."""
+    def _margin_calls(self, previous: int, ts: int) -> None:
+        """Call the positions the mark's move brought within the band of their LP.
+
+        A long is in the band when ``mark <= LP × (1 + d)``: the band's edge
+        moves with the mark, so only positions between the old and the new
+        edge are new to it: O(log n + k) like the liquidation scan.
+        """
         assert self.mark is not None
         spec, mark, d = self.spec, self.mark, self.spec.margin_call_ppm
-        band = set(self.index.longs_from(mark * PPM // (PPM + d)))
-        band.update(self.index.shorts_to(mark * PPM // (PPM - d)))
-        for account in sorted(band - self._called):
+        entered = self.index.longs_between(mark * PPM // (PPM + d), previous * PPM // (PPM + d))
+        entered += self.index.shorts_between(previous * PPM // (PPM - d), mark * PPM // (PPM - d))
+        for account in entered:
             pos = self.positions[account]
             if pos.is_backstop:
                 continue
@@ -338,7 +352,6 @@ class MarketEngine:
                     ts,
                 )
             )
-        self._called = band
 
     def _start(self, pos: Position, ts: int) -> None:
         assert self.mark is not None
@@ -355,10 +368,9 @@ class MarketEngine:
         self.next_liquidation += 1
         self.liquidations[liq.id] = liq
         pos.liquidation = liq.id
-        self._ranking.clear()
         n = notional(spec, pos, mark)
         if pos.is_backstop:  # the fund's own inventory: nobody left to ask
-            liq.stage = Stage.AWAITING_ADL
+            self._await_adl(liq)
             self._retry_adl(ts)
         elif liq.takeover:
             part = self._partial(pos, mark) if spec.partial_liquidation else 0
@@ -482,12 +494,18 @@ class MarketEngine:
         self._sweep(pos, ts)
         return returned
 
-    def _retry_adl(self, ts: int) -> None:
-        for liq in [x for x in self.liquidations.values() if x.stage is Stage.AWAITING_ADL]:
-            if liq.id in self.liquidations:
-                self._adl(liq, ts)
+    def _await_adl(self, liq: Liquidation) -> None:
+        liq.stage = Stage.AWAITING_ADL
+        self._awaiting_adl[liq.id] = None
 
-    def _adl(self, liq: Liquidation, ts: int) -> None:
+    def _retry_adl(self, ts: int) -> None:
+        """Try every liquidation waiting for ADL counterparties, oldest first."""
+        for lid in list(self._awaiting_adl):
+            liq = self.liquidations.get(lid)
+            if liq is None or liq.stage is not Stage.AWAITING_ADL or self._adl(liq, ts):
+                self._awaiting_adl.pop(lid, None)
+
+    def _adl(self, liq: Liquidation, ts: int) -> bool:
         """Close the bankrupt position against ranked opposite positions at its BP."""
         spec = self.spec
         pos = self.positions[liq.account]
@@ -496,17 +514,18 @@ class MarketEngine:
         price = execution_price(spec, pos, extra)
         # A counterparty must stay solvent at the execution price (2 quanta spare
         # for the rounding of its share), or closing it would just move the hole.
-        ranked = [
+        ranked = (
             p
             for p in self._ranked(q < 0)
             if p.size
             and (p.size > 0) != (q > 0)
             and not p.liquidation
             and margin_balance(spec, p, price) >= 2
-        ]
+        )
         takes = adl.allocate(ranked, abs(q))
         if sum(x for _, x in takes) < abs(q):
-            return  # wait: the missing counterparties are being liquidated themselves
+            return False  # wait: the missing counterparties are being liquidated themselves
+        self._ranked_stale = True
         mark = self.mark if self.mark is not None else liq.price
         _, at_mark = close_result(spec, pos, mark)
         deficit = max(-(at_mark + extra), 0)
@@ -545,7 +564,6 @@ class MarketEngine:
                 ts,
             )
         )
-        self._ranking.clear()
         if liq.takeover:
             # The backstop's rest goes back to the fund whole, as its own return.
             fee = 0 if pos.is_backstop else liquidation_fee(spec, pos.margin, abs(total))
@@ -578,6 +596,7 @@ class MarketEngine:
         else:
             liq.filled_notional += abs(total)
             self._settle_book(liq, ts, abs(q))
+        return True
 
     # --- position bookkeeping ---------------------------------------------------
 
@@ -674,22 +693,34 @@ class MarketEngine:
             self.index.remove(pos.size > 0, pos.key)
             pos.key = None
 
-    def _ranked(self, long: bool) -> list[Position]:
-        """ADL order of one side at the mark, cached until the state changes."""
+    def _ranked(self, long: bool, fresh: bool = False) -> deque[Position]:
+        """ADL order of one side at the mark.
+
+        Built once per input and reused by all the ADL it causes (a cascade
+        would otherwise re-rank the market for each bankrupt position); queries
+        ask for a ``fresh`` one when ADL has changed positions since.
+        """
         cached = self._ranking.get(long)
-        if cached is None:
-            mark = self.mark or 1
-            side = [
-                p
-                for p in self.positions.values()
-                if p.size and (p.size > 0) == long and not p.liquidation and not p.is_backstop
-            ]
-            cached = adl.rank(self.spec, side, mark)
-            backstop = self.positions.get(BACKSTOP_ACCOUNT)
-            if backstop and backstop.size and (backstop.size > 0) == long:
-                cached.append(backstop)  # the fund's inventory is the last resort
-            self._ranking[long] = cached
-        return cached
+        if cached is not None and cached[0] == self._input and not (fresh and self._ranked_stale):
+            # Positions closed since are dropped from the front as they are met.
+            ranked = cached[1]
+            while ranked and (ranked[0].size == 0 or ranked[0].liquidation):
+                ranked.popleft()
+            return ranked
+        mark = self.mark or 1
+        side = [
+            p
+            for p in self.positions.values()
+            if p.size and (p.size > 0) == long and not p.liquidation and not p.is_backstop
+        ]
+        ranked = deque(adl.rank(self.spec, side, mark))
+        backstop = self.positions.get(BACKSTOP_ACCOUNT)
+        if backstop and backstop.size and (backstop.size > 0) == long:
+            ranked.append(backstop)  # the fund's inventory is the last resort
+        self._ranking[long] = (self._input, ranked)
+        if fresh:
+            self._ranked_stale = False
+        return ranked
 
     # --- validation -------------------------------------------------------------
 
@@ -734,7 +765,7 @@ class MarketEngine:
                 u = unrealised(spec, pos, mark)
                 mm = maintenance_margin(spec, pos, mark)
                 im = initial_margin(spec, pos, mark)
-                ranked = self._ranked(pos.size > 0)
+                ranked = self._ranked(pos.size > 0, fresh=True)
                 quintile = adl.quintiles(ranked).get(account, 0)
         return PositionView(
             account,
