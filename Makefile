@@ -39,7 +39,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check riskd tests clients benchmarks
-	@if [ -d riskd/core ]; then $(BIN)/mypy riskd/core; else echo "mypy: riskd/core not present, skipped"; fi
+	$(BIN)/mypy riskd
 
 # Needs npx (Node.js); buf itself comes from the npm registry.
 lint-proto:

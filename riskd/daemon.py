@@ -14,7 +14,6 @@ import asyncio
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -127,7 +126,7 @@ class Daemon:
         srv = self.config.server
         # Durable state (journal, snapshots) will live here; create it up front so a
         # misconfigured path fails at start, not later.
-        Path(srv.data_dir).mkdir(parents=True, exist_ok=True)
+        await trio.Path(srv.data_dir).mkdir(parents=True, exist_ok=True)
         host, port = _split(srv.metrics_listen)
         http, http_thread = start_http_server(port, host, registry=self.metrics.registry)
         try:

@@ -146,6 +146,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     return
                 if not request.updates:
                     continue
+                if any(u.sequence == 0 for u in request.updates):
+                    results.put_nowait(Rejected.invalid("updates.sequence", "must be >= 1"))
+                    return
                 updates = _decode(request)
                 await credits.acquire()
                 self.portal.post(

@@ -7,11 +7,11 @@ field (grpcio-status).
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 
 from riskd.core import Rejected
@@ -40,11 +40,14 @@ def status_for(code: grpc.StatusCode, field: str, message: str) -> grpc.Status:
     text = f"{field}: {message}" if field else message
     number: int = code.value[0]
     assert code_pb2.Code.Name(number)  # a real google.rpc code
-    return rpc_status.to_status(status_pb2.Status(code=number, message=text, details=[details]))
+    status: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(code=number, message=text, details=[details])
+    )
+    return status
 
 
 async def abort(
-    context: grpc.aio.ServicerContext[object, object],
+    context: grpc.aio.ServicerContext[Any, Any],
     code: grpc.StatusCode,
     field: str,
     message: str,
@@ -54,7 +57,7 @@ async def abort(
 
 
 async def abort_rejected(
-    context: grpc.aio.ServicerContext[object, object], r: Rejected, prefix: str = ""
+    context: grpc.aio.ServicerContext[Any, Any], r: Rejected, prefix: str = ""
 ) -> NoReturn:
     field = f"{prefix}{r.field}" if prefix else r.field
     await abort(context, GRPC_CODES[r.code], field, r.message)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from riskd.core import Engine
+import contextlib
+
+from riskd.core import Engine, Rejected
 from riskd.core.events import (
     Deposit,
     Fill,
@@ -76,11 +78,7 @@ def crash_scenario() -> list[Input]:
 
 
 def run_engine(inputs: list[Input], engine: Engine) -> Engine:
-    from riskd.core import Rejected
-
     for x in inputs:
-        try:
+        with contextlib.suppress(Rejected):
             engine.apply(x)
-        except Rejected:
-            pass
     return engine

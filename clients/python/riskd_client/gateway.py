@@ -221,7 +221,7 @@ class Gateway:
 
     # --- sending ---------------------------------------------------------------
 
-    async def flush(self, timeout: float | None = 30.0) -> int:
+    async def flush(self, timeout: float | None = 30.0) -> int:  # noqa: ASYNC109
         """Send what is queued and wait until all of it is acknowledged."""
         self._seal()
         target = self.next_sequence - 1
