@@ -103,6 +103,7 @@ class MarketEngine:
         # ADL ranking per side, built at most once per input and reused by every
         # ADL that input causes; ``_ranked_stale`` marks it outdated for queries.
         self._input = 0
+        self._now = 0  # the current input's timestamp
         self._ranking: dict[bool, tuple[int, deque[Position]]] = {}
         self._ranked_stale = False
 
@@ -114,9 +115,10 @@ class MarketEngine:
     def symbol(self) -> str:
         return self.spec.symbol
 
-    def _begin(self) -> None:
+    def _begin(self, ts: int) -> None:
         """A new input: cached ADL rankings describe an older state."""
         self._input += 1
+        self._now = ts
 
     def take_effects(self) -> list[Effect]:
         effects, self.effects = self.effects, []
@@ -125,7 +127,7 @@ class MarketEngine:
     # --- inputs -----------------------------------------------------------------
 
     def mark_price(self, m: MarkPrice) -> None:
-        self._begin()
+        self._begin(m.ts)
         self._check_price(m.price, "price")
         previous, self.mark = self.mark, m.price
         self._scan(m.ts)
@@ -134,7 +136,7 @@ class MarketEngine:
 
     def fill(self, f: Fill) -> None:
         """Apply both sides of a trade (open, increase, reduce, close or flip)."""
-        self._begin()
+        self._begin(f.ts)
         self._check_price(f.price, "price")
         self._check_quantity(f.quantity, "quantity")
         if f.trade_id < 0:
@@ -166,7 +168,7 @@ class MarketEngine:
 
     def credit_margin(self, account: int, amount: int, ts: int) -> None:
         """Wallet → isolated margin; the wallet has already been debited."""
-        self._begin()
+        self._begin(ts)
         self.check_margin_credit(account, amount)
         pos = self.positions.get(account)
         if pos is None:
@@ -175,7 +177,7 @@ class MarketEngine:
 
     def withdraw_margin(self, account: int, amount: int, ts: int) -> None:
         """Isolated margin → wallet, refused if it would take needed margin or profit."""
-        self._begin()
+        self._begin(ts)
         self._check_account(account, "account")
         if amount <= 0:
             raise Rejected.invalid("amount", f"must be > 0, got {amount}")
@@ -205,7 +207,7 @@ class MarketEngine:
         What positions are measured in (contract type, asset, decimals,
         contract value) cannot change under open positions.
         """
-        self._begin()
+        self._begin(ts)
         old = self.spec
         for name in (
             "symbol",
@@ -224,7 +226,7 @@ class MarketEngine:
         self._scan(ts)
 
     def funding(self, f: FundingRate) -> None:
-        self._begin()
+        self._begin(f.ts)
         if self.mark is None:
             raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
         if not -(10**8) < f.rate_e8 < 10**8:
@@ -239,7 +241,7 @@ class MarketEngine:
 
     def liquidation_fill(self, lf: LiquidationFill) -> None:
         """A book fill of a liquidation order (book mode)."""
-        self._begin()
+        self._begin(lf.ts)
         liq = self.liquidations.get(lf.liquidation_id)
         if liq is None or liq.stage is not Stage.WORKING:
             raise Rejected.not_found(
@@ -279,7 +281,7 @@ class MarketEngine:
 
     def liquidation_done(self, ld: LiquidationDone) -> None:
         """The book gave up on a liquidation order: the rest is auto-deleveraged."""
-        self._begin()
+        self._begin(ld.ts)
         liq = self.liquidations.get(ld.liquidation_id)
         if liq is None or liq.stage is not Stage.WORKING:
             raise Rejected.not_found(
@@ -335,23 +337,27 @@ class MarketEngine:
         edge are new to it: O(log n + k) like the liquidation scan.
         """
         assert self.mark is not None
-        spec, mark, d = self.spec, self.mark, self.spec.margin_call_ppm
+        mark, d = self.mark, self.spec.margin_call_ppm
         entered = self.index.longs_between(mark * PPM // (PPM + d), previous * PPM // (PPM + d))
         entered += self.index.shorts_between(previous * PPM // (PPM - d), mark * PPM // (PPM - d))
         for account in entered:
             pos = self.positions[account]
-            if pos.is_backstop:
-                continue
-            self.effects.append(
-                MarginCall(
-                    self.symbol,
-                    account,
-                    pos.margin + unrealised(spec, pos, mark),
-                    maintenance_margin(spec, pos, mark),
-                    _wire_price(liquidation_threshold(spec, pos)),
-                    ts,
-                )
+            if not pos.is_backstop:
+                self._margin_call(pos, ts)
+
+    def _margin_call(self, pos: Position, ts: int) -> None:
+        spec, mark = self.spec, self.mark
+        assert mark is not None
+        self.effects.append(
+            MarginCall(
+                self.symbol,
+                pos.account,
+                pos.margin + unrealised(spec, pos, mark),
+                maintenance_margin(spec, pos, mark),
+                _wire_price(liquidation_threshold(spec, pos)),
+                ts,
             )
+        )
 
     def _start(self, pos: Position, ts: int) -> None:
         assert self.mark is not None
@@ -639,9 +645,26 @@ class MarketEngine:
         self._set(pos, *after)
 
     def _set(self, pos: Position, size: int, basis: int, margin: int) -> None:
+        """Change a position's numbers; a margin call if that moved it into the band."""
+        was_called = pos.key is not None and self._in_call_band(pos.size > 0, pos.key >> 64)
         self._unindex(pos)
         pos.size, pos.basis, pos.margin = size, basis, margin
         self._index(pos)
+        if (
+            pos.key is not None
+            and not was_called
+            and not pos.is_backstop
+            and self._in_call_band(pos.size > 0, pos.key >> 64)
+        ):
+            self._margin_call(pos, self._now)
+
+    def _in_call_band(self, long: bool, threshold: int) -> bool:
+        d, mark = self.spec.margin_call_ppm, self.mark
+        if not d or mark is None:
+            return False
+        if long:
+            return threshold >= mark * PPM // (PPM + d)
+        return threshold <= mark * PPM // (PPM - d)
 
     def _take_fee(self, fee: int, cause: str, ts: int) -> None:
         if not fee:
