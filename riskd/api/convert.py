@@ -276,12 +276,12 @@ def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
     )
 
 
-def fund(f: InsuranceFund) -> query_pb2.InsuranceFund:
+def fund(f: InsuranceFund, backstop_margin: int) -> query_pb2.InsuranceFund:
     return query_pb2.InsuranceFund(
         asset=f.asset,
         balance=f.balance,
         reserved=f.reserved_total,
-        backstop_margin=sum(f.backstop_granted.values()),
+        backstop_margin=backstop_margin,
         total_inflow=f.total_inflow,
         total_outflow=f.total_outflow,
     )

@@ -17,7 +17,7 @@ from riskd.actors.wallet import WalletActor
 from riskd.api import convert
 from riskd.api.bridge import Portal
 from riskd.api.status import abort
-from riskd.core import MarketEngine, PositionView
+from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, PositionView
 from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
 from riskd.core.units import Asset
 from riskd.v1 import query_pb2, query_pb2_grpc, types_pb2
@@ -80,7 +80,11 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self, request: query_pb2.GetInsuranceFundRequest, context: Ctx
     ) -> query_pb2.GetInsuranceFundResponse:
         actor = await self._fund(request.asset, context)
-        pb = await self.portal.run(actor.call, _fund_pb, actor.fund)
+        backstop = 0
+        for market in self.markets.values():
+            if market.engine.asset == request.asset:
+                backstop += await self.portal.run(market.call, market.query, _backstop_margin)
+        pb = await self.portal.run(actor.call, convert.fund, actor.fund, backstop)
         return query_pb2.GetInsuranceFundResponse(fund=pb)
 
     async def ListFundLedger(
@@ -141,8 +145,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return actor
 
 
-def _fund_pb(fund: InsuranceFund) -> query_pb2.InsuranceFund:
-    return convert.fund(fund)
+def _backstop_margin(engine: MarketEngine) -> int:
+    pos = engine.positions.get(BACKSTOP_ACCOUNT)
+    return pos.margin if pos is not None else 0
 
 
 def _ledger_page(fund: InsuranceFund, start: int, size: int) -> tuple[list[LedgerEntry], int]:

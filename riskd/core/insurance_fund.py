@@ -90,7 +90,6 @@ class InsuranceFund:
         self.reserved: dict[tuple[str, int], int] = {}
         self.reserved_total = 0
         self._reserved_by_market: dict[str, int] = {}
-        self.backstop_granted: dict[str, int] = {}
         self.total_inflow = 0
         self.total_outflow = 0
         self.injected = 0
@@ -146,9 +145,6 @@ class InsuranceFund:
         granted = min(claim.margin_wanted, budget - claim.shortfall)
         if granted:
             self._book(FundKind.BACKSTOP_MARGIN, claim.market, cause, -granted, claim.ts)
-            self.backstop_granted[claim.market] = (
-                self.backstop_granted.get(claim.market, 0) + granted
-            )
         return FundDecision(claim.market, claim.liquidation_id, True, granted)
 
     def reserve(self, claim: ReserveClaim) -> FundDecision:
@@ -174,11 +170,6 @@ class InsuranceFund:
         if s.shortfall:
             self._book(FundKind.SHORTFALL, s.market, cause, -s.shortfall, s.ts)
 
-    def backstop_returned(self, c: FundCredit) -> None:
-        granted = self.backstop_granted.get(c.market, 0)
-        self.backstop_granted[c.market] = max(granted - c.amount, 0)
-        self.credit(c)
-
     def process(self, effects: Sequence[FundEffect]) -> list[FundDecision]:
         """Apply a market's fund effects in order; return the decisions on its claims.
 
@@ -188,8 +179,6 @@ class InsuranceFund:
         decisions: list[FundDecision] = []
         for e in effects:
             match e:
-                case FundCredit(kind=FundKind.BACKSTOP_RETURN):
-                    self.backstop_returned(e)
                 case FundCredit():
                     self.credit(e)
                 case TakeoverClaim():

@@ -18,7 +18,14 @@ from riskd.core.market import MarketSpec
 from riskd.core.position import Position
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 
-__all__ = ["Stage", "Liquidation", "close_result", "execution_price", "liquidation_fee"]
+__all__ = [
+    "Stage",
+    "Liquidation",
+    "close_result",
+    "takeover_result",
+    "execution_price",
+    "liquidation_fee",
+]
 
 
 class Stage(enum.Enum):
@@ -48,6 +55,20 @@ def close_result(spec: MarketSpec, pos: Position, price: int) -> tuple[int, int]
     """``(trade value, R)`` if the whole position closed at ``price`` now."""
     value = spec.trade_value(-pos.size, price)
     return value, pos.margin - value - pos.basis
+
+
+def takeover_result(spec: MarketSpec, pos: Position, qty: int, price: int) -> tuple[int, int]:
+    """``(backstop's trade value, R)`` if the backstop took ``qty`` (signed, the
+    position's side) at ``price``.
+
+    The value is rounded for the backstop (flooring one's own value never loses
+    a unit), so the fund's inventory cannot go negative through rounding; the
+    trader's side takes the unit, and ``R`` already includes it.
+    """
+    value = spec.trade_value(qty, price)
+    trial = Position(pos.account)
+    trial.size, trial.basis, trial.margin = pos.size, pos.basis, pos.margin
+    return value, trial.margin + trial.trade(-qty, -value)
 
 
 def execution_price(spec: MarketSpec, pos: Position, extra_margin: int = 0) -> int:

@@ -116,11 +116,33 @@ def _threshold(spec: MarketSpec, q: int, equity: int, mmr: int, cum_scaled: int)
 
 
 def liquidation_threshold(spec: MarketSpec, pos: Position) -> int:
-    """The liquidation price as an exact integer threshold (see module doc)."""
-    equity = pos.margin - pos.basis
+    """The liquidation price as an exact integer threshold (see module doc).
+
+    The same closed forms as :func:`_threshold`, one per tier, with the tier
+    constants precomputed: this runs on every fill, for both sides.
+    """
+    e = PPM * (pos.margin - pos.basis)
     q = pos.size
-    ts = [_threshold(spec, q, equity, t.mmr_ppm, t.cum_scaled) for t in spec.tiers.tiers]
-    return max(ts) if q > 0 else min(ts)
+    coefs = spec._tier_coefs
+    if spec.is_linear:
+        if q > 0:  # max_t floor((-e - cum) / (q * k * (1e6 - mmr)))
+            best = max((-e - cum) // (q * lo) for cum, lo, _ in coefs)
+            return max(best, NEVER_LONG)
+        a = -q  # min_t ceil((e + cum) / (a * k * (1e6 + mmr)))
+        best = min(-((-e - cum) // (a * hi)) for cum, _, hi in coefs)
+        return min(max(best, 1), NEVER_SHORT)
+    inv, qd = spec._inverse_num, spec._inverse_den
+    if q > 0:  # floor(q * inv * (1e6 + mmr) / (qd * d)), d = e + cum; d <= 0: always
+        best = max(
+            (q * inv * up) // (qd * (e + cum)) if e + cum > 0 else INT64_MAX for cum, up, _ in coefs
+        )
+        return max(min(best, INT64_MAX), NEVER_LONG)
+    a = -q  # ceil(a * inv * (1e6 - mmr) / (qd * -d)); d >= 0: never
+    best = min(
+        -((-a * inv * down) // (qd * -(e + cum))) if e + cum < 0 else NEVER_SHORT
+        for cum, _, down in coefs
+    )
+    return min(max(best, 1), NEVER_SHORT)
 
 
 def bankruptcy_threshold(spec: MarketSpec, pos: Position, extra_margin: int = 0) -> int:

@@ -84,6 +84,7 @@ class MarketSpec:
     _linear_k: int = field(default=0, compare=False, repr=False)
     _inverse_num: int = field(default=0, compare=False, repr=False)
     _inverse_den: int = field(default=1, compare=False, repr=False)
+    _tier_coefs: tuple[tuple[int, int, int], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         sym = self.symbol
@@ -117,6 +118,16 @@ class MarketSpec:
             num = self.contract_value * 10**self.price_decimals * self.asset.scale
             object.__setattr__(self, "_inverse_num", num)
             object.__setattr__(self, "_inverse_den", 10**self.quantity_decimals)
+        # Per tier: cum (scaled) and the long and short divisors of the
+        # liquidation-price closed forms (see riskd.core.margin).
+        k = self._linear_k or 1
+        coefs = tuple(
+            (t.cum_scaled, k * (PPM - t.mmr_ppm), k * (PPM + t.mmr_ppm))
+            if self._linear_k
+            else (t.cum_scaled, PPM + t.mmr_ppm, PPM - t.mmr_ppm)
+            for t in self.tiers.tiers
+        )
+        object.__setattr__(self, "_tier_coefs", coefs)
 
     @property
     def is_linear(self) -> bool:

@@ -45,6 +45,7 @@ from riskd.core.liquidation import (
     close_result,
     execution_price,
     liquidation_fee,
+    takeover_result,
 )
 from riskd.core.liquidation_index import LiquidationIndex
 from riskd.core.margin import (
@@ -326,6 +327,8 @@ class MarketEngine:
         """Start liquidating every position the mark has crossed."""
         if self.mark is None:
             return
+        if self._awaiting_adl:  # counterparties may have appeared since
+            self._retry_adl(ts)
         for account in self.index.crossed(self.mark):
             self._start(self.positions[account], ts)
 
@@ -380,14 +383,9 @@ class MarketEngine:
             self._retry_adl(ts)
         elif liq.takeover:
             part = self._partial(pos, mark) if spec.partial_liquidation else 0
-            if part:
-                liq.quantity = part
-                trial = _copy(pos)
-                value = spec.trade_value(-_sign(pos.size) * part, mark)
-                remaining = trial.margin + trial.trade(-_sign(pos.size) * part, value)
-                n = abs(value)
-            else:
-                _, remaining = close_result(spec, pos, mark)
+            liq.quantity = part or abs(pos.size)
+            value, remaining = takeover_result(spec, pos, _sign(pos.size) * liq.quantity, mark)
+            n = abs(value)
             liq.fee = liquidation_fee(spec, remaining, n)
             liq.shortfall = max(-remaining, 0)
             self.effects.append(
@@ -433,16 +431,21 @@ class MarketEngine:
         backstop = self.positions.get(BACKSTOP_ACCOUNT)
         if backstop is None:
             backstop = self.positions[BACKSTOP_ACCOUNT] = Position(BACKSTOP_ACCOUNT)
-        self._unindex(backstop)
-        if backstop.liquidation:
-            # It waits for ADL counterparties (no fund claim is open for it): drop
-            # that, merge, and let the next scan judge the merged position.
-            del self.liquidations[backstop.liquidation]
-            backstop.liquidation = 0
         size = _sign(pos.size) * liq.quantity
-        value = self.spec.trade_value(-size, liq.price)
-        pos.margin += pos.trade(-size, value) + liq.shortfall - liq.fee
-        backstop.margin += backstop.trade(size, -value) + granted
+        if backstop.liquidation:
+            # The backstop itself waits for ADL counterparties: do not add to a
+            # bankrupt book.  The fund's cover stands (the trader's margin is
+            # made whole at the mark), its margin grant goes back, and the
+            # position is deleveraged at the mark instead.
+            pos.margin += liq.shortfall - liq.fee
+            liq.fee = liq.shortfall = 0
+            self._sweep_backstop_margin(granted, ts)
+            self._await_adl(liq)
+            return
+        self._unindex(backstop)
+        value = self.spec.trade_value(size, liq.price)  # the backstop's, see takeover_result
+        pos.margin += pos.trade(-size, -value) + liq.shortfall - liq.fee
+        backstop.margin += backstop.trade(size, value) + granted
         if pos.size:  # a partial liquidation: the rest stays open, re-indexed
             del self.liquidations[liq.id]
             pos.liquidation = 0
@@ -516,25 +519,31 @@ class MarketEngine:
         spec = self.spec
         pos = self.positions[liq.account]
         q = pos.size
-        extra = liq.reserved
-        price = execution_price(spec, pos, extra)
-        # A counterparty must stay solvent at the execution price (2 quanta spare
-        # for the rounding of its share), or closing it would just move the hole.
+        # At the bankruptcy price if the mark is beyond it, else at the mark (a
+        # book-mode order the book gave up on may still be solvent): nobody gains
+        # from ADL, and the fund's book-mode reservation is not for counterparties.
+        mark = self.mark if self.mark is not None else liq.price
+        price = execution_price(spec, pos)
+        price = max(price, mark) if q > 0 else min(price, mark)
+        # A counterparty must stay solvent at the execution price (inverse: 2
+        # quanta spare for the rounding of its share), or closing it would just
+        # move the hole.  One that waits for ADL itself qualifies if it is
+        # solvent there: two such positions net out against each other.
+        spare = 0 if spec.is_linear else 2
         ranked = (
             p
             for p in self._ranked(q < 0)
             if p.size
             and (p.size > 0) != (q > 0)
-            and not p.liquidation
-            and margin_balance(spec, p, price) >= 2
+            and p.liquidation in self._awaiting_adl_or_none(p)
+            and margin_balance(spec, p, price) >= spare
         )
         takes = adl.allocate(ranked, abs(q))
         if sum(x for _, x in takes) < abs(q):
             return False  # wait: the missing counterparties are being liquidated themselves
         self._ranked_stale = True
-        mark = self.mark if self.mark is not None else liq.price
         _, at_mark = close_result(spec, pos, mark)
-        deficit = max(-(at_mark + extra), 0)
+        deficit = max(-at_mark, 0)
         total = spec.trade_value(-q, price)
         pos.margin += pos.trade(-q, total)
         haircut = 0
@@ -551,7 +560,11 @@ class MarketEngine:
             self.effects.append(
                 AdlNotice(self.symbol, liq.id, cp.account, -_sign(q), x, price, realised, ts)
             )
-            if cp.size:
+            if cp.liquidation:
+                if cp.size == 0:  # a waiting one netted out: it is done too
+                    cp_liq = self.liquidations[cp.liquidation]
+                    self._conclude(cp_liq, cp, price, abs(cp_value), x, ts)
+            elif cp.size:
                 self._index(cp)
             else:
                 self._sweep(cp, ts)
@@ -570,39 +583,41 @@ class MarketEngine:
                 ts,
             )
         )
-        if liq.takeover:
-            # The backstop's rest goes back to the fund whole, as its own return.
-            fee = 0 if pos.is_backstop else liquidation_fee(spec, pos.margin, abs(total))
-            if fee:
-                pos.margin -= fee
-                self.effects.append(
-                    FundCredit(
-                        self.asset,
-                        self.symbol,
-                        FundKind.LIQUIDATION_FEE,
-                        fee,
-                        f"liq:{self.symbol}:{liq.id}",
-                        ts,
-                    )
-                )
-            returned = self._close(pos, liq, ts)
+        self._conclude(liq, pos, price, abs(total), abs(q), ts)
+        return True
+
+    def _awaiting_adl_or_none(self, pos: Position) -> tuple[int, ...]:
+        """Liquidation ids a counterparty may carry: none, or one waiting for ADL."""
+        return (0, pos.liquidation) if pos.liquidation in self._awaiting_adl else (0,)
+
+    def _conclude(
+        self, liq: Liquidation, pos: Position, price: int, notional_: int, adl_qty: int, ts: int
+    ) -> None:
+        """Settle a liquidation whose position ADL has closed."""
+        if not liq.takeover:
+            liq.filled_notional += notional_
+            self._settle_book(liq, ts, adl_qty)
+            return
+        # The backstop's rest goes back to the fund whole, as its own return.
+        fee = 0 if pos.is_backstop else liquidation_fee(self.spec, pos.margin, notional_)
+        if fee:
+            pos.margin -= fee
             self.effects.append(
-                LiquidationSettled(
+                FundCredit(
+                    self.asset,
                     self.symbol,
-                    liq.id,
-                    liq.account,
-                    liq.quantity,
-                    price,
+                    FundKind.LIQUIDATION_FEE,
                     fee,
-                    returned,
-                    abs(q),
+                    f"liq:{self.symbol}:{liq.id}",
                     ts,
                 )
             )
-        else:
-            liq.filled_notional += abs(total)
-            self._settle_book(liq, ts, abs(q))
-        return True
+        returned = self._close(pos, liq, ts)
+        self.effects.append(
+            LiquidationSettled(
+                self.symbol, liq.id, liq.account, liq.quantity, price, fee, returned, adl_qty, ts
+            )
+        )
 
     # --- position bookkeeping ---------------------------------------------------
 

@@ -1,0 +1,319 @@
+"""The composed engine: wallets, transfers, published effects, configuration, rejections.
+
+Every rejection is checked with :func:`_kit.assert_rejected`: the right code and
+field, and ``digest(engine)`` unchanged.
+"""
+
+from __future__ import annotations
+
+import pytest
+from _kit import (
+    BTC,
+    BTC_ASSET,
+    USDT_ASSET,
+    Desk,
+    U,
+    assert_rejected,
+    btc_usd_spec,
+    btc_usdt_spec,
+    usdt,
+)
+
+from riskd.core import (
+    BACKSTOP_ACCOUNT,
+    Asset,
+    Code,
+    ContractType,
+    Engine,
+    LiquidationMode,
+    MarketSpec,
+    Rejected,
+    TierTable,
+    digest,
+)
+from riskd.core.events import (
+    AdlEvent,
+    AdlNotice,
+    Deposit,
+    Fill,
+    FundFlow,
+    FundingRate,
+    FundInjection,
+    LiquidationDone,
+    LiquidationFill,
+    LiquidationOrder,
+    LiquidationSettled,
+    MarginCall,
+    MarginTransfer,
+    MarkPrice,
+    Withdrawal,
+)
+
+M = "BTC-USDT"
+INV = "BTC-USD"
+E = usdt("50000")
+I64 = 2**63 - 1
+
+
+@pytest.fixture
+def desk() -> Desk:
+    """Two USDT markets and one BTC market; 1 long / 2 short 0.02 @ 50,000 on BTC-USDT."""
+    d = Desk(
+        btc_usdt_spec(),
+        btc_usdt_spec("ETH-USDT", step_size=10, liquidation_mode=LiquidationMode.BOOK),
+        btc_usd_spec(),
+    )
+    d.open(M, 1, 2, E, 20, 500 * U, 500 * U)
+    d.mark(M, E)
+    d.apply(Deposit(1, "USDT", 100 * U))
+    d.apply(Deposit(3, "BTC", BTC))
+    d.inject("USDT", 1_000 * U)
+    d.check()
+    return d
+
+
+# --- wallets and transfers ----------------------------------------------------------------
+
+
+def test_deposit_withdraw_and_transfers(desk: Desk) -> None:
+    d = desk
+    assert d.apply(Deposit(5, "USDT", 7 * U)) == []
+    assert d.wallet("USDT", 5) == 7 * U
+    assert d.apply(Withdrawal(5, "USDT", 2 * U)) == []
+    assert d.wallet("USDT", 5) == 5 * U
+    d.apply(MarginTransfer(5, M, 5 * U))
+    assert (d.wallet("USDT", 5), d.pos(M, 5).margin) == (0, 5 * U)
+    d.apply(MarginTransfer(5, M, -3 * U))
+    assert (d.wallet("USDT", 5), d.pos(M, 5).margin) == (3 * U, 2 * U)
+    w = d.engine.wallets["USDT"]
+    assert (w.deposits, w.withdrawals) == (1_107 * U, 2 * U)
+    d.check()
+
+
+def test_margin_transfer_out_keeps_initial_margin_and_losses(desk: Desk) -> None:
+    d = desk
+    # At 50,000: free = 500 - IM 8 = 492.
+    assert_rejected(
+        d.engine, MarginTransfer(1, M, -492 * U - 1), Code.FAILED_PRECONDITION, "amount"
+    )
+    d.mark(M, usdt("49000"))
+    # At 49,000: free = 500 - 20 (loss) - IM 7.84 (980 / 125) = 472.16.
+    assert_rejected(
+        d.engine, MarginTransfer(1, M, -472_160_001), Code.FAILED_PRECONDITION, "amount"
+    )
+    d.apply(MarginTransfer(1, M, -472_160_000))
+    assert d.pos(M, 1).margin == 27_840_000
+    assert d.wallet("USDT", 1) == 100 * U + 472_160_000
+    # Unrealised profit is not withdrawable: the short's free margin is 500 - IM 7.84.
+    assert_rejected(
+        d.engine, MarginTransfer(2, M, -492_160_001), Code.FAILED_PRECONDITION, "amount"
+    )
+    d.apply(MarginTransfer(2, M, -492_160_000))
+    d.check()
+
+
+def test_published_effects_only(desk: Desk) -> None:
+    d = desk
+    published = (LiquidationOrder, LiquidationSettled, AdlNotice, AdlEvent, FundFlow, MarginCall)
+    out = d.mark(M, usdt("20000"))  # liquidation, fund, backstop, ADL
+    d.open("ETH-USDT", 3, 4, E, 20, 100 * U, 100 * U)
+    out += d.mark("ETH-USDT", usdt("45000"))
+    assert out
+    assert all(isinstance(e, published) for e in out), out
+    d.check()
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+def test_engine_configuration_errors() -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        Engine([btc_usdt_spec(), btc_usdt_spec()])
+    with pytest.raises(ValueError, match="two decimals"):
+        Engine([btc_usdt_spec(), btc_usdt_spec("X", asset=Asset("USDT", 8))])
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"symbol": ""},
+        {"symbol": "x" * 33},
+        {"symbol": "BTC\u2013USDT"},
+        {"tick_size": 0},
+        {"step_size": -1},
+        {"liquidation_fee_cap_ppm": 1_000_001},
+        {"fund_fee_share_ppm": -1},
+        {"fund_loss_cap": -1},
+        {"price_decimals": 4},  # USDT has 6 decimals < 4 + 3
+    ],
+)
+def test_market_spec_validation(kw: dict[str, object]) -> None:
+    base: dict[str, object] = {
+        "symbol": "BTC-USDT",
+        "contract_type": ContractType.LINEAR,
+        "asset": USDT_ASSET,
+        "price_decimals": 2,
+        "tick_size": 10,
+        "quantity_decimals": 3,
+        "step_size": 1,
+        "tiers": TierTable([(0, 10, 5_000)]),
+    }
+    base.update(kw)
+    with pytest.raises(ValueError):
+        MarketSpec(**base)  # type: ignore[arg-type]
+
+
+def test_inverse_needs_contract_value_and_assets_validate() -> None:
+    with pytest.raises(ValueError):
+        MarketSpec(
+            "BTC-USD", ContractType.INVERSE, BTC_ASSET, 1, 5, 0, 1, TierTable([(0, 10, 5_000)])
+        )
+    for bad in (("", 6), ("US\u00d0", 6), ("USDT", 19), ("USDT", -1)):
+        with pytest.raises(ValueError):
+            Asset(*bad)
+    assert Asset("USDT", 6).scale == 1_000_000
+
+
+# --- rejections ---------------------------------------------------------------------------
+
+T = Code.INVALID_ARGUMENT
+P = Code.FAILED_PRECONDITION
+N = Code.NOT_FOUND
+
+REJECTIONS = [
+    # off-tick / off-step
+    ("off-tick fill", Fill(M, 9, 3, 4, E + 5, 1), T, "price"),
+    ("off-tick mark", MarkPrice(M, E + 1), T, "price"),
+    ("off-tick inverse", Fill(INV, 9, 3, 4, 500_001, 1), T, "price"),
+    ("off-step", Fill("ETH-USDT", 9, 3, 4, E, 15), T, "quantity"),
+    # zero / negative
+    ("zero qty", Fill(M, 9, 3, 4, E, 0), T, "quantity"),
+    ("negative qty", Fill(M, 9, 3, 4, E, -1), T, "quantity"),
+    ("zero price", Fill(M, 9, 3, 4, 0, 1), T, "price"),
+    ("negative price", Fill(M, 9, 3, 4, -10, 1), T, "price"),
+    ("zero mark", MarkPrice(M, 0), T, "price"),
+    ("negative fee", Fill(M, 9, 3, 4, E, 1, buyer_fee=-1), T, "buyer_fee"),
+    ("negative seller fee", Fill(M, 9, 3, 4, E, 1, seller_fee=-1), T, "seller_fee"),
+    ("negative trade id", Fill(M, -1, 3, 4, E, 1), T, "trade_id"),
+    ("zero deposit", Deposit(3, "USDT", 0), T, "amount"),
+    ("negative deposit", Deposit(3, "USDT", -5), T, "amount"),
+    ("zero withdrawal", Withdrawal(1, "USDT", 0), T, "amount"),
+    ("negative withdrawal", Withdrawal(1, "USDT", -1), T, "amount"),
+    ("zero transfer", MarginTransfer(1, M, 0), T, "amount"),
+    ("zero injection", FundInjection("USDT", 0), T, "amount"),
+    # unknown market / asset / liquidation
+    ("unknown market fill", Fill("DOGE-USDT", 9, 3, 4, E, 1), N, "market"),
+    ("unknown market mark", MarkPrice("DOGE-USDT", E), N, "market"),
+    ("unknown market transfer", MarginTransfer(1, "DOGE-USDT", U), N, "market"),
+    ("unknown market funding", FundingRate("DOGE-USDT", 1), N, "market"),
+    ("unknown market liq fill", LiquidationFill("DOGE-USDT", 1, 3, E, 1), N, "market"),
+    ("unknown market liq done", LiquidationDone("DOGE-USDT", 1), N, "market"),
+    ("unknown asset deposit", Deposit(3, "DOGE", 1), N, "asset"),
+    ("unknown asset withdrawal", Withdrawal(1, "DOGE", 1), N, "asset"),
+    ("unknown asset injection", FundInjection("DOGE", 1), N, "asset"),
+    ("unknown liquidation", LiquidationFill(M, 42, 3, E, 1), N, "liquidation_id"),
+    ("no margin to take out", MarginTransfer(7, M, -1), N, "account"),
+    # accounts
+    ("account 0 deposit", Deposit(0, "USDT", 1), T, "account"),
+    ("account 0 withdrawal", Withdrawal(0, "USDT", 1), T, "account"),
+    ("account 0 transfer", MarginTransfer(0, M, 1), T, "account"),
+    ("account 0 transfer out", MarginTransfer(0, M, -1), T, "account"),
+    ("account 0 buyer", Fill(M, 9, 0, 4, E, 1), T, "buyer_account"),
+    ("account 0 seller", Fill(M, 9, 3, 0, E, 1), T, "seller_account"),
+    ("account too large", Deposit(2**64, "USDT", 1), T, "account"),
+    ("negative account", Deposit(-3, "USDT", 1), T, "account"),
+    ("deposit to backstop", Deposit(BACKSTOP_ACCOUNT, "USDT", 1), T, "account"),
+    ("buyer is seller", Fill(M, 9, 3, 3, E, 1), T, "seller_account"),
+    # int64
+    ("huge deposit", Deposit(3, "USDT", 2**63), T, "amount"),
+    ("huge price", Fill(M, 9, 3, 4, (2**63 // 10 + 1) * 10, 1), T, "price"),
+    ("huge mark", MarkPrice(M, (2**63 // 10 + 1) * 10), T, "price"),
+    ("huge quantity", Fill(M, 9, 3, 4, E, 2**63), T, "quantity"),
+    ("huge fee", Fill(M, 9, 3, 4, E, 1, buyer_fee=2**63), T, "buyer_fee"),
+    ("basis overflow", Fill(M, 9, 3, 4, 10**12, 10**9), T, "price"),
+    ("huge injection", FundInjection("USDT", 2**63), T, "amount"),
+    # preconditions
+    ("withdraw above wallet", Withdrawal(1, "USDT", 100 * U + 1), P, "amount"),
+    ("withdraw from empty wallet", Withdrawal(3, "USDT", 1), P, "amount"),
+    ("transfer above wallet", MarginTransfer(1, M, 100 * U + 1), P, "amount"),
+    ("transfer out needed margin", MarginTransfer(1, M, -493 * U), P, "amount"),
+    ("fill beyond bankruptcy", Fill(M, 9, 2, 1, usdt("24999.90"), 20), P, "seller_account"),
+    ("short beyond bankruptcy", Fill(M, 9, 2, 1, usdt("75000.10"), 20), P, "buyer_account"),
+    ("fee beyond margin", Fill(M, 9, 3, 4, E, 1, buyer_fee=1), P, "buyer_account"),
+    (
+        "close fee beyond margin",
+        Fill(M, 9, 2, 1, usdt("25000"), 20, seller_fee=1),
+        P,
+        "seller_account",
+    ),
+    ("funding rate 100 %", FundingRate(M, 10**8), T, "rate_e8"),
+    ("funding without mark", FundingRate(INV, 1), P, "market"),
+    ("transfer out without mark", MarginTransfer(8, INV, -1), P, "market"),
+    ("unknown input", object(), T, "kind"),
+]
+
+
+@pytest.mark.parametrize(
+    ("event", "code", "field"), [r[1:] for r in REJECTIONS], ids=[r[0] for r in REJECTIONS]
+)
+def test_rejections_leave_state_unchanged(
+    desk: Desk, event: object, code: Code, field: str
+) -> None:
+    if field == "market" and isinstance(event, MarginTransfer):  # an open BTC-USD position, no mark
+        desk.margin(8, INV, BTC // 10)
+        desk.margin(9, INV, BTC // 10)
+        desk.fill(INV, 8, 9, 500_000, 10)
+    assert_rejected(desk.engine, event, code, field)
+    desk.check()
+
+
+def test_fill_exactly_at_bankruptcy_is_accepted(desk: Desk) -> None:
+    desk.fill(M, 2, 1, usdt("25000"), 20)  # 1 closes with exactly 0 margin left
+    assert desk.pos(M, 1) is None and desk.wallet("USDT", 1) == 100 * U
+    desk.check()
+
+
+def test_margin_overflow_rejected() -> None:
+    d = Desk(btc_usdt_spec())
+    d.apply(Deposit(1, "USDT", I64))
+    d.apply(MarginTransfer(1, M, I64 - 1))
+    d.apply(Deposit(1, "USDT", 5))
+    assert_rejected(d.engine, MarginTransfer(1, M, 2), T, "amount")
+    assert_rejected(d.engine, Deposit(1, "USDT", I64), T, "amount")  # wallet overflow
+
+
+def test_reduce_only_market_and_backstop_only_reduce() -> None:
+    d = Desk(btc_usdt_spec())
+    d.inject("USDT", 10_000 * U)
+    d.open(M, 1, 2, E, 20, 500 * U, 5_000 * U)
+    d.mark(M, E)
+    d.mark(M, usdt("24000"))  # the backstop takes over 1's long
+    assert d.pos(M, BACKSTOP_ACCOUNT).size == 20
+    d.margin(3, M, 1_000 * U)
+    assert_rejected(d.engine, Fill(M, 9, BACKSTOP_ACCOUNT, 3, usdt("24000"), 1), P, "buyer_account")
+    d.fill(M, 3, BACKSTOP_ACCOUNT, usdt("24000"), 5)  # selling its inventory is fine
+    assert d.pos(M, BACKSTOP_ACCOUNT).size == 15
+
+    r = Desk(btc_usdt_spec(reduce_only=True))
+    r.margin(1, M, 100 * U)
+    r.margin(2, M, 100 * U)
+    assert_rejected(r.engine, Fill(M, 1, 1, 2, E, 1), P, "buyer_account")
+
+
+def test_digest_is_deterministic_and_sensitive() -> None:
+    def run(amount: int) -> str:
+        d = Desk(btc_usdt_spec())
+        d.open(M, 1, 2, E, 20, amount, 500 * U)
+        d.mark(M, usdt("30000"))
+        return digest(d.engine)
+
+    assert run(500 * U) == run(500 * U)
+    assert run(500 * U) != run(500 * U + 1)
+
+
+def test_rejected_is_an_exception_with_fields() -> None:
+    r = Rejected.invalid("price", "off tick")
+    assert (r.code, r.field, r.message) == (Code.INVALID_ARGUMENT, "price", "off tick")
+    assert str(r) == "INVALID_ARGUMENT: price: off tick"
+    assert Rejected.precondition("a", "b").code is Code.FAILED_PRECONDITION
+    assert Rejected.not_found("a", "b").code is Code.NOT_FOUND

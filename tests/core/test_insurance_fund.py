@@ -1,0 +1,326 @@
+"""The insurance fund: ledger, budget (drawdown limit, per-market caps), reports, no withdrawals."""
+
+from __future__ import annotations
+
+import pytest
+from _kit import Desk, U, assert_rejected, btc_usdt_spec, of_type, usdt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from riskd.core import BACKSTOP_ACCOUNT, Code, FundPolicy, InsuranceFund, LiquidationMode, Rejected
+from riskd.core.events import (
+    Deposit,
+    FundCredit,
+    FundDecision,
+    FundFlow,
+    FundInjection,
+    FundKind,
+    LiquidationFill,
+    LiquidationOrder,
+    ReserveClaim,
+    ReserveSettle,
+    TakeoverClaim,
+    Withdrawal,
+)
+
+M = "BTC-USDT"
+HOUR = 3_600_000
+DAY = 24 * HOUR
+
+
+def claim(
+    shortfall: int = 0,
+    fee: int = 0,
+    wanted: int = 0,
+    *,
+    lid: int = 1,
+    ts: int = 0,
+    cap: int | None = None,
+    market: str = M,
+) -> TakeoverClaim:
+    return TakeoverClaim("USDT", market, lid, ts, 1_000 * U, fee, shortfall, wanted, cap)
+
+
+def seeded(amount: int = 1_000 * U, policy: FundPolicy | None = None) -> InsuranceFund:
+    f = InsuranceFund("USDT", policy)
+    f.inject(amount, "seed", 0)
+    return f
+
+
+def assert_ledger_consistent(f: InsuranceFund) -> None:
+    balance = 0
+    for i, e in enumerate(f.ledger, start=1):
+        assert e.sequence == i
+        assert e.amount != 0
+        balance += e.amount
+        assert e.balance_after == balance >= 0
+    assert balance == f.balance
+    assert f.total_inflow - f.total_outflow == f.balance
+
+
+# --- ledger --------------------------------------------------------------------------
+
+
+def test_injection_is_a_ledger_entry() -> None:
+    f = InsuranceFund("USDT")
+    e = f.inject(1_000 * U, "seed", 5)
+    assert (e.sequence, e.ts, e.kind, e.market, e.cause, e.amount, e.balance_after) == (
+        1,
+        5,
+        FundKind.INJECTION,
+        "",
+        "seed",
+        1_000 * U,
+        1_000 * U,
+    )
+    assert f.take_flows() == [
+        FundFlow("USDT", "", FundKind.INJECTION, 1_000 * U, 1_000 * U, "seed", 5)
+    ]
+    assert f.take_flows() == []
+
+
+@pytest.mark.parametrize(
+    ("amount", "cause", "field"),
+    [
+        (0, "seed", "amount"),
+        (-1, "seed", "amount"),
+        (2**63, "seed", "amount"),
+        (1, "s\u00e9ed", "cause"),
+        (1, "x" * 129, "cause"),
+    ],
+)
+def test_bad_injection_rejected(amount: int, cause: str, field: str) -> None:
+    f = seeded()
+    with pytest.raises(Rejected) as info:
+        f.inject(amount, cause, 0)
+    assert (info.value.code, info.value.field) == (Code.INVALID_ARGUMENT, field)
+    assert (f.balance, len(f.ledger)) == (1_000 * U, 1)
+
+
+def test_injection_overflow_rejected() -> None:
+    f = seeded(2**63 - 10)
+    with pytest.raises(Rejected):
+        f.inject(10, "more", 0)
+    assert f.balance == 2**63 - 10
+
+
+def test_takeover_books_fee_shortfall_and_backstop_margin_in_order() -> None:
+    f = seeded()
+    d = f.takeover(claim(shortfall=20 * U, wanted=5 * U, lid=7))
+    assert d == FundDecision(M, 7, True, 5 * U)
+    assert [(e.kind, e.amount, e.cause) for e in f.ledger[1:]] == [
+        (FundKind.SHORTFALL, -20 * U, f"liq:{M}:7"),
+        (FundKind.BACKSTOP_MARGIN, -5 * U, f"liq:{M}:7"),
+    ]
+    f.takeover(claim(fee=3 * U, lid=8))
+    assert f.ledger[-1].kind is FundKind.LIQUIDATION_FEE and f.balance == 978 * U
+    # What the backstop hands back is an ordinary, explained inflow.
+    f.process([FundCredit("USDT", M, FundKind.BACKSTOP_RETURN, 7 * U, "backstop", 0)])
+    assert f.ledger[-1].kind is FundKind.BACKSTOP_RETURN and f.balance == 985 * U
+    assert_ledger_consistent(f)
+
+
+def test_zero_credits_are_not_booked() -> None:
+    f = seeded()
+    f.credit(FundCredit("USDT", M, FundKind.TRADING_FEE, 0, "trade:1", 0))
+    assert len(f.ledger) == 1
+
+
+# --- budget: never below zero, drawdown, per-market caps -------------------------------
+
+
+def test_refusal_books_nothing() -> None:
+    f = seeded(100 * U, FundPolicy(drawdown_limit_ppm=1_000_000))
+    assert f.budget(M, 0) == 100 * U
+    assert f.takeover(claim(shortfall=100 * U + 1, wanted=U)) == FundDecision(M, 1, False, 0)
+    assert (f.balance, len(f.ledger)) == (100 * U, 1)
+    # Exactly the balance is payable (100 % drawdown allowed), and then nothing more.
+    assert f.takeover(claim(shortfall=100 * U, wanted=U, lid=2)).absorbed
+    assert f.balance == 0 and f.budget(M, 0) == 0
+    assert not f.takeover(claim(shortfall=1, lid=3)).absorbed
+    assert_ledger_consistent(f)
+
+
+def test_drawdown_30_percent_in_8_hours() -> None:
+    f = seeded()  # default policy: 30 % over 8 h
+    assert f.budget(M, 0) == 300 * U
+    assert not f.takeover(claim(shortfall=301 * U)).absorbed
+    assert f.takeover(claim(shortfall=200 * U, lid=2, ts=HOUR)).absorbed
+    assert f.budget(M, 2 * HOUR) == 100 * U  # the 1,000 peak is still in the window
+    assert not f.takeover(claim(shortfall=101 * U, lid=3, ts=7 * HOUR)).absorbed
+    # The 1,000 was still the balance in minute 60 (before the payment): it stays the
+    # peak through minute 540 (9 h) and leaves the window in the minute after.
+    assert f.budget(M, 9 * HOUR) == 100 * U
+    later = 9 * HOUR + 60_000
+    assert f.budget(M, later) == 240 * U  # 30 % of the new 800 peak
+    assert f.takeover(claim(shortfall=240 * U, lid=4, ts=later)).absorbed
+    assert f.balance == 560 * U
+    assert_ledger_consistent(f)
+
+
+def test_inflows_raise_the_peak() -> None:
+    f = seeded()
+    f.takeover(claim(shortfall=300 * U))
+    assert f.budget(M, 0) == 0
+    f.inject(1_000 * U, "top-up", HOUR)
+    # Peak 1,700 now: floor 1,190, balance 1,700.
+    assert f.budget(M, HOUR) == 510 * U
+
+
+def test_market_loss_cap_is_cumulative_and_counts_reservations() -> None:
+    f = seeded(10_000 * U)
+    cap = 50 * U
+    assert f.budget(M, 0, cap) == cap
+    assert f.budget("ETH-USDT", 0, None) == 3_000 * U  # other markets: drawdown only
+    d = f.takeover(claim(shortfall=20 * U, wanted=10 * U, cap=cap))
+    assert (d.absorbed, d.granted) == (True, 10 * U)
+    assert f.budget(M, 0, cap) == 20 * U  # 20 shortfall + 10 backstop margin used
+    r = f.reserve(ReserveClaim("USDT", M, 2, 0, 100 * U, 15 * U, cap))
+    assert r.granted == 15 * U and f.reserved_total == 15 * U
+    assert f.budget(M, 0, cap) == 5 * U
+    assert not f.takeover(claim(shortfall=6 * U, lid=3, cap=cap)).absorbed
+    # Settling releases the reservation; only what was paid keeps counting.
+    f.settle(ReserveSettle("USDT", M, 2, 0, 15 * U, 4 * U, 0))
+    assert f.reserved_total == 0
+    assert f.budget(M, 0, cap) == 16 * U
+    # After the window the market's losses are forgotten.
+    assert f.budget(M, 8 * HOUR + 2 * 60_000, cap) == cap
+    assert_ledger_consistent(f)
+
+
+def test_reservations_are_not_spendable_twice() -> None:
+    f = seeded(100 * U, FundPolicy(drawdown_limit_ppm=1_000_000))
+    assert f.reserve(ReserveClaim("USDT", M, 1, 0, 0, 80 * U)).granted == 80 * U
+    assert f.budget(M, 0) == 20 * U
+    assert f.reserve(ReserveClaim("USDT", M, 2, 0, 0, 80 * U)).granted == 20 * U
+    assert f.budget(M, 0) == 0
+    assert not f.takeover(claim(shortfall=1, lid=3)).absorbed
+    with pytest.raises(AssertionError):  # a settlement that does not match is a bug
+        f.settle(ReserveSettle("USDT", M, 1, 0, 80 * U, 81 * U, 0))
+
+
+def test_policy_validation() -> None:
+    for bad in (
+        {"drawdown_limit_ppm": 0},
+        {"drawdown_limit_ppm": 1_000_001},
+        {"window_ms": 59_999},
+    ):
+        with pytest.raises(ValueError):
+            FundPolicy(**bad)  # type: ignore[arg-type]
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["inject", "fee", "takeover", "reserve", "settle"]),
+        st.integers(min_value=0, max_value=2_000 * U),
+        st.integers(min_value=0, max_value=20 * HOUR),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops, st.sampled_from([None, 100 * U, 0]))
+def test_fund_never_negative_and_ledger_chains(
+    seq: list[tuple[str, int, int]], cap: int | None
+) -> None:
+    f = InsuranceFund("USDT")
+    open_reservations: list[tuple[int, int]] = []
+    for lid, (op, amount, ts) in enumerate(seq, start=1):
+        if op == "inject" and amount:
+            f.inject(amount, "seed", ts)
+        elif op == "fee":
+            f.credit(FundCredit("USDT", M, FundKind.TRADING_FEE, amount, "t", ts))
+        elif op == "takeover":
+            budget = f.budget(M, ts, cap)
+            d = f.takeover(claim(shortfall=amount, wanted=amount // 3, lid=lid, ts=ts, cap=cap))
+            assert d.absorbed == (amount <= budget)
+            assert d.granted <= max(budget - amount, 0)
+        elif op == "reserve":
+            d = f.reserve(ReserveClaim("USDT", M, lid, ts, 0, amount, cap))
+            if d.granted:
+                open_reservations.append((lid, d.granted))
+        elif open_reservations:
+            rid, held = open_reservations.pop(0)
+            f.settle(ReserveSettle("USDT", M, rid, ts, held, min(amount, held), 0))
+        assert 0 <= f.reserved_total <= f.balance
+    assert_ledger_consistent(f)
+
+
+# --- daily reports ----------------------------------------------------------------------
+
+
+def test_daily_report_totals() -> None:
+    f = InsuranceFund("USDT")
+    f.inject(1_000 * U, "seed", 0)
+    f.credit(FundCredit("USDT", M, FundKind.TRADING_FEE, 7 * U, "trade:1", HOUR))
+    f.takeover(TakeoverClaim("USDT", M, 1, 2 * HOUR, 480 * U, 0, 20 * U, 4 * U))
+    f.takeover(TakeoverClaim("USDT", M, 2, DAY + HOUR, 500 * U, 3 * U, 0, 2 * U))
+    f.credit(FundCredit("USDT", M, FundKind.BACKSTOP_RETURN, U, "backstop", DAY + 2 * HOUR))
+    day0, day1 = f.reports[0], f.reports[1]
+    assert (day0.opening_balance, day0.closing_balance) == (0, 983 * U)
+    assert day0.inflow_by_kind == {FundKind.INJECTION: 1_000 * U, FundKind.TRADING_FEE: 7 * U}
+    assert day0.outflow_by_kind == {FundKind.SHORTFALL: 20 * U, FundKind.BACKSTOP_MARGIN: 4 * U}
+    assert day0.liquidation_volume == 480 * U
+    assert (day1.opening_balance, day1.closing_balance) == (983 * U, 985 * U)
+    assert day1.inflow_by_kind == {FundKind.LIQUIDATION_FEE: 3 * U, FundKind.BACKSTOP_RETURN: U}
+    assert day1.outflow_by_kind == {FundKind.BACKSTOP_MARGIN: 2 * U}
+    assert day1.liquidation_volume == 500 * U
+    for r in (day0, day1):
+        assert (
+            r.opening_balance + sum(r.inflow_by_kind.values()) - sum(r.outflow_by_kind.values())
+            == r.closing_balance
+        )
+    assert sorted(f.reports) == [0, 1]
+
+
+# --- through the engine --------------------------------------------------------------
+
+
+def test_engine_fund_flows_mirror_the_ledger() -> None:
+    d = Desk(
+        btc_usdt_spec(fund_fee_share_ppm=500_000),
+        btc_usdt_spec("ETH-USDT", liquidation_mode=LiquidationMode.BOOK),
+    )
+    flows = of_type(d.inject("USDT", 1_000 * U, ts=1), FundFlow)
+    for mk in (M, "ETH-USDT"):
+        d.margin(1, mk, 500 * U)
+        d.margin(2, mk, 5_000 * U)
+        flows += of_type(d.fill(mk, 1, 2, usdt("50000"), 20, buyer_fee=U, seller_fee=U), FundFlow)
+        d.mark(mk, usdt("50000"))
+    flows += of_type(d.mark(M, usdt("24000"), ts=2), FundFlow)
+    out = d.mark("ETH-USDT", usdt("24900"), ts=3)
+    flows += of_type(out, FundFlow)
+    [order] = of_type(out, LiquidationOrder)
+    d.margin(3, "ETH-USDT", 1_000 * U)
+    # Filled at the worst price: the whole reservation is paid out as shortfall.
+    fill = LiquidationFill("ETH-USDT", order.liquidation_id, 3, order.worst_price, 20, ts=4)
+    flows += of_type(d.apply(fill), FundFlow)
+    fund = d.funds["USDT"]
+    assert [(x.kind, x.amount, x.balance_after, x.market) for x in flows] == [
+        (e.kind, e.amount, e.balance_after, e.market) for e in fund.ledger
+    ]
+    kinds = [e.kind for e in fund.ledger]
+    # BTC-USDT gives the fund 50 % of each 1 USDT fee; ETH-USDT (share 0) nothing.
+    assert [e.amount for e in fund.ledger if e.kind is FundKind.TRADING_FEE] == [U // 2] * 2
+    assert FundKind.SHORTFALL in kinds
+    assert_ledger_consistent(fund)
+    d.check()
+
+
+def test_no_way_to_withdraw_from_the_fund() -> None:
+    d = Desk(btc_usdt_spec())
+    d.inject("USDT", 1_000 * U)
+    d.apply(Deposit(1, "USDT", 10 * U))
+    before = (d.fund("USDT"), len(d.funds["USDT"].ledger))
+    d.apply(Withdrawal(1, "USDT", 10 * U))
+    assert (d.fund("USDT"), len(d.funds["USDT"].ledger)) == before
+    # Neither the fund's backstop account nor account 0 can withdraw anything.
+    assert_rejected(
+        d.engine, Withdrawal(BACKSTOP_ACCOUNT, "USDT", 1), Code.INVALID_ARGUMENT, "account"
+    )
+    assert_rejected(d.engine, Withdrawal(0, "USDT", 1), Code.INVALID_ARGUMENT, "account")
+    assert_rejected(d.engine, FundInjection("USDT", -5), Code.INVALID_ARGUMENT, "amount")
+    assert d.fund("USDT") == 1_000 * U
+    # And no method offers it.
+    assert not [n for n in dir(InsuranceFund) if "withdraw" in n.lower()]
