@@ -55,41 +55,47 @@ class MarketActor(Actor):
     async def apply(self, items: list[Input]) -> list[Rejected | None]:
         """Apply inputs in order; one result per input (None = applied)."""
         results: list[Rejected | None] = []
+        engine = self.engine
         for item in items:
             try:
-                await self._apply_one(item)
+                if isinstance(item, MarginTransfer) and item.amount > 0:
+                    await self._transfer_in(item)
+                else:  # no coroutine per update on the hot path
+                    self._apply_now(item)
                 results.append(None)
             except Rejected as e:
                 results.append(e)
-            if self.engine.effects:
+            if engine.effects:
                 await self._route()
         return results
 
-    async def _apply_one(self, item: Input) -> None:
+    def _apply_now(self, item: Input) -> None:
         engine = self.engine
         match item:
+            case Fill():
+                engine.fill(item)
             case MarkPrice():
                 engine.mark_price(item)
                 if self._on_mark is not None:
                     self._on_mark(engine.symbol, item.ts)
-            case Fill():
-                engine.fill(item)
             case FundingRate():
                 engine.funding(item)
             case LiquidationFill():
                 engine.liquidation_fill(item)
             case LiquidationDone():
                 engine.liquidation_done(item)
-            case MarginTransfer() if item.amount > 0:
-                engine.check_margin_credit(item.account, item.amount)
-                await self.wallet.call(self.wallet.debit, item.account, item.amount)
-                engine.credit_margin(item.account, item.amount, item.ts)
             case MarginTransfer() if item.amount < 0:
                 engine.withdraw_margin(item.account, -item.amount, item.ts)
             case MarginTransfer():
                 raise Rejected.invalid("amount", "must not be 0")
             case _:
                 raise Rejected.invalid("kind", f"{type(item).__name__} does not go to a market")
+
+    async def _transfer_in(self, t: MarginTransfer) -> None:
+        """Wallet → margin: validate here, debit the wallet actor, then credit."""
+        self.engine.check_margin_credit(t.account, t.amount)
+        await self.wallet.call(self.wallet.debit, t.account, t.amount)
+        self.engine.credit_margin(t.account, t.amount, t.ts)
 
     async def _route(self) -> None:
         engine = self.engine

@@ -78,6 +78,7 @@ class Sequencer(Actor):
         self.funds = funds
         self.metrics = metrics
         self.gateways: dict[str, _Gateway] = {}
+        self._children: dict[tuple[str, str], Any] = {}
 
     def acked(self, gateway: str, epoch: int) -> int:
         """The last sequence applied for this gateway and epoch (0: none yet)."""
@@ -114,8 +115,12 @@ class Sequencer(Actor):
                     result.rejections.append((seq, r))
         g.last = result.acked
         result.rejections.sort(key=lambda t: t[0])
-        for (kind, outcome), n in outcomes.items():
-            self.metrics.updates.labels(kind, outcome).inc(n)
+        children = self._children
+        for key, n in outcomes.items():
+            child = children.get(key)
+            if child is None:
+                child = children[key] = self.metrics.updates.labels(*key)
+            child.inc(n)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return result
 

@@ -15,6 +15,7 @@ server on a dedicated asyncio thread and crosses into trio with
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,12 @@ class Portal:
         self.nursery = nursery
         self.limit = limit
         self._slots: asyncio.Semaphore | None = None
+        # Coalesced crossings: one wakeup of the other thread per burst, not per message.
+        self._inbound: collections.deque[Any] = collections.deque()
+        self._inbound_scheduled = False
+        self._outbound: collections.deque[Any] = collections.deque()
+        self._outbound_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Await ``fn(*args)`` run as a trio task; its exception is re-raised here."""
@@ -82,21 +89,45 @@ class Portal:
         deliver: Callable[[Any, BaseException | None], None],
     ) -> None:
         """Queue ``fn(*args)`` on ``actor`` from asyncio; ``deliver`` runs on ``loop``."""
-        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._inbound.append((actor, fn, args, deliver))
+        if not self._inbound_scheduled:
+            self._inbound_scheduled = True
+            try:
+                self.token.run_sync_soon(self._drain_inbound)
+            except trio.RunFinishedError:
+                self._inbound_scheduled = False
+                while self._inbound:
+                    self._inbound.popleft()[3](None, Unavailable("the engine has stopped"))
 
-        def notify(value: Any, error: BaseException | None) -> None:
-            call_soon(loop, deliver, value, error)
-
-        def submit() -> None:  # in trio: must never raise
+    def _drain_inbound(self) -> None:  # in trio: must never raise
+        self._inbound_scheduled = False  # before draining: a post racing with us reschedules
+        inbound = self._inbound
+        while inbound:
+            actor, fn, args, deliver = inbound.popleft()
+            notify = self._notifier(deliver)
             try:
                 actor.post(fn, args, notify)
             except trio.WouldBlock:
                 notify(None, Unavailable(f"{actor.name} mailbox full"))
 
-        try:
-            self.token.run_sync_soon(submit)
-        except trio.RunFinishedError:
-            deliver(None, Unavailable("the engine has stopped"))
+    def _notifier(self, deliver: Callable[[Any, BaseException | None], None]) -> Any:
+        def notify(value: Any, error: BaseException | None) -> None:  # in trio
+            self._outbound.append((deliver, value, error))
+            if not self._outbound_scheduled:
+                self._outbound_scheduled = True
+                assert self._loop is not None
+                call_soon(self._loop, self._drain_outbound)
+
+        return notify
+
+    def _drain_outbound(self) -> None:  # in asyncio
+        self._outbound_scheduled = False
+        outbound = self._outbound
+        while outbound:
+            deliver, value, error = outbound.popleft()
+            deliver(value, error)
 
 
 def _is_expected(e: Exception) -> bool:

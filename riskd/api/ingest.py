@@ -93,12 +93,26 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 self._read(request_iterator, gateway, epoch, credits, results)
             )
             self._readers.add(reader)
-            while (item := await results.get()) is not _EOS:
-                if isinstance(item, ingest_pb2.IngestResponse):
+            item = await results.get()
+            while item is not _EOS:
+                if not isinstance(item, ingest_pb2.IngestResponse):
+                    await self._fail(context, item, bound)
+                credits.release()
+                # Acks are cumulative: fold every ack already waiting into one response.
+                following = None
+                while not results.empty():
+                    following = results.get_nowait()
+                    if not isinstance(following, ingest_pb2.IngestResponse):
+                        break
                     credits.release()
-                    yield item
-                    continue
-                await self._fail(context, item, bound)
+                    if item.rejections:
+                        item.rejections.extend(following.rejections)
+                        item.acked_sequence = following.acked_sequence
+                    else:
+                        item = following
+                    following = None
+                yield item
+                item = following if following is not None else await results.get()
             bound.info("ingest_stream_closed")
         except Unavailable as e:
             await abort(context, grpc.StatusCode.UNAVAILABLE, "", str(e))
