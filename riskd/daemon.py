@@ -10,7 +10,6 @@ docs/architecture.md), hence the explicit drain first.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -200,8 +199,6 @@ async def serve(
 async def _set_health(health: Any, status: int) -> None:
     for name in ("", *SERVICE_NAMES):
         await health.set(name, status)
-    if status == health_pb2.HealthCheckResponse.NOT_SERVING:
-        await asyncio.sleep(0)
 
 
 def _depth(actor: Any) -> Callable[[], int]:

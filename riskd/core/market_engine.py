@@ -277,7 +277,6 @@ class MarketEngine:
         self._after_trade(cp, lf.ts)
         if trader.size == 0:
             self._settle_book(liq, lf.ts)
-        self._retry_adl(lf.ts)
         self._scan(lf.ts)
 
     def liquidation_done(self, ld: LiquidationDone) -> None:
@@ -289,7 +288,6 @@ class MarketEngine:
                 "liquidation_id", f"no working liquidation {ld.liquidation_id} in {self.symbol}"
             )
         self._await_adl(liq)
-        self._retry_adl(ld.ts)
         self._scan(ld.ts)
 
     def fund_decision(self, d: FundDecision, ts: int) -> None:
@@ -318,8 +316,7 @@ class MarketEngine:
         else:
             liq.fee = liq.shortfall = 0
             self._await_adl(liq)
-        self._retry_adl(ts)
-        self._scan(ts)
+        self._scan(ts)  # retries waiting ADL too
 
     # --- liquidation ------------------------------------------------------------
 
@@ -377,7 +374,6 @@ class MarketEngine:
         self.next_liquidation += 1
         self.liquidations[liq.id] = liq
         pos.liquidation = liq.id
-        n = notional(spec, pos, mark)
         if pos.is_backstop:  # the fund's own inventory: nobody left to ask
             self._await_adl(liq)
             self._retry_adl(ts)
@@ -408,7 +404,7 @@ class MarketEngine:
                     self.symbol,
                     liq.id,
                     ts,
-                    n,
+                    notional(spec, pos, mark),
                     maintenance_margin(spec, pos, mark),
                     spec.fund_loss_cap,
                 )
