@@ -243,11 +243,7 @@ class MarketEngine:
     def liquidation_fill(self, lf: LiquidationFill) -> None:
         """A book fill of a liquidation order (book mode)."""
         self._begin(lf.ts)
-        liq = self.liquidations.get(lf.liquidation_id)
-        if liq is None or liq.stage is not Stage.WORKING:
-            raise Rejected.not_found(
-                "liquidation_id", f"no working liquidation {lf.liquidation_id} in {self.symbol}"
-            )
+        liq = self._working(lf.liquidation_id)
         self._check_price(lf.price, "price")
         self._check_quantity(lf.quantity, "quantity")
         self._check_account(lf.counterparty, "counterparty_account")
@@ -282,13 +278,18 @@ class MarketEngine:
     def liquidation_done(self, ld: LiquidationDone) -> None:
         """The book gave up on a liquidation order: the rest is auto-deleveraged."""
         self._begin(ld.ts)
-        liq = self.liquidations.get(ld.liquidation_id)
-        if liq is None or liq.stage is not Stage.WORKING:
-            raise Rejected.not_found(
-                "liquidation_id", f"no working liquidation {ld.liquidation_id} in {self.symbol}"
-            )
+        liq = self._working(ld.liquidation_id)
         self._await_adl(liq)
         self._scan(ld.ts)
+
+    def _working(self, liquidation_id: int) -> Liquidation:
+        """A book-mode liquidation whose order is in the book."""
+        liq = self.liquidations.get(liquidation_id)
+        if liq is None or liq.stage is not Stage.WORKING:
+            raise Rejected.not_found(
+                "liquidation_id", f"no working liquidation {liquidation_id} in {self.symbol}"
+            )
+        return liq
 
     def fund_decision(self, d: FundDecision, ts: int) -> None:
         """The fund's answer to a claim this market made."""
