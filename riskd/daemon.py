@@ -1,6 +1,7 @@
 """The daemon: actors in a trio nursery, gRPC on its thread, metrics on theirs.
 
-Start-up order: actors running → gRPC bound and started → health SERVING.
+Start-up order: actors running → journal replayed into them (the same
+state as before the restart) → gRPC bound and started → health SERVING.
 Shutdown (SIGTERM/SIGINT, or cancellation): health NOT_SERVING → ingest
 streams stop reading and end with OK after acknowledging what they had in
 flight → gRPC server stops → actors are cancelled.  ``server.stop(grace)``
@@ -13,6 +14,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,6 +23,7 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import start_http_server
 
 from riskd.actors.fund import FundActor
+from riskd.actors.journal import JournalActor
 from riskd.actors.market import MarketActor
 from riskd.actors.sequencer import Sequencer
 from riskd.actors.wallet import WalletActor
@@ -36,6 +39,7 @@ from riskd.core import InsuranceFund, MarketEngine
 from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
 from riskd.core.wallet import Wallets
 from riskd.metrics import Metrics
+from riskd.storage.journal import SqliteJournal
 
 __all__ = ["Daemon", "Endpoints", "serve"]
 
@@ -123,15 +127,16 @@ class Daemon:
     ) -> None:
         """Serve until SIGTERM/SIGINT or cancellation; then drain and stop."""
         srv = self.config.server
-        # Durable state (journal, snapshots) will live here; create it up front so a
-        # misconfigured path fails at start, not later.
-        await trio.Path(srv.data_dir).mkdir(parents=True, exist_ok=True)
+        await trio.Path(srv.data_dir).mkdir(parents=True, exist_ok=True)  # fail early
         host, port = _split(srv.metrics_listen)
         http, http_thread = start_http_server(port, host, registry=self.metrics.registry)
         try:
             async with trio.open_nursery() as nursery:
                 for actor in self.actors():
                     await nursery.start(actor.run)
+                journal = await self._recover()
+                await nursery.start(journal.run)
+                self.metrics.watch_mailbox("journal", "", "", _depth(journal), journal.capacity)
                 portal = Portal(trio.lowlevel.current_trio_token(), nursery, UNARY_LIMIT)
                 ingest = IngestServicer(portal, self.sequencer, srv, self.metrics)
                 services = Services(
@@ -180,6 +185,18 @@ class Daemon:
             http.shutdown()
             http_thread.join(timeout=5)
             self._grpc = None
+
+    async def _recover(self) -> JournalActor:
+        """Replay the journal into the actors, then attach it for new inputs."""
+        path = Path(self.config.server.data_dir) / "journal.sqlite3"
+        journal = await trio.to_thread.run_sync(SqliteJournal, path)
+        records = await trio.to_thread.run_sync(lambda: list(journal.replay()))
+        for text in records:
+            await self.sequencer.call(self.sequencer.replay, text)
+        log.info("riskd_recovered", records=len(records), journal_epoch=journal.epoch)
+        actor = JournalActor(journal, self.config.server.mailbox_capacity)
+        self.sequencer.journal = actor
+        return actor
 
     async def _shutdown(self, grpc: GrpcThread, health: Any, ingest: IngestServicer) -> None:
         await trio.to_thread.run_sync(

@@ -14,25 +14,30 @@ sequencer removes is nondeterminism between markets that share a fund.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from riskd.actors.actor import Actor
 from riskd.actors.fund import FundActor
+from riskd.actors.journal import JournalActor, Pending
 from riskd.actors.market import MarketActor
 from riskd.actors.wallet import WalletActor
-from riskd.core import Engine, Rejected
+from riskd.core import Engine, MarketEngine, MarketSpec, Rejected
 from riskd.core.errors import Code
 from riskd.core.events import Deposit, FundInjection, Input, Withdrawal
 from riskd.core.invariants import digest, violations
 from riskd.metrics import Metrics
+from riskd.storage import codec
 
 __all__ = ["Sequencer", "SequenceError", "BatchResult", "Update"]
 
 T = TypeVar("T")
+MAX_REMEMBERED_WITHDRAWALS = 100_000
 
 #: One decoded update: its gateway sequence number and the input, or why it
 #: could not be decoded.
@@ -60,7 +65,8 @@ class BatchResult:
 @dataclass(slots=True)
 class _Gateway:
     epoch: int = 0
-    last: int = 0
+    last: int = 0  # applied
+    durable: int = 0  # applied and in the journal: what a reconnecting gateway is told
 
 
 class Sequencer(Actor):
@@ -79,13 +85,28 @@ class Sequencer(Actor):
         self.metrics = metrics
         self.gateways: dict[str, _Gateway] = {}
         self._children: dict[tuple[str, str], Any] = {}
+        # Remembered withdrawal ids make retries safe; rebuilt by replay.
+        self.withdrawals: OrderedDict[tuple[str, int], tuple[tuple[int, int], int | Rejected]] = (
+            OrderedDict()
+        )
+        #: Where sequenced inputs go before they are acknowledged; None while
+        #: replaying (or when running without durability, as some tests do).
+        self.journal: JournalActor | None = None
 
     def acked(self, gateway: str, epoch: int) -> int:
-        """The last sequence applied for this gateway and epoch (0: none yet)."""
+        """The last sequence durably applied for this gateway and epoch (0: none yet)."""
         g = self.gateways.get(gateway)
-        return g.last if g is not None and g.epoch == epoch else 0
+        return g.durable if g is not None and g.epoch == epoch else 0
 
-    async def ingest(self, gateway: str, epoch: int, updates: Sequence[Update]) -> BatchResult:
+    async def _durable(self, record: dict[str, Any] | None, value: T) -> T | Pending[T]:
+        """Journal ``record`` (None: nothing new) and release ``value`` once durable."""
+        if self.journal is None:
+            return value
+        return await self.journal.submit(None if record is None else codec.encode(record), value)
+
+    async def ingest(
+        self, gateway: str, epoch: int, updates: Sequence[Update]
+    ) -> BatchResult | Pending[BatchResult]:
         started = time.perf_counter()
         g = self.gateways.get(gateway)
         if g is None:
@@ -115,6 +136,14 @@ class Sequencer(Actor):
                     result.rejections.append((seq, r))
         g.last = result.acked
         result.rejections.sort(key=lambda t: t[0])
+        record = None
+        if fresh:
+            record = {
+                "k": "ingest",
+                "g": gateway,
+                "e": epoch,
+                "u": [[seq, codec.encode_input(u)] for seq, u in fresh],
+            }
         children = self._children
         for key, n in outcomes.items():
             child = children.get(key)
@@ -122,11 +151,22 @@ class Sequencer(Actor):
                 child = children[key] = self.metrics.updates.labels(*key)
             child.inc(n)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        return result
+        if self.journal is None:
+            g.durable = g.last
+            return result
+        acked = g.last
+
+        def durable() -> None:
+            if g.epoch == epoch:
+                g.durable = max(g.durable, acked)
+
+        return await self.journal.submit(
+            None if record is None else codec.encode(record), result, durable
+        )
 
     async def ingest_or_error(
         self, gateway: str, epoch: int, updates: Sequence[Update]
-    ) -> BatchResult | SequenceError:
+    ) -> BatchResult | Pending[BatchResult] | SequenceError:
         """:meth:`ingest` for the bridge: a sequence error is a result, not a crash."""
         try:
             return await self.ingest(gateway, epoch, updates)
@@ -188,23 +228,82 @@ class Sequencer(Actor):
 
     # --- unary writes, sequenced like everything else ------------------------
 
-    async def withdraw(self, w: Withdrawal) -> int:
+    async def withdraw(self, w: Withdrawal, withdrawal_id: int) -> int | Pending[int]:
+        """Approve (new balance) or refuse (Rejected) a withdrawal, once per id.
+
+        The same id with the same request gets the same answer without moving
+        money twice; with a different request it is refused.
+        """
+        key = (w.asset, withdrawal_id)
+        seen = self.withdrawals.get(key)
+        if seen is not None:
+            if seen[0] != (w.account, w.amount):
+                raise Rejected.precondition(
+                    "withdrawal_id", f"{withdrawal_id} was already used for a different withdrawal"
+                )
+            if isinstance(seen[1], Rejected):
+                raise seen[1]
+            return seen[1]
         wallet = self.wallets.get(w.asset)
         if wallet is None:
             raise Rejected.not_found("asset", f"unknown asset {w.asset!r}")
-        return await wallet.call(wallet.withdraw, w)
+        try:
+            outcome: int | Rejected = await wallet.call(wallet.withdraw, w)
+        except Rejected as r:
+            if r.code is not Code.FAILED_PRECONDITION:
+                raise  # bad input: nothing happened, nothing to remember
+            outcome = r
+        self.withdrawals[key] = ((w.account, w.amount), outcome)
+        if len(self.withdrawals) > MAX_REMEMBERED_WITHDRAWALS:
+            self.withdrawals.popitem(last=False)
+        record = {"k": "withdraw", "id": withdrawal_id, "w": codec.encode_input(w)}
+        done = await self._durable(record, outcome)
+        if isinstance(outcome, Rejected):
+            if isinstance(done, Pending):
+                await done.wait()
+            raise outcome
+        return done  # type: ignore[return-value]
 
-    async def inject(self, i: FundInjection) -> int:
+    async def inject(self, i: FundInjection) -> int | Pending[int]:
         fund = self.funds.get(i.asset)
         if fund is None:
             raise Rejected.not_found("asset", f"unknown asset {i.asset!r}")
-        return await fund.call(fund.inject, i)
+        balance = await fund.call(fund.inject, i)
+        return await self._durable({"k": "inject", "i": codec.encode_input(i)}, balance)
 
-    async def on_market(self, symbol: str, fn: Callable[..., T], *args: Any) -> T:
+    async def update_spec(
+        self, symbol: str, changes: dict[str, Any], ts: int = 0
+    ) -> MarketSpec | Pending[MarketSpec]:
+        """Change a market's settings (see MarketEngine.update_spec); journaled."""
         market = self.markets.get(symbol)
         if market is None:
             raise Rejected.not_found("market", f"unknown market {symbol!r}")
-        return await market.call(fn, market.engine, *args)
+        spec = await market.call(_update_spec, market.engine, changes, ts)
+        record = {"k": "spec", "m": symbol, "c": codec.encode_spec(changes), "t": ts}
+        return await self._durable(record, spec)
+
+    async def replay(self, text: str) -> str:
+        """Apply one journal record, exactly as when it was first sequenced; its kind."""
+        assert self.journal is None, "replay runs before the journal is attached"
+        r = codec.decode(text)
+        match r["k"]:
+            case "ingest":
+                updates = [(seq, codec.decode_input(row)) for seq, row in r["u"]]
+                await self.ingest(r["g"], r["e"], updates)
+            case "withdraw":
+                w = codec.decode_input(r["w"])
+                assert isinstance(w, Withdrawal)
+                with contextlib.suppress(Rejected):
+                    await self.withdraw(w, r["id"])
+            case "inject":
+                i = codec.decode_input(r["i"])
+                assert isinstance(i, FundInjection)
+                await self.inject(i)
+            case "spec":
+                await self.update_spec(r["m"], codec.decode_spec(r["c"]), r["t"])
+            case kind:
+                raise ValueError(f"unknown journal record kind {kind!r}")
+        return str(r["k"])
 
     async def barrier(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` once everything sequenced so far has fully settled.
@@ -234,3 +333,12 @@ class Sequencer(Actor):
 
 def _nothing() -> None:
     return None
+
+
+def _update_spec(engine: MarketEngine, changes: dict[str, Any], ts: int) -> MarketSpec:
+    try:
+        spec = dataclasses.replace(engine.spec, **changes)
+    except (TypeError, ValueError) as e:
+        raise Rejected.invalid("market", str(e)) from e
+    engine.update_spec(spec, ts)
+    return spec

@@ -6,7 +6,6 @@ between two inputs and is logged as one line.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import grpc
@@ -16,7 +15,7 @@ from riskd.actors.sequencer import Sequencer
 from riskd.api import convert
 from riskd.api.bridge import Portal
 from riskd.api.status import abort, abort_rejected
-from riskd.core import MarketEngine, MarketSpec, Rejected, TierTable
+from riskd.core import Rejected, TierTable
 from riskd.core.events import FundInjection
 from riskd.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
@@ -36,8 +35,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.UpdateMarketResponse:
         m = request.market
         try:
+            changes = _changes(m)
             spec = await self.portal.run(
-                self.sequencer.call, self.sequencer.on_market, m.symbol, _update, m
+                self.sequencer.call, self.sequencer.update_spec, m.symbol, changes
             )
         except Rejected as r:
             await abort_rejected(context, r)
@@ -50,10 +50,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         try:
             await self.portal.run(
                 self.sequencer.call,
-                self.sequencer.on_market,
+                self.sequencer.update_spec,
                 request.market,
-                _reduce_only,
-                request.reduce_only,
+                {"reduce_only": request.reduce_only},
             )
         except Rejected as r:
             await abort_rejected(context, r)
@@ -84,12 +83,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.CheckStateResponse(digest=digest, violations=violations)
 
 
-def _reduce_only(engine: MarketEngine, flag: bool) -> None:
-    engine.update_spec(dataclasses.replace(engine.spec, reduce_only=flag), 0)
-
-
-def _update(engine: MarketEngine, m: types_pb2.Market) -> MarketSpec:
-    """Apply the changeable fields of a wire Market (zero/empty = keep)."""
+def _changes(m: types_pb2.Market) -> dict[str, Any]:
+    """The changeable fields of a wire Market (zero/empty = keep), validated."""
     changes: dict[str, Any] = {}
     if m.tiers:
         try:
@@ -113,9 +108,4 @@ def _update(engine: MarketEngine, m: types_pb2.Market) -> MarketSpec:
             raise Rejected.invalid("market.adl_policy", f"unknown value {m.adl_policy}")
         changes["adl_policy"] = convert.ADL_FROM_WIRE[m.adl_policy]
     changes["reduce_only"] = m.reduce_only
-    try:
-        new = dataclasses.replace(engine.spec, **changes)
-    except ValueError as e:
-        raise Rejected.invalid("market", str(e)) from e
-    engine.update_spec(new, 0)
-    return new
+    return changes

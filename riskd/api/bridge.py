@@ -25,6 +25,7 @@ import grpc
 import trio
 
 from riskd.actors.actor import Actor
+from riskd.actors.journal import Pending
 
 __all__ = ["Portal", "GrpcThread", "Unavailable", "call_soon"]
 
@@ -68,6 +69,8 @@ class Portal:
             async def task() -> None:
                 try:
                     value = await fn(*args)
+                    if isinstance(value, Pending):  # released once durable
+                        value = await value.wait()
                 except Exception as e:  # delivered to the caller, not lost in trio
                     call_soon(loop, deliver, None, e)
                     if not _is_expected(e):
@@ -114,6 +117,9 @@ class Portal:
 
     def _notifier(self, deliver: Callable[[Any, BaseException | None], None]) -> Any:
         def notify(value: Any, error: BaseException | None) -> None:  # in trio
+            if isinstance(value, Pending):  # not before it is durable
+                value.then(lambda v: notify(v, None))
+                return
             self._outbound.append((deliver, value, error))
             if not self._outbound_scheduled:
                 self._outbound_scheduled = True

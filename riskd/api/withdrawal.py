@@ -8,8 +8,6 @@ same answer without moving money twice.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import grpc
 
 from riskd.actors.sequencer import Sequencer
@@ -26,40 +24,22 @@ Ctx = grpc.aio.ServicerContext[object, object]
 
 
 class WithdrawalServicer(withdrawal_pb2_grpc.WithdrawalServiceServicer):
-    def __init__(self, portal: Portal, sequencer: Sequencer, remember: int = 100_000) -> None:
+    def __init__(self, portal: Portal, sequencer: Sequencer) -> None:
         self.portal = portal
         self.sequencer = sequencer
-        self.remember = remember
-        self._seen: OrderedDict[
-            tuple[str, int], tuple[tuple[int, int], withdrawal_pb2.WithdrawResponse]
-        ] = OrderedDict()
 
     async def Withdraw(
         self, request: withdrawal_pb2.WithdrawRequest, context: Ctx
     ) -> withdrawal_pb2.WithdrawResponse:
         if request.withdrawal_id == 0:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "withdrawal_id", "is required")
-        key = (request.asset, request.withdrawal_id)
-        payload = (request.account, request.amount)
-        seen = self._seen.get(key)
-        if seen is not None:
-            if seen[0] != payload:
-                await abort(
-                    context,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "withdrawal_id",
-                    f"{request.withdrawal_id} was already used for a different withdrawal",
-                )
-            return seen[1]
         w = Withdrawal(request.account, request.asset, request.amount)
         try:
-            balance = await self.portal.run(self.sequencer.call, self.sequencer.withdraw, w)
-            response = withdrawal_pb2.WithdrawResponse(approved=True, wallet_balance=balance)
+            balance = await self.portal.run(
+                self.sequencer.call, self.sequencer.withdraw, w, request.withdrawal_id
+            )
         except Rejected as r:
-            if r.code is not Code.FAILED_PRECONDITION:
+            if r.code is not Code.FAILED_PRECONDITION or r.field == "withdrawal_id":
                 await abort_rejected(context, r)
-            response = withdrawal_pb2.WithdrawResponse(approved=False, reason=r.message)
-        self._seen[key] = (payload, response)
-        if len(self._seen) > self.remember:
-            self._seen.popitem(last=False)
-        return response
+            return withdrawal_pb2.WithdrawResponse(approved=False, reason=r.message)
+        return withdrawal_pb2.WithdrawResponse(approved=True, wallet_balance=balance)

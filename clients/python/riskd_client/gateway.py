@@ -79,6 +79,7 @@ class Gateway:
         self._unacked: deque[ingest_pb2.IngestRequest] = deque()
         self._outbox: asyncio.Queue[ingest_pb2.IngestRequest | None] | None = None
         self._changed = asyncio.Event()
+        self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
 
@@ -232,6 +233,13 @@ class Gateway:
         self._raise_if_failed()
         return self.acked_sequence
 
+    async def wait_connected(self) -> int:
+        """Wait until riskd has said where it stands; returns its acknowledged sequence."""
+        while not self._connected.is_set():
+            self._raise_if_failed()
+            await self._wait_change()
+        return self.acked_sequence
+
     async def wait_for_window(self) -> None:
         """Wait until fewer than ``window`` batches are unacknowledged (backpressure)."""
         while len(self._unacked) >= self.window:
@@ -286,6 +294,7 @@ class Gateway:
                     # riskd tells us where it stands; resend everything after it.
                     first = False
                     self._ack(response.acked_sequence)
+                    self._connected.set()
                     self._outbox = outbox
                     for request in self._unacked:
                         outbox.put_nowait(_trim(request, self.acked_sequence))

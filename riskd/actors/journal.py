@@ -1,0 +1,88 @@
+"""The journal actor: group commit behind one bounded mailbox.
+
+The sequencer applies an input, then hands its record here and moves on; this
+actor writes everything waiting in one transaction (in a worker thread, so
+trio keeps serving) and only then releases the acknowledgements of what it
+wrote.  Fast batches share one fsync; a slow disk fills the mailbox and
+slows the sequencer, never memory.  An error writing is fatal: the actor
+raises and the daemon stops, to be restarted from the journal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from riskd.storage.journal import Journal
+
+__all__ = ["JournalActor", "Pending"]
+
+T = TypeVar("T")
+MAX_GROUP = 1024
+
+
+class Pending(Generic[T]):
+    """A result that may be released only once its journal record is durable."""
+
+    __slots__ = ("value", "_done", "_callbacks")
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+        self._done = trio.Event()
+        self._callbacks: list[Callable[[T], None]] = []
+
+    def then(self, callback: Callable[[T], None]) -> None:
+        if self._done.is_set():
+            callback(self.value)
+        else:
+            self._callbacks.append(callback)
+
+    async def wait(self) -> T:
+        await self._done.wait()
+        return self.value
+
+    def _release(self) -> None:
+        self._done.set()
+        for cb in self._callbacks:
+            cb(self.value)
+        self._callbacks.clear()
+
+
+class JournalActor:
+    def __init__(self, journal: Journal, capacity: int) -> None:
+        self.journal = journal
+        self.capacity = capacity
+        self._send, self._receive = trio.open_memory_channel[
+            tuple[str | None, Pending[Any], Callable[[], None] | None]
+        ](capacity)
+
+    @property
+    def depth(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    async def submit(
+        self, record: str | None, value: T, on_durable: Callable[[], None] | None = None
+    ) -> Pending[T]:
+        """Queue a record (None: just wait for what is queued before it)."""
+        pending = Pending(value)
+        await self._send.send((record, pending, on_durable))
+        return pending
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for first in self._receive:
+            group = [first]
+            while len(group) < MAX_GROUP:
+                try:
+                    group.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            records = [r for r, _, _ in group if r is not None]
+            if records:
+                await trio.to_thread.run_sync(self.journal.append, records)
+            for _, pending, on_durable in group:
+                if on_durable is not None:
+                    on_durable()
+                pending._release()

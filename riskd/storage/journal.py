@@ -1,0 +1,85 @@
+"""The journal: every sequenced input, durable before it is acknowledged.
+
+``SqliteJournal`` is the embedded default: one SQLite file in the data
+directory, WAL mode, ``synchronous=FULL`` (a commit is on disk when it
+returns), one transaction per group of records (group commit).  Any error is
+fatal to the caller: riskd crashes and recovers from the journal rather than
+retrying a write whose outcome it cannot know.
+
+Every append carries the writer's ownership epoch, taken when the journal is
+opened; an append from a writer whose epoch is no longer current is refused.
+That is the contract a replicated backend (PostgreSQL with a synchronous
+standby) will keep without any change to the actors.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["Journal", "SqliteJournal", "StaleWriter"]
+
+
+class StaleWriter(Exception):
+    """Another process opened the journal after this one: stop writing."""
+
+
+class Journal(Protocol):
+    epoch: int
+
+    def append(self, records: Sequence[str]) -> None:
+        """Make ``records`` durable, in order, atomically; raise on any failure."""
+
+    def replay(self) -> Iterator[str]:
+        """Every record ever appended, in order."""
+
+    def close(self) -> None: ...
+
+
+class SqliteJournal:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # check_same_thread off: appends run in a worker thread, one at a time.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS journal"
+            " (n INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, record TEXT NOT NULL)"
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS owner (id INTEGER PRIMARY KEY, epoch INTEGER)")
+        self._db.execute("BEGIN IMMEDIATE")
+        row = self._db.execute("SELECT epoch FROM owner WHERE id = 0").fetchone()
+        self.epoch = (row[0] if row else 0) + 1
+        self._db.execute("INSERT OR REPLACE INTO owner (id, epoch) VALUES (0, ?)", (self.epoch,))
+        self._db.execute("COMMIT")
+
+    def append(self, records: Sequence[str]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (current,) = db.execute("SELECT epoch FROM owner WHERE id = 0").fetchone()
+            if current != self.epoch:
+                raise StaleWriter(f"journal owned by epoch {current}, this writer is {self.epoch}")
+            db.executemany(
+                "INSERT INTO journal (epoch, record) VALUES (?, ?)",
+                ((self.epoch, r) for r in records),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def replay(self) -> Iterator[str]:
+        for (record,) in self._db.execute("SELECT record FROM journal ORDER BY n"):
+            yield record
+
+    def count(self) -> int:
+        (n,) = self._db.execute("SELECT count(*) FROM journal").fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        self._db.close()
