@@ -36,6 +36,7 @@ class ServerConfig:
     max_ingest_streams: int = 32
     max_batch_updates: int = 4096
     event_retention: int = 100_000
+    invariant_check_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

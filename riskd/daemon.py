@@ -12,6 +12,7 @@ docs/architecture.md), hence the explicit drain first.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from riskd.api.withdrawal import WithdrawalServicer
 from riskd.config import Config
 from riskd.core import InsuranceFund, MarketEngine
 from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
+from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
 from riskd.metrics import Metrics
 from riskd.storage.journal import SqliteJournal
@@ -79,6 +81,7 @@ class Daemon:
                 self.publish,
                 cap,
                 self._marked,
+                self.metrics.liquidations_in_progress.labels(m.symbol),
             )
             for m in config.markets
         }
@@ -172,6 +175,8 @@ class Daemon:
                     markets=list(self.markets),
                 )
                 task_status.started(endpoints)
+                if srv.invariant_check_seconds > 0:
+                    nursery.start_soon(self._check_invariants, srv.invariant_check_seconds)
                 try:
                     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                         async for sig in signals:
@@ -185,6 +190,19 @@ class Daemon:
             http.shutdown()
             http_thread.join(timeout=5)
             self._grpc = None
+
+    async def _check_invariants(self, every: float) -> None:
+        """Re-check the engine's invariants between inputs, for the alert that pages."""
+        sequencer = self.sequencer
+        while True:
+            await trio.sleep(every)
+            broken = await sequencer.call(
+                sequencer.barrier, lambda: violations(sequencer.engine_view())
+            )
+            self.metrics.invariant_violations.set(len(broken))
+            self.metrics.invariant_check_timestamp.set(time.time())
+            if broken:
+                log.error("invariants_violated", count=len(broken), first=broken[0])
 
     async def _recover(self) -> JournalActor:
         """Replay the journal into the actors, then attach it for new inputs."""

@@ -141,6 +141,23 @@ class Metrics:
             ["market"],
             registry=r,
         )
+        self.liquidations_in_progress = Gauge(
+            "riskd_liquidations_in_progress",
+            "Liquidations started and not yet settled (waiting for the fund, the book or ADL).",
+            ["market"],
+            registry=r,
+        )
+        self.invariant_violations = Gauge(
+            "riskd_invariant_violations",
+            "Invariants (conservation, balanced open interest, no negative balance, no"
+            " surviving liquidatable position) found broken by the last periodic check.",
+            registry=r,
+        )
+        self.invariant_check_timestamp = Gauge(
+            "riskd_invariant_check_timestamp_seconds",
+            "Wall-clock time of the last completed invariant check.",
+            registry=r,
+        )
         self._mailboxes = _Mailboxes()
         r.register(self._mailboxes)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import trio
 
@@ -52,14 +52,19 @@ class Actor:
         """Messages waiting in the mailbox (read by the metrics collector)."""
         return self._inbox.statistics().current_buffer_used
 
-    async def call(self, fn: Callable[..., T | Awaitable[T]], *args: Any) -> T:
+    @overload
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+    @overload
+    async def call(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` inside the actor and return its result."""
-        reply: _Reply[T] = _Reply()
+        reply: _Reply[Any] = _Reply()
         await self._inbox.send((fn, args, reply))
         await reply.done.wait()
         if reply.error is not None:
             raise reply.error
-        return reply.value  # type: ignore[return-value]
+        return reply.value
 
     async def cast(self, fn: Callable[..., object], *args: Any) -> None:
         """Queue ``fn(*args)`` for the actor; errors in it crash the actor."""

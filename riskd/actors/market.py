@@ -10,7 +10,7 @@ to subscribers.  Same inputs, same order: same state as the pure engine.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from riskd.actors.actor import Actor
 from riskd.actors.fund import FundActor
@@ -44,6 +44,7 @@ class MarketActor(Actor):
         publish: Callable[[list[Effect]], None],
         capacity: int,
         on_mark: Callable[[str, int], None] | None = None,
+        in_progress: Any = None,
     ) -> None:
         super().__init__(f"market:{engine.symbol}", capacity)
         self.engine = engine
@@ -51,6 +52,7 @@ class MarketActor(Actor):
         self.wallet = wallet
         self._publish = publish
         self._on_mark = on_mark
+        self._in_progress = in_progress  # a gauge child: liquidations not yet settled
 
     async def apply(self, items: list[Input]) -> list[Rejected | None]:
         """Apply inputs in order; one result per input (None = applied)."""
@@ -67,6 +69,8 @@ class MarketActor(Actor):
                 results.append(e)
             if engine.effects:
                 await self._route()
+        if self._in_progress is not None:
+            self._in_progress.set(len(engine.liquidations))
         return results
 
     def _apply_now(self, item: Input) -> None:

@@ -98,6 +98,10 @@ class Sequencer(Actor):
         g = self.gateways.get(gateway)
         return g.durable if g is not None and g.epoch == epoch else 0
 
+    async def flushed(self) -> Pending[None] | None:
+        """Released once everything sequenced before it is durable (a stream's end)."""
+        return await self._durable(None, None)
+
     async def _durable(self, record: dict[str, Any] | None, value: T) -> T | Pending[T]:
         """Journal ``record`` (None: nothing new) and release ``value`` once durable."""
         if self.journal is None:

@@ -173,7 +173,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 )
         finally:
             # Behind every batch already posted, so the stream ends after their acks.
-            self.portal.post(self.sequencer, _nothing, (), lambda _v, _e: results.put_nowait(_EOS))
+            self.portal.post(
+                self.sequencer, self.sequencer.flushed, (), lambda _v, _e: results.put_nowait(_EOS)
+            )
 
     async def _fail(self, context: Context, item: Any, bound: Any) -> None:
         if isinstance(item, SequenceError):
@@ -196,10 +198,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 await self._idle.wait()
         except TimeoutError:
             log.warning("ingest_drain_timeout", open_streams=self._open)
-
-
-def _nothing() -> None:
-    return None
 
 
 def _decode(request: ingest_pb2.IngestRequest) -> list[Update]:

@@ -19,11 +19,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Journal", "SqliteJournal", "StaleWriter"]
+__all__ = ["Journal", "SqliteJournal", "StaleWriter", "JournalCorrupt"]
 
 
 class StaleWriter(Exception):
     """Another process opened the journal after this one: stop writing."""
+
+
+class JournalCorrupt(Exception):
+    """The journal cannot be read back: refuse to start rather than guess."""
 
 
 class Journal(Protocol):
@@ -42,6 +46,12 @@ class SqliteJournal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            raise JournalCorrupt(f"{self.path}: {e}") from e
+
+    def _open(self) -> None:
         # check_same_thread off: appends run in a worker thread, one at a time.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -74,8 +84,10 @@ class SqliteJournal:
         db.execute("COMMIT")
 
     def replay(self) -> Iterator[str]:
-        for (record,) in self._db.execute("SELECT record FROM journal ORDER BY n"):
-            yield record
+        try:
+            yield from (r for (r,) in self._db.execute("SELECT record FROM journal ORDER BY n"))
+        except sqlite3.DatabaseError as e:
+            raise JournalCorrupt(f"{self.path}: {e}") from e
 
     def count(self) -> int:
         (n,) = self._db.execute("SELECT count(*) FROM journal").fetchone()
