@@ -70,7 +70,9 @@ class Daemon:
         self._grpc: GrpcThread | None = None
         self.wallets = {a: WalletActor(Wallets(a), cap) for a in config.assets}
         self.funds = {
-            a: FundActor(InsuranceFund(a, config.funds.get(a)), self.publish, cap)
+            a: FundActor(
+                InsuranceFund(a, config.funds.get(a)), self.publish, cap, self._fund_changed
+            )
             for a in config.assets
         }
         self.markets = {
@@ -93,9 +95,9 @@ class Daemon:
             self.metrics,
             srv.max_ingest_streams * (srv.stream_window + 1) + UNARY_LIMIT,
         )
+        self.metrics.declare(self.markets, config.assets)
         for a, asset in config.assets.items():
             self.metrics.asset_info.labels(a, str(asset.decimals)).set(1)
-            self.metrics.fund_balance.labels(a).set(0)
             self.metrics.watch_mailbox("fund", "", a, _depth(self.funds[a]), cap)
             self.metrics.watch_mailbox("wallet", "", a, _depth(self.wallets[a]), cap)
         for sym, actor in self.markets.items():
@@ -121,6 +123,9 @@ class Daemon:
         grpc = self._grpc
         if grpc is not None and grpc.loop is not None:
             call_soon(grpc.loop, self.event_log.extend, effects)
+
+    def _fund_changed(self, fund: InsuranceFund) -> None:
+        self.metrics.fund_reserved.labels(fund.asset).set(fund.reserved_total)
 
     def _marked(self, market: str, ts: int) -> None:
         self.metrics.mark_timestamp.labels(market).set(ts / 1000)

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
+from riskd.core.events import AdlEvent, Effect, FundFlow, FundKind, LiquidationSettled
 
 __all__ = ["Metrics"]
+
+# ``*_created`` series double the series count and nothing here reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Batches run from tens of microseconds (a few marks) to tens of milliseconds
 # (a cascade): the default buckets (5 ms .. 10 s) would hide all of it.
@@ -160,6 +169,22 @@ class Metrics:
         )
         self._mailboxes = _Mailboxes()
         r.register(self._mailboxes)
+
+    def declare(self, markets: Iterable[str], assets: Iterable[str]) -> None:
+        """Create every label set at zero, so the first event is an increase, not a birth."""
+        for m in markets:
+            for outcome in ("surplus", "absorbed", "adl"):
+                self.liquidations.labels(m, outcome)
+            self.adl_events.labels(m)
+            self.adl_notional.labels(m)
+            self.adl_overshoot.labels(m)
+            self.liquidations_in_progress.labels(m)
+        for a in assets:
+            self.fund_balance.labels(a).set(0)
+            self.fund_reserved.labels(a).set(0)
+            for kind in FundKind:
+                self.fund_inflow.labels(a, kind.value)
+                self.fund_outflow.labels(a, kind.value)
 
     def watch_mailbox(
         self, kind: str, market: str, asset: str, read: Callable[[], int], capacity: int

@@ -19,11 +19,16 @@ __all__ = ["FundActor"]
 
 class FundActor(Actor):
     def __init__(
-        self, fund: InsuranceFund, publish: Callable[[list[Effect]], None], capacity: int
+        self,
+        fund: InsuranceFund,
+        publish: Callable[[list[Effect]], None],
+        capacity: int,
+        on_change: Callable[[InsuranceFund], None] | None = None,
     ) -> None:
         super().__init__(f"fund:{fund.asset}", capacity)
         self.fund = fund
         self._publish = publish
+        self._on_change = on_change
 
     def process(self, effects: Sequence[FundEffect]) -> list[FundDecision]:
         decisions = self.fund.process(effects)
@@ -39,3 +44,5 @@ class FundActor(Actor):
         flows = self.fund.take_flows()
         if flows:
             self._publish(list(flows))
+        if self._on_change is not None:
+            self._on_change(self.fund)

@@ -1,0 +1,34 @@
+# riskd container image. Build from the repository root:
+#   docker build -t riskd .
+# Ports: 50051 gRPC (with grpc.health.v1), 9464 Prometheus /metrics.
+# Data: /var/lib/riskd (mount a volume there).
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN python -m venv /opt/riskd/venv
+ENV PATH=/opt/riskd/venv/bin:$PATH
+# The generator's version is the floor the generated stubs enforce on grpcio.
+RUN pip install --no-cache-dir "grpcio-tools>=1.85.1,<1.86" "mypy-protobuf>=5.1,<6"
+COPY pyproject.toml ./
+COPY protos/ protos/
+COPY riskd/ riskd/
+COPY clients/python/ clients/python/
+RUN python clients/python/generate.py \
+ && pip install --no-cache-dir . \
+ && pip uninstall -y grpcio-tools mypy-protobuf
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home-dir /var/lib/riskd --shell /usr/sbin/nologin riskd \
+ && mkdir -p /var/lib/riskd && chown riskd:riskd /var/lib/riskd
+COPY --from=build /opt/riskd/venv /opt/riskd/venv
+COPY deploy/docker/grpc_health_check.py /opt/riskd/grpc_health_check.py
+ENV PATH=/opt/riskd/venv/bin:$PATH PYTHONUNBUFFERED=1
+USER riskd
+WORKDIR /var/lib/riskd
+VOLUME ["/var/lib/riskd"]
+EXPOSE 50051 9464
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "/opt/riskd/grpc_health_check.py", "127.0.0.1:50051"]
+# SIGTERM: health NOT_SERVING, ingest drained, clean exit (docs/architecture.md).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["riskd", "serve", "--grpc-listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--data-dir", "/var/lib/riskd"]

@@ -1,0 +1,339 @@
+"""A real Prometheus scrapes a real riskd; the metrics are checked against it.
+
+- after the crash scenario (liquidations, a fund inflow, ADL), a PromQL query
+  over Prometheus' HTTP API returns the fund balance riskd's QueryService reports,
+  and the real server, loaded with deploy/prometheus/riskd-alerts.yml, fires
+  RiskdAdlExecuted;
+- ``promtool check metrics`` is clean on a real scrape;
+- drift: every metric the dashboard and the alert rules use exists in a real
+  scrape, every exported metric is documented in docs/architecture.md, and the
+  metrics are in base units with ``_total`` counters and sensible buckets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import ALERTS, ARCHITECTURE, DEPLOY, api_helpers, run_tool, tool, yaml_module
+from .test_prometheus_rules import dashboard_exprs
+
+# Metrics the dashboard or the alert rules use that riskd does not export yet.
+# Add a name here when a rule needs a metric before riskd has it; when riskd
+# exports it, test_expected_metrics_are_not_exported_yet fails until the name
+# is deleted, so the list cannot go stale. (riskd_invariant_violations and
+# riskd_liquidations_in_progress were here until riskd exported them.)
+EXPECTED_NOT_YET_EXPORTED: frozenset[str] = frozenset()
+
+# Exported but missing from docs/architecture.md's metrics table. Document it
+# there and delete it here: test_exported_metrics_are_documented fails until you do.
+EXPORTED_NOT_YET_DOCUMENTED: frozenset[str] = frozenset()
+
+# Families without a unit suffix: counts of events or of things.
+DIMENSIONLESS = frozenset(
+    {
+        "riskd_liquidations",
+        "riskd_adl_events",
+        "riskd_updates",
+        "riskd_ingest_streams_open",
+        "riskd_event_subscribers",
+        "riskd_liquidations_in_progress",
+        "riskd_invariant_violations",
+    }
+)
+UNITS = ("_quantums", "_seconds", "_messages", "_info")
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+@dataclass
+class Live:
+    """A riskd that went through the crash scenario."""
+
+    daemon: Any  # tests/api/conftest.py Daemon
+    scrape: str  # /metrics right after the scenario
+    fund_balance: int  # USDT fund balance, from QueryService.GetInsuranceFund
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    conf, scenario = api_helpers()
+    from riskd.v1 import query_pb2, query_pb2_grpc
+    from riskd_client.gateway import Gateway
+
+    daemon = conf.start_daemon(tmp_path_factory.mktemp("riskd"))
+    try:
+
+        async def drive() -> None:
+            async with Gateway(daemon.target, "gw-deploy", batch_size=4) as gw:
+                for x in scenario.crash_scenario():
+                    scenario.send(gw, x)
+                await gw.flush()
+                assert gw.rejections == []
+
+        asyncio.run(drive())
+        query = query_pb2_grpc.QueryServiceStub(daemon.channel())
+        fund = query.GetInsuranceFund(query_pb2.GetInsuranceFundRequest(asset="USDT")).fund
+        yield Live(daemon, _scrape(daemon.metrics_port), fund.balance)
+    finally:
+        assert daemon.stop() == 0, daemon.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def prom_url(live: Live, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus on loopback scraping ``live`` every second, with
+    deploy/prometheus/riskd-alerts.yml loaded; its base URL."""
+    prometheus = tool("prometheus")
+    tmp = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    cfg = tmp / "prometheus.yml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(ALERTS)],
+                "scrape_configs": [
+                    {
+                        "job_name": "riskd",
+                        "static_configs": [{"targets": [f"127.0.0.1:{live.daemon.metrics_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    log = tmp / "prometheus.log"
+    with log.open("wb") as out:
+        prom = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert prom.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "prometheus not ready in 30 s"
+            time.sleep(0.1)
+        yield url
+    finally:
+        prom.terminate()
+        try:
+            prom.wait(10)
+        except subprocess.TimeoutExpired:
+            prom.kill()
+            prom.wait()
+
+
+def poll(deadline_s: float, check: Callable[[], T | None]) -> T | None:
+    deadline = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last is not None:
+            return last
+        time.sleep(0.25)
+    return None
+
+
+def test_prometheus_query_returns_the_fund_balance(live: Live, prom_url: str) -> None:
+    assert live.fund_balance > 0  # the scenario's liquidation fee went in
+    q = urllib.parse.quote('riskd_insurance_fund_balance_quantums{asset="USDT"}')
+    seen: list[object] = []
+
+    def check() -> float | None:
+        res = http_json(f"{prom_url}/api/v1/query?query={q}")
+        assert res["status"] == "success"
+        values = [float(r["value"][1]) for r in res["data"]["result"]]
+        seen.append(values)
+        return values[0] if values == [float(live.fund_balance)] else None
+
+    assert poll(30, check) == live.fund_balance, f"last results: {seen[-3:]}"
+
+
+def test_real_prometheus_fires_the_adl_alert(prom_url: str) -> None:
+    def check() -> list[dict] | None:
+        alerts = http_json(f"{prom_url}/api/v1/alerts")["data"]["alerts"]
+        adl = [
+            a
+            for a in alerts
+            if a["labels"]["alertname"] == "RiskdAdlExecuted" and a["state"] == "firing"
+        ]
+        return adl or None
+
+    adl = poll(30, check)
+    assert adl, "RiskdAdlExecuted did not fire on the real server"
+    assert adl[0]["labels"]["market"] == "BTC-USDT"
+    assert adl[0]["annotations"]["runbook_url"].endswith("#riskdadlexecuted")
+    rules = http_json(f"{prom_url}/api/v1/rules")["data"]["groups"]
+    assert all(r["health"] in {"ok", "unknown"} for g in rules for r in g["rules"]), rules
+
+
+def test_promtool_check_metrics_is_clean(live: Live) -> None:
+    out = run_tool(tool("promtool"), "check", "metrics", stdin=live.scrape)
+    assert out.strip() == "", out
+
+
+def test_grpc_health_check_script(live: Live) -> None:
+    """The container HEALTHCHECK script says SERVING for a running riskd."""
+    script = DEPLOY / "docker" / "grpc_health_check.py"
+    out = subprocess.run(
+        [sys.executable, str(script), live.daemon.target],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "SERVING", out
+    down = subprocess.run(
+        [sys.executable, str(script), f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert down.returncode == 1
+
+
+# ------------------------------------------------------------------- drift
+
+
+def riskd_families(scrape: str) -> list[Metric]:
+    """Parsed families, less prometheus_client's ``X_created`` companions of
+    counters and histograms (the text parser reports them as gauges)."""
+    fams = list(text_string_to_metric_families(scrape))
+    stems = {f.name for f in fams if f.type in {"counter", "histogram"}}
+    return [f for f in fams if not (f.name.endswith("_created") and f.name[:-8] in stems)]
+
+
+def families(scrape: str) -> dict[str, str]:
+    """Exported metric families by the name PromQL uses, with their type."""
+    out = {}
+    for fam in riskd_families(scrape):
+        name = fam.name + "_total" if fam.type == "counter" else fam.name
+        out[name] = fam.type
+    return out
+
+
+def queryable(fams: dict[str, str]) -> set[str]:
+    names = set()
+    for name, typ in fams.items():
+        if typ == "histogram":
+            names |= {name + "_bucket", name + "_sum", name + "_count"}
+        else:
+            names.add(name)
+    return names
+
+
+def used_metrics() -> set[str]:
+    yaml = yaml_module()
+    rules = yaml.safe_load(ALERTS.read_text())
+    exprs = [str(r["expr"]) for g in rules["groups"] for r in g["rules"]]
+    exprs += dashboard_exprs()
+    return {m for e in exprs for m in re.findall(r"\b(riskd_[a-z0-9_]+)", e)}
+
+
+def documented() -> set[str]:
+    """Metric names in docs/architecture.md, with "`a_inflow_b` / `_outflow_`"
+    shorthand expanded into every candidate substitution."""
+    names: set[str] = set()
+    for line in ARCHITECTURE.read_text().splitlines():
+        full = None
+        for tok in re.findall(r"`([a-z0-9_]+)`", line):
+            if tok.startswith("riskd_"):
+                full = tok
+                names.add(tok)
+            elif full and tok.startswith("_") and tok.endswith("_"):
+                parts = full.split("_")
+                for i in range(len(parts)):
+                    names.add("_".join([*parts[:i], tok.strip("_"), *parts[i + 1 :]]))
+    return names
+
+
+def test_every_used_metric_is_exported(live: Live) -> None:
+    exported = queryable(families(live.scrape))
+    missing = used_metrics() - exported - EXPECTED_NOT_YET_EXPORTED
+    assert missing == set(), f"dashboard/rules use metrics riskd does not export: {missing}"
+
+
+def test_expected_metrics_are_not_exported_yet(live: Live) -> None:
+    exported = queryable(families(live.scrape))
+    stale = EXPECTED_NOT_YET_EXPORTED & exported
+    assert stale == set(), f"now exported: delete from EXPECTED_NOT_YET_EXPORTED: {stale}"
+    assert used_metrics() >= EXPECTED_NOT_YET_EXPORTED, "unused: delete it"
+
+
+def test_exported_metrics_are_documented(live: Live) -> None:
+    exported = set(families(live.scrape))
+    docs = documented()
+    assert exported - docs - EXPORTED_NOT_YET_DOCUMENTED == set()
+    stale = EXPORTED_NOT_YET_DOCUMENTED & docs
+    assert stale == set(), f"now documented: delete from EXPORTED_NOT_YET_DOCUMENTED: {stale}"
+
+
+def test_metrics_are_in_base_units_with_total_counters_and_sane_buckets(live: Live) -> None:
+    fams = riskd_families(live.scrape)
+    assert fams
+    for fam in fams:
+        assert fam.name.startswith("riskd_"), fam.name
+        assert not re.search(r"_(milli|micro|nano)?(ms|us|ns|millis\w*|bytes_kb)$", fam.name)
+        base = fam.name.removesuffix("_total")
+        assert base in DIMENSIONLESS or base.endswith(UNITS), f"{fam.name}: no base unit"
+        for s in fam.samples:
+            assert "account" not in s.labels, s
+            if fam.type == "counter" and not s.name.endswith("_created"):
+                assert s.name.endswith("_total"), s.name
+    assert "# TYPE riskd_liquidations_total counter" in live.scrape
+    hist = [f for f in fams if f.type == "histogram"]
+    assert [f.name for f in hist] == ["riskd_batch_duration_seconds"]
+    bounds = sorted(
+        float(s.labels["le"])
+        for s in hist[0].samples
+        if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"
+    )
+    # Batches take tens of µs (a few marks) to tens of ms (a cascade).
+    assert len(bounds) >= 8
+    assert bounds[0] <= 0.0001 and bounds[-1] >= 1.0
+    assert all(b / a <= 2.5 + 1e-9 for a, b in itertools.pairwise(bounds))
+    count = next(s for s in hist[0].samples if s.name.endswith("_count"))
+    assert count.value > 0  # the scenario's batches were observed
