@@ -1,4 +1,4 @@
-"""Command-line entry point: ``riskd serve`` and ``riskd config``."""
+"""Command-line entry point: ``riskd serve``, ``config`` and ``audit``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from riskd import __version__
+
+#: Exit status when the data directory cannot be trusted (distinct from crashes).
+EXIT_CORRUPT = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="override server.data_dir")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     commands.add_parser("config", help="print the embedded default configuration")
+    audit = commands.add_parser(
+        "audit", help="verify a data directory offline: journal chain, fund ledger, invariants"
+    )
+    audit.add_argument("--data", required=True, help="the data directory to check")
+    audit.add_argument("--config", help="TOML config the daemon ran with (default: embedded)")
     return parser
 
 
@@ -33,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "audit":
+        from riskd import audit
+        from riskd.config import load
+
+        return audit.main(load(args.config), args.data)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
@@ -42,6 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
     from riskd import config as config_mod
     from riskd import logs
     from riskd.daemon import serve
+    from riskd.storage.journal import JournalCorrupt
 
     logs.configure(args.log_level)
     try:
@@ -60,7 +74,14 @@ def _serve(args: argparse.Namespace) -> int:
     }
     if overrides:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
-    trio.run(serve, config)
+    corrupt: list[BaseException] = []
+    try:
+        trio.run(serve, config)
+    except* JournalCorrupt as group:  # raised inside the daemon's nursery
+        corrupt.extend(group.exceptions)
+    if corrupt:
+        print(f"riskd: refusing to start, the journal is unreadable: {corrupt[0]}", file=sys.stderr)
+        return EXIT_CORRUPT
     return 0
 
 

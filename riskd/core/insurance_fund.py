@@ -20,6 +20,8 @@ window length, not by the number of liquidations in a crash.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,8 +40,10 @@ from riskd.core.units import INT64_MAX, PPM, ceil_div, check_positive
 
 FundEffect = FundCredit | TakeoverClaim | ReserveClaim | ReserveSettle
 
-__all__ = ["FundEffect", "FundPolicy", "LedgerEntry", "DailyReport", "InsuranceFund"]
+__all__ = ["GENESIS", "FundEffect", "FundPolicy", "LedgerEntry", "DailyReport", "InsuranceFund"]
 
+#: The ``prev`` of a fund's first ledger entry.
+GENESIS = "0" * 64
 _MINUTE_MS = 60_000
 _DAY_MS = 86_400_000
 _OUTFLOWS = (FundKind.SHORTFALL, FundKind.BACKSTOP_MARGIN)
@@ -61,6 +65,8 @@ class FundPolicy:
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
+    """One movement; ``hash`` chains it to the entry before (``prev``)."""
+
     sequence: int
     ts: int
     kind: FundKind
@@ -68,6 +74,16 @@ class LedgerEntry:
     cause: str
     amount: int
     balance_after: int
+    prev: str = GENESIS
+    hash: str = ""
+
+    def digest(self) -> str:
+        """What ``hash`` must be: SHA-256 over the previous hash and every field."""
+        text = (
+            f"{self.prev}|{self.sequence}|{self.ts}|{self.kind.value}|{self.market}|"
+            f"{self.cause}|{self.amount}|{self.balance_after}"
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -201,7 +217,11 @@ class InsuranceFund:
         self.balance += amount
         if self.balance < 0:  # guarded by budget(); reaching this is a bug, not input
             raise AssertionError(f"fund {self.asset} would go negative")
-        entry = LedgerEntry(len(self.ledger) + 1, ts, kind, market, cause, amount, self.balance)
+        prev = self.ledger[-1].hash if self.ledger else GENESIS
+        entry = LedgerEntry(
+            len(self.ledger) + 1, ts, kind, market, cause, amount, self.balance, prev
+        )
+        entry = dataclasses.replace(entry, hash=entry.digest())
         self.ledger.append(entry)
         self._flows.append(FundFlow(self.asset, market, kind, amount, self.balance, cause, ts))
         if amount > 0:

@@ -10,16 +10,20 @@ Every append carries the writer's ownership epoch, taken when the journal is
 opened; an append from a writer whose epoch is no longer current is refused.
 That is the contract a replicated backend (PostgreSQL with a synchronous
 standby) will keep without any change to the actors.
+
+Records are hash-chained (each row stores SHA-256 of the previous hash and its
+record), so ``riskd audit`` can tell whether any byte of history changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Journal", "SqliteJournal", "StaleWriter", "JournalCorrupt"]
+__all__ = ["Journal", "SqliteJournal", "StaleWriter", "JournalCorrupt", "chain"]
 
 
 class StaleWriter(Exception):
@@ -42,6 +46,14 @@ class Journal(Protocol):
     def close(self) -> None: ...
 
 
+GENESIS = "0" * 64
+
+
+def chain(prev: str, record: str) -> str:
+    """Each record's hash covers the one before: any changed byte breaks the chain."""
+    return hashlib.sha256(f"{prev}|{record}".encode()).hexdigest()
+
+
 class SqliteJournal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -57,9 +69,11 @@ class SqliteJournal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS journal"
-            " (n INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, record TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS journal (n INTEGER PRIMARY KEY,"
+            " epoch INTEGER NOT NULL, record TEXT NOT NULL, hash TEXT NOT NULL)"
         )
+        last = self._db.execute("SELECT hash FROM journal ORDER BY n DESC LIMIT 1").fetchone()
+        self._head = last[0] if last else GENESIS
         self._db.execute("CREATE TABLE IF NOT EXISTS owner (id INTEGER PRIMARY KEY, epoch INTEGER)")
         self._db.execute("BEGIN IMMEDIATE")
         row = self._db.execute("SELECT epoch FROM owner WHERE id = 0").fetchone()
@@ -74,20 +88,38 @@ class SqliteJournal:
             (current,) = db.execute("SELECT epoch FROM owner WHERE id = 0").fetchone()
             if current != self.epoch:
                 raise StaleWriter(f"journal owned by epoch {current}, this writer is {self.epoch}")
-            db.executemany(
-                "INSERT INTO journal (epoch, record) VALUES (?, ?)",
-                ((self.epoch, r) for r in records),
-            )
+            head = self._head
+            rows = []
+            for r in records:
+                head = chain(head, r)
+                rows.append((self.epoch, r, head))
+            db.executemany("INSERT INTO journal (epoch, record, hash) VALUES (?, ?, ?)", rows)
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self._head = head
 
     def replay(self) -> Iterator[str]:
         try:
             yield from (r for (r,) in self._db.execute("SELECT record FROM journal ORDER BY n"))
         except sqlite3.DatabaseError as e:
             raise JournalCorrupt(f"{self.path}: {e}") from e
+
+    def verify(self) -> tuple[int, str | None]:
+        """Walk the hash chain: ``(records, None)`` or ``(n, why)`` at the first break."""
+        head, count = GENESIS, 0
+        try:
+            for n, record, stored in self._db.execute(
+                "SELECT n, record, hash FROM journal ORDER BY n"
+            ):
+                head = chain(head, record)
+                count += 1
+                if head != stored:
+                    return n, f"record {n}: hash chain broken (the record or its hash changed)"
+        except sqlite3.DatabaseError as e:
+            return count, f"unreadable: {e}"
+        return count, None
 
     def count(self) -> int:
         (n,) = self._db.execute("SELECT count(*) FROM journal").fetchone()

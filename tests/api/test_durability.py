@@ -6,9 +6,12 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from riskd import config as config_mod
+from riskd.cli import EXIT_CORRUPT
 from riskd.core import Engine
 from riskd.core.events import Deposit
 from riskd.core.invariants import digest
@@ -112,3 +115,20 @@ def test_sigkill_at_random_instants_loses_nothing_acked(tmp_path: Path) -> None:
         assert final.digest == pure_digest(inputs)  # nothing lost, nothing applied twice
     finally:
         assert d.stop() == 0
+
+
+def test_unreadable_journal_refuses_to_start_with_its_own_exit_code(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path)
+    asyncio.run(stream_all(d, crash_scenario(), "gw-corrupt"))
+    assert d.stop() == 0
+    journal = tmp_path / "data" / "journal.sqlite3"
+    data = bytearray(journal.read_bytes())
+    data[:100] = b"\xff" * 100  # the SQLite header: nothing after it can be trusted
+    journal.write_bytes(bytes(data))
+    proc = subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "serve", "--grpc-listen", "127.0.0.1:0",
+         "--metrics-listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == EXIT_CORRUPT, proc.stderr
+    assert "journal is unreadable" in proc.stderr
