@@ -296,6 +296,8 @@ def ledger_entry(e: LedgerEntry) -> query_pb2.LedgerEntry:
         cause=e.cause,
         amount=e.amount,
         balance_after=e.balance_after,
+        prev_hash=e.prev,
+        hash=e.hash,
     )
 
 
