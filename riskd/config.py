@@ -37,6 +37,7 @@ class ServerConfig:
     max_batch_updates: int = 4096
     event_retention: int = 100_000
     invariant_check_seconds: float = 60.0
+    snapshot_seconds: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,8 @@ from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
 from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
 from riskd.metrics import Metrics
-from riskd.storage.journal import SqliteJournal
+from riskd.storage import snapshot
+from riskd.storage.journal import JournalCorrupt, SqliteJournal
 
 __all__ = ["Daemon", "Endpoints", "serve"]
 
@@ -182,6 +183,8 @@ class Daemon:
                 task_status.started(endpoints)
                 if srv.invariant_check_seconds > 0:
                     nursery.start_soon(self._check_invariants, srv.invariant_check_seconds)
+                if srv.snapshot_seconds > 0:
+                    nursery.start_soon(self._snapshots, srv.snapshot_seconds)
                 try:
                     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                         async for sig in signals:
@@ -210,16 +213,46 @@ class Daemon:
                 log.error("invariants_violated", count=len(broken), first=broken[0])
 
     async def _recover(self) -> JournalActor:
-        """Replay the journal into the actors, then attach it for new inputs."""
-        path = Path(self.config.server.data_dir) / "journal.sqlite3"
-        journal = await trio.to_thread.run_sync(SqliteJournal, path)
-        records = await trio.to_thread.run_sync(lambda: list(journal.replay()))
+        """Newest snapshot + the journal after it, then attach the journal for new inputs."""
+        data = Path(self.config.server.data_dir)
+        journal = await trio.to_thread.run_sync(SqliteJournal, data / "journal.sqlite3")
+        total, broken = await trio.to_thread.run_sync(journal.verify)
+        if broken:
+            raise JournalCorrupt(f"{journal.path}: {broken}")
+        snap = await trio.to_thread.run_sync(snapshot.read_latest, data)
+        covered = 0
+        if snap is not None and snap[0] <= total:
+            covered, state = snap
+            self.sequencer.restore(state)
+        records = await trio.to_thread.run_sync(lambda: list(journal.replay(covered)))
         for text in records:
-            await self.sequencer.call(self.sequencer.replay, text)
-        log.info("riskd_recovered", records=len(records), journal_epoch=journal.epoch)
-        actor = JournalActor(journal, self.config.server.mailbox_capacity)
+            try:
+                await self.sequencer.call(self.sequencer.replay, text)
+            except (ValueError, KeyError, TypeError) as e:
+                raise JournalCorrupt(f"{journal.path}: record after {covered}: {e}") from e
+        log.info(
+            "riskd_recovered",
+            snapshot_records=covered,
+            replayed=len(records),
+            journal_epoch=journal.epoch,
+        )
+        actor = JournalActor(journal, self.config.server.mailbox_capacity, total)
         self.sequencer.journal = actor
         return actor
+
+    async def take_snapshot(self) -> Path:
+        """Capture the state between two inputs and write it atomically."""
+        covered, payload = await self.sequencer.call(self.sequencer.snapshot)
+        path = await trio.to_thread.run_sync(
+            snapshot.write, Path(self.config.server.data_dir), covered, payload
+        )
+        log.info("snapshot_written", records=covered, bytes=len(payload))
+        return path
+
+    async def _snapshots(self, every: float) -> None:
+        while True:
+            await trio.sleep(every)
+            await self.take_snapshot()
 
     async def _shutdown(self, grpc: GrpcThread, health: Any, ingest: IngestServicer) -> None:
         await trio.to_thread.run_sync(
@@ -227,6 +260,7 @@ class Daemon:
         )
         await trio.to_thread.run_sync(grpc.run_coroutine, ingest.drain(DRAIN_SECONDS))
         await trio.to_thread.run_sync(grpc.stop, 2.0)
+        await self.take_snapshot()  # a clean restart replays nothing
         log.info("riskd_stopped")
 
 

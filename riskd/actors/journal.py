@@ -51,9 +51,10 @@ class Pending(Generic[T]):
 
 
 class JournalActor:
-    def __init__(self, journal: Journal, capacity: int) -> None:
+    def __init__(self, journal: Journal, capacity: int, written: int = 0) -> None:
         self.journal = journal
         self.capacity = capacity
+        self.written = written  # records durable in the journal
         self._send, self._receive = trio.open_memory_channel[
             tuple[str | None, Pending[Any], Callable[[], None] | None]
         ](capacity)
@@ -82,6 +83,7 @@ class JournalActor:
             records = [r for r, _, _ in group if r is not None]
             if records:
                 await trio.to_thread.run_sync(self.journal.append, records)
+                self.written += len(records)
             for _, pending, on_durable in group:
                 if on_durable is not None:
                     on_durable()

@@ -40,8 +40,8 @@ class Journal(Protocol):
     def append(self, records: Sequence[str]) -> None:
         """Make ``records`` durable, in order, atomically; raise on any failure."""
 
-    def replay(self) -> Iterator[str]:
-        """Every record ever appended, in order."""
+    def replay(self, after: int = 0) -> Iterator[str]:
+        """Every record appended after the first ``after``, in order."""
 
     def close(self) -> None: ...
 
@@ -100,9 +100,11 @@ class SqliteJournal:
         db.execute("COMMIT")
         self._head = head
 
-    def replay(self) -> Iterator[str]:
+    def replay(self, after: int = 0) -> Iterator[str]:
+        """Records after the first ``after`` ones, in order."""
         try:
-            yield from (r for (r,) in self._db.execute("SELECT record FROM journal ORDER BY n"))
+            rows = self._db.execute("SELECT record FROM journal WHERE n > ? ORDER BY n", (after,))
+            yield from (r for (r,) in rows)
         except sqlite3.DatabaseError as e:
             raise JournalCorrupt(f"{self.path}: {e}") from e
 

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from riskd import config as config_mod
@@ -132,3 +133,46 @@ def test_unreadable_journal_refuses_to_start_with_its_own_exit_code(tmp_path: Pa
     )  # fmt: skip
     assert proc.returncode == EXIT_CORRUPT, proc.stderr
     assert "journal is unreadable" in proc.stderr
+
+
+def _recovered(d: Daemon) -> dict[str, int]:
+    import json
+
+    for line in d.log.read_text().splitlines():
+        if '"riskd_recovered"' in line:
+            rec = json.loads(line)
+            return {"snapshot": rec["snapshot_records"], "replayed": rec["replayed"]}
+    raise AssertionError("no riskd_recovered line")
+
+
+def test_restart_is_snapshot_plus_journal_tail(tmp_path: Path) -> None:
+    from riskd.config import default_toml
+
+    config = tmp_path / "riskd.toml"
+    config.write_text(default_toml().replace("snapshot_seconds = 300", "snapshot_seconds = 0.3"))
+    inputs = crash_scenario()
+    first, rest = inputs[:9], inputs[9:]
+    d = start_daemon(tmp_path, "--config", str(config))
+    asyncio.run(stream_all(d, first, "gw-snap"))
+    deadline = time.monotonic() + 10
+    while not list((tmp_path / "data").glob("snapshot-*.bin")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    asyncio.run(stream_all(d, inputs, "gw-snap"))
+    d.process.send_signal(signal.SIGKILL)
+    d.process.wait(10)
+    again = start_daemon(tmp_path, "--config", str(config))
+    try:
+        rec = _recovered(again)
+        assert rec["snapshot"] > 0
+        assert state(again).digest == pure_digest(inputs)
+        assert state(again).violations == []
+    finally:
+        assert again.stop() == 0
+    # After a clean stop the final snapshot covers everything: nothing to replay.
+    last = start_daemon(tmp_path, "--config", str(config))
+    try:
+        assert _recovered(last)["replayed"] == 0
+        assert state(last).digest == pure_digest(inputs)
+    finally:
+        assert last.stop() == 0
+    assert rest  # the scenario's crash came after the first snapshot
