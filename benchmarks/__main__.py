@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import core, ingest
+from benchmarks import core, ingest, restart
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES: dict[str, Callable[..., dict[str, Any]]] = {
     "core": core.run,
     "ingest": ingest.run,
+    "restart": restart.run,
 }
 
 
