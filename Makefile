@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/riskd/v1/*.proto)
 INSTALL_STAMP := $(VENV)/.riskd-installed
 GEN_STAMP := riskd/v1/.generated
 
-.PHONY: setup gen run test lint lint-proto bench clean distclean
+.PHONY: setup gen run test lint lint-proto bench demo clean distclean
 
 setup: $(INSTALL_STAMP) $(GEN_STAMP)
 
@@ -48,6 +48,10 @@ lint-proto:
 
 bench: setup
 	$(BIN)/python -m benchmarks
+
+# A replay of the built-in generated crash path (no price file needed); see docs/replay.md.
+demo: setup
+	$(BIN)/riskd replay --generated --out replay-out
 
 clean:
 	rm -rf riskd/v1 build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,4 @@
-"""Command-line entry point: ``riskd serve``, ``config`` and ``audit``."""
+"""Command-line entry point: ``riskd serve``, ``config``, ``audit`` and ``replay``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--data", required=True, help="the data directory to check")
     audit.add_argument("--config", help="TOML config the daemon ran with (default: embedded)")
+    replay = commands.add_parser(
+        "replay",
+        help="drive a daemon through a price path with a seeded population; write a report",
+    )
+    # Only the options are defined here (a light import); the driver, grpc and
+    # matplotlib are imported when the command runs.
+    from riskd.replay import add_arguments
+
+    add_arguments(replay)
     return parser
 
 
@@ -46,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from riskd.config import load
 
         return audit.main(load(args.config), args.data)
+    if args.command == "replay":
+        from riskd.replay import main as replay_main
+
+        return replay_main(args)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
