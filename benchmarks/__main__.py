@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import core, ingest, restart
+from benchmarks import core, ingest, latency, restart
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +32,7 @@ MODULES: dict[str, Callable[..., dict[str, Any]]] = {
     "core": core.run,
     "ingest": ingest.run,
     "restart": restart.run,
+    "latency": latency.run,
 }
 
 

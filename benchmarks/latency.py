@@ -1,0 +1,221 @@
+"""Latency from a mark update to its liquidation event, open loop, at half capacity.
+
+A real daemon; one gateway streams single-update messages on a fixed schedule
+(open loop: each message's latency is measured from the time it was *due*,
+not when it was sent, so a stall counts against every message it delays — no
+coordinated omission).  Most messages are background marks on BTC-USDT; every
+``1/probe_share``-th is a probe: a mark on ETH-USDT that crosses exactly one
+prepared long's liquidation price.  A subscriber on the event stream stamps
+the probe's ``LiquidationSettled``.  The rate is half of the capacity measured
+first, in the same run, with the same messages sent closed-loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from riskd.config import load
+from riskd.core import Position
+from riskd.core.margin import liquidation_threshold
+from riskd.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+from riskd_client.gateway import Gateway
+
+__all__ = ["run"]
+
+U = 10**6
+ETH, BTC = "ETH-USDT", "BTC-USDT"
+ETH_MARK = 300_000  # 3,000.00
+
+
+def _probes(k: int) -> list[tuple[int, int]]:
+    """(account, crossing mark) for k longs of 1 ETH at 3,000 with rising margin."""
+    spec = next(m for m in load().markets if m.symbol == ETH)
+    out = []
+    for i in range(k):
+        margin = (20 + 5 * i) * U
+        pos = Position(1000 + i)
+        pos.size, pos.basis, pos.margin = 1000, spec.trade_value(1000, ETH_MARK), margin
+        lp = liquidation_threshold(spec, pos)
+        out.append((1000 + i, lp - lp % spec.tick_size))
+    return out
+
+
+async def _setup(target: str, probes: list[tuple[int, int]]) -> None:
+    async with Gateway(target, "lat-setup", batch_size=256) as gw:
+        gw.deposit(1, "USDT", 10**12)
+        gw.margin_transfer(1, ETH, 10**11)  # the short on the other side of every probe
+        gw.mark_price(ETH, ETH_MARK)
+        gw.mark_price(BTC, 5_000_000)
+        for account, _ in probes:
+            margin = (20 + 5 * (account - 1000)) * U
+            gw.deposit(account, "USDT", margin)
+            gw.margin_transfer(account, ETH, margin)
+            gw.fill(ETH, account, 1, ETH_MARK, 1000, trade_id=account)
+        await gw.flush(timeout=120)
+        assert not gw.rejections, gw.rejections[:3]
+    channel = grpc.aio.insecure_channel(target)
+    await admin_pb2_grpc.AdminServiceStub(channel).InjectFund(
+        admin_pb2.InjectFundRequest(asset="USDT", amount=10**12, cause="bench")
+    )
+    await channel.close()
+
+
+async def _capacity(target: str, seconds: float) -> float:
+    """Closed loop, one update per message, window 32: acknowledged messages/s."""
+    async with Gateway(target, "lat-capacity", batch_size=1, window=32) as gw:
+        t0 = time.perf_counter()
+        n = 0
+        while time.perf_counter() - t0 < seconds:
+            gw.mark_price(BTC, 5_000_000 + 10 * (n % 2))
+            n += 1
+            await gw.wait_for_window()
+        await gw.flush()
+        return n / (time.perf_counter() - t0)
+
+
+async def _open_loop(
+    target: str, rate: float, seconds: float, probes: list[tuple[int, int]], probe_every: int
+) -> dict[str, Any]:
+    channel = grpc.aio.insecure_channel(target)
+    events = events_pb2_grpc.EventServiceStub(channel)
+    due: dict[int, float] = {}
+    latencies: list[float] = []
+    done = asyncio.Event()
+    wanted = 0
+
+    async def listen() -> None:
+        call = events.Subscribe(events_pb2.SubscribeRequest(markets=[ETH]))
+        async for r in call:
+            e = r.event
+            if e.HasField("liquidation_settled") and e.liquidation_settled.account in due:
+                latencies.append(time.perf_counter() - due.pop(e.liquidation_settled.account))
+                if wanted and len(latencies) >= wanted:
+                    done.set()
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.2)  # subscribed before the first probe
+    gw = Gateway(target, "lat-open", batch_size=1, window=10**9)
+    await gw.start()
+    await gw.wait_connected()
+    t0 = time.perf_counter()
+    n, p = 0, 0
+    while (now := time.perf_counter()) - t0 < seconds and p < len(probes):
+        at = t0 + n / rate
+        if at > now:
+            await asyncio.sleep(at - now)
+        if n % probe_every == probe_every - 1:
+            account, mark = probes[p]
+            due[account] = at  # from when it was due: no coordinated omission
+            gw.mark_price(ETH, mark)
+            p += 1
+        else:
+            gw.mark_price(BTC, 5_000_000 + 10 * (n % 2))
+        n += 1
+    sent_rate = n / (time.perf_counter() - t0)
+    wanted = p
+    if len(latencies) >= wanted:
+        done.set()
+    await gw.flush(timeout=120)
+    await asyncio.wait_for(done.wait(), 60)
+    listener.cancel()
+    await gw.close()
+    await channel.close()
+    latencies.sort()
+    return {
+        "rate_target": rate,
+        "rate_sent": sent_rate,
+        "probes": len(latencies),
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, (99 * len(latencies)) // 100)],
+        "max_ms": 1000 * latencies[-1],
+    }
+
+
+def measure(seconds: float, probes_n: int) -> dict[str, Any]:
+    probes = _probes(probes_n)
+    with tempfile.TemporaryDirectory(prefix="riskd-latency-") as tmp:
+        log = Path(tmp) / "riskd.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "riskd.cli", "serve", "--grpc-listen", "127.0.0.1:0",
+                 "--metrics-listen", "127.0.0.1:0", "--data-dir", str(Path(tmp) / "data")],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while b'"riskd_serving"' not in log.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(log.read_text())
+                time.sleep(0.05)
+            line = next(x for x in log.read_text().splitlines() if '"riskd_serving"' in x)
+            target = f"127.0.0.1:{json.loads(line)['grpc_port']}"
+
+            async def go() -> dict[str, Any]:
+                await _setup(target, probes)
+                capacity = await _capacity(target, 3.0)
+                probe_every = max(int(capacity / 2 / 20), 2)  # about 20 probes a second
+                r = await _open_loop(target, capacity / 2, seconds, probes, probe_every)
+                return {"capacity_msgs_per_s": capacity, "probe_every": probe_every, **r}
+
+            return asyncio.run(go())
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    seconds, probes = (3.0, 80) if quick else (10.0, 260)
+    command = f"{sys.executable} -m benchmarks.latency --seconds {seconds:g} --probes {probes}"
+    print("[latency] open loop at half capacity ...", file=sys.stderr, flush=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.latency", "--seconds", str(seconds),
+         "--probes", str(probes)],
+        capture_output=True, text=True, timeout=900, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"mark -> liquidation event at {r['rate_sent']:,.0f} msgs/s (half of"
+        f" {r['capacity_msgs_per_s']:,.0f}): p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms,"
+        f" max {r['max_ms']:.2f} ms over {r['probes']} probes"
+    )
+    figures = {
+        "mark_to_liquidation_p50_ms": r["p50_ms"],
+        "mark_to_liquidation_p99_ms": r["p99_ms"],
+        "mark_to_liquidation_max_ms": r["max_ms"],
+        "open_loop_rate_msgs_per_s": r["rate_sent"],
+        "capacity_msgs_per_s": r["capacity_msgs_per_s"],
+    }
+    return {
+        "figures": {
+            k: {
+                "value": round(v, 3),
+                "unit": "ms" if k.endswith("_ms") else "msgs/s",
+                "command": command,
+            }
+            for k, v in figures.items()
+        },
+        "details": r,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--probes", type=int, default=260)
+    a = p.parse_args(argv)
+    print(json.dumps(measure(a.seconds, a.probes)))
+
+
+if __name__ == "__main__":
+    main()
