@@ -123,7 +123,7 @@ class Sequencer(Actor):
                 0,
             )
         elif epoch > g.epoch:
-            g.epoch, g.last = epoch, 0
+            g.epoch, g.last, g.durable = epoch, 0, 0
         fresh, duplicates = self._fresh(g, updates)
         result = BatchResult(g.last + len(fresh), duplicates=duplicates)
         outcomes: Counter[tuple[str, str]] = Counter()
