@@ -53,10 +53,15 @@ def decode(text: str) -> dict[str, Any]:
     return value
 
 
+# Field names per input type, looked up once: this runs for every journaled update.
+_FIELDS = {name: tuple(f.name for f in dataclasses.fields(t)) for name, t in _INPUTS.items()}
+
+
 def encode_input(x: Input | Rejected) -> list[Any]:
     if isinstance(x, Rejected):
         return ["!", x.code.value, x.field, x.message]
-    return [type(x).__name__, *(getattr(x, f.name) for f in dataclasses.fields(x))]
+    name = type(x).__name__
+    return [name, *map(x.__getattribute__, _FIELDS[name])]
 
 
 def decode_input(row: list[Any]) -> Input | Rejected:
