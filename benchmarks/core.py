@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.figures import add as _fig
 from riskd.core import Asset, ContractType, Engine, MarketSpec, Rejected, TierTable
 from riskd.core.events import (
     AdlEvent,
@@ -544,25 +545,6 @@ def _spawn(args: Sequence[str], timeout: float, errors: list[str]) -> dict[str, 
     result: dict[str, Any] = json.loads(lines[-1])
     result["command"] = _command(args)
     return result
-
-
-def _fig(
-    figures: dict[str, dict[str, Any]],
-    name: str,
-    value: float,
-    unit: str,
-    command: str,
-    target: str | None = None,
-    ok: bool | None = None,
-    note: str | None = None,
-) -> None:
-    fig: dict[str, Any] = {"value": value, "unit": unit, "command": command}
-    if target is not None:
-        fig["target"] = target
-        fig["meets_target"] = ok
-    if note:
-        fig["note"] = note
-    figures[name] = fig
 
 
 def run(quick: bool = False) -> dict[str, Any]:

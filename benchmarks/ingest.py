@@ -71,6 +71,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.figures import add as _fig
+
 __all__ = ["run", "main", "build_setup", "build_workload"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -992,25 +994,6 @@ def _run_cell(
 
 
 # --- driver ----------------------------------------------------------------------
-
-
-def _fig(
-    figures: dict[str, dict[str, Any]],
-    name: str,
-    value: float,
-    unit: str,
-    command: str,
-    target: str | None = None,
-    ok: bool | None = None,
-    note: str | None = None,
-) -> None:
-    fig: dict[str, Any] = {"value": value, "unit": unit, "command": command}
-    if target is not None:
-        fig["target"] = target
-        fig["meets_target"] = ok
-    if note:
-        fig["note"] = note
-    figures[name] = fig
 
 
 def _si(x: float) -> str:
