@@ -171,6 +171,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     (gateway, epoch, updates),
                     on_batch(request),
                 )
+        except grpc.aio.AioRpcError:
+            pass  # the client went away: the handler is being cancelled too
+        except Exception as e:  # bytes that are not an IngestRequest, say
+            results.put_nowait(Rejected.invalid("updates", f"unreadable request: {e}"))
         finally:
             # Behind every batch already posted, so the stream ends after their acks.
             self.portal.post(
