@@ -151,76 +151,62 @@ def rejection(sequence: int, index: int, update: Any, r: Rejected) -> ingest_pb2
 
 def encode_event(seq: int, e: Effect) -> events_pb2.Event | None:
     """A published effect as a wire event; None for internal-only effects."""
-    ts = getattr(e, "ts", 0)
+    payload = _event_payload(e)
+    if payload is None:
+        return None
+    kind, message = payload
+    return events_pb2.Event(sequence=seq, timestamp_ms=getattr(e, "ts", 0), **{kind: message})
+
+
+def _event_payload(e: Effect) -> tuple[str, Any] | None:
+    """The oneof field an effect fills in ``Event``, and its message."""
     match e:
         case LiquidationOrder():
-            return events_pb2.Event(
-                sequence=seq,
-                timestamp_ms=ts,
-                liquidation_order=events_pb2.LiquidationOrder(
-                    market=e.market,
-                    liquidation_id=e.liquidation_id,
-                    account=e.account,
-                    side=types_pb2.SIDE_BUY if e.side > 0 else types_pb2.SIDE_SELL,
-                    quantity=e.quantity,
-                    worst_price=e.worst_price,
-                ),
+            return "liquidation_order", events_pb2.LiquidationOrder(
+                market=e.market,
+                liquidation_id=e.liquidation_id,
+                account=e.account,
+                side=types_pb2.SIDE_BUY if e.side > 0 else types_pb2.SIDE_SELL,
+                quantity=e.quantity,
+                worst_price=e.worst_price,
             )
         case LiquidationSettled():
-            return events_pb2.Event(
-                sequence=seq,
-                timestamp_ms=ts,
-                liquidation_settled=events_pb2.LiquidationSettled(
-                    market=e.market,
-                    liquidation_id=e.liquidation_id,
-                    account=e.account,
-                    quantity=e.quantity,
-                    price=e.price,
-                    fund_delta=e.fund_delta,
-                    returned_to_trader=e.returned_to_trader,
-                    adl_quantity=e.adl_quantity,
-                ),
+            return "liquidation_settled", events_pb2.LiquidationSettled(
+                market=e.market,
+                liquidation_id=e.liquidation_id,
+                account=e.account,
+                quantity=e.quantity,
+                price=e.price,
+                fund_delta=e.fund_delta,
+                returned_to_trader=e.returned_to_trader,
+                adl_quantity=e.adl_quantity,
             )
         case FundFlow():
-            return events_pb2.Event(
-                sequence=seq,
-                timestamp_ms=ts,
-                fund_flow=events_pb2.FundFlow(
-                    asset=e.asset,
-                    market=e.market,
-                    kind=e.kind.value,
-                    amount=e.amount,
-                    balance_after=e.balance_after,
-                    cause=e.cause,
-                ),
+            return "fund_flow", events_pb2.FundFlow(
+                asset=e.asset,
+                market=e.market,
+                kind=e.kind.value,
+                amount=e.amount,
+                balance_after=e.balance_after,
+                cause=e.cause,
             )
         case AdlNotice():
-            return events_pb2.Event(
-                sequence=seq,
-                timestamp_ms=ts,
-                adl_notice=events_pb2.AdlNotice(
-                    market=e.market,
-                    account=e.account,
-                    liquidation_id=e.liquidation_id,
-                    side=types_pb2.POSITION_SIDE_LONG
-                    if e.side > 0
-                    else types_pb2.POSITION_SIDE_SHORT,
-                    quantity=e.quantity,
-                    price=e.price,
-                    realized_pnl=e.realised,
-                ),
+            return "adl_notice", events_pb2.AdlNotice(
+                market=e.market,
+                account=e.account,
+                liquidation_id=e.liquidation_id,
+                side=types_pb2.POSITION_SIDE_LONG if e.side > 0 else types_pb2.POSITION_SIDE_SHORT,
+                quantity=e.quantity,
+                price=e.price,
+                realized_pnl=e.realised,
             )
         case MarginCall():
-            return events_pb2.Event(
-                sequence=seq,
-                timestamp_ms=ts,
-                margin_call=events_pb2.MarginCall(
-                    market=e.market,
-                    account=e.account,
-                    margin_balance=e.margin_balance,
-                    maintenance_margin=e.maintenance_margin,
-                    liquidation_price=e.liquidation_price,
-                ),
+            return "margin_call", events_pb2.MarginCall(
+                market=e.market,
+                account=e.account,
+                margin_balance=e.margin_balance,
+                maintenance_margin=e.maintenance_margin,
+                liquidation_price=e.liquidation_price,
             )
     return None
 

@@ -5,7 +5,7 @@ positions ranked by a policy score, highest first, ties broken by account id,
 so the ranking is deterministic.
 
 Scores are exact rationals floored to 64 fractional bits (integers: fast,
-deterministic, no float).
+deterministic, no floating point).
 
 Policies (DOMAIN.md §2), with ``u`` unrealised PnL at the mark, ``c`` the cost
 basis, ``B`` the margin balance, ``N`` the notional and ``MM`` the maintenance

@@ -3,7 +3,7 @@
 Every amount in riskd is an ``int`` in the smallest unit of its asset (a
 "quantum", as dYdX calls it); prices are integers in units of
 ``10**-price_decimals`` of the quote currency and quantities integers in units of
-``10**-quantity_decimals``.  Nothing here, or anywhere in the core, uses float.
+``10**-quantity_decimals``.  Nothing here, or anywhere in the core, uses floating point.
 
 Rates (maintenance margin rates, fee caps, fee shares) are integers in parts per
 million; funding rates in parts per 10**8.

@@ -97,7 +97,6 @@ def test_sigkill_at_random_instants_loses_nothing_acked(tmp_path: Path) -> None:
             return acked
 
         acked = asyncio.run(until_killed())
-        print(f"cycle {k}: sent {len(prefix)}, acked {acked} before the kill")
         acked_before_kill = max(acked_before_kill, acked)
         d.process.wait(10)
     d = start_daemon(tmp_path)
