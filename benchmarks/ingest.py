@@ -80,7 +80,7 @@ METHOD = "/riskd.v1.IngestService/Ingest"
 MARKET = "BTC-USDT"
 ASSET = "USDT"
 EPOCH = 1
-T0_MS = 1_764_000_000_000
+T0_MS = time.time_ns() // 1_000_000  # riskd refuses updates stamped far from its clock
 
 BATCHES = (1, 16, 256)
 TARGETS = {1: 0.8, 16: 0.8, 256: 0.5}

@@ -87,6 +87,11 @@ def _serve(args: argparse.Namespace) -> int:
     }
     if overrides:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
+    try:
+        config.server.check_transport()
+    except ValueError as e:
+        print(f"riskd: bad configuration: {e}", file=sys.stderr)
+        return 2
     corrupt: list[BaseException] = []
     try:
         trio.run(serve, config)

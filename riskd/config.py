@@ -7,12 +7,14 @@ and BTC-USD inverse on a BTC fund.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from riskd.access import Policy
 from riskd.core import (
     AdlPolicy,
     Asset,
@@ -23,7 +25,17 @@ from riskd.core import (
     TierTable,
 )
 
-__all__ = ["Config", "ServerConfig", "default_toml", "load", "parse"]
+__all__ = ["Config", "ServerConfig", "TlsConfig", "default_toml", "load", "parse"]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """PEM files: the server's certificate chain and key, and the CA that
+    signs client certificates (every client must present one)."""
+
+    cert: str
+    key: str
+    client_ca: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +50,32 @@ class ServerConfig:
     event_retention: int = 100_000
     invariant_check_seconds: float = 60.0
     snapshot_seconds: float = 300.0
+    #: No TLS and no identities: for local development, on loopback only.
+    plaintext: bool = False
+    tls: TlsConfig | None = None
+    #: Updates stamped further ahead of the daemon's clock are refused (0: no limit).
+    max_clock_skew_seconds: float = 60.0
+    #: Updates stamped longer ago are refused (0: no limit).
+    max_update_age_seconds: float = 86_400.0
+    #: Default per-gateway budget for ``[access]`` entries that set none
+    #: (0: unlimited); in plaintext mode it applies per gateway name.
+    gateway_updates_per_second: int = 0
+    gateway_burst: int = 0
+
+    def check_transport(self) -> None:
+        """Exactly one of TLS or plaintext; plaintext only on a loopback address."""
+        if self.tls is not None and self.plaintext:
+            raise ValueError("server: set either [server.tls] or plaintext = true, not both")
+        if self.tls is None and not self.plaintext:
+            raise ValueError(
+                "server: no transport security configured: set [server.tls] (cert, key,"
+                " client_ca), or plaintext = true for local development on loopback"
+            )
+        if self.plaintext and not is_loopback(self.grpc_listen):
+            raise ValueError(
+                f"server.grpc_listen: plaintext is for local development and may only listen"
+                f" on a loopback address, not {self.grpc_listen!r}; configure [server.tls]"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +83,7 @@ class Config:
     server: ServerConfig
     markets: tuple[MarketSpec, ...]
     funds: dict[str, FundPolicy] = field(default_factory=dict)
+    access: Policy = field(default_factory=lambda: Policy(()))
 
     @property
     def assets(self) -> dict[str, Asset]:
@@ -64,7 +103,18 @@ def load(path: str | Path | None = None) -> Config:
 def parse(text: str) -> Config:
     """Build a validated config from TOML text; errors name the offending key."""
     doc = tomllib.loads(text)
-    server = ServerConfig(**_table(doc, "server"))
+    server_table = dict(_table(doc, "server"))
+    tls = server_table.pop("tls", None)
+    if tls is not None:
+        try:
+            server_table["tls"] = TlsConfig(**tls)
+        except TypeError as e:
+            raise ValueError(f"[server.tls]: {e}; keys are cert, key, client_ca") from e
+    try:
+        server = ServerConfig(**server_table)
+    except TypeError as e:
+        raise ValueError(f"[server]: {e}") from e
+    server.check_transport()
     assets: dict[str, Asset] = {}
     funds: dict[str, FundPolicy] = {}
     for sym, a in _table(doc, "assets").items():
@@ -84,7 +134,26 @@ def parse(text: str) -> Config:
         )
     if not markets:
         raise ValueError("config defines no markets")
-    return Config(server, tuple(markets), funds)
+    access = Policy.parse(
+        _table(doc, "access"),
+        {m.symbol: m.asset.symbol for m in markets},
+        server.gateway_updates_per_second,
+        server.gateway_burst,
+    )
+    if server.tls is not None and not access.grants:
+        raise ValueError("[server.tls] is set but [access] grants nobody anything")
+    return Config(server, tuple(markets), funds, access)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ``host:port`` listen address is reachable only from this machine."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:

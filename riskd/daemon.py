@@ -29,6 +29,7 @@ from riskd.actors.market import MarketActor
 from riskd.actors.sequencer import Sequencer
 from riskd.actors.wallet import WalletActor
 from riskd.api.admin import AdminServicer
+from riskd.api.auth import Authenticator, AuthInterceptor, server_credentials
 from riskd.api.bridge import GrpcThread, Portal, call_soon
 from riskd.api.events import EventLog, EventServicer
 from riskd.api.ingest import IngestServicer
@@ -42,6 +43,7 @@ from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
 from riskd.metrics import Metrics
 from riskd.storage import snapshot
+from riskd.storage.admin_log import AdminLog
 from riskd.storage.journal import JournalCorrupt, SqliteJournal
 
 __all__ = ["Daemon", "Endpoints", "serve"]
@@ -136,7 +138,11 @@ class Daemon:
     ) -> None:
         """Serve until SIGTERM/SIGINT or cancellation; then drain and stop."""
         srv = self.config.server
+        srv.check_transport()  # again: the command line may have moved grpc_listen
         await trio.Path(srv.data_dir).mkdir(parents=True, exist_ok=True)  # fail early
+        auth = Authenticator(self.config.access if srv.tls is not None else None)
+        credentials = server_credentials(srv.tls) if srv.tls is not None else None
+        admin_log = AdminLog(Path(srv.data_dir) / "admin-audit.jsonl")
         host, port = _split(srv.metrics_listen)
         http, http_thread = start_http_server(port, host, registry=self.metrics.registry)
         try:
@@ -147,14 +153,14 @@ class Daemon:
                 await nursery.start(journal.run)
                 self.metrics.watch_mailbox("journal", "", "", _depth(journal), journal.capacity)
                 portal = Portal(trio.lowlevel.current_trio_token(), nursery, UNARY_LIMIT)
-                ingest = IngestServicer(portal, self.sequencer, srv, self.metrics)
+                ingest = IngestServicer(portal, self.sequencer, srv, self.metrics, auth)
                 services = Services(
                     ingest=ingest,
                     events=EventServicer(self.event_log, self.metrics),
                     query=QueryServicer(
                         portal, self.markets, self.funds, self.wallets, self.config.assets
                     ),
-                    withdrawal=WithdrawalServicer(portal, self.sequencer),
+                    withdrawal=WithdrawalServicer(portal, self.sequencer, auth),
                     admin=AdminServicer(portal, self.sequencer),
                     log=self.event_log,
                 )
@@ -162,7 +168,11 @@ class Daemon:
 
                 async def build() -> Any:
                     server, port, health = await build_server(
-                        services, srv.grpc_listen, 4 * 1024 * 1024
+                        services,
+                        srv.grpc_listen,
+                        4 * 1024 * 1024,
+                        AuthInterceptor(auth, admin_log, self.metrics),
+                        credentials,
                     )
                     bound.update(port=port, health=health)
                     return server
@@ -176,6 +186,7 @@ class Daemon:
                 endpoints = Endpoints(bound["port"], http.server_port)
                 log.info(
                     "riskd_serving",
+                    transport="mtls" if auth.tls else "plaintext (development, loopback only)",
                     grpc_port=endpoints.grpc_port,
                     metrics_port=endpoints.metrics_port,
                     markets=list(self.markets),
@@ -197,6 +208,7 @@ class Daemon:
         finally:
             http.shutdown()
             http_thread.join(timeout=5)
+            admin_log.close()
             self._grpc = None
 
     async def _check_invariants(self, every: float) -> None:

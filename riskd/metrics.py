@@ -143,6 +143,16 @@ class Metrics:
         self.streams_open = Gauge(
             "riskd_ingest_streams_open", "Open gateway ingest streams.", registry=r
         )
+        self.throttled = Counter(
+            "riskd_ingest_throttled",
+            "Ingest streams ended with RESOURCE_EXHAUSTED: a gateway over its rate limit.",
+            registry=r,
+        )
+        self.denied = Counter(
+            "riskd_rpc_denied",
+            "Calls refused with PERMISSION_DENIED before reaching a handler (role or identity).",
+            registry=r,
+        )
         self.subscribers = Gauge("riskd_event_subscribers", "Open event subscriptions.", registry=r)
         self.mark_timestamp = Gauge(
             "riskd_mark_price_timestamp_seconds",

@@ -7,31 +7,45 @@ read, carries the last sequence already applied for this gateway and epoch:
 a reconnecting gateway resends from there, and a duplicate is acknowledged
 again without being applied twice.
 
-A gateway is identified by the ``x-riskd-gateway`` metadata key and restarts
-its sequence numbers with a higher ``x-riskd-epoch``.
+A gateway is identified by its certificate (over TLS; in plaintext
+development mode by the ``x-riskd-gateway`` metadata key) and restarts its
+sequence numbers with a higher ``x-riskd-epoch``.
+
+Each update is checked here before it is sequenced: decodable, stamped
+within the allowed clock skew, and for a market (or asset) the gateway is
+granted; a refused update is reported in the ack and changes nothing, the
+rest of its batch is applied.  A gateway over its rate limit (mark prices
+are not counted) has its stream ended with RESOURCE_EXHAUSTED and a
+RetryInfo, after the acks of everything it had in flight; it reconnects
+after the delay and resends from the acknowledged sequence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import structlog
 
+from riskd.access import Grant
 from riskd.actors.sequencer import BatchResult, SequenceError, Sequencer, Update
 from riskd.api import convert
+from riskd.api.auth import GATEWAY_KEY, Authenticator, Denied
 from riskd.api.bridge import Portal, Unavailable
+from riskd.api.rate_limit import TokenBucket
 from riskd.api.status import GRPC_CODES, abort
 from riskd.config import ServerConfig
 from riskd.core import Rejected
+from riskd.core.errors import Code
+from riskd.core.events import Deposit, MarkPrice
 from riskd.metrics import Metrics
 from riskd.v1 import ingest_pb2, ingest_pb2_grpc
 
 __all__ = ["IngestServicer", "GATEWAY_KEY", "EPOCH_KEY"]
 
-GATEWAY_KEY = "x-riskd-gateway"
 EPOCH_KEY = "x-riskd-epoch"
 _EOS = object()
 log = structlog.get_logger("riskd.ingest")
@@ -39,16 +53,34 @@ log = structlog.get_logger("riskd.ingest")
 Context = grpc.aio.ServicerContext[ingest_pb2.IngestRequest, ingest_pb2.IngestResponse]
 
 
+class Throttled(Exception):
+    """A gateway over its rate limit: retry after ``delay`` seconds."""
+
+    def __init__(self, gateway: str, delay: float) -> None:
+        super().__init__(f"gateway {gateway!r} is over its rate limit; retry in {delay:.3f} s")
+        self.delay = delay
+
+
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(
-        self, portal: Portal, sequencer: Sequencer, server: ServerConfig, metrics: Metrics
+        self,
+        portal: Portal,
+        sequencer: Sequencer,
+        server: ServerConfig,
+        metrics: Metrics,
+        auth: Authenticator,
     ) -> None:
         self.portal = portal
         self.sequencer = sequencer
         self.window = server.stream_window
         self.max_streams = server.max_ingest_streams
         self.max_batch = server.max_batch_updates
+        self.max_ahead_ms = int(server.max_clock_skew_seconds * 1000)
+        self.max_age_ms = int(server.max_update_age_seconds * 1000)
+        self.default_rate = (server.gateway_updates_per_second, server.gateway_burst)
         self.metrics = metrics
+        self.auth = auth
+        self._buckets: dict[str, TokenBucket] = {}
         self.draining = False
         self._readers: set[asyncio.Task[None]] = set()
         self._open = 0
@@ -59,12 +91,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request_iterator: AsyncIterator[ingest_pb2.IngestRequest], context: Context
     ) -> AsyncIterator[ingest_pb2.IngestResponse]:
         metadata = dict(context.invocation_metadata() or ())
-        gateway = str(metadata.get(GATEWAY_KEY, "default"))
         try:
-            convert.check_symbol(gateway, GATEWAY_KEY)
+            grant = self.auth.identify(context)
+            gateway = convert.check_symbol(self.auth.gateway(grant, context), GATEWAY_KEY)
             epoch = int(metadata.get(EPOCH_KEY, 0))
             if not 0 <= epoch < 2**63:
                 raise ValueError
+        except Denied as d:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, d.field, d.message)
         except Rejected as r:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, r.field, r.message)
         except ValueError:
@@ -90,7 +124,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             bound.info("ingest_stream_opened", acked_sequence=acked)
             yield ingest_pb2.IngestResponse(acked_sequence=acked)
             reader = asyncio.create_task(
-                self._read(request_iterator, gateway, epoch, credits, results)
+                self._read(request_iterator, grant, gateway, epoch, credits, results)
             )
             self._readers.add(reader)
             item = await results.get()
@@ -128,6 +162,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def _read(
         self,
         requests: AsyncIterator[ingest_pb2.IngestRequest],
+        grant: Grant,
         gateway: str,
         epoch: int,
         credits: asyncio.Semaphore,
@@ -144,26 +179,30 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
             return deliver
 
+        bucket = self._bucket(grant, gateway)
+        end: Any = _EOS
         try:
             async for request in requests:
                 if len(request.updates) > self.max_batch:
-                    results.put_nowait(
-                        Rejected.invalid(
-                            "updates", f"{len(request.updates)} updates exceed {self.max_batch}"
-                        )
+                    end = Rejected.invalid(
+                        "updates", f"{len(request.updates)} updates exceed {self.max_batch}"
                     )
                     return
                 if request.epoch and request.epoch != epoch:
-                    results.put_nowait(
-                        Rejected.invalid("epoch", f"{request.epoch} differs from {EPOCH_KEY}")
-                    )
+                    end = Rejected.invalid("epoch", f"{request.epoch} differs from {EPOCH_KEY}")
                     return
                 if not request.updates:
                     continue
                 if any(u.sequence == 0 for u in request.updates):
-                    results.put_nowait(Rejected.invalid("updates.sequence", "must be >= 1"))
+                    end = Rejected.invalid("updates.sequence", "must be >= 1")
                     return
-                updates = _decode(request)
+                updates, counted = self._decode(request, grant)
+                if bucket is not None:
+                    delay = bucket.take(counted, time.monotonic())
+                    if delay:
+                        self.metrics.throttled.inc()
+                        end = Throttled(gateway, delay)
+                        return
                 await credits.acquire()
                 self.portal.post(
                     self.sequencer,
@@ -174,12 +213,52 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except grpc.aio.AioRpcError:
             pass  # the client went away: the handler is being cancelled too
         except Exception as e:  # bytes that are not an IngestRequest, say
-            results.put_nowait(Rejected.invalid("updates", f"unreadable request: {e}"))
+            end = Rejected.invalid("updates", f"unreadable request: {e}")
         finally:
             # Behind every batch already posted, so the stream ends after their acks.
             self.portal.post(
-                self.sequencer, self.sequencer.flushed, (), lambda _v, _e: results.put_nowait(_EOS)
+                self.sequencer, self.sequencer.flushed, (), lambda _v, _e: results.put_nowait(end)
             )
+
+    def _bucket(self, grant: Grant, gateway: str) -> TokenBucket | None:
+        """The gateway's rate limit, shared by all its streams (None: unlimited)."""
+        rate, burst = (grant.updates_per_second, grant.burst)
+        if not self.auth.tls:
+            rate, burst = self.default_rate
+        if rate <= 0:
+            return None
+        bucket = self._buckets.get(gateway)
+        if bucket is None:
+            bucket = self._buckets[gateway] = TokenBucket(rate, burst or rate, time.monotonic())
+        return bucket
+
+    def _decode(self, request: ingest_pb2.IngestRequest, grant: Grant) -> tuple[list[Update], int]:
+        """Decode and check each update; also the count the rate limit charges."""
+        out: list[Update] = []
+        counted = 0
+        now = time.time_ns() // 1_000_000
+        earliest = now - self.max_age_ms if self.max_age_ms else 0
+        latest = now + self.max_ahead_ms if self.max_ahead_ms else 2**63 - 1
+        scoped = grant.markets is not None
+        for i, u in enumerate(request.updates):
+            try:
+                ts = u.timestamp_ms
+                if ts and not earliest <= ts <= latest:  # earliest >= 0: no negatives
+                    raise Rejected.invalid(
+                        f"updates[{i}].timestamp_ms",
+                        f"{ts} is outside the allowed window [{earliest}, {latest}] around"
+                        f" riskd's clock ({now}); 0 means not stamped",
+                    )
+                x = convert.decode_update(u, f"updates[{i}]")
+                if scoped:
+                    _authorize(grant, x)
+                if not isinstance(x, MarkPrice):
+                    counted += 1
+                out.append((u.sequence, x))
+            except Rejected as r:
+                counted += 1
+                out.append((u.sequence, r))
+        return out, counted
 
     async def _fail(self, context: Context, item: Any, bound: Any) -> None:
         if isinstance(item, SequenceError):
@@ -187,6 +266,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             await abort(context, GRPC_CODES[item.code], item.field, item.message)
         if isinstance(item, Rejected):
             await abort(context, GRPC_CODES[item.code], item.field, item.message)
+        if isinstance(item, Throttled):
+            bound.warning("ingest_throttled", retry_after_s=round(item.delay, 3))
+            await abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, "", str(item), retry_after=item.delay
+            )
         if isinstance(item, Unavailable):
             await abort(context, grpc.StatusCode.UNAVAILABLE, "", str(item))
         bound.error("ingest_internal_error", error=repr(item))
@@ -204,14 +288,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             log.warning("ingest_drain_timeout", open_streams=self._open)
 
 
-def _decode(request: ingest_pb2.IngestRequest) -> list[Update]:
-    out: list[Update] = []
-    for i, u in enumerate(request.updates):
-        try:
-            out.append((u.sequence, convert.decode_update(u, f"updates[{i}]")))
-        except Rejected as r:
-            out.append((u.sequence, r))
-    return out
+def _authorize(grant: Grant, x: Any) -> None:
+    """Refuse an update for a market (or asset) the gateway is not granted."""
+    if isinstance(x, Deposit):
+        if not grant.may_move_asset(x.asset):
+            raise Rejected(
+                Code.PERMISSION_DENIED,
+                "asset",
+                f"{grant.identity!r} serves no market settled in {x.asset!r}",
+            )
+    elif not grant.may_send_for_market(x.market):
+        raise Rejected(
+            Code.PERMISSION_DENIED, "market", f"{grant.identity!r} may not send for {x.market!r}"
+        )
 
 
 def _response(request: ingest_pb2.IngestRequest, result: BatchResult) -> ingest_pb2.IngestResponse:

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from riskd.api.admin import AdminServicer
+from riskd.api.auth import AuthInterceptor
 from riskd.api.events import EventLog, EventServicer
 from riskd.api.ingest import IngestServicer
 from riskd.api.query import QueryServicer
@@ -49,15 +50,23 @@ class Services:
 
 
 async def build_server(
-    services: Services, address: str, max_message_bytes: int
+    services: Services,
+    address: str,
+    max_message_bytes: int,
+    interceptor: AuthInterceptor,
+    credentials: grpc.ServerCredentials | None,
 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
-    """Create, wire and bind the server (not started); returns the bound port."""
+    """Create, wire and bind the server (not started); returns the bound port.
+
+    ``credentials`` None: plaintext (the config allows that on loopback only).
+    """
     server = grpc.aio.server(
+        interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(services.ingest, server)
     events_pb2_grpc.add_EventServiceServicer_to_server(services.events, server)
@@ -76,7 +85,10 @@ async def build_server(
         ),
         server,
     )
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port, health

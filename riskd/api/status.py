@@ -28,20 +28,29 @@ GRPC_CODES = {
 }
 
 
-def status_for(code: grpc.StatusCode, field: str, message: str) -> grpc.Status:
-    details = any_pb2.Any()
-    details.Pack(
+def status_for(
+    code: grpc.StatusCode, field: str, message: str, retry_after: float | None = None
+) -> grpc.Status:
+    """A status with a BadRequest naming ``field`` and, if given, a RetryInfo."""
+    bad_request = any_pb2.Any()
+    bad_request.Pack(
         error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
             ]
         )
     )
+    details = [bad_request]
+    if retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(int(retry_after * 1e9), 1_000_000))
+        details.append(any_pb2.Any())
+        details[-1].Pack(retry)
     text = f"{field}: {message}" if field else message
     number: int = code.value[0]
     assert code_pb2.Code.Name(number)  # a real google.rpc code
     status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=number, message=text, details=[details])
+        status_pb2.Status(code=number, message=text, details=details)
     )
     return status
 
@@ -51,8 +60,9 @@ async def abort(
     code: grpc.StatusCode,
     field: str,
     message: str,
+    retry_after: float | None = None,
 ) -> NoReturn:
-    await context.abort_with_status(status_for(code, field, message))
+    await context.abort_with_status(status_for(code, field, message, retry_after))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 

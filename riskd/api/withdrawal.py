@@ -11,6 +11,7 @@ from __future__ import annotations
 import grpc
 
 from riskd.actors.sequencer import Sequencer
+from riskd.api.auth import Authenticator
 from riskd.api.bridge import Portal
 from riskd.api.status import abort, abort_rejected
 from riskd.core import Rejected
@@ -24,13 +25,22 @@ Ctx = grpc.aio.ServicerContext[object, object]
 
 
 class WithdrawalServicer(withdrawal_pb2_grpc.WithdrawalServiceServicer):
-    def __init__(self, portal: Portal, sequencer: Sequencer) -> None:
+    def __init__(self, portal: Portal, sequencer: Sequencer, auth: Authenticator) -> None:
         self.portal = portal
         self.sequencer = sequencer
+        self.auth = auth
 
     async def Withdraw(
         self, request: withdrawal_pb2.WithdrawRequest, context: Ctx
     ) -> withdrawal_pb2.WithdrawResponse:
+        grant = self.auth.identify(context)  # the interceptor checked the role
+        if not grant.may_move_asset(request.asset):
+            await abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "asset",
+                f"{grant.identity!r} serves no market settled in {request.asset!r}",
+            )
         if request.withdrawal_id == 0:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "withdrawal_id", "is required")
         w = Withdrawal(request.account, request.asset, request.amount)

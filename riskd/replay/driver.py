@@ -118,6 +118,7 @@ def config_toml(settings: Settings) -> str:
     m["adl_policy"] = settings.adl_policy
     m["liquidation_fee_cap_ppm"] = settings.fee_cap_ppm
     doc["server"]["event_retention"] = 2_000_000
+    doc["server"]["max_update_age_seconds"] = 0  # a replay is stamped with history's clock
     return _toml(doc)
 
 

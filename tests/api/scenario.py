@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import contextlib
 
 from riskd.core import Engine, Rejected
@@ -61,7 +63,8 @@ def send(gw: Gateway, x: Input) -> int:
 def crash_scenario() -> list[Input]:
     """Two longs on BTC-USDT (default config): one liquidated with a surplus,
     one bankrupt in a crash the fund cannot cover, so shorts are deleveraged."""
-    t = 1_764_000_000_000
+    # Stamped an hour ago, on a whole minute: inside riskd's default skew window.
+    t = (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
     m = "BTC-USDT"
     return [
         *(Deposit(a, "USDT", 10_000 * USDT, t) for a in (1, 2, 3, 4)),

@@ -51,6 +51,8 @@ DIMENSIONLESS = frozenset(
         "riskd_adl_events",
         "riskd_updates",
         "riskd_ingest_streams_open",
+        "riskd_ingest_throttled",
+        "riskd_rpc_denied",
         "riskd_event_subscribers",
         "riskd_liquidations_in_progress",
         "riskd_invariant_violations",

@@ -1,0 +1,117 @@
+"""Who may do what: identities, roles, the markets each gateway may send for.
+
+An identity is the name in a client certificate (see :mod:`riskd.api.auth`
+for how it is read from the TLS session; never from request metadata).  The
+config's ``[access.<identity>]`` tables map it to a :class:`Grant`::
+
+    [access.gateway-eu]
+    roles = ["gateway"]
+    markets = ["BTC-USDT", "ETH-USDT"]    # or ["*"]
+    updates_per_second = 20000            # 0: unlimited
+    burst = 40000
+
+Roles are deliberately few and coarse: ``gateway`` streams updates and asks
+for withdrawals (only for its markets and their settlement assets),
+``reader`` queries state and follows events, ``admin`` changes markets and
+seeds funds.  An identity holds any combination.
+
+Plaintext serving (local development only) has no identities: every caller
+gets :data:`DEVELOPMENT`, which may do everything.
+
+Pure: no gRPC here, so the rules are testable on their own.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Role", "Grant", "Policy", "DEVELOPMENT", "ALL_MARKETS"]
+
+ALL_MARKETS = "*"
+
+
+class Role(enum.Enum):
+    GATEWAY = "gateway"
+    READER = "reader"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one identity may do.  ``markets``/``assets`` None: all of them."""
+
+    identity: str
+    roles: frozenset[Role]
+    markets: frozenset[str] | None = None
+    assets: frozenset[str] | None = None
+    updates_per_second: int = 0
+    burst: int = 0
+
+    def may_send_for_market(self, market: str) -> bool:
+        return self.markets is None or market in self.markets
+
+    def may_move_asset(self, asset: str) -> bool:
+        return self.assets is None or asset in self.assets
+
+
+DEVELOPMENT = Grant("development", frozenset(Role))
+
+
+class Policy:
+    """The ``[access]`` section: identity → :class:`Grant`."""
+
+    def __init__(self, grants: Iterable[Grant]) -> None:
+        self.grants = {g.identity: g for g in grants}
+
+    def grant(self, identity: str) -> Grant | None:
+        return self.grants.get(identity)
+
+    @classmethod
+    def parse(
+        cls,
+        table: Mapping[str, Any],
+        market_assets: Mapping[str, str],
+        default_rate: int = 0,
+        default_burst: int = 0,
+    ) -> Policy:
+        """Build from TOML; ``market_assets`` maps each served market to its asset.
+
+        Errors name the key (``access.<identity>.<key>``) and are raised at
+        start-up: a typo in a market name must not silently grant nothing.
+        """
+        grants = []
+        for identity, entry in table.items():
+            where = f"access.{identity}"
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"[{where}] must be a table")
+            unknown = set(entry) - {"roles", "markets", "updates_per_second", "burst"}
+            if unknown:
+                raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+            try:
+                roles = frozenset(Role(r) for r in entry.get("roles", ()))
+            except ValueError as e:
+                raise ValueError(f"{where}.roles: {e}; roles are gateway, reader, admin") from e
+            if not roles:
+                raise ValueError(f"{where}.roles: at least one role is required")
+            names = list(entry.get("markets", ()))
+            markets: frozenset[str] | None
+            assets: frozenset[str] | None
+            if names == [ALL_MARKETS]:
+                markets = assets = None
+            else:
+                missing = [m for m in names if m not in market_assets]
+                if missing:
+                    raise ValueError(f"{where}.markets: unknown markets {missing}")
+                if Role.GATEWAY in roles and not names:
+                    raise ValueError(f'{where}.markets: a gateway needs markets (or ["*"])')
+                markets = frozenset(names)
+                assets = frozenset(market_assets[m] for m in names)
+            rate = int(entry.get("updates_per_second", default_rate))
+            burst = int(entry.get("burst", default_burst or rate))
+            if rate < 0 or burst < 0:
+                raise ValueError(f"{where}: updates_per_second and burst must be >= 0")
+            grants.append(Grant(identity, roles, markets, assets, rate, burst))
+        return cls(grants)
