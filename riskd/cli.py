@@ -24,6 +24,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="override server.data_dir")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     commands.add_parser("config", help="print the embedded default configuration")
+    certs = commands.add_parser(
+        "dev-certs", help="make a development CA, server and client certificates for mTLS"
+    )
+    certs.add_argument("directory", help="where to write the PEM files")
+    certs.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="IDENTITY",
+        help="a client identity to issue a certificate for (repeatable)",
+    )
+    certs.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a name or IP the server is reached at (repeatable; default localhost, 127.0.0.1)",
+    )
     audit = commands.add_parser(
         "audit", help="verify a data directory offline: journal chain, fund ledger, invariants"
     )
@@ -50,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "dev-certs":
+        return _dev_certs(args)
     if args.command == "audit":
         from riskd import audit
         from riskd.config import load
@@ -60,6 +79,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return replay_main(args)
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _dev_certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from riskd.dev_certs import write_dev_set
+
+    directory = Path(args.directory).resolve()
+    hosts = args.host or ["localhost", "127.0.0.1"]
+    written = write_dev_set(directory, args.client or ["gateway-1", "ops"], hosts)
+    for name, (cert, key) in written.items():
+        print(f"{name}: {cert} {key}")
+    print(
+        f'\n[server.tls]\ncert = "{directory / "server.crt"}"\n'
+        f'key = "{directory / "server.key"}"\nclient_ca = "{directory / "ca.crt"}"'
+    )
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -122,9 +122,9 @@ class Authenticator:
             return grant.identity
         return str(_metadata(context).get(GATEWAY_KEY, "default"))
 
-    def check(self, context: Ctx, role: Role | None) -> Grant:
+    def check(self, context: Ctx, role: Role) -> Grant:
         grant = self.identify(context)
-        if role is not None and role not in grant.roles:
+        if role not in grant.roles:
             raise Denied("", f"{grant.identity!r} does not have the {role.value} role")
         return grant
 
@@ -160,11 +160,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         role = SERVICE_ROLES.get(service)
         audited = service == ADMIN_SERVICE and self.admin_log is not None
 
-        async def admit(request: Any, context: Ctx) -> Grant:
+        async def admit(request: Any, context: Ctx) -> Grant | None:
+            grant = None
             try:
                 if not known:
                     raise Denied("", f"no access rule for {service}")
-                grant = self.auth.check(context, role)
+                if role is not None:
+                    grant = self.auth.check(context, role)
             except Denied as d:
                 self.metrics.denied.inc()
                 log.warning("rpc_denied", method=method, peer=context.peer(), reason=d.message)
@@ -250,8 +252,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             record["request"] = json_format.MessageToDict(request, preserving_proto_field_name=True)
         if code is not None:
             record["code"] = code
-        await asyncio.to_thread(self.admin_log.append, record)
-        log.info("admin_audit", **{k: v for k, v in record.items() if k != "request"})
+        digest = await asyncio.to_thread(self.admin_log.append, record)
+        log.info("admin_audit", hash=digest, **{k: v for k, v in record.items() if k != "request"})
 
 
 def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

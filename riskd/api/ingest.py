@@ -111,6 +111,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "",
                 f"at most {self.max_streams} ingest streams are served at once",
+                retry_after=1.0,
             )
         self._open += 1
         self._idle.clear()
@@ -197,7 +198,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     end = Rejected.invalid("updates.sequence", "must be >= 1")
                     return
                 updates, counted = self._decode(request, grant)
-                if bucket is not None:
+                if bucket is not None and counted:
                     delay = bucket.take(counted, time.monotonic())
                     if delay:
                         self.metrics.throttled.inc()

@@ -4,8 +4,11 @@ One JSON object per line in ``<data_dir>/admin-audit.jsonl``, appended and
 fsynced before the action runs (``requested``) and again when it has an
 outcome (``completed``, with the gRPC status code), so a crash in between
 still leaves the request on record.  Refused callers are recorded too
-(``denied``); the ``step`` key says which.  Each line carries the SHA-256 of the previous one (``prev``),
-so an edited or removed line breaks the chain: :func:`verify` finds it.
+(``denied``); the ``step`` key says which.  Each line carries the SHA-256 of
+the previous one (``prev``), so an edited or removed line breaks the chain:
+:func:`verify` finds it.  The last line has no successor to vouch for it, so
+each line's own hash also goes to the structured log (``admin_audit``), which
+is shipped elsewhere.
 
 The journal already holds *what* changed (market settings, fund injections);
 this log holds *who* asked, which the journal does not need to replay.
@@ -37,15 +40,15 @@ class AdminLog:
                 self._prev = _hash(lines[-1])
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
-    def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Write one record durably (fsync) and return it as written."""
+    def append(self, record: dict[str, Any]) -> str:
+        """Write one record durably (fsync); returns the line's hash."""
         with self._lock:
-            line = {"ts_ms": int(time.time() * 1000), **record, "prev": self._prev}
+            line = {"ts_ms": time.time_ns() // 1_000_000, **record, "prev": self._prev}
             data = json.dumps(line, sort_keys=True, separators=(",", ":")).encode()
             os.write(self._fd, data + b"\n")
             os.fsync(self._fd)
             self._prev = _hash(data)
-            return line
+            return self._prev
 
     def close(self) -> None:
         os.close(self._fd)

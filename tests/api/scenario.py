@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import contextlib
+import time
 
 from riskd.core import Engine, Rejected
 from riskd.core.events import (

@@ -15,6 +15,12 @@ first response names the last sequence it applied, and the helper resends
 everything after it, so nothing acknowledged is lost and nothing is applied
 twice.  Rejections (per update, with code and field) are collected in
 :attr:`Gateway.rejections`.
+
+Over mutual TLS pass ``credentials`` (:func:`tls_credentials`); riskd then
+knows the gateway by its certificate, and ``gateway_id`` must be that name.
+A gateway over its rate limit has its stream ended with RESOURCE_EXHAUSTED and
+a ``google.rpc.RetryInfo``: the helper waits that long, reconnects and resends
+(counted in :attr:`Gateway.throttled`).
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 from riskd.v1 import ingest_pb2, ingest_pb2_grpc
 
-__all__ = ["Gateway", "StreamRefused"]
+__all__ = ["Gateway", "StreamRefused", "retry_delay", "tls_credentials"]
 
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -49,6 +56,26 @@ class StreamRefused(Exception):
         self.details = details
 
 
+def tls_credentials(ca: str, cert: str, key: str) -> grpc.ChannelCredentials:
+    """Channel credentials for mutual TLS from PEM file paths."""
+    with open(ca, "rb") as c, open(cert, "rb") as crt, open(key, "rb") as k:
+        return grpc.ssl_channel_credentials(c.read(), k.read(), crt.read())
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
+    """The ``google.rpc.RetryInfo`` delay (seconds) in an error's status details, if any."""
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin":
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                return float(info.retry_delay.ToNanoseconds() / 1e9)
+    return None
+
+
 class Gateway:
     def __init__(
         self,
@@ -59,6 +86,7 @@ class Gateway:
         batch_size: int = 256,
         window: int = 32,
         channel: grpc.aio.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         reconnect_delay: float = 0.05,
         max_reconnect_delay: float = 2.0,
     ) -> None:
@@ -68,6 +96,7 @@ class Gateway:
         self.batch_size = batch_size
         self.window = window
         self._channel = channel
+        self._credentials = credentials
         self._own_channel = channel is None
         self._delay = reconnect_delay
         self._max_delay = max_reconnect_delay
@@ -75,6 +104,7 @@ class Gateway:
         self.acked_sequence = 0
         self.rejections: list[ingest_pb2.Rejection] = []
         self.reconnects = 0
+        self.throttled = 0
         self._pending: list[ingest_pb2.Update] = []
         self._unacked: deque[ingest_pb2.IngestRequest] = deque()
         self._outbox: asyncio.Queue[ingest_pb2.IngestRequest | None] | None = None
@@ -98,7 +128,10 @@ class Gateway:
 
     async def start(self) -> None:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target)
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target)
+            else:
+                self._channel = grpc.aio.secure_channel(self.target, self._credentials)
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
@@ -273,6 +306,12 @@ class Gateway:
                 await self._stream()
                 return
             except grpc.aio.AioRpcError as e:
+                wait = retry_delay(e)
+                if wait is not None:  # riskd said when: over a rate limit, say
+                    self.throttled += 1
+                    await asyncio.sleep(wait)
+                    delay = self._delay
+                    continue
                 if e.code() not in RETRYABLE:
                     self._error = StreamRefused(e.code(), e.details() or "")
                     self._signal()

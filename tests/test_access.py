@@ -1,0 +1,51 @@
+"""The access policy read from ``[access]``: grants, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from riskd.access import DEVELOPMENT, Policy, Role
+
+MARKETS = {"BTC-USDT": "USDT", "ETH-USDT": "USDT", "BTC-USD": "BTC"}
+
+
+def test_grants_roles_markets_and_the_assets_they_settle_in() -> None:
+    p = Policy.parse(
+        {
+            "gw": {"roles": ["gateway"], "markets": ["BTC-USD"], "updates_per_second": 10},
+            "ops": {"roles": ["admin", "reader"]},
+            "all": {"roles": ["gateway"], "markets": ["*"]},
+        },
+        MARKETS,
+        default_rate=99,
+    )
+    gw = p.grant("gw")
+    assert gw is not None and gw.roles == {Role.GATEWAY}
+    assert gw.may_send_for_market("BTC-USD") and not gw.may_send_for_market("BTC-USDT")
+    assert gw.may_move_asset("BTC") and not gw.may_move_asset("USDT")
+    assert (gw.updates_per_second, gw.burst) == (10, 10)
+    ops = p.grant("ops")
+    assert ops is not None and ops.roles == {Role.ADMIN, Role.READER}
+    assert ops.updates_per_second == 99  # the server-wide default
+    everything = p.grant("all")
+    assert everything is not None and everything.may_send_for_market("anything")
+    assert p.grant("nobody") is None
+    assert DEVELOPMENT.roles == frozenset(Role) and DEVELOPMENT.markets is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"roles": ["root"]}, "access.x.roles"),
+        ({"roles": []}, "access.x.roles"),
+        ({"roles": ["gateway"]}, "access.x.markets"),
+        ({"roles": ["gateway"], "markets": ["DOGE-USDT"]}, "unknown markets"),
+        ({"roles": ["reader"], "colour": "red"}, "unknown keys"),
+        ({"roles": ["gateway"], "markets": ["*"], "burst": -1}, "access.x"),
+    ],
+)
+def test_mistakes_are_refused_at_start_up_naming_the_key(
+    entry: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Policy.parse({"x": entry}, MARKETS)
