@@ -1,7 +1,12 @@
 # riskd container image. Build from the repository root:
 #   docker build -t riskd .
-# Ports: 50051 gRPC (with grpc.health.v1), 9464 Prometheus /metrics.
+# Ports: 50051 gRPC over mutual TLS (with grpc.health.v1), 9464 Prometheus
+# /metrics (plain HTTP: keep it on a private network; it carries no account ids).
 # Data: /var/lib/riskd (mount a volume there).
+# Config: /etc/riskd/riskd.toml, a copy of deploy/riskd.toml (mount your own over it).
+# TLS: mount ca.crt, server.crt, server.key and the health check's probe.crt,
+#   probe.key at /etc/riskd/tls (deploy/README.md, "TLS and access"). riskd
+#   refuses to start without them: plaintext is refused off loopback.
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -18,17 +23,23 @@ RUN python clients/python/generate.py \
  && pip uninstall -y grpcio-tools mypy-protobuf
 
 FROM python:3.11-slim
+# /etc/riskd/tls belongs to riskd so that an empty named volume mounted there
+# (compose's dev `certs` service) is writable by it; mounted Secrets replace it.
 RUN useradd --system --uid 10001 --home-dir /var/lib/riskd --shell /usr/sbin/nologin riskd \
- && mkdir -p /var/lib/riskd && chown riskd:riskd /var/lib/riskd
+ && mkdir -p /var/lib/riskd /etc/riskd/tls \
+ && chown riskd:riskd /var/lib/riskd /etc/riskd/tls && chmod 0700 /etc/riskd/tls
 COPY --from=build /opt/riskd/venv /opt/riskd/venv
 COPY deploy/docker/grpc_health_check.py /opt/riskd/grpc_health_check.py
+COPY deploy/riskd.toml /etc/riskd/riskd.toml
 ENV PATH=/opt/riskd/venv/bin:$PATH PYTHONUNBUFFERED=1
 USER riskd
 WORKDIR /var/lib/riskd
 VOLUME ["/var/lib/riskd"]
 EXPOSE 50051 9464
+# Mutual TLS with /etc/riskd/tls/{ca.crt,probe.crt,probe.key}; the probe
+# identity needs no [access] entry (health needs no role).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "/opt/riskd/grpc_health_check.py", "127.0.0.1:50051"]
 # SIGTERM: health NOT_SERVING, ingest drained, clean exit (docs/architecture.md).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["riskd", "serve", "--grpc-listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--data-dir", "/var/lib/riskd"]
+ENTRYPOINT ["riskd", "serve", "--config", "/etc/riskd/riskd.toml", "--grpc-listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--data-dir", "/var/lib/riskd"]

@@ -18,11 +18,13 @@ ALERT_TESTS = DEPLOY / "prometheus" / "riskd-alerts.test.yml"
 PROM_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "riskd.json"
 RUNBOOK = ROOT / "docs" / "runbook.md"
+RISKD_TOML = DEPLOY / "riskd.toml"
+HEALTH_CHECK = DEPLOY / "docker" / "grpc_health_check.py"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 
 def _load(name: str, path: Path) -> ModuleType:
-    """Import a helper module of tests/api by path (tests are not a package)."""
+    """Import a module by path (tests/api helpers, deploy scripts: not packages)."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -38,6 +40,11 @@ def api_helpers() -> tuple[ModuleType, ModuleType]:
     conf = _load("riskd_tests_api_conftest", ROOT / "tests" / "api" / "conftest.py")
     scen = _load("riskd_tests_api_scenario", ROOT / "tests" / "api" / "scenario.py")
     return conf, scen
+
+
+def health_check_module() -> ModuleType:
+    """deploy/docker/grpc_health_check.py, imported (for its defaults)."""
+    return _load("riskd_deploy_grpc_health_check", HEALTH_CHECK)
 
 
 def tool(name: str) -> str:

@@ -6,19 +6,37 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+import tomllib
+from pathlib import Path, PurePosixPath
 
 import pytest
 
-from .conftest import ALERTS, DASHBOARD, DEPLOY, PROM_CONFIG, ROOT, run_tool, yaml_module
+from riskd.config import Config, parse
+
+from .conftest import (
+    ALERTS,
+    DASHBOARD,
+    DEPLOY,
+    PROM_CONFIG,
+    RISKD_TOML,
+    ROOT,
+    health_check_module,
+    run_tool,
+    yaml_module,
+)
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464
 DATA_DIR = "/var/lib/riskd"
 HEALTH_SCRIPT = "/opt/riskd/grpc_health_check.py"
+CONFIG_PATH = "/etc/riskd/riskd.toml"
+TLS_DIR = "/etc/riskd/tls"
+# What the health check presents by default (an identity with no [access] entry).
+PROBE_FILES = {"probe.crt", "probe.key"}
 
 
 def load(path: Path) -> list[dict]:
@@ -34,6 +52,102 @@ def test_default_ports_match_riskd() -> None:
     assert server.metrics_listen.endswith(f":{METRICS_PORT}")
 
 
+def deploy_config() -> Config:
+    return parse(RISKD_TOML.read_text())
+
+
+def tls_files() -> set[str]:
+    """Basenames of the files deploy/riskd.toml names, all in TLS_DIR."""
+    tls = deploy_config().server.tls
+    assert tls is not None
+    paths = [PurePosixPath(p) for p in (tls.cert, tls.key, tls.client_ca)]
+    assert {str(p.parent) for p in paths} == {TLS_DIR}
+    return {p.name for p in paths}
+
+
+def test_riskd_toml_is_production_shaped() -> None:
+    """deploy/riskd.toml: mutual TLS (not plaintext), the embedded default's
+    markets and assets, and an [access] example with a rate-limited gateway,
+    a reader and an admin; the probe identity has no entry."""
+    from riskd.access import Role
+    from riskd.config import default_toml
+
+    cfg = deploy_config()
+    server = cfg.server
+    assert not server.plaintext and server.tls is not None
+    assert server.tls.cert == f"{TLS_DIR}/server.crt"
+    assert server.tls.key == f"{TLS_DIR}/server.key"
+    assert server.tls.client_ca == f"{TLS_DIR}/ca.crt"
+    assert not re.search(r"^\s*plaintext\s*=", RISKD_TOML.read_text(), re.M)
+    assert server.grpc_listen == f"0.0.0.0:{GRPC_PORT}"
+    assert server.metrics_listen == f"127.0.0.1:{METRICS_PORT}"  # plain HTTP: loopback
+    assert server.data_dir == DATA_DIR
+    # Same markets, assets and tuning as `riskd config`: regenerate it from
+    # there (drop plaintext, keep [server.tls] and [access]) when those change.
+    ours, default = tomllib.loads(RISKD_TOML.read_text()), tomllib.loads(default_toml())
+    assert ours["markets"] == default["markets"]
+    assert ours["assets"] == default["assets"]
+    mine = {k: v for k, v in ours["server"].items() if k not in ("tls",)}
+    theirs = {k: v for k, v in default["server"].items() if k != "plaintext"}
+    changed = {"grpc_listen", "metrics_listen", "data_dir"}
+    assert {k: v for k, v in mine.items() if k not in changed} == {
+        k: v for k, v in theirs.items() if k not in changed
+    }
+    grants = cfg.access.grants
+    gateways = [g for g in grants.values() if Role.GATEWAY in g.roles]
+    assert gateways and all(g.updates_per_second > 0 for g in gateways)
+    assert all(g.roles == {Role.GATEWAY} for g in gateways)  # least privilege
+    assert any(g.roles == {Role.READER} for g in grants.values())
+    assert any(Role.ADMIN in g.roles for g in grants.values())
+    assert "probe" not in grants  # health needs no role
+
+
+def test_tls_paths_health_check_defaults_and_configmap_agree() -> None:
+    """riskd.toml names server.crt/key and ca.crt in /etc/riskd/tls (where
+    test_compose and test_kubernetes check they are mounted), the health
+    check's defaults are beside them, and the ConfigMap is the same file."""
+    assert tls_files() == {"server.crt", "server.key", "ca.crt"}
+    hc = health_check_module().parse_args([])
+    assert (hc.ca, hc.cert, hc.key) == (
+        f"{TLS_DIR}/ca.crt",
+        f"{TLS_DIR}/probe.crt",
+        f"{TLS_DIR}/probe.key",
+    )
+    assert not hc.plaintext and hc.target == f"127.0.0.1:{GRPC_PORT}"
+    # The Kubernetes ConfigMap holds the same file.
+    cm = k8s_objects()["ConfigMap"]
+    assert cm["data"]["riskd.toml"] == RISKD_TOML.read_text(), (
+        "deploy/k8s/configmap.yaml must hold deploy/riskd.toml verbatim"
+    )
+
+
+def test_dev_certs_as_compose_runs_them_write_what_the_config_names(tmp_path: Path) -> None:
+    """The compose `certs` service's `riskd dev-certs` command, run here, writes
+    the files riskd.toml and the health check read, for the names clients dial."""
+    from cryptography import x509
+
+    (doc,) = load(DEPLOY / "compose.yaml")
+    certs = doc["services"]["certs"]
+    (script,) = certs["command"]
+    argv = shlex.split(script.split("||", 1)[1])
+    assert argv[:3] == ["riskd", "dev-certs", TLS_DIR]
+    out = tmp_path / "tls"
+    subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "dev-certs", str(out), *argv[3:]],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    written = {p.name for p in out.iterdir()}
+    assert tls_files() | PROBE_FILES <= written
+    # A certificate for every identity in [access] (and the probe).
+    assert {f"{name}.crt" for name in deploy_config().access.grants} <= written
+    cert = x509.load_pem_x509_certificate((out / "server.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = {str(n.value) for n in san}
+    assert {"riskd", "localhost", "127.0.0.1"} <= names  # service name, host, healthcheck
+
+
 def test_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(rf"^EXPOSE {GRPC_PORT} {METRICS_PORT}$", text, re.M)
@@ -47,6 +161,10 @@ def test_dockerfile() -> None:
     assert args[:2] == ["riskd", "serve"]
     assert f"0.0.0.0:{GRPC_PORT}" in args and f"0.0.0.0:{METRICS_PORT}" in args
     assert args[args.index("--data-dir") + 1] == DATA_DIR
+    assert args[args.index("--config") + 1] == CONFIG_PATH
+    assert f"COPY deploy/riskd.toml {CONFIG_PATH}" in text
+    # An empty named volume at TLS_DIR (compose) inherits this ownership.
+    assert re.search(rf"chown riskd:riskd [^\n]*{TLS_DIR}", text)
     assert re.search(r"^USER riskd$", text, re.M)
     for src in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
         assert (ROOT / src).exists(), src
@@ -55,13 +173,23 @@ def test_dockerfile() -> None:
 def test_compose() -> None:
     (doc,) = load(DEPLOY / "compose.yaml")
     svc = doc["services"]
-    assert set(svc) == {"riskd", "prometheus", "grafana"}
+    assert set(svc) == {"certs", "riskd", "prometheus", "grafana"}
     riskd = svc["riskd"]
     assert (DEPLOY / riskd["build"]["context"] / riskd["build"]["dockerfile"]).is_file()
     assert f"127.0.0.1:{GRPC_PORT}:{GRPC_PORT}" in riskd["ports"]
     assert f"127.0.0.1:{METRICS_PORT}:{METRICS_PORT}" in riskd["ports"]
     assert f"riskd-data:{DATA_DIR}" in riskd["volumes"]
     assert "riskd-data" in doc["volumes"]
+    # The config is deploy/riskd.toml; the certificates come from the one-shot
+    # `certs` service (development only) through volume riskd-tls.
+    assert f"./riskd.toml:{CONFIG_PATH}:ro" in riskd["volumes"]
+    assert f"riskd-tls:{TLS_DIR}:ro" in riskd["volumes"]
+    assert "riskd-tls" in doc["volumes"]
+    certs = svc["certs"]
+    assert f"riskd-tls:{TLS_DIR}" in certs["volumes"]
+    assert certs["build"] == riskd["build"] and certs["image"] == riskd["image"]
+    assert riskd["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    assert certs["restart"] == "no"
     assert riskd["healthcheck"]["test"] == [
         "CMD",
         "python",
@@ -97,13 +225,14 @@ def k8s_objects() -> dict[str, dict]:
     for res in [*kust["resources"], "servicemonitor.yaml"]:
         for o in load(DEPLOY / "k8s" / res):
             assert o["apiVersion"] and o["metadata"]["name"] == "riskd"
+            assert o["kind"] != "Secret", "no keys in git: the Secrets are made outside"
             objs[o["kind"]] = o
     return objs
 
 
 def test_kubernetes() -> None:
     objs = k8s_objects()
-    assert set(objs) == {"StatefulSet", "Service", "ServiceMonitor"}
+    assert set(objs) == {"StatefulSet", "Service", "ServiceMonitor", "ConfigMap"}
     sts, svc = objs["StatefulSet"], objs["Service"]
     assert sts["spec"]["replicas"] == 1  # one sequencer
     assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
@@ -119,15 +248,40 @@ def test_kubernetes() -> None:
     assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
     cmd = c["command"] + c["args"]
     assert cmd[:2] == ["riskd", "serve"]
+    assert cmd[cmd.index("--config") + 1] == CONFIG_PATH
     assert cmd[cmd.index("--grpc-listen") + 1] == f"0.0.0.0:{GRPC_PORT}"
     assert cmd[cmd.index("--metrics-listen") + 1] == f"0.0.0.0:{METRICS_PORT}"
     assert cmd[cmd.index("--data-dir") + 1] == DATA_DIR
+    # kubelet's grpc probe cannot present a client certificate: exec the
+    # health check, which uses the mounted probe certificate.
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert c[probe]["grpc"] == {"port": GRPC_PORT, "service": ""}, probe
-    (mount,) = c["volumeMounts"]
-    assert mount["mountPath"] == DATA_DIR
+        assert "grpc" not in c[probe], probe
+        hc = c[probe]["exec"]["command"]
+        assert hc[:3] == ["python", HEALTH_SCRIPT, f"127.0.0.1:{GRPC_PORT}"], probe
+        assert "--plaintext" not in hc, probe
+        assert c[probe]["timeoutSeconds"] >= 3, probe  # a Python process and a handshake
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert set(mounts) == {DATA_DIR, CONFIG_PATH, TLS_DIR}
     (claim,) = sts["spec"]["volumeClaimTemplates"]
-    assert claim["metadata"]["name"] == mount["name"]
+    assert claim["metadata"]["name"] == mounts[DATA_DIR]["name"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    config = mounts[CONFIG_PATH]
+    assert config["readOnly"] and config["subPath"] == "riskd.toml"
+    assert volumes[config["name"]]["configMap"]["name"] == objs["ConfigMap"]["metadata"]["name"]
+    assert [i["path"] for i in volumes[config["name"]]["configMap"]["items"]] == ["riskd.toml"]
+    assert mounts[TLS_DIR]["readOnly"]
+    sources = volumes[mounts[TLS_DIR]["name"]]["projected"]["sources"]
+    secrets = {
+        s["secret"]["name"]: {i["key"]: i["path"] for i in s["secret"]["items"]} for s in sources
+    }
+    # cert-manager's layout (tls.crt, tls.key, ca.crt) mapped to riskd.toml's names.
+    assert secrets["riskd-tls"] == {
+        "tls.crt": "server.crt",
+        "tls.key": "server.key",
+        "ca.crt": "ca.crt",
+    }
+    assert secrets["riskd-probe-tls"] == {"tls.crt": "probe.crt", "tls.key": "probe.key"}
+    assert tls_files() | PROBE_FILES == {p for s in secrets.values() for p in s.values()}
     assert pod["spec"]["securityContext"]["runAsUser"] == 10001  # the image's riskd user
     svc_ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
     assert svc_ports == {"grpc": (GRPC_PORT, "grpc"), "metrics": (METRICS_PORT, "metrics")}
@@ -155,6 +309,9 @@ def test_systemd_unit(tmp_path: Path) -> None:
     exec_start = svc["ExecStart"].split()
     assert exec_start[:2] == ["/opt/riskd/venv/bin/riskd", "serve"]
     assert exec_start[exec_start.index("--data-dir") + 1] == DATA_DIR
+    assert exec_start[exec_start.index("--config") + 1] == CONFIG_PATH
+    assert f"-m 0750 {TLS_DIR}" in text  # the comment on the certificates' permissions
+    assert deploy_config().server.data_dir == DATA_DIR
     assert svc["KillSignal"] == "SIGTERM" and svc["User"] == "riskd"
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

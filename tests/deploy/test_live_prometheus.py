@@ -219,17 +219,19 @@ def test_promtool_check_metrics_is_clean(live: Live) -> None:
 
 
 def test_grpc_health_check_script(live: Live) -> None:
-    """The container HEALTHCHECK script says SERVING for a running riskd."""
+    """The container HEALTHCHECK script says SERVING for a running (plaintext,
+    development) riskd when asked for plaintext; the TLS runs are in
+    test_health_check_tls.py."""
     script = DEPLOY / "docker" / "grpc_health_check.py"
     out = subprocess.run(
-        [sys.executable, str(script), live.daemon.target],
+        [sys.executable, str(script), live.daemon.target, "--plaintext"],
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert out.returncode == 0 and out.stdout.strip() == "SERVING", out
     down = subprocess.run(
-        [sys.executable, str(script), f"127.0.0.1:{free_port()}"],
+        [sys.executable, str(script), f"127.0.0.1:{free_port()}", "--plaintext"],
         capture_output=True,
         text=True,
         timeout=30,
