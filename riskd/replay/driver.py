@@ -425,7 +425,9 @@ async def replay(
         fees: dict[int, int] = {}  # sequence -> fees charged by that fill
         mark_ts: list[int] = []
         mark_px: list[int] = []
-        trade_id = 0
+        # riskd refuses a reused trade id, and runs may share a daemon: a run's
+        # ids start above its epoch (a gateway's next run must raise its epoch).
+        trade_id = (epoch % 2**32) << 32
         house = first_account - 1  # the house market maker
         unwinds = 0
 
