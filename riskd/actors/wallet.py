@@ -19,7 +19,7 @@ class WalletActor(Actor):
         out: list[Rejected | None] = []
         for d in items:
             try:
-                self.wallets.deposit(d.account, d.amount)
+                self.wallets.deposit(d.account, d.amount, d.deposit_id)
                 out.append(None)
             except Rejected as e:
                 out.append(e)

@@ -104,7 +104,9 @@ def decode_update(u: ingest_pb2.Update, field: str) -> Input:
             )
         case "deposit":
             d = u.deposit
-            return Deposit(d.account, check_symbol(d.asset, f"{f}.asset"), d.amount, ts)
+            return Deposit(
+                d.account, check_symbol(d.asset, f"{f}.asset"), d.amount, ts, d.deposit_id
+            )
         case "margin_transfer":
             t = u.margin_transfer
             return MarginTransfer(t.account, check_symbol(t.market, f"{f}.market"), t.amount, ts)

@@ -103,7 +103,7 @@ class Engine:
             case LiquidationDone():
                 self.market(event.market).liquidation_done(event)
             case Deposit():
-                self.wallet(event.asset).deposit(event.account, event.amount)
+                self.wallet(event.asset).deposit(event.account, event.amount, event.deposit_id)
             case Withdrawal():
                 self.wallet(event.asset).withdraw(event.account, event.amount)
             case MarginTransfer():

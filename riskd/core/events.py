@@ -68,10 +68,14 @@ class MarkPrice:
 
 @dataclass(frozen=True, slots=True)
 class Deposit:
+    """``deposit_id`` is the exchange's id (0: not given); it comes last so that
+    journal records written before it existed still decode."""
+
     account: int
     asset: str
     amount: int
     ts: int = 0
+    deposit_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)

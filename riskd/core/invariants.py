@@ -73,11 +73,16 @@ def violations(engine: Engine) -> list[str]:
 
 
 def digest(engine: Engine) -> str:
-    """SHA-256 over a canonical rendering of all state: same inputs, same digest."""
+    """SHA-256 over a canonical rendering of all state: same inputs, same digest.
+
+    The remembered trade and deposit ids count as state (they decide what a
+    later input does), so a restart that forgot them would show here.
+    """
     h = hashlib.sha256()
     for sym in sorted(engine.markets):
         m = engine.markets[sym]
         h.update(f"M|{sym}|{m.mark}|{m.fee_pool}|{m.next_liquidation}\n".encode())
+        h.update(f"T|{len(m.trade_ids)}\n".encode() + m.trade_ids.canonical())
         for acct in sorted(m.positions):
             p = m.positions[acct]
             h.update(f"P|{acct}|{p.size}|{p.basis}|{p.margin}|{p.liquidation}\n".encode())
@@ -90,6 +95,7 @@ def digest(engine: Engine) -> str:
     for asset in sorted(engine.wallets):
         w, f = engine.wallets[asset], engine.funds[asset]
         h.update(f"A|{asset}|{w.deposits}|{w.withdrawals}|{f.injected}\n".encode())
+        h.update(f"D|{len(w.deposit_ids)}\n".encode() + w.deposit_ids.canonical())
         for acct in sorted(w.balances):
             h.update(f"W|{acct}|{w.balances[acct]}\n".encode())
         h.update(f"F|{f.balance}|{f.reserved_total}|{len(f.ledger)}\n".encode())

@@ -59,6 +59,7 @@ from riskd.core.margin import (
 )
 from riskd.core.market import LiquidationMode, MarketSpec
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
+from riskd.core.recent_ids import RecentIds, check_id, fingerprint
 from riskd.core.units import INT64_MAX, PPM, check_int64
 from riskd.core.wallet import check_account
 
@@ -100,6 +101,8 @@ class MarketEngine:
         self.liquidations: dict[int, Liquidation] = {}
         self.next_liquidation = 1
         self.effects: list[Effect] = []
+        # Trade ids of the fills applied lately: a reused one is refused.
+        self.trade_ids = RecentIds()
         self._awaiting_adl: dict[int, None] = {}  # liquidation ids, in order
         # ADL ranking per side, built at most once per input and reused by every
         # ADL that input causes; ``_ranked_stale`` marks it outdated for queries.
@@ -136,20 +139,33 @@ class MarketEngine:
             self._margin_calls(previous, m.ts)
 
     def fill(self, f: Fill) -> None:
-        """Apply both sides of a trade (open, increase, reduce, close or flip)."""
+        """Apply both sides of a trade (open, increase, reduce, close or flip).
+
+        A fill is the whole trade, so its ``trade_id`` names one fill: an id
+        this market applied lately (see :mod:`riskd.core.recent_ids`) is
+        refused, FAILED_PRECONDITION on ``trade_id``, once the fill is
+        otherwise well-formed and before anything about the accounts is
+        checked.  Id 0 is "not given" and never checked.
+        """
         self._begin(f.ts)
         self._check_price(f.price, "price")
         self._check_quantity(f.quantity, "quantity")
-        if f.trade_id < 0:
-            raise Rejected.invalid("trade_id", "must be >= 0")
+        check_id(f.trade_id, "trade_id")
         self._check_account(f.buyer, "buyer_account")
         self._check_account(f.seller, "seller_account")
         if f.buyer == f.seller:
             raise Rejected.invalid("seller_account", "buyer and seller are the same account")
+        self._check_fee(f.buyer_fee, "buyer")
+        self._check_fee(f.seller_fee, "seller")
+        payload = 0
+        if f.trade_id:  # the trade without its id and timestamp
+            payload = fingerprint(f.buyer, f.seller, f.price, f.quantity, f.buyer_fee, f.seller_fee)
+            self.trade_ids.check(f.trade_id, payload, "trade_id", "fill")
         value = self.spec.trade_value(f.quantity, f.price)
         buyer, buyer_after = self._plan(f.buyer, f.quantity, value, f.buyer_fee, "buyer")
         seller, seller_after = self._plan(f.seller, -f.quantity, -value, f.seller_fee, "seller")
         cause = f"trade:{f.trade_id}"
+        self.trade_ids.remember(f.trade_id, payload)  # nothing below refuses
         self._commit(buyer, buyer_after)
         self._commit(seller, seller_after)
         self._take_fee(f.buyer_fee, cause, f.ts)
@@ -261,6 +277,7 @@ class MarketEngine:
             )
         qty = side * lf.quantity
         value = self.spec.trade_value(qty, lf.price)
+        self._check_fee(lf.counterparty_fee, "counterparty")
         cp, cp_state = self._plan(
             lf.counterparty, -qty, -value, lf.counterparty_fee, "counterparty"
         )
@@ -621,10 +638,10 @@ class MarketEngine:
     def _plan(
         self, account: int, qty: int, value: int, fee: int, who: str
     ) -> tuple[Position, tuple[int, int, int]]:
-        """Check one side of a trade; return its position and (size, basis, margin) after."""
-        if fee < 0:
-            raise Rejected.invalid(f"{who}_fee", "fees must be >= 0")
-        check_int64(fee, f"{who}_fee")
+        """Check one side of a trade; return its position and (size, basis, margin) after.
+
+        The fee has been checked (:meth:`_check_fee`).
+        """
         field = f"{who}_account"
         pos = self.positions.get(account)
         if pos is None:
@@ -763,6 +780,12 @@ class MarketEngine:
         why = self.spec.check_price(price)
         if why:
             raise Rejected.invalid(field, why)
+
+    @staticmethod
+    def _check_fee(fee: int, who: str) -> None:
+        if fee < 0:
+            raise Rejected.invalid(f"{who}_fee", "fees must be >= 0")
+        check_int64(fee, f"{who}_fee")
 
     def _check_quantity(self, qty: int, field: str) -> None:
         why = self.spec.check_quantity(qty)

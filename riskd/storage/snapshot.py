@@ -22,7 +22,10 @@ from typing import Any
 
 __all__ = ["dumps", "write", "read_latest", "MAGIC"]
 
-MAGIC = b"riskd-snapshot-v1\n"
+# v2: market engines and wallets carry the trade and deposit ids they remember.
+# A snapshot of another version is skipped like a damaged one: the journal
+# rebuilds the state (and those ids) from the start.
+MAGIC = b"riskd-snapshot-v2\n"
 KEEP = 2
 
 

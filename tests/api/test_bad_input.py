@@ -755,9 +755,6 @@ def test_timestamp_outside_skew_is_rejected(d: Daemon, timestamp_ms: int) -> Non
     assert [(x.code, x.field) for x in r.rejections] == [(INVALID, "updates[0].timestamp_ms")]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="GAP: riskd does not remember trade ids; a reused trade_id is applied again"
-)
 def test_duplicate_trade_id_with_different_payload_is_rejected(d: Daemon) -> None:
     s = RawStream(d)
     setup = s.send(
@@ -777,9 +774,6 @@ def test_duplicate_trade_id_with_different_payload_is_rejected(d: Daemon) -> Non
     assert digest(d) == before
 
 
-@pytest.mark.xfail(
-    strict=True, reason="GAP: riskd ignores deposit_id; a reused deposit_id is credited again"
-)
 def test_duplicate_deposit_id_with_different_payload_is_rejected(d: Daemon) -> None:
     s = RawStream(d)
     first = s.send(

@@ -14,13 +14,16 @@ from pathlib import Path
 from riskd import config as config_mod
 from riskd.cli import EXIT_CORRUPT
 from riskd.core import Engine
-from riskd.core.events import Deposit
+from riskd.core.events import Deposit, Fill, MarginTransfer, MarkPrice
 from riskd.core.invariants import digest
-from riskd.v1 import admin_pb2, admin_pb2_grpc, query_pb2, query_pb2_grpc
+from riskd.storage import codec
+from riskd.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, query_pb2, query_pb2_grpc
 from riskd_client.gateway import Gateway
 
 from .conftest import Daemon, start_daemon
-from .scenario import crash_scenario, run_engine, send
+from .scenario import USDT, crash_scenario, run_engine, send
+
+PRECONDITION = ingest_pb2.REJECTION_CODE_FAILED_PRECONDITION
 
 
 def state(d: Daemon) -> admin_pb2.CheckStateResponse:
@@ -175,3 +178,117 @@ def test_restart_is_snapshot_plus_journal_tail(tmp_path: Path) -> None:
     finally:
         assert last.stop() == 0
     assert rest  # the scenario's crash came after the first snapshot
+
+
+# --- remembered trade and deposit ids ---------------------------------------------------
+
+
+def _ids_inputs(first_trade: int, first_deposit: int) -> list:
+    """Fund accounts 31/32 (deposits with ids) and trade once between them (with an id)."""
+    m = "BTC-USDT"
+    return [
+        Deposit(31, "USDT", 10_000 * USDT, deposit_id=first_deposit),
+        Deposit(32, "USDT", 10_000 * USDT, deposit_id=first_deposit + 1),
+        MarginTransfer(31, m, 1_000 * USDT),
+        MarginTransfer(32, m, 1_000 * USDT),
+        MarkPrice(m, 5_000_000),
+        Fill(m, first_trade, 31, 32, 5_000_000, 10),
+    ]
+
+
+async def _stream_ids(d: Daemon, inputs: list, gateway: str) -> Gateway:
+    """Like :func:`stream_all`, deposit ids included."""
+    async with Gateway(d.target, gateway) as gw:
+        for x in inputs:
+            if isinstance(x, Deposit):
+                gw.deposit(x.account, x.asset, x.amount, deposit_id=x.deposit_id, ts=x.ts)
+            else:
+                send(gw, x)
+        await gw.flush()
+    return gw
+
+
+def _refused_fields(gw: Gateway) -> list[tuple[int, str]]:
+    return [(r.sequence, r.field.split(".", 1)[1]) for r in gw.rejections]
+
+
+def test_remembered_ids_survive_clean_and_sigkill_restarts(tmp_path: Path) -> None:
+    """A trade or deposit id used before a restart is still refused after it."""
+    m = "BTC-USDT"
+    first = _ids_inputs(first_trade=7001, first_deposit=501)
+    resent = [
+        Fill(m, 7001, 32, 31, 5_000_000, 10),  # the same id, the other way round
+        Deposit(31, "USDT", 10_000 * USDT, deposit_id=501),  # the same deposit again
+    ]
+    second = [Deposit(31, "USDT", USDT, deposit_id=503), Fill(m, 7002, 31, 32, 5_000_000, 5)]
+    d = start_daemon(tmp_path)
+    try:
+        gw = asyncio.run(_stream_ids(d, first, "gw-ids-1"))
+        assert gw.rejections == []
+        before = state(d)
+        assert before.digest == pure_digest(first)  # the daemon remembers what the core does
+    finally:
+        assert d.stop() == 0  # a clean stop: the restart loads the snapshot
+
+    again = start_daemon(tmp_path)
+    try:
+        assert state(again).digest == before.digest
+        gw = asyncio.run(_stream_ids(again, [*resent, *second], "gw-ids-2"))
+        refused = [(1, "fill.trade_id"), (2, "deposit.deposit_id")]
+        assert _refused_fields(gw) == refused, gw.rejections
+        assert all(r.code == PRECONDITION for r in gw.rejections)
+        after_second = state(again).digest
+        assert after_second == pure_digest([*first, *resent, *second])
+        again.process.send_signal(signal.SIGKILL)  # acknowledged: in the journal, no snapshot
+        again.process.wait(10)
+    finally:
+        if again.process.poll() is None:
+            again.stop()
+
+    last = start_daemon(tmp_path)
+    try:
+        assert _recovered(last)["replayed"] > 0  # the ids came back from the journal
+        assert state(last).digest == after_second
+        gw = asyncio.run(_stream_ids(last, [*second, *resent], "gw-ids-3"))
+        assert _refused_fields(gw) == [
+            (1, "deposit.deposit_id"),
+            (2, "fill.trade_id"),
+            (3, "fill.trade_id"),
+            (4, "deposit.deposit_id"),
+        ], gw.rejections
+        assert state(last).digest == after_second
+    finally:
+        assert last.stop() == 0
+
+
+def test_journal_records_carry_deposit_ids_and_old_ones_still_decode() -> None:
+    d = Deposit(7, "USDT", 5, 1_700_000_000_000, deposit_id=2**64 - 1)
+    row = codec.decode(codec.encode({"u": codec.encode_input(d)}))["u"]
+    assert codec.decode_input(row) == d
+    # A record written before deposits had an id: five fields, id 0 ("not given").
+    old = codec.decode('{"u":["Deposit",7,"USDT",5,1700000000000]}')["u"]
+    assert codec.decode_input(old) == Deposit(7, "USDT", 5, 1_700_000_000_000, deposit_id=0)
+    f = Fill("BTC-USDT", 2**64 - 1, 1, 2, 5_000_000, 3, 4, 5, 6)
+    assert codec.decode_input(codec.encode_input(f)) == f
+
+
+def test_reused_ids_in_one_batch_are_refused_in_the_daemon_like_the_core(tmp_path: Path) -> None:
+    """Duplicates inside one batch, the same order through the pure engine: same state."""
+    m = "BTC-USDT"
+    inputs = [
+        *_ids_inputs(first_trade=9001, first_deposit=601),
+        Fill(m, 9001, 31, 32, 5_000_000, 10),  # the same trade again
+        Fill(m, 0, 31, 32, 5_000_000, 1),  # no id: never checked
+        Fill(m, 0, 31, 32, 5_000_000, 1),
+        Deposit(32, "USDT", 1, deposit_id=601),  # another deposit under 601
+        Deposit(32, "USDT", 1, deposit_id=0),
+        Deposit(32, "USDT", 1, deposit_id=0),
+    ]
+    d = start_daemon(tmp_path)
+    try:
+        gw = asyncio.run(_stream_ids(d, inputs, "gw-ids-batch"))
+        assert _refused_fields(gw) == [(7, "fill.trade_id"), (10, "deposit.deposit_id")]
+        s = state(d)
+        assert s.violations == [] and s.digest == pure_digest(inputs)
+    finally:
+        assert d.stop() == 0

@@ -48,6 +48,7 @@ from riskd.core.events import (
     MarkPrice,
     Withdrawal,
 )
+from riskd.core.recent_ids import RecentIds
 
 M = "BTC-USDT"
 INV = "BTC-USD"
@@ -317,3 +318,169 @@ def test_rejected_is_an_exception_with_fields() -> None:
     assert str(r) == "INVALID_ARGUMENT: price: off tick"
     assert Rejected.precondition("a", "b").code is Code.FAILED_PRECONDITION
     assert Rejected.not_found("a", "b").code is Code.NOT_FOUND
+
+
+# --- reused trade ids and deposit ids -----------------------------------------------------
+
+#: (market, buyer, seller, margin each, price, quantity): one linear, one inverse market.
+TRADES = [
+    pytest.param(M, 3, 4, 1_000 * U, E, 1, id="linear"),
+    pytest.param(INV, 8, 9, BTC // 10, 500_000, 10, id="inverse"),
+]
+
+
+@pytest.mark.parametrize(("market", "buyer", "seller", "margin", "price", "qty"), TRADES)
+def test_reused_trade_id_is_refused_whatever_the_payload(
+    desk: Desk, market: str, buyer: int, seller: int, margin: int, price: int, qty: int
+) -> None:
+    d = desk
+    d.margin(buyer, market, margin)
+    d.margin(seller, market, margin)
+    d.apply(Fill(market, 500, buyer, seller, price, qty, ts=1))
+    assert d.pos(market, buyer).size == qty
+    again = assert_rejected(
+        d.engine, Fill(market, 500, buyer, seller, price, qty, ts=1), P, "trade_id"
+    )
+    assert "already applied" in again.message
+    # The timestamp is not part of the payload: the same trade stamped later is a resend.
+    late = assert_rejected(
+        d.engine, Fill(market, 500, buyer, seller, price, qty, ts=9), P, "trade_id"
+    )
+    assert "already applied" in late.message
+    for other in (
+        Fill(market, 500, seller, buyer, price, qty),
+        Fill(market, 500, buyer, seller, price, 2 * qty),
+        Fill(market, 500, buyer, seller, price, qty, buyer_fee=1),
+    ):
+        different = assert_rejected(d.engine, other, P, "trade_id")
+        assert "different fill" in different.message
+    # A malformed fill names its own field first, even under a reused id.
+    assert_rejected(d.engine, Fill(market, 500, buyer, seller, price + 1, qty), T, "price")
+    assert_rejected(d.engine, Fill(market, 500, buyer, buyer, price, qty), T, "seller_account")
+    assert_rejected(
+        d.engine, Fill(market, 500, buyer, seller, price, qty, seller_fee=-1), T, "seller_fee"
+    )
+    d.apply(Fill(market, 501, seller, buyer, price, qty))  # a new id is a new trade
+    assert d.pos(market, buyer) is None
+    d.check()
+
+
+def test_trade_ids_are_remembered_per_market(desk: Desk) -> None:
+    d = desk  # trade 1 is the fixture's BTC-USDT fill
+    d.margin(3, "ETH-USDT", 1_000 * U)
+    d.margin(4, "ETH-USDT", 1_000 * U)
+    d.apply(Fill("ETH-USDT", 1, 3, 4, usdt("3000"), 10))
+    assert d.pos("ETH-USDT", 3).size == 10
+    assert_rejected(d.engine, Fill("ETH-USDT", 1, 3, 4, usdt("3000"), 10), P, "trade_id")
+    assert_rejected(d.engine, Fill(M, 1, 1, 2, E, 20), P, "trade_id")
+
+
+def test_trade_id_zero_is_not_given_and_never_checked(desk: Desk) -> None:
+    d = desk
+    d.margin(3, M, 1_000 * U)
+    d.margin(4, M, 1_000 * U)
+    for _ in range(3):
+        d.apply(Fill(M, 0, 3, 4, E, 1))
+    assert d.pos(M, 3).size == 3
+    assert len(d.engine.markets[M].trade_ids) == 1  # the fixture's trade 1 only
+    d.check()
+
+
+def test_a_refused_fill_does_not_use_up_its_trade_id(desk: Desk) -> None:
+    d = desk
+    d.margin(3, M, 1_000 * U)
+    d.margin(4, M, 1_000 * U)
+    assert_rejected(d.engine, Fill(M, 600, 3, 4, E, 1, buyer_fee=2_000 * U), P, "buyer_account")
+    assert_rejected(d.engine, Fill(M, 600, 3, 4, E + 5, 1), T, "price")
+    # 7 has no margin for the fee
+    assert_rejected(d.engine, Fill(M, 600, 3, 7, E, 1, seller_fee=1), P, "seller_account")
+    assert 600 not in d.engine.markets[M].trade_ids
+    d.apply(Fill(M, 600, 3, 4, E, 1))
+    assert d.pos(M, 3).size == 1
+    assert_rejected(d.engine, Fill(M, 600, 3, 4, E, 1), P, "trade_id")
+
+
+def test_trade_ids_older_than_the_window_are_not_checked(desk: Desk) -> None:
+    d = desk
+    d.engine.markets[M].trade_ids = RecentIds(capacity=2)
+    d.margin(3, M, 1_000 * U)
+    d.margin(4, M, 1_000 * U)
+    for trade in (700, 701, 702):
+        d.apply(Fill(M, trade, 3, 4, E, 1))
+    d.apply(Fill(M, 700, 3, 4, E, 1))  # left the window: applied again
+    assert d.pos(M, 3).size == 4
+    assert_rejected(d.engine, Fill(M, 702, 3, 4, E, 1), P, "trade_id")
+    assert_rejected(d.engine, Fill(M, 700, 3, 4, E, 1), P, "trade_id")
+    d.apply(Fill(M, 701, 3, 4, E, 1))  # pushed out by 700's return
+
+
+def test_trade_id_must_fit_uint64(desk: Desk) -> None:
+    assert_rejected(desk.engine, Fill(M, 2**64, 1, 2, E, 1), T, "trade_id")
+    desk.margin(3, M, 1_000 * U)
+    desk.margin(4, M, 1_000 * U)
+    desk.apply(Fill(M, 2**64 - 1, 3, 4, E, 1))
+    assert_rejected(desk.engine, Fill(M, 2**64 - 1, 3, 4, E, 1), P, "trade_id")
+
+
+def test_reused_deposit_id_is_refused_per_asset(desk: Desk) -> None:
+    d = desk
+    d.apply(Deposit(5, "USDT", 7 * U, deposit_id=900))
+    assert d.wallet("USDT", 5) == 7 * U
+    same = assert_rejected(d.engine, Deposit(5, "USDT", 7 * U, 3, 900), P, "deposit_id")
+    assert "already applied" in same.message
+    for other in (Deposit(5, "USDT", 8 * U, deposit_id=900), Deposit(6, "USDT", 7 * U, 0, 900)):
+        different = assert_rejected(d.engine, other, P, "deposit_id")
+        assert "different deposit" in different.message
+    d.apply(Deposit(5, "BTC", BTC, deposit_id=900))  # another asset's deposit ids
+    assert_rejected(d.engine, Deposit(5, "BTC", BTC, deposit_id=900), P, "deposit_id")
+    # Malformed deposits name their own field first.
+    assert_rejected(d.engine, Deposit(5, "USDT", 0, deposit_id=900), T, "amount")
+    assert_rejected(d.engine, Deposit(0, "USDT", 1, deposit_id=900), T, "account")
+    assert_rejected(d.engine, Deposit(5, "USDT", 1, deposit_id=-1), T, "deposit_id")
+    assert_rejected(d.engine, Deposit(5, "USDT", 1, deposit_id=2**64), T, "deposit_id")
+    assert d.wallet("USDT", 5) == 7 * U
+    d.check()
+
+
+def test_deposit_id_zero_is_never_checked_and_refusals_do_not_use_ids(desk: Desk) -> None:
+    d = desk
+    d.apply(Deposit(5, "USDT", U))
+    d.apply(Deposit(5, "USDT", U, deposit_id=0))
+    assert d.wallet("USDT", 5) == 2 * U
+    assert len(d.engine.wallets["USDT"].deposit_ids) == 0
+    assert_rejected(d.engine, Deposit(5, "USDT", I64, deposit_id=901), T, "amount")  # overflow
+    d.apply(Deposit(5, "USDT", U, deposit_id=901))
+    assert d.wallet("USDT", 5) == 3 * U
+    d.engine.wallets["USDT"].deposit_ids = RecentIds(capacity=1)
+    d.apply(Deposit(5, "USDT", U, deposit_id=902))
+    d.apply(Deposit(5, "USDT", U, deposit_id=903))
+    d.apply(Deposit(5, "USDT", U, deposit_id=902))  # older than the window
+    assert d.wallet("USDT", 5) == 6 * U
+    d.check()
+
+
+def test_remembered_ids_are_state_a_pickled_engine_keeps(desk: Desk) -> None:
+    import pickle
+
+    d = desk
+    d.apply(Deposit(5, "USDT", U, deposit_id=77))
+    before = digest(d.engine)
+    copy = pickle.loads(pickle.dumps(d.engine, protocol=pickle.HIGHEST_PROTOCOL))
+    assert digest(copy) == before
+    assert_rejected(copy, Fill(M, 1, 1, 2, E, 20), P, "trade_id")
+    assert_rejected(copy, Deposit(5, "USDT", U, deposit_id=77), P, "deposit_id")
+    # The ids are in the digest: the same balances with other ids remembered differ.
+    other = Desk(*(m.spec for m in d.engine.markets.values()))
+    plain = Desk(*(m.spec for m in d.engine.markets.values()))
+    other.apply(Deposit(5, "USDT", U, deposit_id=78))
+    plain.apply(Deposit(5, "USDT", U, deposit_id=79))
+    assert digest(other.engine) != digest(plain.engine)
+    for desk_, trade in ((other, 80), (plain, 81)):
+        desk_.margin(3, M, 1_000 * U)
+        desk_.margin(4, M, 1_000 * U)
+        desk_.apply(Fill(M, trade, 3, 4, E, 1))
+    assert digest(other.engine) != digest(plain.engine)
+    plain.engine.wallets["USDT"].deposit_ids = other.engine.wallets["USDT"].deposit_ids
+    assert digest(other.engine) != digest(plain.engine)  # the trade ids still differ
+    plain.engine.markets[M].trade_ids = other.engine.markets[M].trade_ids
+    assert digest(other.engine) == digest(plain.engine)

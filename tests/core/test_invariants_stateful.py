@@ -3,7 +3,8 @@
 The machine drives one :class:`Engine` with two linear USDT markets (BTC-USDT in
 takeover mode with partial liquidation, ETH-USDT in book mode) and one inverse
 BTC-settled market with a fund loss cap, eight accounts, and every input kind,
-including ±50 % one-tick crashes.  After every step ``violations(engine)`` must
+including ±50 % one-tick crashes, and fills and deposits resent under an id already
+used (the same payload, or another one).  After every step ``violations(engine)`` must
 be empty and ``engine.apply`` must return within seconds; a rejected input must
 leave ``digest(engine)`` unchanged; replaying the recorded inputs into a fresh
 engine must give the same digest.
@@ -17,6 +18,7 @@ current core's remaining bugs live.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -32,6 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from riskd.core import (
     BACKSTOP_ACCOUNT,
     AdlPolicy,
+    Code,
     ContractType,
     Engine,
     LiquidationMode,
@@ -133,7 +136,11 @@ class EngineMachine(RuleBasedStateMachine):
         self.inputs: list[Any] = []
         self.published = 0
         self.trade_id = 0
+        self.deposit_id = 0
         self.rejected = 0
+        # Applied inputs that carry an id, for the rules that send them again.
+        self.fills: list[Fill] = []
+        self.deposits: list[Deposit] = []
 
     # --- plumbing -----------------------------------------------------------------
 
@@ -149,6 +156,16 @@ class EngineMachine(RuleBasedStateMachine):
             return False
         self.published += len(out)
         return True
+
+    def refused(self, event: Any, field: str) -> None:
+        """``event`` must be refused on ``field`` and change nothing."""
+        self.inputs.append(event)
+        before = digest(self.engine)
+        with pytest.raises(Rejected) as info:
+            self.engine.apply(event)
+        assert (info.value.code, info.value.field) == (Code.FAILED_PRECONDITION, field), info.value
+        assert digest(self.engine) == before, f"refused {event} changed the state"
+        self.rejected += 1
 
     def mark_of(self, symbol: str) -> int:
         mark = self.engine.markets[symbol].mark
@@ -176,9 +193,16 @@ class EngineMachine(RuleBasedStateMachine):
         account=st.sampled_from([*ACCOUNTS, 0]),
         asset=st.sampled_from(["USDT", "BTC"]),
         dollars=st.integers(-5, 5_000),
+        with_id=st.booleans(),
     )
-    def deposit(self, account: int, asset: str, dollars: int) -> None:
-        self.apply(Deposit(account, asset, dollars * ASSET_UNIT[asset]))
+    def deposit(self, account: int, asset: str, dollars: int, with_id: bool) -> None:
+        deposit_id = 0
+        if with_id:
+            self.deposit_id += 1
+            deposit_id = self.deposit_id
+        d = Deposit(account, asset, dollars * ASSET_UNIT[asset], deposit_id=deposit_id)
+        if self.apply(d) and deposit_id:
+            self.deposits.append(d)
 
     @rule(
         account=st.sampled_from(ACCOUNTS),
@@ -229,7 +253,9 @@ class EngineMachine(RuleBasedStateMachine):
         value = abs(spec.trade_value(qty, price))
         fee = value * fee_bp // 10_000
         self.trade_id += 1
-        self.apply(Fill(symbol, self.trade_id, buyer, seller, price, qty, fee, fee // 2))
+        f = Fill(symbol, self.trade_id, buyer, seller, price, qty, fee, fee // 2)
+        if self.apply(f):
+            self.fills.append(f)
 
     @rule(
         symbol=st.sampled_from(SYMBOLS),
@@ -260,7 +286,35 @@ class EngineMachine(RuleBasedStateMachine):
         )
         buyer, seller = (other, account) if pos.size > 0 else (account, other)
         self.trade_id += 1
-        self.apply(Fill(symbol, self.trade_id, buyer, seller, price, max(qty, 1), 0, 0))
+        f = Fill(symbol, self.trade_id, buyer, seller, price, max(qty, 1), 0, 0)
+        if self.apply(f):
+            self.fills.append(f)
+
+    @precondition(lambda self: self.fills)
+    @rule(data=st.data(), change=st.sampled_from(["none", "ts", "quantity", "sides", "fee"]))
+    def fill_again(self, data: st.DataObject, change: str) -> None:
+        """An applied trade id comes back: the same trade, or another one under its id."""
+        f = data.draw(st.sampled_from(self.fills))
+        step = self.spec(f.market).step_size
+        again = {
+            "none": f,
+            "ts": dataclasses.replace(f, ts=f.ts + 1),
+            "quantity": dataclasses.replace(f, quantity=f.quantity + step),
+            "sides": dataclasses.replace(f, buyer=f.seller, seller=f.buyer),
+            "fee": dataclasses.replace(f, buyer_fee=f.buyer_fee + 1),
+        }[change]
+        self.refused(again, "trade_id")
+
+    @precondition(lambda self: self.deposits)
+    @rule(data=st.data(), change=st.sampled_from(["none", "amount", "account"]))
+    def deposit_again(self, data: st.DataObject, change: str) -> None:
+        d = data.draw(st.sampled_from(self.deposits))
+        again = {
+            "none": d,
+            "amount": dataclasses.replace(d, amount=d.amount + 1),
+            "account": dataclasses.replace(d, account=d.account % len(ACCOUNTS) + 1),
+        }[change]
+        self.refused(again, "deposit_id")
 
     @rule(symbol=st.sampled_from(SYMBOLS), pct=st.integers(-10, 10))
     def mark_move(self, symbol: str, pct: int) -> None:
