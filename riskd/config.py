@@ -61,6 +61,8 @@ class ServerConfig:
     #: (0: unlimited); in plaintext mode it applies per gateway name.
     gateway_updates_per_second: int = 0
     gateway_burst: int = 0
+    #: Per-stream HTTP/2 receive window (0: let gRPC grow it by probing).
+    transport_window_bytes: int = 262_144
 
     def check_transport(self) -> None:
         """Exactly one of TLS or plaintext; plaintext only on a loopback address."""

@@ -173,6 +173,7 @@ class Daemon:
                         4 * 1024 * 1024,
                         AuthInterceptor(auth, admin_log, self.metrics),
                         credentials,
+                        srv.transport_window_bytes,
                     )
                     bound.update(port=port, health=health)
                     return server

@@ -148,6 +148,11 @@ class Metrics:
             "Ingest streams ended with RESOURCE_EXHAUSTED: a gateway over its rate limit.",
             registry=r,
         )
+        self.paced = Counter(
+            "riskd_ingest_paced_seconds",
+            "Time ingest streams were not read because their gateway was over its rate limit.",
+            registry=r,
+        )
         self.denied = Counter(
             "riskd_rpc_denied",
             "Calls refused with PERMISSION_DENIED before reaching a handler (role or identity).",

@@ -15,9 +15,12 @@ Each update is checked here before it is sequenced: decodable, stamped
 within the allowed clock skew, and for a market (or asset) the gateway is
 granted; a refused update is reported in the ack and changes nothing, the
 rest of its batch is applied.  A gateway over its rate limit (mark prices
-are not counted) has its stream ended with RESOURCE_EXHAUSTED and a
-RetryInfo, after the acks of everything it had in flight; it reconnects
-after the delay and resends from the acknowledged sequence.
+are not counted) is slowed: its stream is not read until the budget allows
+the batch, so HTTP/2 flow control holds the gateway back.  One so far over
+that it would wait more than :data:`MAX_PACE_SECONDS` has its stream ended
+with RESOURCE_EXHAUSTED and a RetryInfo, after the acks of everything it had
+in flight; it reconnects after the delay and resends from the acknowledged
+sequence.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from riskd.v1 import ingest_pb2, ingest_pb2_grpc
 __all__ = ["IngestServicer", "GATEWAY_KEY", "EPOCH_KEY"]
 
 EPOCH_KEY = "x-riskd-epoch"
+#: A gateway this close to its budget is slowed; further over, it is refused.
+MAX_PACE_SECONDS = 1.0
 _EOS = object()
 log = structlog.get_logger("riskd.ingest")
 
@@ -200,6 +205,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 updates, counted = self._decode(request, grant)
                 if bucket is not None and counted:
                     delay = bucket.take(counted, time.monotonic())
+                    while 0 < delay <= MAX_PACE_SECONDS:
+                        # Slightly over budget: stop reading for a while, so
+                        # flow control slows the gateway without a reconnect.
+                        self.metrics.paced.inc(delay)
+                        await asyncio.sleep(delay)
+                        delay = bucket.take(counted, time.monotonic())
                     if delay:
                         self.metrics.throttled.inc()
                         end = Throttled(gateway, delay)

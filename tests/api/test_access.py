@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,16 @@ def deposit(account: int, asset: str, amount: int) -> ingest_pb2.Update:
 def digest(t: Tls) -> str:
     admin = admin_pb2_grpc.AdminServiceStub(t.channel("ops"))
     return admin.CheckState(admin_pb2.CheckStateRequest()).digest
+
+
+def metric(t: Tls, name: str) -> float:
+    """One unlabelled sample from a real scrape of the metrics endpoint."""
+    url = f"http://127.0.0.1:{t.daemon.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
 
 
 def healthy(channel: grpc.Channel) -> bool:
@@ -318,17 +329,30 @@ def audit_records(t: Tls) -> list[dict[str, object]]:
 # --- overload: a gateway over its rate limit ----------------------------------------
 
 
-def test_burst_over_the_rate_limit_is_refused_with_retry_info(tls: Tls) -> None:
+def test_slightly_over_the_rate_limit_is_slowed_not_refused(tls: Tls) -> None:
+    paced = metric(tls, "riskd_ingest_paced_seconds_total")
+    # 20 tokens a second: three batches of 10 cannot all pass at once, the
+    # third waits ~0.5 s for its tokens while the stream is not read.
+    batches = [[deposit(800 + 10 * b + i, "USDT", 1) for i in range(10)] for b in range(3)]
+    responses, error = ingest(tls.channel("gw-slow"), *batches)
+    assert error is None
+    assert responses[-1].acked_sequence == 30 and not responses[-1].rejections
+    assert metric(tls, "riskd_ingest_paced_seconds_total") > paced
+
+
+def test_burst_far_over_the_rate_limit_is_refused_with_retry_info(tls: Tls) -> None:
+    time.sleep(1.5)  # the bucket refills after the previous test
     ch = tls.channel("gw-slow")
-    # 20 tokens: the first batch (25 deposits) empties the bucket into debt,
-    # the second is refused; marks are not counted.
+    # 20 tokens: the first batch (25 deposits) empties the bucket into debt;
+    # the second would have to wait more than a second: refused.
     first = [deposit(900 + i, "USDT", 1) for i in range(25)]
-    second = [deposit(950, "USDT", 1)]
+    second = [deposit(950 + i, "USDT", 1) for i in range(30)]
     responses, error = ingest(ch, first, second)
     assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert max(r.acked_sequence for r in responses) == 25  # the first batch was acked
     delay = retry_delay(error)  # type: ignore[arg-type]
-    assert delay is not None and 0 < delay <= 2.0
+    assert delay is not None and 1.0 < delay <= 2.0
+    assert metric(tls, "riskd_ingest_throttled_total") >= 1
     # Marks are not charged: the mark feed keeps flowing while fills are refused.
     responses, error = ingest(ch, [mark("BTC-USDT", 5_000_000) for _ in range(3)])
     assert error is None
