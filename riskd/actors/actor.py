@@ -6,6 +6,10 @@ one after another, so no lock is ever needed.  ``call`` waits for the result;
 wait: that is how overload pushes back to the gRPC stream (and, through its
 credit window, to HTTP/2 flow control) instead of growing memory.
 
+A message posted ``urgent`` goes ahead of everything waiting in the mailbox
+(its own bounded lane): the ingest stream uses it for mark prices, so the
+prices that drive liquidations never queue behind a flood of fills.
+
 An exception other than :class:`~riskd.core.Rejected` escaping a handler is a
 bug that may have left state half-changed: it is not caught here, so it takes
 the daemon down and a restart rebuilds the state from durable storage.
@@ -13,6 +17,8 @@ the daemon down and a restart rebuilds the state from durable storage.
 
 from __future__ import annotations
 
+import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
 from typing import Any, Generic, TypeVar, overload
@@ -39,6 +45,10 @@ class _Reply(Generic[T]):
 _Message = tuple[Callable[..., Any], tuple[Any, ...], "_Reply[Any] | None"]
 
 
+def _wake() -> None:
+    """Sent to an idle actor when an urgent message arrives: look at the lane."""
+
+
 class Actor:
     """Base class: subclasses add methods and invoke them through ``call``/``cast``."""
 
@@ -46,11 +56,13 @@ class Actor:
         self.name = name
         self.capacity = capacity
         self._inbox, self._mailbox = trio.open_memory_channel[_Message](capacity)
+        self._urgent: deque[_Message] = deque()
+        self._idle = False
 
     @property
     def depth(self) -> int:
         """Messages waiting in the mailbox (read by the metrics collector)."""
-        return self._inbox.statistics().current_buffer_used
+        return self._inbox.statistics().current_buffer_used + len(self._urgent)
 
     @overload
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
@@ -75,19 +87,43 @@ class Actor:
         fn: Callable[..., T | Awaitable[T]],
         args: tuple[Any, ...],
         notify: Callable[[T | None, BaseException | None], None],
+        urgent: bool = False,
     ) -> None:
         """Queue a call without waiting; ``notify(value, error)`` gets the outcome.
 
         For callbacks run by ``TrioToken.run_sync_soon`` from the gRPC thread,
         which must never block.  Raises :class:`trio.WouldBlock` when the
-        mailbox is full: callers size their credit windows so it never is.
+        mailbox (or, ``urgent``, the urgent lane) is full: callers size their
+        credit windows so it never is.
         """
         reply: _Reply[T] = _Reply(lambda r: notify(r.value, r.error))
-        self._inbox.send_nowait((fn, args, reply))
+        if not urgent:
+            self._inbox.send_nowait((fn, args, reply))
+            return
+        if len(self._urgent) >= self.capacity:
+            raise trio.WouldBlock
+        self._urgent.append((fn, args, reply))
+        if self._idle:
+            # WouldBlock: the mailbox filled up meanwhile, so the actor wakes anyway.
+            with contextlib.suppress(trio.WouldBlock):
+                self._inbox.send_nowait((_wake, (), None))
+
+    async def _next(self) -> _Message:
+        while True:
+            if self._urgent:
+                return self._urgent.popleft()
+            self._idle = True
+            try:
+                message = await self._mailbox.receive()
+            finally:
+                self._idle = False
+            if message[0] is not _wake:
+                return message
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async for fn, args, reply in self._mailbox:
+        while True:
+            fn, args, reply = await self._next()
             if reply is None:
                 result = fn(*args)
                 if isawaitable(result):

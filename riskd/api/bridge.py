@@ -90,11 +90,15 @@ class Portal:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         deliver: Callable[[Any, BaseException | None], None],
+        urgent: bool = False,
     ) -> None:
-        """Queue ``fn(*args)`` on ``actor`` from asyncio; ``deliver`` runs on ``loop``."""
+        """Queue ``fn(*args)`` on ``actor`` from asyncio; ``deliver`` runs on ``loop``.
+
+        ``urgent``: ahead of what waits in the actor's mailbox (see :class:`Actor`).
+        """
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        self._inbound.append((actor, fn, args, deliver))
+        self._inbound.append((actor, fn, args, deliver, urgent))
         if not self._inbound_scheduled:
             self._inbound_scheduled = True
             try:
@@ -108,10 +112,10 @@ class Portal:
         self._inbound_scheduled = False  # before draining: a post racing with us reschedules
         inbound = self._inbound
         while inbound:
-            actor, fn, args, deliver = inbound.popleft()
+            actor, fn, args, deliver, urgent = inbound.popleft()
             notify = self._notifier(deliver)
             try:
-                actor.post(fn, args, notify)
+                actor.post(fn, args, notify, urgent)
             except trio.WouldBlock:
                 notify(None, Unavailable(f"{actor.name} mailbox full"))
 

@@ -14,8 +14,11 @@ sequence numbers with a higher ``x-riskd-epoch``.
 Each update is checked here before it is sequenced: decodable, stamped
 within the allowed clock skew, and for a market (or asset) the gateway is
 granted; a refused update is reported in the ack and changes nothing, the
-rest of its batch is applied.  A gateway over its rate limit (mark prices
-are not counted) is slowed: its stream is not read until the budget allows
+rest of its batch is applied.  Mark prices and liquidation fills are the
+liquidation path: a batch of only those goes ahead of the sequencer's queue
+(unless its own stream has batches waiting there, which it must not
+overtake), and they are never charged to a rate limit.  A gateway over its
+rate limit is slowed: its stream is not read until the budget allows
 the batch, so HTTP/2 flow control holds the gateway back.  One so far over
 that it would wait more than :data:`MAX_PACE_SECONDS` has its stream ended
 with RESOURCE_EXHAUSTED and a RetryInfo, after the acks of everything it had
@@ -43,7 +46,7 @@ from riskd.api.status import GRPC_CODES, abort
 from riskd.config import ServerConfig
 from riskd.core import Rejected
 from riskd.core.errors import Code
-from riskd.core.events import Deposit, MarkPrice
+from riskd.core.events import Deposit, LiquidationDone, LiquidationFill, MarkPrice
 from riskd.metrics import Metrics
 from riskd.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -52,6 +55,9 @@ __all__ = ["IngestServicer", "GATEWAY_KEY", "EPOCH_KEY"]
 EPOCH_KEY = "x-riskd-epoch"
 #: A gateway this close to its budget is slowed; further over, it is refused.
 MAX_PACE_SECONDS = 1.0
+#: Updates that keep liquidations going: never charged to a rate limit, and a
+#: batch of only these goes ahead of the sequencer's queue.
+LIQUIDATION_PATH = (MarkPrice, LiquidationFill, LiquidationDone)
 _EOS = object()
 log = structlog.get_logger("riskd.ingest")
 
@@ -174,8 +180,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         credits: asyncio.Semaphore,
         results: asyncio.Queue[Any],
     ) -> None:
-        def on_batch(request: ingest_pb2.IngestRequest) -> Any:
+        normal_in_flight = 0  # this stream's batches in the sequencer's ordinary mailbox
+
+        def on_batch(request: ingest_pb2.IngestRequest, urgent: bool) -> Any:
             def deliver(value: Any, error: BaseException | None) -> None:
+                nonlocal normal_in_flight
+                normal_in_flight -= not urgent
                 if error is not None:
                     results.put_nowait(error)
                 elif isinstance(value, SequenceError):
@@ -216,11 +226,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         end = Throttled(gateway, delay)
                         return
                 await credits.acquire()
+                # Marks jump the sequencer's queue (never their own stream's:
+                # not while this stream has other batches waiting there).
+                urgent = counted == 0 and normal_in_flight == 0
+                normal_in_flight += not urgent
                 self.portal.post(
                     self.sequencer,
                     self.sequencer.ingest_or_error,
                     (gateway, epoch, updates),
-                    on_batch(request),
+                    on_batch(request, urgent),
+                    urgent,
                 )
         except grpc.aio.AioRpcError:
             pass  # the client went away: the handler is being cancelled too
@@ -245,7 +260,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return bucket
 
     def _decode(self, request: ingest_pb2.IngestRequest, grant: Grant) -> tuple[list[Update], int]:
-        """Decode and check each update; also the count the rate limit charges."""
+        """Decode and check each update; also how many are not on the liquidation path."""
         out: list[Update] = []
         counted = 0
         now = time.time_ns() // 1_000_000
@@ -264,7 +279,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 x = convert.decode_update(u, f"updates[{i}]")
                 if scoped:
                     _authorize(grant, x)
-                if not isinstance(x, MarkPrice):
+                if not isinstance(x, LIQUIDATION_PATH):
                     counted += 1
                 out.append((u.sequence, x))
             except Rejected as r:

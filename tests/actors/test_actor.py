@@ -1,0 +1,55 @@
+"""The actor's urgent lane: urgent messages run before what waits in the mailbox."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from riskd.actors.actor import Actor
+
+
+async def test_urgent_messages_overtake_the_mailbox_but_not_each_other() -> None:
+    actor = Actor("test", capacity=8)
+    ran: list[str] = []
+    gate = trio.Event()
+    done: list[tuple[object, BaseException | None]] = []
+
+    def note(v: object, e: BaseException | None) -> None:
+        done.append((v, e))
+
+    async def blocker() -> str:
+        await gate.wait()
+        ran.append("blocker")
+        return "blocker"
+
+    def record(name: str) -> str:
+        ran.append(name)
+        return name
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        actor.post(blocker, (), note)
+        await trio.testing.wait_all_tasks_blocked()
+        for name in ("n1", "n2"):
+            actor.post(record, (name,), note)
+        actor.post(record, ("u1",), note, urgent=True)
+        actor.post(record, ("u2",), note, urgent=True)
+        assert actor.depth == 4
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == ["blocker", "u1", "u2", "n1", "n2"]
+        # An idle actor is woken by an urgent message alone.
+        actor.post(record, ("u3",), note, urgent=True)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran[-1] == "u3" and actor.depth == 0
+        assert [v for v, _ in done] == ["blocker", "u1", "u2", "n1", "n2", "u3"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_urgent_lane_is_bounded() -> None:
+    actor = Actor("test", capacity=2)
+    actor.post(print, (), lambda v, e: None, urgent=True)
+    actor.post(print, (), lambda v, e: None, urgent=True)
+    with pytest.raises(trio.WouldBlock):
+        actor.post(print, (), lambda v, e: None, urgent=True)
