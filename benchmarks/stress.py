@@ -1143,6 +1143,7 @@ def run_stress(ns: argparse.Namespace) -> dict[str, Any]:
         sampler.start()
         try:
             r = asyncio.run(_drive(ns, daemon, sampler))
+            r["queue_wait_ms"] = _queue_wait(scrape(daemon.metrics_port))
         except BaseException:
             log(f"riskd log tail:\n{daemon.log_path.read_text(errors='replace')[-3000:]}")
             raise
@@ -1189,6 +1190,25 @@ def run_stress(ns: argparse.Namespace) -> dict[str, Any]:
     )
     r["problems"] = _problems(r)
     return r
+
+
+def _queue_wait(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, dict[str, float]]:
+    """Per kind, from ``riskd_ingest_queue_seconds`` over the whole run: how many
+    batches, and the bucket bounds (ms) under which 50 % and 99 % of them waited."""
+    out: dict[str, dict[str, float]] = {}
+    for kind in ("liquidation_path", "other"):
+        buckets = sorted(
+            (float(labels["le"]), v)
+            for name, labels, v in samples
+            if name == "riskd_ingest_queue_seconds_bucket" and labels.get("kind") == kind
+        )
+        total = buckets[-1][1] if buckets else 0.0
+        row = {"batches": total}
+        for q in (0.5, 0.99):
+            le = next((b for b, n in buckets if n >= q * total), float("inf"))
+            row[f"p{round(q * 100)}_le"] = le * 1000
+        out[kind] = row
+    return out
 
 
 def _revision(root: Path) -> str | None:
@@ -1292,6 +1312,11 @@ def print_report(r: dict[str, Any]) -> None:
         f" p50 {lat['from_send_p50']:.1f} ms, p99 {lat['from_send_p99']:.1f} ms, max"
         f" {lat['from_send_max']:.1f} ms (from due, max {lat['from_due_max']:.1f} ms);"
         f" riskd's last marks = last sent: {m['final_matches']}",
+        "  waiting to be sequenced (riskd_ingest_queue_seconds, whole run): "
+        + "; ".join(
+            f"{k} {v['batches']:,.0f} batches, p50 <= {v['p50_le']:g} ms, p99 <= {v['p99_le']:g} ms"
+            for k, v in r["queue_wait_ms"].items()
+        ),
         f"  liquidations settled: {liq}; CheckState violations:"
         f" {len(r['check_state']['violations'])}",
         f"  CPU during the overload (cores, of {r['cpus']}): riskd {c.get('riskd', 0):.2f},"

@@ -140,6 +140,14 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.queue_seconds = Histogram(
+            "riskd_ingest_queue_seconds",
+            "Time an ingest batch waited between being read and being sequenced, by kind:"
+            " liquidation_path (only marks and liquidation fills; ahead of the queue) or other.",
+            ["kind"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.streams_open = Gauge(
             "riskd_ingest_streams_open", "Open gateway ingest streams.", registry=r
         )
@@ -194,6 +202,8 @@ class Metrics:
             self.adl_notional.labels(m)
             self.adl_overshoot.labels(m)
             self.liquidations_in_progress.labels(m)
+        for lane in ("liquidation_path", "other"):
+            self.queue_seconds.labels(lane)
         for a in assets:
             self.fund_balance.labels(a).set(0)
             self.fund_reserved.labels(a).set(0)

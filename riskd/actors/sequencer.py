@@ -169,9 +169,21 @@ class Sequencer(Actor):
         )
 
     async def ingest_or_error(
-        self, gateway: str, epoch: int, updates: Sequence[Update]
+        self,
+        gateway: str,
+        epoch: int,
+        updates: Sequence[Update],
+        received: float | None = None,
+        lane: str = "other",
     ) -> BatchResult | Pending[BatchResult] | SequenceError:
-        """:meth:`ingest` for the bridge: a sequence error is a result, not a crash."""
+        """:meth:`ingest` for the bridge: a sequence error is a result, not a crash.
+
+        ``received`` (``time.perf_counter()`` when the batch was read) measures
+        how long it waited for its turn, per ``lane`` (``liquidation_path`` for
+        the urgent lane, ``other``).
+        """
+        if received is not None:
+            self.metrics.queue_seconds.labels(lane).observe(time.perf_counter() - received)
         try:
             return await self.ingest(gateway, epoch, updates)
         except SequenceError as e:

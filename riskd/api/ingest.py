@@ -230,10 +230,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 # not while this stream has other batches waiting there).
                 urgent = counted == 0 and normal_in_flight == 0
                 normal_in_flight += not urgent
+                lane = "liquidation_path" if urgent else "other"
                 self.portal.post(
                     self.sequencer,
                     self.sequencer.ingest_or_error,
-                    (gateway, epoch, updates),
+                    (gateway, epoch, updates, time.perf_counter(), lane),
                     on_batch(request, urgent),
                     urgent,
                 )
