@@ -20,6 +20,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from riskd.actors.actor import Actor
@@ -334,18 +335,20 @@ class Sequencer(Actor):
             await a.call(_nothing)
         return fn()
 
-    async def snapshot(self) -> tuple[int, bytes]:
-        """Settle everything, wait until the journal holds it, capture the state.
+    async def snapshot(self, directory: Path) -> tuple[int, int]:
+        """Settle everything, wait until the journal holds it, fork a snapshot writer.
 
-        Returns the number of journal records the state covers and the state,
-        pickled here so that it is taken at exactly that point.
+        Returns the number of journal records the state covers and the pid
+        of the child writing it (:func:`riskd.storage.snapshot.write_in_child`):
+        the state is captured at exactly this point, and the sequencer goes on
+        as soon as the fork returns.
         """
         await self.barrier(_nothing)
         pending = await self.flushed()
         if isinstance(pending, Pending):
             await pending.wait()
         written = self.journal.written if self.journal is not None else 0
-        return written, snapshot.dumps(self.state())
+        return written, snapshot.write_in_child(directory, written, self.state())
 
     def state(self) -> dict[str, Any]:
         return {
