@@ -79,13 +79,31 @@ def execution_price(spec: MarketSpec, pos: Position, extra_margin: int = 0) -> i
     shortfall; tick rounding leaves the trader a small surplus instead.
     """
     tick = spec.tick_size
+    top = (INT64_MAX // tick) * tick
     t = bankruptcy_threshold(spec, pos, extra_margin)
     long = pos.size > 0
     price = ceil_div(t, tick) * tick if long else (t // tick) * tick
-    price = min(max(price, tick), (INT64_MAX // tick) * tick)
+    price = min(max(price, tick), top)
     step = tick if long else -tick
-    while close_result(spec, pos, price)[1] + extra_margin < 0 and tick <= price + step:
+
+    def solvent(p: int) -> bool:
+        return close_result(spec, pos, p)[1] + extra_margin >= 0
+
+    while not solvent(price) and tick <= price + step <= top:
         price += step
+    # The threshold is exact, but trade values round down: a few ticks worse
+    # may still leave exactly 0 (inverse markets).  Solvency only grows with
+    # a better price, so gallop, then bisect, to the worst solvent tick.
+    if solvent(price):
+        good, jump = price, 1
+        while tick <= good - jump * step <= top and solvent(good - jump * step):
+            good -= jump * step
+            jump *= 2
+        while jump > 1:
+            jump //= 2
+            if tick <= good - jump * step <= top and solvent(good - jump * step):
+                good -= jump * step
+        price = good
     return price
 
 

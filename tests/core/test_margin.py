@@ -338,19 +338,12 @@ def test_bankruptcy_threshold_and_execution_price(
     assert close_result(spec, pos, price)[1] >= 0
     worse = price - tick if long else price + tick
     if tick <= worse <= INT64_MAX:
-        # One tick worse, the exact (unrounded) remainder is negative.  The rounded one
-        # may still be 0 in inverse markets: see test_execution_price_is_the_worst_tick.
-        num, den = spec.value(-pos.size, worse)
-        assert pos.margin - pos.basis - Fraction(num, den) < 0
-        if spec.is_linear:
-            assert close_result(spec, pos, worse)[1] < 0
+        # One tick worse closing leaves a shortfall (after the rounding riskd
+        # applies, which in inverse markets can put the worst tick past the
+        # exact threshold: see test_execution_price_is_the_worst_tick).
+        assert close_result(spec, pos, worse)[1] < 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): execution_price stops at the tick below the exact bankruptcy "
-    "threshold, but trade_value's rounding can leave R == 0 one tick worse (inverse)",
-)
 def test_execution_price_is_the_worst_tick() -> None:
     # liquidation.execution_price promises "the worst tick price at which closing the whole
     # position leaves margin >= 0".  Inverse short of 1 contract @ 53,514.0 with 0 margin:
