@@ -13,6 +13,7 @@ from typing import Any
 from riskd.core import AdlPolicy, ContractType, LiquidationMode, MarketSpec, PositionView, Rejected
 from riskd.core.errors import Code
 from riskd.core.events import (
+    AdlEvent,
     AdlNotice,
     Deposit,
     Effect,
@@ -201,6 +202,18 @@ def _event_payload(e: Effect) -> tuple[str, Any] | None:
                 quantity=e.quantity,
                 price=e.price,
                 realized_pnl=e.realised,
+            )
+        case AdlEvent():
+            return "adl_executed", events_pb2.AdlExecuted(
+                market=e.market,
+                liquidation_id=e.liquidation_id,
+                quantity=e.quantity,
+                price=e.price,
+                closed_notional=e.closed_notional,
+                deficit=e.deficit,
+                haircut=e.haircut,
+                overshoot=e.overshoot,
+                counterparties=e.counterparties,
             )
         case MarginCall():
             return "margin_call", events_pb2.MarginCall(

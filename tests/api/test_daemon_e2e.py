@@ -103,6 +103,17 @@ def test_crash_liquidation_fund_and_adl_end_to_end(daemon: Daemon) -> None:
     notices = [e.adl_notice for e in evs if e.HasField("adl_notice")]
     assert notices, kinds
     assert {n.account for n in notices} <= {2, 4}
+    # Each ADL execution also comes as a whole, with what it covered and cost.
+    adls = [e.adl_executed for e in evs if e.HasField("adl_executed")]
+    assert adls and {a.market for a in adls} == {"BTC-USDT"}
+    assert sum(a.counterparties for a in adls) == len(notices)
+    assert sum(a.quantity for a in adls) == sum(n.quantity for n in notices)
+    assert {n.liquidation_id for n in notices} == {a.liquidation_id for a in adls}
+    assert all(a.overshoot == a.haircut - a.deficit >= 0 for a in adls)
+    assert sum(a.deficit for a in adls) > 0
+    after = scrape(daemon)
+    overshoot = metric(after, "riskd_adl_overshoot_quantums_total", market="BTC-USDT")
+    assert overshoot == sum(a.overshoot for a in adls)
 
     # The pure engine, fed the same inputs, must agree with the daemon exactly.
     engine = run_engine(inputs, Engine(config_mod.load().markets, config_mod.load().funds))
