@@ -130,7 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     corrupt: list[BaseException] = []
     try:
-        trio.run(serve, config)
+        trio.run(serve, config, args.config)
     except* JournalCorrupt as group:  # raised inside the daemon's nursery
         corrupt.extend(group.exceptions)
     if corrupt:

@@ -11,6 +11,7 @@ docs/architecture.md), hence the explicit drain first.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from riskd.api.query import QueryServicer
 from riskd.api.server import SERVICE_NAMES, Services, build_server
 from riskd.api.withdrawal import WithdrawalServicer
 from riskd.config import Config
+from riskd.config import load as load_config
 from riskd.core import InsuranceFund, MarketEngine
 from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
 from riskd.core.invariants import violations
@@ -64,8 +66,11 @@ class Endpoints:
 class Daemon:
     """All of riskd's moving parts, built from a config (nothing started yet)."""
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics | None = None, config_path: str | None = None
+    ) -> None:
         self.config = config
+        self.config_path = config_path  # re-read for [access] on SIGHUP
         self.metrics = metrics or Metrics()
         srv = config.server
         cap = srv.mailbox_capacity
@@ -198,8 +203,12 @@ class Daemon:
                 if srv.snapshot_seconds > 0:
                     nursery.start_soon(self._snapshots, srv.snapshot_seconds)
                 try:
-                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    stop = (signal.SIGTERM, signal.SIGINT)
+                    with trio.open_signal_receiver(*stop, signal.SIGHUP) as signals:
                         async for sig in signals:
+                            if sig == signal.SIGHUP:
+                                self.reload_access(auth)
+                                continue
                             log.info("riskd_stopping", signal=signal.Signals(sig).name)
                             break
                 finally:
@@ -211,6 +220,28 @@ class Daemon:
             http_thread.join(timeout=5)
             admin_log.close()
             self._grpc = None
+
+    def reload_access(self, auth: Authenticator) -> bool:
+        """Re-read the config file and swap in its ``[access]`` policy.
+
+        Only the access policy (identities, roles, markets, rate limits) is
+        reloaded; anything else needs a restart.  A config that does not
+        parse changes nothing.  Each ingest batch is authorized against the
+        policy in force when it is read, so a revoked gateway's open stream
+        ends at its next batch.  (TLS files reload by themselves.)
+        """
+        if self.config_path is None or not auth.tls:
+            log.warning("config_reload_skipped", reason="no config file, or plaintext")
+            return False
+        try:
+            fresh = load_config(self.config_path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("config_reload_failed", error=str(e))
+            return False
+        auth.policy = fresh.access
+        self.config = dataclasses.replace(self.config, access=fresh.access)
+        log.info("config_reloaded", identities=sorted(fresh.access.grants))
+        return True
 
     async def _check_invariants(self, every: float) -> None:
         """Re-check the engine's invariants between inputs, for the alert that pages."""
@@ -287,9 +318,12 @@ class Daemon:
 
 
 async def serve(
-    config: Config, *, task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    config_path: str | None = None,
+    *,
+    task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await Daemon(config).run(task_status=task_status)
+    await Daemon(config, config_path=config_path).run(task_status=task_status)
 
 
 async def _set_health(health: Any, status: int) -> None:

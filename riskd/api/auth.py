@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -72,12 +76,65 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
-    """TLS credentials that require and verify a client certificate."""
-    return grpc.ssl_server_credentials(
-        [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())],
-        root_certificates=Path(tls.client_ca).read_bytes(),
-        require_client_auth=True,
+    """TLS credentials that require and verify a client certificate.
+
+    The files are re-read when they change (:class:`CertificateFiles`), so
+    certificates rotate without a restart.
+    """
+    files = CertificateFiles(tls)
+    return grpc.dynamic_ssl_server_credentials(
+        files.configuration(),
+        files.fetch,  # type: ignore[arg-type]  # None means "no change" (grpc's docs)
+        require_client_authentication=True,
     )
+
+
+class CertificateFiles:
+    """The server's TLS files, reloaded when replaced.
+
+    gRPC calls :meth:`fetch` before every new connection's handshake (from
+    its own threads): a ``stat`` of three files, and only when one changed, a
+    read.  A half-written rotation (a key that does not match the new
+    certificate, an unreadable file) keeps the current configuration and is
+    retried at the next connection.  Connections already open keep the
+    certificate they were made with.
+    """
+
+    def __init__(self, tls: TlsConfig) -> None:
+        self.paths = (Path(tls.cert), Path(tls.key), Path(tls.client_ca))
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in map(os.stat, self.paths))
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        cert, key, ca = (p.read_bytes() for p in self.paths)
+        _check_pair(cert, key)
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            try:
+                stamp = self._stat()
+                if stamp == self._stamp:
+                    return None
+                configuration = self.configuration()
+            except (OSError, ValueError) as e:
+                log.warning("tls_reload_failed", error=str(e))
+                return None
+            self._stamp = stamp
+        log.info("tls_reloaded", cert=str(self.paths[0]))
+        return configuration
+
+
+def _check_pair(cert_pem: bytes, key_pem: bytes) -> None:
+    """Refuse a certificate and key that do not belong together (mid-rotation)."""
+    public = x509.load_pem_x509_certificate(cert_pem).public_key()
+    private = serialization.load_pem_private_key(key_pem, password=None)
+    raw = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if public.public_bytes(*raw) != private.public_key().public_bytes(*raw):
+        raise ValueError("the TLS key does not match the certificate")
 
 
 class Denied(Exception):

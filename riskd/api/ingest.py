@@ -136,7 +136,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             bound.info("ingest_stream_opened", acked_sequence=acked)
             yield ingest_pb2.IngestResponse(acked_sequence=acked)
             reader = asyncio.create_task(
-                self._read(request_iterator, grant, gateway, epoch, credits, results)
+                self._read(request_iterator, context, grant, gateway, epoch, credits, results)
             )
             self._readers.add(reader)
             item = await results.get()
@@ -174,6 +174,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def _read(
         self,
         requests: AsyncIterator[ingest_pb2.IngestRequest],
+        context: Context,
         grant: Grant,
         gateway: str,
         epoch: int,
@@ -195,10 +196,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
             return deliver
 
-        bucket = self._bucket(grant, gateway)
         end: Any = _EOS
         try:
             async for request in requests:
+                if self.auth.tls:  # the policy in force now (SIGHUP reloads it)
+                    try:
+                        grant = self.auth.identify(context)
+                    except Denied as d:
+                        end = d
+                        return
+                bucket = self._bucket(grant, gateway)
                 if len(request.updates) > self.max_batch:
                     end = Rejected.invalid(
                         "updates", f"{len(request.updates)} updates exceed {self.max_batch}"
@@ -255,9 +262,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             rate, burst = self.default_rate
         if rate <= 0:
             return None
+        burst = burst or rate
         bucket = self._buckets.get(gateway)
-        if bucket is None:
-            bucket = self._buckets[gateway] = TokenBucket(rate, burst or rate, time.monotonic())
+        if bucket is None or (bucket.rate, bucket.burst) != (rate, max(burst, 1)):
+            bucket = self._buckets[gateway] = TokenBucket(rate, burst, time.monotonic())
         return bucket
 
     def _decode(self, request: ingest_pb2.IngestRequest, grant: Grant) -> tuple[list[Update], int]:
@@ -294,6 +302,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             await abort(context, GRPC_CODES[item.code], item.field, item.message)
         if isinstance(item, Rejected):
             await abort(context, GRPC_CODES[item.code], item.field, item.message)
+        if isinstance(item, Denied):
+            bound.warning("ingest_denied", reason=item.message)
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, item.field, item.message)
         if isinstance(item, Throttled):
             bound.warning("ingest_throttled", retry_after_s=round(item.delay, 3))
             await abort(
