@@ -4,11 +4,17 @@
 //
 //   npm ci && node ingest.js 127.0.0.1:50051
 //
+// Over mutual TLS (riskd's production mode), name the PEM files in the
+// environment: RISKD_TLS_CA (the CA that signed riskd's certificate),
+// RISKD_TLS_CERT and RISKD_TLS_KEY (this gateway's certificate: riskd knows
+// the gateway by it, so no x-riskd-gateway header is sent).
+//
 // Prints one JSON line: {"acked": N, "rejections": [{sequence, code, field}]}.
 // Exits 0 when riskd acknowledged the whole batch, non-zero on any error or
 // after 10 seconds.
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -37,7 +43,13 @@ function main() {
     includeDirs: [PROTOS],
   });
   const riskd = grpc.loadPackageDefinition(definition).riskd.v1;
-  const client = new riskd.IngestService(target, grpc.credentials.createInsecure());
+  const { RISKD_TLS_CA: ca, RISKD_TLS_CERT: cert, RISKD_TLS_KEY: key } = process.env;
+  const tls = Boolean(ca || cert || key);
+  if (tls && !(ca && cert && key)) fail('set all of RISKD_TLS_CA, RISKD_TLS_CERT, RISKD_TLS_KEY');
+  const credentials = tls
+    ? grpc.credentials.createSsl(fs.readFileSync(ca), fs.readFileSync(key), fs.readFileSync(cert))
+    : grpc.credentials.createInsecure();
+  const client = new riskd.IngestService(target, credentials);
 
   const timer = setTimeout(() => fail(`timed out after ${TIMEOUT_MS} ms`), TIMEOUT_MS);
 
@@ -53,7 +65,7 @@ function main() {
   const last = BigInt(updates.length);
 
   const metadata = new grpc.Metadata();
-  metadata.set('x-riskd-gateway', GATEWAY);
+  if (!tls) metadata.set('x-riskd-gateway', GATEWAY); // over TLS the certificate names us
   metadata.set('x-riskd-epoch', EPOCH);
   const call = client.Ingest(metadata, { deadline: Date.now() + TIMEOUT_MS });
 

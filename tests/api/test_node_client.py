@@ -8,15 +8,19 @@ Python stubs.  Skipped when node/npm are missing or ``npm ci`` cannot install.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 
+from riskd.config import default_toml
+from riskd.dev_certs import write_dev_set
 from riskd.v1 import query_pb2, query_pb2_grpc
 
-from .conftest import Daemon
+from .conftest import Daemon, start_daemon
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
 USDT = 10**6
@@ -79,3 +83,47 @@ def test_node_client_streams_a_batch(node_client: Path, daemon: Daemon) -> None:
     assert [(p.market, p.size, p.isolated_margin) for p in account.positions] == [
         ("BTC-USDT", 0, 100 * USDT)
     ]
+
+
+def test_node_client_over_mutual_tls(node_client: Path, tmp_path: Path) -> None:
+    """The same batch over mTLS: riskd knows the Node gateway by its certificate."""
+    certs = write_dev_set(tmp_path / "tls", ["node-gw", "reader"])
+    config = tmp_path / "riskd.toml"
+    config.write_text(
+        default_toml().replace("plaintext = true", "")
+        + f'\n[server.tls]\ncert = "{certs["server"][0]}"\nkey = "{certs["server"][1]}"\n'
+        f'client_ca = "{certs["ca"][0]}"\n'
+        '\n[access.node-gw]\nroles = ["gateway"]\nmarkets = ["BTC-USDT"]\n'
+        '\n[access.reader]\nroles = ["reader"]\n'
+    )
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+        env = {
+            **os.environ,
+            "RISKD_TLS_CA": str(certs["ca"][0]),
+            "RISKD_TLS_CERT": str(certs["node-gw"][0]),
+            "RISKD_TLS_KEY": str(certs["node-gw"][1]),
+        }
+        target = f"localhost:{d.grpc_port}"
+        run = subprocess.run(
+            ["node", str(node_client), target], capture_output=True, text=True, timeout=30, env=env
+        )
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout.strip().splitlines()[-1])["acked"] == N
+        creds = grpc.ssl_channel_credentials(
+            certs["ca"][0].read_bytes(),
+            certs["reader"][1].read_bytes(),
+            certs["reader"][0].read_bytes(),
+        )
+        with grpc.secure_channel(target, creds) as channel:
+            query = query_pb2_grpc.QueryServiceStub(channel)
+            account = query.GetAccount(query_pb2.GetAccountRequest(account=42, asset="USDT"))
+        assert account.wallet_balance == 900 * USDT
+        # Without the certificate the Node client does not get in.
+        bare = {k: v for k, v in env.items() if not k.startswith("RISKD_TLS")}
+        refused = subprocess.run(
+            ["node", str(node_client), target], capture_output=True, text=True, timeout=30, env=bare
+        )
+        assert refused.returncode != 0
+    finally:
+        assert d.stop() == 0
