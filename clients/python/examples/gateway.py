@@ -31,7 +31,7 @@ from riskd.v1 import (
     query_pb2,
     query_pb2_grpc,
 )
-from riskd_client.gateway import Gateway
+from riskd_client.gateway import Gateway, tls_credentials
 
 USDT = 10**6  # 1 USDT in quantums
 MARKET = "BTC-USDT"
@@ -55,8 +55,13 @@ async def long_position(query: query_pb2_grpc.QueryServiceAsyncStub) -> query_pb
     return next((p for p in account.positions if p.market == MARKET and p.size), None)
 
 
-async def main(target: str) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def main(target: str, tls: tuple[str, str, str] | None, name: str) -> None:
+    channel = (
+        grpc.aio.secure_channel(target, tls_credentials(*tls))
+        if tls
+        else grpc.aio.insecure_channel(target)
+    )
+    async with channel:
         liquidated = asyncio.Event()
         watcher = asyncio.create_task(print_events(channel, liquidated))
         query = query_pb2_grpc.QueryServiceStub(channel)
@@ -69,7 +74,7 @@ async def main(target: str) -> None:
 
         # The epoch is a fencing token: a restarted gateway must use a higher one,
         # and then numbers its updates from 1 again.  Wall-clock seconds will do here.
-        async with Gateway(target, "example-gw", epoch=int(time.time()), channel=channel) as gw:
+        async with Gateway(target, name, epoch=int(time.time()), channel=channel) as gw:
             # 1. Fund both wallets, then move margin into isolated positions:
             #    the long gets 500 USDT (thin, ~10x), the short 5,000 USDT.
             for account in (LONG, SHORT):
@@ -115,4 +120,15 @@ async def main(target: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="127.0.0.1:50051", help="riskd gRPC host:port")
-    asyncio.run(main(parser.parse_args().target))
+    parser.add_argument(
+        "--tls",
+        nargs=3,
+        metavar=("CA", "CERT", "KEY"),
+        help="mutual TLS: PEM files; the certificate's identity needs the gateway,"
+        " reader and admin roles (this example does all three)",
+    )
+    parser.add_argument(
+        "--gateway-id", default="example-gw", help="over TLS: the certificate's identity"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.target, args.tls, args.gateway_id))
