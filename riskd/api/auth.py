@@ -26,9 +26,9 @@ request message get INVALID_ARGUMENT rather than grpcio's UNKNOWN.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import threading
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.auth = auth
         self.admin_log = admin_log
         self.metrics = metrics
-        self._calls = itertools.count(1)
 
     async def intercept_service(
         self,
@@ -246,7 +245,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 grant = await admit(request, context)
                 if not audited:
                     return await inner_uu(request, context)
-                call = next(self._calls)
+                call = uuid.uuid4().hex  # pairs "requested" with "completed", across restarts
                 await self._audit("requested", method, context, request, grant, None, call)
                 code = "UNKNOWN"
                 try:
@@ -295,7 +294,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         request: Any,
         grant: Grant | None,
         code: str | None,
-        call: int = 0,
+        call: str = "",
     ) -> None:
         assert self.admin_log is not None
         record: dict[str, Any] = {
