@@ -787,3 +787,98 @@ def test_duplicate_deposit_id_with_different_payload_is_rejected(d: Daemon) -> N
         (PRECONDITION, "updates[0].deposit.deposit_id")
     ]
     assert digest(d) == before
+
+
+# --- 6. hypothesis per class: random members of each class, exact code and field ------
+
+_trade_ids = itertools.count(10**12)
+KNOWN_SYMBOLS = {"BTC-USDT", "ETH-USDT", "BTC-USD", "USDT", "BTC"}
+ascii_symbol = st.text(
+    st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=32
+).filter(lambda s: s not in KNOWN_SYMBOLS)
+bad_symbol = st.one_of(
+    st.text(min_size=1, max_size=20).filter(lambda s: not s.isascii() or not s.isprintable()),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=33, max_size=200),
+)
+# Each class: a strategy for (updates to send, the one expected to be refused
+# (index), code, field).  Updates before the refused one set the case up.
+CLASSES: dict[str, st.SearchStrategy[tuple[list[ingest_pb2.Update], int, int, str]]] = {
+    "non-positive quantity": st.integers(INT64_MIN, 0).map(
+        lambda q: ([fill(quantity=q)], 0, INVALID, "updates[0].fill.quantity")
+    ),
+    "non-positive price": st.integers(INT64_MIN, 0).map(
+        lambda p: ([mark(price=p)], 0, INVALID, "updates[0].mark_price.price")
+    ),
+    "off-tick price": st.integers(1, INT64_MAX)
+    .filter(lambda p: p % 10)
+    .map(lambda p: ([mark(price=p)], 0, INVALID, "updates[0].mark_price.price")),
+    "off-lot size": st.integers(1, 10**9)
+    .filter(lambda q: q % 10)
+    .map(
+        lambda q: (
+            [fill(market="ETH-USDT", price=300_000, quantity=q)],
+            0,
+            INVALID,
+            "updates[0].fill.quantity",
+        )
+    ),
+    "unknown market": ascii_symbol.map(
+        lambda m: ([mark(market=m)], 0, NOT_FOUND, "updates[0].mark_price.market")
+    ),
+    "unknown asset": ascii_symbol.map(
+        lambda a: ([dep(asset=a)], 0, NOT_FOUND, "updates[0].deposit.asset")
+    ),
+    "over-long or non-ASCII id": bad_symbol.map(
+        lambda m: ([mark(market=m)], 0, INVALID, "updates[0].mark_price.market")
+    ),
+    "timestamp outside the skew window": st.one_of(
+        st.integers(1, 10**12), st.integers(10**14, INT64_MAX), st.integers(INT64_MIN, -1)
+    ).map(
+        lambda t: (
+            [
+                U(
+                    timestamp_ms=t,
+                    mark_price=ingest_pb2.MarkPrice(market="BTC-USDT", price=5_000_000),
+                )
+            ],
+            0,
+            INVALID,
+            "updates[0].timestamp_ms",
+        )
+    ),
+    "reused trade id, other payload": st.integers(2, 50).map(
+        lambda q: (
+            [fill(trade_id=(i := next(_trade_ids))), fill(trade_id=i, quantity=q)],
+            1,
+            PRECONDITION,
+            "updates[1].fill.trade_id",
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("klass", list(CLASSES))
+def test_each_class_refused_with_its_code_and_field_state_unchanged(d: Daemon, klass: str) -> None:
+    s = RawStream(d)
+
+    @settings(
+        max_examples=15,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(CLASSES[klass])
+    def one(case: tuple[list[ingest_pb2.Update], int, int, str]) -> None:
+        updates, bad, code, field = case
+        if bad:  # the set-up updates go first, on their own
+            assert list(s.send(*updates[:bad]).rejections) == []
+        before = digest(d)
+        r = s.send(*updates[bad:])
+        got = [(x.code, x.field.replace("updates[0]", f"updates[{bad}]")) for x in r.rejections]
+        assert got == [(code, field)], r
+        assert digest(d) == before
+
+    one()
+    s.close()
+    assert healthy(d)
