@@ -69,7 +69,7 @@ def write(directory: Path, records: int, payload: bytes) -> Path:
     finally:
         os.close(fd)
     for old in sorted(directory.glob("snapshot-*.bin"))[:-KEEP]:
-        old.unlink()
+        old.unlink(missing_ok=True)  # another writer (an orphaned child) may prune too
     return final
 
 
@@ -109,14 +109,17 @@ def remove_partial(directory: Path) -> int:
     writer starts); how many there were."""
     partial = list(directory.glob("snapshot-*.tmp"))
     for path in partial:
-        path.unlink()
+        path.unlink(missing_ok=True)
     return len(partial)
 
 
 def read_latest(directory: Path) -> tuple[int, dict[str, Any]] | None:
     """The newest snapshot that verifies, as ``(records covered, state)``."""
     for path in sorted(directory.glob("snapshot-*.bin"), reverse=True):
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue  # pruned meanwhile by a writer still finishing (a crashed daemon's child)
         header, _, payload = data[len(MAGIC) :].partition(b"\n")
         if not data.startswith(MAGIC) or hashlib.sha256(payload).hexdigest().encode() != header:
             continue  # torn or damaged: an older one (or the journal alone) will do

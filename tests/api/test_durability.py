@@ -82,8 +82,13 @@ def test_sigkill_at_random_instants_loses_nothing_acked(tmp_path: Path) -> None:
     cycles = int(os.environ.get("RISKD_CRASH_CYCLES", "25"))
     rnd = random.Random(7)
     acked_before_kill = 0
+    # Snapshots every 20 ms: kills also land while a forked child writes one,
+    # and restarts alternate between snapshot + tail and journal only.
+    config = tmp_path / "riskd.toml"
+    toml = config_mod.default_toml()
+    config.write_text(toml.replace("snapshot_seconds = 300", "snapshot_seconds = 0.02"))
     for k in range(cycles):
-        d = start_daemon(tmp_path)
+        d = start_daemon(tmp_path, "--config", str(config))
         prefix = inputs[: len(inputs) * (k + 1) // (cycles + 1)]
 
         async def until_killed(d: Daemon = d, prefix: list = prefix) -> int:
