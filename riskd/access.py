@@ -13,7 +13,10 @@ config's ``[access.<identity>]`` tables map it to a :class:`Grant`::
 Roles are deliberately few and coarse: ``gateway`` streams updates and asks
 for withdrawals (only for its markets and their settlement assets),
 ``reader`` queries state and follows events, ``admin`` changes markets and
-seeds funds.  An identity holds any combination.
+seeds funds.  An identity holds any combination.  ``markets`` also scopes
+the event stream: an identity with a market list follows only those
+markets' events (a gateway must list its markets; a reader or admin without
+the key sees all).
 
 Plaintext serving (local development only) has no identities: every caller
 gets :data:`DEVELOPMENT`, which may do everything.
@@ -99,7 +102,7 @@ class Policy:
             names = list(entry.get("markets", ()))
             markets: frozenset[str] | None
             assets: frozenset[str] | None
-            if names == [ALL_MARKETS]:
+            if names == [ALL_MARKETS] or ("markets" not in entry and Role.GATEWAY not in roles):
                 markets = assets = None
             else:
                 missing = [m for m in names if m not in market_assets]

@@ -161,7 +161,7 @@ class Daemon:
                 ingest = IngestServicer(portal, self.sequencer, srv, self.metrics, auth)
                 services = Services(
                     ingest=ingest,
-                    events=EventServicer(self.event_log, self.metrics),
+                    events=EventServicer(self.event_log, self.metrics, auth),
                     query=QueryServicer(
                         portal, self.markets, self.funds, self.wallets, self.config.assets
                     ),

@@ -27,6 +27,7 @@ def test_grants_roles_markets_and_the_assets_they_settle_in() -> None:
     ops = p.grant("ops")
     assert ops is not None and ops.roles == {Role.ADMIN, Role.READER}
     assert ops.updates_per_second == 99  # the server-wide default
+    assert ops.markets is None  # no market list: not scoped (it is not a gateway)
     everything = p.grant("all")
     assert everything is not None and everything.may_send_for_market("anything")
     assert p.grant("nobody") is None

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 
 from riskd.api import convert
+from riskd.api.auth import Authenticator
 from riskd.api.status import abort
 from riskd.core.events import Effect
 from riskd.metrics import Metrics
@@ -74,9 +75,10 @@ class EventLog:
 
 
 class EventServicer(events_pb2_grpc.EventServiceServicer):
-    def __init__(self, log: EventLog, metrics: Metrics) -> None:
+    def __init__(self, log: EventLog, metrics: Metrics, auth: Authenticator) -> None:
         self.log = log
         self.metrics = metrics
+        self.auth = auth
 
     async def Subscribe(
         self,
@@ -93,6 +95,18 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 f"no event {request.from_sequence} yet (next is {self.log.next_sequence})",
             )
         markets = frozenset(request.markets)
+        granted = self.auth.identify(context).markets  # the interceptor admitted the caller
+        if granted is not None:  # only the markets it is granted, all of them by default
+            if markets - granted:
+                await abort(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "markets",
+                    f"not granted: {sorted(markets - granted)}",
+                )
+            markets = markets or granted
+            if not markets:
+                await abort(context, grpc.StatusCode.PERMISSION_DENIED, "markets", "none granted")
         self.metrics.subscribers.inc()
         try:
             async for event in self.log.follow(request.from_sequence, markets):

@@ -32,6 +32,8 @@ from riskd.storage.admin_log import verify
 from riskd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     ingest_pb2,
     ingest_pb2_grpc,
     query_pb2,
@@ -62,6 +64,10 @@ burst = 20
 
 [access.watcher]
 roles = ["reader"]
+
+[access.gw-watch]
+roles = ["gateway", "reader"]
+markets = ["BTC-USDT"]
 
 [access.ops]
 roles = ["admin", "reader"]
@@ -100,7 +106,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
     pki = Pki(make_ca(), tmp)
     pki.write("ca", pki.ca)
     pki.write("server", issue(pki.ca, "riskd", server_hosts=["127.0.0.1", "localhost"]))
-    for name in ("gw-btc", "gw-eth", "gw-slow", "watcher", "ops", "stranger"):
+    for name in ("gw-btc", "gw-eth", "gw-slow", "gw-watch", "watcher", "ops", "stranger"):
         pki.write(name, issue(pki.ca, name))
     yesterday = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     expired = issue(
@@ -391,3 +397,36 @@ def test_every_served_service_has_an_access_rule(tls: Tls) -> None:
     served = {s.name for s in response.list_services_response.service}
     assert "riskd.v1.AdminService" in served
     assert served <= set(SERVICE_ROLES), served - set(SERVICE_ROLES)
+
+
+def test_event_stream_is_scoped_to_the_granted_markets(tls: Tls) -> None:
+    scoped = events_pb2_grpc.EventServiceStub(tls.channel("gw-watch"))
+    with pytest.raises(grpc.RpcError) as e:
+        next(iter(scoped.Subscribe(events_pb2.SubscribeRequest(markets=["ETH-USDT"]), timeout=5)))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "ETH-USDT" in det(e.value)
+    # A fund injection is an event of no market: an unscoped reader sees it,
+    # a reader scoped to BTC-USDT does not (its default is its granted markets).
+    admin = admin_pb2_grpc.AdminServiceStub(tls.channel("ops"))
+    admin.InjectFund(admin_pb2.InjectFundRequest(asset="USDT", amount=1, cause="scope-test"))
+    everything = events_pb2_grpc.EventServiceStub(tls.channel("watcher"))
+    seen = everything.Subscribe(events_pb2.SubscribeRequest(from_sequence=1), timeout=5)
+    assert any(r.event.fund_flow.cause == "scope-test" for r in _until_quiet(seen))
+    mine = scoped.Subscribe(events_pb2.SubscribeRequest(from_sequence=1), timeout=2)
+    assert all(r.event.fund_flow.cause != "scope-test" for r in _until_quiet(mine))
+
+
+def _until_quiet(stream: Any) -> list[Any]:
+    """The events a subscription delivers before its deadline."""
+    out = []
+    try:
+        for r in stream:
+            out.append(r)
+            if r.event.fund_flow.cause == "scope-test":
+                break
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+    return out
+
+
+def det(e: grpc.RpcError) -> str:
+    return str(e.details() or "")
