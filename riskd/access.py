@@ -53,10 +53,10 @@ class Grant:
     updates_per_second: int = 0
     burst: int = 0
 
-    def may_send_for_market(self, market: str) -> bool:
+    def covers_market(self, market: str) -> bool:
         return self.markets is None or market in self.markets
 
-    def may_move_asset(self, asset: str) -> bool:
+    def covers_asset(self, asset: str) -> bool:
         return self.assets is None or asset in self.assets
 
 

@@ -163,7 +163,7 @@ class Daemon:
                     ingest=ingest,
                     events=EventServicer(self.event_log, self.metrics, auth),
                     query=QueryServicer(
-                        portal, self.markets, self.funds, self.wallets, self.config.assets
+                        portal, self.markets, self.funds, self.wallets, self.config.assets, auth
                     ),
                     withdrawal=WithdrawalServicer(portal, self.sequencer, auth),
                     admin=AdminServicer(portal, self.sequencer),
@@ -226,9 +226,10 @@ class Daemon:
 
         Only the access policy (identities, roles, markets, rate limits) is
         reloaded; anything else needs a restart.  A config that does not
-        parse changes nothing.  Each ingest batch is authorized against the
-        policy in force when it is read, so a revoked gateway's open stream
-        ends at its next batch.  (TLS files reload by themselves.)
+        parse changes nothing.  Open streams re-check their caller against
+        the new policy: a revoked gateway's ingest stream ends at its next
+        batch, a revoked reader's subscription at its next event.  (TLS
+        files reload by themselves.)
         """
         if self.config_path is None or not auth.tls:
             log.warning("config_reload_skipped", reason="no config file, or plaintext")
@@ -238,7 +239,7 @@ class Daemon:
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.error("config_reload_failed", error=str(e))
             return False
-        auth.policy = fresh.access
+        auth.reload(fresh.access)
         self.config = dataclasses.replace(self.config, access=fresh.access)
         log.info("config_reloaded", identities=sorted(fresh.access.grants))
         return True

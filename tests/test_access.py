@@ -21,15 +21,15 @@ def test_grants_roles_markets_and_the_assets_they_settle_in() -> None:
     )
     gw = p.grant("gw")
     assert gw is not None and gw.roles == {Role.GATEWAY}
-    assert gw.may_send_for_market("BTC-USD") and not gw.may_send_for_market("BTC-USDT")
-    assert gw.may_move_asset("BTC") and not gw.may_move_asset("USDT")
+    assert gw.covers_market("BTC-USD") and not gw.covers_market("BTC-USDT")
+    assert gw.covers_asset("BTC") and not gw.covers_asset("USDT")
     assert (gw.updates_per_second, gw.burst) == (10, 10)
     ops = p.grant("ops")
     assert ops is not None and ops.roles == {Role.ADMIN, Role.READER}
     assert ops.updates_per_second == 99  # the server-wide default
     assert ops.markets is None  # no market list: not scoped (it is not a gateway)
     everything = p.grant("all")
-    assert everything is not None and everything.may_send_for_market("anything")
+    assert everything is not None and everything.covers_market("anything")
     assert p.grant("nobody") is None
     assert DEVELOPMENT.roles == frozenset(Role) and DEVELOPMENT.markets is None
 

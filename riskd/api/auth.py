@@ -149,6 +149,12 @@ class Authenticator:
 
     def __init__(self, policy: Policy | None) -> None:
         self.policy = policy
+        #: Bumped by :meth:`reload`: long-lived streams re-check their caller when it moves.
+        self.generation = 0
+
+    def reload(self, policy: Policy) -> None:
+        self.policy = policy
+        self.generation += 1
 
     @property
     def tls(self) -> bool:

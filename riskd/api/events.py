@@ -19,14 +19,17 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
+from riskd.access import Role
 from riskd.api import convert
-from riskd.api.auth import Authenticator
+from riskd.api.auth import Authenticator, Denied
 from riskd.api.status import abort
 from riskd.core.events import Effect
 from riskd.metrics import Metrics
 from riskd.v1 import events_pb2, events_pb2_grpc
 
 __all__ = ["EventLog", "EventServicer"]
+
+Ctx = grpc.aio.ServicerContext[events_pb2.SubscribeRequest, events_pb2.SubscribeResponse]
 
 
 class FellBehind(Exception):
@@ -83,9 +86,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     async def Subscribe(
         self,
         request: events_pb2.SubscribeRequest,
-        context: grpc.aio.ServicerContext[
-            events_pb2.SubscribeRequest, events_pb2.SubscribeResponse
-        ],
+        context: Ctx,
     ) -> AsyncIterator[events_pb2.SubscribeResponse]:
         if request.from_sequence > self.log.next_sequence:
             await abort(
@@ -94,24 +95,42 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 "from_sequence",
                 f"no event {request.from_sequence} yet (next is {self.log.next_sequence})",
             )
-        markets = frozenset(request.markets)
-        granted = self.auth.identify(context).markets  # the interceptor admitted the caller
-        if granted is not None:  # only the markets it is granted, all of them by default
-            if markets - granted:
-                await abort(
-                    context,
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "markets",
-                    f"not granted: {sorted(markets - granted)}",
-                )
-            markets = markets or granted
-            if not markets:
-                await abort(context, grpc.StatusCode.PERMISSION_DENIED, "markets", "none granted")
+        requested = frozenset(request.markets)
+        markets = await self._markets(context, requested)
+        generation = self.auth.generation
         self.metrics.subscribers.inc()
         try:
             async for event in self.log.follow(request.from_sequence, markets):
+                if generation != self.auth.generation:  # the policy was reloaded (SIGHUP)
+                    generation = self.auth.generation
+                    if await self._markets(context, requested) != markets:
+                        await abort(
+                            context,
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            "markets",
+                            "the access policy changed: subscribe again",
+                        )
                 yield events_pb2.SubscribeResponse(event=event)
         except FellBehind as e:
             await abort(context, grpc.StatusCode.OUT_OF_RANGE, "from_sequence", str(e))
         finally:
             self.metrics.subscribers.dec()
+
+    async def _markets(self, context: Ctx, requested: frozenset[str]) -> frozenset[str]:
+        """The markets a subscription follows: those asked for (all: empty), within the grant."""
+        try:
+            granted = self.auth.check(context, Role.READER).markets
+        except Denied as d:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, d.field, d.message)
+        if granted is None:
+            return requested
+        if requested - granted:
+            await abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "markets",
+                f"not granted: {sorted(requested - granted)}",
+            )
+        if not (requested or granted):
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, "markets", "none granted")
+        return requested or granted

@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 import structlog
 
-from riskd.access import Grant
+from riskd.access import Grant, Role
 from riskd.actors.sequencer import BatchResult, SequenceError, Sequencer, Update
 from riskd.api import convert
 from riskd.api.auth import GATEWAY_KEY, Authenticator, Denied
@@ -197,11 +197,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             return deliver
 
         end: Any = _EOS
+        generation = self.auth.generation
         try:
             async for request in requests:
-                if self.auth.tls:  # the policy in force now (SIGHUP reloads it)
+                if generation != self.auth.generation:  # the policy was reloaded (SIGHUP)
+                    generation = self.auth.generation
                     try:
-                        grant = self.auth.identify(context)
+                        grant = self.auth.check(context, Role.GATEWAY)
                     except Denied as d:
                         end = d
                         return
@@ -330,13 +332,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 def _authorize(grant: Grant, x: Any) -> None:
     """Refuse an update for a market (or asset) the gateway is not granted."""
     if isinstance(x, Deposit):
-        if not grant.may_move_asset(x.asset):
+        if not grant.covers_asset(x.asset):
             raise Rejected(
                 Code.PERMISSION_DENIED,
                 "asset",
                 f"{grant.identity!r} serves no market settled in {x.asset!r}",
             )
-    elif not grant.may_send_for_market(x.market):
+    elif not grant.covers_market(x.market):
         raise Rejected(
             Code.PERMISSION_DENIED, "market", f"{grant.identity!r} may not send for {x.market!r}"
         )

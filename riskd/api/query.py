@@ -8,6 +8,7 @@ the gRPC thread.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import NoReturn
 
 import grpc
 
@@ -15,6 +16,7 @@ from riskd.actors.fund import FundActor
 from riskd.actors.market import MarketActor
 from riskd.actors.wallet import WalletActor
 from riskd.api import convert
+from riskd.api.auth import Authenticator
 from riskd.api.bridge import Portal
 from riskd.api.status import abort
 from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, PositionView
@@ -36,8 +38,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         funds: dict[str, FundActor],
         wallets: dict[str, WalletActor],
         assets: dict[str, Asset],
+        auth: Authenticator,
     ) -> None:
         self.portal = portal
+        self.auth = auth
         self.markets = markets
         self.funds = funds
         self.wallets = wallets
@@ -51,10 +55,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, "asset", f"unknown asset {request.asset!r}"
             )
+        grant = self.auth.identify(context)
+        if not grant.covers_asset(request.asset):
+            await _denied(context, "asset", f"{grant.identity!r} serves no market in it")
         balance = await self.portal.run(wallet.call, wallet.balance, request.account)
         positions = []
-        for market in self.markets.values():
-            if market.engine.asset != request.asset:
+        for symbol, market in self.markets.items():
+            if market.engine.asset != request.asset or not grant.covers_market(symbol):
                 continue
             view = await self._view(market, request.account)
             if view is not None:
@@ -69,6 +76,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, "market", f"unknown market {request.market!r}"
             )
+        grant = self.auth.identify(context)
+        if not grant.covers_market(request.market):
+            await _denied(context, "market", f"not granted to {grant.identity!r}")
         view = await self._view(market, request.account)
         if view is None:  # no position: the proto promises a flat one, not an error
             return query_pb2.GetPositionResponse(
@@ -170,3 +180,7 @@ def _report(fund: InsuranceFund, day: int) -> DailyReport:
 
 def _spec_and_mark(engine: MarketEngine) -> tuple[object, int | None]:
     return engine.spec, engine.mark
+
+
+async def _denied(context: Ctx, field: str, message: str) -> NoReturn:
+    await abort(context, grpc.StatusCode.PERMISSION_DENIED, field, message)

@@ -34,7 +34,7 @@ class WithdrawalServicer(withdrawal_pb2_grpc.WithdrawalServiceServicer):
         self, request: withdrawal_pb2.WithdrawRequest, context: Ctx
     ) -> withdrawal_pb2.WithdrawResponse:
         grant = self.auth.identify(context)  # the interceptor checked the role
-        if not grant.may_move_asset(request.asset):
+        if not grant.covers_asset(request.asset):
             await abort(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -430,3 +430,34 @@ def _until_quiet(stream: Any) -> list[Any]:
 
 def det(e: grpc.RpcError) -> str:
     return str(e.details() or "")
+
+
+def test_queries_are_scoped_to_the_granted_markets(tls: Tls) -> None:
+    responses, error = ingest(
+        tls.channel("gw-eth"),
+        [deposit(777, "USDT", 9 * USDT), margin(777, "ETH-USDT", 2 * USDT)],
+    )
+    assert error is None and not responses[-1].rejections
+    responses, error = ingest(
+        tls.channel("gw-btc"), [deposit(777, "USDT", USDT), margin(777, "BTC-USDT", USDT)]
+    )
+    assert error is None and not responses[-1].rejections
+    request = query_pb2.GetAccountRequest(account=777, asset="USDT")
+    everything = query_pb2_grpc.QueryServiceStub(tls.channel("watcher")).GetAccount(request)
+    assert {p.market for p in everything.positions} == {"BTC-USDT", "ETH-USDT"}
+    q = query_pb2_grpc.QueryServiceStub(tls.channel("gw-watch"))  # reader of BTC-USDT only
+    assert {p.market for p in q.GetAccount(request).positions} == {"BTC-USDT"}
+    with pytest.raises(grpc.RpcError) as e:
+        q.GetPosition(query_pb2.GetPositionRequest(account=777, market="ETH-USDT"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and det(e.value).startswith("market")
+    with pytest.raises(grpc.RpcError) as e:
+        q.GetAccount(query_pb2.GetAccountRequest(account=777, asset="BTC"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and det(e.value).startswith("asset")
+    # The insurance fund is visible to every reader.
+    assert q.GetInsuranceFund(query_pb2.GetInsuranceFundRequest(asset="BTC")).fund.asset == "BTC"
+
+
+def margin(account: int, market: str, amount: int) -> ingest_pb2.Update:
+    return ingest_pb2.Update(
+        margin_transfer=ingest_pb2.MarginTransfer(account=account, market=market, amount=amount)
+    )

@@ -17,7 +17,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from riskd.config import default_toml
 from riskd.dev_certs import Issued, issue, make_ca
-from riskd.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from riskd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+)
 
 from .conftest import Daemon, start_daemon
 
@@ -28,6 +35,9 @@ markets = ["BTC-USDT"]
 
 [access.ops]
 roles = ["admin"]
+
+[access.watcher]
+roles = ["reader"]
 """
 AFTER = """
 [access.ops]
@@ -79,7 +89,7 @@ def tls_dir(tmp_path: Path) -> Path:
     ca = make_ca()
     ca.write(tmp_path, "ca")
     issue(ca, "riskd", server_hosts=["127.0.0.1"]).write(tmp_path, "server")
-    for name in ("gw-a", "ops", "ops-2"):
+    for name in ("gw-a", "ops", "ops-2", "watcher"):
         issue(ca, name).write(tmp_path, name)
     (tmp_path / "riskd.toml").write_text(config_text(tmp_path, BEFORE))
     return tmp_path
@@ -132,13 +142,25 @@ def test_access_policy_reloads_on_sighup(tls_dir: Path) -> None:
         ok = stream.send(ingest_pb2.Update(sequence=2, mark_price=_mark()))
         assert ok.acked_sequence == 2
 
-        # gw-a revoked, ops-2 granted: the open stream ends at its next batch.
+        # A reader following events from now on.
+        watcher = grpc.secure_channel(d.target, credentials(ca, _load(tls_dir, "watcher")))
+        follow = events_pb2_grpc.EventServiceStub(watcher).Subscribe(
+            events_pb2.SubscribeRequest(), timeout=30
+        )
+
+        # gw-a and watcher revoked, ops-2 granted: open streams end at their next
+        # batch or event.
         (tls_dir / "riskd.toml").write_text(config_text(tls_dir, AFTER))
         d.process.send_signal(signal.SIGHUP)
         wait_for_log(d, "config_reloaded")
         error = stream.fails(ingest_pb2.Update(sequence=3, mark_price=_mark()))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert newcomer.CheckState(admin_pb2.CheckStateRequest()).digest
+        newcomer.InjectFund(admin_pb2.InjectFundRequest(asset="USDT", amount=1, cause="x"))
+        with pytest.raises(grpc.RpcError) as e:
+            next(follow)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        watcher.close()
         assert d.process.poll() is None
     finally:
         assert d.stop() == 0
