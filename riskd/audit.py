@@ -9,7 +9,8 @@ ever held is explained:
   entries;
 * every payout (shortfall, backstop margin) is tied to a liquidation that
   settled, and every ADL to a liquidation the fund did not cover;
-* conservation per asset and the other invariants hold.
+* conservation per asset and the other invariants hold;
+* the admin audit log's hash chain is intact.
 
 Prints a short report; exits 0 when everything holds, 1 otherwise.
 """
@@ -28,7 +29,7 @@ from riskd.core import Engine, Rejected
 from riskd.core.events import AdlEvent, FundKind, LiquidationSettled
 from riskd.core.insurance_fund import GENESIS
 from riskd.core.invariants import digest, violations
-from riskd.storage import codec
+from riskd.storage import admin_log, codec
 from riskd.storage.journal import GENESIS as JOURNAL_GENESIS
 from riskd.storage.journal import chain
 
@@ -119,6 +120,12 @@ def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
         lines.append(f"FAIL ADL: {len(twice)} executions took a deficit the fund had covered")
     else:
         lines.append(f"ok   ADL: {len(adl)} executions, each of a deficit the fund did not cover")
+    admin_lines, problem = admin_log.verify(data_dir / "admin-audit.jsonl")
+    ok &= problem is None
+    if problem is None:
+        lines.append(f"ok   admin audit log: {admin_lines} lines, hash chain intact")
+    else:
+        lines.append(f"FAIL admin audit log: {problem}")
     broken = violations(engine)
     ok &= not broken
     lines.append("ok   invariants and conservation per asset" if not broken else "FAIL invariants:")

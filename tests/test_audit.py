@@ -79,3 +79,15 @@ def test_the_published_ledger_verifies_from_the_api_alone(tmp_path: Path) -> Non
         )
         assert e.prev_hash == prev and e.hash == hashlib.sha256(text.encode()).hexdigest()
         prev = e.hash
+
+
+def test_an_edited_admin_audit_log_fails_the_audit(tmp_path: Path) -> None:
+    _run(tmp_path)  # its CheckState call is an admin call: two audit lines
+    path = tmp_path / "data" / "admin-audit.jsonl"
+    lines = path.read_text().splitlines()
+    assert len(lines) >= 2
+    ok, report = audit(load(), tmp_path / "data")
+    assert ok and any(x.startswith("ok   admin audit log") for x in report), report
+    path.write_text("\n".join([lines[0].replace("CheckState", "InjectFund"), *lines[1:]]) + "\n")
+    ok, report = audit(load(), tmp_path / "data")
+    assert not ok and any(x.startswith("FAIL admin audit log") for x in report), report
