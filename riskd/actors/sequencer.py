@@ -184,7 +184,10 @@ class Sequencer(Actor):
         the urgent lane, ``other``).
         """
         if received is not None:
-            self.metrics.queue_seconds.labels(lane).observe(time.perf_counter() - received)
+            child = self._children.get(("queue", lane))
+            if child is None:
+                child = self._children["queue", lane] = self.metrics.queue_seconds.labels(lane)
+            child.observe(time.perf_counter() - received)
         try:
             return await self.ingest(gateway, epoch, updates)
         except SequenceError as e:

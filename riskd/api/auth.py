@@ -163,7 +163,7 @@ class Authenticator:
     def identify(self, context: Ctx) -> Grant:
         if self.policy is None:
             return DEVELOPMENT
-        names = [n.decode(errors="replace") for n in context.peer_identities() or ()]
+        names = _names(context)
         grants = {g.identity: g for n in names if (g := self.policy.grant(n)) is not None}
         if not grants:
             raise Denied("", f"certificate names {names} have no [access] entry")

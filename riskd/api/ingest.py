@@ -198,6 +198,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
         end: Any = _EOS
         generation = self.auth.generation
+        bucket = self._bucket(grant, gateway)
         try:
             async for request in requests:
                 if generation != self.auth.generation:  # the policy was reloaded (SIGHUP)
@@ -207,7 +208,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     except Denied as d:
                         end = d
                         return
-                bucket = self._bucket(grant, gateway)
+                    bucket = self._bucket(grant, gateway)
                 if len(request.updates) > self.max_batch:
                     end = Rejected.invalid(
                         "updates", f"{len(request.updates)} updates exceed {self.max_batch}"

@@ -382,7 +382,6 @@ def test_plaintext_on_a_non_loopback_address_refuses_to_start(tmp_path: Path) ->
 
 
 def test_tls_daemon_still_healthy_after_all_that(tls: Tls) -> None:
-    time.sleep(0.05)
     assert healthy(tls.channel("watcher"))
 
 
