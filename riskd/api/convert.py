@@ -65,6 +65,7 @@ _MODE = {
 _ADL = {
     AdlPolicy.PNL_LEVERAGE: types_pb2.ADL_POLICY_PNL_LEVERAGE,
     AdlPolicy.LEVERAGE_PNL: types_pb2.ADL_POLICY_LEVERAGE_PNL,
+    AdlPolicy.PRO_RATA_RISK: types_pb2.ADL_POLICY_PRO_RATA_RISK,
 }
 MODE_FROM_WIRE = {v: k for k, v in _MODE.items()}
 ADL_FROM_WIRE = {v: k for k, v in _ADL.items()}

@@ -14,19 +14,37 @@ margin:
 * ``PNL_LEVERAGE`` (BitMEX/Bybit): ``PnL% = u/|c|``, ``EffLev = N/B``;
   score ``PnL% × EffLev`` when profitable, ``PnL% / EffLev`` otherwise.
 * ``LEVERAGE_PNL`` (Binance): ``max(0,u)/max(1,M) × MM/(M+u)``.
+* ``PRO_RATA_RISK`` (Chitra 2025, arXiv 2512.01112, "risk-aware ADL"): ranked
+  like ``PNL_LEVERAGE``, but the bankrupt quantity is *split* across the
+  profitable counterparties in proportion to their risk ``u × N/B`` (profit ×
+  effective leverage) instead of closing whole positions from the top of the
+  queue.  A position is closed whole only when its share reaches its size.
 
-Further policies plug in through :data:`POLICIES`.
+Further policies plug in through :data:`POLICIES` (the ranking) and
+:data:`ALLOCATIONS` (how the quantity is shared along it).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 from riskd.core.margin import maintenance_margin
 from riskd.core.market import AdlPolicy, MarketSpec
 from riskd.core.position import Position
 
-__all__ = ["Score", "POLICIES", "score", "rank", "quintiles", "allocate"]
+__all__ = [
+    "Score",
+    "Allocation",
+    "POLICIES",
+    "ALLOCATIONS",
+    "score",
+    "risk",
+    "rank",
+    "quintiles",
+    "allocate",
+    "split",
+]
 
 Score = Callable[[MarketSpec, Position, int], int]
 
@@ -62,6 +80,9 @@ def _leverage_pnl(spec: MarketSpec, pos: Position, mark: int) -> int:
 POLICIES: dict[AdlPolicy, Score] = {
     AdlPolicy.PNL_LEVERAGE: _pnl_leverage,
     AdlPolicy.LEVERAGE_PNL: _leverage_pnl,
+    # Ranked like BitMEX: the order still decides quintiles and who gives the
+    # rounding steps; the quantity itself is shared (see ALLOCATIONS).
+    AdlPolicy.PRO_RATA_RISK: _pnl_leverage,
 }
 
 
@@ -84,8 +105,21 @@ def quintiles(ranked: Sequence[Position]) -> dict[int, int]:
     return {p.account: 5 - (5 * i) // n for i, p in enumerate(ranked)}
 
 
-def allocate(ranked: Iterable[Position], quantity: int) -> list[tuple[Position, int]]:
-    """Take ``quantity`` from ranked positions, each fully before the next."""
+def risk(spec: MarketSpec, pos: Position, mark: int) -> int:
+    """Profit × effective leverage ``u × N/B``, scaled by 2**64 and floored; 0 if not in profit."""
+    u, den, n, b = _parts(spec, pos, mark)
+    if u <= 0:
+        return 0
+    return (u * n << _BITS) // (den * b)
+
+
+Allocation = Callable[[Iterable[Position], int, MarketSpec, int], list[tuple[Position, int]]]
+
+
+def _queue(
+    ranked: Iterable[Position], quantity: int, spec: MarketSpec | None, mark: int
+) -> list[tuple[Position, int]]:
+    """Each position fully before the next (BitMEX, Binance, Bybit)."""
     out: list[tuple[Position, int]] = []
     left = quantity
     for pos in ranked:
@@ -95,3 +129,99 @@ def allocate(ranked: Iterable[Position], quantity: int) -> list[tuple[Position, 
         out.append((pos, take))
         left -= take
     return out
+
+
+def _pro_rata_risk(
+    ranked: Iterable[Position], quantity: int, spec: MarketSpec, mark: int
+) -> list[tuple[Position, int]]:
+    """Split ``quantity`` over the profitable counterparties pro rata to :func:`risk`.
+
+    The backstop and positions not in profit have no weight: they are taken,
+    queue-style in rank order, only for what the profitable ones cannot cover
+    (the backstop stays the counterparty of last resort).
+    """
+    order = list(ranked)
+    pool = [
+        (i, p, w) for i, p in enumerate(order) if not p.is_backstop and (w := risk(spec, p, mark))
+    ]
+    caps = [abs(p.size) for _, p, _ in pool]
+    shared = min(quantity, sum(caps))
+    shares = split(caps, [w for _, _, w in pool], shared, spec.step_size)
+    took = [0] * len(order)
+    for (i, _, _), x in zip(pool, shares, strict=True):
+        took[i] = x
+    left = quantity - shared
+    for i, p in enumerate(order):
+        if left == 0:
+            break
+        extra = min(left, abs(p.size) - took[i])
+        took[i] += extra
+        left -= extra
+    return [(p, x) for p, x in zip(order, took, strict=True) if x]
+
+
+def split(caps: Sequence[int], weights: Sequence[int], quantity: int, step: int) -> list[int]:
+    """Share ``quantity`` pro rata to ``weights`` (> 0), none above its cap, in whole steps.
+
+    Largest remainders: every share is the floor of its exact pro-rata part in
+    steps, and the steps left over go one each to the largest fractional
+    parts, ties to the earlier item.  A share that would exceed its cap is
+    the cap, and the rest is shared again among the others (water-filling).
+    The shares sum to exactly ``quantity`` (which must not exceed the caps' sum).
+    ``step`` is reduced to a common divisor of the quantity and the caps, so
+    sizes left off the step by a step-size change still add up exactly.
+    """
+    if quantity > sum(caps):
+        raise ValueError(f"cannot share {quantity} within caps totalling {sum(caps)}")
+    g = math.gcd(step, quantity, *caps) or 1
+    out = [0] * len(caps)
+    live = [i for i in range(len(caps)) if caps[i]]
+    left = quantity // g
+    while left:
+        total = sum(weights[i] for i in live)
+        # Saturate every item whose pro-rata part reaches its cap: the others'
+        # parts only grow when those leave, so repeat until none does.
+        full = [i for i in live if caps[i] // g * total <= left * weights[i]]
+        if full:
+            for i in full:
+                out[i] = caps[i]
+                left -= caps[i] // g
+            keep = set(full)
+            live = [i for i in live if i not in keep]
+            continue
+        rems = []
+        for i in live:
+            share, rem = divmod(left * weights[i], total)
+            out[i] = share * g
+            rems.append((-rem, i))
+        spare = left - sum(out[i] for i in live) // g
+        rems.sort()
+        for _, i in rems[:spare]:
+            out[i] += g
+        break
+    return out
+
+
+#: How a policy shares the bankrupt quantity along its ranking.
+ALLOCATIONS: dict[AdlPolicy, Allocation] = {
+    AdlPolicy.PNL_LEVERAGE: _queue,
+    AdlPolicy.LEVERAGE_PNL: _queue,
+    AdlPolicy.PRO_RATA_RISK: _pro_rata_risk,
+}
+
+
+def allocate(
+    ranked: Iterable[Position],
+    quantity: int,
+    spec: MarketSpec | None = None,
+    mark: int = 0,
+) -> list[tuple[Position, int]]:
+    """``(position, quantity)`` to close from ranked positions, in rank order, none empty.
+
+    ``spec`` picks the policy's allocation (without one: queue, each position
+    fully before the next); ``mark`` is the price its risk weights are read at.
+    Takes less than ``quantity`` only if the positions hold less.
+    """
+    if spec is None:
+        return _queue(ranked, quantity, None, mark)
+    return ALLOCATIONS[spec.adl_policy](ranked, quantity, spec, mark)

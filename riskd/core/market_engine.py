@@ -552,7 +552,7 @@ class MarketEngine:
             and p.liquidation in self._awaiting_adl_or_none(p)
             and margin_balance(spec, p, price) >= spare
         )
-        takes = adl.allocate(ranked, abs(q))
+        takes = adl.allocate(ranked, abs(q), spec, mark)
         if sum(x for _, x in takes) < abs(q):
             return False  # wait: the missing counterparties are being liquidated themselves
         self._ranked_stale = True

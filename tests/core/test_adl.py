@@ -302,3 +302,175 @@ def test_adl_waiting_for_a_solvent_counterparty_resumes(mode: str) -> None:
     d.mark(M, usdt("20000"))
     assert d.markets[M].liquidations == {}  # actual: 1 still waits
     assert d.pos(M, 1) is None
+
+
+# --- pro_rata_risk: the bankrupt quantity shared by risk, not queued -------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _oracle_split(caps: list[int], weights: list[int], quantity: int) -> list[Fraction]:
+    """Exact water-filling: x_i = min(cap_i, lam * w_i) with sum x_i = quantity."""
+    capped: set[int] = set()
+    while True:
+        left = quantity - sum(caps[i] for i in capped)
+        total = sum(w for i, w in enumerate(weights) if i not in capped)
+        lam = Fraction(left, total) if total else Fraction(0)
+        new = {i for i in range(len(caps)) if i not in capped and lam * weights[i] >= caps[i]}
+        if not new:
+            return [
+                Fraction(caps[i]) if i in capped else lam * weights[i] for i in range(len(caps))
+            ]
+        capped |= new
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 50).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.integers(0, 40), min_size=n, max_size=n),
+            st.lists(st.integers(1, 10**30), min_size=n, max_size=n),
+        )
+    ),
+    st.sampled_from([1, 2, 5]),
+    st.data(),
+)
+def test_split_is_exact_capped_and_within_a_step_of_pro_rata(
+    cw: tuple[list[int], list[int]], step: int, data: st.DataObject
+) -> None:
+    caps = [c * step for c in cw[0]]
+    weights = cw[1]
+    quantity = data.draw(st.integers(0, sum(caps) // step)) * step
+    got = adl.split(caps, weights, quantity, step)
+    assert sum(got) == quantity
+    assert all(0 <= x <= c and x % step == 0 for x, c in zip(got, caps, strict=True))
+    for x, ideal, c in zip(got, _oracle_split(caps, weights, quantity), caps, strict=True):
+        assert x == c if ideal >= c else ideal - step < x < ideal + step
+    assert adl.split(caps, weights, quantity, step) == got  # deterministic
+
+
+def test_split_largest_remainder_ties_go_to_the_earlier_item() -> None:
+    assert adl.split([10, 10, 10], [1, 1, 1], 10, 1) == [4, 3, 3]
+    assert adl.split([10, 10, 10], [1, 1, 2], 10, 1) == [3, 2, 5]
+    assert adl.split([1, 100], [100, 1], 50, 1) == [1, 49]  # the first is capped
+    with pytest.raises(ValueError):
+        adl.split([1], [1], 2, 1)
+
+
+def _shorts(spec, rows):  # type: ignore[no-untyped-def]
+    """rows: (account, size in steps (>0), entry, margin in USDT) -> short positions."""
+    out = []
+    for acct, size, entry, margin in rows:
+        p = Position(acct)
+        p.trade(-size, spec.trade_value(-size, usdt(entry)))
+        p.margin = margin * U
+        out.append(p)
+    return out
+
+
+def test_pro_rata_risk_shares_by_profit_times_leverage() -> None:
+    spec = btc_usdt_spec(adl_policy=AdlPolicy.PRO_RATA_RISK)
+    # At 40,000 all shorts from 50,000 earn 10,000 per BTC; 21 has twice the size and
+    # margin of 22 (same leverage): twice its risk.  23 has 22's size at twice the margin.
+    pos = _shorts(spec, [(21, 200, "50000", 2_000), (22, 100, "50000", 1_000),
+                         (23, 100, "50000", 2_000), (24, 100, "38000", 500)])  # fmt: skip
+    r = {p.account: adl.risk(spec, p, MARK) for p in pos}
+    assert r[24] == 0  # at a loss: no weight
+    assert r[21] == 2 * r[22]
+    # u x N/B: 22 = 1,000 x 4,000/2,000, 23 = 1,000 x 4,000/3,000
+    assert (r[22], r[23]) == (
+        math.floor(Fraction(2_000 * U) * 2**64),
+        math.floor(Fraction(4_000 * U, 3) * 2**64),
+    )
+    ranked = adl.rank(spec, pos, MARK)
+    got = {p.account: x for p, x in adl.allocate(ranked, 90, spec, MARK)}
+    # weights 2 : 1 : 2/3 -> 90 x (6/11, 3/11, 2/11) = 49.09, 24.55, 16.36
+    assert got == {21: 49, 22: 25, 23: 16}
+    assert sum(got.values()) == 90
+    # More than the profitable side holds: the rest comes from 24, queue-style.
+    got = {p.account: x for p, x in adl.allocate(ranked, 450, spec, MARK)}
+    assert got == {21: 200, 22: 100, 23: 100, 24: 50}
+
+
+def test_queue_policies_unchanged_with_spec() -> None:
+    spec = btc_usdt_spec()
+    pos = _shorts(spec, [(21, 200, "50000", 2_000), (22, 100, "50000", 1_000)])
+    ranked = adl.rank(spec, pos, MARK)
+    assert [(p.account, x) for p, x in adl.allocate(ranked, 250, spec, MARK)] == [
+        (p.account, x) for p, x in adl.allocate(ranked, 250)
+    ]
+
+
+def _crash(policy: AdlPolicy, shorts: list[tuple[int, int, int]]) -> tuple[Desk, list[object]]:
+    """Long 1 (0.03 @ 50,000, margin 500) against ``shorts`` (account, steps, margin USDT)
+    at 50,000; account 99 longs the rest.  Mark 30,000: 1 is bankrupt, the fund is empty."""
+    d = Desk(btc_usdt_spec(adl_policy=policy))
+    d.margin(1, M, 500 * U)
+    d.margin(99, M, 10**6 * U)
+    d.mark(M, usdt("50000"))
+    want = 30
+    for acct, size, margin in shorts:
+        d.margin(acct, M, margin * U)
+        take = min(size, want)
+        want -= take
+        if take:
+            d.fill(M, 1, acct, usdt("50000"), take)
+        if size - take:
+            d.fill(M, 99, acct, usdt("50000"), size - take)
+    return d, d.mark(M, usdt("30000"))
+
+
+def test_pro_rata_risk_closes_fewer_whole_positions_than_the_queue() -> None:
+    # A skewed population: ten small shorts at 10x on top of the queue, one big one at 2x.
+    shorts = [(10 + i, 10, 50) for i in range(10)] + [(30, 1_000, 25_000)]
+    closures = {}
+    for policy in (AdlPolicy.PNL_LEVERAGE, AdlPolicy.PRO_RATA_RISK):
+        d, out = _crash(policy, shorts)
+        notices = of_type(out, AdlNotice)
+        [e] = of_type(out, AdlEvent)
+        assert sum(n.quantity for n in notices) == 30 == e.quantity
+        assert {n.price for n in notices} == {e.price}
+        closures[policy] = sum(1 for n in notices if d.pos(M, n.account) is None)
+        hit = {n.account for n in notices}
+        if policy is AdlPolicy.PRO_RATA_RISK:
+            # Risk u x N/B: 200 x 300/250 = 240 each for the small ones, 20,000 x 30,000 /
+            # 45,000 = 13,333.3 for the big one: 30 x 13,333.3/15,733.3 = 25.4 -> 25, the
+            # small ones 0.46 -> 0, and the 5 steps left go to the largest remainders
+            # (the small ones, in rank order).
+            assert {n.account: n.quantity for n in notices} == {30: 25, 10: 1, 11: 1, 12: 1,
+                                                                13: 1, 14: 1}  # fmt: skip
+        else:
+            assert hit == {10, 11, 12}  # queue: the first three, whole
+        d.check()
+    assert closures == {AdlPolicy.PNL_LEVERAGE: 3, AdlPolicy.PRO_RATA_RISK: 0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(3, 60), st.integers(20, 3_000)), min_size=1, max_size=12).filter(
+        lambda rows: sum(s for s, _ in rows) >= 30
+    ),
+)
+def test_pro_rata_risk_through_the_engine(rows: list[tuple[int, int]]) -> None:
+    """Exact quantity, nobody over its size or below zero, conservation, whatever the mix;
+    fewer or equal whole closures than the queue when the shorts share entry and leverage."""
+    shorts = [(10 + i, s, m) for i, (s, m) in enumerate(rows)]
+    whole = {}
+    for policy in (AdlPolicy.PNL_LEVERAGE, AdlPolicy.PRO_RATA_RISK):
+        d, out = _crash(policy, shorts)
+        notices = of_type(out, AdlNotice)
+        assert sum(n.quantity for n in notices) == 30
+        size = {a: s for a, s, _ in shorts}
+        assert all(0 < n.quantity <= size[n.account] for n in notices)
+        assert len({n.account for n in notices}) == len(notices)
+        d.check()  # conservation, no negative margin or wallet, indexes consistent
+        whole[policy] = sum(1 for n in notices if n.quantity == size[n.account])
+    same_leverage = [(10 + i, s, 5 * s) for i, (s, _) in enumerate(rows)]
+    if sum(s for _, s, _ in same_leverage) >= 60:
+        counts = []
+        for policy in (AdlPolicy.PNL_LEVERAGE, AdlPolicy.PRO_RATA_RISK):
+            d, out = _crash(policy, same_leverage)
+            size = {a: s for a, s, _ in same_leverage}
+            counts.append(sum(1 for n in of_type(out, AdlNotice) if n.quantity == size[n.account]))
+        assert counts[1] == 0 <= counts[0]
