@@ -18,10 +18,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from riskd.core.tiers import TierTable
+from riskd.core.tiers import SpecError, TierTable
 from riskd.core.units import INT64_MAX, PPM, Asset
 
-__all__ = ["ContractType", "LiquidationMode", "AdlPolicy", "MarketSpec"]
+__all__ = ["ContractType", "LiquidationMode", "AdlPolicy", "MarketSpec", "SpecError"]
 
 
 class ContractType(enum.Enum):
@@ -44,7 +44,22 @@ class LiquidationMode(enum.Enum):
 class AdlPolicy(enum.Enum):
     PNL_LEVERAGE = "pnl_leverage"  # BitMEX/Bybit: PnL% x effective leverage
     LEVERAGE_PNL = "leverage_pnl"  # Binance variant
-    PRO_RATA_RISK = "pro_rata_risk"  # pro rata to profit x leverage (Chitra 2025)
+
+
+#: Integer settings and their inclusive ranges, checked on every spec (config,
+#: UpdateMarket, journal replay).  A new integer field belongs here.
+_RANGES: tuple[tuple[str, int, int], ...] = (
+    ("price_decimals", 0, 18),
+    ("quantity_decimals", 0, 18),
+    ("tick_size", 1, INT64_MAX),
+    ("step_size", 1, INT64_MAX),
+    ("contract_value", 0, INT64_MAX),
+    ("liquidation_fee_cap_ppm", 0, PPM),
+    ("fund_fee_share_ppm", 0, PPM),
+    ("margin_call_ppm", 0, PPM - 1),
+    ("fill_price_band_ppm", 0, PPM),
+)
+_FLAGS = ("reduce_only", "partial_liquidation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +77,9 @@ class MarketSpec:
     whole, when it is not bankrupt.  ``margin_call_ppm`` is how close (as a
     fraction of the price) the mark may come to a position's liquidation price
     before a margin call is published; 0 disables margin calls.
+    ``fill_price_band_ppm`` turns on the fill sanity checks (0: off; see
+    :meth:`riskd.core.market_engine.MarketEngine.fill`): a fill's price must be
+    within this fraction of the mark.
     """
 
     symbol: str
@@ -81,6 +99,7 @@ class MarketSpec:
     reduce_only: bool = False
     partial_liquidation: bool = False
     margin_call_ppm: int = 20_000
+    fill_price_band_ppm: int = 0
     # Derived constants (see __post_init__); excluded from equality.
     _linear_k: int = field(default=0, compare=False, repr=False)
     _inverse_num: int = field(default=0, compare=False, repr=False)
@@ -88,33 +107,21 @@ class MarketSpec:
     _tier_coefs: tuple[tuple[int, int, int], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._check()
         sym = self.symbol
-        if not sym or not sym.isascii() or len(sym) > 32:
-            raise ValueError(f"market symbol must be 1..32 ASCII chars: {sym!r}")
-        if self.tick_size <= 0 or self.step_size <= 0:
-            raise ValueError(f"{sym}: tick_size and step_size must be > 0")
-        if not 0 <= self.liquidation_fee_cap_ppm <= PPM:
-            raise ValueError(f"{sym}: liquidation_fee_cap_ppm must be in 0..1e6")
-        if not 0 <= self.fund_fee_share_ppm <= PPM:
-            raise ValueError(f"{sym}: fund_fee_share_ppm must be in 0..1e6")
-        if self.partial_liquidation and self.liquidation_fee_cap_ppm >= PPM:
-            raise ValueError(f"{sym}: partial liquidation needs a liquidation fee cap below 100 %")
-        if not 0 <= self.margin_call_ppm < PPM:
-            raise ValueError(f"{sym}: margin_call_ppm must be in 0..1e6")
-        if self.fund_loss_cap is not None and self.fund_loss_cap < 0:
-            raise ValueError(f"{sym}: fund_loss_cap must be >= 0")
         if self.contract_type is ContractType.LINEAR:
             exp = self.asset.decimals - self.price_decimals - self.quantity_decimals
             if exp < 0:
                 need = self.price_decimals + self.quantity_decimals
-                raise ValueError(
-                    f"{sym}: {self.asset.symbol} needs >= {need} decimals so quantity x price"
-                    " is exact"
+                raise SpecError(
+                    "price_decimals",
+                    f"{sym}: {self.asset.symbol} needs >= {need} decimals (price_decimals +"
+                    " quantity_decimals) so quantity x price is exact",
                 )
             object.__setattr__(self, "_linear_k", 10**exp)
         else:
             if self.contract_value <= 0:
-                raise ValueError(f"{sym}: inverse markets need contract_value > 0")
+                raise SpecError("contract_value", f"{sym}: inverse markets need contract_value > 0")
             # value(q, P) = -q * cv * 10**pd * 10**ad / (P * 10**qd)
             num = self.contract_value * 10**self.price_decimals * self.asset.scale
             object.__setattr__(self, "_inverse_num", num)
@@ -129,6 +136,47 @@ class MarketSpec:
             for t in self.tiers.tiers
         )
         object.__setattr__(self, "_tier_coefs", coefs)
+
+    def _check(self) -> None:
+        """Every setting in range; a :class:`SpecError` names the first that is not."""
+        sym = self.symbol
+        if not sym or not sym.isascii() or not sym.isprintable() or len(sym) > 32:
+            raise SpecError("symbol", f"must be 1..32 printable ASCII characters: {sym!r}")
+        for name, low, high in _RANGES:
+            value = getattr(self, name)
+            # bool is an int; a flag where a number belongs is a mistake, not 0 or 1.
+            if type(value) is not int:
+                raise SpecError(name, f"must be an integer, got {value!r}")
+            if not low <= value <= high:
+                span = f">= {low} and fit in int64" if high == INT64_MAX else f"in {low}..{high}"
+                raise SpecError(name, f"must be {span}, got {value}")
+        for name, kind in (
+            ("contract_type", ContractType),
+            ("liquidation_mode", LiquidationMode),
+            ("adl_policy", AdlPolicy),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise SpecError(name, f"must be a {kind.__name__}, got {getattr(self, name)!r}")
+        for name in _FLAGS:
+            if type(getattr(self, name)) is not bool:
+                raise SpecError(name, f"must be true or false, got {getattr(self, name)!r}")
+        if self.fund_loss_cap is not None and (
+            type(self.fund_loss_cap) is not int or not 0 <= self.fund_loss_cap <= INT64_MAX
+        ):
+            raise SpecError(
+                "fund_loss_cap", f"must be 0..{INT64_MAX} quantums, got {self.fund_loss_cap!r}"
+            )
+        if self.contract_type is ContractType.LINEAR and self.contract_value:
+            raise SpecError(
+                "contract_value",
+                "only inverse markets have a contract value (linear: leave it out)",
+            )
+        if self.partial_liquidation and self.liquidation_fee_cap_ppm >= PPM:
+            raise SpecError(
+                "partial_liquidation",
+                "partial liquidation needs a liquidation fee cap below 100 %"
+                " (liquidation_fee_cap_ppm < 1000000)",
+            )
 
     @property
     def is_linear(self) -> bool:
@@ -149,6 +197,18 @@ class MarketSpec:
         """
         num, den = self.value(qty, price)
         return num // den
+
+    def side_value(self, qty: int, price: int) -> int:
+        """Value of one side's signed ``qty`` in a fill, rounded against that side.
+
+        A side's equity moves by ``value(qty, price) - side_value``, so rounding
+        its value up (toward plus infinity) charges the side any fraction of a
+        quantum.  The two sides of a fill each round their own value up; the
+        sum of the two (1 quantum or 0) is the fill's residue, which goes to
+        the market's fee pool.  Linear values are exact: no residue.
+        """
+        num, den = self.value(qty, price)
+        return -((-num) // den)
 
     def notional(self, qty: int, price: int) -> tuple[int, int]:
         """Exact notional ``|value|`` as ``(num, den)``."""

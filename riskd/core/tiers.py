@@ -13,6 +13,10 @@ and liquidation-price code leans on that: it never needs to guess the bracket a
 price falls into.
 
 ``cum`` is kept scaled by one million (quantum-ppm) so it is exact.
+
+Each bracket's initial margin rate (``1 / max_leverage``) must exceed its
+MMR: a position opened at the bracket's maximum leverage must not start out
+already at (or below) maintenance.
 """
 
 from __future__ import annotations
@@ -21,9 +25,19 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from riskd.core.units import PPM, ceil_div
+from riskd.core.units import INT64_MAX, PPM, ceil_div
 
-__all__ = ["Tier", "TierTable"]
+__all__ = ["SpecError", "Tier", "TierTable"]
+
+
+class SpecError(ValueError):
+    """A market setting out of range; ``field`` names it as the config and the
+    API spell it (``tick_size``, ``tiers[2]``), ``reason`` says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,19 +63,32 @@ class TierTable:
     def __init__(self, brackets: Iterable[tuple[int, int, int]]) -> None:
         """Build from ``(floor, max_leverage, mmr_ppm)`` triples, first floor 0."""
         rows = list(brackets)
-        if not rows or rows[0][0] != 0:
-            raise ValueError("the first tier must start at notional 0")
+        if not rows:
+            raise SpecError("tiers", "at least one tier is required (the first tier starts at 0)")
+        if rows[0][0] != 0:
+            raise SpecError("tiers[0]", "the first tier must start at notional 0")
         tiers: list[Tier] = []
         prev_mmr, prev_cum = 0, 0
         for i, (floor, lev, mmr) in enumerate(rows):
+            where = f"tiers[{i}]"
+            if not 0 <= floor <= INT64_MAX:
+                raise SpecError(where, f"notional_floor {floor} (quantums) does not fit in int64")
             if tiers and floor <= tiers[-1].floor:
-                raise ValueError(f"tier {i}: floors must increase")
+                raise SpecError(where, "notional_floor: floors must increase")
             if not 0 < mmr < PPM:
-                raise ValueError(f"tier {i}: mmr_ppm must be in (0, 1e6)")
-            if lev < 1:
-                raise ValueError(f"tier {i}: max_leverage must be >= 1")
+                raise SpecError(
+                    where, f"maintenance_margin_rate_ppm must be in (0, 1e6), got {mmr}"
+                )
+            if not 1 <= lev <= PPM:
+                raise SpecError(where, f"max_leverage must be in 1..1e6, got {lev}")
             if tiers and (mmr < prev_mmr or lev > tiers[-1].max_leverage):
-                raise ValueError(f"tier {i}: MMR must not fall nor leverage rise with notional")
+                raise SpecError(where, "MMR must not fall nor leverage rise with notional")
+            if mmr * lev >= PPM:
+                raise SpecError(
+                    where,
+                    f"max leverage {lev}x (initial margin {PPM // lev} ppm) needs a maintenance"
+                    f" margin rate below the initial margin, got {mmr} ppm",
+                )
             cum = floor * (mmr - prev_mmr) + prev_cum
             tiers.append(Tier(floor, lev, mmr, cum))
             prev_mmr, prev_cum = mmr, cum

@@ -101,7 +101,8 @@ def test_takeover_surplus_clawback_capped() -> None:
     # DOMAIN.md §3 "Fund delta with a fee cap", end to end: 0.1 BTC long with bankruptcy
     # price 51,000 taken over at 56,100 (MMR 10 %): surplus 510, fund +28.05 at a 0.5 % cap,
     # the trader gets 481.95 back.
-    spec = btc_usdt_spec(tiers=TierTable([(0, 10, 100_000)]), liquidation_fee_cap_ppm=5_000)
+    # 9x: the initial margin must exceed the 10 % MMR.
+    spec = btc_usdt_spec(tiers=TierTable([(0, 9, 100_000)]), liquidation_fee_cap_ppm=5_000)
     d = Desk(spec)
     d.open(M, 1, 2, usdt("60000"), 100, 900 * U, 5_000 * U)
     d.mark(M, usdt("60000"))

@@ -181,7 +181,7 @@ def test_dydx_isolated_short_lp() -> None:
         tick_size=1,
         quantity_decimals=3,
         step_size=1,
-        tiers=TierTable([(0, 20, 50_000)]),
+        tiers=TierTable([(0, 19, 50_000)]),  # IM (1/19) must exceed the 5 % MMR
     )
     pos = make_pos(spec, -3_000, 300_000, 1_000 * U)
     assert liquidation_threshold(spec, pos) == 317_461

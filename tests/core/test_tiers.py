@@ -96,14 +96,20 @@ def test_margin_module_agrees_with_table(qty: int, price: int) -> None:
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([], "first tier"),
+        ([], "at least one tier"),
         ([(1, 100, 5_000)], "first tier"),
         ([(0, 100, 5_000), (0, 50, 10_000)], "floors must increase"),
         ([(0, 100, 5_000), (10, 50, 10_000), (5, 20, 20_000)], "floors must increase"),
-        ([(0, 100, 0)], "mmr_ppm"),
-        ([(0, 100, 1_000_000)], "mmr_ppm"),
-        ([(0, 100, -1)], "mmr_ppm"),
+        ([(0, 100, 0)], "maintenance_margin_rate_ppm"),
+        ([(0, 100, 1_000_000)], "maintenance_margin_rate_ppm"),
+        ([(0, 100, -1)], "maintenance_margin_rate_ppm"),
         ([(0, 0, 5_000)], "max_leverage"),
+        ([(0, 2_000_000, 1)], "max_leverage"),
+        # 1000x with 50 % maintenance margin: opened at max leverage, already far below MM.
+        ([(0, 1_000, 500_000)], r"tiers\[0\]: max leverage 1000x"),
+        # Initial margin equal to maintenance margin: liquidatable at the first adverse tick.
+        ([(0, 20, 50_000)], "below the initial margin"),
+        ([(0, 100, 5_000), (2**63, 50, 10_000)], r"tiers\[1\]: notional_floor .* int64"),
         ([(0, 100, 5_000), (10, 50, 4_000)], "MMR must not fall"),
         ([(0, 50, 5_000), (10, 100, 10_000)], "MMR must not fall"),
     ],
