@@ -44,6 +44,7 @@ class LiquidationMode(enum.Enum):
 class AdlPolicy(enum.Enum):
     PNL_LEVERAGE = "pnl_leverage"  # BitMEX/Bybit: PnL% x effective leverage
     LEVERAGE_PNL = "leverage_pnl"  # Binance variant
+    PRO_RATA_RISK = "pro_rata_risk"  # pro rata to profit x leverage (Chitra 2025)
 
 
 #: Integer settings and their inclusive ranges, checked on every spec (config,
