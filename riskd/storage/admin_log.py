@@ -4,11 +4,22 @@ One JSON object per line in ``<data_dir>/admin-audit.jsonl``, appended and
 fsynced before the action runs (``requested``) and again when it has an
 outcome (``completed``, with the gRPC status code), so a crash in between
 still leaves the request on record.  Refused callers are recorded too
-(``denied``); the ``step`` key says which.  Each line carries the SHA-256 of
-the previous one (``prev``), so an edited or removed line breaks the chain:
-:func:`verify` finds it.  The last line has no successor to vouch for it, so
-each line's own hash also goes to the structured log (``admin_audit``), which
-is shipped elsewhere.
+(``denied``, at a bounded rate: see :mod:`riskd.api.auth`); the ``step`` key
+says which.  Each line carries the SHA-256 of the previous one (``prev``), so
+an edited or removed line breaks the chain: :func:`verify` finds it.  The last
+line has no successor to vouch for it, so each line's own hash also goes to
+the structured log (``admin_audit``), which is shipped elsewhere.
+
+Lines are bounded: a request is recorded as its size, its SHA-256 and its
+scalar fields (strings cut short), never whole (see ``riskd.api.auth``).
+
+Every write is checked.  A line is whole on disk or not at all: a failed or
+short write (disk full, ``RLIMIT_FSIZE``, a read-only filesystem) cuts the
+file back to the end of the last whole line and raises :class:`AdminLogFault`,
+and the daemon stops (exit 4).  A line is acknowledged only once it and its
+newline are fsynced, so an unterminated last line can only be a write a crash
+interrupted, never acknowledged: :class:`AdminLog` cuts it off at start (with
+a warning) and :func:`verify` ignores it.
 
 The journal already holds *what* changed (market settings, fund injections);
 this log holds *who* asked, which the journal does not need to replay.
@@ -24,49 +35,142 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AdminLog", "verify", "GENESIS"]
+import structlog
+
+__all__ = ["AdminLog", "AdminLogFault", "verify", "GENESIS"]
 
 GENESIS = "0" * 64
+_CHUNK = 1 << 16
+log = structlog.get_logger("riskd.admin_log")
+
+
+class AdminLogFault(OSError):
+    """Writing the admin audit log failed; nothing after it may be acknowledged."""
 
 
 class AdminLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._prev = GENESIS
-        if path.exists():
-            lines = path.read_bytes().splitlines()
-            if lines:
-                self._prev = _hash(lines[-1])
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._failed: AdminLogFault | None = None
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self._size = _cut_torn_tail(self._fd, path)
+            last = _last_line(self._fd, self._size)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._prev = GENESIS if last is None else _hash(last)
+
+    @property
+    def size(self) -> int:
+        """Bytes of whole lines on disk."""
+        return self._size
 
     def append(self, record: dict[str, Any]) -> str:
-        """Write one record durably (fsync); returns the line's hash."""
+        """Write one record durably (fsync); returns the line's hash.
+
+        Raises :class:`AdminLogFault` if the line could not be made durable
+        (and on every call after that): the file then ends at the last whole
+        line, if the filesystem still lets it be cut back.
+        """
         with self._lock:
+            if self._failed is not None:
+                raise self._failed
             line = {"ts_ms": time.time_ns() // 1_000_000, **record, "prev": self._prev}
-            data = json.dumps(line, sort_keys=True, separators=(",", ":")).encode()
-            os.write(self._fd, data + b"\n")
-            os.fsync(self._fd)
-            self._prev = _hash(data)
+            data = json.dumps(line, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+            try:
+                _write_all(self._fd, data)
+                os.fsync(self._fd)
+            except OSError as e:
+                self._failed = AdminLogFault(e.errno, f"admin audit log write failed: {e.strerror}")
+                self._failed.filename = str(self.path)
+                try:  # leave no torn line behind (shrinking needs no free space)
+                    os.ftruncate(self._fd, self._size)
+                    os.fsync(self._fd)
+                except OSError:
+                    pass  # cut at the next start instead: it was never acknowledged
+                raise self._failed from e
+            self._size += len(data)
+            self._prev = _hash(data[:-1])
             return self._prev
 
     def close(self) -> None:
         os.close(self._fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written; a write that makes no progress fails."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(0, "short write: no bytes written")
+        view = view[n:]
+
+
+def _cut_torn_tail(fd: int, path: Path) -> int:
+    """Truncate bytes after the last newline (a write a crash cut short); the new size."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end = _last_newline_before(fd, size)
+    keep = 0 if end is None else end + 1
+    os.ftruncate(fd, keep)
+    os.fsync(fd)
+    log.warning(
+        "admin_audit_torn_tail_cut",
+        path=str(path),
+        bytes=size - keep,
+        reason="an unterminated last line: a write a crash interrupted, never acknowledged",
+    )
+    return keep
+
+
+def _last_newline_before(fd: int, end: int) -> int | None:
+    """Offset of the last ``\\n`` before ``end``, reading backwards in chunks."""
+    while end > 0:
+        start = max(0, end - _CHUNK)
+        at = os.pread(fd, end - start, start).rfind(b"\n")
+        if at >= 0:
+            return start + at
+        end = start
+    return None
+
+
+def _last_line(fd: int, size: int) -> bytes | None:
+    """The last whole line (without its newline) of a file ending in one."""
+    if size == 0:
+        return None
+    start = _last_newline_before(fd, size - 1)
+    begin = 0 if start is None else start + 1
+    return os.pread(fd, size - 1 - begin, begin)
+
+
 def verify(path: Path) -> tuple[int, str | None]:
-    """(lines checked, first problem or None)."""
-    prev = GENESIS
-    lines = path.read_bytes().splitlines() if path.exists() else []
-    for n, data in enumerate(lines, 1):
-        try:
-            record = json.loads(data)
-        except ValueError:
-            return n, f"line {n}: not JSON"
-        if record.get("prev") != prev:
-            return n, f"line {n}: chain broken (prev does not match line {n - 1})"
-        prev = _hash(data)
-    return len(lines), None
+    """(lines checked, first problem or None).
+
+    Reads line by line (the log may be large).  An unterminated last line is
+    not checked: it is a write a crash interrupted, never acknowledged (the
+    daemon cuts it off when it next starts).
+    """
+    if not path.exists():
+        return 0, None
+    prev, n = GENESIS, 0
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            n += 1
+            data = raw[:-1]
+            try:
+                record = json.loads(data)
+            except ValueError:
+                return n, f"line {n}: not JSON"
+            if not isinstance(record, dict) or record.get("prev") != prev:
+                return n, f"line {n}: chain broken (prev does not match line {n - 1})"
+            prev = _hash(data)
+    return n, None
 
 
 def _hash(line: bytes) -> str:
