@@ -1,0 +1,178 @@
+"""Stress coverage: what the fund would owe if the mark moved by X % now, and could pay.
+
+For each market and each stress move (default ±5, 10, 20, 30 %) the mark is
+moved to ``P' = mark × (1 + move)``, rounded to the tick *away* from the mark
+(the harsher price), and every open position whose bankruptcy price lies
+within the move is taken over at ``P'``: its loss beyond bankruptcy is what
+the fund would be asked for, exactly the ``shortfall`` of the
+:class:`~riskd.core.events.TakeoverClaim` the engine would send
+(:func:`riskd.core.liquidation.takeover_result`, the same integer rounding).
+
+Finding them costs O(log n + k): a position bankrupt at ``P'`` has margin
+balance below zero there, so below its maintenance margin, so the liquidation
+index has it among the positions ``P'`` crosses (longs with threshold ≥ ``P'``
+on a fall, shorts with threshold ≤ ``P'`` on a rise).  Only those ``k``
+crossed positions are valued; the others cannot be bankrupt at ``P'``.
+
+Left out, on purpose: positions already being liquidated (their claim is with
+the fund or reserved already, and counts in its budget), the backstop (its
+margin is fund money already paid out; beyond its bankruptcy it goes straight
+to ADL), and the fees solvent liquidations would bring in (a crash gives no
+time to collect them first).
+
+``payable`` is what the fund could pay of that shortfall for that market under
+its rules right now: ``min(shortfall, budget)`` with the budget of
+:meth:`riskd.core.insurance_fund.InsuranceFund.budget` (free balance, the
+market's loss cap over the window, the drawdown guard), computed here without
+touching the fund (a query must not move its rolling window).  Each market is
+stressed alone against the whole fund; a move that hits every market of an
+asset at once is bounded by the sum.
+
+Everything is an integer; ``coverage_ppm = payable × 10^6 // shortfall``
+(rounded down: coverage is never overstated), 10^6 when there is no shortfall.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from riskd.core.insurance_fund import InsuranceFund
+from riskd.core.liquidation import takeover_result
+from riskd.core.market_engine import MarketEngine
+from riskd.core.units import INT64_MAX, PPM, ceil_div
+
+__all__ = [
+    "DEFAULT_MOVES_PPM",
+    "MAX_MOVES",
+    "StressRow",
+    "check_moves",
+    "move_label",
+    "moved_price",
+    "shortfall_at",
+    "fund_budget",
+    "coverage",
+]
+
+#: ±5, 10, 20, 30 %: the steps the metrics and the query use unless told otherwise.
+DEFAULT_MOVES_PPM: tuple[int, ...] = (
+    -300_000,
+    -200_000,
+    -100_000,
+    -50_000,
+    50_000,
+    100_000,
+    200_000,
+    300_000,
+)
+#: Each move walks the positions it crosses: bound how many one query may ask for.
+MAX_MOVES = 32
+_MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class StressRow:
+    """One market under one move; money in quantums of ``asset``."""
+
+    market: str
+    asset: str
+    move_ppm: int
+    price: int  # the moved mark, on the tick
+    positions: int  # positions bankrupt at ``price``
+    shortfall: int  # their losses beyond bankruptcy at ``price``
+    payable: int  # what the fund could pay of it now
+    coverage_ppm: int  # payable / shortfall, ppm, rounded down
+
+
+def check_moves(moves: Sequence[int]) -> str | None:
+    """Why a list of moves (ppm) is unacceptable, or None."""
+    if len(moves) > MAX_MOVES:
+        return f"at most {MAX_MOVES} moves, got {len(moves)}"
+    for m in moves:
+        if m == 0 or not -PPM < m <= 10 * PPM:
+            return f"each move must be in (-1000000, 10000000] ppm and not 0, got {m}"
+    if len(set(moves)) != len(moves):
+        return "moves must not repeat"
+    return None
+
+
+def move_label(move_ppm: int) -> str:
+    """``-50000`` → ``"-5%"``, ``125000`` → ``"+12.5%"``: the metric's ``move`` label."""
+    whole, frac = divmod(abs(move_ppm), 10_000)
+    text = f"{whole}" if not frac else f"{whole}.{frac:04d}".rstrip("0")
+    return f"{'-' if move_ppm < 0 else '+'}{text}%"
+
+
+def moved_price(mark: int, move_ppm: int, tick: int) -> int:
+    """``mark × (1 + move)`` on the tick, rounded away from the mark, within 1 tick .. int64."""
+    exact_num = mark * (PPM + move_ppm)
+    if move_ppm < 0:
+        price = exact_num // (PPM * tick) * tick
+    else:
+        price = ceil_div(exact_num, PPM * tick) * tick
+    return min(max(price, tick), INT64_MAX // tick * tick)
+
+
+def shortfall_at(engine: MarketEngine, price: int) -> tuple[int, int]:
+    """``(positions, shortfall)``: positions bankrupt at ``price`` and their loss beyond it.
+
+    Walks only the positions the liquidation index says ``price`` crosses.
+    """
+    mark = engine.mark
+    if mark is None:
+        return 0, 0
+    index = engine.index
+    crossed = index.longs_from(price) if price <= mark else index.shorts_to(price)
+    count = total = 0
+    for account in crossed:
+        pos = engine.positions[account]
+        if pos.is_backstop:
+            continue
+        _, remaining = takeover_result(engine.spec, pos, pos.size, price)
+        if remaining < 0:
+            count += 1
+            total -= remaining
+    return count, total
+
+
+def fund_budget(fund: InsuranceFund, market: str, ts: int, loss_cap: int | None) -> int:
+    """:meth:`InsuranceFund.budget` at ``ts``, read without moving the fund's window.
+
+    ``budget`` first expires old buckets and records the current balance as a
+    peak; here the same buckets are filtered instead (a test checks both agree).
+    """
+    oldest = (ts - fund.policy.window_ms) // _MINUTE_MS
+    balance = fund.balance
+    peak = max([b for m, b in fund._peaks if m >= oldest] + [balance])
+    floor = ceil_div(peak * (PPM - fund.policy.drawdown_limit_ppm), PPM)
+    room = min(balance - fund.reserved_total, balance - floor - fund.reserved_total)
+    if loss_cap is not None:
+        used = sum(x for m, x in fund._losses.get(market, ()) if m >= oldest)
+        used += fund._reserved_by_market.get(market, 0)
+        room = min(room, loss_cap - used)
+    return max(room, 0)
+
+
+def coverage(
+    engine: MarketEngine,
+    budget: int,
+    moves: Iterable[int] = DEFAULT_MOVES_PPM,
+) -> list[StressRow]:
+    """One row per move for one market, given the fund's ``budget`` for it.
+
+    Empty while the market has no mark (there is nothing to move).
+    """
+    mark = engine.mark
+    if mark is None:
+        return []
+    spec = engine.spec
+    rows = []
+    for move in moves:
+        price = moved_price(mark, move, spec.tick_size)
+        count, shortfall = shortfall_at(engine, price)
+        payable = min(shortfall, budget)
+        ratio = payable * PPM // shortfall if shortfall else PPM
+        rows.append(
+            StressRow(spec.symbol, engine.asset, move, price, count, shortfall, payable, ratio)
+        )
+    return rows
