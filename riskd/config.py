@@ -63,6 +63,9 @@ class ServerConfig:
     gateway_burst: int = 0
     #: Per-stream HTTP/2 receive window (0: let gRPC grow it by probing).
     transport_window_bytes: int = 262_144
+    #: Open event subscriptions at most, in all and per identity (>= 1 each).
+    max_subscriptions: int = 256
+    max_subscriptions_per_identity: int = 16
 
     def check_transport(self) -> None:
         """Exactly one of TLS or plaintext; plaintext only on a loopback address."""

@@ -167,6 +167,19 @@ class Metrics:
             registry=r,
         )
         self.subscribers = Gauge("riskd_event_subscribers", "Open event subscriptions.", registry=r)
+        self.subscriptions_refused = Counter(
+            "riskd_event_subscriptions_refused",
+            "Event subscriptions refused with RESOURCE_EXHAUSTED, by the limit reached"
+            " (per_identity or total).",
+            ["limit"],
+            registry=r,
+        )
+        self.denied_unrecorded = Counter(
+            "riskd_rpc_denied_unrecorded",
+            "Denied calls over the per-identity record rate: counted here and summarised in"
+            " the next denied line (admin audit log, rpc_denied log), not written one by one.",
+            registry=r,
+        )
         self.mark_timestamp = Gauge(
             "riskd_mark_price_timestamp_seconds",
             "Gateway timestamp of the last mark price applied, per market.",
@@ -204,6 +217,8 @@ class Metrics:
             self.liquidations_in_progress.labels(m)
         for lane in ("liquidation_path", "other"):
             self.queue_seconds.labels(lane)
+        for limit in ("per_identity", "total"):
+            self.subscriptions_refused.labels(limit)
         for a in assets:
             self.fund_balance.labels(a).set(0)
             self.fund_reserved.labels(a).set(0)

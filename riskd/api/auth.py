@@ -19,6 +19,18 @@ before the handler runs, and writes every AdminService call to the admin
 audit log.  Finer checks (which markets a gateway may send for) happen where
 the request is understood, in the ingest and withdrawal handlers.
 
+What a refused or hostile caller can cost is bounded.  Denied calls are
+recorded (an ``rpc_denied`` log line, and for AdminService a ``denied`` audit
+line) within a :class:`~riskd.api.rate_limit.RecordBudget` per identity and in
+all; beyond it they are only counted (``riskd_rpc_denied_unrecorded_total``)
+and the next recorded line says how many were not.  An audit line never holds
+a request whole: its size, SHA-256 and scalar fields (strings cut to
+:data:`AUDIT_STRING_CHARS`; repeated fields as counts) — a 1.8 MB
+``UpdateMarket`` costs a few hundred bytes.  AdminService request bytes are
+decoded only once the caller is admitted, so a denied one is never parsed.
+A failed audit write stops the daemon (exit 4): an admin action must not run
+unrecorded.
+
 The interceptor also guards unary request decoding: bytes that are not the
 request message get INVALID_ARGUMENT rather than grpcio's UNKNOWN.
 """
@@ -26,8 +38,11 @@ request message get INVALID_ARGUMENT rather than grpcio's UNKNOWN.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -41,10 +56,11 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from riskd.access import DEVELOPMENT, Grant, Policy, Role
+from riskd.api.rate_limit import RecordBudget
 from riskd.api.status import abort
 from riskd.config import TlsConfig
 from riskd.metrics import Metrics
-from riskd.storage.admin_log import AdminLog
+from riskd.storage.admin_log import AdminLog, AdminLogFault
 
 __all__ = [
     "GATEWAY_KEY",
@@ -70,6 +86,15 @@ SERVICE_ROLES: dict[str, Role | None] = {
     "grpc.reflection.v1alpha.ServerReflection": None,
     "grpc.reflection.v1.ServerReflection": None,
 }
+
+#: Denied calls recorded one by one: per identity (a burst, then one per 10 s)
+#: and in all (a burst, then one a second); beyond that only counted.
+DENIED_RECORD_RATE, DENIED_RECORD_BURST = 0.1, 20.0
+DENIED_RECORD_TOTAL_RATE, DENIED_RECORD_TOTAL_BURST = 1.0, 100.0
+#: Longest string field (and certificate name) an audit line keeps.
+AUDIT_STRING_CHARS = 128
+#: Exit status when a storage write fails (docs/runbook.md).
+EXIT_STORAGE_FAULT = 4
 
 log = structlog.get_logger("riskd.auth")
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -199,11 +224,96 @@ class Undecodable:
         self.error = error
 
 
+class Received:
+    """An audited request's bytes, decoded only when the caller is admitted."""
+
+    __slots__ = ("data", "_decode", "_message")
+
+    def __init__(self, data: bytes, decode: Callable[[bytes], Any]) -> None:
+        self.data = data
+        self._decode = decode
+        self._message: Any = None
+
+    def message(self) -> Any:
+        """The request message (or :class:`Undecodable`), decoded once."""
+        if self._message is None:
+            self._message = self._decode(self.data)
+        return self._message
+
+    def digest(self) -> dict[str, Any]:
+        """Size, SHA-256 and the scalar fields: bounded whatever the request's size."""
+        out: dict[str, Any] = {
+            "request_bytes": len(self.data),
+            "request_sha256": hashlib.sha256(self.data).hexdigest(),
+        }
+        message = self.message()
+        if isinstance(message, Message):
+            repeated: dict[str, int] = {}
+            out["request"] = json_format.MessageToDict(
+                _trimmed(message, repeated), preserving_proto_field_name=True
+            )
+            if repeated:
+                out["request_repeated"] = repeated
+        else:
+            out["request_undecodable"] = True
+        return out
+
+
+def _trimmed(message: Message, repeated: dict[str, int], prefix: str = "") -> Message:
+    """A copy with strings cut short, repeated fields dropped (counted in ``repeated``)."""
+    out = type(message)()
+    for field, value in message.ListFields():
+        name = prefix + field.name
+        if field.is_repeated:
+            repeated[name] = len(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(out, field.name).CopyFrom(_trimmed(value, repeated, name + "."))
+        elif field.type == field.TYPE_STRING:
+            setattr(out, field.name, _cut(value))
+        elif field.type == field.TYPE_BYTES:
+            repeated[name + ".bytes"] = len(value)
+        else:
+            setattr(out, field.name, value)
+    return out
+
+
+def _cut(text: str) -> str:
+    if len(text) <= AUDIT_STRING_CHARS:
+        return text
+    return f"{text[:AUDIT_STRING_CHARS]}...({len(text)} chars)"
+
+
+def fail_stop(error: BaseException) -> None:
+    """A storage write failed: log it once and exit at once, acknowledging nothing more.
+
+    ``os._exit`` from whichever thread found it: nothing after the failed
+    write may be reported as done, and shutdown must not wait on it.
+    """
+    log.error("storage_write_failed", path=getattr(error, "filename", None), error=str(error))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_STORAGE_FAULT)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, auth: Authenticator, admin_log: AdminLog | None, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        auth: Authenticator,
+        admin_log: AdminLog | None,
+        metrics: Metrics,
+        on_storage_fault: Callable[[BaseException], None] = fail_stop,
+    ) -> None:
         self.auth = auth
         self.admin_log = admin_log
         self.metrics = metrics
+        self.on_storage_fault = on_storage_fault
+        self.denied_budget = RecordBudget(
+            DENIED_RECORD_RATE,
+            DENIED_RECORD_BURST,
+            DENIED_RECORD_TOTAL_RATE,
+            DENIED_RECORD_TOTAL_BURST,
+            time.monotonic(),
+        )
 
     async def intercept_service(
         self,
@@ -230,11 +340,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if role is not None:
                     grant = self.auth.check(context, role)
             except Denied as d:
-                self.metrics.denied.inc()
-                log.warning("rpc_denied", method=method, peer=context.peer(), reason=d.message)
-                if audited:
-                    await self._audit("denied", method, context, request, None, "PERMISSION_DENIED")
+                await self._denied(d, method, context, request if audited else None)
                 await abort(context, grpc.StatusCode.PERMISSION_DENIED, d.field, d.message)
+            if isinstance(request, Received):
+                request = request.message()
             if isinstance(request, Undecodable):
                 await abort(
                     context,
@@ -251,11 +360,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 grant = await admit(request, context)
                 if not audited:
                     return await inner_uu(request, context)
+                received: Received = request
                 call = uuid.uuid4().hex  # pairs "requested" with "completed", across restarts
-                await self._audit("requested", method, context, request, grant, None, call)
+                await self._audit("requested", method, context, received, grant, None, call)
                 code = "UNKNOWN"
                 try:
-                    response = await inner_uu(request, context)
+                    response = await inner_uu(received.message(), context)
                     code = "OK"
                     return response
                 except BaseException:
@@ -265,8 +375,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     await self._audit("completed", method, context, None, grant, code, call)
 
+            decode = (_lazy if audited else _safe)(handler.request_deserializer)
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, _safe(handler.request_deserializer), handler.response_serializer
+                unary_unary, decode, handler.response_serializer
             )
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
@@ -292,30 +403,70 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
         raise AssertionError(f"{method}: riskd serves no client-streaming RPCs")
 
+    async def _denied(self, d: Denied, method: str, context: Ctx, request: Any) -> None:
+        """Count a denied call; record it (log line, audit line) within the record budget."""
+        self.metrics.denied.inc()
+        names = _bounded_names(context)
+        unrecorded = self.denied_budget.admit("\n".join(names), time.monotonic())
+        if unrecorded is None:
+            self.metrics.denied_unrecorded.inc()
+            return
+        log.warning(
+            "rpc_denied",
+            method=method,
+            peer=context.peer(),
+            reason=_cut(d.message),
+            unrecorded_before=unrecorded,
+        )
+        if isinstance(request, Received):
+            await self._audit(
+                "denied", method, context, request, None, "PERMISSION_DENIED", unrecorded=unrecorded
+            )
+
     async def _audit(
         self,
         what: str,
         method: str,
         context: Ctx,
-        request: Any,
+        request: Received | None,
         grant: Grant | None,
         code: str | None,
         call: str = "",
+        unrecorded: int | None = None,
     ) -> None:
         assert self.admin_log is not None
         record: dict[str, Any] = {
             "step": what,
             "call": call,
             "method": method,
-            "identity": grant.identity if grant is not None else _names(context),
-            "peer": context.peer(),
+            "identity": grant.identity if grant is not None else _bounded_names(context),
+            "peer": _cut(context.peer()),
         }
-        if isinstance(request, Message):
-            record["request"] = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        if request is not None:
+            record.update(request.digest())
         if code is not None:
             record["code"] = code
-        digest = await asyncio.to_thread(self.admin_log.append, record)
+        if unrecorded:
+            record["unrecorded_before"] = unrecorded
+        try:
+            digest = await asyncio.to_thread(self.admin_log.append, record)
+        except AdminLogFault as e:
+            self.on_storage_fault(e)
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "", "the admin audit log failed")
         log.info("admin_audit", hash=digest, **{k: v for k, v in record.items() if k != "request"})
+
+
+def _lazy(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Keep the bytes; decode (safely) only when asked: denied callers are never parsed."""
+    decode = _safe(deserializer)
+    if decode is None:
+        return None
+    checked = decode
+
+    def keep(data: bytes) -> Received:
+        return Received(data, checked)
+
+    return keep
 
 
 def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -337,3 +488,8 @@ def _metadata(context: Ctx) -> dict[str, Any]:
 
 def _names(context: Ctx) -> list[str]:
     return [n.decode(errors="replace") for n in context.peer_identities() or ()]
+
+
+def _bounded_names(context: Ctx) -> list[str]:
+    """A peer's certificate names for a log line: at most 8, each cut short."""
+    return [_cut(n) for n in _names(context)[:8]]

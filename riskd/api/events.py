@@ -8,6 +8,12 @@ a cursor into the one log, so a slow subscriber costs no memory — once it fall
 behind the retained window its stream ends with OUT_OF_RANGE, naming the
 oldest sequence it can resume from.
 
+Subscriptions themselves are bounded: at most ``max_per_identity`` open per
+identity and ``max_total`` in all (``[server] max_subscriptions_per_identity``,
+``max_subscriptions``); one more is refused with RESOURCE_EXHAUSTED naming the
+limit, so a reader cannot hold an unbounded number of streams (each costs a
+task and HTTP/2 buffers, not a queue).
+
 Lives on the gRPC thread; the engine appends through ``call_soon_threadsafe``.
 """
 
@@ -19,7 +25,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
-from riskd.access import Role
+from riskd.access import Grant, Role
 from riskd.api import convert
 from riskd.api.auth import Authenticator, Denied
 from riskd.api.status import abort
@@ -78,10 +84,23 @@ class EventLog:
 
 
 class EventServicer(events_pb2_grpc.EventServiceServicer):
-    def __init__(self, log: EventLog, metrics: Metrics, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        metrics: Metrics,
+        auth: Authenticator,
+        max_total: int = 256,
+        max_per_identity: int = 16,
+    ) -> None:
         self.log = log
         self.metrics = metrics
         self.auth = auth
+        self.max_total = max_total
+        self.max_per_identity = max_per_identity
+        self.open_total = 0
+        #: Open subscriptions per identity; an identity with none has no entry,
+        #: so the dict never holds more keys than there are open subscriptions.
+        self.open_by_identity: dict[str, int] = {}
 
     async def Subscribe(
         self,
@@ -96,14 +115,19 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 f"no event {request.from_sequence} yet (next is {self.log.next_sequence})",
             )
         requested = frozenset(request.markets)
-        markets = await self._markets(context, requested)
+        grant, markets = await self._markets(context, requested)
+        identity = self.auth.gateway(grant, context)  # plaintext: the x-riskd-gateway name
+        await self._admit(context, identity)
+        # No await between the check in _admit and here: the count cannot be overtaken.
+        self.open_total += 1
+        self.open_by_identity[identity] = self.open_by_identity.get(identity, 0) + 1
         generation = self.auth.generation
         self.metrics.subscribers.inc()
         try:
             async for event in self.log.follow(request.from_sequence, markets):
                 if generation != self.auth.generation:  # the policy was reloaded (SIGHUP)
                     generation = self.auth.generation
-                    if await self._markets(context, requested) != markets:
+                    if (await self._markets(context, requested))[1] != markets:
                         await abort(
                             context,
                             grpc.StatusCode.PERMISSION_DENIED,
@@ -115,15 +139,49 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             await abort(context, grpc.StatusCode.OUT_OF_RANGE, "from_sequence", str(e))
         finally:
             self.metrics.subscribers.dec()
+            self.open_total -= 1
+            left = self.open_by_identity[identity] - 1
+            if left:
+                self.open_by_identity[identity] = left
+            else:
+                del self.open_by_identity[identity]
 
-    async def _markets(self, context: Ctx, requested: frozenset[str]) -> frozenset[str]:
-        """The markets a subscription follows: those asked for (all: empty), within the grant."""
+    async def _admit(self, context: Ctx, identity: str) -> None:
+        """Refuse a subscription over either cap (RESOURCE_EXHAUSTED, naming the limit)."""
+        mine = self.open_by_identity.get(identity, 0)
+        if mine >= self.max_per_identity:
+            self.metrics.subscriptions_refused.labels("per_identity").inc()
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "",
+                f"{identity!r} already has {mine} event subscriptions open, the most allowed"
+                f" per identity (server.max_subscriptions_per_identity = {self.max_per_identity})",
+                retry_after=1.0,
+            )
+        if self.open_total >= self.max_total:
+            self.metrics.subscriptions_refused.labels("total").inc()
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "",
+                f"{self.open_total} event subscriptions are open, the most riskd serves"
+                f" (server.max_subscriptions = {self.max_total})",
+                retry_after=1.0,
+            )
+
+    async def _markets(
+        self, context: Ctx, requested: frozenset[str]
+    ) -> tuple[Grant, frozenset[str]]:
+        """The caller's grant, and the markets a subscription follows: those asked
+        for (all: empty), within the grant."""
         try:
-            granted = self.auth.check(context, Role.READER).markets
+            grant = self.auth.check(context, Role.READER)
         except Denied as d:
             await abort(context, grpc.StatusCode.PERMISSION_DENIED, d.field, d.message)
+        granted = grant.markets
         if granted is None:
-            return requested
+            return grant, requested
         if requested - granted:
             await abort(
                 context,
@@ -133,4 +191,4 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             )
         if not (requested or granted):
             await abort(context, grpc.StatusCode.PERMISSION_DENIED, "markets", "none granted")
-        return requested or granted
+        return grant, requested or granted
