@@ -34,6 +34,7 @@ __all__ = [
     "LiquidationOrder",
     "LiquidationSettled",
     "AdlNotice",
+    "AdlReason",
     "AdlEvent",
     "MarginCall",
     "FundFlow",
@@ -223,12 +224,38 @@ class ReserveSettle:
     fee: int
 
 
+class AdlReason(enum.Enum):
+    """Why a liquidation was deleveraged instead of paid for by the fund.
+
+    The first three name the limit that bounded the fund's payment (balance,
+    the market's loss cap, the drawdown guard); ``NO_BOOK``: a book-mode order
+    the book gave up on; ``BACKSTOP``: the backstop's own inventory (or a
+    takeover it could not accept) went past the margin the fund gave it.
+    """
+
+    FUND_EMPTY = "fund_empty"
+    MARKET_CAP = "market_cap"
+    DRAWDOWN_LIMIT = "drawdown_limit"
+    NO_BOOK = "no_book"
+    BACKSTOP = "backstop"
+
+
 @dataclass(frozen=True, slots=True)
 class FundDecision:
+    """The fund's answer to a claim.
+
+    Takeover: ``absorbed`` when it pays the whole shortfall, then ``granted`` is
+    the backstop margin it moves to the market.  Otherwise ``granted`` is the
+    part of the shortfall it pays (reserved for the liquidation until the ADL of
+    the rest settles it) and ``reason`` the limit that stopped it.  Book mode:
+    ``granted`` is the slippage reservation.
+    """
+
     market: str
     liquidation_id: int
     absorbed: bool
     granted: int
+    reason: AdlReason | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,10 +310,12 @@ class AdlNotice:
 class AdlEvent:
     """One ADL execution, for metrics and reports.
 
-    ``deficit`` is what the bankrupt position lacked at the mark; ``haircut`` the
-    profit the counterparties gave up by closing at the bankruptcy price instead
-    of the mark; ``overshoot = haircut - deficit`` (tick rounding, booked to the
-    fund as a liquidation fee).
+    ``deficit`` is what the bankrupt position lacked at the mark; ``fund_paid``
+    the part of it the insurance fund paid (up to its limit); ``haircut`` the
+    profit the counterparties gave up by closing at the fund-adjusted
+    bankruptcy price instead of the mark; ``overshoot = haircut + fund_paid -
+    deficit`` (tick rounding, which the fund keeps: a liquidation fee or a
+    smaller payment).  ``reason`` says why the fund did not pay it all.
     """
 
     market: str
@@ -300,6 +329,8 @@ class AdlEvent:
     overshoot: int
     counterparties: int
     ts: int
+    reason: AdlReason = AdlReason.FUND_EMPTY
+    fund_paid: int = 0
 
 
 @dataclass(frozen=True, slots=True)

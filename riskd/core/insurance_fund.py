@@ -3,8 +3,9 @@
 It takes in liquidation fees (clawback of the surplus over bankruptcy),
 trading-fee shares and seed capital; it absorbs the shortfall of bankrupt
 liquidations, earmarks slippage budgets for book-mode liquidation orders and
-funds the backstop account.  It refuses — and so hands the loss to ADL — when
-paying would break any of:
+funds the backstop account.  It pays as much of a shortfall as it may
+and hands only the rest to ADL (BitMEX, dYdX: the fund pays up to its limit);
+what it may pay is bounded by:
 
 * the balance never goes below zero (reservations count as spent);
 * a per-market loss cap over the rolling window (dYdX YFI, 2023-11);
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 from riskd.core.errors import Rejected
 from riskd.core.events import (
+    AdlReason,
     FundCredit,
     FundDecision,
     FundFlow,
@@ -36,6 +38,7 @@ from riskd.core.events import (
     ReserveSettle,
     TakeoverClaim,
 )
+from riskd.core.liquidation import waterfall
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_positive
 
 FundEffect = FundCredit | TakeoverClaim | ReserveClaim | ReserveSettle
@@ -119,16 +122,33 @@ class InsuranceFund:
 
     def budget(self, market: str, ts: int, loss_cap: int | None = None) -> int:
         """The most the fund may pay out for ``market`` now."""
+        return self.limit(market, ts, loss_cap)[0]
+
+    def limit(self, market: str, ts: int, loss_cap: int | None = None) -> tuple[int, AdlReason]:
+        """``(budget, the limit that sets it)``: what an ADL beyond it is blamed on.
+
+        The free balance is named when it binds (or is gone), before the
+        market's cap, before the drawdown guard, so operators see which guard
+        deleveraged their users.
+        """
         self._expire(ts)
         free = self.balance - self.reserved_total
         peak = max((b for _, b in self._peaks), default=self.balance)
         floor = ceil_div(peak * (PPM - self.policy.drawdown_limit_ppm), PPM)
-        room = min(free, self.balance - floor - self.reserved_total)
+        drawdown = self.balance - floor - self.reserved_total
+        cap = drawdown
         if loss_cap is not None:
             used = sum(x for _, x in self._losses.get(market, ()))
             used += self._reserved_by_market.get(market, 0)
-            room = min(room, loss_cap - used)
-        return max(room, 0)
+            cap = loss_cap - used
+        room = min(free, drawdown, cap)
+        if free <= 0 or free == room:
+            reason = AdlReason.FUND_EMPTY
+        elif loss_cap is not None and cap <= drawdown:
+            reason = AdlReason.MARKET_CAP
+        else:
+            reason = AdlReason.DRAWDOWN_LIMIT
+        return max(room, 0), reason
 
     # --- inputs ---------------------------------------------------------------
 
@@ -153,9 +173,13 @@ class InsuranceFund:
         self._report(claim.ts).liquidation_volume += claim.notional
         if claim.fee:
             self._book(FundKind.LIQUIDATION_FEE, claim.market, cause, claim.fee, claim.ts)
-        budget = self.budget(claim.market, claim.ts, claim.loss_cap)
-        if claim.shortfall > budget:
-            return FundDecision(claim.market, claim.liquidation_id, False, 0)
+        budget, reason = self.limit(claim.market, claim.ts, claim.loss_cap)
+        share = waterfall(-claim.shortfall, claim.notional, 0, budget)
+        if share.uncovered:
+            # It pays what it may; held like a book-mode reservation until the
+            # ADL of the rest settles the exact amount (ReserveSettle).
+            self._hold(claim.market, claim.liquidation_id, share.paid)
+            return FundDecision(claim.market, claim.liquidation_id, False, share.paid, reason)
         if claim.shortfall:
             self._book(FundKind.SHORTFALL, claim.market, cause, -claim.shortfall, claim.ts)
         granted = min(claim.margin_wanted, budget - claim.shortfall)
@@ -165,13 +189,24 @@ class InsuranceFund:
 
     def reserve(self, claim: ReserveClaim) -> FundDecision:
         self._report(claim.ts).liquidation_volume += claim.notional
-        granted = min(claim.wanted, self.budget(claim.market, claim.ts, claim.loss_cap))
-        if granted:
-            self.reserved[(claim.market, claim.liquidation_id)] = granted
-            self.reserved_total += granted
+        budget, reason = self.limit(claim.market, claim.ts, claim.loss_cap)
+        granted = min(claim.wanted, budget)
+        self._hold(claim.market, claim.liquidation_id, granted)
+        return FundDecision(
+            claim.market,
+            claim.liquidation_id,
+            True,
+            granted,
+            reason if granted < claim.wanted else None,
+        )
+
+    def _hold(self, market: str, liquidation_id: int, amount: int) -> None:
+        """Earmark ``amount`` for one liquidation: counted as spent until settled."""
+        if amount:
+            self.reserved[(market, liquidation_id)] = amount
+            self.reserved_total += amount
             by_market = self._reserved_by_market
-            by_market[claim.market] = by_market.get(claim.market, 0) + granted
-        return FundDecision(claim.market, claim.liquidation_id, True, granted)
+            by_market[market] = by_market.get(market, 0) + amount
 
     def settle(self, s: ReserveSettle) -> None:
         held = self.reserved.pop((s.market, s.liquidation_id), 0)

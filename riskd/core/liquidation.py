@@ -1,11 +1,19 @@
-"""A liquidation in progress and the prices and fees it settles at.
+"""A liquidation in progress, the one loss waterfall, and the prices it settles at.
 
-Waterfall (DOMAIN.md §2): closing a position at price F leaves the trader
-``R = M + PnL(F)``.  If ``R >= 0`` the fund takes ``min(R, fee_cap × notional)``
-(the clawback; fee cap 100 % by default) and the trader keeps the rest.  If
-``R < 0`` the shortfall ``-R`` is asked of the fund; if the fund refuses, the
-position is instead closed against ranked opposite positions at its
-bankruptcy price (ADL), where ``R`` is zero up to tick rounding.
+The waterfall (DOMAIN.md §2; BitMEX, dYdX), the same in takeover and book
+mode: closing (part of) a position leaves the trader ``R = M + PnL``.
+
+* ``R >= 0``: the fund takes ``min(R, fee_cap × notional)`` (the clawback;
+  fee cap 100 % by default) and the trader keeps the rest.
+* ``R < 0``: the fund pays ``min(-R, budget)``, its budget being the least of
+  its free balance, the market's remaining loss cap and the drawdown guard's
+  room (book mode: the slippage it reserved).  Only the uncovered rest goes to
+  ADL: the position is closed against ranked opposite positions at its
+  *fund-adjusted* bankruptcy price (the fund's payment counted as margin, on
+  the tick, against the trader, never past the mark), where ``R`` + payment is
+  zero up to tick rounding.  Nobody ends below zero.
+
+:func:`waterfall` is that split; :func:`adl_price` the price.
 """
 
 from __future__ import annotations
@@ -13,7 +21,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from riskd.core.margin import bankruptcy_threshold
+from riskd.core.events import AdlReason
+from riskd.core.margin import NEVER_LONG, NEVER_SHORT, bankruptcy_threshold
 from riskd.core.market import MarketSpec
 from riskd.core.position import Position
 from riskd.core.units import INT64_MAX, PPM, ceil_div
@@ -21,6 +30,10 @@ from riskd.core.units import INT64_MAX, PPM, ceil_div
 __all__ = [
     "Stage",
     "Liquidation",
+    "Waterfall",
+    "waterfall",
+    "adl_price",
+    "bankruptcy_price",
     "close_result",
     "takeover_result",
     "execution_price",
@@ -49,6 +62,30 @@ class Liquidation:
     filled_notional: int = 0
     fee: int = 0
     shortfall: int = 0
+    # Why the rest is (or will be) deleveraged; None while the fund may still pay.
+    adl_reason: AdlReason | None = None
+    # Shortfall the fund already put into the margin (a covered takeover the
+    # bankrupt backstop could not accept), for the ADL event's accounting.
+    paid_in: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Waterfall:
+    """How a closing's result ``R`` is split: every unit lands in one place."""
+
+    fee: int  # surplus to the fund (the clawback)
+    paid: int  # shortfall the fund pays
+    uncovered: int  # shortfall left for ADL counterparties
+
+
+def waterfall(remaining: int, notional: int, fee_cap_ppm: int, available: int) -> Waterfall:
+    """Split ``R = remaining``: fee from a surplus, else the fund up to ``available``."""
+    if remaining >= 0:
+        if remaining == 0:
+            return Waterfall(0, 0, 0)
+        return Waterfall(min(remaining, ceil_div(notional * fee_cap_ppm, PPM)), 0, 0)
+    paid = min(-remaining, max(available, 0))
+    return Waterfall(0, paid, -remaining - paid)
 
 
 def close_result(spec: MarketSpec, pos: Position, price: int) -> tuple[int, int]:
@@ -109,6 +146,25 @@ def execution_price(spec: MarketSpec, pos: Position, extra_margin: int = 0) -> i
 
 def liquidation_fee(spec: MarketSpec, remaining: int, notional: int) -> int:
     """The fund's take from a surplus: all of it up to ``fee_cap × notional``."""
-    if remaining <= 0:
+    return waterfall(remaining, notional, spec.liquidation_fee_cap_ppm, 0).fee
+
+
+def adl_price(spec: MarketSpec, pos: Position, mark: int, fund_paid: int = 0) -> int:
+    """Where ADL closes ``pos``: its bankruptcy price with ``fund_paid`` as margin.
+
+    On the tick, against the trader (so the close leaves margin + payment
+    >= 0), and never past the mark: a position still solvent there closes at
+    the mark, so counterparties never gain from ADL and the fund never pays more
+    than the deficit at the mark.  A larger payment only moves the price towards
+    the mark, i.e. in the counterparties' favour.
+    """
+    price = execution_price(spec, pos, fund_paid)
+    return max(price, mark) if pos.size > 0 else min(price, mark)
+
+
+def bankruptcy_price(spec: MarketSpec, pos: Position) -> int:
+    """The bankruptcy price as queries show it: what ADL would execute at; 0 if none."""
+    t = bankruptcy_threshold(spec, pos)
+    if pos.size == 0 or (pos.size > 0 and t <= NEVER_LONG) or (pos.size < 0 and t >= NEVER_SHORT):
         return 0
-    return min(remaining, ceil_div(notional * spec.liquidation_fee_cap_ppm, PPM))
+    return execution_price(spec, pos)

@@ -21,6 +21,7 @@ from riskd.core.errors import Rejected
 from riskd.core.events import (
     AdlEvent,
     AdlNotice,
+    AdlReason,
     Effect,
     Fill,
     FundCredit,
@@ -42,10 +43,12 @@ from riskd.core.funding import funding_transfers
 from riskd.core.liquidation import (
     Liquidation,
     Stage,
+    adl_price,
+    bankruptcy_price,
     close_result,
     execution_price,
-    liquidation_fee,
     takeover_result,
+    waterfall,
 )
 from riskd.core.liquidation_index import LiquidationIndex
 from riskd.core.margin import (
@@ -60,7 +63,7 @@ from riskd.core.margin import (
 from riskd.core.market import LiquidationMode, MarketSpec
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
-from riskd.core.units import INT64_MAX, PPM, check_int64
+from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64
 from riskd.core.wallet import check_account
 
 __all__ = ["MarketEngine", "PositionView"]
@@ -289,13 +292,14 @@ class MarketEngine:
         liq.filled_notional += abs(value)
         self._after_trade(cp, lf.ts)
         if trader.size == 0:
-            self._settle_book(liq, lf.ts)
+            self._settle(liq, trader, liq.filled_notional, liq.price, 0, lf.ts)
         self._scan(lf.ts)
 
     def liquidation_done(self, ld: LiquidationDone) -> None:
         """The book gave up on a liquidation order: the rest is auto-deleveraged."""
         self._begin(ld.ts)
         liq = self._working(ld.liquidation_id)
+        liq.adl_reason = AdlReason.NO_BOOK
         self._await_adl(liq)
         self._scan(ld.ts)
 
@@ -332,7 +336,11 @@ class MarketEngine:
         elif d.absorbed:
             self._take_over(liq, pos, d.granted, ts)
         else:
+            # The fund pays what it may (held for this liquidation) and the
+            # position is deleveraged at the price that payment makes it solvent at.
+            liq.reserved = d.granted
             liq.fee = liq.shortfall = 0
+            liq.adl_reason = d.reason
             self._await_adl(liq)
         self._scan(ts)  # retries waiting ADL too
 
@@ -372,7 +380,7 @@ class MarketEngine:
                 pos.account,
                 pos.margin + unrealised(spec, pos, mark),
                 maintenance_margin(spec, pos, mark),
-                _wire_price(liquidation_threshold(spec, pos)),
+                self._liquidation_price(pos),
                 ts,
             )
         )
@@ -393,6 +401,7 @@ class MarketEngine:
         self.liquidations[liq.id] = liq
         pos.liquidation = liq.id
         if pos.is_backstop:  # the fund's own inventory: nobody left to ask
+            liq.adl_reason = AdlReason.BACKSTOP
             self._await_adl(liq)
             self._retry_adl(ts)
         elif liq.takeover:
@@ -400,8 +409,8 @@ class MarketEngine:
             liq.quantity = part or abs(pos.size)
             value, remaining = takeover_result(spec, pos, _sign(pos.size) * liq.quantity, mark)
             n = abs(value)
-            liq.fee = liquidation_fee(spec, remaining, n)
-            liq.shortfall = max(-remaining, 0)
+            split = waterfall(remaining, n, spec.liquidation_fee_cap_ppm, 0)
+            liq.fee, liq.shortfall = split.fee, split.uncovered
             self.effects.append(
                 TakeoverClaim(
                     self.asset,
@@ -452,7 +461,9 @@ class MarketEngine:
             # made whole at the mark), its margin grant goes back, and the
             # position is deleveraged at the mark instead.
             pos.margin += liq.shortfall - liq.fee
+            liq.paid_in = liq.shortfall
             liq.fee = liq.shortfall = 0
+            liq.adl_reason = AdlReason.BACKSTOP
             self._sweep_backstop_margin(granted, ts)
             self._await_adl(liq)
             return
@@ -485,15 +496,25 @@ class MarketEngine:
         else:
             self._index(backstop)
 
-    def _settle_book(self, liq: Liquidation, ts: int, adl_quantity: int = 0) -> None:
-        pos = self.positions[liq.account]
-        r = pos.margin
-        fee = liquidation_fee(self.spec, r, liq.filled_notional)
-        shortfall = max(-r, 0)
-        pos.margin += shortfall - fee
-        self.effects.append(
-            ReserveSettle(self.asset, self.symbol, liq.id, ts, liq.reserved, shortfall, fee)
-        )
+    def _settle(
+        self, liq: Liquidation, pos: Position, notional_: int, price: int, adl_qty: int, ts: int
+    ) -> None:
+        """Settle a flat liquidated position by the waterfall, from its margin ``R``.
+
+        The fund's part was fixed before the close (its reservation or its
+        partial payment), and the close's price made ``R`` + that part >= 0, so
+        nothing is left uncovered here.  The backstop pays no fee: its rest goes
+        back to the fund whole, as its own return.
+        """
+        split = waterfall(pos.margin, notional_, self.spec.liquidation_fee_cap_ppm, liq.reserved)
+        if split.uncovered:
+            raise AssertionError(f"{self.symbol}: liquidation {liq.id} left {split.uncovered}")
+        fee = 0 if pos.is_backstop else split.fee
+        pos.margin += split.paid - fee
+        if liq.reserved or split.paid or fee:
+            self.effects.append(
+                ReserveSettle(self.asset, self.symbol, liq.id, ts, liq.reserved, split.paid, fee)
+            )
         returned = self._close(pos, liq, ts)
         self.effects.append(
             LiquidationSettled(
@@ -501,10 +522,10 @@ class MarketEngine:
                 liq.id,
                 liq.account,
                 liq.quantity,
-                liq.price,
-                fee - shortfall,
+                price,
+                fee - split.paid - liq.paid_in,
                 returned,
-                adl_quantity,
+                adl_qty,
                 ts,
             )
         )
@@ -537,8 +558,7 @@ class MarketEngine:
         # book-mode order the book gave up on may still be solvent): nobody gains
         # from ADL, and the fund's book-mode reservation is not for counterparties.
         mark = self.mark if self.mark is not None else liq.price
-        price = execution_price(spec, pos)
-        price = max(price, mark) if q > 0 else min(price, mark)
+        price = adl_price(spec, pos, mark, liq.reserved)
         # A counterparty must stay solvent at the execution price (inverse: 2
         # quanta spare for the rounding of its share), or closing it would just
         # move the hole.  One that waits for ADL itself qualifies if it is
@@ -557,9 +577,10 @@ class MarketEngine:
             return False  # wait: the missing counterparties are being liquidated themselves
         self._ranked_stale = True
         _, at_mark = close_result(spec, pos, mark)
-        deficit = max(-at_mark, 0)
+        deficit = max(-at_mark, 0) + liq.paid_in
         total = spec.trade_value(-q, price)
         pos.margin += pos.trade(-q, total)
+        fund_paid = liq.paid_in + min(max(-pos.margin, 0), liq.reserved)
         haircut = 0
         left_qty, left_value = abs(q), -total
         for cp, x in takes:
@@ -592,9 +613,11 @@ class MarketEngine:
                 abs(total),
                 deficit,
                 haircut,
-                haircut - deficit,
+                haircut + fund_paid - deficit,
                 len(takes),
                 ts,
+                liq.adl_reason or AdlReason.FUND_EMPTY,
+                fund_paid,
             )
         )
         self._conclude(liq, pos, price, abs(total), abs(q), ts)
@@ -608,30 +631,11 @@ class MarketEngine:
         self, liq: Liquidation, pos: Position, price: int, notional_: int, adl_qty: int, ts: int
     ) -> None:
         """Settle a liquidation whose position ADL has closed."""
-        if not liq.takeover:
+        if liq.takeover:
+            self._settle(liq, pos, notional_, price, adl_qty, ts)
+        else:
             liq.filled_notional += notional_
-            self._settle_book(liq, ts, adl_qty)
-            return
-        # The backstop's rest goes back to the fund whole, as its own return.
-        fee = 0 if pos.is_backstop else liquidation_fee(self.spec, pos.margin, notional_)
-        if fee:
-            pos.margin -= fee
-            self.effects.append(
-                FundCredit(
-                    self.asset,
-                    self.symbol,
-                    FundKind.LIQUIDATION_FEE,
-                    fee,
-                    f"liq:{self.symbol}:{liq.id}",
-                    ts,
-                )
-            )
-        returned = self._close(pos, liq, ts)
-        self.effects.append(
-            LiquidationSettled(
-                self.symbol, liq.id, liq.account, liq.quantity, price, fee, returned, adl_qty, ts
-            )
-        )
+            self._settle(liq, pos, liq.filled_notional, liq.price, adl_qty, ts)
 
     # --- position bookkeeping ---------------------------------------------------
 
@@ -799,6 +803,18 @@ class MarketEngine:
 
     # --- queries ----------------------------------------------------------------
 
+    def _liquidation_price(self, pos: Position) -> int:
+        """The first tick at which the mark liquidates ``pos`` (marks are ticks); 0: never.
+
+        A long is crossed at marks at or below its threshold, so the tick at or
+        below it; a short the tick at or above.
+        """
+        spec, tick = self.spec, self.spec.tick_size
+        # The backstop is liquidated at bankruptcy (see _index).
+        threshold = bankruptcy_threshold if pos.is_backstop else liquidation_threshold
+        t = threshold(spec, pos)
+        return _wire_price((t // tick) * tick if pos.size > 0 else ceil_div(t, tick) * tick)
+
     def view(self, account: int) -> PositionView | None:
         pos = self.positions.get(account)
         if pos is None:
@@ -813,12 +829,8 @@ class MarketEngine:
                 entry = pos.basis * den // num
             elif pos.basis:
                 entry = num // (pos.basis * den)
-            lp = (
-                bankruptcy_threshold(spec, pos)
-                if pos.is_backstop
-                else liquidation_threshold(spec, pos)
-            )
-            bp = bankruptcy_threshold(spec, pos)
+            lp = self._liquidation_price(pos)
+            bp = bankruptcy_price(spec, pos)
             if mark is not None:
                 u = unrealised(spec, pos, mark)
                 mm = maintenance_margin(spec, pos, mark)

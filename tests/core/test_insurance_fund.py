@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from riskd.core import BACKSTOP_ACCOUNT, Code, FundPolicy, InsuranceFund, LiquidationMode, Rejected
 from riskd.core.events import (
+    AdlReason,
     Deposit,
     FundCredit,
     FundDecision,
@@ -129,25 +130,58 @@ def test_zero_credits_are_not_booked() -> None:
 # --- budget: never below zero, drawdown, per-market caps -------------------------------
 
 
-def test_refusal_books_nothing() -> None:
+def test_beyond_its_budget_the_fund_pays_what_it_may() -> None:
     f = seeded(100 * U, FundPolicy(drawdown_limit_ppm=1_000_000))
     assert f.budget(M, 0) == 100 * U
-    assert f.takeover(claim(shortfall=100 * U + 1, wanted=U)) == FundDecision(M, 1, False, 0)
-    assert (f.balance, len(f.ledger)) == (100 * U, 1)
+    # One quantum too much: all 100 is granted (not nothing), held for the liquidation
+    # until the ADL of the rest settles the exact amount; no backstop margin.
+    d = f.takeover(claim(shortfall=100 * U + 1, wanted=U))
+    assert d == FundDecision(M, 1, False, 100 * U, AdlReason.FUND_EMPTY)
+    assert (f.balance, len(f.ledger), f.reserved_total, f.budget(M, 0)) == (100 * U, 1, 100 * U, 0)
+    assert f.takeover(claim(shortfall=1, lid=2)) == FundDecision(
+        M, 2, False, 0, AdlReason.FUND_EMPTY
+    )
+    f.settle(ReserveSettle("USDT", M, 1, 0, 100 * U, 100 * U - 3, 0))
+    assert (f.balance, f.reserved_total) == (3, 0)
+    assert f.ledger[-1].kind is FundKind.SHORTFALL
     # Exactly the balance is payable (100 % drawdown allowed), and then nothing more.
-    assert f.takeover(claim(shortfall=100 * U, wanted=U, lid=2)).absorbed
+    assert f.takeover(claim(shortfall=3, wanted=U, lid=3)).absorbed
     assert f.balance == 0 and f.budget(M, 0) == 0
-    assert not f.takeover(claim(shortfall=1, lid=3)).absorbed
+    assert f.limit(M, 0) == (0, AdlReason.FUND_EMPTY)
     assert_ledger_consistent(f)
+
+
+@pytest.mark.parametrize(
+    ("balance", "cap", "reason"),
+    [
+        (0, None, AdlReason.FUND_EMPTY),
+        (0, 10 * U, AdlReason.FUND_EMPTY),
+        (1_000 * U, None, AdlReason.DRAWDOWN_LIMIT),  # room 300
+        (1_000 * U, 200 * U, AdlReason.MARKET_CAP),
+        (1_000 * U, 300 * U, AdlReason.MARKET_CAP),  # a tie names the cap
+        (1_000 * U, 400 * U, AdlReason.DRAWDOWN_LIMIT),
+    ],
+)
+def test_limit_names_what_binds(balance: int, cap: int | None, reason: AdlReason) -> None:
+    f = InsuranceFund("USDT")
+    if balance:
+        f.inject(balance, "seed", 0)
+    d = f.takeover(claim(shortfall=2_000 * U, cap=cap))
+    assert (d.absorbed, d.reason) == (False, reason)
+    assert d.granted == min(balance * 3 // 10, cap if cap is not None else balance)
 
 
 def test_drawdown_30_percent_in_8_hours() -> None:
     f = seeded()  # default policy: 30 % over 8 h
     assert f.budget(M, 0) == 300 * U
-    assert not f.takeover(claim(shortfall=301 * U)).absorbed
+    d = f.takeover(claim(shortfall=301 * U))
+    assert (d.absorbed, d.granted, d.reason) == (False, 300 * U, AdlReason.DRAWDOWN_LIMIT)
+    f.settle(ReserveSettle("USDT", M, 1, 0, 300 * U, 0, 0))  # say the ADL needed none of it
     assert f.takeover(claim(shortfall=200 * U, lid=2, ts=HOUR)).absorbed
     assert f.budget(M, 2 * HOUR) == 100 * U  # the 1,000 peak is still in the window
-    assert not f.takeover(claim(shortfall=101 * U, lid=3, ts=7 * HOUR)).absorbed
+    d = f.takeover(claim(shortfall=101 * U, lid=3, ts=7 * HOUR))
+    assert (d.absorbed, d.granted) == (False, 100 * U)
+    f.settle(ReserveSettle("USDT", M, 3, 7 * HOUR, 100 * U, 0, 0))
     # The 1,000 was still the balance in minute 60 (before the payment): it stays the
     # peak through minute 540 (9 h) and leaves the window in the minute after.
     assert f.budget(M, 9 * HOUR) == 100 * U
@@ -178,7 +212,9 @@ def test_market_loss_cap_is_cumulative_and_counts_reservations() -> None:
     r = f.reserve(ReserveClaim("USDT", M, 2, 0, 100 * U, 15 * U, cap))
     assert r.granted == 15 * U and f.reserved_total == 15 * U
     assert f.budget(M, 0, cap) == 5 * U
-    assert not f.takeover(claim(shortfall=6 * U, lid=3, cap=cap)).absorbed
+    d = f.takeover(claim(shortfall=6 * U, lid=3, cap=cap))
+    assert (d.absorbed, d.granted, d.reason) == (False, 5 * U, AdlReason.MARKET_CAP)
+    f.settle(ReserveSettle("USDT", M, 3, 0, 5 * U, 0, 0))
     # Settling releases the reservation; only what was paid keeps counting.
     f.settle(ReserveSettle("USDT", M, 2, 0, 15 * U, 4 * U, 0))
     assert f.reserved_total == 0
@@ -194,7 +230,9 @@ def test_reservations_are_not_spendable_twice() -> None:
     assert f.budget(M, 0) == 20 * U
     assert f.reserve(ReserveClaim("USDT", M, 2, 0, 0, 80 * U)).granted == 20 * U
     assert f.budget(M, 0) == 0
-    assert not f.takeover(claim(shortfall=1, lid=3)).absorbed
+    assert f.takeover(claim(shortfall=1, lid=3)) == FundDecision(
+        M, 3, False, 0, AdlReason.FUND_EMPTY
+    )
     with pytest.raises(AssertionError):  # a settlement that does not match is a bug
         f.settle(ReserveSettle("USDT", M, 1, 0, 80 * U, 81 * U, 0))
 
@@ -235,7 +273,12 @@ def test_fund_never_negative_and_ledger_chains(
             budget = f.budget(M, ts, cap)
             d = f.takeover(claim(shortfall=amount, wanted=amount // 3, lid=lid, ts=ts, cap=cap))
             assert d.absorbed == (amount <= budget)
-            assert d.granted <= max(budget - amount, 0)
+            if d.absorbed:
+                assert d.granted <= budget - amount
+            else:  # the waterfall: all it may, held until the ADL settles it
+                assert d.granted == budget and d.reason is not None
+                if d.granted:
+                    open_reservations.append((lid, d.granted))
         elif op == "reserve":
             d = f.reserve(ReserveClaim("USDT", M, lid, ts, 0, amount, cap))
             if d.granted:

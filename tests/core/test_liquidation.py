@@ -23,6 +23,7 @@ from riskd.core import BACKSTOP_ACCOUNT, Code, LiquidationMode, TierTable, viola
 from riskd.core.events import (
     AdlEvent,
     AdlNotice,
+    AdlReason,
     Deposit,
     Fill,
     FundFlow,
@@ -120,8 +121,11 @@ def test_takeover_inverse_clawback_is_the_surplus_at_the_mark() -> None:
     d.open("BTC-USD", 1, 2, 500_000, 1_000, BTC // 10, BTC)
     d.mark("BTC-USD", 500_000)
     v = d.markets["BTC-USD"].view(1)
-    assert (v.liquidation_price, v.bankruptcy_price) == (478_571, 476_190)
-    trigger = 478_570  # the highest tick at or below the threshold
+    # Shown on the tick as they would execute: the liquidation price is the highest
+    # tick at or below the exact threshold 478,571 (the first mark that liquidates),
+    # the bankruptcy price 476,190.47... rounded up to the tick, against the trader.
+    assert (v.liquidation_price, v.bankruptcy_price) == (478_570, 476_195)
+    trigger = v.liquidation_price
     # The backstop's side of the trade is rounded in its favour: the trader's
     # surplus is one quantum below close_result's (1,044,153).
     pos = d.pos("BTC-USD", 1)
@@ -173,6 +177,8 @@ def test_fund_at_zero_sends_shortfall_to_adl() -> None:
 @pytest.mark.parametrize(("cap", "adl"), [(50 * U, True), (100 * U, False)])
 def test_market_loss_cap(cap: int, adl: bool) -> None:
     # Two markets share the USDT fund; only BTC-USDT is capped.  Shortfall 100 in each.
+    # Beyond the cap the fund pays the cap (not nothing, as it once did) and ADL the
+    # rest: with 50 paid in, the long's bankruptcy price is 50,000 - 550/0.02 = 22,500.
     d = Desk(btc_usdt_spec(fund_loss_cap=cap), btc_usdt_spec("ETH-USDT"))
     d.inject("USDT", 10_000 * U)
     long_vs_short(d, M)
@@ -182,7 +188,15 @@ def test_market_loss_cap(cap: int, adl: bool) -> None:
     [settled] = [s for s in of_type(btc, LiquidationSettled) if s.account == 1]
     assert settled.adl_quantity == (20 if adl else 0)
     if adl:
-        assert [e.liquidation_id for e in of_type(btc, AdlEvent)] == [settled.liquidation_id]
+        [event] = of_type(btc, AdlEvent)
+        assert event.liquidation_id == settled.liquidation_id
+        assert (event.reason, event.price, event.deficit) == (
+            AdlReason.MARKET_CAP,
+            usdt("22500"),
+            100 * U,
+        )
+        assert (event.fund_paid, event.haircut, event.overshoot) == (50 * U, 50 * U, 0)
+        assert settled.fund_delta == -50 * U
     else:
         # Paid, but the cap is used up: the backstop gets no margin and, bankrupt at
         # the mark, is deleveraged at once (no further loss: price == mark).
@@ -192,14 +206,14 @@ def test_market_loss_cap(cap: int, adl: bool) -> None:
     shortfalls = [
         (e.market, e.amount) for e in d.funds["USDT"].ledger if e.kind is FundKind.SHORTFALL
     ]
-    assert shortfalls == ([] if adl else [(M, -100 * U)]) + [("ETH-USDT", -100 * U)]
+    assert shortfalls == [(M, -cap), ("ETH-USDT", -100 * U)]
     d.check()
 
 
 @pytest.mark.parametrize(("crash", "covered"), [("10050", True), ("9950", False)])
 def test_drawdown_limit_refuses_beyond_30_percent(crash: str, covered: bool) -> None:
     # Fund 1,000 with a 30 % drawdown limit may lose 300: a 299 shortfall is paid,
-    # a 301 one goes to ADL.
+    # of a 301 one it pays 300 and ADL takes 1 (at 50,000 - 800/0.02 = 10,000).
     d = Desk(btc_usdt_spec())
     d.inject("USDT", 1_000 * U)
     long_vs_short(d)
@@ -214,9 +228,11 @@ def test_drawdown_limit_refuses_beyond_30_percent(crash: str, covered: bool) -> 
         ]
         assert d.fund("USDT") == 700 * U
     else:
-        assert (settled.fund_delta, settled.adl_quantity) == (0, 20)
-        assert of_type(out, AdlEvent)[0].deficit == 301 * U
-        assert d.fund("USDT") == 1_000 * U
+        assert (settled.fund_delta, settled.adl_quantity) == (-300 * U, 20)
+        [event] = of_type(out, AdlEvent)
+        assert (event.reason, event.price) == (AdlReason.DRAWDOWN_LIMIT, usdt("10000"))
+        assert (event.deficit, event.fund_paid, event.haircut) == (301 * U, 300 * U, U)
+        assert d.fund("USDT") == 700 * U
     d.check()
 
 
@@ -493,7 +509,8 @@ def test_partial_liquidation_steps_down_one_tier() -> None:
     d.inject("USDT", 10_000 * U)
     d.open(M, 1, 2, usdt("50000"), 1_200, 600 * U, 50_000 * U)
     d.mark(M, usdt("50000"))
-    assert d.markets[M].view(1).liquidation_price == 4_970_686
+    # The exact threshold is 49,706.86; the first mark tick that liquidates is 49,706.80.
+    assert d.markets[M].view(1).liquidation_price == usdt("49706.80")
     out = d.mark(M, usdt("49700"))
     [settled] = of_type(out, LiquidationSettled)
     # Fee: 0.1 % of the 9,641.80 taken over; the realised -58.20 stays with the position.
