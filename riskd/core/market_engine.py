@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from riskd.core import adl
+from riskd.core import adl, fill_sanity
 from riskd.core.errors import Rejected
 from riskd.core.events import (
     AdlEvent,
@@ -164,11 +164,17 @@ class MarketEngine:
         if f.trade_id:  # the trade without its id and timestamp
             payload = fingerprint(f.buyer, f.seller, f.price, f.quantity, f.buyer_fee, f.seller_fee)
             self.trade_ids.check(f.trade_id, payload, "trade_id", "fill")
-        value = self.spec.trade_value(f.quantity, f.price)
-        buyer, buyer_after = self._plan(f.buyer, f.quantity, value, f.buyer_fee, "buyer")
-        seller, seller_after = self._plan(f.seller, -f.quantity, -value, f.seller_fee, "seller")
+        fill_sanity.check_price(self.spec, self.mark, f.price, f.buyer, f.seller)
+        # Each side's value rounds against it; the residue goes to the fee pool.
+        bought = self.spec.side_value(f.quantity, f.price)
+        sold = self.spec.side_value(-f.quantity, f.price)
+        buyer, buyer_after = self._plan(f.buyer, f.quantity, bought, f.buyer_fee, "buyer")
+        seller, seller_after = self._plan(f.seller, -f.quantity, sold, f.seller_fee, "seller")
+        fill_sanity.check_side(self.spec, self.mark, f.buyer, buyer_after, "buyer_account")
+        fill_sanity.check_side(self.spec, self.mark, f.seller, seller_after, "seller_account")
         cause = f"trade:{f.trade_id}"
         self.trade_ids.remember(f.trade_id, payload)  # nothing below refuses
+        self.fee_pool += bought + sold
         self._commit(buyer, buyer_after)
         self._commit(seller, seller_after)
         self._take_fee(f.buyer_fee, cause, f.ts)

@@ -11,6 +11,8 @@ collateral; nothing here assumes where the collateral lives.
 
 from __future__ import annotations
 
+from riskd.core.units import ceil_div
+
 __all__ = ["Position", "BACKSTOP_ACCOUNT"]
 
 #: The fund's backstop account: it takes over positions in ``takeover`` markets.
@@ -52,8 +54,12 @@ class Position:
 
         The realised PnL is not credited anywhere: the caller decides where it
         goes (the position's margin, in isolated mode).  On a reduce, the basis
-        leaves pro rata, rounded toward minus infinity; what rounding keeps stays
-        in the remaining basis, so nothing is lost.
+        leaves pro rata; on a flip, the trade's value is split between the close
+        and the open.  Both splits round the realised PnL down (the part that
+        leaves rounds up, :func:`~riskd.core.units.ceil_div`): the rest stays in
+        the remaining basis, so nothing is lost, and the holder can never
+        withdraw a rounding it has not earned.  The position's equity
+        (``margin + value(size, P) - basis``) does not depend on either split.
         """
         size = self.size
         if size == 0 or (size > 0) == (qty > 0):
@@ -61,9 +67,8 @@ class Position:
             self.basis += value
             return 0
         closing = min(abs(qty), abs(size))
-        # On a flip the trade value is split between the close and the open.
-        close_value = value if closing == abs(qty) else value * closing // abs(qty)
-        released = self.basis if closing == abs(size) else self.basis * closing // abs(size)
+        close_value = value if closing == abs(qty) else ceil_div(value * closing, abs(qty))
+        released = self.basis if closing == abs(size) else ceil_div(self.basis * closing, abs(size))
         realised = -close_value - released
         self.basis -= released
         self.size = size + qty

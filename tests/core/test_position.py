@@ -80,13 +80,14 @@ def test_basis_is_kept_exactly_through_uneven_reductions() -> None:
     trade(pos, 1, usdt("50000.10"))
     trade(pos, 2, usdt("50000"))
     assert pos.basis == 500_001 * 10**2 + 2 * 500_000 * 10**2  # 150,000,100 quantums
-    # Thirds do not divide: the release rounds down and the rest stays in the basis.
-    assert trade(pos, -1, usdt("50000")) == -33
-    assert pos.basis == 100_000_067
-    assert trade(pos, -2, usdt("50000")) == -67
+    # Thirds do not divide: the release rounds up (realised PnL down, against the
+    # holder) and the rest stays in the basis.
+    assert trade(pos, -1, usdt("50000")) == -34
+    assert pos.basis == 100_000_066
+    assert trade(pos, -2, usdt("50000")) == -66
     assert pos.basis == 0
     # Nothing lost: the realised total is exactly sells minus buys.
-    assert -33 - 67 == 3 * 50_000_000 - 150_000_100
+    assert -34 - 66 == 3 * 50_000_000 - 150_000_100
 
 
 @settings(max_examples=200, deadline=None)
