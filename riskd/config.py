@@ -7,25 +7,75 @@ and BTC-USD inverse on a BTC fund.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from riskd.access import Policy
 from riskd.core import (
-    AdlPolicy,
     Asset,
-    ContractType,
     FundPolicy,
-    LiquidationMode,
     MarketSpec,
     TierTable,
 )
+from riskd.core.tiers import SpecError
+from riskd.core.units import INT64_MAX, PPM
 
-__all__ = ["Config", "ServerConfig", "TlsConfig", "default_toml", "load", "parse"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ServerConfig",
+    "TlsConfig",
+    "SERVER_LIMITS",
+    "default_toml",
+    "load",
+    "parse",
+]
+
+#: Longest period a seconds setting may name (a year): beyond it, a typo.
+MAX_SECONDS = 366 * 86_400.0
+MAX_FUND_WINDOW_SECONDS = 366 * 86_400
+
+#: ``[server]`` numbers and their inclusive ranges.  A number not listed must
+#: be >= 0 (and an integer fit in int64, a float be at most a year).  0 means
+#: "off" only where the key's comment says so; counts and sizes are >= 1.
+SERVER_LIMITS: dict[str, tuple[int, int] | tuple[float, float]] = {
+    "mailbox_capacity": (1, 1_000_000),
+    "stream_window": (1, 65_536),
+    "max_ingest_streams": (1, 100_000),
+    "max_batch_updates": (1, 1_000_000),
+    "event_retention": (1, 100_000_000),
+    "invariant_check_seconds": (0.0, MAX_SECONDS),
+    "snapshot_seconds": (0.0, MAX_SECONDS),
+    "max_clock_skew_seconds": (0.0, MAX_SECONDS),
+    "max_update_age_seconds": (0.0, MAX_SECONDS),
+    "gateway_updates_per_second": (0, INT64_MAX),
+    "gateway_burst": (0, INT64_MAX),
+    # HTTP/2 windows are 31-bit.
+    "transport_window_bytes": (0, 2**31 - 1),
+    "max_subscriptions": (1, 1_000_000),
+    "max_subscriptions_per_identity": (1, 1_000_000),
+    "withdrawal_ids_remembered": (1, 10_000_000),
+}
+
+#: Market keys given in whole settlement-asset units (scaled to quantums).
+WHOLE_UNITS = frozenset({"fund_loss_cap"})
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message starts with its dotted key
+    (``server.stream_window: must be in 1..65536, got 0``)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +116,8 @@ class ServerConfig:
     #: Open event subscriptions at most, in all and per identity (>= 1 each).
     max_subscriptions: int = 256
     max_subscriptions_per_identity: int = 16
+    #: Approved withdrawal ids remembered per asset for retries (about 100 bytes each).
+    withdrawal_ids_remembered: int = 100_000
 
     def check_transport(self) -> None:
         """Exactly one of TLS or plaintext; plaintext only on a loopback address."""
@@ -106,47 +158,48 @@ def load(path: str | Path | None = None) -> Config:
 
 
 def parse(text: str) -> Config:
-    """Build a validated config from TOML text; errors name the offending key."""
-    doc = tomllib.loads(text)
-    server_table = dict(_table(doc, "server"))
-    tls = server_table.pop("tls", None)
-    if tls is not None:
-        try:
-            server_table["tls"] = TlsConfig(**tls)
-        except TypeError as e:
-            raise ValueError(f"[server.tls]: {e}; keys are cert, key, client_ca") from e
+    """Build a validated config from TOML text.
+
+    Strict: a key riskd does not know, a value of the wrong type or out of
+    range anywhere is a :class:`ConfigError` naming it (``markets.BTC-USDT.tiers[2]``),
+    never ignored; a typo must not silently leave a default in force.
+    """
     try:
-        server = ServerConfig(**server_table)
-    except TypeError as e:
-        raise ValueError(f"[server]: {e}") from e
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("(file)", f"not valid TOML: {e}") from e
+    _no_unknown_keys("", doc, {"server", "assets", "markets", "access"})
+    server = _server(_table(doc, "server"))
     server.check_transport()
+    asset_tables = _table(doc, "assets")
     assets: dict[str, Asset] = {}
     funds: dict[str, FundPolicy] = {}
-    for sym, a in _table(doc, "assets").items():
-        assets[sym] = Asset(sym, int(a["decimals"]))
+    for sym, a in asset_tables.items():
+        assets[sym], funds[sym] = _asset(sym, a)
     markets: list[MarketSpec] = []
     for sym, m in _table(doc, "markets").items():
-        try:
-            spec = _market(sym, m, assets)
-        except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"markets.{sym}: {e}") from e
-        markets.append(spec)
-    for sym, a in _table(doc, "assets").items():
-        f = a.get("fund", {})
-        funds[sym] = FundPolicy(
-            drawdown_limit_ppm=int(f.get("drawdown_limit_ppm", 300_000)),
-            window_ms=int(f.get("window_seconds", 28_800)) * 1000,
-        )
+        markets.append(_market(sym, m, assets))
     if not markets:
-        raise ValueError("config defines no markets")
-    access = Policy.parse(
-        _table(doc, "access"),
-        {m.symbol: m.asset.symbol for m in markets},
-        server.gateway_updates_per_second,
-        server.gateway_burst,
-    )
+        raise ConfigError("markets", "the config defines no markets")
+    settled = {m.asset.symbol for m in markets}
+    for sym in assets:
+        if sym not in settled:
+            raise ConfigError(f"assets.{sym}", f"no market settles in {sym}: remove it or add one")
+    access_table = _table(doc, "access")
+    _check_access(access_table)
+    try:
+        access = Policy.parse(
+            access_table,
+            {m.symbol: m.asset.symbol for m in markets},
+            server.gateway_updates_per_second,
+            server.gateway_burst,
+        )
+    except ValueError as e:
+        # Policy's messages start with the key they are about ("access.gw.roles: ...").
+        key, _, reason = str(e).partition(": ")
+        raise ConfigError(key, reason) from e
     if server.tls is not None and not access.grants:
-        raise ValueError("[server.tls] is set but [access] grants nobody anything")
+        raise ConfigError("access", "[server.tls] is set but [access] grants nobody anything")
     return Config(server, tuple(markets), funds, access)
 
 
@@ -164,30 +217,235 @@ def is_loopback(address: str) -> bool:
 def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
     value = doc.get(key, {})
     if not isinstance(value, dict):
-        raise ValueError(f"[{key}] must be a table")
+        raise ConfigError(key, f"must be a table ([{key}]), got {_kind(value)}")
     return value
 
 
-def _market(sym: str, m: dict[str, Any], assets: dict[str, Asset]) -> MarketSpec:
-    asset = assets.get(m["asset"])
-    if asset is None:
-        raise ValueError(f"unknown asset {m['asset']!r}")
-    tiers = TierTable((int(f) * asset.scale, int(lev), int(mmr)) for f, lev, mmr in m["tiers"])
-    cap = m.get("fund_loss_cap")
-    return MarketSpec(
-        symbol=sym,
-        contract_type=ContractType(m["contract_type"]),
-        asset=asset,
-        price_decimals=int(m["price_decimals"]),
-        tick_size=int(m["tick_size"]),
-        quantity_decimals=int(m["quantity_decimals"]),
-        step_size=int(m["step_size"]),
-        tiers=tiers,
-        contract_value=int(m.get("contract_value", 0)),
-        liquidation_fee_cap_ppm=int(m.get("liquidation_fee_cap_ppm", 1_000_000)),
-        fund_fee_share_ppm=int(m.get("fund_fee_share_ppm", 0)),
-        liquidation_mode=LiquidationMode(m.get("liquidation_mode", "takeover")),
-        adl_policy=AdlPolicy(m.get("adl_policy", "pnl_leverage")),
-        fund_loss_cap=None if cap is None else int(cap) * asset.scale,
-        reduce_only=bool(m.get("reduce_only", False)),
+def _kind(value: object) -> str:
+    """A TOML value's type in TOML's words, for error messages."""
+    match value:
+        case bool():
+            return f"a boolean ({str(value).lower()})"
+        case int():
+            return f"an integer ({value})"
+        case float():
+            return f"a float ({value})"
+        case str():
+            return f"a string ({value!r})"
+        case list():
+            return "an array"
+        case dict():
+            return "a table"
+    return type(value).__name__
+
+
+def _no_unknown_keys(where: str, table: dict[str, Any], known: set[str]) -> None:
+    for key in table:
+        if key not in known:
+            name = f"{where}.{key}" if where else key
+            raise ConfigError(name, f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _integer(key: str, value: object, low: int, high: int) -> int:
+    # TOML booleans are not numbers, and 1.5 is not an amount of anything.
+    if type(value) is not int:
+        raise ConfigError(key, f"must be an integer, got {_kind(value)}")
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be in {low}..{high}, got {value}")
+    return value
+
+
+def _number(key: str, value: object, low: float, high: float) -> float:
+    if type(value) not in (int, float):
+        raise ConfigError(key, f"must be a number, got {_kind(value)}")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ConfigError(key, f"must be in {low:g}..{high:g}, got {value}")
+    return number
+
+
+def _string(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {_kind(value)}")
+    if not value:
+        raise ConfigError(key, "must not be empty")
+    return value
+
+
+def _server(table: dict[str, Any]) -> ServerConfig:
+    hints = get_type_hints(ServerConfig)
+    _no_unknown_keys("server", table, set(hints))
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        where = f"server.{key}"
+        kind = hints[key]
+        if key == "tls":
+            values[key] = _tls(value)
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(where, f"must be true or false, got {_kind(value)}")
+            values[key] = value
+        elif kind is int:
+            values[key] = _integer(where, value, *SERVER_LIMITS.get(key, (0, INT64_MAX)))
+        elif kind is float:
+            values[key] = _number(where, value, *SERVER_LIMITS.get(key, (0, MAX_SECONDS)))
+        elif kind is str:
+            values[key] = _string(where, value)
+        else:  # pragma: no cover - a new ServerConfig field of a type parse() does not know
+            raise ConfigError(where, f"riskd cannot read a {kind} from TOML")
+    return ServerConfig(**values)
+
+
+def _tls(value: object) -> TlsConfig:
+    if not isinstance(value, dict):
+        raise ConfigError("server.tls", f"must be a table ([server.tls]), got {_kind(value)}")
+    keys = {"cert", "key", "client_ca"}
+    _no_unknown_keys("server.tls", value, keys)
+    for key in sorted(keys - set(value)):
+        raise ConfigError(f"server.tls.{key}", "required (a PEM file path)")
+    return TlsConfig(**{k: _string(f"server.tls.{k}", value[k]) for k in sorted(keys)})
+
+
+def _asset(sym: str, table: object) -> tuple[Asset, FundPolicy]:
+    where = f"assets.{sym}"
+    if not isinstance(table, dict):
+        raise ConfigError(where, f"must be a table ([{where}]), got {_kind(table)}")
+    _no_unknown_keys(where, table, {"decimals", "fund"})
+    if "decimals" not in table:
+        raise ConfigError(f"{where}.decimals", "required")
+    decimals = _integer(f"{where}.decimals", table["decimals"], 0, 18)
+    try:
+        asset = Asset(sym, decimals)
+    except ValueError as e:
+        raise ConfigError(where, str(e)) from e
+    fund = table.get("fund", {})
+    if not isinstance(fund, dict):
+        raise ConfigError(f"{where}.fund", f"must be a table, got {_kind(fund)}")
+    _no_unknown_keys(f"{where}.fund", fund, {"drawdown_limit_ppm", "window_seconds"})
+    policy = FundPolicy(
+        drawdown_limit_ppm=_integer(
+            f"{where}.fund.drawdown_limit_ppm", fund.get("drawdown_limit_ppm", 300_000), 1, PPM
+        ),
+        window_ms=1000
+        * _integer(
+            f"{where}.fund.window_seconds",
+            fund.get("window_seconds", 28_800),
+            60,
+            MAX_FUND_WINDOW_SECONDS,
+        ),
     )
+    return asset, policy
+
+
+#: The keys of an ``[access.<identity>]`` entry (read by :meth:`Policy.parse`).
+ACCESS_KEYS = frozenset({"roles", "markets", "updates_per_second", "burst"})
+
+
+def _check_access(table: dict[str, Any]) -> None:
+    """Keys and types of the ``[access]`` entries (their meaning is :meth:`Policy.parse`'s)."""
+    for identity, entry in table.items():
+        where = f"access.{identity}"
+        if not isinstance(entry, dict):
+            raise ConfigError(where, f"must be a table ([{where}]), got {_kind(entry)}")
+        _no_unknown_keys(where, entry, set(ACCESS_KEYS))
+        for key in ("roles", "markets"):
+            if key in entry:
+                names = entry[key]
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    raise ConfigError(
+                        f"{where}.{key}", f"must be an array of strings, got {_kind(names)}"
+                    )
+        for key in ("updates_per_second", "burst"):
+            if key in entry:
+                _integer(f"{where}.{key}", entry[key], 0, INT64_MAX)
+
+
+def _market_keys() -> dict[str, Any]:
+    """The TOML keys of a ``[markets.X]`` table and the type each is read as:
+    every settable MarketSpec field (so a field added there is read here)."""
+    hints = get_type_hints(MarketSpec)
+    keys = {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(MarketSpec)
+        if f.init and not f.name.startswith("_") and f.name != "symbol"
+    }
+    keys["asset"] = str
+    return keys
+
+
+def _market(sym: str, m: object, assets: dict[str, Asset]) -> MarketSpec:
+    where = f"markets.{sym}"
+    if not isinstance(m, dict):
+        raise ConfigError(where, f"must be a table ([{where}]), got {_kind(m)}")
+    keys = _market_keys()
+    _no_unknown_keys(where, m, set(keys))
+    required = [
+        f.name
+        for f in dataclasses.fields(MarketSpec)
+        if f.init and f.name != "symbol" and f.default is dataclasses.MISSING
+    ]
+    for key in required:
+        if key not in m:
+            raise ConfigError(f"{where}.{key}", "required")
+    asset = assets.get(_string(f"{where}.asset", m["asset"]))
+    if asset is None:
+        raise ConfigError(
+            f"{where}.asset", f"unknown asset {m['asset']!r} (declared: {', '.join(assets)})"
+        )
+    values: dict[str, Any] = {"symbol": sym, "asset": asset}
+    for key, value in m.items():
+        at = f"{where}.{key}"
+        kind = keys[key]
+        if key == "asset":
+            continue
+        if key == "tiers":
+            values[key] = _tiers(at, value, asset)
+        elif key in WHOLE_UNITS:
+            # Whole settlement-asset units, as the tier floors.
+            limit = INT64_MAX // asset.scale
+            whole = _integer(at, value, 0, limit)
+            values[key] = whole * asset.scale
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            choices = [str(c.value) for c in kind]
+            if value not in choices:
+                raise ConfigError(at, f"must be one of {', '.join(choices)}, got {_kind(value)}")
+            values[key] = kind(value)
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(at, f"must be true or false, got {_kind(value)}")
+            values[key] = value
+        elif kind is int or kind == (int | None):
+            values[key] = _integer(at, value, -INT64_MAX - 1, INT64_MAX)
+        else:  # pragma: no cover - a new MarketSpec field of a type parse() does not know
+            raise ConfigError(at, f"riskd cannot read a {kind} from TOML")
+    try:
+        return MarketSpec(**values)
+    except SpecError as e:
+        raise ConfigError(f"{where}.{e.field}", e.reason) from e
+    except ValueError as e:
+        raise ConfigError(where, str(e)) from e
+
+
+def _tiers(at: str, rows: object, asset: Asset) -> TierTable:
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError(at, "must be a non-empty array of [floor, max leverage, MMR ppm]")
+    triples: list[tuple[int, int, int]] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != 3 or any(type(x) is not int for x in row):
+            raise ConfigError(
+                f"{at}[{i}]",
+                "must be [notional floor (whole units), max leverage, maintenance margin"
+                f" rate (ppm)], three integers; got {row!r}",
+            )
+        floor, lev, mmr = row
+        if not 0 <= floor <= INT64_MAX // asset.scale:
+            raise ConfigError(
+                f"{at}[{i}]",
+                f"notional floor {floor} {asset.symbol} is {floor * asset.scale} quantums,"
+                " beyond int64",
+            )
+        triples.append((floor * asset.scale, lev, mmr))
+    try:
+        return TierTable(triples)
+    except SpecError as e:
+        raise ConfigError(at.rsplit(".", 1)[0] + "." + e.field, e.reason) from e
