@@ -275,6 +275,7 @@ def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
         fund_loss_cap=spec.fund_loss_cap or 0,
         reduce_only=spec.reduce_only,
         mark_price=mark or 0,
+        fill_price_band_ppm=spec.fill_price_band_ppm,
     )
 
 
