@@ -102,6 +102,8 @@ class Daemon:
             self.funds,
             self.metrics,
             srv.max_ingest_streams * (srv.stream_window + 1) + UNARY_LIMIT,
+            withdrawal_ids=srv.withdrawal_ids_remembered,
+            retained_sequences=srv.stream_window * srv.max_batch_updates,
         )
         self.metrics.declare(self.markets, config.assets)
         for a, asset in config.assets.items():

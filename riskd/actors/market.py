@@ -97,7 +97,12 @@ class MarketActor(Actor):
 
     async def _transfer_in(self, t: MarginTransfer) -> None:
         """Wallet → margin: validate here, debit the wallet actor, then credit."""
-        self.engine.check_margin_credit(t.account, t.amount)
+        try:
+            self.engine.check_margin_credit(t.account, t.amount)
+        except Rejected:
+            # A wallet short of the amount is the truer reason (not an overflow).
+            await self.wallet.call(self.wallet.check_debit, t.account, t.amount)
+            raise
         await self.wallet.call(self.wallet.debit, t.account, t.amount)
         self.engine.credit_margin(t.account, t.amount, t.ts)
 

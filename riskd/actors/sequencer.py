@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,17 +32,31 @@ from riskd.core import Engine, MarketEngine, MarketSpec, Rejected
 from riskd.core.errors import Code
 from riskd.core.events import Deposit, FundInjection, Input, Withdrawal
 from riskd.core.invariants import digest, violations
+from riskd.core.recent_ids import (
+    DEFAULT_CAPACITY,
+    WithdrawalDecision,
+    WithdrawalDecisions,
+    check_id,
+)
+from riskd.core.units import check_positive
+from riskd.core.wallet import check_account, unsettled_bad_debt, withdrawals_paused
 from riskd.metrics import Metrics
 from riskd.storage import codec, snapshot
 
-__all__ = ["Sequencer", "SequenceError", "BatchResult", "Update"]
+__all__ = ["Sequencer", "SequenceError", "BatchResult", "Update", "StoredRejection"]
 
 T = TypeVar("T")
-MAX_REMEMBERED_WITHDRAWALS = 100_000
+#: Sequences per gateway whose rejections are kept for a reconnect (the
+#: default stream_window × max_batch_updates).
+DEFAULT_RETAINED_SEQUENCES = 64 * 4096
 
 #: One decoded update: its gateway sequence number and the input, or why it
 #: could not be decoded.
 Update = tuple[int, Input | Rejected]
+#: A rejection kept for a gateway that may not have read its ack: sequence,
+#: index in its batch, the input's type name ("" if it did not decode), code
+#: value, field and message.  Plain values: it is pickled into snapshots.
+StoredRejection = tuple[int, int, str, str, str, str]
 
 
 class SequenceError(Exception):
@@ -61,6 +75,18 @@ class BatchResult:
     acked: int
     rejections: list[tuple[int, Rejected]] = field(default_factory=list)
     duplicates: int = 0
+    #: Rejections of resent (duplicate) updates, as first decided.
+    repeated: list[StoredRejection] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Resume:
+    """What a (re)connecting gateway is told first."""
+
+    acked: int
+    #: Every rejection with sequence in [rejections_from, acked] (0: none kept).
+    rejections_from: int
+    rejections: list[StoredRejection]
 
 
 @dataclass(slots=True)
@@ -68,6 +94,18 @@ class _Gateway:
     epoch: int = 0
     last: int = 0  # applied
     durable: int = 0  # applied and in the journal: what a reconnecting gateway is told
+    #: Rejections of the last retained sequences, oldest first.
+    rejected: deque[StoredRejection] = field(default_factory=deque)
+
+    def __setstate__(self, state: Any) -> None:
+        # Snapshots from before ``rejected`` existed do not name it.
+        self.rejected = deque()
+        if isinstance(state, tuple):  # (None, {slot: value})
+            values = state[1].items()
+        else:  # a list of the fields' values, in order
+            values = zip(("epoch", "last", "durable", "rejected"), state, strict=False)
+        for name, value in values:
+            setattr(self, name, value)
 
 
 class Sequencer(Actor):
@@ -78,6 +116,9 @@ class Sequencer(Actor):
         funds: dict[str, FundActor],
         metrics: Metrics,
         capacity: int,
+        *,
+        withdrawal_ids: int = DEFAULT_CAPACITY,
+        retained_sequences: int = DEFAULT_RETAINED_SEQUENCES,
     ) -> None:
         super().__init__("sequencer", capacity)
         self.markets = markets
@@ -86,10 +127,10 @@ class Sequencer(Actor):
         self.metrics = metrics
         self.gateways: dict[str, _Gateway] = {}
         self._children: dict[tuple[str, str], Any] = {}
-        # Remembered withdrawal ids make retries safe; rebuilt by replay.
-        self.withdrawals: OrderedDict[tuple[str, int], tuple[tuple[int, int], int | Rejected]] = (
-            OrderedDict()
-        )
+        # Decisions on withdrawal ids, per asset, make retries safe; rebuilt by replay.
+        self.withdrawal_ids = withdrawal_ids
+        self.withdrawals: dict[str, WithdrawalDecisions] = {}
+        self.retained_sequences = retained_sequences
         #: Where sequenced inputs go before they are acknowledged; None while
         #: replaying (or when running without durability, as some tests do).
         self.journal: JournalActor | None = None
@@ -98,6 +139,21 @@ class Sequencer(Actor):
         """The last sequence durably applied for this gateway and epoch (0: none yet)."""
         g = self.gateways.get(gateway)
         return g.durable if g is not None and g.epoch == epoch else 0
+
+    def resume(self, gateway: str, epoch: int) -> Resume:
+        """The last durable sequence and the kept rejections up to it.
+
+        A gateway that dropped its stream before reading an ack learns here
+        what it missed: every rejection of the retained sequences (the last
+        ``retained_sequences``, stream_window × max_batch_updates) at or below
+        the acknowledged one.
+        """
+        g = self.gateways.get(gateway)
+        if g is None or g.epoch != epoch or not g.durable:
+            return Resume(0, 0, [])
+        start = max(1, g.last - self.retained_sequences + 1)
+        kept = [r for r in g.rejected if r[0] <= g.durable]
+        return Resume(g.durable, min(start, g.durable), kept)
 
     async def flushed(self) -> Pending[None] | None:
         """Released once everything sequenced before it is durable (a stream's end)."""
@@ -110,8 +166,10 @@ class Sequencer(Actor):
         return await self.journal.submit(None if record is None else codec.encode(record), value)
 
     async def ingest(
-        self, gateway: str, epoch: int, updates: Sequence[Update]
+        self, gateway: str, epoch: int, updates: Sequence[Update], offset: int = 0
     ) -> BatchResult | Pending[BatchResult]:
+        """Apply a gateway's batch; ``offset`` is where ``updates`` began in the
+        gateway's request (journal replay: the duplicates dropped before it)."""
         started = time.perf_counter()
         g = self.gateways.get(gateway)
         if g is None:
@@ -125,11 +183,13 @@ class Sequencer(Actor):
             )
         elif epoch > g.epoch:
             g.epoch, g.last, g.durable = epoch, 0, 0
+            g.rejected.clear()
         fresh, duplicates = self._fresh(g, updates)
         result = BatchResult(g.last + len(fresh), duplicates=duplicates)
         outcomes: Counter[tuple[str, str]] = Counter()
         if duplicates:
             outcomes[("any", "duplicate")] += duplicates
+            result.repeated = self._repeated(g, updates[0][0], updates[duplicates - 1][0])
         for actor, run in self._runs(fresh, result, outcomes):
             done = await actor.call(actor.apply, [u for _, u in run])
             for (seq, u), r in zip(run, done, strict=True):
@@ -149,6 +209,11 @@ class Sequencer(Actor):
                 "e": epoch,
                 "u": [[seq, codec.encode_input(u)] for seq, u in fresh],
             }
+            first = fresh[0][0]
+            offset += duplicates
+            if offset:
+                record["o"] = offset
+            self._keep(g, result.rejections, fresh, first - offset)
         children = self._children
         for key, n in outcomes.items():
             child = children.get(key)
@@ -192,6 +257,35 @@ class Sequencer(Actor):
             return await self.ingest(gateway, epoch, updates)
         except SequenceError as e:
             return e
+
+    def _keep(
+        self,
+        g: _Gateway,
+        rejections: list[tuple[int, Rejected]],
+        fresh: list[Update],
+        base: int,
+    ) -> None:
+        """Keep this batch's rejections for a reconnect (``base``: the sequence at index 0)."""
+        kept = g.rejected
+        for seq, r in rejections:
+            u = fresh[seq - fresh[0][0]][1]
+            kind = "" if isinstance(u, Rejected) else type(u).__name__
+            kept.append((seq, seq - base, kind, r.code.value, r.field, r.message))
+        oldest = g.last - self.retained_sequences
+        while kept and kept[0][0] <= oldest:
+            kept.popleft()
+
+    @staticmethod
+    def _repeated(g: _Gateway, first: int, last: int) -> list[StoredRejection]:
+        """The kept rejections of the resent sequences ``first..last``."""
+        out: list[StoredRejection] = []
+        for r in reversed(g.rejected):  # resends are of the newest sequences
+            if r[0] < first:
+                break
+            if r[0] <= last:
+                out.append(r)
+        out.reverse()
+        return out
 
     @staticmethod
     def _fresh(g: _Gateway, updates: Sequence[Update]) -> tuple[list[Update], int]:
@@ -248,41 +342,60 @@ class Sequencer(Actor):
 
     # --- unary writes, sequenced like everything else ------------------------
 
-    async def withdraw(self, w: Withdrawal, withdrawal_id: int) -> int | Pending[int]:
-        """Approve (new balance) or refuse (Rejected) a withdrawal, once per id.
+    async def withdraw(
+        self, w: Withdrawal, withdrawal_id: int
+    ) -> WithdrawalDecision | Pending[WithdrawalDecision]:
+        """Approve or refuse a withdrawal (with the wallet balance either way), once per id.
 
-        The same id with the same request gets the same answer without moving
-        money twice; with a different request it is refused.
+        The same id with the same request gets the same decision without moving
+        money twice; with a different request, or an id too old to tell
+        (:class:`~riskd.core.recent_ids.WithdrawalDecisions`), it is refused
+        with FAILED_PRECONDITION on ``withdrawal_id``.  While a bankrupt
+        liquidation in the asset is unsettled, new withdrawals are refused on
+        ``asset`` and remembered nowhere: the same id goes through later.
         """
-        key = (w.asset, withdrawal_id)
-        seen = self.withdrawals.get(key)
-        if seen is not None:
-            if seen[0] != (w.account, w.amount):
-                raise Rejected.precondition(
-                    "withdrawal_id", f"{withdrawal_id} was already used for a different withdrawal"
-                )
-            if isinstance(seen[1], Rejected):
-                raise seen[1]
-            return seen[1]
         wallet = self.wallets.get(w.asset)
         if wallet is None:
             raise Rejected.not_found("asset", f"unknown asset {w.asset!r}")
+        check_id(withdrawal_id, "withdrawal_id")
+        check_account(w.account, "account")
+        check_positive(w.amount, "amount")
+        memory = self.withdrawals.get(w.asset)
+        if memory is None:
+            memory = self.withdrawals[w.asset] = WithdrawalDecisions(self.withdrawal_ids)
         try:
-            outcome: int | Rejected = await wallet.call(wallet.withdraw, w)
-        except Rejected as r:
-            if r.code is not Code.FAILED_PRECONDITION:
-                raise  # bad input: nothing happened, nothing to remember
-            outcome = r
-        self.withdrawals[key] = ((w.account, w.amount), outcome)
-        if len(self.withdrawals) > MAX_REMEMBERED_WITHDRAWALS:
-            self.withdrawals.popitem(last=False)
-        record = {"k": "withdraw", "id": withdrawal_id, "w": codec.encode_input(w)}
-        done = await self._durable(record, outcome)
-        if isinstance(outcome, Rejected):
+            seen = memory.recall(withdrawal_id, w.account, w.amount)
+            if seen is None:
+                paused = await self._withdrawals_paused(w.asset)
+                if paused is not None:
+                    raise paused
+        except Rejected:
+            # What it was decided on may not be durable yet: answer after it is.
+            done = await self.flushed()
             if isinstance(done, Pending):
                 await done.wait()
-            raise outcome
-        return done  # type: ignore[return-value]
+            raise
+        if seen is not None:  # a retry: the decision may still be on its way to disk
+            return await self._durable(None, seen)
+        decision: WithdrawalDecision = await wallet.call(wallet.withdraw, w)
+        memory.record(withdrawal_id, w.account, w.amount, decision)
+        record = {"k": "withdraw", "id": withdrawal_id, "w": codec.encode_input(w)}
+        return await self._durable(record, decision)
+
+    async def _withdrawals_paused(self, asset: str) -> Rejected | None:
+        """:func:`~riskd.core.wallet.withdrawals_paused`, from the actors' state now.
+
+        Every market has settled what the sequencer sent it (each run was
+        awaited), and their messages to the fund are ahead of this one, so
+        replaying the journal reaches the same answer.
+        """
+        unsettled: list[tuple[str, int, str]] = []
+        for m in self.markets.values():
+            if m.engine.asset == asset:
+                unsettled += await m.call(m.query, unsettled_bad_debt)
+        fund = self.funds.get(asset)
+        reserved = 0 if fund is None else await fund.call(_reserved, fund)
+        return withdrawals_paused(asset, unsettled, reserved)
 
     async def inject(self, i: FundInjection) -> int | Pending[int]:
         fund = self.funds.get(i.asset)
@@ -309,7 +422,7 @@ class Sequencer(Actor):
         match r["k"]:
             case "ingest":
                 updates = [(seq, codec.decode_input(row)) for seq, row in r["u"]]
-                await self.ingest(r["g"], r["e"], updates)
+                await self.ingest(r["g"], r["e"], updates, r.get("o", 0))
             case "withdraw":
                 w = codec.decode_input(r["w"])
                 assert isinstance(w, Withdrawal)
@@ -374,7 +487,7 @@ class Sequencer(Actor):
             if asset in self.funds:
                 self.funds[asset].fund = fund
         self.gateways = state["gateways"]
-        self.withdrawals = state["withdrawals"]
+        self.withdrawals = _decisions(state["withdrawals"], self.withdrawal_ids)
 
     def check(self) -> tuple[str, list[str]]:
         """Digest and invariant violations of the whole state (call inside :meth:`barrier`)."""
@@ -391,6 +504,27 @@ class Sequencer(Actor):
 
 def _nothing() -> None:
     return None
+
+
+def _reserved(fund: FundActor) -> int:
+    return fund.fund.reserved_total
+
+
+def _decisions(saved: Any, capacity: int) -> dict[str, WithdrawalDecisions]:
+    """Withdrawal decisions from a snapshot, also from before they were kept per asset."""
+    if not isinstance(saved, OrderedDict):
+        return dict(saved)
+    out: dict[str, WithdrawalDecisions] = {}
+    for (asset, id_), ((account, amount), outcome) in saved.items():
+        memory = out.get(asset)
+        if memory is None:
+            memory = out[asset] = WithdrawalDecisions(capacity)
+        if isinstance(outcome, Rejected):
+            decision = WithdrawalDecision(False, 0, outcome.message)
+        else:
+            decision = WithdrawalDecision(True, outcome)
+        memory.record(id_, account, amount, decision)
+    return out
 
 
 def _update_spec(engine: MarketEngine, changes: dict[str, Any], ts: int) -> MarketSpec:

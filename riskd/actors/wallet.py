@@ -5,6 +5,7 @@ from __future__ import annotations
 from riskd.actors.actor import Actor
 from riskd.core import Rejected
 from riskd.core.events import Deposit, Withdrawal
+from riskd.core.recent_ids import WithdrawalDecision
 from riskd.core.wallet import Wallets
 
 __all__ = ["WalletActor"]
@@ -25,8 +26,11 @@ class WalletActor(Actor):
                 out.append(e)
         return out
 
-    def withdraw(self, w: Withdrawal) -> int:
-        return self.wallets.withdraw(w.account, w.amount)
+    def withdraw(self, w: Withdrawal) -> WithdrawalDecision:
+        return self.wallets.decide_withdrawal(w.account, w.amount)
+
+    def check_debit(self, account: int, amount: int) -> None:
+        self.wallets.check_debit(account, amount)
 
     def debit(self, account: int, amount: int) -> None:
         self.wallets.debit(account, amount)

@@ -37,7 +37,7 @@ import grpc
 import structlog
 
 from riskd.access import Grant, Role
-from riskd.actors.sequencer import BatchResult, SequenceError, Sequencer, Update
+from riskd.actors.sequencer import BatchResult, SequenceError, Sequencer, StoredRejection, Update
 from riskd.api import convert
 from riskd.api.auth import GATEWAY_KEY, Authenticator, Denied
 from riskd.api.bridge import Portal, Unavailable
@@ -59,6 +59,22 @@ MAX_PACE_SECONDS = 1.0
 #: batch of only these goes ahead of the sequencer's queue.
 LIQUIDATION_PATH = (MarkPrice, LiquidationFill, LiquidationDone)
 _EOS = object()
+#: How long a stream refused over max_ingest_streams waits for the client's first message.
+REFUSAL_READ_SECONDS = 0.25
+#: The ``Update`` oneof name of each core input, for rejections kept across reconnects.
+_KINDS = {
+    "Fill": "fill",
+    "MarkPrice": "mark_price",
+    "Deposit": "deposit",
+    "MarginTransfer": "margin_transfer",
+    "FundingRate": "funding_rate",
+    "LiquidationFill": "liquidation_fill",
+    "LiquidationDone": "liquidation_done",
+}
+_STUBS: dict[str, ingest_pb2.Update] = {}
+for _name, _kind in _KINDS.items():
+    _STUBS[_name] = ingest_pb2.Update()
+    getattr(_STUBS[_name], _kind).SetInParent()
 log = structlog.get_logger("riskd.ingest")
 
 Context = grpc.aio.ServicerContext[ingest_pb2.IngestRequest, ingest_pb2.IngestResponse]
@@ -117,6 +133,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if self.draining:
             await abort(context, grpc.StatusCode.UNAVAILABLE, "", "riskd is shutting down")
         if self._open >= self.max_streams:
+            # Refusing before the client's first message is through would race
+            # its write: grpc then reports that failed write (CANCELLED or
+            # INTERNAL) instead of this status.
+            await _first_request(request_iterator)
             await abort(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -132,9 +152,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         credits = asyncio.Semaphore(self.window)
         reader: asyncio.Task[None] | None = None
         try:
-            acked = await self.portal.run(self.sequencer.call, self.sequencer.acked, gateway, epoch)
-            bound.info("ingest_stream_opened", acked_sequence=acked)
-            yield ingest_pb2.IngestResponse(acked_sequence=acked)
+            resume = await self.portal.run(
+                self.sequencer.call, self.sequencer.resume, gateway, epoch
+            )
+            bound.info("ingest_stream_opened", acked_sequence=resume.acked)
+            yield ingest_pb2.IngestResponse(
+                acked_sequence=resume.acked,
+                rejections_from=resume.rejections_from,
+                rejections=[_stored(r) for r in resume.rejections],
+            )
             reader = asyncio.create_task(
                 self._read(request_iterator, context, grant, gateway, epoch, credits, results)
             )
@@ -290,7 +316,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     )
                 x = convert.decode_update(u, f"updates[{i}]")
                 if scoped:
-                    _authorize(grant, x)
+                    try:
+                        _authorize(grant, x)
+                    except Rejected as r:
+                        # The whole path now: it is journaled and may be reported again.
+                        path = convert.rejection(u.sequence, i, u, r).field
+                        raise Rejected(r.code, path, r.message) from None
                 if not isinstance(x, LIQUIDATION_PATH):
                     counted += 1
                 out.append((u.sequence, x))
@@ -330,6 +361,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             log.warning("ingest_drain_timeout", open_streams=self._open)
 
 
+async def _first_request(requests: AsyncIterator[ingest_pb2.IngestRequest]) -> None:
+    """Wait (briefly) for the client's first message, or its end, and drop it."""
+    try:
+        async with asyncio.timeout(REFUSAL_READ_SECONDS):
+            await anext(aiter(requests), None)
+    except Exception:  # a timeout, a broken stream: refuse all the same
+        pass
+
+
 def _authorize(grant: Grant, x: Any) -> None:
     """Refuse an update for a market (or asset) the gateway is not granted."""
     if isinstance(x, Deposit):
@@ -345,8 +385,15 @@ def _authorize(grant: Grant, x: Any) -> None:
         )
 
 
+def _stored(r: StoredRejection) -> ingest_pb2.Rejection:
+    """A rejection as first reported (its index in the batch it came in)."""
+    seq, index, kind, code, field, message = r
+    return convert.rejection(seq, index, _STUBS.get(kind), Rejected(Code(code), field, message))
+
+
 def _response(request: ingest_pb2.IngestRequest, result: BatchResult) -> ingest_pb2.IngestResponse:
     response = ingest_pb2.IngestResponse(acked_sequence=result.acked)
+    response.rejections.extend(_stored(r) for r in result.repeated)
     if result.rejections:
         where = {u.sequence: (i, u) for i, u in enumerate(request.updates)}
         for seq, r in result.rejections:

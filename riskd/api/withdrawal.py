@@ -3,7 +3,12 @@
 Only the free wallet balance can leave: isolated margin belongs to positions
 and unrealised profit is not in the wallet, so neither can be withdrawn.  A
 withdrawal id makes retries safe: the same id with the same request gets the
-same answer without moving money twice.
+same decision (approved or not, and the wallet balance then) without moving
+money twice, for as long as riskd remembers it; an id too old to tell is
+refused with FAILED_PRECONDITION on ``withdrawal_id``, never paid again
+(:mod:`riskd.core.recent_ids`).  While a bankrupt liquidation in the asset is
+not settled, withdrawals of it are refused with FAILED_PRECONDITION on
+``asset`` and resume by themselves (:func:`riskd.core.wallet.withdrawals_paused`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from riskd.api.auth import Authenticator
 from riskd.api.bridge import Portal
 from riskd.api.status import abort, abort_rejected
 from riskd.core import Rejected
-from riskd.core.errors import Code
 from riskd.core.events import Withdrawal
 from riskd.v1 import withdrawal_pb2, withdrawal_pb2_grpc
 
@@ -45,11 +49,13 @@ class WithdrawalServicer(withdrawal_pb2_grpc.WithdrawalServiceServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "withdrawal_id", "is required")
         w = Withdrawal(request.account, request.asset, request.amount)
         try:
-            balance = await self.portal.run(
+            decision = await self.portal.run(
                 self.sequencer.call, self.sequencer.withdraw, w, request.withdrawal_id
             )
         except Rejected as r:
-            if r.code is not Code.FAILED_PRECONDITION or r.field == "withdrawal_id":
-                await abort_rejected(context, r)
-            return withdrawal_pb2.WithdrawResponse(approved=False, reason=r.message)
-        return withdrawal_pb2.WithdrawResponse(approved=True, wallet_balance=balance)
+            # Bad input, a reused or expired id, or withdrawals paused by bad
+            # debt: no decision was taken, the status says why.
+            await abort_rejected(context, r)
+        return withdrawal_pb2.WithdrawResponse(
+            approved=decision.approved, wallet_balance=decision.balance, reason=decision.reason
+        )

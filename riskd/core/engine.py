@@ -34,7 +34,7 @@ from riskd.core.insurance_fund import FundEffect, FundPolicy, InsuranceFund
 from riskd.core.market import MarketSpec
 from riskd.core.market_engine import MarketEngine
 from riskd.core.units import Asset
-from riskd.core.wallet import Wallets
+from riskd.core.wallet import Wallets, unsettled_bad_debt, withdrawals_paused
 
 __all__ = ["Engine", "split_effects"]
 
@@ -105,7 +105,7 @@ class Engine:
             case Deposit():
                 self.wallet(event.asset).deposit(event.account, event.amount, event.deposit_id)
             case Withdrawal():
-                self.wallet(event.asset).withdraw(event.account, event.amount)
+                self._withdraw(event)
             case MarginTransfer():
                 self._transfer(event)
             case FundInjection():
@@ -120,10 +120,26 @@ class Engine:
         out, self.outbox = self.outbox, []
         return out
 
+    def _withdraw(self, w: Withdrawal) -> None:
+        """Refused while the asset has bad debt not yet placed (as the daemon does)."""
+        wallet = self.wallet(w.asset)
+        unsettled = [
+            u for m in self.markets.values() if m.asset == w.asset for u in unsettled_bad_debt(m)
+        ]
+        paused = withdrawals_paused(w.asset, unsettled, self.funds[w.asset].reserved_total)
+        if paused is not None:
+            raise paused
+        wallet.withdraw(w.account, w.amount)
+
     def _transfer(self, t: MarginTransfer) -> None:
         market = self.market(t.market)
         if t.amount > 0:
-            market.check_margin_credit(t.account, t.amount)
+            try:
+                market.check_margin_credit(t.account, t.amount)
+            except Rejected:
+                # A wallet short of the amount is the truer reason (not an overflow).
+                self.wallets[market.asset].check_debit(t.account, t.amount)
+                raise
             self.wallets[market.asset].debit(t.account, t.amount)
             market.credit_margin(t.account, t.amount, t.ts)
         elif t.amount < 0:

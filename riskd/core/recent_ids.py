@@ -12,8 +12,19 @@ and the message says which of the two it was.
 Bounded on purpose: memory must not grow with the exchange's history.  It
 keeps the last ``capacity`` ids remembered (first in, first out, counted per
 memory: one market's trades, one asset's deposits) and forgets older ones.
-**An id older than that window is not checked**: it would be applied again.
-Only applied inputs are remembered; a refused one does not use up its id.
+A forgotten id must still never apply again, so the memory keeps a low-water
+mark, :attr:`RecentIds.floor`: the highest id it has forgotten.  An id at or
+below the floor that is not remembered is refused as too old to check.  The
+rule a gateway lives with: ids keep increasing, give or take less than the
+window (exchange trade, deposit and withdrawal ids are sequences or
+time-ordered); an id that comes back after more than ``capacity`` newer ones
+is refused, never applied twice.  Only applied inputs are remembered; a
+refused one does not use up its id.
+
+:class:`WithdrawalDecisions` builds the same memory for withdrawal ids, with
+the balance each approval left, so that a retry returns the original
+decision; refusals are kept apart in a smaller memory that cannot push an
+approval out.
 
 Id 0 means "not given" (protobuf's value for an unset field): it is never
 remembered and never checked, so gateways that send no ids keep working.
@@ -37,10 +48,21 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
 
 from riskd.core.errors import Rejected
 
-__all__ = ["DEFAULT_CAPACITY", "MAX_ID", "RecentIds", "check_id", "fingerprint"]
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "MAX_ID",
+    "RecentIds",
+    "WithdrawalDecision",
+    "WithdrawalDecisions",
+    "check_id",
+    "fingerprint",
+]
 
 #: Ids remembered per market (trade ids) and per settlement asset (deposit ids).
 DEFAULT_CAPACITY = 100_000
@@ -63,11 +85,12 @@ def fingerprint(*fields: int) -> int:
 
 
 class RecentIds:
-    """The last ``capacity`` non-zero ids applied, each with its payload's fingerprint."""
+    """The last ``capacity`` non-zero ids applied, each with its payload's fingerprint
+    (and, with ``values``, one more integer per id), and the highest id forgotten."""
 
-    __slots__ = ("capacity", "_ids", "_ring", "_fingerprints", "_next")
+    __slots__ = ("capacity", "_ids", "_ring", "_fingerprints", "_next", "floor", "_values")
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, values: bool = False) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -77,6 +100,16 @@ class RecentIds:
         self._ring = array("Q")
         self._fingerprints = array("q")
         self._next = 0  # the slot the next id takes: the oldest one once full
+        #: The highest id forgotten so far: ids up to it are refused unless remembered.
+        self.floor = 0
+        self._values: array[int] | None = array("q") if values else None
+
+    def __setstate__(self, state: Any) -> None:
+        # Snapshots written before the floor existed restore with floor 0.
+        self.floor, self._values = 0, None
+        slots = state[1] if isinstance(state, tuple) else state
+        for name, value in (slots or {}).items():
+            setattr(self, name, value)
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -84,23 +117,48 @@ class RecentIds:
     def __contains__(self, id_: object) -> bool:
         return id_ in self._ids
 
-    def fingerprint_of(self, id_: int) -> int | None:
-        """The fingerprint remembered with ``id_``, or None if it is not remembered."""
+    def _slot(self, id_: int) -> int | None:
         if id_ not in self._ids:
             return None
         ring, end = self._ring, self._next or len(self._ring)
         try:  # newest first: a replayed id is most likely a recent one
-            slot = ring.index(id_, max(end - _RECENT, 0), end)
+            return ring.index(id_, max(end - _RECENT, 0), end)
         except ValueError:
-            slot = ring.index(id_)
-        return self._fingerprints[slot]
+            return ring.index(id_)
+
+    def fingerprint_of(self, id_: int) -> int | None:
+        """The fingerprint remembered with ``id_``, or None if it is not remembered."""
+        slot = self._slot(id_)
+        return None if slot is None else self._fingerprints[slot]
+
+    def lookup(self, id_: int) -> tuple[int, int] | None:
+        """``(fingerprint, value)`` remembered with ``id_`` (value 0 without ``values``)."""
+        slot = self._slot(id_)
+        if slot is None:
+            return None
+        return self._fingerprints[slot], (0 if self._values is None else self._values[slot])
+
+    def too_old(self, id_: int) -> bool:
+        """Not remembered, and at or below the floor: it may have been applied and forgotten."""
+        return 0 < id_ <= self.floor and id_ not in self._ids
+
+    def too_old_message(self, id_: int, noun: str) -> str:
+        return (
+            f"{id_} is not among the last {self.capacity} {noun} ids remembered and is not"
+            f" above {self.floor}, the highest one forgotten: too old to tell whether it was"
+            f" applied, so it is refused (ids must keep increasing)"
+        )
 
     def check(self, id_: int, payload: int, field: str, noun: str) -> None:
         """Refuse ``id_`` if it is remembered, saying whether ``payload`` is the same.
 
         ``noun`` names the input in the message (``fill``, ``deposit``).
         """
-        if not id_ or id_ not in self._ids:
+        if not id_:
+            return
+        if id_ not in self._ids:
+            if id_ <= self.floor:
+                raise Rejected.precondition(field, self.too_old_message(id_, noun))
             return
         if self.fingerprint_of(id_) == payload:
             why = f"{id_} was already applied (the same {noun} again)"
@@ -108,8 +166,11 @@ class RecentIds:
             why = f"{id_} was already used by a different {noun}"
         raise Rejected.precondition(field, why)
 
-    def remember(self, id_: int, payload: int) -> None:
-        """Remember an applied id (0: nothing to remember), forgetting the oldest past capacity."""
+    def remember(self, id_: int, payload: int, value: int = 0) -> None:
+        """Remember an applied id (0: nothing to remember), forgetting the oldest past capacity.
+
+        The forgotten id raises the floor, so that it can never apply again.
+        """
         if not id_:
             return
         ids, ring, slot = self._ids, self._ring, self._next
@@ -120,10 +181,17 @@ class RecentIds:
         if slot == len(ring):  # still filling up
             ring.append(id_)
             self._fingerprints.append(payload)
+            if self._values is not None:
+                self._values.append(value)
         else:  # full: the oldest goes
-            ids.remove(ring[slot])
+            gone = ring[slot]
+            ids.remove(gone)
+            if gone > self.floor:
+                self.floor = gone
             ring[slot] = id_
             self._fingerprints[slot] = payload
+            if self._values is not None:
+                self._values[slot] = value
         slot += 1
         self._next = 0 if slot == self.capacity else slot
 
@@ -134,11 +202,87 @@ class RecentIds:
         return [(self._ring[i], self._fingerprints[i]) for i in order]
 
     def canonical(self) -> bytes:
-        """The remembered ids then their fingerprints, oldest first, little-endian (digests)."""
+        """The remembered ids then their fingerprints, oldest first, little-endian (digests);
+        then the floor, once there is one (it decides what a later id does)."""
         start = self._next if len(self._ring) == self.capacity else 0
         ring = self._ring[start:] + self._ring[:start]
         fps = self._fingerprints[start:] + self._fingerprints[:start]
         if sys.byteorder != "little":
             ring.byteswap()
             fps.byteswap()
-        return ring.tobytes() + fps.tobytes()
+        floor = b"" if not self.floor else b"F" + self.floor.to_bytes(8, "little")
+        return ring.tobytes() + fps.tobytes() + floor
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalDecision:
+    """What riskd answered to a withdrawal: approved or not, and the wallet balance then."""
+
+    approved: bool
+    balance: int
+    reason: str = ""
+
+
+#: Refusals remembered per asset, apart from approvals: a burst of refused
+#: requests must never push an approval out of memory.
+REFUSALS_REMEMBERED = 10_000
+
+
+class WithdrawalDecisions:
+    """The decisions on one asset's withdrawal ids, for retries.
+
+    Approvals live in a :class:`RecentIds` of ``capacity`` (with the balance
+    each left): a retry gets the same answer and moves nothing, and an id at
+    or below its floor that it no longer holds is refused as too old, never
+    paid again.  Refusals (not enough balance) are kept apart, the newest
+    ``refusals`` of them: one forgotten is decided afresh on a retry, which
+    can pay at most once since nothing was paid for it.
+    """
+
+    __slots__ = ("approved", "refused", "refusals")
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, refusals: int = REFUSALS_REMEMBERED):
+        self.approved = RecentIds(capacity, values=True)
+        self.refusals = max(1, min(refusals, capacity))
+        self.refused: OrderedDict[int, tuple[int, WithdrawalDecision]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.approved) + len(self.refused)
+
+    def recall(self, id_: int, account: int, amount: int) -> WithdrawalDecision | None:
+        """The decision already taken for this id (None: decide it now).
+
+        Refused with FAILED_PRECONDITION on ``withdrawal_id`` when the id was used
+        for a different withdrawal, or is too old to tell.
+        """
+        payload = fingerprint(account, amount)
+        seen = self.approved.lookup(id_)
+        if seen is not None:
+            if seen[0] != payload:
+                raise _reused(id_)
+            return WithdrawalDecision(True, seen[1])
+        refused = self.refused.get(id_)
+        if refused is not None:
+            if refused[0] != payload:
+                raise _reused(id_)
+            return refused[1]
+        if self.approved.too_old(id_):
+            raise Rejected.precondition(
+                "withdrawal_id", self.approved.too_old_message(id_, "approved withdrawal")
+            )
+        return None
+
+    def record(self, id_: int, account: int, amount: int, decision: WithdrawalDecision) -> None:
+        payload = fingerprint(account, amount)
+        if decision.approved:
+            self.approved.remember(id_, payload, decision.balance)
+            return
+        self.refused[id_] = (payload, decision)
+        if len(self.refused) > self.refusals:
+            self.refused.popitem(last=False)
+
+
+def _reused(id_: int) -> Rejected:
+    return Rejected.precondition(
+        "withdrawal_id", f"{id_} was already used for a different withdrawal"
+    )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from riskd.core.errors import Rejected
+from riskd.core.liquidation import Stage
 from riskd.core.position import BACKSTOP_ACCOUNT
-from riskd.core.recent_ids import RecentIds, check_id, fingerprint
+from riskd.core.recent_ids import RecentIds, WithdrawalDecision, check_id, fingerprint
 from riskd.core.units import INT64_MAX, check_positive
 
-__all__ = ["Wallets", "check_account"]
+__all__ = ["Wallets", "check_account", "unsettled_bad_debt", "withdrawals_paused"]
 
 
 def check_account(account: int, field: str) -> int:
@@ -55,6 +59,26 @@ class Wallets:
         self.deposits += amount
         return new
 
+    def decide_withdrawal(self, account: int, amount: int) -> WithdrawalDecision:
+        """Withdraw if the free balance covers it; either way, the balance after.
+
+        Bad input (account, amount) is still raised: that is no decision.
+        """
+        check_account(account, "account")
+        check_positive(amount, "amount")
+        have = self.balance(account)
+        if amount > have:
+            return WithdrawalDecision(False, have, _short(account, have, amount))
+        return WithdrawalDecision(True, self.withdraw(account, amount))
+
+    def check_debit(self, account: int, amount: int) -> None:
+        """Refuse, as :meth:`debit` would, without debiting."""
+        check_account(account, "account")
+        check_positive(amount, "amount")
+        have = self.balance(account)
+        if amount > have:
+            raise Rejected.precondition("amount", _short(account, have, amount))
+
     def withdraw(self, account: int, amount: int) -> int:
         """Take ``amount`` out; only the free balance, never margin or unrealised PnL."""
         self.debit(account, amount)
@@ -66,9 +90,7 @@ class Wallets:
         check_positive(amount, "amount")
         have = self.balance(account)
         if amount > have:
-            raise Rejected.precondition(
-                "amount", f"wallet balance {have} of account {account} is less than {amount}"
-            )
+            raise Rejected.precondition("amount", _short(account, have, amount))
         if have == amount:
             del self.balances[account]
         else:
@@ -79,3 +101,47 @@ class Wallets:
             raise AssertionError(f"negative wallet credit {amount} to {account}")
         if amount:
             self.balances[account] = self.balance(account) + amount
+
+
+def _short(account: int, have: int, amount: int) -> str:
+    return f"wallet balance {have} of account {account} is less than {amount}"
+
+
+def unsettled_bad_debt(market: Any) -> list[tuple[str, int, str]]:
+    """``(market, liquidation id, stage)`` of each liquidation of ``market`` (a
+    :class:`~riskd.core.MarketEngine`) whose loss is not settled yet: waiting for
+    the fund, for ADL, or working a book order on the fund's reservation."""
+    return [
+        (market.symbol, liq.id, liq.stage.value)
+        for liq in market.liquidations.values()
+        if liq.stage is not Stage.WORKING or liq.reserved > 0
+    ]
+
+
+def withdrawals_paused(
+    asset: str, unsettled: Iterable[tuple[str, int, str]], reserved: int
+) -> Rejected | None:
+    """Why withdrawals of ``asset`` wait (dYdX v5), or None.
+
+    While a bankrupt liquidation in a market settled in ``asset`` is not
+    settled (``unsettled``, from :func:`unsettled_bad_debt`) or the fund has
+    money reserved for one (``reserved``), the loss is not yet placed: nobody
+    may take money out of the asset until it is.  Nothing needs to be done to
+    resume: the next withdrawal after the last such liquidation settles goes
+    through.
+    """
+    stuck = sorted(unsettled)
+    if not stuck and reserved <= 0:
+        return None
+    what = ", ".join(
+        f"{m} liquidation {i} ({stage.replace('_', ' ')})" for m, i, stage in stuck[:3]
+    )
+    if len(stuck) > 3:
+        what += f" and {len(stuck) - 3} more"
+    if not what:
+        what = f"the insurance fund holds {reserved} quantums reserved for a liquidation"
+    return Rejected.precondition(
+        "asset",
+        f"withdrawals of {asset} are paused while a bankrupt liquidation is not settled:"
+        f" {what}; they resume by themselves once it settles",
+    )

@@ -14,7 +14,13 @@ sender waits.  If the stream breaks, the helper reconnects with backoff: riskd's
 first response names the last sequence it applied, and the helper resends
 everything after it, so nothing acknowledged is lost and nothing is applied
 twice.  Rejections (per update, with code and field) are collected in
-:attr:`Gateway.rejections`.
+:attr:`Gateway.rejections`, each once, including those of acks the broken
+stream never delivered: riskd repeats them in the new stream's first response
+(and for resent updates it had already decided).  Should riskd no longer hold
+some of them (it keeps stream_window × max_batch_updates sequences; this
+helper keeps its ``window`` at or below stream_window, so it does not happen
+unless configured otherwise), the range is recorded in
+:attr:`Gateway.unknown_rejections`.
 
 Over mutual TLS pass ``credentials`` (:func:`tls_credentials`); riskd then
 knows the gateway by its certificate, and ``gateway_id`` must be that name.
@@ -103,6 +109,8 @@ class Gateway:
         self.next_sequence = 1
         self.acked_sequence = 0
         self.rejections: list[ingest_pb2.Rejection] = []
+        #: ``(first, last)`` sequence ranges acknowledged whose rejections were lost.
+        self.unknown_rejections: list[tuple[int, int]] = []
         self.reconnects = 0
         self.throttled = 0
         self._pending: list[ingest_pb2.Update] = []
@@ -332,6 +340,10 @@ class Gateway:
                 if first:
                     # riskd tells us where it stands; resend everything after it.
                     first = False
+                    self._rejected(response.rejections)
+                    start = response.rejections_from or response.acked_sequence + 1
+                    if self.acked_sequence + 1 < min(start, response.acked_sequence + 1):
+                        self.unknown_rejections.append((self.acked_sequence + 1, start - 1))
                     self._ack(response.acked_sequence)
                     self._connected.set()
                     self._outbox = outbox
@@ -339,11 +351,15 @@ class Gateway:
                         outbox.put_nowait(_trim(request, self.acked_sequence))
                     self._signal()
                     continue
-                self.rejections.extend(response.rejections)
+                self._rejected(response.rejections)
                 self._ack(response.acked_sequence)
         finally:
             self._outbox = None
             outbox.put_nowait(None)
+
+    def _rejected(self, rejections: Sequence[ingest_pb2.Rejection]) -> None:
+        # Those at or below an ack already read were reported with that ack.
+        self.rejections.extend(r for r in rejections if r.sequence > self.acked_sequence)
 
     def _ack(self, acked: int) -> None:
         if acked > self.acked_sequence:
