@@ -5,6 +5,9 @@ record into the pure engine and checks that every unit the insurance funds
 ever held is explained:
 
 * the journal's hash chain is intact (any changed byte breaks it);
+* the journal holds every record the newest snapshot covers, with the chain
+  hash the snapshot recorded, and nothing committed is missing from its
+  ``-wal`` (what ``riskd serve`` checks before starting);
 * each fund's ledger chains from genesis, and its balance is the sum of its
   entries;
 * every payout (shortfall, backstop margin) is tied to a liquidation that
@@ -29,9 +32,9 @@ from riskd.core import Engine, Rejected
 from riskd.core.events import AdlEvent, FundKind, LiquidationSettled
 from riskd.core.insurance_fund import GENESIS
 from riskd.core.invariants import digest, violations
-from riskd.storage import admin_log, codec
+from riskd.storage import admin_log, codec, snapshot
 from riskd.storage.journal import GENESIS as JOURNAL_GENESIS
-from riskd.storage.journal import chain
+from riskd.storage.journal import chain, wal_problem
 
 __all__ = ["audit", "replay_record"]
 
@@ -71,9 +74,14 @@ def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
     lines = [f"riskd audit of {path}"]
     if not path.exists():
         return False, [*lines, "FAIL no journal"]
+    lost = wal_problem(path)  # before SQLite opens it and "recovers" without the frames
+    if lost:
+        return False, [*lines, f"FAIL journal: {lost}"]
+    snap = snapshot.latest_position(data_dir)
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     engine = Engine(config.markets, config.funds)
     head, n, ok = JOURNAL_GENESIS, 0, True
+    at_snapshot = JOURNAL_GENESIS if snap is not None and snap.records == 0 else None
     settled: set[str] = set()
     adl: list[AdlEvent] = []
     try:
@@ -81,6 +89,8 @@ def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
             head = chain(head, record)
             if head != stored:
                 return False, [*lines, f"FAIL journal hash chain broken at record {n}"]
+            if snap is not None and n == snap.records:
+                at_snapshot = head
             for e in replay_record(engine, codec.decode(record)):
                 if isinstance(e, LiquidationSettled):
                     settled.add(f"liq:{e.market}:{e.liquidation_id}")
@@ -91,6 +101,13 @@ def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
     finally:
         db.close()
     lines.append(f"ok   journal: {n} records, hash chain intact")
+    if snap is not None:
+        disagree = snapshot.mismatch(snap, path, n, at_snapshot)
+        ok &= disagree is None
+        if disagree:
+            lines.append(f"FAIL snapshot: {disagree}")
+        else:
+            lines.append(f"ok   snapshot {snap.path.name}: its journal position is in the journal")
     for asset, fund in engine.funds.items():
         prev, total, problems = GENESIS, 0, []
         for entry in fund.ledger:

@@ -9,8 +9,15 @@ from collections.abc import Sequence
 
 from riskd import __version__
 
-#: Exit status when the data directory cannot be trusted (distinct from crashes).
+#: ``riskd serve`` exit statuses (docs/runbook.md says what to do about each).
+#: Could not start as configured: bad config, unwritable data directory, busy
+#: port, unreadable TLS file (one ``riskd: ...`` line on stderr).
+EXIT_STARTUP = 2
+#: The data directory cannot be trusted: a journal that does not read back,
+#: breaks its hash chain, or lost records a snapshot or the WAL index saw.
 EXIT_CORRUPT = 3
+#: A storage write failed while serving (riskd.storage.faults); 4, defined there.
+EXIT_STORAGE_FAULT = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,8 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from riskd import config as config_mod
     from riskd import logs
-    from riskd.daemon import serve
-    from riskd.storage.journal import JournalCorrupt
+    from riskd.daemon import StartupError, serve
+    from riskd.storage import StorageFault
+    from riskd.storage.journal import JournalCorrupt, JournalInconsistent
 
     logs.configure(args.log_level)
     try:
@@ -128,15 +136,27 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"riskd: bad configuration: {e}", file=sys.stderr)
         return 2
-    corrupt: list[BaseException] = []
+    # Raised inside the daemon's nursery, hence groups.  A StorageFault that
+    # gets here happened before serving (one while serving exits 4 at once).
+    failed: list[BaseException] = []
     try:
         trio.run(serve, config, args.config)
-    except* JournalCorrupt as group:  # raised inside the daemon's nursery
-        corrupt.extend(group.exceptions)
-    if corrupt:
-        print(f"riskd: refusing to start, the journal is unreadable: {corrupt[0]}", file=sys.stderr)
+    except* (JournalCorrupt, StartupError, StorageFault) as group:
+        failed.extend(group.exceptions)
+    if not failed:
+        return 0
+    first = failed[0]
+    if isinstance(first, JournalInconsistent):
+        print(f"riskd: refusing to start, the journal is inconsistent: {first}", file=sys.stderr)
         return EXIT_CORRUPT
-    return 0
+    if isinstance(first, JournalCorrupt):
+        print(f"riskd: refusing to start, the journal is unreadable: {first}", file=sys.stderr)
+        return EXIT_CORRUPT
+    if isinstance(first, StorageFault):
+        print(f"riskd: cannot write {first}", file=sys.stderr)
+    else:
+        print(f"riskd: {first}", file=sys.stderr)
+    return EXIT_STARTUP
 
 
 if __name__ == "__main__":

@@ -7,12 +7,22 @@ streams stop reading and end with OK after acknowledging what they had in
 flight → gRPC server stops → actors are cancelled.  ``server.stop(grace)``
 alone would cut streams with acks still in flight (measured:
 docs/architecture.md), hence the explicit drain first.
+
+Failures: whatever stops the start — an unwritable data directory, a busy
+port, an unreadable TLS file — is raised as :class:`StartupError` or
+:class:`~riskd.storage.StorageFault` before anything is acknowledged, and
+``riskd serve`` prints it as one line and exits 2; a journal that snapshots
+or its WAL index say is missing records is refused like a corrupt one (exit
+3).  A storage write failing while serving fail-stops the process (exit 4,
+:mod:`riskd.storage.faults`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,8 +34,9 @@ import trio
 from grpc_health.v1 import health_pb2
 from prometheus_client import start_http_server
 
+from riskd.actors.actor import ActorStopped
 from riskd.actors.fund import FundActor
-from riskd.actors.journal import JournalActor
+from riskd.actors.journal import JournalActor, Pending
 from riskd.actors.market import MarketActor
 from riskd.actors.sequencer import Sequencer
 from riskd.actors.wallet import WalletActor
@@ -44,17 +55,26 @@ from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
 from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
 from riskd.metrics import Metrics
-from riskd.storage import snapshot
+from riskd.storage import StorageFault, fail_stop, snapshot
 from riskd.storage.admin_log import AdminLog
-from riskd.storage.journal import JournalCorrupt, SqliteJournal
+from riskd.storage.journal import (
+    JournalCorrupt,
+    JournalInconsistent,
+    SqliteJournal,
+    wal_problem,
+)
 
-__all__ = ["Daemon", "Endpoints", "serve"]
+__all__ = ["Daemon", "Endpoints", "StartupError", "serve"]
 
 log = structlog.get_logger("riskd")
 
 #: Room for every message a unary RPC may have waiting at the sequencer.
 UNARY_LIMIT = 64
 DRAIN_SECONDS = 10.0
+
+
+class StartupError(Exception):
+    """riskd cannot start as configured (a busy port, an unreadable file): one line, exit 2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +166,20 @@ class Daemon:
         """Serve until SIGTERM/SIGINT or cancellation; then drain and stop."""
         srv = self.config.server
         srv.check_transport()  # again: the command line may have moved grpc_listen
-        await trio.Path(srv.data_dir).mkdir(parents=True, exist_ok=True)  # fail early
+        # Fail early, in one line each, before replaying anything.
+        await trio.to_thread.run_sync(_check_writable, Path(srv.data_dir))
         auth = Authenticator(self.config.access if srv.tls is not None else None)
-        credentials = server_credentials(srv.tls) if srv.tls is not None else None
+        credentials = _credentials(srv.tls) if srv.tls is not None else None
+        _check_port("server.grpc_listen", srv.grpc_listen)
         admin_log = AdminLog(Path(srv.data_dir) / "admin-audit.jsonl")
         host, port = _split(srv.metrics_listen)
-        http, http_thread = start_http_server(port, host, registry=self.metrics.registry)
+        try:
+            http, http_thread = start_http_server(port, host, registry=self.metrics.registry)
+        except OSError as e:
+            admin_log.close()
+            raise StartupError(
+                f"cannot listen on server.metrics_listen {srv.metrics_listen}: {e.strerror}"
+            ) from e
         try:
             async with trio.open_nursery() as nursery:
                 for actor in self.actors():
@@ -192,7 +220,13 @@ class Daemon:
                     return server
 
                 self._grpc = grpc = GrpcThread(build)
-                await trio.to_thread.run_sync(grpc.start)
+                try:
+                    await trio.to_thread.run_sync(grpc.start)
+                except RuntimeError as e:  # grpc says only "Failed to bind to address"
+                    why = _bind_error(srv.grpc_listen) or str(e)
+                    raise StartupError(
+                        f"cannot listen on server.grpc_listen {srv.grpc_listen}: {why}"
+                    ) from e
                 health = bound["health"]
                 await trio.to_thread.run_sync(
                     grpc.run_coroutine, _set_health(health, health_pb2.HealthCheckResponse.SERVING)
@@ -269,16 +303,29 @@ class Daemon:
     async def _recover(self) -> JournalActor:
         """Newest snapshot + the journal after it, then attach the journal for new inputs."""
         data = Path(self.config.server.data_dir)
-        journal = await trio.to_thread.run_sync(SqliteJournal, data / "journal.sqlite3")
+        path = data / "journal.sqlite3"
+        lost = await trio.to_thread.run_sync(wal_problem, path)  # before SQLite "recovers"
+        if lost:
+            raise JournalInconsistent(lost)
+        journal = await trio.to_thread.run_sync(SqliteJournal, path)
         total, broken = await trio.to_thread.run_sync(journal.verify)
         if broken:
             raise JournalCorrupt(f"{journal.path}: {broken}")
-        await trio.to_thread.run_sync(snapshot.remove_partial, data)
-        snap = await trio.to_thread.run_sync(snapshot.read_latest, data)
+        try:
+            await trio.to_thread.run_sync(snapshot.remove_partial, data)
+        except OSError as e:
+            raise StorageFault("snapshot", data, e) from e
+        snap = await trio.to_thread.run_sync(snapshot.load_latest, data)
         covered = 0
-        if snap is not None and snap[0] <= total:
-            covered, state = snap
-            self.sequencer.restore(state)
+        if snap is not None:
+            # Acknowledged records the snapshot saw must still be in the journal:
+            # replaying from where a cut journal ends would silently lose them.
+            at = await trio.to_thread.run_sync(journal.hash_at, snap.records)
+            disagree = snapshot.mismatch(snap, journal.path, total, at)
+            if disagree:
+                raise JournalInconsistent(disagree)
+            covered = snap.records
+            self.sequencer.restore(snap.state)
         records = await trio.to_thread.run_sync(lambda: list(journal.replay(covered)))
         for text in records:
             try:
@@ -291,17 +338,27 @@ class Daemon:
             replayed=len(records),
             journal_epoch=journal.epoch,
         )
-        actor = JournalActor(journal, self.config.server.mailbox_capacity, total)
+        actor = JournalActor(journal, self.config.server.mailbox_capacity, total, journal.head)
         self.sequencer.journal = actor
         return actor
 
     async def take_snapshot(self) -> None:
-        """Capture the state between two inputs; a forked child writes it atomically."""
+        """Capture the state between two inputs; a forked child writes it atomically.
+
+        A snapshot that cannot be written is a storage fault: fail-stop (exit 4).
+        """
         started = time.perf_counter()
         data = Path(self.config.server.data_dir)
-        covered, pid = await self.sequencer.call(self.sequencer.snapshot, data)
+        try:
+            covered, pid = await self.sequencer.call(self._capture, data)
+        except ActorStopped:  # an actor crashed: its state is not worth keeping
+            log.warning("snapshot_skipped", reason="the engine has stopped")
+            return
         paused = time.perf_counter() - started
-        ok = await trio.to_thread.run_sync(snapshot.wait_child, pid, abandon_on_cancel=True)
+        try:
+            ok = await trio.to_thread.run_sync(snapshot.wait_child, pid, abandon_on_cancel=True)
+        except StorageFault as fault:
+            fail_stop(fault)
         if ok:
             log.info(
                 "snapshot_written",
@@ -311,6 +368,22 @@ class Daemon:
             )
         else:  # not fatal: the journal holds everything, a restart just replays more
             log.error("snapshot_failed", records=covered, pid=pid)
+
+    async def _capture(self, directory: Path) -> tuple[int, int]:
+        """In the sequencer: settle, wait for the journal, fork the writer.
+
+        Returns the journal records the state covers and the writer's pid; the
+        snapshot also records the journal's chain hash there, so a restart can
+        tell that the journal still holds everything the snapshot saw.
+        """
+        sequencer = self.sequencer
+        await sequencer.barrier(_nothing)
+        pending = await sequencer.flushed()
+        if isinstance(pending, Pending):
+            await pending.wait()
+        journal = sequencer.journal
+        written, head = (journal.written, journal.head) if journal is not None else (0, "")
+        return written, snapshot.write_in_child(directory, written, sequencer.state(), head)
 
     async def _snapshots(self, every: float) -> None:
         while True:
@@ -339,6 +412,58 @@ async def serve(
 async def _set_health(health: Any, status: int) -> None:
     for name in ("", *SERVICE_NAMES):
         await health.set(name, status)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _check_writable(data: Path) -> None:
+    """Create, write, fsync and remove a file in the data directory, or raise StorageFault."""
+    probe = data / f".riskd-write-test-{os.getpid()}"
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"riskd")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as e:
+        raise StorageFault("data directory", data, e) from e
+
+
+def _credentials(tls: Any) -> Any:
+    try:
+        return server_credentials(tls)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"cannot read the TLS files of [server.tls]: {e}") from e
+
+
+def _bind_error(address: str) -> str | None:
+    """Why ``address`` cannot be bound (gRPC does not say), or None if it can."""
+    host, port = _split(address)
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        return str(e)
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+        try:
+            s.bind(sockaddr)
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def _check_port(key: str, address: str) -> None:
+    why = _bind_error(address)
+    if why is not None:
+        raise StartupError(f"cannot listen on {key} {address}: {why}")
 
 
 def _depth(actor: Any) -> Callable[[], int]:

@@ -13,6 +13,11 @@ prices that drive liquidations never queue behind a flood of fills.
 An exception other than :class:`~riskd.core.Rejected` escaping a handler is a
 bug that may have left state half-changed: it is not caught here, so it takes
 the daemon down and a restart rebuilds the state from durable storage.
+
+An actor whose task has ended (cancelled at shutdown, or crashed) answers
+every call still waiting, and every later one, with :class:`ActorStopped`:
+a caller never waits forever on a mailbox nobody reads (the daemon's
+shutdown after a crash used to hang exactly there).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import trio
 
 from riskd.core import Rejected
 
-__all__ = ["Actor"]
+__all__ = ["Actor", "ActorStopped"]
 
 T = TypeVar("T")
 
@@ -40,6 +45,10 @@ class _Reply(Generic[T]):
         self.value: T | None = None
         self.error: BaseException | None = None
         self.notify = notify
+
+
+class ActorStopped(Exception):
+    """The actor's task has ended: no answer will come."""
 
 
 _Message = tuple[Callable[..., Any], tuple[Any, ...], "_Reply[Any] | None"]
@@ -58,6 +67,7 @@ class Actor:
         self._inbox, self._mailbox = trio.open_memory_channel[_Message](capacity)
         self._urgent: deque[_Message] = deque()
         self._idle = False
+        self._stopped = False
 
     @property
     def depth(self) -> int:
@@ -72,7 +82,10 @@ class Actor:
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` inside the actor and return its result."""
         reply: _Reply[Any] = _Reply()
-        await self._inbox.send((fn, args, reply))
+        try:
+            await self._inbox.send((fn, args, reply))
+        except trio.BrokenResourceError:
+            raise ActorStopped(f"{self.name} has stopped") from None
         await reply.done.wait()
         if reply.error is not None:
             raise reply.error
@@ -80,7 +93,10 @@ class Actor:
 
     async def cast(self, fn: Callable[..., object], *args: Any) -> None:
         """Queue ``fn(*args)`` for the actor; errors in it crash the actor."""
-        await self._inbox.send((fn, args, None))
+        try:
+            await self._inbox.send((fn, args, None))
+        except trio.BrokenResourceError:
+            raise ActorStopped(f"{self.name} has stopped") from None
 
     def post(
         self,
@@ -97,6 +113,9 @@ class Actor:
         credit windows so it never is.
         """
         reply: _Reply[T] = _Reply(lambda r: notify(r.value, r.error))
+        if self._stopped:
+            notify(None, ActorStopped(f"{self.name} has stopped"))
+            return
         if not urgent:
             self._inbox.send_nowait((fn, args, reply))
             return
@@ -122,21 +141,49 @@ class Actor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        reply: _Reply[Any] | None = None
+        try:
+            while True:
+                reply = None
+                fn, args, reply = await self._next()
+                if reply is None:
+                    result = fn(*args)
+                    if isawaitable(result):
+                        await result
+                    continue
+                try:
+                    result = fn(*args)
+                    if isawaitable(result):
+                        result = await result
+                except Rejected as e:
+                    reply.error = e
+                else:
+                    reply.value = result
+                reply.done.set()
+                if reply.notify is not None:
+                    reply.notify(reply)
+        finally:
+            self._stop(reply)
+
+    def _stop(self, current: _Reply[Any] | None) -> None:
+        """Answer the call in progress and everything queued: this actor is gone."""
+        self._stopped = True
+        waiting = [current] if current is not None else []
+        waiting += [r for _, _, r in self._urgent if r is not None]
+        self._urgent.clear()
         while True:
-            fn, args, reply = await self._next()
-            if reply is None:
-                result = fn(*args)
-                if isawaitable(result):
-                    await result
-                continue
             try:
-                result = fn(*args)
-                if isawaitable(result):
-                    result = await result
-            except Rejected as e:
-                reply.error = e
-            else:
-                reply.value = result
-            reply.done.set()
-            if reply.notify is not None:
-                reply.notify(reply)
+                _, _, r = self._mailbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if r is not None:
+                waiting.append(r)
+        self._mailbox.close()  # later sends raise BrokenResourceError: ActorStopped
+        for r in waiting:
+            if r.done.is_set():
+                continue
+            r.error = ActorStopped(f"{self.name} has stopped")
+            r.done.set()
+            if r.notify is not None:
+                with contextlib.suppress(Exception):  # a callback must not mask the cause
+                    r.notify(r)

@@ -4,8 +4,14 @@ The sequencer applies an input, then hands its record here and moves on; this
 actor writes everything waiting in one transaction (in a worker thread, so
 trio keeps serving) and only then releases the acknowledgements of what it
 wrote.  Fast batches share one fsync; a slow disk fills the mailbox and
-slows the sequencer, never memory.  An error writing is fatal: the actor
-raises and the daemon stops, to be restarted from the journal.
+slows the sequencer, never memory.
+
+An error writing is fatal (:mod:`riskd.storage.faults`): the group that
+failed is never released, so nothing in it (or queued after it) is
+acknowledged, and the process logs the cause once and exits with status 4,
+to be restarted from the journal once the disk is fixed.  Exiting at once,
+rather than unwinding the daemon, is what keeps it from waiting forever on
+actors that will never answer.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
+from riskd.storage.faults import StorageFault, fail_stop
 from riskd.storage.journal import Journal
 
 __all__ = ["JournalActor", "Pending"]
@@ -51,10 +58,19 @@ class Pending(Generic[T]):
 
 
 class JournalActor:
-    def __init__(self, journal: Journal, capacity: int, written: int = 0) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        capacity: int,
+        written: int = 0,
+        head: str = "",
+        on_fault: Callable[[StorageFault], object] = fail_stop,
+    ) -> None:
         self.journal = journal
         self.capacity = capacity
         self.written = written  # records durable in the journal
+        self.head = head  # their chain hash: where a snapshot of this state sits
+        self.on_fault = on_fault
         self._send, self._receive = trio.open_memory_channel[
             tuple[str | None, Pending[Any], Callable[[], None] | None]
         ](capacity)
@@ -82,8 +98,16 @@ class JournalActor:
                     break
             records = [r for r, _, _ in group if r is not None]
             if records:
-                await trio.to_thread.run_sync(self.journal.append, records)
+                try:
+                    await trio.to_thread.run_sync(self.journal.append, records)
+                except StorageFault as fault:
+                    self.on_fault(fault)
+                    raise  # on_fault did not end the process (a test): release nothing
+                except Exception as e:  # a backend that does not speak StorageFault
+                    self.on_fault(StorageFault("journal", getattr(self.journal, "path", ""), e))
+                    raise
                 self.written += len(records)
+                self.head = self.journal.head
             for _, pending, on_durable in group:
                 if on_durable is not None:
                     on_durable()

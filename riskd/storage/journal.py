@@ -4,7 +4,9 @@
 directory, WAL mode, ``synchronous=FULL`` (a commit is on disk when it
 returns), one transaction per group of records (group commit).  Any error is
 fatal to the caller: riskd crashes and recovers from the journal rather than
-retrying a write whose outcome it cannot know.
+retrying a write whose outcome it cannot know: a failed write raises
+:class:`~riskd.storage.StorageFault` (the journal actor then fail-stops), a
+file SQLite cannot read raises :class:`JournalCorrupt`.
 
 Every append carries the writer's ownership epoch, taken when the journal is
 opened; an append from a writer whose epoch is no longer current is refused.
@@ -12,18 +14,32 @@ That is the contract a replicated backend (PostgreSQL with a synchronous
 standby) will keep without any change to the actors.
 
 Records are hash-chained (each row stores SHA-256 of the previous hash and its
-record), so ``riskd audit`` can tell whether any byte of history changed.
+record), so ``riskd audit`` can tell whether any byte of history changed,
+and a snapshot can name the exact journal position it covers (records and
+hash): a restart refuses a journal that no longer reaches it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Journal", "SqliteJournal", "StaleWriter", "JournalCorrupt", "chain"]
+from riskd.storage.faults import StorageFault
+
+__all__ = [
+    "Journal",
+    "SqliteJournal",
+    "StaleWriter",
+    "JournalCorrupt",
+    "JournalInconsistent",
+    "chain",
+    "wal_problem",
+]
 
 
 class StaleWriter(Exception):
@@ -34,8 +50,32 @@ class JournalCorrupt(Exception):
     """The journal cannot be read back: refuse to start rather than guess."""
 
 
+class JournalInconsistent(JournalCorrupt):
+    """The journal does not reach what a snapshot or its WAL index says was written."""
+
+
+# SQLite's primary result codes that mean the bytes are bad, not the disk.
+_CORRUPT_CODES = {11, 24, 26}  # SQLITE_CORRUPT, SQLITE_FORMAT, SQLITE_NOTADB
+
+
+def _fault_or_corrupt(path: Path, e: sqlite3.Error) -> Exception:
+    """Bad bytes refuse the start (exit 3); a file that cannot be written is a fault."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        corrupt = code & 0xFF in _CORRUPT_CODES
+    else:
+        corrupt = not isinstance(e, sqlite3.OperationalError)
+    if corrupt:
+        return JournalCorrupt(f"{path}: {e}")
+    return StorageFault("journal", path, e)
+
+
 class Journal(Protocol):
     epoch: int
+
+    @property
+    def head(self) -> str:
+        """The chain hash after the last record appended."""
 
     def append(self, records: Sequence[str]) -> None:
         """Make ``records`` durable, in order, atomically; raise on any failure."""
@@ -57,11 +97,13 @@ def chain(prev: str, record: str) -> str:
 class SqliteJournal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._open()
-        except sqlite3.DatabaseError as e:
-            raise JournalCorrupt(f"{self.path}: {e}") from e
+        except OSError as e:
+            raise StorageFault("journal", self.path, e) from e
+        except sqlite3.Error as e:
+            raise _fault_or_corrupt(self.path, e) from e
 
     def _open(self) -> None:
         # check_same_thread off: appends run in a worker thread, one at a time.
@@ -81,24 +123,46 @@ class SqliteJournal:
         self._db.execute("INSERT OR REPLACE INTO owner (id, epoch) VALUES (0, ?)", (self.epoch,))
         self._db.execute("COMMIT")
 
+    @property
+    def head(self) -> str:
+        """The chain hash after the last record appended (GENESIS when empty)."""
+        return self._head
+
     def append(self, records: Sequence[str]) -> None:
+        """Raises StorageFault when the write failed (its outcome is then unknown)."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            (current,) = db.execute("SELECT epoch FROM owner WHERE id = 0").fetchone()
-            if current != self.epoch:
-                raise StaleWriter(f"journal owned by epoch {current}, this writer is {self.epoch}")
-            head = self._head
-            rows = []
-            for r in records:
-                head = chain(head, r)
-                rows.append((self.epoch, r, head))
-            db.executemany("INSERT INTO journal (epoch, record, hash) VALUES (?, ?, ?)", rows)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                (current,) = db.execute("SELECT epoch FROM owner WHERE id = 0").fetchone()
+                if current != self.epoch:
+                    raise StaleWriter(
+                        f"journal owned by epoch {current}, this writer is {self.epoch}"
+                    )
+                head = self._head
+                rows = []
+                for r in records:
+                    head = chain(head, r)
+                    rows.append((self.epoch, r, head))
+                db.executemany("INSERT INTO journal (epoch, record, hash) VALUES (?, ?, ?)", rows)
+            except BaseException:
+                # A failed write may already have rolled the transaction back.
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except StaleWriter as e:
+            raise StorageFault("journal", self.path, str(e)) from e
+        except (sqlite3.Error, OSError) as e:
+            raise StorageFault("journal", self.path, e) from e
         self._head = head
+
+    def hash_at(self, n: int) -> str | None:
+        """The chain hash after the first ``n`` records; None if there are fewer."""
+        if n == 0:
+            return GENESIS
+        row = self._db.execute("SELECT hash FROM journal WHERE n = ?", (n,)).fetchone()
+        return None if row is None else str(row[0])
 
     def replay(self, after: int = 0) -> Iterator[str]:
         """Records after the first ``after`` ones, in order."""
@@ -129,3 +193,43 @@ class SqliteJournal:
 
     def close(self) -> None:
         self._db.close()
+
+
+def wal_problem(path: Path) -> str | None:
+    """Whether committed records are missing from the WAL; call before opening.
+
+    After a crash the ``-shm`` index still says how many WAL frames were
+    committed (``mxFrame``) and how many of them were already copied into the
+    database file (``nBackfill``).  If the ``-wal`` file is gone or shorter
+    than that, acknowledged records were lost with it (a deleted or truncated
+    ``-wal``): SQLite itself would silently start from the database file.
+    """
+    shm, wal = Path(f"{path}-shm"), Path(f"{path}-wal")
+    try:
+        header = shm.read_bytes()[:100]
+    except FileNotFoundError:
+        return None  # closed cleanly (SQLite removes both), or never opened
+    except OSError as e:
+        return f"{shm}: unreadable: {e}"
+    if len(header) < 100:
+        return None
+    # WalIndexHdr, native byte order: iVersion, unused, iChange, isInit,
+    # bigEndCksum, szPage (65536 stored as 1), mxFrame; nBackfill at byte 96.
+    _, _, _, is_init, _, page, frames = struct.unpack("=IIIBBHI", header[:20])
+    (backfilled,) = struct.unpack("=I", header[96:100])
+    if not is_init or frames <= backfilled:
+        return None
+    page = 65536 if page == 1 else page
+    needed = 32 + frames * (page + 24)
+    try:
+        size = wal.stat().st_size
+    except FileNotFoundError:
+        size = -1
+    if size >= needed:
+        return None
+    state = "missing" if size < 0 else f"only {size} bytes"
+    return (
+        f"{wal} is {state}, but {shm} records {frames - backfilled} committed WAL frames"
+        f" not yet in {path}: acknowledged records were lost (a deleted or truncated -wal);"
+        " restore the data directory from a backup or replica"
+    )
