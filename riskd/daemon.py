@@ -50,7 +50,7 @@ from riskd.api.server import SERVICE_NAMES, Services, build_server
 from riskd.api.withdrawal import WithdrawalServicer
 from riskd.config import Config
 from riskd.config import load as load_config
-from riskd.core import InsuranceFund, MarketEngine
+from riskd.core import InsuranceFund, MarketEngine, stress
 from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
 from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
@@ -299,6 +299,12 @@ class Daemon:
             if broken:
                 # No texts here: they may name accounts (AdminService/CheckState lists them).
                 log.error("invariants_violated", count=len(broken))
+            # Stress coverage on the same timer: it walks only the positions each
+            # stress move crosses, within the cost of the check above.
+            rows = await sequencer.call(
+                sequencer.barrier, lambda: stress.every_market(sequencer.engine_view())
+            )
+            self.metrics.stress(rows, time.time())
 
     async def _recover(self) -> JournalActor:
         """Newest snapshot + the journal after it, then attach the journal for new inputs."""

@@ -1,6 +1,7 @@
 """Prometheus metrics: what riskd exports, and the one place that updates them.
 
-Labels are only ``market``, ``asset``, ``kind`` and ``outcome``: bounded sets.
+Labels are only ``market``, ``asset``, ``kind``, ``outcome`` and the like (``move``:
+a configured stress step): bounded sets.
 Never an account id (per-account detail lives in logs and the query API).
 Money is exported in quantums, the asset's smallest integer unit; the
 decimals of each asset are published by ``riskd_asset_info``.
@@ -21,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from riskd.core.events import AdlEvent, Effect, FundFlow, FundKind, LiquidationSettled
+from riskd.core.stress import StressRow, move_label
 
 __all__ = ["Metrics"]
 
@@ -203,6 +205,33 @@ class Metrics:
             "Wall-clock time of the last completed invariant check.",
             registry=r,
         )
+        # Stress coverage (riskd.core.stress), refreshed with the invariant check.
+        stress_labels = ["asset", "market", "move"]
+        self.stress_shortfall = Gauge(
+            "riskd_fund_stress_shortfall",
+            "Losses beyond bankruptcy, in quantums of the asset, that the fund would be asked"
+            " for if the market's mark moved by `move` now.",
+            stress_labels,
+            registry=r,
+        )
+        self.stress_payable = Gauge(
+            "riskd_fund_stress_payable",
+            "What the fund could pay of riskd_fund_stress_shortfall now, in quantums (its free"
+            " balance within the market's loss cap and the drawdown guard).",
+            stress_labels,
+            registry=r,
+        )
+        self.stress_coverage = Gauge(
+            "riskd_fund_stress_coverage_ratio",
+            "riskd_fund_stress_payable / riskd_fund_stress_shortfall (1 when there is none).",
+            stress_labels,
+            registry=r,
+        )
+        self.stress_timestamp = Gauge(
+            "riskd_fund_stress_timestamp_seconds",
+            "Wall-clock time the stress coverage gauges were last computed.",
+            registry=r,
+        )
         self._mailboxes = _Mailboxes()
         r.register(self._mailboxes)
 
@@ -225,6 +254,15 @@ class Metrics:
             for kind in FundKind:
                 self.fund_inflow.labels(a, kind.value)
                 self.fund_outflow.labels(a, kind.value)
+
+    def stress(self, rows: Iterable[StressRow], now: float) -> None:
+        """Publish one stress computation (rows from :func:`riskd.core.stress.every_market`)."""
+        for row in rows:
+            labels = (row.asset, row.market, move_label(row.move_ppm))
+            self.stress_shortfall.labels(*labels).set(row.shortfall)
+            self.stress_payable.labels(*labels).set(row.payable)
+            self.stress_coverage.labels(*labels).set(row.coverage_ppm / 1_000_000)
+        self.stress_timestamp.set(now)
 
     def watch_mailbox(
         self, kind: str, market: str, asset: str, read: Callable[[], int], capacity: int

@@ -1,4 +1,4 @@
-"""Read-only queries: accounts, positions, the insurance fund, markets, assets.
+"""Read-only queries: accounts, positions, the insurance fund, stress coverage, markets, assets.
 
 Each query runs inside the actor that owns the state (so it sees a state
 between two inputs, never half of one) and is translated to protobuf here, on
@@ -19,9 +19,9 @@ from riskd.api import convert
 from riskd.api.auth import Authenticator
 from riskd.api.bridge import Portal
 from riskd.api.status import abort
-from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, PositionView
+from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, PositionView, stress
 from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
-from riskd.core.units import Asset
+from riskd.core.units import INT64_MAX, Asset
 from riskd.v1 import query_pb2, query_pb2_grpc, types_pb2
 
 __all__ = ["QueryServicer", "MAX_PAGE"]
@@ -145,6 +145,34 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             ]
         )
 
+    async def GetStressCoverage(
+        self, request: query_pb2.GetStressCoverageRequest, context: Ctx
+    ) -> query_pb2.GetStressCoverageResponse:
+        actor = await self._fund(request.asset, context)
+        grant = self.auth.identify(context)
+        if not grant.covers_asset(request.asset):
+            await _denied(context, "asset", f"{grant.identity!r} serves no market in it")
+        moves = tuple(request.moves_ppm) or stress.DEFAULT_MOVES_PPM
+        why = stress.check_moves(moves)
+        if why:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "moves_ppm", why)
+        rows = []
+        for symbol in sorted(self.markets):
+            market = self.markets[symbol]
+            if market.engine.asset != request.asset or not grant.covers_market(symbol):
+                continue
+            # The budget is read in the fund actor and the positions in the market's,
+            # each between two inputs (as GetInsuranceFund's backstop margin is).
+            now, cap = await self.portal.run(market.call, market.query, _now_and_cap)
+            budget = await self.portal.run(
+                actor.call, stress.fund_budget, actor.fund, symbol, now, cap
+            )
+            found = await self.portal.run(
+                market.call, stress.coverage, market.engine, budget, moves
+            )
+            rows += [convert_stress(r) for r in found]
+        return query_pb2.GetStressCoverageResponse(asset=request.asset, rows=rows)
+
     async def _view(self, market: MarketActor, account: int) -> PositionView | None:
         return await self.portal.run(market.call, market.query, lambda e: e.view(account))
 
@@ -153,6 +181,25 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if actor is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, "asset", f"unknown asset {asset!r}")
         return actor
+
+
+def _now_and_cap(engine: MarketEngine) -> tuple[int, int | None]:
+    """The market's latest input time (the fund's window runs on it) and its loss cap."""
+    return engine._now, engine.spec.fund_loss_cap
+
+
+def convert_stress(row: stress.StressRow) -> query_pb2.StressCoverage:
+    return query_pb2.StressCoverage(
+        market=row.market,
+        move_ppm=row.move_ppm,
+        price=row.price,
+        positions=row.positions,
+        # Every position's loss fits int64; thousands of them together might not.
+        shortfall=min(row.shortfall, INT64_MAX),
+        payable=row.payable,
+        coverage_ppm=row.coverage_ppm,
+        budget=row.budget,
+    )
 
 
 def _backstop_margin(engine: MarketEngine) -> int:

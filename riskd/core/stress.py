@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from riskd.core.engine import Engine
 from riskd.core.insurance_fund import InsuranceFund
 from riskd.core.liquidation import takeover_result
 from riskd.core.market_engine import MarketEngine
@@ -52,6 +53,8 @@ __all__ = [
     "shortfall_at",
     "fund_budget",
     "coverage",
+    "market_budget",
+    "every_market",
 ]
 
 #: ±5, 10, 20, 30 %: the steps the metrics and the query use unless told otherwise.
@@ -82,6 +85,7 @@ class StressRow:
     shortfall: int  # their losses beyond bankruptcy at ``price``
     payable: int  # what the fund could pay of it now
     coverage_ppm: int  # payable / shortfall, ppm, rounded down
+    budget: int  # the most the fund may pay for this market now
 
 
 def check_moves(moves: Sequence[int]) -> str | None:
@@ -173,6 +177,26 @@ def coverage(
         payable = min(shortfall, budget)
         ratio = payable * PPM // shortfall if shortfall else PPM
         rows.append(
-            StressRow(spec.symbol, engine.asset, move, price, count, shortfall, payable, ratio)
+            StressRow(
+                spec.symbol, engine.asset, move, price, count, shortfall, payable, ratio, budget
+            )
         )
+    return rows
+
+
+def market_budget(engine: MarketEngine, fund: InsuranceFund) -> int:
+    """The fund's budget for this market at the market's latest input time.
+
+    The fund's rolling window runs on input timestamps, not on a clock: the
+    latest one this market applied is "now" for it.
+    """
+    return fund_budget(fund, engine.symbol, engine._now, engine.spec.fund_loss_cap)
+
+
+def every_market(engine: Engine, moves: Sequence[int] = DEFAULT_MOVES_PPM) -> list[StressRow]:
+    """:func:`coverage` of every market (by symbol) against its asset's fund."""
+    rows: list[StressRow] = []
+    for symbol in sorted(engine.markets):
+        market = engine.markets[symbol]
+        rows += coverage(market, market_budget(market, engine.funds[market.asset]), moves)
     return rows
