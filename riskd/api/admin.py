@@ -6,6 +6,7 @@ between two inputs and is logged as one line.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import grpc
@@ -15,8 +16,9 @@ from riskd.actors.sequencer import Sequencer
 from riskd.api import convert
 from riskd.api.bridge import Portal
 from riskd.api.status import abort, abort_rejected
-from riskd.core import Rejected, TierTable
+from riskd.core import MarketEngine, MarketSpec, Rejected, TierTable
 from riskd.core.events import FundInjection
+from riskd.core.tiers import SpecError
 from riskd.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 __all__ = ["AdminServicer"]
@@ -35,13 +37,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.UpdateMarketResponse:
         m = request.market
         try:
-            changes = _changes(m)
+            convert.check_symbol(m.symbol, "market.symbol")
+            actor = self.sequencer.markets.get(m.symbol)
+            if actor is None:
+                raise Rejected.not_found("market.symbol", f"unknown market {m.symbol!r}")
+            # Validated against the spec in force, so an error names the field; the
+            # sequencer applies the same changes to whatever spec is in force then.
+            current = await self.portal.run(actor.call, actor.query, _spec)
+            changes = _changes(request, current)
             spec = await self.portal.run(
                 self.sequencer.call, self.sequencer.update_spec, m.symbol, changes
             )
         except Rejected as r:
             await abort_rejected(context, r)
-        log.info("market_updated", market=m.symbol)
+        log.info("market_updated", market=m.symbol, fields=sorted(changes))
         return admin_pb2.UpdateMarketResponse(market=convert.market(spec, None))
 
     async def SetReduceOnly(
@@ -84,29 +93,67 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.CheckStateResponse(digest=digest, violations=violations)
 
 
-def _changes(m: types_pb2.Market) -> dict[str, Any]:
-    """The changeable fields of a wire Market (zero/empty = keep), validated."""
+#: What positions are measured in: an UpdateMarket may repeat these, not change them.
+_FIXED = ("contract_type", "settle_asset", "price_decimals", "quantity_decimals", "contract_value")
+#: Presence-tracked Market fields read another way than "the value is the setting".
+_SPECIAL = frozenset({"liquidation_mode", "adl_policy", "fund_loss_cap"})
+
+
+def _has(m: types_pb2.Market, name: str) -> bool:
+    """Whether a presence-tracked field is set (the stubs type only literal names)."""
+    return m.HasField(name)  # type: ignore[arg-type]
+
+
+def _spec(engine: MarketEngine) -> MarketSpec:
+    return engine.spec
+
+
+def _changes(request: admin_pb2.UpdateMarketRequest, current: MarketSpec) -> dict[str, Any]:
+    """The settings an UpdateMarket changes, validated: a field that is set (even to
+    0 or false) changes, one not set keeps its value."""
+    m = request.market
+    now = convert.market(current, None)
+    for name in _FIXED:
+        given, fixed = getattr(m, name), getattr(now, name)
+        if given and given != fixed:
+            raise Rejected.invalid(f"market.{name}", f"cannot change on a live market (is {fixed})")
     changes: dict[str, Any] = {}
     if m.tiers:
         try:
             changes["tiers"] = TierTable(
                 (t.notional_floor, t.max_leverage, t.maintenance_margin_rate_ppm) for t in m.tiers
             )
-        except ValueError as e:
-            raise Rejected.invalid("market.tiers", str(e)) from e
-    for name in ("tick_size", "step_size", "liquidation_fee_cap_ppm", "fund_fee_share_ppm"):
-        value = getattr(m, name)
-        if value:
-            changes[name] = value
-    if m.fund_loss_cap:
+        except SpecError as e:
+            raise Rejected.invalid(f"market.{e.field}", e.reason) from e
+    settable = {f.name for f in dataclasses.fields(MarketSpec)}
+    # Every optional scalar named like a spec field is that setting (so a new one
+    # in types.proto and MarketSpec needs nothing here).
+    for f in m.DESCRIPTOR.fields:
+        if f.has_presence and f.name in settable and f.name not in _SPECIAL and _has(m, f.name):
+            changes[f.name] = getattr(m, f.name)
+    for name, table in (
+        ("liquidation_mode", convert.MODE_FROM_WIRE),
+        ("adl_policy", convert.ADL_FROM_WIRE),
+    ):
+        if _has(m, name):
+            value = getattr(m, name)
+            if value not in table:
+                raise Rejected.invalid(f"market.{name}", f"unknown value {value}")
+            changes[name] = table[value]
+    if request.clear_fund_loss_cap:
+        if m.HasField("fund_loss_cap"):
+            raise Rejected.invalid(
+                "clear_fund_loss_cap", "set either clear_fund_loss_cap or market.fund_loss_cap"
+            )
+        changes["fund_loss_cap"] = None
+    elif m.HasField("fund_loss_cap"):
         changes["fund_loss_cap"] = m.fund_loss_cap
-    if m.liquidation_mode:
-        if m.liquidation_mode not in convert.MODE_FROM_WIRE:
-            raise Rejected.invalid("market.liquidation_mode", f"unknown value {m.liquidation_mode}")
-        changes["liquidation_mode"] = convert.MODE_FROM_WIRE[m.liquidation_mode]
-    if m.adl_policy:
-        if m.adl_policy not in convert.ADL_FROM_WIRE:
-            raise Rejected.invalid("market.adl_policy", f"unknown value {m.adl_policy}")
-        changes["adl_policy"] = convert.ADL_FROM_WIRE[m.adl_policy]
-    changes["reduce_only"] = m.reduce_only
+    if not changes:
+        raise Rejected.invalid(
+            "market", "nothing to change: set a field (tiers, an optional setting) to its new value"
+        )
+    try:
+        dataclasses.replace(current, **changes)
+    except SpecError as e:
+        raise Rejected.invalid(f"market.{e.field}", e.reason) from e
     return changes

@@ -272,9 +272,12 @@ def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
         fund_fee_share_ppm=spec.fund_fee_share_ppm,
         liquidation_mode=_MODE[spec.liquidation_mode],
         adl_policy=_ADL[spec.adl_policy],
-        fund_loss_cap=spec.fund_loss_cap or 0,
+        # Not set: no per-market cap (0 is a cap: the fund pays nothing for it).
+        fund_loss_cap=spec.fund_loss_cap,
         reduce_only=spec.reduce_only,
         mark_price=mark or 0,
+        partial_liquidation=spec.partial_liquidation,
+        margin_call_ppm=spec.margin_call_ppm,
         fill_price_band_ppm=spec.fill_price_band_ppm,
     )
 
