@@ -80,7 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from riskd import audit
         from riskd.config import load
 
-        return audit.main(load(args.config), args.data)
+        try:
+            config = load(args.config)
+        except (OSError, ValueError) as e:
+            print(f"riskd: bad configuration: {e}", file=sys.stderr)
+            return 2
+        return audit.main(config, args.data)
     if args.command == "replay":
         from riskd.replay import main as replay_main
 

@@ -386,3 +386,29 @@ def test_serve_refuses_a_bad_config_with_one_line_and_exit_2(tmp_path: Path) -> 
     assert p.stderr.strip() == (
         "riskd: bad configuration: server.stream_window: must be in 1..65536, got 0"
     )
+
+
+def test_audit_refuses_a_bad_config_the_same_way(tmp_path: Path) -> None:
+    config = tmp_path / "riskd.toml"
+    config.write_text(
+        default_toml().replace("[markets.ETH-USDT]", "[markets.ETH-USDT]\ncolour = 1")
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "riskd.cli",
+            "audit",
+            "--data",
+            str(tmp_path),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("riskd: bad configuration: markets.ETH-USDT.colour: unknown key")
+    assert "Traceback" not in p.stderr
