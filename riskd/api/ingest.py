@@ -3,9 +3,11 @@
 Per stream, at most ``window`` batches are in flight: the reader stops
 reading when the window is full, so HTTP/2 flow control slows the gateway
 instead of memory growing.  The first response, sent before anything is
-read, carries the last sequence already applied for this gateway and epoch:
-a reconnecting gateway resends from there, and a duplicate is acknowledged
-again without being applied twice.
+read, carries the last sequence durably applied for this gateway and epoch,
+with the rejections kept up to it (a gateway that lost its stream before
+reading an ack learns them here): a reconnecting gateway resends from there,
+and a duplicate is acknowledged again, with its rejection as first decided,
+without being applied twice.
 
 A gateway is identified by its certificate (over TLS; in plaintext
 development mode by the ``x-riskd-gateway`` metadata key) and restarts its
