@@ -109,20 +109,19 @@ class MarketSpec:
 
     def __post_init__(self) -> None:
         self._check()
-        sym = self.symbol
         if self.contract_type is ContractType.LINEAR:
             exp = self.asset.decimals - self.price_decimals - self.quantity_decimals
             if exp < 0:
                 need = self.price_decimals + self.quantity_decimals
                 raise SpecError(
                     "price_decimals",
-                    f"{sym}: {self.asset.symbol} needs >= {need} decimals (price_decimals +"
+                    f"{self.asset.symbol} needs >= {need} decimals (price_decimals +"
                     " quantity_decimals) so quantity x price is exact",
                 )
             object.__setattr__(self, "_linear_k", 10**exp)
         else:
             if self.contract_value <= 0:
-                raise SpecError("contract_value", f"{sym}: inverse markets need contract_value > 0")
+                raise SpecError("contract_value", "inverse markets need contract_value > 0")
             # value(q, P) = -q * cv * 10**pd * 10**ad / (P * 10**qd)
             num = self.contract_value * 10**self.price_decimals * self.asset.scale
             object.__setattr__(self, "_inverse_num", num)
