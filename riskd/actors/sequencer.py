@@ -343,7 +343,7 @@ class Sequencer(Actor):
     # --- unary writes, sequenced like everything else ------------------------
 
     async def withdraw(
-        self, w: Withdrawal, withdrawal_id: int
+        self, w: Withdrawal, withdrawal_id: int, replaying: bool = False
     ) -> WithdrawalDecision | Pending[WithdrawalDecision]:
         """Approve or refuse a withdrawal (with the wallet balance either way), once per id.
 
@@ -353,6 +353,9 @@ class Sequencer(Actor):
         with FAILED_PRECONDITION on ``withdrawal_id``.  While a bankrupt
         liquidation in the asset is unsettled, new withdrawals are refused on
         ``asset`` and remembered nowhere: the same id goes through later.
+        Journal replay skips that check: a journaled withdrawal passed it when
+        it was decided (also one journaled before the check existed, whose
+        money has left).
         """
         wallet = self.wallets.get(w.asset)
         if wallet is None:
@@ -365,7 +368,7 @@ class Sequencer(Actor):
             memory = self.withdrawals[w.asset] = WithdrawalDecisions(self.withdrawal_ids)
         try:
             seen = memory.recall(withdrawal_id, w.account, w.amount)
-            if seen is None:
+            if seen is None and not replaying:
                 paused = await self._withdrawals_paused(w.asset)
                 if paused is not None:
                     raise paused
@@ -427,7 +430,7 @@ class Sequencer(Actor):
                 w = codec.decode_input(r["w"])
                 assert isinstance(w, Withdrawal)
                 with contextlib.suppress(Rejected):
-                    await self.withdraw(w, r["id"])
+                    await self.withdraw(w, r["id"], replaying=True)
             case "inject":
                 i = codec.decode_input(r["i"])
                 assert isinstance(i, FundInjection)
