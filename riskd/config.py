@@ -122,16 +122,18 @@ class ServerConfig:
     def check_transport(self) -> None:
         """Exactly one of TLS or plaintext; plaintext only on a loopback address."""
         if self.tls is not None and self.plaintext:
-            raise ValueError("server: set either [server.tls] or plaintext = true, not both")
+            raise ConfigError("server", "set either [server.tls] or plaintext = true, not both")
         if self.tls is None and not self.plaintext:
-            raise ValueError(
-                "server: no transport security configured: set [server.tls] (cert, key,"
-                " client_ca), or plaintext = true for local development on loopback"
+            raise ConfigError(
+                "server",
+                "no transport security configured: set [server.tls] (cert, key, client_ca),"
+                " or plaintext = true for local development on loopback",
             )
         if self.plaintext and not is_loopback(self.grpc_listen):
-            raise ValueError(
-                f"server.grpc_listen: plaintext is for local development and may only listen"
-                f" on a loopback address, not {self.grpc_listen!r}; configure [server.tls]"
+            raise ConfigError(
+                "server.grpc_listen",
+                "plaintext is for local development and may only listen on a loopback"
+                f" address, not {self.grpc_listen!r}; configure [server.tls]",
             )
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from riskd.config import SERVER_LIMITS, ConfigError, ServerConfig, default_toml, is_loopback, parse
 from riskd.core import AdlPolicy, LiquidationMode, MarketSpec
@@ -412,3 +414,43 @@ def test_audit_refuses_a_bad_config_the_same_way(tmp_path: Path) -> None:
     assert p.returncode == 2, p.stderr
     assert p.stderr.startswith("riskd: bad configuration: markets.ETH-USDT.colour: unknown key")
     assert "Traceback" not in p.stderr
+
+
+# --- no input makes parse() fail any other way ----------------------------------------------
+
+_SCALARS = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "roles", "decimals", "fund"]), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+_PLACES = [name for name, _ in _leaves(_full_doc())] + _tables(_full_doc())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_PLACES), _VALUES), min_size=1, max_size=3))
+def test_any_value_anywhere_is_accepted_or_refused_by_name(changes: list[tuple[str, Any]]) -> None:
+    """A config value of any type at any key either parses or is a ConfigError naming a
+    key: never a TypeError, KeyError or traceback from deeper down."""
+    doc = _full_doc()
+    for place, value in changes:
+        try:
+            _set(doc, place, value)
+        except (KeyError, TypeError):  # an earlier change replaced a table on the path
+            continue
+    try:
+        text = _dump(doc)
+    except TypeError:
+        return  # a shape this test's writer cannot express
+    try:
+        parse(text)
+    except ConfigError as e:
+        assert re.match(r"^[\w.\-\[\]()]+: ", str(e)), str(e)
