@@ -126,17 +126,30 @@ def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
             f" in {fund.total_inflow}, out {fund.total_outflow}"
         )
         lines += [f"     {p}" for p in problems]
-    # A liquidation the fund covered may still be closed by ADL at the mark (when
-    # the backstop itself waits for ADL), but then nobody may lose to it twice.
-    covered = {
-        e.cause for f in engine.funds.values() for e in f.ledger if e.kind is FundKind.SHORTFALL
-    }
-    twice = [e for e in adl if f"liq:{e.market}:{e.liquidation_id}" in covered and e.deficit]
-    ok &= not twice
-    if twice:
-        lines.append(f"FAIL ADL: {len(twice)} executions took a deficit the fund had covered")
+    # The waterfall on every ADL execution: the fund paid exactly what the execution
+    # says it paid (up to its limit, the rest deleveraged), and the counterparties gave
+    # up no more than the uncovered deficit plus tick rounding (overshoot >= 0).
+    paid: dict[str, int] = {}
+    for f in engine.funds.values():
+        for entry in f.ledger:
+            if entry.kind is FundKind.SHORTFALL:
+                paid[entry.cause] = paid.get(entry.cause, 0) - entry.amount
+    wrong = [
+        e
+        for e in adl
+        if paid.get(f"liq:{e.market}:{e.liquidation_id}", 0) != e.fund_paid
+        or e.overshoot < 0
+        or e.overshoot != e.haircut + e.fund_paid - e.deficit
+    ]
+    ok &= not wrong
+    if wrong:
+        lines.append(
+            f"FAIL ADL: {len(wrong)} executions break the waterfall (fund paid or haircut)"
+        )
     else:
-        lines.append(f"ok   ADL: {len(adl)} executions, each of a deficit the fund did not cover")
+        lines.append(
+            f"ok   ADL: {len(adl)} executions, each paid by the fund as the waterfall says"
+        )
     admin_lines, problem = admin_log.verify(data_dir / "admin-audit.jsonl")
     ok &= problem is None
     if problem is None:

@@ -503,7 +503,9 @@ def _log_decision(e: Effect) -> None:
             counterparties=e.counterparties,
             closed_notional_quantums=e.closed_notional,
             deficit_quantums=e.deficit,
+            fund_paid_quantums=e.fund_paid,
             overshoot_quantums=e.overshoot,
+            reason=e.reason.value,
         )
     elif isinstance(e, FundFlow):
         log.info(

@@ -21,7 +21,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from riskd.core.events import AdlEvent, Effect, FundFlow, FundKind, LiquidationSettled
+from riskd.core.events import AdlEvent, AdlReason, Effect, FundFlow, FundKind, LiquidationSettled
 from riskd.core.stress import StressRow, move_label
 
 __all__ = ["Metrics"]
@@ -116,18 +116,23 @@ class Metrics:
             registry=r,
         )
         self.adl_events = Counter(
-            "riskd_adl_events", "Auto-deleveraging executions.", ["market"], registry=r
+            "riskd_adl_events",
+            "Auto-deleveraging executions, by reason: fund_empty, market_cap, drawdown_limit"
+            " (the limit that stopped the insurance fund), no_book (the book gave up on a"
+            " liquidation order) or backstop (the fund's backstop inventory went bankrupt).",
+            ["market", "reason"],
+            registry=r,
         )
         self.adl_notional = Counter(
             "riskd_adl_closed_notional_quantums",
-            "Notional closed by ADL, in quantums of the settlement asset.",
-            ["market"],
+            "Notional closed by ADL, in quantums of the settlement asset, by reason.",
+            ["market", "reason"],
             registry=r,
         )
         self.adl_overshoot = Counter(
             "riskd_adl_overshoot_quantums",
-            "Profit taken from ADL counterparties beyond the deficit it covered.",
-            ["market"],
+            "Profit taken from ADL counterparties beyond the deficit it covered, by reason.",
+            ["market", "reason"],
             registry=r,
         )
         self.updates = Counter(
@@ -240,9 +245,10 @@ class Metrics:
         for m in markets:
             for outcome in ("surplus", "absorbed", "adl"):
                 self.liquidations.labels(m, outcome)
-            self.adl_events.labels(m)
-            self.adl_notional.labels(m)
-            self.adl_overshoot.labels(m)
+            for reason in AdlReason:
+                self.adl_events.labels(m, reason.value)
+                self.adl_notional.labels(m, reason.value)
+                self.adl_overshoot.labels(m, reason.value)
             self.liquidations_in_progress.labels(m)
         for lane in ("liquidation_path", "other"):
             self.queue_seconds.labels(lane)
@@ -287,6 +293,7 @@ class Metrics:
                     outcome = "surplus"
                 self.liquidations.labels(e.market, outcome).inc()
             elif isinstance(e, AdlEvent):
-                self.adl_events.labels(e.market).inc()
-                self.adl_notional.labels(e.market).inc(e.closed_notional)
-                self.adl_overshoot.labels(e.market).inc(max(e.overshoot, 0))
+                why = e.reason.value
+                self.adl_events.labels(e.market, why).inc()
+                self.adl_notional.labels(e.market, why).inc(e.closed_notional)
+                self.adl_overshoot.labels(e.market, why).inc(max(e.overshoot, 0))

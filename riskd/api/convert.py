@@ -15,6 +15,7 @@ from riskd.core.errors import Code
 from riskd.core.events import (
     AdlEvent,
     AdlNotice,
+    AdlReason,
     Deposit,
     Effect,
     Fill,
@@ -66,6 +67,13 @@ _ADL = {
     AdlPolicy.PNL_LEVERAGE: types_pb2.ADL_POLICY_PNL_LEVERAGE,
     AdlPolicy.LEVERAGE_PNL: types_pb2.ADL_POLICY_LEVERAGE_PNL,
     AdlPolicy.PRO_RATA_RISK: types_pb2.ADL_POLICY_PRO_RATA_RISK,
+}
+_ADL_REASON = {
+    AdlReason.FUND_EMPTY: events_pb2.ADL_REASON_FUND_EMPTY,
+    AdlReason.MARKET_CAP: events_pb2.ADL_REASON_MARKET_CAP,
+    AdlReason.DRAWDOWN_LIMIT: events_pb2.ADL_REASON_DRAWDOWN_LIMIT,
+    AdlReason.NO_BOOK: events_pb2.ADL_REASON_NO_BOOK,
+    AdlReason.BACKSTOP: events_pb2.ADL_REASON_BACKSTOP,
 }
 MODE_FROM_WIRE = {v: k for k, v in _MODE.items()}
 ADL_FROM_WIRE = {v: k for k, v in _ADL.items()}
@@ -215,6 +223,8 @@ def _event_payload(e: Effect) -> tuple[str, Any] | None:
                 haircut=e.haircut,
                 overshoot=e.overshoot,
                 counterparties=e.counterparties,
+                reason=_ADL_REASON[e.reason],
+                fund_paid=e.fund_paid,
             )
         case MarginCall():
             return "margin_call", events_pb2.MarginCall(
