@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"LEVERAGE:WEIGHT,... (default {DEFAULT_LEVERAGE_MIX})")  # fmt: skip
     p.add_argument("--fund", default="100000",
                    help="insurance fund seed, whole settlement units (default 100000)")  # fmt: skip
-    p.add_argument("--adl-policy", default="pnl_leverage", choices=["pnl_leverage", "leverage_pnl"])
+    p.add_argument("--adl-policy", default="pnl_leverage",
+                   choices=["pnl_leverage", "leverage_pnl", "pro_rata_risk"])  # fmt: skip
     p.add_argument("--fee-cap", default="100%",
                    help="liquidation fee cap: ppm or a percentage (default 100%%)")  # fmt: skip
     p.add_argument("--market", default="BTC-USDT", help="linear market to replay on")

@@ -52,6 +52,7 @@ MAKER_FEE_PPM = 200  # 0.02 %
 ADL_POLICIES = {
     "pnl_leverage": types_pb2.ADL_POLICY_PNL_LEVERAGE,
     "leverage_pnl": types_pb2.ADL_POLICY_LEVERAGE_PNL,
+    "pro_rata_risk": types_pb2.ADL_POLICY_PRO_RATA_RISK,
 }
 
 
@@ -415,6 +416,24 @@ async def replay(
             leverage_mix=population.parse_leverage_mix(settings.leverage_mix),
             first_account=first_account,
         )
+        stress: list[dict[str, Any]] = []  # GetStressCoverage at each bar's open
+
+        async def sample_stress(ts: int, price: int) -> None:
+            got = await query.GetStressCoverage(
+                query_pb2.GetStressCoverageRequest(asset=info.asset)
+            )
+            rows = [r for r in got.rows if r.market == info.symbol]
+            stress.append(
+                {
+                    "ts_ms": ts,
+                    "mark": price,
+                    "rows": [
+                        [r.move_ppm, r.positions, r.shortfall, r.payable, r.coverage_ppm]
+                        for r in rows
+                    ],
+                }
+            )
+
         entering: dict[int, list[int]] = defaultdict(list)
         for i, t in enumerate(traders):
             entering[t.entry_bar].append(i)
@@ -479,6 +498,7 @@ async def replay(
                             query_pb2.GetPositionRequest(account=BACKSTOP, market=info.symbol)
                         )
                     ).position
+                    await sample_stress(ts, px)
                     if pos.size and not pos.in_liquidation:
                         q = abs(pos.size)
                         if pos.size > 0:
@@ -542,6 +562,7 @@ async def replay(
                 await gw.wait_for_window()
                 bar_progress.update(b + 1, f"mark {Decimal(mk.price).scaleb(-info.price_decimals)}")
             await gw.flush(timeout=300)
+            await sample_stress(mark_ts[-1], mark_px[-1])
         bar_progress.update(len(bars), "settling", force=True)
         bar_progress.close()
         rejections = list(gw.rejections)
@@ -582,6 +603,7 @@ async def replay(
         "rejections": rejections,
         "marks": (mark_ts, mark_px),
         "unwinds": unwinds,
+        "stress": stress,
         "metrics_before": before,
         "metrics_after": after,
         "wall": {"started_unix": round(started, 3), "seconds": round(time.time() - started, 3)},

@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from riskd.core.stress import move_label
 from riskd.replay import prices
 from riskd.replay.driver import BACKSTOP, mark_at, metric_delta
 from riskd.v1 import ingest_pb2, types_pb2
@@ -25,6 +26,10 @@ __all__ = ["build", "deterministic", "write", "write_compare"]
 FORMAT = 1
 INFLOW = "riskd_insurance_fund_inflow_quantums_total"
 OUTFLOW = "riskd_insurance_fund_outflow_quantums_total"
+PPM = 1_000_000
+#: Stress moves shown in summary.md's per-minute table (all are in report.json).
+TABLE_MOVES = ("-20%", "-10%", "+10%", "+20%")
+TABLE_ROWS = 60
 
 
 def build(raw: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +56,28 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
         bucket[0] += 1
         bucket[1] += n
         outcomes["adl" if s.adl_quantity else "absorbed" if s.fund_delta < 0 else "surplus"] += 1
+
+    # Stress coverage sampled at each bar's open: per minute the last sample.
+    sampled: dict[int, dict[str, Any]] = {}
+    for smp in raw.get("stress", []):
+        sampled[smp["ts_ms"] // 60_000 * 60_000] = {
+            move_label(move): {"positions": n, "shortfall": q, "payable": p, "coverage_ppm": c}
+            for move, n, q, p, c in smp["rows"]
+        }
+    moves = sorted({row[0] for smp in raw.get("stress", []) for row in smp["rows"]})
+    labels = [move_label(m) for m in moves]
+    stress = {
+        "moves": labels,
+        "samples": len(raw.get("stress", [])),
+        "max_shortfall": {
+            lb: max((x[lb]["shortfall"] for x in sampled.values() if lb in x), default=0)
+            for lb in labels
+        },
+        "min_coverage_ppm": {
+            lb: min((x[lb]["coverage_ppm"] for x in sampled.values() if lb in x), default=PPM)
+            for lb in labels
+        },
+    }
 
     # Fund.
     inflow = Counter[str]()
@@ -157,9 +184,16 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
         "count": len(settled),
         "notional": liq_notional,
         "by_outcome": dict(sorted(outcomes.items())),
+        # Every minute with a liquidation or a stress sample; ``stress`` is
+        # GetStressCoverage at the bar's open, by move (None: not sampled).
         "per_minute": [
-            {"minute_ts_ms": m, "count": c, "notional": n}
-            for m, (c, n) in sorted(per_minute.items())
+            {
+                "minute_ts_ms": m,
+                "count": per_minute[m][0] if m in per_minute else 0,
+                "notional": per_minute[m][1] if m in per_minute else 0,
+                "stress": sampled.get(m),
+            }
+            for m in sorted(set(per_minute) | set(sampled))
         ],
     }
     fund = {
@@ -274,6 +308,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
         },
         "adl": adl_total,
         "margin_calls": calls,
+        "stress": stress,
         "positions": positions,
         "conservation": conservation,
         "crosscheck": {"ok": all(c["ok"] for c in checks.values()), "checks": checks},
@@ -318,6 +353,10 @@ def _headline(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("positions", f"{pos['opened']} opened, "
                       f"{pos['closed_by_liquidation']} closed by liquidation, "
                       f"{pos['closed_by_adl']} by ADL, {pos['open_at_end']} open at the end"),
+        ("stress coverage", ", ".join(
+            f"{m}: lowest {r['stress']['min_coverage_ppm'][m] / 10_000:.1f} % of up to "
+            f"{units(r['stress']['max_shortfall'][m], d)} {a}"
+            for m in TABLE_MOVES if m in r["stress"]["moves"]) or "not sampled"),
         ("conservation", ("ok" if r["conservation"]["ok"] else "VIOLATED")
                          + f" (digest {r['conservation']['digest'][:16]}…)"),
         ("cross-check", "all agree" if r["crosscheck"]["ok"] else "MISMATCH: " + ", ".join(
@@ -352,7 +391,57 @@ def markdown(r: dict[str, Any]) -> str:
         "Files: `report.json` (all numbers, in quantums), `replay.png`.",
         "",
     ]
+    lines += _per_minute_table(r)
     return "\n".join(lines)
+
+
+def _per_minute_table(r: dict[str, Any]) -> list[str]:
+    """Minutes with liquidations or a fund that could not cover a stress move.
+
+    Each stress cell is the shortfall a move from that minute's opening mark
+    would have caused, and (in brackets) how much of it the fund could have paid.
+    """
+    from datetime import UTC, datetime
+
+    d = r["market"]["asset_decimals"]
+    a = r["market"]["asset"]
+    moves = [m for m in TABLE_MOVES if m in r.get("stress", {}).get("moves", [])]
+
+    def cell(x: dict[str, Any] | None, move: str) -> str:
+        if not x or move not in x:
+            return ""
+        s = x[move]
+        return f"{units(s['shortfall'], d, 0)} ({s['coverage_ppm'] / 10_000:.1f} %)"
+
+    def notable(row: dict[str, Any]) -> bool:
+        st = row.get("stress") or {}
+        return bool(row["count"]) or any(v["coverage_ppm"] < PPM for v in st.values())
+
+    rows = [x for x in r["liquidations"]["per_minute"] if notable(x)]
+    if not rows:
+        return []
+    head = ["minute (UTC)", "liquidations", f"notional ({a})"]
+    head += [f"stress {m} ({a}, covered)" for m in moves]
+    out = [
+        "## Per minute",
+        "",
+        "Liquidations, and the fund's stress coverage at the minute's open: the shortfall",
+        "a move of the mark by each step would have caused, and the share of it the fund",
+        "could have paid (`QueryService.GetStressCoverage`). Minutes with neither a",
+        "liquidation nor a shortfall the fund could not cover are left out.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+    ]
+    for x in rows[:TABLE_ROWS]:
+        when = datetime.fromtimestamp(x["minute_ts_ms"] / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+        cells = [when, str(x["count"]), units(x["notional"], d, 0)]
+        cells += [cell(x.get("stress"), m) for m in moves]
+        out.append("| " + " | ".join(cells) + " |")
+    if len(rows) > TABLE_ROWS:
+        out.append(f"| … {len(rows) - TABLE_ROWS} more in `report.json` |" + " |" * (len(head) - 1))
+    out.append("")
+    return out
 
 
 def plot(r: dict[str, Any], raw_marks: tuple[list[int], list[int]], path: Path) -> bool:
@@ -425,6 +514,11 @@ def write_compare(
         (f"overshoot ({a})", lambda r: units(r["adl"]["overshoot"], d, 6)),
         ("accounts hit by ADL", lambda r: str(r["positions"]["deleveraged"])),
         ("closed by ADL", lambda r: str(r["positions"]["closed_by_adl"])),
+        ("ADL counterparty closes", lambda r: str(r["adl"]["notices"])),
+        (
+            "lowest stress coverage -10 %",
+            lambda r: f"{r['stress']['min_coverage_ppm'].get('-10%', PPM) / 10_000:.1f} %",
+        ),
         ("conservation", lambda r: "ok" if r["conservation"]["ok"] else "VIOLATED"),
     ]
     lines = ["# riskd replay: comparison", ""]
