@@ -182,9 +182,10 @@ class TakeoverClaim:
     """Takeover-mode settlement: fee in, shortfall out, and backstop margin wanted.
 
     The fund answers with a :class:`FundDecision`: ``absorbed`` says whether it
-    covers ``shortfall`` (all or nothing); ``granted`` is the backstop margin it
-    moves to the market (0 if it refused).  ``loss_cap`` is the market's cap on
-    what the fund may pay out for it over the rolling window (None: no cap).
+    covers the whole ``shortfall``, then ``granted`` is the backstop margin it
+    moves to the market; otherwise ``granted`` is the part it pays and the rest
+    is deleveraged.  ``loss_cap`` is the market's cap on what the fund may pay
+    out for it over the rolling window (None: no cap).
     """
 
     asset: str

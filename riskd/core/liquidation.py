@@ -44,7 +44,7 @@ __all__ = [
 class Stage(enum.Enum):
     AWAITING_FUND = "awaiting_fund"  # a claim is with the fund
     WORKING = "working"  # book mode: the order is in the book
-    AWAITING_ADL = "awaiting_adl"  # the fund refused; waiting for counterparties
+    AWAITING_ADL = "awaiting_adl"  # the rest is deleveraged; waiting for counterparties
 
 
 @dataclass(slots=True)
