@@ -10,12 +10,15 @@ value, then puts the field back so the cases do not depend on their order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from riskd.v1 import (
     admin_pb2,
@@ -291,3 +294,76 @@ def test_changes_survive_a_restart(tmp_path: Path) -> None:
     assert after[1].HasField("fund_loss_cap") and after[1].fund_loss_cap == 0
     assert after[1].reduce_only and after[2].partial_liquidation
     assert after[2].HasField("margin_call_ppm") and after[2].margin_call_ppm == 0
+
+
+_INT64 = st.one_of(
+    st.sampled_from([0, 1, -1, 999_999, 1_000_000, 1_000_001, 2**63 - 1, -(2**63)]),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "tick_size": _INT64,
+    "step_size": _INT64,
+    "liquidation_fee_cap_ppm": _INT64,
+    "fund_fee_share_ppm": _INT64,
+    "margin_call_ppm": _INT64,
+    "fund_loss_cap": _INT64,
+    "reduce_only": st.booleans(),
+    "partial_liquidation": st.booleans(),
+    "liquidation_mode": st.integers(min_value=-(2**31), max_value=2**31 - 1) | st.just(1),
+    "adl_policy": st.integers(min_value=-(2**31), max_value=2**31 - 1) | st.just(2),
+    "tiers": st.lists(
+        st.tuples(_INT64, st.integers(-5, 2_000), st.integers(-5, 1_000_001)), max_size=3
+    ).map(lambda rows: tiers(*rows)),
+}
+if "fill_price_band_ppm" in types_pb2.Market.DESCRIPTOR.fields_by_name:
+    _FIELDS["fill_price_band_ppm"] = _INT64
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    symbol=st.sampled_from(["BTC-USDT", "ETH-USDT", "BTC-USD"]),
+    fields=st.fixed_dictionaries({}, optional=_FIELDS),
+    clear=st.booleans(),
+)
+def test_any_request_is_applied_exactly_or_refused_naming_a_field(
+    d: Daemon, symbol: str, fields: dict[str, Any], clear: bool
+) -> None:
+    """Random settings, in or out of range: either every field that was set is in force
+    afterwards and nothing else changed, or INVALID_ARGUMENT names a field and nothing
+    changed at all (never UNKNOWN, never a partial change)."""
+    if not fields.get("tiers", True):
+        del fields["tiers"]  # empty tiers: keep the table (a repeated field has no presence)
+    original = market(d, symbol)
+    digest = check(d)
+    try:
+        got = update(d, symbol=symbol, clear_fund_loss_cap=clear, **fields)
+    except grpc.RpcError as e:
+        event("refused")
+        assert e.code() == INVALID, e
+        assert re.match(r"^(market(\.\w+(\[\d+\])?)?|clear_fund_loss_cap): ", str(e.details()))
+        assert (market(d, symbol), check(d)) == (original, digest)
+        return
+    event("applied")
+    changed = set(fields) | ({"fund_loss_cap"} if clear else set())
+    assert others(market(d, symbol), *changed) == others(original, *changed)
+    for name, value in fields.items():
+        if name == "tiers":
+            assert [t.notional_floor for t in got.tiers] == [t.notional_floor for t in value]
+        else:
+            assert getattr(got, name) == value
+    if clear:
+        assert not got.HasField("fund_loss_cap")
+    # Back to where it was, for the next example and the other tests.
+    restore = types_pb2.Market()
+    restore.CopyFrom(original)
+    restore.ClearField("mark_price")
+    admin(d).UpdateMarket(
+        admin_pb2.UpdateMarketRequest(
+            market=restore, clear_fund_loss_cap=not original.HasField("fund_loss_cap")
+        )
+    )
+    assert market(d, symbol) == original
