@@ -7,10 +7,12 @@ between two inputs and is logged as one line.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.descriptor import FieldDescriptor
 
 from riskd.actors.sequencer import Sequencer
 from riskd.api import convert
@@ -18,6 +20,7 @@ from riskd.api.bridge import Portal
 from riskd.api.status import abort, abort_rejected
 from riskd.core import MarketEngine, MarketSpec, Rejected, TierTable
 from riskd.core.events import FundInjection
+from riskd.core.market import enum_settings
 from riskd.core.tiers import SpecError
 from riskd.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
@@ -104,6 +107,15 @@ def _has(m: types_pb2.Market, name: str) -> bool:
     return m.HasField(name)  # type: ignore[arg-type]
 
 
+def _enum(f: FieldDescriptor, value: int, kind: type[enum.Enum]) -> enum.Enum:
+    """A wire enum value as the core's: ``PARTIAL_POLICY_TIER_STEP`` is ``"tier_step"``."""
+    wire = f.enum_type.values_by_number.get(value) if f.enum_type is not None else None
+    for member in kind:
+        if wire is not None and wire.name.endswith("_" + str(member.value).upper()):
+            return member
+    raise Rejected.invalid(f"market.{f.name}", f"unknown value {value}")
+
+
 def _spec(engine: MarketEngine) -> MarketSpec:
     return engine.spec
 
@@ -126,11 +138,13 @@ def _changes(request: admin_pb2.UpdateMarketRequest, current: MarketSpec) -> dic
         except SpecError as e:
             raise Rejected.invalid(f"market.{e.field}", e.reason) from e
     settable = {f.name for f in dataclasses.fields(MarketSpec)}
-    # Every optional scalar named like a spec field is that setting (so a new one
-    # in types.proto and MarketSpec needs nothing here).
+    enums = dict(enum_settings())
+    # Every optional field named like a spec field is that setting (so a new one in
+    # types.proto and MarketSpec needs nothing here).
     for f in m.DESCRIPTOR.fields:
         if f.has_presence and f.name in settable and f.name not in _SPECIAL and _has(m, f.name):
-            changes[f.name] = getattr(m, f.name)
+            value = getattr(m, f.name)
+            changes[f.name] = _enum(f, value, enums[f.name]) if f.name in enums else value
     for name, table in (
         ("liquidation_mode", convert.MODE_FROM_WIRE),
         ("adl_policy", convert.ADL_FROM_WIRE),

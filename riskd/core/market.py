@@ -16,12 +16,23 @@ opened the position.  For inverse contracts that makes the value negative
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import functools
+import typing
+from dataclasses import dataclass, field, fields
 
 from riskd.core.tiers import SpecError, TierTable
 from riskd.core.units import INT64_MAX, PPM, Asset
 
-__all__ = ["ContractType", "LiquidationMode", "AdlPolicy", "MarketSpec", "SpecError"]
+__all__ = [
+    "ContractType",
+    "LiquidationMode",
+    "AdlPolicy",
+    "PartialLiquidation",
+    "TakeoverPrice",
+    "MarketSpec",
+    "SpecError",
+    "enum_settings",
+]
 
 
 class ContractType(enum.Enum):
@@ -47,6 +58,29 @@ class AdlPolicy(enum.Enum):
     PRO_RATA_RISK = "pro_rata_risk"  # pro rata to profit x leverage (Chitra 2025)
 
 
+class PartialLiquidation(enum.Enum):
+    """How much of a crossed but solvent position one liquidation closes.
+
+    ``FULL``: all of it.  ``TIER_STEP``: just enough to leave its risk tier.
+    ``FRACTION`` (Hyperliquid): ``partial_fraction_ppm`` of it, then, if it is
+    crossed again within ``partial_cooldown_ms``, the rest.  A bankrupt
+    position is always closed whole.
+    """
+
+    FULL = "full"
+    TIER_STEP = "tier_step"
+    FRACTION = "fraction"
+
+
+class TakeoverPrice(enum.Enum):
+    """Where the backstop takes a position over: the mark (Binance) or the
+    position's bankruptcy price (BitMEX: the trader loses the whole margin and
+    the backstop holds the surplus as its unrealised profit)."""
+
+    MARK = "mark"
+    BANKRUPTCY = "bankruptcy"
+
+
 #: Integer settings and their inclusive ranges, checked on every spec (config,
 #: UpdateMarket, journal replay).  A new integer field belongs here.
 _RANGES: tuple[tuple[str, int, int], ...] = (
@@ -59,6 +93,8 @@ _RANGES: tuple[tuple[str, int, int], ...] = (
     ("fund_fee_share_ppm", 0, PPM),
     ("margin_call_ppm", 0, PPM - 1),
     ("fill_price_band_ppm", 0, PPM),
+    ("partial_fraction_ppm", 1, PPM),
+    ("partial_cooldown_ms", 0, INT64_MAX),
 )
 _FLAGS = ("reduce_only", "partial_liquidation")
 
@@ -75,7 +111,11 @@ class MarketSpec:
 
     ``partial_liquidation`` steps a crossed position down one risk tier (closes
     just enough that its notional leaves its bracket) instead of closing it
-    whole, when it is not bankrupt.  ``margin_call_ppm`` is how close (as a
+    whole, when it is not bankrupt: shorthand for
+    ``partial_liquidation_policy = TIER_STEP`` (see :class:`PartialLiquidation`
+    for ``FRACTION`` and its ``partial_fraction_ppm`` and
+    ``partial_cooldown_ms``).  ``takeover_price`` is where the backstop takes
+    a position over (:class:`TakeoverPrice`).  ``margin_call_ppm`` is how close (as a
     fraction of the price) the mark may come to a position's liquidation price
     before a margin call is published; 0 disables margin calls.
     ``fill_price_band_ppm`` turns on the fill sanity checks (0: off; see
@@ -101,6 +141,10 @@ class MarketSpec:
     partial_liquidation: bool = False
     margin_call_ppm: int = 20_000
     fill_price_band_ppm: int = 0
+    partial_liquidation_policy: PartialLiquidation = PartialLiquidation.FULL
+    partial_fraction_ppm: int = 200_000
+    partial_cooldown_ms: int = 30_000
+    takeover_price: TakeoverPrice = TakeoverPrice.MARK
     # Derived constants (see __post_init__); excluded from equality.
     _linear_k: int = field(default=0, compare=False, repr=False)
     _inverse_num: int = field(default=0, compare=False, repr=False)
@@ -150,11 +194,7 @@ class MarketSpec:
             if not low <= value <= high:
                 span = f">= {low} and fit in int64" if high == INT64_MAX else f"in {low}..{high}"
                 raise SpecError(name, f"must be {span}, got {value}")
-        for name, kind in (
-            ("contract_type", ContractType),
-            ("liquidation_mode", LiquidationMode),
-            ("adl_policy", AdlPolicy),
-        ):
+        for name, kind in enum_settings():
             if not isinstance(getattr(self, name), kind):
                 raise SpecError(name, f"must be a {kind.__name__}, got {getattr(self, name)!r}")
         for name in _FLAGS:
@@ -171,12 +211,23 @@ class MarketSpec:
                 "contract_value",
                 "only inverse markets have a contract value (linear: leave it out)",
             )
-        if self.partial_liquidation and self.liquidation_fee_cap_ppm >= PPM:
+        if self.partial_policy is not PartialLiquidation.FULL and (
+            self.liquidation_fee_cap_ppm >= PPM
+        ):
             raise SpecError(
-                "partial_liquidation",
+                "partial_liquidation_policy"
+                if self.partial_liquidation_policy is not PartialLiquidation.FULL
+                else "partial_liquidation",
                 "partial liquidation needs a liquidation fee cap below 100 %"
                 " (liquidation_fee_cap_ppm < 1000000)",
             )
+
+    @property
+    def partial_policy(self) -> PartialLiquidation:
+        """The policy in force: ``partial_liquidation = true`` alone means tier steps."""
+        if self.partial_liquidation_policy is PartialLiquidation.FULL and self.partial_liquidation:
+            return PartialLiquidation.TIER_STEP
+        return self.partial_liquidation_policy
 
     @property
     def is_linear(self) -> bool:
@@ -233,3 +284,14 @@ class MarketSpec:
         if qty % self.step_size:
             return f"{qty} is not a multiple of step_size {self.step_size}"
         return None
+
+
+@functools.cache
+def enum_settings() -> tuple[tuple[str, type[enum.Enum]], ...]:
+    """MarketSpec's enum-typed settings (a new one is checked without a change here)."""
+    hints = typing.get_type_hints(MarketSpec)
+    return tuple(
+        (f.name, hints[f.name])
+        for f in fields(MarketSpec)
+        if isinstance(hints[f.name], type) and issubclass(hints[f.name], enum.Enum)
+    )

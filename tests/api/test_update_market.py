@@ -80,7 +80,7 @@ def check(d: Daemon) -> str:
 
 def others(m: types_pb2.Market, *changed: str) -> dict[str, Any]:
     """Every field of ``m`` but ``changed`` (and the mark, which gateways move)."""
-    out = {}
+    out: dict[str, Any] = {}
     for f in m.DESCRIPTOR.fields:
         if f.name in (*changed, "mark_price"):
             continue
