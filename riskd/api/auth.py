@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import sys
 import threading
 import time
 import uuid
@@ -60,6 +59,7 @@ from riskd.api.rate_limit import RecordBudget
 from riskd.api.status import abort
 from riskd.config import TlsConfig
 from riskd.metrics import Metrics
+from riskd.storage import StorageFault, fail_stop
 from riskd.storage.admin_log import AdminLog, AdminLogFault
 
 __all__ = [
@@ -93,8 +93,6 @@ DENIED_RECORD_RATE, DENIED_RECORD_BURST = 0.1, 20.0
 DENIED_RECORD_TOTAL_RATE, DENIED_RECORD_TOTAL_BURST = 1.0, 100.0
 #: Longest string field (and certificate name) an audit line keeps.
 AUDIT_STRING_CHARS = 128
-#: Exit status when a storage write fails (docs/runbook.md).
-EXIT_STORAGE_FAULT = 4
 
 log = structlog.get_logger("riskd.auth")
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -283,25 +281,13 @@ def _cut(text: str) -> str:
     return f"{text[:AUDIT_STRING_CHARS]}...({len(text)} chars)"
 
 
-def fail_stop(error: BaseException) -> None:
-    """A storage write failed: log it once and exit at once, acknowledging nothing more.
-
-    ``os._exit`` from whichever thread found it: nothing after the failed
-    write may be reported as done, and shutdown must not wait on it.
-    """
-    log.error("storage_write_failed", path=getattr(error, "filename", None), error=str(error))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_STORAGE_FAULT)
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         auth: Authenticator,
         admin_log: AdminLog | None,
         metrics: Metrics,
-        on_storage_fault: Callable[[BaseException], None] = fail_stop,
+        on_storage_fault: Callable[[StorageFault], None] = fail_stop,
     ) -> None:
         self.auth = auth
         self.admin_log = admin_log

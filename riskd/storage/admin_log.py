@@ -15,11 +15,12 @@ scalar fields (strings cut short), never whole (see ``riskd.api.auth``).
 
 Every write is checked.  A line is whole on disk or not at all: a failed or
 short write (disk full, ``RLIMIT_FSIZE``, a read-only filesystem) cuts the
-file back to the end of the last whole line and raises :class:`AdminLogFault`,
-and the daemon stops (exit 4).  A line is acknowledged only once it and its
-newline are fsynced, so an unterminated last line can only be a write a crash
-interrupted, never acknowledged: :class:`AdminLog` cuts it off at start (with
-a warning) and :func:`verify` ignores it.
+file back to the end of the last whole line and raises :class:`AdminLogFault`
+(a :class:`~riskd.storage.StorageFault`), and the daemon fail-stops (exit 4).
+A line is acknowledged only once it and its newline are fsynced, so an
+unterminated last line can only be a write a crash interrupted, never
+acknowledged: :class:`AdminLog` cuts it off at start (with a warning) and
+:func:`verify` ignores it.
 
 The journal already holds *what* changed (market settings, fund injections);
 this log holds *who* asked, which the journal does not need to replay.
@@ -37,6 +38,8 @@ from typing import Any
 
 import structlog
 
+from riskd.storage.faults import StorageFault
+
 __all__ = ["AdminLog", "AdminLogFault", "verify", "GENESIS"]
 
 GENESIS = "0" * 64
@@ -44,21 +47,31 @@ _CHUNK = 1 << 16
 log = structlog.get_logger("riskd.admin_log")
 
 
-class AdminLogFault(OSError):
+class AdminLogFault(StorageFault):
     """Writing the admin audit log failed; nothing after it may be acknowledged."""
+
+    def __init__(self, path: Path, cause: BaseException | str) -> None:
+        super().__init__("admin audit log", path, cause)
 
 
 class AdminLog:
+    """Raises :class:`AdminLogFault` when the log cannot be opened or its torn tail cut."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._failed: AdminLogFault | None = None
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as e:
+            raise AdminLogFault(path, e) from e
         try:
             self._size = _cut_torn_tail(self._fd, path)
             last = _last_line(self._fd, self._size)
-        except BaseException:
+        except BaseException as e:
             os.close(self._fd)
+            if isinstance(e, OSError):
+                raise AdminLogFault(path, e) from e
             raise
         self._prev = GENESIS if last is None else _hash(last)
 
@@ -83,8 +96,7 @@ class AdminLog:
                 _write_all(self._fd, data)
                 os.fsync(self._fd)
             except OSError as e:
-                self._failed = AdminLogFault(e.errno, f"admin audit log write failed: {e.strerror}")
-                self._failed.filename = str(self.path)
+                self._failed = AdminLogFault(self.path, e)
                 try:  # leave no torn line behind (shrinking needs no free space)
                     os.ftruncate(self._fd, self._size)
                     os.fsync(self._fd)

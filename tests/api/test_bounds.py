@@ -301,7 +301,8 @@ def test_a_failed_audit_write_stops_the_daemon_and_the_action_does_not_run(
         if process.poll() is None:
             process.kill()
     text = out.read_text()
-    assert '"storage_write_failed"' in text and "File too large" in text, text
+    assert '"storage_fault"' in text and "File too large" in text, text
+    assert '"admin audit log"' in text
     raw = path.read_bytes()
     assert raw.endswith(b"\n") and len(raw.splitlines()) == lines_before  # nothing torn
     # A crash mid-write could still leave a torn tail: the next start cuts it.

@@ -87,8 +87,8 @@ log.append({"step": "requested", "small": 1})
 for attempt in range(2):
     try:
         log.append({"step": "requested", "big": "z" * 5000})
-    except AdminLogFault as e:
-        print("fault", e.errno, attempt, flush=True)
+    except AdminLogFault as e:  # the same fault again, caused by the first write's error
+        print("fault", e.__cause__.errno, attempt, flush=True)
     else:
         print("written", flush=True)
 """
