@@ -19,6 +19,8 @@ margin:
   profitable counterparties in proportion to their risk ``u × N/B`` (profit ×
   effective leverage) instead of closing whole positions from the top of the
   queue.  A position is closed whole only when its share reaches its size.
+  The pool is the first-ranked profitable counterparties holding
+  :data:`POOL_FACTOR` times the quantity (bounded work in a cascade).
 
 Further policies plug in through :data:`POLICIES` (the ranking) and
 :data:`ALLOCATIONS` (how the quantity is shared along it).
@@ -38,6 +40,7 @@ __all__ = [
     "Allocation",
     "POLICIES",
     "ALLOCATIONS",
+    "POOL_FACTOR",
     "score",
     "risk",
     "rank",
@@ -51,6 +54,9 @@ Score = Callable[[MarketSpec, Position, int], int]
 #: Scores are exact fractions floored to this many fractional bits: integer
 #: keys sort ten times faster than ``Fraction`` and stay deterministic.
 _BITS = 64
+#: ``pro_rata_risk`` shares a bankrupt quantity among the first-ranked
+#: profitable counterparties holding this many times it (or all of them).
+POOL_FACTOR = 8
 
 
 def _parts(spec: MarketSpec, pos: Position, mark: int) -> tuple[int, int, int, int]:
@@ -136,27 +142,40 @@ def _pro_rata_risk(
 ) -> list[tuple[Position, int]]:
     """Split ``quantity`` over the profitable counterparties pro rata to :func:`risk`.
 
+    The pool is the first-ranked profitable counterparties until they hold
+    :data:`POOL_FACTOR` times the quantity (or all of them): each then gives
+    at most about a ``1/POOL_FACTOR`` share, and a cascade of ADLs in one
+    input walks O(k) positions each, as the queue does, not the whole side.
     The backstop and positions not in profit have no weight: they are taken,
     queue-style in rank order, only for what the profitable ones cannot cover
     (the backstop stays the counterparty of last resort).
     """
-    order = list(ranked)
-    pool = [
-        (i, p, w) for i, p in enumerate(order) if not p.is_backstop and (w := risk(spec, p, mark))
-    ]
-    caps = [abs(p.size) for _, p, _ in pool]
-    shared = min(quantity, sum(caps))
-    shares = split(caps, [w for _, _, w in pool], shared, spec.step_size)
+    rest = iter(ranked)
+    order: list[Position] = []
+    pool: list[tuple[int, Position, int]] = []
+    held = 0
+    for p in rest:
+        order.append(p)
+        if not p.is_backstop and (w := risk(spec, p, mark)):
+            pool.append((len(order) - 1, p, w))
+            held += abs(p.size)
+            if held >= POOL_FACTOR * quantity:
+                break
+    shared = min(quantity, held)
+    shares = split(
+        [abs(p.size) for _, p, _ in pool], [w for _, _, w in pool], shared, spec.step_size
+    )
     took = [0] * len(order)
     for (i, _, _), x in zip(pool, shares, strict=True):
         took[i] = x
     left = quantity - shared
-    for i, p in enumerate(order):
-        if left == 0:
-            break
-        extra = min(left, abs(p.size) - took[i])
-        took[i] += extra
-        left -= extra
+    if left:  # the whole side was read: the pool could not cover it
+        for i, p in enumerate(order):
+            extra = min(left, abs(p.size) - took[i])
+            took[i] += extra
+            left -= extra
+            if left == 0:
+                break
     return [(p, x) for p, x in zip(order, took, strict=True) if x]
 
 

@@ -22,6 +22,8 @@ from fractions import Fraction
 
 import pytest
 from _kit import Desk, U, btc_usd_spec, btc_usdt_spec, of_type, usdt
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from riskd.core import BACKSTOP_ACCOUNT, AdlPolicy, LiquidationMode, adl, violations
 from riskd.core.events import AdlEvent, AdlNotice, FundKind, LiquidationDone, LiquidationSettled
@@ -306,9 +308,6 @@ def test_adl_waiting_for_a_solvent_counterparty_resumes(mode: str) -> None:
 
 # --- pro_rata_risk: the bankrupt quantity shared by risk, not queued -------------------
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 
 def _oracle_split(caps: list[int], weights: list[int], quantity: int) -> list[Fraction]:
     """Exact water-filling: x_i = min(cap_i, lam * w_i) with sum x_i = quantity."""
@@ -391,6 +390,22 @@ def test_pro_rata_risk_shares_by_profit_times_leverage() -> None:
     # More than the profitable side holds: the rest comes from 24, queue-style.
     got = {p.account: x for p, x in adl.allocate(ranked, 450, spec, MARK)}
     assert got == {21: 200, 22: 100, 23: 100, 24: 50}
+
+
+def test_pro_rata_risk_pool_is_bounded_to_the_first_ranked() -> None:
+    # 20 identical winners, quantity 10: the pool stops once it holds 8 x 10.
+    spec = btc_usdt_spec(adl_policy=AdlPolicy.PRO_RATA_RISK)
+    pos = _shorts(spec, [(100 + i, 10, "50000", 500) for i in range(20)])
+    read = []
+
+    def ranked():  # type: ignore[no-untyped-def]
+        for p in adl.rank(spec, pos, MARK):
+            read.append(p.account)
+            yield p
+
+    got = [(p.account, x) for p, x in adl.allocate(ranked(), 10, spec, MARK)]
+    assert adl.POOL_FACTOR == 8 and len(read) == 8
+    assert got == [(100, 2), (101, 2), *((100 + i, 1) for i in range(2, 8))]
 
 
 def test_queue_policies_unchanged_with_spec() -> None:
