@@ -400,18 +400,20 @@ def test_a_refused_fill_does_not_use_up_its_trade_id(desk: Desk) -> None:
     assert_rejected(d.engine, Fill(M, 600, 3, 4, E, 1), P, "trade_id")
 
 
-def test_trade_ids_older_than_the_window_are_not_checked(desk: Desk) -> None:
+def test_trade_ids_older_than_the_window_are_refused_as_too_old(desk: Desk) -> None:
     d = desk
     d.engine.markets[M].trade_ids = RecentIds(capacity=2)
     d.margin(3, M, 1_000 * U)
     d.margin(4, M, 1_000 * U)
     for trade in (700, 701, 702):
         d.apply(Fill(M, trade, 3, 4, E, 1))
-    d.apply(Fill(M, 700, 3, 4, E, 1))  # left the window: applied again
-    assert d.pos(M, 3).size == 4
+    old = assert_rejected(d.engine, Fill(M, 700, 3, 4, E, 1), P, "trade_id")  # left the window
+    assert "too old" in old.message
+    assert d.pos(M, 3).size == 3
     assert_rejected(d.engine, Fill(M, 702, 3, 4, E, 1), P, "trade_id")
-    assert_rejected(d.engine, Fill(M, 700, 3, 4, E, 1), P, "trade_id")
-    d.apply(Fill(M, 701, 3, 4, E, 1))  # pushed out by 700's return
+    assert_rejected(d.engine, Fill(M, 699, 3, 4, E, 1), P, "trade_id")  # below the mark
+    d.apply(Fill(M, 703, 3, 4, E, 1))  # increasing ids go on
+    assert d.pos(M, 3).size == 4
 
 
 def test_trade_id_must_fit_uint64(desk: Desk) -> None:
@@ -454,8 +456,8 @@ def test_deposit_id_zero_is_never_checked_and_refusals_do_not_use_ids(desk: Desk
     d.engine.wallets["USDT"].deposit_ids = RecentIds(capacity=1)
     d.apply(Deposit(5, "USDT", U, deposit_id=902))
     d.apply(Deposit(5, "USDT", U, deposit_id=903))
-    d.apply(Deposit(5, "USDT", U, deposit_id=902))  # older than the window
-    assert d.wallet("USDT", 5) == 6 * U
+    assert_rejected(d.engine, Deposit(5, "USDT", U, deposit_id=902), P, "deposit_id")  # too old
+    assert d.wallet("USDT", 5) == 5 * U
     d.check()
 
 
