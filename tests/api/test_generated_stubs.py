@@ -48,6 +48,7 @@ EXPECTED_SERVICES = {
         "GetFundDailyReport",
         "ListMarkets",
         "ListAssets",
+        "GetStressCoverage",
     },
     "WithdrawalService": {"Withdraw"},
     "AdminService": {"UpdateMarket", "SetReduceOnly", "InjectFund", "CheckState"},
