@@ -361,6 +361,8 @@ class Daemon:
             log.warning("snapshot_skipped", reason="the engine has stopped")
             return
         paused = time.perf_counter() - started
+        if pid < 0:
+            return
         try:
             ok = await trio.to_thread.run_sync(snapshot.wait_child, pid, abandon_on_cancel=True)
         except StorageFault as fault:
@@ -389,7 +391,11 @@ class Daemon:
             await pending.wait()
         journal = sequencer.journal
         written, head = (journal.written, journal.head) if journal is not None else (0, "")
-        return written, snapshot.write_in_child(directory, written, sequencer.state(), head)
+        try:
+            return written, snapshot.write_in_child(directory, written, sequencer.state(), head)
+        except OSError as e:  # no fork (memory, process limits): no snapshot this time
+            log.error("snapshot_failed", records=written, error=str(e))
+            return written, -1
 
     async def _snapshots(self, every: float) -> None:
         while True:
@@ -429,6 +435,8 @@ def _check_writable(data: Path) -> None:
     probe = data / f".riskd-write-test-{os.getpid()}"
     try:
         data.mkdir(parents=True, exist_ok=True)
+        for stale in data.glob(".riskd-write-test-*"):  # left by a kill mid-probe
+            stale.unlink(missing_ok=True)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, b"riskd")

@@ -213,9 +213,12 @@ def wal_problem(path: Path) -> str | None:
         return f"{shm}: unreadable: {e}"
     if len(header) < 100:
         return None
-    # WalIndexHdr, native byte order: iVersion, unused, iChange, isInit,
-    # bigEndCksum, szPage (65536 stored as 1), mxFrame; nBackfill at byte 96.
-    _, _, _, is_init, _, page, frames = struct.unpack("=IIIBBHI", header[:20])
+    # Two copies of WalIndexHdr, native byte order: iVersion, unused, iChange,
+    # isInit, bigEndCksum, szPage (65536 stored as 1), mxFrame; then nBackfill
+    # at byte 96.  Copies that differ were caught mid-update: trust the lower.
+    copies = [struct.unpack("=IIIBBHI", header[at : at + 20]) for at in (0, 48)]
+    _, _, _, is_init, _, page, _ = copies[0]
+    frames = min(c[6] for c in copies)
     (backfilled,) = struct.unpack("=I", header[96:100])
     if not is_init or frames <= backfilled:
         return None

@@ -121,7 +121,12 @@ def write_in_child(
     :func:`wait_child`.
     """
     reader, writer = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(reader)
+        os.close(writer)
+        raise
     if pid == 0:  # the child: never returns
         code = 1
         try:
