@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from riskd.config import default_toml, parse
+from riskd.core import AdlPolicy
 from riskd.core.events import Deposit, Fill, Input, MarginTransfer, MarkPrice
 from riskd.v1 import admin_pb2, admin_pb2_grpc, query_pb2, query_pb2_grpc, types_pb2
 
@@ -57,3 +59,10 @@ def test_update_market_selects_pro_rata_risk_and_adl_shares_it_out(daemon: Daemo
         assert pos.size == -14
     state = admin.CheckState(admin_pb2.CheckStateRequest())
     assert list(state.violations) == []
+
+
+def test_config_selects_pro_rata_risk() -> None:
+    text = default_toml().replace('adl_policy = "pnl_leverage"', 'adl_policy = "pro_rata_risk"', 1)
+    cfg = parse(text)
+    by = {m.symbol: m.adl_policy for m in cfg.markets}
+    assert by[M] is AdlPolicy.PRO_RATA_RISK
