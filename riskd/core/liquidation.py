@@ -45,6 +45,7 @@ class Stage(enum.Enum):
     AWAITING_FUND = "awaiting_fund"  # a claim is with the fund
     WORKING = "working"  # book mode: the order is in the book
     AWAITING_ADL = "awaiting_adl"  # the rest is deleveraged; waiting for counterparties
+    COOLING = "cooling"  # a partial step done, the rest frozen until ``until``
 
 
 @dataclass(slots=True)
@@ -67,6 +68,8 @@ class Liquidation:
     # Shortfall the fund already put into the margin (a covered takeover the
     # bankrupt backstop could not accept), for the ADL event's accounting.
     paid_in: int = 0
+    # Policy ``fraction``: when a cooling position's rest may go whole.
+    until: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,13 +54,14 @@ from riskd.core.liquidation_index import LiquidationIndex
 from riskd.core.margin import (
     bankruptcy_threshold,
     initial_margin,
+    is_liquidatable,
     liquidation_threshold,
     maintenance_margin,
     margin_balance,
     notional,
     unrealised,
 )
-from riskd.core.market import LiquidationMode, MarketSpec
+from riskd.core.market import LiquidationMode, MarketSpec, PartialLiquidation, TakeoverPrice
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64
@@ -275,9 +276,10 @@ class MarketEngine:
         trader = self.positions[liq.account]
         if lf.counterparty == liq.account:
             raise Rejected.invalid("counterparty_account", "is the liquidated account")
-        if lf.quantity > abs(trader.size):
+        left = liq.quantity - liq.filled
+        if lf.quantity > left:
             raise Rejected.invalid(
-                "quantity", f"{lf.quantity} exceeds the {abs(trader.size)} left to liquidate"
+                "quantity", f"{lf.quantity} exceeds the {left} left to liquidate"
             )
         side = -_sign(trader.size)  # the liquidation order's side
         if (lf.price - liq.worst_price) * side > 0:
@@ -299,14 +301,22 @@ class MarketEngine:
         self._after_trade(cp, lf.ts)
         if trader.size == 0:
             self._settle(liq, trader, liq.filled_notional, liq.price, 0, lf.ts)
+        elif liq.filled == liq.quantity:
+            self._settle_step(liq, trader, lf.ts)
         self._scan(lf.ts)
 
     def liquidation_done(self, ld: LiquidationDone) -> None:
         """The book gave up on a liquidation order: the rest is auto-deleveraged."""
         self._begin(ld.ts)
         liq = self._working(ld.liquidation_id)
-        liq.adl_reason = AdlReason.NO_BOOK
-        self._await_adl(liq)
+        pos = self.positions[liq.account]
+        if liq.filled + abs(pos.size) > liq.quantity:
+            # A partial step's order: what filled is settled and the rest of the
+            # position, if still crossed, is liquidated whole at once.
+            self._settle_step(liq, pos, ld.ts, gave_up=True)
+        else:
+            liq.adl_reason = AdlReason.NO_BOOK
+            self._await_adl(liq)
         self._scan(ld.ts)
 
     def _working(self, liquidation_id: int) -> Liquidation:
@@ -334,7 +344,7 @@ class MarketEngine:
                     liq.id,
                     liq.account,
                     -_sign(pos.size),
-                    abs(pos.size),
+                    liq.quantity,
                     liq.worst_price,
                     ts,
                 )
@@ -358,6 +368,8 @@ class MarketEngine:
             return
         if self._awaiting_adl:  # counterparties may have appeared since
             self._retry_adl(ts)
+        if self.liquidations:
+            self._cool(ts)
         for account in self.index.crossed(self.mark):
             self._start(self.positions[account], ts)
 
@@ -391,7 +403,8 @@ class MarketEngine:
             )
         )
 
-    def _start(self, pos: Position, ts: int) -> None:
+    def _start(self, pos: Position, ts: int, whole: bool = False) -> None:
+        """Freeze ``pos`` and ask the fund; ``whole``: no partial step this time."""
         assert self.mark is not None
         self._unindex(pos)
         spec, mark = self.spec, self.mark
@@ -411,9 +424,14 @@ class MarketEngine:
             self._await_adl(liq)
             self._retry_adl(ts)
         elif liq.takeover:
-            part = self._partial(pos, mark) if spec.partial_liquidation else 0
+            part = 0 if whole else self._part(pos, mark)
             liq.quantity = part or abs(pos.size)
             value, remaining = takeover_result(spec, pos, _sign(pos.size) * liq.quantity, mark)
+            if not part and remaining > 0 and spec.takeover_price is TakeoverPrice.BANKRUPTCY:
+                # BitMEX: a solvent position passes at its bankruptcy price; the
+                # surplus stays in the backstop's position instead of being a fee.
+                liq.price = execution_price(spec, pos)
+                value, remaining = takeover_result(spec, pos, pos.size, liq.price)
             n = abs(value)
             split = waterfall(remaining, n, spec.liquidation_fee_cap_ppm, 0)
             liq.fee, liq.shortfall = split.fee, split.uncovered
@@ -431,24 +449,43 @@ class MarketEngine:
                 )
             )
         else:
+            part = 0 if whole else self._part(pos, mark)
+            liq.quantity = part or abs(pos.size)
+            size = abs(pos.size)
             self.effects.append(
                 ReserveClaim(
                     self.asset,
                     self.symbol,
                     liq.id,
                     ts,
-                    notional(spec, pos, mark),
-                    maintenance_margin(spec, pos, mark),
+                    ceil_div(notional(spec, pos, mark) * liq.quantity, size),
+                    ceil_div(maintenance_margin(spec, pos, mark) * liq.quantity, size),
                     spec.fund_loss_cap,
                 )
             )
+
+    def _part(self, pos: Position, mark: int) -> int:
+        """What the market's partial-liquidation policy closes of a solvent ``pos``.
+
+        0: close it whole (policy ``full``, a bankrupt position, or a part
+        that would be all of it).
+        """
+        spec = self.spec
+        policy = spec.partial_policy
+        if policy is PartialLiquidation.FULL or close_result(spec, pos, mark)[1] <= 0:
+            return 0
+        if policy is PartialLiquidation.TIER_STEP:
+            return self._partial(pos, mark)
+        step = spec.step_size
+        part = ceil_div(ceil_div(abs(pos.size) * spec.partial_fraction_ppm, PPM), step) * step
+        return part if part < abs(pos.size) else 0
 
     def _partial(self, pos: Position, mark: int) -> int:
         """Quantity that steps a solvent position down one tier (0: close it whole)."""
         spec = self.spec
         num, den = spec.notional(1, mark)
         t = spec.tiers.tier_for(notional(spec, pos, mark))
-        if t.floor == 0 or close_result(spec, pos, mark)[1] <= 0:
+        if t.floor == 0:
             return 0
         keep = (t.floor * den - 1) // num
         keep -= keep % spec.step_size
@@ -456,7 +493,8 @@ class MarketEngine:
         return part if 0 < part < abs(pos.size) else 0
 
     def _take_over(self, liq: Liquidation, pos: Position, granted: int, ts: int) -> None:
-        """The fund paid: the position (or its part) passes at the trigger mark to the backstop."""
+        """The fund paid: the position (or its part) passes to the backstop at ``liq.price``
+        (the trigger mark, or the bankruptcy price: ``takeover_price``)."""
         backstop = self.positions.get(BACKSTOP_ACCOUNT)
         if backstop is None:
             backstop = self.positions[BACKSTOP_ACCOUNT] = Position(BACKSTOP_ACCOUNT)
@@ -477,13 +515,7 @@ class MarketEngine:
         value = self.spec.trade_value(size, liq.price)  # the backstop's, see takeover_result
         pos.margin += pos.trade(-size, -value) + liq.shortfall - liq.fee
         backstop.margin += backstop.trade(size, value) + granted
-        if pos.size:  # a partial liquidation: the rest stays open, re-indexed
-            del self.liquidations[liq.id]
-            pos.liquidation = 0
-            self._index(pos)
-            returned = 0
-        else:
-            returned = self._close(pos, liq, ts)
+        returned = 0 if pos.size else self._close(pos, liq, ts)
         self.effects.append(
             LiquidationSettled(
                 self.symbol,
@@ -501,6 +533,49 @@ class MarketEngine:
             self._sweep(backstop, ts)
         else:
             self._index(backstop)
+        if pos.size:  # a partial step: the rest stays open
+            self._stepped(liq, pos)
+
+    def _stepped(self, liq: Liquidation, pos: Position) -> None:
+        """A partial step is done: release the rest, or let it cool down.
+
+        Policy ``fraction`` (Hyperliquid): a rest still crossed at the mark
+        stays frozen (COOLING) until ``partial_cooldown_ms`` after the step
+        began, then goes whole (see :meth:`_cool`); riskd never leaves a
+        crossed position unattended.  Otherwise the rest is released and, if
+        still crossed, the next scan steps it again.
+        """
+        spec, mark = self.spec, self.mark
+        assert mark is not None
+        if (
+            spec.partial_policy is PartialLiquidation.FRACTION
+            and spec.partial_cooldown_ms
+            and is_liquidatable(spec, pos, mark)
+        ):
+            liq.stage = Stage.COOLING
+            liq.until = liq.ts + spec.partial_cooldown_ms
+            return
+        self._release(liq, pos)
+
+    def _release(self, liq: Liquidation, pos: Position) -> None:
+        """End a liquidation whose position stays open: unfreeze and index it."""
+        del self.liquidations[liq.id]
+        pos.liquidation = 0
+        self._index(pos)
+
+    def _cool(self, ts: int) -> None:
+        """Positions cooling down after a partial step: released once no longer
+        crossed; closed whole once the cool-down is over or they are bankrupt."""
+        mark = self.mark
+        assert mark is not None
+        for liq in [x for x in self.liquidations.values() if x.stage is Stage.COOLING]:
+            pos = self.positions[liq.account]
+            if not is_liquidatable(self.spec, pos, mark):
+                self._release(liq, pos)
+            elif ts >= liq.until or close_result(self.spec, pos, mark)[1] <= 0:
+                del self.liquidations[liq.id]
+                pos.liquidation = 0
+                self._start(pos, ts, whole=True)
 
     def _settle(
         self, liq: Liquidation, pos: Position, notional_: int, price: int, adl_qty: int, ts: int
@@ -535,6 +610,40 @@ class MarketEngine:
                 ts,
             )
         )
+
+    def _settle_step(self, liq: Liquidation, pos: Position, ts: int, gave_up: bool = False) -> None:
+        """Book mode: a partial step's order is done; the position stays open.
+
+        The waterfall on what the step left in the margin: the capped fee on
+        the filled notional, or slippage below zero paid from the reservation.
+        """
+        split = waterfall(pos.margin, liq.filled_notional, self.spec.liquidation_fee_cap_ppm, 0)
+        paid = min(max(-pos.margin, 0), liq.reserved)
+        pos.margin += paid - split.fee
+        if liq.reserved or paid or split.fee:
+            self.effects.append(
+                ReserveSettle(self.asset, self.symbol, liq.id, ts, liq.reserved, paid, split.fee)
+            )
+        self.effects.append(
+            LiquidationSettled(
+                self.symbol,
+                liq.id,
+                liq.account,
+                liq.filled,
+                liq.price,
+                split.fee - paid,
+                0,
+                0,
+                ts,
+            )
+        )
+        assert self.mark is not None
+        if gave_up and is_liquidatable(self.spec, pos, self.mark):
+            del self.liquidations[liq.id]
+            pos.liquidation = 0
+            self._start(pos, ts, whole=True)
+        else:
+            self._stepped(liq, pos)
 
     def _close(self, pos: Position, liq: Liquidation, ts: int) -> int:
         """End a liquidation: the flat position's margin goes back to its owner."""

@@ -110,11 +110,12 @@ def _short(account: int, have: int, amount: int) -> str:
 def unsettled_bad_debt(market: Any) -> list[tuple[str, int, str]]:
     """``(market, liquidation id, stage)`` of each liquidation of ``market`` (a
     :class:`~riskd.core.MarketEngine`) whose loss is not settled yet: waiting for
-    the fund, for ADL, or working a book order on the fund's reservation."""
+    the fund, for ADL, or working a book order on the fund's reservation (a
+    position cooling down after a partial step owes nothing)."""
     return [
         (market.symbol, liq.id, liq.stage.value)
         for liq in market.liquidations.values()
-        if liq.stage is not Stage.WORKING or liq.reserved > 0
+        if liq.stage not in (Stage.WORKING, Stage.COOLING) or liq.reserved > 0
     ]
 
 

@@ -34,8 +34,9 @@ from riskd.core.events import (
     LiquidationSettled,
     MarginTransfer,
 )
-from riskd.core.liquidation import takeover_result
+from riskd.core.liquidation import Stage, takeover_result
 from riskd.core.liquidation_index import LiquidationIndex
+from riskd.core.market import PartialLiquidation, SpecError, TakeoverPrice
 
 M = "BTC-USDT"
 
@@ -539,3 +540,168 @@ def test_bankrupt_position_is_not_partially_liquidated() -> None:
 def test_partial_liquidation_needs_a_fee_cap() -> None:
     with pytest.raises(ValueError, match="fee cap"):
         btc_usdt_spec(partial_liquidation=True)
+
+
+# --- partial liquidation policy: fraction with a cool-down; takeover price ---------------
+
+
+def _fraction_desk(mode: LiquidationMode = LiquidationMode.TAKEOVER) -> Desk:
+    """Long 0.5 BTC @ 50,000 with 500 margin (LP 49,196.78), crossed and solvent at 49,100.
+
+    Policy ``fraction`` (20 %, 30 s cool-down), fee cap 0.1 %.
+    """
+    spec = btc_usdt_spec(
+        partial_liquidation_policy=PartialLiquidation.FRACTION,
+        liquidation_fee_cap_ppm=1_000,
+        liquidation_mode=mode,
+    )
+    d = Desk(spec)
+    d.inject("USDT", 10_000 * U)
+    d.open(M, 1, 2, usdt("50000"), 500, 500 * U, 50_000 * U)
+    d.margin(3, M, 50_000 * U)
+    d.mark(M, usdt("50000"))
+    assert d.markets[M].view(1).liquidation_price == usdt("49196.70")
+    return d
+
+
+def test_fraction_steps_20_percent_then_the_rest_after_the_cool_down() -> None:
+    d = _fraction_desk()
+    out = d.mark(M, usdt("49100"), ts=1_000)
+    # 0.1 BTC passes to the backstop at 49,100: realised -90, fee 0.1 % of 4,910.
+    [step] = of_type(out, LiquidationSettled)
+    assert (step.quantity, step.fund_delta, step.returned_to_trader) == (100, 4_910_000, 0)
+    p1 = d.pos(M, 1)
+    assert (p1.size, p1.margin) == (400, 405_090_000)
+    # Still crossed (B 45.09 <= MM 78.56): frozen for 30 s, not closed whole at once.
+    liq = d.markets[M].liquidations[p1.liquidation]
+    assert (liq.stage, liq.until) == (Stage.COOLING, 31_000)
+    assert d.markets[M].view(1).in_liquidation
+    assert_rejected(
+        d.engine,
+        Fill(M, 9, 3, 1, usdt("49100"), 1, ts=2_000),
+        Code.FAILED_PRECONDITION,
+        "seller_account",
+    )
+    assert of_type(d.mark(M, usdt("49100"), ts=30_999), LiquidationSettled) == []
+    d.check()
+    [rest] = of_type(d.mark(M, usdt("49100"), ts=31_000), LiquidationSettled)
+    # The rest, whole: R = 45.09, fee 0.1 % of 19,640 = 19.64, 25.45 back to the trader.
+    assert (rest.quantity, rest.fund_delta, rest.returned_to_trader) == (
+        400,
+        19_640_000,
+        25_450_000,
+    )
+    assert d.pos(M, 1) is None and d.pos(M, BACKSTOP_ACCOUNT).size == 500
+    d.check()
+
+
+def test_fraction_cooling_position_released_when_the_mark_recovers() -> None:
+    d = _fraction_desk()
+    d.mark(M, usdt("49100"), ts=1_000)
+    assert d.markets[M].view(1).in_liquidation
+    assert of_type(d.mark(M, usdt("49500"), ts=2_000), LiquidationSettled) == []
+    p1 = d.pos(M, 1)
+    assert (p1.size, p1.liquidation) == (400, 0) and not d.markets[M].liquidations
+    # Crossed again later (after the cool-down): another 20 % step, not the whole.
+    [step] = of_type(d.mark(M, usdt("49000"), ts=60_000), LiquidationSettled)
+    assert step.quantity == 80
+    d.check()
+
+
+def test_fraction_cooling_position_closed_at_once_when_bankrupt() -> None:
+    d = _fraction_desk()
+    d.mark(M, usdt("49100"), ts=1_000)
+    # 48,000 inside the cool-down: R = 405.09 - 800 < 0, the rest goes whole now.
+    out = d.mark(M, usdt("48000"), ts=2_000)
+    [rest] = [s for s in of_type(out, LiquidationSettled) if s.account == 1]
+    assert (rest.quantity, rest.fund_delta) == (400, -394_910_000)
+    assert d.pos(M, 1) is None
+    d.check()
+
+
+def test_fraction_in_book_mode() -> None:
+    d = _fraction_desk(LiquidationMode.BOOK)
+    [order] = of_type(d.mark(M, usdt("49100"), ts=1_000), LiquidationOrder)
+    assert order.quantity == 100  # 20 % of 0.5 BTC
+    assert_rejected(
+        d.engine,
+        LiquidationFill(M, order.liquidation_id, 3, usdt("49100"), 101, ts=1_500),
+        Code.INVALID_ARGUMENT,
+        "quantity",
+    )
+    out = d.apply(LiquidationFill(M, order.liquidation_id, 3, usdt("49100"), 100, ts=1_500))
+    [step] = of_type(out, LiquidationSettled)
+    assert (step.quantity, step.fund_delta, step.adl_quantity) == (100, 4_910_000, 0)
+    assert d.funds["USDT"].reserved_total == 0
+    assert d.pos(M, 1).size == 400 and d.markets[M].view(1).in_liquidation  # cooling
+    d.check()
+    [rest] = of_type(d.mark(M, usdt("49100"), ts=31_000), LiquidationOrder)
+    assert rest.quantity == 400
+    d.check()
+
+
+def test_fraction_book_order_given_up_goes_whole() -> None:
+    d = _fraction_desk(LiquidationMode.BOOK)
+    [order] = of_type(d.mark(M, usdt("49100"), ts=1_000), LiquidationOrder)
+    out = d.apply(LiquidationDone(M, order.liquidation_id, ts=1_500))
+    [step] = of_type(out, LiquidationSettled)
+    assert (step.quantity, step.fund_delta) == (0, 0)
+    [whole] = of_type(out, LiquidationOrder)
+    assert whole.quantity == 500 and of_type(out, AdlNotice) == []
+    d.check()
+
+
+def test_fraction_needs_a_fee_cap_and_a_positive_fraction() -> None:
+    with pytest.raises(SpecError, match="fee cap"):
+        btc_usdt_spec(partial_liquidation_policy=PartialLiquidation.FRACTION)
+    with pytest.raises(SpecError) as info:
+        btc_usdt_spec(partial_fraction_ppm=0)
+    assert info.value.field == "partial_fraction_ppm"
+
+
+@pytest.mark.parametrize(
+    ("price", "at", "fee", "backstop_basis"),
+    [
+        (TakeoverPrice.MARK, "25100", 2 * U, 502 * U),
+        (TakeoverPrice.BANKRUPTCY, "25000", 0, 500 * U),
+    ],
+)
+def test_takeover_price(price: TakeoverPrice, at: str, fee: int, backstop_basis: int) -> None:
+    # Long 0.02 @ 50,000, margin 500 (BP 25,000), crossed at 25,100 with 2 left.  At the
+    # mark the fund claws the 2 back as a fee; at the bankruptcy price (BitMEX) the
+    # backstop takes the position at 25,000 and holds the 2 as unrealised profit.
+    d = Desk(btc_usdt_spec(takeover_price=price))
+    d.inject("USDT", 10_000 * U)
+    long_vs_short(d)
+    [settled] = of_type(d.mark(M, usdt("25100")), LiquidationSettled)
+    assert (settled.price, settled.fund_delta, settled.returned_to_trader) == (usdt(at), fee, 0)
+    bs = d.pos(M, BACKSTOP_ACCOUNT)
+    assert (bs.size, bs.basis) == (20, backstop_basis)
+    d.check()
+    # A bankrupt position passes at the mark either way (the fund pays the shortfall).
+    d2 = Desk(btc_usdt_spec(takeover_price=price))
+    d2.inject("USDT", 10_000 * U)
+    long_vs_short(d2)
+    [s2] = of_type(d2.mark(M, usdt("24000")), LiquidationSettled)
+    assert (s2.price, s2.fund_delta) == (usdt("24000"), -20 * U)
+    d2.check()
+
+
+def test_partial_policy_keys_are_read_from_toml() -> None:
+    from riskd.config import default_toml, parse
+
+    text = (
+        default_toml()
+        .replace(
+            "partial_liquidation = false",
+            'partial_liquidation = false\npartial_liquidation_policy = "fraction"\n'
+            "partial_fraction_ppm = 250000\npartial_cooldown_ms = 10000\n"
+            'takeover_price = "bankruptcy"',
+            1,
+        )
+        .replace("liquidation_fee_cap_ppm = 1000000", "liquidation_fee_cap_ppm = 10000", 1)
+    )
+    spec = next(s for s in parse(text).markets if s.symbol == M)
+    assert spec.partial_policy is PartialLiquidation.FRACTION
+    assert (spec.partial_fraction_ppm, spec.partial_cooldown_ms) == (250_000, 10_000)
+    assert spec.takeover_price is TakeoverPrice.BANKRUPTCY
