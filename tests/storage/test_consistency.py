@@ -125,13 +125,19 @@ def test_a_journal_from_another_history_is_refused(tmp_path: Path) -> None:
     assert not ok and any("not the same history" in x for x in report), report
 
 
+EMPTY = f"snapshot-{0:020d}.bin"  # a snapshot of nothing: the journal it covers is empty
+
+
 def _deposits(n: int) -> list[Input]:
     t = (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
     return [Deposit(20 + i % 5, "USDT", 1_000 + i, t) for i in range(n)]
 
 
-def _killed_after_acks(tmp_path: Path, *extra: str) -> tuple[Daemon, list[Input], int]:
-    """Stream deposits, kill -9 once they are acknowledged; (daemon, inputs, acked)."""
+def _killed_after_acks(
+    tmp_path: Path, *extra: str, snapshot: bool = False
+) -> tuple[Daemon, list[Input], int]:
+    """Stream deposits, kill -9 once they are acknowledged (and, ``snapshot``, once a
+    snapshot covers some of them); (daemon, inputs, acked)."""
     inputs = _deposits(300)
     d = start_daemon(tmp_path, *extra)
 
@@ -140,6 +146,12 @@ def _killed_after_acks(tmp_path: Path, *extra: str) -> tuple[Daemon, list[Input]
             for x in inputs:
                 send(gw, x)
             await gw.flush()
+            deadline = time.monotonic() + 30
+            while snapshot and time.monotonic() < deadline:
+                names = {p.name for p in (tmp_path / "data").glob("snapshot-*.bin")}
+                if names - {EMPTY}:
+                    break
+                await asyncio.sleep(0.02)
             d.process.send_signal(signal.SIGKILL)
             return gw.acked_sequence
 
@@ -193,9 +205,9 @@ def test_a_deleted_wal_and_shm_below_a_snapshot_is_refused(tmp_path: Path) -> No
     config.write_text(
         config_mod.default_toml().replace("snapshot_seconds = 300", "snapshot_seconds = 0.05")
     )
-    _, inputs, acked = _killed_after_acks(tmp_path, "--config", str(config))
+    _, inputs, acked = _killed_after_acks(tmp_path, "--config", str(config), snapshot=True)
     snaps = sorted(data.glob("snapshot-*.bin"))
-    assert snaps and acked == len(inputs)
+    assert snaps and snaps[-1].name != EMPTY and acked == len(inputs)
     for suffix in ("-wal", "-shm"):
         (data / f"journal.sqlite3{suffix}").unlink()
 
