@@ -6,7 +6,7 @@ moved to ``P' = mark × (1 + move)``, rounded to the tick *away* from the mark
 within the move is taken over at ``P'``: its loss beyond bankruptcy is what
 the fund would be asked for, exactly the ``shortfall`` of the
 :class:`~riskd.core.events.TakeoverClaim` the engine would send
-(:func:`riskd.core.liquidation.takeover_result`, the same integer rounding).
+(:func:`riskd.core.liquidation.takeover_result`'s integer rounding).
 
 Finding them costs O(log n + k): a position bankrupt at ``P'`` has margin
 balance below zero there, so below its maintenance margin, so the liquidation
@@ -39,7 +39,6 @@ from dataclasses import dataclass
 
 from riskd.core.engine import Engine
 from riskd.core.insurance_fund import InsuranceFund
-from riskd.core.liquidation import takeover_result
 from riskd.core.market_engine import MarketEngine
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 
@@ -122,21 +121,51 @@ def shortfall_at(engine: MarketEngine, price: int) -> tuple[int, int]:
 
     Walks only the positions the liquidation index says ``price`` crosses.
     """
+    return _walk(engine, [price])[0]
+
+
+def _walk(engine: MarketEngine, prices: Sequence[int]) -> list[tuple[int, int]]:
+    """:func:`shortfall_at` for several prices on one side of the mark, in one walk.
+
+    Deeper moves cross supersets, so the positions the deepest price crosses
+    are read once and each is valued at every price, deepest first: a
+    position solvent at one price is solvent at every shallower one.  The
+    takeover's ``R`` for a whole position is ``margin + trade_value(size, P)
+    - basis`` (:func:`riskd.core.liquidation.takeover_result`, which a test
+    checks this against), so no trial position is built.
+    """
     mark = engine.mark
-    if mark is None:
-        return 0, 0
+    out = [(0, 0)] * len(prices)
+    if mark is None or not prices:
+        return out
+    fall = prices[0] <= mark
+    order = sorted(range(len(prices)), key=lambda j: prices[j], reverse=not fall)
+    deepest = prices[order[0]]
     index = engine.index
-    crossed = index.longs_from(price) if price <= mark else index.shorts_to(price)
-    count = total = 0
+    crossed = index.longs_from(deepest) if fall else index.shorts_to(deepest)
+    counts = [0] * len(prices)
+    totals = [0] * len(prices)
+    spec = engine.spec
+    value = spec.value
+    # Linear values are exact products: skip the (num, den) tuple in the hot loop.
+    k = spec._linear_k
+    positions = engine.positions
     for account in crossed:
-        pos = engine.positions[account]
+        pos = positions[account]
         if pos.is_backstop:
             continue
-        _, remaining = takeover_result(engine.spec, pos, pos.size, price)
-        if remaining < 0:
-            count += 1
-            total -= remaining
-    return count, total
+        size, base = pos.size, pos.margin - pos.basis
+        for j in order:
+            if k:
+                r = base + size * prices[j] * k
+            else:
+                num, den = value(size, prices[j])
+                r = base + num // den
+            if r >= 0:
+                break
+            counts[j] += 1
+            totals[j] -= r
+    return list(zip(counts, totals, strict=True))
 
 
 def fund_budget(fund: InsuranceFund, market: str, ts: int, loss_cap: int | None) -> int:
@@ -170,15 +199,21 @@ def coverage(
     if mark is None:
         return []
     spec = engine.spec
+    moves = list(moves)
+    prices = [moved_price(mark, m, spec.tick_size) for m in moves]
+    found: dict[int, tuple[int, int]] = {}
+    for fall in (True, False):
+        js = [j for j, p in enumerate(prices) if (p <= mark) == fall]
+        for j, got in zip(js, _walk(engine, [prices[j] for j in js]), strict=True):
+            found[j] = got
     rows = []
-    for move in moves:
-        price = moved_price(mark, move, spec.tick_size)
-        count, shortfall = shortfall_at(engine, price)
+    for j, move in enumerate(moves):
+        count, shortfall = found[j]
         payable = min(shortfall, budget)
         ratio = payable * PPM // shortfall if shortfall else PPM
         rows.append(
             StressRow(
-                spec.symbol, engine.asset, move, price, count, shortfall, payable, ratio, budget
+                spec.symbol, engine.asset, move, prices[j], count, shortfall, payable, ratio, budget
             )
         )
     return rows
