@@ -17,6 +17,8 @@ from riskd.v1 import admin_pb2, admin_pb2_grpc, query_pb2, query_pb2_grpc
 
 from .conftest import Daemon, start_daemon
 from .scenario import USDT, run_engine
+from .test_access import Tls, det, ingest, mark
+from .test_access import tls as tls  # the mutual-TLS daemon with its access policy
 from .test_daemon_e2e import metric, scrape, stream
 
 M = "BTC-USDT"
@@ -158,3 +160,20 @@ def test_stress_coverage_refusals_name_the_field(
         query.GetStressCoverage(request_)
     assert info.value.code() == code
     assert field in (info.value.details() or "")
+
+
+def test_stress_coverage_is_scoped_to_the_granted_markets(tls: Tls) -> None:
+    for gw, market in (("gw-btc", "BTC-USDT"), ("gw-eth", "ETH-USDT")):
+        responses, error = ingest(tls.channel(gw), [mark(market, 5_000_000)])
+        assert error is None and not responses[-1].rejections
+    request = query_pb2.GetStressCoverageRequest(asset="USDT", moves_ppm=[-100_000])
+    every = query_pb2_grpc.QueryServiceStub(tls.channel("watcher")).GetStressCoverage(request)
+    assert [r.market for r in every.rows] == ["BTC-USDT", "ETH-USDT"]
+    q = query_pb2_grpc.QueryServiceStub(tls.channel("gw-watch"))  # reader of BTC-USDT only
+    assert [r.market for r in q.GetStressCoverage(request).rows] == ["BTC-USDT"]
+    with pytest.raises(grpc.RpcError) as e:
+        q.GetStressCoverage(query_pb2.GetStressCoverageRequest(asset="BTC"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and det(e.value).startswith("asset")
+    with pytest.raises(grpc.RpcError) as e:  # a gateway without the reader role
+        query_pb2_grpc.QueryServiceStub(tls.channel("gw-btc")).GetStressCoverage(request)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
