@@ -31,6 +31,7 @@ from riskd.core.events import (
     LiquidationSettled,
 )
 from riskd.core.liquidation import (
+    Stage,
     Waterfall,
     adl_price,
     close_result,
@@ -38,6 +39,7 @@ from riskd.core.liquidation import (
     takeover_result,
     waterfall,
 )
+from riskd.core.market import PartialLiquidation, TakeoverPrice
 from riskd.core.position import Position
 
 M = "BTC-USDT"
@@ -409,3 +411,97 @@ def test_fund_empty_capped_and_drawdown_each_named(inverse: bool) -> None:
         [event] = of_type(out, AdlEvent)
         assert event.reason is reason, (fund, cap)
         d.check()
+
+
+# --- partial policies under random marks: the invariants hold at every step ---------------
+
+steps = st.lists(
+    st.one_of(
+        # The mark at entry x (1 - drop): long positions cross and, where solvent, step.
+        st.tuples(
+            st.just("mark"),
+            # Within a position's solvent band past its LP, often (see the events).
+            st.one_of(
+                st.sampled_from([9_000, 9_500, 10_000, 11_000, 37_000, 38_000, 39_000]),
+                st.integers(-20_000, 120_000),
+            ),
+            st.integers(0, 40_000),
+        ),
+        st.tuples(st.just("fill"), st.integers(1, 1_000_000), st.integers(0, 30)),
+        st.tuples(st.just("done"), st.just(0), st.just(0)),
+    ),
+    min_size=3,
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(list(PartialLiquidation)),
+    st.sampled_from(list(TakeoverPrice)),
+    st.integers(0, 60_000),
+    st.sampled_from([0, 200, 5_000]),
+    steps,
+)
+def test_partial_policies_keep_the_invariants(
+    inverse: bool,
+    book: bool,
+    policy: PartialLiquidation,
+    price_rule: TakeoverPrice,
+    cooldown: int,
+    fund_ppm: int,
+    seq: list[tuple[str, int, int]],
+) -> None:
+    market, asset = (INV, "BTC") if inverse else (M, "USDT")
+    entry = 500_000 if inverse else usdt("50000")
+    kw = {
+        "liquidation_mode": LiquidationMode.BOOK if book else LiquidationMode.TAKEOVER,
+        "partial_liquidation_policy": policy,
+        "partial_cooldown_ms": cooldown,
+        "takeover_price": price_rule,
+        "liquidation_fee_cap_ppm": 10_000,
+    }
+    spec = btc_usd_spec(**kw) if inverse else btc_usdt_spec(**kw)  # type: ignore[arg-type]
+    d = Desk(spec)
+    # Longs and shorts at 10x..80x against one another (the last two in the second
+    # risk tier, for tier steps), and a rich book counterparty.
+    lots = [200, 200, 30_000, 30_000] if inverse else [40, 40, 1_200, 1_200]
+    sizes: dict[int, int] = {}
+    for i, (lot, lev) in enumerate(zip(lots, (10, 40, 25, 80), strict=True)):
+        n = abs(spec.trade_value(lot, entry))
+        d.margin(10 + i, market, n // lev)
+        d.margin(20 + i, market, n // (lev + 5))
+        d.fill(market, 10 + i, 20 + i, entry, lot)
+        sizes[10 + i] = sizes[20 + i] = lot
+    if fund_ppm:
+        d.inject(asset, n * fund_ppm // 100)
+    d.margin(50, market, 100 * n)
+    d.mark(market, entry)
+    now, tick = 0, spec.tick_size
+    for kind, a, b in seq:
+        engine = d.markets[market]
+        working = [x for x in engine.liquidations.values() if x.stage is Stage.WORKING]
+        if kind == "mark":
+            now += b
+            mark = max((entry - entry * a // 1_000_000) // tick * tick, tick)
+            d.mark(market, mark, ts=now)
+        elif kind == "fill" and working:
+            liq = working[0]
+            pos = engine.positions[liq.account]
+            side = -1 if pos.size > 0 else 1
+            x = max((liq.quantity - liq.filled) * a // 1_000_000, 1)
+            price = liq.worst_price - side * b * tick
+            if price > 0:
+                d.apply(LiquidationFill(market, liq.id, 50, price, x, ts=now))
+        elif kind == "done" and working:
+            d.apply(LiquidationDone(market, working[0].id, ts=now))
+        d.check()
+        for liq in d.markets[market].liquidations.values():
+            if liq.stage is Stage.COOLING:
+                assert policy is PartialLiquidation.FRACTION and liq.until > now
+                note_event("a position cooled down")
+    settled = of_type(d.published, LiquidationSettled)
+    partial = [x for x in settled if 0 < x.quantity < sizes.get(x.account, 0)]
+    note_event(f"{policy.value}: {'partial steps' if partial else 'no partial step'}")
