@@ -36,7 +36,7 @@ from prometheus_client import start_http_server
 
 from riskd.actors.actor import ActorStopped
 from riskd.actors.fund import FundActor
-from riskd.actors.journal import JournalActor, Pending
+from riskd.actors.journal import JournalActor
 from riskd.actors.market import MarketActor
 from riskd.actors.sequencer import Sequencer
 from riskd.actors.wallet import WalletActor
@@ -356,13 +356,11 @@ class Daemon:
         started = time.perf_counter()
         data = Path(self.config.server.data_dir)
         try:
-            covered, pid = await self.sequencer.call(self._capture, data)
+            covered, pid = await self.sequencer.call(self.sequencer.snapshot, data)
         except ActorStopped:  # an actor crashed: its state is not worth keeping
             log.warning("snapshot_skipped", reason="the engine has stopped")
             return
         paused = time.perf_counter() - started
-        if pid < 0:
-            return
         try:
             ok = await trio.to_thread.run_sync(snapshot.wait_child, pid, abandon_on_cancel=True)
         except StorageFault as fault:
@@ -376,26 +374,6 @@ class Daemon:
             )
         else:  # not fatal: the journal holds everything, a restart just replays more
             log.error("snapshot_failed", records=covered, pid=pid)
-
-    async def _capture(self, directory: Path) -> tuple[int, int]:
-        """In the sequencer: settle, wait for the journal, fork the writer.
-
-        Returns the journal records the state covers and the writer's pid; the
-        snapshot also records the journal's chain hash there, so a restart can
-        tell that the journal still holds everything the snapshot saw.
-        """
-        sequencer = self.sequencer
-        await sequencer.barrier(_nothing)
-        pending = await sequencer.flushed()
-        if isinstance(pending, Pending):
-            await pending.wait()
-        journal = sequencer.journal
-        written, head = (journal.written, journal.head) if journal is not None else (0, "")
-        try:
-            return written, snapshot.write_in_child(directory, written, sequencer.state(), head)
-        except OSError as e:  # no fork (memory, process limits): no snapshot this time
-            log.error("snapshot_failed", records=written, error=str(e))
-            return written, -1
 
     async def _snapshots(self, every: float) -> None:
         while True:
@@ -424,10 +402,6 @@ async def serve(
 async def _set_health(health: Any, status: int) -> None:
     for name in ("", *SERVICE_NAMES):
         await health.set(name, status)
-
-
-def _nothing() -> None:
-    return None
 
 
 def _check_writable(data: Path) -> None:

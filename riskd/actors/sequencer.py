@@ -460,14 +460,16 @@ class Sequencer(Actor):
         Returns the number of journal records the state covers and the pid
         of the child writing it (:func:`riskd.storage.snapshot.write_in_child`):
         the state is captured at exactly this point, and the sequencer goes on
-        as soon as the fork returns.
+        as soon as the fork returns.  The snapshot also records the journal's
+        chain hash there, so a restart can tell the journal still holds it all.
         """
         await self.barrier(_nothing)
         pending = await self.flushed()
         if isinstance(pending, Pending):
             await pending.wait()
         written = self.journal.written if self.journal is not None else 0
-        return written, snapshot.write_in_child(directory, written, self.state())
+        head = self.journal.head if self.journal is not None else ""
+        return written, snapshot.write_in_child(directory, written, self.state(), head)
 
     def state(self) -> dict[str, Any]:
         return {

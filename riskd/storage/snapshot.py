@@ -118,15 +118,19 @@ def write_in_child(
     the state, the snapshot file and a pipe to the parent (no locks, no
     logging, no gRPC) and leaves with ``os._exit``: 0 written, 4 the write
     failed (the reason goes down the pipe), 1 anything else.  Wait for it with
-    :func:`wait_child`.
+    :func:`wait_child`.  Returns -1 when no child could be started (fork
+    failed); :func:`wait_child` then reports failure.
     """
-    reader, writer = os.pipe()
+    try:
+        reader, writer = os.pipe()
+    except OSError:
+        return -1
     try:
         pid = os.fork()
-    except OSError:
+    except OSError:  # no memory or process slot: no snapshot this time, not a crash
         os.close(reader)
         os.close(writer)
-        raise
+        return -1
     if pid == 0:  # the child: never returns
         code = 1
         try:
@@ -157,6 +161,8 @@ def wait_child(pid: int) -> bool:
     Raises :class:`StorageFault` when the child could not write the file:
     that is the disk failing, not the snapshot.
     """
+    if pid < 0:
+        return False
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     reader, directory = _children.pop(pid, (-1, Path()))
