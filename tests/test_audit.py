@@ -37,6 +37,8 @@ def test_audit_explains_every_unit_and_matches_the_daemon(tmp_path: Path) -> Non
     )  # fmt: skip
     assert cli.returncode == 0 and cli.stdout.splitlines() == lines
     assert any("hash chain intact" in x for x in lines)
+    # The clean stop's snapshot sits at the journal's last record, with its hash.
+    assert any(x.startswith("ok   snapshot snapshot-") for x in lines), lines
     assert any(x.startswith("ok   fund USDT") for x in lines)
     assert lines[-1].split()[-1] == served  # offline replay == the daemon's state
 
