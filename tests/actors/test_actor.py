@@ -53,3 +53,43 @@ async def test_the_urgent_lane_is_bounded() -> None:
     actor.post(print, (), lambda v, e: None, urgent=True)
     with pytest.raises(trio.WouldBlock):
         actor.post(print, (), lambda v, e: None, urgent=True)
+
+
+async def test_a_stopped_actor_answers_waiting_and_later_calls_instead_of_hanging() -> None:
+    """After its task ends (here: a bug in a handler), no caller waits forever."""
+    from riskd.actors.actor import ActorStopped
+
+    actor = Actor("test", capacity=8)
+    outcomes: list[str] = []
+    posted: list[BaseException | None] = []
+
+    gate = trio.Event()
+
+    async def bug() -> None:
+        await gate.wait()
+        raise RuntimeError("a bug")
+
+    async def caller(name: str) -> None:
+        try:
+            await actor.call(print)
+        except ActorStopped:
+            outcomes.append(name)
+
+    with pytest.raises(ExceptionGroup):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            actor.post(bug, (), lambda v, e: posted.append(e))
+            actor.post(print, (), lambda v, e: posted.append(e))  # queued behind the bug
+            nursery.start_soon(caller, "queued")
+            await trio.testing.wait_all_tasks_blocked()  # the caller waits for its turn
+            gate.set()
+    # The failed, the queued and the waiting calls were answered, not dropped.
+    assert [type(e) for e in posted] == [ActorStopped, ActorStopped]
+    assert outcomes == ["queued"]
+    with pytest.raises(ActorStopped):
+        await actor.call(print)
+    with pytest.raises(ActorStopped):
+        await actor.cast(print)
+    late: list[BaseException | None] = []
+    actor.post(print, (), lambda v, e: late.append(e))
+    assert [type(e) for e in late] == [ActorStopped]
