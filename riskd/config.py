@@ -120,7 +120,11 @@ class ServerConfig:
     withdrawal_ids_remembered: int = 100_000
 
     def check_transport(self) -> None:
-        """Exactly one of TLS or plaintext; plaintext only on a loopback address."""
+        """Listen addresses are ``host:port``; exactly one of TLS or plaintext;
+        plaintext only on a loopback address.  (Run again after command-line
+        overrides.)"""
+        for key in ("grpc_listen", "metrics_listen"):
+            _check_listen(f"server.{key}", getattr(self, key))
         if self.tls is not None and self.plaintext:
             raise ConfigError("server", "set either [server.tls] or plaintext = true, not both")
         if self.tls is None and not self.plaintext:
@@ -203,6 +207,15 @@ def parse(text: str) -> Config:
     if server.tls is not None and not access.grants:
         raise ConfigError("access", "[server.tls] is set but [access] grants nobody anything")
     return Config(server, tuple(markets), funds, access)
+
+
+def _check_listen(key: str, address: str) -> None:
+    host, colon, port = address.rpartition(":")
+    # gRPC would take port 99999 as 34463 (mod 65536) without a word.
+    if not colon or not host.strip("[]") or not port.isascii() or not port.isdigit():
+        raise ConfigError(key, f"must be host:port, got {address!r}")
+    if not 0 <= int(port) <= 65_535:
+        raise ConfigError(key, f"port must be in 0..65535, got {address!r}")
 
 
 def is_loopback(address: str) -> bool:

@@ -454,3 +454,38 @@ def test_any_value_anywhere_is_accepted_or_refused_by_name(changes: list[tuple[s
         parse(text)
     except ConfigError as e:
         assert re.match(r"^[\w.\-\[\]()]+: ", str(e)), str(e)
+
+
+@pytest.mark.parametrize(
+    ("key", "address", "message"),
+    [
+        ("grpc_listen", "127.0.0.1:99999", "port must be in 0..65535"),  # gRPC: port 34463
+        ("grpc_listen", "127.0.0.1", "must be host:port"),
+        ("metrics_listen", "abc", "must be host:port"),  # was a traceback at start
+        ("metrics_listen", ":9464", "must be host:port"),
+        ("metrics_listen", "127.0.0.1:http", "must be host:port"),
+    ],
+)
+def test_listen_addresses_are_host_and_port(key: str, address: str, message: str) -> None:
+    doc = _full_doc()
+    doc["server"][key] = address
+    with pytest.raises(ConfigError, match=rf"^server\.{key}: {message}"):
+        parse(_dump(doc))
+
+
+def test_a_command_line_listen_address_is_checked_too(tmp_path: Path) -> None:
+    p = subprocess.run(
+        [
+            *(sys.executable, "-m", "riskd.cli", "serve", "--data-dir", str(tmp_path / "d")),
+            *("--metrics-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:70000"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip() == (
+        "riskd: bad configuration: server.grpc_listen: port must be in 0..65535,"
+        " got '127.0.0.1:70000'"
+    )
