@@ -172,13 +172,15 @@ def test_a_journal_write_past_rlimit_fsize_fail_stops(tmp_path: Path) -> None:
     _assert_acked_survived(tmp_path, data, inputs, "gw-fsize", acked)
 
 
-def _namespace_prefix() -> list[str]:
+def _namespace_prefix(tmp: Path) -> list[str]:
     """``unshare`` arguments for a private mount namespace, or skip saying why."""
     if UNSHARE is None:
         pytest.skip("no unshare(1): cannot make a small tmpfs without touching the host")
     flags = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
+    target = tmp / "probe-mount"
+    target.mkdir()
     probe = subprocess.run(
-        [UNSHARE, *flags, "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+        [UNSHARE, *flags, "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', str(target)],
         capture_output=True, text=True,
     )  # fmt: skip
     if probe.returncode != 0:
@@ -187,7 +189,7 @@ def _namespace_prefix() -> list[str]:
 
 
 def test_a_full_disk_fail_stops(tmp_path: Path) -> None:
-    prefix = _namespace_prefix()
+    prefix = _namespace_prefix(tmp_path)
     mount, kept = tmp_path / "tmpfs", tmp_path / "data"
     mount.mkdir()
     kept.mkdir()
@@ -293,7 +295,7 @@ def test_a_data_directory_turned_read_only_fail_stops_at_the_next_snapshot(
 
 
 def test_start_on_a_read_only_mount_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    prefix = _namespace_prefix()
+    prefix = _namespace_prefix(tmp_path)
     data = tmp_path / "data"
     d = start_daemon(tmp_path)  # a journal to find there
     assert d.stop() == 0
