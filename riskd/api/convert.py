@@ -289,6 +289,14 @@ def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
         partial_liquidation=spec.partial_liquidation,
         margin_call_ppm=spec.margin_call_ppm,
         fill_price_band_ppm=spec.fill_price_band_ppm,
+        partial_liquidation_policy=types_pb2.PartialLiquidationPolicy.Value(
+            "PARTIAL_LIQUIDATION_POLICY_" + spec.partial_liquidation_policy.value.upper()
+        ),
+        partial_fraction_ppm=spec.partial_fraction_ppm,
+        partial_cooldown_ms=spec.partial_cooldown_ms,
+        takeover_price=types_pb2.TakeoverPrice.Value(
+            "TAKEOVER_PRICE_" + spec.takeover_price.value.upper()
+        ),
     )
 
 

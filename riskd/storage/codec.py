@@ -8,10 +8,11 @@ sequencer applied, so replaying records in order rebuilds the same state.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from typing import Any
 
-from riskd.core import AdlPolicy, LiquidationMode, Rejected, TierTable
+from riskd.core import Rejected, TierTable
 from riskd.core.errors import Code
 from riskd.core.events import (
     Deposit,
@@ -25,6 +26,7 @@ from riskd.core.events import (
     MarkPrice,
     Withdrawal,
 )
+from riskd.core.market import enum_settings
 
 __all__ = ["encode", "decode", "encode_input", "decode_input", "encode_spec", "decode_spec"]
 
@@ -78,7 +80,7 @@ def encode_spec(changes: dict[str, Any]) -> dict[str, Any]:
     for k, v in changes.items():
         if isinstance(v, TierTable):
             out[k] = [list(r) for r in v.as_rows()]
-        elif isinstance(v, LiquidationMode | AdlPolicy):
+        elif isinstance(v, enum.Enum):  # any enum setting (see enum_settings)
             out[k] = v.value
         else:
             out[k] = v
@@ -89,8 +91,7 @@ def decode_spec(changes: dict[str, Any]) -> dict[str, Any]:
     out = dict(changes)
     if "tiers" in out:
         out["tiers"] = TierTable((int(f), int(lev), int(mmr)) for f, lev, mmr in out["tiers"])
-    if "liquidation_mode" in out:
-        out["liquidation_mode"] = LiquidationMode(out["liquidation_mode"])
-    if "adl_policy" in out:
-        out["adl_policy"] = AdlPolicy(out["adl_policy"])
+    for name, kind in enum_settings():
+        if name in out:
+            out[name] = kind(out[name])
     return out

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 
 from riskd import config as config_mod
 from riskd.core import Engine
@@ -30,10 +31,11 @@ from riskd.v1 import (
     events_pb2_grpc,
     query_pb2,
     query_pb2_grpc,
+    types_pb2,
 )
 from riskd_client.gateway import Gateway
 
-from .conftest import start_daemon
+from .conftest import Daemon, start_daemon
 from .scenario import USDT, run_engine, send
 
 M = "BTC-USDT"
@@ -155,3 +157,62 @@ def test_shortfall_beyond_the_cap_fund_pays_the_cap_and_adl_the_rest(tmp_path: P
     )
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "ok   ADL: 1 executions, each paid by the fund as the waterfall says" in audit.stdout
+
+
+def test_partial_liquidation_policy_through_update_market(daemon: Daemon) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(daemon.channel())
+
+    def update(**fields: object) -> types_pb2.Market:
+        market = types_pb2.Market(symbol=M, **fields)  # type: ignore[arg-type]
+        return admin.UpdateMarket(admin_pb2.UpdateMarketRequest(market=market)).market
+
+    # A partial policy needs a fee cap below 100 %: refused, naming the field.
+    with pytest.raises(grpc.RpcError) as info:
+        update(partial_liquidation_policy=types_pb2.PARTIAL_LIQUIDATION_POLICY_FRACTION)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "market.partial_liquidation_policy" in (info.value.details() or "")
+    m = update(
+        partial_liquidation_policy=types_pb2.PARTIAL_LIQUIDATION_POLICY_FRACTION,
+        liquidation_fee_cap_ppm=1_000,
+        partial_cooldown_ms=30_000,
+        takeover_price=types_pb2.TAKEOVER_PRICE_BANKRUPTCY,
+    )
+    assert m.partial_liquidation_policy == types_pb2.PARTIAL_LIQUIDATION_POLICY_FRACTION
+    assert (m.partial_fraction_ppm, m.partial_cooldown_ms) == (200_000, 30_000)
+    # Not given keeps; given changes.
+    m = update(partial_fraction_ppm=250_000)
+    assert m.partial_liquidation_policy == types_pb2.PARTIAL_LIQUIDATION_POLICY_FRACTION
+    assert m.takeover_price == types_pb2.TAKEOVER_PRICE_BANKRUPTCY
+    assert m.partial_fraction_ppm == 250_000
+
+    # Long 0.5 BTC @ 50,000 with 500 margin (LP 49,196.78) crossed, solvent, at 49,100:
+    # a quarter (0.125 BTC) passes to the backstop; the rest cools down, frozen.
+    t = (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
+    inputs = [
+        Deposit(1, "USDT", 1_000 * USDT, t),
+        Deposit(2, "USDT", 50_000 * USDT, t),
+        MarginTransfer(1, M, 500 * USDT, t),
+        MarginTransfer(2, M, 50_000 * USDT, t),
+        MarkPrice(M, 5_000_000, t),
+        Fill(M, 1, 1, 2, 5_000_000, 500, 0, 0, t),
+        MarkPrice(M, 4_910_000, t + 1_000),
+    ]
+
+    async def go() -> Gateway:
+        async with Gateway(daemon.target, "gw-partial", batch_size=2) as gw:
+            for x in inputs:
+                send(gw, x)
+            await gw.flush()
+        return gw
+
+    assert asyncio.run(go()).rejections == []
+    evs = _events(daemon.target)
+    [step] = [e.liquidation_settled for e in evs if e.HasField("liquidation_settled")]
+    # Fee 0.1 % of the 6,137.50 taken over.
+    assert (step.account, step.quantity, step.price) == (1, 125, 4_910_000)
+    assert (step.fund_delta, step.adl_quantity) == (6_137_500, 0)
+    query = query_pb2_grpc.QueryServiceStub(daemon.channel())
+    pos = query.GetPosition(query_pb2.GetPositionRequest(account=1, market=M)).position
+    assert (pos.size, pos.in_liquidation) == (375, True)
+    state = admin.CheckState(admin_pb2.CheckStateRequest())
+    assert list(state.violations) == []
