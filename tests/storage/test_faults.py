@@ -131,7 +131,9 @@ def _fault_line(d: Daemon) -> dict[str, object]:
     return faults[0]
 
 
-def _assert_acked_survived(tmp: Path, data: Path, inputs: list[Input], gateway: str, acked: int):
+def _assert_acked_survived(
+    tmp: Path, data: Path, inputs: list[Input], gateway: str, acked: int
+) -> None:
     """Restart on a healthy disk: everything acknowledged before the fault is there."""
     assert acked > 0
     again = start_daemon(tmp, "--data-dir", str(data))
@@ -176,16 +178,19 @@ def _namespace_prefix(tmp: Path) -> list[str]:
     """``unshare`` arguments for a private mount namespace, or skip saying why."""
     if UNSHARE is None:
         pytest.skip("no unshare(1): cannot make a small tmpfs without touching the host")
-    flags = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
     target = tmp / "probe-mount"
     target.mkdir()
-    probe = subprocess.run(
-        [UNSHARE, *flags, "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', str(target)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {probe.stderr.strip()}")
-    return [UNSHARE, *flags]
+    why = ""
+    # As root a mount namespace is enough; otherwise a user namespace maps us to root.
+    for flags in (["-m"], ["-r", "-m"]) if os.geteuid() == 0 else (["-r", "-m"],):
+        probe = subprocess.run(
+            [UNSHARE, *flags, "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', str(target)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return [UNSHARE, *flags]
+        why = probe.stderr.strip()
+    pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {why}")
 
 
 def test_a_full_disk_fail_stops(tmp_path: Path) -> None:
@@ -229,16 +234,20 @@ def _without_root_powers() -> None:
 @pytest.fixture
 def permissions_apply(tmp_path: Path) -> Callable[[], None] | None:
     """A preexec_fn under which chmod stops riskd (None: it does anyway), or skip."""
-    if os.geteuid() != 0:
-        return None
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    probe = subprocess.run(
-        [sys.executable, "-c", f"open({str(locked / 'x')!r}, 'w')"],
-        preexec_fn=_without_root_powers, capture_output=True,
-    )  # fmt: skip
-    locked.rmdir()
-    if probe.returncode == 0:
+    try:
+        (locked / "x").touch()
+    except PermissionError:
+        return None  # not root, or a root without the powers already
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", f"open({str(locked / 'y')!r}, 'w')"],
+            preexec_fn=_without_root_powers, capture_output=True,
+        )  # fmt: skip
+    except subprocess.SubprocessError:  # prctl refused (no CAP_SETPCAP)
+        probe = None
+    if probe is None or probe.returncode == 0:
         pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE: chmod would not stop it")
     return _without_root_powers
 
