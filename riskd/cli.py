@@ -16,8 +16,7 @@ EXIT_STARTUP = 2
 #: The data directory cannot be trusted: a journal that does not read back,
 #: breaks its hash chain, or lost records a snapshot or the WAL index saw.
 EXIT_CORRUPT = 3
-#: A storage write failed while serving (riskd.storage.faults); 4, defined there.
-EXIT_STORAGE_FAULT = 4
+#: 4: a storage write failed while serving (``riskd.storage.EXIT_STORAGE_FAULT``).
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,12 +92,16 @@ def write(directory: Path, records: int, payload: bytes, journal_hash: str = "")
     final = directory / _name(records)
     tmp = final.with_suffix(f".{os.getpid()}.tmp")  # two writers never share one
     header = f"{hashlib.sha256(payload).hexdigest()} {records} {journal_hash or '-'}\n"
-    with tmp.open("wb") as f:
-        f.write(MAGIC + header.encode())
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    try:
+        with tmp.open("wb") as f:
+            f.write(MAGIC + header.encode())
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # on a full disk, a partial file only holds space
+        raise
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
