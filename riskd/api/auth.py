@@ -343,6 +343,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: Ctx) -> Any:
+                try:
+                    return await handle(request, context)
+                except grpc.aio.AbortError as e:
+                    del request  # this frame starts the traceback grpc keeps (see _release)
+                    raise _release(e) from None
+
+            async def handle(request: Any, context: Ctx) -> Any:
                 grant = await admit(request, context)
                 if not audited:
                     return await inner_uu(request, context)
@@ -369,9 +376,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
-                await admit(request, context)
-                async for response in inner_us(request, context):
-                    yield response
+                try:
+                    await admit(request, context)
+                    async for response in inner_us(request, context):
+                        yield response
+                except grpc.aio.AbortError as e:
+                    del request  # this frame starts the traceback grpc keeps (see _release)
+                    raise _release(e) from None
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, _safe(handler.request_deserializer), handler.response_serializer
@@ -440,6 +451,31 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             self.on_storage_fault(e)
             await abort(context, grpc.StatusCode.UNAVAILABLE, "", "the admin audit log failed")
         log.info("admin_audit", hash=digest, **{k: v for k, v in record.items() if k != "request"})
+
+
+def _release(abort: BaseException) -> BaseException:
+    """``abort`` without the tracebacks that keep refused requests alive.
+
+    grpc keeps an ``AbortError`` in a reference cycle (its traceback holds the
+    frame that caught it, which holds it), as does ``except Rejected as r``
+    in a handler; every frame in those tracebacks holds its locals, the
+    request among them.  Only the cyclic GC frees that, and large requests
+    outrun it: measured, RSS +19 MB for each refused 1.8 MB UpdateMarket (1 GB
+    after 50).  So the abort leaves with no traceback below the caller's frame,
+    and the exceptions it was raised while handling with none at all: a
+    refusal's traceback says nothing its status does not.
+    """
+    abort.__traceback__ = None
+    seen: set[int] = set()
+    chained = [abort.__context__, abort.__cause__]
+    while chained:
+        e = chained.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        chained += [e.__context__, e.__cause__]
+    return abort
 
 
 def _lazy(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -58,6 +59,8 @@ def metric(d: Daemon, name: str) -> float:
 
 
 def with_server_keys(text: str, **keys: int) -> str:
+    for key in keys:  # drop the default's line for it, if any
+        text = re.sub(rf"(?m)^{key}\s*=.*$", "", text)
     lines = "".join(f"{k} = {v}\n" for k, v in keys.items())
     assert text.count("[server]\n") == 1
     return text.replace("[server]\n", "[server]\n" + lines)
@@ -323,3 +326,30 @@ def test_a_failed_audit_write_stops_the_daemon_and_the_action_does_not_run(
     )
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "ok   admin audit log" in audit.stdout
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_refused_large_requests_do_not_pile_up_in_memory(tls: tuple[Daemon, Path, Path]) -> None:
+    # A refusal raised while handling another exception used to keep the request
+    # alive in a reference cycle until a full GC: +19 MB per 1.8 MB request.
+    d, tmp, _ = tls
+    request = big_update("BTC-USDT", 90_000)
+    request.market.tiers[0].notional_floor = 1  # the first tier must start at 0: INVALID_ARGUMENT
+    admin = admin_pb2_grpc.AdminServiceStub(tls_channel(tmp, d, "ops"))
+
+    def refuse(n: int) -> None:
+        for _ in range(n):
+            with pytest.raises(grpc.RpcError) as e:
+                admin.UpdateMarket(request, timeout=30)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    refuse(5)  # buffers for a message this size, once
+    settled = rss_mb(d.process.pid)
+    refuse(30)
+    assert rss_mb(d.process.pid) - settled < 100, "refused requests are being kept"
