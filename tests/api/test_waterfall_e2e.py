@@ -216,3 +216,83 @@ def test_partial_liquidation_policy_through_update_market(daemon: Daemon) -> Non
     assert (pos.size, pos.in_liquidation) == (375, True)
     state = admin.CheckState(admin_pb2.CheckStateRequest())
     assert list(state.violations) == []
+
+
+_DOMAIN_MARKETS = """
+[markets.BYBIT-BTCUSD]
+contract_type = "inverse"
+asset = "BTC"
+contract_value = 100
+price_decimals = 2
+tick_size = 50
+quantity_decimals = 0
+step_size = 1
+tiers = [[0, 50, 5000]]
+
+[markets.FEE-USDT]
+contract_type = "linear"
+asset = "USDT"
+price_decimals = 2
+tick_size = 10
+quantity_decimals = 3
+step_size = 1
+liquidation_fee_cap_ppm = 5000
+tiers = [[0, 9, 100000]]
+"""
+
+
+def test_domain_examples_queried_through_the_daemon(tmp_path: Path) -> None:
+    """DOMAIN.md §3 through QueryService: the Bybit inverse bankruptcy price, and the
+    fee cap on a clawback."""
+    config = tmp_path / "riskd.toml"
+    config.write_text(config_mod.default_toml() + _DOMAIN_MARKETS)
+    t = (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
+    inv, fee = "BYBIT-BTCUSD", "FEE-USDT"
+    btc = 10**8
+    # Long 5,000 contracts at 7,890.08 (4,200 at 7,890.00 and 800 at 7,890.50 average
+    # 7,890.0800) with the initial margin at 50x, rounded up to the satoshi.
+    im = -(-5_000 * 100 * btc * 100 // (789_008 * 50))
+    inputs = [
+        Deposit(1, "BTC", 2 * btc, t),
+        Deposit(2, "BTC", 20 * btc, t),
+        MarginTransfer(1, inv, im, t),
+        MarginTransfer(2, inv, 10 * btc, t),
+        MarkPrice(inv, 789_000, t),
+        Fill(inv, 1, 1, 2, 789_000, 4_200, 0, 0, t),
+        Fill(inv, 2, 1, 2, 789_050, 800, 0, 0, t),
+        # Fee cap: 0.1 BTC long at 60,000 with 900 margin (bankruptcy price 51,000).
+        Deposit(3, "USDT", 1_000 * USDT, t),
+        Deposit(4, "USDT", 10_000 * USDT, t),
+        MarginTransfer(3, fee, 900 * USDT, t),
+        MarginTransfer(4, fee, 5_000 * USDT, t),
+        MarkPrice(fee, 6_000_000, t),
+        Fill(fee, 3, 3, 4, 6_000_000, 100, 0, 0, t),
+    ]
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+
+        async def go(batch: list, name: str = "gw-domain") -> Gateway:
+            async with Gateway(d.target, name, batch_size=4) as gw:
+                for x in batch:
+                    send(gw, x)
+                await gw.flush()
+            return gw
+
+        assert asyncio.run(go(inputs)).rejections == []
+        query = query_pb2_grpc.QueryServiceStub(d.channel())
+        pos = query.GetPosition(query_pb2.GetPositionRequest(account=1, market=inv)).position
+        # "BP = E·L/(L+1) = 7,735.3725... -> 7,735.50 after rounding to the 0.5 tick".
+        assert pos.bankruptcy_price == 773_550
+        assert pos.liquidation_price % 50 == 0
+        pos = query.GetPosition(query_pb2.GetPositionRequest(account=3, market=fee)).position
+        assert pos.bankruptcy_price == 5_100_000
+        # Taken over at 56,100: the surplus is 510, the fund keeps 0.5 % of 5,610 = 28.05.
+        assert asyncio.run(go([MarkPrice(fee, 5_610_000, t + 1_000)], "gw-crash")).rejections == []
+        fund = query.GetInsuranceFund(query_pb2.GetInsuranceFundRequest(asset="USDT")).fund
+        # (What it then puts up as the backstop's margin is still the fund's.)
+        assert fund.total_inflow == fund.balance + fund.backstop_margin == 28_050_000
+        account = query.GetAccount(query_pb2.GetAccountRequest(account=3, asset="USDT"))
+        assert account.wallet_balance == 100 * USDT + 481_950_000
+        assert list(account.positions) == []
+    finally:
+        assert d.stop() == 0, d.log.read_text()
