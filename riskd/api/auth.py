@@ -391,9 +391,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             inner_ss = handler.stream_stream
 
             async def stream_stream(requests: Any, context: Ctx) -> AsyncIterator[Any]:
-                await admit(None, context)
-                async for response in inner_ss(requests, context):
-                    yield response
+                try:
+                    await admit(None, context)
+                    async for response in inner_ss(requests, context):
+                        yield response
+                except grpc.aio.AbortError as e:
+                    del requests  # this frame starts the traceback grpc keeps (see _release)
+                    raise _release(e) from None
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream, handler.request_deserializer, handler.response_serializer
