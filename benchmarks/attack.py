@@ -431,12 +431,27 @@ def attack_off_market_fill(d: Riskd) -> Row:
     row = Row(
         "2a",
         "off-market fill",
-        "mark 50,000; 1,000 USDT account sells 1 BTC at 40,000 to a colluder, who closes at mark",
+        "mark 50,000: a 1,000 USDT account sells 1 BTC to a colluder at 40,000 (20 % off),"
+        " then at 47,600 (within a 5 % band); the colluder closes at the mark",
     )
-    gw, ops = d.channel("gw-all"), d.channel("ops")
+    ops = d.channel("ops")
     admin_pb2_grpc.AdminServiceStub(ops).InjectFund(
         admin_pb2.InjectFundRequest(asset="USDT", amount=1_000_000 * USDT, cause="attack-seed")
     )
+    held = True
+    for label, price in (("at_40000", 4_000_000), ("at_47600", 4_760_000)):
+        outcome, gained, fund_delta = _collude(d, price)
+        row.figures[label] = (
+            f"{outcome}, pair {gained / USDT:+,.2f} USDT, fund {fund_delta / USDT:+,.2f} USDT"
+        )
+        held &= gained <= 0
+    row.held(held)
+    return row
+
+
+def _collude(d: Riskd, price: int) -> tuple[str, int, int]:
+    """One colluding round trip; (the off-market fill's outcome, pair's gain, fund's change)."""
+    gw, ops = d.channel("gw-all"), d.channel("ops")
     seller, buyer, neutral = fresh_id(), fresh_id(), fresh_id()
     feed = Feed(gw)
     feed.send(
@@ -452,21 +467,12 @@ def attack_off_market_fill(d: Riskd) -> Row:
     )
     fund_before = fund(ops, "USDT")
     pair_before = equity(ops, seller, "USDT") + equity(ops, buyer, "USDT")
-    _, off = feed.send([fill(BTC_USDT, buyer, seller, 4_000_000, 1000), mark(BTC_USDT, 5_000_000)])
-    _, close = feed.send([fill(BTC_USDT, neutral, buyer, 5_000_000, 1000)])
+    _, off = feed.send([fill(BTC_USDT, buyer, seller, price, 1000), mark(BTC_USDT, 5_000_000)])
+    if not off:  # the colluder takes the profit at the mark
+        feed.send([fill(BTC_USDT, neutral, buyer, 5_000_000, 1000)])
     pair_after = equity(ops, seller, "USDT") + equity(ops, buyer, "USDT")
-    fund_after = fund(ops, "USDT")
-    gained, fund_delta = pair_after - pair_before, fund_after - fund_before
-    row.figures = {
-        "off_market_fill": "refused " + ",".join(f"{r.field} ({codes([r])[0]})" for r in off)
-        if off
-        else "accepted",
-        "close": "refused" if close else "accepted",
-        "pair_gain_usdt": gained / USDT,
-        "fund_delta_usdt": fund_delta / USDT,
-    }
-    row.held(not (gained > 0 and fund_delta < 0))
-    return row
+    outcome = f"refused {off[0].field} ({codes(off)[0]})" if off else "accepted"
+    return outcome, pair_after - pair_before, fund(ops, "USDT") - fund_before
 
 
 def attack_cross_grant_withdrawal(d: Riskd) -> Row:
