@@ -137,8 +137,26 @@ CASES: dict[str, tuple[list[Any], list[tuple[Any, str]]]] = {
         ],
     ),
 }
-if "fill_price_band_ppm" in types_pb2.Market.DESCRIPTOR.fields_by_name:
-    CASES["fill_price_band_ppm"] = ([20_000, 0], [(-1, "market.fill_price_band_ppm")])
+CASES["fill_price_band_ppm"] = ([20_000, 0], [(-1, "market.fill_price_band_ppm")])
+CASES["partial_liquidation_policy"] = (
+    [types_pb2.PARTIAL_LIQUIDATION_POLICY_FULL],
+    [
+        # Partial policies need a fee cap below 100 % (BTC-USDT keeps the whole surplus).
+        (types_pb2.PARTIAL_LIQUIDATION_POLICY_TIER_STEP, "market.partial_liquidation_policy"),
+        (types_pb2.PARTIAL_LIQUIDATION_POLICY_FRACTION, "market.partial_liquidation_policy"),
+        (types_pb2.PARTIAL_LIQUIDATION_POLICY_UNSPECIFIED, "market.partial_liquidation_policy"),
+        (99, "market.partial_liquidation_policy"),
+    ],
+)
+CASES["partial_fraction_ppm"] = (
+    [500_000, 1, 1_000_000],
+    [(0, "market.partial_fraction_ppm"), (1_000_001, "market.partial_fraction_ppm")],
+)
+CASES["partial_cooldown_ms"] = ([0, 60_000], [(-1, "market.partial_cooldown_ms")])
+CASES["takeover_price"] = (
+    [types_pb2.TAKEOVER_PRICE_BANKRUPTCY, types_pb2.TAKEOVER_PRICE_MARK],
+    [(types_pb2.TAKEOVER_PRICE_UNSPECIFIED, "market.takeover_price"), (7, "market.takeover_price")],
+)
 
 
 def test_every_changeable_field_has_a_case() -> None:
@@ -236,6 +254,21 @@ def test_partial_liquidation_needs_a_fee_cap_below_100_percent(d: Daemon) -> Non
     # ... false switches it off (it is not "not given").
     update(d, symbol="ETH-USDT", partial_liquidation=False, liquidation_fee_cap_ppm=1_000_000)
     assert market(d, "ETH-USDT") == original
+    # The policy, the same way.
+    fraction = types_pb2.PARTIAL_LIQUIDATION_POLICY_FRACTION
+    got = update(
+        d, symbol="ETH-USDT", partial_liquidation_policy=fraction, liquidation_fee_cap_ppm=10_000
+    )
+    assert got.partial_liquidation_policy == fraction
+    e = refused(d, symbol="ETH-USDT", liquidation_fee_cap_ppm=1_000_000)
+    assert str(e.details()).startswith("market.partial_liquidation_policy: "), e.details()
+    update(
+        d,
+        symbol="ETH-USDT",
+        partial_liquidation_policy=types_pb2.PARTIAL_LIQUIDATION_POLICY_FULL,
+        liquidation_fee_cap_ppm=1_000_000,
+    )
+    assert market(d, "ETH-USDT") == original
 
 
 @pytest.mark.parametrize(
@@ -272,8 +305,10 @@ def test_repeating_what_cannot_change_is_fine(d: Daemon) -> None:
     update(d, fund_fee_share_ppm=m.fund_fee_share_ppm)
 
 
-def test_changes_survive_a_restart(tmp_path: Path) -> None:
-    """Replayed from the journal: a cleared cap stays cleared, set flags stay set."""
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_changes_survive_a_restart(tmp_path: Path, how: str) -> None:
+    """Replayed from the journal (after kill -9) or restored from the shutdown snapshot:
+    a cleared cap stays cleared, set flags and enum settings stay set."""
     first = start_daemon(tmp_path)
     try:
         update(first, fund_loss_cap=7 * USDT)
@@ -281,18 +316,36 @@ def test_changes_survive_a_restart(tmp_path: Path) -> None:
         update(first, symbol="BTC-USD", fund_loss_cap=0, reduce_only=True)
         update(first, symbol="ETH-USDT", partial_liquidation=True, liquidation_fee_cap_ppm=1)
         update(first, symbol="ETH-USDT", margin_call_ppm=0)
+        update(
+            first,
+            symbol="BTC-USD",
+            takeover_price=types_pb2.TAKEOVER_PRICE_BANKRUPTCY,
+            partial_liquidation_policy=types_pb2.PARTIAL_LIQUIDATION_POLICY_FRACTION,
+            partial_fraction_ppm=300_000,
+            liquidation_fee_cap_ppm=5_000,
+        )
         before = [market(first, s) for s in ("BTC-USDT", "BTC-USD", "ETH-USDT")]
     finally:
-        assert first.stop() == 0
+        if how == "kill":
+            first.process.kill()  # acknowledged = journaled: nothing else is needed
+            first.process.wait()
+        else:
+            assert first.stop() == 0
     again = start_daemon(tmp_path)
     try:
         after = [market(again, s) for s in ("BTC-USDT", "BTC-USD", "ETH-USDT")]
+        recovered = [
+            line for line in again.log.read_text().splitlines() if "riskd_recovered" in line
+        ]
     finally:
         assert again.stop() == 0
+    assert recovered and ('"replayed": 0' in recovered[0]) == (how == "stop"), recovered
     assert [others(m) for m in after] == [others(m) for m in before]
     assert not after[0].HasField("fund_loss_cap")
     assert after[1].HasField("fund_loss_cap") and after[1].fund_loss_cap == 0
     assert after[1].reduce_only and after[2].partial_liquidation
+    assert after[1].takeover_price == types_pb2.TAKEOVER_PRICE_BANKRUPTCY
+    assert after[1].partial_liquidation_policy == types_pb2.PARTIAL_LIQUIDATION_POLICY_FRACTION
     assert after[2].HasField("margin_call_ppm") and after[2].margin_call_ppm == 0
 
 
@@ -315,8 +368,11 @@ _FIELDS: dict[str, st.SearchStrategy[Any]] = {
         st.tuples(_INT64, st.integers(-5, 2_000), st.integers(-5, 1_000_001)), max_size=3
     ).map(lambda rows: tiers(*rows)),
 }
-if "fill_price_band_ppm" in types_pb2.Market.DESCRIPTOR.fields_by_name:
-    _FIELDS["fill_price_band_ppm"] = _INT64
+_FIELDS["fill_price_band_ppm"] = _INT64
+_FIELDS["partial_fraction_ppm"] = _INT64
+_FIELDS["partial_cooldown_ms"] = _INT64
+_FIELDS["partial_liquidation_policy"] = st.integers(min_value=-1, max_value=4)
+_FIELDS["takeover_price"] = st.integers(min_value=-1, max_value=3)
 
 
 @settings(
