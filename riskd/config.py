@@ -64,6 +64,9 @@ SERVER_LIMITS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "withdrawal_ids_remembered": (1, 10_000_000),
 }
 
+#: A market's fill price band when its table does not set one: 5 %.
+DEFAULT_FILL_PRICE_BAND_PPM = 50_000
+
 #: Market keys given in whole settlement-asset units (scaled to quantums).
 WHOLE_UNITS = frozenset({"fund_loss_cap"})
 
@@ -246,7 +249,7 @@ def _kind(value: object) -> str:
         case float():
             return f"a float ({value})"
         case str():
-            return f"a string ({value!r})"
+            return f"a string ({value[:40]!r}{'...' if len(value) > 40 else ''})"
         case list():
             return "an array"
         case dict():
@@ -408,6 +411,9 @@ def _market(sym: str, m: object, assets: dict[str, Asset]) -> MarketSpec:
             f"{where}.asset", f"unknown asset {m['asset']!r} (declared: {', '.join(assets)})"
         )
     values: dict[str, Any] = {"symbol": sym, "asset": asset}
+    # Fill sanity is on unless a market turns it off (0): a gateway must not be
+    # able to pay itself from the fund by default (riskd.core.fill_sanity).
+    values["fill_price_band_ppm"] = DEFAULT_FILL_PRICE_BAND_PPM
     for key, value in m.items():
         at = f"{where}.{key}"
         kind = keys[key]

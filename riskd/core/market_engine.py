@@ -165,12 +165,12 @@ class MarketEngine:
         if f.trade_id:  # the trade without its id and timestamp
             payload = fingerprint(f.buyer, f.seller, f.price, f.quantity, f.buyer_fee, f.seller_fee)
             self.trade_ids.check(f.trade_id, payload, "trade_id", "fill")
-        fill_sanity.check_price(self.spec, self.mark, f.price, f.buyer, f.seller)
         # Each side's value rounds against it; the residue goes to the fee pool.
         bought = self.spec.side_value(f.quantity, f.price)
         sold = self.spec.side_value(-f.quantity, f.price)
         buyer, buyer_after = self._plan(f.buyer, f.quantity, bought, f.buyer_fee, "buyer")
         seller, seller_after = self._plan(f.seller, -f.quantity, sold, f.seller_fee, "seller")
+        fill_sanity.check_price(self.spec, self.mark, f.price, f.buyer, f.seller)
         fill_sanity.check_side(self.spec, self.mark, f.buyer, buyer_after, "buyer_account")
         fill_sanity.check_side(self.spec, self.mark, f.seller, seller_after, "seller_account")
         cause = f"trade:{f.trade_id}"
