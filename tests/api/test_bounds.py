@@ -220,6 +220,10 @@ def test_denied_large_admin_calls_cost_bounded_lines_and_are_counted(
     assert first["request_repeated"] == {"market.tiers": 60_000}
     counted = metric(d, "riskd_rpc_denied_unrecorded_total") - unrecorded
     assert counted == calls - len(records)
+    # The rpc_denied log line has the same budget: one per recorded call, not per call.
+    logged = [line for line in d.log.read_text().splitlines() if '"rpc_denied"' in line]
+    assert len(logged) == len(records)
+    assert json.loads(logged[-1])["unrecorded_before"] >= 0
     assert verify(data / AUDIT) == (len(audit_lines(data)), None)
 
 
