@@ -11,7 +11,9 @@ config's ``[access.<identity>]`` tables map it to a :class:`Grant`::
     burst = 40000
 
 Roles are deliberately few and coarse: ``gateway`` streams updates and asks
-for withdrawals (only for its markets and their settlement assets),
+for withdrawals (only for its markets and their settlement assets, and only
+for accounts with no position or margin outside its markets: see
+:meth:`Grant.withdrawal_refusal`),
 ``reader`` queries state and follows events, ``admin`` changes markets and
 seeds funds.  An identity holds any combination.  ``markets`` also scopes
 the event stream: an identity with a market list follows only those
@@ -58,6 +60,29 @@ class Grant:
 
     def covers_asset(self, asset: str) -> bool:
         return self.assets is None or asset in self.assets
+
+    def withdrawal_refusal(self, asset: str, held: Iterable[str]) -> tuple[str, str] | None:
+        """``(field, why)`` if this identity may not withdraw ``asset`` for an
+        account holding a position or isolated margin in the markets ``held``
+        (those settled in ``asset``); None if it may.
+
+        The identity must serve a market settled in the asset, and every
+        market where the account's money in that asset is at work: a gateway
+        granted ETH-USDT cannot take the USDT an account keeps for its
+        BTC-USDT positions.  A flat account's wallet is the asset's, not a
+        market's: any gateway of the asset may pay it out (it could move it
+        into margin in its own markets anyway).
+        """
+        if not self.covers_asset(asset):
+            return "asset", f"{self.identity!r} serves no market settled in {asset!r}"
+        outside = sorted(m for m in set(held) if not self.covers_market(m))
+        if outside:
+            return "account", (
+                f"the account holds a position or margin in {', '.join(outside)}, which"
+                f" {self.identity!r} is not granted: only an identity granted every market"
+                f" where the account's {asset} is at work may withdraw it"
+            )
+        return None
 
 
 DEVELOPMENT = Grant("development", frozenset(Role))

@@ -50,3 +50,26 @@ def test_mistakes_are_refused_at_start_up_naming_the_key(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         Policy.parse({"x": entry}, MARKETS)
+
+
+def test_withdrawals_need_every_market_where_the_accounts_asset_is_at_work() -> None:
+    p = Policy.parse(
+        {
+            "gw-eth": {"roles": ["gateway"], "markets": ["ETH-USDT"]},
+            "gw-usdt": {"roles": ["gateway"], "markets": ["BTC-USDT", "ETH-USDT"]},
+            "all": {"roles": ["gateway"], "markets": ["*"]},
+        },
+        MARKETS,
+    )
+    eth, usdt, everything = p.grant("gw-eth"), p.grant("gw-usdt"), p.grant("all")
+    assert eth is not None and usdt is not None and everything is not None
+    # The case: an account trading only BTC-USDT.
+    refusal = eth.withdrawal_refusal("USDT", ["BTC-USDT"])
+    assert refusal is not None and refusal[0] == "account" and "BTC-USDT" in refusal[1]
+    assert eth.withdrawal_refusal("USDT", ["ETH-USDT"]) is None
+    assert eth.withdrawal_refusal("USDT", []) is None  # flat: the wallet is the asset's
+    refusal = eth.withdrawal_refusal("BTC", [])
+    assert refusal is not None and refusal[0] == "asset"
+    assert usdt.withdrawal_refusal("USDT", ["BTC-USDT", "ETH-USDT"]) is None
+    assert everything.withdrawal_refusal("USDT", ["BTC-USDT"]) is None
+    assert DEVELOPMENT.withdrawal_refusal("BTC", ["BTC-USD"]) is None

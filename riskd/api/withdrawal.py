@@ -9,18 +9,27 @@ refused with FAILED_PRECONDITION on ``withdrawal_id``, never paid again
 (:mod:`riskd.core.recent_ids`).  While a bankrupt liquidation in the asset is
 not settled, withdrawals of it are refused with FAILED_PRECONDITION on
 ``asset`` and resume by themselves (:func:`riskd.core.wallet.withdrawals_paused`).
+
+Who may withdraw: a gateway serving a market settled in the asset, for an
+account with no position or margin in that asset's markets outside its grant
+(:meth:`riskd.access.Grant.withdrawal_refusal`; PERMISSION_DENIED on
+``asset`` or ``account``).
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import grpc
 
+from riskd.access import Grant
 from riskd.actors.sequencer import Sequencer
 from riskd.api.auth import Authenticator
 from riskd.api.bridge import Portal
 from riskd.api.status import abort, abort_rejected
 from riskd.core import Rejected
 from riskd.core.events import Withdrawal
+from riskd.core.market_engine import MarketEngine
 from riskd.v1 import withdrawal_pb2, withdrawal_pb2_grpc
 
 __all__ = ["WithdrawalServicer"]
@@ -38,13 +47,10 @@ class WithdrawalServicer(withdrawal_pb2_grpc.WithdrawalServiceServicer):
         self, request: withdrawal_pb2.WithdrawRequest, context: Ctx
     ) -> withdrawal_pb2.WithdrawResponse:
         grant = self.auth.identify(context)  # the interceptor checked the role
-        if not grant.covers_asset(request.asset):
-            await abort(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
-                "asset",
-                f"{grant.identity!r} serves no market settled in {request.asset!r}",
-            )
+        held = await self._held_outside(grant, request.account, request.asset)
+        refusal = grant.withdrawal_refusal(request.asset, held)
+        if refusal is not None:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, *refusal)
         if request.withdrawal_id == 0:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "withdrawal_id", "is required")
         w = Withdrawal(request.account, request.asset, request.amount)
@@ -59,3 +65,20 @@ class WithdrawalServicer(withdrawal_pb2_grpc.WithdrawalServiceServicer):
         return withdrawal_pb2.WithdrawResponse(
             approved=decision.approved, wallet_balance=decision.balance, reason=decision.reason
         )
+
+    async def _held_outside(self, grant: Grant, account: int, asset: str) -> list[str]:
+        """Markets settled in ``asset`` outside the grant where ``account`` has a
+        position or margin, read from their actors when the request arrives."""
+        if grant.markets is None or not grant.covers_asset(asset):
+            return []
+        held = []
+        for symbol, market in self.sequencer.markets.items():
+            if market.engine.asset != asset or grant.covers_market(symbol):
+                continue
+            if await self.portal.run(market.call, market.query, partial(_holds, account)):
+                held.append(symbol)
+        return held
+
+
+def _holds(account: int, engine: MarketEngine) -> bool:
+    return account in engine.positions

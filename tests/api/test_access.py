@@ -460,3 +460,48 @@ def margin(account: int, market: str, amount: int) -> ingest_pb2.Update:
     return ingest_pb2.Update(
         margin_transfer=ingest_pb2.MarginTransfer(account=account, market=market, amount=amount)
     )
+
+
+def withdraw(t: Tls, identity: str, account: int, asset: str, wid: int) -> Any:
+    w = withdrawal_pb2_grpc.WithdrawalServiceStub(t.channel(identity))
+    return w.Withdraw(
+        withdrawal_pb2.WithdrawRequest(account=account, asset=asset, amount=USDT, withdrawal_id=wid)
+    )
+
+
+def test_withdrawals_need_every_market_where_the_account_has_a_position(tls: Tls) -> None:
+    """Issue 11: a gateway granted only ETH-USDT may not withdraw the USDT of an account
+    trading BTC-USDT; the gateway of BTC-USDT (or one granted every market) may."""
+    responses, error = ingest(
+        tls.channel("gw-btc"),
+        [deposit(880, "USDT", 100 * USDT), margin(880, "BTC-USDT", 10 * USDT)],
+    )
+    assert error is None and not responses[-1].rejections
+    before = digest(tls)
+    with pytest.raises(grpc.RpcError) as e:
+        withdraw(tls, "gw-eth", 880, "USDT", 88_001)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert det(e.value).startswith("account") and "BTC-USDT" in det(e.value)
+    assert digest(tls) == before
+    assert withdraw(tls, "gw-btc", 880, "USDT", 88_002).approved
+    assert withdraw(tls, "gw-slow", 880, "USDT", 88_003).approved  # markets = ["*"]
+    # Margin back in the wallet and nothing open: the wallet is the asset's again.
+    responses, error = ingest(tls.channel("gw-btc"), [margin(880, "BTC-USDT", -10 * USDT)])
+    assert error is None and not responses[-1].rejections
+    assert withdraw(tls, "gw-eth", 880, "USDT", 88_004).approved
+
+
+def test_an_account_in_two_markets_is_withdrawn_only_by_a_gateway_of_both(tls: Tls) -> None:
+    for gw, market in (("gw-btc", "BTC-USDT"), ("gw-eth", "ETH-USDT")):
+        responses, error = ingest(
+            tls.channel(gw), [deposit(881, "USDT", 50 * USDT), margin(881, market, 5 * USDT)]
+        )
+        assert error is None and not responses[-1].rejections
+    before = digest(tls)
+    for gw, other in (("gw-btc", "ETH-USDT"), ("gw-eth", "BTC-USDT")):
+        with pytest.raises(grpc.RpcError) as e:
+            withdraw(tls, gw, 881, "USDT", 88_100 + len(gw))
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert det(e.value).startswith("account") and other in det(e.value)
+    assert digest(tls) == before
+    assert withdraw(tls, "gw-slow", 881, "USDT", 88_199).approved
