@@ -49,6 +49,8 @@ T = TypeVar("T")
 #: Sequences per gateway whose rejections are kept for a reconnect (the
 #: default stream_window × max_batch_updates).
 DEFAULT_RETAINED_SEQUENCES = 64 * 4096
+#: Rejections at most in a stream's first response (a few hundred bytes each).
+MAX_RESUME_REJECTIONS = 8_192
 
 #: One decoded update: its gateway sequence number and the input, or why it
 #: could not be decoded.
@@ -153,6 +155,11 @@ class Sequencer(Actor):
             return Resume(0, 0, [])
         start = max(1, g.last - self.retained_sequences + 1)
         kept = [r for r in g.rejected if r[0] <= g.durable]
+        if len(kept) > MAX_RESUME_REJECTIONS:
+            # One response must stay under gRPC's 4 MB message limit: the newest
+            # ones, and rejections_from says where they start.
+            start = kept[-MAX_RESUME_REJECTIONS - 1][0] + 1
+            kept = kept[-MAX_RESUME_REJECTIONS:]
         return Resume(g.durable, min(start, g.durable), kept)
 
     async def flushed(self) -> Pending[None] | None:

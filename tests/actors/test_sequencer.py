@@ -222,3 +222,19 @@ def test_stored_rejections_are_plain_values() -> None:
     # They are pickled into snapshots and compared after replay.
     r: StoredRejection = (1, 0, "Fill", "INVALID_ARGUMENT", "price", "bad")
     assert all(isinstance(v, int | str) for v in r)
+
+
+async def test_a_first_response_carries_the_newest_rejections_and_says_from_where() -> None:
+    import riskd.actors.sequencer as sequencer_module
+
+    async with running(retained=100) as s:
+        limit = sequencer_module.MAX_RESUME_REJECTIONS
+        sequencer_module.MAX_RESUME_REJECTIONS = 5
+        try:
+            await s.ingest("gw", 1, [(seq, bad(seq - 1)) for seq in range(1, 21)])
+            resume = s.resume("gw", 1)
+        finally:
+            sequencer_module.MAX_RESUME_REJECTIONS = limit
+        assert resume.acked == 20
+        assert [x[0] for x in resume.rejections] == [16, 17, 18, 19, 20]
+        assert resume.rejections_from == 16  # 1..15 are not in it: the gateway can tell
