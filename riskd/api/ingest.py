@@ -133,6 +133,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except ValueError:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, EPOCH_KEY, "must be an integer")
         if self.draining:
+            await _first_request(request_iterator)  # as below: the status, not a write error
             await abort(context, grpc.StatusCode.UNAVAILABLE, "", "riskd is shutting down")
         if self._open >= self.max_streams:
             # Refusing before the client's first message is through would race
