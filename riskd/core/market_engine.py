@@ -287,12 +287,15 @@ class MarketEngine:
                 "price", f"{lf.price} is worse than the order's worst price {liq.worst_price}"
             )
         qty = side * lf.quantity
-        value = self.spec.trade_value(qty, lf.price)
+        # As in a fill, each side's value rounds against it; the residue is the fee pool's.
+        value = self.spec.side_value(qty, lf.price)
+        cp_value = self.spec.side_value(-qty, lf.price)
         self._check_fee(lf.counterparty_fee, "counterparty")
         cp, cp_state = self._plan(
-            lf.counterparty, -qty, -value, lf.counterparty_fee, "counterparty"
+            lf.counterparty, -qty, cp_value, lf.counterparty_fee, "counterparty"
         )
         self._commit(cp, cp_state)
+        self.fee_pool += value + cp_value
         self._take_fee(lf.counterparty_fee, f"liq:{self.symbol}:{liq.id}", lf.ts)
         realised = trader.trade(qty, value)
         trader.margin += realised
