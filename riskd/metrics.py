@@ -213,22 +213,23 @@ class Metrics:
         # Stress coverage (riskd.core.stress), refreshed with the invariant check.
         stress_labels = ["asset", "market", "move"]
         self.stress_shortfall = Gauge(
-            "riskd_fund_stress_shortfall",
+            "riskd_fund_stress_shortfall_quantums",
             "Losses beyond bankruptcy, in quantums of the asset, that the fund would be asked"
             " for if the market's mark moved by `move` now.",
             stress_labels,
             registry=r,
         )
         self.stress_payable = Gauge(
-            "riskd_fund_stress_payable",
-            "What the fund could pay of riskd_fund_stress_shortfall now, in quantums (its free"
+            "riskd_fund_stress_payable_quantums",
+            "What the fund could pay of riskd_fund_stress_shortfall_quantums now (its free"
             " balance within the market's loss cap and the drawdown guard).",
             stress_labels,
             registry=r,
         )
         self.stress_coverage = Gauge(
             "riskd_fund_stress_coverage_ratio",
-            "riskd_fund_stress_payable / riskd_fund_stress_shortfall (1 when there is none).",
+            "riskd_fund_stress_payable_quantums / riskd_fund_stress_shortfall_quantums"
+            " (1 when there is no shortfall).",
             stress_labels,
             registry=r,
         )

@@ -110,16 +110,16 @@ def test_stress_coverage_query_and_gauges(fast: Daemon) -> None:
         while time.monotonic() < deadline:
             text = scrape(d)
             try:
-                if metric(text, "riskd_fund_stress_shortfall", **labels) == 500 * USDT:
+                if metric(text, "riskd_fund_stress_shortfall_quantums", **labels) == 500 * USDT:
                     break
             except KeyError:
                 pass
             time.sleep(0.1)
-        assert metric(text, "riskd_fund_stress_shortfall", **labels) == 500 * USDT
-        assert metric(text, "riskd_fund_stress_payable", **labels) == 300 * USDT
+        assert metric(text, "riskd_fund_stress_shortfall_quantums", **labels) == 500 * USDT
+        assert metric(text, "riskd_fund_stress_payable_quantums", **labels) == 300 * USDT
         assert metric(text, "riskd_fund_stress_coverage_ratio", **labels) == 0.6
         plus = {"asset": "USDT", "market": M, "move": "+30%"}
-        assert metric(text, "riskd_fund_stress_shortfall", **plus) == 900 * USDT
+        assert metric(text, "riskd_fund_stress_shortfall_quantums", **plus) == 900 * USDT
         assert metric(text, "riskd_fund_stress_timestamp_seconds") > 0
         assert "account" not in text
     finally:

@@ -56,6 +56,7 @@ DIMENSIONLESS = frozenset(
         "riskd_event_subscribers",
         "riskd_liquidations_in_progress",
         "riskd_invariant_violations",
+        "riskd_fund_stress_coverage_ratio",
     }
 )
 UNITS = ("_quantums", "_seconds", "_messages", "_info")
