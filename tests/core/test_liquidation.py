@@ -690,17 +690,16 @@ def test_takeover_price(price: TakeoverPrice, at: str, fee: int, backstop_basis:
 def test_partial_policy_keys_are_read_from_toml() -> None:
     from riskd.config import default_toml, parse
 
-    text = (
-        default_toml()
-        .replace(
-            "partial_liquidation = false",
-            'partial_liquidation = false\npartial_liquidation_policy = "fraction"\n'
-            "partial_fraction_ppm = 250000\npartial_cooldown_ms = 10000\n"
-            'takeover_price = "bankruptcy"',
-            1,
-        )
-        .replace("liquidation_fee_cap_ppm = 1000000", "liquidation_fee_cap_ppm = 10000", 1)
-    )
+    text = default_toml()  # BTC-USDT, the first market, spells out every policy key
+    for old, new in [
+        ('partial_liquidation_policy = "full"', 'partial_liquidation_policy = "fraction"'),
+        ("partial_fraction_ppm = 200000", "partial_fraction_ppm = 250000"),
+        ("partial_cooldown_ms = 30000", "partial_cooldown_ms = 10000"),
+        ('takeover_price = "mark"', 'takeover_price = "bankruptcy"'),
+        ("liquidation_fee_cap_ppm = 1000000", "liquidation_fee_cap_ppm = 10000"),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new, 1)
     spec = next(s for s in parse(text).markets if s.symbol == M)
     assert spec.partial_policy is PartialLiquidation.FRACTION
     assert (spec.partial_fraction_ppm, spec.partial_cooldown_ms) == (250_000, 10_000)
