@@ -276,3 +276,39 @@ def test_a_pickled_memory_behaves_the_same() -> None:
     again.remember(7, fingerprint(7))
     m.remember(7, fingerprint(7))
     assert again.items() == m.items()
+
+
+def test_no_withdrawal_id_is_ever_approved_twice() -> None:
+    """Hypothesis: any mix of approvals and refusals, retries and new ids, through
+    small memories: an id is paid at most once, and a remembered decision is
+    returned as it was."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.integers(1, 5),
+        st.integers(1, 5),
+        st.lists(st.tuples(st.integers(1, 25), st.booleans()), max_size=100),
+    )
+    def run(capacity: int, refusals: int, requests: list[tuple[int, bool]]) -> None:
+        d = WithdrawalDecisions(capacity, refusals)
+        paid: set[int] = set()
+        first: dict[int, WithdrawalDecision] = {}
+        for id_, affordable in requests:
+            try:
+                seen = d.recall(id_, 1, 10)
+            except Rejected as r:
+                assert r.field == "withdrawal_id"
+                continue
+            if seen is not None:
+                assert seen == first[id_]
+                continue
+            decision = WithdrawalDecision(affordable, 0, "" if affordable else "short")
+            if affordable:
+                assert id_ not in paid, f"{id_} paid twice"
+                paid.add(id_)
+            first[id_] = decision
+            d.record(id_, 1, 10, decision)
+
+    run()
