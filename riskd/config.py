@@ -24,6 +24,7 @@ from riskd.core import (
     MarketSpec,
     TierTable,
 )
+from riskd.core.stress import DEFAULT_MOVES_PPM, check_moves
 from riskd.core.tiers import SpecError
 from riskd.core.units import INT64_MAX, PPM
 
@@ -121,6 +122,9 @@ class ServerConfig:
     max_subscriptions_per_identity: int = 16
     #: Approved withdrawal ids remembered per asset for retries (about 100 bytes each).
     withdrawal_ids_remembered: int = 100_000
+    #: Mark moves (ppm of the mark) the stress coverage gauges report, and
+    #: GetStressCoverage's default (riskd.core.stress).
+    stress_moves_ppm: tuple[int, ...] = DEFAULT_MOVES_PPM
 
     def check_transport(self) -> None:
         """Listen addresses are ``host:port``; exactly one of TLS or plaintext;
@@ -299,6 +303,8 @@ def _server(table: dict[str, Any]) -> ServerConfig:
         kind = hints[key]
         if key == "tls":
             values[key] = _tls(value)
+        elif key == "stress_moves_ppm":
+            values[key] = _moves(where, value)
         elif kind is bool:
             if not isinstance(value, bool):
                 raise ConfigError(where, f"must be true or false, got {_kind(value)}")
@@ -312,6 +318,18 @@ def _server(table: dict[str, Any]) -> ServerConfig:
         else:  # pragma: no cover - a new ServerConfig field of a type parse() does not know
             raise ConfigError(where, f"riskd cannot read a {kind} from TOML")
     return ServerConfig(**values)
+
+
+def _moves(key: str, value: object) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be an array of integers (ppm), got {_kind(value)}")
+    if not value:
+        raise ConfigError(key, "must not be empty")
+    moves = tuple(_integer(f"{key}[{i}]", v, -PPM + 1, 10 * PPM) for i, v in enumerate(value))
+    why = check_moves(moves)
+    if why:
+        raise ConfigError(key, why)
+    return moves
 
 
 def _tls(value: object) -> TlsConfig:

@@ -199,7 +199,13 @@ class Daemon:
                         srv.max_subscriptions_per_identity,
                     ),
                     query=QueryServicer(
-                        portal, self.markets, self.funds, self.wallets, self.config.assets, auth
+                        portal,
+                        self.markets,
+                        self.funds,
+                        self.wallets,
+                        self.config.assets,
+                        auth,
+                        stress_moves=srv.stress_moves_ppm,
                     ),
                     withdrawal=WithdrawalServicer(portal, self.sequencer, auth),
                     admin=AdminServicer(portal, self.sequencer),
@@ -289,6 +295,7 @@ class Daemon:
     async def _check_invariants(self, every: float) -> None:
         """Re-check the engine's invariants between inputs, for the alert that pages."""
         sequencer = self.sequencer
+        moves = self.config.server.stress_moves_ppm
         while True:
             await trio.sleep(every)
             broken = await sequencer.call(
@@ -302,7 +309,7 @@ class Daemon:
             # Stress coverage on the same timer: it walks only the positions each
             # stress move crosses, within the cost of the check above.
             rows = await sequencer.call(
-                sequencer.barrier, lambda: stress.every_market(sequencer.engine_view())
+                sequencer.barrier, lambda: stress.every_market(sequencer.engine_view(), moves)
             )
             self.metrics.stress(rows, time.time())
 

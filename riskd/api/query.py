@@ -39,8 +39,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         wallets: dict[str, WalletActor],
         assets: dict[str, Asset],
         auth: Authenticator,
+        stress_moves: tuple[int, ...] = stress.DEFAULT_MOVES_PPM,
     ) -> None:
         self.portal = portal
+        self.stress_moves = stress_moves  # GetStressCoverage's default ([server] stress_moves_ppm)
         self.auth = auth
         self.markets = markets
         self.funds = funds
@@ -152,7 +154,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         grant = self.auth.identify(context)
         if not grant.covers_asset(request.asset):
             await _denied(context, "asset", f"{grant.identity!r} serves no market in it")
-        moves = tuple(request.moves_ppm) or stress.DEFAULT_MOVES_PPM
+        moves = tuple(request.moves_ppm) or self.stress_moves
         why = stress.check_moves(moves)
         if why:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "moves_ppm", why)

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from riskd import config as config_mod
-from riskd.config import default_toml
+from riskd.config import ConfigError, default_toml, parse
 from riskd.core import Engine, stress
 from riskd.core.events import Deposit, Fill, FundInjection, Input, MarginTransfer, MarkPrice
 from riskd.v1 import admin_pb2, admin_pb2_grpc, query_pb2, query_pb2_grpc
@@ -177,3 +177,54 @@ def test_stress_coverage_is_scoped_to_the_granted_markets(tls: Tls) -> None:
     with pytest.raises(grpc.RpcError) as e:  # a gateway without the reader role
         query_pb2_grpc.QueryServiceStub(tls.channel("gw-btc")).GetStressCoverage(request)
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_stress_moves_are_configured_in_server(tmp_path: Path) -> None:
+    config = tmp_path / "riskd.toml"
+    config.write_text(
+        default_toml()
+        .replace("invariant_check_seconds = 60", "invariant_check_seconds = 0.2")
+        .replace("[server]", "[server]\nstress_moves_ppm = [-150000, 250000]", 1)
+    )
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+        asyncio.run(stream(d, book()))
+        query = query_pb2_grpc.QueryServiceStub(d.channel())
+        got = query.GetStressCoverage(query_pb2.GetStressCoverageRequest(asset="USDT"))
+        assert [(r.market, r.move_ppm) for r in got.rows] == [(M, -150_000), (M, 250_000)]
+        by = {r.move_ppm: r for r in got.rows}
+        # 42,500: 1 owes 0.1 x 2,500 = 250.  62,500: 4 owes 0.1 x 12,500 - 600 = 650.
+        assert (by[-150_000].shortfall, by[250_000].shortfall) == (250 * USDT, 650 * USDT)
+        labels = {"asset": "USDT", "market": M, "move": "-15%"}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = scrape(d)
+            try:
+                if metric(text, "riskd_fund_stress_shortfall_quantums", **labels) == 250 * USDT:
+                    break
+            except KeyError:
+                pass
+            time.sleep(0.1)
+        assert metric(text, "riskd_fund_stress_shortfall_quantums", **labels) == 250 * USDT
+        plus = {"asset": "USDT", "market": M, "move": "+25%"}
+        assert metric(text, "riskd_fund_stress_shortfall_quantums", **plus) == 650 * USDT
+        assert 'move="-10%"' not in text  # only the configured moves
+    finally:
+        assert d.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[]", "server.stress_moves_ppm: must not be empty"),
+        ("-50000", "server.stress_moves_ppm: must be an array"),
+        ("[0]", "server.stress_moves_ppm: each move must be in"),
+        ("[-1000000]", "server.stress_moves_ppm[0]: must be in -999999..10000000"),
+        ("[50000, 50000]", "server.stress_moves_ppm: moves must not repeat"),
+        ("[1.5]", "server.stress_moves_ppm[0]: must be an integer"),
+    ],
+)
+def test_bad_stress_moves_are_refused_by_name(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse(default_toml().replace("[server]", f"[server]\nstress_moves_ppm = {value}", 1))
+    assert str(e.value).startswith(message), e.value
