@@ -29,9 +29,8 @@ Pure and exact: integer comparisons only.
 from __future__ import annotations
 
 from riskd.core.errors import Rejected
-from riskd.core.margin import is_bankrupt, is_liquidatable
 from riskd.core.market import MarketSpec
-from riskd.core.position import BACKSTOP_ACCOUNT, Position
+from riskd.core.position import BACKSTOP_ACCOUNT
 from riskd.core.units import PPM
 
 __all__ = ["check_price", "check_side"]
@@ -72,16 +71,21 @@ def check_side(
     ``after`` is the side's planned ``(size, basis, margin)``; a flat side
     is always fine.
     """
-    if not spec.fill_price_band_ppm or mark is None or not after[0]:
+    size, basis, margin = after
+    if not spec.fill_price_band_ppm or mark is None or not size:
         return
-    trial = Position(account)
-    trial.size, trial.basis, trial.margin = after
+    # riskd.core.margin.is_liquidatable / is_bankrupt on the planned numbers,
+    # without building a Position: this runs twice for every fill.
+    num, den = spec.value(size, mark)
+    equity = (margin - basis) * den + num  # margin balance x den, exact
     if account == BACKSTOP_ACCOUNT:
-        if is_bankrupt(spec, trial, mark):
+        if equity <= 0:
             raise Rejected.precondition(
                 field, f"the backstop would be bankrupt at the mark {mark} after this fill"
             )
-    elif is_liquidatable(spec, trial, mark):
+        return
+    lhs, n = PPM * equity, abs(num)
+    if any(lhs <= n * t.mmr_ppm - t.cum_scaled * den for t in spec.tiers.tiers):
         raise Rejected.precondition(
             field,
             f"account {account} would be at or below its maintenance margin at the mark"
