@@ -126,8 +126,11 @@ class Daemon:
             retained_sequences=srv.stream_window * srv.max_batch_updates,
         )
         self.metrics.declare(self.markets, config.assets)
-        for a, asset in config.assets.items():
-            self.metrics.asset_info.labels(a, str(asset.decimals)).set(1)
+        self.metrics.describe(
+            ((a, asset.decimals) for a, asset in config.assets.items()),
+            ((m.symbol, m.asset.symbol) for m in config.markets),
+        )
+        for a in config.assets:
             self.metrics.watch_mailbox("fund", "", a, _depth(self.funds[a]), cap)
             self.metrics.watch_mailbox("wallet", "", a, _depth(self.wallets[a]), cap)
         for sym, actor in self.markets.items():
@@ -158,7 +161,12 @@ class Daemon:
         self.metrics.fund_reserved.labels(fund.asset).set(fund.reserved_total)
 
     def _marked(self, market: str, ts: int) -> None:
-        self.metrics.mark_timestamp.labels(market).set(ts / 1000)
+        # An unstamped mark (ts 0) ages from when riskd applied it, not from 1970.
+        # Replay cannot know that moment: the gauge then waits for a live mark.
+        if ts:
+            self.metrics.mark_timestamp.labels(market).set(ts / 1000)
+        elif self.sequencer.journal is not None:
+            self.metrics.mark_timestamp.labels(market).set(time.time())
 
     async def run(
         self, *, task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED

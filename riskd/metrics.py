@@ -4,14 +4,22 @@ Labels are only ``market``, ``asset``, ``kind``, ``outcome`` and the like (``mov
 a configured stress step): bounded sets.
 Never an account id (per-account detail lives in logs and the query API).
 Money is exported in quantums, the asset's smallest integer unit; the
-decimals of each asset are published by ``riskd_asset_info``.
+decimals of each asset are published by ``riskd_asset_info`` and
+``riskd_asset_decimals``, and each market's settlement asset by ``riskd_market_info``,
+so Prometheus can show asset units (deploy/prometheus/riskd-alerts.yml,
+group riskd-asset-units) while riskd itself never holds money in a float.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable, Iterator
 
+import grpc
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -21,6 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from riskd import __version__
 from riskd.core.events import AdlEvent, AdlReason, Effect, FundFlow, FundKind, LiquidationSettled
 from riskd.core.stress import StressRow, move_label
 
@@ -78,10 +87,37 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        # A registry of its own (so tests and several daemons in one process
+        # do not collide) still carries the process_* (CPU, memory, open fds)
+        # and python_* families everyone's dashboards expect; the collectors
+        # are stateless readers of /proc and the interpreter, safe to share.
+        for shared in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(shared)
+        build = Gauge(
+            "riskd_build_info",
+            "The running riskd: its version and those of Python and grpcio (value is 1).",
+            ["version", "python", "grpcio"],
+            registry=r,
+        )
+        build.labels(__version__, platform.python_version(), grpc.__version__).set(1)
         self.asset_info = Gauge(
             "riskd_asset_info",
             "Settlement assets and their decimals (value is 1).",
             ["asset", "decimals"],
+            registry=r,
+        )
+        self.asset_decimals = Gauge(
+            "riskd_asset_decimals",
+            "Decimals of a settlement asset: a quantum is 10^-decimals of a unit"
+            " (for dividing the *_quantums metrics into units).",
+            ["asset"],
+            registry=r,
+        )
+        self.market_info = Gauge(
+            "riskd_market_info",
+            "Markets and their settlement asset, the unit of the market's money metrics"
+            " (value is 1).",
+            ["market", "asset"],
             registry=r,
         )
         self.fund_balance = Gauge(
@@ -189,7 +225,8 @@ class Metrics:
         )
         self.mark_timestamp = Gauge(
             "riskd_mark_price_timestamp_seconds",
-            "Gateway timestamp of the last mark price applied, per market.",
+            "Timestamp of the last mark price applied, per market: the gateway's, or for an"
+            " unstamped one (timestamp_ms 0) riskd's clock when it applied it.",
             ["market"],
             registry=r,
         )
@@ -261,6 +298,16 @@ class Metrics:
             for kind in FundKind:
                 self.fund_inflow.labels(a, kind.value)
                 self.fund_outflow.labels(a, kind.value)
+
+    def describe(
+        self, assets: Iterable[tuple[str, int]], markets: Iterable[tuple[str, str]]
+    ) -> None:
+        """Publish each asset's decimals and each market's settlement asset."""
+        for asset, decimals in assets:
+            self.asset_info.labels(asset, str(decimals)).set(1)
+            self.asset_decimals.labels(asset).set(decimals)
+        for market, asset in markets:
+            self.market_info.labels(market, asset).set(1)
 
     def stress(self, rows: Iterable[StressRow], now: float) -> None:
         """Publish one stress computation (rows from :func:`riskd.core.stress.every_market`)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import platform
 import re
 import socket
 import subprocess
@@ -26,9 +27,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+import riskd
 
 from .conftest import ALERTS, ARCHITECTURE, DEPLOY, api_helpers, run_tool, tool, yaml_module
 from .test_prometheus_rules import dashboard_exprs
@@ -57,6 +61,9 @@ DIMENSIONLESS = frozenset(
         "riskd_liquidations_in_progress",
         "riskd_invariant_violations",
         "riskd_fund_stress_coverage_ratio",
+        "riskd_asset_decimals",  # a count of digits
+        "riskd_event_subscriptions_refused",
+        "riskd_rpc_denied_unrecorded",
     }
 )
 UNITS = ("_quantums", "_seconds", "_messages", "_info")
@@ -196,6 +203,26 @@ def test_prometheus_query_returns_the_fund_balance(live: Live, prom_url: str) ->
     assert poll(30, check) == live.fund_balance, f"last results: {seen[-3:]}"
 
 
+def test_asset_unit_rules_give_the_fund_balance_in_usdt(live: Live, prom_url: str) -> None:
+    """The dashboard's division by 10^decimals, on the real server: the USDT
+    fund balance in whole USDT (6 decimals) is GetInsuranceFund's / 10^6."""
+    q = urllib.parse.quote('riskd:insurance_fund_balance_units{asset="USDT"}')
+    want = live.fund_balance / 10**6
+    seen: list[object] = []
+
+    def check() -> float | None:
+        res = http_json(f"{prom_url}/api/v1/query?query={q}")
+        values = [float(r["value"][1]) for r in res["data"]["result"]]
+        seen.append(values)
+        return values[0] if values == [want] else None
+
+    assert poll(30, check) == want, f"last results: {seen[-3:]}"
+    q = urllib.parse.quote("riskd:market_quantums_per_unit")
+    res = http_json(f"{prom_url}/api/v1/query?query={q}")["data"]["result"]
+    scales = {(r["metric"]["market"], r["metric"]["asset"]): float(r["value"][1]) for r in res}
+    assert scales == {("BTC-USDT", "USDT"): 1e6, ("ETH-USDT", "USDT"): 1e6, ("BTC-USD", "BTC"): 1e8}
+
+
 def test_real_prometheus_fires_the_adl_alert(prom_url: str) -> None:
     def check() -> list[dict] | None:
         alerts = http_json(f"{prom_url}/api/v1/alerts")["data"]["alerts"]
@@ -244,9 +271,10 @@ def test_grpc_health_check_script(live: Live) -> None:
 
 
 def riskd_families(scrape: str) -> list[Metric]:
-    """Parsed families, less prometheus_client's ``X_created`` companions of
-    counters and histograms (the text parser reports them as gauges)."""
-    fams = list(text_string_to_metric_families(scrape))
+    """Parsed riskd_* families, less prometheus_client's ``X_created`` companions
+    of counters and histograms (the text parser reports them as gauges). The
+    standard process_* and python_* families are prometheus_client's own."""
+    fams = [f for f in text_string_to_metric_families(scrape) if f.name.startswith("riskd_")]
     stems = {f.name for f in fams if f.type in {"counter", "histogram"}}
     return [f for f in fams if not (f.name.endswith("_created") and f.name[:-8] in stems)]
 
@@ -314,6 +342,31 @@ def test_exported_metrics_are_documented(live: Live) -> None:
     assert exported - docs - EXPORTED_NOT_YET_DOCUMENTED == set()
     stale = EXPORTED_NOT_YET_DOCUMENTED & docs
     assert stale == set(), f"now documented: delete from EXPORTED_NOT_YET_DOCUMENTED: {stale}"
+
+
+def test_process_python_and_build_info_are_exported(live: Live) -> None:
+    fams = {f.name: f for f in text_string_to_metric_families(live.scrape)}
+    for name in (
+        "process_resident_memory_bytes",
+        "process_cpu_seconds",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "python_info",
+        "python_gc_collections",
+    ):
+        assert name in fams, name
+    assert fams["process_resident_memory_bytes"].samples[0].value > 0
+    (build,) = fams["riskd_build_info"].samples
+    assert build.labels == {
+        "version": riskd.__version__,
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+    }
+    assert build.value == 1
+    decimals = {s.labels["asset"]: s.value for s in fams["riskd_asset_decimals"].samples}
+    assert decimals == {"USDT": 6, "BTC": 8}
+    markets = {s.labels["market"]: s.labels["asset"] for s in fams["riskd_market_info"].samples}
+    assert markets == {"BTC-USDT": "USDT", "ETH-USDT": "USDT", "BTC-USD": "BTC"}
 
 
 def test_metrics_are_in_base_units_with_total_counters_and_sane_buckets(live: Live) -> None:

@@ -136,6 +136,30 @@ def test_dashboard_structure() -> None:
     assert "path: /var/lib/grafana/dashboards/riskd" in prov
 
 
+def test_dashboard_shows_money_in_asset_units() -> None:
+    """Every panel that plots a *_quantums metric divides it by the asset's
+    10^decimals (a recording rule in riskd-alerts.yml), repeats per asset so
+    USDT and BTC never share an axis, and says its unit in the title."""
+    d = json.loads(DASHBOARD.read_text())
+    rules = yaml_module().safe_load(ALERTS.read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    money = [
+        p
+        for p in d["panels"]
+        if any(re.search(r"riskd_\w+_quantums", t["expr"]) for t in p.get("targets", []))
+        and p["fieldConfig"]["defaults"]["unit"] != "percentunit"  # a ratio of two amounts
+    ]
+    assert len(money) >= 6
+    for p in money:
+        assert "quantums" not in p["title"] and "$asset" in p["title"], p["title"]
+        assert p["repeat"] == "asset", p["title"]
+        for t in p["targets"]:
+            scale = re.findall(r"riskd:(?:asset|market)_quantums_per_unit", t["expr"])
+            assert scale, (p["title"], t["expr"])
+    used = {m for e in dashboard_exprs() for m in re.findall(r"\b(riskd:[a-z0-9_:]+)", e)}
+    assert used and used <= recorded, used - recorded
+
+
 def promql(expr: str) -> str | None:
     """A dashboard expression as plain PromQL (Grafana variables substituted)."""
     if expr.startswith("label_values("):
