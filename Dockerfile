@@ -18,6 +18,7 @@ COPY pyproject.toml ./
 COPY protos/ protos/
 COPY riskd/ riskd/
 COPY clients/python/ clients/python/
+# `.` without extras: the daemon only (no matplotlib; `riskd replay` is riskd[replay]).
 RUN python clients/python/generate.py \
  && pip install --no-cache-dir . \
  && pip uninstall -y grpcio-tools mypy-protobuf
@@ -25,14 +26,18 @@ RUN python clients/python/generate.py \
 FROM python:3.11-slim
 # /etc/riskd/tls belongs to riskd so that an empty named volume mounted there
 # (compose's dev `certs` service) is writable by it; mounted Secrets replace it.
-RUN useradd --system --uid 10001 --home-dir /var/lib/riskd --shell /usr/sbin/nologin riskd \
+# Numeric ids (10001) so that Kubernetes' runAsNonRoot can check USER.
+RUN groupadd --system --gid 10001 riskd \
+ && useradd --system --uid 10001 --gid riskd --home-dir /var/lib/riskd --shell /usr/sbin/nologin riskd \
  && mkdir -p /var/lib/riskd /etc/riskd/tls \
  && chown riskd:riskd /var/lib/riskd /etc/riskd/tls && chmod 0700 /etc/riskd/tls
 COPY --from=build /opt/riskd/venv /opt/riskd/venv
 COPY deploy/docker/grpc_health_check.py /opt/riskd/grpc_health_check.py
+# The Kubernetes config-reload sidecar runs this (deploy/k8s/statefulset.yaml).
+COPY deploy/docker/config_reload.py /opt/riskd/config_reload.py
 COPY deploy/riskd.toml /etc/riskd/riskd.toml
 ENV PATH=/opt/riskd/venv/bin:$PATH PYTHONUNBUFFERED=1
-USER riskd
+USER 10001:10001
 WORKDIR /var/lib/riskd
 VOLUME ["/var/lib/riskd"]
 EXPOSE 50051 9464

@@ -151,6 +151,9 @@ def main(args: argparse.Namespace) -> int:
 
     from riskd.replay import report
 
+    if missing := report.plotting_missing():
+        print(f"riskd replay: {missing}", file=sys.stderr)
+        return 2
     try:
         base = settings_from(args)
         runs = variants(base, args.compare) if args.compare else [base]

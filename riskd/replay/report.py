@@ -444,6 +444,20 @@ def _per_minute_table(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def plotting_missing() -> str | None:
+    """Why this installation cannot draw the report's charts, or None if it can.
+
+    matplotlib is the ``replay`` extra: the daemon never plots, so a plain
+    ``pip install riskd`` leaves it out, and ``riskd replay`` says so up front
+    rather than after minutes of replay.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "the report's charts need matplotlib: pip install 'riskd[replay]'"
+    return None
+
+
 def plot(r: dict[str, Any], raw_marks: tuple[list[int], list[int]], path: Path) -> bool:
     try:
         import matplotlib

