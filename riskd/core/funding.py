@@ -1,7 +1,12 @@
 """Funding payments: zero-sum within a market, the rounding residue booked.
 
 Payers pay ``ceil(notional × |rate|)`` (a debit rounds up), capped at their
-isolated margin so no balance goes negative; the pot is shared among receivers
+isolated margin so no balance goes negative, and at their margin balance at
+the mark (margin + unrealised PnL, rounded down) so no payment leaves a
+position bankrupt: a funding rate, which a gateway reports, can push a
+position into liquidation but never make the insurance fund pay for it
+(issue 11).  For the same reason the fund's backstop account neither pays nor
+receives funding: its inventory is the fund's money.  The pot is shared among receivers
 pro rata to size (at one mark, notional is proportional to size for both
 contract types), each share rounded down; what rounding leaves goes to the
 market's fee pool.  Funding never touches the insurance fund.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from riskd.core.margin import margin_balance
 from riskd.core.market import MarketSpec
 from riskd.core.position import Position
 from riskd.core.units import FUNDING_SCALE, ceil_div
@@ -30,16 +36,19 @@ def funding_transfers(
     pot = 0
     receivers: list[Position] = []
     for pos in positions:
-        if pos.size == 0:
+        if pos.size == 0 or pos.is_backstop:
             continue
         if (pos.size > 0) == longs_pay:
             num, den = spec.notional(pos.size, mark)
-            due = min(ceil_div(num * rate, den * FUNDING_SCALE), max(pos.margin, 0))
+            solvent = min(pos.margin, margin_balance(spec, pos, mark))
+            due = min(ceil_div(num * rate, den * FUNDING_SCALE), max(solvent, 0))
             if due:
                 deltas[pos.account] = -due
                 pot += due
         else:
             receivers.append(pos)
+    if not receivers:  # the other side is all the backstop's: nobody to pay
+        return {}, 0
     total = sum(abs(p.size) for p in receivers)
     paid_out = 0
     for pos in receivers:

@@ -7,8 +7,8 @@ shortfall, the accomplice closes at the mark and withdraws.  With
 
 The property, precisely: a pair of accounts trades only with each other and
 with the fund's backstop, at prices the gateway chooses, while the mark moves
-by at most half the smallest maintenance rate per input, with takeovers, the
-backstop's own bankruptcy and ADL as they come.  Measure each account's
+by at most half the smallest maintenance rate per input, and funding at any
+rate, with takeovers, the backstop's own bankruptcy and ADL as they come.  Measure each account's
 equity exactly at the mark (wallet + isolated margin + unrealised PnL, as a
 fraction).  The only way the pair may gain against the fund is the market
 risk the fund took by taking a position over: the backstop's inventory moving
@@ -35,6 +35,7 @@ from riskd.core import Code, Rejected, digest, violations
 from riskd.core.events import (
     Deposit,
     Fill,
+    FundingRate,
     FundKind,
     LiquidationSettled,
     MarginTransfer,
@@ -194,6 +195,8 @@ actions = st.lists(
         st.tuples(st.just("margin"), st.sampled_from([A, B]), st.integers(1, 500)),
         st.tuples(st.just("unmargin"), st.sampled_from([A, B]), st.integers(1, 500)),
         st.tuples(st.just("fill"), st.sampled_from([A, B]), offsets, st.integers(1, 2_000)),
+        # Any funding rate the gateway cares to report.
+        st.tuples(st.just("funding"), st.integers(-(10**8) + 1, 10**8 - 1)),
         # Runs of mark steps in one direction (liquidations happen on these), and
         # trades with the backstop's inventory, more often than the rest.
         marks,
@@ -231,6 +234,8 @@ def step(d: Desk, spec: MarketSpec, unit: int, action: tuple[Any, ...], n: int) 
             price = to_tick(spec, mark * (1_000_000 + off) // 1_000_000)
             buyer, seller = (who, BACKSTOP_ACCOUNT) if held.size > 0 else (BACKSTOP_ACCOUNT, who)
             d.apply(Fill(sym, n, buyer, seller, price, qty))
+        case ("funding", rate):
+            d.apply(FundingRate(sym, rate))
         case ("mark", s):
             price = to_tick(spec, mark * (1_000_000 + s) // 1_000_000)
             d.apply(MarkPrice(sym, price))

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from riskd.core import Code, LiquidationMode
 from riskd.core.events import FundingRate, LiquidationSettled
 from riskd.core.funding import funding_transfers
-from riskd.core.position import Position
+from riskd.core.margin import margin_balance
+from riskd.core.position import BACKSTOP_ACCOUNT, Position
 
 M = "BTC-USDT"
 SPEC = btc_usdt_spec()
@@ -92,15 +93,32 @@ def test_funding_is_zero_sum_and_never_overdraws(
     deltas, residue = funding_transfers(SPEC, ps, mark, rate)
     assert sum(deltas.values()) + residue == 0
     assert residue >= 0
+    if not any(p.size and (p.size > 0) != (rate > 0) for p in ps):
+        assert (deltas, residue) == ({}, 0)  # nobody to receive: nobody pays
+        return
     for p in ps:
         delta = deltas.get(p.account, 0)
         assert p.margin + delta >= 0
         pays = rate != 0 and (p.size > 0) == (rate > 0)
         if pays:
             due = -((-abs(p.size) * mark * 10 * abs(rate)) // 10**8)  # ceil, linear notional
-            assert delta == -min(due, p.margin)
+            # Capped at the margin and at the margin balance at the mark: funding
+            # never leaves a position bankrupt (so never costs the insurance fund).
+            balance = margin_balance(SPEC, p, mark)
+            assert delta == -min(due, max(min(p.margin, balance), 0))
+            if balance >= 0:
+                assert balance + delta >= 0
         else:
             assert delta >= 0
+
+
+def test_funding_never_leaves_a_payer_bankrupt() -> None:
+    # Long 0.1 BTC from 50,000 with 100 USDT margin, mark 49,500: margin balance 50.
+    p = pos(1, 100, 100 * U)
+    mark = usdt("49500")
+    assert margin_balance(SPEC, p, mark) == 50 * U
+    deltas, residue = funding_transfers(SPEC, [p, pos(2, -100, 100 * U)], mark, 10**8 - 1)
+    assert deltas == {1: -50 * U, 2: 50 * U} and residue == 0
 
 
 # --- through the engine ---------------------------------------------------------------
@@ -172,3 +190,14 @@ def test_funding_before_any_mark_rejected() -> None:
     d = Desk(btc_usdt_spec())
     d.open(M, 1, 2, MARK, 20, 500 * U, 500 * U)
     assert_rejected(d.engine, FundingRate(M, BP_1), Code.FAILED_PRECONDITION, "market")
+
+
+def test_the_backstop_neither_pays_nor_receives_funding() -> None:
+    backstop = pos(BACKSTOP_ACCOUNT, 100, 100 * U)
+    deltas, residue = funding_transfers(
+        SPEC, [backstop, pos(1, 100, 100 * U), pos(2, -200, 100 * U)], MARK, BP_1
+    )
+    assert BACKSTOP_ACCOUNT not in deltas
+    assert deltas == {1: -500_000, 2: 500_000} and residue == 0
+    deltas, _ = funding_transfers(SPEC, [backstop, pos(2, -100, 100 * U)], MARK, -BP_1)
+    assert deltas == {}  # the short would pay; its only counterparty is the fund's
