@@ -15,57 +15,37 @@ ever held is explained:
 * conservation per asset and the other invariants hold;
 * the admin audit log's hash chain is intact.
 
-Prints a short report; exits 0 when everything holds, 1 otherwise.
+Prints a short report; exits 0 when everything holds, 1 otherwise, and 3
+(as ``riskd serve``) for a journal record of a format it does not know.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
 
 from riskd.config import Config
-from riskd.core import Engine, Rejected
-from riskd.core.events import AdlEvent, FundKind, LiquidationSettled
+from riskd.core import Engine
+from riskd.core.events import AdlEvent, Effect, FundKind, LiquidationSettled
 from riskd.core.insurance_fund import GENESIS
 from riskd.core.invariants import digest, violations
-from riskd.storage import admin_log, codec, snapshot
+from riskd.storage import admin_log, codec, records, snapshot
 from riskd.storage.journal import GENESIS as JOURNAL_GENESIS
 from riskd.storage.journal import chain, wal_problem
+from riskd.storage.records import EngineTarget, Record
 
-__all__ = ["audit", "replay_record"]
+__all__ = ["audit", "replay_record", "EXIT_UNKNOWN_FORMAT"]
+
+#: A journal record of a format this riskd does not know (as ``riskd serve``).
+EXIT_UNKNOWN_FORMAT = 3
 
 _PAYOUTS = (FundKind.SHORTFALL, FundKind.BACKSTOP_MARGIN)
 
 
-def replay_record(engine: Engine, r: dict[str, Any]) -> list[Any]:
-    """Apply one journal record to a pure engine (as the sequencer did); its effects."""
-    out: list[Any] = []
-    match r["k"]:
-        case "ingest":
-            for _, row in r["u"]:
-                x = codec.decode_input(row)
-                if not isinstance(x, Rejected):
-                    with contextlib.suppress(Rejected):
-                        out += engine.apply(x)
-        case "withdraw" | "inject":
-            x = codec.decode_input(r["w" if r["k"] == "withdraw" else "i"])
-            if not isinstance(x, Rejected):
-                with contextlib.suppress(Rejected):
-                    out += engine.apply(x)
-        case "spec":
-            market = engine.markets[r["m"]]
-            spec = dataclasses.replace(market.spec, **codec.decode_spec(r["c"]))
-            market.update_spec(spec, r["t"])
-            engine._route()
-            out += engine.outbox
-            engine.outbox = []
-        case kind:
-            raise ValueError(f"unknown record kind {kind!r}")
-    return out
+def replay_record(engine: Engine, record: Record) -> list[Effect]:
+    """Apply one journal record to a pure engine (the daemon's rules); its effects."""
+    return records.apply(record, EngineTarget(engine))
 
 
 def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
@@ -91,12 +71,16 @@ def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
                 return False, [*lines, f"FAIL journal hash chain broken at record {n}"]
             if snap is not None and n == snap.records:
                 at_snapshot = head
-            for e in replay_record(engine, codec.decode(record)):
+            try:
+                decoded = codec.decode(record)
+            except codec.UnknownFormat as unknown:
+                raise codec.UnknownFormat(unknown.version, f"{path}: record {n}: ") from None
+            for e in replay_record(engine, decoded):
                 if isinstance(e, LiquidationSettled):
                     settled.add(f"liq:{e.market}:{e.liquidation_id}")
                 elif isinstance(e, AdlEvent):
                     adl.append(e)
-    except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as e:
+    except (sqlite3.DatabaseError, codec.BadRecord, ValueError, KeyError, TypeError) as e:
         return False, [*lines, f"FAIL journal unreadable at record {n}: {e}"]
     finally:
         db.close()
@@ -165,7 +149,12 @@ def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
 
 
 def main(config: Config, data_dir: str) -> int:
-    ok, lines = audit(config, Path(data_dir))
+    """0: everything holds; 1: something does not; 3: a format this riskd cannot read."""
+    try:
+        ok, lines = audit(config, Path(data_dir))
+    except codec.UnknownFormat as e:
+        print(f"riskd audit of {data_dir}\nFAIL journal: {e}")
+        return EXIT_UNKNOWN_FORMAT
     print("\n".join(lines))
     return 0 if ok else 1
 

@@ -38,7 +38,7 @@ from riskd.actors.actor import ActorStopped
 from riskd.actors.fund import FundActor
 from riskd.actors.journal import JournalActor
 from riskd.actors.market import MarketActor
-from riskd.actors.sequencer import Sequencer
+from riskd.actors.sequencer import Sequencer, SettingsConflict
 from riskd.actors.wallet import WalletActor
 from riskd.api.admin import AdminServicer
 from riskd.api.auth import Authenticator, AuthInterceptor, server_credentials
@@ -55,7 +55,7 @@ from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
 from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
 from riskd.metrics import Metrics
-from riskd.storage import StorageFault, fail_stop, snapshot
+from riskd.storage import StorageFault, codec, fail_stop, snapshot
 from riskd.storage.admin_log import AdminLog
 from riskd.storage.journal import (
     JournalCorrupt,
@@ -347,12 +347,16 @@ class Daemon:
                 raise JournalInconsistent(disagree)
             covered = snap.records
             self.sequencer.restore(snap.state)
-        records = await trio.to_thread.run_sync(lambda: list(journal.replay(covered)))
-        for text in records:
+        texts = await trio.to_thread.run_sync(lambda: list(journal.replay(covered)))
+        # All decoded first: an unknown format (exit 3) refuses before anything applies.
+        records = await trio.to_thread.run_sync(codec.decode_all, texts, covered, journal.path)
+        del texts
+        for record in records:
             try:
-                await self.sequencer.call(self.sequencer.replay, text)
+                await self.sequencer.call(self.sequencer.replay, record)
             except (ValueError, KeyError, TypeError) as e:
                 raise JournalCorrupt(f"{journal.path}: record after {covered}: {e}") from e
+        total += await self._reconcile_markets(journal, total == 0)
         log.info(
             "riskd_recovered",
             snapshot_records=covered,
@@ -362,6 +366,27 @@ class Daemon:
         actor = JournalActor(journal, self.config.server.mailbox_capacity, total, journal.head)
         self.sequencer.journal = actor
         return actor
+
+    async def _reconcile_markets(self, journal: SqliteJournal, fresh: bool) -> int:
+        """Journal the file's market settings, applying what it changed; records added.
+
+        (``docs/configuration.md``, "Changing a live market".)
+        """
+        try:
+            added, differ = await self.sequencer.call(
+                self.sequencer.reconcile, self.config.markets, fresh
+            )
+        except SettingsConflict as e:
+            raise StartupError(f"bad configuration: {e}") from e
+        if differ:
+            log.warning(
+                "market_settings_differ",
+                keys=differ,
+                kept="the data directory's (settings journaled before format 2)",
+            )
+        if added:
+            await trio.to_thread.run_sync(journal.append, [codec.encode(r) for r in added])
+        return len(added)
 
     async def take_snapshot(self) -> None:
         """Capture the state between two inputs; a forked child writes it atomically.

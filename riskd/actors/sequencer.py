@@ -41,9 +41,25 @@ from riskd.core.recent_ids import (
 from riskd.core.units import check_positive
 from riskd.core.wallet import check_account, unsettled_bad_debt, withdrawals_paused
 from riskd.metrics import Metrics
-from riskd.storage import codec, snapshot
+from riskd.storage import codec, records, snapshot
+from riskd.storage.records import (
+    EpochAssigned,
+    FundInjected,
+    IngestBatch,
+    MarketSettings,
+    MarketUpdated,
+    Record,
+    WithdrawalDecided,
+)
 
-__all__ = ["Sequencer", "SequenceError", "BatchResult", "Update", "StoredRejection"]
+__all__ = [
+    "Sequencer",
+    "SequenceError",
+    "SettingsConflict",
+    "BatchResult",
+    "Update",
+    "StoredRejection",
+]
 
 T = TypeVar("T")
 #: Sequences per gateway whose rejections are kept for a reconnect (the
@@ -89,6 +105,8 @@ class Resume:
     #: Every rejection with sequence in [rejections_from, acked] (0: none kept).
     rejections_from: int
     rejections: list[StoredRejection]
+    #: The epoch the stream writes in: the one it named, or the one assigned to it.
+    epoch: int = 0
 
 
 @dataclass(slots=True)
@@ -136,6 +154,10 @@ class Sequencer(Actor):
         #: Where sequenced inputs go before they are acknowledged; None while
         #: replaying (or when running without durability, as some tests do).
         self.journal: JournalActor | None = None
+        #: The config file's market settings as last journaled (MarketSettings):
+        #: what the next start compares the file with.  None: never journaled
+        #: (a data directory of format 1).
+        self.file_settings: dict[str, MarketSpec] | None = None
 
     def acked(self, gateway: str, epoch: int) -> int:
         """The last sequence durably applied for this gateway and epoch (0: none yet)."""
@@ -162,11 +184,44 @@ class Sequencer(Actor):
             kept = kept[-MAX_RESUME_REJECTIONS:]
         return Resume(g.durable, min(start, g.durable), kept)
 
+    async def open_session(self, gateway: str, epoch: int) -> Resume | Pending[Resume]:
+        """Where a new stream starts; ``epoch`` 0 asks for a fresh epoch.
+
+        A fresh epoch is one above the newest this gateway used, so no
+        (epoch, sequence) pair of an earlier session can be mistaken for a
+        resend (as Kafka's InitProducerId).  It is journaled and the stream
+        hears of it only once that is durable: a restart can never hand it out
+        again.  Any other epoch is the gateway resuming (or fencing with) one
+        it owns, as before fresh epochs existed: :meth:`resume`.
+        """
+        if epoch:
+            resume = self.resume(gateway, epoch)
+            resume.epoch = epoch
+            return resume
+        g = self.gateways.get(gateway)
+        fresh = (g.epoch if g is not None else 0) + 1
+        if fresh >= 2**63:
+            raise Rejected.invalid(
+                "x-riskd-epoch", f"{gateway!r} used the largest epoch; name one explicitly"
+            )
+        self._begin_epoch(gateway, fresh)
+        return await self._durable(EpochAssigned(gateway, fresh), Resume(0, 0, [], fresh))
+
+    def _begin_epoch(self, gateway: str, epoch: int) -> _Gateway:
+        """Make ``epoch`` the gateway's current one, numbered from 1 again."""
+        g = self.gateways.get(gateway)
+        if g is None:
+            g = self.gateways[gateway] = _Gateway(epoch)
+        else:
+            g.epoch, g.last, g.durable = epoch, 0, 0
+            g.rejected.clear()
+        return g
+
     async def flushed(self) -> Pending[None] | None:
         """Released once everything sequenced before it is durable (a stream's end)."""
         return await self._durable(None, None)
 
-    async def _durable(self, record: dict[str, Any] | None, value: T) -> T | Pending[T]:
+    async def _durable(self, record: Record | None, value: T) -> T | Pending[T]:
         """Journal ``record`` (None: nothing new) and release ``value`` once durable."""
         if self.journal is None:
             return value
@@ -179,8 +234,8 @@ class Sequencer(Actor):
         gateway's request (journal replay: the duplicates dropped before it)."""
         started = time.perf_counter()
         g = self.gateways.get(gateway)
-        if g is None:
-            g = self.gateways[gateway] = _Gateway(epoch)
+        if g is None or epoch > g.epoch:
+            g = self._begin_epoch(gateway, epoch)
         elif epoch < g.epoch:
             raise SequenceError(
                 Code.FAILED_PRECONDITION,
@@ -188,9 +243,6 @@ class Sequencer(Actor):
                 f"epoch {epoch} is older than the current epoch {g.epoch}",
                 0,
             )
-        elif epoch > g.epoch:
-            g.epoch, g.last, g.durable = epoch, 0, 0
-            g.rejected.clear()
         fresh, duplicates = self._fresh(g, updates)
         result = BatchResult(g.last + len(fresh), duplicates=duplicates)
         outcomes: Counter[tuple[str, str]] = Counter()
@@ -210,17 +262,9 @@ class Sequencer(Actor):
         result.rejections.sort(key=lambda t: t[0])
         record = None
         if fresh:
-            record = {
-                "k": "ingest",
-                "g": gateway,
-                "e": epoch,
-                "u": [[seq, codec.encode_input(u)] for seq, u in fresh],
-            }
-            first = fresh[0][0]
             offset += duplicates
-            if offset:
-                record["o"] = offset
-            self._keep(g, result.rejections, fresh, first - offset)
+            record = IngestBatch(gateway, epoch, tuple(fresh), offset)
+            self._keep(g, result.rejections, fresh, fresh[0][0] - offset)
         children = self._children
         for key, n in outcomes.items():
             child = children.get(key)
@@ -389,8 +433,7 @@ class Sequencer(Actor):
             return await self._durable(None, seen)
         decision: WithdrawalDecision = await wallet.call(wallet.withdraw, w)
         memory.record(withdrawal_id, w.account, w.amount, decision)
-        record = {"k": "withdraw", "id": withdrawal_id, "w": codec.encode_input(w)}
-        return await self._durable(record, decision)
+        return await self._durable(WithdrawalDecided(withdrawal_id, w), decision)
 
     async def _withdrawals_paused(self, asset: str) -> Rejected | None:
         """:func:`~riskd.core.wallet.withdrawals_paused`, from the actors' state now.
@@ -412,7 +455,7 @@ class Sequencer(Actor):
         if fund is None:
             raise Rejected.not_found("asset", f"unknown asset {i.asset!r}")
         balance = await fund.call(fund.inject, i)
-        return await self._durable({"k": "inject", "i": codec.encode_input(i)}, balance)
+        return await self._durable(FundInjected(i), balance)
 
     async def update_spec(
         self, symbol: str, changes: dict[str, Any], ts: int = 0
@@ -422,31 +465,17 @@ class Sequencer(Actor):
         if market is None:
             raise Rejected.not_found("market", f"unknown market {symbol!r}")
         spec = await market.call(_update_spec, market.engine, changes, ts)
-        record = {"k": "spec", "m": symbol, "c": codec.encode_spec(changes), "t": ts}
-        return await self._durable(record, spec)
+        return await self._durable(MarketUpdated(symbol, changes, ts), spec)
 
-    async def replay(self, text: str) -> str:
-        """Apply one journal record, exactly as when it was first sequenced; its kind."""
+    async def replay(self, record: Record | str) -> None:
+        """Apply one journal record, exactly as when it was first sequenced.
+
+        The rules every replay follows: :mod:`riskd.storage.records`.
+        """
         assert self.journal is None, "replay runs before the journal is attached"
-        r = codec.decode(text)
-        match r["k"]:
-            case "ingest":
-                updates = [(seq, codec.decode_input(row)) for seq, row in r["u"]]
-                await self.ingest(r["g"], r["e"], updates, r.get("o", 0))
-            case "withdraw":
-                w = codec.decode_input(r["w"])
-                assert isinstance(w, Withdrawal)
-                with contextlib.suppress(Rejected):
-                    await self.withdraw(w, r["id"], replaying=True)
-            case "inject":
-                i = codec.decode_input(r["i"])
-                assert isinstance(i, FundInjection)
-                await self.inject(i)
-            case "spec":
-                await self.update_spec(r["m"], codec.decode_spec(r["c"]), r["t"])
-            case kind:
-                raise ValueError(f"unknown journal record kind {kind!r}")
-        return str(r["k"])
+        if isinstance(record, str):
+            record = codec.decode(record)
+        await records.apply(record, _Replay(self))
 
     async def barrier(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` once everything sequenced so far has fully settled.
@@ -485,6 +514,10 @@ class Sequencer(Actor):
             "funds": {a: f.fund for a, f in self.funds.items()},
             "gateways": self.gateways,
             "withdrawals": self.withdrawals,
+            # As journal text: the codec reads it whatever the code's classes became.
+            "file_settings": None
+            if self.file_settings is None
+            else codec.encode(MarketSettings(self.file_settings)),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -500,6 +533,76 @@ class Sequencer(Actor):
                 self.funds[asset].fund = fund
         self.gateways = state["gateways"]
         self.withdrawals = _decisions(state["withdrawals"], self.withdrawal_ids)
+        saved = state.get("file_settings")  # absent from snapshots of format 1 data
+        if saved is not None:
+            settings = codec.decode(saved)
+            assert isinstance(settings, MarketSettings)
+            self.file_settings = dict(settings.markets)
+
+    async def reconcile(
+        self, file: Sequence[MarketSpec], fresh: bool
+    ) -> tuple[list[Record], list[str]]:
+        """Bring the markets in line with the config file at start.
+
+        Returns the records to journal, and the keys (``markets.SYM.key``) where
+        format 1 data keeps a live setting that differs from the file's.
+
+        Call after replay, before the journal is attached.  ``fresh``: the journal
+        is empty, so the markets begin with the file's settings (journaled, so a
+        replay never depends on the file again).  Otherwise each setting the
+        file changed since the last start (the journaled :class:`MarketSettings`)
+        is applied as ``UpdateMarket`` would apply it, and journaled the same way;
+        a setting changed only by ``UpdateMarket`` stays.  A market the data
+        directory holds that the file dropped, or a change of what positions are
+        measured in, raises :class:`SettingsConflict` naming the key.  Format 1
+        data, whose settings were never journaled, keeps its live settings.
+        """
+        wanted = {spec.symbol: spec for spec in file}
+        if fresh:
+            self.file_settings = wanted
+            return [MarketSettings(wanted, tuple(wanted))], []
+        base = self.file_settings
+        out: list[Record] = []
+        if base is None:
+            differ = [
+                f"markets.{sym}.{key}"
+                for sym, spec in wanted.items()
+                for key in _differing(self.markets[sym].engine.spec, spec)
+            ]
+            self.file_settings = wanted
+            return [MarketSettings(wanted, ())], differ
+        gone = sorted(base.keys() - wanted.keys())
+        if gone:
+            raise SettingsConflict(
+                f"markets.{gone[0]}",
+                "the data directory holds this market but the configuration no longer"
+                " declares it; a market cannot be removed (put it back; reduce_only winds"
+                " it down)",
+            )
+        for sym, spec in wanted.items():
+            old = base.get(sym)
+            if old is None:
+                continue
+            changes = {k: getattr(spec, k) for k in _differing(old, spec)}
+            if not changes:
+                continue
+            market = self.markets[sym]
+            try:
+                await market.call(_update_spec, market.engine, changes, 0)
+            except Rejected as r:
+                key = r.field.removeprefix("market.")
+                raise SettingsConflict(
+                    f"markets.{sym}.{key}",
+                    f"{r.message} (the data directory's market was set up with"
+                    f" {getattr(old, key, '?')!r}, the file now says"
+                    f" {getattr(spec, key, '?')!r})",
+                ) from r
+            out.append(MarketUpdated(sym, changes, 0))
+        created = tuple(sym for sym in wanted if sym not in base)
+        if out or created:
+            out.append(MarketSettings(wanted, created))
+            self.file_settings = wanted
+        return out, []
 
     def check(self) -> tuple[str, list[str]]:
         """Digest and invariant violations of the whole state (call inside :meth:`barrier`)."""
@@ -516,6 +619,56 @@ class Sequencer(Actor):
 
 def _nothing() -> None:
     return None
+
+
+class SettingsConflict(Exception):
+    """The config file asks for a market change the data directory cannot take."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _differing(old: MarketSpec, new: MarketSpec) -> list[str]:
+    a, b = codec.settings_of(old), codec.settings_of(new)
+    return [k for k in a if a[k] != b[k]]
+
+
+def _install(actor: MarketActor, spec: MarketSpec) -> None:
+    actor.engine = MarketEngine(spec)
+
+
+class _Replay:
+    """The sequencer as a :class:`riskd.storage.records.Target`: each record goes
+    through the code that sequenced it first, the journal not attached."""
+
+    def __init__(self, sequencer: Sequencer) -> None:
+        self.s = sequencer
+
+    async def ingest(self, r: IngestBatch) -> None:
+        await self.s.ingest(r.gateway, r.epoch, r.updates, r.offset)
+
+    async def withdrawal(self, r: WithdrawalDecided) -> None:
+        with contextlib.suppress(Rejected):
+            await self.s.withdraw(r.withdrawal, r.withdrawal_id, replaying=True)
+
+    async def injection(self, r: FundInjected) -> None:
+        with contextlib.suppress(Rejected):
+            await self.s.inject(r.injection)
+
+    async def market_update(self, r: MarketUpdated) -> None:
+        with contextlib.suppress(Rejected):
+            await self.s.update_spec(r.market, dict(r.changes), r.ts)
+
+    async def epoch(self, r: EpochAssigned) -> None:
+        self.s._begin_epoch(r.gateway, r.epoch)
+
+    async def settings(self, r: MarketSettings) -> None:
+        for sym in r.created:
+            market = self.s.markets.get(sym)
+            if market is not None:  # else the start refuses the file (reconcile)
+                await market.call(_install, market, r.markets[sym])
+        self.s.file_settings = dict(r.markets)
 
 
 def _reserved(fund: FundActor) -> int:

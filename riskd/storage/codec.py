@@ -1,8 +1,30 @@
-"""Journal records: the sequenced inputs, as JSON text.
+"""The journal's record format: typed records as versioned, self-describing JSON.
 
 JSON keeps integers exact at any size, is readable by ``sqlite3`` and any
-auditor, and does not execute anything on load.  A record is exactly what the
-sequencer applied, so replaying records in order rebuilds the same state.
+auditor, and does not execute anything on load.
+
+Format 2 (this version writes it).  Every record is one JSON object with
+``"v": 2`` and a ``"kind"``; every value is under its field's name.  An
+ingest batch, the bulk of the journal, names each input class's fields once
+(``"fields": {"Fill": ["market", "trade_id", ...]}``) and its rows carry the
+values in that order (``[seq, "Fill", "BTC-USDT", 17, ...]``): decoding maps
+them by those names, never by the class's own field order, at about the
+size of a positional row.  Decoding is strict: a field the class does not
+have, or a required one missing, is an error naming the record, the class
+and the field, never a silent guess.  So a field renamed
+in code fails loudly on old records, and a reordered one still decodes
+right; a field added with a default decodes old records to that default.
+
+Format 1 (no ``"v"``; one-letter keys, inputs as class name + positional
+values) is still read: its positions are mapped to names through the field
+order format 1 was written with (:data:`_V1_FIELDS`, frozen), then decoded
+like format 2.  A record of a format this code does not know (a newer riskd
+wrote it) raises :class:`UnknownFormat` naming the version: ``riskd serve``
+and ``riskd audit`` refuse the data directory (exit 3) rather than guess.
+
+Changing what a record holds or means bumps :data:`FORMAT` and keeps a
+reader for the old one; the upgrade tests (``tests/storage/test_upgrade.py``)
+read the golden data directories of every earlier format.
 """
 
 from __future__ import annotations
@@ -10,9 +32,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from riskd.core import Rejected, TierTable
+from riskd.core import MarketSpec, Rejected, TierTable
 from riskd.core.errors import Code
 from riskd.core.events import (
     Deposit,
@@ -27,71 +50,407 @@ from riskd.core.events import (
     Withdrawal,
 )
 from riskd.core.market import enum_settings
+from riskd.core.units import Asset
+from riskd.storage.journal import JournalCorrupt
+from riskd.storage.records import (
+    EpochAssigned,
+    FundInjected,
+    IngestBatch,
+    MarketSettings,
+    MarketUpdated,
+    Record,
+    WithdrawalDecided,
+)
 
-__all__ = ["encode", "decode", "encode_input", "decode_input", "encode_spec", "decode_spec"]
+__all__ = [
+    "FORMAT",
+    "OLDEST",
+    "Codec",
+    "CODEC",
+    "BadRecord",
+    "UnknownFormat",
+    "encode",
+    "decode",
+    "format_of",
+    "decode_all",
+    "encode_spec",
+    "decode_spec",
+    "spec_settings",
+    "settings_of",
+]
 
-_INPUTS: dict[str, type[Any]] = {
-    t.__name__: t
-    for t in (
-        Fill,
-        MarkPrice,
-        Deposit,
-        Withdrawal,
-        MarginTransfer,
-        FundingRate,
-        LiquidationFill,
-        LiquidationDone,
-        FundInjection,
-    )
+#: The journal format this version writes.
+FORMAT = 2
+#: The oldest format it still reads.
+OLDEST = 1
+
+INPUT_TYPES: tuple[type[Any], ...] = (
+    Fill,
+    MarkPrice,
+    Deposit,
+    Withdrawal,
+    MarginTransfer,
+    FundingRate,
+    LiquidationFill,
+    LiquidationDone,
+    FundInjection,
+)
+
+#: Format 1 stored inputs positionally, in these field orders (as they were
+#: when format 2 replaced it; never edit).  Deposits written before
+#: ``deposit_id`` existed have four values.
+_V1_FIELDS: dict[str, tuple[str, ...]] = {
+    "Fill": (
+        "market",
+        "trade_id",
+        "buyer",
+        "seller",
+        "price",
+        "quantity",
+        "buyer_fee",
+        "seller_fee",
+        "ts",
+    ),
+    "MarkPrice": ("market", "price", "ts"),
+    "Deposit": ("account", "asset", "amount", "ts", "deposit_id"),
+    "Withdrawal": ("account", "asset", "amount", "ts"),
+    "MarginTransfer": ("account", "market", "amount", "ts"),
+    "FundingRate": ("market", "rate_e8", "ts"),
+    "LiquidationFill": (
+        "market",
+        "liquidation_id",
+        "counterparty",
+        "price",
+        "quantity",
+        "counterparty_fee",
+        "ts",
+    ),
+    "LiquidationDone": ("market", "liquidation_id", "ts"),
+    "FundInjection": ("asset", "amount", "cause", "ts"),
 }
 
-
-def encode(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), sort_keys=True)
+_REJECTED = "!"
 
 
-def decode(text: str) -> dict[str, Any]:
-    value: dict[str, Any] = json.loads(text)
-    return value
+class BadRecord(JournalCorrupt):
+    """A record that does not decode into its class (a field unknown or missing)."""
 
 
-# Field names per input type, looked up once: this runs for every journaled update.
-_FIELDS = {name: tuple(f.name for f in dataclasses.fields(t)) for name, t in _INPUTS.items()}
+class UnknownFormat(JournalCorrupt):
+    """A record written in a format this riskd does not know (a newer one wrote it)."""
+
+    def __init__(self, version: object, where: str = "") -> None:
+        super().__init__(
+            f"{where}journal format version {version!r}: this riskd reads versions {OLDEST}"
+            f" to {FORMAT}; run the riskd release that wrote it (or a newer one)"
+        )
+        self.version = version
 
 
-def encode_input(x: Input | Rejected) -> list[Any]:
-    if isinstance(x, Rejected):
-        return ["!", x.code.value, x.field, x.message]
-    name = type(x).__name__
-    return [name, *map(x.__getattribute__, _FIELDS[name])]
+def spec_settings() -> tuple[str, ...]:
+    """MarketSpec's settings: its fields, less the constants derived from them."""
+    return tuple(f.name for f in dataclasses.fields(MarketSpec) if not f.name.startswith("_"))
 
 
-def decode_input(row: list[Any]) -> Input | Rejected:
-    if row[0] == "!":
-        return Rejected(Code(row[1]), row[2], row[3])
-    cls = _INPUTS[row[0]]
-    result: Input = cls(*row[1:])
-    return result
+def settings_of(spec: MarketSpec) -> dict[str, Any]:
+    """Every setting of ``spec`` as JSON values: comparable (a TierTable is equal
+    only to itself), and what a settings record holds."""
+    return encode_spec({k: getattr(spec, k) for k in spec_settings()})
 
 
-def encode_spec(changes: dict[str, Any]) -> dict[str, Any]:
-    """Market-spec changes as JSON values (tiers as rows, enums as their values)."""
+def encode_spec(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Market settings as JSON values (tiers as rows, enums as values, the asset as an object)."""
     out: dict[str, Any] = {}
     for k, v in changes.items():
         if isinstance(v, TierTable):
             out[k] = [list(r) for r in v.as_rows()]
         elif isinstance(v, enum.Enum):  # any enum setting (see enum_settings)
             out[k] = v.value
+        elif isinstance(v, Asset):
+            out[k] = {"symbol": v.symbol, "decimals": v.decimals}
         else:
             out[k] = v
     return out
 
 
-def decode_spec(changes: dict[str, Any]) -> dict[str, Any]:
+def decode_spec(changes: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(changes)
     if "tiers" in out:
         out["tiers"] = TierTable((int(f), int(lev), int(mmr)) for f, lev, mmr in out["tiers"])
+    if "asset" in out:
+        out["asset"] = Asset(**out["asset"])
     for name, kind in enum_settings():
         if name in out:
             out[name] = kind(out[name])
     return out
+
+
+def format_of(value: Mapping[str, Any]) -> int:
+    """The format a decoded JSON record was written in; UnknownFormat if not known."""
+    v = value.get("v", 1)
+    if type(v) is not int or not OLDEST <= v <= FORMAT:
+        raise UnknownFormat(v)
+    return v
+
+
+class Codec:
+    """Encodes and decodes :mod:`riskd.storage.records`; ``inputs``: the input classes
+    (tests pass altered copies to prove decoding goes by field name)."""
+
+    def __init__(self, inputs: Iterable[type[Any]] = INPUT_TYPES) -> None:
+        self._inputs: dict[str, type[Any]] = {t.__name__: t for t in inputs}
+        # Looked up once: encoding runs for every journaled update.
+        self._fields = {
+            name: tuple(f.name for f in dataclasses.fields(t)) for name, t in self._inputs.items()
+        }
+        self._settings = spec_settings()
+
+    # --- inputs ----------------------------------------------------------------
+
+    def _input_fields(self, x: Input) -> dict[str, Any]:
+        return {f: getattr(x, f) for f in self._fields[type(x).__name__]}
+
+    def _input(self, name: str, values: Any, where: str) -> Any:
+        cls = self._inputs.get(name)
+        if cls is None:
+            raise BadRecord(f"{where}: unknown input type {name!r}")
+        if not isinstance(values, dict):
+            raise BadRecord(f"{where}: {name} is not an object of named fields")
+        unknown = values.keys() - set(self._fields[name])
+        if unknown:
+            raise BadRecord(f"{where}: {name} has no field {', '.join(sorted(unknown))}")
+        try:
+            return cls(**values)
+        except TypeError as e:  # a required field missing
+            raise BadRecord(f"{where}: {name}: {e}") from e
+
+    def _v1_input(self, row: Any, where: str) -> Input | Rejected:
+        if not isinstance(row, list) or not row:
+            raise BadRecord(f"{where}: not a format 1 input row")
+        if row[0] == _REJECTED:
+            return Rejected(Code(row[1]), row[2], row[3])
+        names = _V1_FIELDS.get(row[0])
+        if names is None:
+            raise BadRecord(f"{where}: unknown input type {row[0]!r}")
+        if len(row) - 1 > len(names):
+            raise BadRecord(
+                f"{where}: {row[0]} has {len(row) - 1} values, format 1 had {len(names)}"
+            )
+        result: Input = self._input(row[0], dict(zip(names, row[1:], strict=False)), where)
+        return result
+
+    # --- records ---------------------------------------------------------------
+
+    def encode(self, record: Record) -> str:
+        """One record as compact JSON text, in the current format."""
+        out: dict[str, Any] = {"v": FORMAT}
+        match record:
+            case IngestBatch():
+                names = self._fields
+                rows: list[list[Any]] = []
+                kinds: set[str] = set()
+                for seq, x in record.updates:
+                    if isinstance(x, Rejected):
+                        rows.append([seq, _REJECTED, x.code.value, x.field, x.message])
+                    else:
+                        kind = type(x).__name__
+                        kinds.add(kind)
+                        rows.append([seq, kind, *map(x.__getattribute__, names[kind])])
+                out.update(
+                    kind="ingest",
+                    gateway=record.gateway,
+                    epoch=record.epoch,
+                    offset=record.offset,
+                    fields={k: list(names[k]) for k in sorted(kinds)},
+                    updates=rows,
+                )
+            case WithdrawalDecided():
+                out.update(
+                    kind="withdrawal",
+                    withdrawal_id=record.withdrawal_id,
+                    withdrawal=self._input_fields(record.withdrawal),
+                )
+            case FundInjected():
+                out.update(kind="injection", injection=self._input_fields(record.injection))
+            case MarketUpdated():
+                out.update(
+                    kind="market_update",
+                    market=record.market,
+                    changes=encode_spec(record.changes),
+                    ts=record.ts,
+                )
+            case EpochAssigned():
+                out.update(kind="epoch", gateway=record.gateway, epoch=record.epoch)
+            case MarketSettings():
+                out.update(
+                    kind="settings",
+                    markets={sym: settings_of(spec) for sym, spec in record.markets.items()},
+                    created=list(record.created),
+                )
+            case _:
+                raise TypeError(f"not a journal record: {type(record).__name__}")
+        return json.dumps(out, separators=(",", ":"), sort_keys=True)
+
+    def decode(self, text: str) -> Record:
+        """One record from its text, whichever known format wrote it."""
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise BadRecord(f"not JSON: {e}") from e
+        if not isinstance(value, dict):
+            raise BadRecord("not a JSON object")
+        try:
+            if format_of(value) == 1:
+                return self._decode_v1(value)
+            return self._decode_v2(value)
+        except (KeyError, TypeError, ValueError) as e:
+            # Values of the wrong shape inside a known kind (a key missing, a bad enum).
+            raise BadRecord(f"{value.get('kind', value.get('k'))!r} record: {e!r}") from e
+
+    def _decode_v2(self, r: dict[str, Any]) -> Record:
+        kind = r.get("kind")
+        fields = set(r) - {"v", "kind"}
+        expected = _V2_FIELDS.get(kind) if isinstance(kind, str) else None
+        if expected is None:
+            raise BadRecord(f"unknown record kind {kind!r}")
+        if fields != expected:
+            extra, missing = sorted(fields - expected), sorted(expected - fields)
+            raise BadRecord(f"{kind} record: unknown fields {extra}, missing fields {missing}")
+        match kind:
+            case "ingest":
+                return self._ingest(r)
+            case "withdrawal":
+                w = self._input("Withdrawal", r["withdrawal"], "withdrawal record")
+                return WithdrawalDecided(r["withdrawal_id"], w)
+            case "injection":
+                return FundInjected(
+                    self._input("FundInjection", r["injection"], "injection record")
+                )
+            case "market_update":
+                return self._update(r["market"], r["changes"], r["ts"])
+            case "epoch":
+                return EpochAssigned(r["gateway"], r["epoch"])
+            case _:  # "settings"
+                return MarketSettings(
+                    {sym: self._spec(sym, values) for sym, values in r["markets"].items()},
+                    tuple(r["created"]),
+                )
+
+    def _ingest(self, r: dict[str, Any]) -> IngestBatch:
+        """Rows are positional, in the order the record's own ``fields`` names: each
+        name is checked against the class once per record, then values go by name."""
+        makers: dict[str, Any] = {}
+        for name, names in r["fields"].items():
+            cls = self._inputs.get(name)
+            if cls is None:
+                raise BadRecord(f"ingest record: unknown input type {name!r}")
+            have = self._fields[name]
+            unknown = set(names) - set(have)
+            if unknown:
+                raise BadRecord(f"ingest record: {name} has no field {', '.join(sorted(unknown))}")
+            required = {
+                f.name
+                for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            }
+            if required - set(names):
+                missing = ", ".join(sorted(required - set(names)))
+                raise BadRecord(f"ingest record: {name} lacks required field {missing}")
+            if tuple(names) == have:
+                makers[name] = cls  # the same order: positional is by name
+            else:
+                makers[name] = _by_name(cls, tuple(names))
+        updates: list[tuple[int, Input | Rejected]] = []
+        for row in r["updates"]:
+            seq, name = row[0], row[1]
+            if name == _REJECTED:
+                updates.append((seq, Rejected(Code(row[2]), row[3], row[4])))
+                continue
+            make = makers.get(name)
+            if make is None:
+                raise BadRecord(f"ingest record, sequence {seq}: {name!r} not in its fields")
+            if len(row) - 2 != len(r["fields"][name]):
+                raise BadRecord(f"ingest record, sequence {seq}: {name} has {len(row) - 2} values")
+            updates.append((seq, make(*row[2:])))
+        return IngestBatch(r["gateway"], r["epoch"], tuple(updates), r["offset"])
+
+    def _update(self, market: str, changes: dict[str, Any], ts: int) -> MarketUpdated:
+        unknown = changes.keys() - set(self._settings)
+        if unknown:
+            raise BadRecord(f"market change of {market}: no setting {sorted(unknown)}")
+        return MarketUpdated(market, decode_spec(changes), ts)
+
+    def _spec(self, symbol: str, values: dict[str, Any]) -> MarketSpec:
+        unknown = values.keys() - set(self._settings)
+        if unknown:
+            raise BadRecord(f"settings record, market {symbol}: no setting {sorted(unknown)}")
+        try:
+            return MarketSpec(**decode_spec(values))
+        except TypeError as e:
+            raise BadRecord(f"settings record, market {symbol}: {e}") from e
+
+    def _decode_v1(self, r: dict[str, Any]) -> Record:
+        match r["k"]:
+            case "ingest":
+                return IngestBatch(
+                    r["g"],
+                    r["e"],
+                    tuple(
+                        (seq, self._v1_input(row, f"ingest record, sequence {seq}"))
+                        for seq, row in r["u"]
+                    ),
+                    r.get("o", 0),
+                )
+            case "withdraw":
+                w = self._v1_input(r["w"], "withdraw record")
+                if not isinstance(w, Withdrawal):
+                    raise BadRecord("withdraw record: not a Withdrawal")
+                return WithdrawalDecided(r["id"], w)
+            case "inject":
+                i = self._v1_input(r["i"], "inject record")
+                if not isinstance(i, FundInjection):
+                    raise BadRecord("inject record: not a FundInjection")
+                return FundInjected(i)
+            case "spec":
+                return self._update(r["m"], r["c"], r["t"])
+            case "epoch":
+                return EpochAssigned(r["g"], r["e"])
+            case kind:
+                raise BadRecord(f"unknown record kind {kind!r}")
+
+
+def decode_all(texts: Iterable[str], after: int, path: object) -> list[Record]:
+    """Records numbered ``after + 1`` on, decoded; the first that does not decode is
+    raised naming ``path`` and its number (before anything is applied)."""
+    out: list[Record] = []
+    decode = CODEC.decode
+    for n, text in enumerate(texts, after + 1):
+        try:
+            out.append(decode(text))
+        except UnknownFormat as e:
+            raise UnknownFormat(e.version, f"{path}: record {n}: ") from None
+        except BadRecord as e:
+            raise BadRecord(f"{path}: record {n}: {e}") from None
+    return out
+
+
+def _by_name(cls: type[Any], names: tuple[str, ...]) -> Any:
+    def make(*values: Any) -> Any:
+        return cls(**dict(zip(names, values, strict=True)))
+
+    return make
+
+
+#: Format 2's keys per kind, besides "v" and "kind": exactly these, no more, no fewer.
+_V2_FIELDS: dict[str, set[str]] = {
+    "ingest": {"gateway", "epoch", "offset", "fields", "updates"},
+    "withdrawal": {"withdrawal_id", "withdrawal"},
+    "injection": {"injection"},
+    "market_update": {"market", "changes", "ts"},
+    "epoch": {"gateway", "epoch"},
+    "settings": {"markets", "created"},
+}
+
+CODEC = Codec()
+encode = CODEC.encode
+decode = CODEC.decode

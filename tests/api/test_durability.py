@@ -17,6 +17,7 @@ from riskd.core import Engine
 from riskd.core.events import Deposit, Fill, MarginTransfer, MarkPrice
 from riskd.core.invariants import digest
 from riskd.storage import codec
+from riskd.storage.records import IngestBatch
 from riskd.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, query_pb2, query_pb2_grpc
 from riskd_client.gateway import Gateway
 
@@ -268,13 +269,14 @@ def test_remembered_ids_survive_clean_and_sigkill_restarts(tmp_path: Path) -> No
 
 def test_journal_records_carry_deposit_ids_and_old_ones_still_decode() -> None:
     d = Deposit(7, "USDT", 5, 1_700_000_000_000, deposit_id=2**64 - 1)
-    row = codec.decode(codec.encode({"u": codec.encode_input(d)}))["u"]
-    assert codec.decode_input(row) == d
-    # A record written before deposits had an id: five fields, id 0 ("not given").
-    old = codec.decode('{"u":["Deposit",7,"USDT",5,1700000000000]}')["u"]
-    assert codec.decode_input(old) == Deposit(7, "USDT", 5, 1_700_000_000_000, deposit_id=0)
     f = Fill("BTC-USDT", 2**64 - 1, 1, 2, 5_000_000, 3, 4, 5, 6)
-    assert codec.decode_input(codec.encode_input(f)) == f
+    batch = IngestBatch("gw", 1, ((1, d), (2, f)))
+    assert codec.decode(codec.encode(batch)) == batch
+    # A record written before deposits had an id: five fields, id 0 ("not given").
+    old = codec.decode(
+        '{"k":"ingest","g":"gw","e":1,"u":[[1,["Deposit",7,"USDT",5,1700000000000]]]}'
+    )
+    assert old == IngestBatch("gw", 1, ((1, Deposit(7, "USDT", 5, 1_700_000_000_000)),))
 
 
 def test_reused_ids_in_one_batch_are_refused_in_the_daemon_like_the_core(tmp_path: Path) -> None:

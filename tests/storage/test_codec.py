@@ -1,0 +1,215 @@
+"""The journal codec: records by field name, strict, versioned; format 1 still read."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from riskd import config as config_mod
+from riskd.core import Rejected
+from riskd.core.errors import Code
+from riskd.core.events import (
+    Deposit,
+    Fill,
+    FundingRate,
+    FundInjection,
+    LiquidationDone,
+    LiquidationFill,
+    MarginTransfer,
+    MarkPrice,
+    Withdrawal,
+)
+from riskd.core.market import AdlPolicy
+from riskd.storage import codec
+from riskd.storage.codec import FORMAT, INPUT_TYPES, BadRecord, Codec, UnknownFormat
+from riskd.storage.records import (
+    EpochAssigned,
+    FundInjected,
+    IngestBatch,
+    MarketSettings,
+    MarketUpdated,
+    WithdrawalDecided,
+)
+
+M = "BTC-USDT"
+ints = st.integers(min_value=-(2**70), max_value=2**70)  # exact beyond int64, both ways
+text = st.text(max_size=12)
+
+
+def _inputs() -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.builds(Fill, text, ints, ints, ints, ints, ints, ints, ints, ints),
+        st.builds(MarkPrice, text, ints, ints),
+        st.builds(Deposit, ints, text, ints, ints, ints),
+        st.builds(MarginTransfer, ints, text, ints, ints),
+        st.builds(FundingRate, text, ints, ints),
+        st.builds(LiquidationFill, text, ints, ints, ints, ints, ints, ints),
+        st.builds(LiquidationDone, text, ints, ints),
+        st.builds(Rejected, st.sampled_from(list(Code)), text, text),
+    )
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 2**63), _inputs()), max_size=8),
+    text,
+    st.integers(0, 2**63),
+    st.integers(0, 4096),
+)
+def test_every_ingest_batch_reads_back_as_written(
+    updates: list[tuple[int, Any]], gateway: str, epoch: int, offset: int
+) -> None:
+    record = IngestBatch(gateway, epoch, tuple(updates), offset)
+    text = codec.encode(record)
+    assert json.loads(text)["v"] == FORMAT
+    decoded = codec.decode(text)
+    assert isinstance(decoded, IngestBatch)
+    assert _plain(decoded) == _plain(record)
+
+
+def _plain(r: IngestBatch) -> tuple[Any, ...]:
+    """Rejected is an exception (equal only to itself): compare what it says."""
+    return (
+        r.gateway,
+        r.epoch,
+        r.offset,
+        [(s, (x.code, x.field, x.message) if isinstance(x, Rejected) else x) for s, x in r.updates],
+    )
+
+
+def test_every_record_kind_reads_back_as_written() -> None:
+    specs = {s.symbol: s for s in config_mod.load().markets}
+    for record in (
+        WithdrawalDecided(7, Withdrawal(4, "USDT", 10**30, 5)),
+        FundInjected(FundInjection("USDT", 20, "seed", 9)),
+        MarketUpdated(M, {"fund_fee_share_ppm": 0, "adl_policy": AdlPolicy.PRO_RATA_RISK}, 3),
+        MarketUpdated(M, {"tiers": specs[M].tiers, "fund_loss_cap": None}, 0),
+        EpochAssigned("gw-1", 2**63 - 1),
+        MarketSettings(specs, tuple(specs)),
+        MarketSettings(specs, ()),
+    ):
+        assert _comparable(codec.decode(codec.encode(record))) == _comparable(record)
+
+
+def _comparable(r: Any) -> Any:
+    """Tier tables are equal only to themselves: compare settings as JSON values."""
+    if isinstance(r, MarketSettings):
+        return {s: codec.settings_of(spec) for s, spec in r.markets.items()}, r.created
+    if isinstance(r, MarketUpdated):
+        return r.market, codec.encode_spec(r.changes), r.ts
+    return r
+
+
+def _reordered_fill() -> type[Any]:
+    """A copy of Fill whose fields are reversed (as a refactoring might reorder them)."""
+    fields = [(f.name, f.type, f) for f in reversed(dataclasses.fields(Fill))]
+    rebuilt = [
+        (name, typ, dataclasses.field(default=f.default))
+        if f.default is not dataclasses.MISSING
+        else (name, typ)
+        for name, typ, f in fields
+    ]
+    # Required fields first, as a dataclass wants them.
+    rebuilt.sort(key=lambda t: len(t) == 3)
+    return dataclasses.make_dataclass("Fill", rebuilt, frozen=True)
+
+
+def test_a_reordered_input_class_decodes_old_records_into_the_right_fields() -> None:
+    fill = Fill(M, 11, 1, 2, 5_000_000, 100, 3, 4, 1_700_000_000_000)
+    reordered = _reordered_fill()
+    assert [f.name for f in dataclasses.fields(reordered)] != [
+        f.name for f in dataclasses.fields(Fill)
+    ]
+    other = Codec([reordered if t is Fill else t for t in INPUT_TYPES])
+    for record in (
+        IngestBatch("gw", 1, ((1, fill),)),
+        # Format 1: positional, as HEAD wrote them before format 2.
+        '{"e":1,"g":"gw","k":"ingest","u":[[1,["Fill","BTC-USDT",11,1,2,5000000,100,3,4,'
+        "1700000000000]]]}",
+    ):
+        text = record if isinstance(record, str) else codec.encode(record)
+        decoded = other.decode(text)
+        assert isinstance(decoded, IngestBatch)
+        [(_, got)] = decoded.updates
+        assert type(got) is reordered
+        assert {f.name: getattr(got, f.name) for f in dataclasses.fields(got)} == {
+            f.name: getattr(fill, f.name) for f in dataclasses.fields(Fill)
+        }
+    # The same values by position (``cls(*row[1:])``, what format 2 replaced) put
+    # the market into ``quantity``.
+    wrong = reordered(*(getattr(fill, f.name) for f in dataclasses.fields(Fill)))
+    assert wrong.quantity == M
+
+
+def test_a_renamed_field_fails_loudly_naming_it() -> None:
+    renamed = dataclasses.make_dataclass(
+        "MarkPrice", [("market", str), ("price_e2", int), ("ts", int, 0)], frozen=True
+    )
+    other = Codec([renamed if t is MarkPrice else t for t in INPUT_TYPES])
+    text = codec.encode(IngestBatch("gw", 1, ((1, MarkPrice(M, 5, 6)),)))
+    with pytest.raises(BadRecord, match="MarkPrice has no field price"):
+        other.decode(text)
+    v1 = '{"e":1,"g":"gw","k":"ingest","u":[[1,["MarkPrice","BTC-USDT",5,6]]]}'
+    with pytest.raises(BadRecord, match="MarkPrice has no field price"):
+        other.decode(v1)
+    with pytest.raises(BadRecord, match="withdrawal record: Withdrawal has no field wallet"):
+        codec.decode(
+            '{"v":2,"kind":"withdrawal","withdrawal_id":1,'
+            '"withdrawal":{"wallet":1,"asset":"USDT","amount":1,"ts":0}}'
+        )
+
+
+def test_a_field_added_with_a_default_reads_old_records_as_the_default() -> None:
+    # Format 1 deposits before deposit ids: four values.
+    old = codec.decode('{"e":1,"g":"gw","k":"ingest","u":[[1,["Deposit",7,"USDT",5,17]]]}')
+    assert isinstance(old, IngestBatch)
+    assert old.updates == ((1, Deposit(7, "USDT", 5, 17, deposit_id=0)),)
+    # Format 2 names its fields: one that leaves deposit_id out gets the default.
+    text = (
+        '{"v":2,"kind":"ingest","gateway":"g","epoch":1,"offset":0,'
+        '"fields":{"Deposit":["account","asset","amount"]},"updates":[[1,"Deposit",7,"USDT",5]]}'
+    )
+    new = codec.decode(text)
+    assert isinstance(new, IngestBatch) and new.updates == ((1, Deposit(7, "USDT", 5)),)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('{"v":2,"kind":"teleport"}', "unknown record kind 'teleport'"),
+        ('{"v":2,"kind":"epoch","gateway":"g"}', r"missing fields \['epoch'\]"),
+        ('{"v":2,"kind":"epoch","gateway":"g","epoch":1,"x":1}', r"unknown fields \['x'\]"),
+        (
+            '{"v":2,"kind":"ingest","gateway":"g","epoch":1,"offset":0,'
+            '"fields":{"MarkPrice":["market"]},"updates":[]}',
+            "MarkPrice lacks required field price",
+        ),
+        (
+            '{"v":2,"kind":"ingest","gateway":"g","epoch":1,"offset":0,'
+            '"fields":{"MarkPrice":["market","price"]},"updates":[[1,"MarkPrice","M",1,2]]}',
+            "MarkPrice has 3 values",
+        ),
+        ('{"v":2,"kind":"market_update","market":"M","changes":{"fee":1},"ts":0}', "no setting"),
+        ('{"k":"ingest","g":"g","e":1,"u":[[1,["Teleport",1]]]}', "unknown input type"),
+        ('{"k":"ingest","g":"g","e":1,"u":[[1,["MarkPrice","M",1,2,3]]]}', "4 values"),
+        ("[1]", "not a JSON object"),
+        ("{", "not JSON"),
+    ],
+)
+def test_malformed_records_are_refused_naming_what(text: str, match: str) -> None:
+    with pytest.raises(BadRecord, match=match):
+        codec.decode(text)
+
+
+@pytest.mark.parametrize("version", [FORMAT + 1, 99, 0, "2", None])
+def test_an_unknown_format_version_is_refused_naming_it(version: object) -> None:
+    text = json.dumps({"v": version, "kind": "epoch", "gateway": "g", "epoch": 1})
+    with pytest.raises(UnknownFormat, match=f"format version {version!r}") as e:
+        codec.decode(text)
+    assert e.value.version == version
+    with pytest.raises(UnknownFormat, match=r"j.sqlite3: record 12: journal format version"):
+        codec.decode_all([codec.encode(EpochAssigned("g", 1)), text], 10, "j.sqlite3")
