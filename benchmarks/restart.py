@@ -1,18 +1,28 @@
-"""Restart time to SERVING with many open positions (snapshot + empty journal tail).
+"""Restart time to SERVING with many open positions, and the snapshot pause.
 
 Builds ``n`` open positions with the pure engine (the same population as the
-core benchmark), writes them as riskd's snapshot into a fresh data directory,
-then times ``riskd serve`` from process start to its ``riskd_serving`` line
-(actors up, snapshot loaded, journal verified and replayed, gRPC listening,
-health SERVING).  Also reports the snapshot's size, how long writing it
-took, and how long taking one pauses the engine (a fork) against pickling in
-place.  Target (issue): <= 10 s with 10**6 positions.
+core benchmark), writes them as riskd's snapshot into a fresh data directory
+(with the fund ledgers in ``ledger.sqlite3``, as the daemon keeps them), then
+times ``riskd serve`` from process start to its ``riskd_serving`` line
+(actors up, snapshot loaded, ledger file checked, journal verified and
+replayed, gRPC listening, health SERVING).  Target (issue): <= 10 s with
+10**6 positions (<= 5 s since issue 12).
+
+Then the snapshot pause: one fund injection moves the journal, the daemon's
+next periodic snapshot settles the actors (the pause, from its
+``snapshot_written`` line) and a writer process rebuilds and writes the state
+(no fork of the daemon).  Meanwhile a client sends fund injections (each one
+sequenced and journaled: an fsync) every 20 ms and times them: if the engine
+stalled while the writer ran, their round trips would show it.  Compared with
+pickling the same state in place (what the engine would pause for without
+the writer process).  Target (issue 12): pause <= 50 ms at 10**6 positions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,10 +32,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from benchmarks import core
-from riskd.storage import snapshot
+from riskd.config import default_toml
+from riskd.storage import ledger, snapshot
+from riskd.v1 import admin_pb2, admin_pb2_grpc
 
 __all__ = ["run"]
+
+
+def _lines(log: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
 
 
 def measure(n: int) -> dict[str, Any]:
@@ -33,54 +58,74 @@ def measure(n: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     core.populate_book(engine, n)
     built = time.perf_counter() - t0
-    state = {
-        "markets": dict(engine.markets),
-        "wallets": dict(engine.wallets),
-        "funds": dict(engine.funds),
-        "gateways": {},
-        "withdrawals": OrderedDict(),
-    }
     with tempfile.TemporaryDirectory(prefix="riskd-restart-") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
+        ledger.export(data, engine.funds)
+        state = {
+            "markets": dict(engine.markets),
+            "wallets": dict(engine.wallets),
+            "funds": dict(engine.funds),
+            "gateways": {},
+            "withdrawals": OrderedDict(),
+        }
         t0 = time.perf_counter()
         payload = snapshot.dumps(state)
         pickled = time.perf_counter() - t0
         snapshot.write(data, 0, payload)
         written = time.perf_counter() - t0
-        # How riskd takes it: fork, and the child pickles and writes.  The
-        # engine pauses for the fork only (it used to pause for the pickling).
-        t0 = time.perf_counter()
-        pid = snapshot.write_in_child(data, 0, state)
-        forked = time.perf_counter() - t0
-        if not snapshot.wait_child(pid):
-            raise RuntimeError("the snapshot child failed")
-        in_child = time.perf_counter() - t0
+        del state, engine
+        config = Path(tmp) / "riskd.toml"
+        config.write_text(default_toml().replace("snapshot_seconds = 300", "snapshot_seconds = 1"))
         log = Path(tmp) / "riskd.log"
         with log.open("wb") as out:
             t0 = time.perf_counter()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "riskd.cli", "serve", "--grpc-listen", "127.0.0.1:0",
-                 "--metrics-listen", "127.0.0.1:0", "--data-dir", str(data)],
+                [sys.executable, "-m", "riskd.cli", "serve", "--config", str(config),
+                 "--grpc-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                 "--data-dir", str(data)],
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
             try:
-                while b'"riskd_serving"' not in log.read_bytes():
+                while not any(x.get("event") == "riskd_serving" for x in _lines(log)):
                     if proc.poll() is not None or time.perf_counter() - t0 > 300:
                         raise RuntimeError(log.read_text())
                     time.sleep(0.02)
                 serving = time.perf_counter() - t0
+                port = next(x for x in _lines(log) if x.get("event") == "riskd_serving")
+                channel = grpc.insecure_channel(f"127.0.0.1:{port['grpc_port']}")
+                admin = admin_pb2_grpc.AdminServiceStub(channel)
+                inject = admin_pb2.InjectFundRequest(asset="USDT", amount=1, cause="bench")
+                admin.InjectFund(inject)  # the journal moves: the next snapshot is written
+                rtts: list[float] = []
+                snap: dict[str, Any] | None = None
+                while snap is None:
+                    if proc.poll() is not None or time.perf_counter() - t0 > 900:
+                        raise RuntimeError(log.read_text())
+                    s0 = time.perf_counter()
+                    admin.InjectFund(inject)
+                    rtts.append(time.perf_counter() - s0)
+                    time.sleep(0.02)
+                    done = [x for x in _lines(log) if x.get("event") == "snapshot_written"]
+                    snap = done[0] if done else None
+                channel.close()
+                fork_lines = log.read_text().count("fork()")
             finally:
                 proc.terminate()
-                proc.wait(60)
+                proc.wait(120)
+    rtts.sort()
     return {
         "positions": n,
         "populate_s": round(built, 2),
         "snapshot_bytes": len(payload),
         "snapshot_write_s": round(written, 2),
         "snapshot_pickle_s": round(pickled, 3),
-        "snapshot_pause_s": round(forked, 4),
-        "snapshot_child_s": round(in_child, 2),
+        "snapshot_pause_s": round(snap["paused_ms"] / 1000, 4),
+        "snapshot_writer_s": snap["seconds"],
+        "inject_rtt_p50_ms": round(statistics.median(rtts) * 1000, 2),
+        "inject_rtt_max_ms": round(rtts[-1] * 1000, 2),
+        "inject_probes": len(rtts),
+        "fork_warnings": fork_lines,
         "restart_to_serving_s": round(serving, 2),
     }
 
@@ -100,11 +145,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     )
     print(
         f"snapshot with {n:,} positions: the engine pauses {r['snapshot_pause_s'] * 1000:.1f} ms"
-        f" (fork; the child pickles and writes in {r['snapshot_child_s']} s), against"
-        f" {r['snapshot_pickle_s'] * 1000:.0f} ms to pickle in place:"
-        f" {r['snapshot_pickle_s'] / max(r['snapshot_pause_s'], 1e-9):.0f}x shorter"
+        f" (target <= 50 ms; the writer process rebuilt and wrote it in"
+        f" {r['snapshot_writer_s']} s), against {r['snapshot_pickle_s'] * 1000:.0f} ms to pickle"
+        f" in place: {r['snapshot_pickle_s'] / max(r['snapshot_pause_s'], 1e-9):.0f}x shorter;"
+        f" fund injections meanwhile: p50 {r['inject_rtt_p50_ms']} ms,"
+        f" max {r['inject_rtt_max_ms']} ms ({r['inject_probes']});"
+        f" fork() warnings in the log: {r['fork_warnings']}"
     )
-    target = 10.0
+    target = 5.0
     return {
         "figures": {
             f"restart_to_serving_s[n={n}]": {
@@ -128,7 +176,15 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "value": r["snapshot_pause_s"],
                 "unit": "s",
                 "command": command,
-                "note": f"fork only; pickling in place took {r['snapshot_pickle_s']} s",
+                "target": "<= 0.05",
+                "meets_target": r["snapshot_pause_s"] <= 0.05,
+                "note": f"actors settling; pickling in place took {r['snapshot_pickle_s']} s",
+            },
+            f"snapshot_inject_rtt_max_ms[n={n}]": {
+                "value": r["inject_rtt_max_ms"],
+                "unit": "ms",
+                "command": command,
+                "note": "fund injections (journaled) while the writer process ran",
             },
         },
         "details": r,

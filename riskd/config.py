@@ -63,6 +63,7 @@ SERVER_LIMITS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "max_subscriptions": (1, 1_000_000),
     "max_subscriptions_per_identity": (1, 1_000_000),
     "withdrawal_ids_remembered": (1, 10_000_000),
+    "fund_ledger_memory": (1, 10_000_000),
 }
 
 #: A market's fill price band when its table does not set one: 5 %.
@@ -122,6 +123,8 @@ class ServerConfig:
     max_subscriptions_per_identity: int = 16
     #: Approved withdrawal ids remembered per asset for retries (about 100 bytes each).
     withdrawal_ids_remembered: int = 100_000
+    #: Fund ledger entries kept in memory per asset (the rest in ledger.sqlite3).
+    fund_ledger_memory: int = 10_000
     #: Mark moves (ppm of the mark) the stress coverage gauges report, and
     #: GetStressCoverage's default (riskd.core.stress).
     stress_moves_ppm: tuple[int, ...] = DEFAULT_MOVES_PPM

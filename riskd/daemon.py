@@ -55,7 +55,7 @@ from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
 from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
 from riskd.metrics import Metrics
-from riskd.storage import StorageFault, codec, fail_stop, snapshot
+from riskd.storage import StorageFault, codec, fail_stop, ledger, snapshot
 from riskd.storage.admin_log import AdminLog
 from riskd.storage.journal import (
     JournalCorrupt,
@@ -63,6 +63,7 @@ from riskd.storage.journal import (
     SqliteJournal,
     wal_problem,
 )
+from riskd.storage.ledger import LedgerWriter
 
 __all__ = ["Daemon", "Endpoints", "StartupError", "serve"]
 
@@ -97,9 +98,17 @@ class Daemon:
         self.event_log = EventLog(srv.event_retention)
         self._grpc: GrpcThread | None = None
         self.wallets = {a: WalletActor(Wallets(a), cap) for a in config.assets}
+        # Fund ledger entries go to ledger.sqlite3; memory keeps the newest.
+        self.ledger = LedgerWriter(Path(srv.data_dir) / ledger.FILE)
+        self._snapshot_at: int | None = None  # journal records the newest snapshot covers
         self.funds = {
             a: FundActor(
-                InsuranceFund(a, config.funds.get(a)), self.publish, cap, self._fund_changed
+                InsuranceFund(a, config.funds.get(a)),
+                self.publish,
+                cap,
+                self._fund_changed,
+                writer=self.ledger,
+                ledger_memory=srv.fund_ledger_memory,
             )
             for a in config.assets
         }
@@ -192,6 +201,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 for actor in self.actors():
                     await nursery.start(actor.run)
+                await nursery.start(self.ledger.run)
                 journal = await self._recover()
                 await nursery.start(journal.run)
                 self.metrics.watch_mailbox("journal", "", "", _depth(journal), journal.capacity)
@@ -346,7 +356,11 @@ class Daemon:
             if disagree:
                 raise JournalInconsistent(disagree)
             covered = snap.records
+        if not await self._ledger_agrees(snap):
+            covered, snap = 0, None  # the journal from its start rebuilds what the file lost
+        if snap is not None:
             self.sequencer.restore(snap.state)
+        self._snapshot_at = None if snap is None else snap.records
         texts = await trio.to_thread.run_sync(lambda: list(journal.replay(covered)))
         # All decoded first: an unknown format (exit 3) refuses before anything applies.
         records = await trio.to_thread.run_sync(codec.decode_all, texts, covered, journal.path)
@@ -388,32 +402,76 @@ class Daemon:
             await trio.to_thread.run_sync(journal.append, [codec.encode(r) for r in added])
         return len(added)
 
-    async def take_snapshot(self) -> None:
-        """Capture the state between two inputs; a forked child writes it atomically.
+    async def _ledger_agrees(self, snap: snapshot.Snapshot | None) -> bool:
+        """Cut ledger.sqlite3 back to what ``snap`` covers (or to nothing without
+        one) and check its chain reaches the snapshot's; whether ``snap`` is usable."""
+        store = await trio.to_thread.run_sync(self.ledger.open)
+        funds = {a: f.fund for a, f in self.funds.items()}  # fresh: nothing booked
+        if snap is not None:
+            funds.update((a, f) for a, f in snap.state["funds"].items() if a in funds)
+        why = await trio.to_thread.run_sync(ledger.agree, store, funds)
+        if why is None:
+            return True
+        assert snap is not None  # fresh funds agree with any file once it is cut to 0
+        log.warning("snapshot_ignored", snapshot=str(snap.path), reason=why)
+        fresh = {a: InsuranceFund(a) for a in self.funds}
+        await trio.to_thread.run_sync(ledger.agree, store, fresh)
+        return False
 
-        A snapshot that cannot be written is a storage fault: fail-stop (exit 4).
+    async def take_snapshot(self, final: bool = False) -> None:
+        """Write the state at the journal's durable position (riskd.storage.snapshot).
+
+        The engine pauses only while its actors settle: a writer process rebuilds
+        the state from the journal.  ``final`` (at shutdown, nothing left to
+        serve): the state is pickled here.  Fund ledger entries are made durable
+        first, since the snapshot no longer carries them.  A snapshot that cannot
+        be written is a storage fault: fail-stop (exit 4).
         """
         started = time.perf_counter()
         data = Path(self.config.server.data_dir)
+        seq = self.sequencer
+        state: dict[str, Any] | None = None
         try:
-            covered, pid = await self.sequencer.call(self.sequencer.snapshot, data)
+            if final:
+                covered, head, state = await seq.call(seq.capture)
+            else:
+                covered, head = await seq.call(seq.position)
         except ActorStopped:  # an actor crashed: its state is not worth keeping
             log.warning("snapshot_skipped", reason="the engine has stopped")
             return
         paused = time.perf_counter() - started
         try:
-            ok = await trio.to_thread.run_sync(snapshot.wait_child, pid, abandon_on_cancel=True)
+            if covered == self._snapshot_at:
+                # Nothing new to write; a disk gone read-only still surfaces here.
+                await trio.to_thread.run_sync(snapshot.probe, data)
+                return
+            await self.ledger.sync(f.fund for f in self.funds.values())
+            if state is not None:
+                payload = await trio.to_thread.run_sync(snapshot.dumps, state)
+                await trio.to_thread.run_sync(snapshot.write, data, covered, payload, head)
+                ok = True
+            else:
+                writer = await trio.to_thread.run_sync(
+                    snapshot.start_writer, self.config, data, covered, head
+                )
+                ok = await trio.to_thread.run_sync(
+                    snapshot.wait_writer, writer, abandon_on_cancel=True
+                )
         except StorageFault as fault:
             fail_stop(fault)
+        except OSError as e:
+            fail_stop(StorageFault("snapshot", data, e))
         if ok:
+            self._snapshot_at = max(covered, self._snapshot_at or 0)
             log.info(
                 "snapshot_written",
                 records=covered,
                 paused_ms=round(paused * 1000, 1),
                 seconds=round(time.perf_counter() - started, 2),
+                writer="in process" if final else "process",
             )
         else:  # not fatal: the journal holds everything, a restart just replays more
-            log.error("snapshot_failed", records=covered, pid=pid)
+            log.error("snapshot_failed", records=covered)
 
     async def _snapshots(self, every: float) -> None:
         while True:
@@ -426,7 +484,7 @@ class Daemon:
         )
         await trio.to_thread.run_sync(grpc.run_coroutine, ingest.drain(DRAIN_SECONDS))
         await trio.to_thread.run_sync(grpc.stop, 2.0)
-        await self.take_snapshot()  # a clean restart replays nothing
+        await self.take_snapshot(final=True)  # a clean restart replays nothing
         log.info("riskd_stopped")
 
 

@@ -20,7 +20,6 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from riskd.actors.actor import Actor
@@ -41,7 +40,7 @@ from riskd.core.recent_ids import (
 from riskd.core.units import check_positive
 from riskd.core.wallet import check_account, unsettled_bad_debt, withdrawals_paused
 from riskd.metrics import Metrics
-from riskd.storage import codec, records, snapshot
+from riskd.storage import codec, records
 from riskd.storage.records import (
     EpochAssigned,
     FundInjected,
@@ -490,22 +489,30 @@ class Sequencer(Actor):
             await a.call(_nothing)
         return fn()
 
-    async def snapshot(self, directory: Path) -> tuple[int, int]:
-        """Settle everything, wait until the journal holds it, fork a snapshot writer.
+    async def position(self) -> tuple[int, str]:
+        """Settle everything; the journal position a snapshot can be written at.
 
-        Returns the number of journal records the state covers and the pid
-        of the child writing it (:func:`riskd.storage.snapshot.write_in_child`):
-        the state is captured at exactly this point, and the sequencer goes on
-        as soon as the fork returns.  The snapshot also records the journal's
-        chain hash there, so a restart can tell the journal still holds it all.
+        ``(records durable, chain hash after them)``: a snapshot writer process
+        rebuilds the state there from the journal
+        (:func:`riskd.storage.snapshot.start_writer`), so the sequencer pauses
+        only while the actors settle (their effects reach the funds, whose
+        ledger entries then reach the ledger writer before the daemon syncs it).
         """
+        await self.barrier(_nothing)
+        if self.journal is None:
+            return 0, ""
+        return self.journal.written, self.journal.head
+
+    async def capture(self) -> tuple[int, str, dict[str, Any]]:
+        """Settle everything and wait until the journal holds it: ``(records,
+        chain hash, state)`` for a snapshot written in process (at shutdown)."""
         await self.barrier(_nothing)
         pending = await self.flushed()
         if isinstance(pending, Pending):
             await pending.wait()
         written = self.journal.written if self.journal is not None else 0
         head = self.journal.head if self.journal is not None else ""
-        return written, snapshot.write_in_child(directory, written, self.state(), head)
+        return written, head, self.state()
 
     def state(self) -> dict[str, Any]:
         return {
@@ -530,7 +537,7 @@ class Sequencer(Actor):
                 self.wallets[asset].wallets = wallets
         for asset, fund in state["funds"].items():
             if asset in self.funds:
-                self.funds[asset].fund = fund
+                self.funds[asset].adopt(fund)  # bounds its ledger in memory
         self.gateways = state["gateways"]
         self.withdrawals = _decisions(state["withdrawals"], self.withdrawal_ids)
         saved = state.get("file_settings")  # absent from snapshots of format 1 data

@@ -7,7 +7,9 @@ the gRPC thread.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import NoReturn
 
 import grpc
@@ -22,6 +24,7 @@ from riskd.api.status import abort
 from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, PositionView, stress
 from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
 from riskd.core.units import INT64_MAX, Asset
+from riskd.storage import ledger
 from riskd.v1 import query_pb2, query_pb2_grpc, types_pb2
 
 __all__ = ["QueryServicer", "MAX_PAGE"]
@@ -109,7 +112,22 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 context, grpc.StatusCode.INVALID_ARGUMENT, "page_size", f"at most {MAX_PAGE}"
             )
         start = max(request.page_token, 1)
-        entries, total = await self.portal.run(actor.call, _ledger_page, actor.fund, start, size)
+        entries, first, total = await self.portal.run(
+            actor.call, _ledger_page, actor.fund, start, size
+        )
+        if start < first:  # older than memory holds: from ledger.sqlite3
+            path = actor.ledger_path
+            if path is None:
+                await abort(
+                    context, grpc.StatusCode.OUT_OF_RANGE, "page_token",
+                    f"entries before {first} are not kept",
+                )  # fmt: skip
+            want = min(size, first - start)
+            older = await asyncio.to_thread(
+                ledger.read_page, Path(path), request.asset, start, want
+            )
+            # Short when the writer is still behind: the next page starts there.
+            entries = older + entries if len(older) == want else older
         token = start + len(entries) if start + len(entries) <= total else 0
         return query_pb2.ListFundLedgerResponse(
             entries=[convert.ledger_entry(e) for e in entries], next_page_token=token
@@ -209,8 +227,12 @@ def _backstop_margin(engine: MarketEngine) -> int:
     return pos.margin if pos is not None else 0
 
 
-def _ledger_page(fund: InsuranceFund, start: int, size: int) -> tuple[list[LedgerEntry], int]:
-    return fund.ledger[start - 1 : start - 1 + size], len(fund.ledger)
+def _ledger_page(fund: InsuranceFund, start: int, size: int) -> tuple[list[LedgerEntry], int, int]:
+    """Entries ``start..start+size-1`` held in memory, the first one held, and the total."""
+    ledger = fund.ledger
+    first, total = ledger.first_in_memory, len(ledger)
+    lo = max(start, first)
+    return ledger[lo - 1 : start - 1 + size] if lo < start + size else [], first, total
 
 
 def _report(fund: InsuranceFund, day: int) -> DailyReport:

@@ -38,6 +38,7 @@ from riskd.core.events import (
     ReserveSettle,
     TakeoverClaim,
 )
+from riskd.core.ledger import Ledger
 from riskd.core.liquidation import waterfall
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_positive
 
@@ -112,7 +113,7 @@ class InsuranceFund:
         self.total_inflow = 0
         self.total_outflow = 0
         self.injected = 0
-        self.ledger: list[LedgerEntry] = []
+        self.ledger = Ledger()  # the daemon bounds it: riskd.storage.ledger
         self.reports: dict[int, DailyReport] = {}
         self._peaks: deque[tuple[int, int]] = deque()  # (minute, max balance)
         self._losses: dict[str, deque[tuple[int, int]]] = {}  # market -> (minute, outflow)

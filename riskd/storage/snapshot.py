@@ -1,17 +1,24 @@
 """Snapshots: the whole engine state at one point of the journal, on disk.
 
-A snapshot is taken between two inputs, once the journal holds everything
-applied so far, and records how many journal records it covers; a restart
-loads the newest valid snapshot and replays only the journal after it.
-Snapshots are an optimisation: the journal is never truncated, so a missing
-or damaged snapshot only makes the restart slower, never wrong.
+A snapshot records how many journal records it covers; a restart loads the
+newest valid snapshot and replays only the journal after it.  Snapshots are
+an optimisation: the journal is never truncated, so a missing or damaged
+snapshot only makes the restart slower, never wrong.
 
-Captured without stopping the engine: :func:`write_in_child` forks, and the
-child pickles the state as it was at the fork (copy-on-write) and writes it
-while the daemon goes on; only the fork itself pauses input processing.
-(Pickling in place took 3–4 s at 10^6 positions, every snapshot interval.)
-The price is memory: the child's pickling touches most pages, so expect up
-to twice the daemon's RSS while a snapshot is written.
+Taken without stopping the engine and without ``fork()``: the daemon settles
+its actors, reads the journal's durable position (records, chain hash) and
+starts a writer process (:func:`start_writer`: ``subprocess``, i.e. exec of
+a fresh interpreter, nothing of the threaded daemon is duplicated).  The
+writer builds the same actors, loads the newest snapshot, replays the
+journal from there up to that position (read-only) and writes the state it
+reaches: since the engine is deterministic, that is the daemon's state at
+that position.  The engine pauses only while its mailboxes settle.  (Before:
+a fork of the threaded process, whose child pickled the state, which POSIX
+does not allow after fork in a multithreaded process and gRPC warned about;
+before that, pickling in place, 3–5 s at 10^6 positions.)  At shutdown,
+with nothing left to serve, the state is pickled in process
+(:func:`write`).  The fund ledgers are not in snapshots any more, only their
+newest entries and chain head (:mod:`riskd.storage.ledger`).
 
 Written atomically (temporary file, fsync, rename, fsync of the directory)
 with a SHA-256 of the payload in the header, checked on load.  The header
@@ -22,12 +29,11 @@ below a snapshot lost acknowledged records, and is refused rather than
 silently replayed from where it now ends.
 
 A snapshot that cannot be written (disk full, read-only, ``ulimit -f``) is a
-storage fault like a failed journal write: :func:`wait_child` raises
-:class:`~riskd.storage.StorageFault` with the child's reason, and the daemon
-fail-stops (exit 4).  A child that died otherwise (killed, a bug) only costs
-restart time.  The payload is
-a pickle of the core's own objects: a snapshot is read only by the riskd that
-wrote it (same code version), from a directory only riskd may write.
+storage fault like a failed journal write: :func:`wait_writer` raises
+:class:`~riskd.storage.StorageFault` with the writer's reason, and the daemon
+fail-stops (exit 4).  A writer that failed otherwise (killed, a bug) only
+costs restart time.  The payload is a pickle of the core's own objects: a
+snapshot is read only by riskd, from a directory only riskd may write.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,10 +51,12 @@ from riskd.storage.faults import StorageFault, describe
 
 __all__ = [
     "Snapshot",
+    "Writer",
     "dumps",
     "write",
-    "write_in_child",
-    "wait_child",
+    "probe",
+    "start_writer",
+    "wait_writer",
     "load_latest",
     "latest_position",
     "read_latest",
@@ -58,13 +67,16 @@ __all__ = [
 
 # v2: market engines and wallets carry the trade and deposit ids they remember.
 # v3: the header names the journal position (records, chain hash) covered.
+# v4: a fund's ledger is a riskd.core.ledger.Ledger holding its newest entries
+#     (the rest in ledger.sqlite3); a v3 snapshot's funds carry every entry as
+#     a list and are still read (riskd.storage.ledger.agree writes them out).
 # A snapshot of another version is skipped like a damaged one: the journal
 # rebuilds the state (and those ids) from the start.
-MAGIC = b"riskd-snapshot-v3\n"
+MAGIC = b"riskd-snapshot-v4\n"
+_READABLE = (MAGIC, b"riskd-snapshot-v3\n")
 KEEP = 2
-#: Exit status of a snapshot child whose write failed (its reason in the pipe).
-_WRITE_FAILED = 4
-_children: dict[int, tuple[int, Path]] = {}
+#: Exit status of a writer whose write failed (its reason on its stderr).
+WRITE_FAILED = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,77 +120,80 @@ def write(directory: Path, records: int, payload: bytes, journal_hash: str = "")
     finally:
         os.close(fd)
     for old in sorted(directory.glob("snapshot-*.bin"))[:-KEEP]:
-        old.unlink(missing_ok=True)  # another writer (an orphaned child) may prune too
+        old.unlink(missing_ok=True)  # another writer (an orphaned one) may prune too
     return final
 
 
-def write_in_child(
-    directory: Path, records: int, state: dict[str, Any], journal_hash: str = ""
-) -> int:
-    """Fork a child that writes ``state`` as a snapshot; returns its pid at once.
+def probe(directory: Path) -> None:
+    """Check that ``directory`` still takes a snapshot file (when there is nothing
+    new to write): a disk gone read-only or full surfaces at the snapshot timer
+    even on an idle daemon.  Raises :class:`StorageFault`."""
+    path = directory / f"snapshot-probe.{os.getpid()}.tmp"
+    try:
+        with path.open("wb") as f:
+            f.write(b"probe")
+            os.fsync(f.fileno())
+        path.unlink()
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise StorageFault("snapshot", directory, describe(e, directory)) from e
 
-    Call it between two inputs: the child sees the state exactly as it is at
-    the fork, whatever the parent does next.  The child touches nothing but
-    the state, the snapshot file and a pipe to the parent (no locks, no
-    logging, no gRPC) and leaves with ``os._exit``: 0 written, 4 the write
-    failed (the reason goes down the pipe), 1 anything else.  Wait for it with
-    :func:`wait_child`.  Returns -1 when no child could be started (fork
-    failed); :func:`wait_child` then reports failure.
+
+@dataclass(slots=True)
+class Writer:
+    """A snapshot writer process (:func:`start_writer`)."""
+
+    process: subprocess.Popen[bytes] | None
+    directory: Path
+    records: int
+
+
+def start_writer(config: Any, directory: Path, records: int, journal_hash: str) -> Writer:
+    """Start a process that writes the state at journal position ``records``.
+
+    ``config``: the daemon's :class:`~riskd.config.Config` (the writer builds
+    the same markets and funds).  The process
+    (:mod:`riskd.storage.snapshot_writer`) is a fresh interpreter, started
+    with ``subprocess`` (vfork + exec: no Python code runs in a copy of the
+    threaded daemon).  It reads the journal up to ``records`` and checks it
+    ends with ``journal_hash``.  Wait for it with :func:`wait_writer`; a
+    writer that could not be started is reported there as a failure.
     """
+    job = pickle.dumps((config, str(directory), records, journal_hash))
     try:
-        reader, writer = os.pipe()
-    except OSError:
-        return -1
-    try:
-        pid = os.fork()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "riskd.storage.snapshot_writer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+        )
     except OSError:  # no memory or process slot: no snapshot this time, not a crash
-        os.close(reader)
-        os.close(writer)
-        return -1
-    if pid == 0:  # the child: never returns
-        code = 1
-        try:
-            os.close(reader)
-            # A SIGTERM meant for the daemon's process group is not ours to
-            # relay to the parent's signal handling: just die (the snapshot is
-            # an optimisation; the journal has everything).
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            payload = dumps(state)
-            code = _WRITE_FAILED
-            try:
-                write(directory, records, payload, journal_hash)
-                code = 0
-            except OSError as e:
-                os.write(writer, describe(e).encode()[:4096])
-        finally:
-            os._exit(code)
-    os.close(writer)
-    _children[pid] = (reader, directory)
-    return pid
+        return Writer(None, directory, records)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(job)
+        proc.stdin.close()
+    except OSError:
+        pass  # it died already: wait_writer says why
+    return Writer(proc, directory, records)
 
 
-def wait_child(pid: int) -> bool:
-    """Block until a :func:`write_in_child` child ends; whether it wrote its snapshot.
+def wait_writer(w: Writer) -> bool:
+    """Block until the writer ends; whether it wrote its snapshot.
 
-    Raises :class:`StorageFault` when the child could not write the file:
-    that is the disk failing, not the snapshot.
+    Raises :class:`StorageFault` when it could not write the file: that is
+    the disk failing, not the snapshot.
     """
-    if pid < 0:
+    if w.process is None:
         return False
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    reader, directory = _children.pop(pid, (-1, Path()))
-    reason = b""
-    if reader >= 0:
-        try:
-            while chunk := os.read(reader, 4096):
-                reason += chunk
-        finally:
-            os.close(reader)
-    if code == _WRITE_FAILED:
-        raise StorageFault("snapshot", directory, reason.decode(errors="replace") or "write failed")
+    assert w.process.stderr is not None
+    reason = w.process.stderr.read()
+    code = w.process.wait()
+    w.process.stderr.close()
+    if code == WRITE_FAILED:
+        lines = reason.decode(errors="replace").strip().splitlines()
+        raise StorageFault("snapshot", w.directory, lines[-1] if lines else "write failed")
     return code == 0
 
 
@@ -191,16 +206,18 @@ def remove_partial(directory: Path) -> int:
     return len(partial)
 
 
-def _verified(directory: Path, unpickle: bool) -> Snapshot | None:
+def _verified(directory: Path, unpickle: bool, upto: int | None = None) -> Snapshot | None:
     for path in sorted(directory.glob("snapshot-*.bin"), reverse=True):
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            continue  # pruned meanwhile by a writer still finishing (a crashed daemon's child)
+            continue  # pruned meanwhile by a writer still finishing (a crashed daemon's)
+        except OSError:
+            continue  # unreadable (not a file, no permission): like a damaged one
         header, _, payload = data[len(MAGIC) :].partition(b"\n")
         fields = header.split(b" ")
         if (
-            not data.startswith(MAGIC)
+            not data.startswith(_READABLE)
             or len(fields) != 3
             or hashlib.sha256(payload).hexdigest().encode() != fields[0]
         ):
@@ -208,15 +225,17 @@ def _verified(directory: Path, unpickle: bool) -> Snapshot | None:
         records = int(path.stem.split("-")[1])
         if int(fields[1]) != records:
             continue  # renamed by hand: its name is not where its state sits
+        if upto is not None and records > upto:
+            continue
         state: dict[str, Any] = pickle.loads(payload) if unpickle else {}
         journal_hash = fields[2].decode()
         return Snapshot(path, records, "" if journal_hash == "-" else journal_hash, state)
     return None
 
 
-def load_latest(directory: Path) -> Snapshot | None:
-    """The newest snapshot that verifies."""
-    return _verified(directory, unpickle=True)
+def load_latest(directory: Path, upto: int | None = None) -> Snapshot | None:
+    """The newest snapshot that verifies (and covers at most ``upto`` records)."""
+    return _verified(directory, unpickle=True, upto=upto)
 
 
 def latest_position(directory: Path) -> Snapshot | None:

@@ -1,0 +1,350 @@
+"""The funds' ledgers on disk: ``ledger.sqlite3`` in the data directory.
+
+The daemon keeps only the newest ``server.fund_ledger_memory`` entries of each
+fund in memory (:class:`riskd.core.ledger.Ledger`); every entry is written
+here by :class:`LedgerWriter`, a trio task behind a bounded channel that
+writes whatever is waiting in one transaction in a worker thread (group
+commit), so the fund actor never waits on the disk unless the writer is a
+whole channel behind.  ``ListFundLedger`` pages from this file
+(:func:`read_page`).
+
+The ledger is derived data: replaying the journal books the same entries
+with the same hashes.  So the file needs to be durable only up to the newest
+snapshot, which no longer carries the entries: the daemon calls
+:meth:`LedgerWriter.sync` (an fsync'd commit) before it starts writing a
+snapshot, and at start :func:`agree` cuts the file back to what the snapshot
+covers (entries booked by inputs that never became durable are removed, the
+replay books them again, or others) after checking that the file's chain
+reaches the snapshot's head.  A file that does not (deleted, damaged, from
+another directory) makes the daemon ignore the snapshot and replay the
+journal from its start: slower, never wrong.  Between snapshots commits are
+``synchronous=NORMAL`` (no fsync): a crash may lose them, the replay writes
+them again.
+
+A write that fails is a storage fault like a failed journal write:
+fail-stop, exit 4 (:mod:`riskd.storage.faults`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import trio
+
+from riskd.core.events import FundKind
+from riskd.core.insurance_fund import GENESIS, DailyReport, InsuranceFund, LedgerEntry
+from riskd.core.ledger import Ledger
+from riskd.storage.faults import StorageFault, fail_stop
+
+if TYPE_CHECKING:
+    from riskd.actors.fund import FundActor
+
+__all__ = [
+    "FILE",
+    "DEFAULT_MEMORY",
+    "LedgerStore",
+    "LedgerWriter",
+    "agree",
+    "read_page",
+    "count",
+    "export",
+]
+
+FILE = "ledger.sqlite3"
+#: Entries per fund kept in memory (``server.fund_ledger_memory``): ~300 bytes each.
+DEFAULT_MEMORY = 10_000
+#: Groups of entries the writer's channel holds before fund actors wait.
+CAPACITY = 256
+_MAX_GROUP = 256
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    asset TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    market TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    balance_after INTEGER NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (asset, sequence)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reports (
+    asset TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    report TEXT NOT NULL,
+    PRIMARY KEY (asset, day)
+) WITHOUT ROWID;
+"""
+_COLUMNS = "sequence, ts, kind, market, cause, amount, balance_after, prev, hash"
+
+
+def _row(asset: str, e: LedgerEntry) -> tuple[Any, ...]:
+    return (
+        asset, e.sequence, e.ts, e.kind.value, e.market, e.cause, e.amount, e.balance_after,
+        e.prev, e.hash,
+    )  # fmt: skip
+
+
+def _entry(row: Sequence[Any]) -> LedgerEntry:
+    seq, ts, kind, market, cause, amount, balance, prev, hash_ = row
+    return LedgerEntry(seq, ts, FundKind(kind), market, cause, amount, balance, prev, hash_)
+
+
+def _report_json(r: DailyReport) -> str:
+    return json.dumps(
+        {
+            "opening_balance": r.opening_balance,
+            "closing_balance": r.closing_balance,
+            "liquidation_volume": r.liquidation_volume,
+            "inflow_by_kind": {k.value: v for k, v in r.inflow_by_kind.items()},
+            "outflow_by_kind": {k.value: v for k, v in r.outflow_by_kind.items()},
+        },
+        sort_keys=True,
+    )
+
+
+class LedgerStore:
+    """The file, opened for writing (one writer: the daemon)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            # Used by the writer's worker threads one at a time, never concurrently.
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise StorageFault("ledger", path, e) from e
+
+    def write(
+        self, groups: Iterable[tuple[str, Sequence[LedgerEntry]]], full: bool = False
+    ) -> None:
+        """Insert entries in one transaction; ``full``: fsync it (and all before it)."""
+        db = self._db
+        try:
+            db.execute("PRAGMA synchronous=FULL" if full else "PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN")
+            for asset, entries in groups:
+                db.executemany(
+                    f"INSERT INTO ledger (asset, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [_row(asset, e) for e in entries],
+                )
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StorageFault("ledger", self.path, e) from e
+
+    def write_reports(self, rows: Sequence[tuple[str, int, str]]) -> None:
+        """Upsert daily reports ``(asset, day, JSON)`` (for reading offline)."""
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO reports (asset, day, report) VALUES (?,?,?)", rows
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StorageFault("ledger", self.path, e) from e
+
+    def count(self, asset: str) -> int:
+        return int(self._db.execute(
+            "SELECT COALESCE(MAX(sequence), 0) FROM ledger WHERE asset = ?", (asset,)
+        ).fetchone()[0])  # fmt: skip
+
+    def truncate(self, asset: str, keep: int) -> None:
+        """Remove the entries after ``keep`` (booked by inputs no snapshot covers)."""
+        try:
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("DELETE FROM ledger WHERE asset = ? AND sequence > ?", (asset, keep))
+        except sqlite3.Error as e:
+            raise StorageFault("ledger", self.path, e) from e
+
+    def verify(self, asset: str, upto: int, head: str) -> str | None:
+        """Why entries 1..``upto`` do not chain from genesis to ``head``; None if they do."""
+        prev, n = GENESIS, 0
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM ledger WHERE asset = ? AND sequence <= ? ORDER BY sequence",
+            (asset, upto),
+        )
+        for row in rows:
+            e = _entry(row)
+            n += 1
+            if e.sequence != n:
+                return f"fund {asset}: entry {n} is missing"
+            if e.prev != prev or e.hash != e.digest():
+                return f"fund {asset}: entry {n} breaks the hash chain"
+            prev = e.hash
+        if n != upto:
+            return f"fund {asset}: {n} entries on disk, the snapshot covers {upto}"
+        if upto and prev != head:
+            return f"fund {asset}: entry {upto} is not the snapshot's chain head"
+        return None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def read_page(path: Path, asset: str, start: int, size: int) -> list[LedgerEntry]:
+    """Entries ``start``.. (at most ``size``) as written so far, read-only."""
+    if size <= 0 or not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM ledger WHERE asset = ? AND sequence >= ?"
+            " ORDER BY sequence LIMIT ?",
+            (asset, start, size),
+        ).fetchall()
+    finally:
+        db.close()
+    out: list[LedgerEntry] = []
+    for row in rows:  # only the run without a gap: the writer may still be behind
+        if row[0] != start + len(out):
+            break
+        out.append(_entry(row))
+    return out
+
+
+def count(path: Path, asset: str) -> int:
+    """Entries of ``asset`` in the file (0 if there is none); read-only."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(db.execute(
+            "SELECT COALESCE(MAX(sequence), 0) FROM ledger WHERE asset = ?", (asset,)
+        ).fetchone()[0])  # fmt: skip
+    finally:
+        db.close()
+
+
+class _Sync:
+    __slots__ = ("done", "reports")
+
+    def __init__(self, reports: list[tuple[str, int, str]]) -> None:
+        self.done = trio.Event()
+        self.reports = reports  # (asset, day, JSON) as they were at the sync
+
+
+class LedgerWriter:
+    """Writes fund entries to :class:`LedgerStore` off the engine's path.
+
+    Constructed before the data directory is checked; :meth:`open` opens the
+    file (at recovery), :meth:`run` is its task.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        capacity: int = CAPACITY,
+        on_fault: Callable[[StorageFault], object] = fail_stop,
+    ) -> None:
+        self.path = path
+        self.store: LedgerStore | None = None
+        self.on_fault = on_fault
+        self._send, self._receive = trio.open_memory_channel[tuple[str, list[LedgerEntry]] | _Sync](
+            capacity
+        )
+
+    @property
+    def depth(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    def open(self) -> LedgerStore:
+        if self.store is None:
+            self.store = LedgerStore(self.path)
+        return self.store
+
+    async def submit(self, asset: str, entries: list[LedgerEntry]) -> None:
+        await self._send.send((asset, entries))
+
+    async def sync(self, funds: Iterable[InsuranceFund] = ()) -> None:
+        """Return once everything submitted before is on disk (fsync'd), with
+        the daily reports of ``funds`` as they are now."""
+        # Encoded here: the fund actor goes on changing its reports meanwhile.
+        marker = _Sync([(f.asset, d, _report_json(r)) for f in funds for d, r in f.reports.items()])
+        await self._send.send(marker)
+        await marker.done.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for first in self._receive:
+            group = [first]
+            while len(group) < _MAX_GROUP:
+                try:
+                    group.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            entries = [g for g in group if not isinstance(g, _Sync)]
+            syncs = [g for g in group if isinstance(g, _Sync)]
+            try:
+                await trio.to_thread.run_sync(self._write, entries, syncs)
+            except StorageFault as fault:
+                self.on_fault(fault)
+                raise
+            for s in syncs:
+                s.done.set()
+
+    def _write(self, entries: list[tuple[str, list[LedgerEntry]]], syncs: list[_Sync]) -> None:
+        store = self.open()
+        if entries or syncs:
+            store.write(entries, full=bool(syncs))
+        for s in syncs:
+            store.write_reports(s.reports)
+
+
+def agree(store: LedgerStore, funds: dict[str, InsuranceFund]) -> str | None:
+    """Make the file hold exactly what ``funds`` (a snapshot's) have booked.
+
+    Entries after each fund's count are removed (a restart replays the inputs
+    that booked them); the rest must chain to the fund's head.  Returns why
+    they disagree (the caller then ignores the snapshot), None when they do.
+    Funds from a snapshot that still carried every entry (a list) are written
+    out first.
+    """
+    for asset, fund in funds.items():
+        ledger = fund.ledger
+        if not isinstance(ledger, Ledger) or ledger.keep is None:
+            # Every entry is in the snapshot: the file is rebuilt from it.
+            entries = list(ledger)
+            store.truncate(asset, 0)
+            store.write([(asset, entries)], full=True)
+            continue
+        store.truncate(asset, len(ledger))
+        why = store.verify(asset, len(ledger), ledger.head)
+        if why is not None:
+            return f"{store.path}: {why}"
+    return None
+
+
+def bound(actor: FundActor, keep: int) -> None:
+    """Make the actor's fund keep at most ``keep`` entries in memory.
+
+    A fund whose ledger holds every entry (a new fund, or one from a format v3
+    snapshot, which :func:`agree` has written out) keeps its newest ``keep``.
+    """
+    saved: object = actor.fund.ledger
+    ledger = saved if isinstance(saved, Ledger) else Ledger(None, cast(list[LedgerEntry], saved))
+    if ledger.keep != keep:
+        actor.fund.ledger = ledger.rebound(keep)
+
+
+def export(data: Path, funds: dict[str, InsuranceFund], keep: int = DEFAULT_MEMORY) -> None:
+    """Write pure-engine funds' ledgers into ``data``'s file and bound them in
+    memory, as the daemon keeps them (for tools that write a snapshot)."""
+    store = LedgerStore(data / FILE)
+    try:
+        for asset, fund in funds.items():
+            entries = list(fund.ledger)
+            store.truncate(asset, 0)
+            store.write([(asset, entries)], full=True)
+            store.write_reports([(asset, d, _report_json(r)) for d, r in fund.reports.items()])
+            fund.ledger = fund.ledger.rebound(keep)
+    finally:
+        store.close()

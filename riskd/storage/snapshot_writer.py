@@ -1,0 +1,109 @@
+"""The snapshot writer process: ``python -m riskd.storage.snapshot_writer``.
+
+Started by the daemon (:func:`riskd.storage.snapshot.start_writer`) with a
+pickled job on stdin: the daemon's config, the data directory, and the
+journal position to write (records, chain hash).  It builds the daemon's
+actors (without gRPC, events or the ledger file), loads the newest snapshot
+at or below that position, replays the journal from there up to it, read-only
+(checking each record's chain hash, and that the last one is the position's),
+and writes the state it reaches as the snapshot of that position.  The
+engine is deterministic, so that is the daemon's own state there.
+
+Exit status: 0 written; 4 the file could not be written (the reason is the
+last line on stderr: a storage fault for the daemon); 1 anything else (the
+daemon logs it and goes on: the journal has everything).
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from riskd.storage import snapshot
+from riskd.storage.faults import describe
+from riskd.storage.journal import GENESIS, chain
+
+__all__ = ["rebuild", "main"]
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _records(data: Path, after: int, upto: int, head: str | None) -> tuple[list[str], str]:
+    """Journal records ``after+1..upto`` and the chain hash after the last, checked."""
+    path = data / "journal.sqlite3"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if head is None:
+            row = db.execute("SELECT hash FROM journal WHERE n = ?", (after,)).fetchone()
+            head = GENESIS if after == 0 else (None if row is None else str(row[0]))
+            if head is None:
+                raise _Mismatch(f"{path} has no record {after}")
+        out: list[str] = []
+        rows = db.execute(
+            "SELECT n, record, hash FROM journal WHERE n > ? AND n <= ? ORDER BY n", (after, upto)
+        )
+        for n, record, stored in rows:
+            head = chain(head, record)
+            if head != stored or n != after + len(out) + 1:
+                raise _Mismatch(f"{path}: record {n} does not chain")
+            out.append(record)
+    finally:
+        db.close()
+    return out, head
+
+
+async def rebuild(config: Any, data: Path, records: int, journal_hash: str) -> dict[str, Any]:
+    """The daemon's state after the first ``records`` journal records."""
+    from riskd.daemon import Daemon  # here: the daemon imports this package
+
+    class Quiet(Daemon):
+        def publish(self, effects: list[Any]) -> None:
+            """Nothing leaves this process: no metrics, logs or events."""
+
+    d = Quiet(config)
+    for fund in d.funds.values():
+        fund.writer = None  # the daemon writes the ledger file; this process only reads
+    snap = snapshot.load_latest(data, upto=records)
+    covered = 0 if snap is None else snap.records
+    known = None if snap is None or not snap.journal_hash else snap.journal_hash
+    texts, head = _records(data, covered, records, GENESIS if covered == 0 else known)
+    if covered + len(texts) != records or (journal_hash and head != journal_hash):
+        raise _Mismatch(f"the journal does not reach record {records} with the daemon's hash")
+    async with trio.open_nursery() as nursery:
+        for actor in d.actors():
+            await nursery.start(actor.run)
+        if snap is not None:
+            d.sequencer.restore(snap.state)
+        for text in texts:
+            await d.sequencer.call(d.sequencer.replay, text)
+        state: dict[str, Any] = await d.sequencer.call(d.sequencer.barrier, d.sequencer.state)
+        nursery.cancel_scope.cancel()
+    return state
+
+
+def main() -> int:
+    config, directory, records, journal_hash = pickle.load(sys.stdin.buffer)
+    data = Path(directory)
+    try:
+        state = trio.run(rebuild, config, data, records, journal_hash)
+        payload = snapshot.dumps(state)
+    except Exception as e:  # a bug or a journal that moved: the daemon logs it, goes on
+        print(f"snapshot writer: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    try:
+        snapshot.write(data, records, payload, journal_hash)
+    except OSError as e:
+        print(describe(e, data), file=sys.stderr)
+        return snapshot.WRITE_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

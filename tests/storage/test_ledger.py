@@ -1,0 +1,261 @@
+"""Fund ledgers on disk with a bounded memory: the core's Ledger, ledger.sqlite3, the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from riskd.audit import audit
+from riskd.config import default_toml, load
+from riskd.core import Engine
+from riskd.core.events import FundInjection, FundKind
+from riskd.core.insurance_fund import GENESIS, InsuranceFund, LedgerEntry
+from riskd.core.ledger import Ledger, NotInMemory
+from riskd.storage import ledger as store_mod
+from riskd.v1 import admin_pb2, admin_pb2_grpc, query_pb2, query_pb2_grpc
+
+from ..api.conftest import Daemon, start_daemon
+from ..api.scenario import crash_scenario, run_engine
+from ..api.test_durability import pure_digest, state, stream_all
+
+
+def _fund(amounts: list[int]) -> InsuranceFund:
+    f = InsuranceFund("USDT")
+    for i, a in enumerate(amounts):
+        f.inject(a, f"seed-{i}", i * 1000)
+    return f
+
+
+# --- the core's Ledger ------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    amounts=st.lists(st.integers(1, 10**12), min_size=0, max_size=60),
+    keep=st.integers(1, 8),
+    drains=st.sets(st.integers(0, 59)),
+)
+def test_a_bounded_ledger_numbers_and_chains_like_the_full_one(
+    amounts: list[int], keep: int, drains: set[int]
+) -> None:
+    full = InsuranceFund("USDT")
+    bounded = InsuranceFund("USDT")
+    bounded.ledger = Ledger(keep)
+    saved: list[LedgerEntry] = []
+    for i, a in enumerate(amounts):
+        full.inject(a, f"seed-{i}", i)
+        bounded.inject(a, f"seed-{i}", i)
+        if i in drains:
+            saved += bounded.ledger.take_unsaved()
+    saved += bounded.ledger.take_unsaved()
+    # Every entry reaches the writer exactly once, in order, with the same hashes.
+    assert saved == list(full.ledger)
+    assert len(bounded.ledger) == len(full.ledger) == len(amounts)
+    assert bounded.ledger.recent() == list(full.ledger)[-keep:]
+    assert bounded.ledger[-1:] == full.ledger[-1:]
+    assert bounded.ledger.head == (full.ledger[-1].hash if amounts else "")
+    assert bounded.ledger.first_in_memory == max(1, len(amounts) - keep + 1)
+    if len(amounts) > keep:
+        with pytest.raises(NotInMemory):
+            bounded.ledger[0]
+        with pytest.raises(NotInMemory):
+            bounded.ledger[0:2]
+
+
+def test_pickling_keeps_the_count_and_head_not_the_unsaved_entries() -> None:
+    f = _fund([5, 6, 7, 8])
+    f.ledger = f.ledger.rebound(2)
+    assert f.ledger.take_unsaved() == []  # rebound: what it holds is taken as written
+    f.inject(9, "more", 9)
+    back = pickle.loads(pickle.dumps(f))
+    assert len(back.ledger) == 5 and back.ledger.head == f.ledger.head
+    assert back.ledger.recent() == f.ledger.recent() and back.ledger.take_unsaved() == []
+    assert f.ledger.take_unsaved()  # the original still owes its writer
+
+
+def test_an_unbounded_ledger_is_the_list_it_was() -> None:
+    f = _fund([1, 2, 3])
+    assert f.ledger == list(f.ledger) and f.ledger[1:] == list(f.ledger)[1:]
+    assert InsuranceFund("X").ledger == []
+    assert f.ledger.take_unsaved() == []  # nobody writes it anywhere
+
+
+# --- ledger.sqlite3 --------------------------------------------------------------------
+
+
+def test_the_file_pages_verifies_and_is_cut_back_to_a_snapshot(tmp_path: Path) -> None:
+    f = _fund(list(range(1, 21)))
+    entries = list(f.ledger)
+    path = tmp_path / store_mod.FILE
+    store = store_mod.LedgerStore(path)
+    store.write([("USDT", entries[:12])])
+    store.write([("USDT", entries[12:])], full=True)
+    assert store_mod.read_page(path, "USDT", 5, 3) == entries[4:7]
+    assert store_mod.read_page(path, "USDT", 19, 10) == entries[18:]
+    assert store_mod.read_page(path, "BTC", 1, 10) == []
+    assert store.verify("USDT", 20, entries[-1].hash) is None
+    # A snapshot at entry 15: the file keeps 15 (the rest came from inputs a
+    # crash may have lost; the replay books them again).
+    snap = InsuranceFund("USDT")
+    snap.ledger = Ledger(3, entries[:15])
+    assert store_mod.agree(store, {"USDT": snap}) is None
+    assert store_mod.count(path, "USDT") == 15
+    # A file that does not reach the snapshot's head is named; the caller ignores the snapshot.
+    snap.ledger = Ledger(3, [*entries[:15], entries[15]])
+    why = store_mod.agree(store, {"USDT": snap})
+    assert why is not None and "16" in why and str(path) in why
+    store.close()
+
+
+def test_a_changed_entry_breaks_the_chain(tmp_path: Path) -> None:
+    f = _fund([10, 20, 30])
+    path = tmp_path / store_mod.FILE
+    store = store_mod.LedgerStore(path)
+    store.write([("USDT", list(f.ledger))], full=True)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE ledger SET amount = 21 WHERE sequence = 2")
+    db.commit()
+    db.close()
+    assert store.verify("USDT", 3, f.ledger.head) == "fund USDT: entry 2 breaks the hash chain"
+    store.close()
+
+
+def test_a_write_that_fails_is_a_storage_fault(tmp_path: Path) -> None:
+    from riskd.storage import StorageFault
+
+    store = store_mod.LedgerStore(tmp_path / store_mod.FILE)
+    e = LedgerEntry(1, 0, FundKind.INJECTION, "", "x", 5, 5, GENESIS)
+    e2 = LedgerEntry(1, 0, FundKind.INJECTION, "", "y", 5, 5, GENESIS)
+    store.write([("USDT", [e])])
+    with pytest.raises(StorageFault) as fault:
+        store.write([("USDT", [e2])])  # the same entry number twice: never overwritten
+    assert fault.value.what == "ledger"
+    store.close()
+
+
+# --- the daemon -----------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, memory: int, snapshot_seconds: float = 300) -> Path:
+    config = tmp_path / "riskd.toml"
+    toml = default_toml().replace("fund_ledger_memory = 10000", f"fund_ledger_memory = {memory}")
+    toml = toml.replace("snapshot_seconds = 300", f"snapshot_seconds = {snapshot_seconds}")
+    config.write_text(toml)
+    return config
+
+
+def _ledger(d: Daemon, page_size: int = 3) -> list[query_pb2.LedgerEntry]:
+    q = query_pb2_grpc.QueryServiceStub(d.channel())
+    out: list[query_pb2.LedgerEntry] = []
+    token = 0
+    while True:
+        page = q.ListFundLedger(
+            query_pb2.ListFundLedgerRequest(asset="USDT", page_size=page_size, page_token=token)
+        )
+        out += page.entries
+        if not page.next_page_token:
+            return out
+        token = page.next_page_token
+
+
+def _expected(inputs: list) -> list[tuple[int, str, int, int]]:
+    cfg = load()
+    engine = run_engine(inputs, Engine(cfg.markets, cfg.funds))
+    return [(e.sequence, e.hash, e.amount, e.balance_after) for e in engine.funds["USDT"].ledger]
+
+
+SEEDS = [FundInjection("USDT", 100_000 * (i + 1), f"seed-{i}") for i in range(6)]
+
+
+def _seed(d: Daemon) -> None:
+    """Fund injections through AdminService: ledger entries the pure engine books alike."""
+    admin = admin_pb2_grpc.AdminServiceStub(d.channel())
+    for i in SEEDS:
+        admin.InjectFund(admin_pb2.InjectFundRequest(asset=i.asset, amount=i.amount, cause=i.cause))
+
+
+def _rows(entries: list[query_pb2.LedgerEntry]) -> list[tuple[int, str, int, int]]:
+    return [(e.sequence, e.hash, e.amount, e.balance_after) for e in entries]
+
+
+def test_the_daemon_keeps_few_entries_in_memory_and_pages_every_one_from_disk(
+    tmp_path: Path,
+) -> None:
+    inputs = crash_scenario()
+    expected = _expected([*SEEDS, *inputs])
+    assert len(expected) > 4  # more than the daemon keeps in memory
+    config = _config(tmp_path, memory=2)
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+        _seed(d)
+        asyncio.run(stream_all(d, inputs, "gw-ledger"))
+        for size in (1, 2, 3, 1000):
+            assert _rows(_ledger(d, size)) == expected
+    finally:
+        assert d.stop() == 0
+    # The final snapshot carries two entries; the file every one, chained.
+    assert store_mod.count(tmp_path / "data" / store_mod.FILE, "USDT") == len(expected)
+    ok, lines = audit(load(), tmp_path / "data")
+    assert ok, lines
+    again = start_daemon(tmp_path, "--config", str(config))
+    try:
+        assert _rows(_ledger(again)) == expected
+        assert state(again).digest == pure_digest([*SEEDS, *inputs])
+    finally:
+        assert again.stop() == 0
+
+
+def test_after_kill_9_the_file_is_cut_back_and_the_replay_books_the_rest(
+    tmp_path: Path,
+) -> None:
+    inputs = crash_scenario()
+    first = inputs[:9]
+    config = _config(tmp_path, memory=2)
+    d = start_daemon(tmp_path, "--config", str(config))
+    _seed(d)
+    asyncio.run(stream_all(d, first, "gw-kill"))
+    d.process.send_signal(signal.SIGTERM)  # a clean stop: a snapshot at 9 inputs
+    assert d.process.wait(20) == 0
+    d = start_daemon(tmp_path, "--config", str(config))
+    asyncio.run(stream_all(d, inputs, "gw-kill"))
+    d.process.send_signal(signal.SIGKILL)
+    d.process.wait(10)
+    again = start_daemon(tmp_path, "--config", str(config))
+    try:
+        assert _rows(_ledger(again)) == _expected([*SEEDS, *inputs])
+        assert state(again).digest == pure_digest([*SEEDS, *inputs])
+    finally:
+        assert again.stop() == 0
+
+
+def test_a_lost_ledger_file_costs_a_full_replay_not_the_ledger(tmp_path: Path) -> None:
+    inputs = crash_scenario()
+    config = _config(tmp_path, memory=2)
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+        _seed(d)
+        asyncio.run(stream_all(d, inputs, "gw-lost"))
+    finally:
+        assert d.stop() == 0
+    data = tmp_path / "data"
+    for p in data.glob(store_mod.FILE + "*"):
+        p.unlink()
+    again = start_daemon(tmp_path, "--config", str(config))
+    try:
+        assert _rows(_ledger(again)) == _expected([*SEEDS, *inputs])
+        assert state(again).digest == pure_digest([*SEEDS, *inputs])
+    finally:
+        assert again.stop() == 0
+    lines = [json.loads(x) for x in again.log.read_text().splitlines() if x.startswith("{")]
+    ignored = [x for x in lines if x.get("event") == "snapshot_ignored"]
+    assert ignored and "0 entries on disk" in ignored[0]["reason"], lines
+    recovered = next(x for x in lines if x.get("event") == "riskd_recovered")
+    assert recovered["snapshot_records"] == 0
