@@ -67,9 +67,7 @@ def serve_once(bin_dir: Path, tmp: Path) -> None:
             time.sleep(0.05)
         assert port, log.read_text()
         # The health check runs on the venv's own grpcio.
-        check = run(
-            bin_dir / "python", HEALTH_CHECK, f"127.0.0.1:{port}", "--plaintext", cwd=tmp
-        )
+        check = run(bin_dir / "python", HEALTH_CHECK, f"127.0.0.1:{port}", "--plaintext", cwd=tmp)
         assert check.stdout.strip() == "SERVING"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -103,7 +101,7 @@ def test_sdist_and_wheel_install_and_serve_in_a_clean_venv(tmp_path: Path) -> No
     # The daemon needs no plotting; `riskd[replay]` does.
     requires = metadata.get_all("Requires-Dist") or []
     plotting = [r for r in requires if r.startswith("matplotlib")]
-    assert plotting and all("extra == \"replay\"" in r for r in plotting), requires
+    assert plotting and all('extra == "replay"' in r for r in plotting), requires
     assert "replay" in (metadata.get_all("Provides-Extra") or [])
 
     env_dir = tmp_path / "venv"
@@ -131,3 +129,21 @@ def test_sdist_and_wheel_install_and_serve_in_a_clean_venv(tmp_path: Path) -> No
     # The sdist installs too (built again from itself), over the wheel.
     run(*pip, "--force-reinstall", "--no-deps", sdist, cwd=tmp_path)
     serve_once(bin_dir, tmp_path)
+
+
+def test_node_client_decides_every_install_script() -> None:
+    """npm 11 warns about (and skips) dependency install scripts that the
+    project's allowScripts does not cover; protobufjs' postinstall only checks
+    its dependents' version scheme, so clients/node denies it outright."""
+    node = ROOT / "clients" / "node"
+    package = json.loads((node / "package.json").read_text())
+    lock = json.loads((node / "package-lock.json").read_text())
+    scripted = {
+        path.rsplit("node_modules/", 1)[-1]
+        for path, meta in lock["packages"].items()
+        if path and meta.get("hasInstallScript")
+    }
+    allow = package.get("allowScripts", {})
+    decided = {name.rsplit("@", 1)[0] if name.rfind("@") > 0 else name for name in allow}
+    assert scripted and scripted <= decided, scripted - decided
+    assert allow["protobufjs"] is False
