@@ -8,6 +8,10 @@ and its one DNS subject alternative name (what riskd matches against
 
 For development and tests only: a production CA keeps its key offline and
 issues certificates through the exchange's own PKI.
+
+Not trustme: this is a command of the installed daemon, and it writes what
+trustme does not (keys 0600, files named by identity, one usage per role);
+docs/security.md has the comparison.
 """
 
 from __future__ import annotations
