@@ -386,12 +386,10 @@ class Daemon:
 
         (``docs/configuration.md``, "Changing a live market".)
         """
-        try:
-            added, differ = await self.sequencer.call(
-                self.sequencer.reconcile, self.config.markets, fresh
-            )
-        except SettingsConflict as e:
-            raise StartupError(f"bad configuration: {e}") from e
+        result = await self.sequencer.call(self.sequencer.reconcile, self.config.markets, fresh)
+        if isinstance(result, SettingsConflict):
+            raise StartupError(f"bad configuration: {result}")
+        added, differ = result
         if differ:
             log.warning(
                 "market_settings_differ",

@@ -548,6 +548,15 @@ class Sequencer(Actor):
 
     async def reconcile(
         self, file: Sequence[MarketSpec], fresh: bool
+    ) -> tuple[list[Record], list[str]] | SettingsConflict:
+        """:meth:`_reconcile`; a conflict is a result (raised, it would stop the actor)."""
+        try:
+            return await self._reconcile(file, fresh)
+        except SettingsConflict as e:
+            return e
+
+    async def _reconcile(
+        self, file: Sequence[MarketSpec], fresh: bool
     ) -> tuple[list[Record], list[str]]:
         """Bring the markets in line with the config file at start.
 
