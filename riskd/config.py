@@ -112,6 +112,8 @@ class ServerConfig:
     max_clock_skew_seconds: float = 60.0
     #: Updates stamped longer ago are refused (0: no limit).
     max_update_age_seconds: float = 86_400.0
+    #: Refuse mark prices without a timestamp (else they age from when riskd applies them).
+    require_mark_timestamps: bool = False
     #: Default per-gateway budget for ``[access]`` entries that set none
     #: (0: unlimited); in plaintext mode it applies per gateway name.
     gateway_updates_per_second: int = 0

@@ -9,9 +9,16 @@
 // RISKD_TLS_CERT and RISKD_TLS_KEY (this gateway's certificate: riskd knows
 // the gateway by it, so no x-riskd-gateway header is sent).
 //
-// Prints one JSON line: {"acked": N, "rejections": [{sequence, code, field}]}.
-// Exits 0 when riskd acknowledged the whole batch, non-zero on any error or
-// after 10 seconds.
+// Each run is a new session: it asks riskd for a fresh epoch (no
+// x-riskd-epoch, or 0) and numbers its updates 1..5 in it, so a second run
+// applies again instead of having its updates taken for resends of the first
+// run's. RISKD_EPOCH=N resumes epoch N instead; since this script numbers from
+// 1, it refuses to send when riskd already acknowledged sequences of that epoch
+// (they would be taken for resends and not applied).
+//
+// Prints one JSON line: {"epoch": "E", "acked": N, "duplicates": D,
+// "rejections": [{sequence, code, field}]}. Exits 0 when riskd acknowledged
+// the whole batch, non-zero on any error or after 10 seconds.
 'use strict';
 
 const fs = require('node:fs');
@@ -22,7 +29,7 @@ const protoLoader = require('@grpc/proto-loader');
 const TIMEOUT_MS = 10_000;
 const PROTOS = path.resolve(__dirname, '..', '..', 'protos');
 const GATEWAY = 'node-gw';
-const EPOCH = '1';
+const RESUME = process.env.RISKD_EPOCH || ''; // '' or '0': a fresh epoch, assigned by riskd
 const USDT = 1_000_000n; // USDT has 6 decimals: 1 USDT = 10^6 quantums
 
 function fail(message) {
@@ -33,6 +40,7 @@ function fail(message) {
 function main() {
   const target = process.argv[2];
   if (!target) fail('usage: node ingest.js HOST:PORT');
+  if (!/^\d+$/.test(RESUME || '0')) fail(`RISKD_EPOCH must be an integer, got ${RESUME}`);
 
   const definition = protoLoader.loadSync(['riskd/v1/ingest.proto'], {
     keepCase: true, // field names exactly as in the .proto (acked_sequence, not ackedSequence)
@@ -55,8 +63,11 @@ function main() {
 
   // 64-bit integers are sent as strings so nothing depends on JS number precision.
   const ts = String(Date.now());
+  // Deposit ids must keep increasing per asset (riskd drops a reused one): the
+  // clock in ms stands in for the exchange's own ids in this demo.
+  const amount = String(1000n * USDT);
   const updates = [
-    { deposit: { account: '42', asset: 'USDT', amount: String(1000n * USDT), deposit_id: '1' } },
+    { deposit: { account: '42', asset: 'USDT', amount, deposit_id: ts } },
     { margin_transfer: { account: '42', market: 'BTC-USDT', amount: String(100n * USDT) } },
     { mark_price: { market: 'BTC-USDT', price: '5000000' } }, // 50,000.00
     { mark_price: { market: 'BTC-USDT', price: '5000005' } }, // off the 10-unit tick: rejected
@@ -66,22 +77,38 @@ function main() {
 
   const metadata = new grpc.Metadata();
   if (!tls) metadata.set('x-riskd-gateway', GATEWAY); // over TLS the certificate names us
-  metadata.set('x-riskd-epoch', EPOCH);
+  metadata.set('x-riskd-epoch', RESUME || '0');
   const call = client.Ingest(metadata, { deadline: Date.now() + TIMEOUT_MS });
 
   let first = true;
+  let epoch = '0';
   let acked = 0n;
+  let duplicates = 0n;
   const rejections = [];
   let halfClosed = false;
 
   call.on('data', (response) => {
     if (first) {
-      // riskd speaks first: the last sequence it already applied for this gateway.
+      // riskd speaks first: this stream's epoch, and the last sequence it
+      // already applied in it (0 for a fresh epoch).
       first = false;
-      process.stderr.write(`first response: acked_sequence=${response.acked_sequence}\n`);
-      call.write({ epoch: EPOCH, updates });
+      epoch = response.epoch;
+      const held = BigInt(response.acked_sequence);
+      process.stderr.write(`first response: epoch=${epoch} acked_sequence=${held}\n`);
+      if (!RESUME || RESUME === '0') {
+        if (epoch === '0') fail('riskd assigned no epoch (it predates them): set RISKD_EPOCH');
+        if (held !== 0n) fail(`riskd assigned epoch ${epoch} but says ${held} of it is acked`);
+      } else if (held > 0n) {
+        fail(
+          `riskd already acknowledged sequences 1..${held} of epoch ${RESUME}; this run` +
+            ' numbers from 1, so those updates would be taken for resends and not applied:' +
+            ' nothing sent (unset RISKD_EPOCH for a new session)',
+        );
+      }
+      call.write({ epoch, updates });
       return;
     }
+    duplicates += BigInt(response.duplicates);
     for (const r of response.rejections) {
       rejections.push({ sequence: Number(r.sequence), code: r.code, field: r.field });
     }
@@ -100,7 +127,11 @@ function main() {
     clearTimeout(timer);
     client.close();
     if (acked < last) fail(`stream ended at acked_sequence=${acked}, expected ${last}`);
-    process.stdout.write(`${JSON.stringify({ acked: Number(acked), rejections })}\n`);
+    if (duplicates > 0n) {
+      process.stderr.write(`riskd already had ${duplicates} of these updates: not applied again\n`);
+    }
+    const result = { epoch, acked: Number(acked), duplicates: Number(duplicates), rejections };
+    process.stdout.write(`${JSON.stringify(result)}\n`);
   });
 }
 

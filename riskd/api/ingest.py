@@ -10,8 +10,12 @@ and a duplicate is acknowledged again, with its rejection as first decided,
 without being applied twice.
 
 A gateway is identified by its certificate (over TLS; in plaintext
-development mode by the ``x-riskd-gateway`` metadata key) and restarts its
-sequence numbers with a higher ``x-riskd-epoch``.
+development mode by the ``x-riskd-gateway`` metadata key).  A stream without
+an ``x-riskd-epoch`` (or with 0) is a new session: riskd assigns it a fresh
+epoch, durably, and names it in the first response, so a rerun gateway that
+numbers from 1 again cannot have its updates taken for resends of an earlier
+run's.  A stream naming an epoch resumes it (or fences older ones with it).
+Every ack says how many of its updates were duplicates.
 
 Each update is checked here before it is sequenced: decodable, stamped
 within the allowed clock skew, and for a market (or asset) the gateway is
@@ -106,6 +110,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self.max_batch = server.max_batch_updates
         self.max_ahead_ms = int(server.max_clock_skew_seconds * 1000)
         self.max_age_ms = int(server.max_update_age_seconds * 1000)
+        self.require_mark_ts = server.require_mark_timestamps
         self.default_rate = (server.gateway_updates_per_second, server.gateway_burst)
         self.metrics = metrics
         self.auth = auth
@@ -123,7 +128,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         try:
             grant = self.auth.identify(context)
             gateway = convert.check_symbol(self.auth.gateway(grant, context), GATEWAY_KEY)
-            epoch = int(metadata.get(EPOCH_KEY, 0))
+            epoch = int(metadata.get(EPOCH_KEY) or 0)  # 0: a fresh epoch, assigned below
             if not 0 <= epoch < 2**63:
                 raise ValueError
         except Denied as d:
@@ -150,19 +155,25 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._open += 1
         self._idle.clear()
         self.metrics.streams_open.inc()
-        bound = log.bind(gateway=gateway, epoch=epoch, peer=context.peer())
         results: asyncio.Queue[Any] = asyncio.Queue()  # bounded by the credit window
         credits = asyncio.Semaphore(self.window)
         reader: asyncio.Task[None] | None = None
+        bound = log.bind(gateway=gateway, peer=context.peer())
         try:
-            resume = await self.portal.run(
-                self.sequencer.call, self.sequencer.resume, gateway, epoch
-            )
-            bound.info("ingest_stream_opened", acked_sequence=resume.acked)
+            try:
+                resume = await self.portal.run(
+                    self.sequencer.call, self.sequencer.open_session, gateway, epoch
+                )
+            except Rejected as r:
+                await abort(context, GRPC_CODES[r.code], r.field, r.message)
+            fresh, epoch = not epoch, resume.epoch
+            bound = bound.bind(epoch=epoch)
+            bound.info("ingest_stream_opened", acked_sequence=resume.acked, fresh_epoch=fresh)
             yield ingest_pb2.IngestResponse(
                 acked_sequence=resume.acked,
                 rejections_from=resume.rejections_from,
                 rejections=[_stored(r) for r in resume.rejections],
+                epoch=epoch,
             )
             reader = asyncio.create_task(
                 self._read(request_iterator, context, grant, gateway, epoch, credits, results)
@@ -180,9 +191,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     if not isinstance(following, ingest_pb2.IngestResponse):
                         break
                     credits.release()
+                    following.duplicates += item.duplicates
                     if item.rejections:
                         item.rejections.extend(following.rejections)
                         item.acked_sequence = following.acked_sequence
+                        item.duplicates = following.duplicates
                     else:
                         item = following
                     following = None
@@ -318,6 +331,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         f" riskd's clock ({now}); 0 means not stamped",
                     )
                 x = convert.decode_update(u, f"updates[{i}]")
+                if not ts and self.require_mark_ts and isinstance(x, MarkPrice):
+                    raise Rejected.invalid(
+                        f"updates[{i}].timestamp_ms",
+                        "a mark price must be stamped (server.require_mark_timestamps)",
+                    )
                 if scoped:
                     try:
                         _authorize(grant, x)
@@ -395,7 +413,7 @@ def _stored(r: StoredRejection) -> ingest_pb2.Rejection:
 
 
 def _response(request: ingest_pb2.IngestRequest, result: BatchResult) -> ingest_pb2.IngestResponse:
-    response = ingest_pb2.IngestResponse(acked_sequence=result.acked)
+    response = ingest_pb2.IngestResponse(acked_sequence=result.acked, duplicates=result.duplicates)
     response.rejections.extend(_stored(r) for r in result.repeated)
     if result.rejections:
         where = {u.sequence: (i, u) for i, u in enumerate(request.updates)}

@@ -153,7 +153,7 @@ def test_resend_after_reconnect_applies_once(daemon: Daemon) -> None:
 
     async def go() -> Gateway:
         # First connection: batches in flight when the stream is cut.
-        gw = Gateway(daemon.target, "gw-resume", batch_size=3)
+        gw = Gateway(daemon.target, "gw-resume", epoch=1, batch_size=3)
         await gw.start()
         for x in inputs[: len(inputs) // 2 + 1]:
             send(gw, x)
@@ -161,7 +161,7 @@ def test_resend_after_reconnect_applies_once(daemon: Daemon) -> None:
         await asyncio.sleep(0.01)
         await gw.close()
         # A new helper that does not know what was acked resends everything.
-        gw2 = Gateway(daemon.target, "gw-resume", batch_size=3)
+        gw2 = Gateway(daemon.target, "gw-resume", epoch=1, batch_size=3)
         async with gw2:
             for x in inputs:
                 send(gw2, x)

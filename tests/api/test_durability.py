@@ -37,7 +37,8 @@ def pure_digest(inputs: list) -> str:
 
 
 async def stream_all(d: Daemon, inputs: list, gateway: str, batch: int = 3) -> Gateway:
-    async with Gateway(d.target, gateway, batch_size=batch) as gw:
+    # One epoch: a gateway resending its whole history has it applied once.
+    async with Gateway(d.target, gateway, epoch=1, batch_size=batch) as gw:
         for x in inputs:
             send(gw, x)
         await gw.flush()
@@ -93,7 +94,7 @@ def test_sigkill_at_random_instants_loses_nothing_acked(tmp_path: Path) -> None:
         prefix = inputs[: len(inputs) * (k + 1) // (cycles + 1)]
 
         async def until_killed(d: Daemon = d, prefix: list = prefix) -> int:
-            gw = Gateway(d.target, "gw-crash", batch_size=2, window=8)
+            gw = Gateway(d.target, "gw-crash", epoch=1, batch_size=2, window=8)
             await gw.start()
             await gw.wait_connected()
             for x in prefix:
@@ -112,7 +113,7 @@ def test_sigkill_at_random_instants_loses_nothing_acked(tmp_path: Path) -> None:
     try:
 
         async def resumed() -> int:
-            async with Gateway(d.target, "gw-crash") as gw:
+            async with Gateway(d.target, "gw-crash", epoch=1) as gw:
                 return await gw.wait_connected()
 
         # What was acknowledged before a kill survived every restart.

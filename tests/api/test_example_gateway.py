@@ -20,6 +20,7 @@ def test_example_gateway_runs_to_a_liquidation(daemon: Daemon) -> None:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
+    assert "gateway: session epoch 1" in lines  # assigned by riskd, not chosen by the example
     settled = [line for line in lines if line.startswith("event") and "liquidation_settled" in line]
     assert settled, run.stdout
     assert "account: 1 " in settled[0]  # the thinly margined long

@@ -211,7 +211,7 @@ def test_rejections_reach_a_gateway_that_dropped_its_stream_before_the_ack(
 
         # The Python helper surfaces it: a fresh helper (it read no ack) reconnects.
         async def helper() -> Gateway:
-            async with Gateway(d.target, "gw-drop") as gw:
+            async with Gateway(d.target, "gw-drop", epoch=1) as gw:
                 await gw.wait_connected()
                 gw.next_sequence = 4
                 gw.deposit(5, "USDT", USDT)  # and carries on from there

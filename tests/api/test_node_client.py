@@ -57,32 +57,47 @@ def node_client() -> Path:
     return NODE_DIR / "ingest.js"
 
 
-def test_node_client_streams_a_batch(node_client: Path, daemon: Daemon) -> None:
-    run = subprocess.run(
-        ["node", str(node_client), daemon.target],
+def _run(node_client: Path, target: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["node", str(node_client), target],
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, **env},
     )
-    assert run.returncode == 0, run.stderr
-    assert "first response: acked_sequence=0" in run.stderr
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["acked"] == N
-    assert result["rejections"] == [
-        {
-            "sequence": BAD + 1,
-            "code": "REJECTION_CODE_INVALID_ARGUMENT",
-            "field": f"updates[{BAD}].mark_price.price",
-        }
-    ]
 
+
+def test_node_client_streams_a_batch(node_client: Path, daemon: Daemon) -> None:
     query = query_pb2_grpc.QueryServiceStub(daemon.channel())
+    epochs = []
+    for n in (1, 2):  # each run is a new session: the second applies again
+        run = _run(node_client, daemon.target)
+        assert run.returncode == 0, run.stderr
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        assert f"first response: epoch={result['epoch']} acked_sequence=0" in run.stderr
+        epochs.append(int(result["epoch"]))
+        assert result["acked"] == N and result["duplicates"] == 0
+        assert result["rejections"] == [
+            {
+                "sequence": BAD + 1,
+                "code": "REJECTION_CODE_INVALID_ARGUMENT",
+                "field": f"updates[{BAD}].mark_price.price",
+            }
+        ]
+        account = query.GetAccount(query_pb2.GetAccountRequest(account=42, asset="USDT"))
+        assert account.wallet_balance == n * 900 * USDT  # 1000 deposited, 100 moved to margin
+        # The isolated margin bucket shows up as a position of size 0.
+        assert [(p.market, p.size, p.isolated_margin) for p in account.positions] == [
+            ("BTC-USDT", 0, n * 100 * USDT)
+        ]
+    assert epochs[1] > epochs[0]
+
+    # Resuming an epoch whose sequences riskd already holds: refused before sending.
+    run = _run(node_client, daemon.target, RISKD_EPOCH=str(epochs[1]))
+    assert run.returncode != 0
+    assert f"already acknowledged sequences 1..{N} of epoch {epochs[1]}" in run.stderr
     account = query.GetAccount(query_pb2.GetAccountRequest(account=42, asset="USDT"))
-    assert account.wallet_balance == 900 * USDT  # 1000 deposited, 100 moved to margin
-    # The isolated margin bucket shows up as a position of size 0.
-    assert [(p.market, p.size, p.isolated_margin) for p in account.positions] == [
-        ("BTC-USDT", 0, 100 * USDT)
-    ]
+    assert account.wallet_balance == 2 * 900 * USDT  # nothing applied, nothing dropped
 
 
 def test_node_client_over_mutual_tls(node_client: Path, tmp_path: Path) -> None:

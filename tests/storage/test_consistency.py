@@ -142,7 +142,7 @@ def _killed_after_acks(
     d = start_daemon(tmp_path, *extra)
 
     async def stream() -> int:
-        async with Gateway(d.target, "gw-wal", batch_size=3) as gw:
+        async with Gateway(d.target, "gw-wal", epoch=1, batch_size=3) as gw:
             for x in inputs:
                 send(gw, x)
             await gw.flush()
@@ -169,7 +169,7 @@ def _recovered_or_refused(data: Path, inputs: list[Input], acked: int) -> str:
     try:
 
         async def resumed() -> int:
-            async with Gateway(again.target, "gw-wal") as gw:
+            async with Gateway(again.target, "gw-wal", epoch=1) as gw:
                 return await gw.wait_connected()
 
         durable = asyncio.run(resumed())

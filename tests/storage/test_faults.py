@@ -108,7 +108,7 @@ def _deposits(n: int) -> list[Input]:
 
 async def _stream_until_exit(d: Daemon, inputs: list[Input], gateway: str) -> int:
     """Stream ``inputs`` in small batches (many commits) until riskd exits; acked then."""
-    gw = Gateway(d.target, gateway, batch_size=4, window=8, max_reconnect_delay=0.2)
+    gw = Gateway(d.target, gateway, epoch=1, batch_size=4, window=8, max_reconnect_delay=0.2)
     await gw.start()
     try:
         await gw.wait_connected()
@@ -140,7 +140,7 @@ def _assert_acked_survived(
     try:
 
         async def resumed() -> int:
-            async with Gateway(again.target, gateway) as gw:
+            async with Gateway(again.target, gateway, epoch=1) as gw:
                 return await gw.wait_connected()
 
         durable = asyncio.run(resumed())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
 import grpc
 from google.protobuf import text_format
@@ -72,9 +71,12 @@ async def main(target: str, tls: tuple[str, str, str] | None, name: str) -> None
         seed = admin_pb2.InjectFundRequest(asset="USDT", amount=1_000 * USDT, cause="seed")
         await admin.InjectFund(seed)
 
-        # The epoch is a fencing token: a restarted gateway must use a higher one,
-        # and then numbers its updates from 1 again.  Wall-clock seconds will do here.
-        async with Gateway(target, name, epoch=int(time.time()), channel=channel) as gw:
+        # A new session: riskd assigns it a fresh epoch (a fencing token) and the
+        # helper numbers its updates 1, 2, 3... in it, so a rerun is never taken
+        # for a resend of an earlier run's updates.
+        async with Gateway(target, name, channel=channel) as gw:
+            await gw.wait_connected()
+            print(f"gateway: session epoch {gw.epoch}")
             # 1. Fund both wallets, then move margin into isolated positions:
             #    the long gets 500 USDT (thin, ~10x), the short 5,000 USDT.
             for account in (LONG, SHORT):

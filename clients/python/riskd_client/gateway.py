@@ -7,6 +7,18 @@ Usage (asyncio)::
         gw.mark_price("BTC-USDT", 6_000_000)
         await gw.flush()            # returns when riskd has acknowledged all of it
 
+Each ``Gateway`` is a new session: riskd assigns it a fresh epoch at its
+first stream (``epoch`` absent or 0 in ``x-riskd-epoch``; the first response
+names it, :attr:`Gateway.epoch`), so running the same code twice applies its
+updates twice instead of having the second run's taken for resends of the
+first's.  Reconnects within the session resume that epoch.  To resume an
+epoch a previous process owned (it kept its unacknowledged updates and resends
+them with their sequence numbers), pass ``epoch=``; if riskd has acknowledged
+sequences this session has not numbered yet, the helper logs a warning and
+keeps them in :attr:`Gateway.unsent_acked`: updates numbered up to there would
+be taken for resends.  Every ack says how many updates riskd already had
+(:attr:`Gateway.duplicates`); outside a resend the helper logs that too.
+
 Updates are numbered 1, 2, 3… per gateway and epoch and sent in batches of up
 to ``batch_size`` (riskd costs ~200 µs per stream message whatever its size:
 batch).  At most ``window`` batches are unacknowledged; beyond that the
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
@@ -42,7 +55,9 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 
 from riskd.v1 import ingest_pb2, ingest_pb2_grpc
 
-__all__ = ["Gateway", "StreamRefused", "retry_delay", "tls_credentials"]
+__all__ = ["Gateway", "SessionMismatch", "StreamRefused", "retry_delay", "tls_credentials"]
+
+log = logging.getLogger("riskd_client.gateway")
 
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -60,6 +75,15 @@ class StreamRefused(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+
+
+class SessionMismatch(Exception):
+    """riskd's first response contradicts this session: nothing was sent on it."""
+
+    def __init__(self, message: str, epoch: int, acked: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.acked = acked
 
 
 def tls_credentials(ca: str, cert: str, key: str) -> grpc.ChannelCredentials:
@@ -88,7 +112,7 @@ class Gateway:
         target: str,
         gateway_id: str,
         *,
-        epoch: int = 1,
+        epoch: int | None = None,
         batch_size: int = 256,
         window: int = 32,
         channel: grpc.aio.Channel | None = None,
@@ -98,6 +122,8 @@ class Gateway:
     ) -> None:
         self.target = target
         self.gateway_id = gateway_id
+        #: The epoch this session writes in: the one passed, or (None until the
+        #: first stream) the fresh one riskd assigned.
         self.epoch = epoch
         self.batch_size = batch_size
         self.window = window
@@ -113,6 +139,13 @@ class Gateway:
         self.unknown_rejections: list[tuple[int, int]] = []
         self.reconnects = 0
         self.throttled = 0
+        #: Updates riskd acknowledged as ones it already had (resends), in all.
+        self.duplicates = 0
+        #: A resumed epoch's acknowledged sequence beyond what this session had
+        #: numbered when it connected (0: none): updates numbered up to it are
+        #: taken for resends.
+        self.unsent_acked = 0
+        self._resent = False  # a stream has resent batches an earlier one carried
         self._pending: list[ingest_pb2.Update] = []
         self._unacked: deque[ingest_pb2.IngestRequest] = deque()
         self._outbox: asyncio.Queue[ingest_pb2.IngestRequest | None] | None = None
@@ -290,7 +323,7 @@ class Gateway:
     def _seal(self) -> None:
         if not self._pending:
             return
-        request = ingest_pb2.IngestRequest(epoch=self.epoch, updates=self._pending)
+        request = ingest_pb2.IngestRequest(epoch=self.epoch or 0, updates=self._pending)
         self._pending = []
         self._unacked.append(request)
         if self._outbox is not None:
@@ -332,7 +365,8 @@ class Gateway:
         assert self._channel is not None
         stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
         outbox: asyncio.Queue[ingest_pb2.IngestRequest | None] = asyncio.Queue()
-        metadata = (("x-riskd-gateway", self.gateway_id), ("x-riskd-epoch", str(self.epoch)))
+        # No epoch yet: "0" asks riskd for a fresh one.
+        metadata = (("x-riskd-gateway", self.gateway_id), ("x-riskd-epoch", str(self.epoch or 0)))
         call = stub.Ingest(_drain(outbox), metadata=metadata)
         first = True
         try:
@@ -340,11 +374,19 @@ class Gateway:
                 if first:
                     # riskd tells us where it stands; resend everything after it.
                     first = False
+                    mismatch = self._session(response)
+                    if mismatch is not None:
+                        self._error = mismatch
+                        self._signal()
+                        call.cancel()
+                        return
                     self._rejected(response.rejections)
                     start = response.rejections_from or response.acked_sequence + 1
                     if self.acked_sequence + 1 < min(start, response.acked_sequence + 1):
                         self.unknown_rejections.append((self.acked_sequence + 1, start - 1))
                     self._ack(response.acked_sequence)
+                    # Batches an earlier stream carried go again: duplicates expected.
+                    self._resent |= self._connected.is_set() and bool(self._unacked)
                     self._connected.set()
                     self._outbox = outbox
                     for request in self._unacked:
@@ -352,10 +394,72 @@ class Gateway:
                     self._signal()
                     continue
                 self._rejected(response.rejections)
+                self._duplicates(response)
                 self._ack(response.acked_sequence)
         finally:
             self._outbox = None
             outbox.put_nowait(None)
+
+    def _session(self, first: ingest_pb2.IngestResponse) -> SessionMismatch | None:
+        """Check riskd's first response against what this session numbered."""
+        acked, numbered = first.acked_sequence, self.next_sequence - 1
+        if self.epoch is None:  # riskd was asked for a fresh epoch
+            if not first.epoch:
+                return SessionMismatch(
+                    "riskd assigned no epoch (a version before fresh epochs): pass epoch=",
+                    0,
+                    acked,
+                )
+            if acked:
+                return SessionMismatch(
+                    f"riskd assigned epoch {first.epoch} but reports sequence {acked} of it"
+                    " acknowledged: this session sent nothing in it",
+                    first.epoch,
+                    acked,
+                )
+            self.epoch = first.epoch
+            for request in self._unacked:
+                request.epoch = first.epoch
+            log.info("gateway %r: riskd assigned epoch %d", self.gateway_id, first.epoch)
+            return None
+        if first.epoch and first.epoch != self.epoch:
+            return SessionMismatch(
+                f"riskd answered for epoch {first.epoch}, not {self.epoch}", first.epoch, acked
+            )
+        if acked < self.acked_sequence:
+            return SessionMismatch(
+                f"riskd acknowledges only up to {acked} of epoch {self.epoch}, after"
+                f" {self.acked_sequence}: it lost acknowledged updates",
+                self.epoch,
+                acked,
+            )
+        if acked > numbered and not self.unsent_acked:
+            self.unsent_acked = acked
+            log.warning(
+                "gateway %r resumes epoch %d: riskd already acknowledged sequences up to %d,"
+                " this session has numbered %d; updates it numbers up to %d will be taken"
+                " for resends and not applied (a new session: leave epoch unset)",
+                self.gateway_id,
+                self.epoch,
+                acked,
+                numbered,
+                acked,
+            )
+        return None
+
+    def _duplicates(self, response: ingest_pb2.IngestResponse) -> None:
+        if not response.duplicates:
+            return
+        self.duplicates += response.duplicates
+        if not self._resent:
+            log.warning(
+                "gateway %r epoch %s: riskd already had %d of the updates acknowledged up"
+                " to %d and did not apply them again",
+                self.gateway_id,
+                self.epoch,
+                response.duplicates,
+                response.acked_sequence,
+            )
 
     def _rejected(self, rejections: Sequence[ingest_pb2.Rejection]) -> None:
         # Those at or below an ack already read were reported with that ack.
