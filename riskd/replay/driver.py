@@ -1,10 +1,10 @@
 """Drive a real riskd daemon through a price path over gRPC, then read back what it did.
 
 Nothing goes around the API: the fund is seeded with ``AdminService.InjectFund``,
-every deposit, margin transfer, fill and mark goes through the gateway helper
-(``riskd_client.gateway.Gateway``), and the report is built from
-``EventService.Subscribe``, ``QueryService`` and ``AdminService.CheckState``,
-cross-checked against a Prometheus scrape.
+every deposit, margin transfer, fill, funding rate, mark and (book mode)
+liquidation fill goes through the gateway helper (``riskd_client.gateway.Gateway``),
+and the report is built from ``EventService.Subscribe``, ``QueryService`` and
+``AdminService.CheckState``, cross-checked against a Prometheus scrape.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from riskd.v1 import (
 )
 from riskd_client.gateway import Gateway  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["Daemon", "Settings", "replay", "spawn"]
+__all__ = ["Daemon", "Settings", "check", "replay", "spawn"]
 
 BACKSTOP = 2**64 - 1
 TAKER_FEE_PPM = 500  # 0.05 %
@@ -54,6 +54,20 @@ ADL_POLICIES = {
     "leverage_pnl": types_pb2.ADL_POLICY_LEVERAGE_PNL,
     "pro_rata_risk": types_pb2.ADL_POLICY_PRO_RATA_RISK,
 }
+LIQUIDATION_MODES = {
+    "takeover": types_pb2.LIQUIDATION_MODE_TAKEOVER,
+    "book": types_pb2.LIQUIDATION_MODE_BOOK,
+}
+PARTIAL_POLICIES = {
+    "full": types_pb2.PARTIAL_LIQUIDATION_POLICY_FULL,
+    "tier_step": types_pb2.PARTIAL_LIQUIDATION_POLICY_TIER_STEP,
+    "fraction": types_pb2.PARTIAL_LIQUIDATION_POLICY_FRACTION,
+}
+POPULATIONS = ("living", "static")
+#: Margin modes a replay can open positions in.  Cross margin (issue 15) is the
+#: hook: ``replay`` moves isolated margin into each position after the deposit;
+#: a cross account would skip that transfer and keep its collateral in the wallet.
+MARGIN_MODES = ("isolated",)
 
 
 @dataclass(frozen=True)
@@ -67,63 +81,149 @@ class Settings:
     adl_policy: str = "pnl_leverage"
     fee_cap_ppm: int = 1_000_000
     market: str = "BTC-USDT"
+    #: None: as the config says (the embedded default: takeover, full, no cap).
+    liquidation_mode: str | None = None
+    partial: str | None = None
+    fund_cap: Decimal | None = None  # whole settlement units over the fund's window
+    population: str = "living"
+    hold_minutes: int = 240  # mean time a living trader stays
+    funding_rate_e8: int = 10_000  # per interval: 0.01 %, longs pay shorts
+    funding_interval_s: int = 28_800  # 8 h, at 00:00, 08:00, 16:00 UTC
+    margin_mode: str = "isolated"
+    config: str | None = None  # a riskd config file (default: the embedded one)
 
     def label(self) -> str:
-        return f"fund={self.fund} adl={self.adl_policy} fee_cap={self.fee_cap_ppm / 10_000:g}%"
+        out = f"fund={self.fund} adl={self.adl_policy} fee_cap={self.fee_cap_ppm / 10_000:g}%"
+        if self.liquidation_mode:
+            out += f" mode={self.liquidation_mode}"
+        if self.partial:
+            out += f" partial={self.partial}"
+        if self.fund_cap is not None:
+            out += f" fund_cap={self.fund_cap}"
+        return out
 
     def as_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["fund"] = str(self.fund)
+        d["fund_cap"] = None if self.fund_cap is None else str(self.fund_cap)
         return d
 
 
 def parse_fee_cap(text: str) -> int:
     """``"100%"``, ``"0.5%"`` or a ppm integer → ppm."""
     t = text.strip()
-    v = Decimal(t[:-1]) * 10_000 if t.endswith("%") else Decimal(t)
-    if v != v.to_integral_value() or not 0 <= v <= 1_000_000:
+    try:
+        v = Decimal(t[:-1]) * 10_000 if t.endswith("%") else Decimal(t)
+    except ArithmeticError:
+        raise ValueError(f"fee cap {text!r}: want 0..1000000 ppm or a percentage") from None
+    if not v.is_finite() or v != v.to_integral_value() or not 0 <= v <= 1_000_000:
         raise ValueError(f"fee cap {text!r}: want 0..1000000 ppm or a percentage")
     return int(v)
 
 
-# --- a daemon of our own -------------------------------------------------------
+def parse_rate_e8(text: str) -> int:
+    """A funding rate per interval: ``"0.01%"`` or an integer in 10^-8 → 10^-8."""
+    t = text.strip()
+    try:
+        v = Decimal(t[:-1]) * 10**6 if t.endswith("%") else Decimal(t)
+    except ArithmeticError:
+        raise ValueError(f"funding rate {text!r}: want a percentage or 10^-8 units") from None
+    if not v.is_finite() or v != v.to_integral_value() or abs(v) > 10**8:
+        raise ValueError(f"funding rate {text!r}: want -100%..100% in steps of 10^-8")
+    return int(v)
 
 
-@dataclass
-class Daemon:
-    target: str
-    metrics_url: str | None
-    process: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
+# --- configuration ---------------------------------------------------------------
 
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+
+def base_config(settings: Settings) -> dict[str, Any]:
+    from riskd.config import default_toml
+
+    if settings.config is None:
+        return tomllib.loads(default_toml())
+    try:
+        text = Path(settings.config).read_text()
+    except OSError as e:
+        raise ValueError(f"--config {settings.config}: {e.strerror or e}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"--config {settings.config}: not TOML: {e}") from None
 
 
 def config_toml(settings: Settings) -> str:
-    """The embedded default config with this replay's market policy and a long event log."""
-    from riskd.config import default_toml
+    """The config (embedded or ``--config``) with this replay's policy, for a spawned daemon.
 
-    doc = tomllib.loads(default_toml())
-    if settings.market not in doc["markets"]:
-        raise ValueError(f"market {settings.market!r} is not in the default config")
-    m = doc["markets"][settings.market]
+    The replay's daemon is local and private: plaintext on loopback (any TLS and
+    access tables of the file are dropped), a long event log, and no age limit
+    on updates (a replay is stamped with history's clock).
+    """
+    doc = base_config(settings)
+    markets = doc.get("markets")
+    if not isinstance(markets, dict) or settings.market not in markets:
+        have = sorted(markets) if isinstance(markets, dict) else []
+        raise ValueError(f"--market {settings.market!r}: not in the config (it has {have})")
+    m = markets[settings.market]
+    if not isinstance(m, dict):
+        raise ValueError(f"--config: markets.{settings.market} is not a table")
     m["adl_policy"] = settings.adl_policy
     m["liquidation_fee_cap_ppm"] = settings.fee_cap_ppm
-    doc["server"]["event_retention"] = 2_000_000
-    doc["server"]["max_update_age_seconds"] = 0  # a replay is stamped with history's clock
+    if settings.liquidation_mode is not None:
+        m["liquidation_mode"] = settings.liquidation_mode
+    if settings.partial is not None:
+        m["partial_liquidation_policy"] = settings.partial
+        m.pop("partial_liquidation", None)
+    if settings.fund_cap is not None:
+        m["fund_loss_cap"] = int(settings.fund_cap)
+    server = doc.setdefault("server", {})
+    server.pop("tls", None)
+    doc.pop("access", None)
+    server["plaintext"] = True
+    server["event_retention"] = 2_000_000
+    server["max_update_age_seconds"] = 0
     return _toml(doc)
 
 
+def check(settings: Settings) -> Any:
+    """Refuse what the replay cannot run, before any daemon starts; the parsed Config."""
+    from riskd.config import parse
+
+    check_without_config(settings)
+    return parse(config_toml(settings))  # ConfigError is a ValueError naming the key
+
+
+def check_without_config(settings: Settings) -> None:
+    """The checks that need no config (against ``--target``, the daemon has one)."""
+    if settings.accounts < 1:
+        raise ValueError(f"--accounts {settings.accounts}: want at least 1")
+    if settings.adl_policy not in ADL_POLICIES:
+        raise ValueError(f"--adl-policy {settings.adl_policy!r}: want one of {list(ADL_POLICIES)}")
+    if settings.liquidation_mode not in (None, *LIQUIDATION_MODES):
+        raise ValueError(f"liquidation mode {settings.liquidation_mode!r}: want takeover or book")
+    if settings.partial not in (None, *PARTIAL_POLICIES):
+        raise ValueError(f"partial {settings.partial!r}: want full, tier_step or fraction")
+    if settings.population not in POPULATIONS:
+        raise ValueError(f"--population {settings.population!r}: want living or static")
+    if settings.margin_mode not in MARGIN_MODES:
+        raise ValueError(
+            f"--margin-mode {settings.margin_mode!r}: riskd has isolated margin only "
+            "(cross margin is issue 15)"
+        )
+    if settings.hold_minutes < 1:
+        raise ValueError(f"--hold {settings.hold_minutes}: want at least 1 minute")
+    if settings.funding_interval_s < 60:
+        raise ValueError(f"--funding-interval {settings.funding_interval_s}: want >= 60 s")
+    if settings.fund < 0 or (settings.fund_cap is not None and settings.fund_cap < 0):
+        raise ValueError("--fund and --fund-cap must be >= 0")
+    if settings.fund_cap is not None and settings.fund_cap != int(settings.fund_cap):
+        raise ValueError(f"--fund-cap {settings.fund_cap}: whole settlement units")
+    population.leverage_mixes(settings.leverage_mix)
+
+
 def _toml(doc: dict[str, Any], prefix: str = "") -> str:
+    def key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -133,7 +233,7 @@ def _toml(doc: dict[str, Any], prefix: str = "") -> str:
             return json.dumps(v)
         if isinstance(v, list):
             return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(f"cannot write {v!r} as TOML")
+        raise ValueError(f"--config: cannot carry a {type(v).__name__} value ({v!r})")
 
     lines: list[str] = []
     tables = []
@@ -141,12 +241,12 @@ def _toml(doc: dict[str, Any], prefix: str = "") -> str:
         if isinstance(v, dict):
             tables.append((k, v))
         else:
-            lines.append(f"{k} = {value(v)}")
+            lines.append(f"{key(k)} = {value(v)}")
     out = ""
-    if lines:
+    if lines or (prefix and not tables):
         out += (f"[{prefix}]\n" if prefix else "") + "\n".join(lines) + "\n\n"
     for k, v in tables:
-        out += _toml(v, f"{prefix}.{k}" if prefix else k)
+        out += _toml(v, f"{prefix}.{key(k)}" if prefix else key(k))
     return out
 
 
@@ -206,6 +306,28 @@ def spawn(settings: Settings, workdir: Path | None = None) -> Iterator[Daemon]:
             elif process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+# --- a daemon of our own -------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    target: str
+    metrics_url: str | None
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
 
 
 # --- progress ------------------------------------------------------------------
@@ -281,10 +403,33 @@ class MarketInfo:
     tick: int
     quantity_decimals: int
     step: int
-    unit_value: int  # quantums per quantity unit × price unit
+    unit_value: int  # linear: quantums per quantity unit × price unit; inverse: 0
     tiers: list[population.Tier]
     adl_policy: int
     fee_cap_ppm: int
+    inverse: bool = False
+    contract_value: int = 0  # inverse: whole quote units per whole contract
+    liquidation_mode: int = types_pb2.LIQUIDATION_MODE_TAKEOVER
+    partial_policy: int = types_pb2.PARTIAL_LIQUIDATION_POLICY_FULL
+    fund_loss_cap: int | None = None
+
+    def value(self, qty: int, price: int) -> tuple[int, int]:
+        """Exact signed value as ``(num, den)``, as ``riskd.core.market.MarketSpec.value``."""
+        if not self.inverse:
+            return qty * price * self.unit_value, 1
+        num = self.contract_value * 10**self.price_decimals * 10**self.asset_decimals
+        return -qty * num, price * 10**self.quantity_decimals
+
+    def notional(self, qty: int, price: int) -> int:
+        """``|value|`` in quantums, rounded down (display and sizing only)."""
+        num, den = self.value(qty, price)
+        return abs(num) // den
+
+    def quantity_for(self, usd: int, price: int) -> int:
+        """Quantity units worth about ``usd`` whole quote units at ``price``."""
+        if self.inverse:
+            return int(usd * 10**self.quantity_decimals // self.contract_value)
+        return int(usd * 10 ** (self.price_decimals + self.quantity_decimals) // price)
 
 
 async def market_info(channel: grpc.aio.Channel, symbol: str) -> MarketInfo:
@@ -293,12 +438,11 @@ async def market_info(channel: grpc.aio.Channel, symbol: str) -> MarketInfo:
     if symbol not in markets:
         raise ValueError(f"market {symbol!r} not served (have {sorted(markets)})")
     m = markets[symbol]
-    if m.contract_type != types_pb2.CONTRACT_TYPE_LINEAR:
-        raise ValueError(f"{symbol}: replay supports linear markets only")
     assets = {a.symbol: a for a in (await q.ListAssets(query_pb2.ListAssetsRequest())).assets}
     ad = assets[m.settle_asset].decimals
+    inverse = m.contract_type == types_pb2.CONTRACT_TYPE_INVERSE
     shift = ad - m.price_decimals - m.quantity_decimals
-    if shift < 0:
+    if not inverse and shift < 0:
         raise ValueError(f"{symbol}: asset decimals below price + quantity decimals")
     return MarketInfo(
         symbol,
@@ -308,10 +452,15 @@ async def market_info(channel: grpc.aio.Channel, symbol: str) -> MarketInfo:
         m.tick_size,
         m.quantity_decimals,
         m.step_size,
-        10**shift,
+        0 if inverse else 10**shift,
         [population.Tier(t.notional_floor, t.max_leverage) for t in m.tiers],
         m.adl_policy,
         m.liquidation_fee_cap_ppm,
+        inverse,
+        m.contract_value,
+        m.liquidation_mode,
+        m.partial_liquidation_policy,
+        m.fund_loss_cap if m.HasField("fund_loss_cap") else None,
     )
 
 
@@ -361,6 +510,30 @@ def _fee(notional: int, ppm: int) -> int:
     return -(-notional * ppm // 1_000_000)
 
 
+async def _policy_by_api(admin: Any, info: MarketInfo, settings: Settings, scale: int) -> None:
+    """Policy flags against a daemon we did not configure: set them through the API."""
+    want = types_pb2.Market(symbol=info.symbol)
+    change = False
+    if info.adl_policy != ADL_POLICIES[settings.adl_policy]:
+        want.adl_policy, change = ADL_POLICIES[settings.adl_policy], True
+    if info.fee_cap_ppm != settings.fee_cap_ppm:
+        want.liquidation_fee_cap_ppm, change = settings.fee_cap_ppm, True
+    if settings.liquidation_mode is not None:
+        mode = LIQUIDATION_MODES[settings.liquidation_mode]
+        if info.liquidation_mode != mode:
+            want.liquidation_mode, change = mode, True
+    if settings.partial is not None:
+        part = PARTIAL_POLICIES[settings.partial]
+        if info.partial_policy != part:
+            want.partial_liquidation_policy, change = part, True
+    if settings.fund_cap is not None:
+        cap = int(settings.fund_cap) * scale
+        if info.fund_loss_cap != cap:
+            want.fund_loss_cap, change = cap, True
+    if change:
+        await admin.UpdateMarket(admin_pb2.UpdateMarketRequest(market=want))
+
+
 async def replay(
     settings: Settings,
     bars: list[prices.Bar],
@@ -373,27 +546,19 @@ async def replay(
 ) -> dict[str, Any]:
     """Run one replay against ``daemon`` and return the raw material of a report."""
     started = time.time()
+    clock = {"replay": 0.0, "daemon": 0.0}  # seconds building inputs vs waiting for riskd
     async with grpc.aio.insecure_channel(daemon.target) as channel:
         info = await market_info(channel, settings.market)
         query = query_pb2_grpc.QueryServiceStub(channel)
         admin = admin_pb2_grpc.AdminServiceStub(channel)
-        # Policy flags against a daemon we did not configure: set them through the API.
-        want_policy = ADL_POLICIES[settings.adl_policy]
-        if info.adl_policy != want_policy or info.fee_cap_ppm != settings.fee_cap_ppm:
-            await admin.UpdateMarket(
-                admin_pb2.UpdateMarketRequest(
-                    market=types_pb2.Market(
-                        symbol=info.symbol,
-                        adl_policy=want_policy,
-                        liquidation_fee_cap_ppm=settings.fee_cap_ppm,
-                    )
-                )
-            )
+        scale = 10**info.asset_decimals
+        await _policy_by_api(admin, info, settings, scale)
+        info = await market_info(channel, settings.market)
+        book_mode = info.liquidation_mode == types_pb2.LIQUIDATION_MODE_BOOK
         before = await asyncio.to_thread(scrape, daemon.metrics_url)
         first_event = await next_event_sequence(channel)
         fund_req = query_pb2.GetInsuranceFundRequest(asset=info.asset)
         fund_before = (await query.GetInsuranceFund(fund_req)).fund
-        scale = 10**info.asset_decimals
         fund_seed = int((settings.fund * scale).to_integral_value())
         if fund_seed > 0:
             await admin.InjectFund(
@@ -404,23 +569,35 @@ async def replay(
         by_bar: dict[int, list[prices.Mark]] = defaultdict(list)
         for mk in path:
             by_bar[mk.bar].append(mk)
+        p0 = path[0].price
+        bar_ms = prices.interval_ms(bars)
         traders = population.build(
             settings.accounts,
             settings.seed,
-            price=path[0].price,
             bars=len(bars),
-            unit_value=info.unit_value,
+            quantity_for=lambda usd: info.quantity_for(usd, p0),
+            notional_of=lambda q: info.notional(q, p0),
             scale=scale,
+            # Whole units of a quote-like asset; 10^-4 of a coin (BTC) settles inverse markets.
+            deposit_unit=scale // 10_000 if info.inverse else scale,
             step=info.step,
             tiers=info.tiers,
-            leverage_mix=population.parse_leverage_mix(settings.leverage_mix),
+            leverage_mix=settings.leverage_mix,
             first_account=first_account,
+            living=settings.population == "living",
+            hold_bars=max(1, settings.hold_minutes * 60_000 // bar_ms),
         )
         stress: list[dict[str, Any]] = []  # GetStressCoverage at each bar's open
+        samples: list[dict[str, Any]] = []  # the backstop and fund at each bar's open
 
-        async def sample_stress(ts: int, price: int) -> None:
-            got = await query.GetStressCoverage(
-                query_pb2.GetStressCoverageRequest(asset=info.asset)
+        async def sample(ts: int, price: int) -> dict[int, Any]:
+            """Stress coverage, the backstop's position and the fund, read together."""
+            got, back, fund = await asyncio.gather(
+                query.GetStressCoverage(query_pb2.GetStressCoverageRequest(asset=info.asset)),
+                query.GetPosition(
+                    query_pb2.GetPositionRequest(account=BACKSTOP, market=info.symbol)
+                ),
+                query.GetInsuranceFund(fund_req),
             )
             rows = [r for r in got.rows if r.market == info.symbol]
             stress.append(
@@ -433,15 +610,31 @@ async def replay(
                     ],
                 }
             )
+            pos = back.position
+            samples.append(
+                {
+                    "ts_ms": ts,
+                    "mark": price,
+                    "backstop_size": pos.size,
+                    "backstop_margin_balance": pos.margin_balance if pos.size else 0,
+                    "fund_balance": fund.fund.balance,
+                    "fund_reserved": fund.fund.reserved,
+                }
+            )
+            return {BACKSTOP: pos}
 
         entering: dict[int, list[int]] = defaultdict(list)
+        leaving: dict[int, list[int]] = defaultdict(list)
         for i, t in enumerate(traders):
             entering[t.entry_bar].append(i)
+            if t.exit_bar is not None:
+                leaving[t.exit_bar].append(i)
 
         # Ledger of what we sent, for the client-side conservation check.
         sent = Counter[str]()
         deposits: dict[int, int] = {}  # sequence -> amount
         fees: dict[int, int] = {}  # sequence -> fees charged by that fill
+        fills: list[tuple[int, int, int, int, int]] = []  # (seq, ts, buyer, seller, qty)
         mark_ts: list[int] = []
         mark_px: list[int] = []
         # riskd refuses a reused trade id, and runs may share a daemon: a run's
@@ -449,9 +642,27 @@ async def replay(
         trade_id = (epoch % 2**32) << 32
         house = first_account - 1  # the house market maker
         unwinds = 0
+        exits = Counter[str]()
+        funding: list[list[int]] = []  # [ts, rate_e8]
+        liq_fills: dict[int, tuple[int, int]] = {}  # sequence -> (liquidation id, quantity)
+        book_done = Counter[str]()
+        orders: list[events_pb2.LiquidationOrder] = []
+
+        async def follow_orders() -> None:
+            """Book mode: collect the daemon's LiquidationOrders as they are published."""
+            stub = events_pb2_grpc.EventServiceStub(channel)
+            call = stub.Subscribe(
+                events_pb2.SubscribeRequest(from_sequence=first_event, markets=[info.symbol])
+            )
+            async for r in call:
+                if r.event.HasField("liquidation_order"):
+                    orders.append(r.event.liquidation_order)
+
+        follower = asyncio.create_task(follow_orders()) if book_mode else None
 
         bar_progress = Progress(len(bars), "replay", progress)
-        async with Gateway(daemon.target, gateway_id, epoch=epoch, batch_size=512) as gw:
+        gw_ctx = Gateway(daemon.target, gateway_id, epoch=epoch, batch_size=512)
+        async with gw_ctx as gw:
 
             def mark(mk: prices.Mark) -> None:
                 gw.mark_price(info.symbol, mk.price, ts=mk.ts_ms)
@@ -469,19 +680,34 @@ async def replay(
                     trade_id=trade_id, buyer_fee=bf, seller_fee=sf, ts=ts,
                 )  # fmt: skip
                 fees[s] = bf + sf
+                fills.append((s, ts, buyer, seller, qty))
                 sent["fill"] += 1
 
             def deposit(account: int, amount: int, ts: int) -> None:
                 deposits[gw.deposit(account, info.asset, amount, ts=ts)] = amount
                 sent["deposit"] += 1
 
+            def fee(qty: int, price: int, ppm: int) -> int:
+                return _fee(info.notional(qty, price), ppm)
+
+            async def timed(aw: Any) -> Any:
+                t = time.perf_counter()
+                try:
+                    return await aw
+                finally:
+                    clock["daemon"] += time.perf_counter() - t
+
             # The house market maker: enough margin for the whole population at ~1x.
             t0 = bars[0].ts_ms
-            house_cash = sum(t.quantity for t in traders) * path[0].price * info.unit_value * 2
+            house_cash = 2 * sum(info.notional(t.quantity, p0) for t in traders)
             house_cash = max(house_cash, scale)
             deposit(house, house_cash, t0)
             gw.margin_transfer(house, info.symbol, house_cash, ts=t0)
             sent["margin_transfer"] += 1
+            period = settings.funding_interval_s * 1000
+            last_period = t0 // period
+            seen_orders = 0
+            tick_start = time.perf_counter()
 
             for b in range(len(bars)):
                 marks_b = by_bar[b]
@@ -490,22 +716,74 @@ async def replay(
                 mark(open_mark)
                 px = open_mark.price
                 if b:
-                    # The exchange works the fund's backstop inventory off against the
-                    # house at the open (reduce-only fills naming account 2^64-1).
-                    await gw.flush()
-                    pos = (
-                        await query.GetPosition(
-                            query_pb2.GetPositionRequest(account=BACKSTOP, market=info.symbol)
+                    # Settle what was sent, then look: the backstop's inventory, the
+                    # stress coverage, the fund and the positions of those leaving.
+                    await timed(gw.flush(timeout=300))
+                    out = [traders[i] for i in leaving.get(b, ())]
+                    looked, *theirs = await timed(
+                        asyncio.gather(
+                            sample(ts, px),
+                            *(
+                                query.GetPosition(
+                                    query_pb2.GetPositionRequest(
+                                        account=t.account, market=info.symbol
+                                    )
+                                )
+                                for t in out
+                            ),
                         )
-                    ).position
-                    await sample_stress(ts, px)
+                    )
+                    pos = looked[BACKSTOP]
                     if pos.size and not pos.in_liquidation:
+                        # The exchange works the fund's inventory off against the house at
+                        # the open (reduce-only fills naming account 2^64-1).
                         q = abs(pos.size)
                         if pos.size > 0:
                             fill(house, BACKSTOP, px, q, 0, 0, ts)
                         else:
                             fill(BACKSTOP, house, px, q, 0, 0, ts)
                         unwinds += 1
+                    # Book mode: the exchange's book is the house, bidding at the mark
+                    # down to the order's worst price; past it the book gives up (ADL,
+                    # reason no_book).
+                    while seen_orders < len(orders):
+                        o = orders[seen_orders]
+                        seen_orders += 1
+                        sells = o.side == types_pb2.SIDE_SELL
+                        if (px >= o.worst_price) if sells else (px <= o.worst_price):
+                            s = gw.liquidation_fill(
+                                info.symbol, o.liquidation_id, house, px, o.quantity, ts=ts
+                            )
+                            liq_fills[s] = (o.liquidation_id, o.quantity)
+                            sent["liquidation_fill"] += 1
+                            book_done["filled"] += 1
+                        else:
+                            # A whole fill settles the order; only a given-up one is done.
+                            gw.liquidation_done(info.symbol, o.liquidation_id, ts=ts)
+                            sent["liquidation_done"] += 1
+                            book_done["given_up"] += 1
+                    # Leavers close at the open against the house; one the engine is
+                    # liquidating, or has closed, has nothing to close.
+                    for t, got in zip(out, theirs, strict=True):
+                        p = got.position
+                        if not p.size:
+                            exits["already_closed"] += 1
+                        elif p.in_liquidation:
+                            exits["in_liquidation"] += 1
+                        else:
+                            q = abs(p.size)
+                            tf, mf = fee(q, px, TAKER_FEE_PPM), fee(q, px, MAKER_FEE_PPM)
+                            if p.size > 0:
+                                fill(house, t.account, px, q, mf, tf, ts)
+                            else:
+                                fill(t.account, house, px, q, tf, mf, ts)
+                            exits["closed"] += 1
+                    if settings.funding_rate_e8 and ts // period > last_period:
+                        # Funding at the first mark of each interval (00:00, 08:00, 16:00 UTC).
+                        last_period = ts // period
+                        gw.funding_rate(info.symbol, settings.funding_rate_e8, ts=ts)
+                        funding.append([ts, settings.funding_rate_e8])
+                        sent["funding_rate"] += 1
                 # Entrants: deposit, move margin, then trade as takers against earlier
                 # entrants of this bar resting on the other side, the rest against the house.
                 book = _Book()
@@ -520,51 +798,39 @@ async def replay(
                     while left and resting:
                         m_i, m_left = resting[0]
                         q = min(left, m_left)
-                        n = q * price * info.unit_value
                         maker = traders[m_i].account
+                        tf, mf = fee(q, price, TAKER_FEE_PPM), fee(q, price, MAKER_FEE_PPM)
                         if t.side > 0:
-                            fill(
-                                t.account,
-                                maker,
-                                price,
-                                q,
-                                _fee(n, TAKER_FEE_PPM),
-                                _fee(n, MAKER_FEE_PPM),
-                                ts,
-                            )
+                            fill(t.account, maker, price, q, tf, mf, ts)
                         else:
-                            fill(
-                                maker,
-                                t.account,
-                                price,
-                                q,
-                                _fee(n, MAKER_FEE_PPM),
-                                _fee(n, TAKER_FEE_PPM),
-                                ts,
-                            )
+                            fill(maker, t.account, price, q, mf, tf, ts)
                         left -= q
                         resting[0][1] -= q
                         if resting[0][1] == 0:
                             resting.pop(0)
                     if left:
                         (book.bids if t.side > 0 else book.asks).append([i, left])
-                for side, orders in ((1, book.bids), (-1, book.asks)):
-                    for m_i, q in orders:
+                for side, orders_b in ((1, book.bids), (-1, book.asks)):
+                    for m_i, q in orders_b:
                         acct = traders[m_i].account
-                        n = q * px * info.unit_value
-                        f = _fee(n, MAKER_FEE_PPM)
+                        f = fee(q, px, MAKER_FEE_PPM)
                         if side > 0:
                             fill(acct, house, px, q, f, f, ts)
                         else:
                             fill(house, acct, px, q, f, f, ts)
                 for mk in marks_b[1:]:
                     mark(mk)
-                await gw.wait_for_window()
+                await timed(gw.wait_for_window())
                 bar_progress.update(b + 1, f"mark {Decimal(mk.price).scaleb(-info.price_decimals)}")
-            await gw.flush(timeout=300)
-            await sample_stress(mark_ts[-1], mark_px[-1])
+            await timed(gw.flush(timeout=300))
+            await timed(sample(mark_ts[-1], mark_px[-1]))
+            clock["replay"] = time.perf_counter() - tick_start - clock["daemon"]
         bar_progress.update(len(bars), "settling", force=True)
         bar_progress.close()
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await follower
         rejections = list(gw.rejections)
         rejected = {r.sequence for r in rejections}
 
@@ -579,10 +845,14 @@ async def replay(
             end = again
         events = await read_events(channel, first_event, end)
         accounts: dict[int, query_pb2.GetAccountResponse] = {}
-        for acct in [house, *(t.account for t in traders), BACKSTOP]:
-            accounts[acct] = await query.GetAccount(
-                query_pb2.GetAccountRequest(account=acct, asset=info.asset)
+        ids = [house, *(t.account for t in traders), BACKSTOP]
+        got_accounts = await asyncio.gather(
+            *(
+                query.GetAccount(query_pb2.GetAccountRequest(account=a, asset=info.asset))
+                for a in ids
             )
+        )
+        accounts = dict(zip(ids, got_accounts, strict=True))
         after = await asyncio.to_thread(scrape, daemon.metrics_url)
 
     return {
@@ -600,13 +870,23 @@ async def replay(
         "sent": sent,
         "deposits": {s: a for s, a in deposits.items() if s not in rejected},
         "fees": sum(f for s, f in fees.items() if s not in rejected),
+        "fills": [f for f in fills if f[0] not in rejected],
         "rejections": rejections,
         "marks": (mark_ts, mark_px),
         "unwinds": unwinds,
+        "exits": dict(exits),
+        "funding": funding,
+        "book": dict(book_done),
         "stress": stress,
+        "samples": samples,
         "metrics_before": before,
         "metrics_after": after,
-        "wall": {"started_unix": round(started, 3), "seconds": round(time.time() - started, 3)},
+        "wall": {
+            "started_unix": round(started, 3),
+            "seconds": round(time.time() - started, 3),
+            "replay_seconds": round(clock["replay"], 3),
+            "daemon_seconds": round(clock["daemon"], 3),
+        },
         "target": daemon.target,
         "fresh": first_event == 1 and fund_before.total_inflow == 0,
     }

@@ -14,7 +14,7 @@ import itertools
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "describe",
     "generated_crash",
     "interval_ms",
+    "iso",
     "marks",
     "read_klines",
     "to_units",
@@ -64,28 +65,52 @@ def read_klines(path: str | Path) -> list[Bar]:
     ``shared/data`` both work.  Rows must be in increasing time order.
     """
     bars: list[Bar] = []
-    with open(path, newline="") as f:
-        for n, row in enumerate(csv.reader(f), 1):
-            if not row or not "".join(row).strip():
-                continue
-            try:
-                ts = _ts_ms(row[0].strip())
-            except (InvalidOperation, ValueError):
-                if not bars and n == 1:
-                    continue  # header
-                raise ValueError(f"{path}:{n}: bad timestamp {row[0]!r}") from None
-            try:
-                o, h, lo, c = (Decimal(x.strip()) for x in row[1:5])
-            except (InvalidOperation, ValueError):
-                raise ValueError(f"{path}:{n}: bad price in {row[1:5]!r}") from None
-            if len(row) < 5 or min(o, h, lo, c) <= 0 or not lo <= min(o, c) <= max(o, c) <= h:
-                raise ValueError(f"{path}:{n}: not an OHLC row: {row[:5]!r}")
-            if bars and ts <= bars[-1].ts_ms:
-                raise ValueError(f"{path}:{n}: timestamps must increase ({ts})")
-            bars.append(Bar(ts, o, h, lo, c))
+    try:
+        with open(path, newline="") as f:
+            for n, row in enumerate(csv.reader(f), 1):
+                bar = _row(path, n, row, first=not bars)
+                if bar is None:
+                    continue
+                if bars and bar.ts_ms <= bars[-1].ts_ms:
+                    raise ValueError(f"{path}:{n}: timestamps must increase ({bar.ts_ms})")
+                bars.append(bar)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text CSV file") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a CSV file ({e})") from None
     if not bars:
         raise ValueError(f"{path}: no price rows")
     return bars
+
+
+def iso(ts_ms: int) -> str:
+    """``2020-03-12 22:39`` (UTC)."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _row(path: str | Path, n: int, row: list[str], *, first: bool) -> Bar | None:
+    """One CSV row as a bar; None for a blank line or the header."""
+    if not row or not "".join(row).strip():
+        return None
+    try:
+        ts = _ts_ms(row[0].strip())
+    except (ArithmeticError, ValueError):
+        if first and n == 1:
+            return None  # header
+        raise ValueError(f"{path}:{n}: bad timestamp {row[0]!r}") from None
+    if len(row) < 5:
+        raise ValueError(f"{path}:{n}: want ts, open, high, low, close; got {len(row)} columns")
+    try:
+        o, h, lo, c = (Decimal(x.strip()) for x in row[1:5])
+    except (ArithmeticError, ValueError):
+        raise ValueError(f"{path}:{n}: bad price in {row[1:5]!r}") from None
+    if not all(v.is_finite() for v in (o, h, lo, c)) or ts <= 0 or ts >= 2**62:
+        raise ValueError(f"{path}:{n}: not an OHLC row: {row[:5]!r}")
+    if min(o, h, lo, c) <= 0 or not lo <= min(o, c) <= max(o, c) <= h:
+        raise ValueError(f"{path}:{n}: not an OHLC row: {row[:5]!r}")
+    return Bar(ts, o, h, lo, c)
 
 
 def to_units(price: Decimal, price_decimals: int, tick: int) -> int:

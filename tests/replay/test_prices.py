@@ -77,7 +77,7 @@ def test_population_is_seeded_and_integer() -> None:
         "price": 6_000_000, "bars": 100, "unit_value": 10, "scale": 10**6, "step": 1,
         "tiers": [population.Tier(0, 125), population.Tier(50_000 * 10**6, 100),
                   population.Tier(250_000 * 10**6, 50)],
-        "leverage_mix": population.parse_leverage_mix(population.DEFAULT_LEVERAGE_MIX),
+        "leverage_mix": population.DEFAULT_LEVERAGE_MIX,
     }  # fmt: skip
     a = population.build(300, 7, **kw)
     assert a == population.build(300, 7, **kw)
