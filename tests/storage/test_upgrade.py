@@ -46,7 +46,9 @@ USDT = 1_000_000
 
 
 def test_every_format_up_to_this_one_has_a_golden_directory() -> None:
-    assert [f"v{n}" for n in range(codec.OLDEST, codec.FORMAT + 1)] == VERSIONS
+    # vN, or vN-what when a snapshot format changed under journal format N.
+    formats = {int(v[1:].split("-")[0]) for v in VERSIONS}
+    assert formats == set(range(codec.OLDEST, codec.FORMAT + 1))
 
 
 def _copy(version: str, tmp: Path) -> Path:
