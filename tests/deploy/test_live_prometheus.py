@@ -34,7 +34,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import riskd
 
-from .conftest import ALERTS, ARCHITECTURE, DEPLOY, api_helpers, run_tool, tool, yaml_module
+from .conftest import (
+    ALERTS,
+    ARCHITECTURE,
+    DASHBOARD,
+    DEPLOY,
+    api_helpers,
+    run_tool,
+    tool,
+    yaml_module,
+)
 from .test_prometheus_rules import dashboard_exprs
 
 # Metrics the dashboard or the alert rules use that riskd does not export yet.
@@ -398,3 +407,37 @@ def test_metrics_are_in_base_units_with_total_counters_and_sane_buckets(live: Li
         assert all(b / a <= 2.5 + 1e-9 for a, b in itertools.pairwise(bounds))
         count = sum(s.value for s in h.samples if s.name.endswith("_count"))
         assert count > 0  # the scenario's batches were observed
+
+
+def test_mark_age_panel_counts_an_unstamped_mark_from_its_arrival(
+    live: Live, prom_url: str
+) -> None:
+    """The dashboard's "Mark price age by market" on the real server after a mark
+    sent without a timestamp (0, as the README's snippet sends it): an age since
+    riskd applied it, not the 56 years since 1970 that also kept
+    RiskdMarkPriceStale firing."""
+    from riskd_client.gateway import Gateway
+
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    [expr] = [t["expr"] for p in panels if p.get("title") == "Mark price age by market"
+              for t in p["targets"]]  # fmt: skip
+    q = urllib.parse.quote(expr.replace("$market", "ETH-USDT"))
+
+    async def mark() -> None:
+        async with Gateway(live.daemon.target, "gw-deploy-marks") as gw:
+            gw.mark_price("ETH-USDT", 300_000)
+
+    asyncio.run(mark())
+    day = 86_400.0
+    seen: list[object] = []
+
+    def check() -> float | None:
+        values = [
+            float(r["value"][1])
+            for r in http_json(f"{prom_url}/api/v1/query?query={q}")["data"]["result"]
+        ]
+        seen.append(values)
+        return values[0] if len(values) == 1 and values[0] < day else None
+
+    age = poll(30, check)
+    assert age is not None and -1.0 < age < day, f"last results: {seen[-3:]}"
