@@ -13,6 +13,7 @@ import asyncio
 import bisect
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -510,6 +511,15 @@ def _fee(notional: int, ppm: int) -> int:
     return -(-notional * ppm // 1_000_000)
 
 
+async def _gather(calls: list[Callable[[], Any]], width: int = 32) -> list[Any]:
+    """Make and await ``calls`` in order, ``width`` at a time (a gRPC call starts when it
+    is made, and the daemon bounds the calls in flight)."""
+    out: list[Any] = []
+    for i in range(0, len(calls), width):
+        out += await asyncio.gather(*(c() for c in calls[i : i + width]))
+    return out
+
+
 async def _policy_by_api(admin: Any, info: MarketInfo, settings: Settings, scale: int) -> None:
     """Policy flags against a daemon we did not configure: set them through the API."""
     want = types_pb2.Market(symbol=info.symbol)
@@ -721,16 +731,19 @@ async def replay(
                     await timed(gw.flush(timeout=300))
                     out = [traders[i] for i in leaving.get(b, ())]
                     looked, *theirs = await timed(
-                        asyncio.gather(
-                            sample(ts, px),
-                            *(
-                                query.GetPosition(
-                                    query_pb2.GetPositionRequest(
-                                        account=t.account, market=info.symbol
+                        _gather(
+                            [
+                                functools.partial(sample, ts, px),
+                                *(
+                                    functools.partial(
+                                        query.GetPosition,
+                                        query_pb2.GetPositionRequest(
+                                            account=t.account, market=info.symbol
+                                        ),
                                     )
-                                )
-                                for t in out
-                            ),
+                                    for t in out
+                                ),
+                            ]
                         )
                     )
                     pos = looked[BACKSTOP]
@@ -846,11 +859,13 @@ async def replay(
         events = await read_events(channel, first_event, end)
         accounts: dict[int, query_pb2.GetAccountResponse] = {}
         ids = [house, *(t.account for t in traders), BACKSTOP]
-        got_accounts = await asyncio.gather(
-            *(
-                query.GetAccount(query_pb2.GetAccountRequest(account=a, asset=info.asset))
+        got_accounts = await _gather(
+            [
+                functools.partial(
+                    query.GetAccount, query_pb2.GetAccountRequest(account=a, asset=info.asset)
+                )
                 for a in ids
-            )
+            ]
         )
         accounts = dict(zip(ids, got_accounts, strict=True))
         after = await asyncio.to_thread(scrape, daemon.metrics_url)
