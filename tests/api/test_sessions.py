@@ -240,6 +240,35 @@ def test_helper_sessions_fresh_by_default_and_loud_when_resuming(
     assert wallet(daemon, 9) == 7 * USDT  # the fourth applied, the three resends not
 
 
+def test_a_fresh_session_resumes_its_own_epoch_when_its_stream_is_cut(tmp_path: Path) -> None:
+    """riskd ends the stream over the rate limit; the helper reconnects with the
+    epoch it was assigned (not a new one) and its updates apply exactly once."""
+    text = default_toml()
+    for key, value in (("gateway_updates_per_second", 1000), ("gateway_burst", 10)):
+        text = re.sub(rf"^{key} = 0\b", f"{key} = {value}", text, count=1, flags=re.M)
+    assert parse(text).server.gateway_burst == 10
+    config = tmp_path / "riskd.toml"
+    config.write_text(text)
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+
+        async def go() -> Gateway:
+            async with Gateway(d.target, "gw-cut", batch_size=2_000) as gw:
+                for _ in range(2_010):  # 2,000 into debt, then 10 that must wait ~2 s
+                    gw.deposit(6, "USDT", 1)
+                await gw.flush(timeout=60)
+            return gw
+
+        gw = asyncio.run(go())
+        assert gw.throttled >= 1 and gw.epoch == 1
+        assert gw.duplicates == 0 and gw.rejections == []
+        assert wallet(d, 6) == 2_010
+    finally:
+        assert d.stop() == 0
+    opened = [line for line in d.log.read_text().splitlines() if "ingest_stream_opened" in line]
+    assert len(opened) >= 2 and sum('"fresh_epoch": true' in line for line in opened) == 1, opened
+
+
 def test_helper_refuses_a_first_response_that_contradicts_a_fresh_session() -> None:
     def check(epoch: int, acked: int) -> SessionMismatch | None:
         gw = Gateway("127.0.0.1:1", "gw-x")
