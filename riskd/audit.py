@@ -30,7 +30,7 @@ from riskd.core import Engine
 from riskd.core.events import AdlEvent, Effect, FundKind, LiquidationSettled
 from riskd.core.insurance_fund import GENESIS
 from riskd.core.invariants import digest, violations
-from riskd.storage import admin_log, codec, records, snapshot
+from riskd.storage import admin_log, codec, ledger, records, snapshot
 from riskd.storage.journal import GENESIS as JOURNAL_GENESIS
 from riskd.storage.journal import chain, wal_problem
 from riskd.storage.records import EngineTarget, Record
@@ -110,6 +110,9 @@ def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
             f" in {fund.total_inflow}, out {fund.total_outflow}"
         )
         lines += [f"     {p}" for p in problems]
+    file_ok, file_lines = ledger.audit_file(data_dir / ledger.FILE, engine.funds)
+    ok &= file_ok
+    lines += file_lines
     # The waterfall on every ADL execution: the fund paid exactly what the execution
     # says it paid (up to its limit, the rest deleveraged), and the counterparties gave
     # up no more than the uncovered deficit plus tick rounding (overshoot >= 0).

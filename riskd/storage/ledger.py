@@ -348,3 +348,52 @@ def export(data: Path, funds: dict[str, InsuranceFund], keep: int = DEFAULT_MEMO
             fund.ledger = fund.ledger.rebound(keep)
     finally:
         store.close()
+
+
+def audit_file(path: Path, funds: dict[str, InsuranceFund]) -> tuple[bool, list[str]]:
+    """Compare ``path`` with ledgers replayed from the journal (``riskd audit``).
+
+    ``funds`` keep every entry (the pure engine).  Each entry in the file must
+    be the replayed entry of that number, hash included; the file may end
+    early (the daemon still writing, or entries past its newest snapshot lost
+    in a crash: the next start books them again) or hold entries past the
+    journal (booked by inputs never acknowledged: the next start removes
+    them).  Returns ``(ok, report lines)``.
+    """
+    if not path.exists():
+        return True, [f"ok   {path.name}: none (written by riskd since journal format 2)"]
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    ok, lines = True, []
+    try:
+        for asset, fund in funds.items():
+            replayed = list(fund.ledger)
+            n, bad, prev = 0, "", GENESIS
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM ledger WHERE asset = ? ORDER BY sequence", (asset,)
+            )
+            for row in rows:
+                e = _entry(row)
+                n += 1
+                if e.sequence != n:
+                    bad = f"entry {n} is missing"
+                elif n <= len(replayed) and e != replayed[n - 1]:
+                    bad = f"entry {n} differs from the journal's replay"
+                elif e.hash != e.digest() or e.prev != prev:
+                    bad = f"entry {n} breaks the hash chain"
+                if bad:
+                    break
+                prev = e.hash
+            ok &= not bad
+            if bad:
+                lines.append(f"FAIL {path.name} fund {asset}: {bad}")
+                continue
+            extra = f"; {n - len(replayed)} past the journal" if n > len(replayed) else ""
+            lines.append(
+                f"ok   {path.name} fund {asset}: {n} of {len(replayed)} entries, each the"
+                f" replayed one{extra}"
+            )
+    except sqlite3.DatabaseError as e:
+        return False, [f"FAIL {path.name}: unreadable: {e}"]
+    finally:
+        db.close()
+    return ok, lines

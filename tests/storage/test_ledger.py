@@ -259,3 +259,24 @@ def test_a_lost_ledger_file_costs_a_full_replay_not_the_ledger(tmp_path: Path) -
     assert ignored and "0 entries on disk" in ignored[0]["reason"], lines
     recovered = next(x for x in lines if x.get("event") == "riskd_recovered")
     assert recovered["snapshot_records"] == 0
+
+
+def test_the_audit_checks_the_file_against_the_journal(tmp_path: Path) -> None:
+    inputs = crash_scenario()
+    config = _config(tmp_path, memory=2)
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+        _seed(d)
+        asyncio.run(stream_all(d, inputs, "gw-audit"))
+    finally:
+        assert d.stop() == 0
+    data = tmp_path / "data"
+    ok, lines = audit(load(), data)
+    assert ok and any(x.startswith(f"ok   {store_mod.FILE} fund USDT: 8 of 8") for x in lines)
+    db = sqlite3.connect(data / store_mod.FILE)
+    db.execute("UPDATE ledger SET cause = 'edited' WHERE asset = 'USDT' AND sequence = 3")
+    db.commit()
+    db.close()
+    ok, lines = audit(load(), data)
+    assert not ok
+    assert f"FAIL {store_mod.FILE} fund USDT: entry 3 differs from the journal's replay" in lines
