@@ -71,30 +71,35 @@ def _positions_over_time(raw: dict[str, Any], settled: list[Any], notices: list[
     changes: list[tuple[int, int]] = []  # (ts, open interest after)
     longs = 0
 
-    def move(acct: int, delta: int) -> None:
+    closed_by: dict[int, str] = {}  # account -> what last took its position to zero
+
+    def move(acct: int, delta: int, cause: str) -> None:
         nonlocal longs
         old = sizes[acct]
         new = old + delta
         sizes[acct] = new
         longs += max(new, 0) - max(old, 0)
+        if old and not new:
+            closed_by[acct] = cause
 
     for ts, _, _, item in timeline:
         if item[0] == "fill":
             _, buyer, seller, qty = item
-            move(buyer, qty)
-            move(seller, -qty)
+            move(buyer, qty, "trader")
+            move(seller, -qty, "trader")
         elif item[0] == "liq":
             st = item[1]
             side = 1 if sizes[st.account] > 0 else -1
             sides[st.liquidation_id] = side
-            move(st.account, -side * st.quantity)
-            move(receiver, side * (st.quantity - st.adl_quantity))
+            move(st.account, -side * st.quantity, "liquidation")
+            move(receiver, side * (st.quantity - st.adl_quantity), "liquidation")
         else:
             n = item[1]
             # A counterparty of a bankrupt long is short, and is bought back.
-            move(n.account, n.quantity if n.side == types_pb2.POSITION_SIDE_SHORT else -n.quantity)
+            q = n.quantity if n.side == types_pb2.POSITION_SIDE_SHORT else -n.quantity
+            move(n.account, q, "adl")
         changes.append((ts, longs))
-    return changes, dict(sizes), sides
+    return changes, dict(sizes), sides, closed_by
 
 
 def _headroom(series: list[list[int]], ts: int, balance: int, policy: Any) -> int | None:
@@ -123,7 +128,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     def bar_of(ts: int) -> int:
         return max(bisect.bisect_right(bar_ts, ts) - 1, 0)
 
-    changes, sizes_end, sides = _positions_over_time(raw, settled, notices)
+    changes, sizes_end, sides, closed_by = _positions_over_time(raw, settled, notices)
 
     # ADL executions: the daemon's own numbers (AdlExecuted), their notices' accounts.
     hit: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -226,10 +231,11 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
         "opened": len(opened),
         "liquidated": len(opened & liquidated),
         "deleveraged": len(opened & deleveraged),
-        "closed_by_liquidation": len((opened & liquidated) - open_at_end),
-        "closed_by_adl": len(((opened & deleveraged) - liquidated) - open_at_end),
+        # What took each trader's position to zero, last (a trader opens once).
+        "closed_by_liquidation": sum(closed_by.get(a) == "liquidation" for a in opened),
+        "closed_by_adl": sum(closed_by.get(a) == "adl" for a in opened),
         "open_at_end": len(opened & open_at_end),
-        "left_by_choice": raw.get("exits", {}).get("closed", 0),
+        "left_by_choice": sum(closed_by.get(a) == "trader" for a in opened),
         "exits": raw.get("exits", {}),
         "house_size_at_end": sum(p.size for p in accounts[raw["house"]].positions),
         "backstop_size_at_end": sum(p.size for p in accounts[BACKSTOP].positions),
@@ -1082,7 +1088,7 @@ def write_compare(
         return files
     from datetime import UTC, datetime
 
-    fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(12, 10), sharex=True)
+    fig, (a1, a2, a3, a4) = plt.subplots(4, 1, figsize=(12, 13), sharex=True)
     ts, px = raw_marks
     pd = runs[0][1]["market"]["price_decimals"]
     quote = runs[0][1]["market"]["symbol"].rsplit("-", 1)[-1]
@@ -1116,6 +1122,14 @@ def write_compare(
                 where="post", label=shown, **style)  # fmt: skip
         a3.step([t(x) for x, _ in adl], [v / 10**d for _, v in adl], where="post",
                 label=shown, **style)  # fmt: skip
+        seen: set[int] = set()
+        hits = [(ts[0], 0)]
+        for e in r["adl"]["events"]:
+            seen.update(e["accounts"])
+            hits.append((e["ts_ms"], len(seen)))
+        hits.append((ts[-1], len(seen)))
+        a4.step([t(x) for x, _ in hits], [v for _, v in hits], where="post", label=label,
+                **style)  # fmt: skip
     if reference:
         ax = a3.twinx()
         acc, pts = 0.0, []
@@ -1127,9 +1141,11 @@ def write_compare(
         ax.legend(loc="lower right", fontsize=8)
     a2.set_ylabel(f"fund equity change since seed ({a})")
     a3.set_ylabel(f"cumulative ADL notional ({a})")
-    a3.set_xlabel("time (UTC)")
+    a4.set_ylabel("accounts hit by ADL (cumulative)")
+    a4.set_xlabel("time (UTC)")
     a2.legend(fontsize=8, loc="best")
     a3.legend(fontsize=8, loc="upper left")
+    a4.legend(fontsize=8, loc="upper left")
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(out / "compare.png", dpi=100)
