@@ -72,7 +72,6 @@ __all__ = [
     "encode",
     "decode",
     "format_of",
-    "snapshot_format",
     "decode_all",
     "encode_spec",
     "decode_spec",
@@ -140,35 +139,12 @@ class BadRecord(JournalCorrupt):
 class UnknownFormat(JournalCorrupt):
     """A record written in a format this riskd does not know (a newer one wrote it)."""
 
-    def __init__(
-        self, version: object, where: str = "", what: str = "journal", known: int = 0
-    ) -> None:
-        newest = known or FORMAT
+    def __init__(self, version: object, where: str = "") -> None:
         super().__init__(
-            f"{where}{what} format version {version!r}: this riskd reads versions"
-            f" {OLDEST if what == 'journal' else 1} to {newest}; run the riskd release that"
-            " wrote it (or a newer one)"
+            f"{where}journal format version {version!r}: this riskd reads versions {OLDEST}"
+            f" to {FORMAT}; run the riskd release that wrote it (or a newer one)"
         )
         self.version = version
-
-
-SNAPSHOT_PREFIX = b"riskd-snapshot-v"
-
-
-def snapshot_format(first_line: bytes) -> int | None:
-    """N of a snapshot's ``riskd-snapshot-vN`` first line; None if it is not one.
-
-    The rule for snapshots (``riskd.storage.snapshot`` applies it): a version
-    newer than the reader's is refused, ``UnknownFormat(n, f"{path}: ",
-    "snapshot", known)``, exit 3, never skipped (the journal beside it is
-    likely newer too, and skipping hides that); an older one it cannot read
-    is skipped like a damaged one, and the journal, never truncated, rebuilds
-    the state.
-    """
-    line = first_line.rstrip(b"\n")
-    if not line.startswith(SNAPSHOT_PREFIX) or not line[len(SNAPSHOT_PREFIX) :].isdigit():
-        return None
-    return int(line[len(SNAPSHOT_PREFIX) :])
 
 
 def spec_settings() -> tuple[str, ...]:

@@ -213,15 +213,3 @@ def test_an_unknown_format_version_is_refused_naming_it(version: object) -> None
     assert e.value.version == version
     with pytest.raises(UnknownFormat, match=r"j.sqlite3: record 12: journal format version"):
         codec.decode_all([codec.encode(EpochAssigned("g", 1)), text], 10, "j.sqlite3")
-
-
-def test_snapshot_versions_are_read_from_their_first_line() -> None:
-    assert codec.snapshot_format(b"riskd-snapshot-v4\n") == 4
-    assert codec.snapshot_format(b"riskd-snapshot-v12") == 12
-    assert codec.snapshot_format(b"riskd-snapshot-vX\n") is None
-    assert codec.snapshot_format(b"garbage") is None
-    e = UnknownFormat(9, "s.bin: ", "snapshot", 4)
-    assert str(e) == (
-        "s.bin: snapshot format version 9: this riskd reads versions 1 to 4;"
-        " run the riskd release that wrote it (or a newer one)"
-    )
