@@ -39,10 +39,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -76,10 +76,23 @@ IDENTITIES = {
 }
 MAX_MESSAGE = 8 * 1024 * 1024
 _ids = itertools.count(1_000_000)
+T = TypeVar("T")
 
 
 def fresh_id() -> int:
     return next(_ids)
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def arun(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on one event loop for the whole process, never closed: grpc.aio's poller
+    thread may still call into a loop after ``asyncio.run`` would have closed it."""
+    global _loop
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(coroutine)
 
 
 @dataclass
@@ -378,7 +391,7 @@ def attack_withdrawal_retry(d: Riskd, refused: int) -> Row:
     )
     after_first = wallet(d.channel("ops"), account, "USDT")
     started = time.perf_counter()
-    outcomes = asyncio.run(_refused_withdrawals(d, poor, refused))
+    outcomes = arun(_refused_withdrawals(d, poor, refused))
     spent = time.perf_counter() - started
     retry_text = "?"
     try:
@@ -808,9 +821,9 @@ def attack_subscriptions(d: Riskd, n: int) -> Row:
     row = Row("8a", "subscriptions", f"{n:,} event subscriptions from 42 reader identities")
     admin = admin_pb2_grpc.AdminServiceStub(d.channel("ops"))
     admin.InjectFund(admin_pb2.InjectFundRequest(asset="USDT", amount=1, cause="an event"))
-    alone, _, _ = asyncio.run(_subscribe_many(d, 100, ["watcher"]))
+    alone, _, _ = arun(_subscribe_many(d, 100, ["watcher"]))
     rss0 = d.rss_mb()
-    accepted, refused, rss1 = asyncio.run(_subscribe_many(d, n))
+    accepted, refused, rss1 = arun(_subscribe_many(d, n))
     row.figures = {
         "one_identity_accepted_of_100": alone,
         "accepted": accepted,
@@ -959,7 +972,7 @@ def attack_truthful(d: Riskd) -> Row:
     figures["oversize_transfer"] = text[:80]
     ok &= bool(rej) and "overflow" not in text
     # Streams over max_ingest_streams: every refused one RESOURCE_EXHAUSTED.
-    got = asyncio.run(_many_streams(d, 40))
+    got = arun(_many_streams(d, 40))
     figures["streams_over_limit"] = got
     ok &= set(got) <= {"open", "RESOURCE_EXHAUSTED"} and got.get("RESOURCE_EXHAUSTED", 0) > 0
     row.figures = figures
