@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from riskd.storage import codec
 from riskd.storage.faults import StorageFault, describe
 
 __all__ = [
@@ -72,9 +71,9 @@ __all__ = [
 # v4: a fund's ledger is a riskd.core.ledger.Ledger holding its newest entries
 #     (the rest in ledger.sqlite3); a v3 snapshot's funds carry every entry as
 #     a list and are still read (riskd.storage.ledger.agree writes them out).
-# An older version is skipped like a damaged one: the journal rebuilds the
-# state (and those ids) from the start.  A newer one is refused (exit 3,
-# codec.snapshot_format's rule): the journal beside it is likely newer too.
+# A snapshot of another version (older or newer) is skipped like a damaged
+# one: the journal rebuilds the state, and the journal's own format version
+# decides whether this riskd may read the directory at all.
 FORMAT = 4
 MAGIC = b"riskd-snapshot-v%d\n" % FORMAT
 _READABLE = (MAGIC, b"riskd-snapshot-v3\n")
@@ -218,9 +217,6 @@ def _verified(directory: Path, unpickle: bool, upto: int | None = None) -> Snaps
             continue  # pruned meanwhile by a writer still finishing (a crashed daemon's)
         except OSError:
             continue  # unreadable (not a file, no permission): like a damaged one
-        version = codec.snapshot_format(data[: data.find(b"\n") + 1])
-        if version is not None and version > FORMAT:
-            raise codec.UnknownFormat(version, f"{path}: ", "snapshot", FORMAT)
         header, _, payload = data[len(MAGIC) :].partition(b"\n")
         fields = header.split(b" ")
         if (
