@@ -14,8 +14,9 @@ snapshot, which no longer carries the entries: the daemon calls
 :meth:`LedgerWriter.sync` (an fsync'd commit) before it starts writing a
 snapshot, and at start :func:`agree` cuts the file back to what the snapshot
 covers (entries booked by inputs that never became durable are removed, the
-replay books them again, or others) after checking that the file's chain
-reaches the snapshot's head.  A file that does not (deleted, damaged, from
+replay books them again, or others) after checking that the file holds as
+many entries as the snapshot counts and, hash for hash, the newest ones it
+kept (the whole chain: ``riskd audit``).  A file that does not (deleted, damaged, from
 another directory) makes the daemon ignore the snapshot and replay the
 journal from its start: slower, never wrong.  Between snapshots commits are
 ``synchronous=NORMAL`` (no fsync): a crash may lose them, the replay writes
@@ -165,25 +166,36 @@ class LedgerStore:
         except sqlite3.Error as e:
             raise StorageFault("ledger", self.path, e) from e
 
-    def verify(self, asset: str, upto: int, head: str) -> str | None:
-        """Why entries 1..``upto`` do not chain from genesis to ``head``; None if they do."""
-        prev, n = GENESIS, 0
+    def verify(self, asset: str, ledger: Ledger) -> str | None:
+        """Why the file does not hold ``ledger``'s entries; None if it does.
+
+        As many entries as ``ledger`` counts, and those it holds in memory
+        (the newest, as a snapshot saved them) equal, hash for hash, each
+        chaining to the one before.  The whole chain, from genesis, is
+        ``riskd audit``'s: it is the journal's replay that makes every entry,
+        and a start already walks the journal's own chain.
+        """
+        upto = len(ledger)
+        (n,) = self._db.execute(
+            "SELECT COUNT(*) FROM ledger WHERE asset = ? AND sequence <= ?", (asset, upto)
+        ).fetchone()
+        if n != upto:
+            return f"fund {asset}: {n} entries on disk, the snapshot covers {upto}"
+        kept = {e.sequence: e for e in ledger.recent()}
+        start = max(1, ledger.first_in_memory - 1)
+        prev = GENESIS if start == 1 else None
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM ledger WHERE asset = ? AND sequence <= ? ORDER BY sequence",
-            (asset, upto),
+            f"SELECT {_COLUMNS} FROM ledger WHERE asset = ? AND sequence BETWEEN ? AND ?"
+            " ORDER BY sequence",
+            (asset, start, upto),
         )
         for row in rows:
             e = _entry(row)
-            n += 1
-            if e.sequence != n:
-                return f"fund {asset}: entry {n} is missing"
-            if e.prev != prev or e.hash != e.digest():
-                return f"fund {asset}: entry {n} breaks the hash chain"
+            if e.hash != e.digest() or (prev is not None and e.prev != prev):
+                return f"fund {asset}: entry {e.sequence} breaks the hash chain"
+            if e.sequence in kept and kept[e.sequence] != e:
+                return f"fund {asset}: entry {e.sequence} is not the snapshot's"
             prev = e.hash
-        if n != upto:
-            return f"fund {asset}: {n} entries on disk, the snapshot covers {upto}"
-        if upto and prev != head:
-            return f"fund {asset}: entry {upto} is not the snapshot's chain head"
         return None
 
     def close(self) -> None:
@@ -303,7 +315,7 @@ def agree(store: LedgerStore, funds: dict[str, InsuranceFund]) -> str | None:
     """Make the file hold exactly what ``funds`` (a snapshot's) have booked.
 
     Entries after each fund's count are removed (a restart replays the inputs
-    that booked them); the rest must chain to the fund's head.  Returns why
+    that booked them); the rest must match the fund's (:meth:`LedgerStore.verify`).  Returns why
     they disagree (the caller then ignores the snapshot), None when they do.
     Funds from a snapshot that still carried every entry (a list) are written
     out first.
@@ -317,7 +329,7 @@ def agree(store: LedgerStore, funds: dict[str, InsuranceFund]) -> str | None:
             store.write([(asset, entries)], full=True)
             continue
         store.truncate(asset, len(ledger))
-        why = store.verify(asset, len(ledger), ledger.head)
+        why = store.verify(asset, ledger)
         if why is not None:
             return f"{store.path}: {why}"
     return None
