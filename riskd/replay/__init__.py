@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["add_arguments", "main", "run_one"]
 
@@ -34,8 +34,16 @@ COMPARE_KEYS = {
 }
 
 
+def _one_line_error(message: str) -> NoReturn:
+    """argparse's own refusals (a bad choice, a non-integer) in the replay's one-line form."""
+    print(f"riskd replay: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from riskd.replay.population import DEFAULT_LEVERAGE_MIX
+
+    p.error = _one_line_error  # type: ignore[method-assign]
 
     p.add_argument("prices", nargs="?", help="kline CSV (ts_ms,open,high,low,close,...); "
                    "none: the built-in generated crash path")  # fmt: skip

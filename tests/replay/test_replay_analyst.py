@@ -180,6 +180,8 @@ def test_partial_fraction_policy_runs_within_the_rules(tmp_path: Path) -> None:
         (["--accounts", "0"], "--accounts 0"),
         (["--reference", "/nonexistent.csv"], "/nonexistent.csv"),
         (["--metrics", "http://127.0.0.1:1/metrics"], "--metrics is for a --target daemon"),
+        (["--adl-policy", "random"], "--adl-policy: invalid choice: 'random'"),
+        (["--accounts", "many"], "--accounts: invalid int value: 'many'"),
     ],
 )
 def test_unsupported_options_are_one_line_and_exit_2(args: list[str], says: str) -> None:
