@@ -638,42 +638,107 @@ def _restart_outcome(d: Riskd) -> tuple[int | None, str]:
         return d.process.returncode, d.tail(1)[:160]
 
 
+def _snapshots(d: Riskd) -> list[int]:
+    """Journal records each snapshot this run of the daemon wrote covers (its log)."""
+    return [
+        json.loads(line)["records"]
+        for line in d.log.read_text(errors="replace").splitlines()
+        if '"snapshot_written"' in line
+    ]
+
+
+def _cut_journal(d: Riskd, keep: int) -> int:
+    """Delete the journal's records after the first ``keep``; how many went."""
+    db = sqlite3.connect(d.data / "journal.sqlite3")
+    try:
+        table = next(
+            t
+            for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            if "journal" in t
+        )
+        gone = db.execute(f"DELETE FROM {table} WHERE rowid > ?", (keep,)).rowcount
+        db.commit()
+    finally:
+        db.close()
+    return int(gone)
+
+
+def _judge_restart(row: Row, d: Riskd, feed: Feed, acked: int) -> None:
+    """Held: riskd refuses to start (exit 3) and ``riskd audit`` fails, or nothing was lost."""
+    code, line = _restart_outcome(d)
+    lost = False
+    if code is None:
+        resumed = _resume_point(d, feed)
+        row.figures["started"] = f"yes, resumes at {resumed} of {acked} acked"
+        d.stop()
+        lost = resumed != acked
+    else:
+        row.figures["exit"] = code
+        row.figures["says"] = line[:100]
+    audit = cli("audit", "--data", str(d.data), "--config", str(d.config), timeout=300)
+    row.figures["riskd_audit_exit"] = audit.returncode
+    refused = code == 3 and audit.returncode != 0
+    row.held(refused or (code is None and not lost))
+
+
 def attack_short_journal(home: Path, records: int) -> Row:
-    row = Row("5a", "journal shorter than snapshot", "snapshot, kill -9, delete the journal's tail")
+    row = Row(
+        "5a",
+        "journal shorter than snapshot",
+        "snapshots every 0.3 s, kill -9, cut the journal below the newest snapshot",
+    )
     d = _plain(home, snapshot_seconds=0.3)
     d.start()
     feed = Feed(d.channel(), "attack-5a")
     acked = _ingest_deposits(d, feed, records)
-    deadline = time.monotonic() + 30
-    while '"snapshot_written"' not in d.log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # another snapshot covering the last batch
+    taken = len(_snapshots(d))
+    deadline = time.monotonic() + 60
+    while len(_snapshots(d)) < taken + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # two more: the newer one began after the last ack
     d.kill9()
-    db = sqlite3.connect(d.data / "journal.sqlite3")
-    table = next(
-        t
-        for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        if "journal" in t
+    newest = _snapshots(d)[-1]
+    keep = newest * 2 // 3
+    row.figures = {
+        "acked": acked,
+        "newest_snapshot_records": newest,
+        "journal_records_deleted": _cut_journal(d, keep),
+    }
+    _judge_restart(row, d, feed, acked)
+    return row
+
+
+def attack_journal_tail_cut(home: Path, records: int) -> Row:
+    row = Row(
+        "5c",
+        "journal tail cut past the snapshot",
+        "clean stop (snapshot), more acked updates, kill -9, cut the journal back to the snapshot",
     )
-    (top,) = db.execute(f"SELECT max(rowid) FROM {table}").fetchone()
-    cut = max(1, top // 3)
-    db.execute(f"DELETE FROM {table} WHERE rowid > ?", (top - cut,))
-    db.commit()
-    db.close()
-    code, line = _restart_outcome(d)
-    row.figures = {"acked": acked, "journal_rows_deleted": cut}
-    if code is None:
-        resumed = _resume_point(d, feed)
-        row.figures["started"] = f"yes, resumes at {resumed} of {acked}"
-        d.stop()
-        row.held(resumed == acked)
-    else:
-        row.figures["exit"] = code
-        row.figures["says"] = line
-        row.held(code == 3)
-    audit = cli("audit", "--data", str(d.data), "--config", str(d.config), timeout=300)
-    row.figures["riskd_audit_exit"] = audit.returncode
-    row.held(row.result == "held" and audit.returncode != 0)
+    d = _plain(home)
+    d.start()
+    feed = Feed(d.channel(), "attack-5c")
+    _ingest_deposits(d, feed, records // 2)
+    d.stop()  # a snapshot covering everything so far
+    d.start()
+    feed.stub = ingest_pb2_grpc.IngestServiceStub(d.channel())
+    acked = _ingest_deposits(d, feed, records // 2)
+    d.kill9()
+    previous = sorted(d.home.glob("riskd-*.log"))[-2]
+    newest = [
+        json.loads(line)["records"]
+        for line in previous.read_text().splitlines()
+        if '"snapshot_written"' in line
+    ][-1]
+    row.figures = {
+        "acked": acked,
+        "newest_snapshot_records": newest,
+        "journal_records_deleted": _cut_journal(d, newest),
+    }
+    _judge_restart(row, d, feed, acked)
+    if row.result == "broke":
+        row.figures["note"] = (
+            "a cut at a record boundary past the newest snapshot looks like a shorter"
+            " history; only the gateway sees its acked sequence go back"
+        )
     return row
 
 
@@ -696,7 +761,7 @@ def attack_deleted_wal(home: Path, records: int) -> Row:
         row.held(resumed == acked)
     else:
         row.figures["exit"] = code
-        row.figures["says"] = line
+        row.figures["says"] = line[:100]
         row.held(code == 3)
     return row
 
@@ -1081,6 +1146,11 @@ def run(quick: bool = False, only: set[str] | None = None) -> list[Row]:
                 "5a", "short journal", lambda: attack_short_journal(home / "5a", sizes["records"])
             )
             attempt("5b", "deleted -wal", lambda: attack_deleted_wal(home / "5b", sizes["records"]))
+            attempt(
+                "5c",
+                "journal tail cut",
+                lambda: attack_journal_tail_cut(home / "5c", sizes["records"]),
+            )
         if want("6"):
             attempt("6", "journal write error", lambda: attack_journal_write_error(home / "6"))
         if want("8"):
