@@ -195,8 +195,12 @@ def check(settings: Settings) -> Any:
 
 def check_without_config(settings: Settings) -> None:
     """The checks that need no config (against ``--target``, the daemon has one)."""
-    if settings.accounts < 1:
-        raise ValueError(f"--accounts {settings.accounts}: want at least 1")
+    if not 1 <= settings.accounts <= 1_000_000:
+        raise ValueError(f"--accounts {settings.accounts}: want 1 to 1,000,000")
+    # Whole units that still fit int64 quantums at up to 8 decimals (BTC).
+    for flag, v in (("--fund", settings.fund), ("--fund-cap", settings.fund_cap)):
+        if v is not None and v > 10**10:
+            raise ValueError(f"{flag} {v}: at most 10,000,000,000 whole units")
     if settings.adl_policy not in ADL_POLICIES:
         raise ValueError(f"--adl-policy {settings.adl_policy!r}: want one of {list(ADL_POLICIES)}")
     if settings.liquidation_mode not in (None, *LIQUIDATION_MODES):

@@ -178,6 +178,7 @@ def test_partial_fraction_policy_runs_within_the_rules(tmp_path: Path) -> None:
         (["--start", "yesterday"], "--start 'yesterday'"),
         (["--fund-cap", "1.5"], "--fund-cap 1.5"),
         (["--accounts", "0"], "--accounts 0"),
+        (["--fund", "1e30"], "--fund 1E+30: at most"),
         (["--reference", "/nonexistent.csv"], "/nonexistent.csv"),
         (["--metrics", "http://127.0.0.1:1/metrics"], "--metrics is for a --target daemon"),
         (["--adl-policy", "random"], "--adl-policy: invalid choice: 'random'"),
