@@ -637,6 +637,7 @@ async def replay(
             )
             return {BACKSTOP: pos}
 
+        ours = {first_account - 1, *(t.account for t in traders)}
         entering: dict[int, list[int]] = defaultdict(list)
         leaving: dict[int, list[int]] = defaultdict(list)
         for i, t in enumerate(traders):
@@ -763,9 +764,14 @@ async def replay(
                     # Book mode: the exchange's book is the house, bidding at the mark
                     # down to the order's worst price; past it the book gives up (ADL,
                     # reason no_book).
+                    if follower is not None and follower.done():
+                        # The stream ended: the orders from here on would go unworked.
+                        raise RuntimeError(f"event stream for book mode ended: {follower!r}")
                     while seen_orders < len(orders):
                         o = orders[seen_orders]
                         seen_orders += 1
+                        if o.account not in ours:
+                            continue  # another gateway's trader, on a shared --target daemon
                         sells = o.side == types_pb2.SIDE_SELL
                         if (px >= o.worst_price) if sells else (px <= o.worst_price):
                             s = gw.liquidation_fill(
