@@ -178,7 +178,8 @@ def variants(base: Any, compare: list[str]) -> list[Any]:
             except ValueError as e:
                 raise ValueError(f"--compare {key}: {e}") from None
         axes.append(axis)
-    return [replace(base, **dict(combo)) for combo in itertools.product(*axes)]
+    names = tuple(axis[0][0] for axis in axes)
+    return [replace(base, **dict(combo), compared=names) for combo in itertools.product(*axes)]
 
 
 def _when(flag: str, text: str) -> int:

@@ -92,9 +92,14 @@ class Settings:
     funding_interval_s: int = 28_800  # 8 h, at 00:00, 08:00, 16:00 UTC
     margin_mode: str = "isolated"
     config: str | None = None  # a riskd config file (default: the embedded one)
+    #: Settings a --compare varies, named in the label (so each run has its own).
+    compared: tuple[str, ...] = ()
 
     def label(self) -> str:
         out = f"fund={self.fund} adl={self.adl_policy} fee_cap={self.fee_cap_ppm / 10_000:g}%"
+        for name in ("accounts", "seed", "population", "leverage_mix"):
+            if name in self.compared:
+                out += f" {name}={getattr(self, name)}"
         if self.liquidation_mode:
             out += f" mode={self.liquidation_mode}"
         if self.partial:

@@ -211,6 +211,14 @@ def test_bad_price_files_are_one_line_and_exit_2(tmp_path: Path, content: bytes,
     assert p.stderr.count("\n") == 1 and says in p.stderr, p.stderr
 
 
+def test_every_compared_setting_names_its_run() -> None:
+    from riskd.replay import variants
+
+    runs = variants(driver.Settings(), ["seed=1,2", "population=living,static"])
+    labels = [r.label() for r in runs]
+    assert len(set(labels)) == 4 and "seed=2 population=static" in labels[-1]
+
+
 def test_reference_file_needs_its_column(tmp_path: Path) -> None:
     ref = tmp_path / "ref.csv"
     ref.write_text("ts_ms,adl_usd\n1767229200000,1000\n1767229260000,2500\n")
