@@ -793,6 +793,7 @@ def test_duplicate_deposit_id_with_different_payload_is_rejected(d: Daemon) -> N
 # --- 6. hypothesis per class: random members of each class, exact code and field ------
 
 _trade_ids = itertools.count(10**12)
+_fresh_accounts = itertools.count(10**9)
 KNOWN_SYMBOLS = {"BTC-USDT", "ETH-USDT", "BTC-USD", "USDT", "BTC"}
 ascii_symbol = st.text(
     st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=32
@@ -847,12 +848,21 @@ CLASSES: dict[str, st.SearchStrategy[tuple[list[ingest_pb2.Update], int, int, st
             "updates[0].timestamp_ms",
         )
     ),
+    # Two fresh accounts each time: the fill price band refuses a fill that would
+    # leave a side liquidatable, and accounts 11 and 12 end up anywhere.
     "reused trade id, other payload": st.integers(2, 50).map(
         lambda q: (
-            [fill(trade_id=(i := next(_trade_ids))), fill(trade_id=i, quantity=q)],
-            1,
+            [
+                dep(account=(a := next(_fresh_accounts))),
+                dep(account=(b := next(_fresh_accounts))),
+                mt(account=a),
+                mt(account=b),
+                fill(trade_id=(i := next(_trade_ids)), buyer_account=a, seller_account=b),
+                fill(trade_id=i, quantity=q, buyer_account=a, seller_account=b),
+            ],
+            5,
             PRECONDITION,
-            "updates[1].fill.trade_id",
+            "updates[5].fill.trade_id",
         )
     ),
 }
