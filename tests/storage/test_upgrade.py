@@ -8,6 +8,10 @@ cannot read an older snapshot, the journal alone) to that digest, with
 ``riskd audit`` and ``riskd serve`` alike; and refuse, with exit 3 naming the
 version, a record of a format newer than it knows.
 
+The expected digest pins the engine's arithmetic too: a deliberate change of
+it (a rounding rule) updates ``expected.json``, saying why in the commit;
+the records themselves must decode unchanged.
+
 Also here: market settings survive restarts as they were journaled, whatever
 the config file says now.
 """
@@ -21,6 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -49,6 +54,17 @@ def test_every_format_up_to_this_one_has_a_golden_directory() -> None:
     # vN, or vN-what when a snapshot format changed under journal format N.
     formats = {int(v[1:].split("-")[0]) for v in VERSIONS}
     assert formats == set(range(codec.OLDEST, codec.FORMAT + 1))
+
+
+def test_the_golden_directories_of_this_format_hold_every_record_kind() -> None:
+    """A new record kind needs a golden directory that has one (make_golden.py)."""
+    kinds = {
+        type(codec.decode(t)).__name__
+        for v in VERSIONS
+        if int(v[1:].split("-")[0]) == codec.FORMAT
+        for t in _texts(GOLDEN / v / "data")
+    }
+    assert kinds == {t.__name__ for t in typing.get_args(records.Record)}
 
 
 def _copy(version: str, tmp: Path) -> Path:

@@ -65,8 +65,12 @@ def start(out: Path) -> tuple[subprocess.Popen[bytes], str]:
 seen: set[str] = set()
 
 
-async def stream(target: str, gateway: str, epoch: int, steps: list[tuple[str, tuple]]) -> None:
-    async with Gateway(target, gateway, epoch=epoch, batch_size=3) as gw:
+async def stream(
+    target: str, gateway: str, epoch: int | None, steps: list[tuple[str, tuple]]
+) -> None:
+    # None: riskd assigns a fresh epoch (journaled) where it can; the client's default.
+    kwargs = {} if epoch is None else {"epoch": epoch}
+    async with Gateway(target, gateway, batch_size=3, **kwargs) as gw:
         for name, args in steps:
             getattr(gw, name)(*args[:-1], ts=args[-1])
         await gw.flush()
@@ -108,7 +112,7 @@ def second(target: str) -> str:
         ("margin_transfer", (5, M, 100 * USDT, t)),
         ("mark_price", (M, 3_600_000, t)),
     ]
-    asyncio.run(stream(target, "gw-golden-2", 1, steps))
+    asyncio.run(stream(target, "gw-golden-2", None, steps))
     admin = admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(target))
     return str(admin.CheckState(admin_pb2.CheckStateRequest()).digest)
 
@@ -128,10 +132,11 @@ def main(out: Path) -> None:
         proc.kill()  # no final snapshot: the journal's tail is replayed
         proc.wait(30)
     # What a clean close does: the WAL folded into the file, -wal and -shm gone.
-    db = sqlite3.connect(out / "data" / "journal.sqlite3")
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.execute("PRAGMA journal_mode=DELETE")
-    db.close()
+    for path in sorted((out / "data").glob("*.sqlite3")):
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.close()
     (out / "riskd.log").unlink()
     (out / "expected.json").write_text(json.dumps({"digest": digest}, indent=1) + "\n")
 
