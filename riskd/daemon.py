@@ -202,6 +202,9 @@ class Daemon:
                 for actor in self.actors():
                     await nursery.start(actor.run)
                 await nursery.start(self.ledger.run)
+                self.metrics.watch_mailbox(
+                    "ledger", "", "", _depth(self.ledger), self.ledger.capacity
+                )
                 journal = await self._recover()
                 await nursery.start(journal.run)
                 self.metrics.watch_mailbox("journal", "", "", _depth(journal), journal.capacity)

@@ -258,6 +258,7 @@ class LedgerWriter:
         on_fault: Callable[[StorageFault], object] = fail_stop,
     ) -> None:
         self.path = path
+        self.capacity = capacity
         self.store: LedgerStore | None = None
         self.on_fault = on_fault
         self._send, self._receive = trio.open_memory_channel[tuple[str, list[LedgerEntry]] | _Sync](

@@ -7,6 +7,7 @@ import json
 import pickle
 import signal
 import sqlite3
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,9 @@ def test_the_daemon_keeps_few_entries_in_memory_and_pages_every_one_from_disk(
         asyncio.run(stream_all(d, inputs, "gw-ledger"))
         for size in (1, 2, 3, 1000):
             assert _rows(_ledger(d, size)) == expected
+        # The ledger writer's queue is watched like every mailbox.
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics").read()
+        assert b'riskd_actor_mailbox_capacity_messages{asset="",kind="ledger",market=""}' in scrape
     finally:
         assert d.stop() == 0
     # The final snapshot carries two entries; the file every one, chained.
