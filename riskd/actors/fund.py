@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from riskd.actors.actor import Actor
 from riskd.core.events import Effect, FundDecision, FundInjection
+from riskd.core.inputs import KINDS
 from riskd.core.insurance_fund import FundEffect, InsuranceFund
 from riskd.storage import ledger as ledger_store
 
@@ -58,7 +59,9 @@ class FundActor(Actor):
         return decisions
 
     async def inject(self, i: FundInjection) -> int:
-        self.fund.inject(i.amount, i.cause, i.ts)
+        on_fund = KINDS[FundInjection].on_fund
+        assert on_fund is not None
+        on_fund(self.fund, i)
         await self._flush()
         return self.fund.balance
 

@@ -17,18 +17,8 @@ from riskd.actors.fund import FundActor
 from riskd.actors.wallet import WalletActor
 from riskd.core import MarketEngine, Rejected
 from riskd.core.engine import split_effects
-from riskd.core.events import (
-    Effect,
-    Fill,
-    FundingRate,
-    Input,
-    LiquidationDone,
-    LiquidationFill,
-    MarginTransfer,
-    MarkPrice,
-    ReserveClaim,
-    TakeoverClaim,
-)
+from riskd.core.events import Effect, Input, MarkPrice, ReserveClaim, TakeoverClaim
+from riskd.core.inputs import kind_of
 
 __all__ = ["MarketActor"]
 
@@ -60,10 +50,15 @@ class MarketActor(Actor):
         engine = self.engine
         for item in items:
             try:
-                if isinstance(item, MarginTransfer) and item.amount > 0:
-                    await self._transfer_in(item)
-                else:  # no coroutine per update on the hot path
-                    self._apply_now(item)
+                kind = kind_of(item)
+                if kind.on_market is None:
+                    raise Rejected.invalid("kind", f"{kind.name} does not go to a market")
+                leg = kind.wallet_leg(item) if kind.wallet_leg is not None else None
+                if leg is not None:
+                    await self._wallet_leg(*leg)
+                kind.on_market(engine, item)  # no coroutine per update on the hot path
+                if self._on_mark is not None and isinstance(item, MarkPrice):
+                    self._on_mark(engine.symbol, item.ts)
                 results.append(None)
             except Rejected as e:
                 results.append(e)
@@ -73,38 +68,15 @@ class MarketActor(Actor):
             self._in_progress.set(len(engine.liquidations))
         return results
 
-    def _apply_now(self, item: Input) -> None:
-        engine = self.engine
-        match item:
-            case Fill():
-                engine.fill(item)
-            case MarkPrice():
-                engine.mark_price(item)
-                if self._on_mark is not None:
-                    self._on_mark(engine.symbol, item.ts)
-            case FundingRate():
-                engine.funding(item)
-            case LiquidationFill():
-                engine.liquidation_fill(item)
-            case LiquidationDone():
-                engine.liquidation_done(item)
-            case MarginTransfer() if item.amount < 0:
-                engine.withdraw_margin(item.account, -item.amount, item.ts)
-            case MarginTransfer():
-                raise Rejected.invalid("amount", "must not be 0")
-            case _:
-                raise Rejected.invalid("kind", f"{type(item).__name__} does not go to a market")
-
-    async def _transfer_in(self, t: MarginTransfer) -> None:
-        """Wallet → margin: validate here, debit the wallet actor, then credit."""
+    async def _wallet_leg(self, account: int, amount: int) -> None:
+        """Wallet -> margin: validate here, then debit the wallet actor (the entry credits)."""
         try:
-            self.engine.check_margin_credit(t.account, t.amount)
+            self.engine.check_margin_credit(account, amount)
         except Rejected:
             # A wallet short of the amount is the truer reason (not an overflow).
-            await self.wallet.call(self.wallet.check_debit, t.account, t.amount)
+            await self.wallet.call(self.wallet.check_debit, account, amount)
             raise
-        await self.wallet.call(self.wallet.debit, t.account, t.amount)
-        self.engine.credit_margin(t.account, t.amount, t.ts)
+        await self.wallet.call(self.wallet.debit, account, amount)
 
     async def _route(self) -> None:
         engine = self.engine

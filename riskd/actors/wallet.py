@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from riskd.actors.actor import Actor
 from riskd.core import Rejected
-from riskd.core.events import Deposit, Withdrawal
+from riskd.core.events import Input, Withdrawal
+from riskd.core.inputs import Journal, kind_of
 from riskd.core.recent_ids import WithdrawalDecision
 from riskd.core.wallet import Wallets
 
@@ -16,11 +17,15 @@ class WalletActor(Actor):
         super().__init__(f"wallet:{wallets.asset}", capacity)
         self.wallets = wallets
 
-    def apply(self, items: list[Deposit]) -> list[Rejected | None]:
+    def apply(self, items: list[Input]) -> list[Rejected | None]:
+        """Apply streamed wallet inputs in order; one result per input (None = applied)."""
         out: list[Rejected | None] = []
         for d in items:
             try:
-                self.wallets.deposit(d.account, d.amount, d.deposit_id)
+                kind = kind_of(d)
+                if kind.on_wallet is None or kind.journal is not Journal.INGEST:
+                    raise Rejected.invalid("kind", f"{kind.name} does not go to a wallet here")
+                kind.on_wallet(self.wallets, d)
                 out.append(None)
             except Rejected as e:
                 out.append(e)

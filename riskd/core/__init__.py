@@ -8,6 +8,7 @@ actors do) with inputs from :mod:`riskd.core.events`; read effects back.
 
 from riskd.core.engine import Engine
 from riskd.core.errors import Code, Rejected
+from riskd.core.inputs import BY_NAME, KINDS, InputKind, Journal, Owner, kind_of
 from riskd.core.insurance_fund import FundPolicy, InsuranceFund
 from riskd.core.invariants import digest, violations
 from riskd.core.market import AdlPolicy, ContractType, LiquidationMode, MarketSpec
@@ -20,6 +21,12 @@ __all__ = [
     "Engine",
     "Code",
     "Rejected",
+    "KINDS",
+    "BY_NAME",
+    "InputKind",
+    "Journal",
+    "Owner",
+    "kind_of",
     "FundPolicy",
     "InsuranceFund",
     "digest",

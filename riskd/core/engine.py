@@ -13,23 +13,15 @@ from collections.abc import Iterable
 
 from riskd.core.errors import Rejected
 from riskd.core.events import (
-    Deposit,
     Effect,
-    Fill,
     FundCredit,
-    FundingRate,
-    FundInjection,
     Input,
-    LiquidationDone,
-    LiquidationFill,
-    MarginTransfer,
-    MarkPrice,
     ReserveClaim,
     ReserveSettle,
     TakeoverClaim,
     WalletCredit,
-    Withdrawal,
 )
+from riskd.core.inputs import Owner, kind_of
 from riskd.core.insurance_fund import FundEffect, FundPolicy, InsuranceFund
 from riskd.core.market import MarketSpec
 from riskd.core.market_engine import MarketEngine
@@ -91,61 +83,49 @@ class Engine:
 
     def apply(self, event: Input) -> list[Effect]:
         """Apply one input; return what it published (orders, settlements, ADL, fund flows)."""
-        match event:
-            case Fill():
-                self.market(event.market).fill(event)
-            case MarkPrice():
-                self.market(event.market).mark_price(event)
-            case FundingRate():
-                self.market(event.market).funding(event)
-            case LiquidationFill():
-                self.market(event.market).liquidation_fill(event)
-            case LiquidationDone():
-                self.market(event.market).liquidation_done(event)
-            case Deposit():
-                self.wallet(event.asset).deposit(event.account, event.amount, event.deposit_id)
-            case Withdrawal():
-                self._withdraw(event)
-            case MarginTransfer():
-                self._transfer(event)
-            case FundInjection():
-                fund = self.funds.get(event.asset)
-                if fund is None:
-                    raise Rejected.not_found("asset", f"unknown asset {event.asset!r}")
-                fund.inject(event.amount, event.cause, event.ts)
-                self.outbox.extend(fund.take_flows())
-            case _:
-                raise Rejected.invalid("kind", f"unknown input {type(event).__name__}")
+        kind = kind_of(event)
+        if kind.owner is Owner.MARKET:
+            assert kind.on_market is not None
+            market = self.market(kind.owner_of(event), kind.key)
+            leg = kind.wallet_leg(event) if kind.wallet_leg is not None else None
+            if leg is not None:
+                self._wallet_leg(market, *leg)
+            kind.on_market(market, event)
+        elif kind.owner is Owner.WALLET:
+            assert kind.on_wallet is not None
+            wallet = self.wallet(kind.owner_of(event), kind.key)
+            if kind.paused_by_bad_debt:
+                self._check_pause(wallet.asset)
+            kind.on_wallet(wallet, event)
+        else:
+            assert kind.on_fund is not None
+            fund = self.funds.get(kind.owner_of(event))
+            if fund is None:
+                raise Rejected.not_found(kind.key, f"unknown asset {kind.owner_of(event)!r}")
+            kind.on_fund(fund, event)
+            self.outbox.extend(fund.take_flows())
         self._route()
         out, self.outbox = self.outbox, []
         return out
 
-    def _withdraw(self, w: Withdrawal) -> None:
-        """Refused while the asset has bad debt not yet placed (as the daemon does)."""
-        wallet = self.wallet(w.asset)
+    def _check_pause(self, asset: str) -> None:
+        """Withdrawals wait while the asset has bad debt not yet placed (as the daemon)."""
         unsettled = [
-            u for m in self.markets.values() if m.asset == w.asset for u in unsettled_bad_debt(m)
+            u for m in self.markets.values() if m.asset == asset for u in unsettled_bad_debt(m)
         ]
-        paused = withdrawals_paused(w.asset, unsettled, self.funds[w.asset].reserved_total)
+        paused = withdrawals_paused(asset, unsettled, self.funds[asset].reserved_total)
         if paused is not None:
             raise paused
-        wallet.withdraw(w.account, w.amount)
 
-    def _transfer(self, t: MarginTransfer) -> None:
-        market = self.market(t.market)
-        if t.amount > 0:
-            try:
-                market.check_margin_credit(t.account, t.amount)
-            except Rejected:
-                # A wallet short of the amount is the truer reason (not an overflow).
-                self.wallets[market.asset].check_debit(t.account, t.amount)
-                raise
-            self.wallets[market.asset].debit(t.account, t.amount)
-            market.credit_margin(t.account, t.amount, t.ts)
-        elif t.amount < 0:
-            market.withdraw_margin(t.account, -t.amount, t.ts)
-        else:
-            raise Rejected.invalid("amount", "must not be 0")
+    def _wallet_leg(self, market: MarketEngine, account: int, amount: int) -> None:
+        """Wallet -> margin: the market must accept it, then the wallet pays."""
+        try:
+            market.check_margin_credit(account, amount)
+        except Rejected:
+            # A wallet short of the amount is the truer reason (not an overflow).
+            self.wallets[market.asset].check_debit(account, amount)
+            raise
+        self.wallets[market.asset].debit(account, amount)
 
     def _route(self) -> None:
         """Deliver effects until every market is quiet (claims answered at once)."""

@@ -37,18 +37,8 @@ from typing import Any
 
 from riskd.core import MarketSpec, Rejected, TierTable
 from riskd.core.errors import Code
-from riskd.core.events import (
-    Deposit,
-    Fill,
-    FundingRate,
-    FundInjection,
-    Input,
-    LiquidationDone,
-    LiquidationFill,
-    MarginTransfer,
-    MarkPrice,
-    Withdrawal,
-)
+from riskd.core.events import FundInjection, Input, Withdrawal
+from riskd.core.inputs import KINDS
 from riskd.core.market import enum_settings
 from riskd.core.units import Asset
 from riskd.storage.journal import JournalCorrupt
@@ -84,17 +74,9 @@ FORMAT = 2
 #: The oldest format it still reads.
 OLDEST = 1
 
-INPUT_TYPES: tuple[type[Any], ...] = (
-    Fill,
-    MarkPrice,
-    Deposit,
-    Withdrawal,
-    MarginTransfer,
-    FundingRate,
-    LiquidationFill,
-    LiquidationDone,
-    FundInjection,
-)
+#: The input classes records may hold: the core's table of input kinds
+#: (:data:`riskd.core.inputs.KINDS`), so a new kind is journaled with no edit here.
+INPUT_TYPES: tuple[type[Any], ...] = tuple(KINDS)
 
 #: Format 1 stored inputs positionally, in these field orders (as they were
 #: when format 2 replaced it; never edit).  Deposits written before
