@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from riskd import __version__
 
@@ -29,6 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-listen", help="override server.metrics_listen (host:port)")
     serve.add_argument("--data-dir", help="override server.data_dir")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--storage",
+        metavar="URL",
+        help="journal and snapshots in PostgreSQL (postgresql://...; docs/cluster.md);"
+        " default: SQLite in the data directory",
+    )
+    serve.add_argument(
+        "--shard",
+        help="the shard this node journals under in --storage (default: the config's"
+        " settlement assets, e.g. USDT)",
+    )
     commands.add_parser("config", help="print the embedded default configuration")
     certs = commands.add_parser(
         "dev-certs", help="make a development CA, server and client certificates for mTLS"
@@ -143,8 +155,17 @@ def _serve(args: argparse.Namespace) -> int:
     # Raised inside the daemon's nursery, hence groups.  A StorageFault that
     # gets here happened before serving (one while serving exits 4 at once).
     failed: list[BaseException] = []
+    if args.shard and not args.storage:
+        print("riskd: bad configuration: --shard needs --storage", file=sys.stderr)
+        return 2
+    if args.storage and not args.storage.startswith(("postgresql://", "postgres://")):
+        print("riskd: bad configuration: --storage must be a postgresql:// URL", file=sys.stderr)
+        return 2
     try:
-        trio.run(serve, config, args.config)
+        if args.storage:
+            trio.run(_serve_postgres, config, args)
+        else:
+            trio.run(serve, config, args.config)
     except* (JournalCorrupt, StartupError, StorageFault) as group:
         failed.extend(group.exceptions)
     if not failed:
@@ -161,6 +182,39 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         print(f"riskd: {first}", file=sys.stderr)
     return EXIT_STARTUP
+
+
+async def _serve_postgres(config: Any, args: argparse.Namespace) -> None:
+    from functools import partial
+
+    import structlog
+
+    from riskd.daemon import Daemon
+    from riskd.storage import postgres
+
+    shard = args.shard or "+".join(sorted(config.assets))
+    if config.server.snapshot_seconds > 0:
+        # The periodic snapshot writer process reads journal.sqlite3; with the
+        # journal in PostgreSQL only the snapshot at a clean stop is taken (and
+        # stored in the database for the next owner).  docs/cluster.md.
+        structlog.get_logger("riskd").warning(
+            "periodic_snapshots_off", reason="--storage postgresql"
+        )
+        config = dataclasses.replace(
+            config, server=dataclasses.replace(config.server, snapshot_seconds=0.0)
+        )
+    daemon = Daemon(config, config_path=args.config)
+    daemon.open_journal = postgres.opener(args.storage, shard)
+    daemon.snapshot_written = partial(_push, daemon)
+    await daemon.run()
+
+
+def _push(daemon: Any, data: Any) -> None:
+    from riskd.storage import postgres
+
+    journal = daemon.sequencer.journal.journal
+    if isinstance(journal, postgres.PostgresJournal):
+        postgres.push_snapshot(journal, data)
 
 
 if __name__ == "__main__":

@@ -58,10 +58,10 @@ from riskd.metrics import Metrics
 from riskd.storage import StorageFault, codec, fail_stop, ledger, snapshot
 from riskd.storage.admin_log import AdminLog
 from riskd.storage.journal import (
+    Journal,
     JournalCorrupt,
     JournalInconsistent,
-    SqliteJournal,
-    wal_problem,
+    open_sqlite,
 )
 from riskd.storage.ledger import LedgerWriter
 
@@ -101,6 +101,10 @@ class Daemon:
         # Fund ledger entries go to ledger.sqlite3; memory keeps the newest.
         self.ledger = LedgerWriter(Path(srv.data_dir) / ledger.FILE)
         self._snapshot_at: int | None = None  # journal records the newest snapshot covers
+        # Storage: the data directory's SQLite file unless riskd.cli says otherwise
+        # (--storage postgresql://...: riskd.storage.postgres).
+        self.open_journal: Callable[[Path], Journal] = open_sqlite
+        self.snapshot_written: Callable[[Path], object] | None = None
         self.funds = {
             a: FundActor(
                 InsuranceFund(a, config.funds.get(a)),
@@ -337,11 +341,7 @@ class Daemon:
     async def _recover(self) -> JournalActor:
         """Newest snapshot + the journal after it, then attach the journal for new inputs."""
         data = Path(self.config.server.data_dir)
-        path = data / "journal.sqlite3"
-        lost = await trio.to_thread.run_sync(wal_problem, path)  # before SQLite "recovers"
-        if lost:
-            raise JournalInconsistent(lost)
-        journal = await trio.to_thread.run_sync(SqliteJournal, path)
+        journal = await trio.to_thread.run_sync(self.open_journal, data)
         total, broken = await trio.to_thread.run_sync(journal.verify)
         if broken:
             raise JournalCorrupt(f"{journal.path}: {broken}")
@@ -384,7 +384,7 @@ class Daemon:
         self.sequencer.journal = actor
         return actor
 
-    async def _reconcile_markets(self, journal: SqliteJournal, fresh: bool) -> int:
+    async def _reconcile_markets(self, journal: Journal, fresh: bool) -> int:
         """Journal the file's market settings, applying what it changed; records added.
 
         (``docs/configuration.md``, "Changing a live market".)
@@ -464,6 +464,11 @@ class Daemon:
             fail_stop(StorageFault("snapshot", data, e))
         if ok:
             self._snapshot_at = max(covered, self._snapshot_at or 0)
+            if self.snapshot_written is not None:  # e.g. into PostgreSQL for other nodes
+                try:
+                    await trio.to_thread.run_sync(self.snapshot_written, data)
+                except StorageFault as fault:
+                    fail_stop(fault)
             log.info(
                 "snapshot_written",
                 records=covered,

@@ -38,6 +38,7 @@ __all__ = [
     "JournalCorrupt",
     "JournalInconsistent",
     "chain",
+    "open_sqlite",
     "wal_problem",
 ]
 
@@ -71,7 +72,14 @@ def _fault_or_corrupt(path: Path, e: sqlite3.Error) -> Exception:
 
 
 class Journal(Protocol):
+    """What the daemon needs of a journal: :class:`SqliteJournal` (one file in
+    the data directory) or :class:`riskd.storage.postgres.PostgresJournal`."""
+
     epoch: int
+
+    @property
+    def path(self) -> Path | str:
+        """Where it is, for error lines (a file, or a redacted database URL and shard)."""
 
     @property
     def head(self) -> str:
@@ -82,6 +90,12 @@ class Journal(Protocol):
 
     def replay(self, after: int = 0) -> Iterator[str]:
         """Every record appended after the first ``after``, in order."""
+
+    def hash_at(self, n: int) -> str | None:
+        """The chain hash after the first ``n`` records; None if there are fewer."""
+
+    def verify(self) -> tuple[int, str | None]:
+        """``(records, None)``, or ``(n, why)`` at the first break of the hash chain."""
 
     def close(self) -> None: ...
 
@@ -193,6 +207,16 @@ class SqliteJournal:
 
     def close(self) -> None:
         self._db.close()
+
+
+def open_sqlite(data: Path) -> SqliteJournal:
+    """The embedded journal of data directory ``data``, refused (JournalInconsistent)
+    when its WAL index says committed records are gone."""
+    path = data / "journal.sqlite3"
+    lost = wal_problem(path)  # before SQLite "recovers" by dropping them
+    if lost:
+        raise JournalInconsistent(lost)
+    return SqliteJournal(path)
 
 
 def wal_problem(path: Path) -> str | None:

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .services import Postgres, postgres
+
+_shards = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """One PostgreSQL for the whole session; each test uses its own shard names."""
+    pytest.importorskip("psycopg", reason="psycopg not installed (pip install 'riskd[postgres]')")
+    with postgres(Path(tmp_path_factory.mktemp("postgres"))) as server:
+        yield server
+
+
+@pytest.fixture
+def shard() -> str:
+    return f"t{next(_shards)}"

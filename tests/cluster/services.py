@@ -1,0 +1,123 @@
+"""Real PostgreSQL and etcd servers on loopback, in their own data directories.
+
+Started from the Debian packages' binaries (``.ci/run`` installs them); a test
+that needs one skips, saying why, when the binaries are absent.  PostgreSQL
+refuses to run as root, so as root it runs as the ``postgres`` user the
+package creates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_tool(name: str) -> str | None:
+    found = PG_BIN / name
+    if found.exists():
+        return str(found)
+    return shutil.which(name)
+
+
+@dataclass
+class Postgres:
+    port: int
+    data: Path
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://riskd@127.0.0.1:{self.port}/riskd"
+
+
+def _as_user() -> tuple[list[str], int | None, int | None]:
+    """(command prefix, uid, gid) to run PostgreSQL as someone other than root."""
+    if os.geteuid() != 0:
+        return [], None, None
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+    return ["runuser", "-u", "postgres", "--"], pw.pw_uid, pw.pw_gid
+
+
+@contextlib.contextmanager
+def postgres(base: Path) -> Iterator[Postgres]:
+    """A PostgreSQL 15 server with fsync and synchronous commit on, trust auth on loopback."""
+    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL 15 binaries not installed (apt-get install postgresql-15)")
+    prefix, uid, gid = _as_user()
+    base.mkdir(parents=True, exist_ok=True)
+    data, sock = base / "pgdata", base / "pgsock"
+    sock.mkdir(exist_ok=True)
+    if uid is not None:
+        for p in (base, sock):
+            os.chown(p, uid, gid or -1)
+        for parent in base.parents:  # pytest's tmp dirs are 0700 root's
+            if parent == Path("/") or os.stat(parent).st_mode & 0o001:
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o711)
+    subprocess.run(
+        [*prefix, initdb, "-D", str(data), "-U", "riskd", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    opts = (
+        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=on"
+        " -c synchronous_commit=on -c max_connections=60 -c shared_buffers=32MB"
+    )
+    subprocess.run(
+        [*prefix, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "pg.log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        subprocess.run(
+            [
+                *prefix,
+                _pg_tool("createdb") or "createdb",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "riskd",
+                "riskd",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        yield Postgres(port, data)
+    finally:
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
+
+
+def wait_for(predicate: object, what: str, seconds: float = 30.0) -> None:
+    """Poll until ``predicate()`` is true (a deadline against hangs, not a timing assertion)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,0 +1,167 @@
+"""The PostgreSQL journal keeps SqliteJournal's contract, and fences stale writers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from riskd.storage import StorageFault, snapshot
+from riskd.storage.journal import GENESIS, SqliteJournal
+from riskd.storage.postgres import PostgresJournal, pull_snapshot, push_snapshot, redact
+
+from .services import Postgres
+
+# Journal records are JSON text (codec.encode): a NUL is always escaped, and
+# PostgreSQL's text refuses a raw one.
+texts = st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=40)
+records = st.lists(st.lists(texts, min_size=1, max_size=5), max_size=6)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(groups=records)
+def test_same_chain_as_sqlite_for_any_groups(
+    pg: Postgres, tmp_path_factory: pytest.TempPathFactory, groups: list[list[str]]
+) -> None:
+    shard = f"h{id(groups)}-{len(groups)}-{sum(map(len, groups))}"
+    lite = SqliteJournal(tmp_path_factory.mktemp("lite") / "journal.sqlite3")
+    pgj = PostgresJournal(pg.dsn, shard)
+    try:
+        start = pgj.verify()[0]
+        for g in groups:
+            lite.append(g)
+            pgj.append(g)
+            assert pgj.head == lite.head
+        flat = [r for g in groups for r in g]
+        assert list(pgj.replay(start)) == flat == list(lite.replay())
+        total, broken = pgj.verify()
+        assert broken is None and total == start + len(flat)
+        assert pgj.hash_at(total) == pgj.head
+        assert pgj.hash_at(total + 1) is None
+    finally:
+        lite.close()
+        pgj.close()
+
+
+def test_reopen_continues_the_chain_under_a_new_epoch(pg: Postgres, shard: str) -> None:
+    a = PostgresJournal(pg.dsn, shard)
+    assert a.head == GENESIS and a.hash_at(0) == GENESIS
+    a.append(["one", "two"])
+    head = a.head
+    a.close()
+    b = PostgresJournal(pg.dsn, shard)
+    try:
+        assert b.epoch == a.epoch + 1 and b.head == head
+        b.append(["three"])
+        assert list(b.replay()) == ["one", "two", "three"]
+        assert list(b.replay(2)) == ["three"] and b.count() == 3
+        assert b.verify() == (3, None)
+    finally:
+        b.close()
+
+
+def test_a_writer_whose_epoch_was_taken_over_writes_nothing(pg: Postgres, shard: str) -> None:
+    old = PostgresJournal(pg.dsn, shard)
+    old.append(["before"])
+    new = PostgresJournal(pg.dsn, shard)
+    try:
+        with pytest.raises(StorageFault, match="another node took it over"):
+            old.append(["stale"])
+        new.append(["after"])
+        assert list(new.replay()) == ["before", "after"]
+    finally:
+        old.close()
+        new.close()
+
+
+def test_given_epochs_only_grow(pg: Postgres, shard: str) -> None:
+    a = PostgresJournal(pg.dsn, shard, epoch=100)
+    assert a.epoch == 100
+    with pytest.raises(StorageFault, match="owned by epoch 100, this writer is 99"):
+        PostgresJournal(pg.dsn, shard, epoch=99)
+    a.append(["still mine"])  # the refused open took nothing away
+    b = PostgresJournal(pg.dsn, shard, epoch=130)
+    try:
+        with pytest.raises(StorageFault, match="epoch 130"):
+            a.append(["stale"])
+        assert list(b.replay()) == ["still mine"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_race_no_stale_append_lands_after_the_takeover(pg: Postgres, shard: str) -> None:
+    """A appends in a tight loop while B takes over: A's rows stop at B's epoch."""
+    a = PostgresJournal(pg.dsn, shard, epoch=1)
+    a.append(["a"])
+    refused: list[StorageFault] = []
+    acked: list[int] = []
+
+    def hammer() -> None:
+        while True:
+            try:
+                a.append(["a"])
+            except StorageFault as e:
+                refused.append(e)
+                return
+            acked.append(1)
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    while len(acked) < 20:
+        threading.Event().wait(0.001)
+    b = PostgresJournal(pg.dsn, shard, epoch=2)
+    taken_at = b.count()  # every A row is in: B's epoch waited for A's append in flight
+    b.append(["b"] * 5)
+    t.join()
+    try:
+        assert refused and "another node took it over" in str(refused[0])
+        # Every acknowledged A append is there, and nothing of A's after B's takeover.
+        assert taken_at == 1 + len(acked)
+        assert list(b.replay(taken_at)) == ["b"] * 5
+        assert b.verify() == (taken_at + 5, None)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_snapshots_travel_through_the_database(pg: Postgres, shard: str, tmp_path: Path) -> None:
+    owner = PostgresJournal(pg.dsn, shard)
+    owner.append(["x", "y"])
+    first = tmp_path / "node-a"
+    first.mkdir()
+    snapshot.write(first, 2, snapshot.dumps({"state": 1}), owner.head)
+    assert push_snapshot(owner, first) == 2
+    other = tmp_path / "node-b"
+    other.mkdir()
+    assert pull_snapshot(owner, other) == 2
+    got = snapshot.load_latest(other)
+    assert got is not None and got.state == {"state": 1} and got.journal_hash == owner.head
+    assert pull_snapshot(owner, other) is None  # already there
+    owner.close()
+
+
+def test_unreachable_database_is_a_storage_fault_without_the_password() -> None:
+    with pytest.raises(StorageFault) as e:
+        PostgresJournal("postgresql://riskd:s3cret@127.0.0.1:1/riskd", "x")
+    assert "s3cret" not in str(e.value) and "***" in str(e.value)
+    assert redact("host=a password=s3cret") == "host=a password=***"
+
+
+def test_a_reader_takes_nothing_and_writes_nothing(pg: Postgres, shard: str) -> None:
+    owner = PostgresJournal(pg.dsn, shard)
+    owner.append(["r"])
+    reader = PostgresJournal(pg.dsn, shard, readonly=True)
+    try:
+        assert list(reader.replay()) == ["r"] and reader.head == owner.head
+        with pytest.raises(StorageFault):
+            reader.append(["no"])
+        owner.append(["still the owner"])
+    finally:
+        reader.close()
+        owner.close()
