@@ -27,6 +27,7 @@ from riskd.core import (
 from riskd.core.stress import DEFAULT_MOVES_PPM, check_moves
 from riskd.core.tiers import SpecError
 from riskd.core.units import INT64_MAX, PPM
+from riskd.errors import RiskdError
 
 __all__ = [
     "Config",
@@ -73,9 +74,11 @@ DEFAULT_FILL_PRICE_BAND_PPM = 50_000
 WHOLE_UNITS = frozenset({"fund_loss_cap"})
 
 
-class ConfigError(ValueError):
+class ConfigError(RiskdError, ValueError):
     """A bad setting: the message starts with its dotted key
     (``server.stream_window: must be in 1..65536, got 0``)."""
+
+    STATUS = "INVALID_ARGUMENT"
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"{key}: {reason}")

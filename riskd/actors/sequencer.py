@@ -39,6 +39,7 @@ from riskd.core.recent_ids import (
 )
 from riskd.core.units import check_positive
 from riskd.core.wallet import check_account, unsettled_bad_debt, withdrawals_paused
+from riskd.errors import RiskdError
 from riskd.metrics import Metrics
 from riskd.storage import codec, records
 from riskd.storage.records import (
@@ -76,7 +77,7 @@ Update = tuple[int, Input | Rejected]
 StoredRejection = tuple[int, int, str, str, str, str]
 
 
-class SequenceError(Exception):
+class SequenceError(RiskdError):
     """A batch out of order for its gateway: the stream must be refused."""
 
     def __init__(self, code: Code, field: str, message: str, expected: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from riskd.errors import RiskdError
+
 __all__ = ["Code", "Rejected"]
 
 
@@ -17,7 +19,7 @@ class Code(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 
 
-class Rejected(Exception):
+class Rejected(RiskdError):
     """An input the engine refuses.
 
     Raised before any state is touched: every operation in the core validates

@@ -16,14 +16,18 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
+from riskd.errors import RiskdError
+
 if TYPE_CHECKING:
     from riskd.core.insurance_fund import LedgerEntry
 
 __all__ = ["Ledger", "NotInMemory"]
 
 
-class NotInMemory(IndexError):
+class NotInMemory(RiskdError, IndexError):
     """The entry exists but only on disk (a bounded ledger keeps the newest)."""
+
+    STATUS = "OUT_OF_RANGE"
 
 
 class Ledger(Sequence["LedgerEntry"]):

@@ -26,13 +26,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from riskd.core.units import INT64_MAX, PPM, ceil_div
+from riskd.errors import RiskdError
 
 __all__ = ["SpecError", "Tier", "TierTable"]
 
 
-class SpecError(ValueError):
+class SpecError(RiskdError, ValueError):
     """A market setting out of range; ``field`` names it as the config and the
     API spell it (``tick_size``, ``tiers[2]``), ``reason`` says why."""
+
+    STATUS = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")

@@ -33,6 +33,8 @@ from typing import NoReturn
 
 import structlog
 
+from riskd.errors import RiskdError
+
 __all__ = ["EXIT_STORAGE_FAULT", "StorageFault", "fail_stop", "describe"]
 
 #: Exit status after a storage write failed while serving.
@@ -47,8 +49,10 @@ _once = threading.Lock()
 _exit = os._exit
 
 
-class StorageFault(Exception):
+class StorageFault(RiskdError):
     """A write to durable storage failed (``what``: journal, snapshot, admin audit log...)."""
+
+    STATUS = "UNAVAILABLE"
 
     def __init__(self, what: str, path: str | Path, cause: BaseException | str) -> None:
         self.what = what

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from riskd.errors import RiskdError
 from riskd.storage.faults import StorageFault
 
 __all__ = [
@@ -43,12 +44,16 @@ __all__ = [
 ]
 
 
-class StaleWriter(Exception):
+class StaleWriter(RiskdError):
     """Another process opened the journal after this one: stop writing."""
 
+    STATUS = "UNAVAILABLE"
 
-class JournalCorrupt(Exception):
+
+class JournalCorrupt(RiskdError):
     """The journal cannot be read back: refuse to start rather than guess."""
+
+    STATUS = "DATA_LOSS"
 
 
 class JournalInconsistent(JournalCorrupt):
