@@ -28,10 +28,9 @@ from pathlib import Path
 from riskd.config import Config
 from riskd.core import Engine
 from riskd.core.events import AdlEvent, Effect, FundKind, LiquidationSettled
-from riskd.core.insurance_fund import GENESIS
+from riskd.core.hash_chain import GENESIS
 from riskd.core.invariants import digest, violations
 from riskd.storage import admin_log, codec, ledger, records, snapshot
-from riskd.storage.journal import GENESIS as JOURNAL_GENESIS
 from riskd.storage.journal import chain, wal_problem
 from riskd.storage.records import EngineTarget, Record
 
@@ -60,8 +59,8 @@ def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
     snap = snapshot.latest_position(data_dir)
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     engine = Engine(config.markets, config.funds)
-    head, n, ok = JOURNAL_GENESIS, 0, True
-    at_snapshot = JOURNAL_GENESIS if snap is not None and snap.records == 0 else None
+    head, n, ok = GENESIS, 0, True
+    at_snapshot = GENESIS if snap is not None and snap.records == 0 else None
     settled: set[str] = set()
     adl: list[AdlEvent] = []
     try:

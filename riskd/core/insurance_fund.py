@@ -22,7 +22,6 @@ window length, not by the number of liquidations in a crash.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from riskd.core.events import (
     ReserveSettle,
     TakeoverClaim,
 )
+from riskd.core.hash_chain import GENESIS, link
 from riskd.core.ledger import Ledger
 from riskd.core.liquidation import waterfall
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_positive
@@ -46,8 +46,6 @@ FundEffect = FundCredit | TakeoverClaim | ReserveClaim | ReserveSettle
 
 __all__ = ["GENESIS", "FundEffect", "FundPolicy", "LedgerEntry", "DailyReport", "InsuranceFund"]
 
-#: The ``prev`` of a fund's first ledger entry.
-GENESIS = "0" * 64
 _MINUTE_MS = 60_000
 _DAY_MS = 86_400_000
 _OUTFLOWS = (FundKind.SHORTFALL, FundKind.BACKSTOP_MARGIN)
@@ -83,11 +81,16 @@ class LedgerEntry:
 
     def digest(self) -> str:
         """What ``hash`` must be: SHA-256 over the previous hash and every field."""
-        text = (
-            f"{self.prev}|{self.sequence}|{self.ts}|{self.kind.value}|{self.market}|"
-            f"{self.cause}|{self.amount}|{self.balance_after}"
+        return link(
+            self.prev,
+            self.sequence,
+            self.ts,
+            self.kind.value,
+            self.market,
+            self.cause,
+            self.amount,
+            self.balance_after,
         )
-        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(slots=True)

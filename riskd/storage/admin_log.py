@@ -28,7 +28,6 @@ this log holds *who* asked, which the journal does not need to replay.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -38,11 +37,11 @@ from typing import Any
 
 import structlog
 
+from riskd.core.hash_chain import GENESIS, line_hash
 from riskd.storage.faults import StorageFault
 
 __all__ = ["AdminLog", "AdminLogFault", "verify", "GENESIS"]
 
-GENESIS = "0" * 64
 _CHUNK = 1 << 16
 log = structlog.get_logger("riskd.admin_log")
 
@@ -73,7 +72,7 @@ class AdminLog:
             if isinstance(e, OSError):
                 raise AdminLogFault(path, e) from e
             raise
-        self._prev = GENESIS if last is None else _hash(last)
+        self._prev = GENESIS if last is None else line_hash(last)
 
     @property
     def size(self) -> int:
@@ -104,7 +103,7 @@ class AdminLog:
                     pass  # cut at the next start instead: it was never acknowledged
                 raise self._failed from e
             self._size += len(data)
-            self._prev = _hash(data[:-1])
+            self._prev = line_hash(data[:-1])
             return self._prev
 
     def close(self) -> None:
@@ -181,9 +180,7 @@ def verify(path: Path) -> tuple[int, str | None]:
                 return n, f"line {n}: not JSON"
             if not isinstance(record, dict) or record.get("prev") != prev:
                 return n, f"line {n}: chain broken (prev does not match line {n - 1})"
-            prev = _hash(data)
+            prev = line_hash(data)
     return n, None
 
 
-def _hash(line: bytes) -> str:
-    return hashlib.sha256(line).hexdigest()

@@ -22,13 +22,13 @@ hash): a restart refuses a journal that no longer reaches it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from riskd.core.hash_chain import GENESIS, chain
 from riskd.errors import RiskdError
 from riskd.storage.faults import StorageFault
 
@@ -38,6 +38,7 @@ __all__ = [
     "StaleWriter",
     "JournalCorrupt",
     "JournalInconsistent",
+    "GENESIS",
     "chain",
     "open_sqlite",
     "wal_problem",
@@ -105,12 +106,6 @@ class Journal(Protocol):
     def close(self) -> None: ...
 
 
-GENESIS = "0" * 64
-
-
-def chain(prev: str, record: str) -> str:
-    """Each record's hash covers the one before: any changed byte breaks the chain."""
-    return hashlib.sha256(f"{prev}|{record}".encode()).hexdigest()
 
 
 class SqliteJournal:
