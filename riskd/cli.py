@@ -41,6 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the shard this node journals under in --storage (default: the config's"
         " settlement assets, e.g. USDT)",
     )
+    serve.add_argument(
+        "--etcd",
+        metavar="URLS",
+        help="cluster mode: etcd client URLs, comma-separated; the node serves its shard only"
+        " while it holds the shard's lease (needs --storage; docs/cluster.md)",
+    )
+    serve.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="with --etcd: the address gateways are sent to (default: --grpc-listen)",
+    )
+    serve.add_argument(
+        "--lease-ttl",
+        type=int,
+        default=2,
+        metavar="SECONDS",
+        help="with --etcd: the owner lease's time to live (default 2)",
+    )
     commands.add_parser("config", help="print the embedded default configuration")
     certs = commands.add_parser(
         "dev-certs", help="make a development CA, server and client certificates for mTLS"
@@ -155,8 +173,18 @@ def _serve(args: argparse.Namespace) -> int:
     # Raised inside the daemon's nursery, hence groups.  A StorageFault that
     # gets here happened before serving (one while serving exits 4 at once).
     failed: list[BaseException] = []
-    if args.shard and not args.storage:
-        print("riskd: bad configuration: --shard needs --storage", file=sys.stderr)
+    for flag, given in (("--shard", args.shard), ("--etcd", args.etcd)):
+        if given and not args.storage:
+            print(f"riskd: bad configuration: {flag} needs --storage", file=sys.stderr)
+            return 2
+    if args.etcd and args.shard:
+        print(
+            "riskd: bad configuration: with --etcd the shard is the config's assets",
+            file=sys.stderr,
+        )
+        return 2
+    if not 1 <= args.lease_ttl <= 60:
+        print("riskd: bad configuration: --lease-ttl must be 1..60 seconds", file=sys.stderr)
         return 2
     if args.storage and not args.storage.startswith(("postgresql://", "postgres://")):
         print("riskd: bad configuration: --storage must be a postgresql:// URL", file=sys.stderr)
@@ -189,10 +217,11 @@ async def _serve_postgres(config: Any, args: argparse.Namespace) -> None:
 
     import structlog
 
+    from riskd.cluster.node import _push, shard_of
     from riskd.daemon import Daemon
     from riskd.storage import postgres
 
-    shard = args.shard or "+".join(sorted(config.assets))
+    shard = args.shard or shard_of(config)
     if config.server.snapshot_seconds > 0:
         # The periodic snapshot writer process reads journal.sqlite3; with the
         # journal in PostgreSQL only the snapshot at a clean stop is taken (and
@@ -203,18 +232,18 @@ async def _serve_postgres(config: Any, args: argparse.Namespace) -> None:
         config = dataclasses.replace(
             config, server=dataclasses.replace(config.server, snapshot_seconds=0.0)
         )
+    if args.etcd:
+        from riskd.cluster.etcd import Etcd
+        from riskd.cluster.node import serve_node
+
+        etcd = Etcd([u.strip() for u in args.etcd.split(",") if u.strip()])
+        advertise = args.advertise or config.server.grpc_listen
+        await serve_node(config, args.config, args.storage, etcd, advertise, args.lease_ttl)
+        return
     daemon = Daemon(config, config_path=args.config)
     daemon.open_journal = postgres.opener(args.storage, shard)
     daemon.snapshot_written = partial(_push, daemon)
     await daemon.run()
-
-
-def _push(daemon: Any, data: Any) -> None:
-    from riskd.storage import postgres
-
-    journal = daemon.sequencer.journal.journal
-    if isinstance(journal, postgres.PostgresJournal):
-        postgres.push_snapshot(journal, data)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .services import Postgres, postgres
+from .services import EtcdCluster, Postgres, etcd_cluster, postgres
 
 _shards = itertools.count(1)
 
@@ -22,3 +22,10 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
 @pytest.fixture
 def shard() -> str:
     return f"t{next(_shards)}"
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """One 3-member etcd cluster for the session; tests use their own shard names."""
+    with etcd_cluster(Path(tmp_path_factory.mktemp("etcd"))) as cluster:
+        yield cluster

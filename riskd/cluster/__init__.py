@@ -1,0 +1,1 @@
+"""Clustered riskd: shards owned through etcd leases, journals in PostgreSQL (docs/cluster.md)."""
