@@ -5,7 +5,8 @@ machine asks of the rest of the system: credits and claims for its settlement
 asset's insurance fund, credits for wallets, and events for subscribers.  The
 synchronous :class:`riskd.core.engine.Engine` routes them in-process; the
 daemon's actors route them over channels.  Timestamps are Unix milliseconds
-from the gateway: the core never reads a clock.
+from the gateway: the core never reads a clock.  Effects are keyword-only:
+most are runs of integers, and a swapped pair would still type-check.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class FundKind(enum.Enum):
     BACKSTOP_RETURN = "backstop_return"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FundCredit:
     """Units a market hands to its fund; never refused."""
 
@@ -177,7 +178,7 @@ class FundCredit:
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TakeoverClaim:
     """Takeover-mode settlement: fee in, shortfall out, and backstop margin wanted.
 
@@ -199,7 +200,7 @@ class TakeoverClaim:
     loss_cap: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReserveClaim:
     """Book mode: earmark up to ``wanted`` for a liquidation order's slippage."""
 
@@ -212,7 +213,7 @@ class ReserveClaim:
     loss_cap: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReserveSettle:
     """Book mode, final: release ``reserved``, pay ``shortfall`` (<= it), take ``fee``."""
 
@@ -241,7 +242,7 @@ class AdlReason(enum.Enum):
     BACKSTOP = "backstop"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FundDecision:
     """The fund's answer to a claim.
 
@@ -259,7 +260,7 @@ class FundDecision:
     reason: AdlReason | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WalletCredit:
     account: int
     asset: str
@@ -267,7 +268,7 @@ class WalletCredit:
     cause: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LiquidationOrder:
     """Book mode: place this order; ``side`` is +1 buy / -1 sell."""
 
@@ -280,7 +281,7 @@ class LiquidationOrder:
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LiquidationSettled:
     market: str
     liquidation_id: int
@@ -293,7 +294,7 @@ class LiquidationSettled:
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdlNotice:
     """To a deleveraged account: ``quantity`` of its position closed at ``price``."""
 
@@ -307,7 +308,7 @@ class AdlNotice:
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdlEvent:
     """One ADL execution, for metrics and reports.
 
@@ -334,7 +335,7 @@ class AdlEvent:
     fund_paid: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MarginCall:
     """A position's mark came within the market's margin-call distance of its LP."""
 
@@ -346,7 +347,7 @@ class MarginCall:
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FundFlow:
     """A fund ledger entry, as published."""
 

@@ -183,13 +183,21 @@ class InsuranceFund:
             # It pays what it may; held like a book-mode reservation until the
             # ADL of the rest settles the exact amount (ReserveSettle).
             self._hold(claim.market, claim.liquidation_id, share.paid)
-            return FundDecision(claim.market, claim.liquidation_id, False, share.paid, reason)
+            return FundDecision(
+                market=claim.market,
+                liquidation_id=claim.liquidation_id,
+                absorbed=False,
+                granted=share.paid,
+                reason=reason,
+            )
         if claim.shortfall:
             self._book(FundKind.SHORTFALL, claim.market, cause, -claim.shortfall, claim.ts)
         granted = min(claim.margin_wanted, budget - claim.shortfall)
         if granted:
             self._book(FundKind.BACKSTOP_MARGIN, claim.market, cause, -granted, claim.ts)
-        return FundDecision(claim.market, claim.liquidation_id, True, granted)
+        return FundDecision(
+            market=claim.market, liquidation_id=claim.liquidation_id, absorbed=True, granted=granted
+        )
 
     def reserve(self, claim: ReserveClaim) -> FundDecision:
         self._report(claim.ts).liquidation_volume += claim.notional
@@ -197,11 +205,11 @@ class InsuranceFund:
         granted = min(claim.wanted, budget)
         self._hold(claim.market, claim.liquidation_id, granted)
         return FundDecision(
-            claim.market,
-            claim.liquidation_id,
-            True,
-            granted,
-            reason if granted < claim.wanted else None,
+            market=claim.market,
+            liquidation_id=claim.liquidation_id,
+            absorbed=True,
+            granted=granted,
+            reason=reason if granted < claim.wanted else None,
         )
 
     def _hold(self, market: str, liquidation_id: int, amount: int) -> None:
@@ -262,7 +270,17 @@ class InsuranceFund:
         )
         entry = dataclasses.replace(entry, hash=entry.digest())
         self.ledger.append(entry)
-        self._flows.append(FundFlow(self.asset, market, kind, amount, self.balance, cause, ts))
+        self._flows.append(
+            FundFlow(
+                asset=self.asset,
+                market=market,
+                kind=kind,
+                amount=amount,
+                balance_after=self.balance,
+                cause=cause,
+                ts=ts,
+            )
+        )
         if amount > 0:
             self.total_inflow += amount
             report.inflow_by_kind[kind] = report.inflow_by_kind.get(kind, 0) + amount

@@ -224,7 +224,9 @@ class MarketEngine:
                 "amount", f"{amount} exceeds the {max(free, 0)} free in the isolated margin"
             )
         self._set(pos, pos.size, pos.basis, pos.margin - amount)
-        self.effects.append(WalletCredit(account, self.asset, amount, "margin_transfer"))
+        self.effects.append(
+            WalletCredit(account=account, asset=self.asset, amount=amount, cause="margin_transfer")
+        )
         if pos.size == 0 and pos.margin == 0:
             del self.positions[account]
 
@@ -343,13 +345,13 @@ class MarketEngine:
             liq.worst_price = execution_price(self.spec, pos, d.granted)
             self.effects.append(
                 LiquidationOrder(
-                    self.symbol,
-                    liq.id,
-                    liq.account,
-                    -_sign(pos.size),
-                    liq.quantity,
-                    liq.worst_price,
-                    ts,
+                    market=self.symbol,
+                    liquidation_id=liq.id,
+                    account=liq.account,
+                    side=-_sign(pos.size),
+                    quantity=liq.quantity,
+                    worst_price=liq.worst_price,
+                    ts=ts,
                 )
             )
         elif d.absorbed:
@@ -397,12 +399,12 @@ class MarketEngine:
         assert mark is not None
         self.effects.append(
             MarginCall(
-                self.symbol,
-                pos.account,
-                pos.margin + unrealised(spec, pos, mark),
-                maintenance_margin(spec, pos, mark),
-                self._liquidation_price(pos),
-                ts,
+                market=self.symbol,
+                account=pos.account,
+                margin_balance=pos.margin + unrealised(spec, pos, mark),
+                maintenance_margin=maintenance_margin(spec, pos, mark),
+                liquidation_price=self._liquidation_price(pos),
+                ts=ts,
             )
         )
 
@@ -440,15 +442,15 @@ class MarketEngine:
             liq.fee, liq.shortfall = split.fee, split.uncovered
             self.effects.append(
                 TakeoverClaim(
-                    self.asset,
-                    self.symbol,
-                    liq.id,
-                    ts,
-                    n,
-                    liq.fee,
-                    liq.shortfall,
-                    spec.tiers.initial(n),
-                    spec.fund_loss_cap,
+                    asset=self.asset,
+                    market=self.symbol,
+                    liquidation_id=liq.id,
+                    ts=ts,
+                    notional=n,
+                    fee=liq.fee,
+                    shortfall=liq.shortfall,
+                    margin_wanted=spec.tiers.initial(n),
+                    loss_cap=spec.fund_loss_cap,
                 )
             )
         else:
@@ -457,13 +459,13 @@ class MarketEngine:
             size = abs(pos.size)
             self.effects.append(
                 ReserveClaim(
-                    self.asset,
-                    self.symbol,
-                    liq.id,
-                    ts,
-                    ceil_div(notional(spec, pos, mark) * liq.quantity, size),
-                    ceil_div(maintenance_margin(spec, pos, mark) * liq.quantity, size),
-                    spec.fund_loss_cap,
+                    asset=self.asset,
+                    market=self.symbol,
+                    liquidation_id=liq.id,
+                    ts=ts,
+                    notional=ceil_div(notional(spec, pos, mark) * liq.quantity, size),
+                    wanted=ceil_div(maintenance_margin(spec, pos, mark) * liq.quantity, size),
+                    loss_cap=spec.fund_loss_cap,
                 )
             )
 
@@ -521,15 +523,15 @@ class MarketEngine:
         returned = 0 if pos.size else self._close(pos, liq, ts)
         self.effects.append(
             LiquidationSettled(
-                self.symbol,
-                liq.id,
-                liq.account,
-                liq.quantity,
-                liq.price,
-                liq.fee - liq.shortfall,
-                returned,
-                0,
-                ts,
+                market=self.symbol,
+                liquidation_id=liq.id,
+                account=liq.account,
+                quantity=liq.quantity,
+                price=liq.price,
+                fund_delta=liq.fee - liq.shortfall,
+                returned_to_trader=returned,
+                adl_quantity=0,
+                ts=ts,
             )
         )
         if backstop.size == 0:
@@ -597,20 +599,28 @@ class MarketEngine:
         pos.margin += split.paid - fee
         if liq.reserved or split.paid or fee:
             self.effects.append(
-                ReserveSettle(self.asset, self.symbol, liq.id, ts, liq.reserved, split.paid, fee)
+                ReserveSettle(
+                    asset=self.asset,
+                    market=self.symbol,
+                    liquidation_id=liq.id,
+                    ts=ts,
+                    reserved=liq.reserved,
+                    shortfall=split.paid,
+                    fee=fee,
+                )
             )
         returned = self._close(pos, liq, ts)
         self.effects.append(
             LiquidationSettled(
-                self.symbol,
-                liq.id,
-                liq.account,
-                liq.quantity,
-                price,
-                fee - split.paid - liq.paid_in,
-                returned,
-                adl_qty,
-                ts,
+                market=self.symbol,
+                liquidation_id=liq.id,
+                account=liq.account,
+                quantity=liq.quantity,
+                price=price,
+                fund_delta=fee - split.paid - liq.paid_in,
+                returned_to_trader=returned,
+                adl_quantity=adl_qty,
+                ts=ts,
             )
         )
 
@@ -625,19 +635,27 @@ class MarketEngine:
         pos.margin += paid - split.fee
         if liq.reserved or paid or split.fee:
             self.effects.append(
-                ReserveSettle(self.asset, self.symbol, liq.id, ts, liq.reserved, paid, split.fee)
+                ReserveSettle(
+                    asset=self.asset,
+                    market=self.symbol,
+                    liquidation_id=liq.id,
+                    ts=ts,
+                    reserved=liq.reserved,
+                    shortfall=paid,
+                    fee=split.fee,
+                )
             )
         self.effects.append(
             LiquidationSettled(
-                self.symbol,
-                liq.id,
-                liq.account,
-                liq.filled,
-                liq.price,
-                split.fee - paid,
-                0,
-                0,
-                ts,
+                market=self.symbol,
+                liquidation_id=liq.id,
+                account=liq.account,
+                quantity=liq.filled,
+                price=liq.price,
+                fund_delta=split.fee - paid,
+                returned_to_trader=0,
+                adl_quantity=0,
+                ts=ts,
             )
         )
         assert self.mark is not None
@@ -711,7 +729,16 @@ class MarketEngine:
             cp.margin += realised
             haircut += cp_value - spec.trade_value(cp_qty, mark)
             self.effects.append(
-                AdlNotice(self.symbol, liq.id, cp.account, -_sign(q), x, price, realised, ts)
+                AdlNotice(
+                    market=self.symbol,
+                    liquidation_id=liq.id,
+                    account=cp.account,
+                    side=-_sign(q),
+                    quantity=x,
+                    price=price,
+                    realised=realised,
+                    ts=ts,
+                )
             )
             if cp.liquidation:
                 if cp.size == 0:  # a waiting one netted out: it is done too
@@ -723,19 +750,19 @@ class MarketEngine:
                 self._sweep(cp, ts)
         self.effects.append(
             AdlEvent(
-                self.symbol,
-                self.asset,
-                liq.id,
-                abs(q),
-                price,
-                abs(total),
-                deficit,
-                haircut,
-                haircut + fund_paid - deficit,
-                len(takes),
-                ts,
-                liq.adl_reason or AdlReason.FUND_EMPTY,
-                fund_paid,
+                market=self.symbol,
+                asset=self.asset,
+                liquidation_id=liq.id,
+                quantity=abs(q),
+                price=price,
+                closed_notional=abs(total),
+                deficit=deficit,
+                haircut=haircut,
+                overshoot=haircut + fund_paid - deficit,
+                counterparties=len(takes),
+                ts=ts,
+                reason=liq.adl_reason or AdlReason.FUND_EMPTY,
+                fund_paid=fund_paid,
             )
         )
         self._conclude(liq, pos, price, abs(total), abs(q), ts)
@@ -824,7 +851,14 @@ class MarketEngine:
         self.fee_pool += fee - share
         if share:
             self.effects.append(
-                FundCredit(self.asset, self.symbol, FundKind.TRADING_FEE, share, cause, ts)
+                FundCredit(
+                    asset=self.asset,
+                    market=self.symbol,
+                    kind=FundKind.TRADING_FEE,
+                    amount=share,
+                    cause=cause,
+                    ts=ts,
+                )
             )
 
     def _after_trade(self, pos: Position, ts: int) -> None:
@@ -840,7 +874,11 @@ class MarketEngine:
             if pos.is_backstop:
                 self._sweep_backstop_margin(pos.margin, ts)
             else:
-                self.effects.append(WalletCredit(pos.account, self.asset, pos.margin, "close"))
+                self.effects.append(
+                    WalletCredit(
+                        account=pos.account, asset=self.asset, amount=pos.margin, cause="close"
+                    )
+                )
         pos.margin = 0
         self.positions.pop(pos.account, None)
 
@@ -848,7 +886,12 @@ class MarketEngine:
         if amount:
             self.effects.append(
                 FundCredit(
-                    self.asset, self.symbol, FundKind.BACKSTOP_RETURN, amount, "backstop", ts
+                    asset=self.asset,
+                    market=self.symbol,
+                    kind=FundKind.BACKSTOP_RETURN,
+                    amount=amount,
+                    cause="backstop",
+                    ts=ts,
                 )
             )
 

@@ -39,7 +39,17 @@ def claim(
     cap: int | None = None,
     market: str = M,
 ) -> TakeoverClaim:
-    return TakeoverClaim("USDT", market, lid, ts, 1_000 * U, fee, shortfall, wanted, cap)
+    return TakeoverClaim(
+        asset="USDT",
+        market=market,
+        liquidation_id=lid,
+        ts=ts,
+        notional=1_000 * U,
+        fee=fee,
+        shortfall=shortfall,
+        margin_wanted=wanted,
+        loss_cap=cap,
+    )
 
 
 def seeded(amount: int = 1_000 * U, policy: FundPolicy | None = None) -> InsuranceFund:
@@ -75,7 +85,15 @@ def test_injection_is_a_ledger_entry() -> None:
         1_000 * U,
     )
     assert f.take_flows() == [
-        FundFlow("USDT", "", FundKind.INJECTION, 1_000 * U, 1_000 * U, "seed", 5)
+        FundFlow(
+            asset="USDT",
+            market="",
+            kind=FundKind.INJECTION,
+            amount=1_000 * U,
+            balance_after=1_000 * U,
+            cause="seed",
+            ts=5,
+        )
     ]
     assert f.take_flows() == []
 
@@ -108,7 +126,7 @@ def test_injection_overflow_rejected() -> None:
 def test_takeover_books_fee_shortfall_and_backstop_margin_in_order() -> None:
     f = seeded()
     d = f.takeover(claim(shortfall=20 * U, wanted=5 * U, lid=7))
-    assert d == FundDecision(M, 7, True, 5 * U)
+    assert d == FundDecision(market=M, liquidation_id=7, absorbed=True, granted=5 * U)
     assert [(e.kind, e.amount, e.cause) for e in f.ledger[1:]] == [
         (FundKind.SHORTFALL, -20 * U, f"liq:{M}:7"),
         (FundKind.BACKSTOP_MARGIN, -5 * U, f"liq:{M}:7"),
@@ -116,14 +134,29 @@ def test_takeover_books_fee_shortfall_and_backstop_margin_in_order() -> None:
     f.takeover(claim(fee=3 * U, lid=8))
     assert f.ledger[-1].kind is FundKind.LIQUIDATION_FEE and f.balance == 978 * U
     # What the backstop hands back is an ordinary, explained inflow.
-    f.process([FundCredit("USDT", M, FundKind.BACKSTOP_RETURN, 7 * U, "backstop", 0)])
+    f.process(
+        [
+            FundCredit(
+                asset="USDT",
+                market=M,
+                kind=FundKind.BACKSTOP_RETURN,
+                amount=7 * U,
+                cause="backstop",
+                ts=0,
+            )
+        ]
+    )
     assert f.ledger[-1].kind is FundKind.BACKSTOP_RETURN and f.balance == 985 * U
     assert_ledger_consistent(f)
 
 
 def test_zero_credits_are_not_booked() -> None:
     f = seeded()
-    f.credit(FundCredit("USDT", M, FundKind.TRADING_FEE, 0, "trade:1", 0))
+    f.credit(
+        FundCredit(
+            asset="USDT", market=M, kind=FundKind.TRADING_FEE, amount=0, cause="trade:1", ts=0
+        )
+    )
     assert len(f.ledger) == 1
 
 
@@ -136,12 +169,24 @@ def test_beyond_its_budget_the_fund_pays_what_it_may() -> None:
     # One quantum too much: all 100 is granted (not nothing), held for the liquidation
     # until the ADL of the rest settles the exact amount; no backstop margin.
     d = f.takeover(claim(shortfall=100 * U + 1, wanted=U))
-    assert d == FundDecision(M, 1, False, 100 * U, AdlReason.FUND_EMPTY)
+    assert d == FundDecision(
+        market=M, liquidation_id=1, absorbed=False, granted=100 * U, reason=AdlReason.FUND_EMPTY
+    )
     assert (f.balance, len(f.ledger), f.reserved_total, f.budget(M, 0)) == (100 * U, 1, 100 * U, 0)
     assert f.takeover(claim(shortfall=1, lid=2)) == FundDecision(
-        M, 2, False, 0, AdlReason.FUND_EMPTY
+        market=M, liquidation_id=2, absorbed=False, granted=0, reason=AdlReason.FUND_EMPTY
     )
-    f.settle(ReserveSettle("USDT", M, 1, 0, 100 * U, 100 * U - 3, 0))
+    f.settle(
+        ReserveSettle(
+            asset="USDT",
+            market=M,
+            liquidation_id=1,
+            ts=0,
+            reserved=100 * U,
+            shortfall=100 * U - 3,
+            fee=0,
+        )
+    )
     assert (f.balance, f.reserved_total) == (3, 0)
     assert f.ledger[-1].kind is FundKind.SHORTFALL
     # Exactly the balance is payable (100 % drawdown allowed), and then nothing more.
@@ -176,12 +221,26 @@ def test_drawdown_30_percent_in_8_hours() -> None:
     assert f.budget(M, 0) == 300 * U
     d = f.takeover(claim(shortfall=301 * U))
     assert (d.absorbed, d.granted, d.reason) == (False, 300 * U, AdlReason.DRAWDOWN_LIMIT)
-    f.settle(ReserveSettle("USDT", M, 1, 0, 300 * U, 0, 0))  # say the ADL needed none of it
+    f.settle(
+        ReserveSettle(
+            asset="USDT", market=M, liquidation_id=1, ts=0, reserved=300 * U, shortfall=0, fee=0
+        )
+    )  # say the ADL needed none of it
     assert f.takeover(claim(shortfall=200 * U, lid=2, ts=HOUR)).absorbed
     assert f.budget(M, 2 * HOUR) == 100 * U  # the 1,000 peak is still in the window
     d = f.takeover(claim(shortfall=101 * U, lid=3, ts=7 * HOUR))
     assert (d.absorbed, d.granted) == (False, 100 * U)
-    f.settle(ReserveSettle("USDT", M, 3, 7 * HOUR, 100 * U, 0, 0))
+    f.settle(
+        ReserveSettle(
+            asset="USDT",
+            market=M,
+            liquidation_id=3,
+            ts=7 * HOUR,
+            reserved=100 * U,
+            shortfall=0,
+            fee=0,
+        )
+    )
     # The 1,000 was still the balance in minute 60 (before the payment): it stays the
     # peak through minute 540 (9 h) and leaves the window in the minute after.
     assert f.budget(M, 9 * HOUR) == 100 * U
@@ -209,14 +268,32 @@ def test_market_loss_cap_is_cumulative_and_counts_reservations() -> None:
     d = f.takeover(claim(shortfall=20 * U, wanted=10 * U, cap=cap))
     assert (d.absorbed, d.granted) == (True, 10 * U)
     assert f.budget(M, 0, cap) == 20 * U  # 20 shortfall + 10 backstop margin used
-    r = f.reserve(ReserveClaim("USDT", M, 2, 0, 100 * U, 15 * U, cap))
+    r = f.reserve(
+        ReserveClaim(
+            asset="USDT",
+            market=M,
+            liquidation_id=2,
+            ts=0,
+            notional=100 * U,
+            wanted=15 * U,
+            loss_cap=cap,
+        )
+    )
     assert r.granted == 15 * U and f.reserved_total == 15 * U
     assert f.budget(M, 0, cap) == 5 * U
     d = f.takeover(claim(shortfall=6 * U, lid=3, cap=cap))
     assert (d.absorbed, d.granted, d.reason) == (False, 5 * U, AdlReason.MARKET_CAP)
-    f.settle(ReserveSettle("USDT", M, 3, 0, 5 * U, 0, 0))
+    f.settle(
+        ReserveSettle(
+            asset="USDT", market=M, liquidation_id=3, ts=0, reserved=5 * U, shortfall=0, fee=0
+        )
+    )
     # Settling releases the reservation; only what was paid keeps counting.
-    f.settle(ReserveSettle("USDT", M, 2, 0, 15 * U, 4 * U, 0))
+    f.settle(
+        ReserveSettle(
+            asset="USDT", market=M, liquidation_id=2, ts=0, reserved=15 * U, shortfall=4 * U, fee=0
+        )
+    )
     assert f.reserved_total == 0
     assert f.budget(M, 0, cap) == 16 * U
     # After the window the market's losses are forgotten.
@@ -226,15 +303,35 @@ def test_market_loss_cap_is_cumulative_and_counts_reservations() -> None:
 
 def test_reservations_are_not_spendable_twice() -> None:
     f = seeded(100 * U, FundPolicy(drawdown_limit_ppm=1_000_000))
-    assert f.reserve(ReserveClaim("USDT", M, 1, 0, 0, 80 * U)).granted == 80 * U
+    assert (
+        f.reserve(
+            ReserveClaim(asset="USDT", market=M, liquidation_id=1, ts=0, notional=0, wanted=80 * U)
+        ).granted
+        == 80 * U
+    )
     assert f.budget(M, 0) == 20 * U
-    assert f.reserve(ReserveClaim("USDT", M, 2, 0, 0, 80 * U)).granted == 20 * U
+    assert (
+        f.reserve(
+            ReserveClaim(asset="USDT", market=M, liquidation_id=2, ts=0, notional=0, wanted=80 * U)
+        ).granted
+        == 20 * U
+    )
     assert f.budget(M, 0) == 0
     assert f.takeover(claim(shortfall=1, lid=3)) == FundDecision(
-        M, 3, False, 0, AdlReason.FUND_EMPTY
+        market=M, liquidation_id=3, absorbed=False, granted=0, reason=AdlReason.FUND_EMPTY
     )
     with pytest.raises(AssertionError):  # a settlement that does not match is a bug
-        f.settle(ReserveSettle("USDT", M, 1, 0, 80 * U, 81 * U, 0))
+        f.settle(
+            ReserveSettle(
+                asset="USDT",
+                market=M,
+                liquidation_id=1,
+                ts=0,
+                reserved=80 * U,
+                shortfall=81 * U,
+                fee=0,
+            )
+        )
 
 
 def test_policy_validation() -> None:
@@ -268,7 +365,16 @@ def test_fund_never_negative_and_ledger_chains(
         if op == "inject" and amount:
             f.inject(amount, "seed", ts)
         elif op == "fee":
-            f.credit(FundCredit("USDT", M, FundKind.TRADING_FEE, amount, "t", ts))
+            f.credit(
+                FundCredit(
+                    asset="USDT",
+                    market=M,
+                    kind=FundKind.TRADING_FEE,
+                    amount=amount,
+                    cause="t",
+                    ts=ts,
+                )
+            )
         elif op == "takeover":
             budget = f.budget(M, ts, cap)
             d = f.takeover(claim(shortfall=amount, wanted=amount // 3, lid=lid, ts=ts, cap=cap))
@@ -280,12 +386,32 @@ def test_fund_never_negative_and_ledger_chains(
                 if d.granted:
                     open_reservations.append((lid, d.granted))
         elif op == "reserve":
-            d = f.reserve(ReserveClaim("USDT", M, lid, ts, 0, amount, cap))
+            d = f.reserve(
+                ReserveClaim(
+                    asset="USDT",
+                    market=M,
+                    liquidation_id=lid,
+                    ts=ts,
+                    notional=0,
+                    wanted=amount,
+                    loss_cap=cap,
+                )
+            )
             if d.granted:
                 open_reservations.append((lid, d.granted))
         elif open_reservations:
             rid, held = open_reservations.pop(0)
-            f.settle(ReserveSettle("USDT", M, rid, ts, held, min(amount, held), 0))
+            f.settle(
+                ReserveSettle(
+                    asset="USDT",
+                    market=M,
+                    liquidation_id=rid,
+                    ts=ts,
+                    reserved=held,
+                    shortfall=min(amount, held),
+                    fee=0,
+                )
+            )
         assert 0 <= f.reserved_total <= f.balance
     assert_ledger_consistent(f)
 
@@ -296,10 +422,50 @@ def test_fund_never_negative_and_ledger_chains(
 def test_daily_report_totals() -> None:
     f = InsuranceFund("USDT")
     f.inject(1_000 * U, "seed", 0)
-    f.credit(FundCredit("USDT", M, FundKind.TRADING_FEE, 7 * U, "trade:1", HOUR))
-    f.takeover(TakeoverClaim("USDT", M, 1, 2 * HOUR, 480 * U, 0, 20 * U, 4 * U))
-    f.takeover(TakeoverClaim("USDT", M, 2, DAY + HOUR, 500 * U, 3 * U, 0, 2 * U))
-    f.credit(FundCredit("USDT", M, FundKind.BACKSTOP_RETURN, U, "backstop", DAY + 2 * HOUR))
+    f.credit(
+        FundCredit(
+            asset="USDT",
+            market=M,
+            kind=FundKind.TRADING_FEE,
+            amount=7 * U,
+            cause="trade:1",
+            ts=HOUR,
+        )
+    )
+    f.takeover(
+        TakeoverClaim(
+            asset="USDT",
+            market=M,
+            liquidation_id=1,
+            ts=2 * HOUR,
+            notional=480 * U,
+            fee=0,
+            shortfall=20 * U,
+            margin_wanted=4 * U,
+        )
+    )
+    f.takeover(
+        TakeoverClaim(
+            asset="USDT",
+            market=M,
+            liquidation_id=2,
+            ts=DAY + HOUR,
+            notional=500 * U,
+            fee=3 * U,
+            shortfall=0,
+            margin_wanted=2 * U,
+        )
+    )
+    f.credit(
+        FundCredit(
+            asset="USDT",
+            market=M,
+            kind=FundKind.BACKSTOP_RETURN,
+            amount=U,
+            cause="backstop",
+            ts=DAY + 2 * HOUR,
+        )
+    )
     day0, day1 = f.reports[0], f.reports[1]
     assert (day0.opening_balance, day0.closing_balance) == (0, 983 * U)
     assert day0.inflow_by_kind == {FundKind.INJECTION: 1_000 * U, FundKind.TRADING_FEE: 7 * U}

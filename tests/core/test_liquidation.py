@@ -308,7 +308,15 @@ def book() -> Desk:
     # The fund earmarks MM (0.4 % of 502) = 2.008 for slippage: the worst price is where
     # margin + 2.008 is used up, 25,000 - 100.40 = 24,899.60.
     assert of_type(out, LiquidationOrder) == [
-        LiquidationOrder(M, 1, 1, -1, 20, usdt("24899.60"), 0)
+        LiquidationOrder(
+            market=M,
+            liquidation_id=1,
+            account=1,
+            side=-1,
+            quantity=20,
+            worst_price=usdt("24899.60"),
+            ts=0,
+        )
     ]
     assert d.funds["USDT"].reserved_total == 2_008_000
     assert d.pos(M, 1).liquidation == 1

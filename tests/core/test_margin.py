@@ -386,7 +386,16 @@ def test_margin_call_once_per_entry_into_the_band() -> None:
     assert of_type(d.mark("BTC-USDT", usdt("25610")), MarginCall) == []
     calls = of_type(d.mark("BTC-USDT", usdt("25600")), MarginCall)
     # B = 500 - 488 = 12; MM = 512 x 0.4 % = 2.048.
-    assert calls == [MarginCall("BTC-USDT", 1, 12 * U, 2_048_000, usdt("25100.40"), 0)]
+    assert calls == [
+        MarginCall(
+            market="BTC-USDT",
+            account=1,
+            margin_balance=12 * U,
+            maintenance_margin=2_048_000,
+            liquidation_price=usdt("25100.40"),
+            ts=0,
+        )
+    ]
     assert of_type(d.mark("BTC-USDT", usdt("25500")), MarginCall) == []  # already called
     d.mark("BTC-USDT", usdt("30000"))  # leaves the band ...
     assert len(of_type(d.mark("BTC-USDT", usdt("25600")), MarginCall)) == 1  # ... and re-enters
