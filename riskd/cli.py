@@ -177,12 +177,6 @@ def _serve(args: argparse.Namespace) -> int:
         if given and not args.storage:
             print(f"riskd: bad configuration: {flag} needs --storage", file=sys.stderr)
             return 2
-    if args.etcd and args.shard:
-        print(
-            "riskd: bad configuration: with --etcd the shard is the config's assets",
-            file=sys.stderr,
-        )
-        return 2
     if not 1 <= args.lease_ttl <= 60:
         print("riskd: bad configuration: --lease-ttl must be 1..60 seconds", file=sys.stderr)
         return 2
@@ -238,7 +232,7 @@ async def _serve_postgres(config: Any, args: argparse.Namespace) -> None:
 
         etcd = Etcd([u.strip() for u in args.etcd.split(",") if u.strip()])
         advertise = args.advertise or config.server.grpc_listen
-        await serve_node(config, args.config, args.storage, etcd, advertise, args.lease_ttl)
+        await serve_node(config, args.config, args.storage, etcd, advertise, args.lease_ttl, shard)
         return
     daemon = Daemon(config, config_path=args.config)
     daemon.open_journal = postgres.opener(args.storage, shard)

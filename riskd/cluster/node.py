@@ -121,12 +121,18 @@ class Standby:
 
 
 async def serve_node(
-    config: Config, config_path: str | None, dsn: str, etcd: Etcd, advertise: str, ttl: int
+    config: Config,
+    config_path: str | None,
+    dsn: str,
+    etcd: Etcd,
+    advertise: str,
+    ttl: int,
+    shard: str | None = None,
 ) -> None:
-    """Campaign, then serve the shard as its owner (see the module text)."""
+    """Campaign, then serve the shard (default: :func:`shard_of`) as its owner."""
     from riskd.daemon import Daemon, StartupError
 
-    shard = shard_of(config)
+    shard = shard or shard_of(config)
     srv = config.server
     if srv.tls is not None:
         # The standby listener is plaintext: it would undercut mutual TLS.

@@ -39,6 +39,15 @@ knows the gateway by its certificate, and ``gateway_id`` must be that name.
 A gateway over its rate limit has its stream ended with RESOURCE_EXHAUSTED and
 a ``google.rpc.RetryInfo``: the helper waits that long, reconnects and resends
 (counted in :attr:`Gateway.throttled`).
+
+In a cluster (docs/cluster.md) pass the other nodes as ``nodes``: when the
+node it talks to is down the helper tries the next, and a standby's
+UNAVAILABLE naming the owner (``riskd-owner`` metadata) sends it straight to
+the owner (counted in :attr:`Gateway.redirects`).  A paused node answers
+nothing at all: with ``ack_timeout`` set, a stream that has heard nothing for
+that long while updates wait for their ack is given up and the next node
+tried.  The new owner restored the
+session from the shared journal, so the resume is the same as after a restart.
 """
 
 from __future__ import annotations
@@ -55,7 +64,17 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 
 from riskd.v1 import ingest_pb2, ingest_pb2_grpc
 
-__all__ = ["Gateway", "SessionMismatch", "StreamRefused", "retry_delay", "tls_credentials"]
+__all__ = [
+    "Gateway",
+    "SessionMismatch",
+    "StreamRefused",
+    "owner_hint",
+    "retry_delay",
+    "tls_credentials",
+]
+
+#: Trailing metadata of a standby riskd node's UNAVAILABLE: the owner's address.
+OWNER_METADATA = "riskd-owner"
 
 log = logging.getLogger("riskd_client.gateway")
 
@@ -106,6 +125,18 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     return None
 
 
+class _Stalled(Exception):
+    """The node stopped answering (``ack_timeout``): try the next one."""
+
+
+def owner_hint(error: grpc.aio.AioRpcError) -> str | None:
+    """The owner's address a standby riskd node named in its UNAVAILABLE, if any."""
+    for key, value in error.trailing_metadata() or ():
+        if key == OWNER_METADATA and isinstance(value, str) and value:
+            return value
+    return None
+
+
 class Gateway:
     def __init__(
         self,
@@ -119,8 +150,17 @@ class Gateway:
         credentials: grpc.ChannelCredentials | None = None,
         reconnect_delay: float = 0.05,
         max_reconnect_delay: float = 2.0,
+        nodes: Sequence[str] = (),
+        ack_timeout: float | None = None,
     ) -> None:
         self.target = target
+        #: Every node of the cluster this gateway may be sent to, ``target`` first.
+        self.nodes = [target, *(n for n in nodes if n != target)]
+        #: Times a standby sent the helper to the shard's owner.
+        self.redirects = 0
+        self.ack_timeout = ack_timeout
+        #: Streams given up because the node went silent (``ack_timeout``).
+        self.stalls = 0
         self.gateway_id = gateway_id
         #: The epoch this session writes in: the one passed, or (None until the
         #: first stream) the fresh one riskd assigned.
@@ -174,6 +214,31 @@ class Gateway:
             else:
                 self._channel = grpc.aio.secure_channel(self.target, self._credentials)
         self._task = asyncio.create_task(self._run())
+
+    def _next_node(self) -> str:
+        at = self.nodes.index(self.target) if self.target in self.nodes else -1
+        return self.nodes[(at + 1) % len(self.nodes)]
+
+    async def _watch(self, call: grpc.aio.StreamStreamCall, heard: list[float]) -> None:
+        """Cancel ``call`` when it stays silent for ack_timeout while it owes an answer."""
+        assert self.ack_timeout is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.ack_timeout / 4)
+            owed = not self._connected.is_set() or self._outbox is None or bool(self._unacked)
+            if owed and loop.time() - heard[0] > self.ack_timeout:
+                heard[0] = -1.0  # tells _stream the cancel was ours
+                call.cancel()
+                return
+
+    async def _connect(self, target: str) -> None:
+        old, self.target = self._channel, target
+        if self._credentials is None:
+            self._channel = grpc.aio.insecure_channel(target)
+        else:
+            self._channel = grpc.aio.secure_channel(target, self._credentials)
+        if old is not None:
+            await old.close()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -346,6 +411,11 @@ class Gateway:
             try:
                 await self._stream()
                 return
+            except _Stalled:
+                self.stalls += 1
+                if len(self.nodes) > 1 and self._own_channel:
+                    await self._connect(self._next_node())
+                continue
             except grpc.aio.AioRpcError as e:
                 wait = retry_delay(e)
                 if wait is not None:  # riskd said when: over a rate limit, say
@@ -357,6 +427,15 @@ class Gateway:
                     self._error = StreamRefused(e.code(), e.details() or "")
                     self._signal()
                     return
+                if e.code() == grpc.StatusCode.UNAVAILABLE and self._own_channel:
+                    owner = owner_hint(e)
+                    if owner is not None and owner != self.target:
+                        self.redirects += 1
+                        await self._connect(owner)
+                        delay = self._delay
+                        continue
+                    if len(self.nodes) > 1:  # this node is down: ask the next one
+                        await self._connect(self._next_node())
             self.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_delay)
@@ -369,8 +448,12 @@ class Gateway:
         metadata = (("x-riskd-gateway", self.gateway_id), ("x-riskd-epoch", str(self.epoch or 0)))
         call = stub.Ingest(_drain(outbox), metadata=metadata)
         first = True
+        heard = [asyncio.get_running_loop().time()]
+        watch = (
+            asyncio.create_task(self._watch(call, heard)) if self.ack_timeout is not None else None
+        )
         try:
-            async for response in call:
+            async for response in self._responses(call, heard):
                 if first:
                     # riskd tells us where it stands; resend everything after it.
                     first = False
@@ -397,8 +480,20 @@ class Gateway:
                 self._duplicates(response)
                 self._ack(response.acked_sequence)
         finally:
+            if watch is not None:
+                watch.cancel()
             self._outbox = None
             outbox.put_nowait(None)
+
+    async def _responses(self, call: grpc.aio.StreamStreamCall, heard: list[float]):  # type: ignore[no-untyped-def]
+        try:
+            async for response in call:
+                heard[0] = asyncio.get_running_loop().time()
+                yield response
+        except (asyncio.CancelledError, grpc.aio.AioRpcError) as e:
+            if heard[0] == -1.0:
+                raise _Stalled() from e
+            raise
 
     def _session(self, first: ingest_pb2.IngestResponse) -> SessionMismatch | None:
         """Check riskd's first response against what this session numbered."""
