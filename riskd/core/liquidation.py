@@ -46,6 +46,9 @@ class Stage(enum.Enum):
     WORKING = "working"  # book mode: the order is in the book
     AWAITING_ADL = "awaiting_adl"  # the rest is deleveraged; waiting for counterparties
     COOLING = "cooling"  # a partial step done, the rest frozen until ``until``
+    SETTLED = "settled"  # over (settled, released or restarted): no longer kept
+
+    # The transitions between these: riskd.core.liquidation_machine.TRANSITIONS.
 
 
 @dataclass(slots=True)

@@ -51,6 +51,7 @@ from riskd.core.liquidation import (
     waterfall,
 )
 from riskd.core.liquidation_index import LiquidationIndex
+from riskd.core.liquidation_machine import Event, LiquidationMachine
 from riskd.core.margin import (
     bankruptcy_threshold,
     initial_margin,
@@ -100,20 +101,43 @@ class MarketEngine:
         self.spec = spec
         self.mark: int | None = None
         self.positions: dict[int, Position] = {}
-        self.index = LiquidationIndex()
+        # Liquidations, their stages and the index of live positions by trigger.
+        self.machine = LiquidationMachine()
         self.fee_pool = 0
-        self.liquidations: dict[int, Liquidation] = {}
-        self.next_liquidation = 1
         self.effects: list[Effect] = []
         # Trade ids of the fills applied lately: a reused one is refused.
         self.trade_ids = RecentIds()
-        self._awaiting_adl: dict[int, None] = {}  # liquidation ids, in order
         # ADL ranking per side, built at most once per input and reused by every
-        # ADL that input causes; ``_ranked_stale`` marks it outdated for queries.
+        # ADL that input causes; only ADL writes it (queries rank afresh).
         self._input = 0
         self._now = 0  # the current input's timestamp
         self._ranking: dict[bool, tuple[int, deque[Position]]] = {}
-        self._ranked_stale = False
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Snapshots from before the liquidation machine kept its parts here."""
+        if "machine" not in state:
+            machine = LiquidationMachine()
+            machine.index = state.pop("index")  # type: ignore[assignment]
+            machine.active = state.pop("liquidations")  # type: ignore[assignment]
+            machine.awaiting_adl = state.pop("_awaiting_adl")  # type: ignore[assignment]
+            machine.next_id = state.pop("next_liquidation")  # type: ignore[assignment]
+            state.pop("_ranked_stale", None)
+            state["machine"] = machine
+        self.__dict__.update(state)
+
+    @property
+    def index(self) -> LiquidationIndex:
+        """Live positions by the mark that liquidates them (read-only here)."""
+        return self.machine.index
+
+    @property
+    def liquidations(self) -> dict[int, Liquidation]:
+        """Liquidations in progress by id (read-only here: the machine changes them)."""
+        return self.machine.active
+
+    @property
+    def next_liquidation(self) -> int:
+        return self.machine.next_id
 
     @property
     def asset(self) -> str:
@@ -250,8 +274,8 @@ class MarketEngine:
                 raise Rejected.invalid(f"market.{name}", "cannot change on a live market")
         self.spec = spec
         for pos in list(self.positions.values()):
-            self._unindex(pos)
-            self._index(pos)
+            self.machine.untrack(pos)
+            self.machine.track(spec, pos)
         self._scan(ts)
 
     def funding(self, f: FundingRate) -> None:
@@ -299,8 +323,7 @@ class MarketEngine:
         self._commit(cp, cp_state)
         self.fee_pool += value + cp_value
         self._take_fee(lf.counterparty_fee, f"liq:{self.symbol}:{liq.id}", lf.ts)
-        realised = trader.trade(qty, value)
-        trader.margin += realised
+        self._change(trader, qty=qty, value=value)
         liq.filled += lf.quantity
         liq.filled_notional += abs(value)
         self._after_trade(cp, lf.ts)
@@ -321,13 +344,13 @@ class MarketEngine:
             self._settle_step(liq, pos, ld.ts, gave_up=True)
         else:
             liq.adl_reason = AdlReason.NO_BOOK
-            self._await_adl(liq)
+            self.machine.move(liq, Event.DELEVERAGE)
         self._scan(ld.ts)
 
     def _working(self, liquidation_id: int) -> Liquidation:
         """A book-mode liquidation whose order is in the book."""
-        liq = self.liquidations.get(liquidation_id)
-        if liq is None or liq.stage is not Stage.WORKING:
+        liq = self.machine.working(liquidation_id)
+        if liq is None:
             raise Rejected.not_found(
                 "liquidation_id", f"no working liquidation {liquidation_id} in {self.symbol}"
             )
@@ -335,13 +358,13 @@ class MarketEngine:
 
     def fund_decision(self, d: FundDecision, ts: int) -> None:
         """The fund's answer to a claim this market made."""
-        liq = self.liquidations[d.liquidation_id]
+        liq = self.machine.active[d.liquidation_id]
         if liq.stage is not Stage.AWAITING_FUND:
             raise AssertionError(f"decision for liquidation {liq.id} in stage {liq.stage}")
         pos = self.positions[liq.account]
         if not liq.takeover:
             liq.reserved = d.granted
-            liq.stage = Stage.WORKING
+            self.machine.move(liq, Event.ORDER)
             liq.worst_price = execution_price(self.spec, pos, d.granted)
             self.effects.append(
                 LiquidationOrder(
@@ -362,7 +385,7 @@ class MarketEngine:
             liq.reserved = d.granted
             liq.fee = liq.shortfall = 0
             liq.adl_reason = d.reason
-            self._await_adl(liq)
+            self.machine.move(liq, Event.DELEVERAGE)
         self._scan(ts)  # retries waiting ADL too
 
     # --- liquidation ------------------------------------------------------------
@@ -371,11 +394,11 @@ class MarketEngine:
         """Start liquidating every position the mark has crossed."""
         if self.mark is None:
             return
-        if self._awaiting_adl:  # counterparties may have appeared since
+        if self.machine.awaiting_adl:  # counterparties may have appeared since
             self._retry_adl(ts)
-        if self.liquidations:
+        if self.machine.active:
             self._cool(ts)
-        for account in self.index.crossed(self.mark):
+        for account in self.machine.index.crossed(self.mark):
             self._start(self.positions[account], ts)
 
     def _margin_calls(self, previous: int, ts: int) -> None:
@@ -411,22 +434,12 @@ class MarketEngine:
     def _start(self, pos: Position, ts: int, whole: bool = False) -> None:
         """Freeze ``pos`` and ask the fund; ``whole``: no partial step this time."""
         assert self.mark is not None
-        self._unindex(pos)
         spec, mark = self.spec, self.mark
-        liq = Liquidation(
-            self.next_liquidation,
-            pos.account,
-            spec.liquidation_mode is LiquidationMode.TAKEOVER or pos.is_backstop,
-            mark,
-            abs(pos.size),
-            ts,
-        )
-        self.next_liquidation += 1
-        self.liquidations[liq.id] = liq
-        pos.liquidation = liq.id
+        takeover = spec.liquidation_mode is LiquidationMode.TAKEOVER or pos.is_backstop
+        liq = self.machine.open(pos, takeover=takeover, price=mark, ts=ts)
         if pos.is_backstop:  # the fund's own inventory: nobody left to ask
             liq.adl_reason = AdlReason.BACKSTOP
-            self._await_adl(liq)
+            self.machine.move(liq, Event.DELEVERAGE)
             self._retry_adl(ts)
         elif liq.takeover:
             part = 0 if whole else self._part(pos, mark)
@@ -509,18 +522,17 @@ class MarketEngine:
             # bankrupt book.  The fund's cover stands (the trader's margin is
             # made whole at the mark), its margin grant goes back, and the
             # position is deleveraged at the mark instead.
-            pos.margin += liq.shortfall - liq.fee
+            self._change(pos, margin=liq.shortfall - liq.fee)
             liq.paid_in = liq.shortfall
             liq.fee = liq.shortfall = 0
             liq.adl_reason = AdlReason.BACKSTOP
             self._sweep_backstop_margin(granted, ts)
-            self._await_adl(liq)
+            self.machine.move(liq, Event.DELEVERAGE)
             return
-        self._unindex(backstop)
         value = self.spec.trade_value(size, liq.price)  # the backstop's, see takeover_result
-        pos.margin += pos.trade(-size, -value) + liq.shortfall - liq.fee
-        backstop.margin += backstop.trade(size, value) + granted
-        returned = 0 if pos.size else self._close(pos, liq, ts)
+        self._change(pos, qty=-size, value=-value, margin=liq.shortfall - liq.fee)
+        self._change(backstop, qty=size, value=value, margin=granted)
+        returned = 0 if pos.size else self._end(liq, pos, ts)
         self.effects.append(
             LiquidationSettled(
                 market=self.symbol,
@@ -536,12 +548,10 @@ class MarketEngine:
         )
         if backstop.size == 0:
             self._sweep(backstop, ts)
-        else:
-            self._index(backstop)
         if pos.size:  # a partial step: the rest stays open
-            self._stepped(liq, pos)
+            self._stepped(liq, pos, ts)
 
-    def _stepped(self, liq: Liquidation, pos: Position) -> None:
+    def _stepped(self, liq: Liquidation, pos: Position, ts: int) -> None:
         """A partial step is done: release the rest, or let it cool down.
 
         Policy ``fraction`` (Hyperliquid): a rest still crossed at the mark
@@ -557,30 +567,22 @@ class MarketEngine:
             and spec.partial_cooldown_ms
             and is_liquidatable(spec, pos, mark)
         ):
-            liq.stage = Stage.COOLING
+            self.machine.move(liq, Event.FILLED_PART)
             liq.until = liq.ts + spec.partial_cooldown_ms
             return
-        self._release(liq, pos)
-
-    def _release(self, liq: Liquidation, pos: Position) -> None:
-        """End a liquidation whose position stays open: unfreeze and index it."""
-        del self.liquidations[liq.id]
-        pos.liquidation = 0
-        self._index(pos)
+        self._end(liq, pos, ts)
 
     def _cool(self, ts: int) -> None:
         """Positions cooling down after a partial step: released once no longer
         crossed; closed whole once the cool-down is over or they are bankrupt."""
         mark = self.mark
         assert mark is not None
-        for liq in [x for x in self.liquidations.values() if x.stage is Stage.COOLING]:
+        for liq in self.machine.cooling():
             pos = self.positions[liq.account]
             if not is_liquidatable(self.spec, pos, mark):
-                self._release(liq, pos)
+                self._end(liq, pos, ts)
             elif ts >= liq.until or close_result(self.spec, pos, mark)[1] <= 0:
-                del self.liquidations[liq.id]
-                pos.liquidation = 0
-                self._start(pos, ts, whole=True)
+                self._end(liq, pos, ts, again=True)
 
     def _settle(
         self, liq: Liquidation, pos: Position, notional_: int, price: int, adl_qty: int, ts: int
@@ -596,7 +598,7 @@ class MarketEngine:
         if split.uncovered:
             raise AssertionError(f"{self.symbol}: liquidation {liq.id} left {split.uncovered}")
         fee = 0 if pos.is_backstop else split.fee
-        pos.margin += split.paid - fee
+        self._change(pos, margin=split.paid - fee)
         if liq.reserved or split.paid or fee:
             self.effects.append(
                 ReserveSettle(
@@ -609,7 +611,7 @@ class MarketEngine:
                     fee=fee,
                 )
             )
-        returned = self._close(pos, liq, ts)
+        returned = self._end(liq, pos, ts)
         self.effects.append(
             LiquidationSettled(
                 market=self.symbol,
@@ -632,7 +634,7 @@ class MarketEngine:
         """
         split = waterfall(pos.margin, liq.filled_notional, self.spec.liquidation_fee_cap_ppm, 0)
         paid = min(max(-pos.margin, 0), liq.reserved)
-        pos.margin += paid - split.fee
+        self._change(pos, margin=paid - split.fee)
         if liq.reserved or paid or split.fee:
             self.effects.append(
                 ReserveSettle(
@@ -660,30 +662,35 @@ class MarketEngine:
         )
         assert self.mark is not None
         if gave_up and is_liquidatable(self.spec, pos, self.mark):
-            del self.liquidations[liq.id]
-            pos.liquidation = 0
+            self._end(liq, pos, ts, again=True)
+        else:
+            self._stepped(liq, pos, ts)
+
+    def _end(self, liq: Liquidation, pos: Position, ts: int, *, again: bool = False) -> int:
+        """The one way a liquidation ends; returns the margin a flat position got back.
+
+        Flat: its margin goes back to its owner.  Open: released into the
+        index, or (``again``: still crossed after a step or a cool-down)
+        liquidated whole under a new liquidation.
+        """
+        self.machine.end(liq, pos)
+        if pos.size == 0:
+            returned = pos.margin
+            self._sweep(pos, ts)
+            return returned
+        if again:
             self._start(pos, ts, whole=True)
         else:
-            self._stepped(liq, pos)
-
-    def _close(self, pos: Position, liq: Liquidation, ts: int) -> int:
-        """End a liquidation: the flat position's margin goes back to its owner."""
-        del self.liquidations[liq.id]
-        pos.liquidation = 0
-        returned = pos.margin
-        self._sweep(pos, ts)
-        return returned
-
-    def _await_adl(self, liq: Liquidation) -> None:
-        liq.stage = Stage.AWAITING_ADL
-        self._awaiting_adl[liq.id] = None
+            self.machine.track(self.spec, pos)
+        return 0
 
     def _retry_adl(self, ts: int) -> None:
         """Try every liquidation waiting for ADL counterparties, oldest first."""
-        for lid in list(self._awaiting_adl):
-            liq = self.liquidations.get(lid)
+        waiting = self.machine.awaiting_adl
+        for lid in list(waiting):
+            liq = self.machine.active.get(lid)
             if liq is None or liq.stage is not Stage.AWAITING_ADL or self._adl(liq, ts):
-                self._awaiting_adl.pop(lid, None)
+                waiting.pop(lid, None)
 
     def _adl(self, liq: Liquidation, ts: int) -> bool:
         """Close the bankrupt position against ranked opposite positions at its BP."""
@@ -711,11 +718,10 @@ class MarketEngine:
         takes = adl.allocate(ranked, abs(q), spec, mark)
         if sum(x for _, x in takes) < abs(q):
             return False  # wait: the missing counterparties are being liquidated themselves
-        self._ranked_stale = True
         _, at_mark = close_result(spec, pos, mark)
         deficit = max(-at_mark, 0) + liq.paid_in
         total = spec.trade_value(-q, price)
-        pos.margin += pos.trade(-q, total)
+        self._change(pos, qty=-q, value=total)
         fund_paid = liq.paid_in + min(max(-pos.margin, 0), liq.reserved)
         haircut = 0
         left_qty, left_value = abs(q), -total
@@ -724,9 +730,7 @@ class MarketEngine:
             left_qty -= x
             left_value -= cp_value
             cp_qty = _sign(q) * x
-            self._unindex(cp)
-            realised = cp.trade(cp_qty, cp_value)
-            cp.margin += realised
+            realised = self._change(cp, qty=cp_qty, value=cp_value)
             haircut += cp_value - spec.trade_value(cp_qty, mark)
             self.effects.append(
                 AdlNotice(
@@ -742,11 +746,9 @@ class MarketEngine:
             )
             if cp.liquidation:
                 if cp.size == 0:  # a waiting one netted out: it is done too
-                    cp_liq = self.liquidations[cp.liquidation]
+                    cp_liq = self.machine.active[cp.liquidation]
                     self._conclude(cp_liq, cp, price, abs(cp_value), x, ts)
-            elif cp.size:
-                self._index(cp)
-            else:
+            elif not cp.size:
                 self._sweep(cp, ts)
         self.effects.append(
             AdlEvent(
@@ -770,7 +772,7 @@ class MarketEngine:
 
     def _awaiting_adl_or_none(self, pos: Position) -> tuple[int, ...]:
         """Liquidation ids a counterparty may carry: none, or one waiting for ADL."""
-        return (0, pos.liquidation) if pos.liquidation in self._awaiting_adl else (0,)
+        return (0, pos.liquidation) if self.machine.waiting_for_adl(pos.liquidation) else (0,)
 
     def _conclude(
         self, liq: Liquidation, pos: Position, price: int, notional_: int, adl_qty: int, ts: int
@@ -825,9 +827,9 @@ class MarketEngine:
     def _set(self, pos: Position, size: int, basis: int, margin: int) -> None:
         """Change a position's numbers; a margin call if that moved it into the band."""
         was_called = pos.key is not None and self._in_call_band(pos.size > 0, pos.key >> 64)
-        self._unindex(pos)
+        self.machine.untrack(pos)
         pos.size, pos.basis, pos.margin = size, basis, margin
-        self._index(pos)
+        self.machine.track(self.spec, pos)
         if (
             pos.key is not None
             and not was_called
@@ -869,7 +871,7 @@ class MarketEngine:
         """A flat position's margin returns to its owner; the record goes."""
         if pos.margin < 0:
             raise AssertionError(f"{self.symbol}: {pos} would leave with negative margin")
-        self._unindex(pos)
+        self.machine.untrack(pos)
         if pos.margin:
             if pos.is_backstop:
                 self._sweep_backstop_margin(pos.margin, ts)
@@ -895,35 +897,38 @@ class MarketEngine:
                 )
             )
 
-    def _index(self, pos: Position) -> None:
-        if pos.size == 0 or pos.liquidation:
-            return
-        if pos.is_backstop:
-            t = bankruptcy_threshold(self.spec, pos)
-        else:
-            t = liquidation_threshold(self.spec, pos)
-        pos.key = LiquidationIndex.key(t, pos.account)
-        self.index.add(pos.size > 0, pos.key)
+    def _change(self, pos: Position, *, qty: int = 0, value: int = 0, margin: int = 0) -> int:
+        """Trade ``qty`` for ``value`` and move ``margin`` into ``pos``; returns the realised PnL.
 
-    def _unindex(self, pos: Position) -> None:
-        if pos.key is not None:
-            self.index.remove(pos.size > 0, pos.key)
-            pos.key = None
+        With :meth:`_set`, the only way a position's numbers change: out of
+        the index first, back in after (a frozen one stays out), so the index
+        can never describe a position that moved.
+        """
+        self.machine.untrack(pos)
+        realised = pos.trade(qty, value) if qty else 0
+        pos.margin += realised + margin
+        self.machine.track(self.spec, pos)
+        return realised
 
-    def _ranked(self, long: bool, fresh: bool = False) -> deque[Position]:
-        """ADL order of one side at the mark.
+    def _ranked(self, long: bool) -> deque[Position]:
+        """ADL order of one side at the mark, for ADL.
 
         Built once per input and reused by all the ADL it causes (a cascade
-        would otherwise re-rank the market for each bankrupt position); queries
-        ask for a ``fresh`` one when ADL has changed positions since.
+        would otherwise re-rank the market for each bankrupt position).
         """
         cached = self._ranking.get(long)
-        if cached is not None and cached[0] == self._input and not (fresh and self._ranked_stale):
+        if cached is not None and cached[0] == self._input:
             # Positions closed since are dropped from the front as they are met.
             ranked = cached[1]
             while ranked and (ranked[0].size == 0 or ranked[0].liquidation):
                 ranked.popleft()
             return ranked
+        ranked = self._rank(long)
+        self._ranking[long] = (self._input, ranked)
+        return ranked
+
+    def _rank(self, long: bool) -> deque[Position]:
+        """One side in ADL order at the mark, built now (writes nothing: queries use it)."""
         mark = self.mark or 1
         side = [
             p
@@ -934,9 +939,6 @@ class MarketEngine:
         backstop = self.positions.get(BACKSTOP_ACCOUNT)
         if backstop and backstop.size and (backstop.size > 0) == long:
             ranked.append(backstop)  # the fund's inventory is the last resort
-        self._ranking[long] = (self._input, ranked)
-        if fresh:
-            self._ranked_stale = False
         return ranked
 
     # --- validation -------------------------------------------------------------
@@ -996,7 +998,7 @@ class MarketEngine:
                 u = unrealised(spec, pos, mark)
                 mm = maintenance_margin(spec, pos, mark)
                 im = initial_margin(spec, pos, mark)
-                ranked = self._ranked(pos.size > 0, fresh=True)
+                ranked = self._rank(pos.size > 0)
                 quintile = adl.quintiles(ranked).get(account, 0)
         return PositionView(
             account,

@@ -1,0 +1,144 @@
+"""A market's liquidations as one explicit state machine, and the index it owns.
+
+Every stage change of a :class:`~riskd.core.liquidation.Liquidation` is one
+row of :data:`TRANSITIONS` (as h11 keeps its connection states in one table):
+an event the table has no row for raises :class:`IllegalTransition`, a bug
+and never the input's fault.  ::
+
+                     ORDER            FILLED_PART
+    AWAITING_FUND ---------> WORKING -------------> COOLING
+        |   \\                  |                       |
+        |    \\ FILLED_PART     | DELEVERAGE            | END
+        |     `--> COOLING      v                       v
+        |  DELEVERAGE       AWAITING_ADL --END--> SETTLED (forgotten)
+        `-----------------------^
+    (END from every live stage: a flat close, a release, a whole restart)
+
+The machine also owns the liquidation index (live positions by trigger
+price) and the queue of liquidations waiting for ADL counterparties.  A
+frozen position (in liquidation) is never in the index; :meth:`end` unfreezes
+it and the market puts it back (or sweeps or restarts it).  Cross margin and
+a pre-trade risk gate plug in here: they read the index and open
+liquidations through :meth:`open`, never by writing stages.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+from riskd.core.liquidation import Liquidation, Stage
+from riskd.core.liquidation_index import LiquidationIndex
+from riskd.core.margin import bankruptcy_threshold, liquidation_threshold
+from riskd.core.market import MarketSpec
+from riskd.core.position import Position
+from riskd.errors import RiskdError
+
+__all__ = ["Event", "TRANSITIONS", "IllegalTransition", "LiquidationMachine", "next_stage"]
+
+
+class Event(enum.Enum):
+    """What happens to a liquidation."""
+
+    ORDER = "order"  # book mode: the fund reserved slippage, the order goes to the book
+    FILLED_PART = "filled_part"  # a partial step done, the crossed rest frozen until ``until``
+    DELEVERAGE = "deleverage"  # the rest goes to ADL (fund short, book gave up, backstop)
+    END = "end"  # settled, released or restarted whole: the liquidation is over
+
+
+#: (stage, event) -> next stage: every legal transition, and only those.
+TRANSITIONS: Mapping[tuple[Stage, Event], Stage] = {
+    (Stage.AWAITING_FUND, Event.ORDER): Stage.WORKING,
+    (Stage.AWAITING_FUND, Event.DELEVERAGE): Stage.AWAITING_ADL,
+    (Stage.AWAITING_FUND, Event.FILLED_PART): Stage.COOLING,
+    (Stage.AWAITING_FUND, Event.END): Stage.SETTLED,
+    (Stage.WORKING, Event.DELEVERAGE): Stage.AWAITING_ADL,
+    (Stage.WORKING, Event.FILLED_PART): Stage.COOLING,
+    (Stage.WORKING, Event.END): Stage.SETTLED,
+    (Stage.COOLING, Event.END): Stage.SETTLED,
+    (Stage.AWAITING_ADL, Event.END): Stage.SETTLED,
+}
+
+
+class IllegalTransition(RiskdError, AssertionError):
+    """An event a liquidation's stage has no transition for (a bug in the market)."""
+
+    def __init__(self, liquidation_id: int, stage: Stage, event: Event) -> None:
+        super().__init__(
+            f"liquidation {liquidation_id}: no transition from {stage.name} on {event.name}"
+        )
+        self.stage = stage
+        self.event = event
+
+
+def next_stage(liquidation_id: int, stage: Stage, event: Event) -> Stage:
+    """The stage ``event`` leads to from ``stage``; IllegalTransition if none."""
+    to = TRANSITIONS.get((stage, event))
+    if to is None:
+        raise IllegalTransition(liquidation_id, stage, event)
+    return to
+
+
+class LiquidationMachine:
+    """One market's liquidations, their index and their ADL queue."""
+
+    def __init__(self) -> None:
+        self.index = LiquidationIndex()
+        self.active: dict[int, Liquidation] = {}
+        # Liquidation ids waiting for ADL counterparties, oldest first.
+        self.awaiting_adl: dict[int, None] = {}
+        self.next_id = 1
+
+    # --- the index of live positions ------------------------------------------
+
+    def track(self, spec: MarketSpec, pos: Position) -> None:
+        """Put a live, open position in the index at its trigger (bankruptcy for the backstop)."""
+        if pos.size == 0 or pos.liquidation:
+            return
+        threshold = bankruptcy_threshold if pos.is_backstop else liquidation_threshold
+        pos.key = LiquidationIndex.key(threshold(spec, pos), pos.account)
+        self.index.add(pos.size > 0, pos.key)
+
+    def untrack(self, pos: Position) -> None:
+        if pos.key is not None:
+            self.index.remove(pos.size > 0, pos.key)
+            pos.key = None
+
+    # --- transitions ------------------------------------------------------------
+
+    def open(self, pos: Position, *, takeover: bool, price: int, ts: int) -> Liquidation:
+        """Freeze ``pos`` (out of the index) under a new liquidation awaiting the fund."""
+        self.untrack(pos)
+        liq = Liquidation(self.next_id, pos.account, takeover, price, abs(pos.size), ts)
+        self.next_id += 1
+        self.active[liq.id] = liq
+        pos.liquidation = liq.id
+        return liq
+
+    def move(self, liq: Liquidation, event: Event) -> None:
+        """Take ``event`` (not END: :meth:`end`); one entering AWAITING_ADL joins the queue."""
+        if event is Event.END:
+            raise IllegalTransition(liq.id, liq.stage, event)
+        liq.stage = next_stage(liq.id, liq.stage, event)
+        if liq.stage is Stage.AWAITING_ADL:
+            self.awaiting_adl[liq.id] = None
+
+    def end(self, liq: Liquidation, pos: Position) -> None:
+        """The liquidation is over: forget it and unfreeze ``pos`` (the caller re-homes it)."""
+        liq.stage = next_stage(liq.id, liq.stage, Event.END)
+        del self.active[liq.id]
+        self.awaiting_adl.pop(liq.id, None)
+        pos.liquidation = 0
+
+    # --- reads --------------------------------------------------------------------
+
+    def working(self, liquidation_id: int) -> Liquidation | None:
+        """A book-mode liquidation whose order is in the book, or None."""
+        liq = self.active.get(liquidation_id)
+        return liq if liq is not None and liq.stage is Stage.WORKING else None
+
+    def cooling(self) -> list[Liquidation]:
+        return [x for x in self.active.values() if x.stage is Stage.COOLING]
+
+    def waiting_for_adl(self, liquidation_id: int) -> bool:
+        return liquidation_id in self.awaiting_adl
