@@ -23,10 +23,11 @@ shutdown after a crash used to hang exactly there).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import deque
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
-from typing import Any, Generic, TypeVar, overload
+from typing import Generic, ParamSpec, TypeVar, overload
 
 import trio
 
@@ -35,6 +36,7 @@ from riskd.core import Rejected
 __all__ = ["Actor", "ActorStopped"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class _Reply(Generic[T]):
@@ -51,7 +53,15 @@ class ActorStopped(Exception):
     """The actor's task has ended: no answer will come."""
 
 
-_Message = tuple[Callable[..., Any], tuple[Any, ...], "_Reply[Any] | None"]
+#: A function to run in the actor, its arguments, and who waits for the result.
+#: The types line up where the message is built (``call``/``cast``/``post``
+#: are ParamSpec-typed); inside the mailbox only "a call" is left.
+_Message = tuple[Callable[..., object], tuple[object, ...], "_Reply[object] | None"]
+
+
+def _bind(fn: Callable[..., object], kwargs: dict[str, object]) -> Callable[..., object]:
+    """Keyword arguments folded into the function (the mailbox carries positional ones)."""
+    return functools.partial(fn, **kwargs) if kwargs else fn
 
 
 def _wake() -> None:
@@ -75,33 +85,36 @@ class Actor:
         return self._inbox.statistics().current_buffer_used + len(self._urgent)
 
     @overload
-    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+    async def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
     @overload
-    async def call(self, fn: Callable[..., T], *args: Any) -> T: ...
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def call(
+        self, fn: Callable[P, T | Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T | Awaitable[T]:
         """Run ``fn(*args)`` inside the actor and return its result."""
-        reply: _Reply[Any] = _Reply()
+        reply: _Reply[object] = _Reply()
         try:
-            await self._inbox.send((fn, args, reply))
+            await self._inbox.send((_bind(fn, kwargs), args, reply))
         except trio.BrokenResourceError:
             raise ActorStopped(f"{self.name} has stopped") from None
         await reply.done.wait()
         if reply.error is not None:
             raise reply.error
-        return reply.value
+        # run() awaited an awaitable result: what is stored is fn's final value.
+        return reply.value  # type: ignore[return-value]
 
-    async def cast(self, fn: Callable[..., object], *args: Any) -> None:
+    async def cast(self, fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
         """Queue ``fn(*args)`` for the actor; errors in it crash the actor."""
         try:
-            await self._inbox.send((fn, args, None))
+            await self._inbox.send((_bind(fn, kwargs), args, None))
         except trio.BrokenResourceError:
             raise ActorStopped(f"{self.name} has stopped") from None
 
     def post(
         self,
         fn: Callable[..., T | Awaitable[T]],
-        args: tuple[Any, ...],
+        args: tuple[object, ...],
         notify: Callable[[T | None, BaseException | None], None],
         urgent: bool = False,
     ) -> None:
@@ -112,7 +125,9 @@ class Actor:
         mailbox (or, ``urgent``, the urgent lane) is full: callers size their
         credit windows so it never is.
         """
-        reply: _Reply[T] = _Reply(lambda r: notify(r.value, r.error))
+        reply: _Reply[object] = _Reply(
+            lambda r: notify(r.value, r.error)  # type: ignore[arg-type]  # fn's T, see call
+        )
         if self._stopped:
             notify(None, ActorStopped(f"{self.name} has stopped"))
             return
@@ -141,7 +156,7 @@ class Actor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        reply: _Reply[Any] | None = None
+        reply: _Reply[object] | None = None
         try:
             while True:
                 reply = None
@@ -165,7 +180,7 @@ class Actor:
         finally:
             self._stop(reply)
 
-    def _stop(self, current: _Reply[Any] | None) -> None:
+    def _stop(self, current: _Reply[object] | None) -> None:
         """Answer the call in progress and everything queued: this actor is gone."""
         self._stopped = True
         waiting = [current] if current is not None else []

@@ -17,21 +17,27 @@ actors that will never answer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import trio
 
 from riskd.storage.faults import StorageFault, fail_stop
 from riskd.storage.journal import Journal
 
-__all__ = ["JournalActor", "Pending"]
+__all__ = ["JournalActor", "Durable"]
 
 T = TypeVar("T")
 MAX_GROUP = 1024
 
 
-class Pending(Generic[T]):
-    """A result that may be released only once its journal record is durable."""
+class Durable(Generic[T]):
+    """A result that may be released only once its journal record is durable.
+
+    Every write the sequencer serves answers with one (already released when
+    nothing had to be journaled, or no journal is attached), so a caller
+    never has to tell "a value" from "a value on its way to disk" apart:
+    ``await d.wait()`` in trio, ``d.then(callback)`` from a callback.
+    """
 
     __slots__ = ("value", "_done", "_callbacks")
 
@@ -39,6 +45,17 @@ class Pending(Generic[T]):
         self.value = value
         self._done = trio.Event()
         self._callbacks: list[Callable[[T], None]] = []
+
+    @classmethod
+    def ready(cls, value: T) -> Durable[T]:
+        """A result with nothing (more) to wait for."""
+        d = cls(value)
+        d._done.set()
+        return d
+
+    @property
+    def released(self) -> bool:
+        return self._done.is_set()
 
     def then(self, callback: Callable[[T], None]) -> None:
         if self._done.is_set():
@@ -72,7 +89,7 @@ class JournalActor:
         self.head = head  # their chain hash: where a snapshot of this state sits
         self.on_fault = on_fault
         self._send, self._receive = trio.open_memory_channel[
-            tuple[str | None, Pending[Any], Callable[[], None] | None]
+            tuple[str | None, Durable[object], Callable[[], None] | None]
         ](capacity)
 
     @property
@@ -81,10 +98,10 @@ class JournalActor:
 
     async def submit(
         self, record: str | None, value: T, on_durable: Callable[[], None] | None = None
-    ) -> Pending[T]:
+    ) -> Durable[T]:
         """Queue a record (None: just wait for what is queued before it)."""
-        pending = Pending(value)
-        await self._send.send((record, pending, on_durable))
+        pending = Durable(value)
+        await self._send.send((record, pending, on_durable))  # type: ignore[arg-type]  # T is an object
         return pending
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

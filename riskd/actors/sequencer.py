@@ -24,12 +24,13 @@ from typing import Any, TypeVar
 
 from riskd.actors.actor import Actor
 from riskd.actors.fund import FundActor
-from riskd.actors.journal import JournalActor, Pending
+from riskd.actors.journal import Durable, JournalActor
 from riskd.actors.market import MarketActor
 from riskd.actors.wallet import WalletActor
 from riskd.core import Engine, MarketEngine, MarketSpec, Rejected
 from riskd.core.errors import Code
-from riskd.core.events import Deposit, FundInjection, Input, Withdrawal
+from riskd.core.events import FundInjection, Input, Withdrawal
+from riskd.core.inputs import Journal, Owner, kind_of
 from riskd.core.invariants import digest, violations
 from riskd.core.recent_ids import (
     DEFAULT_CAPACITY,
@@ -184,7 +185,7 @@ class Sequencer(Actor):
             kept = kept[-MAX_RESUME_REJECTIONS:]
         return Resume(g.durable, min(start, g.durable), kept)
 
-    async def open_session(self, gateway: str, epoch: int) -> Resume | Pending[Resume]:
+    async def open_session(self, gateway: str, epoch: int) -> Durable[Resume]:
         """Where a new stream starts; ``epoch`` 0 asks for a fresh epoch.
 
         A fresh epoch is one above the newest this gateway used, so no
@@ -197,7 +198,7 @@ class Sequencer(Actor):
         if epoch:
             resume = self.resume(gateway, epoch)
             resume.epoch = epoch
-            return resume
+            return Durable.ready(resume)
         g = self.gateways.get(gateway)
         fresh = (g.epoch if g is not None else 0) + 1
         if fresh >= 2**63:
@@ -217,19 +218,19 @@ class Sequencer(Actor):
             g.rejected.clear()
         return g
 
-    async def flushed(self) -> Pending[None] | None:
+    async def flushed(self) -> Durable[None]:
         """Released once everything sequenced before it is durable (a stream's end)."""
         return await self._durable(None, None)
 
-    async def _durable(self, record: Record | None, value: T) -> T | Pending[T]:
+    async def _durable(self, record: Record | None, value: T) -> Durable[T]:
         """Journal ``record`` (None: nothing new) and release ``value`` once durable."""
         if self.journal is None:
-            return value
+            return Durable.ready(value)
         return await self.journal.submit(None if record is None else codec.encode(record), value)
 
     async def ingest(
         self, gateway: str, epoch: int, updates: Sequence[Update], offset: int = 0
-    ) -> BatchResult | Pending[BatchResult]:
+    ) -> Durable[BatchResult]:
         """Apply a gateway's batch; ``offset`` is where ``updates`` began in the
         gateway's request (journal replay: the duplicates dropped before it)."""
         started = time.perf_counter()
@@ -250,7 +251,7 @@ class Sequencer(Actor):
             outcomes[("any", "duplicate")] += duplicates
             result.repeated = self._repeated(g, updates[0][0], updates[duplicates - 1][0])
         for actor, run in self._runs(fresh, result, outcomes):
-            done = await actor.call(actor.apply, [u for _, u in run])
+            done = await _apply(actor, [u for _, u in run])
             for (seq, u), r in zip(run, done, strict=True):
                 kind = type(u).__name__
                 if r is None:
@@ -274,7 +275,7 @@ class Sequencer(Actor):
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         if self.journal is None:
             g.durable = g.last
-            return result
+            return Durable.ready(result)
         acked = g.last
 
         def durable() -> None:
@@ -292,7 +293,7 @@ class Sequencer(Actor):
         updates: Sequence[Update],
         received: float | None = None,
         lane: str = "other",
-    ) -> BatchResult | Pending[BatchResult] | SequenceError:
+    ) -> Durable[BatchResult | SequenceError]:
         """:meth:`ingest` for the bridge: a sequence error is a result, not a crash.
 
         ``received`` (``time.perf_counter()`` when the batch was read) measures
@@ -305,9 +306,12 @@ class Sequencer(Actor):
                 child = self._children["queue", lane] = self.metrics.queue_seconds.labels(lane)
             child.observe(time.perf_counter() - received)
         try:
-            return await self.ingest(gateway, epoch, updates)
+            done: Durable[BatchResult | SequenceError] = await self.ingest(  # type: ignore[assignment]
+                gateway, epoch, updates
+            )
         except SequenceError as e:
-            return e
+            return Durable.ready(e)
+        return done
 
     def _keep(
         self,
@@ -361,41 +365,42 @@ class Sequencer(Actor):
 
     def _runs(
         self, fresh: list[Update], result: BatchResult, outcomes: Counter[tuple[str, str]]
-    ) -> list[tuple[Any, list[tuple[int, Input]]]]:
+    ) -> list[tuple[MarketActor | WalletActor, list[tuple[int, Input]]]]:
         """Consecutive updates for the same actor, in order; unroutable ones rejected."""
-        runs: list[tuple[Any, list[tuple[int, Input]]]] = []
+        runs: list[tuple[MarketActor | WalletActor, list[tuple[int, Input]]]] = []
         for seq, u in fresh:
             try:
+                if isinstance(u, Rejected):
+                    raise u
                 actor = self._owner(u)
             except Rejected as r:
                 result.rejections.append((seq, r))
                 outcomes[(type(u).__name__, "rejected")] += 1
                 continue
             if runs and runs[-1][0] is actor:
-                runs[-1][1].append((seq, u))  # type: ignore[arg-type]
+                runs[-1][1].append((seq, u))
             else:
-                runs.append((actor, [(seq, u)]))  # type: ignore[list-item]
+                runs.append((actor, [(seq, u)]))
         return runs
 
-    def _owner(self, u: Input | Rejected) -> MarketActor | WalletActor:
-        if isinstance(u, Rejected):
-            raise u
-        if isinstance(u, Deposit):
-            wallet = self.wallets.get(u.asset)
-            if wallet is None:
-                raise Rejected.not_found("asset", f"unknown asset {u.asset!r}")
-            return wallet
-        symbol = getattr(u, "market", None)
-        market = self.markets.get(symbol) if isinstance(symbol, str) else None
-        if market is None:
-            raise Rejected.not_found("market", f"unknown market {symbol!r}")
-        return market
+    def _owner(self, u: Input) -> MarketActor | WalletActor:
+        """The actor a streamed input goes to (:data:`riskd.core.inputs.KINDS`)."""
+        kind = kind_of(u)
+        if kind.journal is not Journal.INGEST:
+            raise Rejected.invalid("kind", f"{kind.name} is not a streamed update")
+        table: dict[str, MarketActor] | dict[str, WalletActor]
+        table = self.markets if kind.owner is Owner.MARKET else self.wallets
+        key = kind.owner_of(u)
+        actor = table.get(key)
+        if actor is None:
+            raise Rejected.not_found(kind.key, f"unknown {kind.key} {key!r}")
+        return actor
 
     # --- unary writes, sequenced like everything else ------------------------
 
     async def withdraw(
         self, w: Withdrawal, withdrawal_id: int, replaying: bool = False
-    ) -> WithdrawalDecision | Pending[WithdrawalDecision]:
+    ) -> Durable[WithdrawalDecision]:
         """Approve or refuse a withdrawal (with the wallet balance either way), once per id.
 
         The same id with the same request gets the same decision without moving
@@ -425,9 +430,7 @@ class Sequencer(Actor):
                     raise paused
         except Rejected:
             # What it was decided on may not be durable yet: answer after it is.
-            done = await self.flushed()
-            if isinstance(done, Pending):
-                await done.wait()
+            await (await self.flushed()).wait()
             raise
         if seen is not None:  # a retry: the decision may still be on its way to disk
             return await self._durable(None, seen)
@@ -450,7 +453,7 @@ class Sequencer(Actor):
         reserved = 0 if fund is None else await fund.call(_reserved, fund)
         return withdrawals_paused(asset, unsettled, reserved)
 
-    async def inject(self, i: FundInjection) -> int | Pending[int]:
+    async def inject(self, i: FundInjection) -> Durable[int]:
         fund = self.funds.get(i.asset)
         if fund is None:
             raise Rejected.not_found("asset", f"unknown asset {i.asset!r}")
@@ -459,7 +462,7 @@ class Sequencer(Actor):
 
     async def update_spec(
         self, symbol: str, changes: dict[str, Any], ts: int = 0
-    ) -> MarketSpec | Pending[MarketSpec]:
+    ) -> Durable[MarketSpec]:
         """Change a market's settings (see MarketEngine.update_spec); journaled."""
         market = self.markets.get(symbol)
         if market is None:
@@ -508,9 +511,7 @@ class Sequencer(Actor):
         """Settle everything and wait until the journal holds it: ``(records,
         chain hash, state)`` for a snapshot written in process (at shutdown)."""
         await self.barrier(_nothing)
-        pending = await self.flushed()
-        if isinstance(pending, Pending):
-            await pending.wait()
+        await (await self.flushed()).wait()
         written = self.journal.written if self.journal is not None else 0
         head = self.journal.head if self.journal is not None else ""
         return written, head, self.state()
@@ -632,6 +633,13 @@ class Sequencer(Actor):
             {a: w.wallets for a, w in self.wallets.items()},
             {a: f.fund for a, f in self.funds.items()},
         )
+
+
+async def _apply(actor: MarketActor | WalletActor, items: list[Input]) -> list[Rejected | None]:
+    """``actor.apply(items)`` in the actor (a market's is a coroutine, a wallet's is not)."""
+    if isinstance(actor, MarketActor):
+        return await actor.call(actor.apply, items)
+    return await actor.call(actor.apply, items)
 
 
 def _nothing() -> None:

@@ -46,10 +46,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 raise Rejected.not_found("market.symbol", f"unknown market {m.symbol!r}")
             # Validated against the spec in force, so an error names the field; the
             # sequencer applies the same changes to whatever spec is in force then.
-            current = await self.portal.run(actor.call, actor.query, _spec)
+            current = await self.portal.query(actor, _spec)
             changes = _changes(request, current)
-            spec = await self.portal.run(
-                self.sequencer.call, self.sequencer.update_spec, m.symbol, changes
+            spec = await self.portal.write(
+                self.sequencer, self.sequencer.update_spec, m.symbol, changes
             )
         except Rejected as r:
             await abort_rejected(context, r)
@@ -60,8 +60,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.SetReduceOnlyRequest, context: Ctx
     ) -> admin_pb2.SetReduceOnlyResponse:
         try:
-            await self.portal.run(
-                self.sequencer.call,
+            await self.portal.write(
+                self.sequencer,
                 self.sequencer.update_spec,
                 request.market,
                 {"reduce_only": request.reduce_only},
@@ -78,7 +78,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "amount", "must be > 0")
         i = FundInjection(request.asset, request.amount, request.cause or "seed")
         try:
-            balance = await self.portal.run(self.sequencer.call, self.sequencer.inject, i)
+            balance = await self.portal.write(self.sequencer, self.sequencer.inject, i)
         except Rejected as r:
             await abort_rejected(context, r)
         log.info("fund_injected", asset=request.asset, amount=request.amount, cause=i.cause)
@@ -87,8 +87,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CheckState(
         self, request: admin_pb2.CheckStateRequest, context: Ctx
     ) -> admin_pb2.CheckStateResponse:
-        digest, violations = await self.portal.run(
-            self.sequencer.call, self.sequencer.barrier, self.sequencer.check
+        digest, violations = await self.portal.call(
+            self.sequencer, self.sequencer.barrier, self.sequencer.check
         )
         if violations:
             # The texts may name accounts: they go to the admin caller, not the log.

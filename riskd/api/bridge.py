@@ -6,10 +6,18 @@ server on a dedicated asyncio thread and crosses into trio with
 ``TrioToken.run_sync_soon``; results come back with
 ``loop.call_soon_threadsafe``.  Two ways across:
 
-* :meth:`Portal.post` — the ingest fast path: a sync callback that queues a job
-  on an actor without waiting (the caller's credit window bounds it);
-* :meth:`Portal.run` — everything else: run a trio coroutine in the daemon's
-  nursery and await its result from asyncio, at most ``limit`` at a time.
+* :meth:`Portal.post` — the ingest fast path: a sync callback that queues a
+  write on an actor without waiting (the caller's credit window bounds it);
+  the answer comes back to ``deliver`` once durable;
+* :meth:`Portal.call`, :meth:`Portal.query`, :meth:`Portal.write` and
+  :meth:`Portal.run` — everything else: run a function in an actor (a query
+  of a market's engine; a sequencer write, answered once durable; any trio
+  coroutine) from asyncio and await its result, at most ``limit`` at a time.
+
+Each is typed end to end (ParamSpec): what a call site passes is checked
+against the function that will run on the trio side.  A write answers with a
+:class:`~riskd.actors.journal.Durable`, which the bridge waits on, so no
+caller ever sees an acknowledgement before its record is on disk.
 """
 
 from __future__ import annotations
@@ -19,21 +27,49 @@ import collections
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Generic, ParamSpec, TypeVar, overload
 
 import grpc
 import trio
 
 from riskd.actors.actor import Actor
-from riskd.actors.journal import Pending
+from riskd.actors.journal import Durable
+from riskd.actors.market import MarketActor
+from riskd.core import MarketEngine
 
-__all__ = ["Portal", "GrpcThread", "Unavailable", "call_soon"]
+__all__ = ["Portal", "GrpcThread", "Unavailable", "call_soon", "Deliver"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+#: Where a posted write's outcome goes (run on the asyncio loop): its value
+#: once durable, or the error that refused it.
+Deliver = Callable[[T | None, BaseException | None], None]
 
 
 class Unavailable(Exception):
     """trio has stopped (or its mailbox is full): the RPC cannot be served."""
+
+
+@dataclass(slots=True)
+class _Post(Generic[T]):
+    """A write posted from asyncio, waiting for trio to pick it up."""
+
+    actor: Actor
+    fn: Callable[..., Awaitable[Durable[T]]]
+    args: tuple[object, ...]
+    deliver: Deliver[T]
+    urgent: bool
+
+
+@dataclass(slots=True)
+class _Outcome(Generic[T]):
+    """A posted write's outcome, waiting for asyncio to pick it up."""
+
+    deliver: Deliver[T]
+    value: T | None
+    error: BaseException | None
 
 
 class Portal:
@@ -45,32 +81,76 @@ class Portal:
         self.limit = limit
         self._slots: asyncio.Semaphore | None = None
         # Coalesced crossings: one wakeup of the other thread per burst, not per message.
-        self._inbound: collections.deque[Any] = collections.deque()
+        self._inbound: collections.deque[_Post[object]] = collections.deque()
         self._inbound_scheduled = False
-        self._outbound: collections.deque[Any] = collections.deque()
+        self._outbound: collections.deque[_Outcome[object]] = collections.deque()
         self._outbound_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args)`` run as a trio task; its exception is re-raised here."""
+
+        async def task() -> T:
+            return await fn(*args, **kwargs)
+
+        return await self._cross(task)
+
+    @overload
+    async def call(
+        self, actor: Actor, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    @overload
+    async def call(
+        self, actor: Actor, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    async def call(
+        self, actor: Actor, fn: Callable[P, T | Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``fn(*args)`` run inside ``actor`` (between two of its messages)."""
+
+        async def task() -> T:
+            value: T = await actor.call(fn, *args, **kwargs)  # type: ignore[arg-type]
+            return value
+
+        return await self._cross(task)
+
+    async def query(self, market: MarketActor, fn: Callable[[MarketEngine], T]) -> T:
+        """Await ``fn(engine)`` read inside the market's actor."""
+        return await self.call(market, market.query, fn)
+
+    async def write(
+        self,
+        actor: Actor,
+        fn: Callable[P, Awaitable[Durable[T]]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Await a write run inside ``actor``; its value once its record is durable."""
+
+        async def task() -> T:
+            done = await actor.call(fn, *args, **kwargs)
+            return await done.wait()
+
+        return await self._cross(task)
+
+    async def _cross(self, task: Callable[[], Awaitable[T]]) -> T:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.limit)
         async with self._slots:
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[T] = loop.create_future()
 
-            def deliver(value: Any, error: BaseException | None) -> None:
+            def deliver(value: T | None, error: BaseException | None) -> None:
                 if not fut.done():
                     if error is not None:
                         fut.set_exception(error)
                     else:
-                        fut.set_result(value)
+                        fut.set_result(value)  # type: ignore[arg-type]  # None only with an error
 
-            async def task() -> None:
+            async def in_trio() -> None:
                 try:
-                    value = await fn(*args)
-                    if isinstance(value, Pending):  # released once durable
-                        value = await value.wait()
+                    value = await task()
                 except Exception as e:  # delivered to the caller, not lost in trio
                     call_soon(loop, deliver, None, e)
                     if not _is_expected(e):
@@ -79,7 +159,7 @@ class Portal:
                     call_soon(loop, deliver, value, None)
 
             try:
-                self.token.run_sync_soon(self.nursery.start_soon, task)
+                self.token.run_sync_soon(self.nursery.start_soon, in_trio)
             except trio.RunFinishedError as e:
                 raise Unavailable("the engine has stopped") from e
             return await fut
@@ -87,18 +167,23 @@ class Portal:
     def post(
         self,
         actor: Actor,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        deliver: Callable[[Any, BaseException | None], None],
-        urgent: bool = False,
+        deliver: Deliver[T],
+        urgent: bool,
+        fn: Callable[P, Awaitable[Durable[T]]],
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> None:
-        """Queue ``fn(*args)`` on ``actor`` from asyncio; ``deliver`` runs on ``loop``.
+        """Queue the write ``fn(*args)`` on ``actor`` from asyncio, without waiting.
 
-        ``urgent``: ahead of what waits in the actor's mailbox (see :class:`Actor`).
+        ``deliver`` runs on this loop once its result is durable (or with the
+        error).  ``urgent``: ahead of what waits in the actor's mailbox (see
+        :class:`Actor`).
         """
+        if kwargs:
+            raise TypeError("Portal.post takes positional arguments only")
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        self._inbound.append((actor, fn, args, deliver, urgent))
+        self._inbound.append(_Post(actor, fn, args, deliver, urgent))  # type: ignore[arg-type]
         if not self._inbound_scheduled:
             self._inbound_scheduled = True
             try:
@@ -106,38 +191,43 @@ class Portal:
             except trio.RunFinishedError:
                 self._inbound_scheduled = False
                 while self._inbound:
-                    self._inbound.popleft()[3](None, Unavailable("the engine has stopped"))
+                    self._inbound.popleft().deliver(None, Unavailable("the engine has stopped"))
 
     def _drain_inbound(self) -> None:  # in trio: must never raise
         self._inbound_scheduled = False  # before draining: a post racing with us reschedules
         inbound = self._inbound
         while inbound:
-            actor, fn, args, deliver, urgent = inbound.popleft()
-            notify = self._notifier(deliver)
+            job = inbound.popleft()
+            notify = self._notifier(job.deliver)
             try:
-                actor.post(fn, args, notify, urgent)
+                job.actor.post(job.fn, job.args, notify, job.urgent)
             except trio.WouldBlock:
-                notify(None, Unavailable(f"{actor.name} mailbox full"))
+                notify(None, Unavailable(f"{job.actor.name} mailbox full"))
 
-    def _notifier(self, deliver: Callable[[Any, BaseException | None], None]) -> Any:
-        def notify(value: Any, error: BaseException | None) -> None:  # in trio
-            if isinstance(value, Pending):  # not before it is durable
-                value.then(lambda v: notify(v, None))
-                return
-            self._outbound.append((deliver, value, error))
-            if not self._outbound_scheduled:
-                self._outbound_scheduled = True
-                assert self._loop is not None
-                call_soon(self._loop, self._drain_outbound)
+    def _notifier(
+        self, deliver: Deliver[object]
+    ) -> Callable[[Durable[object] | None, BaseException | None], None]:
+        def notify(done: Durable[object] | None, error: BaseException | None) -> None:  # in trio
+            if done is not None:  # not before it is durable
+                done.then(lambda value: self._send_back(_Outcome(deliver, value, None)))
+            else:
+                self._send_back(_Outcome(deliver, None, error))
 
         return notify
+
+    def _send_back(self, outcome: _Outcome[object]) -> None:  # in trio
+        self._outbound.append(outcome)
+        if not self._outbound_scheduled:
+            self._outbound_scheduled = True
+            assert self._loop is not None
+            call_soon(self._loop, self._drain_outbound)
 
     def _drain_outbound(self) -> None:  # in asyncio
         self._outbound_scheduled = False
         outbound = self._outbound
         while outbound:
-            deliver, value, error = outbound.popleft()
-            deliver(value, error)
+            o = outbound.popleft()
+            o.deliver(o.value, o.error)
 
 
 def _is_expected(e: Exception) -> bool:
@@ -147,7 +237,7 @@ def _is_expected(e: Exception) -> bool:
     return isinstance(e, Rejected | SequenceError | Unavailable)
 
 
-def call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+def call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: object) -> None:
     """``loop.call_soon_threadsafe`` that ignores a closed loop (nobody is waiting)."""
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(fn, *args)

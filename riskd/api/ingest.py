@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -52,7 +52,8 @@ from riskd.api.status import GRPC_CODES, abort
 from riskd.config import ServerConfig
 from riskd.core import Rejected
 from riskd.core.errors import Code
-from riskd.core.events import Deposit, LiquidationDone, LiquidationFill, MarkPrice
+from riskd.core.events import Input, MarkPrice
+from riskd.core.inputs import KINDS, Owner
 from riskd.metrics import Metrics
 from riskd.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -63,20 +64,11 @@ EPOCH_KEY = "x-riskd-epoch"
 MAX_PACE_SECONDS = 1.0
 #: Updates that keep liquidations going: never charged to a rate limit, and a
 #: batch of only these goes ahead of the sequencer's queue.
-LIQUIDATION_PATH = (MarkPrice, LiquidationFill, LiquidationDone)
-_EOS = object()
+LIQUIDATION_PATH = tuple(k.cls for k in KINDS.values() if k.liquidation_path)
 #: How long a stream refused over max_ingest_streams waits for the client's first message.
 REFUSAL_READ_SECONDS = 0.25
 #: The ``Update`` oneof name of each core input, for rejections kept across reconnects.
-_KINDS = {
-    "Fill": "fill",
-    "MarkPrice": "mark_price",
-    "Deposit": "deposit",
-    "MarginTransfer": "margin_transfer",
-    "FundingRate": "funding_rate",
-    "LiquidationFill": "liquidation_fill",
-    "LiquidationDone": "liquidation_done",
-}
+_KINDS = {k.name: k.wire for k in KINDS.values() if k.wire is not None}
 _STUBS: dict[str, ingest_pb2.Update] = {}
 for _name, _kind in _KINDS.items():
     _STUBS[_name] = ingest_pb2.Update()
@@ -84,6 +76,42 @@ for _name, _kind in _KINDS.items():
 log = structlog.get_logger("riskd.ingest")
 
 Context = grpc.aio.ServicerContext[ingest_pb2.IngestRequest, ingest_pb2.IngestResponse]
+Log = structlog.stdlib.BoundLogger
+
+
+@dataclass(slots=True)
+class Ack:
+    """A batch's answer, durable, ready to send."""
+
+    response: ingest_pb2.IngestResponse
+
+
+@dataclass(slots=True)
+class StreamEnd:
+    """The reader is done: the stream ends after the acks before this, with
+    OK (``error`` None) or with the status ``error`` maps to."""
+
+    error: BaseException | None = None
+
+
+#: What a stream's reader (and the sequencer's answers) hand its writer.
+Outcome = Ack | StreamEnd
+
+
+@dataclass(slots=True)
+class _Stream:
+    """One open ingest stream, as its reader sees it."""
+
+    gateway: str
+    epoch: int
+    grant: Grant
+    credits: asyncio.Semaphore
+    #: Bounded by the credit window: at most ``window`` acks, then one StreamEnd.
+    results: asyncio.Queue[Outcome]
+    generation: int
+    bucket: TokenBucket | None
+    #: This stream's batches in the sequencer's ordinary mailbox.
+    normal_in_flight: int = field(default=0)
 
 
 class Throttled(Exception):
@@ -155,14 +183,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._open += 1
         self._idle.clear()
         self.metrics.streams_open.inc()
-        results: asyncio.Queue[Any] = asyncio.Queue()  # bounded by the credit window
+        results: asyncio.Queue[Outcome] = asyncio.Queue()  # bounded by the credit window
         credits = asyncio.Semaphore(self.window)
         reader: asyncio.Task[None] | None = None
-        bound = log.bind(gateway=gateway, peer=context.peer())
+        bound: Log = log.bind(gateway=gateway, peer=context.peer())
         try:
             try:
-                resume = await self.portal.run(
-                    self.sequencer.call, self.sequencer.open_session, gateway, epoch
+                resume = await self.portal.write(
+                    self.sequencer, self.sequencer.open_session, gateway, epoch
                 )
             except Rejected as r:
                 await abort(context, GRPC_CODES[r.code], r.field, r.message)
@@ -175,32 +203,34 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 rejections=[_stored(r) for r in resume.rejections],
                 epoch=epoch,
             )
-            reader = asyncio.create_task(
-                self._read(request_iterator, context, grant, gateway, epoch, credits, results)
+            stream = _Stream(
+                gateway,
+                epoch,
+                grant,
+                credits,
+                results,
+                self.auth.generation,
+                self._bucket(grant, gateway),
             )
+            reader = asyncio.create_task(self._read(stream, request_iterator, context))
             self._readers.add(reader)
             item = await results.get()
-            while item is not _EOS:
-                if not isinstance(item, ingest_pb2.IngestResponse):
-                    await self._fail(context, item, bound)
+            while isinstance(item, Ack):
                 credits.release()
+                response = item.response
                 # Acks are cumulative: fold every ack already waiting into one response.
-                following = None
+                following: Outcome | None = None
                 while not results.empty():
                     following = results.get_nowait()
-                    if not isinstance(following, ingest_pb2.IngestResponse):
+                    if not isinstance(following, Ack):
                         break
                     credits.release()
-                    following.duplicates += item.duplicates
-                    if item.rejections:
-                        item.rejections.extend(following.rejections)
-                        item.acked_sequence = following.acked_sequence
-                        item.duplicates = following.duplicates
-                    else:
-                        item = following
+                    response = _fold(response, following.response)
                     following = None
-                yield item
+                yield response
                 item = following if following is not None else await results.get()
+            if item.error is not None:
+                await self._fail(context, item.error, bound)
             bound.info("ingest_stream_closed")
         except Unavailable as e:
             await abort(context, grpc.StatusCode.UNAVAILABLE, "", str(e))
@@ -215,90 +245,111 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def _read(
         self,
+        s: _Stream,
         requests: AsyncIterator[ingest_pb2.IngestRequest],
         context: Context,
-        grant: Grant,
-        gateway: str,
-        epoch: int,
-        credits: asyncio.Semaphore,
-        results: asyncio.Queue[Any],
     ) -> None:
-        normal_in_flight = 0  # this stream's batches in the sequencer's ordinary mailbox
-
-        def on_batch(request: ingest_pb2.IngestRequest, urgent: bool) -> Any:
-            def deliver(value: Any, error: BaseException | None) -> None:
-                nonlocal normal_in_flight
-                normal_in_flight -= not urgent
-                if error is not None:
-                    results.put_nowait(error)
-                elif isinstance(value, SequenceError):
-                    results.put_nowait(value)
-                else:
-                    results.put_nowait(_response(request, value))
-
-            return deliver
-
-        end: Any = _EOS
-        generation = self.auth.generation
-        bucket = self._bucket(grant, gateway)
+        """Read, check, pace and post each batch until the stream ends or is refused."""
+        end = StreamEnd()
         try:
             async for request in requests:
-                if generation != self.auth.generation:  # the policy was reloaded (SIGHUP)
-                    generation = self.auth.generation
-                    try:
-                        grant = self.auth.check(context, Role.GATEWAY)
-                    except Denied as d:
-                        end = d
-                        return
-                    bucket = self._bucket(grant, gateway)
-                if len(request.updates) > self.max_batch:
-                    end = Rejected.invalid(
-                        "updates", f"{len(request.updates)} updates exceed {self.max_batch}"
-                    )
-                    return
-                if request.epoch and request.epoch != epoch:
-                    end = Rejected.invalid("epoch", f"{request.epoch} differs from {EPOCH_KEY}")
+                refused = self._reauthorize(s, context) or self._refusal(s, request)
+                if refused is not None:
+                    end = StreamEnd(refused)
                     return
                 if not request.updates:
                     continue
                 if any(u.sequence == 0 for u in request.updates):
-                    end = Rejected.invalid("updates.sequence", "must be >= 1")
+                    end = StreamEnd(Rejected.invalid("updates.sequence", "must be >= 1"))
                     return
-                updates, counted = self._decode(request, grant)
-                if bucket is not None and counted:
-                    delay = bucket.take(counted, time.monotonic())
-                    while 0 < delay <= MAX_PACE_SECONDS:
-                        # Slightly over budget: stop reading for a while, so
-                        # flow control slows the gateway without a reconnect.
-                        self.metrics.paced.inc(delay)
-                        await asyncio.sleep(delay)
-                        delay = bucket.take(counted, time.monotonic())
-                    if delay:
-                        self.metrics.throttled.inc()
-                        end = Throttled(gateway, delay)
-                        return
-                await credits.acquire()
-                # Marks jump the sequencer's queue (never their own stream's:
-                # not while this stream has other batches waiting there).
-                urgent = counted == 0 and normal_in_flight == 0
-                normal_in_flight += not urgent
-                lane = "liquidation_path" if urgent else "other"
-                self.portal.post(
-                    self.sequencer,
-                    self.sequencer.ingest_or_error,
-                    (gateway, epoch, updates, time.perf_counter(), lane),
-                    on_batch(request, urgent),
-                    urgent,
-                )
+                updates, counted = self._decode(request, s.grant)
+                throttled = await self._pace(s, counted)
+                if throttled is not None:
+                    end = StreamEnd(throttled)
+                    return
+                await s.credits.acquire()
+                self._post(s, request, updates, counted)
         except grpc.aio.AioRpcError:
             pass  # the client went away: the handler is being cancelled too
         except Exception as e:  # bytes that are not an IngestRequest, say
-            end = Rejected.invalid("updates", f"unreadable request: {e}")
+            end = StreamEnd(Rejected.invalid("updates", f"unreadable request: {e}"))
         finally:
             # Behind every batch already posted, so the stream ends after their acks.
             self.portal.post(
-                self.sequencer, self.sequencer.flushed, (), lambda _v, _e: results.put_nowait(end)
+                self.sequencer,
+                lambda _v, _e: s.results.put_nowait(end),
+                False,
+                self.sequencer.flushed,
             )
+
+    def _reauthorize(self, s: _Stream, context: Context) -> Denied | None:
+        """After a policy reload (SIGHUP): the gateway's grant again, or why it is gone."""
+        if s.generation == self.auth.generation:
+            return None
+        s.generation = self.auth.generation
+        try:
+            s.grant = self.auth.check(context, Role.GATEWAY)
+        except Denied as d:
+            return d
+        s.bucket = self._bucket(s.grant, s.gateway)
+        return None
+
+    def _refusal(self, s: _Stream, request: ingest_pb2.IngestRequest) -> Rejected | None:
+        """Why a whole request ends its stream (too large, another epoch), if it does."""
+        if len(request.updates) > self.max_batch:
+            return Rejected.invalid(
+                "updates", f"{len(request.updates)} updates exceed {self.max_batch}"
+            )
+        if request.epoch and request.epoch != s.epoch:
+            return Rejected.invalid("epoch", f"{request.epoch} differs from {EPOCH_KEY}")
+        return None
+
+    async def _pace(self, s: _Stream, counted: int) -> Throttled | None:
+        """Charge ``counted`` updates to the gateway's budget, waiting while slightly
+        over it; far over it, the stream is refused (returned, not raised)."""
+        if s.bucket is None or not counted:
+            return None
+        delay = s.bucket.take(counted, time.monotonic())
+        while 0 < delay <= MAX_PACE_SECONDS:
+            # Slightly over budget: stop reading for a while, so flow control
+            # slows the gateway without a reconnect.
+            self.metrics.paced.inc(delay)
+            await asyncio.sleep(delay)
+            delay = s.bucket.take(counted, time.monotonic())
+        if delay:
+            self.metrics.throttled.inc()
+            return Throttled(s.gateway, delay)
+        return None
+
+    def _post(
+        self, s: _Stream, request: ingest_pb2.IngestRequest, updates: list[Update], counted: int
+    ) -> None:
+        """Hand a checked batch to the sequencer; its ack comes back on ``s.results``."""
+        # Marks jump the sequencer's queue (never their own stream's: not
+        # while this stream has other batches waiting there).
+        urgent = counted == 0 and s.normal_in_flight == 0
+        s.normal_in_flight += not urgent
+
+        def deliver(value: BatchResult | SequenceError | None, error: BaseException | None) -> None:
+            s.normal_in_flight -= not urgent
+            if error is not None:
+                s.results.put_nowait(StreamEnd(error))
+            elif isinstance(value, BatchResult):
+                s.results.put_nowait(Ack(_response(request, value)))
+            else:  # a SequenceError: the batch is out of order
+                s.results.put_nowait(StreamEnd(value))
+
+        self.portal.post(
+            self.sequencer,
+            deliver,
+            urgent,
+            self.sequencer.ingest_or_error,
+            s.gateway,
+            s.epoch,
+            updates,
+            time.perf_counter(),
+            "liquidation_path" if urgent else "other",
+        )
 
     def _bucket(self, grant: Grant, gateway: str) -> TokenBucket | None:
         """The gateway's rate limit, shared by all its streams (None: unlimited)."""
@@ -351,7 +402,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 out.append((u.sequence, r))
         return out, counted
 
-    async def _fail(self, context: Context, item: Any, bound: Any) -> None:
+    async def _fail(self, context: Context, item: BaseException, bound: Log) -> None:
+        """End the stream with the status ``item`` maps to (always raises)."""
         if isinstance(item, SequenceError):
             bound.warning("ingest_sequence_refused", reason=item.message)
             await abort(context, GRPC_CODES[item.code], item.field, item.message)
@@ -391,18 +443,20 @@ async def _first_request(requests: AsyncIterator[ingest_pb2.IngestRequest]) -> N
         pass
 
 
-def _authorize(grant: Grant, x: Any) -> None:
+def _authorize(grant: Grant, x: Input) -> None:
     """Refuse an update for a market (or asset) the gateway is not granted."""
-    if isinstance(x, Deposit):
-        if not grant.covers_asset(x.asset):
+    kind = KINDS[type(x)]
+    owner = kind.owner_of(x)
+    if kind.owner is not Owner.MARKET:  # a deposit: named by its asset
+        if not grant.covers_asset(owner):
             raise Rejected(
                 Code.PERMISSION_DENIED,
-                "asset",
-                f"{grant.identity!r} serves no market settled in {x.asset!r}",
+                kind.key,
+                f"{grant.identity!r} serves no market settled in {owner!r}",
             )
-    elif not grant.covers_market(x.market):
+    elif not grant.covers_market(owner):
         raise Rejected(
-            Code.PERMISSION_DENIED, "market", f"{grant.identity!r} may not send for {x.market!r}"
+            Code.PERMISSION_DENIED, "market", f"{grant.identity!r} may not send for {owner!r}"
         )
 
 
@@ -410,6 +464,19 @@ def _stored(r: StoredRejection) -> ingest_pb2.Rejection:
     """A rejection as first reported (its index in the batch it came in)."""
     seq, index, kind, code, field, message = r
     return convert.rejection(seq, index, _STUBS.get(kind), Rejected(Code(code), field, message))
+
+
+def _fold(
+    acked: ingest_pb2.IngestResponse, following: ingest_pb2.IngestResponse
+) -> ingest_pb2.IngestResponse:
+    """Two consecutive acks as one (acks are cumulative; rejections add up)."""
+    following.duplicates += acked.duplicates
+    if not acked.rejections:
+        return following
+    acked.rejections.extend(following.rejections)
+    acked.acked_sequence = following.acked_sequence
+    acked.duplicates = following.duplicates
+    return acked
 
 
 def _response(request: ingest_pb2.IngestRequest, result: BatchResult) -> ingest_pb2.IngestResponse:

@@ -21,7 +21,7 @@ from riskd.api import convert
 from riskd.api.auth import Authenticator
 from riskd.api.bridge import Portal
 from riskd.api.status import abort
-from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, PositionView, stress
+from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, MarketSpec, PositionView, stress
 from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
 from riskd.core.units import INT64_MAX, Asset
 from riskd.storage import ledger
@@ -63,7 +63,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         grant = self.auth.identify(context)
         if not grant.covers_asset(request.asset):
             await _denied(context, "asset", f"{grant.identity!r} serves no market in it")
-        balance = await self.portal.run(wallet.call, wallet.balance, request.account)
+        balance = await self.portal.call(wallet, wallet.balance, request.account)
         positions = []
         for symbol, market in self.markets.items():
             if market.engine.asset != request.asset or not grant.covers_market(symbol):
@@ -98,8 +98,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         backstop = 0
         for market in self.markets.values():
             if market.engine.asset == request.asset:
-                backstop += await self.portal.run(market.call, market.query, _backstop_margin)
-        pb = await self.portal.run(actor.call, convert.fund, actor.fund, backstop)
+                backstop += await self.portal.query(market, _backstop_margin)
+        pb = await self.portal.call(actor, convert.fund, actor.fund, backstop)
         return query_pb2.GetInsuranceFundResponse(fund=pb)
 
     async def ListFundLedger(
@@ -112,9 +112,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 context, grpc.StatusCode.INVALID_ARGUMENT, "page_size", f"at most {MAX_PAGE}"
             )
         start = max(request.page_token, 1)
-        entries, first, total = await self.portal.run(
-            actor.call, _ledger_page, actor.fund, start, size
-        )
+        entries, first, total = await self.portal.call(actor, _ledger_page, actor.fund, start, size)
         if start < first:  # older than memory holds: from ledger.sqlite3
             path = actor.ledger_path
             if path is None:
@@ -142,7 +140,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         except ValueError:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "day", "must be YYYY-MM-DD")
         index = (day - date(1970, 1, 1)).days
-        report = await self.portal.run(actor.call, _report, actor.fund, index)
+        report = await self.portal.call(actor, _report, actor.fund, index)
         return query_pb2.GetFundDailyReportResponse(
             report=convert.daily_report(request.asset, day.isoformat(), report)
         )
@@ -152,7 +150,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     ) -> query_pb2.ListMarketsResponse:
         out = []
         for m in self.markets.values():
-            spec, mark = await self.portal.run(m.call, m.query, _spec_and_mark)
+            spec, mark = await self.portal.query(m, _spec_and_mark)
             out.append(convert.market(spec, mark))
         return query_pb2.ListMarketsResponse(markets=out)
 
@@ -183,18 +181,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 continue
             # The budget is read in the fund actor and the positions in the market's,
             # each between two inputs (as GetInsuranceFund's backstop margin is).
-            now, cap = await self.portal.run(market.call, market.query, _now_and_cap)
-            budget = await self.portal.run(
-                actor.call, stress.fund_budget, actor.fund, symbol, now, cap
-            )
-            found = await self.portal.run(
-                market.call, stress.coverage, market.engine, budget, moves
-            )
+            now, cap = await self.portal.query(market, _now_and_cap)
+            budget = await self.portal.call(actor, stress.fund_budget, actor.fund, symbol, now, cap)
+            found = await self.portal.call(market, stress.coverage, market.engine, budget, moves)
             rows += [convert_stress(r) for r in found]
         return query_pb2.GetStressCoverageResponse(asset=request.asset, rows=rows)
 
     async def _view(self, market: MarketActor, account: int) -> PositionView | None:
-        return await self.portal.run(market.call, market.query, lambda e: e.view(account))
+        return await self.portal.query(market, lambda e: e.view(account))
 
     async def _fund(self, asset: str, context: Ctx) -> FundActor:
         actor = self.funds.get(asset)
@@ -249,7 +243,7 @@ def _report(fund: InsuranceFund, day: int) -> DailyReport:
     )
 
 
-def _spec_and_mark(engine: MarketEngine) -> tuple[object, int | None]:
+def _spec_and_mark(engine: MarketEngine) -> tuple[MarketSpec, int | None]:
     return engine.spec, engine.mark
 
 

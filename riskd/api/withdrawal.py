@@ -55,8 +55,8 @@ class WithdrawalServicer(withdrawal_pb2_grpc.WithdrawalServiceServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "withdrawal_id", "is required")
         w = Withdrawal(request.account, request.asset, request.amount)
         try:
-            decision = await self.portal.run(
-                self.sequencer.call, self.sequencer.withdraw, w, request.withdrawal_id
+            decision = await self.portal.write(
+                self.sequencer, self.sequencer.withdraw, w, request.withdrawal_id
             )
         except Rejected as r:
             # Bad input, a reused or expired id, or withdrawals paused by bad
@@ -75,7 +75,7 @@ class WithdrawalServicer(withdrawal_pb2_grpc.WithdrawalServiceServicer):
         for symbol, market in self.sequencer.markets.items():
             if market.engine.asset != asset or grant.covers_market(symbol):
                 continue
-            if await self.portal.run(market.call, market.query, partial(_holds, account)):
+            if await self.portal.query(market, partial(_holds, account)):
                 held.append(symbol)
         return held
 

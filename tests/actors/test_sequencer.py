@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from riskd.actors.journal import Pending
+from riskd.actors.journal import Durable
 from riskd.actors.sequencer import Sequencer, StoredRejection
 from riskd.config import default_toml, parse
 from riskd.core import Code, Engine, Rejected
@@ -44,15 +44,13 @@ class Recorder:
         self.records: list[str] = []
         self.written = 0
 
-    async def submit(self, record: str | None, value: Any, on_durable: Any = None) -> Pending[Any]:
+    async def submit(self, record: str | None, value: Any, on_durable: Any = None) -> Durable[Any]:
         if record is not None:
             self.records.append(record)
             self.written += 1
         if on_durable is not None:
             on_durable()
-        pending = Pending(value)
-        pending._release()
-        return pending
+        return Durable.ready(value)
 
 
 def config(book: bool = False) -> Any:
@@ -77,7 +75,8 @@ async def running(book: bool = False, retained: int = 8) -> AsyncIterator[Sequen
 
 
 async def result(value: Any) -> Any:
-    return await value.wait() if isinstance(value, Pending) else value
+    assert isinstance(value, Durable), value  # every write answers with one
+    return await value.wait()
 
 
 def bad(i: int) -> Rejected:
