@@ -135,6 +135,7 @@ def etcd_cluster(base: Path, members: int = 3) -> Iterator[EtcdCluster]:
     binary = shutil.which("etcd")
     if binary is None:
         pytest.skip("etcd not installed (apt-get install etcd-server)")
+    base.mkdir(parents=True, exist_ok=True)
     names = [f"e{i}" for i in range(members)]
     client = [free_port() for _ in names]
     peer = [free_port() for _ in names]
