@@ -26,10 +26,16 @@ import sys
 from pathlib import Path
 
 from riskd.config import Config
-from riskd.core import Engine
-from riskd.core.events import AdlEvent, Effect, FundKind, LiquidationSettled
-from riskd.core.hash_chain import GENESIS
-from riskd.core.invariants import digest, violations
+from riskd.core import (
+    GENESIS,
+    AdlEvent,
+    Effect,
+    Engine,
+    FundKind,
+    LiquidationSettled,
+    digest,
+    violations,
+)
 from riskd.storage import admin_log, codec, ledger, records, snapshot
 from riskd.storage.journal import chain, wal_problem
 from riskd.storage.records import EngineTarget, Record

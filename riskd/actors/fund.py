@@ -16,9 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from riskd.actors.actor import Actor
-from riskd.core.events import Effect, FundDecision, FundInjection
-from riskd.core.inputs import KINDS
-from riskd.core.insurance_fund import FundEffect, InsuranceFund
+from riskd.core import KINDS, Effect, FundDecision, FundEffect, FundInjection, InsuranceFund
 from riskd.storage import ledger as ledger_store
 
 __all__ = ["FundActor"]

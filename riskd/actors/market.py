@@ -15,10 +15,17 @@ from typing import Any, TypeVar
 from riskd.actors.actor import Actor
 from riskd.actors.fund import FundActor
 from riskd.actors.wallet import WalletActor
-from riskd.core import MarketEngine, Rejected
-from riskd.core.engine import split_effects
-from riskd.core.events import Effect, Input, MarkPrice, ReserveClaim, TakeoverClaim
-from riskd.core.inputs import kind_of
+from riskd.core import (
+    Effect,
+    Input,
+    MarketEngine,
+    MarkPrice,
+    Rejected,
+    ReserveClaim,
+    TakeoverClaim,
+    kind_of,
+    split_effects,
+)
 
 __all__ = ["MarketActor"]
 

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 from riskd.actors.actor import Actor
-from riskd.core import Rejected
-from riskd.core.events import Input, Withdrawal
-from riskd.core.inputs import Journal, kind_of
-from riskd.core.recent_ids import WithdrawalDecision
-from riskd.core.wallet import Wallets
+from riskd.core import Input, Journal, Rejected, Wallets, Withdrawal, WithdrawalDecision, kind_of
 
 __all__ = ["WalletActor"]
 

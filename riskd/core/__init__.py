@@ -4,41 +4,146 @@ Deterministic and I/O-free: no clock, no threads, no trio, grpc or prometheus
 (a test enforces the imports).  Feed :class:`Engine` (or one
 :class:`MarketEngine` and one :class:`InsuranceFund` per asset, as the daemon's
 actors do) with inputs from :mod:`riskd.core.events`; read effects back.
+
+This module is the core's public face: code outside ``riskd/core`` imports
+from here, not from the submodules.  Every input kind is one entry of
+:data:`KINDS` (:mod:`riskd.core.inputs`); every liquidation stage change is one
+row of :mod:`riskd.core.liquidation_machine`'s table.
 """
 
-from riskd.core.engine import Engine
+from riskd.core.engine import Engine, split_effects
 from riskd.core.errors import Code, Rejected
+from riskd.core.events import (
+    AdlEvent,
+    AdlNotice,
+    AdlReason,
+    Deposit,
+    Effect,
+    Fill,
+    FundCredit,
+    FundDecision,
+    FundFlow,
+    FundingRate,
+    FundInjection,
+    FundKind,
+    Input,
+    LiquidationDone,
+    LiquidationFill,
+    LiquidationOrder,
+    LiquidationSettled,
+    MarginCall,
+    MarginTransfer,
+    MarkPrice,
+    ReserveClaim,
+    ReserveSettle,
+    TakeoverClaim,
+    WalletCredit,
+    Withdrawal,
+)
+from riskd.core.hash_chain import GENESIS, chain
 from riskd.core.inputs import BY_NAME, KINDS, InputKind, Journal, Owner, kind_of
-from riskd.core.insurance_fund import FundPolicy, InsuranceFund
+from riskd.core.insurance_fund import (
+    DailyReport,
+    FundEffect,
+    FundPolicy,
+    InsuranceFund,
+    LedgerEntry,
+)
 from riskd.core.invariants import digest, violations
-from riskd.core.market import AdlPolicy, ContractType, LiquidationMode, MarketSpec
+from riskd.core.ledger import Ledger, NotInMemory
+from riskd.core.liquidation import Liquidation, Stage
+from riskd.core.liquidation_machine import IllegalTransition, LiquidationMachine
+from riskd.core.market import (
+    AdlPolicy,
+    ContractType,
+    LiquidationMode,
+    MarketSpec,
+    enum_settings,
+)
 from riskd.core.market_engine import MarketEngine, PositionView
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
-from riskd.core.tiers import TierTable
-from riskd.core.units import Asset
+from riskd.core.recent_ids import WithdrawalDecision
+from riskd.core.tiers import SpecError, TierTable
+from riskd.core.units import INT64_MAX, PPM, Asset, ceil_div, check_int64, check_positive
+from riskd.core.wallet import Wallets, check_account, unsettled_bad_debt, withdrawals_paused
 
 __all__ = [
+    # the engine and its parts
     "Engine",
-    "Code",
-    "Rejected",
+    "split_effects",
+    "MarketEngine",
+    "PositionView",
+    "InsuranceFund",
+    "FundPolicy",
+    "FundEffect",
+    "LedgerEntry",
+    "DailyReport",
+    "Ledger",
+    "NotInMemory",
+    "Wallets",
+    "WithdrawalDecision",
+    "unsettled_bad_debt",
+    "withdrawals_paused",
+    "check_account",
+    "Position",
+    "BACKSTOP_ACCOUNT",
+    "Liquidation",
+    "Stage",
+    "LiquidationMachine",
+    "IllegalTransition",
+    # inputs: the table, and the kinds
     "KINDS",
     "BY_NAME",
     "InputKind",
     "Journal",
     "Owner",
     "kind_of",
-    "FundPolicy",
-    "InsuranceFund",
+    "Input",
+    "Fill",
+    "MarkPrice",
+    "Deposit",
+    "Withdrawal",
+    "MarginTransfer",
+    "FundingRate",
+    "LiquidationFill",
+    "LiquidationDone",
+    "FundInjection",
+    # effects
+    "Effect",
+    "FundKind",
+    "FundCredit",
+    "TakeoverClaim",
+    "ReserveClaim",
+    "ReserveSettle",
+    "FundDecision",
+    "WalletCredit",
+    "LiquidationOrder",
+    "LiquidationSettled",
+    "AdlNotice",
+    "AdlReason",
+    "AdlEvent",
+    "MarginCall",
+    "FundFlow",
+    # refusals
+    "Code",
+    "Rejected",
+    "SpecError",
+    # checks and the hash chain
     "digest",
     "violations",
+    "GENESIS",
+    "chain",
+    # markets and units
+    "MarketSpec",
     "AdlPolicy",
     "ContractType",
     "LiquidationMode",
-    "MarketSpec",
-    "MarketEngine",
-    "PositionView",
-    "BACKSTOP_ACCOUNT",
-    "Position",
+    "enum_settings",
     "TierTable",
     "Asset",
+    "INT64_MAX",
+    "PPM",
+    "ceil_div",
+    "check_int64",
+    "check_positive",
 ]

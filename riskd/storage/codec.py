@@ -35,12 +35,18 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from riskd.core import MarketSpec, Rejected, TierTable
-from riskd.core.errors import Code
-from riskd.core.events import FundInjection, Input, Withdrawal
-from riskd.core.inputs import KINDS
-from riskd.core.market import enum_settings
-from riskd.core.units import Asset
+from riskd.core import (
+    KINDS,
+    Asset,
+    Code,
+    FundInjection,
+    Input,
+    MarketSpec,
+    Rejected,
+    TierTable,
+    Withdrawal,
+    enum_settings,
+)
 from riskd.storage.journal import JournalCorrupt
 from riskd.storage.records import (
     EpochAssigned,

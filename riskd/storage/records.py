@@ -28,10 +28,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from riskd.core import Engine, MarketEngine, MarketSpec, Rejected
-from riskd.core.events import Effect, FundInjection, Input, Withdrawal
-from riskd.core.insurance_fund import InsuranceFund
-from riskd.core.wallet import Wallets
+from riskd.core import (
+    Effect,
+    Engine,
+    FundInjection,
+    Input,
+    InsuranceFund,
+    MarketEngine,
+    MarketSpec,
+    Rejected,
+    Wallets,
+    Withdrawal,
+)
 
 __all__ = [
     "IngestBatch",
