@@ -51,9 +51,10 @@ from riskd.api.withdrawal import WithdrawalServicer
 from riskd.config import Config
 from riskd.config import load as load_config
 from riskd.core import InsuranceFund, MarketEngine, stress
-from riskd.core.events import AdlEvent, Effect, FundFlow, LiquidationSettled
+from riskd.core.events import Effect
 from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
+from riskd.effects import EFFECTS
 from riskd.metrics import Metrics
 from riskd.storage import StorageFault, codec, fail_stop, ledger, snapshot
 from riskd.storage.admin_log import AdminLog
@@ -164,8 +165,9 @@ class Daemon:
         """Effects for the outside world: metrics, one log line per money decision, events."""
         self.metrics.observe(effects)
         for e in effects:
-            if isinstance(e, LiquidationSettled | AdlEvent | FundFlow):
-                _log_decision(e)
+            kind = EFFECTS.get(type(e))
+            if kind is not None and kind.log is not None and kind.log_fields is not None:
+                log.info(kind.log, **kind.log_fields(e))
         grpc = self._grpc
         if grpc is not None and grpc.loop is not None:
             call_soon(grpc.loop, self.event_log.extend, effects)
@@ -565,41 +567,3 @@ def _depth(actor: Any) -> Callable[[], int]:
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _log_decision(e: Effect) -> None:
-    if isinstance(e, LiquidationSettled):
-        log.info(
-            "liquidation_settled",
-            market=e.market,
-            liquidation_id=e.liquidation_id,
-            quantity=e.quantity,
-            price=e.price,
-            fund_delta_quantums=e.fund_delta,
-            returned_quantums=e.returned_to_trader,
-            adl_quantity=e.adl_quantity,
-        )
-    elif isinstance(e, AdlEvent):
-        log.info(
-            "adl_executed",
-            market=e.market,
-            liquidation_id=e.liquidation_id,
-            quantity=e.quantity,
-            price=e.price,
-            counterparties=e.counterparties,
-            closed_notional_quantums=e.closed_notional,
-            deficit_quantums=e.deficit,
-            fund_paid_quantums=e.fund_paid,
-            overshoot_quantums=e.overshoot,
-            reason=e.reason.value,
-        )
-    elif isinstance(e, FundFlow):
-        log.info(
-            "fund_flow",
-            asset=e.asset,
-            market=e.market,
-            kind=e.kind.value,
-            amount_quantums=e.amount,
-            balance_after_quantums=e.balance_after,
-            cause=e.cause,
-        )

@@ -30,8 +30,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from riskd import __version__
-from riskd.core.events import AdlEvent, AdlReason, Effect, FundFlow, FundKind, LiquidationSettled
+from riskd.core.events import AdlReason, Effect, FundKind
 from riskd.core.stress import StressRow, move_label
+from riskd.effects import EFFECTS, LIQUIDATION_OUTCOMES
 
 __all__ = ["Metrics"]
 
@@ -281,7 +282,7 @@ class Metrics:
     def declare(self, markets: Iterable[str], assets: Iterable[str]) -> None:
         """Create every label set at zero, so the first event is an increase, not a birth."""
         for m in markets:
-            for outcome in ("surplus", "absorbed", "adl"):
+            for outcome in LIQUIDATION_OUTCOMES:
                 self.liquidations.labels(m, outcome)
             for reason in AdlReason:
                 self.adl_events.labels(m, reason.value)
@@ -324,24 +325,9 @@ class Metrics:
         self._mailboxes.sources.append((kind, market, asset, read, capacity))
 
     def observe(self, effects: Iterable[Effect]) -> None:
-        """Count what a batch of published effects says happened."""
+        """Count what a batch of published effects says happened (:data:`riskd.effects.EFFECTS`)."""
+        table = EFFECTS
         for e in effects:
-            if isinstance(e, FundFlow):
-                if e.amount > 0:
-                    self.fund_inflow.labels(e.asset, e.kind.value).inc(e.amount)
-                else:
-                    self.fund_outflow.labels(e.asset, e.kind.value).inc(-e.amount)
-                self.fund_balance.labels(e.asset).set(e.balance_after)
-            elif isinstance(e, LiquidationSettled):
-                if e.adl_quantity:
-                    outcome = "adl"
-                elif e.fund_delta < 0:
-                    outcome = "absorbed"
-                else:
-                    outcome = "surplus"
-                self.liquidations.labels(e.market, outcome).inc()
-            elif isinstance(e, AdlEvent):
-                why = e.reason.value
-                self.adl_events.labels(e.market, why).inc()
-                self.adl_notional.labels(e.market, why).inc(e.closed_notional)
-                self.adl_overshoot.labels(e.market, why).inc(max(e.overshoot, 0))
+            kind = table.get(type(e))
+            if kind is not None and kind.observe is not None:
+                kind.observe(self, e)

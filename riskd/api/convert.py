@@ -8,30 +8,22 @@ wrote it (``updates[3].fill.price``).
 
 from __future__ import annotations
 
-from typing import Any
-
+from riskd import effects
 from riskd.core import AdlPolicy, ContractType, LiquidationMode, MarketSpec, PositionView, Rejected
 from riskd.core.errors import Code
 from riskd.core.events import (
-    AdlEvent,
-    AdlNotice,
-    AdlReason,
     Deposit,
     Effect,
     Fill,
-    FundFlow,
     FundingRate,
     Input,
     LiquidationDone,
     LiquidationFill,
-    LiquidationOrder,
-    LiquidationSettled,
-    MarginCall,
     MarginTransfer,
     MarkPrice,
 )
 from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
-from riskd.v1 import events_pb2, ingest_pb2, query_pb2, types_pb2
+from riskd.v1 import ingest_pb2, query_pb2, types_pb2
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -67,13 +59,6 @@ _ADL = {
     AdlPolicy.PNL_LEVERAGE: types_pb2.ADL_POLICY_PNL_LEVERAGE,
     AdlPolicy.LEVERAGE_PNL: types_pb2.ADL_POLICY_LEVERAGE_PNL,
     AdlPolicy.PRO_RATA_RISK: types_pb2.ADL_POLICY_PRO_RATA_RISK,
-}
-_ADL_REASON = {
-    AdlReason.FUND_EMPTY: events_pb2.ADL_REASON_FUND_EMPTY,
-    AdlReason.MARKET_CAP: events_pb2.ADL_REASON_MARKET_CAP,
-    AdlReason.DRAWDOWN_LIMIT: events_pb2.ADL_REASON_DRAWDOWN_LIMIT,
-    AdlReason.NO_BOOK: events_pb2.ADL_REASON_NO_BOOK,
-    AdlReason.BACKSTOP: events_pb2.ADL_REASON_BACKSTOP,
 }
 MODE_FROM_WIRE = {v: k for k, v in _MODE.items()}
 ADL_FROM_WIRE = {v: k for k, v in _ADL.items()}
@@ -148,7 +133,9 @@ _WIRE_FIELDS = {
 }
 
 
-def rejection(sequence: int, index: int, update: Any, r: Rejected) -> ingest_pb2.Rejection:
+def rejection(
+    sequence: int, index: int, update: ingest_pb2.Update | None, r: Rejected
+) -> ingest_pb2.Rejection:
     field = r.field
     if not field.startswith("updates["):
         kind = update.WhichOneof("kind") if update is not None else None
@@ -161,80 +148,9 @@ def rejection(sequence: int, index: int, update: Any, r: Rejected) -> ingest_pb2
     )
 
 
-def encode_event(seq: int, e: Effect) -> events_pb2.Event | None:
-    """A published effect as a wire event; None for internal-only effects."""
-    payload = _event_payload(e)
-    if payload is None:
-        return None
-    kind, message = payload
-    return events_pb2.Event(sequence=seq, timestamp_ms=getattr(e, "ts", 0), **{kind: message})
-
-
-def _event_payload(e: Effect) -> tuple[str, Any] | None:
-    """The oneof field an effect fills in ``Event``, and its message."""
-    match e:
-        case LiquidationOrder():
-            return "liquidation_order", events_pb2.LiquidationOrder(
-                market=e.market,
-                liquidation_id=e.liquidation_id,
-                account=e.account,
-                side=types_pb2.SIDE_BUY if e.side > 0 else types_pb2.SIDE_SELL,
-                quantity=e.quantity,
-                worst_price=e.worst_price,
-            )
-        case LiquidationSettled():
-            return "liquidation_settled", events_pb2.LiquidationSettled(
-                market=e.market,
-                liquidation_id=e.liquidation_id,
-                account=e.account,
-                quantity=e.quantity,
-                price=e.price,
-                fund_delta=e.fund_delta,
-                returned_to_trader=e.returned_to_trader,
-                adl_quantity=e.adl_quantity,
-            )
-        case FundFlow():
-            return "fund_flow", events_pb2.FundFlow(
-                asset=e.asset,
-                market=e.market,
-                kind=e.kind.value,
-                amount=e.amount,
-                balance_after=e.balance_after,
-                cause=e.cause,
-            )
-        case AdlNotice():
-            return "adl_notice", events_pb2.AdlNotice(
-                market=e.market,
-                account=e.account,
-                liquidation_id=e.liquidation_id,
-                side=types_pb2.POSITION_SIDE_LONG if e.side > 0 else types_pb2.POSITION_SIDE_SHORT,
-                quantity=e.quantity,
-                price=e.price,
-                realized_pnl=e.realised,
-            )
-        case AdlEvent():
-            return "adl_executed", events_pb2.AdlExecuted(
-                market=e.market,
-                liquidation_id=e.liquidation_id,
-                quantity=e.quantity,
-                price=e.price,
-                closed_notional=e.closed_notional,
-                deficit=e.deficit,
-                haircut=e.haircut,
-                overshoot=e.overshoot,
-                counterparties=e.counterparties,
-                reason=_ADL_REASON[e.reason],
-                fund_paid=e.fund_paid,
-            )
-        case MarginCall():
-            return "margin_call", events_pb2.MarginCall(
-                market=e.market,
-                account=e.account,
-                margin_balance=e.margin_balance,
-                maintenance_margin=e.maintenance_margin,
-                liquidation_price=e.liquidation_price,
-            )
-    return None
+#: A published effect as a wire event (None for internal-only effects): the
+#: effect table's encoder (:mod:`riskd.effects`).
+encode_event = effects.encode_event
 
 
 def event_market(e: Effect) -> str:

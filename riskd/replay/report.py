@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from riskd.core.stress import move_label
+from riskd.effects import LIQUIDATION_OUTCOMES, liquidation_outcome
 from riskd.replay import population, prices
 from riskd.replay.driver import BACKSTOP, mark_at, metric_delta
 from riskd.v1 import events_pb2, ingest_pb2, types_pb2
@@ -172,7 +173,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
         bucket = per_minute[e.timestamp_ms // 60_000 * 60_000]
         bucket[0] += 1
         bucket[1] += n
-        outcomes["adl" if s.adl_quantity else "absorbed" if s.fund_delta < 0 else "surplus"] += 1
+        outcomes[liquidation_outcome(s.adl_quantity, s.fund_delta)] += 1
         adl = adl_by_lid.get((s.market, s.liquidation_id))
         bankrupt = s.fund_delta < 0 or (adl is not None and adl["deficit"] > 0)
         solvency["bankrupt" if bankrupt else "solvent"] += 1
@@ -368,7 +369,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
                and ("asset", asset) in ls]  # fmt: skip
         if bal:
             check("fund_balance (metric)", final_balance, round(bal[0]))
-        for o in ("surplus", "absorbed", "adl"):
+        for o in LIQUIDATION_OUTCOMES:
             check(
                 f"liquidations {o} (metric)",
                 outcomes.get(o, 0),
