@@ -18,9 +18,11 @@ COPY pyproject.toml ./
 COPY protos/ protos/
 COPY riskd/ riskd/
 COPY clients/python/ clients/python/
-# `.` without extras: the daemon only (no matplotlib; `riskd replay` is riskd[replay]).
+# The daemon and its PostgreSQL client (riskd[postgres]: cluster mode,
+# docs/cluster.md; the same range as pyproject.toml); no
+# matplotlib (`riskd replay` is riskd[replay]).
 RUN python clients/python/generate.py \
- && pip install --no-cache-dir . \
+ && pip install --no-cache-dir . "psycopg[binary]>=3.2,<4" \
  && pip uninstall -y grpcio-tools mypy-protobuf
 
 FROM python:3.11-slim

@@ -25,6 +25,7 @@ import grpc
 import structlog
 import trio
 
+from riskd.api.auth import server_credentials
 from riskd.cluster.etcd import Etcd, EtcdUnavailable, KeyValue
 from riskd.cluster.ownership import Keeper, campaign, current_owner
 from riskd.config import Config
@@ -98,12 +99,17 @@ class _Redirect(grpc.GenericRpcHandler):
 class Standby:
     """The gRPC port of a node that does not own its shard (yet)."""
 
-    def __init__(self, listen: str, route: RouteServicer) -> None:
+    def __init__(
+        self, listen: str, route: RouteServicer, credentials: grpc.ServerCredentials | None
+    ) -> None:
         self.owner = ""
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(route, self._server)
         self._server.add_generic_rpc_handlers((_Redirect(lambda: self.owner),))
-        self.port = self._server.add_insecure_port(listen)
+        if credentials is None:
+            self.port = self._server.add_insecure_port(listen)
+        else:  # the owner's mutual TLS: only holders of the CA's certificates get an answer
+            self.port = self._server.add_secure_port(listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
 
@@ -134,11 +140,12 @@ async def serve_node(
 
     shard = shard or shard_of(config)
     srv = config.server
-    if srv.tls is not None:
-        # The standby listener is plaintext: it would undercut mutual TLS.
-        raise StartupError("--etcd needs a plaintext listener for now (docs/cluster.md)")
     try:
-        standby = Standby(srv.grpc_listen, RouteServicer(etcd, shard, config))
+        credentials = None if srv.tls is None else server_credentials(srv.tls)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"cannot read the TLS files of [server.tls]: {e}") from e
+    try:
+        standby = Standby(srv.grpc_listen, RouteServicer(etcd, shard, config), credentials)
     except (OSError, RuntimeError) as e:
         raise StartupError(f"cannot listen on server.grpc_listen {srv.grpc_listen}: {e}") from e
     standby.start()
