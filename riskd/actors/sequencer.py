@@ -18,9 +18,12 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from prometheus_client import Counter as Counter_
+from prometheus_client import Histogram
 
 from riskd.actors.actor import Actor
 from riskd.actors.fund import FundActor
@@ -118,9 +121,10 @@ class _Gateway:
     #: Rejections of the last retained sequences, oldest first.
     rejected: deque[StoredRejection] = field(default_factory=deque)
 
-    def __setstate__(self, state: Any) -> None:
+    def __setstate__(self, state: tuple[None, dict[str, object]] | list[object]) -> None:
         # Snapshots from before ``rejected`` existed do not name it.
         self.rejected = deque()
+        values: Iterable[tuple[str, object]]
         if isinstance(state, tuple):  # (None, {slot: value})
             values = state[1].items()
         else:  # a list of the fields' values, in order
@@ -147,7 +151,9 @@ class Sequencer(Actor):
         self.funds = funds
         self.metrics = metrics
         self.gateways: dict[str, _Gateway] = {}
-        self._children: dict[tuple[str, str], Any] = {}
+        # Label children looked up once (a labels() call per batch is measurable).
+        self._counted: dict[tuple[str, str], Counter_] = {}
+        self._waited: dict[str, Histogram] = {}
         # Decisions on withdrawal ids, per asset, make retries safe; rebuilt by replay.
         self.withdrawal_ids = withdrawal_ids
         self.withdrawals: dict[str, WithdrawalDecisions] = {}
@@ -266,7 +272,7 @@ class Sequencer(Actor):
             offset += duplicates
             record = IngestBatch(gateway, epoch, tuple(fresh), offset)
             self._keep(g, result.rejections, fresh, fresh[0][0] - offset)
-        children = self._children
+        children = self._counted
         for key, n in outcomes.items():
             child = children.get(key)
             if child is None:
@@ -301,10 +307,10 @@ class Sequencer(Actor):
         the urgent lane, ``other``).
         """
         if received is not None:
-            child = self._children.get(("queue", lane))
-            if child is None:
-                child = self._children["queue", lane] = self.metrics.queue_seconds.labels(lane)
-            child.observe(time.perf_counter() - received)
+            waited = self._waited.get(lane)
+            if waited is None:
+                waited = self._waited[lane] = self.metrics.queue_seconds.labels(lane)
+            waited.observe(time.perf_counter() - received)
         try:
             done: Durable[BatchResult | SequenceError] = await self.ingest(  # type: ignore[assignment]
                 gateway, epoch, updates
@@ -461,7 +467,7 @@ class Sequencer(Actor):
         return await self._durable(FundInjected(i), balance)
 
     async def update_spec(
-        self, symbol: str, changes: dict[str, Any], ts: int = 0
+        self, symbol: str, changes: dict[str, object], ts: int = 0
     ) -> Durable[MarketSpec]:
         """Change a market's settings (see MarketEngine.update_spec); journaled."""
         market = self.markets.get(symbol)
@@ -702,6 +708,7 @@ def _reserved(fund: FundActor) -> int:
 
 def _decisions(saved: Any, capacity: int) -> dict[str, WithdrawalDecisions]:
     """Withdrawal decisions from a snapshot, also from before they were kept per asset."""
+    # Any: unpickled snapshot state, in one of two shapes (told apart below).
     if not isinstance(saved, OrderedDict):
         return dict(saved)
     out: dict[str, WithdrawalDecisions] = {}
@@ -717,7 +724,8 @@ def _decisions(saved: Any, capacity: int) -> dict[str, WithdrawalDecisions]:
     return out
 
 
-def _update_spec(engine: MarketEngine, changes: dict[str, Any], ts: int) -> MarketSpec:
+def _update_spec(engine: MarketEngine, changes: Mapping[str, Any], ts: int) -> MarketSpec:
+    # Any: settings by name, checked by MarketSpec's own validation (a bad one: Rejected).
     try:
         spec = dataclasses.replace(engine.spec, **changes)
     except (TypeError, ValueError) as e:

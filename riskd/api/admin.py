@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any
 
 import grpc
 import structlog
@@ -120,7 +119,7 @@ def _spec(engine: MarketEngine) -> MarketSpec:
     return engine.spec
 
 
-def _changes(request: admin_pb2.UpdateMarketRequest, current: MarketSpec) -> dict[str, Any]:
+def _changes(request: admin_pb2.UpdateMarketRequest, current: MarketSpec) -> dict[str, object]:
     """The settings an UpdateMarket changes, validated: a field that is set (even to
     0 or false) changes, one not set keeps its value."""
     m = request.market
@@ -129,7 +128,7 @@ def _changes(request: admin_pb2.UpdateMarketRequest, current: MarketSpec) -> dic
         given, fixed = getattr(m, name), getattr(now, name)
         if given and given != fixed:
             raise Rejected.invalid(f"market.{name}", f"cannot change on a live market (is {fixed})")
-    changes: dict[str, Any] = {}
+    changes: dict[str, object] = {}
     if m.tiers:
         try:
             changes["tiers"] = TierTable(
@@ -167,7 +166,7 @@ def _changes(request: admin_pb2.UpdateMarketRequest, current: MarketSpec) -> dic
             "market", "nothing to change: set a field (tiers, an optional setting) to its new value"
         )
     try:
-        dataclasses.replace(current, **changes)
+        dataclasses.replace(current, **changes)  # type: ignore[arg-type]  # MarketSpec checks them
     except SpecError as e:
         raise Rejected.invalid(f"market.{e.field}", e.reason) from e
     return changes
