@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from riskd.actors.journal import Durable
-from riskd.actors.sequencer import Sequencer, StoredRejection
+from riskd.actors.sequencer import SequenceError, Sequencer, StoredRejection
 from riskd.config import default_toml, parse
 from riskd.core import Code, Engine, Rejected
 from riskd.core.events import (
@@ -237,3 +237,39 @@ async def test_a_first_response_carries_the_newest_rejections_and_says_from_wher
         assert resume.acked == 20
         assert [x[0] for x in resume.rejections] == [16, 17, 18, 19, 20]
         assert resume.rejections_from == 16  # 1..15 are not in it: the gateway can tell
+
+
+async def test_each_update_goes_to_the_owner_its_kind_names_and_an_unknown_one_is_not_found() -> (
+    None
+):
+    """Routing reads riskd.core.inputs.KINDS: a deposit by its asset, the rest by market."""
+    async with running() as s:
+        batch: list[tuple[int, Input | Rejected]] = [
+            (1, Deposit(1, "USDT", 1_000 * USDT)),
+            (2, Deposit(2, "NOPE", 1)),
+            (3, MarginTransfer(1, M, 100 * USDT)),
+            (4, MarkPrice("NOPE", 1)),
+            (5, MarkPrice(M, 5_000_000)),
+        ]
+        done = await s.ingest("gw", 1, batch)
+        assert done.released  # no journal attached: nothing to wait for
+        r = await done.wait()
+        assert r.acked == 5
+        assert [(seq, x.code, x.field, x.message) for seq, x in r.rejections] == [
+            (2, Code.NOT_FOUND, "asset", "unknown asset 'NOPE'"),
+            (4, Code.NOT_FOUND, "market", "unknown market 'NOPE'"),
+        ]
+        balance = await s.wallets["USDT"].call(s.wallets["USDT"].balance, 1)
+        assert balance == 900 * USDT  # the deposit reached the wallet, the transfer the market
+
+
+async def test_every_write_answers_durable_and_a_sequence_gap_is_a_result() -> None:
+    async with running() as s:
+        resumed = await s.open_session("gw", 5)
+        assert resumed.released and (await resumed.wait()).epoch == 5
+        gap = await s.ingest_or_error("gw", 5, [(3, MarkPrice(M, 5_000_000))])
+        error = await gap.wait()
+        assert isinstance(error, SequenceError) and error.expected == 1
+        ok = await (await s.ingest_or_error("gw", 5, [(1, MarkPrice(M, 5_000_000))])).wait()
+        assert not isinstance(ok, SequenceError) and ok.acked == 1
+        assert (await (await s.flushed()).wait()) is None
