@@ -203,7 +203,7 @@ async def _feed(address: str, sent: list[tuple[int, int]]) -> int:
     return gw.acked_sequence
 
 
-def _fencing(nodes: list[Node], rounds: int, dsn: str) -> dict[str, Any]:
+async def _fencing(nodes: list[Node], rounds: int, dsn: str) -> dict[str, Any]:
     import psycopg
 
     results = []
@@ -215,21 +215,25 @@ def _fencing(nodes: list[Node], rounds: int, dsn: str) -> dict[str, Any]:
             epoch = [e for e in owner.events() if e.get("event") == "riskd_owner"][-1]["epoch"]
             had = other.count("riskd_owner")
             # Something in flight at the owner when it stops.
-            asyncio.run(_poke(owner.address))
+            await _poke(owner.address)
             owner.process.send_signal(signal.SIGSTOP)
-            _wait(lambda o=other, h=had: o.count("riskd_owner") > h, "the takeover")
+            await asyncio.to_thread(
+                _wait, lambda o=other, h=had: o.count("riskd_owner") > h, "the takeover"
+            )
             (rows_at_takeover,) = db.execute(
                 "SELECT count(*) FROM riskd_journal WHERE epoch = %s", (epoch,)
             ).fetchone()
             owner.process.send_signal(signal.SIGCONT)
-            code = owner.process.wait(60)
+            code = await asyncio.to_thread(owner.process.wait, 60)
             (rows_after,) = db.execute(
                 "SELECT count(*) FROM riskd_journal WHERE epoch = %s", (epoch,)
             ).fetchone()
             results.append({"exit": code, "stale_rows": rows_after - rows_at_takeover})
-            _wait(lambda o=other: _serving(o), "the new owner serving")
+            await asyncio.to_thread(_wait, lambda o=other: _serving(o), "the new owner serving")
             owner.start()
-            _wait(lambda o=owner: o.count("riskd_standby") > 0, "restart as standby")
+            await asyncio.to_thread(
+                _wait, lambda o=owner: o.count("riskd_standby") > 0, "restart as standby"
+            )
     return {
         "rounds": len(results),
         "stale_rows_written": sum(r["stale_rows"] for r in results),
@@ -244,23 +248,25 @@ async def _poke(address: str) -> None:
         await gw.flush(timeout=30)
 
 
-def _ingest(node: Node, updates: int) -> float:
-    async def go() -> float:
-        async with Gateway(node.address, f"bench-ingest-{node.name}", batch_size=256,
-                           window=16) as gw:  # fmt: skip
-            await gw.wait_connected()
-            t = time.perf_counter()
-            for i in range(updates):
-                gw.deposit(1 + i % 100, "USDT", 1 + i % 9)
-                if i % 256 == 255:
-                    await gw.wait_for_window()
-            await gw.flush(timeout=300)
-            return updates / (time.perf_counter() - t)
-
-    return asyncio.run(go())
+async def _ingest(node: Node, updates: int) -> float:
+    async with Gateway(node.address, f"bench-ingest-{node.name}", batch_size=256,
+                       window=16) as gw:  # fmt: skip
+        await gw.wait_connected()
+        t = time.perf_counter()
+        for i in range(updates):
+            gw.deposit(1 + i % 100, "USDT", 1 + i % 9)
+            if i % 256 == 255:
+                await gw.wait_for_window()
+        await gw.flush(timeout=300)
+        return updates / (time.perf_counter() - t)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # One event loop for every grpc.aio call: its poller outlives a closed loop.
+    return asyncio.run(amain(argv))
+
+
+async def amain(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.failover")
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--fencing", type=int, default=20)
@@ -283,13 +289,13 @@ def main(argv: list[str] | None = None) -> int:
                 nodes[1].start()
                 _wait(lambda: nodes[1].count("riskd_standby") > 0, "node b standing by")
                 if args.kills:
-                    f = asyncio.run(_failover(nodes, args.kills, args.ttl))
+                    f = await _failover(nodes, args.kills, args.ttl)
                     owner = next(n for n in nodes if _serving(n))
                     got = digest(owner.address)
                     ref = Node(base, "reference", [], services.free_port())
                     ref.start()
                     _wait(lambda: ref.count("riskd_serving") > 0, "the reference node")
-                    fed = asyncio.run(_feed(ref.address, f["sent"]))
+                    fed = await _feed(ref.address, f["sent"])
                     want = digest(ref.address)
                     assert ref.process is not None
                     ref.process.terminate()
@@ -312,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                         "rejections": f["rejections"],
                     }
                 if args.fencing:
-                    out["fencing"] = _fencing(nodes, args.fencing, pg.dsn)
+                    out["fencing"] = await _fencing(nodes, args.fencing, pg.dsn)
             except Exception:
                 for n in nodes:  # what the nodes said, for the failure's reader
                     tail = n.log.read_text().splitlines()[-15:]
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                     node = Node(base, f"ingest-{name}", extra, services.free_port())
                     node.start()
                     _wait(lambda n=node: n.count("riskd_serving") > 0, f"{name} node")
-                    rates[name] = round(_ingest(node, args.ingest_updates))
+                    rates[name] = round(await _ingest(node, args.ingest_updates))
                     assert node.process is not None
                     node.process.terminate()
                     node.process.wait(60)
