@@ -58,7 +58,6 @@ import os
 import pickle
 import random
 import re
-import shlex
 import shutil
 import signal
 import statistics
@@ -66,11 +65,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import harness
 from benchmarks.figures import add as _fig
 
 __all__ = ["run", "main", "build_setup", "build_workload"]
@@ -126,8 +125,7 @@ QUIET_CORES = 0.25
 ATTEMPTS = 3
 
 
-def log(msg: str) -> None:
-    print(f"[ingest] {msg}", file=sys.stderr, flush=True)
+log = harness.logger("ingest")
 
 
 # --- workload ------------------------------------------------------------------
@@ -167,7 +165,7 @@ def build_setup(batch: int = 256) -> list[bytes]:
         )
     for seq, u in enumerate(updates, 1):
         u.sequence = seq
-        u.timestamp_ms = T0_MS
+        u.timestamp_ms = harness.stamp(T0_MS, 0)
     return [
         pb.IngestRequest(epoch=EPOCH, updates=updates[i : i + batch]).SerializeToString()
         for i in range(0, len(updates), batch)
@@ -195,7 +193,7 @@ def build_workload(batch: int, n_updates: int, seed: int = 7) -> list[bytes]:
         updates = []
         for _ in range(batch):
             seq += 1
-            ts = T0_MS + seq
+            ts = harness.stamp(T0_MS, seq)
             if rand() < MARK_SHARE:
                 mark = min(max(mark + randrange(-50, 51) * 10, MARK_LO), MARK_HI)
                 mp = Mark(market=MARKET, price=mark)
@@ -754,129 +752,27 @@ def _pyspy_tables(raw: Path, top: int = 15) -> dict[str, Any]:
 KINDS = ("bare", "inline", "riskd")
 
 
-class _Server:
-    def __init__(
-        self,
-        kind: str,
-        proc: subprocess.Popen[bytes],
-        rec: dict[str, Any],
-        log_path: Path,
-        command: list[str],
-    ) -> None:
-        self.kind = kind
-        self.proc = proc
-        self.pid = proc.pid
-        self.port: int = rec["grpc_port"]
-        self.metrics_port: int | None = rec.get("metrics_port")
-        self.log_path = log_path
-        self.command = command
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise RuntimeError(f"{self.kind} did not stop in {timeout}s") from None
-
-
-def _wait_event(proc: subprocess.Popen[bytes], log_path: Path, event: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for line in log_path.read_text(errors="replace").splitlines():
-            if f'"{event}"' in line:
-                try:
-                    rec: dict[str, Any] = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                return rec
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError(f"server did not start:\n{log_path.read_text()[-4000:]}")
-
-
-def _riskd_args(tmp: Path, tag: str) -> list[str]:
-    return [
-        "serve",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        str(tmp / f"data-{tag}"),
-    ]
-
-
 def _start(
     kind: str, tmp: Path, tag: str, riskd_root: Path | None, cprofile_prefix: str | None = None
-) -> _Server:
+) -> harness.Server:
     """A fresh server process; returns once it listens."""
     log_path = tmp / f"{tag}.{kind}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cwd = ROOT
     if kind in ("bare", "inline"):
         cmd = [sys.executable, "-m", "benchmarks.ingest", "ref-server", "--mode", kind]
-        event = "ref_serving"
-    else:
-        event = "riskd_serving"
-        if riskd_root is not None:  # another riskd tree (a prototype): first on the path
-            cwd = riskd_root
-            env["PYTHONPATH"] = os.pathsep.join(
-                [str(riskd_root), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
-            )
-        if cprofile_prefix is not None:
-            cmd = [
-                sys.executable,
-                "-m",
-                "benchmarks.ingest",
-                "cprofile-riskd",
-                "--out",
-                cprofile_prefix,
-                "--",
-                *_riskd_args(tmp, tag),
-            ]
-        else:
-            cmd = [sys.executable, "-m", "riskd.cli", *_riskd_args(tmp, tag)]
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    rec = _wait_event(proc, log_path, event)
-    return _Server(kind, proc, rec, log_path, cmd)
-
-
-def _scrape(metrics_port: int) -> dict[str, float]:
-    """riskd's counters that prove the workload did what it should."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    wanted = ("riskd_updates_total", "riskd_liquidations_total", "riskd_adl_events_total")
-    for line in text.splitlines():
-        if line.startswith(wanted):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def _check_riskd(counters: dict[str, float]) -> list[str]:
-    return [
-        f"{name} = {v:g}"
-        for name, v in counters.items()
-        if v and ("rejected" in name or "liquidations" in name or "adl" in name)
-    ]
-
-
-def _display(cmd: Sequence[str]) -> str:
-    parts = list(cmd)
-    if parts and parts[0] == sys.executable:
-        try:
-            parts[0] = str(Path(sys.executable).relative_to(ROOT))
-        except ValueError:
-            parts[0] = "python"
-    return shlex.join(parts)
+        return harness.start(cmd, log_path, kind=kind, event="ref_serving")
+    cmd = harness.riskd_command(tmp / f"data-{tag}")
+    if cprofile_prefix is not None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.ingest",
+            "cprofile-riskd",
+            "--out",
+            cprofile_prefix,
+            "--",
+            *cmd[3:],
+        ]
+    return harness.start(cmd, log_path, riskd_root=riskd_root)
 
 
 def _pyspy_path() -> str | None:
@@ -960,7 +856,13 @@ def _run_cell(
                 f"{server.log_path.read_text()[-3000:]}"
             )
         if server.metrics_port is not None:
-            result["riskd_counters"] = _scrape(server.metrics_port)
+            samples = harness.scrape(server.metrics_port)
+            result["riskd_counters"] = harness.counters(
+                samples, "riskd_updates_total", "riskd_liquidations_total", "riskd_adl_events_total"
+            )
+            result["riskd_unexpected"] = harness.unexpected(samples)
+            _, violations = harness.check_state(server.target)
+            result["check_state_violations"] = violations
         if spy is not None:
             _, err = spy.communicate(timeout=60)
             if spy.returncode == 0 and spy_out.exists():
@@ -972,7 +874,9 @@ def _run_cell(
         if spy is not None and spy.poll() is None:
             spy.kill()
             spy.wait()
-    problems = _check_riskd(result.get("riskd_counters", {}))
+    problems = list(result.get("riskd_unexpected", []))
+    if result.get("check_state_violations"):
+        problems.append(f"CheckState: {result['check_state_violations'][:3]}")
     if code != 0:
         problems.append(f"server exit code {code}")
     if result["mismatches"]:
@@ -987,25 +891,13 @@ def _run_cell(
         rep=rep,
         server_exit=code,
         problems=problems,
-        server_command=_display(server.command),
-        client_command=_display(cmd),
+        server_command=harness.display(server.command),
+        client_command=harness.display(cmd),
     )
     return result
 
 
 # --- driver ----------------------------------------------------------------------
-
-
-def _si(x: float) -> str:
-    if x >= 1e6:
-        return f"{x / 1e6:.2f}M"
-    if x >= 1e4:
-        return f"{x / 1e3:.1f}k"
-    return f"{x:.0f}"
-
-
-def _summary(xs: list[float]) -> tuple[float, float, float]:
-    return statistics.median(xs), min(xs), max(xs)
 
 
 def _build_workloads(tmp: Path, cfg: dict[str, Any]) -> dict[int, Path]:
@@ -1220,14 +1112,14 @@ def _report(
     for b in BATCHES:
         by = {k: [c for c in cells if c["batch"] == b and c["kind"] == k] for k in KINDS}
         for k, cs in by.items():
-            m = _summary([c["msgs_per_s"] for c in cs])
-            u = _summary([c["updates_per_s"] for c in cs])
+            m = harness.median_range([c["msgs_per_s"] for c in cs])
+            u = harness.median_range([c["updates_per_s"] for c in cs])
             rows.append(
                 (
                     str(b),
                     k,
-                    f"{_si(m[0])} [{_si(m[1])}-{_si(m[2])}]",
-                    f"{_si(u[0])} [{_si(u[1])}-{_si(u[2])}]",
+                    f"{harness.si(m[0])} [{harness.si(m[1])}-{harness.si(m[2])}]",
+                    f"{harness.si(u[0])} [{harness.si(u[1])}-{harness.si(u[2])}]",
                     f"{statistics.median(c['server_cpu'] for c in cs):.2f}",
                     f"{statistics.median(c['server_cpu_us_per_msg'] for c in cs):.0f}",
                     f"{statistics.median(c['client_cpu'] for c in cs):.2f}",
@@ -1252,7 +1144,7 @@ def _report(
             )
 
         for den, target in (("bare", TARGETS[b]), ("inline", None)):
-            ratios = _summary(_paired(by["riskd"], by[den], cfg["reps"]))
+            ratios = harness.median_range(_paired(by["riskd"], by[den], cfg["reps"]))
             of_medians = statistics.median(c["updates_per_s"] for c in by["riskd"]) / (
                 statistics.median(c["updates_per_s"] for c in by[den])
             )
@@ -1325,7 +1217,7 @@ def _print_profiles(profiles: dict[str, Any], top: int = 15) -> None:
             print(
                 f"\n-- {name}: riskd under cProfile (every thread), "
                 f"{p['updates_handled']:,} updates handled, "
-                f"{_si(p['msgs_per_s_under_profiler'])} msgs/s under the profiler --"
+                f"{harness.si(p['msgs_per_s_under_profiler'])} msgs/s under the profiler --"
             )
             print(f"   $ {p['command']}")
             for thread, t in p["threads"].items():
@@ -1348,7 +1240,7 @@ def _print_profiles(profiles: dict[str, Any], top: int = 15) -> None:
         elif "by_self" in p:
             print(
                 f"\n-- {name}: riskd sampled by py-spy (on-CPU samples, every thread), "
-                f"{p['samples']} samples, {_si(p['msgs_per_s_while_sampled'])} msgs/s --"
+                f"{p['samples']} samples, {harness.si(p['msgs_per_s_while_sampled'])} msgs/s --"
             )
             print("   threads: " + ", ".join(f"{t} {v:.0%}" for t, v in p["threads"].items()))
             for order in ("by_self", "by_inclusive"):
@@ -1405,6 +1297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = run(quick=ns.quick, riskd_root=root, profile=ns.profile)
         if ns.json:
             ns.json.write_text(json.dumps(out, indent=2) + "\n")
+        harness.exit_on_problems("benchmarks.ingest", out["errors"])
 
 
 if __name__ == "__main__":

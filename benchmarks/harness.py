@@ -1,0 +1,297 @@
+"""What every benchmark shares: starting riskd, stamping a workload, checking a
+run did what it should, and printing figures.
+
+Each benchmark module is its measurement; the plumbing is here:
+
+* :func:`start` / :class:`Server`: a fresh server process (riskd, or a
+  reference server) logging JSON lines, returned once it logs that it listens;
+  ``riskd_root`` runs another source tree's riskd (an A/B of a change).
+* :func:`stamp`: gateway timestamps for a pre-built workload that stay inside
+  riskd's clock-skew window however long the workload is (a workload stamped
+  ``T0 + n ms`` ran past the 60 s window after ~60,000 updates and measured
+  rejections, issue 17).
+* :func:`scrape`, :func:`unexpected`, :func:`check_state`: the checks.  The
+  rule every benchmark follows: a run with unexpected rejections,
+  liquidations or ADL, or a failed ``CheckState``, is not a measurement; it
+  ends with :func:`exit_on_problems`, which prints why and exits non-zero.
+* :func:`median_range`, :func:`si`, :func:`display`: figures and the commands
+  that reproduce them, printed the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ROOT",
+    "Server",
+    "start",
+    "riskd_command",
+    "wait_event",
+    "stamp",
+    "STAMPS_PER_MS",
+    "Sample",
+    "scrape",
+    "counters",
+    "unexpected",
+    "check_state",
+    "exit_on_problems",
+    "median_range",
+    "si",
+    "display",
+    "logger",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Updates stamped per millisecond of gateway time: a workload of n updates
+#: spans n / STAMPS_PER_MS ms, so even 10^7 updates stay 10 s ahead of the
+#: clock they were built by (riskd refuses more than 60 s ahead by default).
+STAMPS_PER_MS = 1000
+
+_SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+#: Counters that are problems when a workload expects none of them.
+_UNEXPECTED = ("riskd_liquidations_total", "riskd_adl_events_total")
+
+
+def logger(name: str) -> Callable[[str], None]:
+    """``log(msg)`` to stderr, prefixed ``[name]`` (stdout is the report)."""
+
+    def log(msg: str) -> None:
+        print(f"[{name}] {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def stamp(t0_ms: int, n: int) -> int:
+    """The gateway timestamp of a workload's update ``n`` (from 1), built at ``t0_ms``.
+
+    Non-decreasing in ``n`` (as a gateway's clock), and within the skew
+    window for any workload a benchmark builds (see :data:`STAMPS_PER_MS`).
+    """
+    return t0_ms + n // STAMPS_PER_MS
+
+
+# --- servers ---------------------------------------------------------------------
+
+
+class Server:
+    """A server process started by :func:`start`."""
+
+    def __init__(
+        self,
+        kind: str,
+        proc: subprocess.Popen[bytes],
+        rec: dict[str, Any],
+        log_path: Path,
+        command: list[str],
+    ) -> None:
+        self.kind = kind
+        self.proc = proc
+        self.pid = proc.pid
+        self.port: int = rec["grpc_port"]
+        self.metrics_port: int | None = rec.get("metrics_port")
+        self.log_path = log_path
+        self.command = command
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (a graceful shutdown), then its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"{self.kind} did not stop in {timeout}s") from None
+
+    def error_lines(self) -> list[str]:
+        """The JSON log lines at level error (none in a clean run)."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if '"level": "error"' in line or '"level":"error"' in line:
+                out.append(line)
+        return out
+
+
+def wait_event(
+    proc: subprocess.Popen[bytes], log_path: Path, event: str, timeout: float = 60.0
+) -> dict[str, Any]:
+    """The first JSON log line naming ``event`` (the server listens); raises if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(errors="replace").splitlines():
+            if f'"{event}"' in line:
+                try:
+                    rec: dict[str, Any] = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                return rec
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"server did not start:\n{log_path.read_text()[-4000:]}")
+
+
+def riskd_command(data_dir: Path, *extra: str) -> list[str]:
+    """``riskd serve`` on ephemeral loopback ports (plaintext development mode)."""
+    return [
+        sys.executable,
+        "-m",
+        "riskd.cli",
+        "serve",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(data_dir),
+        *extra,
+    ]
+
+
+def start(
+    command: list[str],
+    log_path: Path,
+    *,
+    kind: str = "riskd",
+    event: str = "riskd_serving",
+    riskd_root: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """Start ``command`` (its output to ``log_path``); return once it logs ``event``."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    cwd = ROOT
+    if riskd_root is not None:  # another riskd tree (a prototype): first on the path
+        cwd = riskd_root
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [str(riskd_root), str(ROOT), *filter(None, [full_env.get("PYTHONPATH")])]
+        )
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=full_env
+        )
+    return Server(kind, proc, wait_event(proc, log_path, event), log_path, command)
+
+
+# --- checks ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def scrape(port: int) -> list[Sample]:
+    """Every sample on riskd's metrics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = []
+    for line in text.splitlines():
+        m = _SERIES.match(line)
+        if m and not line.startswith("#"):
+            out.append(Sample(m[1], dict(_LABEL.findall(m[2] or "")), float(m[3])))
+    return out
+
+
+def counters(samples: Iterable[Sample], *prefixes: str) -> dict[str, float]:
+    """``{'name{labels}': value}`` of the samples whose name starts with a prefix."""
+    out: dict[str, float] = {}
+    for s in samples:
+        if s.name.startswith(prefixes):
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def unexpected(
+    samples: Iterable[Sample], *, liquidations: bool = False, rejections: bool = False
+) -> list[str]:
+    """Why a run's counters say the workload did not do what it should ([]: it did).
+
+    A rejected update (at decoding, ``kind="Rejected"``, or by an actor) is a
+    problem unless ``rejections``; a liquidation or ADL unless ``liquidations``.
+    """
+    bad = []
+    for s in samples:
+        if not s.value:
+            continue
+        refused = s.labels.get("outcome") == "rejected" or s.labels.get("kind") == "Rejected"
+        if not rejections and s.name == "riskd_updates_total" and refused:
+            bad.append(f"riskd_updates_total{{kind={s.labels.get('kind')!r}}} = {s.value:g}")
+        if not liquidations and s.name in _UNEXPECTED:
+            bad.append(f"{s.name}{{{','.join(s.labels.values())}}} = {s.value:g}")
+    return bad
+
+
+def check_state(target: str, timeout: float = 60.0) -> tuple[str, list[str]]:
+    """``AdminService/CheckState`` on a plaintext riskd: (digest, invariant violations)."""
+    import grpc
+
+    from riskd.v1 import admin_pb2, admin_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        r = admin_pb2_grpc.AdminServiceStub(channel).CheckState(
+            admin_pb2.CheckStateRequest(), timeout=timeout
+        )
+    return r.digest, list(r.violations)
+
+
+def exit_on_problems(what: str, problems: Sequence[str]) -> None:
+    """The rule: a run with problems prints them and exits non-zero (not a figure)."""
+    if not problems:
+        return
+    print(f"{what}: NOT A MEASUREMENT, {len(problems)} problem(s):", file=sys.stderr)
+    for p in problems:
+        print(f"  - {p}", file=sys.stderr)
+    sys.exit(1)
+
+
+# --- figures ---------------------------------------------------------------------
+
+
+def median_range(xs: Sequence[float]) -> tuple[float, float, float]:
+    """(median, min, max): how every repeated figure is reported."""
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def si(x: float) -> str:
+    """1.20M, 35.1k, 5120: rates in a table."""
+    if x >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    if x >= 1e4:
+        return f"{x / 1e3:.1f}k"
+    return f"{x:.0f}"
+
+
+def display(cmd: Sequence[str]) -> str:
+    """A command as a reader can paste it (the venv's python shown relative)."""
+    parts = list(cmd)
+    if parts and parts[0] == sys.executable:
+        try:
+            parts[0] = str(Path(sys.executable).relative_to(ROOT))
+        except ValueError:
+            parts[0] = "python"
+    return shlex.join(parts)
