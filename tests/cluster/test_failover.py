@@ -181,3 +181,51 @@ def test_a_sigstopped_owner_resumed_after_the_takeover_writes_nothing(  # type: 
     finally:
         reader.close()
     assert digest(b.address) == pure_digest(inputs)
+
+
+def test_a_standby_speaks_the_owners_mutual_tls(
+    tmp_path: Path, pg: Postgres, etcd: EtcdCluster, shard: str
+) -> None:
+    from riskd.config import default_toml
+    from riskd.dev_certs import write_dev_set
+
+    tls = tmp_path / "tls"
+    write_dev_set(tls, ["ops"], ["127.0.0.1", "localhost"])
+    config = tmp_path / "riskd.toml"
+    config.write_text(
+        default_toml().replace("plaintext = true", "")
+        + f'\n[server.tls]\ncert = "{tls / "server.crt"}"\nkey = "{tls / "server.key"}"\n'
+        f'client_ca = "{tls / "ca.crt"}"\n'
+        '\n[access.ops]\nroles = ["admin"]\n'
+    )
+    a = start_node(tmp_path, "node-a", pg, etcd, config, shard)
+    b = start_node(tmp_path, "node-b", pg, etcd, config, shard)
+    try:
+        wait_for(lambda: a.said("riskd_serving") or b.said("riskd_serving"), "an owner")
+        owner, standby = (a, b) if a.said("riskd_serving") else (b, a)
+        wait_for(lambda: standby.said("riskd_standby"), "the standby")
+        creds = grpc.ssl_channel_credentials(
+            (tls / "ca.crt").read_bytes(),
+            (tls / "ops.key").read_bytes(),
+            (tls / "ops.crt").read_bytes(),
+        )
+        with grpc.secure_channel(standby.address, creds) as ch:
+            got = cluster_pb2_grpc.ClusterServiceStub(ch).Route(
+                cluster_pb2.RouteRequest(asset="USDT"), timeout=10
+            )
+            assert got.address == owner.address
+        without_cert = grpc.ssl_channel_credentials((tls / "ca.crt").read_bytes())
+        with grpc.secure_channel(standby.address, without_cert) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                cluster_pb2_grpc.ClusterServiceStub(ch).Route(
+                    cluster_pb2.RouteRequest(asset="USDT"), timeout=10
+                )
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        with grpc.insecure_channel(standby.address) as ch, pytest.raises(grpc.RpcError):
+            cluster_pb2_grpc.ClusterServiceStub(ch).Route(
+                cluster_pb2.RouteRequest(asset="USDT"), timeout=10
+            )
+    finally:
+        for n in (a, b):
+            n.process.kill()
+            n.process.wait(10)
