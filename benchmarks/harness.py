@@ -178,6 +178,7 @@ def start(
     event: str = "riskd_serving",
     riskd_root: Path | None = None,
     env: dict[str, str] | None = None,
+    timeout: float = 60.0,
 ) -> Server:
     """Start ``command`` (its output to ``log_path``); return once it logs ``event``."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -191,7 +192,7 @@ def start(
         proc = subprocess.Popen(
             command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=full_env
         )
-    return Server(kind, proc, wait_event(proc, log_path, event), log_path, command)
+    return Server(kind, proc, wait_event(proc, log_path, event, timeout), log_path, command)
 
 
 # --- checks ----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from benchmarks import harness
 from riskd.config import load
 from riskd.core import Position
 from riskd.core.margin import liquidation_threshold
@@ -145,33 +146,40 @@ async def _open_loop(
 def measure(seconds: float, probes_n: int) -> dict[str, Any]:
     probes = _probes(probes_n)
     with tempfile.TemporaryDirectory(prefix="riskd-latency-") as tmp:
-        log = Path(tmp) / "riskd.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "riskd.cli", "serve", "--grpc-listen", "127.0.0.1:0",
-                 "--metrics-listen", "127.0.0.1:0", "--data-dir", str(Path(tmp) / "data")],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        daemon = harness.start(harness.riskd_command(Path(tmp) / "data"), Path(tmp) / "riskd.log")
         try:
-            deadline = time.monotonic() + 60
-            while b'"riskd_serving"' not in log.read_bytes():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(log.read_text())
-                time.sleep(0.05)
-            line = next(x for x in log.read_text().splitlines() if '"riskd_serving"' in x)
-            target = f"127.0.0.1:{json.loads(line)['grpc_port']}"
 
             async def go() -> dict[str, Any]:
-                await _setup(target, probes)
-                capacity = await _capacity(target, 3.0)
+                await _setup(daemon.target, probes)
+                capacity = await _capacity(daemon.target, 3.0)
                 probe_every = max(int(capacity / 2 / 20), 2)  # about 20 probes a second
-                r = await _open_loop(target, capacity / 2, seconds, probes, probe_every)
+                r = await _open_loop(daemon.target, capacity / 2, seconds, probes, probe_every)
                 return {"capacity_msgs_per_s": capacity, "probe_every": probe_every, **r}
 
-            return asyncio.run(go())
+            r = asyncio.run(go())
+            r["problems"] = _problems(daemon, r["probes"])
+            return r
         finally:
-            proc.terminate()
-            proc.wait(60)
+            daemon.stop(60)
+
+
+def _problems(daemon: harness.Server, probes: int) -> list[str]:
+    """Every probe liquidates (a partial liquidation settles in steps: at least one
+    each), the background marks liquidate nothing, nothing is refused."""
+    assert daemon.metrics_port is not None
+    samples = harness.scrape(daemon.metrics_port)
+    bad = harness.unexpected(samples, liquidations=True)
+    settled = {
+        m: sum(s.value for s in samples if s.name == "riskd_liquidations_total" and
+               s.labels.get("market") == m)
+        for m in (ETH, BTC)
+    }  # fmt: skip
+    if settled[ETH] < probes or settled[BTC]:
+        bad.append(f"liquidations settled {settled} for {probes} probes on {ETH}")
+    _, violations = harness.check_state(daemon.target)
+    if violations:
+        bad.append(f"CheckState: {violations[:3]}")
+    return bad
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -181,9 +189,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.latency", "--seconds", str(seconds),
          "--probes", str(probes)],
-        capture_output=True, text=True, timeout=900, check=True,
+        capture_output=True, text=True, timeout=900,
     )  # fmt: skip
+    if not out.stdout.strip():  # it died before a result: say why
+        raise RuntimeError(f"benchmarks.latency failed:\n{out.stderr[-4000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
+    errors = [f"latency: {p}" for p in r.get("problems", [])]
     print(
         f"mark -> liquidation event at {r['rate_sent']:,.0f} msgs/s (half of"
         f" {r['capacity_msgs_per_s']:,.0f}): p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms,"
@@ -206,6 +217,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             for k, v in figures.items()
         },
         "details": r,
+        "errors": errors,
     }
 
 
@@ -214,7 +226,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--probes", type=int, default=260)
     a = p.parse_args(argv)
-    print(json.dumps(measure(a.seconds, a.probes)))
+    r = measure(a.seconds, a.probes)
+    print(json.dumps(r))
+    harness.exit_on_problems("benchmarks.latency", r["problems"])
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks import core
+from benchmarks import core, harness
 from riskd.config import default_toml
 from riskd.storage import ledger, snapshot
 from riskd.v1 import admin_pb2, admin_pb2_grpc
@@ -78,41 +78,32 @@ def measure(n: int) -> dict[str, Any]:
         config = Path(tmp) / "riskd.toml"
         config.write_text(default_toml().replace("snapshot_seconds = 300", "snapshot_seconds = 1"))
         log = Path(tmp) / "riskd.log"
-        with log.open("wb") as out:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "riskd.cli", "serve", "--config", str(config),
-                 "--grpc-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                 "--data-dir", str(data)],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            try:
-                while not any(x.get("event") == "riskd_serving" for x in _lines(log)):
-                    if proc.poll() is not None or time.perf_counter() - t0 > 300:
-                        raise RuntimeError(log.read_text())
-                    time.sleep(0.02)
-                serving = time.perf_counter() - t0
-                port = next(x for x in _lines(log) if x.get("event") == "riskd_serving")
-                channel = grpc.insecure_channel(f"127.0.0.1:{port['grpc_port']}")
-                admin = admin_pb2_grpc.AdminServiceStub(channel)
-                inject = admin_pb2.InjectFundRequest(asset="USDT", amount=1, cause="bench")
-                admin.InjectFund(inject)  # the journal moves: the next snapshot is written
-                rtts: list[float] = []
-                snap: dict[str, Any] | None = None
-                while snap is None:
-                    if proc.poll() is not None or time.perf_counter() - t0 > 900:
-                        raise RuntimeError(log.read_text())
-                    s0 = time.perf_counter()
-                    admin.InjectFund(inject)
-                    rtts.append(time.perf_counter() - s0)
-                    time.sleep(0.02)
-                    done = [x for x in _lines(log) if x.get("event") == "snapshot_written"]
-                    snap = done[0] if done else None
-                channel.close()
-                fork_lines = log.read_text().count("fork()")
-            finally:
-                proc.terminate()
-                proc.wait(120)
+        t0 = time.perf_counter()
+        daemon = harness.start(
+            harness.riskd_command(data, "--config", str(config)), log, timeout=300
+        )
+        try:
+            serving = time.perf_counter() - t0
+            channel = grpc.insecure_channel(daemon.target)
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+            inject = admin_pb2.InjectFundRequest(asset="USDT", amount=1, cause="bench")
+            admin.InjectFund(inject)  # the journal moves: the next snapshot is written
+            rtts: list[float] = []
+            snap: dict[str, Any] | None = None
+            while snap is None:
+                if daemon.proc.poll() is not None or time.perf_counter() - t0 > 900:
+                    raise RuntimeError(log.read_text())
+                s0 = time.perf_counter()
+                admin.InjectFund(inject)
+                rtts.append(time.perf_counter() - s0)
+                time.sleep(0.02)
+                done = [x for x in _lines(log) if x.get("event") == "snapshot_written"]
+                snap = done[0] if done else None
+            channel.close()
+            fork_lines = log.read_text().count("fork()")
+            problems = _problems(daemon)
+        finally:
+            daemon.stop(120)
     rtts.sort()
     return {
         "positions": n,
@@ -127,7 +118,19 @@ def measure(n: int) -> dict[str, Any]:
         "inject_probes": len(rtts),
         "fork_warnings": fork_lines,
         "restart_to_serving_s": round(serving, 2),
+        "problems": problems,
     }
+
+
+def _problems(daemon: harness.Server) -> list[str]:
+    """The restored positions are all healthy and the state checks out."""
+    assert daemon.metrics_port is not None
+    bad = harness.unexpected(harness.scrape(daemon.metrics_port))
+    _, violations = harness.check_state(daemon.target, timeout=300)
+    if violations:
+        bad.append(f"CheckState: {violations[:3]}")
+    bad += [f"riskd logged an error: {line[:200]}" for line in daemon.error_lines()[:2]]
+    return bad
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -136,8 +139,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     print(f"[restart] {n:,} positions ...", file=sys.stderr, flush=True)
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.restart", "--n", str(n)],
-        capture_output=True, text=True, timeout=900, check=True,
+        capture_output=True, text=True, timeout=900,
     )  # fmt: skip
+    if not out.stdout.strip():  # it died before a result: say why
+        raise RuntimeError(f"benchmarks.restart failed:\n{out.stderr[-4000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
     print(
         f"restart to SERVING with {n:,} positions: {r['restart_to_serving_s']} s"
@@ -188,13 +193,16 @@ def run(quick: bool = False) -> dict[str, Any]:
             },
         },
         "details": r,
+        "errors": [f"restart: {p}" for p in r.get("problems", [])],
     }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.restart")
     p.add_argument("--n", type=int, default=1_000_000)
-    print(json.dumps(measure(p.parse_args(argv).n)))
+    r = measure(p.parse_args(argv).n)
+    print(json.dumps(r))
+    harness.exit_on_problems("benchmarks.restart", r["problems"])
 
 
 if __name__ == "__main__":
