@@ -28,6 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from benchmarks import harness
 from riskd.replay import driver, prices, report
 
 
@@ -39,30 +40,46 @@ def measure(bars: int, accounts: int) -> dict[str, Any]:
         spawned = time.perf_counter()
         raw = asyncio.run(driver.replay(settings, path, daemon, progress=False))
     ran = time.perf_counter()
-    raw["source"] = {"name": "generated (benchmark)", "generated": True}
+    raw.source = {"name": "generated (benchmark)", "generated": True}
     r = report.build(raw)
     built = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        report.write(r, raw["marks"], Path(out))
+        report.write(r, raw.marks, Path(out))
     written = time.perf_counter()
-    sent = sum(raw["sent"].values())
-    wall = raw["wall"]
+    sent = sum(raw.sent.values())
+    wall = raw.wall
     return {
         "bars": bars,
         "accounts": accounts,
         "updates": sent,
-        "rejected": len(raw["rejections"]),
+        "rejected": len(raw.rejections),
         "liquidations": r["liquidations"]["count"],
         "conservation_ok": r["conservation"]["ok"] and r["crosscheck"]["ok"],
         "spawn_s": round(spawned - t0, 2),
-        "replay_s": wall["replay_seconds"],
-        "daemon_s": wall["daemon_seconds"],
-        "readback_s": round(wall["seconds"] - wall["replay_seconds"] - wall["daemon_seconds"], 2),
+        "replay_s": wall.replay_seconds,
+        "daemon_s": wall.daemon_seconds,
+        "readback_s": round(wall.seconds - wall.replay_seconds - wall.daemon_seconds, 2),
         "report_s": round(built - ran, 2),
         "plot_s": round(written - built, 2),
         "total_s": round(written - t0, 2),
-        "updates_per_s": round(sent / max(wall["seconds"], 1e-9)),
+        "updates_per_s": round(sent / max(wall.seconds, 1e-9)),
+        "problems": _problems(raw, r),
     }
+
+
+def _problems(raw: driver.ReplayRun, r: dict[str, Any]) -> list[str]:
+    """Liquidations are this workload's point; refused updates, money that does not
+    add up or a failed CheckState are not."""
+    bad = (
+        [f"{len(raw.rejections)} updates rejected: {raw.rejections[:2]}"] if raw.rejections else []
+    )
+    if not r["conservation"]["ok"]:
+        bad.append(f"conservation: {r['conservation']}")
+    if not r["crosscheck"]["ok"]:
+        bad.append("the report disagrees with the daemon's queries or metrics")
+    if raw.state.violations:
+        bad.append(f"CheckState: {list(raw.state.violations)[:3]}")
+    return bad
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -82,7 +99,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             },
         },
         "details": m,
-        "errors": [] if m["conservation_ok"] and not m["rejected"] else [m],
+        "errors": [f"replay: {p}" for p in m["problems"]],
     }  # fmt: skip
 
 
@@ -93,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     m = measure(a.bars, a.accounts)
     print(json.dumps(m))
-    return 0 if m["conservation_ok"] and not m["rejected"] else 1
+    harness.exit_on_problems("benchmarks.replay", m["problems"])
+    return 0
 
 
 if __name__ == "__main__":

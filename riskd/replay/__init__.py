@@ -254,9 +254,9 @@ async def run_one(
                 settings, bars, daemon, progress=progress, first_account=first_account
             )
         # The drawdown guard's settings are not in the API: known only for our own daemon.
-        raw["fund_policy"] = cfg.funds.get(spec.asset.symbol)
-    raw["source"] = source
-    return report.build(raw), raw["marks"]
+        raw.fund_policy = cfg.funds.get(spec.asset.symbol)
+    raw.source = source
+    return report.build(raw), raw.marks
 
 
 def main(args: argparse.Namespace) -> int:

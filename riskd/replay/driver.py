@@ -33,19 +33,21 @@ from typing import Any
 
 import grpc
 
+from riskd.core import FundPolicy
 from riskd.replay import population, prices
 from riskd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
+    ingest_pb2,
     query_pb2,
     query_pb2_grpc,
     types_pb2,
 )
 from riskd_client.gateway import Gateway  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["Daemon", "Settings", "check", "replay", "spawn"]
+__all__ = ["Daemon", "ReplayRun", "Settings", "Wall", "check", "replay", "spawn"]
 
 BACKSTOP = 2**64 - 1
 TAKER_FEE_PPM = 500  # 0.05 %
@@ -553,6 +555,69 @@ async def _policy_by_api(admin: Any, info: MarketInfo, settings: Settings, scale
         await admin.UpdateMarket(admin_pb2.UpdateMarketRequest(market=want))
 
 
+#: A Prometheus scrape: (metric name, its labels) -> value.
+Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Wall:
+    """Where a replay's wall-clock time went."""
+
+    started_unix: float
+    seconds: float
+    #: Building and sending inputs (the replay's own Python).
+    replay_seconds: float
+    #: Waiting for riskd: flushes and the per-bar queries.
+    daemon_seconds: float
+
+
+@dataclass(slots=True)
+class ReplayRun:
+    """What one replay sent and read back: the raw material of a report
+    (:func:`riskd.replay.report.build`)."""
+
+    settings: Settings
+    bars: list[prices.Bar]
+    info: MarketInfo
+    traders: list[population.Trader]
+    house: int
+    fund_seed: int
+    fund_before: query_pb2.InsuranceFund
+    fund_after: query_pb2.InsuranceFund
+    state: admin_pb2.CheckStateResponse
+    events: list[events_pb2.Event]
+    accounts: dict[int, query_pb2.GetAccountResponse]
+    #: Updates sent, by kind.
+    sent: Counter[str]
+    #: Applied deposits: sequence -> amount.
+    deposits: dict[int, int]
+    #: Fees charged by the applied fills.
+    fees: int
+    #: Applied fills: (sequence, ts, buyer, seller, quantity).
+    fills: list[tuple[int, int, int, int, int]]
+    rejections: list[ingest_pb2.Rejection]
+    #: Every mark sent: (timestamps, prices).
+    marks: tuple[list[int], list[int]]
+    unwinds: int
+    exits: dict[str, int]
+    #: Funding rates sent: [ts, rate_e8].
+    funding: list[list[int]]
+    #: Book-mode liquidation orders by what became of them (filled, given_up).
+    book: dict[str, int]
+    stress: list[dict[str, Any]]
+    samples: list[dict[str, Any]]
+    metrics_before: Scrape
+    metrics_after: Scrape
+    wall: Wall
+    target: str
+    #: The daemon had seen nothing before this replay (a fresh data directory).
+    fresh: bool
+    #: Where the path came from (set by the caller: a file, an exchange, generated).
+    source: dict[str, Any] = field(default_factory=dict)
+    #: The fund's drawdown policy, when the replay started the daemon itself.
+    fund_policy: FundPolicy | None = None
+
+
 async def replay(
     settings: Settings,
     bars: list[prices.Bar],
@@ -562,7 +627,7 @@ async def replay(
     epoch: int = 1,
     first_account: int = 1001,
     gateway_id: str = "riskd-replay",
-) -> dict[str, Any]:
+) -> ReplayRun:
     """Run one replay against ``daemon`` and return the raw material of a report."""
     started = time.time()
     clock = {"replay": 0.0, "daemon": 0.0}  # seconds building inputs vs waiting for riskd
@@ -885,41 +950,41 @@ async def replay(
         accounts = dict(zip(ids, got_accounts, strict=True))
         after = await asyncio.to_thread(scrape, daemon.metrics_url)
 
-    return {
-        "settings": settings,
-        "bars": bars,
-        "info": info,
-        "traders": traders,
-        "house": house,
-        "fund_seed": fund_seed,
-        "fund_before": fund_before,
-        "fund_after": fund_after,
-        "state": state,
-        "events": events,
-        "accounts": accounts,
-        "sent": sent,
-        "deposits": {s: a for s, a in deposits.items() if s not in rejected},
-        "fees": sum(f for s, f in fees.items() if s not in rejected),
-        "fills": [f for f in fills if f[0] not in rejected],
-        "rejections": rejections,
-        "marks": (mark_ts, mark_px),
-        "unwinds": unwinds,
-        "exits": dict(exits),
-        "funding": funding,
-        "book": dict(book_done),
-        "stress": stress,
-        "samples": samples,
-        "metrics_before": before,
-        "metrics_after": after,
-        "wall": {
-            "started_unix": round(started, 3),
-            "seconds": round(time.time() - started, 3),
-            "replay_seconds": round(clock["replay"], 3),
-            "daemon_seconds": round(clock["daemon"], 3),
-        },
-        "target": daemon.target,
-        "fresh": first_event == 1 and fund_before.total_inflow == 0,
-    }
+    return ReplayRun(
+        settings=settings,
+        bars=bars,
+        info=info,
+        traders=traders,
+        house=house,
+        fund_seed=fund_seed,
+        fund_before=fund_before,
+        fund_after=fund_after,
+        state=state,
+        events=events,
+        accounts=accounts,
+        sent=sent,
+        deposits={s: a for s, a in deposits.items() if s not in rejected},
+        fees=sum(f for s, f in fees.items() if s not in rejected),
+        fills=[f for f in fills if f[0] not in rejected],
+        rejections=rejections,
+        marks=(mark_ts, mark_px),
+        unwinds=unwinds,
+        exits=dict(exits),
+        funding=funding,
+        book=dict(book_done),
+        stress=stress,
+        samples=samples,
+        metrics_before=before,
+        metrics_after=after,
+        wall=Wall(
+            started_unix=round(started, 3),
+            seconds=round(time.time() - started, 3),
+            replay_seconds=round(clock["replay"], 3),
+            daemon_seconds=round(clock["daemon"], 3),
+        ),
+        target=daemon.target,
+        fresh=first_event == 1 and fund_before.total_inflow == 0,
+    )
 
 
 def mark_at(marks: tuple[list[int], list[int]], ts: int) -> int:

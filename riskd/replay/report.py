@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import dataclasses
 import io
 import json
 from collections import Counter, defaultdict
@@ -22,7 +23,7 @@ from typing import Any
 from riskd.core.stress import move_label
 from riskd.effects import LIQUIDATION_OUTCOMES, liquidation_outcome
 from riskd.replay import population, prices
-from riskd.replay.driver import BACKSTOP, mark_at, metric_delta
+from riskd.replay.driver import BACKSTOP, ReplayRun, mark_at, metric_delta
 from riskd.v1 import events_pb2, ingest_pb2, types_pb2
 
 __all__ = ["build", "deterministic", "write", "write_compare"]
@@ -46,7 +47,7 @@ REASONS = {
 }
 
 
-def _positions_over_time(raw: dict[str, Any], settled: list[Any], notices: list[Any]) -> Any:
+def _positions_over_time(raw: ReplayRun, settled: list[Any], notices: list[Any]) -> Any:
     """Every account's size through the path, rebuilt from the fills the replay sent and
     the daemon's events; returns (size changes in time order, sizes at the end, the side
     of each liquidated position by liquidation id).
@@ -55,10 +56,10 @@ def _positions_over_time(raw: dict[str, Any], settled: list[Any], notices: list[
     (``quantity - adl_quantity``) passes to the backstop (takeover) or to the house that
     filled the order (book); each ``AdlNotice`` takes its quantity off its counterparty.
     """
-    info = raw["info"]
-    receiver = raw["house"] if info.liquidation_mode == 1 else BACKSTOP  # 1: book
+    info = raw.info
+    receiver = raw.house if info.liquidation_mode == 1 else BACKSTOP  # 1: book
     timeline: list[tuple[int, int, int, Any]] = []
-    for seq, ts, buyer, seller, qty in raw.get("fills", []):
+    for seq, ts, buyer, seller, qty in raw.fills:
         timeline.append((ts, 1, seq, ("fill", buyer, seller, qty)))
     for e in settled:
         timeline.append((e.timestamp_ms, 0, e.sequence, ("liq", e.liquidation_settled)))
@@ -113,18 +114,18 @@ def _headroom(series: list[list[int]], ts: int, balance: int, policy: Any) -> in
     return balance - floor
 
 
-def build(raw: dict[str, Any]) -> dict[str, Any]:
-    info = raw["info"]
+def build(raw: ReplayRun) -> dict[str, Any]:
+    info = raw.info
     asset = info.asset
-    events = raw["events"]
+    events = raw.events
     settled = [e for e in events if e.HasField("liquidation_settled")]
     flows = [e for e in events if e.HasField("fund_flow") and e.fund_flow.asset == asset]
     notices = [e for e in events if e.HasField("adl_notice")]
     executed = [e for e in events if e.HasField("adl_executed")]
     calls = sum(1 for e in events if e.HasField("margin_call"))
-    traders = raw["traders"]
+    traders = raw.traders
     leverage = {t.account: t.leverage for t in traders}
-    bar_ts = [b.ts_ms for b in raw["bars"]]
+    bar_ts = [b.ts_ms for b in raw.bars]
 
     def bar_of(ts: int) -> int:
         return max(bisect.bisect_right(bar_ts, ts) - 1, 0)
@@ -136,7 +137,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     for e in notices:
         hit[(e.adl_notice.market, e.adl_notice.liquidation_id)].append(e.adl_notice.account)
     adl_by_lid: dict[tuple[str, int], dict[str, Any]] = {}
-    adl_events = []
+    adl_events: list[dict[str, Any]] = []  # as they appear in the report
     for e in executed:
         x = e.adl_executed
         side = sides.get(x.liquidation_id, 0)
@@ -146,7 +147,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
             "bankrupt_side": "long" if side > 0 else "short" if side < 0 else "?",
             "quantity": x.quantity,
             "price": x.price,
-            "mark": mark_at(raw["marks"], e.timestamp_ms),
+            "mark": mark_at(raw.marks, e.timestamp_ms),
             "notional": x.closed_notional,
             "deficit": x.deficit,
             "fund_paid": x.fund_paid,
@@ -182,16 +183,16 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
 
     # Stress coverage sampled at each bar's open: per minute the last sample.
     sampled: dict[int, dict[str, Any]] = {}
-    for smp in raw.get("stress", []):
+    for smp in raw.stress:
         sampled[smp["ts_ms"] // 60_000 * 60_000] = {
             move_label(move): {"positions": n, "shortfall": q, "payable": p, "coverage_ppm": c}
             for move, n, q, p, c in smp["rows"]
         }
-    moves = sorted({row[0] for smp in raw.get("stress", []) for row in smp["rows"]})
+    moves = sorted({row[0] for smp in raw.stress for row in smp["rows"]})
     labels = [move_label(m) for m in moves]
     stress = {
         "moves": labels,
-        "samples": len(raw.get("stress", [])),
+        "samples": len(raw.stress),
         "max_shortfall": {
             lb: max((x[lb]["shortfall"] for x in sampled.values() if lb in x), default=0)
             for lb in labels
@@ -206,9 +207,9 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     inflow = Counter[str]()
     outflow = Counter[str]()
     counts = Counter[str]()
-    balance0 = raw["fund_before"].balance
+    balance0 = raw.fund_before.balance
     series = []
-    first_ts = raw["bars"][0].ts_ms
+    first_ts = raw.bars[0].ts_ms
     depleted_at = None
     for e in flows:
         f = e.fund_flow
@@ -220,7 +221,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     final_balance = series[-1][1] if series else balance0
 
     # Positions.
-    accounts = raw["accounts"]
+    accounts = raw.accounts
     liquidated = {s.liquidation_settled.account for s in settled}
     deleveraged = {e.adl_notice.account for e in notices}
     open_at_end = {a for a, r in accounts.items() if any(p.size for p in r.positions)}
@@ -237,10 +238,10 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
         "closed_by_adl": sum(closed_by.get(a) == "adl" for a in opened),
         "open_at_end": len(opened & open_at_end),
         "left_by_choice": sum(closed_by.get(a) == "trader" for a in opened),
-        "exits": raw.get("exits", {}),
-        "house_size_at_end": sum(p.size for p in accounts[raw["house"]].positions),
+        "exits": raw.exits,
+        "house_size_at_end": sum(p.size for p in accounts[raw.house].positions),
         "backstop_size_at_end": sum(p.size for p in accounts[BACKSTOP].positions),
-        "backstop_unwinds": raw["unwinds"],
+        "backstop_unwinds": raw.unwinds,
         "open_interest_at_end": sum(max(q, 0) for q in queried.values()),
         # The per-minute open interest is rebuilt from fills and events; it must end
         # where the daemon's positions are.
@@ -248,25 +249,25 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
     # Conservation: the daemon's own check, and the identity recomputed from queries.
-    fund_after = raw["fund_after"]
+    fund_after = raw.fund_after
     holdings = sum(
         r.wallet_balance + sum(p.margin_balance for p in r.positions) for r in accounts.values()
     )
-    fee_pool = raw["fees"] - inflow.get("trading_fee", 0)
+    fee_pool = raw.fees - inflow.get("trading_fee", 0)
     injected = inflow.get("injection", 0)
     lhs = holdings + fund_after.balance + fee_pool
-    rhs = sum(raw["deposits"].values()) + injected + balance0
-    state = raw["state"]
+    rhs = sum(raw.deposits.values()) + injected + balance0
+    state = raw.state
     # The recomputation covers only this replay's accounts: it is the whole
     # identity only on a daemon that was fresh when the replay started.  Linear
     # fills without funding are exact; inverse values and funding leave rounding
     # residues (at most a quantum per fill, open position or funding receiver)
     # in the fee pool, which no query shows: the daemon's CheckState checks those.
-    complete = bool(raw.get("fresh", True))
+    complete = bool(raw.fresh)
     slack = 0
-    if info.inverse or raw.get("funding"):
-        slack = len(raw.get("fills", [])) + len(settled) + len(notices)
-        slack += len(accounts) * (1 + len(raw.get("funding", [])))
+    if info.inverse or raw.funding:
+        slack = len(raw.fills) + len(settled) + len(notices)
+        slack += len(accounts) * (1 + len(raw.funding))
     identity_ok = -slack <= lhs - rhs <= 0 if slack else lhs == rhs
     conservation = {
         "digest": state.digest,
@@ -277,7 +278,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
             "accounts": holdings,
             "fund": fund_after.balance,
             "fee_pool": fee_pool,
-            "deposits": sum(raw["deposits"].values()),
+            "deposits": sum(raw.deposits.values()),
             "injections": injected,
             "fund_before": balance0,
             "difference": lhs - rhs,
@@ -287,11 +288,11 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
 
     by_reason: dict[str, dict[str, int]] = {}
     for a in adl_events:
-        x = by_reason.setdefault(a["reason"], {"executions": 0, "notional": 0, "overshoot": 0})
-        x["executions"] += 1
-        x["notional"] += a["notional"]
-        x["overshoot"] += a["overshoot"]
-    adl_total = {
+        agg = by_reason.setdefault(a["reason"], {"executions": 0, "notional": 0, "overshoot": 0})
+        agg["executions"] += 1
+        agg["notional"] += a["notional"]
+        agg["overshoot"] += a["overshoot"]
+    adl_total: dict[str, Any] = {
         "executions": len(adl_events),
         "notices": len(notices),
         "deleveraged_quantity": sum(a["quantity"] for a in adl_events),
@@ -324,7 +325,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     }
     fund = {
         "initial": balance0,
-        "seeded": raw["fund_seed"],
+        "seeded": raw.fund_seed,
         "final": final_balance,
         "min": min((b for _, b in series), default=balance0),
         "inflow_by_kind": dict(sorted(inflow.items())),
@@ -339,7 +340,7 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     fund["equity_min"] = min(equity, default=final_balance)
 
     # Cross-check against the daemon's own numbers: queries and metrics.
-    mb, ma = raw["metrics_before"], raw["metrics_after"]
+    mb, ma = raw.metrics_before, raw.metrics_after
     m = info.symbol
     checks: dict[str, dict[str, Any]] = {}
 
@@ -350,12 +351,12 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     check(
         "fund_inflow (GetInsuranceFund)",
         sum(inflow.values()),
-        fund_after.total_inflow - raw["fund_before"].total_inflow,
+        fund_after.total_inflow - raw.fund_before.total_inflow,
     )
     check(
         "fund_outflow (GetInsuranceFund)",
         sum(outflow.values()),
-        fund_after.total_outflow - raw["fund_before"].total_outflow,
+        fund_after.total_outflow - raw.fund_before.total_outflow,
     )
     check("open interest rebuilt (GetAccount)", int(rebuilt_ok), 1)
     check(
@@ -390,10 +391,10 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
             adl_total["overshoot"],
             metric_delta(mb, ma, "riskd_adl_overshoot_quantums_total", market=m),
         )
-        for reason, x in by_reason.items():
+        for reason, agg in by_reason.items():
             check(
                 f"adl_executions {reason} (metric)",
-                x["executions"],
+                agg["executions"],
                 metric_delta(mb, ma, "riskd_adl_events_total", market=m, reason=reason),
             )
         for kind in sorted(set(inflow) | {"liquidation_fee"}):
@@ -408,22 +409,22 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
                 outflow.get(kind, 0),
                 metric_delta(mb, ma, OUTFLOW, asset=asset, kind=kind),
             )  # fmt: skip
-        sent = raw["sent"]
+        sent = raw.sent
         check(
             "updates applied (metric)",
-            sum(sent.values()) - len(raw["rejections"]),
+            sum(sent.values()) - len(raw.rejections),
             metric_delta(mb, ma, "riskd_updates_total", outcome="applied"),
         )
 
     rejections = Counter(
         f"{ingest_pb2.RejectionCode.Name(r.code)} {r.field.split('.', 1)[-1]}"
-        for r in raw["rejections"]
+        for r in raw.rejections
     )
     return {
         "format": FORMAT,
-        "source": raw.get("source", {}),
-        "path": prices.describe(raw["bars"]),
-        "settings": raw["settings"].as_json(),
+        "source": raw.source,
+        "path": prices.describe(raw.bars),
+        "settings": raw.settings.as_json(),
         "market": {
             "symbol": info.symbol,
             "asset": asset,
@@ -435,14 +436,14 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
             "liquidation_mode": "book" if info.liquidation_mode == 1 else "takeover",
         },
         "inputs": {
-            "marks": raw["sent"]["mark"],
-            "fills": raw["sent"]["fill"],
-            "deposits": raw["sent"]["deposit"],
-            "margin_transfers": raw["sent"]["margin_transfer"],
-            "funding_rates": raw["sent"].get("funding_rate", 0),
-            "liquidation_fills": raw["sent"].get("liquidation_fill", 0),
-            "book_orders": raw.get("book", {}),
-            "rejected": len(raw["rejections"]),
+            "marks": raw.sent["mark"],
+            "fills": raw.sent["fill"],
+            "deposits": raw.sent["deposit"],
+            "margin_transfers": raw.sent["margin_transfer"],
+            "funding_rates": raw.sent.get("funding_rate", 0),
+            "liquidation_fills": raw.sent.get("liquidation_fill", 0),
+            "book_orders": raw.book,
+            "rejected": len(raw.rejections),
             "rejections": dict(sorted(rejections.items())),
         },
         "liquidations": liq,
@@ -456,19 +457,19 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
             "collected": inflow.get("liquidation_fee", 0),
         },
         "adl": adl_total,
-        "funding": raw.get("funding", []),
+        "funding": raw.funding,
         "margin_calls": calls,
         "stress": stress,
         "positions": positions,
         "minutes": minutes,
         "conservation": conservation,
         "crosscheck": {"ok": all(c["ok"] for c in checks.values()), "checks": checks},
-        "run": {**raw["wall"], "target": raw["target"]},
+        "run": {**dataclasses.asdict(raw.wall), "target": raw.target},
     }
 
 
 def _minutes(
-    raw: dict[str, Any],
+    raw: ReplayRun,
     settled: list[Any],
     flows: list[Any],
     adl_events: list[dict[str, Any]],
@@ -478,7 +479,7 @@ def _minutes(
     sides: dict[int, int],
 ) -> list[dict[str, Any]]:
     """The analyst's table: one row per bar (a minute on 1-minute paths), state at its close."""
-    bars = raw["bars"]
+    bars = raw.bars
     bar_ts = [b.ts_ms for b in bars]
     n = len(bars)
 
@@ -494,7 +495,7 @@ def _minutes(
         }  # fmt: skip
 
     rows = [blank() for _ in range(n)]
-    info = raw["info"]
+    info = raw.info
     for e in settled:
         s = e.liquidation_settled
         r = rows[bar_of(e.timestamp_ms)]
@@ -520,17 +521,17 @@ def _minutes(
     # change, the backstop's margin balance from the sample at the next open.
     series = [(e.timestamp_ms, e.fund_flow.balance_after) for e in flows]
     ledger = [[max(t, bar_ts[0]), b] for t, b in series]
-    samples = raw.get("samples", [])
+    samples = raw.samples
     sample_ts = [x["ts_ms"] for x in samples]
     change_ts = [t for t, _ in changes]
     flow_ts = [t for t, _ in series]
-    policy = raw.get("fund_policy")
-    balance0 = raw["fund_before"].balance + 0
+    policy = raw.fund_policy
+    balance0 = raw.fund_before.balance + 0
     out = []
     ends = [*bar_ts[1:], None]
     for i, (b, r) in enumerate(zip(bars, rows, strict=True)):
         end = ends[i]
-        last = (end - 1) if end is not None else raw["marks"][0][-1]
+        last = (end - 1) if end is not None else raw.marks[0][-1]
         j = bisect.bisect_right(change_ts, last) - 1
         oi = changes[j][1] if j >= 0 else 0
         k = bisect.bisect_right(flow_ts, last) - 1
@@ -543,7 +544,7 @@ def _minutes(
         out.append(
             {
                 "ts_ms": b.ts_ms,
-                "mark": mark_at(raw["marks"], last),
+                "mark": mark_at(raw.marks, last),
                 "open_interest": oi,
                 "fund_balance": balance,
                 "fund_equity": balance + backstop,

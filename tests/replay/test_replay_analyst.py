@@ -25,8 +25,8 @@ ETH_10M = SHARED / "2020-03-12_coinapi-unknown-venue_ETHUSD_10m.csv"
 def run(settings: driver.Settings, bars: list[prices.Bar]) -> dict[str, Any]:
     with driver.spawn(settings) as daemon:
         raw = asyncio.run(driver.replay(settings, bars, daemon, progress=False))
-    raw["source"] = {"name": "test", "generated": True}
-    raw["fund_policy"] = driver.check(settings).funds.get(raw["info"].asset)
+    raw.source = {"name": "test", "generated": True}
+    raw.fund_policy = driver.check(settings).funds.get(raw.info.asset)
     return report.build(raw)
 
 

@@ -34,7 +34,7 @@ def run(settings: driver.Settings, bars: list[prices.Bar], inspect: Any = None) 
     """One replay on a spawned daemon; ``inspect(daemon)`` runs while it is still up."""
     with driver.spawn(settings) as daemon:
         raw = asyncio.run(driver.replay(settings, bars, daemon, progress=False))
-        raw["source"] = {"name": "test", "generated": True}
+        raw.source = {"name": "test", "generated": True}
         r = report.build(raw)
         if inspect is not None:
             inspect(daemon, r)

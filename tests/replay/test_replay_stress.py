@@ -58,14 +58,14 @@ def test_per_minute_stress_column_is_what_the_daemon_answers() -> None:
             query_pb2.GetStressCoverageRequest(asset="USDT")
         )
         ch.close()
-    raw["source"] = {"name": "test", "generated": True}
+    raw.source = {"name": "test", "generated": True}
     r = report.build(raw)
     # One sample per bar after the first, and one at the end.
-    assert r["stress"]["samples"] == len(raw["stress"]) == BARS
+    assert r["stress"]["samples"] == len(raw.stress) == BARS
     labels = [move_label(m) for m in DEFAULT_MOVES_PPM]
     assert r["stress"]["moves"] == sorted(labels, key=lambda x: float(x[:-1]))
     # The last sample is the daemon's answer after the path.
-    last = raw["stress"][-1]["rows"]
+    last = raw.stress[-1]["rows"]
     assert last == [
         [x.move_ppm, x.positions, x.shortfall, x.payable, x.coverage_ppm]
         for x in now.rows
