@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from riskd.core import adl, fill_sanity
 from riskd.core.errors import Rejected
 from riskd.core.events import (
-    AdlEvent,
-    AdlNotice,
     AdlReason,
     Effect,
     Fill,
@@ -30,42 +28,29 @@ from riskd.core.events import (
     FundKind,
     LiquidationDone,
     LiquidationFill,
-    LiquidationOrder,
-    LiquidationSettled,
     MarginCall,
     MarkPrice,
-    ReserveClaim,
-    ReserveSettle,
-    TakeoverClaim,
     WalletCredit,
 )
 from riskd.core.funding import funding_transfers
 from riskd.core.liquidation import (
     Liquidation,
-    Stage,
-    adl_price,
     bankruptcy_price,
-    close_result,
-    execution_price,
-    takeover_result,
-    waterfall,
 )
 from riskd.core.liquidation_index import LiquidationIndex
 from riskd.core.liquidation_machine import Event, LiquidationMachine
+from riskd.core.liquidator import Liquidator
 from riskd.core.margin import (
     bankruptcy_threshold,
     initial_margin,
-    is_liquidatable,
     liquidation_threshold,
     maintenance_margin,
-    margin_balance,
-    notional,
     unrealised,
 )
-from riskd.core.market import LiquidationMode, MarketSpec, PartialLiquidation, TakeoverPrice
+from riskd.core.market import MarketSpec
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
-from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64
+from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, sign
 from riskd.core.wallet import check_account
 
 __all__ = ["MarketEngine", "PositionView"]
@@ -90,10 +75,6 @@ class PositionView:
     in_liquidation: bool
 
 
-def _sign(x: int) -> int:
-    return 1 if x > 0 else -1
-
-
 class MarketEngine:
     """The state of one market, owned by exactly one actor."""
 
@@ -103,6 +84,7 @@ class MarketEngine:
         self.positions: dict[int, Position] = {}
         # Liquidations, their stages and the index of live positions by trigger.
         self.machine = LiquidationMachine()
+        self.liquidator = Liquidator(self)
         self.fee_pool = 0
         self.effects: list[Effect] = []
         # Trade ids of the fills applied lately: a reused one is refused.
@@ -124,6 +106,8 @@ class MarketEngine:
             state.pop("_ranked_stale", None)
             state["machine"] = machine
         self.__dict__.update(state)
+        if "liquidator" not in state:
+            self.liquidator = Liquidator(self)
 
     @property
     def index(self) -> LiquidationIndex:
@@ -162,7 +146,7 @@ class MarketEngine:
         self._begin(m.ts)
         self._check_price(m.price, "price")
         previous, self.mark = self.mark, m.price
-        self._scan(m.ts)
+        self.scan(m.ts)
         if previous is not None and self.spec.margin_call_ppm:
             self._margin_calls(previous, m.ts)
 
@@ -206,7 +190,7 @@ class MarketEngine:
         self._take_fee(f.seller_fee, cause, f.ts)
         self._after_trade(buyer, f.ts)
         self._after_trade(seller, f.ts)
-        self._scan(f.ts)
+        self.scan(f.ts)
 
     def check_margin_credit(self, account: int, amount: int) -> None:
         """Validate a wallet → margin transfer before the wallet is debited."""
@@ -276,7 +260,7 @@ class MarketEngine:
         for pos in list(self.positions.values()):
             self.machine.untrack(pos)
             self.machine.track(spec, pos)
-        self._scan(ts)
+        self.scan(ts)
 
     def funding(self, f: FundingRate) -> None:
         self._begin(f.ts)
@@ -290,7 +274,7 @@ class MarketEngine:
             pos = self.positions[account]
             self._set(pos, pos.size, pos.basis, pos.margin + delta)
         self.fee_pool += residue
-        self._scan(f.ts)
+        self.scan(f.ts)
 
     def liquidation_fill(self, lf: LiquidationFill) -> None:
         """A book fill of a liquidation order (book mode)."""
@@ -307,7 +291,7 @@ class MarketEngine:
             raise Rejected.invalid(
                 "quantity", f"{lf.quantity} exceeds the {left} left to liquidate"
             )
-        side = -_sign(trader.size)  # the liquidation order's side
+        side = -sign(trader.size)  # the liquidation order's side
         if (lf.price - liq.worst_price) * side > 0:
             raise Rejected.invalid(
                 "price", f"{lf.price} is worse than the order's worst price {liq.worst_price}"
@@ -323,15 +307,15 @@ class MarketEngine:
         self._commit(cp, cp_state)
         self.fee_pool += value + cp_value
         self._take_fee(lf.counterparty_fee, f"liq:{self.symbol}:{liq.id}", lf.ts)
-        self._change(trader, qty=qty, value=value)
+        self.change(trader, qty=qty, value=value)
         liq.filled += lf.quantity
         liq.filled_notional += abs(value)
         self._after_trade(cp, lf.ts)
         if trader.size == 0:
-            self._settle(liq, trader, liq.filled_notional, liq.price, 0, lf.ts)
+            self.liquidator.settle(liq, trader, liq.filled_notional, liq.price, 0, lf.ts)
         elif liq.filled == liq.quantity:
-            self._settle_step(liq, trader, lf.ts)
-        self._scan(lf.ts)
+            self.liquidator.settle_step(liq, trader, lf.ts)
+        self.scan(lf.ts)
 
     def liquidation_done(self, ld: LiquidationDone) -> None:
         """The book gave up on a liquidation order: the rest is auto-deleveraged."""
@@ -341,11 +325,11 @@ class MarketEngine:
         if liq.filled + abs(pos.size) > liq.quantity:
             # A partial step's order: what filled is settled and the rest of the
             # position, if still crossed, is liquidated whole at once.
-            self._settle_step(liq, pos, ld.ts, gave_up=True)
+            self.liquidator.settle_step(liq, pos, ld.ts, gave_up=True)
         else:
             liq.adl_reason = AdlReason.NO_BOOK
             self.machine.move(liq, Event.DELEVERAGE)
-        self._scan(ld.ts)
+        self.scan(ld.ts)
 
     def _working(self, liquidation_id: int) -> Liquidation:
         """A book-mode liquidation whose order is in the book."""
@@ -356,50 +340,22 @@ class MarketEngine:
             )
         return liq
 
-    def fund_decision(self, d: FundDecision, ts: int) -> None:
-        """The fund's answer to a claim this market made."""
-        liq = self.machine.active[d.liquidation_id]
-        if liq.stage is not Stage.AWAITING_FUND:
-            raise AssertionError(f"decision for liquidation {liq.id} in stage {liq.stage}")
-        pos = self.positions[liq.account]
-        if not liq.takeover:
-            liq.reserved = d.granted
-            self.machine.move(liq, Event.ORDER)
-            liq.worst_price = execution_price(self.spec, pos, d.granted)
-            self.effects.append(
-                LiquidationOrder(
-                    market=self.symbol,
-                    liquidation_id=liq.id,
-                    account=liq.account,
-                    side=-_sign(pos.size),
-                    quantity=liq.quantity,
-                    worst_price=liq.worst_price,
-                    ts=ts,
-                )
-            )
-        elif d.absorbed:
-            self._take_over(liq, pos, d.granted, ts)
-        else:
-            # The fund pays what it may (held for this liquidation) and the
-            # position is deleveraged at the price that payment makes it solvent at.
-            liq.reserved = d.granted
-            liq.fee = liq.shortfall = 0
-            liq.adl_reason = d.reason
-            self.machine.move(liq, Event.DELEVERAGE)
-        self._scan(ts)  # retries waiting ADL too
-
     # --- liquidation ------------------------------------------------------------
 
-    def _scan(self, ts: int) -> None:
+    def fund_decision(self, d: FundDecision, ts: int) -> None:
+        """The fund's answer to a claim this market made."""
+        self.liquidator.fund_decision(d, ts)
+
+    def scan(self, ts: int) -> None:
         """Start liquidating every position the mark has crossed."""
         if self.mark is None:
             return
         if self.machine.awaiting_adl:  # counterparties may have appeared since
-            self._retry_adl(ts)
+            self.liquidator.retry_adl(ts)
         if self.machine.active:
-            self._cool(ts)
+            self.liquidator.cool(ts)
         for account in self.machine.index.crossed(self.mark):
-            self._start(self.positions[account], ts)
+            self.liquidator.start(self.positions[account], ts)
 
     def _margin_calls(self, previous: int, ts: int) -> None:
         """Call the positions the mark's move brought within the band of their LP.
@@ -430,359 +386,6 @@ class MarketEngine:
                 ts=ts,
             )
         )
-
-    def _start(self, pos: Position, ts: int, whole: bool = False) -> None:
-        """Freeze ``pos`` and ask the fund; ``whole``: no partial step this time."""
-        assert self.mark is not None
-        spec, mark = self.spec, self.mark
-        takeover = spec.liquidation_mode is LiquidationMode.TAKEOVER or pos.is_backstop
-        liq = self.machine.open(pos, takeover=takeover, price=mark, ts=ts)
-        if pos.is_backstop:  # the fund's own inventory: nobody left to ask
-            liq.adl_reason = AdlReason.BACKSTOP
-            self.machine.move(liq, Event.DELEVERAGE)
-            self._retry_adl(ts)
-        elif liq.takeover:
-            part = 0 if whole else self._part(pos, mark)
-            liq.quantity = part or abs(pos.size)
-            value, remaining = takeover_result(spec, pos, _sign(pos.size) * liq.quantity, mark)
-            if not part and remaining > 0 and spec.takeover_price is TakeoverPrice.BANKRUPTCY:
-                # BitMEX: a solvent position passes at its bankruptcy price; the
-                # surplus stays in the backstop's position instead of being a fee.
-                liq.price = execution_price(spec, pos)
-                value, remaining = takeover_result(spec, pos, pos.size, liq.price)
-            n = abs(value)
-            split = waterfall(remaining, n, spec.liquidation_fee_cap_ppm, 0)
-            liq.fee, liq.shortfall = split.fee, split.uncovered
-            self.effects.append(
-                TakeoverClaim(
-                    asset=self.asset,
-                    market=self.symbol,
-                    liquidation_id=liq.id,
-                    ts=ts,
-                    notional=n,
-                    fee=liq.fee,
-                    shortfall=liq.shortfall,
-                    margin_wanted=spec.tiers.initial(n),
-                    loss_cap=spec.fund_loss_cap,
-                )
-            )
-        else:
-            part = 0 if whole else self._part(pos, mark)
-            liq.quantity = part or abs(pos.size)
-            size = abs(pos.size)
-            self.effects.append(
-                ReserveClaim(
-                    asset=self.asset,
-                    market=self.symbol,
-                    liquidation_id=liq.id,
-                    ts=ts,
-                    notional=ceil_div(notional(spec, pos, mark) * liq.quantity, size),
-                    wanted=ceil_div(maintenance_margin(spec, pos, mark) * liq.quantity, size),
-                    loss_cap=spec.fund_loss_cap,
-                )
-            )
-
-    def _part(self, pos: Position, mark: int) -> int:
-        """What the market's partial-liquidation policy closes of a solvent ``pos``.
-
-        0: close it whole (policy ``full``, a bankrupt position, or a part
-        that would be all of it).
-        """
-        spec = self.spec
-        policy = spec.partial_policy
-        if policy is PartialLiquidation.FULL or close_result(spec, pos, mark)[1] <= 0:
-            return 0
-        if policy is PartialLiquidation.TIER_STEP:
-            return self._partial(pos, mark)
-        step = spec.step_size
-        part = ceil_div(ceil_div(abs(pos.size) * spec.partial_fraction_ppm, PPM), step) * step
-        return part if part < abs(pos.size) else 0
-
-    def _partial(self, pos: Position, mark: int) -> int:
-        """Quantity that steps a solvent position down one tier (0: close it whole)."""
-        spec = self.spec
-        num, den = spec.notional(1, mark)
-        t = spec.tiers.tier_for(notional(spec, pos, mark))
-        if t.floor == 0:
-            return 0
-        keep = (t.floor * den - 1) // num
-        keep -= keep % spec.step_size
-        part = abs(pos.size) - keep
-        return part if 0 < part < abs(pos.size) else 0
-
-    def _take_over(self, liq: Liquidation, pos: Position, granted: int, ts: int) -> None:
-        """The fund paid: the position (or its part) passes to the backstop at ``liq.price``
-        (the trigger mark, or the bankruptcy price: ``takeover_price``)."""
-        backstop = self.positions.get(BACKSTOP_ACCOUNT)
-        if backstop is None:
-            backstop = self.positions[BACKSTOP_ACCOUNT] = Position(BACKSTOP_ACCOUNT)
-        size = _sign(pos.size) * liq.quantity
-        if backstop.liquidation:
-            # The backstop itself waits for ADL counterparties: do not add to a
-            # bankrupt book.  The fund's cover stands (the trader's margin is
-            # made whole at the mark), its margin grant goes back, and the
-            # position is deleveraged at the mark instead.
-            self._change(pos, margin=liq.shortfall - liq.fee)
-            liq.paid_in = liq.shortfall
-            liq.fee = liq.shortfall = 0
-            liq.adl_reason = AdlReason.BACKSTOP
-            self._sweep_backstop_margin(granted, ts)
-            self.machine.move(liq, Event.DELEVERAGE)
-            return
-        value = self.spec.trade_value(size, liq.price)  # the backstop's, see takeover_result
-        self._change(pos, qty=-size, value=-value, margin=liq.shortfall - liq.fee)
-        self._change(backstop, qty=size, value=value, margin=granted)
-        returned = 0 if pos.size else self._end(liq, pos, ts)
-        self.effects.append(
-            LiquidationSettled(
-                market=self.symbol,
-                liquidation_id=liq.id,
-                account=liq.account,
-                quantity=liq.quantity,
-                price=liq.price,
-                fund_delta=liq.fee - liq.shortfall,
-                returned_to_trader=returned,
-                adl_quantity=0,
-                ts=ts,
-            )
-        )
-        if backstop.size == 0:
-            self._sweep(backstop, ts)
-        if pos.size:  # a partial step: the rest stays open
-            self._stepped(liq, pos, ts)
-
-    def _stepped(self, liq: Liquidation, pos: Position, ts: int) -> None:
-        """A partial step is done: release the rest, or let it cool down.
-
-        Policy ``fraction`` (Hyperliquid): a rest still crossed at the mark
-        stays frozen (COOLING) until ``partial_cooldown_ms`` after the step
-        began, then goes whole (see :meth:`_cool`); riskd never leaves a
-        crossed position unattended.  Otherwise the rest is released and, if
-        still crossed, the next scan steps it again.
-        """
-        spec, mark = self.spec, self.mark
-        assert mark is not None
-        if (
-            spec.partial_policy is PartialLiquidation.FRACTION
-            and spec.partial_cooldown_ms
-            and is_liquidatable(spec, pos, mark)
-        ):
-            self.machine.move(liq, Event.FILLED_PART)
-            liq.until = liq.ts + spec.partial_cooldown_ms
-            return
-        self._end(liq, pos, ts)
-
-    def _cool(self, ts: int) -> None:
-        """Positions cooling down after a partial step: released once no longer
-        crossed; closed whole once the cool-down is over or they are bankrupt."""
-        mark = self.mark
-        assert mark is not None
-        for liq in self.machine.cooling():
-            pos = self.positions[liq.account]
-            if not is_liquidatable(self.spec, pos, mark):
-                self._end(liq, pos, ts)
-            elif ts >= liq.until or close_result(self.spec, pos, mark)[1] <= 0:
-                self._end(liq, pos, ts, again=True)
-
-    def _settle(
-        self, liq: Liquidation, pos: Position, notional_: int, price: int, adl_qty: int, ts: int
-    ) -> None:
-        """Settle a flat liquidated position by the waterfall, from its margin ``R``.
-
-        The fund's part was fixed before the close (its reservation or its
-        partial payment), and the close's price made ``R`` + that part >= 0, so
-        nothing is left uncovered here.  The backstop pays no fee: its rest goes
-        back to the fund whole, as its own return.
-        """
-        split = waterfall(pos.margin, notional_, self.spec.liquidation_fee_cap_ppm, liq.reserved)
-        if split.uncovered:
-            raise AssertionError(f"{self.symbol}: liquidation {liq.id} left {split.uncovered}")
-        fee = 0 if pos.is_backstop else split.fee
-        self._change(pos, margin=split.paid - fee)
-        if liq.reserved or split.paid or fee:
-            self.effects.append(
-                ReserveSettle(
-                    asset=self.asset,
-                    market=self.symbol,
-                    liquidation_id=liq.id,
-                    ts=ts,
-                    reserved=liq.reserved,
-                    shortfall=split.paid,
-                    fee=fee,
-                )
-            )
-        returned = self._end(liq, pos, ts)
-        self.effects.append(
-            LiquidationSettled(
-                market=self.symbol,
-                liquidation_id=liq.id,
-                account=liq.account,
-                quantity=liq.quantity,
-                price=price,
-                fund_delta=fee - split.paid - liq.paid_in,
-                returned_to_trader=returned,
-                adl_quantity=adl_qty,
-                ts=ts,
-            )
-        )
-
-    def _settle_step(self, liq: Liquidation, pos: Position, ts: int, gave_up: bool = False) -> None:
-        """Book mode: a partial step's order is done; the position stays open.
-
-        The waterfall on what the step left in the margin: the capped fee on
-        the filled notional, or slippage below zero paid from the reservation.
-        """
-        split = waterfall(pos.margin, liq.filled_notional, self.spec.liquidation_fee_cap_ppm, 0)
-        paid = min(max(-pos.margin, 0), liq.reserved)
-        self._change(pos, margin=paid - split.fee)
-        if liq.reserved or paid or split.fee:
-            self.effects.append(
-                ReserveSettle(
-                    asset=self.asset,
-                    market=self.symbol,
-                    liquidation_id=liq.id,
-                    ts=ts,
-                    reserved=liq.reserved,
-                    shortfall=paid,
-                    fee=split.fee,
-                )
-            )
-        self.effects.append(
-            LiquidationSettled(
-                market=self.symbol,
-                liquidation_id=liq.id,
-                account=liq.account,
-                quantity=liq.filled,
-                price=liq.price,
-                fund_delta=split.fee - paid,
-                returned_to_trader=0,
-                adl_quantity=0,
-                ts=ts,
-            )
-        )
-        assert self.mark is not None
-        if gave_up and is_liquidatable(self.spec, pos, self.mark):
-            self._end(liq, pos, ts, again=True)
-        else:
-            self._stepped(liq, pos, ts)
-
-    def _end(self, liq: Liquidation, pos: Position, ts: int, *, again: bool = False) -> int:
-        """The one way a liquidation ends; returns the margin a flat position got back.
-
-        Flat: its margin goes back to its owner.  Open: released into the
-        index, or (``again``: still crossed after a step or a cool-down)
-        liquidated whole under a new liquidation.
-        """
-        self.machine.end(liq, pos)
-        if pos.size == 0:
-            returned = pos.margin
-            self._sweep(pos, ts)
-            return returned
-        if again:
-            self._start(pos, ts, whole=True)
-        else:
-            self.machine.track(self.spec, pos)
-        return 0
-
-    def _retry_adl(self, ts: int) -> None:
-        """Try every liquidation waiting for ADL counterparties, oldest first."""
-        waiting = self.machine.awaiting_adl
-        for lid in list(waiting):
-            liq = self.machine.active.get(lid)
-            if liq is None or liq.stage is not Stage.AWAITING_ADL or self._adl(liq, ts):
-                waiting.pop(lid, None)
-
-    def _adl(self, liq: Liquidation, ts: int) -> bool:
-        """Close the bankrupt position against ranked opposite positions at its BP."""
-        spec = self.spec
-        pos = self.positions[liq.account]
-        q = pos.size
-        # At the bankruptcy price if the mark is beyond it, else at the mark (a
-        # book-mode order the book gave up on may still be solvent): nobody gains
-        # from ADL, and the fund's book-mode reservation is not for counterparties.
-        mark = self.mark if self.mark is not None else liq.price
-        price = adl_price(spec, pos, mark, liq.reserved)
-        # A counterparty must stay solvent at the execution price (inverse: 2
-        # quanta spare for the rounding of its share), or closing it would just
-        # move the hole.  One that waits for ADL itself qualifies if it is
-        # solvent there: two such positions net out against each other.
-        spare = 0 if spec.is_linear else 2
-        ranked = (
-            p
-            for p in self._ranked(q < 0)
-            if p.size
-            and (p.size > 0) != (q > 0)
-            and p.liquidation in self._awaiting_adl_or_none(p)
-            and margin_balance(spec, p, price) >= spare
-        )
-        takes = adl.allocate(ranked, abs(q), spec, mark)
-        if sum(x for _, x in takes) < abs(q):
-            return False  # wait: the missing counterparties are being liquidated themselves
-        _, at_mark = close_result(spec, pos, mark)
-        deficit = max(-at_mark, 0) + liq.paid_in
-        total = spec.trade_value(-q, price)
-        self._change(pos, qty=-q, value=total)
-        fund_paid = liq.paid_in + min(max(-pos.margin, 0), liq.reserved)
-        haircut = 0
-        left_qty, left_value = abs(q), -total
-        for cp, x in takes:
-            cp_value = left_value if x == left_qty else -total * x // abs(q)
-            left_qty -= x
-            left_value -= cp_value
-            cp_qty = _sign(q) * x
-            realised = self._change(cp, qty=cp_qty, value=cp_value)
-            haircut += cp_value - spec.trade_value(cp_qty, mark)
-            self.effects.append(
-                AdlNotice(
-                    market=self.symbol,
-                    liquidation_id=liq.id,
-                    account=cp.account,
-                    side=-_sign(q),
-                    quantity=x,
-                    price=price,
-                    realised=realised,
-                    ts=ts,
-                )
-            )
-            if cp.liquidation:
-                if cp.size == 0:  # a waiting one netted out: it is done too
-                    cp_liq = self.machine.active[cp.liquidation]
-                    self._conclude(cp_liq, cp, price, abs(cp_value), x, ts)
-            elif not cp.size:
-                self._sweep(cp, ts)
-        self.effects.append(
-            AdlEvent(
-                market=self.symbol,
-                asset=self.asset,
-                liquidation_id=liq.id,
-                quantity=abs(q),
-                price=price,
-                closed_notional=abs(total),
-                deficit=deficit,
-                haircut=haircut,
-                overshoot=haircut + fund_paid - deficit,
-                counterparties=len(takes),
-                ts=ts,
-                reason=liq.adl_reason or AdlReason.FUND_EMPTY,
-                fund_paid=fund_paid,
-            )
-        )
-        self._conclude(liq, pos, price, abs(total), abs(q), ts)
-        return True
-
-    def _awaiting_adl_or_none(self, pos: Position) -> tuple[int, ...]:
-        """Liquidation ids a counterparty may carry: none, or one waiting for ADL."""
-        return (0, pos.liquidation) if self.machine.waiting_for_adl(pos.liquidation) else (0,)
-
-    def _conclude(
-        self, liq: Liquidation, pos: Position, price: int, notional_: int, adl_qty: int, ts: int
-    ) -> None:
-        """Settle a liquidation whose position ADL has closed."""
-        if liq.takeover:
-            self._settle(liq, pos, notional_, price, adl_qty, ts)
-        else:
-            liq.filled_notional += notional_
-            self._settle(liq, pos, liq.filled_notional, liq.price, adl_qty, ts)
 
     # --- position bookkeeping ---------------------------------------------------
 
@@ -865,16 +468,16 @@ class MarketEngine:
 
     def _after_trade(self, pos: Position, ts: int) -> None:
         if pos.size == 0 and not pos.liquidation:
-            self._sweep(pos, ts)
+            self.sweep(pos, ts)
 
-    def _sweep(self, pos: Position, ts: int) -> None:
+    def sweep(self, pos: Position, ts: int) -> None:
         """A flat position's margin returns to its owner; the record goes."""
         if pos.margin < 0:
             raise AssertionError(f"{self.symbol}: {pos} would leave with negative margin")
         self.machine.untrack(pos)
         if pos.margin:
             if pos.is_backstop:
-                self._sweep_backstop_margin(pos.margin, ts)
+                self.sweep_backstop_margin(pos.margin, ts)
             else:
                 self.effects.append(
                     WalletCredit(
@@ -884,7 +487,7 @@ class MarketEngine:
         pos.margin = 0
         self.positions.pop(pos.account, None)
 
-    def _sweep_backstop_margin(self, amount: int, ts: int) -> None:
+    def sweep_backstop_margin(self, amount: int, ts: int) -> None:
         if amount:
             self.effects.append(
                 FundCredit(
@@ -897,7 +500,7 @@ class MarketEngine:
                 )
             )
 
-    def _change(self, pos: Position, *, qty: int = 0, value: int = 0, margin: int = 0) -> int:
+    def change(self, pos: Position, *, qty: int = 0, value: int = 0, margin: int = 0) -> int:
         """Trade ``qty`` for ``value`` and move ``margin`` into ``pos``; returns the realised PnL.
 
         With :meth:`_set`, the only way a position's numbers change: out of
@@ -910,7 +513,7 @@ class MarketEngine:
         self.machine.track(self.spec, pos)
         return realised
 
-    def _ranked(self, long: bool) -> deque[Position]:
+    def ranked_for_adl(self, long: bool) -> deque[Position]:
         """ADL order of one side at the mark, for ADL.
 
         Built once per input and reused by all the ADL it causes (a cascade

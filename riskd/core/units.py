@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from riskd.core.errors import Rejected
 
 __all__ = [
+    "sign",
     "INT64_MAX",
     "PPM",
     "FUNDING_SCALE",
@@ -29,6 +30,11 @@ __all__ = [
 INT64_MAX = 2**63 - 1
 PPM = 1_000_000
 FUNDING_SCALE = 100_000_000
+
+
+def sign(x: int) -> int:
+    """+1 for a positive quantity (a long, a buy), -1 otherwise."""
+    return 1 if x > 0 else -1
 
 
 def floor_div(a: int, b: int) -> int:
