@@ -16,6 +16,7 @@ import io
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -114,31 +115,134 @@ def _headroom(series: list[list[int]], ts: int, balance: int, policy: Any) -> in
     return balance - floor
 
 
+Event = events_pb2.Event
+
+
+@dataclass(frozen=True, slots=True)
+class _Events:
+    """The replay's events, by kind (fund flows of the market's asset only)."""
+
+    settled: list[Event]
+    flows: list[Event]
+    notices: list[Event]
+    executed: list[Event]
+    margin_calls: int
+
+    @classmethod
+    def of(cls, raw: ReplayRun) -> _Events:
+        events, asset = raw.events, raw.info.asset
+        return cls(
+            settled=[e for e in events if e.HasField("liquidation_settled")],
+            flows=[e for e in events if e.HasField("fund_flow") and e.fund_flow.asset == asset],
+            notices=[e for e in events if e.HasField("adl_notice")],
+            executed=[e for e in events if e.HasField("adl_executed")],
+            margin_calls=sum(1 for e in events if e.HasField("margin_call")),
+        )
+
+
+@dataclass(slots=True)
+class _Fund:
+    """The fund's flows as the events tell them."""
+
+    balance0: int
+    inflow: Counter[str] = field(default_factory=Counter)
+    outflow: Counter[str] = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
+    #: [ts, balance after] per flow.
+    series: list[list[int]] = field(default_factory=list)
+    depleted_at: int | None = None
+
+    @property
+    def final(self) -> int:
+        return self.series[-1][1] if self.series else self.balance0
+
+
 def build(raw: ReplayRun) -> dict[str, Any]:
+    """The report of one replay (report.json): each section from its own step."""
+    ev = _Events.of(raw)
+    changes, sizes_end, sides, closed_by = _positions_over_time(raw, ev.settled, ev.notices)
+    adl_events, adl_by_lid = _adl_executions(raw, ev, sides)
+    liq, outcomes = _liquidations(raw, ev, adl_by_lid)
+    sampled, stress = _stress(raw)
+    liq["per_minute"] = _per_minute(liq.pop("_per_minute"), sampled)
+    fund = _fund_flows(raw, ev)
+    positions, rebuilt_ok = _positions(raw, ev, sizes_end, closed_by)
+    adl_total, by_reason = _adl_total(adl_events, ev)
+    leverage = {t.account: t.leverage for t in raw.traders}
+    minutes = _minutes(raw, ev.settled, ev.flows, adl_events, changes, sampled, leverage, sides)
+    checks = _crosscheck(raw, ev, fund, outcomes, adl_events, adl_total, by_reason, rebuilt_ok)
+    return {
+        "format": FORMAT,
+        "source": raw.source,
+        "path": prices.describe(raw.bars),
+        "settings": raw.settings.as_json(),
+        "market": _market(raw),
+        "inputs": _inputs(raw),
+        "liquidations": liq,
+        "fund": _fund_section(raw, fund, minutes),
+        "shortfalls": {
+            "count": fund.counts.get("shortfall", 0),
+            "absorbed": fund.outflow.get("shortfall", 0),
+        },
+        "clawback": {
+            "count": fund.counts.get("liquidation_fee", 0),
+            "collected": fund.inflow.get("liquidation_fee", 0),
+        },
+        "adl": adl_total,
+        "funding": raw.funding,
+        "margin_calls": ev.margin_calls,
+        "stress": stress,
+        "positions": positions,
+        "minutes": minutes,
+        "conservation": _conservation(raw, ev, fund),
+        "crosscheck": {"ok": all(c["ok"] for c in checks.values()), "checks": checks},
+        "run": {**dataclasses.asdict(raw.wall), "target": raw.target},
+    }
+
+
+def _market(raw: ReplayRun) -> dict[str, Any]:
     info = raw.info
-    asset = info.asset
-    events = raw.events
-    settled = [e for e in events if e.HasField("liquidation_settled")]
-    flows = [e for e in events if e.HasField("fund_flow") and e.fund_flow.asset == asset]
-    notices = [e for e in events if e.HasField("adl_notice")]
-    executed = [e for e in events if e.HasField("adl_executed")]
-    calls = sum(1 for e in events if e.HasField("margin_call"))
-    traders = raw.traders
-    leverage = {t.account: t.leverage for t in traders}
-    bar_ts = [b.ts_ms for b in raw.bars]
+    return {
+        "symbol": info.symbol,
+        "asset": info.asset,
+        "asset_decimals": info.asset_decimals,
+        "price_decimals": info.price_decimals,
+        "quantity_decimals": info.quantity_decimals,
+        "contract_type": "inverse" if info.inverse else "linear",
+        "contract_value": info.contract_value,
+        "liquidation_mode": "book" if info.liquidation_mode == 1 else "takeover",
+    }
 
-    def bar_of(ts: int) -> int:
-        return max(bisect.bisect_right(bar_ts, ts) - 1, 0)
 
-    changes, sizes_end, sides, closed_by = _positions_over_time(raw, settled, notices)
+def _inputs(raw: ReplayRun) -> dict[str, Any]:
+    """What was sent, and what riskd refused of it (by code and field)."""
+    rejections = Counter(
+        f"{ingest_pb2.RejectionCode.Name(r.code)} {r.field.split('.', 1)[-1]}"
+        for r in raw.rejections
+    )
+    return {
+        "marks": raw.sent["mark"],
+        "fills": raw.sent["fill"],
+        "deposits": raw.sent["deposit"],
+        "margin_transfers": raw.sent["margin_transfer"],
+        "funding_rates": raw.sent.get("funding_rate", 0),
+        "liquidation_fills": raw.sent.get("liquidation_fill", 0),
+        "book_orders": raw.book,
+        "rejected": len(raw.rejections),
+        "rejections": dict(sorted(rejections.items())),
+    }
 
-    # ADL executions: the daemon's own numbers (AdlExecuted), their notices' accounts.
+
+def _adl_executions(
+    raw: ReplayRun, ev: _Events, sides: dict[int, int]
+) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, Any]]]:
+    """ADL executions: the daemon's own numbers (AdlExecuted), their notices' accounts."""
     hit: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for e in notices:
+    for e in ev.notices:
         hit[(e.adl_notice.market, e.adl_notice.liquidation_id)].append(e.adl_notice.account)
     adl_by_lid: dict[tuple[str, int], dict[str, Any]] = {}
     adl_events: list[dict[str, Any]] = []  # as they appear in the report
-    for e in executed:
+    for e in ev.executed:
         x = e.adl_executed
         side = sides.get(x.liquidation_id, 0)
         entry = {
@@ -154,22 +258,27 @@ def build(raw: ReplayRun) -> dict[str, Any]:
             "counterparties": x.counterparties,
             "accounts": sorted(set(hit.get((x.market, x.liquidation_id), []))),
             "haircut": x.haircut,
+            # The event's own figure: the daemon computed it, the report never does.
             "overshoot": x.overshoot,
             "reason": REASONS.get(x.reason, str(x.reason)),
         }
         adl_by_lid[(x.market, x.liquidation_id)] = entry
         adl_events.append(entry)
+    return adl_events, adl_by_lid
 
-    # Liquidations, per minute, by side, leverage and solvency.
+
+def _liquidations(
+    raw: ReplayRun, ev: _Events, adl_by_lid: dict[tuple[str, int], dict[str, Any]]
+) -> tuple[dict[str, Any], Counter[str]]:
+    """Liquidations by outcome (:func:`riskd.effects.liquidation_outcome`) and
+    solvency, and per minute (the section, and its outcomes for the cross-check)."""
     per_minute: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     outcomes = Counter[str]()
     solvency = Counter[str]()
     liq_notional = 0
-    settlement = {}
-    for e in settled:
+    for e in ev.settled:
         s = e.liquidation_settled
-        settlement[(s.market, s.liquidation_id)] = s
-        n = info.notional(s.quantity, s.price)
+        n = raw.info.notional(s.quantity, s.price)
         liq_notional += n
         bucket = per_minute[e.timestamp_ms // 60_000 * 60_000]
         bucket[0] += 1
@@ -180,8 +289,35 @@ def build(raw: ReplayRun) -> dict[str, Any]:
         solvency["bankrupt" if bankrupt else "solvent"] += 1
         if s.adl_quantity and not bankrupt:
             solvency["solvent_closed_by_adl"] += 1
+    section = {
+        "count": len(ev.settled),
+        "notional": liq_notional,
+        "by_outcome": dict(sorted(outcomes.items())),
+        "by_solvency": dict(sorted(solvency.items())),
+        "_per_minute": per_minute,  # joined with the stress samples by build
+    }
+    return section, outcomes
 
-    # Stress coverage sampled at each bar's open: per minute the last sample.
+
+def _per_minute(
+    per_minute: dict[int, list[int]], sampled: dict[int, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every minute with a liquidation or a stress sample; ``stress`` is
+    GetStressCoverage at the bar's open, by move (None: not sampled)."""
+    return [
+        {
+            "minute_ts_ms": m,
+            "count": per_minute[m][0] if m in per_minute else 0,
+            "notional": per_minute[m][1] if m in per_minute else 0,
+            "stress": sampled.get(m),
+        }
+        for m in sorted(set(per_minute) | set(sampled))
+    ]
+
+
+def _stress(raw: ReplayRun) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+    """Stress coverage sampled at each bar's open: per minute the last sample, and
+    the worst of each move."""
     sampled: dict[int, dict[str, Any]] = {}
     for smp in raw.stress:
         sampled[smp["ts_ms"] // 60_000 * 60_000] = {
@@ -202,31 +338,48 @@ def build(raw: ReplayRun) -> dict[str, Any]:
             for lb in labels
         },
     }
+    return sampled, stress
 
-    # Fund.
-    inflow = Counter[str]()
-    outflow = Counter[str]()
-    counts = Counter[str]()
-    balance0 = raw.fund_before.balance
-    series = []
+
+def _fund_flows(raw: ReplayRun, ev: _Events) -> _Fund:
+    fund = _Fund(raw.fund_before.balance)
     first_ts = raw.bars[0].ts_ms
-    depleted_at = None
-    for e in flows:
+    for e in ev.flows:
         f = e.fund_flow
-        (inflow if f.amount > 0 else outflow)[f.kind] += abs(f.amount)
-        counts[f.kind] += 1
-        series.append([max(e.timestamp_ms, first_ts), f.balance_after])
-        if depleted_at is None and f.amount < 0 and f.balance_after == 0:
-            depleted_at = e.timestamp_ms
-    final_balance = series[-1][1] if series else balance0
+        (fund.inflow if f.amount > 0 else fund.outflow)[f.kind] += abs(f.amount)
+        fund.counts[f.kind] += 1
+        fund.series.append([max(e.timestamp_ms, first_ts), f.balance_after])
+        if fund.depleted_at is None and f.amount < 0 and f.balance_after == 0:
+            fund.depleted_at = e.timestamp_ms
+    return fund
 
-    # Positions.
+
+def _fund_section(raw: ReplayRun, fund: _Fund, minutes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "initial": fund.balance0,
+        "seeded": raw.fund_seed,
+        "final": fund.final,
+        "min": min((b for _, b in fund.series), default=fund.balance0),
+        "inflow_by_kind": dict(sorted(fund.inflow.items())),
+        "outflow_by_kind": dict(sorted(fund.outflow.items())),
+        "entries_by_kind": dict(sorted(fund.counts.items())),
+        "depleted_ts_ms": fund.depleted_at,
+        "series": fund.series,
+        "equity_min": min((m["fund_equity"] for m in minutes), default=fund.final),
+    }
+
+
+def _positions(
+    raw: ReplayRun, ev: _Events, sizes_end: dict[int, int], closed_by: dict[int, str]
+) -> tuple[dict[str, Any], bool]:
+    """What became of the traders' positions; and whether the open interest rebuilt
+    from fills and events ends where the daemon's positions are."""
     accounts = raw.accounts
-    liquidated = {s.liquidation_settled.account for s in settled}
-    deleveraged = {e.adl_notice.account for e in notices}
+    liquidated = {s.liquidation_settled.account for s in ev.settled}
+    deleveraged = {e.adl_notice.account for e in ev.notices}
     open_at_end = {a for a, r in accounts.items() if any(p.size for p in r.positions)}
-    opened = {t.account for t in traders}
-    queried = {a: sum(p.size for p in r.positions if p.market == info.symbol)
+    opened = {t.account for t in raw.traders}
+    queried = {a: sum(p.size for p in r.positions if p.market == raw.info.symbol)
                for a, r in accounts.items()}  # fmt: skip
     rebuilt_ok = all(sizes_end.get(a, 0) == q for a, q in queried.items())
     positions = {
@@ -247,16 +400,19 @@ def build(raw: ReplayRun) -> dict[str, Any]:
         # where the daemon's positions are.
         "rebuilt_matches_daemon": rebuilt_ok,
     }
+    return positions, rebuilt_ok
 
-    # Conservation: the daemon's own check, and the identity recomputed from queries.
-    fund_after = raw.fund_after
+
+def _conservation(raw: ReplayRun, ev: _Events, fund: _Fund) -> dict[str, Any]:
+    """The daemon's own check, and the identity recomputed from queries."""
+    accounts, fund_after = raw.accounts, raw.fund_after
     holdings = sum(
         r.wallet_balance + sum(p.margin_balance for p in r.positions) for r in accounts.values()
     )
-    fee_pool = raw.fees - inflow.get("trading_fee", 0)
-    injected = inflow.get("injection", 0)
+    fee_pool = raw.fees - fund.inflow.get("trading_fee", 0)
+    injected = fund.inflow.get("injection", 0)
     lhs = holdings + fund_after.balance + fee_pool
-    rhs = sum(raw.deposits.values()) + injected + balance0
+    rhs = sum(raw.deposits.values()) + injected + fund.balance0
     state = raw.state
     # The recomputation covers only this replay's accounts: it is the whole
     # identity only on a daemon that was fresh when the replay started.  Linear
@@ -265,11 +421,11 @@ def build(raw: ReplayRun) -> dict[str, Any]:
     # in the fee pool, which no query shows: the daemon's CheckState checks those.
     complete = bool(raw.fresh)
     slack = 0
-    if info.inverse or raw.funding:
-        slack = len(raw.fills) + len(settled) + len(notices)
+    if raw.info.inverse or raw.funding:
+        slack = len(raw.fills) + len(ev.settled) + len(ev.notices)
         slack += len(accounts) * (1 + len(raw.funding))
     identity_ok = -slack <= lhs - rhs <= 0 if slack else lhs == rhs
-    conservation = {
+    return {
         "digest": state.digest,
         "violations": list(state.violations),
         "ok": not state.violations and (identity_ok or not complete),
@@ -280,12 +436,17 @@ def build(raw: ReplayRun) -> dict[str, Any]:
             "fee_pool": fee_pool,
             "deposits": sum(raw.deposits.values()),
             "injections": injected,
-            "fund_before": balance0,
+            "fund_before": fund.balance0,
             "difference": lhs - rhs,
             "rounding_allowance": slack,
         },
     }
 
+
+def _adl_total(
+    adl_events: list[dict[str, Any]], ev: _Events
+) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """The ADL section, and its executions, notional and overshoot by reason."""
     by_reason: dict[str, dict[str, int]] = {}
     for a in adl_events:
         agg = by_reason.setdefault(a["reason"], {"executions": 0, "notional": 0, "overshoot": 0})
@@ -294,7 +455,7 @@ def build(raw: ReplayRun) -> dict[str, Any]:
         agg["overshoot"] += a["overshoot"]
     adl_total: dict[str, Any] = {
         "executions": len(adl_events),
-        "notices": len(notices),
+        "notices": len(ev.notices),
         "deleveraged_quantity": sum(a["quantity"] for a in adl_events),
         "deleveraged_notional": sum(a["notional"] for a in adl_events),
         "deficit": sum(a["deficit"] for a in adl_events),
@@ -306,48 +467,30 @@ def build(raw: ReplayRun) -> dict[str, Any]:
         "first_ts_ms": adl_events[0]["ts_ms"] if adl_events else None,
         "events": adl_events,
     }
-    liq = {
-        "count": len(settled),
-        "notional": liq_notional,
-        "by_outcome": dict(sorted(outcomes.items())),
-        "by_solvency": dict(sorted(solvency.items())),
-        # Every minute with a liquidation or a stress sample; ``stress`` is
-        # GetStressCoverage at the bar's open, by move (None: not sampled).
-        "per_minute": [
-            {
-                "minute_ts_ms": m,
-                "count": per_minute[m][0] if m in per_minute else 0,
-                "notional": per_minute[m][1] if m in per_minute else 0,
-                "stress": sampled.get(m),
-            }
-            for m in sorted(set(per_minute) | set(sampled))
-        ],
-    }
-    fund = {
-        "initial": balance0,
-        "seeded": raw.fund_seed,
-        "final": final_balance,
-        "min": min((b for _, b in series), default=balance0),
-        "inflow_by_kind": dict(sorted(inflow.items())),
-        "outflow_by_kind": dict(sorted(outflow.items())),
-        "entries_by_kind": dict(sorted(counts.items())),
-        "depleted_ts_ms": depleted_at,
-        "series": series,
-    }
+    return adl_total, by_reason
 
-    minutes = _minutes(raw, settled, flows, adl_events, changes, sampled, leverage, sides)
-    equity = [m["fund_equity"] for m in minutes]
-    fund["equity_min"] = min(equity, default=final_balance)
 
-    # Cross-check against the daemon's own numbers: queries and metrics.
+def _crosscheck(
+    raw: ReplayRun,
+    ev: _Events,
+    fund: _Fund,
+    outcomes: Counter[str],
+    adl_events: list[dict[str, Any]],
+    adl_total: dict[str, Any],
+    by_reason: dict[str, dict[str, int]],
+    rebuilt_ok: bool,
+) -> dict[str, dict[str, Any]]:
+    """The report's figures against the daemon's own numbers: queries and metrics."""
     mb, ma = raw.metrics_before, raw.metrics_after
-    m = info.symbol
+    m, asset = raw.info.symbol, raw.info.asset
+    fund_after = raw.fund_after
+    inflow, outflow = fund.inflow, fund.outflow
     checks: dict[str, dict[str, Any]] = {}
 
     def check(name: str, ours: int, theirs: int) -> None:
         checks[name] = {"report": ours, "daemon": theirs, "ok": ours == theirs}
 
-    check("fund_balance (GetInsuranceFund)", final_balance, fund_after.balance)
+    check("fund_balance (GetInsuranceFund)", fund.final, fund_after.balance)
     check(
         "fund_inflow (GetInsuranceFund)",
         sum(inflow.values()),
@@ -362,110 +505,60 @@ def build(raw: ReplayRun) -> dict[str, Any]:
     check(
         "ADL counterparties (AdlExecuted = AdlNotice)",
         sum(a["counterparties"] for a in adl_events),
-        len(notices),
+        len(ev.notices),
     )
-    if ma:
-        bal = [v for (n, ls), v in ma.items()
-               if n == "riskd_insurance_fund_balance_quantums"
-               and ("asset", asset) in ls]  # fmt: skip
-        if bal:
-            check("fund_balance (metric)", final_balance, round(bal[0]))
-        for o in LIQUIDATION_OUTCOMES:
-            check(
-                f"liquidations {o} (metric)",
-                outcomes.get(o, 0),
-                metric_delta(mb, ma, "riskd_liquidations_total", market=m, outcome=o),
-            )
+    if not ma:
+        return checks
+    bal = [v for (n, ls), v in ma.items()
+           if n == "riskd_insurance_fund_balance_quantums"
+           and ("asset", asset) in ls]  # fmt: skip
+    if bal:
+        check("fund_balance (metric)", fund.final, round(bal[0]))
+    for o in LIQUIDATION_OUTCOMES:
         check(
-            "adl_executions (metric)",
-            len(adl_events),
-            metric_delta(mb, ma, "riskd_adl_events_total", market=m),
+            f"liquidations {o} (metric)",
+            outcomes.get(o, 0),
+            metric_delta(mb, ma, "riskd_liquidations_total", market=m, outcome=o),
         )
-        check(
-            "adl_notional (metric)",
-            adl_total["deleveraged_notional"],
-            metric_delta(mb, ma, "riskd_adl_closed_notional_quantums_total", market=m),
-        )
-        check(
-            "adl_overshoot (metric)",
-            adl_total["overshoot"],
-            metric_delta(mb, ma, "riskd_adl_overshoot_quantums_total", market=m),
-        )
-        for reason, agg in by_reason.items():
-            check(
-                f"adl_executions {reason} (metric)",
-                agg["executions"],
-                metric_delta(mb, ma, "riskd_adl_events_total", market=m, reason=reason),
-            )
-        for kind in sorted(set(inflow) | {"liquidation_fee"}):
-            check(
-                f"fund inflow {kind} (metric)",
-                inflow.get(kind, 0),
-                metric_delta(mb, ma, INFLOW, asset=asset, kind=kind),
-            )  # fmt: skip
-        for kind in sorted(set(outflow) | {"shortfall"}):
-            check(
-                f"fund outflow {kind} (metric)",
-                outflow.get(kind, 0),
-                metric_delta(mb, ma, OUTFLOW, asset=asset, kind=kind),
-            )  # fmt: skip
-        sent = raw.sent
-        check(
-            "updates applied (metric)",
-            sum(sent.values()) - len(raw.rejections),
-            metric_delta(mb, ma, "riskd_updates_total", outcome="applied"),
-        )
-
-    rejections = Counter(
-        f"{ingest_pb2.RejectionCode.Name(r.code)} {r.field.split('.', 1)[-1]}"
-        for r in raw.rejections
+    check(
+        "adl_executions (metric)",
+        len(adl_events),
+        metric_delta(mb, ma, "riskd_adl_events_total", market=m),
     )
-    return {
-        "format": FORMAT,
-        "source": raw.source,
-        "path": prices.describe(raw.bars),
-        "settings": raw.settings.as_json(),
-        "market": {
-            "symbol": info.symbol,
-            "asset": asset,
-            "asset_decimals": info.asset_decimals,
-            "price_decimals": info.price_decimals,
-            "quantity_decimals": info.quantity_decimals,
-            "contract_type": "inverse" if info.inverse else "linear",
-            "contract_value": info.contract_value,
-            "liquidation_mode": "book" if info.liquidation_mode == 1 else "takeover",
-        },
-        "inputs": {
-            "marks": raw.sent["mark"],
-            "fills": raw.sent["fill"],
-            "deposits": raw.sent["deposit"],
-            "margin_transfers": raw.sent["margin_transfer"],
-            "funding_rates": raw.sent.get("funding_rate", 0),
-            "liquidation_fills": raw.sent.get("liquidation_fill", 0),
-            "book_orders": raw.book,
-            "rejected": len(raw.rejections),
-            "rejections": dict(sorted(rejections.items())),
-        },
-        "liquidations": liq,
-        "fund": fund,
-        "shortfalls": {
-            "count": counts.get("shortfall", 0),
-            "absorbed": outflow.get("shortfall", 0),
-        },
-        "clawback": {
-            "count": counts.get("liquidation_fee", 0),
-            "collected": inflow.get("liquidation_fee", 0),
-        },
-        "adl": adl_total,
-        "funding": raw.funding,
-        "margin_calls": calls,
-        "stress": stress,
-        "positions": positions,
-        "minutes": minutes,
-        "conservation": conservation,
-        "crosscheck": {"ok": all(c["ok"] for c in checks.values()), "checks": checks},
-        "run": {**dataclasses.asdict(raw.wall), "target": raw.target},
-    }
+    check(
+        "adl_notional (metric)",
+        adl_total["deleveraged_notional"],
+        metric_delta(mb, ma, "riskd_adl_closed_notional_quantums_total", market=m),
+    )
+    check(
+        "adl_overshoot (metric)",
+        adl_total["overshoot"],
+        metric_delta(mb, ma, "riskd_adl_overshoot_quantums_total", market=m),
+    )
+    for reason, agg in by_reason.items():
+        check(
+            f"adl_executions {reason} (metric)",
+            agg["executions"],
+            metric_delta(mb, ma, "riskd_adl_events_total", market=m, reason=reason),
+        )
+    for kind in sorted(set(inflow) | {"liquidation_fee"}):
+        check(
+            f"fund inflow {kind} (metric)",
+            inflow.get(kind, 0),
+            metric_delta(mb, ma, INFLOW, asset=asset, kind=kind),
+        )  # fmt: skip
+    for kind in sorted(set(outflow) | {"shortfall"}):
+        check(
+            f"fund outflow {kind} (metric)",
+            outflow.get(kind, 0),
+            metric_delta(mb, ma, OUTFLOW, asset=asset, kind=kind),
+        )  # fmt: skip
+    check(
+        "updates applied (metric)",
+        sum(raw.sent.values()) - len(raw.rejections),
+        metric_delta(mb, ma, "riskd_updates_total", outcome="applied"),
+    )
+    return checks
 
 
 def _minutes(
