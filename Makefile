@@ -46,8 +46,9 @@ lint-proto:
 	npx --yes @bufbuild/buf lint
 	npx --yes @bufbuild/buf format --diff --exit-code
 
+# make bench QUICK=1: small sizes, a smoke run in about a minute.
 bench: setup
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
 
 # A replay of the built-in generated crash path (no price file needed); see docs/replay.md.
 demo: setup

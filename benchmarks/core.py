@@ -28,7 +28,6 @@ import gc
 import json
 import os
 import random
-import shlex
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import harness
 from benchmarks.figures import add as _fig
 from riskd.core import Asset, ContractType, Engine, MarketSpec, Rejected, TierTable
 from riskd.core.events import (
@@ -529,16 +529,8 @@ def worker_cascade(
 # --- driver -------------------------------------------------------------------
 
 
-def _python() -> str:
-    exe = Path(sys.executable)
-    try:
-        return str(exe.relative_to(ROOT))
-    except ValueError:
-        return sys.executable
-
-
 def _command(args: Sequence[str]) -> str:
-    return shlex.join([_python(), "-m", "benchmarks.core", *args])
+    return harness.display([sys.executable, "-m", "benchmarks.core", *args])
 
 
 def _spawn(args: Sequence[str], timeout: float, errors: list[str]) -> dict[str, Any] | None:
@@ -802,7 +794,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif ns.worker == "cascade":
         out = worker_cascade(ns.n, ns.fund, ns.longs_per_short, ns.deadline, ns.profile)
     else:
-        run(quick=ns.quick)
+        result = run(quick=ns.quick)
+        harness.exit_on_problems("benchmarks.core", result["errors"])
         return
     print(json.dumps(out), flush=True)
 

@@ -86,13 +86,11 @@ import json
 import math
 import os
 import random
-import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +98,9 @@ from typing import Any
 
 import grpc
 
-from benchmarks.ingest import METHOD, WINDOW, _cpu_s, _display, _Server, _wait_event
+from benchmarks import harness
+from benchmarks.harness import Server as _Server
+from benchmarks.ingest import METHOD, WINDOW, _cpu_s
 
 __all__ = ["main", "run_stress"]
 
@@ -834,20 +834,9 @@ def _merge(dicts: Any) -> dict[str, int]:
 # --- the driver: daemon, sampler, mark feed, checks -----------------------------------
 
 
-_SERIES = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
 def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
     """Every sample on riskd's metrics endpoint: (name, labels, value)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out = []
-    for line in text.splitlines():
-        m = _SERIES.match(line)
-        if m and not line.startswith("#"):
-            out.append((m[1], dict(_LABEL.findall(m[2] or "")), float(m[3])))
-    return out
+    return [(x.name, x.labels, x.value) for x in harness.scrape(port)]
 
 
 def _rss_kb(pid: int, key: str = "VmRSS") -> int:
@@ -925,23 +914,9 @@ class Sampler(threading.Thread):
 
 
 def _start_daemon(tmp: Path, config: str | None, riskd_root: Path | None) -> _Server:
-    cmd = [
-        sys.executable, "-m", "riskd.cli", "serve", "--grpc-listen", "127.0.0.1:0",
-        "--metrics-listen", "127.0.0.1:0", "--data-dir", str(tmp / "data"),
-    ]  # fmt: skip
-    if config:
-        cmd += ["--config", str(Path(config).resolve())]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cwd = ROOT
-    if riskd_root is not None:  # another riskd tree (e.g. a clean checkout): first on the path
-        cwd = riskd_root
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(riskd_root), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
-        )
-    log_path = tmp / "riskd.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    return _Server("riskd", proc, _wait_event(proc, log_path, "riskd_serving"), log_path, cmd)
+    extra = ["--config", str(Path(config).resolve())] if config else []
+    cmd = harness.riskd_command(tmp / "data", *extra)
+    return harness.start(cmd, tmp / "riskd.log", riskd_root=riskd_root)
 
 
 async def _final_state(target: str) -> dict[str, Any]:
@@ -1165,7 +1140,7 @@ def run_stress(ns: argparse.Namespace) -> dict[str, Any]:
         hwm=hwm,
     )
     r.update(
-        command=_display([sys.executable, "-m", "benchmarks.stress", *ns.argv]),
+        command=harness.display([sys.executable, "-m", "benchmarks.stress", *ns.argv]),
         riskd_revision=_revision(ns.riskd_root or ROOT),
         offered_updates_per_s=o["offered_updates"] / o["seconds"],
         accepted_updates_per_s=o["accepted_updates"] / o["elapsed_s"],
