@@ -124,24 +124,24 @@ def _transfer_in(t: MarginTransfer) -> tuple[int, int] | None:
     return (t.account, t.amount) if t.amount > 0 else None
 
 
+def _market(
+    cls: type[I], wire: str, apply: Callable[[MarketEngine, I], None], **kw: Any
+) -> InputKind[I]:
+    """A kind a market applies, streamed by gateways and journaled in ingest batches."""
+    return InputKind(
+        cls=cls,
+        owner=Owner.MARKET,
+        key="market",
+        journal=Journal.INGEST,
+        wire=wire,
+        on_market=apply,
+        **kw,
+    )
+
+
 _TABLE: tuple[InputKind[Any], ...] = (
-    InputKind(
-        cls=Fill,
-        owner=Owner.MARKET,
-        key="market",
-        journal=Journal.INGEST,
-        wire="fill",
-        on_market=lambda m, x: m.fill(x),
-    ),
-    InputKind(
-        cls=MarkPrice,
-        owner=Owner.MARKET,
-        key="market",
-        journal=Journal.INGEST,
-        wire="mark_price",
-        liquidation_path=True,
-        on_market=lambda m, x: m.mark_price(x),
-    ),
+    _market(Fill, "fill", lambda m, x: m.fill(x)),
+    _market(MarkPrice, "mark_price", lambda m, x: m.mark_price(x), liquidation_path=True),
     InputKind(
         cls=Deposit,
         owner=Owner.WALLET,
@@ -159,40 +159,19 @@ _TABLE: tuple[InputKind[Any], ...] = (
         paused_by_bad_debt=True,
         on_wallet=lambda w, x: w.withdraw(x.account, x.amount),
     ),
-    InputKind(
-        cls=MarginTransfer,
-        owner=Owner.MARKET,
-        key="market",
-        journal=Journal.INGEST,
-        wire="margin_transfer",
-        wallet_leg=_transfer_in,
-        on_market=_transfer,
-    ),
-    InputKind(
-        cls=FundingRate,
-        owner=Owner.MARKET,
-        key="market",
-        journal=Journal.INGEST,
-        wire="funding_rate",
-        on_market=lambda m, x: m.funding(x),
-    ),
-    InputKind(
-        cls=LiquidationFill,
-        owner=Owner.MARKET,
-        key="market",
-        journal=Journal.INGEST,
-        wire="liquidation_fill",
+    _market(MarginTransfer, "margin_transfer", _transfer, wallet_leg=_transfer_in),
+    _market(FundingRate, "funding_rate", lambda m, x: m.funding(x)),
+    _market(
+        LiquidationFill,
+        "liquidation_fill",
+        lambda m, x: m.liquidation_fill(x),
         liquidation_path=True,
-        on_market=lambda m, x: m.liquidation_fill(x),
     ),
-    InputKind(
-        cls=LiquidationDone,
-        owner=Owner.MARKET,
-        key="market",
-        journal=Journal.INGEST,
-        wire="liquidation_done",
+    _market(
+        LiquidationDone,
+        "liquidation_done",
+        lambda m, x: m.liquidation_done(x),
         liquidation_path=True,
-        on_market=lambda m, x: m.liquidation_done(x),
     ),
     InputKind(
         cls=FundInjection,

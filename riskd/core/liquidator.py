@@ -197,18 +197,14 @@ class Liquidator:
         self.m.change(pos, qty=-size, value=-value, margin=liq.shortfall - liq.fee)
         self.m.change(backstop, qty=size, value=value, margin=granted)
         returned = 0 if pos.size else self._end(liq, pos, ts)
-        self.m.effects.append(
-            LiquidationSettled(
-                market=self.m.symbol,
-                liquidation_id=liq.id,
-                account=liq.account,
-                quantity=liq.quantity,
-                price=liq.price,
-                fund_delta=liq.fee - liq.shortfall,
-                returned_to_trader=returned,
-                adl_quantity=0,
-                ts=ts,
-            )
+        self._settled(
+            liq,
+            quantity=liq.quantity,
+            price=liq.price,
+            fund_delta=liq.fee - liq.shortfall,
+            returned=returned,
+            adl_quantity=0,
+            ts=ts,
         )
         if backstop.size == 0:
             self.m.sweep(backstop, ts)
@@ -263,31 +259,16 @@ class Liquidator:
             raise AssertionError(f"{self.m.symbol}: liquidation {liq.id} left {split.uncovered}")
         fee = 0 if pos.is_backstop else split.fee
         self.m.change(pos, margin=split.paid - fee)
-        if liq.reserved or split.paid or fee:
-            self.m.effects.append(
-                ReserveSettle(
-                    asset=self.m.asset,
-                    market=self.m.symbol,
-                    liquidation_id=liq.id,
-                    ts=ts,
-                    reserved=liq.reserved,
-                    shortfall=split.paid,
-                    fee=fee,
-                )
-            )
+        self._reserve_settle(liq, paid=split.paid, fee=fee, ts=ts)
         returned = self._end(liq, pos, ts)
-        self.m.effects.append(
-            LiquidationSettled(
-                market=self.m.symbol,
-                liquidation_id=liq.id,
-                account=liq.account,
-                quantity=liq.quantity,
-                price=price,
-                fund_delta=fee - split.paid - liq.paid_in,
-                returned_to_trader=returned,
-                adl_quantity=adl_qty,
-                ts=ts,
-            )
+        self._settled(
+            liq,
+            quantity=liq.quantity,
+            price=price,
+            fund_delta=fee - split.paid - liq.paid_in,
+            returned=returned,
+            adl_quantity=adl_qty,
+            ts=ts,
         )
 
     def settle_step(self, liq: Liquidation, pos: Position, ts: int, gave_up: bool = False) -> None:
@@ -299,30 +280,15 @@ class Liquidator:
         split = waterfall(pos.margin, liq.filled_notional, self.m.spec.liquidation_fee_cap_ppm, 0)
         paid = min(max(-pos.margin, 0), liq.reserved)
         self.m.change(pos, margin=paid - split.fee)
-        if liq.reserved or paid or split.fee:
-            self.m.effects.append(
-                ReserveSettle(
-                    asset=self.m.asset,
-                    market=self.m.symbol,
-                    liquidation_id=liq.id,
-                    ts=ts,
-                    reserved=liq.reserved,
-                    shortfall=paid,
-                    fee=split.fee,
-                )
-            )
-        self.m.effects.append(
-            LiquidationSettled(
-                market=self.m.symbol,
-                liquidation_id=liq.id,
-                account=liq.account,
-                quantity=liq.filled,
-                price=liq.price,
-                fund_delta=split.fee - paid,
-                returned_to_trader=0,
-                adl_quantity=0,
-                ts=ts,
-            )
+        self._reserve_settle(liq, paid=paid, fee=split.fee, ts=ts)
+        self._settled(
+            liq,
+            quantity=liq.filled,
+            price=liq.price,
+            fund_delta=split.fee - paid,
+            returned=0,
+            adl_quantity=0,
+            ts=ts,
         )
         assert self.m.mark is not None
         if gave_up and is_liquidatable(self.m.spec, pos, self.m.mark):
@@ -447,3 +413,43 @@ class Liquidator:
         else:
             liq.filled_notional += notional_
             self.settle(liq, pos, liq.filled_notional, liq.price, adl_qty, ts)
+
+    def _reserve_settle(self, liq: Liquidation, *, paid: int, fee: int, ts: int) -> None:
+        """The fund's final word on a liquidation (released, paid, taken), if it has one."""
+        if liq.reserved or paid or fee:
+            self.m.effects.append(
+                ReserveSettle(
+                    asset=self.m.asset,
+                    market=self.m.symbol,
+                    liquidation_id=liq.id,
+                    ts=ts,
+                    reserved=liq.reserved,
+                    shortfall=paid,
+                    fee=fee,
+                )
+            )
+
+    def _settled(
+        self,
+        liq: Liquidation,
+        *,
+        quantity: int,
+        price: int,
+        fund_delta: int,
+        returned: int,
+        adl_quantity: int,
+        ts: int,
+    ) -> None:
+        self.m.effects.append(
+            LiquidationSettled(
+                market=self.m.symbol,
+                liquidation_id=liq.id,
+                account=liq.account,
+                quantity=quantity,
+                price=price,
+                fund_delta=fund_delta,
+                returned_to_trader=returned,
+                adl_quantity=adl_quantity,
+                ts=ts,
+            )
+        )
