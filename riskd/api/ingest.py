@@ -152,34 +152,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def Ingest(
         self, request_iterator: AsyncIterator[ingest_pb2.IngestRequest], context: Context
     ) -> AsyncIterator[ingest_pb2.IngestResponse]:
-        metadata = dict(context.invocation_metadata() or ())
-        try:
-            grant = self.auth.identify(context)
-            gateway = convert.check_symbol(self.auth.gateway(grant, context), GATEWAY_KEY)
-            epoch = int(metadata.get(EPOCH_KEY) or 0)  # 0: a fresh epoch, assigned below
-            if not 0 <= epoch < 2**63:
-                raise ValueError
-        except Denied as d:
-            await abort(context, grpc.StatusCode.PERMISSION_DENIED, d.field, d.message)
-        except Rejected as r:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, r.field, r.message)
-        except ValueError:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, EPOCH_KEY, "must be an integer")
-        if self.draining:
-            await _first_request(request_iterator)  # as below: the status, not a write error
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "", "riskd is shutting down")
-        if self._open >= self.max_streams:
-            # Refusing before the client's first message is through would race
-            # its write: grpc then reports that failed write (CANCELLED or
-            # INTERNAL) instead of this status.
-            await _first_request(request_iterator)
-            await abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "",
-                f"at most {self.max_streams} ingest streams are served at once",
-                retry_after=1.0,
-            )
+        grant, gateway, epoch = await self._admit(request_iterator, context)
         self._open += 1
         self._idle.clear()
         self.metrics.streams_open.inc()
@@ -214,23 +187,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
             reader = asyncio.create_task(self._read(stream, request_iterator, context))
             self._readers.add(reader)
-            item = await results.get()
-            while isinstance(item, Ack):
-                credits.release()
-                response = item.response
-                # Acks are cumulative: fold every ack already waiting into one response.
-                following: Outcome | None = None
-                while not results.empty():
-                    following = results.get_nowait()
-                    if not isinstance(following, Ack):
-                        break
-                    credits.release()
-                    response = _fold(response, following.response)
-                    following = None
-                yield response
-                item = following if following is not None else await results.get()
-            if item.error is not None:
-                await self._fail(context, item.error, bound)
+            async for reply in _replies(results, credits):
+                if isinstance(reply, StreamEnd):
+                    if reply.error is not None:
+                        await self._fail(context, reply.error, bound)
+                    break
+                yield reply
             bound.info("ingest_stream_closed")
         except Unavailable as e:
             await abort(context, grpc.StatusCode.UNAVAILABLE, "", str(e))
@@ -242,6 +204,41 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             self.metrics.streams_open.dec()
             if self._open == 0:
                 self._idle.set()
+
+    async def _admit(
+        self, requests: AsyncIterator[ingest_pb2.IngestRequest], context: Context
+    ) -> tuple[Grant, str, int]:
+        """Who the stream is from and the epoch it names (0: a fresh one), or the
+        status it is refused with (not identified, draining, too many streams)."""
+        metadata = dict(context.invocation_metadata() or ())
+        try:
+            grant = self.auth.identify(context)
+            gateway = convert.check_symbol(self.auth.gateway(grant, context), GATEWAY_KEY)
+            epoch = int(metadata.get(EPOCH_KEY) or 0)  # 0: a fresh epoch, assigned later
+            if not 0 <= epoch < 2**63:
+                raise ValueError
+        except Denied as d:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, d.field, d.message)
+        except Rejected as r:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, r.field, r.message)
+        except ValueError:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, EPOCH_KEY, "must be an integer")
+        if self.draining:
+            await _first_request(requests)  # as below: the status, not a write error
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "", "riskd is shutting down")
+        if self._open >= self.max_streams:
+            # Refusing before the client's first message is through would race
+            # its write: grpc then reports that failed write (CANCELLED or
+            # INTERNAL) instead of this status.
+            await _first_request(requests)
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "",
+                f"at most {self.max_streams} ingest streams are served at once",
+                retry_after=1.0,
+            )
+        return grant, gateway, epoch
 
     async def _read(
         self,
@@ -464,6 +461,30 @@ def _stored(r: StoredRejection) -> ingest_pb2.Rejection:
     """A rejection as first reported (its index in the batch it came in)."""
     seq, index, kind, code, field, message = r
     return convert.rejection(seq, index, _STUBS.get(kind), Rejected(Code(code), field, message))
+
+
+async def _replies(
+    results: asyncio.Queue[Outcome], credits: asyncio.Semaphore
+) -> AsyncIterator[ingest_pb2.IngestResponse | StreamEnd]:
+    """A stream's acks in order, each returning its credit, then its StreamEnd.
+
+    Acks are cumulative: every ack already waiting is folded into one response.
+    """
+    item = await results.get()
+    while isinstance(item, Ack):
+        credits.release()
+        response = item.response
+        following: Outcome | None = None
+        while not results.empty():
+            following = results.get_nowait()
+            if not isinstance(following, Ack):
+                break
+            credits.release()
+            response = _fold(response, following.response)
+            following = None
+        yield response
+        item = following if following is not None else await results.get()
+    yield item
 
 
 def _fold(
