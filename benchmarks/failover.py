@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +120,11 @@ class Load:
     """Deposits without pause through the helper; the inputs kept to replay once."""
 
     def __init__(self, nodes: list[str]) -> None:
+        # A short reconnect backoff: during a takeover the helper bounces between
+        # the dead owner and a standby still naming it, and a long backoff would
+        # add up to its maximum after the new owner already serves.
         self.gw = Gateway(nodes[0], "bench-failover", batch_size=16, window=8, nodes=nodes[1:],
-                          ack_timeout=1.0)  # fmt: skip
+                          ack_timeout=1.0, max_reconnect_delay=0.2)  # fmt: skip
         self.sent: list[tuple[int, int]] = []
         self.acks: list[tuple[float, int]] = []  # (monotonic time, acked sequence) on change
         self._stop = asyncio.Event()
@@ -153,6 +157,7 @@ async def _failover(nodes: list[Node], kills: int, ttl: int) -> dict[str, Any]:
     load = Load([n.address for n in nodes])
     task = asyncio.create_task(load.run())
     stalls: list[float] = []
+    serving_after: list[float] = []  # kill -> the new owner's riskd_serving line
     lost_before: list[int] = []
     for _ in range(kills):
         owner = next(n for n in nodes if n.alive() and _serving(n))
@@ -167,6 +172,7 @@ async def _failover(nodes: list[Node], kills: int, ttl: int) -> dict[str, Any]:
         # (acks the old one sent before dying may still be in the socket).
         numbered = load.gw.next_sequence - 1
         killed = time.monotonic()
+        killed_wall = time.time()
         owner.process.send_signal(signal.SIGKILL)
         await asyncio.to_thread(owner.process.wait)
         while load.acked_at() <= numbered:  # noqa: ASYNC110
@@ -174,6 +180,9 @@ async def _failover(nodes: list[Node], kills: int, ttl: int) -> dict[str, Any]:
         stalls.append(time.monotonic() - killed)
         lost_before.append(acked_at_kill)
         await asyncio.to_thread(_wait, lambda o=other: _serving(o), "the standby serving")
+        line = [e for e in other.events() if e.get("event") == "riskd_serving"][-1]
+        at = datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00"))
+        serving_after.append(at.timestamp() - killed_wall)
         owner.start()  # back as the standby
         await asyncio.to_thread(
             _wait, lambda o=owner: o.count("riskd_standby") > 0 and o.alive(), "restart as standby"
@@ -182,6 +191,7 @@ async def _failover(nodes: list[Node], kills: int, ttl: int) -> dict[str, Any]:
     await task
     return {
         "stalls": stalls,
+        "serving_after": serving_after,
         "acked_before_kills": lost_before,
         "final_acked": load.gw.acked_sequence,
         "sent": load.sent,
@@ -307,6 +317,10 @@ async def amain(argv: list[str] | None = None) -> int:
                             "median": round(statistics.median(stalls), 2),
                             "max": round(max(stalls), 2),
                             "all": [round(s, 2) for s in stalls],
+                        },
+                        "new_owner_serving_s": {
+                            "median": round(statistics.median(f["serving_after"]), 2),
+                            "max": round(max(f["serving_after"]), 2),
                         },
                         "target_s": args.ttl + 3,
                         "updates_acked": f["final_acked"],
