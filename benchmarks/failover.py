@@ -20,6 +20,9 @@ then two riskd nodes for one shard (``--storage postgresql://... --etcd ...``).
   journal row under its epoch after the takeover.
 * **Ingest**: deposits/s through one node with the journal in PostgreSQL and
   with the SQLite journal (same client, batches of 256).
+* **Two assets** (``--scale-updates``): two gateways, one per settlement asset,
+  against one node serving both and against two nodes (one shard each), all
+  journaling to PostgreSQL.
 
 Prints one JSON document (also written to ``--json``).
 """
@@ -31,6 +34,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -258,17 +262,65 @@ async def _poke(address: str) -> None:
         await gw.flush(timeout=30)
 
 
-async def _ingest(node: Node, updates: int) -> float:
-    async with Gateway(node.address, f"bench-ingest-{node.name}", batch_size=256,
+async def _ingest(node: Node, updates: int, asset: str = "USDT") -> float:
+    async with Gateway(node.address, f"bench-ingest-{node.name}-{asset}", batch_size=256,
                        window=16) as gw:  # fmt: skip
         await gw.wait_connected()
         t = time.perf_counter()
         for i in range(updates):
-            gw.deposit(1 + i % 100, "USDT", 1 + i % 9)
+            gw.deposit(1 + i % 100, asset, 1 + i % 9)
             if i % 256 == 255:
                 await gw.wait_for_window()
         await gw.flush(timeout=300)
         return updates / (time.perf_counter() - t)
+
+
+def _config_of(asset: str, base: Path) -> Path:
+    """The default config with only ``asset`` and its markets: a shard of its own."""
+    from riskd.config import default_toml, load
+
+    keep = []
+    for section in re.split(r"(?m)^(?=\[)", default_toml()):
+        m = re.match(r"\[(assets|markets)\.([A-Za-z0-9-]+)", section)
+        if m and m.group(1) == "assets" and m.group(2) != asset:
+            continue
+        if m and m.group(1) == "markets" and f'asset = "{asset}"' not in section:
+            continue
+        keep.append(section)
+    path = base / f"riskd-{asset}.toml"
+    path.write_text("".join(keep))
+    assert set(load(path).assets) == {asset}
+    return path
+
+
+async def _scale(base: Path, dsn: str, free_port: Any, updates: int) -> dict[str, Any]:
+    """Two assets: one node serving both, against two nodes with one each."""
+
+    async def both(targets: list[Node]) -> float:
+        t = time.perf_counter()
+        await asyncio.gather(
+            *(_ingest(n, updates, a) for n, a in zip(targets, ("USDT", "BTC"), strict=True))
+        )
+        return 2 * updates / (time.perf_counter() - t)
+
+    one = Node(base, "scale-one", ["--storage", dsn, "--shard", "scale-one"], free_port())
+    pair = [
+        Node(base, f"scale-{a}", ["--config", str(_config_of(a, base)), "--storage", dsn,
+                                  "--shard", f"scale-{a}"], free_port())
+        for a in ("USDT", "BTC")
+    ]  # fmt: skip
+    rates = {}
+    for label, nodes, targets in (("one_node", [one], [one, one]), ("two_nodes", pair, pair)):
+        for n in nodes:
+            n.start()
+        for n in nodes:
+            await asyncio.to_thread(_wait, lambda n=n: n.count("riskd_serving") > 0, n.name)
+        rates[label] = round(await both(targets))
+        for n in nodes:
+            assert n.process is not None
+            n.process.terminate()
+            await asyncio.to_thread(n.process.wait, 60)
+    return {"updates_per_s": rates, "ratio": round(rates["two_nodes"] / rates["one_node"], 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,6 +334,7 @@ async def amain(argv: list[str] | None = None) -> int:
     parser.add_argument("--fencing", type=int, default=20)
     parser.add_argument("--ttl", type=int, default=2)
     parser.add_argument("--ingest-updates", type=int, default=100_000)
+    parser.add_argument("--scale-updates", type=int, default=100_000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     services = _services()
@@ -358,6 +411,10 @@ async def amain(argv: list[str] | None = None) -> int:
                     node.process.wait(60)
                 out["ingest_updates_per_s"] = rates
                 out["postgresql_over_sqlite"] = round(rates["postgresql"] / rates["sqlite"], 2)
+            if args.scale_updates:
+                out["two_assets"] = await _scale(
+                    base, pg.dsn, services.free_port, args.scale_updates
+                )
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
