@@ -40,7 +40,7 @@ from riskd.core.events import (
     WalletCredit,
     Withdrawal,
 )
-from riskd.core.hash_chain import GENESIS, chain
+from riskd.core.hash_chain import GENESIS, chain, line_hash, link
 from riskd.core.inputs import BY_NAME, KINDS, InputKind, Journal, Owner, kind_of
 from riskd.core.insurance_fund import (
     DailyReport,
@@ -62,7 +62,13 @@ from riskd.core.market import (
 )
 from riskd.core.market_engine import MarketEngine, PositionView
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
-from riskd.core.recent_ids import WithdrawalDecision
+from riskd.core.recent_ids import (
+    DEFAULT_CAPACITY,
+    WithdrawalDecision,
+    WithdrawalDecisions,
+    check_id,
+)
+from riskd.core.stress import DEFAULT_MOVES_PPM, StressRow, check_moves, move_label
 from riskd.core.tiers import SpecError, TierTable
 from riskd.core.units import INT64_MAX, PPM, Asset, ceil_div, check_int64, check_positive
 from riskd.core.wallet import Wallets, check_account, unsettled_bad_debt, withdrawals_paused
@@ -82,6 +88,9 @@ __all__ = [
     "NotInMemory",
     "Wallets",
     "WithdrawalDecision",
+    "WithdrawalDecisions",
+    "DEFAULT_CAPACITY",
+    "check_id",
     "unsettled_bad_debt",
     "withdrawals_paused",
     "check_account",
@@ -133,6 +142,13 @@ __all__ = [
     "violations",
     "GENESIS",
     "chain",
+    "link",
+    "line_hash",
+    # stress tests
+    "StressRow",
+    "DEFAULT_MOVES_PPM",
+    "check_moves",
+    "move_label",
     # markets and units
     "MarketSpec",
     "AdlPolicy",
