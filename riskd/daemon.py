@@ -27,14 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import trio
 from grpc_health.v1 import health_pb2
 from prometheus_client import start_http_server
 
-from riskd.actors.actor import ActorStopped
+from riskd.actors.actor import Actor, ActorStopped
 from riskd.actors.fund import FundActor
 from riskd.actors.journal import JournalActor
 from riskd.actors.market import MarketActor
@@ -153,7 +153,7 @@ class Daemon:
             "sequencer", "", "", _depth(self.sequencer), self.sequencer.capacity
         )
 
-    def actors(self) -> list[Any]:
+    def actors(self) -> list[Actor]:
         return [
             self.sequencer,
             *self.markets.values(),
@@ -560,7 +560,12 @@ def _check_port(key: str, address: str) -> None:
         raise StartupError(f"cannot listen on {key} {address}: {why}")
 
 
-def _depth(actor: Any) -> Callable[[], int]:
+class _HasDepth(Protocol):
+    @property
+    def depth(self) -> int: ...
+
+
+def _depth(actor: _HasDepth) -> Callable[[], int]:
     return lambda: actor.depth
 
 
