@@ -17,15 +17,19 @@ from riskd.core import (
     Asset,
     Code,
     ContractType,
+    Deposit,
     Engine,
+    Fill,
+    FundInjection,
     FundPolicy,
+    MarginTransfer,
     MarketSpec,
+    MarkPrice,
     Rejected,
     TierTable,
     digest,
     violations,
 )
-from riskd.core.events import Deposit, Fill, FundInjection, MarginTransfer, MarkPrice
 
 U = 10**6  # one USDT in quantums
 BTC = 10**8  # one BTC in quantums

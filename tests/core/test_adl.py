@@ -25,9 +25,19 @@ from _kit import Desk, U, btc_usd_spec, btc_usdt_spec, of_type, usdt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riskd.core import BACKSTOP_ACCOUNT, AdlPolicy, LiquidationMode, adl, violations
-from riskd.core.events import AdlEvent, AdlNotice, FundKind, LiquidationDone, LiquidationSettled
-from riskd.core.position import Position
+from riskd.core import (
+    BACKSTOP_ACCOUNT,
+    AdlEvent,
+    AdlNotice,
+    AdlPolicy,
+    FundKind,
+    LiquidationDone,
+    LiquidationMode,
+    LiquidationSettled,
+    Position,
+    adl,
+    violations,
+)
 
 M = "BTC-USDT"
 MARK = usdt("40000")

@@ -33,8 +33,9 @@ from _kit import BTC, Desk, U, assert_rejected, btc_usd_spec, btc_usdt_spec, of_
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riskd.core import Code, Rejected, digest, violations
-from riskd.core.events import (
+from riskd.core import (
+    BACKSTOP_ACCOUNT,
+    Code,
     Deposit,
     Fill,
     FundingRate,
@@ -42,9 +43,11 @@ from riskd.core.events import (
     LiquidationSettled,
     MarginTransfer,
     MarkPrice,
+    Rejected,
+    digest,
+    violations,
 )
 from riskd.core.market import MarketSpec, PartialLiquidation, TakeoverPrice
-from riskd.core.position import BACKSTOP_ACCOUNT
 
 BAND = 50_000  # 5 %
 M = "BTC-USDT"

@@ -21,32 +21,30 @@ from _kit import (
 
 from riskd.core import (
     BACKSTOP_ACCOUNT,
+    AdlEvent,
+    AdlNotice,
     Asset,
     Code,
     ContractType,
-    Engine,
-    LiquidationMode,
-    MarketSpec,
-    Rejected,
-    TierTable,
-    digest,
-)
-from riskd.core.events import (
-    AdlEvent,
-    AdlNotice,
     Deposit,
+    Engine,
     Fill,
     FundFlow,
     FundingRate,
     FundInjection,
     LiquidationDone,
     LiquidationFill,
+    LiquidationMode,
     LiquidationOrder,
     LiquidationSettled,
     MarginCall,
     MarginTransfer,
+    MarketSpec,
     MarkPrice,
+    Rejected,
+    TierTable,
     Withdrawal,
+    digest,
 )
 from riskd.core.recent_ids import RecentIds
 

@@ -7,9 +7,7 @@ import pytest
 
 from riskd.actors.sequencer import SequenceError
 from riskd.config import ConfigError
-from riskd.core import Code, Rejected
-from riskd.core.ledger import NotInMemory
-from riskd.core.tiers import SpecError
+from riskd.core import Code, NotInMemory, Rejected, SpecError
 from riskd.errors import RiskdError
 from riskd.storage.codec import BadRecord, UnknownFormat
 from riskd.storage.faults import StorageFault

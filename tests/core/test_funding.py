@@ -7,11 +7,16 @@ from _kit import BTC, Desk, U, assert_rejected, btc_usd_spec, btc_usdt_spec, of_
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riskd.core import Code, LiquidationMode
-from riskd.core.events import FundingRate, LiquidationSettled
+from riskd.core import (
+    BACKSTOP_ACCOUNT,
+    Code,
+    FundingRate,
+    LiquidationMode,
+    LiquidationSettled,
+    Position,
+)
 from riskd.core.funding import funding_transfers
 from riskd.core.margin import margin_balance
-from riskd.core.position import BACKSTOP_ACCOUNT, Position
 
 M = "BTC-USDT"
 SPEC = btc_usdt_spec()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from riskd.core.events import FundKind
-from riskd.core.hash_chain import GENESIS, chain, line_hash, link
-from riskd.core.insurance_fund import LedgerEntry
+from riskd.core import GENESIS, FundKind, LedgerEntry, chain, line_hash, link
 from riskd.storage import admin_log, journal
 
 

@@ -6,8 +6,18 @@ import typing
 
 import pytest
 
-from riskd.core import KINDS, Engine, Owner, Rejected, kind_of
-from riskd.core.events import Input, LiquidationDone, LiquidationFill, MarginTransfer, MarkPrice
+from riskd.core import (
+    KINDS,
+    Engine,
+    Input,
+    LiquidationDone,
+    LiquidationFill,
+    MarginTransfer,
+    MarkPrice,
+    Owner,
+    Rejected,
+    kind_of,
+)
 from riskd.storage.codec import INPUT_TYPES
 from riskd.v1 import ingest_pb2
 

@@ -7,17 +7,22 @@ from _kit import Desk, U, assert_rejected, btc_usdt_spec, of_type, usdt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riskd.core import BACKSTOP_ACCOUNT, Code, FundPolicy, InsuranceFund, LiquidationMode, Rejected
-from riskd.core.events import (
+from riskd.core import (
+    BACKSTOP_ACCOUNT,
     AdlReason,
+    Code,
     Deposit,
     FundCredit,
     FundDecision,
     FundFlow,
     FundInjection,
     FundKind,
+    FundPolicy,
+    InsuranceFund,
     LiquidationFill,
+    LiquidationMode,
     LiquidationOrder,
+    Rejected,
     ReserveClaim,
     ReserveSettle,
     TakeoverClaim,

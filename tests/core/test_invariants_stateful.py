@@ -36,26 +36,24 @@ from riskd.core import (
     AdlPolicy,
     Code,
     ContractType,
-    Engine,
-    LiquidationMode,
-    MarketSpec,
-    Rejected,
-    TierTable,
-    digest,
-    violations,
-)
-from riskd.core.events import (
     Deposit,
+    Engine,
     Fill,
     FundingRate,
     FundInjection,
     LiquidationDone,
     LiquidationFill,
+    LiquidationMode,
     MarginTransfer,
+    MarketSpec,
     MarkPrice,
+    Rejected,
+    Stage,
+    TierTable,
     Withdrawal,
+    digest,
+    violations,
 )
-from riskd.core.liquidation import Stage
 
 ACCOUNTS = list(range(1, 9))
 

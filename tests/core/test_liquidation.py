@@ -19,20 +19,24 @@ from _kit import (
     usdt,
 )
 
-from riskd.core import BACKSTOP_ACCOUNT, Code, LiquidationMode, TierTable, violations
-from riskd.core.events import (
+from riskd.core import (
+    BACKSTOP_ACCOUNT,
     AdlEvent,
     AdlNotice,
     AdlReason,
+    Code,
     Deposit,
     Fill,
     FundFlow,
     FundKind,
     LiquidationDone,
     LiquidationFill,
+    LiquidationMode,
     LiquidationOrder,
     LiquidationSettled,
     MarginTransfer,
+    TierTable,
+    violations,
 )
 from riskd.core.liquidation import Stage, takeover_result
 from riskd.core.liquidation_index import LiquidationIndex

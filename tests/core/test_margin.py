@@ -25,8 +25,7 @@ from _kit import (
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from riskd.core import ContractType, MarketSpec, TierTable
-from riskd.core.events import LiquidationSettled
+from riskd.core import INT64_MAX, ContractType, LiquidationSettled, MarketSpec, Position, TierTable
 from riskd.core.liquidation import close_result, execution_price, liquidation_fee
 from riskd.core.margin import (
     NEVER_LONG,
@@ -41,8 +40,6 @@ from riskd.core.margin import (
     notional,
     unrealised,
 )
-from riskd.core.position import Position
-from riskd.core.units import INT64_MAX
 
 
 def make_pos(spec: MarketSpec, size: int, price: int, margin: int) -> Position:

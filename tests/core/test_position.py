@@ -12,8 +12,7 @@ from _kit import BTC, Desk, U, btc_usd_spec, btc_usdt_spec, usdt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riskd.core.events import FundKind, MarginTransfer
-from riskd.core.position import BACKSTOP_ACCOUNT, Position
+from riskd.core import BACKSTOP_ACCOUNT, FundKind, MarginTransfer, Position
 
 LIN = btc_usdt_spec()
 INV = btc_usd_spec()

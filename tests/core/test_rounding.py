@@ -16,8 +16,7 @@ from _kit import BTC, Desk, U, btc_usd_spec, btc_usdt_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riskd.core.events import Deposit, MarginTransfer
-from riskd.core.market import MarketSpec
+from riskd.core import Deposit, MarginTransfer, MarketSpec
 
 INV = btc_usd_spec()
 LIN = btc_usdt_spec()

@@ -7,9 +7,8 @@ from _kit import BTCUSDT_BRACKETS, U, btc_usdt_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riskd.core import TierTable
+from riskd.core import Position, TierTable
 from riskd.core.margin import maintenance_margin
-from riskd.core.position import Position
 
 BTCUSDT = TierTable(BTCUSDT_BRACKETS)
 

@@ -20,16 +20,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
-from riskd.core import FundPolicy, LiquidationMode, MarketSpec, Rejected, TierTable
-from riskd.core.events import (
+from riskd.core import (
     AdlEvent,
     AdlNotice,
     AdlReason,
     FundKind,
+    FundPolicy,
     LiquidationDone,
     LiquidationFill,
+    LiquidationMode,
     LiquidationOrder,
     LiquidationSettled,
+    MarketSpec,
+    Position,
+    Rejected,
+    TierTable,
 )
 from riskd.core.liquidation import (
     Stage,
@@ -41,7 +46,6 @@ from riskd.core.liquidation import (
     waterfall,
 )
 from riskd.core.market import PartialLiquidation, TakeoverPrice
-from riskd.core.position import Position
 
 M = "BTC-USDT"
 INV = "BTC-USD"
