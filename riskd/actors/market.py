@@ -10,7 +10,7 @@ to subscribers.  Same inputs, same order: same state as the pure engine.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 from riskd.actors.actor import Actor
 from riskd.actors.fund import FundActor
@@ -32,6 +32,12 @@ __all__ = ["MarketActor"]
 T = TypeVar("T")
 
 
+class Gauge(Protocol):
+    """What the actor reports liquidations in progress to (a prometheus gauge child)."""
+
+    def set(self, value: float) -> None: ...
+
+
 class MarketActor(Actor):
     def __init__(
         self,
@@ -41,7 +47,7 @@ class MarketActor(Actor):
         publish: Callable[[list[Effect]], None],
         capacity: int,
         on_mark: Callable[[str, int], None] | None = None,
-        in_progress: Any = None,
+        in_progress: Gauge | None = None,
     ) -> None:
         super().__init__(f"market:{engine.symbol}", capacity)
         self.engine = engine
