@@ -13,9 +13,10 @@ _shards = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    """One PostgreSQL for the whole session; each test uses its own shard names."""
+    """One PostgreSQL primary with a synchronous standby for the whole session;
+    each test uses its own shard names."""
     pytest.importorskip("psycopg", reason="psycopg not installed (pip install 'riskd[postgres]')")
-    with postgres(Path(tmp_path_factory.mktemp("postgres"))) as server:
+    with postgres(Path(tmp_path_factory.mktemp("postgres")), standby=True) as server:
         yield server
 
 

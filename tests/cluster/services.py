@@ -41,6 +41,7 @@ def _pg_tool(name: str) -> str | None:
 class Postgres:
     port: int
     data: Path
+    standby_port: int | None = None  # a synchronous standby, when started
 
     @property
     def dsn(self) -> str:
@@ -59,8 +60,12 @@ def _as_user() -> tuple[list[str], int | None, int | None]:
 
 
 @contextlib.contextmanager
-def postgres(base: Path) -> Iterator[Postgres]:
-    """A PostgreSQL 15 server with fsync and synchronous commit on, trust auth on loopback."""
+def postgres(base: Path, standby: bool = False) -> Iterator[Postgres]:
+    """A PostgreSQL 15 server with fsync and synchronous commit on, trust auth on loopback.
+
+    ``standby``: plus a streaming standby (pg_basebackup) that the primary waits
+    for at every commit (``synchronous_standby_names``), as in production.
+    """
     initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
     if initdb is None or pg_ctl is None:
         pytest.skip("PostgreSQL 15 binaries not installed (apt-get install postgresql-15)")
@@ -106,11 +111,60 @@ def postgres(base: Path) -> Iterator[Postgres]:
             check=True,
             capture_output=True,
         )
-        yield Postgres(port, data)
+        server = Postgres(port, data)
+        if standby:
+            server.standby_port = _start_standby(base, prefix, pg_ctl, server, str(sock))
+        yield server
     finally:
+        if server.standby_port is not None:
+            subprocess.run(
+                [*prefix, pg_ctl, "-D", str(base / "standby"), "-m", "immediate", "stop"],
+                capture_output=True,
+            )
         subprocess.run(
             [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
         )
+
+
+def _start_standby(base: Path, prefix: list[str], pg_ctl: str, primary: Postgres, sock: str) -> int:
+    """A standby named standby1, then make the primary's commits wait for it."""
+    import psycopg
+
+    data = base / "standby"
+    conninfo = f"host=127.0.0.1 port={primary.port} user=riskd application_name=standby1"
+    done = subprocess.run(
+        [*prefix, _pg_tool("pg_basebackup") or "pg_basebackup", "-d", conninfo, "-D", str(data),
+         "-R", "-X", "stream", "-c", "fast"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_basebackup: {done.stderr}")
+    port = free_port()
+    # A promoted standby must not wait for a standby of its own.
+    opts = (
+        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=on"
+        " -c synchronous_standby_names= -c max_connections=60 -c shared_buffers=32MB"
+    )
+    subprocess.run(
+        [*prefix, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "standby.log"), "-w",
+         "start"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with psycopg.connect(primary.dsn, autocommit=True) as db:
+        db.execute("ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (standby1)'")
+        # remote_apply (stronger than production's "on"): a commit has returned
+        # only once the standby shows it, which the tests read back there.
+        db.execute("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
+        db.execute("SELECT pg_reload_conf()")
+
+        def synchronous() -> bool:
+            rows = db.execute(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1'"
+            ).fetchall()
+            return rows == [("sync",)]
+
+        wait_for(synchronous, "the standby to become synchronous")
+    return port
 
 
 def wait_for(predicate: object, what: str, seconds: float = 30.0) -> None:

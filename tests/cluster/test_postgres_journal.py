@@ -165,3 +165,22 @@ def test_a_reader_takes_nothing_and_writes_nothing(pg: Postgres, shard: str) -> 
     finally:
         reader.close()
         owner.close()
+
+
+def test_an_acknowledged_append_is_on_the_synchronous_standby(pg: Postgres, shard: str) -> None:
+    import psycopg
+
+    assert pg.standby_port is not None
+    j = PostgresJournal(pg.dsn, shard)
+    try:
+        j.append(["replicated", "twice"])
+        # No waiting: the commit returned once the standby had applied it.
+        standby = pg.dsn.replace(f":{pg.port}/", f":{pg.standby_port}/")
+        with psycopg.connect(standby, autocommit=True) as db:
+            assert db.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+            rows = db.execute(
+                "SELECT record FROM riskd_journal WHERE shard = %s ORDER BY n", (shard,)
+            ).fetchall()
+        assert rows == [("replicated",), ("twice",)]
+    finally:
+        j.close()
