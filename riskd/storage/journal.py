@@ -17,14 +17,21 @@ Records are hash-chained (each row stores SHA-256 of the previous hash and its
 record), so ``riskd audit`` can tell whether any byte of history changed,
 and a snapshot can name the exact journal position it covers (records and
 hash): a restart refuses a journal that no longer reaches it.
+
+Beside the file, ``journal.head`` names the newest position a commit reached
+(records and hash), rewritten in place after every commit without an fsync
+of its own: it can lag the journal after a power loss, never lead it.  A
+journal that no longer reaches it (rows deleted at the tail, or an older copy
+of the file restored) is refused, although its own chain is intact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -42,7 +49,11 @@ __all__ = [
     "chain",
     "open_sqlite",
     "wal_problem",
+    "head_problem",
 ]
+
+#: The width of ``journal.head``: always rewritten whole, in place.
+_HEAD_BYTES = 96
 
 
 class StaleWriter(RiskdError):
@@ -128,8 +139,9 @@ class SqliteJournal:
             "CREATE TABLE IF NOT EXISTS journal (n INTEGER PRIMARY KEY,"
             " epoch INTEGER NOT NULL, record TEXT NOT NULL, hash TEXT NOT NULL)"
         )
-        last = self._db.execute("SELECT hash FROM journal ORDER BY n DESC LIMIT 1").fetchone()
-        self._head = last[0] if last else GENESIS
+        last = self._db.execute("SELECT n, hash FROM journal ORDER BY n DESC LIMIT 1").fetchone()
+        self._count, self._head = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+        self._head_file = Path(f"{self.path}".removesuffix(".sqlite3") + ".head")
         self._db.execute("CREATE TABLE IF NOT EXISTS owner (id INTEGER PRIMARY KEY, epoch INTEGER)")
         self._db.execute("BEGIN IMMEDIATE")
         row = self._db.execute("SELECT epoch FROM owner WHERE id = 0").fetchone()
@@ -170,6 +182,19 @@ class SqliteJournal:
         except (sqlite3.Error, OSError) as e:
             raise StorageFault("journal", self.path, e) from e
         self._head = head
+        self._count += len(records)
+        self._write_head()
+
+    def _write_head(self) -> None:
+        line = f"{self._count} {self._head}\n".encode().ljust(_HEAD_BYTES)
+        try:
+            fd = os.open(self._head_file, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.pwrite(fd, line, 0)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StorageFault("journal", self._head_file, e) from e
 
     def hash_at(self, n: int) -> str | None:
         """The chain hash after the first ``n`` records; None if there are fewer."""
@@ -216,7 +241,34 @@ def open_sqlite(data: Path) -> SqliteJournal:
     lost = wal_problem(path)  # before SQLite "recovers" by dropping them
     if lost:
         raise JournalInconsistent(lost)
-    return SqliteJournal(path)
+    journal = SqliteJournal(path)
+    behind = head_problem(path, journal.hash_at)
+    if behind:
+        journal.close()
+        raise JournalInconsistent(behind)
+    return journal
+
+
+def head_problem(path: Path, hash_at: Callable[[int], str | None]) -> str | None:
+    """Whether the journal at ``path`` falls short of the position ``journal.head``
+    saw committed; ``hash_at(n)`` is the journal's chain hash after ``n`` records."""
+    head = Path(str(path).removesuffix(".sqlite3") + ".head")
+    try:
+        text = head.read_bytes().decode("ascii").split()
+        records, want = int(text[0]), text[1]
+    except FileNotFoundError:
+        return None  # a journal written before the head file existed
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return None  # torn by a crash mid-rewrite: it only ever lags, so nothing is lost
+    have = hash_at(records)
+    if have == want:
+        return None
+    state = "fewer records" if have is None else "another hash there"
+    return (
+        f"{head} saw {records} records committed (hash {want[:16]}…), but {path} has"
+        f" {state}: acknowledged records were lost (rows deleted, or an older copy"
+        " restored); restore the data directory from a backup or replica"
+    )
 
 
 def wal_problem(path: Path) -> str | None:

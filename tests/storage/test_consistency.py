@@ -91,6 +91,7 @@ def test_a_journal_cut_below_the_snapshot_is_refused_and_fails_the_audit(tmp_pat
     db.execute("DELETE FROM journal WHERE n > ?", (total - 3,))
     db.commit()
     db.close()
+    (data / "journal.head").unlink()  # as a data directory from before it existed
 
     code, stderr = _serve(data)
     assert code == EXIT_CORRUPT, stderr
@@ -116,13 +117,38 @@ def test_a_journal_from_another_history_is_refused(tmp_path: Path) -> None:
     assert _records(theirs / "data" / "journal.sqlite3") >= _records(
         ours / "data" / "journal.sqlite3"
     )
-    shutil.copy(theirs / "data" / "journal.sqlite3", ours / "data" / "journal.sqlite3")
+    for name in ("journal.sqlite3", "journal.head"):  # their head agrees with their journal
+        shutil.copy(theirs / "data" / name, ours / "data" / name)
 
     code, stderr = _serve(ours / "data")
     assert code == EXIT_CORRUPT, stderr
     assert "not the same history" in stderr
     ok, report = audit(load(), ours / "data")
     assert not ok and any("not the same history" in x for x in report), report
+
+
+def test_a_journal_cut_past_every_snapshot_is_refused_by_its_head_file(tmp_path: Path) -> None:
+    """Rows deleted at the tail leave an intact chain, and no snapshot reaches that far:
+    only ``journal.head``, rewritten after every commit, knows how far the journal got."""
+    data = tmp_path / "data"
+    journal = data / "journal.sqlite3"
+    d = start_daemon(tmp_path)
+    asyncio.run(stream_all(d, crash_scenario(), "gw-head"))
+    d.process.send_signal(signal.SIGKILL)  # no final snapshot
+    d.process.wait(30)
+    total = _records(journal)
+    assert (data / "journal.head").read_text().split()[0] == str(total)
+    with sqlite3.connect(journal) as db:
+        db.execute("DELETE FROM journal WHERE n > ?", (total - 2,))
+
+    code, stderr = _serve(data)
+    assert code == EXIT_CORRUPT, stderr
+    (line,) = stderr.splitlines()
+    assert str(data / "journal.head") in line and str(journal) in line
+    assert f"saw {total} records committed" in line and "fewer records" in line
+    ok, report = audit(load(), data)
+    assert not ok and any("journal.head" in x for x in report), report
+    assert _audit_cli(data).returncode == 1
 
 
 EMPTY = f"snapshot-{0:020d}.bin"  # a snapshot of nothing: the journal it covers is empty
@@ -213,6 +239,11 @@ def test_a_deleted_wal_and_shm_below_a_snapshot_is_refused(tmp_path: Path) -> No
 
     refused = _recovered_or_refused(data, inputs, acked)
     assert refused, "riskd started below its own snapshot"
+    assert str(data / "journal.sqlite3") in refused and "journal.head" in refused
+    assert not audit(load(), data)[0]
+    # Without the head file (a directory from before it existed) the snapshot still catches it.
+    (data / "journal.head").unlink()
+    refused = _recovered_or_refused(data, inputs, acked)
     assert str(data / "journal.sqlite3") in refused and "snapshot-" in refused
     assert not audit(load(), data)[0]
 
