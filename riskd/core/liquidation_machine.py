@@ -5,21 +5,19 @@ row of :data:`TRANSITIONS` (as h11 keeps its connection states in one table):
 an event the table has no row for raises :class:`IllegalTransition`, a bug
 and never the input's fault.  ::
 
-                     ORDER            FILLED_PART
-    AWAITING_FUND ---------> WORKING -------------> COOLING
-        |   \\                  |                       |
-        |    \\ FILLED_PART     | DELEVERAGE            | END
-        |     `--> COOLING      v                       v
-        |  DELEVERAGE       AWAITING_ADL --END--> SETTLED (forgotten)
-        `-----------------------^
-    (END from every live stage: a flat close, a release, a whole restart)
+    AWAITING_FUND  --ORDER-------->  WORKING       book mode: the order goes to the book
+    AWAITING_FUND  --FILLED_PART-->  COOLING       takeover: a partial step passed, rest crossed
+    WORKING        --FILLED_PART-->  COOLING       book mode: a partial step's order filled
+    AWAITING_FUND  --DELEVERAGE--->  AWAITING_ADL  the fund could not pay it all; the backstop's own
+    WORKING        --DELEVERAGE--->  AWAITING_ADL  the book gave up
+    any live stage --END---------->  SETTLED       flat: closed; open: released, or restarted whole
 
 The machine also owns the liquidation index (live positions by trigger
 price) and the queue of liquidations waiting for ADL counterparties.  A
 frozen position (in liquidation) is never in the index; :meth:`end` unfreezes
 it and the market puts it back (or sweeps or restarts it).  Cross margin and
-a pre-trade risk gate plug in here: they read the index and open
-liquidations through :meth:`open`, never by writing stages.
+a pre-trade risk gate are meant to plug in here: read the index, open
+liquidations through :meth:`open`, move them by events, never write stages.
 """
 
 from __future__ import annotations
