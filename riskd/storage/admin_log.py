@@ -107,7 +107,13 @@ class AdminLog:
             return self._prev
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Close the file; idempotent, and later appends fail instead of writing to
+        whatever descriptor the number was reused for (gRPC's epoll among them)."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+                self._failed = self._failed or AdminLogFault(self.path, "closed")
 
 
 def _write_all(fd: int, data: bytes) -> None:
