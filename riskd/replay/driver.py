@@ -630,7 +630,6 @@ async def replay(
 ) -> ReplayRun:
     """Run one replay against ``daemon`` and return the raw material of a report."""
     started = time.time()
-    clock = {"replay": 0.0, "daemon": 0.0}  # seconds building inputs vs waiting for riskd
     async with grpc.aio.insecure_channel(daemon.target) as channel:
         info = await market_info(channel, settings.market)
         query = query_pb2_grpc.QueryServiceStub(channel)
@@ -638,7 +637,6 @@ async def replay(
         scale = 10**info.asset_decimals
         await _policy_by_api(admin, info, settings, scale)
         info = await market_info(channel, settings.market)
-        book_mode = info.liquidation_mode == types_pb2.LIQUIDATION_MODE_BOOK
         before = await asyncio.to_thread(scrape, daemon.metrics_url)
         first_event = await next_event_sequence(channel)
         fund_req = query_pb2.GetInsuranceFundRequest(asset=info.asset)
@@ -648,276 +646,16 @@ async def replay(
             await admin.InjectFund(
                 admin_pb2.InjectFundRequest(asset=info.asset, amount=fund_seed, cause="replay-seed")
             )
-
         path = prices.marks(bars, info.price_decimals, info.tick)
-        by_bar: dict[int, list[prices.Mark]] = defaultdict(list)
-        for mk in path:
-            by_bar[mk.bar].append(mk)
-        p0 = path[0].price
-        bar_ms = prices.interval_ms(bars)
-        traders = population.build(
-            settings.accounts,
-            settings.seed,
-            bars=len(bars),
-            quantity_for=lambda usd: info.quantity_for(usd, p0),
-            notional_of=lambda q: info.notional(q, p0),
-            scale=scale,
-            # Whole units of a quote-like asset; 10^-4 of a coin (BTC) settles inverse markets.
-            deposit_unit=scale // 10_000 if info.inverse else scale,
-            step=info.step,
-            tiers=info.tiers,
-            leverage_mix=settings.leverage_mix,
-            first_account=first_account,
-            living=settings.population == "living",
-            hold_bars=max(1, settings.hold_minutes * 60_000 // bar_ms),
-        )
-        stress: list[dict[str, Any]] = []  # GetStressCoverage at each bar's open
-        samples: list[dict[str, Any]] = []  # the backstop and fund at each bar's open
-
-        async def sample(ts: int, price: int) -> dict[int, Any]:
-            """Stress coverage, the backstop's position and the fund, read together."""
-            got, back, fund = await asyncio.gather(
-                query.GetStressCoverage(query_pb2.GetStressCoverageRequest(asset=info.asset)),
-                query.GetPosition(
-                    query_pb2.GetPositionRequest(account=BACKSTOP, market=info.symbol)
-                ),
-                query.GetInsuranceFund(fund_req),
-            )
-            rows = [r for r in got.rows if r.market == info.symbol]
-            stress.append(
-                {
-                    "ts_ms": ts,
-                    "mark": price,
-                    "rows": [
-                        [r.move_ppm, r.positions, r.shortfall, r.payable, r.coverage_ppm]
-                        for r in rows
-                    ],
-                }
-            )
-            pos = back.position
-            samples.append(
-                {
-                    "ts_ms": ts,
-                    "mark": price,
-                    "backstop_size": pos.size,
-                    "backstop_margin_balance": pos.margin_balance if pos.size else 0,
-                    "fund_balance": fund.fund.balance,
-                    "fund_reserved": fund.fund.reserved,
-                }
-            )
-            return {BACKSTOP: pos}
-
-        ours = {first_account - 1, *(t.account for t in traders)}
-        entering: dict[int, list[int]] = defaultdict(list)
-        leaving: dict[int, list[int]] = defaultdict(list)
-        for i, t in enumerate(traders):
-            entering[t.entry_bar].append(i)
-            if t.exit_bar is not None:
-                leaving[t.exit_bar].append(i)
-
-        # Ledger of what we sent, for the client-side conservation check.
-        sent = Counter[str]()
-        deposits: dict[int, int] = {}  # sequence -> amount
-        fees: dict[int, int] = {}  # sequence -> fees charged by that fill
-        fills: list[tuple[int, int, int, int, int]] = []  # (seq, ts, buyer, seller, qty)
-        mark_ts: list[int] = []
-        mark_px: list[int] = []
-        # riskd refuses a reused trade id, and runs may share a daemon: a run's
-        # ids start above its epoch (a gateway's next run must raise its epoch).
-        trade_id = (epoch % 2**32) << 32
-        house = first_account - 1  # the house market maker
-        unwinds = 0
-        exits = Counter[str]()
-        funding: list[list[int]] = []  # [ts, rate_e8]
-        liq_fills: dict[int, tuple[int, int]] = {}  # sequence -> (liquidation id, quantity)
-        book_done = Counter[str]()
-        orders: list[events_pb2.LiquidationOrder] = []
-
-        async def follow_orders() -> None:
-            """Book mode: collect the daemon's LiquidationOrders as they are published."""
-            stub = events_pb2_grpc.EventServiceStub(channel)
-            call = stub.Subscribe(
-                events_pb2.SubscribeRequest(from_sequence=first_event, markets=[info.symbol])
-            )
-            async for r in call:
-                if r.event.HasField("liquidation_order"):
-                    orders.append(r.event.liquidation_order)
-
-        follower = asyncio.create_task(follow_orders()) if book_mode else None
-
+        traders = _population(settings, bars, info, path[0].price, scale, first_account)
+        run = _Session(settings, info, query, traders, house=first_account - 1, epoch=epoch)
+        follower = None
+        if info.liquidation_mode == types_pb2.LIQUIDATION_MODE_BOOK:
+            follower = asyncio.create_task(run.follow_orders(channel, first_event))
         bar_progress = Progress(len(bars), "replay", progress)
-        gw_ctx = Gateway(daemon.target, gateway_id, epoch=epoch, batch_size=512)
-        async with gw_ctx as gw:
-
-            def mark(mk: prices.Mark) -> None:
-                gw.mark_price(info.symbol, mk.price, ts=mk.ts_ms)
-                mark_ts.append(mk.ts_ms)
-                mark_px.append(mk.price)
-                sent["mark"] += 1
-
-            def fill(
-                buyer: int, seller: int, price: int, qty: int, bf: int, sf: int, ts: int
-            ) -> None:
-                nonlocal trade_id
-                trade_id += 1
-                s = gw.fill(
-                    info.symbol, buyer, seller, price, qty,
-                    trade_id=trade_id, buyer_fee=bf, seller_fee=sf, ts=ts,
-                )  # fmt: skip
-                fees[s] = bf + sf
-                fills.append((s, ts, buyer, seller, qty))
-                sent["fill"] += 1
-
-            def deposit(account: int, amount: int, ts: int) -> None:
-                deposits[gw.deposit(account, info.asset, amount, ts=ts)] = amount
-                sent["deposit"] += 1
-
-            def fee(qty: int, price: int, ppm: int) -> int:
-                return _fee(info.notional(qty, price), ppm)
-
-            async def timed(aw: Any) -> Any:
-                t = time.perf_counter()
-                try:
-                    return await aw
-                finally:
-                    clock["daemon"] += time.perf_counter() - t
-
-            # The house market maker: enough margin for the whole population at ~1x.
-            t0 = bars[0].ts_ms
-            house_cash = 2 * sum(info.notional(t.quantity, p0) for t in traders)
-            house_cash = max(house_cash, scale)
-            deposit(house, house_cash, t0)
-            gw.margin_transfer(house, info.symbol, house_cash, ts=t0)
-            sent["margin_transfer"] += 1
-            period = settings.funding_interval_s * 1000
-            last_period = t0 // period
-            seen_orders = 0
-            tick_start = time.perf_counter()
-
-            for b in range(len(bars)):
-                marks_b = by_bar[b]
-                open_mark = marks_b[0]
-                ts = open_mark.ts_ms
-                mark(open_mark)
-                px = open_mark.price
-                if b:
-                    # Settle what was sent, then look: the backstop's inventory, the
-                    # stress coverage, the fund and the positions of those leaving.
-                    await timed(gw.flush(timeout=300))
-                    out = [traders[i] for i in leaving.get(b, ())]
-                    looked, *theirs = await timed(
-                        _gather(
-                            [
-                                functools.partial(sample, ts, px),
-                                *(
-                                    functools.partial(
-                                        query.GetPosition,
-                                        query_pb2.GetPositionRequest(
-                                            account=t.account, market=info.symbol
-                                        ),
-                                    )
-                                    for t in out
-                                ),
-                            ]
-                        )
-                    )
-                    pos = looked[BACKSTOP]
-                    if pos.size and not pos.in_liquidation:
-                        # The exchange works the fund's inventory off against the house at
-                        # the open (reduce-only fills naming account 2^64-1).
-                        q = abs(pos.size)
-                        if pos.size > 0:
-                            fill(house, BACKSTOP, px, q, 0, 0, ts)
-                        else:
-                            fill(BACKSTOP, house, px, q, 0, 0, ts)
-                        unwinds += 1
-                    # Book mode: the exchange's book is the house, bidding at the mark
-                    # down to the order's worst price; past it the book gives up (ADL,
-                    # reason no_book).
-                    if follower is not None and follower.done():
-                        # The stream ended: the orders from here on would go unworked.
-                        raise RuntimeError(f"event stream for book mode ended: {follower!r}")
-                    while seen_orders < len(orders):
-                        o = orders[seen_orders]
-                        seen_orders += 1
-                        if o.account not in ours:
-                            continue  # another gateway's trader, on a shared --target daemon
-                        sells = o.side == types_pb2.SIDE_SELL
-                        if (px >= o.worst_price) if sells else (px <= o.worst_price):
-                            s = gw.liquidation_fill(
-                                info.symbol, o.liquidation_id, house, px, o.quantity, ts=ts
-                            )
-                            liq_fills[s] = (o.liquidation_id, o.quantity)
-                            sent["liquidation_fill"] += 1
-                            book_done["filled"] += 1
-                        else:
-                            # A whole fill settles the order; only a given-up one is done.
-                            gw.liquidation_done(info.symbol, o.liquidation_id, ts=ts)
-                            sent["liquidation_done"] += 1
-                            book_done["given_up"] += 1
-                    # Leavers close at the open against the house; one the engine is
-                    # liquidating, or has closed, has nothing to close.
-                    for t, got in zip(out, theirs, strict=True):
-                        p = got.position
-                        if not p.size:
-                            exits["already_closed"] += 1
-                        elif p.in_liquidation:
-                            exits["in_liquidation"] += 1
-                        else:
-                            q = abs(p.size)
-                            tf, mf = fee(q, px, TAKER_FEE_PPM), fee(q, px, MAKER_FEE_PPM)
-                            if p.size > 0:
-                                fill(house, t.account, px, q, mf, tf, ts)
-                            else:
-                                fill(t.account, house, px, q, tf, mf, ts)
-                            exits["closed"] += 1
-                    if settings.funding_rate_e8 and ts // period > last_period:
-                        # Funding at the first mark of each interval (00:00, 08:00, 16:00 UTC).
-                        last_period = ts // period
-                        gw.funding_rate(info.symbol, settings.funding_rate_e8, ts=ts)
-                        funding.append([ts, settings.funding_rate_e8])
-                        sent["funding_rate"] += 1
-                # Entrants: deposit, move margin, then trade as takers against earlier
-                # entrants of this bar resting on the other side, the rest against the house.
-                book = _Book()
-                for i in entering.get(b, ()):
-                    t = traders[i]
-                    deposit(t.account, t.deposit, ts)
-                    gw.margin_transfer(t.account, info.symbol, t.margin, ts=ts)
-                    sent["margin_transfer"] += 1
-                    left = t.quantity
-                    resting = book.asks if t.side > 0 else book.bids
-                    price = px + info.tick if t.side > 0 else px - info.tick
-                    while left and resting:
-                        m_i, m_left = resting[0]
-                        q = min(left, m_left)
-                        maker = traders[m_i].account
-                        tf, mf = fee(q, price, TAKER_FEE_PPM), fee(q, price, MAKER_FEE_PPM)
-                        if t.side > 0:
-                            fill(t.account, maker, price, q, tf, mf, ts)
-                        else:
-                            fill(maker, t.account, price, q, mf, tf, ts)
-                        left -= q
-                        resting[0][1] -= q
-                        if resting[0][1] == 0:
-                            resting.pop(0)
-                    if left:
-                        (book.bids if t.side > 0 else book.asks).append([i, left])
-                for side, orders_b in ((1, book.bids), (-1, book.asks)):
-                    for m_i, q in orders_b:
-                        acct = traders[m_i].account
-                        f = fee(q, px, MAKER_FEE_PPM)
-                        if side > 0:
-                            fill(acct, house, px, q, f, f, ts)
-                        else:
-                            fill(house, acct, px, q, f, f, ts)
-                for mk in marks_b[1:]:
-                    mark(mk)
-                await timed(gw.wait_for_window())
-                bar_progress.update(b + 1, f"mark {Decimal(mk.price).scaleb(-info.price_decimals)}")
-            await timed(gw.flush(timeout=300))
-            await timed(sample(mark_ts[-1], mark_px[-1]))
-            clock["replay"] = time.perf_counter() - tick_start - clock["daemon"]
+        async with Gateway(daemon.target, gateway_id, epoch=epoch, batch_size=512) as gw:
+            run.gw = gw
+            await run.send_bars(bars, path, follower, bar_progress)
         bar_progress.update(len(bars), "settling", force=True)
         bar_progress.close()
         if follower is not None:
@@ -929,16 +667,8 @@ async def replay(
 
         state = await admin.CheckState(admin_pb2.CheckStateRequest())
         fund_after = (await query.GetInsuranceFund(fund_req)).fund
-        end = await next_event_sequence(channel)
-        while True:  # events are appended on the server's loop: wait until it is still
-            await asyncio.sleep(0.05)
-            again = await next_event_sequence(channel)
-            if again == end:
-                break
-            end = again
-        events = await read_events(channel, first_event, end)
-        accounts: dict[int, query_pb2.GetAccountResponse] = {}
-        ids = [house, *(t.account for t in traders), BACKSTOP]
+        events = await read_events(channel, first_event, await _settled_end(channel))
+        ids = [run.house, *(t.account for t in traders), BACKSTOP]
         got_accounts = await _gather(
             [
                 functools.partial(
@@ -955,36 +685,375 @@ async def replay(
         bars=bars,
         info=info,
         traders=traders,
-        house=house,
+        house=run.house,
         fund_seed=fund_seed,
         fund_before=fund_before,
         fund_after=fund_after,
         state=state,
         events=events,
         accounts=accounts,
-        sent=sent,
-        deposits={s: a for s, a in deposits.items() if s not in rejected},
-        fees=sum(f for s, f in fees.items() if s not in rejected),
-        fills=[f for f in fills if f[0] not in rejected],
+        sent=run.sent,
+        deposits={s: a for s, a in run.deposits.items() if s not in rejected},
+        fees=sum(f for s, f in run.fees.items() if s not in rejected),
+        fills=[f for f in run.fills if f[0] not in rejected],
         rejections=rejections,
-        marks=(mark_ts, mark_px),
-        unwinds=unwinds,
-        exits=dict(exits),
-        funding=funding,
-        book=dict(book_done),
-        stress=stress,
-        samples=samples,
+        marks=(run.mark_ts, run.mark_px),
+        unwinds=run.unwinds,
+        exits=dict(run.exits),
+        funding=run.funding,
+        book=dict(run.book_done),
+        stress=run.stress,
+        samples=run.samples,
         metrics_before=before,
         metrics_after=after,
         wall=Wall(
             started_unix=round(started, 3),
             seconds=round(time.time() - started, 3),
-            replay_seconds=round(clock["replay"], 3),
-            daemon_seconds=round(clock["daemon"], 3),
+            replay_seconds=round(run.clock["replay"], 3),
+            daemon_seconds=round(run.clock["daemon"], 3),
         ),
         target=daemon.target,
         fresh=first_event == 1 and fund_before.total_inflow == 0,
     )
+
+
+def _population(
+    settings: Settings,
+    bars: list[prices.Bar],
+    info: MarketInfo,
+    p0: int,
+    scale: int,
+    first_account: int,
+) -> list[population.Trader]:
+    return population.build(
+        settings.accounts,
+        settings.seed,
+        bars=len(bars),
+        quantity_for=lambda usd: info.quantity_for(usd, p0),
+        notional_of=lambda q: info.notional(q, p0),
+        scale=scale,
+        # Whole units of a quote-like asset; 10^-4 of a coin (BTC) settles inverse markets.
+        deposit_unit=scale // 10_000 if info.inverse else scale,
+        step=info.step,
+        tiers=info.tiers,
+        leverage_mix=settings.leverage_mix,
+        first_account=first_account,
+        living=settings.population == "living",
+        hold_bars=max(1, settings.hold_minutes * 60_000 // prices.interval_ms(bars)),
+    )
+
+
+async def _settled_end(channel: grpc.aio.Channel) -> int:
+    """The next event sequence once the daemon has stopped appending events."""
+    end = await next_event_sequence(channel)
+    while True:  # events are appended on the server's loop: wait until it is still
+        await asyncio.sleep(0.05)
+        again = await next_event_sequence(channel)
+        if again == end:
+            return end
+        end = again
+
+
+class _Session:
+    """One replay's sending side: what it sent (for the client-side conservation
+    check) and each step of a bar, in the order the exchange would take them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        info: MarketInfo,
+        query: Any,
+        traders: list[population.Trader],
+        *,
+        house: int,
+        epoch: int,
+    ) -> None:
+        self.settings = settings
+        self.info = info
+        self.query = query
+        self.fund_req = query_pb2.GetInsuranceFundRequest(asset=info.asset)
+        self.traders = traders
+        self.house = house  # the house market maker
+        self.ours = {house, *(t.account for t in traders)}
+        self.gw: Any = None  # the Gateway, while the bars are sent
+        self.clock = {"replay": 0.0, "daemon": 0.0}  # building inputs vs waiting for riskd
+        self.stress: list[dict[str, Any]] = []  # GetStressCoverage at each bar's open
+        self.samples: list[dict[str, Any]] = []  # the backstop and fund at each bar's open
+        self.sent = Counter[str]()
+        self.deposits: dict[int, int] = {}  # sequence -> amount
+        self.fees: dict[int, int] = {}  # sequence -> fees charged by that fill
+        self.fills: list[tuple[int, int, int, int, int]] = []  # (seq, ts, buyer, seller, qty)
+        self.mark_ts: list[int] = []
+        self.mark_px: list[int] = []
+        # riskd refuses a reused trade id, and runs may share a daemon: a run's
+        # ids start above its epoch (a gateway's next run must raise its epoch).
+        self.trade_id = (epoch % 2**32) << 32
+        self.unwinds = 0
+        self.exits = Counter[str]()
+        self.funding: list[list[int]] = []  # [ts, rate_e8]
+        self.liq_fills: dict[int, tuple[int, int]] = {}  # sequence -> (liquidation id, qty)
+        self.book_done = Counter[str]()
+        self.orders: list[events_pb2.LiquidationOrder] = []
+        self.seen_orders = 0
+
+    # --- sending ----------------------------------------------------------------
+
+    def mark(self, mk: prices.Mark) -> None:
+        self.gw.mark_price(self.info.symbol, mk.price, ts=mk.ts_ms)
+        self.mark_ts.append(mk.ts_ms)
+        self.mark_px.append(mk.price)
+        self.sent["mark"] += 1
+
+    def fill(
+        self, buyer: int, seller: int, price: int, qty: int, bf: int, sf: int, ts: int
+    ) -> None:
+        self.trade_id += 1
+        s = self.gw.fill(
+            self.info.symbol, buyer, seller, price, qty,
+            trade_id=self.trade_id, buyer_fee=bf, seller_fee=sf, ts=ts,
+        )  # fmt: skip
+        self.fees[s] = bf + sf
+        self.fills.append((s, ts, buyer, seller, qty))
+        self.sent["fill"] += 1
+
+    def deposit(self, account: int, amount: int, ts: int) -> None:
+        self.deposits[self.gw.deposit(account, self.info.asset, amount, ts=ts)] = amount
+        self.sent["deposit"] += 1
+
+    def margin_in(self, account: int, amount: int, ts: int) -> None:
+        self.gw.margin_transfer(account, self.info.symbol, amount, ts=ts)
+        self.sent["margin_transfer"] += 1
+
+    def fee(self, qty: int, price: int, ppm: int) -> int:
+        return _fee(self.info.notional(qty, price), ppm)
+
+    async def timed(self, aw: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return await aw
+        finally:
+            self.clock["daemon"] += time.perf_counter() - t
+
+    # --- reading ----------------------------------------------------------------
+
+    async def sample(self, ts: int, price: int) -> dict[int, Any]:
+        """Stress coverage, the backstop's position and the fund, read together."""
+        info, query = self.info, self.query
+        got, back, fund = await asyncio.gather(
+            query.GetStressCoverage(query_pb2.GetStressCoverageRequest(asset=info.asset)),
+            query.GetPosition(query_pb2.GetPositionRequest(account=BACKSTOP, market=info.symbol)),
+            query.GetInsuranceFund(self.fund_req),
+        )
+        rows = [r for r in got.rows if r.market == info.symbol]
+        self.stress.append(
+            {
+                "ts_ms": ts,
+                "mark": price,
+                "rows": [
+                    [r.move_ppm, r.positions, r.shortfall, r.payable, r.coverage_ppm] for r in rows
+                ],
+            }
+        )
+        pos = back.position
+        self.samples.append(
+            {
+                "ts_ms": ts,
+                "mark": price,
+                "backstop_size": pos.size,
+                "backstop_margin_balance": pos.margin_balance if pos.size else 0,
+                "fund_balance": fund.fund.balance,
+                "fund_reserved": fund.fund.reserved,
+            }
+        )
+        return {BACKSTOP: pos}
+
+    async def follow_orders(self, channel: grpc.aio.Channel, first_event: int) -> None:
+        """Book mode: collect the daemon's LiquidationOrders as they are published."""
+        stub = events_pb2_grpc.EventServiceStub(channel)
+        call = stub.Subscribe(
+            events_pb2.SubscribeRequest(from_sequence=first_event, markets=[self.info.symbol])
+        )
+        async for r in call:
+            if r.event.HasField("liquidation_order"):
+                self.orders.append(r.event.liquidation_order)
+
+    # --- the bars ---------------------------------------------------------------
+
+    async def send_bars(
+        self,
+        bars: list[prices.Bar],
+        path: list[prices.Mark],
+        follower: asyncio.Task[None] | None,
+        bar_progress: Progress,
+    ) -> None:
+        """Every bar: its open mark, the look at the open, entrants, the other marks."""
+        info, traders = self.info, self.traders
+        by_bar: dict[int, list[prices.Mark]] = defaultdict(list)
+        for mk in path:
+            by_bar[mk.bar].append(mk)
+        entering: dict[int, list[int]] = defaultdict(list)
+        leaving: dict[int, list[int]] = defaultdict(list)
+        for i, t in enumerate(traders):
+            entering[t.entry_bar].append(i)
+            if t.exit_bar is not None:
+                leaving[t.exit_bar].append(i)
+        # The house market maker: enough margin for the whole population at ~1x.
+        t0, p0 = bars[0].ts_ms, path[0].price
+        house_cash = max(
+            2 * sum(info.notional(t.quantity, p0) for t in traders), 10**info.asset_decimals
+        )
+        self.deposit(self.house, house_cash, t0)
+        self.margin_in(self.house, house_cash, t0)
+        period = self.settings.funding_interval_s * 1000
+        last_period = t0 // period
+        tick_start = time.perf_counter()
+        for b in range(len(bars)):
+            marks_b = by_bar[b]
+            open_mark = marks_b[0]
+            ts, px = open_mark.ts_ms, open_mark.price
+            self.mark(open_mark)
+            if b:
+                await self.at_open(ts, px, [traders[i] for i in leaving.get(b, ())], follower)
+                if self.settings.funding_rate_e8 and ts // period > last_period:
+                    # Funding at the first mark of each interval (00:00, 08:00, 16:00 UTC).
+                    last_period = ts // period
+                    self.gw.funding_rate(info.symbol, self.settings.funding_rate_e8, ts=ts)
+                    self.funding.append([ts, self.settings.funding_rate_e8])
+                    self.sent["funding_rate"] += 1
+            self.enter([traders[i] for i in entering.get(b, ())], entering.get(b, []), ts, px)
+            mk = open_mark
+            for mk in marks_b[1:]:
+                self.mark(mk)
+            await self.timed(self.gw.wait_for_window())
+            bar_progress.update(b + 1, f"mark {Decimal(mk.price).scaleb(-info.price_decimals)}")
+        await self.timed(self.gw.flush(timeout=300))
+        await self.timed(self.sample(self.mark_ts[-1], self.mark_px[-1]))
+        self.clock["replay"] = time.perf_counter() - tick_start - self.clock["daemon"]
+
+    async def at_open(
+        self,
+        ts: int,
+        px: int,
+        out: list[population.Trader],
+        follower: asyncio.Task[None] | None,
+    ) -> None:
+        """Settle what was sent, then look: the backstop's inventory, the stress
+        coverage, the fund and the positions of those leaving; act on them."""
+        await self.timed(self.gw.flush(timeout=300))
+        looked, *theirs = await self.timed(
+            _gather(
+                [
+                    functools.partial(self.sample, ts, px),
+                    *(
+                        functools.partial(
+                            self.query.GetPosition,
+                            query_pb2.GetPositionRequest(
+                                account=t.account, market=self.info.symbol
+                            ),
+                        )
+                        for t in out
+                    ),
+                ]
+            )
+        )
+        self.unwind_backstop(looked[BACKSTOP], ts, px)
+        if follower is not None and follower.done():
+            # The stream ended: the orders from here on would go unworked.
+            raise RuntimeError(f"event stream for book mode ended: {follower!r}")
+        self.work_orders(ts, px)
+        self.close_leavers(out, theirs, ts, px)
+
+    def unwind_backstop(self, pos: Any, ts: int, px: int) -> None:
+        """The exchange works the fund's inventory off against the house at the open
+        (reduce-only fills naming account 2^64-1)."""
+        if not pos.size or pos.in_liquidation:
+            return
+        q = abs(pos.size)
+        if pos.size > 0:
+            self.fill(self.house, BACKSTOP, px, q, 0, 0, ts)
+        else:
+            self.fill(BACKSTOP, self.house, px, q, 0, 0, ts)
+        self.unwinds += 1
+
+    def work_orders(self, ts: int, px: int) -> None:
+        """Book mode: the exchange's book is the house, bidding at the mark down to
+        the order's worst price; past it the book gives up (ADL, reason no_book)."""
+        symbol = self.info.symbol
+        while self.seen_orders < len(self.orders):
+            o = self.orders[self.seen_orders]
+            self.seen_orders += 1
+            if o.account not in self.ours:
+                continue  # another gateway's trader, on a shared --target daemon
+            sells = o.side == types_pb2.SIDE_SELL
+            if (px >= o.worst_price) if sells else (px <= o.worst_price):
+                s = self.gw.liquidation_fill(
+                    symbol, o.liquidation_id, self.house, px, o.quantity, ts=ts
+                )
+                self.liq_fills[s] = (o.liquidation_id, o.quantity)
+                self.sent["liquidation_fill"] += 1
+                self.book_done["filled"] += 1
+            else:
+                # A whole fill settles the order; only a given-up one is done.
+                self.gw.liquidation_done(symbol, o.liquidation_id, ts=ts)
+                self.sent["liquidation_done"] += 1
+                self.book_done["given_up"] += 1
+
+    def close_leavers(
+        self, out: list[population.Trader], theirs: list[Any], ts: int, px: int
+    ) -> None:
+        """Leavers close at the open against the house; one the engine is
+        liquidating, or has closed, has nothing to close."""
+        for t, got in zip(out, theirs, strict=True):
+            p = got.position
+            if not p.size:
+                self.exits["already_closed"] += 1
+            elif p.in_liquidation:
+                self.exits["in_liquidation"] += 1
+            else:
+                q = abs(p.size)
+                tf, mf = self.fee(q, px, TAKER_FEE_PPM), self.fee(q, px, MAKER_FEE_PPM)
+                if p.size > 0:
+                    self.fill(self.house, t.account, px, q, mf, tf, ts)
+                else:
+                    self.fill(t.account, self.house, px, q, tf, mf, ts)
+                self.exits["closed"] += 1
+
+    def enter(
+        self, entrants: list[population.Trader], indices: list[int], ts: int, px: int
+    ) -> None:
+        """Entrants: deposit, move margin, then trade as takers against earlier
+        entrants of this bar resting on the other side, the rest against the house."""
+        info, traders = self.info, self.traders
+        book = _Book()
+        for i, t in zip(indices, entrants, strict=True):
+            self.deposit(t.account, t.deposit, ts)
+            self.margin_in(t.account, t.margin, ts)
+            left = t.quantity
+            resting = book.asks if t.side > 0 else book.bids
+            price = px + info.tick if t.side > 0 else px - info.tick
+            while left and resting:
+                m_i, m_left = resting[0]
+                q = min(left, m_left)
+                maker = traders[m_i].account
+                tf, mf = self.fee(q, price, TAKER_FEE_PPM), self.fee(q, price, MAKER_FEE_PPM)
+                if t.side > 0:
+                    self.fill(t.account, maker, price, q, tf, mf, ts)
+                else:
+                    self.fill(maker, t.account, price, q, mf, tf, ts)
+                left -= q
+                resting[0][1] -= q
+                if resting[0][1] == 0:
+                    resting.pop(0)
+            if left:
+                (book.bids if t.side > 0 else book.asks).append([i, left])
+        for side, orders_b in ((1, book.bids), (-1, book.asks)):
+            for m_i, q in orders_b:
+                acct = traders[m_i].account
+                f = self.fee(q, px, MAKER_FEE_PPM)
+                if side > 0:
+                    self.fill(acct, self.house, px, q, f, f, ts)
+                else:
+                    self.fill(self.house, acct, px, q, f, f, ts)
 
 
 def mark_at(marks: tuple[list[int], list[int]], ts: int) -> int:
