@@ -30,6 +30,7 @@ riskd stops and the next owner reads back what is really there.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -61,13 +62,13 @@ CREATE TABLE IF NOT EXISTS riskd_snapshot (
     shard text NOT NULL,
     records bigint NOT NULL,
     hash text NOT NULL,
-    payload bytea NOT NULL,
+    file bytea NOT NULL,
     PRIMARY KEY (shard, records)
 );
 """
-# Snapshots are pickles: compressible, but large; keeping them out of line
-# spares the table's pages.  (Journal records are short text.)
-_STORAGE = "ALTER TABLE riskd_snapshot ALTER payload SET STORAGE EXTERNAL"
+# Snapshot files (a header and a pickle) are large; stored out of line and
+# uncompressed they spare the table's pages and pglz's attempts.
+_STORAGE = "ALTER TABLE riskd_snapshot ALTER file SET STORAGE EXTERNAL"
 #: Snapshots kept per shard, as in the data directory.
 KEEP_SNAPSHOTS = 2
 
@@ -268,7 +269,7 @@ class PostgresJournal:
         ).fetchone()
         return int(n)
 
-    def store_snapshot(self, records: int, journal_hash: str, payload: bytes) -> None:
+    def store_snapshot(self, records: int, journal_hash: str, file: bytes) -> None:
         """Keep a snapshot where another node restoring the shard finds it (fenced)."""
         try:
             with self._db.transaction():
@@ -278,9 +279,9 @@ class PostgresJournal:
                 if row is None or int(row[0]) != self.epoch:
                     raise StaleWriter(f"shard {self.shard} has a newer owner")
                 self._db.execute(
-                    "INSERT INTO riskd_snapshot (shard, records, hash, payload)"
+                    "INSERT INTO riskd_snapshot (shard, records, hash, file)"
                     " VALUES (%s, %s, %s, %s) ON CONFLICT (shard, records) DO NOTHING",
-                    (self.shard, records, journal_hash, payload),
+                    (self.shard, records, journal_hash, file),
                 )
                 self._db.execute(
                     "DELETE FROM riskd_snapshot WHERE shard = %s AND records NOT IN"
@@ -294,9 +295,9 @@ class PostgresJournal:
             raise StorageFault("snapshot", self.path, _why(e)) from e
 
     def latest_snapshot(self) -> tuple[int, str, bytes] | None:
-        """The newest stored snapshot: ``(records, journal hash, payload)``."""
+        """The newest stored snapshot: ``(records, journal hash, the file's bytes)``."""
         row = self._db.execute(
-            "SELECT records, hash, payload FROM riskd_snapshot WHERE shard = %s"
+            "SELECT records, hash, file FROM riskd_snapshot WHERE shard = %s"
             " ORDER BY records DESC LIMIT 1",
             (self.shard,),
         ).fetchone()
@@ -312,13 +313,27 @@ def pull_snapshot(journal: PostgresJournal, data: Path) -> int | None:
     stored = journal.latest_snapshot()
     if stored is None:
         return None
-    records, journal_hash, payload = stored
+    records, _, raw = stored
     local = snapshot.latest_position(data)
     if local is not None and local.records >= records:
         return None
+    # The file exactly as its writer made it (its format version included); the
+    # loader checks it like any other snapshot and skips it if it does not verify.
+    final = data / f"snapshot-{records:020d}.bin"
+    tmp = final.with_suffix(f".{os.getpid()}.tmp")  # removed by remove_partial if torn
     try:
-        snapshot.write(data, records, payload, journal_hash)
+        with tmp.open("wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fd = os.open(data, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as e:
+        tmp.unlink(missing_ok=True)
         raise StorageFault("snapshot", data, describe(e, data)) from e
     return records
 
@@ -332,10 +347,7 @@ def push_snapshot(journal: PostgresJournal, data: Path) -> int | None:
         raw = local.path.read_bytes()
     except OSError as e:
         raise StorageFault("snapshot", local.path, describe(e, local.path)) from e
-    # The file's header (magic, then digest, records and hash) is rebuilt by
-    # snapshot.write on the node that pulls it; the payload is what it checks.
-    payload = raw.split(b"\n", 2)[2]
-    journal.store_snapshot(local.records, local.journal_hash, payload)
+    journal.store_snapshot(local.records, local.journal_hash, raw)
     return local.records
 
 
