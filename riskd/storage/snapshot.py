@@ -71,12 +71,15 @@ __all__ = [
 # v4: a fund's ledger is a riskd.core.ledger.Ledger holding its newest entries
 #     (the rest in ledger.sqlite3); a v3 snapshot's funds carry every entry as
 #     a list and are still read (riskd.storage.ledger.agree writes them out).
+# v5: a market's liquidations, their index and ADL queue are a
+#     riskd.core.LiquidationMachine; v3 and v4 markets are moved over on load
+#     (MarketEngine.__setstate__), and an older riskd skips a v5 snapshot.
 # A snapshot of another version (older or newer) is skipped like a damaged
 # one: the journal rebuilds the state, and the journal's own format version
 # decides whether this riskd may read the directory at all.
-FORMAT = 4
+FORMAT = 5
 MAGIC = b"riskd-snapshot-v%d\n" % FORMAT
-_READABLE = (MAGIC, b"riskd-snapshot-v3\n")
+_READABLE = (MAGIC, b"riskd-snapshot-v4\n", b"riskd-snapshot-v3\n")
 KEEP = 2
 #: Exit status of a writer whose write failed (its reason on its stderr).
 WRITE_FAILED = 4
