@@ -38,7 +38,7 @@ from typing import Any
 
 from riskd.storage import snapshot
 from riskd.storage.faults import StorageFault, describe
-from riskd.storage.journal import GENESIS, JournalCorrupt, StaleWriter, chain
+from riskd.storage.journal import GENESIS, StaleWriter, chain
 
 __all__ = ["PostgresJournal", "connect", "opener", "pull_snapshot", "push_snapshot", "redact"]
 
@@ -240,7 +240,9 @@ class PostgresJournal:
                     (self.shard, after, PAGE),
                 ).fetchall()
             except self._errors as e:
-                raise JournalCorrupt(f"{self.path}: {_why(e)}") from e
+                # The database unreachable is not a damaged journal (exit 3):
+                # PostgreSQL checks its own pages; riskd checks the chain.
+                raise StorageFault("journal", self.path, _why(e)) from e
             if not rows:
                 return
             yield from rows
