@@ -55,6 +55,7 @@ from riskd.core.events import Effect
 from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
 from riskd.effects import EFFECTS
+from riskd.errors import RiskdError
 from riskd.metrics import Metrics
 from riskd.storage import StorageFault, codec, fail_stop, ledger, snapshot
 from riskd.storage.admin_log import AdminLog
@@ -75,8 +76,10 @@ UNARY_LIMIT = 64
 DRAIN_SECONDS = 10.0
 
 
-class StartupError(Exception):
+class StartupError(RiskdError):
     """riskd cannot start as configured (a busy port, an unreadable file): one line, exit 2."""
+
+    STATUS = "FAILED_PRECONDITION"
 
 
 @dataclass(frozen=True, slots=True)

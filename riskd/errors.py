@@ -20,6 +20,13 @@ Which class maps to which status:
 ``riskd.storage.journal.JournalCorrupt``  DATA_LOSS (refused at start, exit 3)
 ``riskd.storage.journal.StaleWriter``     UNAVAILABLE
 ``riskd.config.ConfigError``              INVALID_ARGUMENT (at start: exit 2)
+``riskd.actors.sequencer.SettingsConflict``  INVALID_ARGUMENT (at start: exit 2)
+``riskd.daemon.StartupError``             FAILED_PRECONDITION (at start: exit 2)
+``riskd.actors.actor.ActorStopped``       UNAVAILABLE
+``riskd.api.bridge.Unavailable``          UNAVAILABLE
+``riskd.api.auth.Denied``                 PERMISSION_DENIED
+``riskd.api.ingest.Throttled``            RESOURCE_EXHAUSTED
+``riskd.api.events.FellBehind``           OUT_OF_RANGE
 ========================================  ======================
 """
 

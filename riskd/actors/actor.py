@@ -32,6 +32,7 @@ from typing import Generic, ParamSpec, TypeVar, overload
 import trio
 
 from riskd.core import Rejected
+from riskd.errors import RiskdError
 
 __all__ = ["Actor", "ActorStopped"]
 
@@ -49,8 +50,10 @@ class _Reply(Generic[T]):
         self.notify = notify
 
 
-class ActorStopped(Exception):
+class ActorStopped(RiskdError):
     """The actor's task has ended: no answer will come."""
+
+    STATUS = "UNAVAILABLE"
 
 
 #: A function to run in the actor, its arguments, and who waits for the result.

@@ -652,8 +652,10 @@ def _nothing() -> None:
     return None
 
 
-class SettingsConflict(Exception):
+class SettingsConflict(RiskdError):
     """The config file asks for a market change the data directory cannot take."""
+
+    STATUS = "INVALID_ARGUMENT"  # at start: exit 2
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")

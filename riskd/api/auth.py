@@ -58,6 +58,7 @@ from riskd.access import DEVELOPMENT, Grant, Policy, Role
 from riskd.api.rate_limit import RecordBudget
 from riskd.api.status import abort
 from riskd.config import TlsConfig
+from riskd.errors import RiskdError
 from riskd.metrics import Metrics
 from riskd.storage import StorageFault, fail_stop
 from riskd.storage.admin_log import AdminLog, AdminLogFault
@@ -160,7 +161,9 @@ def _check_pair(cert_pem: bytes, key_pem: bytes) -> None:
         raise ValueError("the TLS key does not match the certificate")
 
 
-class Denied(Exception):
+class Denied(RiskdError):
+    STATUS = "PERMISSION_DENIED"
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field

@@ -37,6 +37,7 @@ from riskd.actors.actor import Actor
 from riskd.actors.journal import Durable
 from riskd.actors.market import MarketActor
 from riskd.core import MarketEngine
+from riskd.errors import RiskdError
 
 __all__ = ["Portal", "GrpcThread", "Unavailable", "call_soon", "Deliver"]
 
@@ -48,8 +49,10 @@ P = ParamSpec("P")
 Deliver = Callable[[T | None, BaseException | None], None]
 
 
-class Unavailable(Exception):
+class Unavailable(RiskdError):
     """trio has stopped (or its mailbox is full): the RPC cannot be served."""
+
+    STATUS = "UNAVAILABLE"
 
 
 @dataclass(slots=True)

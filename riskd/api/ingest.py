@@ -54,6 +54,7 @@ from riskd.core import Rejected
 from riskd.core.errors import Code
 from riskd.core.events import Input, MarkPrice
 from riskd.core.inputs import KINDS, Owner
+from riskd.errors import RiskdError
 from riskd.metrics import Metrics
 from riskd.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -114,8 +115,10 @@ class _Stream:
     normal_in_flight: int = field(default=0)
 
 
-class Throttled(Exception):
+class Throttled(RiskdError):
     """A gateway over its rate limit: retry after ``delay`` seconds."""
+
+    STATUS = "RESOURCE_EXHAUSTED"
 
     def __init__(self, gateway: str, delay: float) -> None:
         super().__init__(f"gateway {gateway!r} is over its rate limit; retry in {delay:.3f} s")
