@@ -3,10 +3,10 @@
 Liquidation orders to place, settlements, fund flows and ADL notices get one
 sequence number each, in the order the engine produced them.  The log keeps the
 last ``retention`` events; a subscriber resumes from any sequence still held
-and follows new ones.  There is no per-subscriber queue: each subscriber keeps
-a cursor into the one log, so a slow subscriber costs no memory — once it falls
-behind the retained window its stream ends with OUT_OF_RANGE, naming the
-oldest sequence it can resume from.
+(``from_sequence`` 0: the oldest one held) and follows new ones.  There is no
+per-subscriber queue: each subscriber keeps a cursor into the one log, so a
+slow subscriber costs no memory — once it falls behind the retained window its
+stream ends with OUT_OF_RANGE, naming the oldest sequence it can resume from.
 
 Subscriptions themselves are bounded: at most ``max_per_identity`` open per
 identity and ``max_total`` in all (``[server] max_subscriptions_per_identity``,
@@ -30,6 +30,7 @@ from riskd.api import convert
 from riskd.api.auth import Authenticator, Denied
 from riskd.api.status import abort
 from riskd.core.events import Effect
+from riskd.errors import RiskdError
 from riskd.metrics import Metrics
 from riskd.v1 import events_pb2, events_pb2_grpc
 
@@ -38,7 +39,9 @@ __all__ = ["EventLog", "EventServicer"]
 Ctx = grpc.aio.ServicerContext[events_pb2.SubscribeRequest, events_pb2.SubscribeResponse]
 
 
-class FellBehind(Exception):
+class FellBehind(RiskdError):
+    STATUS = "OUT_OF_RANGE"
+
     def __init__(self, oldest: int) -> None:
         super().__init__(f"events before {oldest} are no longer retained")
         self.oldest = oldest
@@ -68,8 +71,12 @@ class EventLog:
             self._wake = asyncio.Event()
 
     async def follow(self, start: int, markets: frozenset[str]) -> AsyncIterator[events_pb2.Event]:
-        """Events from sequence ``start`` on (0: only new ones), forever."""
-        cursor = start or self.next_sequence
+        """Events from sequence ``start`` on (0: the oldest retained), forever.
+
+        0 is the oldest retained so that a gateway starting without state misses
+        nothing still held; one that wants only new events names the next sequence.
+        """
+        cursor = start or self.oldest
         while True:
             wake = self._wake
             while cursor < self.next_sequence:

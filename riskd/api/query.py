@@ -21,11 +21,11 @@ from riskd.api import convert
 from riskd.api.auth import Authenticator
 from riskd.api.bridge import Portal
 from riskd.api.status import abort
-from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, MarketSpec, PositionView, stress
+from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, MarketSpec, PositionView, Stage, stress
 from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
 from riskd.core.units import INT64_MAX, Asset
 from riskd.storage import ledger
-from riskd.v1 import query_pb2, query_pb2_grpc, types_pb2
+from riskd.v1 import events_pb2, query_pb2, query_pb2_grpc, types_pb2
 
 __all__ = ["QueryServicer", "MAX_PAGE"]
 
@@ -187,6 +187,20 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             rows += [convert_stress(r) for r in found]
         return query_pb2.GetStressCoverageResponse(asset=request.asset, rows=rows)
 
+    async def ListLiquidationOrders(
+        self, request: query_pb2.ListLiquidationOrdersRequest, context: Ctx
+    ) -> query_pb2.ListLiquidationOrdersResponse:
+        market = self.markets.get(request.market)
+        if market is None:
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, "market", f"unknown market {request.market!r}"
+            )
+        grant = self.auth.identify(context)
+        if not grant.covers_market(request.market):
+            await _denied(context, "market", f"not granted to {grant.identity!r}")
+        orders = await self.portal.query(market, _open_orders)
+        return query_pb2.ListLiquidationOrdersResponse(orders=orders)
+
     async def _view(self, market: MarketActor, account: int) -> PositionView | None:
         return await self.portal.query(market, lambda e: e.view(account))
 
@@ -195,6 +209,26 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if actor is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, "asset", f"unknown asset {asset!r}")
         return actor
+
+
+def _open_orders(engine: MarketEngine) -> list[query_pb2.OpenLiquidationOrder]:
+    """Book-mode liquidations whose order is working, as their events published them."""
+    out = []
+    for lid in sorted(engine.liquidations):
+        liq = engine.liquidations[lid]
+        pos = engine.positions.get(liq.account)
+        if liq.stage is not Stage.WORKING or pos is None or not pos.size:
+            continue
+        order = events_pb2.LiquidationOrder(
+            market=engine.symbol,
+            liquidation_id=liq.id,
+            account=liq.account,
+            side=types_pb2.SIDE_SELL if pos.size > 0 else types_pb2.SIDE_BUY,
+            quantity=liq.quantity,
+            worst_price=liq.worst_price,
+        )
+        out.append(query_pb2.OpenLiquidationOrder(order=order, filled_quantity=liq.filled))
+    return out
 
 
 def _now_and_cap(engine: MarketEngine) -> tuple[int, int | None]:

@@ -49,6 +49,7 @@ EXPECTED_SERVICES = {
         "ListMarkets",
         "ListAssets",
         "GetStressCoverage",
+        "ListLiquidationOrders",
     },
     "WithdrawalService": {"Withdraw"},
     "AdminService": {"UpdateMarket", "SetReduceOnly", "InjectFund", "CheckState"},
