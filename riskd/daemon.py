@@ -54,10 +54,11 @@ from riskd.core import InsuranceFund, MarketEngine, stress
 from riskd.core.events import Effect
 from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
-from riskd.effects import EFFECTS
+from riskd.effects import EFFECTS, encode_event
 from riskd.errors import RiskdError
 from riskd.metrics import Metrics
 from riskd.storage import StorageFault, codec, fail_stop, ledger, snapshot
+from riskd.storage import events as storage_events
 from riskd.storage.admin_log import AdminLog
 from riskd.storage.journal import (
     Journal,
@@ -66,6 +67,7 @@ from riskd.storage.journal import (
     open_sqlite,
 )
 from riskd.storage.ledger import LedgerWriter
+from riskd.v1 import events_pb2
 
 __all__ = ["Daemon", "Endpoints", "StartupError", "serve"]
 
@@ -99,7 +101,12 @@ class Daemon:
         self.metrics = metrics or Metrics()
         srv = config.server
         cap = srv.mailbox_capacity
-        self.event_log = EventLog(srv.event_retention)
+        data = Path(srv.data_dir)
+        self.event_log = EventLog(srv.event_retention, data / storage_events.FILE)
+        # Published events go to events.sqlite3 (bounded retention); numbered here.
+        self.events = storage_events.EventWriter(data / storage_events.FILE, srv.event_retention)
+        #: Numbered events whose journal record is not yet queued (one input's worth).
+        self._unsealed: list[tuple[int, str, events_pb2.Event]] = []
         self._grpc: GrpcThread | None = None
         self.wallets = {a: WalletActor(Wallets(a), cap) for a in config.assets}
         # Fund ledger entries go to ledger.sqlite3; memory keeps the newest.
@@ -164,16 +171,46 @@ class Daemon:
             *self.wallets.values(),
         ]
 
+    #: Whether numbered events are kept (the snapshot writer process only counts).
+    keep_events = True
+
     def publish(self, effects: list[Effect]) -> None:
-        """Effects for the outside world: metrics, one log line per money decision, events."""
+        """Effects for the outside world: metrics, one log line per money decision,
+        and events, numbered in the order the engine produced them (a function of
+        the journal: markets apply in journal order and wait for their funds)."""
+        self.observe(effects)
+        seq = self.sequencer
+        for e in effects:
+            kind = EFFECTS.get(type(e))
+            if kind is None or kind.event is None or kind.encode is None:
+                continue
+            seq.events += 1
+            if self.keep_events:
+                pb = encode_event(seq.events, e)
+                assert pb is not None
+                self._unsealed.append((seq.events, getattr(e, "market", ""), pb))
+
+    def observe(self, effects: list[Effect]) -> None:
         self.metrics.observe(effects)
         for e in effects:
             kind = EFFECTS.get(type(e))
             if kind is not None and kind.log is not None and kind.log_fields is not None:
                 log.info(kind.log, **kind.log_fields(e))
-        grpc = self._grpc
-        if grpc is not None and grpc.loop is not None:
-            call_soon(grpc.loop, self.event_log.extend, effects)
+
+    async def _seal(self) -> Callable[[], None] | None:
+        """Hand the events published so far to the disk writer; what to run once
+        the journal record they belong to is durable (subscribers see them then)."""
+        if not self._unsealed:
+            return None
+        batch, self._unsealed = self._unsealed, []
+        await self.events.submit([(n, m, pb.SerializeToString()) for n, m, pb in batch])
+
+        def visible() -> None:
+            grpc = self._grpc
+            if grpc is not None and grpc.loop is not None:
+                call_soon(grpc.loop, self.event_log.extend, batch)
+
+        return visible
 
     def _fund_changed(self, fund: InsuranceFund) -> None:
         self.metrics.fund_reserved.labels(fund.asset).set(fund.reserved_total)
@@ -211,6 +248,7 @@ class Daemon:
                 for actor in self.actors():
                     await nursery.start(actor.run)
                 await nursery.start(self.ledger.run)
+                await nursery.start(self.events.run)
                 self.metrics.watch_mailbox(
                     "ledger", "", "", _depth(self.ledger), self.ledger.capacity
                 )
@@ -369,6 +407,11 @@ class Daemon:
         if snap is not None:
             self.sequencer.restore(snap.state)
         self._snapshot_at = None if snap is None else snap.records
+        # Events after the snapshot are numbered again by the replay below.
+        store = await trio.to_thread.run_sync(self.events.open)
+        disk_oldest = await trio.to_thread.run_sync(
+            storage_events.cut, store, self.sequencer.events
+        )
         texts = await trio.to_thread.run_sync(lambda: list(journal.replay(covered)))
         # All decoded first: an unknown format (exit 3) refuses before anything applies.
         records = await trio.to_thread.run_sync(codec.decode_all, texts, covered, journal.path)
@@ -378,7 +421,9 @@ class Daemon:
                 await self.sequencer.call(self.sequencer.replay, record)
             except (ValueError, KeyError, TypeError) as e:
                 raise JournalCorrupt(f"{journal.path}: record after {covered}: {e}") from e
+            await self._seal()  # the same numbers as before the restart, on disk again
         total += await self._reconcile_markets(journal, total == 0)
+        await self._seal()
         log.info(
             "riskd_recovered",
             snapshot_records=covered,
@@ -386,6 +431,8 @@ class Daemon:
             journal_epoch=journal.epoch,
         )
         actor = JournalActor(journal, self.config.server.mailbox_capacity, total, journal.head)
+        actor.seal = self._seal
+        self.event_log.start_at(self.sequencer.events + 1, disk_oldest)
         self.sequencer.journal = actor
         return actor
 
@@ -452,6 +499,7 @@ class Daemon:
                 await trio.to_thread.run_sync(snapshot.probe, data)
                 return
             await self.ledger.sync(f.fund for f in self.funds.values())
+            await self.events.sync()  # a snapshot covers only events already on disk
             if state is not None:
                 payload = await trio.to_thread.run_sync(snapshot.dumps, state)
                 await trio.to_thread.run_sync(snapshot.write, data, covered, payload, head)

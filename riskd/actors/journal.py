@@ -16,7 +16,7 @@ actors that will never answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import trio
@@ -88,6 +88,9 @@ class JournalActor:
         self.written = written  # records durable in the journal
         self.head = head  # their chain hash: where a snapshot of this state sits
         self.on_fault = on_fault
+        #: Called before each record is queued; what it returns runs once the
+        #: record is durable (riskd.daemon: the events it published).
+        self.seal: Callable[[], Awaitable[Callable[[], None] | None]] | None = None
         self._send, self._receive = trio.open_memory_channel[
             tuple[str | None, Durable[object], Callable[[], None] | None]
         ](capacity)
@@ -100,6 +103,12 @@ class JournalActor:
         self, record: str | None, value: T, on_durable: Callable[[], None] | None = None
     ) -> Durable[T]:
         """Queue a record (None: just wait for what is queued before it)."""
+        if self.seal is not None:
+            # Events the engine published for this record (and any before it)
+            # become visible only once it is durable.
+            released = await self.seal()
+            if released is not None:
+                on_durable = _both(on_durable, released)
         pending = Durable(value)
         await self._send.send((record, pending, on_durable))  # type: ignore[arg-type]  # T is an object
         return pending
@@ -129,3 +138,14 @@ class JournalActor:
                 if on_durable is not None:
                     on_durable()
                 pending._release()
+
+
+def _both(first: Callable[[], None] | None, then: Callable[[], None]) -> Callable[[], None]:
+    if first is None:
+        return then
+
+    def both() -> None:
+        first()
+        then()
+
+    return both

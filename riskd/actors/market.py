@@ -3,8 +3,8 @@
 It applies runs of inputs in order and, after each, routes the engine's
 effects exactly as :class:`riskd.core.Engine` does in-process: wallet credits
 to the asset's wallet actor, fund effects to the asset's fund actor in one
-ordered message (waiting for decisions only when there are claims), the rest
-to subscribers.  Same inputs, same order: same state as the pure engine.
+ordered message (waiting for it, so its flows are published before anything
+later), the rest to subscribers.  Same inputs, same order: same state as the pure engine.
 """
 
 from __future__ import annotations
@@ -99,11 +99,11 @@ class MarketActor(Actor):
                 await self.wallet.cast(self.wallet.credit, w.account, w.amount)
             if published:
                 self._publish(published)
-            claims = [e for e in fund_effects if isinstance(e, TakeoverClaim | ReserveClaim)]
-            if not claims:
-                if fund_effects:
-                    await self.fund.cast(self.fund.process, fund_effects)
+            if not fund_effects:
                 continue
+            claims = [e for e in fund_effects if isinstance(e, TakeoverClaim | ReserveClaim)]
+            # Called, not cast, even without claims: the fund publishes its flows
+            # while this market waits, so event numbers follow the journal's order.
             decisions = await self.fund.call(self.fund.process, fund_effects)
             for claim, decision in zip(claims, decisions, strict=True):
                 engine.fund_decision(decision, claim.ts)

@@ -161,6 +161,9 @@ class Sequencer(Actor):
         #: Where sequenced inputs go before they are acknowledged; None while
         #: replaying (or when running without durability, as some tests do).
         self.journal: JournalActor | None = None
+        #: Events published so far (riskd.daemon numbers them): part of the
+        #: state, so a replay from a snapshot numbers the next ones the same.
+        self.events = 0
         #: The config file's market settings as last journaled (MarketSettings):
         #: what the next start compares the file with.  None: never journaled
         #: (a data directory of format 1).
@@ -529,6 +532,7 @@ class Sequencer(Actor):
             "funds": {a: f.fund for a, f in self.funds.items()},
             "gateways": self.gateways,
             "withdrawals": self.withdrawals,
+            "events": self.events,
             # As journal text: the codec reads it whatever the code's classes became.
             "file_settings": None
             if self.file_settings is None
@@ -547,6 +551,8 @@ class Sequencer(Actor):
             if asset in self.funds:
                 self.funds[asset].adopt(fund)  # bounds its ledger in memory
         self.gateways = state["gateways"]
+        # Absent before snapshot format 6 (events were not kept): numbering restarts.
+        self.events = state.get("events", 0)
         self.withdrawals = _decisions(state["withdrawals"], self.withdrawal_ids)
         saved = state.get("file_settings")  # absent from snapshots of format 1 data
         if saved is not None:

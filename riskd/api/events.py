@@ -1,8 +1,10 @@
 """Events out: a bounded, resumable log of what subscribers need to act on.
 
 Liquidation orders to place, settlements, fund flows and ADL notices get one
-sequence number each, in the order the engine produced them.  The log keeps the
-last ``retention`` events; a subscriber resumes from any sequence still held
+sequence number each, in the order the engine produced them (numbered by
+:meth:`riskd.daemon.Daemon.publish`, a function of the journal, so the numbers
+survive restarts and crashes).  The log keeps the last ``retention`` events in
+``events.sqlite3`` (the newest in memory); a subscriber resumes from any sequence still held
 (``from_sequence`` 0: the oldest one held) and follows new ones.  There is no
 per-subscriber queue: each subscriber keeps a cursor into the one log, so a
 slow subscriber costs no memory — once it falls behind the retained window its
@@ -14,7 +16,8 @@ identity and ``max_total`` in all (``[server] max_subscriptions_per_identity``,
 limit, so a reader cannot hold an unbounded number of streams (each costs a
 task and HTTP/2 buffers, not a queue).
 
-Lives on the gRPC thread; the engine appends through ``call_soon_threadsafe``.
+Lives on the gRPC thread; the engine appends through ``call_soon_threadsafe``
+once the journal records that caused the events are durable.
 """
 
 from __future__ import annotations
@@ -22,16 +25,16 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 
 import grpc
 
 from riskd.access import Grant, Role
-from riskd.api import convert
 from riskd.api.auth import Authenticator, Denied
 from riskd.api.status import abort
-from riskd.core.events import Effect
 from riskd.errors import RiskdError
 from riskd.metrics import Metrics
+from riskd.storage import events as storage_events
 from riskd.v1 import events_pb2, events_pb2_grpc
 
 __all__ = ["EventLog", "EventServicer"]
@@ -47,28 +50,59 @@ class FellBehind(RiskdError):
         self.oldest = oldest
 
 
+#: Newest events kept in memory; older ones within retention are read from disk.
+MEMORY = 4096
+_PAGE = 512
+
+
 class EventLog:
-    def __init__(self, retention: int) -> None:
-        self._events: deque[tuple[int, str, events_pb2.Event]] = deque(maxlen=retention)
+    """The events subscribers may read: numbered by the engine (a function of
+    the journal), appended here once the journal records that caused them are
+    durable, so a number never names another event after a crash.  The newest
+    are kept in memory; older ones within retention are read from ``path``
+    (:mod:`riskd.storage.events`)."""
+
+    def __init__(self, retention: int, path: Path | None = None) -> None:
+        self._events: deque[tuple[int, str, events_pb2.Event]] = deque(
+            maxlen=min(retention, MEMORY) if path is not None else retention
+        )
+        self.retention = retention
+        self.path = path
         self.next_sequence = 1
+        self._disk_oldest = 1  # the oldest event the file holds (set at start)
         self._wake = asyncio.Event()
+
+    def start_at(self, next_sequence: int, disk_oldest: int) -> None:
+        """Where numbering stands after recovery (before anything is served)."""
+        self.next_sequence = next_sequence
+        self._disk_oldest = disk_oldest if self.path is not None else next_sequence
 
     @property
     def oldest(self) -> int:
+        if self.path is not None:
+            return max(self._disk_oldest, self.next_sequence - self.retention)
         return self._events[0][0] if self._events else self.next_sequence
 
-    def extend(self, effects: Iterable[Effect]) -> None:
+    def extend(self, events: Iterable[tuple[int, str, events_pb2.Event]]) -> None:
         added = False
-        for e in effects:
-            pb = convert.encode_event(self.next_sequence, e)
-            if pb is None:
-                continue
-            self._events.append((self.next_sequence, convert.event_market(e), pb))
-            self.next_sequence += 1
+        for item in events:
+            self._events.append(item)
+            self.next_sequence = item[0] + 1
             added = True
         if added:
             self._wake.set()
             self._wake = asyncio.Event()
+
+    async def _older(self, cursor: int) -> list[tuple[int, str, events_pb2.Event]]:
+        """Events from ``cursor`` on that memory no longer holds, from disk."""
+        assert self.path is not None
+        end = self._events[0][0] if self._events else self.next_sequence
+        rows = await asyncio.to_thread(
+            storage_events.read_range, self.path, cursor, min(end, cursor + _PAGE)
+        )
+        if not rows or rows[0][0] != cursor:
+            raise FellBehind(max(self.oldest, cursor + 1))
+        return [(s, m, events_pb2.Event.FromString(b)) for s, m, b in rows]
 
     async def follow(self, start: int, markets: frozenset[str]) -> AsyncIterator[events_pb2.Event]:
         """Events from sequence ``start`` on (0: the oldest retained), forever.
@@ -83,7 +117,14 @@ class EventLog:
                 oldest = self.oldest
                 if cursor < oldest:
                     raise FellBehind(oldest)
-                seq, market, pb = self._events[cursor - oldest]
+                memory = self._events[0][0] if self._events else self.next_sequence
+                if cursor < memory:
+                    for seq, market, pb in await self._older(cursor):
+                        cursor = seq + 1
+                        if not markets or market in markets:
+                            yield pb
+                    continue
+                seq, market, pb = self._events[cursor - memory]
                 cursor = seq + 1
                 if not markets or market in markets:
                     yield pb

@@ -74,12 +74,14 @@ __all__ = [
 # v5: a market's liquidations, their index and ADL queue are a
 #     riskd.core.LiquidationMachine; v3 and v4 markets are moved over on load
 #     (MarketEngine.__setstate__), and an older riskd skips a v5 snapshot.
+# v6: the state counts the events published so far ("events"; events.sqlite3
+#     holds them); a v5 one is read with numbering starting again at 1.
 # A snapshot of another version (older or newer) is skipped like a damaged
 # one: the journal rebuilds the state, and the journal's own format version
 # decides whether this riskd may read the directory at all.
-FORMAT = 5
+FORMAT = 6
 MAGIC = b"riskd-snapshot-v%d\n" % FORMAT
-_READABLE = (MAGIC, b"riskd-snapshot-v4\n", b"riskd-snapshot-v3\n")
+_READABLE = (MAGIC, b"riskd-snapshot-v5\n", b"riskd-snapshot-v4\n", b"riskd-snapshot-v3\n")
 KEEP = 2
 #: Exit status of a writer whose write failed (its reason on its stderr).
 WRITE_FAILED = 4

@@ -64,7 +64,9 @@ async def rebuild(config: Any, data: Path, records: int, journal_hash: str) -> d
     from riskd.daemon import Daemon  # here: the daemon imports this package
 
     class Quiet(Daemon):
-        def publish(self, effects: list[Any]) -> None:
+        keep_events = False  # counted (part of the state), never kept
+
+        def observe(self, effects: list[Any]) -> None:
             """Nothing leaves this process: no metrics, logs or events."""
 
     d = Quiet(config)
