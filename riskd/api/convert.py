@@ -8,12 +8,10 @@ wrote it (``updates[3].fill.price``).
 
 from __future__ import annotations
 
-from riskd import effects
 from riskd.core import AdlPolicy, ContractType, LiquidationMode, MarketSpec, PositionView, Rejected
 from riskd.core.errors import Code
 from riskd.core.events import (
     Deposit,
-    Effect,
     Fill,
     FundingRate,
     Input,
@@ -28,7 +26,6 @@ from riskd.v1 import ingest_pb2, query_pb2, types_pb2
 __all__ = [
     "MAX_ID_LENGTH",
     "decode_update",
-    "encode_event",
     "rejection",
     "position",
     "market",
@@ -146,15 +143,6 @@ def rejection(
     return ingest_pb2.Rejection(
         sequence=sequence, code=REJECTION_CODES[r.code], field=field, message=r.message
     )
-
-
-#: A published effect as a wire event (None for internal-only effects): the
-#: effect table's encoder (:mod:`riskd.effects`).
-encode_event = effects.encode_event
-
-
-def event_market(e: Effect) -> str:
-    return getattr(e, "market", "")
 
 
 def position(v: PositionView) -> query_pb2.Position:
