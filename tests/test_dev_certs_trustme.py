@@ -7,11 +7,8 @@ keeps: dev-certs gives clients only ``clientAuth``, the server only
 
 from __future__ import annotations
 
-import importlib.util
 import stat
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import grpc
 import pytest
@@ -22,19 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from riskd.config import default_toml
 from riskd.dev_certs import write_dev_set
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _api_conftest() -> ModuleType:
-    name = "riskd_tests_api_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "api" / "conftest.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from .api.conftest import start_daemon
 
 
 def test_riskd_accepts_trustme_certificates_and_reads_their_identity(tmp_path: Path) -> None:
@@ -52,7 +37,7 @@ def test_riskd_accepts_trustme_certificates_and_reads_their_identity(tmp_path: P
         f'key = "{tmp_path / "server.key"}"\nclient_ca = "{tmp_path / "ca.crt"}"\n'
         '\n[access.ops]\nroles = ["admin"]\n'
     )
-    daemon = _api_conftest().start_daemon(tmp_path, "--config", str(config))
+    daemon = start_daemon(tmp_path, "--config", str(config))
 
     def check_state(identity: str) -> grpc.StatusCode:
         client = ca.issue_cert(identity)

@@ -12,16 +12,16 @@ block must exit 0.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from .api.conftest import start_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -73,18 +73,6 @@ def runnable() -> list[Block]:
     return [b for b in blocks(README.read_text()) if b.lang in {"python", "sh"}]
 
 
-def _api_conftest() -> ModuleType:
-    name = "riskd_tests_api_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "api" / "conftest.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_blocks_are_found_and_few_are_illustrative() -> None:
     found = runnable()
     langs = {b.lang for b in found}
@@ -99,7 +87,6 @@ def test_blocks_are_found_and_few_are_illustrative() -> None:
 
 
 def test_every_readme_snippet_runs_against_a_real_daemon(tmp_path: Path) -> None:
-    conf = _api_conftest()
     repo = tmp_path / "repo"
     repo.mkdir()
     for entry in ROOT.iterdir():
@@ -108,7 +95,7 @@ def test_every_readme_snippet_runs_against_a_real_daemon(tmp_path: Path) -> None
     venv = Path(sys.prefix)
     if not (repo / ".venv").exists():
         (repo / ".venv").symlink_to(venv)  # CI's and `make`'s venv is ROOT/.venv
-    daemon = conf.start_daemon(tmp_path)
+    daemon = start_daemon(tmp_path)
     env = {
         **os.environ,
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
