@@ -22,16 +22,14 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import trio
-
 from riskd.storage.faults import StorageFault, fail_stop
+from riskd.storage.group import GroupWriter, Marker
 
 __all__ = ["FILE", "EventRow", "EventStore", "EventWriter", "read_range", "cut"]
 
 FILE = "events.sqlite3"
 #: Groups of events the writer's channel holds before the sequencer waits.
 CAPACITY = 256
-_MAX_GROUP = 256
 
 #: (sequence, market, the encoded riskd.v1.Event)
 EventRow = tuple[int, str, bytes]
@@ -113,14 +111,7 @@ def read_range(path: Path, start: int, end: int) -> list[EventRow]:
     return [(int(s), str(m), bytes(b)) for s, m, b in rows]
 
 
-class _Sync:
-    __slots__ = ("done",)
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-
-
-class EventWriter:
+class EventWriter(GroupWriter[list[EventRow]]):
     """Writes numbered events to :class:`EventStore` off the engine's path."""
 
     def __init__(
@@ -130,16 +121,10 @@ class EventWriter:
         capacity: int = CAPACITY,
         on_fault: Callable[[StorageFault], object] = fail_stop,
     ) -> None:
+        super().__init__(capacity, on_fault)
         self.path = path
         self.retention = retention
-        self.capacity = capacity
         self.store: EventStore | None = None
-        self.on_fault = on_fault
-        self._send, self._receive = trio.open_memory_channel[list[EventRow] | _Sync](capacity)
-
-    @property
-    def depth(self) -> int:
-        return self._send.statistics().current_buffer_used
 
     def open(self) -> EventStore:
         if self.store is None:
@@ -147,32 +132,11 @@ class EventWriter:
         return self.store
 
     async def submit(self, rows: list[EventRow]) -> None:
-        await self._send.send(rows)
+        await self._put(rows)
 
     async def sync(self) -> None:
         """Return once everything submitted before is on disk (fsync'd)."""
-        marker = _Sync()
-        await self._send.send(marker)
-        await marker.done.wait()
+        await self._sync(Marker())
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for first in self._receive:
-            group = [first]
-            while len(group) < _MAX_GROUP:
-                try:
-                    group.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            rows = [r for g in group if not isinstance(g, _Sync) for r in g]
-            syncs = [g for g in group if isinstance(g, _Sync)]
-            try:
-                await trio.to_thread.run_sync(self._write, rows, bool(syncs))
-            except StorageFault as fault:
-                self.on_fault(fault)
-                raise
-            for s in syncs:
-                s.done.set()
-
-    def _write(self, rows: list[EventRow], full: bool) -> None:
-        self.open().write(rows, self.retention, full)
+    def _write(self, items: list[list[EventRow]], syncs: list[Marker]) -> None:
+        self.open().write([r for rows in items for r in rows], self.retention, bool(syncs))

@@ -34,12 +34,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import trio
-
 from riskd.core.events import FundKind
 from riskd.core.insurance_fund import GENESIS, DailyReport, InsuranceFund, LedgerEntry
 from riskd.core.ledger import Ledger
 from riskd.storage.faults import StorageFault, fail_stop
+from riskd.storage.group import GroupWriter, Marker
 
 if TYPE_CHECKING:
     from riskd.actors.fund import FundActor
@@ -60,7 +59,6 @@ FILE = "ledger.sqlite3"
 DEFAULT_MEMORY = 10_000
 #: Groups of entries the writer's channel holds before fund actors wait.
 CAPACITY = 256
-_MAX_GROUP = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -153,11 +151,6 @@ class LedgerStore:
         except sqlite3.Error as e:
             raise StorageFault("ledger", self.path, e) from e
 
-    def count(self, asset: str) -> int:
-        return int(self._db.execute(
-            "SELECT COALESCE(MAX(sequence), 0) FROM ledger WHERE asset = ?", (asset,)
-        ).fetchone()[0])  # fmt: skip
-
     def truncate(self, asset: str, keep: int) -> None:
         """Remove the entries after ``keep`` (booked by inputs no snapshot covers)."""
         try:
@@ -236,15 +229,15 @@ def count(path: Path, asset: str) -> int:
         db.close()
 
 
-class _Sync:
-    __slots__ = ("done", "reports")
+class _Sync(Marker):
+    __slots__ = ("reports",)
 
     def __init__(self, reports: list[tuple[str, int, str]]) -> None:
-        self.done = trio.Event()
+        super().__init__()
         self.reports = reports  # (asset, day, JSON) as they were at the sync
 
 
-class LedgerWriter:
+class LedgerWriter(GroupWriter[tuple[str, list[LedgerEntry]]]):
     """Writes fund entries to :class:`LedgerStore` off the engine's path.
 
     Constructed before the data directory is checked; :meth:`open` opens the
@@ -257,17 +250,9 @@ class LedgerWriter:
         capacity: int = CAPACITY,
         on_fault: Callable[[StorageFault], object] = fail_stop,
     ) -> None:
+        super().__init__(capacity, on_fault)
         self.path = path
-        self.capacity = capacity
         self.store: LedgerStore | None = None
-        self.on_fault = on_fault
-        self._send, self._receive = trio.open_memory_channel[tuple[str, list[LedgerEntry]] | _Sync](
-            capacity
-        )
-
-    @property
-    def depth(self) -> int:
-        return self._send.statistics().current_buffer_used
 
     def open(self) -> LedgerStore:
         if self.store is None:
@@ -275,41 +260,21 @@ class LedgerWriter:
         return self.store
 
     async def submit(self, asset: str, entries: list[LedgerEntry]) -> None:
-        await self._send.send((asset, entries))
+        await self._put((asset, entries))
 
     async def sync(self, funds: Iterable[InsuranceFund] = ()) -> None:
         """Return once everything submitted before is on disk (fsync'd), with
         the daily reports of ``funds`` as they are now."""
         # Encoded here: the fund actor goes on changing its reports meanwhile.
-        marker = _Sync([(f.asset, d, _report_json(r)) for f in funds for d, r in f.reports.items()])
-        await self._send.send(marker)
-        await marker.done.wait()
+        await self._sync(
+            _Sync([(f.asset, d, _report_json(r)) for f in funds for d, r in f.reports.items()])
+        )
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for first in self._receive:
-            group = [first]
-            while len(group) < _MAX_GROUP:
-                try:
-                    group.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            entries = [g for g in group if not isinstance(g, _Sync)]
-            syncs = [g for g in group if isinstance(g, _Sync)]
-            try:
-                await trio.to_thread.run_sync(self._write, entries, syncs)
-            except StorageFault as fault:
-                self.on_fault(fault)
-                raise
-            for s in syncs:
-                s.done.set()
-
-    def _write(self, entries: list[tuple[str, list[LedgerEntry]]], syncs: list[_Sync]) -> None:
+    def _write(self, items: list[tuple[str, list[LedgerEntry]]], syncs: list[Marker]) -> None:
         store = self.open()
-        if entries or syncs:
-            store.write(entries, full=bool(syncs))
+        store.write(items, full=bool(syncs))
         for s in syncs:
-            store.write_reports(s.reports)
+            store.write_reports(cast(_Sync, s).reports)
 
 
 def agree(store: LedgerStore, funds: dict[str, InsuranceFund]) -> str | None:
