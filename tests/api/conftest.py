@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from benchmarks.harness import riskd_command, wait_event
 
 
 @dataclass
@@ -39,36 +39,15 @@ class Daemon:
 def start_daemon(tmp: Path, *extra: str) -> Daemon:
     """Start ``riskd serve`` on free ports; wait until it reports serving."""
     log = tmp / f"riskd-{time.monotonic_ns()}.log"
-    out = log.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "riskd.cli",
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(tmp / "data"),
-            *extra,
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if '"riskd_serving"' in line:
-                rec = json.loads(line)
-                return Daemon(process, rec["grpc_port"], rec["metrics_port"], log)
-        if process.poll() is not None:
-            raise RuntimeError(f"riskd exited early:\n{log.read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"riskd did not start:\n{log.read_text()}")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            riskd_command(tmp / "data", *extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    rec = wait_event(process, log, "riskd_serving", timeout=30)
+    return Daemon(process, rec["grpc_port"], rec["metrics_port"], log)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ Faults the tests can create without special hardware:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -39,6 +40,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from benchmarks.harness import riskd_command, wait_event
 from riskd import config as config_mod
 from riskd.actors.journal import JournalActor
 from riskd.core.events import Deposit, Input
@@ -59,13 +61,6 @@ UNSHARE = shutil.which("unshare")
 # --- launching riskd under a fault ---------------------------------------------------
 
 
-def _serve_argv(data: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "riskd.cli", "serve", "--grpc-listen", "127.0.0.1:0",
-        "--metrics-listen", "127.0.0.1:0", "--data-dir", str(data), *extra,
-    ]  # fmt: skip
-
-
 def _launch(
     tmp: Path,
     argv: Sequence[str],
@@ -82,17 +77,13 @@ def _launch(
             start_new_session=True,  # a wrapper and its riskd are stopped together
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if '"riskd_serving"' in line:
-                rec = json.loads(line)
-                return Daemon(process, rec["grpc_port"], rec["metrics_port"], log)
-        if process.poll() is not None:
-            raise RuntimeError(f"riskd exited early:\n{log.read_text()}")
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    raise RuntimeError(f"riskd did not start:\n{log.read_text()}")
+    try:
+        rec = wait_event(process, log, "riskd_serving", timeout=60)
+    except RuntimeError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return Daemon(process, rec["grpc_port"], rec["metrics_port"], log)
 
 
 def _kill(d: Daemon) -> None:
@@ -162,7 +153,7 @@ def test_a_journal_write_past_rlimit_fsize_fail_stops(tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     inputs = _deposits(40_000)
-    d = _launch(tmp_path, _serve_argv(data), preexec=small_files)
+    d = _launch(tmp_path, riskd_command(data), preexec=small_files)
     try:
         acked = asyncio.run(_stream_until_exit(d, inputs, "gw-fsize"))
     finally:
@@ -205,7 +196,7 @@ def test_a_full_disk_fail_stops(tmp_path: Path) -> None:
     )
     argv = [*prefix, "env", f"KEPT={kept}", "sh", "-c", script, str(mount), str(mount)]
     inputs = _deposits(60_000)
-    d = _launch(tmp_path, [*argv, *_serve_argv(mount)])
+    d = _launch(tmp_path, [*argv, *riskd_command(mount)])
     try:
         acked = asyncio.run(_stream_until_exit(d, inputs, "gw-full"))
     finally:
@@ -267,7 +258,7 @@ def test_a_data_directory_turned_read_only_fail_stops_at_the_next_snapshot(
     )
     data = tmp_path / "data"
     inputs = _deposits(200)
-    d = _launch(tmp_path, _serve_argv(data, "--config", str(config)), preexec=permissions_apply)
+    d = _launch(tmp_path, riskd_command(data, "--config", str(config)), preexec=permissions_apply)
     try:
 
         async def stream() -> int:
@@ -291,7 +282,7 @@ def test_a_data_directory_turned_read_only_fail_stops_at_the_next_snapshot(
     _chmod_tree(data, 0o500, 0o400)
     try:
         refused = subprocess.run(
-            _serve_argv(data), preexec_fn=permissions_apply, capture_output=True, text=True,
+            riskd_command(data), preexec_fn=permissions_apply, capture_output=True, text=True,
             timeout=60,
         )  # fmt: skip
     finally:
@@ -310,7 +301,7 @@ def test_start_on_a_read_only_mount_is_one_line_and_exit_2(tmp_path: Path) -> No
     assert d.stop() == 0
     script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" || exit 99; exec "$@"'
     proc = subprocess.run(
-        [*prefix, "sh", "-c", script, str(data), *_serve_argv(data)],
+        [*prefix, "sh", "-c", script, str(data), *riskd_command(data)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == EXIT_STARTUP, proc.stderr
@@ -384,14 +375,14 @@ def busy_port() -> Iterator[int]:
 
 
 def test_a_busy_grpc_port_is_one_line_and_exit_2(tmp_path: Path, busy_port: int) -> None:
-    argv = _serve_argv(tmp_path / "data")
+    argv = riskd_command(tmp_path / "data")
     argv[argv.index("--grpc-listen") + 1] = f"127.0.0.1:{busy_port}"
     line = _one_line_exit_2(argv)
     assert f"server.grpc_listen 127.0.0.1:{busy_port}" in line and "in use" in line
 
 
 def test_a_busy_metrics_port_is_one_line_and_exit_2(tmp_path: Path, busy_port: int) -> None:
-    argv = _serve_argv(tmp_path / "data")
+    argv = riskd_command(tmp_path / "data")
     argv[argv.index("--metrics-listen") + 1] = f"127.0.0.1:{busy_port}"
     line = _one_line_exit_2(argv)
     assert f"server.metrics_listen 127.0.0.1:{busy_port}" in line and "in use" in line
@@ -413,7 +404,7 @@ def _tls_config(tmp: Path) -> tuple[Path, Path]:
 def test_a_missing_tls_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     config, key = _tls_config(tmp_path)
     key.unlink()
-    line = _one_line_exit_2(_serve_argv(tmp_path / "data", "--config", str(config)))
+    line = _one_line_exit_2(riskd_command(tmp_path / "data", "--config", str(config)))
     assert str(key) in line
 
 
@@ -422,6 +413,6 @@ def test_an_unreadable_tls_file_is_one_line_and_exit_2(
 ) -> None:
     config, key = _tls_config(tmp_path)
     key.chmod(0)
-    argv = _serve_argv(tmp_path / "data", "--config", str(config))
+    argv = riskd_command(tmp_path / "data", "--config", str(config))
     line = _one_line_exit_2(argv, preexec=permissions_apply)
     assert str(key) in line and "ermission denied" in line
