@@ -37,7 +37,7 @@ from riskd.core import (
     violations,
 )
 from riskd.storage import admin_log, codec, ledger, records, snapshot
-from riskd.storage.journal import chain, head_problem, wal_problem
+from riskd.storage.journal import chain, hash_at, head_problem, wal_problem
 from riskd.storage.records import EngineTarget, Record
 
 __all__ = ["audit", "replay_record", "EXIT_UNKNOWN_FORMAT"]
@@ -53,13 +53,6 @@ def replay_record(engine: Engine, record: Record) -> list[Effect]:
     return records.apply(record, EngineTarget(engine))
 
 
-def _hash_at(db: sqlite3.Connection, n: int) -> str | None:
-    if n == 0:
-        return GENESIS
-    row = db.execute("SELECT hash FROM journal WHERE n = ?", (n,)).fetchone()
-    return None if row is None else str(row[0])
-
-
 def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
     """Check a data directory; ``(ok, report lines)``."""
     path = data_dir / "journal.sqlite3"
@@ -71,7 +64,7 @@ def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
         return False, [*lines, f"FAIL journal: {lost}"]
     snap = snapshot.latest_position(data_dir)
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    behind = head_problem(path, lambda n: _hash_at(db, n))
+    behind = head_problem(path, lambda n: hash_at(db, n))
     if behind:
         return False, [*lines, f"FAIL journal: {behind}"]
     engine = Engine(config.markets, config.funds)

@@ -198,10 +198,7 @@ class SqliteJournal:
 
     def hash_at(self, n: int) -> str | None:
         """The chain hash after the first ``n`` records; None if there are fewer."""
-        if n == 0:
-            return GENESIS
-        row = self._db.execute("SELECT hash FROM journal WHERE n = ?", (n,)).fetchone()
-        return None if row is None else str(row[0])
+        return hash_at(self._db, n)
 
     def replay(self, after: int = 0) -> Iterator[str]:
         """Records after the first ``after`` ones, in order."""
@@ -232,6 +229,15 @@ class SqliteJournal:
 
     def close(self) -> None:
         self._db.close()
+
+
+def hash_at(db: sqlite3.Connection, n: int) -> str | None:
+    """The chain hash after the first ``n`` records of the journal open as ``db``
+    (read-only for ``riskd audit`` and the snapshot writer); None if there are fewer."""
+    if n == 0:
+        return GENESIS
+    row = db.execute("SELECT hash FROM journal WHERE n = ?", (n,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def open_sqlite(data: Path) -> SqliteJournal:

@@ -26,7 +26,7 @@ import trio
 
 from riskd.storage import snapshot
 from riskd.storage.faults import describe
-from riskd.storage.journal import GENESIS, chain
+from riskd.storage.journal import GENESIS, chain, hash_at
 
 __all__ = ["rebuild", "main"]
 
@@ -41,8 +41,7 @@ def _records(data: Path, after: int, upto: int, head: str | None) -> tuple[list[
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         if head is None:
-            row = db.execute("SELECT hash FROM journal WHERE n = ?", (after,)).fetchone()
-            head = GENESIS if after == 0 else (None if row is None else str(row[0]))
+            head = hash_at(db, after)
             if head is None:
                 raise _Mismatch(f"{path} has no record {after}")
         out: list[str] = []
