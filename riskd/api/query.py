@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import grpc
 
+from riskd.access import Grant
 from riskd.actors.fund import FundActor
 from riskd.actors.market import MarketActor
 from riskd.actors.wallet import WalletActor
@@ -60,9 +61,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, "asset", f"unknown asset {request.asset!r}"
             )
-        grant = self.auth.identify(context)
-        if not grant.covers_asset(request.asset):
-            await _denied(context, "asset", f"{grant.identity!r} serves no market in it")
+        grant = await self._asset_grant(request.asset, context)
         balance = await self.portal.call(wallet, wallet.balance, request.account)
         positions = []
         for symbol, market in self.markets.items():
@@ -76,14 +75,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def GetPosition(
         self, request: query_pb2.GetPositionRequest, context: Ctx
     ) -> query_pb2.GetPositionResponse:
-        market = self.markets.get(request.market)
-        if market is None:
-            await abort(
-                context, grpc.StatusCode.NOT_FOUND, "market", f"unknown market {request.market!r}"
-            )
-        grant = self.auth.identify(context)
-        if not grant.covers_market(request.market):
-            await _denied(context, "market", f"not granted to {grant.identity!r}")
+        market = await self._granted_market(request.market, context)
         view = await self._view(market, request.account)
         if view is None:  # no position: the proto promises a flat one, not an error
             return query_pb2.GetPositionResponse(
@@ -167,9 +159,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self, request: query_pb2.GetStressCoverageRequest, context: Ctx
     ) -> query_pb2.GetStressCoverageResponse:
         actor = await self._fund(request.asset, context)
-        grant = self.auth.identify(context)
-        if not grant.covers_asset(request.asset):
-            await _denied(context, "asset", f"{grant.identity!r} serves no market in it")
+        grant = await self._asset_grant(request.asset, context)
         moves = tuple(request.moves_ppm) or self.stress_moves
         why = stress.check_moves(moves)
         if why:
@@ -190,19 +180,29 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def ListLiquidationOrders(
         self, request: query_pb2.ListLiquidationOrdersRequest, context: Ctx
     ) -> query_pb2.ListLiquidationOrdersResponse:
-        market = self.markets.get(request.market)
-        if market is None:
-            await abort(
-                context, grpc.StatusCode.NOT_FOUND, "market", f"unknown market {request.market!r}"
-            )
-        grant = self.auth.identify(context)
-        if not grant.covers_market(request.market):
-            await _denied(context, "market", f"not granted to {grant.identity!r}")
+        market = await self._granted_market(request.market, context)
         orders = await self.portal.query(market, _open_orders)
         return query_pb2.ListLiquidationOrdersResponse(orders=orders)
 
     async def _view(self, market: MarketActor, account: int) -> PositionView | None:
         return await self.portal.query(market, lambda e: e.view(account))
+
+    async def _granted_market(self, symbol: str, context: Ctx) -> MarketActor:
+        """The market, or NOT_FOUND; PERMISSION_DENIED unless the caller is granted it."""
+        market = self.markets.get(symbol)
+        if market is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "market", f"unknown market {symbol!r}")
+        grant = self.auth.identify(context)
+        if not grant.covers_market(symbol):
+            await _denied(context, "market", f"not granted to {grant.identity!r}")
+        return market
+
+    async def _asset_grant(self, asset: str, context: Ctx) -> Grant:
+        """The caller's grant; PERMISSION_DENIED unless it serves a market in ``asset``."""
+        grant = self.auth.identify(context)
+        if not grant.covers_asset(asset):
+            await _denied(context, "asset", f"{grant.identity!r} serves no market in it")
+        return grant
 
     async def _fund(self, asset: str, context: Ctx) -> FundActor:
         actor = self.funds.get(asset)
