@@ -169,11 +169,6 @@ class Sequencer(Actor):
         #: (a data directory of format 1).
         self.file_settings: dict[str, MarketSpec] | None = None
 
-    def acked(self, gateway: str, epoch: int) -> int:
-        """The last sequence durably applied for this gateway and epoch (0: none yet)."""
-        g = self.gateways.get(gateway)
-        return g.durable if g is not None and g.epoch == epoch else 0
-
     def resume(self, gateway: str, epoch: int) -> Resume:
         """The last durable sequence and the kept rejections up to it.
 
@@ -648,9 +643,8 @@ class Sequencer(Actor):
 
 
 async def _apply(actor: MarketActor | WalletActor, items: list[Input]) -> list[Rejected | None]:
-    """``actor.apply(items)`` in the actor (a market's is a coroutine, a wallet's is not)."""
-    if isinstance(actor, MarketActor):
-        return await actor.call(actor.apply, items)
+    """``actor.apply(items)`` in the actor, typed once (a market's is a coroutine,
+    a wallet's is not: mypy cannot infer the call's result over the union inline)."""
     return await actor.call(actor.apply, items)
 
 
