@@ -490,10 +490,9 @@ def _lazy(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
     decode = _safe(deserializer)
     if decode is None:
         return None
-    checked = decode
 
     def keep(data: bytes) -> Received:
-        return Received(data, checked)
+        return Received(data, decode)
 
     return keep
 

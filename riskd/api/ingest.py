@@ -68,12 +68,17 @@ MAX_PACE_SECONDS = 1.0
 LIQUIDATION_PATH = tuple(k.cls for k in KINDS.values() if k.liquidation_path)
 #: How long a stream refused over max_ingest_streams waits for the client's first message.
 REFUSAL_READ_SECONDS = 0.25
-#: The ``Update`` oneof name of each core input, for rejections kept across reconnects.
-_KINDS = {k.name: k.wire for k in KINDS.values() if k.wire is not None}
-_STUBS: dict[str, ingest_pb2.Update] = {}
-for _name, _kind in _KINDS.items():
-    _STUBS[_name] = ingest_pb2.Update()
-    getattr(_STUBS[_name], _kind).SetInParent()
+
+
+def _stub(wire: str) -> ingest_pb2.Update:
+    """An ``Update`` with only its oneof ``wire`` set: names the kind in a kept rejection."""
+    update = ingest_pb2.Update()
+    getattr(update, wire).SetInParent()
+    return update
+
+
+#: Per core input's type name, a stub of its ``Update`` (rejections kept across reconnects).
+_STUBS = {k.name: _stub(k.wire) for k in KINDS.values() if k.wire is not None}
 log = structlog.get_logger("riskd.ingest")
 
 Context = grpc.aio.ServicerContext[ingest_pb2.IngestRequest, ingest_pb2.IngestResponse]
