@@ -339,27 +339,30 @@ def fill(market: str, buyer: int, seller: int, price: int, quantity: int) -> ing
     )
 
 
-def equity(channel: grpc.Channel, account: int, asset: str) -> int:
-    """Wallet + isolated margins + unrealised PnL of one account in one asset."""
+def _account(
+    channel: grpc.Channel, account: int, asset: str
+) -> query_pb2.GetAccountResponse | None:
+    """One account in one asset; None where riskd has never seen it."""
     q = query_pb2_grpc.QueryServiceStub(channel)
     try:
-        a = q.GetAccount(query_pb2.GetAccountRequest(account=account, asset=asset), timeout=30)
+        return q.GetAccount(query_pb2.GetAccountRequest(account=account, asset=asset), timeout=30)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.NOT_FOUND:
-            return 0
+            return None
         raise
+
+
+def equity(channel: grpc.Channel, account: int, asset: str) -> int:
+    """Wallet + isolated margins + unrealised PnL of one account in one asset."""
+    a = _account(channel, account, asset)
+    if a is None:
+        return 0
     return int(a.wallet_balance + sum(p.isolated_margin + p.unrealized_pnl for p in a.positions))
 
 
 def wallet(channel: grpc.Channel, account: int, asset: str) -> int:
-    q = query_pb2_grpc.QueryServiceStub(channel)
-    try:
-        a = q.GetAccount(query_pb2.GetAccountRequest(account=account, asset=asset), timeout=30)
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.NOT_FOUND:
-            return 0
-        raise
-    return int(a.wallet_balance)
+    a = _account(channel, account, asset)
+    return 0 if a is None else int(a.wallet_balance)
 
 
 def fund(channel: grpc.Channel, asset: str) -> int:
