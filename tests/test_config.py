@@ -147,7 +147,10 @@ def _full_doc() -> dict[str, Any]:
 
 
 def test_the_full_document_round_trips() -> None:
-    parse(_dump(_full_doc()))
+    doc = _full_doc()
+    text = _dump(doc)
+    assert tomllib.loads(text) == doc
+    parse(text)
 
 
 @pytest.mark.parametrize("table", _tables(_full_doc()))
