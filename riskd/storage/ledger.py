@@ -159,6 +159,11 @@ class LedgerStore:
         except sqlite3.Error as e:
             raise StorageFault("ledger", self.path, e) from e
 
+    def replace(self, asset: str, entries: Sequence[LedgerEntry]) -> None:
+        """Make ``entries`` the fund's whole ledger in the file (fsync'd)."""
+        self.truncate(asset, 0)
+        self.write([(asset, entries)], full=True)
+
     def verify(self, asset: str, ledger: Ledger) -> str | None:
         """Why the file does not hold ``ledger``'s entries; None if it does.
 
@@ -290,9 +295,7 @@ def agree(store: LedgerStore, funds: dict[str, InsuranceFund]) -> str | None:
         ledger = fund.ledger
         if not isinstance(ledger, Ledger) or ledger.keep is None:
             # Every entry is in the snapshot: the file is rebuilt from it.
-            entries = list(ledger)
-            store.truncate(asset, 0)
-            store.write([(asset, entries)], full=True)
+            store.replace(asset, list(ledger))
             continue
         store.truncate(asset, len(ledger))
         why = store.verify(asset, ledger)
@@ -319,9 +322,7 @@ def export(data: Path, funds: dict[str, InsuranceFund], keep: int = DEFAULT_MEMO
     store = LedgerStore(data / FILE)
     try:
         for asset, fund in funds.items():
-            entries = list(fund.ledger)
-            store.truncate(asset, 0)
-            store.write([(asset, entries)], full=True)
+            store.replace(asset, list(fund.ledger))
             store.write_reports([(asset, d, _report_json(r)) for d, r in fund.reports.items()])
             fund.ledger = fund.ledger.rebound(keep)
     finally:
