@@ -85,7 +85,20 @@ class LiquidationMachine:
         self.active: dict[int, Liquidation] = {}
         # Liquidation ids waiting for ADL counterparties, oldest first.
         self.awaiting_adl: dict[int, None] = {}
+        # Ids of the COOLING ones: every input looks at them, so it need not
+        # walk every liquidation in progress (a cascade, a book full of orders).
+        self.cooling_ids: set[int] = set()
         self.next_id = 1
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Snapshots from before ``cooling_ids``: derived from the stages."""
+        self.__dict__.update(state)
+        if "cooling_ids" not in state:
+            self.recount_cooling()
+
+    def recount_cooling(self) -> None:
+        """Rebuild ``cooling_ids`` from the stages (loading an older snapshot)."""
+        self.cooling_ids = {i for i, x in self.active.items() if x.stage is Stage.COOLING}
 
     # --- the index of live positions ------------------------------------------
 
@@ -120,12 +133,15 @@ class LiquidationMachine:
         liq.stage = next_stage(liq.id, liq.stage, event)
         if liq.stage is Stage.AWAITING_ADL:
             self.awaiting_adl[liq.id] = None
+        elif liq.stage is Stage.COOLING:
+            self.cooling_ids.add(liq.id)
 
     def end(self, liq: Liquidation, pos: Position) -> None:
         """The liquidation is over: forget it and unfreeze ``pos`` (the caller re-homes it)."""
         liq.stage = next_stage(liq.id, liq.stage, Event.END)
         del self.active[liq.id]
         self.awaiting_adl.pop(liq.id, None)
+        self.cooling_ids.discard(liq.id)
         pos.liquidation = 0
 
     # --- reads --------------------------------------------------------------------
@@ -136,7 +152,8 @@ class LiquidationMachine:
         return liq if liq is not None and liq.stage is Stage.WORKING else None
 
     def cooling(self) -> list[Liquidation]:
-        return [x for x in self.active.values() if x.stage is Stage.COOLING]
+        """The COOLING liquidations, oldest first (as ``active`` lists them)."""
+        return [self.active[i] for i in sorted(self.cooling_ids)]
 
     def waiting_for_adl(self, liquidation_id: int) -> bool:
         return liquidation_id in self.awaiting_adl

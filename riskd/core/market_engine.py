@@ -103,6 +103,7 @@ class MarketEngine:
             machine.active = state.pop("liquidations")  # type: ignore[assignment]
             machine.awaiting_adl = state.pop("_awaiting_adl")  # type: ignore[assignment]
             machine.next_id = state.pop("next_liquidation")  # type: ignore[assignment]
+            machine.recount_cooling()
             state.pop("_ranked_stale", None)
             state["machine"] = machine
         self.__dict__.update(state)
@@ -352,7 +353,7 @@ class MarketEngine:
             return
         if self.machine.awaiting_adl:  # counterparties may have appeared since
             self.liquidator.retry_adl(ts)
-        if self.machine.active:
+        if self.machine.cooling_ids:
             self.liquidator.cool(ts)
         for account in self.machine.index.crossed(self.mark):
             self.liquidator.start(self.positions[account], ts)

@@ -70,6 +70,7 @@ def test_every_legal_transition(stage: Stage, event: Event) -> None:
         m.move(liq, event)
         assert m.active[liq.id] is liq
         assert (liq.id in m.awaiting_adl) is (liq.stage is Stage.AWAITING_ADL)
+    assert (liq.id in m.cooling_ids) is (liq.stage is Stage.COOLING)
     assert liq.stage is TRANSITIONS[stage, event]
 
 
