@@ -41,6 +41,7 @@ from riskd.core.recent_ids import (
     WithdrawalDecisions,
     check_id,
 )
+from riskd.core.tiers import SpecError
 from riskd.core.units import check_positive
 from riskd.core.wallet import check_account, unsettled_bad_debt, withdrawals_paused
 from riskd.errors import RiskdError
@@ -730,6 +731,8 @@ def _update_spec(engine: MarketEngine, changes: Mapping[str, Any], ts: int) -> M
     # Any: settings by name, checked by MarketSpec's own validation (a bad one: Rejected).
     try:
         spec = dataclasses.replace(engine.spec, **changes)
+    except SpecError as e:
+        raise Rejected.invalid(f"market.{e.field}", e.reason) from e
     except (TypeError, ValueError) as e:
         raise Rejected.invalid("market", str(e)) from e
     engine.update_spec(spec, ts)
