@@ -619,7 +619,7 @@ def _plain(home: Path, **server: Any) -> Riskd:
     return Riskd(home, set_server(default_config(), **server))
 
 
-def _ingest_deposits(d: Riskd, feed: Feed, n: int, batch: int = 500) -> int:
+def _ingest_deposits(feed: Feed, n: int, batch: int = 500) -> int:
     acked, _ = feed.send([deposit(fresh_id(), "USDT", 1) for _ in range(n)], batch)
     return acked
 
@@ -693,7 +693,7 @@ def attack_short_journal(home: Path, records: int) -> Row:
     d = _plain(home, snapshot_seconds=0.3)
     d.start()
     feed = Feed(d.channel(), "attack-5a")
-    acked = _ingest_deposits(d, feed, records)
+    acked = _ingest_deposits(feed, records)
     taken = len(_snapshots(d))
     deadline = time.monotonic() + 60
     while len(_snapshots(d)) < taken + 2 and time.monotonic() < deadline:
@@ -719,11 +719,11 @@ def attack_journal_tail_cut(home: Path, records: int) -> Row:
     d = _plain(home)
     d.start()
     feed = Feed(d.channel(), "attack-5c")
-    _ingest_deposits(d, feed, records // 2)
+    _ingest_deposits(feed, records // 2)
     d.stop()  # a snapshot covering everything so far
     d.start()
     feed.stub = ingest_pb2_grpc.IngestServiceStub(d.channel())
-    acked = _ingest_deposits(d, feed, records // 2)
+    acked = _ingest_deposits(feed, records // 2)
     d.kill9()
     previous = sorted(d.home.glob("riskd-*.log"))[-2]
     newest = [
@@ -750,7 +750,7 @@ def attack_deleted_wal(home: Path, records: int) -> Row:
     d = _plain(home)
     d.start()
     feed = Feed(d.channel(), "attack-5b")
-    acked = _ingest_deposits(d, feed, records)
+    acked = _ingest_deposits(feed, records)
     d.kill9()
     wal = d.data / "journal.sqlite3-wal"
     size = wal.stat().st_size if wal.exists() else 0

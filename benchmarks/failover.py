@@ -157,7 +157,7 @@ class Load:
         return self.gw.acked_sequence
 
 
-async def _failover(nodes: list[Node], kills: int, ttl: int) -> dict[str, Any]:
+async def _failover(nodes: list[Node], kills: int) -> dict[str, Any]:
     load = Load([n.address for n in nodes])
     task = asyncio.create_task(load.run())
     stalls: list[float] = []
@@ -352,7 +352,7 @@ async def amain(argv: list[str] | None = None) -> int:
                 nodes[1].start()
                 _wait(lambda: nodes[1].count("riskd_standby") > 0, "node b standing by")
                 if args.kills:
-                    f = await _failover(nodes, args.kills, args.ttl)
+                    f = await _failover(nodes, args.kills)
                     owner = next(n for n in nodes if _serving(n))
                     got = digest(owner.address)
                     ref = Node(base, "reference", [], services.free_port())
