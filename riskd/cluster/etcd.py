@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,9 +32,7 @@ class EtcdUnavailable(Exception):
 class KeyValue:
     key: str
     value: str
-    create_revision: int
-    mod_revision: int
-    lease: int
+    create_revision: int  # the owner's epoch (riskd.cluster.ownership)
 
 
 def _b64(text: str) -> str:
@@ -67,7 +64,7 @@ class Etcd:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     reply: dict[str, Any] = json.loads(response.read() or b"{}")
-            except (OSError, urllib.error.URLError, ValueError) as e:
+            except (OSError, ValueError) as e:  # URLError is an OSError
                 errors.append(f"{self.endpoints[k]}: {e}")
                 continue
             self._first = k
@@ -110,16 +107,12 @@ class Etcd:
         )
         if reply.get("succeeded"):
             revision = int(reply["header"]["revision"])
-            return True, KeyValue(key, value, revision, revision, lease)
+            return True, KeyValue(key, value, revision)
         kvs = reply["responses"][0]["response_range"].get("kvs", [])
         return False, _kv(kvs[0]) if kvs else None
 
 
 def _kv(raw: dict[str, Any]) -> KeyValue:
     return KeyValue(
-        _text(raw["key"]),
-        _text(raw.get("value", "")),
-        int(raw.get("create_revision", 0)),
-        int(raw.get("mod_revision", 0)),
-        int(raw.get("lease", 0)),
+        _text(raw["key"]), _text(raw.get("value", "")), int(raw.get("create_revision", 0))
     )
