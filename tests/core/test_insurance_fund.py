@@ -43,18 +43,23 @@ def claim(
     ts: int = 0,
     cap: int | None = None,
     market: str = M,
+    notional: int = 1_000 * U,
 ) -> TakeoverClaim:
     return TakeoverClaim(
         asset="USDT",
         market=market,
         liquidation_id=lid,
         ts=ts,
-        notional=1_000 * U,
+        notional=notional,
         fee=fee,
         shortfall=shortfall,
         margin_wanted=wanted,
         loss_cap=cap,
     )
+
+
+def credit(kind: FundKind, amount: int, cause: str, ts: int = 0) -> FundCredit:
+    return FundCredit(asset="USDT", market=M, kind=kind, amount=amount, cause=cause, ts=ts)
 
 
 def seeded(amount: int = 1_000 * U, policy: FundPolicy | None = None) -> InsuranceFund:
@@ -139,29 +144,14 @@ def test_takeover_books_fee_shortfall_and_backstop_margin_in_order() -> None:
     f.takeover(claim(fee=3 * U, lid=8))
     assert f.ledger[-1].kind is FundKind.LIQUIDATION_FEE and f.balance == 978 * U
     # What the backstop hands back is an ordinary, explained inflow.
-    f.process(
-        [
-            FundCredit(
-                asset="USDT",
-                market=M,
-                kind=FundKind.BACKSTOP_RETURN,
-                amount=7 * U,
-                cause="backstop",
-                ts=0,
-            )
-        ]
-    )
+    f.process([credit(FundKind.BACKSTOP_RETURN, 7 * U, "backstop")])
     assert f.ledger[-1].kind is FundKind.BACKSTOP_RETURN and f.balance == 985 * U
     assert_ledger_consistent(f)
 
 
 def test_zero_credits_are_not_booked() -> None:
     f = seeded()
-    f.credit(
-        FundCredit(
-            asset="USDT", market=M, kind=FundKind.TRADING_FEE, amount=0, cause="trade:1", ts=0
-        )
-    )
+    f.credit(credit(FundKind.TRADING_FEE, 0, "trade:1"))
     assert len(f.ledger) == 1
 
 
@@ -370,16 +360,7 @@ def test_fund_never_negative_and_ledger_chains(
         if op == "inject" and amount:
             f.inject(amount, "seed", ts)
         elif op == "fee":
-            f.credit(
-                FundCredit(
-                    asset="USDT",
-                    market=M,
-                    kind=FundKind.TRADING_FEE,
-                    amount=amount,
-                    cause="t",
-                    ts=ts,
-                )
-            )
+            f.credit(credit(FundKind.TRADING_FEE, amount, "t", ts))
         elif op == "takeover":
             budget = f.budget(M, ts, cap)
             d = f.takeover(claim(shortfall=amount, wanted=amount // 3, lid=lid, ts=ts, cap=cap))
@@ -427,50 +408,10 @@ def test_fund_never_negative_and_ledger_chains(
 def test_daily_report_totals() -> None:
     f = InsuranceFund("USDT")
     f.inject(1_000 * U, "seed", 0)
-    f.credit(
-        FundCredit(
-            asset="USDT",
-            market=M,
-            kind=FundKind.TRADING_FEE,
-            amount=7 * U,
-            cause="trade:1",
-            ts=HOUR,
-        )
-    )
-    f.takeover(
-        TakeoverClaim(
-            asset="USDT",
-            market=M,
-            liquidation_id=1,
-            ts=2 * HOUR,
-            notional=480 * U,
-            fee=0,
-            shortfall=20 * U,
-            margin_wanted=4 * U,
-        )
-    )
-    f.takeover(
-        TakeoverClaim(
-            asset="USDT",
-            market=M,
-            liquidation_id=2,
-            ts=DAY + HOUR,
-            notional=500 * U,
-            fee=3 * U,
-            shortfall=0,
-            margin_wanted=2 * U,
-        )
-    )
-    f.credit(
-        FundCredit(
-            asset="USDT",
-            market=M,
-            kind=FundKind.BACKSTOP_RETURN,
-            amount=U,
-            cause="backstop",
-            ts=DAY + 2 * HOUR,
-        )
-    )
+    f.credit(credit(FundKind.TRADING_FEE, 7 * U, "trade:1", HOUR))
+    f.takeover(claim(shortfall=20 * U, wanted=4 * U, lid=1, ts=2 * HOUR, notional=480 * U))
+    f.takeover(claim(fee=3 * U, wanted=2 * U, lid=2, ts=DAY + HOUR, notional=500 * U))
+    f.credit(credit(FundKind.BACKSTOP_RETURN, U, "backstop", DAY + 2 * HOUR))
     day0, day1 = f.reports[0], f.reports[1]
     assert (day0.opening_balance, day0.closing_balance) == (0, 983 * U)
     assert day0.inflow_by_kind == {FundKind.INJECTION: 1_000 * U, FundKind.TRADING_FEE: 7 * U}
