@@ -112,14 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = load(args.config)
         except (OSError, ValueError) as e:
-            print(f"riskd: bad configuration: {e}", file=sys.stderr)
-            return 2
+            return _bad_config(str(e))
         return audit.main(config, args.data)
     if args.command == "replay":
         from riskd.replay import main as replay_main
 
         return replay_main(args)
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _bad_config(why: str) -> int:
+    print(f"riskd: bad configuration: {why}", file=sys.stderr)
+    return EXIT_STARTUP
 
 
 def _dev_certs(args: argparse.Namespace) -> int:
@@ -152,8 +156,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = config_mod.load(args.config)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"riskd: bad configuration: {e}", file=sys.stderr)
-        return 2
+        return _bad_config(str(e))
     overrides = {
         k: v
         for k, v in (
@@ -168,21 +171,17 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config.server.check_transport()
     except ValueError as e:
-        print(f"riskd: bad configuration: {e}", file=sys.stderr)
-        return 2
+        return _bad_config(str(e))
+    for flag, given in (("--shard", args.shard), ("--etcd", args.etcd)):
+        if given and not args.storage:
+            return _bad_config(f"{flag} needs --storage")
+    if not 1 <= args.lease_ttl <= 60:
+        return _bad_config("--lease-ttl must be 1..60 seconds")
+    if args.storage and not args.storage.startswith(("postgresql://", "postgres://")):
+        return _bad_config("--storage must be a postgresql:// URL")
     # Raised inside the daemon's nursery, hence groups.  A StorageFault that
     # gets here happened before serving (one while serving exits 4 at once).
     failed: list[BaseException] = []
-    for flag, given in (("--shard", args.shard), ("--etcd", args.etcd)):
-        if given and not args.storage:
-            print(f"riskd: bad configuration: {flag} needs --storage", file=sys.stderr)
-            return 2
-    if not 1 <= args.lease_ttl <= 60:
-        print("riskd: bad configuration: --lease-ttl must be 1..60 seconds", file=sys.stderr)
-        return 2
-    if args.storage and not args.storage.startswith(("postgresql://", "postgres://")):
-        print("riskd: bad configuration: --storage must be a postgresql:// URL", file=sys.stderr)
-        return 2
     try:
         if args.storage:
             trio.run(_serve_postgres, config, args)
