@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from riskd.audit import audit
 from riskd.config import default_toml, load
-from riskd.core import Engine
+from riskd.core import Engine, Input
 from riskd.core.events import FundInjection, FundKind
 from riskd.core.insurance_fund import GENESIS, InsuranceFund, LedgerEntry
 from riskd.core.ledger import Ledger, NotInMemory
@@ -190,6 +190,31 @@ def _rows(entries: list[query_pb2.LedgerEntry]) -> list[tuple[int, str, int, int
     return [(e.sequence, e.hash, e.amount, e.balance_after) for e in entries]
 
 
+def _serve_and_stop(tmp_path: Path, gateway: str) -> tuple[list[Input], Path]:
+    """The seeds and the crash scenario through a daemon that keeps 2 entries in
+    memory, stopped cleanly; the scenario and the config file."""
+    inputs = crash_scenario()
+    config = _config(tmp_path, memory=2)
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+        _seed(d)
+        asyncio.run(stream_all(d, inputs, gateway))
+    finally:
+        assert d.stop() == 0
+    return inputs, config
+
+
+def _restart_holds_every_entry(tmp_path: Path, config: Path, inputs: list[Input]) -> Daemon:
+    """Restart; the ledger pages every entry and the state is the pure engine's."""
+    again = start_daemon(tmp_path, "--config", str(config))
+    try:
+        assert _rows(_ledger(again)) == _expected([*SEEDS, *inputs])
+        assert state(again).digest == pure_digest([*SEEDS, *inputs])
+    finally:
+        assert again.stop() == 0
+    return again
+
+
 def test_the_daemon_keeps_few_entries_in_memory_and_pages_every_one_from_disk(
     tmp_path: Path,
 ) -> None:
@@ -235,32 +260,15 @@ def test_after_kill_9_the_file_is_cut_back_and_the_replay_books_the_rest(
     asyncio.run(stream_all(d, inputs, "gw-kill"))
     d.process.send_signal(signal.SIGKILL)
     d.process.wait(10)
-    again = start_daemon(tmp_path, "--config", str(config))
-    try:
-        assert _rows(_ledger(again)) == _expected([*SEEDS, *inputs])
-        assert state(again).digest == pure_digest([*SEEDS, *inputs])
-    finally:
-        assert again.stop() == 0
+    _restart_holds_every_entry(tmp_path, config, inputs)
 
 
 def test_a_lost_ledger_file_costs_a_full_replay_not_the_ledger(tmp_path: Path) -> None:
-    inputs = crash_scenario()
-    config = _config(tmp_path, memory=2)
-    d = start_daemon(tmp_path, "--config", str(config))
-    try:
-        _seed(d)
-        asyncio.run(stream_all(d, inputs, "gw-lost"))
-    finally:
-        assert d.stop() == 0
+    inputs, config = _serve_and_stop(tmp_path, "gw-lost")
     data = tmp_path / "data"
     for p in data.glob(store_mod.FILE + "*"):
         p.unlink()
-    again = start_daemon(tmp_path, "--config", str(config))
-    try:
-        assert _rows(_ledger(again)) == _expected([*SEEDS, *inputs])
-        assert state(again).digest == pure_digest([*SEEDS, *inputs])
-    finally:
-        assert again.stop() == 0
+    again = _restart_holds_every_entry(tmp_path, config, inputs)
     lines = [json.loads(x) for x in again.log.read_text().splitlines() if x.startswith("{")]
     ignored = [x for x in lines if x.get("event") == "snapshot_ignored"]
     assert ignored and "0 entries on disk" in ignored[0]["reason"], lines
@@ -269,14 +277,7 @@ def test_a_lost_ledger_file_costs_a_full_replay_not_the_ledger(tmp_path: Path) -
 
 
 def test_the_audit_checks_the_file_against_the_journal(tmp_path: Path) -> None:
-    inputs = crash_scenario()
-    config = _config(tmp_path, memory=2)
-    d = start_daemon(tmp_path, "--config", str(config))
-    try:
-        _seed(d)
-        asyncio.run(stream_all(d, inputs, "gw-audit"))
-    finally:
-        assert d.stop() == 0
+    _serve_and_stop(tmp_path, "gw-audit")
     data = tmp_path / "data"
     ok, lines = audit(load(), data)
     assert ok and any(x.startswith(f"ok   {store_mod.FILE} fund USDT: 8 of 8") for x in lines)
