@@ -9,10 +9,10 @@ server on a dedicated asyncio thread and crosses into trio with
 * :meth:`Portal.post` — the ingest fast path: a sync callback that queues a
   write on an actor without waiting (the caller's credit window bounds it);
   the answer comes back to ``deliver`` once durable;
-* :meth:`Portal.call`, :meth:`Portal.query`, :meth:`Portal.write` and
-  :meth:`Portal.run` — everything else: run a function in an actor (a query
-  of a market's engine; a sequencer write, answered once durable; any trio
-  coroutine) from asyncio and await its result, at most ``limit`` at a time.
+* :meth:`Portal.call`, :meth:`Portal.query` and :meth:`Portal.write` —
+  everything else: run a function in an actor (a query of a market's engine;
+  a sequencer write, answered once durable) from asyncio and await its
+  result, at most ``limit`` at a time.
 
 Each is typed end to end (ParamSpec): what a call site passes is checked
 against the function that will run on the trio side.  A write answers with a
@@ -89,14 +89,6 @@ class Portal:
         self._outbound: collections.deque[_Outcome[object]] = collections.deque()
         self._outbound_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Await ``fn(*args)`` run as a trio task; its exception is re-raised here."""
-
-        async def task() -> T:
-            return await fn(*args, **kwargs)
-
-        return await self._cross(task)
 
     @overload
     async def call(
