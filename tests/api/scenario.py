@@ -59,11 +59,15 @@ def send(gw: Gateway, x: Input) -> int:
     raise TypeError(x)
 
 
+def stamp() -> int:
+    """An hour ago on a whole minute: inside riskd's default clock-skew window."""
+    return (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
+
+
 def crash_scenario() -> list[Input]:
     """Two longs on BTC-USDT (default config): one liquidated with a surplus,
     one bankrupt in a crash the fund cannot cover, so shorts are deleveraged."""
-    # Stamped an hour ago, on a whole minute: inside riskd's default skew window.
-    t = (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
+    t = stamp()
     m = "BTC-USDT"
     return [
         *(Deposit(a, "USDT", 10_000 * USDT, t) for a in (1, 2, 3, 4)),

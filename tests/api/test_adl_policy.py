@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from riskd.config import default_toml, parse
 from riskd.core import AdlPolicy
@@ -11,7 +10,7 @@ from riskd.core.events import Deposit, Fill, Input, MarginTransfer, MarkPrice
 from riskd.v1 import admin_pb2, admin_pb2_grpc, query_pb2, query_pb2_grpc, types_pb2
 
 from .conftest import Daemon
-from .scenario import USDT
+from .scenario import USDT, stamp
 from .test_daemon_e2e import events, stream
 
 M = "BTC-USDT"
@@ -22,7 +21,7 @@ def crash() -> list[Input]:
     """Long 1 (0.03 BTC @ 50,000, 300 USDT: bankrupt at 40,000) against five equal
     shorts of 0.02 at 1x; 99 longs the rest.  The mark falls to 35,000, the fund is
     empty: 0.03 BTC is deleveraged."""
-    t = (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
+    t = stamp()
     out: list[Input] = [Deposit(a, "USDT", 10_000 * USDT, t) for a in (1, 99, *SHORTS)]
     out += [MarginTransfer(1, M, 300 * USDT, t), MarginTransfer(99, M, 10_000 * USDT, t)]
     out += [MarginTransfer(a, M, 1_000 * USDT, t) for a in SHORTS]

@@ -26,8 +26,8 @@ from riskd.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
 from riskd_client.gateway import Gateway
 
 from .conftest import start_daemon
-from .scenario import send
-from .test_idempotency import USDT, daemon_with, stamp, write_config
+from .scenario import send, stamp
+from .test_idempotency import USDT, daemon_with, write_config
 
 CYCLES = int(os.environ.get("RISKD_EVENT_CRASH_CYCLES", "3"))
 MARKETS = ("BTC-USDT", "ETH-USDT")

@@ -35,8 +35,8 @@ from riskd.v1 import (
 )
 
 from .conftest import Daemon
-from .scenario import run_engine
-from .test_idempotency import USDT, M, daemon_with, stamp, stream, write_config
+from .scenario import run_engine, stamp
+from .test_idempotency import USDT, M, daemon_with, stream, write_config
 
 
 def _inject(d: Daemon, n: int) -> None:

@@ -51,7 +51,7 @@ from riskd.v1 import (
 from riskd_client.gateway import Gateway
 
 from .conftest import Daemon, start_daemon
-from .scenario import run_engine, send
+from .scenario import run_engine, send, stamp
 
 USDT = 10**6
 M = "BTC-USDT"
@@ -92,11 +92,6 @@ def wallet(d: Daemon, account: int) -> int:
     q = query_pb2_grpc.QueryServiceStub(d.channel())
     r = q.GetAccount(query_pb2.GetAccountRequest(account=account, asset="USDT"))
     return int(r.wallet_balance)
-
-
-def stamp() -> int:
-    """An hour ago on a whole minute: inside riskd's default clock-skew window."""
-    return (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
 
 
 async def stream(d: Daemon, gateway: str, inputs: list[Input]) -> Gateway:

@@ -16,7 +16,7 @@ from riskd.core.events import Deposit, Fill, FundInjection, Input, MarginTransfe
 from riskd.v1 import admin_pb2, admin_pb2_grpc, query_pb2, query_pb2_grpc
 
 from .conftest import Daemon, start_daemon
-from .scenario import USDT, run_engine
+from .scenario import USDT, run_engine, stamp
 from .test_access import Tls, det, ingest, mark
 from .test_access import tls as tls  # the mutual-TLS daemon with its access policy
 from .test_daemon_e2e import metric, scrape, stream
@@ -27,7 +27,7 @@ M = "BTC-USDT"
 def book() -> list[Input]:
     """0.1 BTC positions at 50,000, no fees: 1 long at 10x (BP 45,000), 3 long at 2.5x
     (BP 30,000), 4 short at 8.3x (BP 56,000), 2 short at 1x."""
-    t = (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
+    t = stamp()
     return [
         *(Deposit(a, "USDT", 10_000 * USDT, t) for a in (1, 2, 3, 4)),
         MarginTransfer(1, M, 500 * USDT, t),

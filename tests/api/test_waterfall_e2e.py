@@ -13,7 +13,6 @@ import asyncio
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from riskd.v1 import (
 from riskd_client.gateway import Gateway
 
 from .conftest import Daemon, start_daemon
-from .scenario import USDT, run_engine, send
+from .scenario import USDT, run_engine, send, stamp
 
 M = "BTC-USDT"
 AUDIT = [sys.executable, "-m", "riskd.cli", "audit"]
@@ -70,7 +69,7 @@ def test_shortfall_beyond_the_cap_fund_pays_the_cap_and_adl_the_rest(tmp_path: P
     toml = config_mod.default_toml().replace("# fund_loss_cap = 250000", "fund_loss_cap = 50", 1)
     config = tmp_path / "riskd.toml"
     config.write_text(toml)
-    t = (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
+    t = stamp()
     inputs = [
         Deposit(1, "USDT", 1_000 * USDT, t),
         Deposit(2, "USDT", 10_000 * USDT, t),
@@ -187,7 +186,7 @@ def test_partial_liquidation_policy_through_update_market(daemon: Daemon) -> Non
 
     # Long 0.5 BTC @ 50,000 with 500 margin (LP 49,196.78) crossed, solvent, at 49,100:
     # a quarter (0.125 BTC) passes to the backstop; the rest cools down, frozen.
-    t = (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
+    t = stamp()
     inputs = [
         Deposit(1, "USDT", 1_000 * USDT, t),
         Deposit(2, "USDT", 50_000 * USDT, t),
@@ -246,7 +245,7 @@ def test_domain_examples_queried_through_the_daemon(tmp_path: Path) -> None:
     fee cap on a clawback."""
     config = tmp_path / "riskd.toml"
     config.write_text(config_mod.default_toml() + _DOMAIN_MARKETS)
-    t = (time.time_ns() // 1_000_000 - 3_600_000) // 60_000 * 60_000
+    t = stamp()
     inv, fee = "BYBIT-BTCUSD", "FEE-USDT"
     btc = 10**8
     # Long 5,000 contracts at 7,890.08 (4,200 at 7,890.00 and 800 at 7,890.50 average
