@@ -187,9 +187,18 @@ class Codec:
 
     def __init__(self, inputs: Iterable[type[Any]] = INPUT_TYPES) -> None:
         self._inputs: dict[str, type[Any]] = {t.__name__: t for t in inputs}
-        # Looked up once: encoding runs for every journaled update.
+        # Looked up once: encoding runs for every journaled update, decoding for
+        # every record a start replays.
         self._fields = {
             name: tuple(f.name for f in dataclasses.fields(t)) for name, t in self._inputs.items()
+        }
+        self._required = {
+            name: {
+                f.name
+                for f in dataclasses.fields(t)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            }
+            for name, t in self._inputs.items()
         }
         self._settings = spec_settings()
 
@@ -336,13 +345,9 @@ class Codec:
             unknown = set(names) - set(have)
             if unknown:
                 raise BadRecord(f"ingest record: {name} has no field {', '.join(sorted(unknown))}")
-            required = {
-                f.name
-                for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            }
-            if required - set(names):
-                missing = ", ".join(sorted(required - set(names)))
+            missing_fields = self._required[name] - set(names)
+            if missing_fields:
+                missing = ", ".join(sorted(missing_fields))
                 raise BadRecord(f"ingest record: {name} lacks required field {missing}")
             if tuple(names) == have:
                 makers[name] = cls  # the same order: positional is by name
