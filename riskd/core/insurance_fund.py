@@ -136,13 +136,22 @@ class InsuranceFund:
         deleveraged their users.
         """
         self._expire(ts)
+        return self.limit_at(market, ts, loss_cap)
+
+    def limit_at(
+        self, market: str, ts: int, loss_cap: int | None = None
+    ) -> tuple[int, AdlReason]:
+        """:meth:`limit` read without moving the rolling window (queries, stress tests):
+        buckets older than the window are skipped instead of expired, and the
+        current balance counts as a peak."""
+        oldest = (ts - self.policy.window_ms) // _MINUTE_MS
         free = self.balance - self.reserved_total
-        peak = max((b for _, b in self._peaks), default=self.balance)
+        peak = max([b for m, b in self._peaks if m >= oldest] + [self.balance])
         floor = ceil_div(peak * (PPM - self.policy.drawdown_limit_ppm), PPM)
         drawdown = self.balance - floor - self.reserved_total
         cap = drawdown
         if loss_cap is not None:
-            used = sum(x for _, x in self._losses.get(market, ()))
+            used = sum(x for m, x in self._losses.get(market, ()) if m >= oldest)
             used += self._reserved_by_market.get(market, 0)
             cap = loss_cap - used
         room = min(free, drawdown, cap)

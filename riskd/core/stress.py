@@ -69,7 +69,6 @@ DEFAULT_MOVES_PPM: tuple[int, ...] = (
 )
 #: Each move walks the positions it crosses: bound how many one query may ask for.
 MAX_MOVES = 32
-_MINUTE_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,21 +168,8 @@ def _walk(engine: MarketEngine, prices: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def fund_budget(fund: InsuranceFund, market: str, ts: int, loss_cap: int | None) -> int:
-    """:meth:`InsuranceFund.budget` at ``ts``, read without moving the fund's window.
-
-    ``budget`` first expires old buckets and records the current balance as a
-    peak; here the same buckets are filtered instead (a test checks both agree).
-    """
-    oldest = (ts - fund.policy.window_ms) // _MINUTE_MS
-    balance = fund.balance
-    peak = max([b for m, b in fund._peaks if m >= oldest] + [balance])
-    floor = ceil_div(peak * (PPM - fund.policy.drawdown_limit_ppm), PPM)
-    room = min(balance - fund.reserved_total, balance - floor - fund.reserved_total)
-    if loss_cap is not None:
-        used = sum(x for m, x in fund._losses.get(market, ()) if m >= oldest)
-        used += fund._reserved_by_market.get(market, 0)
-        room = min(room, loss_cap - used)
-    return max(room, 0)
+    """:meth:`InsuranceFund.budget` at ``ts``, read without moving the fund's window."""
+    return fund.limit_at(market, ts, loss_cap)[0]
 
 
 def coverage(
