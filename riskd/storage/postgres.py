@@ -30,7 +30,6 @@ riskd stops and the next owner reads back what is really there.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -321,21 +320,9 @@ def pull_snapshot(journal: PostgresJournal, data: Path) -> int | None:
         return None
     # The file exactly as its writer made it (its format version included); the
     # loader checks it like any other snapshot and skips it if it does not verify.
-    final = data / f"snapshot-{records:020d}.bin"
-    tmp = final.with_suffix(f".{os.getpid()}.tmp")  # removed by remove_partial if torn
     try:
-        with tmp.open("wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fd = os.open(data, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        snapshot.install(data, records, raw)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise StorageFault("snapshot", data, describe(e, data)) from e
     return records
 

@@ -54,6 +54,7 @@ __all__ = [
     "Writer",
     "dumps",
     "write",
+    "install",
     "probe",
     "start_writer",
     "wait_writer",
@@ -109,13 +110,26 @@ def write(directory: Path, records: int, payload: bytes, journal_hash: str = "")
     ``journal_hash``: the journal's chain hash after record ``records`` (""
     when unknown, as in tools that write a snapshot without a journal).
     """
+    header = f"{hashlib.sha256(payload).hexdigest()} {records} {journal_hash or '-'}\n"
+    final = install(directory, records, MAGIC + header.encode(), payload)
+    for old in sorted(directory.glob("snapshot-*.bin"))[:-KEEP]:
+        old.unlink(missing_ok=True)  # another writer (an orphaned one) may prune too
+    return final
+
+
+def install(directory: Path, records: int, *parts: bytes) -> Path:
+    """Put the snapshot file of position ``records``, made of ``parts``, in place
+    atomically: temporary file, fsync, rename, fsync of the directory.
+
+    Also used for a whole file fetched from elsewhere (``riskd.storage.postgres``),
+    checked on load like any other.  Raises ``OSError``.
+    """
     final = directory / _name(records)
     tmp = final.with_suffix(f".{os.getpid()}.tmp")  # two writers never share one
-    header = f"{hashlib.sha256(payload).hexdigest()} {records} {journal_hash or '-'}\n"
     try:
         with tmp.open("wb") as f:
-            f.write(MAGIC + header.encode())
-            f.write(payload)
+            for part in parts:  # not joined: the payload may be hundreds of MB
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -127,8 +141,6 @@ def write(directory: Path, records: int, payload: bytes, journal_hash: str = "")
         os.fsync(fd)
     finally:
         os.close(fd)
-    for old in sorted(directory.glob("snapshot-*.bin"))[:-KEEP]:
-        old.unlink(missing_ok=True)  # another writer (an orphaned one) may prune too
     return final
 
 
