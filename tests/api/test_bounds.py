@@ -21,7 +21,6 @@ import resource
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,19 +42,10 @@ from riskd.v1 import (
 )
 
 from .conftest import Daemon, start_daemon
+from .test_daemon_e2e import metric, scrape
 
 USDT = 10**6
 AUDIT = "admin-audit.jsonl"
-
-
-def metric(d: Daemon, name: str) -> float:
-    """One sample from a real scrape (``name`` may include its labels)."""
-    url = f"http://127.0.0.1:{d.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not exported")
 
 
 def with_server_keys(text: str, **keys: int) -> str:
@@ -114,9 +104,10 @@ def test_subscriptions_are_capped_per_identity_then_in_total(capped: Daemon) -> 
     e = refused(capped, "carol")  # carol has none, but 5 are open in all
     assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_subscriptions = 5" in e.details()
-    assert metric(capped, "riskd_event_subscribers") == 5
-    assert metric(capped, 'riskd_event_subscriptions_refused_total{limit="per_identity"}') >= 1
-    assert metric(capped, 'riskd_event_subscriptions_refused_total{limit="total"}') >= 1
+    text = scrape(capped)
+    assert metric(text, "riskd_event_subscribers") == 5
+    assert metric(text, "riskd_event_subscriptions_refused_total", limit="per_identity") >= 1
+    assert metric(text, "riskd_event_subscriptions_refused_total", limit="total") >= 1
     # A closed subscription frees its place (the server notices the cancel on its own time).
     open_calls.pop(0).cancel()
     deadline = time.monotonic() + 30
@@ -199,7 +190,7 @@ def test_denied_large_admin_calls_cost_bounded_lines_and_are_counted(
     assert len(wire) > 1_000_000
     before = len(audit_lines(data)) if (data / AUDIT).exists() else 0
     size_before = (data / AUDIT).stat().st_size if (data / AUDIT).exists() else 0
-    unrecorded = metric(d, "riskd_rpc_denied_unrecorded_total")
+    unrecorded = metric(scrape(d), "riskd_rpc_denied_unrecorded_total")
     admin = admin_pb2_grpc.AdminServiceStub(tls_channel(tmp, d, "gw"))
     calls = 60
     for _ in range(calls):
@@ -218,7 +209,7 @@ def test_denied_large_admin_calls_cost_bounded_lines_and_are_counted(
     assert first["request_sha256"] == hashlib.sha256(wire).hexdigest()
     assert first["request"]["market"]["symbol"] == "BTC-USDT"
     assert first["request_repeated"] == {"market.tiers": 60_000}
-    counted = metric(d, "riskd_rpc_denied_unrecorded_total") - unrecorded
+    counted = metric(scrape(d), "riskd_rpc_denied_unrecorded_total") - unrecorded
     assert counted == calls - len(records)
     # The rpc_denied log line has the same budget: one per recorded call, not per call.
     logged = [line for line in d.log.read_text().splitlines() if '"rpc_denied"' in line]

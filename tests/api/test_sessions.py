@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -28,6 +27,7 @@ from riskd.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 from riskd_client.gateway import Gateway, SessionMismatch
 
 from .conftest import Daemon, start_daemon
+from .test_daemon_e2e import metric, scrape
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 USDT = 10**6
@@ -70,20 +70,6 @@ def wallet(d: Daemon, account: int) -> int:
     return query.GetAccount(
         query_pb2.GetAccountRequest(account=account, asset="USDT")
     ).wallet_balance
-
-
-def scrape(d: Daemon) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=5) as r:
-        return str(r.read().decode())
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    raise KeyError(f"{name}{labels} not in scrape")
 
 
 def audit(data: Path) -> subprocess.CompletedProcess[str]:
