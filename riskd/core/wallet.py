@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from riskd.core.errors import Rejected
 from riskd.core.liquidation import Stage
 from riskd.core.position import BACKSTOP_ACCOUNT
 from riskd.core.recent_ids import RecentIds, WithdrawalDecision, check_id, fingerprint
 from riskd.core.units import INT64_MAX, check_positive
+
+if TYPE_CHECKING:
+    from riskd.core.market_engine import MarketEngine
 
 __all__ = ["Wallets", "check_account", "unsettled_bad_debt", "withdrawals_paused"]
 
@@ -107,11 +110,11 @@ def _short(account: int, have: int, amount: int) -> str:
     return f"wallet balance {have} of account {account} is less than {amount}"
 
 
-def unsettled_bad_debt(market: Any) -> list[tuple[str, int, str]]:
-    """``(market, liquidation id, stage)`` of each liquidation of ``market`` (a
-    :class:`~riskd.core.MarketEngine`) whose loss is not settled yet: waiting for
-    the fund, for ADL, or working a book order on the fund's reservation (a
-    position cooling down after a partial step owes nothing)."""
+def unsettled_bad_debt(market: MarketEngine) -> list[tuple[str, int, str]]:
+    """``(market, liquidation id, stage)`` of each liquidation of ``market``
+    whose loss is not settled yet: waiting for the fund, for ADL, or working a
+    book order on the fund's reservation (a position cooling down after a
+    partial step owes nothing)."""
     return [
         (market.symbol, liq.id, liq.stage.value)
         for liq in market.liquidations.values()
