@@ -28,6 +28,7 @@ from riskd_client.gateway import Gateway, SessionMismatch
 
 from .conftest import Daemon, start_daemon
 from .test_daemon_e2e import metric, scrape
+from .test_idempotency import wallet
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 USDT = 10**6
@@ -63,13 +64,6 @@ def deposit(sequence: int, account: int = 5) -> ingest_pb2.Update:
     return ingest_pb2.Update(
         sequence=sequence, deposit=ingest_pb2.Deposit(account=account, asset="USDT", amount=USDT)
     )
-
-
-def wallet(d: Daemon, account: int) -> int:
-    query = query_pb2_grpc.QueryServiceStub(d.channel())
-    return query.GetAccount(
-        query_pb2.GetAccountRequest(account=account, asset="USDT")
-    ).wallet_balance
 
 
 def audit(data: Path) -> subprocess.CompletedProcess[str]:
