@@ -412,10 +412,11 @@ class Daemon:
         disk_oldest = await trio.to_thread.run_sync(
             storage_events.cut, store, self.sequencer.events
         )
-        texts = await trio.to_thread.run_sync(lambda: list(journal.replay(covered)))
-        # All decoded first: an unknown format (exit 3) refuses before anything applies.
-        records = await trio.to_thread.run_sync(codec.decode_all, texts, covered, journal.path)
-        del texts
+        # All decoded first: an unknown format (exit 3) refuses before anything
+        # applies.  Decoded as read, so the texts are never all held at once.
+        records = await trio.to_thread.run_sync(
+            lambda: codec.decode_all(journal.replay(covered), covered, journal.path)
+        )
         for record in records:
             try:
                 await self.sequencer.call(self.sequencer.replay, record)
