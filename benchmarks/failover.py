@@ -47,6 +47,7 @@ from typing import Any
 
 import grpc
 
+from benchmarks.harness import log_records
 from riskd.v1 import admin_pb2, admin_pb2_grpc
 from riskd_client.gateway import Gateway
 
@@ -86,17 +87,9 @@ class Node:
 
     def events(self) -> list[dict[str, Any]]:
         """What the current process logged."""
-        out = []
         with self.log.open("rb") as f:
             f.seek(self._from)
-            text = f.read().decode(errors="replace")
-        for line in text.splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-        return out
+            return log_records(f.read().decode(errors="replace"))
 
     def count(self, event: str) -> int:
         return sum(1 for e in self.events() if e.get("event") == event)

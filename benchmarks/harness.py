@@ -41,6 +41,7 @@ __all__ = [
     "start",
     "riskd_command",
     "wait_event",
+    "log_records",
     "stamp",
     "STAMPS_PER_MS",
     "Sample",
@@ -131,6 +132,18 @@ class Server:
             if '"level": "error"' in line or '"level":"error"' in line:
                 out.append(line)
         return out
+
+
+def log_records(text: str) -> list[dict[str, Any]]:
+    """The JSON records in a log's text (other lines, and torn ones, skipped)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
 
 
 def wait_event(

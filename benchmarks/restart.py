@@ -42,17 +42,6 @@ from riskd.v1 import admin_pb2, admin_pb2_grpc
 __all__ = ["run"]
 
 
-def _lines(log: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
 def measure(n: int) -> dict[str, Any]:
     engine = core.make_engine()
     t0 = time.perf_counter()
@@ -97,7 +86,8 @@ def measure(n: int) -> dict[str, Any]:
                 admin.InjectFund(inject)
                 rtts.append(time.perf_counter() - s0)
                 time.sleep(0.02)
-                done = [x for x in _lines(log) if x.get("event") == "snapshot_written"]
+                records = harness.log_records(log.read_text())
+                done = [x for x in records if x.get("event") == "snapshot_written"]
                 snap = done[0] if done else None
             channel.close()
             fork_lines = log.read_text().count("fork()")
