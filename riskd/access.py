@@ -33,9 +33,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Role", "Grant", "Policy", "DEVELOPMENT", "ALL_MARKETS"]
+__all__ = ["Role", "Grant", "Policy", "DEVELOPMENT", "ALL_MARKETS", "ACCESS_KEYS"]
 
 ALL_MARKETS = "*"
+#: The keys of an ``[access.<identity>]`` entry.
+ACCESS_KEYS = frozenset({"roles", "markets", "updates_per_second", "burst"})
 
 
 class Role(enum.Enum):
@@ -115,7 +117,7 @@ class Policy:
             where = f"access.{identity}"
             if not isinstance(entry, Mapping):
                 raise ValueError(f"[{where}] must be a table")
-            unknown = set(entry) - {"roles", "markets", "updates_per_second", "burst"}
+            unknown = set(entry) - ACCESS_KEYS
             if unknown:
                 raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
             try:

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from riskd.access import Policy
+from riskd.access import ACCESS_KEYS, Policy
 from riskd.core import (
     Asset,
     FundPolicy,
@@ -379,10 +379,6 @@ def _asset(sym: str, table: object) -> tuple[Asset, FundPolicy]:
         ),
     )
     return asset, policy
-
-
-#: The keys of an ``[access.<identity>]`` entry (read by :meth:`Policy.parse`).
-ACCESS_KEYS = frozenset({"roles", "markets", "updates_per_second", "burst"})
 
 
 def _check_access(table: dict[str, Any]) -> None:
