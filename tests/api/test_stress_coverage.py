@@ -50,6 +50,22 @@ def fast(tmp_path: Path) -> Daemon:
     return start_daemon(tmp_path, "--config", str(config))
 
 
+def scrape_when_shortfall(d: Daemon, labels: dict[str, str], want: int) -> str:
+    """The first scrape whose stress shortfall gauge reads ``want`` (set by a periodic
+    check, so it may take a few scrapes); fails if none does within 10 s."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = scrape(d)
+        try:
+            if metric(text, "riskd_fund_stress_shortfall_quantums", **labels) == want:
+                break
+        except KeyError:
+            pass
+        time.sleep(0.1)
+    assert metric(text, "riskd_fund_stress_shortfall_quantums", **labels) == want
+    return text
+
+
 def test_stress_coverage_query_and_gauges(fast: Daemon) -> None:
     d = fast
     try:
@@ -106,16 +122,7 @@ def test_stress_coverage_query_and_gauges(fast: Daemon) -> None:
 
         # The gauges follow on the periodic check.
         labels = {"asset": "USDT", "market": M, "move": "-20%"}
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            text = scrape(d)
-            try:
-                if metric(text, "riskd_fund_stress_shortfall_quantums", **labels) == 500 * USDT:
-                    break
-            except KeyError:
-                pass
-            time.sleep(0.1)
-        assert metric(text, "riskd_fund_stress_shortfall_quantums", **labels) == 500 * USDT
+        text = scrape_when_shortfall(d, labels, 500 * USDT)
         assert metric(text, "riskd_fund_stress_payable_quantums", **labels) == 300 * USDT
         assert metric(text, "riskd_fund_stress_coverage_ratio", **labels) == 0.6
         plus = {"asset": "USDT", "market": M, "move": "+30%"}
@@ -196,16 +203,7 @@ def test_stress_moves_are_configured_in_server(tmp_path: Path) -> None:
         # 42,500: 1 owes 0.1 x 2,500 = 250.  62,500: 4 owes 0.1 x 12,500 - 600 = 650.
         assert (by[-150_000].shortfall, by[250_000].shortfall) == (250 * USDT, 650 * USDT)
         labels = {"asset": "USDT", "market": M, "move": "-15%"}
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            text = scrape(d)
-            try:
-                if metric(text, "riskd_fund_stress_shortfall_quantums", **labels) == 250 * USDT:
-                    break
-            except KeyError:
-                pass
-            time.sleep(0.1)
-        assert metric(text, "riskd_fund_stress_shortfall_quantums", **labels) == 250 * USDT
+        text = scrape_when_shortfall(d, labels, 250 * USDT)
         plus = {"asset": "USDT", "market": M, "move": "+25%"}
         assert metric(text, "riskd_fund_stress_shortfall_quantums", **plus) == 650 * USDT
         assert 'move="-10%"' not in text  # only the configured moves
