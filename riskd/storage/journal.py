@@ -117,6 +117,9 @@ class Journal(Protocol):
     def close(self) -> None: ...
 
 
+def _head_path(journal: Path) -> Path:
+    """``journal.head`` beside ``journal.sqlite3``."""
+    return Path(str(journal).removesuffix(".sqlite3") + ".head")
 
 
 class SqliteJournal:
@@ -141,7 +144,7 @@ class SqliteJournal:
         )
         last = self._db.execute("SELECT n, hash FROM journal ORDER BY n DESC LIMIT 1").fetchone()
         self._count, self._head = (int(last[0]), str(last[1])) if last else (0, GENESIS)
-        self._head_file = Path(f"{self.path}".removesuffix(".sqlite3") + ".head")
+        self._head_file = _head_path(self.path)
         self._db.execute("CREATE TABLE IF NOT EXISTS owner (id INTEGER PRIMARY KEY, epoch INTEGER)")
         self._db.execute("BEGIN IMMEDIATE")
         row = self._db.execute("SELECT epoch FROM owner WHERE id = 0").fetchone()
@@ -258,7 +261,7 @@ def open_sqlite(data: Path) -> SqliteJournal:
 def head_problem(path: Path, hash_at: Callable[[int], str | None]) -> str | None:
     """Whether the journal at ``path`` falls short of the position ``journal.head``
     saw committed; ``hash_at(n)`` is the journal's chain hash after ``n`` records."""
-    head = Path(str(path).removesuffix(".sqlite3") + ".head")
+    head = _head_path(path)
     try:
         text = head.read_bytes().decode("ascii").split()
         records, want = int(text[0]), text[1]
