@@ -56,7 +56,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 
 import grpc
@@ -219,7 +219,11 @@ class Gateway:
         at = self.nodes.index(self.target) if self.target in self.nodes else -1
         return self.nodes[(at + 1) % len(self.nodes)]
 
-    async def _watch(self, call: grpc.aio.StreamStreamCall, heard: list[float]) -> None:
+    async def _watch(
+        self,
+        call: grpc.aio.StreamStreamCall[ingest_pb2.IngestRequest, ingest_pb2.IngestResponse],
+        heard: list[float],
+    ) -> None:
         """Cancel ``call`` when it stays silent for ack_timeout while it owes an answer."""
         assert self.ack_timeout is not None
         loop = asyncio.get_running_loop()
@@ -485,7 +489,11 @@ class Gateway:
             self._outbox = None
             outbox.put_nowait(None)
 
-    async def _responses(self, call: grpc.aio.StreamStreamCall, heard: list[float]):  # type: ignore[no-untyped-def]
+    async def _responses(
+        self,
+        call: grpc.aio.StreamStreamCall[ingest_pb2.IngestRequest, ingest_pb2.IngestResponse],
+        heard: list[float],
+    ) -> AsyncIterator[ingest_pb2.IngestResponse]:
         try:
             async for response in call:
                 heard[0] = asyncio.get_running_loop().time()
