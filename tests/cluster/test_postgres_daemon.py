@@ -4,7 +4,6 @@ and another node (another data directory) rebuilds the same state from it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
 import sys
@@ -15,20 +14,12 @@ from riskd_client.gateway import Gateway
 
 from ..api.conftest import Daemon, start_daemon
 from ..api.scenario import crash_scenario, send
-from ..api.test_durability import pure_digest, state, stream_all
+from ..api.test_durability import _recovered, pure_digest, state, stream_all
 from .services import Postgres
 
 
 def _node(tmp: Path, name: str, pg: Postgres, shard: str) -> Daemon:
     return start_daemon(tmp, "--data-dir", str(tmp / name), "--storage", pg.dsn, "--shard", shard)
-
-
-def _recovered(d: Daemon) -> dict[str, int]:
-    for line in d.log.read_text().splitlines():
-        if '"riskd_recovered"' in line:
-            rec = json.loads(line)
-            return {"snapshot": rec["snapshot_records"], "replayed": rec["replayed"]}
-    raise AssertionError("no riskd_recovered line")
 
 
 def _records(pg: Postgres, shard: str) -> list[str]:
