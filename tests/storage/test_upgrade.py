@@ -96,6 +96,16 @@ def _recovered(d: Daemon) -> dict[str, int]:
     raise AssertionError("no riskd_recovered line")
 
 
+def _serve_refused(config: str | Path, data: Path) -> subprocess.CompletedProcess[str]:
+    """``riskd serve`` on ``data``, expected to refuse the start (it is not stopped)."""
+    return subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "serve", "--config", str(config),
+         "--grpc-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+         "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_the_pure_engine_replays_a_golden_journal_to_its_digest(version: str) -> None:
     cfg = config_mod.load(str(CONFIG))
@@ -171,12 +181,7 @@ def test_a_record_of_a_future_format_is_refused_with_exit_3_naming_the_version(
     assert audited.returncode == EXIT_CORRUPT, audited.stdout + audited.stderr
     assert f"record {len(_texts(data))}: journal format version {future}" in audited.stdout
     before = (data / "journal.sqlite3").read_bytes()
-    served = subprocess.run(
-        [sys.executable, "-m", "riskd.cli", "serve", "--config", str(CONFIG),
-         "--grpc-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-         "--data-dir", str(data)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    served = _serve_refused(CONFIG, data)
     assert served.returncode == EXIT_CORRUPT, served.stderr
     [line] = [x for x in served.stderr.splitlines() if x.startswith("riskd:")]
     assert f"journal format version {future}" in line and "reads versions 1 to 2" in line
@@ -300,12 +305,7 @@ def test_a_file_the_data_directory_cannot_follow_is_refused_naming_the_key(
         cut = text[text.index("[markets.ETH-USDT]") : text.index("[markets.BTC-USD]")]
         Path(edited).write_text(text.replace(cut, ""))
     config_mod.load(edited)  # a valid file: only the data directory cannot follow it
-    served = subprocess.run(
-        [sys.executable, "-m", "riskd.cli", "serve", "--config", edited,
-         "--grpc-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-         "--data-dir", str(data)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    served = _serve_refused(edited, data)
     assert served.returncode == EXIT_STARTUP, served.stderr
     [line] = [x for x in served.stderr.splitlines() if x.startswith("riskd:")]
     assert line.startswith(f"riskd: bad configuration: {key}"), line
