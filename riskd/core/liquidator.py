@@ -105,9 +105,10 @@ class Liquidator:
             liq.adl_reason = AdlReason.BACKSTOP
             self.m.machine.move(liq, Event.DELEVERAGE)
             self.retry_adl(ts)
-        elif liq.takeover:
-            part = 0 if whole else self._part(pos, mark)
-            liq.quantity = part or abs(pos.size)
+            return
+        part = 0 if whole else self._part(pos, mark)
+        liq.quantity = part or abs(pos.size)
+        if liq.takeover:
             value, remaining = takeover_result(spec, pos, sign(pos.size) * liq.quantity, mark)
             if not part and remaining > 0 and spec.takeover_price is TakeoverPrice.BANKRUPTCY:
                 # BitMEX: a solvent position passes at its bankruptcy price; the
@@ -131,8 +132,6 @@ class Liquidator:
                 )
             )
         else:
-            part = 0 if whole else self._part(pos, mark)
-            liq.quantity = part or abs(pos.size)
             size = abs(pos.size)
             self.m.effects.append(
                 ReserveClaim(
