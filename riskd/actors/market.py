@@ -86,8 +86,10 @@ class MarketActor(Actor):
         try:
             self.engine.check_margin_credit(account, amount)
         except Rejected:
-            # A wallet short of the amount is the truer reason (not an overflow).
-            await self.wallet.call(self.wallet.check_debit, account, amount)
+            # A wallet short of the amount is the truer reason (not an overflow);
+            # not for a cross account, which has no isolated margin here.
+            if account not in self.engine.cross:
+                await self.wallet.call(self.wallet.check_debit, account, amount)
             raise
         await self.wallet.call(self.wallet.debit, account, amount)
 

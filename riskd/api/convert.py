@@ -19,6 +19,7 @@ from riskd.core.events import (
     LiquidationFill,
     MarginTransfer,
     MarkPrice,
+    SetMarginMode,
 )
 from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
 from riskd.v1 import ingest_pb2, query_pb2, types_pb2
@@ -116,6 +117,16 @@ def decode_update(u: ingest_pb2.Update, field: str) -> Input:
                 lf.counterparty_fee,
                 ts,
             )
+        case "margin_mode":
+            mm = u.margin_mode
+            if mm.mode not in (types_pb2.MARGIN_MODE_ISOLATED, types_pb2.MARGIN_MODE_CROSS):
+                raise Rejected.invalid(f"{f}.mode", "must be MARGIN_MODE_ISOLATED or _CROSS")
+            return SetMarginMode(
+                check_symbol(mm.market, f"{f}.market"),
+                mm.account,
+                mm.mode == types_pb2.MARGIN_MODE_CROSS,
+                ts,
+            )
         case "liquidation_done":
             ld = u.liquidation_done
             return LiquidationDone(check_symbol(ld.market, f"{f}.market"), ld.liquidation_id, ts)
@@ -127,6 +138,7 @@ def decode_update(u: ingest_pb2.Update, field: str) -> Input:
 _WIRE_FIELDS = {
     "fill": {"buyer": "buyer_account", "seller": "seller_account"},
     "liquidation_fill": {"counterparty": "counterparty_account"},
+    "margin_mode": {"cross": "mode"},
 }
 
 
@@ -200,6 +212,9 @@ def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
         partial_cooldown_ms=spec.partial_cooldown_ms,
         takeover_price=types_pb2.TakeoverPrice.Value(
             "TAKEOVER_PRICE_" + spec.takeover_price.value.upper()
+        ),
+        cross_liquidation=types_pb2.CrossLiquidationPolicy.Value(
+            "CROSS_LIQUIDATION_POLICY_" + spec.cross_liquidation.value.upper()
         ),
     )
 
