@@ -26,6 +26,7 @@ from prometheus_client import Counter as Counter_
 from prometheus_client import Histogram
 
 from riskd.actors.actor import Actor
+from riskd.actors.cross import CrossMargin
 from riskd.actors.fund import FundActor
 from riskd.actors.journal import Durable, JournalActor
 from riskd.actors.market import MarketActor
@@ -169,6 +170,8 @@ class Sequencer(Actor):
         #: what the next start compares the file with.  None: never journaled
         #: (a data directory of format 1).
         self.file_settings: dict[str, MarketSpec] | None = None
+        #: Cross accounts re-checked across the market and wallet actors.
+        self.cross = CrossMargin(markets, wallets)
 
     def resume(self, gateway: str, epoch: int) -> Resume:
         """The last durable sequence and the kept rejections up to it.
@@ -256,7 +259,11 @@ class Sequencer(Actor):
             outcomes[("any", "duplicate")] += duplicates
             result.repeated = self._repeated(g, updates[0][0], updates[duplicates - 1][0])
         for actor, run in self._runs(fresh, result, outcomes):
-            done = await _apply(actor, [u for _, u in run])
+            items = [u for _, u in run]
+            if isinstance(actor, MarketActor):
+                done = await self.cross.apply(actor, items)
+            else:
+                done = await _apply(actor, items)
             for (seq, u), r in zip(run, done, strict=True):
                 kind = type(u).__name__
                 if r is None:
@@ -439,7 +446,14 @@ class Sequencer(Actor):
             raise
         if seen is not None:  # a retry: the decision may still be on its way to disk
             return await self._durable(None, seen)
-        decision: WithdrawalDecision = await wallet.call(wallet.withdraw, w)
+        try:  # a cross account: never unrealised profit, never below its initial margin
+            await self.cross.release(w.asset, w.account, w.amount, "amount")
+        except Rejected as r:
+            decision = WithdrawalDecision(
+                False, await wallet.call(wallet.balance, w.account), r.message
+            )
+        else:
+            decision = await wallet.call(wallet.withdraw, w)
         memory.record(withdrawal_id, w.account, w.amount, decision)
         return await self._durable(WithdrawalDecided(withdrawal_id, w), decision)
 

@@ -22,11 +22,13 @@ from riskd.core.events import (
     ReserveSettle,
     TakeoverClaim,
     WalletCredit,
+    Withdrawal,
 )
 from riskd.core.inputs import Owner, kind_of
 from riskd.core.insurance_fund import FundEffect, FundPolicy, InsuranceFund
 from riskd.core.market import MarketSpec
 from riskd.core.market_engine import MarketEngine
+from riskd.core.recent_ids import WithdrawalDecision
 from riskd.core.units import Asset
 from riskd.core.wallet import Wallets, unsettled_bad_debt, withdrawals_paused
 
@@ -146,7 +148,9 @@ class Engine:
             return
         self._allocate(wallet, account, pairs, plan.margins, (plan.equity, plan.notional))
         for sym in plan.liquidate:
+            # Routed at once, as the daemon's market actor does (riskd.actors.cross).
             self.markets[sym].liquidate_cross(account, ts)
+            self._route()
 
     @staticmethod
     def _allocate(
@@ -178,6 +182,16 @@ class Engine:
         )
         if margins is not None:
             self._allocate(wallet, account, pairs, margins, None)
+
+    def decide_withdrawal(self, w: Withdrawal) -> WithdrawalDecision:
+        """A journaled withdrawal decided again (the daemon's Withdraw, replayed): a
+        cross account's refusal is a decision too, as its wallet's is."""
+        wallets = self.wallet(w.asset)
+        try:
+            self._cross_release(w.asset, w.account, w.amount, "amount")
+        except Rejected as r:
+            return WithdrawalDecision(False, wallets.balance(w.account), r.message)
+        return wallets.decide_withdrawal(w.account, w.amount)
 
     def _check_pause(self, asset: str) -> None:
         """Withdrawals wait while the asset has bad debt not yet placed (as the daemon)."""

@@ -76,6 +76,7 @@ class PositionView:
     bankruptcy_price: int
     adl_quintile: int
     in_liquidation: bool
+    cross: bool = False  # cross margin: ``margin`` is the position's band of the wallet
 
 
 class MarketEngine:
@@ -730,6 +731,7 @@ class MarketEngine:
             _wire_price(bp),
             quintile,
             bool(pos.liquidation),
+            account in self.cross,
         )
 
 
