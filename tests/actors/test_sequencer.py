@@ -52,6 +52,9 @@ class Recorder:
             on_durable()
         return Durable.ready(value)
 
+    async def submit_many(self, items: list[tuple[str | None, Any, Any]]) -> list[Durable[Any]]:
+        return [await self.submit(*item) for item in items]
+
 
 def config(book: bool = False) -> Any:
     text = default_toml()
