@@ -155,6 +155,8 @@ class _Sequenced:
     #: Where ``fresh`` began in the gateway's request (the duplicates before it).
     offset: int
     result: BatchResult
+    #: The first and last sequence of the duplicates it began with, if any.
+    resent: tuple[int, int] | None
 
 
 def _first(t: tuple[int, Rejected]) -> int:
@@ -350,12 +352,13 @@ class Sequencer(Actor):
             )
         fresh, duplicates = self._fresh(g, updates)
         result = BatchResult(g.last + len(fresh), duplicates=duplicates)
+        resent = None
         if duplicates:
             outcomes[("any", "duplicate")] += duplicates
-            result.repeated = self._repeated(g, updates[0][0], updates[duplicates - 1][0])
+            resent = (updates[0][0], updates[duplicates - 1][0])
         # Taken now: a later batch of the same gateway in this turn follows it.
         g.last = result.acked
-        return _Sequenced(g, gateway, epoch, fresh, offset + duplicates, result)
+        return _Sequenced(g, gateway, epoch, fresh, offset + duplicates, result, resent)
 
     async def _apply_runs(
         self, batches: Sequence[_Sequenced], outcomes: Counter[tuple[str, str]]
@@ -410,12 +413,15 @@ class Sequencer(Actor):
         records: list[tuple[str | None, BatchResult, Callable[[], None] | None]] = []
         for b in batches:
             result, g = b.result, b.g
+            if b.resent is not None:
+                # Here, not when sequenced: the first sending may be earlier in this turn.
+                result.repeated = self._repeated(g, *b.resent)
             if result.rejections:
                 result.rejections.sort(key=_first)
             record = None
             if b.fresh:
                 record = codec.encode(IngestBatch(b.gateway, b.epoch, tuple(b.fresh), b.offset))
-                self._keep(g, result.rejections, b.fresh, b.fresh[0][0] - b.offset)
+                self._keep(g, result, b.fresh, b.fresh[0][0] - b.offset)
             records.append((record, result, _durable_up_to(g, b.epoch, result.acked)))
         elapsed = time.perf_counter() - started
         for _ in batches:
@@ -429,17 +435,19 @@ class Sequencer(Actor):
     def _keep(
         self,
         g: _Gateway,
-        rejections: list[tuple[int, Rejected]],
+        result: BatchResult,
         fresh: list[Update],
         base: int,
     ) -> None:
         """Keep this batch's rejections for a reconnect (``base``: the sequence at index 0)."""
         kept = g.rejected
-        for seq, r in rejections:
+        for seq, r in result.rejections:
             u = fresh[seq - fresh[0][0]][1]
             kind = "" if isinstance(u, Rejected) else type(u).__name__
             kept.append((seq, seq - base, kind, r.code.value, r.field, r.message))
-        oldest = g.last - self.retained_sequences
+        # From this batch's last sequence, not the gateway's: later batches of
+        # the same turn are sequenced already.
+        oldest = result.acked - self.retained_sequences
         while kept and kept[0][0] <= oldest:
             kept.popleft()
 

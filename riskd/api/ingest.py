@@ -389,7 +389,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         f"{ts} is outside the allowed window [{earliest}, {latest}] around"
                         f" riskd's clock ({now}); 0 means not stamped",
                     )
-                x = convert.decode_update(u, f"updates[{i}]")
+                x = convert.decode_update(u, i)
                 if not ts and self.require_mark_ts and isinstance(x, MarkPrice):
                     raise Rejected.invalid(
                         f"updates[{i}].timestamp_ms",
