@@ -266,3 +266,38 @@ def test_a_refused_cross_input_changes_nothing() -> None:
         d.engine, Withdrawal(TRADER, "USDT", 10_000 * U), Code.FAILED_PRECONDITION, "amount"
     )
     assert digest(d.engine) == before
+
+
+def test_adl_ranks_cross_counterparties_by_their_account_leverage() -> None:
+    """Two cross shorts with the same entry (same PnL %): the one whose account is
+    more levered is deleveraged first; a cross band's margin balance is its
+    notional's share of the account's equity."""
+    d = desk()
+    d.engine.funds["USDT"].balance = 0  # an empty fund: the bankrupt long goes to ADL
+    d.engine.funds["USDT"].injected -= 1_000_000 * U
+    cross(d, 11, BTC, deposit=1_000 * U)
+    cross(d, 12, BTC, deposit=5_000 * U)
+    d.margin(10, BTC, 500 * U)
+    d.margin(13, BTC, 10_000 * U)
+    d.mark(BTC, usdt("10000"))
+    step(d, d_fill(BTC, 10, 11, "10000", QTY))
+    step(d, d_fill(BTC, 13, 12, "10000", QTY))
+    step(d, d_mark(BTC, "9600"))
+    for account, equity in ((11, 1_400 * U), (12, 5_400 * U)):
+        v = view(d, account)
+        assert v.equity == equity
+        band = d.pos(BTC, account)
+        assert band.margin + v.positions[0].unrealised == equity  # one leg: all of it
+    out = step(d, d_mark(BTC, "9000"))  # account 10 bankrupt: −1,000 + 500
+    notices = of_type(out, AdlNotice)
+    assert [n.account for n in notices] == [11]
+
+
+def test_bands_share_the_equity_by_notional() -> None:
+    """Two legs of equal notional: each band holds half the equity, so each leg's
+    effective leverage is the account's (20x here)."""
+    d = two_markets(1_000 * U)
+    for m in (BTC, ETH):
+        assert d.pos(m, TRADER).margin == 500 * U
+    assert d.wallet("USDT", TRADER) == 0  # all of the cross wallet is in the bands
+    assert view(d, TRADER).wallet == 1_000 * U
