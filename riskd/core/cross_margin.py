@@ -201,10 +201,15 @@ def allocate(legs: Sequence[Leg], figs: Sequence[Figures], wallet: int) -> dict[
 
 
 def plan(legs: Sequence[Leg], free: int) -> Plan:
-    """Re-check one account exactly; ``free`` is its wallet's unallocated balance."""
-    if any(leg.liquidating for leg in legs):
-        return Plan(Action.WAIT, {}, free)
-    legs = [leg for leg in legs if leg.size]
+    """Re-check one account exactly; ``free`` is its wallet's unallocated balance.
+
+    Legs being liquidated keep the margin they were given; the others are an
+    account of their own.  It waits only for a ``step_down`` step while it
+    still has equity; otherwise it is banded or liquidated as usual, so no leg
+    is left unwatched while another is worked in the book or waits for ADL.
+    """
+    stepping = [leg for leg in legs if leg.liquidating]
+    legs = [leg for leg in legs if leg.size and not leg.liquidating]
     if not legs:
         return Plan(Action.NOTHING, {}, free)
     figs = [figures(leg) for leg in legs]
@@ -213,6 +218,9 @@ def plan(legs: Sequence[Leg], free: int) -> Plan:
     notional = sum(f.notional for f in figs)
     if not liquidatable(legs, free):
         return Plan(Action.ALLOCATE, allocate(legs, figs, wallet), 0, (), equity, notional)
+    step_down = any(x.spec.cross_liquidation is CrossLiquidation.STEP_DOWN for x in stepping)
+    if stepping and step_down and equity > 0:
+        return Plan(Action.WAIT, {}, free)
     mms = [f.mm for f in figs]
     first = max(range(len(legs)), key=lambda i: (mms[i], -i))
     step = legs[first].spec.cross_liquidation is CrossLiquidation.STEP_DOWN

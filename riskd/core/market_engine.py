@@ -506,6 +506,19 @@ class MarketEngine:
                 f"account {account}'s {what} would go negative ({margin}):"
                 " the price is beyond its bankruptcy price or the fee exceeds its margin",
             )
+        if account in self.cross and trial.size and self.mark is not None:
+            # A cross band may be negative, but the trade itself (its fee aside) must
+            # not take the band's margin balance at the mark below zero: the price
+            # is then beyond what the account put behind this position.
+            before = pos.margin + unrealised(self.spec, pos, self.mark) if pos.size else 0
+            trial.margin = margin
+            after = trial.margin + unrealised(self.spec, trial, self.mark)
+            if after < 0 and after < min(before, 0) - fee:
+                raise Rejected.precondition(
+                    field,
+                    f"account {account}'s cross band in {self.symbol} would be {after} at the"
+                    f" mark {self.mark} after this fill: the price is beyond its collateral here",
+                )
         for name, v in (("quantity", trial.size), ("price", trial.basis), (field, margin)):
             if abs(v) > INT64_MAX:
                 raise Rejected.invalid(name, f"position of account {account} would overflow int64")

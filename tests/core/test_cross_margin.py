@@ -301,3 +301,18 @@ def test_bands_share_the_equity_by_notional() -> None:
         assert d.pos(m, TRADER).margin == 500 * U
     assert d.wallet("USDT", TRADER) == 0  # all of the cross wallet is in the bands
     assert view(d, TRADER).wallet == 1_000 * U
+
+
+def test_a_fill_beyond_the_band_is_refused() -> None:
+    """The band (500 here) is what the account put behind the position: a close or
+    a reduction at a price that loses more than it is refused, changing nothing."""
+    d = two_markets(1_000 * U)
+    from riskd.core import Fill
+
+    far = Fill(BTC, 99, MAKER, TRADER, usdt("9400"), QTY)  # closes at −600
+    assert_rejected(d.engine, far, Code.FAILED_PRECONDITION, "seller_account")
+    half = Fill(BTC, 98, MAKER, TRADER, usdt("8000"), QTY // 2)  # −1,000 on half
+    assert_rejected(d.engine, half, Code.FAILED_PRECONDITION, "seller_account")
+    step(d, Fill(BTC, 97, MAKER, TRADER, usdt("9600"), QTY))  # −400: within the band
+    assert d.pos(BTC, TRADER) is None
+    assert view(d, TRADER).wallet == 600 * U
