@@ -88,9 +88,7 @@ def test_cross_margin_through_the_daemon(tmp_path: Path) -> None:
         query = query_pb2_grpc.QueryServiceStub(d.channel())
         got = query.GetAccount(query_pb2.GetAccountRequest(account=3, asset="USDT"))
         legs = [leg for _, leg in engine.cross_legs("USDT", 3)]
-        want = cross_margin.account_view(
-            3, "USDT", legs, engine.wallets["USDT"].balance(3), [5]
-        )
+        want = cross_margin.account_view(3, "USDT", legs, engine.wallets["USDT"].balance(3), [5])
         assert got.cross.wallet == want.wallet == 2_000 * USDT
         assert got.cross.equity == want.equity == 1_300 * USDT
         assert got.cross.maintenance_margin == want.maintenance_margin
