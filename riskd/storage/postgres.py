@@ -199,11 +199,12 @@ class PostgresJournal:
 
     def _open(self, epoch: int | None, join: bool) -> None:
         db = self._db
-        with db.transaction():
-            # Two nodes starting at once would race on CREATE TABLE's catalog rows.
-            db.execute("SELECT pg_advisory_xact_lock(hashtext('riskd schema'))")
-            db.execute(SCHEMA)
-            db.execute(_STORAGE)
+        if not join:  # a joining writer's owner made the tables (and ALTER locks them)
+            with db.transaction():
+                # Two nodes starting at once would race on CREATE TABLE's catalog rows.
+                db.execute("SELECT pg_advisory_xact_lock(hashtext('riskd schema'))")
+                db.execute(SCHEMA)
+                db.execute(_STORAGE)
         with db.transaction():
             if self.readonly:
                 row = (0,)  # no owner has epoch 0: every append is refused

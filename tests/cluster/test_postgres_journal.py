@@ -251,3 +251,23 @@ def test_a_node_pulls_the_stored_ledger_and_events_over_its_own_stale_tail(
     assert got == [*events[:5], *events[5:]] and got[5][2] == b"e6"
     assert pull_ledger(owner, node, "USDT") == 0 and pull_events(owner, node) == 0
     owner.close()
+
+
+def test_the_owners_snapshot_writer_is_fenced_like_the_owner(pg: Postgres, shard: str) -> None:
+    owner = PostgresJournal(pg.dsn, shard)
+    owner.append(["r1"])
+    writer = PostgresJournal(pg.dsn, shard, owner.epoch, join=True)  # takes nothing
+    try:
+        writer.store_snapshot(1, owner.head, b"file")
+        owner.append(["r2"])  # the owner still owns the shard
+        assert [n for n, _, _ in writer.rows(0, 1)] == [1]
+        taker = PostgresJournal(pg.dsn, shard)
+        with pytest.raises(StorageFault) as e:
+            writer.store_snapshot(2, owner.head, b"late")
+        assert "newer owner" in str(e.value)
+        stored = taker.latest_snapshot()
+        assert stored is not None and stored[0] == 1
+        taker.close()
+    finally:
+        writer.close()
+        owner.close()
