@@ -268,7 +268,8 @@ async def _poke(address: str) -> None:
 
 
 async def _ingest(node: Node, updates: int, asset: str = "USDT") -> float:
-    async with Gateway(node.address, f"bench-ingest-{node.name}-{asset}", batch_size=256,
+    # Gateway ids are at most 32 characters.
+    async with Gateway(node.address, f"bench-{node.name}-{asset}"[:32], batch_size=256,
                        window=16) as gw:  # fmt: skip
         await gw.wait_connected()
         t = time.perf_counter()
@@ -326,6 +327,11 @@ async def _scale(base: Path, dsn: str, free_port: Any, updates: int) -> dict[str
             n.process.terminate()
             await asyncio.to_thread(n.process.wait, 60)
     return {"updates_per_s": rates, "ratio": round(rates["two_nodes"] / rates["one_node"], 2)}
+
+
+def _partial(out: dict[str, Any]) -> None:
+    """What is measured so far, on stderr: a later part failing loses nothing."""
+    print(json.dumps(out), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,8 +420,10 @@ async def amain(argv: list[str] | None = None) -> int:
                         "silent_node_give_ups": f["stalls_detected"],
                         "rejections": f["rejections"],
                     }
+                    _partial(out)
                 if args.fencing:
                     out["fencing"] = await _fencing(nodes, args.fencing, pg.dsn)
+                    _partial(out)
             except Exception:
                 for n in nodes:  # what the nodes said, for the failure's reader
                     tail = n.log.read_text().splitlines()[-15:]
