@@ -1,6 +1,6 @@
 """Clustered riskd under kill -9 and SIGSTOP: time to serve again, nothing lost or twice.
 
-``python -m benchmarks.failover [--kills 20] [--fencing 20] [--ttl 2] [--snapshot-seconds 5]
+``python -m benchmarks.failover [--kills 20] [--fencing 20] [--ttl 2] [--snapshot-seconds 1]
 [--json PATH]``
 
 Starts a PostgreSQL 15 server and a 3-member etcd cluster on loopback in a
@@ -349,9 +349,10 @@ async def amain(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--snapshot-seconds",
         type=float,
-        default=5.0,
+        default=1.0,
         help="the cluster nodes' snapshot interval: what a takeover replays is at most this"
-        " much of the journal (default 5)",
+        " much of the journal; shorter than an owner lives between kills (a few seconds)"
+        " (default 1)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
