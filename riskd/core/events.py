@@ -24,6 +24,7 @@ __all__ = [
     "LiquidationFill",
     "LiquidationDone",
     "FundInjection",
+    "SetMarginMode",
     "Input",
     "FundKind",
     "FundCredit",
@@ -139,6 +140,16 @@ class FundInjection:
     ts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SetMarginMode:
+    """The account's margin mode in a market: cross (shares its wallet) or isolated."""
+
+    market: str
+    account: int
+    cross: bool
+    ts: int = 0
+
+
 Input = (
     Fill
     | MarkPrice
@@ -149,6 +160,7 @@ Input = (
     | LiquidationFill
     | LiquidationDone
     | FundInjection
+    | SetMarginMode
 )
 
 
