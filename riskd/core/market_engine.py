@@ -506,10 +506,15 @@ class MarketEngine:
                 f"account {account}'s {what} would go negative ({margin}):"
                 " the price is beyond its bankruptcy price or the fee exceeds its margin",
             )
-        if account in self.cross and trial.size and self.mark is not None:
-            # A cross band may be negative, but the trade itself (its fee aside) must
-            # not take the band's margin balance at the mark below zero: the price
-            # is then beyond what the account put behind this position.
+        adds = abs(trial.size) > abs(pos.size) and (
+            pos.size == 0 or (pos.size > 0) == (trial.size > 0)
+        )
+        if account in self.cross and trial.size and self.mark is not None and not adds:
+            # A cross band may be negative, but a reduction or flip (its fee aside)
+            # must not take the band's margin balance at the mark below zero: the
+            # price is then beyond what the account put behind this position.
+            # (What a new or larger position needs comes from the wallet at the
+            # account's re-check.)
             before = pos.margin + unrealised(self.spec, pos, self.mark) if pos.size else 0
             trial.margin = margin
             after = trial.margin + unrealised(self.spec, trial, self.mark)
