@@ -20,6 +20,7 @@ from riskd.core import adl, fill_sanity
 from riskd.core.cross_margin import Leg
 from riskd.core.errors import Rejected
 from riskd.core.events import (
+    AccountLiquidation,
     AdlReason,
     Effect,
     Fill,
@@ -315,10 +316,15 @@ class MarketEngine:
             self._set(pos, pos.size, pos.basis, margin)
         return delta
 
-    def liquidate_cross(self, account: int, ts: int) -> None:
+    def liquidate_cross(
+        self, account: int, ts: int, notice: AccountLiquidation | None = None
+    ) -> None:
         """Liquidate the account's cross position here whole, with the margin it was
-        given (:meth:`allocate_cross`), as an isolated one."""
+        given (:meth:`allocate_cross`), as an isolated one; ``notice``: the
+        account's liquidation, published first (by the first market it closes in)."""
         self._begin(ts)
+        if notice is not None:
+            self.effects.append(notice)
         pos = self.positions[account]
         if not pos.liquidation and pos.size:
             self.liquidator.start(pos, ts, whole=True)
