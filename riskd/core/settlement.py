@@ -96,8 +96,7 @@ def settle(m: MarketEngine, price: int, ts: int) -> None:
         after[i] -= cut
     paid_out = 0
     for pos, margin in zip(positions, after, strict=True):
-        m.machine.untrack(pos)
-        pos.size, pos.basis, pos.margin = 0, 0, 0
+        m._set(pos, 0, 0, 0)  # the one way a position's numbers change (index, open interest)
         left = max(margin, 0)
         if left:
             if pos.is_backstop:
