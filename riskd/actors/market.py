@@ -38,6 +38,12 @@ class Gauge(Protocol):
     def set(self, value: float) -> None: ...
 
 
+class Tally(Protocol):
+    """What the actor counts unreserved fills on (a prometheus counter child)."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+
 class MarketActor(Actor):
     def __init__(
         self,
@@ -48,6 +54,7 @@ class MarketActor(Actor):
         capacity: int,
         on_mark: Callable[[str, int], None] | None = None,
         in_progress: Gauge | None = None,
+        unreserved: Tally | None = None,
     ) -> None:
         super().__init__(f"market:{engine.symbol}", capacity)
         self.engine = engine
@@ -56,11 +63,13 @@ class MarketActor(Actor):
         self._publish = publish
         self._on_mark = on_mark
         self._in_progress = in_progress  # a gauge child: liquidations not yet settled
+        self._unreserved = unreserved  # a counter child: fills naming no open order
 
     async def apply(self, items: list[Input]) -> list[Rejected | None]:
         """Apply inputs in order; one result per input (None = applied)."""
         results: list[Rejected | None] = []
         engine = self.engine
+        unreserved = engine.unreserved_fills
         for item in items:
             try:
                 kind = kind_of(item)
@@ -79,6 +88,8 @@ class MarketActor(Actor):
                 await self._route()
         if self._in_progress is not None:
             self._in_progress.set(len(engine.liquidations))
+        if self._unreserved is not None and engine.unreserved_fills != unreserved:
+            self._unreserved.inc(engine.unreserved_fills - unreserved)
         return results
 
     async def _wallet_leg(self, account: int, amount: int) -> None:

@@ -8,9 +8,22 @@ wrote it (``updates[3].fill.price``).
 
 from __future__ import annotations
 
-from riskd.core import AdlPolicy, ContractType, LiquidationMode, MarketSpec, PositionView, Rejected
+from riskd.core import (
+    AdlPolicy,
+    ContractType,
+    LiquidationMode,
+    MarketEngine,
+    MarketSpec,
+    OrderRefused,
+    PositionView,
+    Refusal,
+    Rejected,
+)
 from riskd.core.errors import Code
 from riskd.core.events import (
+    AmendOrder,
+    CancelOrder,
+    CheckOrder,
     Deposit,
     Fill,
     FundingRate,
@@ -29,6 +42,7 @@ __all__ = [
     "rejection",
     "position",
     "market",
+    "market_of",
     "fund",
     "ledger_entry",
     "daily_report",
@@ -58,6 +72,7 @@ _ADL = {
     AdlPolicy.PRO_RATA_RISK: types_pb2.ADL_POLICY_PRO_RATA_RISK,
 }
 MODE_FROM_WIRE = {v: k for k, v in _MODE.items()}
+CONTRACT_FROM_WIRE = {v: k for k, v in _CONTRACT.items()}
 ADL_FROM_WIRE = {v: k for k, v in _ADL.items()}
 
 
@@ -89,11 +104,12 @@ def decode_update(u: ingest_pb2.Update, field: str) -> Input:
                 x.buyer_fee,
                 x.seller_fee,
                 ts,
+                x.buyer_order_id,
+                x.seller_order_id,
             )
         case "mark_price":
-            return MarkPrice(
-                check_symbol(u.mark_price.market, f"{f}.market"), u.mark_price.price, ts
-            )
+            mp = u.mark_price
+            return MarkPrice(check_symbol(mp.market, f"{f}.market"), mp.price, ts, mp.index_price)
         case "deposit":
             d = u.deposit
             return Deposit(
@@ -116,10 +132,45 @@ def decode_update(u: ingest_pb2.Update, field: str) -> Input:
                 lf.counterparty_fee,
                 ts,
             )
+        case "check_order":
+            return check_order(u.check_order, ts, f)
+        case "amend_order":
+            a = u.amend_order
+            return AmendOrder(
+                check_symbol(a.market, f"{f}.market"), a.order_id, a.price, a.quantity, ts
+            )
+        case "cancel_order":
+            c = u.cancel_order
+            return CancelOrder(check_symbol(c.market, f"{f}.market"), c.order_id, ts)
         case "liquidation_done":
             ld = u.liquidation_done
             return LiquidationDone(check_symbol(ld.market, f"{f}.market"), ld.liquidation_id, ts)
     raise Rejected.invalid(f"{field}.kind", f"unknown update kind {kind!r}")
+
+
+#: The wire's order sides as the core's signs (+1 buy, -1 sell).
+_SIDES = {ingest_pb2.ORDER_SIDE_BUY: 1, ingest_pb2.ORDER_SIDE_SELL: -1}
+#: Each refusal reason's wire value.
+REFUSALS = {r: ingest_pb2.OrderRefusal.Value("ORDER_REFUSAL_" + r.name) for r in Refusal}
+
+
+def check_order(x: ingest_pb2.CheckOrder, ts: int, field: str) -> CheckOrder:
+    """A wire order to check (the stream's ``check_order`` and the unary request's ``order``)."""
+    side = _SIDES.get(x.side)
+    if side is None:
+        raise Rejected.invalid(f"{field}.side", "must be ORDER_SIDE_BUY or ORDER_SIDE_SELL")
+    return CheckOrder(
+        check_symbol(x.market, f"{field}.market"),
+        x.order_id,
+        x.account,
+        side,
+        x.price,
+        x.quantity,
+        x.reduce_only,
+        x.post_only,
+        x.leverage,
+        ts,
+    )
 
 
 # Core field names differ from the wire in a few places; map them back so a
@@ -141,7 +192,13 @@ def rejection(
         else:
             field = f"updates[{index}].{field}"
     return ingest_pb2.Rejection(
-        sequence=sequence, code=REJECTION_CODES[r.code], field=field, message=r.message
+        sequence=sequence,
+        code=REJECTION_CODES[r.code],
+        field=field,
+        message=r.message,
+        order_refusal=REFUSALS[r.reason]
+        if isinstance(r, OrderRefused)
+        else ingest_pb2.ORDER_REFUSAL_UNSPECIFIED,
     )
 
 
@@ -161,6 +218,19 @@ def position(v: PositionView) -> query_pb2.Position:
         adl_quintile=v.adl_quintile,
         in_liquidation=v.in_liquidation,
     )
+
+
+def market_of(engine: MarketEngine) -> types_pb2.Market:
+    """A live market as the API shows it: settings, mark, status and mark guard."""
+    out = market(engine.spec, engine.mark)
+    out.status = types_pb2.MarketStatus.Value("MARKET_STATUS_" + engine.status.value.upper())
+    reason = engine.guard.reason
+    if reason is not None:
+        out.mark_guard = types_pb2.MarkGuardReason.Value(
+            "MARK_GUARD_REASON_" + reason.value.upper()
+        )
+    out.good_mark_price = engine.guard_mark or 0
+    return out
 
 
 def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
@@ -201,6 +271,12 @@ def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
         takeover_price=types_pb2.TakeoverPrice.Value(
             "TAKEOVER_PRICE_" + spec.takeover_price.value.upper()
         ),
+        order_price_band_ppm=spec.order_price_band_ppm,
+        open_interest_cap=spec.open_interest_cap,
+        max_position_notional=spec.max_position_notional,
+        mark_stale_after_ms=spec.mark_stale_after_ms,
+        mark_max_jump_ppm=spec.mark_max_jump_ppm,
+        mark_max_divergence_ppm=spec.mark_max_divergence_ppm,
     )
 
 

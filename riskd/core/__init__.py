@@ -17,6 +17,9 @@ from riskd.core.events import (
     AdlEvent,
     AdlNotice,
     AdlReason,
+    AmendOrder,
+    CancelOrder,
+    CheckOrder,
     Deposit,
     Effect,
     Fill,
@@ -61,6 +64,7 @@ from riskd.core.market import (
     enum_settings,
 )
 from riskd.core.market_engine import MarketEngine, PositionView
+from riskd.core.orders import Order, OrderBook
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import (
     DEFAULT_CAPACITY,
@@ -68,6 +72,7 @@ from riskd.core.recent_ids import (
     WithdrawalDecisions,
     check_id,
 )
+from riskd.core.risk_gate import OrderRefused, Refusal
 from riskd.core.stress import DEFAULT_MOVES_PPM, StressRow, check_moves, move_label
 from riskd.core.tiers import SpecError, TierTable
 from riskd.core.units import INT64_MAX, PPM, Asset, ceil_div, check_int64, check_positive
@@ -117,6 +122,9 @@ __all__ = [
     "LiquidationFill",
     "LiquidationDone",
     "FundInjection",
+    "CheckOrder",
+    "AmendOrder",
+    "CancelOrder",
     # effects
     "Effect",
     "FundKind",
@@ -137,6 +145,11 @@ __all__ = [
     "Code",
     "Rejected",
     "SpecError",
+    "OrderRefused",
+    "Refusal",
+    # open orders
+    "Order",
+    "OrderBook",
     # checks and the hash chain
     "digest",
     "violations",

@@ -24,6 +24,12 @@ __all__ = [
     "LiquidationFill",
     "LiquidationDone",
     "FundInjection",
+    "CheckOrder",
+    "AmendOrder",
+    "CancelOrder",
+    "MarketStatusChange",
+    "MarkGuardOverride",
+    "SettleMarket",
     "Input",
     "FundKind",
     "FundCredit",
@@ -39,6 +45,9 @@ __all__ = [
     "AdlEvent",
     "MarginCall",
     "FundFlow",
+    "MarkGuardChanged",
+    "MarketStatusChanged",
+    "MarketSettled",
     "Effect",
 ]
 
@@ -59,13 +68,20 @@ class Fill:
     buyer_fee: int = 0
     seller_fee: int = 0
     ts: int = 0
+    #: The open orders (riskd.core.orders) this trade filled, 0: none named.
+    buyer_order_id: int = 0
+    seller_order_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class MarkPrice:
+    """``index_price``: the gateway's index (spot) price, 0 when not given; the
+    mark-price guard checks the mark's divergence from it."""
+
     market: str
     price: int
     ts: int = 0
+    index_price: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +155,74 @@ class FundInjection:
     ts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class MarketStatusChange:
+    """An operator opens, halts or sets a market close-only (``status``: a
+    :class:`~riskd.core.market_status.MarketStatus` value, e.g. ``"halted"``)."""
+
+    market: str
+    status: str
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MarkGuardOverride:
+    """An operator clears a market's mark-price guard (``hold`` false: the newest
+    mark is good) or holds it on (``hold`` true) until cleared."""
+
+    market: str
+    hold: bool
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SettleMarket:
+    """Final settlement: every position is closed at ``price``, the market delisted."""
+
+    market: str
+    price: int
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOrder:
+    """A pre-trade check: accept the order and reserve its margin, or refuse it.
+
+    ``side`` +1 buy / -1 sell; ``leverage`` 0: the tier's maximum.
+    """
+
+    market: str
+    order_id: int
+    account: int
+    side: int
+    price: int
+    quantity: int
+    reduce_only: bool = False
+    post_only: bool = False
+    leverage: int = 0
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AmendOrder:
+    """An open order's new price and remaining quantity, checked again."""
+
+    market: str
+    order_id: int
+    price: int
+    quantity: int
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    """An open order left the book unfilled (its rest): the reservation is released."""
+
+    market: str
+    order_id: int
+    ts: int = 0
+
+
 Input = (
     Fill
     | MarkPrice
@@ -149,6 +233,12 @@ Input = (
     | LiquidationFill
     | LiquidationDone
     | FundInjection
+    | CheckOrder
+    | AmendOrder
+    | CancelOrder
+    | MarketStatusChange
+    | MarkGuardOverride
+    | SettleMarket
 )
 
 
@@ -360,6 +450,47 @@ class FundFlow:
     ts: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarkGuardChanged:
+    """A market's mark-price guard went on, changed reason or cleared.
+
+    ``reason`` is a :class:`~riskd.core.mark_guard.GuardReason` value, "" when
+    cleared; ``mark`` the newest mark, ``good_mark`` the last one that passed
+    (0: none yet)."""
+
+    market: str
+    reason: str
+    mark: int
+    good_mark: int
+    index_price: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarketStatusChanged:
+    """A market's lifecycle status changed (a ``MarketStatus`` value)."""
+
+    market: str
+    status: str
+    previous: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarketSettled:
+    """A market was settled and delisted: ``positions`` closed at ``price``;
+    ``paid_out`` the margin returned to wallets, ``fee_pool`` the market's fee
+    pool after (the closes' rounding went there)."""
+
+    market: str
+    asset: str
+    price: int
+    positions: int
+    paid_out: int
+    fee_pool: int
+    ts: int
+
+
 Effect = (
     FundCredit
     | TakeoverClaim
@@ -373,4 +504,7 @@ Effect = (
     | AdlEvent
     | MarginCall
     | FundFlow
+    | MarkGuardChanged
+    | MarketStatusChanged
+    | MarketSettled
 )

@@ -20,6 +20,9 @@ from riskd.core import adl, fill_sanity
 from riskd.core.errors import Rejected
 from riskd.core.events import (
     AdlReason,
+    AmendOrder,
+    CancelOrder,
+    CheckOrder,
     Effect,
     Fill,
     FundCredit,
@@ -29,6 +32,10 @@ from riskd.core.events import (
     LiquidationDone,
     LiquidationFill,
     MarginCall,
+    MarketStatusChange,
+    MarketStatusChanged,
+    MarkGuardChanged,
+    MarkGuardOverride,
     MarkPrice,
     WalletCredit,
 )
@@ -47,9 +54,14 @@ from riskd.core.margin import (
     maintenance_margin,
     unrealised,
 )
+from riskd.core.mark_guard import GuardReason, MarkGuard, judge, stale
 from riskd.core.market import MarketSpec
+from riskd.core.market_status import TRANSITIONS, MarketStatus
+from riskd.core.orders import BUY, SELL, Order, OrderBook
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
+from riskd.core.risk_gate import decide
+from riskd.core.settlement import settle
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, sign
 from riskd.core.wallet import check_account
 
@@ -94,6 +106,15 @@ class MarketEngine:
         self._input = 0
         self._now = 0  # the current input's timestamp
         self._ranking: dict[bool, tuple[int, deque[Position]]] = {}
+        # Lifecycle (an operator's decision) and the mark-price guard (automatic).
+        self.status = MarketStatus.OPEN
+        self.guard = MarkGuard()
+        # Open orders and their reservations (riskd.core.orders); the long
+        # side's total size (open interest), kept by _set and change.
+        self.orders = OrderBook()
+        self.open_interest = 0
+        # Fills naming no open order (riskd_fills_unreserved_total).
+        self.unreserved_fills = 0
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Snapshots from before the liquidation machine kept its parts here."""
@@ -106,6 +127,15 @@ class MarketEngine:
             machine.recount_cooling()
             state.pop("_ranked_stale", None)
             state["machine"] = machine
+        state.setdefault("status", MarketStatus.OPEN)  # snapshots from before the lifecycle
+        if "guard" not in state:
+            guard = state["guard"] = MarkGuard()
+            guard.good_mark = state.get("mark")  # type: ignore[assignment]
+        if "orders" not in state:  # snapshots from before the risk gate
+            state["orders"] = OrderBook()
+            state["unreserved_fills"] = 0
+            positions: dict[int, Position] = state["positions"]  # type: ignore[assignment]
+            state["open_interest"] = sum(p.size for p in positions.values() if p.size > 0)
         self.__dict__.update(state)
         if "liquidator" not in state:
             self.liquidator = Liquidator(self)
@@ -132,8 +162,21 @@ class MarketEngine:
     def symbol(self) -> str:
         return self.spec.symbol
 
+    @property
+    def guard_mark(self) -> int | None:
+        """The mark pre-trade checks use: the newest while the guard is off, else
+        the last good one (None before the first good mark)."""
+        return self.guard.good_mark if self.guard.reason is not None else self.mark
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the mark-price guard is on (liquidations paused)."""
+        return self.guard.reason is not None
+
     def _begin(self, ts: int) -> None:
         """A new input: cached ADL rankings describe an older state."""
+        if self.status is MarketStatus.SETTLED:
+            raise Rejected.precondition("market", f"{self.symbol} is settled (delisted)")
         self._input += 1
         self._now = ts
 
@@ -144,12 +187,99 @@ class MarketEngine:
     # --- inputs -----------------------------------------------------------------
 
     def mark_price(self, m: MarkPrice) -> None:
+        """A new mark, judged by the mark-price guard (:mod:`riskd.core.mark_guard`)."""
         self._begin(m.ts)
         self._check_price(m.price, "price")
+        if m.index_price < 0 or m.index_price > INT64_MAX:
+            raise Rejected.invalid(
+                "index_price", f"must be 0 (none) or a price > 0, got {m.index_price}"
+            )
+        spec, guard = self.spec, self.guard
         previous, self.mark = self.mark, m.price
+        if m.ts:
+            guard.mark_ts = m.ts
+        wrong = judge(
+            previous, m.price, m.index_price, spec.mark_max_jump_ppm, spec.mark_max_divergence_ppm
+        )
+        good = guard.good_mark
+        if guard.reason is GuardReason.ADMIN:
+            pass  # held on by an operator until cleared
+        elif wrong is None:
+            guard.good_mark = m.price
+            self._guard_reason(None, m.ts, m.index_price)
+        else:
+            self._guard_reason(wrong, m.ts, m.index_price)
         self.scan(m.ts)
-        if previous is not None and self.spec.margin_call_ppm:
-            self._margin_calls(previous, m.ts)
+        # Margin calls follow good marks only, from the last good one.
+        if good is not None and spec.margin_call_ppm and guard.reason is None:
+            self._margin_calls(good, m.ts)
+
+    def _guard_reason(self, reason: GuardReason | None, ts: int, index: int = 0) -> None:
+        """Set the guard's reason, publishing a change."""
+        guard = self.guard
+        if reason is guard.reason:
+            return
+        guard.reason = reason
+        self.effects.append(
+            MarkGuardChanged(
+                market=self.symbol,
+                reason="" if reason is None else reason.value,
+                mark=self.mark or 0,
+                good_mark=guard.good_mark or 0,
+                index_price=index,
+                ts=ts,
+            )
+        )
+
+    def _check_stale(self, ts: int) -> bool:
+        """Guard a mark that has not moved for ``mark_stale_after_ms``; whether guarded."""
+        guard = self.guard
+        if guard.reason is None and stale(guard.mark_ts, ts, self.spec.mark_stale_after_ms):
+            self._guard_reason(GuardReason.STALE, ts)
+        return guard.reason is not None
+
+    def override_guard(self, o: MarkGuardOverride) -> None:
+        """An operator clears the guard (the newest mark is good) or holds it on."""
+        self._begin(o.ts)
+        if o.hold:
+            self._guard_reason(GuardReason.ADMIN, o.ts)
+            return
+        if self.mark is None:
+            raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
+        if self.guard.reason is None:
+            raise Rejected.precondition("market", f"{self.symbol}'s mark is not guarded")
+        self.guard.good_mark = self.mark
+        if o.ts:
+            self.guard.mark_ts = o.ts  # the operator vouches for it now: not stale
+        self._guard_reason(None, o.ts)
+        self.scan(o.ts)
+
+    def set_status(self, c: MarketStatusChange) -> None:
+        """An operator opens, halts or sets the market close-only."""
+        self._begin(c.ts)
+        try:
+            status = MarketStatus(c.status)
+        except ValueError:
+            raise Rejected.invalid("status", f"unknown status {c.status!r}") from None
+        if status is MarketStatus.SETTLED:
+            raise Rejected.invalid("status", "a market is settled by SettleMarket, with a price")
+        if status is self.status:
+            raise Rejected.precondition("status", f"{self.symbol} is already {status.value}")
+        if status not in TRANSITIONS[self.status]:
+            raise Rejected.precondition(
+                "status", f"{self.symbol} cannot go from {self.status.value} to {status.value}"
+            )
+        previous, self.status = self.status, status
+        self.effects.append(
+            MarketStatusChanged(
+                market=self.symbol, status=status.value, previous=previous.value, ts=c.ts
+            )
+        )
+
+    def settle(self, price: int, ts: int) -> None:
+        """Final settlement at ``price`` (:mod:`riskd.core.settlement`)."""
+        self._begin(ts)
+        settle(self, price, ts)
 
     def fill(self, f: Fill) -> None:
         """Apply both sides of a trade (open, increase, reduce, close or flip).
@@ -164,6 +294,10 @@ class MarketEngine:
         self._check_price(f.price, "price")
         self._check_quantity(f.quantity, "quantity")
         check_id(f.trade_id, "trade_id")
+        check_id(f.buyer_order_id, "buyer_order_id")
+        check_id(f.seller_order_id, "seller_order_id")
+        if not self.status.trades:
+            raise Rejected.precondition("market", f"{self.symbol} is {self.status.value}")
         self._check_account(f.buyer, "buyer_account")
         self._check_account(f.seller, "seller_account")
         if f.buyer == f.seller:
@@ -189,12 +323,144 @@ class MarketEngine:
         self._commit(seller, seller_after)
         self._take_fee(f.buyer_fee, cause, f.ts)
         self._take_fee(f.seller_fee, cause, f.ts)
+        bought_from_order = self._fill_order(f.buyer_order_id, f.buyer, BUY, f.quantity)
+        sold_from_order = self._fill_order(f.seller_order_id, f.seller, SELL, f.quantity)
+        if not (bought_from_order and sold_from_order):
+            self.unreserved_fills += 1
         self._after_trade(buyer, f.ts)
         self._after_trade(seller, f.ts)
         self.scan(f.ts)
 
+    def _fill_order(self, order_id: int, account: int, side: int, quantity: int) -> bool:
+        """Release what a fill used of the side's open order; False: it named none.
+
+        The backstop trades without orders (its fills count as reserved).
+        A fill that names no open order of its account and side still
+        happened: it is applied, and counted as unreserved.
+        """
+        if account == BACKSTOP_ACCOUNT:
+            return True
+        order = self.orders.get(order_id) if order_id else None
+        if order is None or order.account != account or order.side != side:
+            return False
+        self.orders.fill(order_id, quantity)
+        return True
+
+    def check_order(self, c: CheckOrder) -> None:
+        """The pre-trade check (:mod:`riskd.core.risk_gate`): the order is open and
+        its margin reserved, or it is refused and nothing changes.
+
+        An ``order_id`` already open with the same terms is that order again
+        (a retried check): accepted, nothing more reserved.
+        """
+        self._begin(c.ts)
+        self._check_order_id(c.order_id)
+        check_account(c.account, "account")
+        if c.side != BUY and c.side != SELL:
+            raise Rejected.invalid("side", f"must be buy (1) or sell (-1), got {c.side}")
+        self._check_price(c.price, "price")
+        self._check_quantity(c.quantity, "quantity")
+        if not 0 <= c.leverage <= PPM:
+            raise Rejected.invalid(
+                "leverage", f"must be 0 (the tier's maximum) or 1..1000000, got {c.leverage}"
+            )
+        held = self.orders.get(c.order_id)
+        if held is not None:
+            if (
+                held.account,
+                held.side,
+                held.price,
+                held.quantity,
+                held.post_only,
+                held.leverage,
+            ) == (
+                c.account,
+                c.side,
+                c.price,
+                c.quantity,
+                c.post_only,
+                c.leverage,
+            ):
+                return
+            raise Rejected.precondition(
+                "order_id", f"order {c.order_id} is already open in {self.symbol} with other terms"
+            )
+        order = Order(
+            c.order_id,
+            c.account,
+            c.side,
+            c.price,
+            c.quantity,
+            c.reduce_only,
+            c.post_only,
+            c.leverage,
+            0,
+        )
+        order.margin, order.reduce_only = decide(
+            self.spec,
+            self.status,
+            self.guard_mark,
+            self.positions.get(c.account),
+            self.orders,
+            self.open_interest,
+            order,
+        )
+        self.orders.add(order)
+
+    def amend_order(self, a: AmendOrder) -> None:
+        """An open order's new price and remaining quantity, checked as a new one would be;
+        refused, the order stays as it was."""
+        self._begin(a.ts)
+        self._check_order_id(a.order_id)
+        self._check_price(a.price, "price")
+        self._check_quantity(a.quantity, "quantity")
+        old = self._open_order(a.order_id)
+        new = Order(
+            old.order_id,
+            old.account,
+            old.side,
+            a.price,
+            a.quantity,
+            old.reduce_only,
+            old.post_only,
+            old.leverage,
+            0,
+        )
+        new.margin, new.reduce_only = decide(
+            self.spec,
+            self.status,
+            self.guard_mark,
+            self.positions.get(old.account),
+            self.orders,
+            self.open_interest,
+            new,
+            old,
+        )
+        self.orders.remove(old.order_id)
+        self.orders.add(new)
+
+    def cancel_order(self, c: CancelOrder) -> None:
+        """An open order left the book: its reservation is released."""
+        self._begin(c.ts)
+        self._check_order_id(c.order_id)
+        self.orders.remove(self._open_order(c.order_id).order_id)
+
+    def _open_order(self, order_id: int) -> Order:
+        order = self.orders.get(order_id)
+        if order is None:
+            raise Rejected.not_found("order_id", f"no open order {order_id} in {self.symbol}")
+        return order
+
+    @staticmethod
+    def _check_order_id(order_id: int) -> None:
+        if order_id == 0:
+            raise Rejected.invalid("order_id", "is required (> 0)")
+        check_id(order_id, "order_id")
+
     def check_margin_credit(self, account: int, amount: int) -> None:
         """Validate a wallet → margin transfer before the wallet is debited."""
+        if self.status is MarketStatus.SETTLED:
+            raise Rejected.precondition("market", f"{self.symbol} is settled (delisted)")
         self._check_account(account, "account")
         if amount <= 0:
             raise Rejected.invalid("amount", f"must be > 0, got {amount}")
@@ -222,7 +488,13 @@ class MarketEngine:
             raise Rejected.not_found("account", f"no margin for account {account} in {self.symbol}")
         if pos.liquidation:
             raise Rejected.precondition("account", "position is being liquidated")
-        free = pos.margin
+        if pos.size and self.guard.reason is not None:
+            raise Rejected.precondition(
+                "market",
+                f"{self.symbol}'s mark is guarded ({self.guard.reason.value}): margin stays",
+            )
+        # Open orders keep the margin reserved for them (riskd.core.risk_gate.available).
+        free = pos.margin - self.orders.reserved(account)
         if pos.size:
             if self.mark is None:
                 raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
@@ -230,7 +502,9 @@ class MarketEngine:
             free += min(u, 0) - initial_margin(self.spec, pos, self.mark)
         if amount > free:
             raise Rejected.precondition(
-                "amount", f"{amount} exceeds the {max(free, 0)} free in the isolated margin"
+                "amount",
+                f"{amount} exceeds the {max(free, 0)} free in the isolated margin"
+                " (initial margin and open orders' reservations stay)",
             )
         self._set(pos, pos.size, pos.basis, pos.margin - amount)
         self.effects.append(
@@ -348,8 +622,8 @@ class MarketEngine:
         self.liquidator.fund_decision(d, ts)
 
     def scan(self, ts: int) -> None:
-        """Start liquidating every position the mark has crossed."""
-        if self.mark is None:
+        """Start liquidating every position the mark has crossed (none while guarded)."""
+        if self.mark is None or self._check_stale(ts):
             return
         if self.machine.awaiting_adl:  # counterparties may have appeared since
             self.liquidator.retry_adl(ts)
@@ -357,6 +631,8 @@ class MarketEngine:
             self.liquidator.cool(ts)
         for account in self.machine.index.crossed(self.mark):
             self.liquidator.start(self.positions[account], ts)
+            # The venue cancels a liquidated account's orders: nothing stays reserved.
+            self.orders.drop_account(account)
 
     def _margin_calls(self, previous: int, ts: int) -> None:
         """Call the positions the mark's move brought within the band of their LP.
@@ -409,8 +685,14 @@ class MarketEngine:
         grows = abs(trial.size) > abs(pos.size) or (
             pos.size and trial.size and (trial.size > 0) != (pos.size > 0)
         )
-        if grows and (self.spec.reduce_only or pos.is_backstop):
-            why = "the backstop only reduces" if pos.is_backstop else "market is reduce-only"
+        if grows and (self.spec.reduce_only or pos.is_backstop or not self.status.grows):
+            why = (
+                "the backstop only reduces"
+                if pos.is_backstop
+                else "market is reduce-only"
+                if self.spec.reduce_only
+                else f"market is {self.status.value}"
+            )
             raise Rejected.precondition(field, f"{self.symbol}: {why}")
         if margin < 0:
             raise Rejected.precondition(
@@ -432,6 +714,7 @@ class MarketEngine:
         """Change a position's numbers; a margin call if that moved it into the band."""
         was_called = pos.key is not None and self._in_call_band(pos.size > 0, pos.key >> 64)
         self.machine.untrack(pos)
+        self.open_interest += max(size, 0) - max(pos.size, 0)
         pos.size, pos.basis, pos.margin = size, basis, margin
         self.machine.track(self.spec, pos)
         if (
@@ -472,10 +755,27 @@ class MarketEngine:
             self.sweep(pos, ts)
 
     def sweep(self, pos: Position, ts: int) -> None:
-        """A flat position's margin returns to its owner; the record goes."""
+        """A flat position's margin returns to its owner; the record goes.
+
+        What its open orders reserve stays, in the flat position, until they
+        are filled or cancelled and the owner moves it out.
+        """
         if pos.margin < 0:
             raise AssertionError(f"{self.symbol}: {pos} would leave with negative margin")
         self.machine.untrack(pos)
+        keep = min(pos.margin, self.orders.reserved(pos.account))
+        if keep:
+            if pos.margin > keep:
+                self.effects.append(
+                    WalletCredit(
+                        account=pos.account,
+                        asset=self.asset,
+                        amount=pos.margin - keep,
+                        cause="close",
+                    )
+                )
+            pos.margin = keep
+            return
         if pos.margin:
             if pos.is_backstop:
                 self.sweep_backstop_margin(pos.margin, ts)
@@ -509,7 +809,9 @@ class MarketEngine:
         can never describe a position that moved.
         """
         self.machine.untrack(pos)
+        was = pos.size
         realised = pos.trade(qty, value) if qty else 0
+        self.open_interest += max(pos.size, 0) - max(was, 0)
         pos.margin += realised + margin
         self.machine.track(self.spec, pos)
         return realised

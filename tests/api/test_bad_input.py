@@ -203,6 +203,18 @@ def lf(**kw: object) -> ingest_pb2.Update:
     return U(liquidation_fill=ingest_pb2.LiquidationFill(**{**base, **kw}))  # type: ignore[arg-type]
 
 
+def co(**kw: object) -> ingest_pb2.Update:
+    base: dict[str, object] = {
+        "market": "BTC-USDT",
+        "order_id": 1,
+        "account": 11,
+        "side": ingest_pb2.ORDER_SIDE_BUY,
+        "price": 5_000_000,
+        "quantity": 1,
+    }
+    return U(check_order=ingest_pb2.CheckOrder(**{**base, **kw}))  # type: ignore[arg-type]
+
+
 CASES = [
     # (id, update, code, field)
     ("missing-oneof", U(), INVALID, "updates[0].kind"),
@@ -272,6 +284,39 @@ CASES = [
         dep(account=11, amount=INT64_MAX),
         INVALID,
         "updates[0].deposit.amount",
+    ),
+    ("check-order-no-side", co(side=0), INVALID, "updates[0].check_order.side"),
+    ("check-order-unknown-side", co(side=7), INVALID, "updates[0].check_order.side"),
+    ("check-order-id-0", co(order_id=0), INVALID, "updates[0].check_order.order_id"),
+    ("check-order-account-0", co(account=0), INVALID, "updates[0].check_order.account"),
+    ("check-order-off-tick", co(price=5_000_005), INVALID, "updates[0].check_order.price"),
+    ("check-order-quantity-0", co(quantity=0), INVALID, "updates[0].check_order.quantity"),
+    ("check-order-leverage", co(leverage=-1), INVALID, "updates[0].check_order.leverage"),
+    ("check-order-market", co(market="NOPE"), NOT_FOUND, "updates[0].check_order.market"),
+    ("check-order-empty-market", co(market=""), INVALID, "updates[0].check_order.market"),
+    (
+        "amend-unknown-order",
+        U(amend_order=ingest_pb2.AmendOrder(market="BTC-USDT", order_id=99, price=10, quantity=1)),
+        NOT_FOUND,
+        "updates[0].amend_order.order_id",
+    ),
+    (
+        "amend-quantity-0",
+        U(amend_order=ingest_pb2.AmendOrder(market="BTC-USDT", order_id=99, price=10)),
+        INVALID,
+        "updates[0].amend_order.quantity",
+    ),
+    (
+        "cancel-unknown-order",
+        U(cancel_order=ingest_pb2.CancelOrder(market="BTC-USDT", order_id=99)),
+        NOT_FOUND,
+        "updates[0].cancel_order.order_id",
+    ),
+    (
+        "cancel-order-id-0",
+        U(cancel_order=ingest_pb2.CancelOrder(market="BTC-USDT")),
+        INVALID,
+        "updates[0].cancel_order.order_id",
     ),
 ]
 
@@ -396,6 +441,55 @@ def test_withdrawal_bad_input(d: Daemon) -> None:
 
 
 # --- 2. stream-level refusals --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "field"),
+    [
+        (ingest_pb2.CheckOrderRequest(), grpc.StatusCode.INVALID_ARGUMENT, "order"),
+        (
+            ingest_pb2.CheckOrderRequest(order=co(side=0).check_order),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "order.side",
+        ),
+        (
+            ingest_pb2.CheckOrderRequest(order=co(order_id=0).check_order),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "order.order_id",
+        ),
+        (
+            ingest_pb2.CheckOrderRequest(order=co(price=-10).check_order),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "order.price",
+        ),
+        (
+            ingest_pb2.CheckOrderRequest(order=co(market="NOPE").check_order),
+            grpc.StatusCode.NOT_FOUND,
+            "order.market",
+        ),
+        (
+            ingest_pb2.CheckOrderRequest(order=co(market="B" * 33).check_order),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "order.market",
+        ),
+        (
+            ingest_pb2.CheckOrderRequest(order=co().check_order, timestamp_ms=INT64_MIN),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "timestamp_ms",
+        ),
+    ],
+    ids=["no-order", "no-side", "id-0", "negative-price", "unknown-market", "long-id", "ts"],
+)
+def test_check_order_unary_bad_input(
+    d: Daemon, request_: ingest_pb2.CheckOrderRequest, code: grpc.StatusCode, field: str
+) -> None:
+    before = digest(d)
+    stub = ingest_pb2_grpc.IngestServiceStub(d.channel())
+    with pytest.raises(grpc.RpcError) as e:
+        stub.CheckOrder(request_, metadata=[("x-riskd-gateway", "gw-unary")])
+    assert e.value.code() == code, e.value
+    assert det(e.value).startswith(field), det(e.value)
+    assert digest(d) == before
 
 
 def test_sequence_gap_ends_the_stream(d: Daemon) -> None:
@@ -689,6 +783,41 @@ KINDS = {
         ingest_pb2.LiquidationDone, market=st.just("BTC-USDT"), liquidation_id=st.integers(1, 5)
     )
     | st.builds(ingest_pb2.LiquidationDone, market=ids, liquidation_id=u64),
+    "check_order": st.builds(
+        ingest_pb2.CheckOrder,
+        market=st.just("BTC-USDT"),
+        order_id=st.integers(1, 5),
+        account=accounts,
+        side=st.sampled_from([1, 2]),
+        price=btc_price,
+        quantity=st.integers(1, 1000),
+        reduce_only=st.booleans(),
+        leverage=st.integers(0, 200),
+    )
+    | st.builds(
+        ingest_pb2.CheckOrder,
+        market=ids,
+        order_id=u64,
+        account=u64,
+        side=st.integers(0, 3),
+        price=i64,
+        quantity=i64,
+        reduce_only=st.booleans(),
+        post_only=st.booleans(),
+        leverage=i64,
+    ),
+    "amend_order": st.builds(
+        ingest_pb2.AmendOrder,
+        market=st.just("BTC-USDT"),
+        order_id=st.integers(1, 5),
+        price=btc_price,
+        quantity=st.integers(1, 1000),
+    )
+    | st.builds(ingest_pb2.AmendOrder, market=ids, order_id=u64, price=i64, quantity=i64),
+    "cancel_order": st.builds(
+        ingest_pb2.CancelOrder, market=st.just("BTC-USDT"), order_id=st.integers(1, 5)
+    )
+    | st.builds(ingest_pb2.CancelOrder, market=ids, order_id=u64),
 }
 KNOWN_CODES = {
     INVALID,

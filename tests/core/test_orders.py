@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pickle
 
-from _kit import U, Desk, assert_rejected, btc_usdt_spec
+from _kit import Desk, U, assert_rejected, btc_usdt_spec
 
 from riskd.core import (
     AmendOrder,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from _kit import BTC, U, Desk, assert_rejected, btc_usd_spec, btc_usdt_spec
+from _kit import BTC, Desk, U, assert_rejected, btc_usd_spec, btc_usdt_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,12 +111,8 @@ def test_reduce_only() -> None:
     d.open(M, 1, 2, P, ONE, 1_000 * U, 1_000 * U)
     check(d, 1, 1, SELL, P, ONE, reduce_only=True)
     assert reserved(d, 1) == 0
-    refused(
-        d, CheckOrder(M, 2, 1, BUY, P, 1, True), Refusal.REDUCE_ONLY, "reduce_only"
-    )
-    refused(
-        d, CheckOrder(M, 2, 1, SELL, P, ONE + 1, True), Refusal.REDUCE_ONLY, "reduce_only"
-    )
+    refused(d, CheckOrder(M, 2, 1, BUY, P, 1, True), Refusal.REDUCE_ONLY, "reduce_only")
+    refused(d, CheckOrder(M, 2, 1, SELL, P, ONE + 1, True), Refusal.REDUCE_ONLY, "reduce_only")
 
 
 def test_an_order_that_reduces_reserves_only_what_it_opens() -> None:
