@@ -138,6 +138,12 @@ CASES: dict[str, tuple[list[Any], list[tuple[Any, str]]]] = {
     ),
 }
 CASES["fill_price_band_ppm"] = ([20_000, 0], [(-1, "market.fill_price_band_ppm")])
+CASES["order_price_band_ppm"] = (
+    [30_000, 0],
+    [(-1, "market.order_price_band_ppm"), (1_000_001, "market.order_price_band_ppm")],
+)
+CASES["open_interest_cap"] = ([5_000, 0], [(-1, "market.open_interest_cap")])
+CASES["max_position_notional"] = ([1_000_000 * USDT, 0], [(-1, "market.max_position_notional")])
 CASES["partial_liquidation_policy"] = (
     [types_pb2.PARTIAL_LIQUIDATION_POLICY_FULL],
     [
@@ -369,6 +375,9 @@ _FIELDS: dict[str, st.SearchStrategy[Any]] = {
     ).map(lambda rows: tiers(*rows)),
 }
 _FIELDS["fill_price_band_ppm"] = _INT64
+_FIELDS["order_price_band_ppm"] = _INT64
+_FIELDS["open_interest_cap"] = _INT64
+_FIELDS["max_position_notional"] = _INT64
 _FIELDS["partial_fraction_ppm"] = _INT64
 _FIELDS["partial_cooldown_ms"] = _INT64
 _FIELDS["partial_liquidation_policy"] = st.integers(min_value=-1, max_value=4)
