@@ -9,7 +9,7 @@ routed, so the invariants hold between any two calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from riskd.core.errors import Rejected
 from riskd.core.events import (
@@ -28,7 +28,7 @@ from riskd.core.market_engine import MarketEngine
 from riskd.core.units import Asset
 from riskd.core.wallet import Wallets, unsettled_bad_debt, withdrawals_paused
 
-__all__ = ["Engine", "split_effects"]
+__all__ = ["Engine", "split_effects", "check_new_market"]
 
 
 class Engine:
@@ -68,6 +68,12 @@ class Engine:
         engine.funds = funds
         engine.outbox = []
         return engine
+
+    def add_market(self, spec: MarketSpec) -> MarketEngine:
+        """A market begins (``AdminService.AddMarket``), settled in a known asset."""
+        check_new_market(spec, self.markets, self.assets)
+        m = self.markets[spec.symbol] = MarketEngine(spec)
+        return m
 
     def market(self, symbol: str, field: str = "market") -> MarketEngine:
         m = self.markets.get(symbol)
@@ -150,6 +156,24 @@ class Engine:
                     strict=True,
                 ):
                     market.fund_decision(decision, claim.ts)
+
+
+def check_new_market(
+    spec: MarketSpec, markets: Mapping[str, object], assets: Mapping[str, Asset]
+) -> None:
+    """Whether ``spec`` may begin: a new symbol, in a declared asset with its decimals."""
+    if spec.symbol in markets:
+        raise Rejected.precondition("market.symbol", f"market {spec.symbol!r} exists already")
+    known = assets.get(spec.asset.symbol)
+    if known is None:
+        raise Rejected.precondition(
+            "market.settle_asset",
+            f"asset {spec.asset.symbol!r} is not declared (new assets need the configuration)",
+        )
+    if known != spec.asset:
+        raise Rejected.invalid(
+            "market.settle_asset", f"{known.symbol} has {known.decimals} decimals"
+        )
 
 
 def split_effects(

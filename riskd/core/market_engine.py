@@ -280,6 +280,7 @@ class MarketEngine:
         """Final settlement at ``price`` (:mod:`riskd.core.settlement`)."""
         self._begin(ts)
         settle(self, price, ts)
+        self.orders = OrderBook()  # a delisted market's orders are gone with it
 
     def fill(self, f: Fill) -> None:
         """Apply both sides of a trade (open, increase, reduce, close or flip).

@@ -49,9 +49,11 @@ from riskd.core import (
 )
 from riskd.storage.journal import JournalCorrupt
 from riskd.storage.records import (
+    AdminInput,
     EpochAssigned,
     FundInjected,
     IngestBatch,
+    MarketAdded,
     MarketSettings,
     MarketUpdated,
     Record,
@@ -284,6 +286,11 @@ class Codec:
                     markets={sym: settings_of(spec) for sym, spec in record.markets.items()},
                     created=list(record.created),
                 )
+            case AdminInput():
+                x = record.input
+                out.update(kind="admin", type=type(x).__name__, input=self._input_fields(x))
+            case MarketAdded():
+                out.update(kind="market_added", market=settings_of(record.spec))
             case _:
                 raise TypeError(f"not a journal record: {type(record).__name__}")
         return json.dumps(out, separators=(",", ":"), sort_keys=True)
@@ -327,6 +334,11 @@ class Codec:
                 return self._update(r["market"], r["changes"], r["ts"])
             case "epoch":
                 return EpochAssigned(r["gateway"], r["epoch"])
+            case "admin":
+                return AdminInput(self._input(r["type"], r["input"], "admin record"))
+            case "market_added":
+                values = r["market"]
+                return MarketAdded(self._spec(str(values.get("symbol")), values))
             case _:  # "settings"
                 return MarketSettings(
                     {sym: self._spec(sym, values) for sym, values in r["markets"].items()},
@@ -442,6 +454,8 @@ _V2_FIELDS: dict[str, set[str]] = {
     "market_update": {"market", "changes", "ts"},
     "epoch": {"gateway", "epoch"},
     "settings": {"markets", "created"},
+    "admin": {"type", "input"},
+    "market_added": {"market"},
 }
 
 CODEC = Codec()

@@ -147,7 +147,9 @@ def test_a_reordered_input_class_decodes_old_records_into_the_right_fields() -> 
 
 def test_a_renamed_field_fails_loudly_naming_it() -> None:
     renamed = dataclasses.make_dataclass(
-        "MarkPrice", [("market", str), ("price_e2", int), ("ts", int, 0)], frozen=True
+        "MarkPrice",
+        [("market", str), ("price_e2", int), ("ts", int, 0), ("index_price", int, 0)],
+        frozen=True,
     )
     other = Codec([renamed if t is MarkPrice else t for t in INPUT_TYPES])
     text = codec.encode(IngestBatch("gw", 1, ((1, MarkPrice(M, 5, 6)),)))
