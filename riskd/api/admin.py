@@ -18,6 +18,7 @@ from riskd.actors.sequencer import Sequencer
 from riskd.api import convert
 from riskd.api.bridge import Portal
 from riskd.api.status import abort, abort_rejected
+from riskd.config import DEFAULT_FILL_PRICE_BAND_PPM
 from riskd.core import Asset, MarketEngine, MarketSpec, Rejected, TierTable
 from riskd.core.events import (
     FundInjection,
@@ -215,6 +216,8 @@ def _new_spec(m: types_pb2.Market, assets: dict[str, Asset]) -> MarketSpec:
         "quantity_decimals": m.quantity_decimals,
         "step_size": m.step_size if m.HasField("step_size") else 1,
         "contract_value": m.contract_value,
+        # Fill sanity on unless the request turns it off, as for the file's markets.
+        "fill_price_band_ppm": DEFAULT_FILL_PRICE_BAND_PPM,
     }
     # The same reading of tiers and optional settings as UpdateMarket's.
     values.update(_settings(m))

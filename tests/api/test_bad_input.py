@@ -246,6 +246,12 @@ CASES = [
     ("off-tick-fill", fill(price=5_000_005), INVALID, "updates[0].fill.price"),
     ("off-tick-mark", mark(price=5_000_001), INVALID, "updates[0].mark_price.price"),
     (
+        "negative-index-price",
+        U(mark_price=ingest_pb2.MarkPrice(market="BTC-USDT", price=5_000_000, index_price=-1)),
+        INVALID,
+        "updates[0].mark_price.index_price",
+    ),
+    (
         "off-step-quantity",
         fill(market="ETH-USDT", price=300_000, quantity=15),
         INVALID,
@@ -377,6 +383,78 @@ def test_unknown_enum_on_update_market(d: Daemon) -> None:
         admin(d).UpdateMarket(admin_pb2.UpdateMarketRequest(market=types_pb2.Market(symbol="NOPE")))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert "market" in det(e.value)
+    assert digest(d) == before
+
+
+_TIER = types_pb2.RiskTier(notional_floor=0, max_leverage=20, maintenance_margin_rate_ppm=25_000)
+
+
+def _new(**kw: object) -> types_pb2.Market:
+    base: dict[str, object] = {
+        "symbol": "NEW-USDT",
+        "contract_type": types_pb2.CONTRACT_TYPE_LINEAR,
+        "settle_asset": "USDT",
+        "price_decimals": 2,
+        "quantity_decimals": 3,
+        "tiers": [_TIER],
+    }
+    return types_pb2.Market(**{**base, **kw})  # type: ignore[arg-type]
+
+
+_A = admin_pb2
+LIFECYCLE = [
+    # (id, method, request, code, field)
+    ("add-existing", "AddMarket", _A.AddMarketRequest(market=_new(symbol="BTC-USDT")),
+     grpc.StatusCode.FAILED_PRECONDITION, "market.symbol"),
+    ("add-unknown-asset", "AddMarket", _A.AddMarketRequest(market=_new(settle_asset="DOGE")),
+     grpc.StatusCode.FAILED_PRECONDITION, "market.settle_asset"),
+    ("add-no-contract", "AddMarket", _A.AddMarketRequest(market=_new(contract_type=0)),
+     grpc.StatusCode.INVALID_ARGUMENT, "market.contract_type"),
+    ("add-no-tiers", "AddMarket", _A.AddMarketRequest(market=_new(tiers=[])),
+     grpc.StatusCode.INVALID_ARGUMENT, "market.tiers"),
+    ("add-long-symbol", "AddMarket", _A.AddMarketRequest(market=_new(symbol="N" * 33)),
+     grpc.StatusCode.INVALID_ARGUMENT, "market.symbol"),
+    ("add-bad-jump", "AddMarket", _A.AddMarketRequest(market=_new(mark_max_jump_ppm=-1)),
+     grpc.StatusCode.INVALID_ARGUMENT, "market.mark_max_jump_ppm"),
+    ("add-bad-decimals", "AddMarket", _A.AddMarketRequest(market=_new(price_decimals=9)),
+     grpc.StatusCode.INVALID_ARGUMENT, "market.price_decimals"),
+    ("status-unspecified", "SetMarketStatus", _A.SetMarketStatusRequest(market="BTC-USDT"),
+     grpc.StatusCode.INVALID_ARGUMENT, "status"),
+    ("status-settled", "SetMarketStatus",
+     _A.SetMarketStatusRequest(market="BTC-USDT", status=types_pb2.MARKET_STATUS_SETTLED),
+     grpc.StatusCode.INVALID_ARGUMENT, "status"),
+    ("status-same", "SetMarketStatus",
+     _A.SetMarketStatusRequest(market="BTC-USDT", status=types_pb2.MARKET_STATUS_OPEN),
+     grpc.StatusCode.FAILED_PRECONDITION, "status"),
+    ("status-unknown-market", "SetMarketStatus",
+     _A.SetMarketStatusRequest(market="NOPE", status=types_pb2.MARKET_STATUS_HALTED),
+     grpc.StatusCode.NOT_FOUND, "market"),
+    ("guard-not-guarded", "OverrideMarkGuard", _A.OverrideMarkGuardRequest(market="BTC-USDT"),
+     grpc.StatusCode.FAILED_PRECONDITION, "market"),
+    ("guard-unknown-market", "OverrideMarkGuard", _A.OverrideMarkGuardRequest(market="NOPE"),
+     grpc.StatusCode.NOT_FOUND, "market"),
+    ("settle-price-0", "SettleMarket", _A.SettleMarketRequest(market="BTC-USDT"),
+     grpc.StatusCode.INVALID_ARGUMENT, "price"),
+    ("settle-off-tick", "SettleMarket", _A.SettleMarketRequest(market="BTC-USDT", price=5_000_001),
+     grpc.StatusCode.INVALID_ARGUMENT, "price"),
+    ("settle-unknown-market", "SettleMarket", _A.SettleMarketRequest(market="NOPE", price=10),
+     grpc.StatusCode.NOT_FOUND, "market"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "code", "field"),
+    [c[1:] for c in LIFECYCLE],
+    ids=[c[0] for c in LIFECYCLE],
+)
+def test_lifecycle_bad_input(
+    d: Daemon, method: str, request_: object, code: grpc.StatusCode, field: str
+) -> None:
+    before = digest(d)
+    with pytest.raises(grpc.RpcError) as e:
+        getattr(admin(d), method)(request_)
+    assert e.value.code() == code, e.value
+    assert det(e.value).startswith(field), det(e.value)
     assert digest(d) == before
 
 
