@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import core, ingest, latency, restart
+from benchmarks import core, gate, ingest, latency, restart
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,7 @@ MODULES: dict[str, Callable[..., dict[str, Any]]] = {
     "ingest": ingest.run,
     "restart": restart.run,
     "latency": latency.run,
+    "gate": gate.run,
 }
 
 

@@ -449,14 +449,14 @@ class Sequencer(Actor):
         session = gateway + UNARY_SESSION
         g = self.gateways.get(session)
         seq = (g.last if g is not None else 0) + 1
-        result = (await self.ingest(session, 1, [(seq, c)])).value
+        done = await self.ingest(session, 1, [(seq, c)])
         self.gateways[session].rejected.clear()
-        refused = result.rejections[0][1] if result.rejections else None
+        refused = done.value.rejections[0][1] if done.value.rejections else None
         reserved = left = 0
         market = self.markets.get(c.market)
         if market is not None:
             reserved, left = await market.call(market.query, partial(_order_margin, c))
-        return await self._durable(None, OrderCheck(refused, reserved, left))
+        return done.follow(OrderCheck(refused, reserved, left))
 
     async def withdraw(
         self, w: Withdrawal, withdrawal_id: int, replaying: bool = False
