@@ -198,11 +198,19 @@ class MarketEngine:
         previous, self.mark = self.mark, m.price
         if m.ts:
             guard.mark_ts = m.ts
-        wrong = judge(
-            previous, m.price, m.index_price, spec.mark_max_jump_ppm, spec.mark_max_divergence_ppm
-        )
-        good = guard.good_mark
-        if guard.reason is GuardReason.ADMIN:
+        wrong = None
+        if spec.mark_max_jump_ppm or spec.mark_max_divergence_ppm:
+            wrong = judge(
+                previous,
+                m.price,
+                m.index_price,
+                spec.mark_max_jump_ppm,
+                spec.mark_max_divergence_ppm,
+            )
+        good, reason = guard.good_mark, guard.reason
+        if wrong is None and reason is None:
+            guard.good_mark = m.price  # the every-tick path: nothing else to do
+        elif reason is GuardReason.ADMIN:
             pass  # held on by an operator until cleared
         elif wrong is None:
             guard.good_mark = m.price
@@ -297,8 +305,6 @@ class MarketEngine:
         check_id(f.trade_id, "trade_id")
         check_id(f.buyer_order_id, "buyer_order_id")
         check_id(f.seller_order_id, "seller_order_id")
-        if not self.status.trades:
-            raise Rejected.precondition("market", f"{self.symbol} is {self.status.value}")
         self._check_account(f.buyer, "buyer_account")
         self._check_account(f.seller, "seller_account")
         if f.buyer == f.seller:
@@ -309,6 +315,8 @@ class MarketEngine:
         if f.trade_id:  # the trade without its id and timestamp
             payload = fingerprint(f.buyer, f.seller, f.price, f.quantity, f.buyer_fee, f.seller_fee)
             self.trade_ids.check(f.trade_id, payload, "trade_id", "fill")
+        if not self.status.trades:  # after the id: a resend is "already applied" first
+            raise Rejected.precondition("market", f"{self.symbol} is {self.status.value}")
         # Each side's value rounds against it; the residue goes to the fee pool.
         bought = self.spec.side_value(f.quantity, f.price)
         sold = self.spec.side_value(-f.quantity, f.price)
@@ -624,7 +632,11 @@ class MarketEngine:
 
     def scan(self, ts: int) -> None:
         """Start liquidating every position the mark has crossed (none while guarded)."""
-        if self.mark is None or self._check_stale(ts):
+        if self.mark is None:
+            return
+        if self.guard.reason is not None or (
+            self.spec.mark_stale_after_ms and self._check_stale(ts)
+        ):
             return
         if self.machine.awaiting_adl:  # counterparties may have appeared since
             self.liquidator.retry_adl(ts)
