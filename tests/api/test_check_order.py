@@ -206,3 +206,43 @@ def test_reservations_survive_a_restart(tmp_path: Path) -> None:
         assert check(again, order(a, BUY, 50)).accepted
     finally:
         assert again.stop() == 0
+
+
+def test_the_python_gateway_helper_batches_checks(d: Daemon) -> None:
+    import asyncio
+
+    from riskd_client.gateway import Gateway
+
+    a = funded(d, 50)  # 0.1 BTC at 125x: 40 USDT; the second does not fit
+
+    async def go() -> list[ingest_pb2.Rejection]:
+        async with Gateway(d.target, "gw-helper") as gw:
+            gw.check_order("BTC-USDT", 900_001, a, BUY, P, 100)
+            gw.check_order("BTC-USDT", 900_002, a, BUY, P, 100)
+            gw.cancel_order("BTC-USDT", 900_001)
+            gw.check_order("BTC-USDT", 900_003, a, SELL, P, 100, leverage=100)
+            await gw.flush()
+            return list(gw.rejections)
+
+    got = [(r.sequence, r.order_refusal) for r in asyncio.run(go())]
+    assert got == [(2, ingest_pb2.ORDER_REFUSAL_INSUFFICIENT_BALANCE)]
+
+
+def test_gate_config_keys_are_read_and_range_checked() -> None:
+    from riskd import config
+
+    text = (Path(__file__).parents[2] / "riskd" / "default_config.toml").read_text()
+    anchor = "fill_price_band_ppm = 50000"
+    keys = (
+        "max_position_notional = 2000000\norder_price_band_ppm = 30000\nopen_interest_cap = 5000\n"
+    )
+    parsed = {m.symbol: m for m in config.parse(text.replace(anchor, keys + anchor, 1)).markets}
+    m = parsed["BTC-USDT"]
+    assert (m.max_position_notional, m.order_price_band_ppm, m.open_interest_cap) == (
+        2_000_000 * USDT,  # whole USDT, as tier floors
+        30_000,
+        5_000,
+    )
+    for bad in ("order_price_band_ppm = 1000001", "open_interest_cap = -1"):
+        with pytest.raises(ValueError, match=rf"markets\.BTC-USDT\.{bad.split()[0]}"):
+            config.parse(text.replace(anchor, bad + "\n" + anchor, 1))
