@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pickle
 import random
 import shutil
@@ -188,6 +189,25 @@ async def _unary(target: str, setup: list[bytes], capacity_s: float, paced_s: fl
     }
 
 
+def _fsync_ms(directory: Path, n: int = 200) -> tuple[float, float]:
+    """p50 and p99 of one small write + fsync in ``directory``: the floor under any
+    durable answer (riskd's journal commits with synchronous=FULL)."""
+    path = directory / "fsync-probe"
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 256)
+            t = time.perf_counter()
+            os.fsync(fd)
+            times.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return times[n // 2], times[min(n - 1, n * 99 // 100)]
+
+
 def _unary_cell(tmp: Path, setup_path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     server = harness.start(harness.riskd_command(tmp / "data-unary"), tmp / "unary.riskd.log")
     cmd = [
@@ -212,6 +232,7 @@ def _unary_cell(tmp: Path, setup_path: Path, cfg: dict[str, Any]) -> dict[str, A
         _, violations = harness.check_state(server.target)
     finally:
         code = server.stop()
+    r["fsync_p50_ms"], r["fsync_p99_ms"] = _fsync_ms(tmp)
     r["problems"] = []
     if violations:
         r["problems"].append(f"CheckState: {violations[:3]}")
@@ -240,8 +261,16 @@ def run(quick: bool = False) -> dict[str, Any]:
             pickle.dump({"batch": BATCH, "setup": setup, "measured": msgs}, f, protocol=5)
         setup_path = tmp / "setup.pickle"
         setup_path.write_bytes(pickle.dumps(setup, protocol=5))
+        # The reference: the ingest benchmark's fills through riskd, same batch size.
+        fills = tmp / "fills"
+        fills.mkdir()
+        fills_workload = fills / "fills.pickle"
+        with fills_workload.open("wb") as f:
+            msgs = ingest.build_workload(BATCH, int(MAX_CHECKS_PER_S * span * 1.5))
+            pickle.dump({"batch": BATCH, "setup": setup, "measured": msgs}, f, protocol=5)
         ingest._SPARE[0] = cfg["spare_s"]
         cells: list[dict[str, Any]] = []
+        fill_cells: list[dict[str, Any]] = []
         for rep in range(cfg["reps"]):
             order = KINDS if rep % 2 == 0 else KINDS[::-1]
             for kind in order:
@@ -253,6 +282,13 @@ def run(quick: bool = False) -> dict[str, Any]:
                     f"{c['foreign_cpu']:.2f} cores"
                     + (f"  PROBLEMS {c['problems']}" if c["problems"] else "")
                 )
+            c = ingest._quiet_cell("riskd", BATCH, rep, fills, fills_workload, cfg, None)
+            fill_cells.append(c)
+            log(
+                f"rep {rep} riskd  {c['updates_per_s']:9.0f} fills/s   server "
+                f"{c['server_cpu']:.2f} foreign {c['foreign_cpu']:.2f} cores"
+                + (f"  PROBLEMS {c['problems']}" if c["problems"] else "")
+            )
         unary = _unary_cell(tmp, setup_path, cfg)
         log(
             f"unary: capacity {unary['capacity_calls_per_s']:.0f} calls/s; at "
@@ -285,6 +321,28 @@ def run(quick: bool = False) -> dict[str, Any]:
         note=f"riskd/bare check_order updates/s, median of {cfg['reps']} paired reps "
         f"[{ratios[1]:.3f}-{ratios[2]:.3f}]",
     )
+    vs_fills = harness.median_range(ingest._paired(by["riskd"], fill_cells, cfg["reps"]))
+    _fig(
+        figures,
+        f"checks_vs_fills[batch={BATCH}]",
+        round(vs_fills[0], 3),
+        "x",
+        command,
+        note="riskd check_order updates/s / riskd fill updates/s (the ingest benchmark's"
+        f" workload), median of {cfg['reps']} paired reps [{vs_fills[1]:.3f}-{vs_fills[2]:.3f}]",
+    )
+    per_check = statistics.median(c["server_cpu_us_per_msg"] for c in by["riskd"]) / BATCH
+    per_fill = statistics.median(c["server_cpu_us_per_msg"] for c in fill_cells) / BATCH
+    per_bare = statistics.median(c["server_cpu_us_per_msg"] for c in by["bare"]) / BATCH
+    _fig(
+        figures,
+        "server_cpu_us_per_update",
+        round(per_check, 1),
+        "µs",
+        command,
+        note=f"riskd's CPU per check_order; per fill {per_fill:.1f}, bare per check "
+        f"{per_bare:.1f} (a ratio of CPU costs, less sensitive to other load on the machine)",
+    )
     _fig(
         figures,
         "unary_capacity_calls_per_s",
@@ -302,12 +360,20 @@ def run(quick: bool = False) -> dict[str, Any]:
         target=f"<= {TARGET_P99_MS}",
         ok=unary["p99_ms"] <= TARGET_P99_MS,
         note=f"open loop at {unary['rate_sent']:.0f} calls/s (half of capacity); "
-        f"p50 {unary['p50_ms']:.2f} ms, max {unary['max_ms']:.2f} ms, {unary['calls']} calls",
+        f"p50 {unary['p50_ms']:.2f} ms, max {unary['max_ms']:.2f} ms, {unary['calls']} calls;"
+        f" the disk's fsync alone: p50 {unary['fsync_p50_ms']:.2f} ms,"
+        f" p99 {unary['fsync_p99_ms']:.2f} ms (a check answers once journaled)",
     )
-    f = figures[f"stream_ratio[batch={BATCH}]"]
+    ratio = figures[f"stream_ratio[batch={BATCH}]"]
     print(
-        f"check_order through the stream at batch {BATCH}: riskd/bare {f['value']:.3f} "
-        f"(target {f['target']}: {'ok' if f['meets_target'] else 'MISSED'}; {f['note']})"
+        f"check_order through the stream at batch {BATCH}: riskd/bare {ratio['value']:.3f} "
+        f"(target {ratio['target']}: {'ok' if ratio['meets_target'] else 'MISSED'};"
+        f" {ratio['note']})"
+    )
+    h = figures["server_cpu_us_per_update"]
+    print(
+        f"riskd checks/fills {figures[f'checks_vs_fills[batch={BATCH}]']['value']:.3f}; "
+        f"server CPU per check {h['value']:.1f} µs ({h['note']})"
     )
     g = figures["unary_p99_ms"]
     print(
@@ -315,7 +381,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         f"{'ok' if g['meets_target'] else 'MISSED'}; {g['note']})"
     )
     errors = [
-        f"{c['kind']} rep {c['rep']}: {'; '.join(c['problems'])}" for c in cells if c["problems"]
+        f"{c['kind']} rep {c['rep']}: {'; '.join(c['problems'])}"
+        for c in cells + fill_cells
+        if c["problems"]
     ]
     errors += [f"unary: {p}" for p in unary["problems"]]
     runtime = time.perf_counter() - started
@@ -325,6 +393,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "errors": errors,
         "details": {
             "cells": cells,
+            "fill_cells": fill_cells,
             "unary": unary,
             "config": cfg,
             "stream_checks_per_s_median": {
