@@ -55,13 +55,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             # where the sequencer applies them (a bad one: Rejected naming it).
             current = await self.portal.query(actor, _spec)
             changes = _changes(request, current)
-            spec = await self.portal.write(
-                self.sequencer, self.sequencer.update_spec, m.symbol, changes
-            )
+            await self.portal.write(self.sequencer, self.sequencer.update_spec, m.symbol, changes)
+            # As queries show it (status, mark guard), not just the settings.
+            shown = await self.portal.query(actor, convert.market_of)
         except Rejected as r:
             await abort_rejected(context, r)
         log.info("market_updated", market=m.symbol, fields=sorted(changes))
-        return admin_pb2.UpdateMarketResponse(market=convert.market(spec, None))
+        return admin_pb2.UpdateMarketResponse(market=shown)
 
     async def SetReduceOnly(
         self, request: admin_pb2.SetReduceOnlyRequest, context: Ctx
