@@ -349,10 +349,14 @@ class Gateway:
             )
         )
 
-    def mark_price(self, market: str, price: int, *, ts: int = 0) -> int:
+    def mark_price(self, market: str, price: int, *, index_price: int = 0, ts: int = 0) -> int:
+        """A mark; ``index_price`` (0: none) lets riskd's mark guard check its divergence."""
         return self.add(
             ingest_pb2.Update(
-                timestamp_ms=ts, mark_price=ingest_pb2.MarkPrice(market=market, price=price)
+                timestamp_ms=ts,
+                mark_price=ingest_pb2.MarkPrice(
+                    market=market, price=price, index_price=index_price
+                ),
             )
         )
 
