@@ -9,8 +9,10 @@ wrote it (``updates[3].fill.price``).
 from __future__ import annotations
 
 from riskd.core import (
+    AccountView,
     AdlPolicy,
     ContractType,
+    CrossPositionView,
     LiquidationMode,
     MarketEngine,
     MarketSpec,
@@ -32,6 +34,7 @@ from riskd.core.events import (
     LiquidationFill,
     MarginTransfer,
     MarkPrice,
+    SetMarginMode,
 )
 from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
 from riskd.v1 import ingest_pb2, query_pb2, types_pb2
@@ -164,6 +167,18 @@ def decode_update(u: ingest_pb2.Update, index: int) -> Input:
         case "cancel_order":
             c = u.cancel_order
             return CancelOrder(_symbol(c.market, index, kind, "market"), c.order_id, ts)
+        case "margin_mode":
+            mm = u.margin_mode
+            if mm.mode not in (types_pb2.MARGIN_MODE_ISOLATED, types_pb2.MARGIN_MODE_CROSS):
+                raise Rejected.invalid(
+                    f"updates[{index}].{kind}.mode", "must be MARGIN_MODE_ISOLATED or _CROSS"
+                )
+            return SetMarginMode(
+                _symbol(mm.market, index, kind, "market"),
+                mm.account,
+                mm.mode == types_pb2.MARGIN_MODE_CROSS,
+                ts,
+            )
         case "liquidation_done":
             ld = u.liquidation_done
             return LiquidationDone(_symbol(ld.market, index, kind, "market"), ld.liquidation_id, ts)
@@ -206,6 +221,7 @@ def _order(x: ingest_pb2.CheckOrder, ts: int, market: str, where: str | int) -> 
 _WIRE_FIELDS = {
     "fill": {"buyer": "buyer_account", "seller": "seller_account"},
     "liquidation_fill": {"counterparty": "counterparty_account"},
+    "margin_mode": {"cross": "mode"},
 }
 
 
@@ -230,7 +246,21 @@ def rejection(
     )
 
 
-def position(v: PositionView) -> query_pb2.Position:
+def position(v: PositionView, cross: CrossPositionView | None = None) -> query_pb2.Position:
+    if v.cross:  # its margin is a band of the cross wallet: the account's numbers instead
+        return query_pb2.Position(
+            account=v.account,
+            market=v.market,
+            size=v.size,
+            entry_price=v.entry_price,
+            unrealized_pnl=v.unrealised,
+            maintenance_margin=v.maintenance_margin,
+            initial_margin=v.initial_margin,
+            liquidation_price=cross.estimated_liquidation_price if cross else 0,
+            adl_quintile=v.adl_quintile,
+            in_liquidation=v.in_liquidation,
+            margin_mode=types_pb2.MARGIN_MODE_CROSS,
+        )
     return query_pb2.Position(
         account=v.account,
         market=v.market,
@@ -245,6 +275,7 @@ def position(v: PositionView) -> query_pb2.Position:
         bankruptcy_price=v.bankruptcy_price,
         adl_quintile=v.adl_quintile,
         in_liquidation=v.in_liquidation,
+        margin_mode=types_pb2.MARGIN_MODE_ISOLATED,
     )
 
 
@@ -305,6 +336,34 @@ def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
         mark_stale_after_ms=spec.mark_stale_after_ms,
         mark_max_jump_ppm=spec.mark_max_jump_ppm,
         mark_max_divergence_ppm=spec.mark_max_divergence_ppm,
+        cross_liquidation=types_pb2.CrossLiquidationPolicy.Value(
+            "CROSS_LIQUIDATION_POLICY_" + spec.cross_liquidation.value.upper()
+        ),
+    )
+
+
+def cross_account(v: AccountView) -> query_pb2.CrossAccount:
+    return query_pb2.CrossAccount(
+        wallet=v.wallet,
+        equity=v.equity,
+        maintenance_margin=v.maintenance_margin,
+        initial_margin=v.initial_margin,
+        margin_ratio_ppm=v.margin_ratio_ppm,
+        available=v.available,
+        in_liquidation=v.in_liquidation,
+        positions=[
+            query_pb2.CrossPosition(
+                market=p.market,
+                size=p.size,
+                unrealized_pnl=p.unrealised,
+                maintenance_margin=p.maintenance_margin,
+                initial_margin=p.initial_margin,
+                estimated_liquidation_price=p.estimated_liquidation_price,
+                adl_quintile=p.adl_quintile,
+                in_liquidation=p.in_liquidation,
+            )
+            for p in v.positions
+        ],
     )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "MarketStatusChange",
     "MarkGuardOverride",
     "SettleMarket",
+    "SetMarginMode",
     "Input",
     "FundKind",
     "FundCredit",
@@ -223,6 +224,16 @@ class CancelOrder:
     ts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SetMarginMode:
+    """The account's margin mode in a market: cross (shares its wallet) or isolated."""
+
+    market: str
+    account: int
+    cross: bool
+    ts: int = 0
+
+
 Input = (
     Fill
     | MarkPrice
@@ -239,6 +250,7 @@ Input = (
     | MarketStatusChange
     | MarkGuardOverride
     | SettleMarket
+    | SetMarginMode
 )
 
 

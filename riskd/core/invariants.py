@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 
+from riskd.core import cross_margin
 from riskd.core.engine import Engine
 from riskd.core.margin import is_bankrupt, is_liquidatable
 
@@ -63,6 +64,10 @@ def violations(engine: Engine) -> list[str]:
                 if p.liquidation not in m.liquidations:
                     out.append(f"{m.symbol}: {p.account} frozen by unknown liquidation")
                 continue
+            if p.account in m.cross:
+                if m.mark is not None and p.size and p.key is None:
+                    out.append(f"{m.symbol}: cross position of {p.account} is not indexed")
+                continue  # its margin is a band: the account is checked below
             if p.margin < 0:
                 out.append(f"{m.symbol}: account {p.account} has negative margin {p.margin}")
             if m.mark is not None and p.size and (p.key is None):
@@ -74,6 +79,20 @@ def violations(engine: Engine) -> list[str]:
                     out.append(f"{m.symbol}: the backstop is bankrupt but not liquidating")
             elif is_liquidatable(m.spec, p, m.mark):
                 out.append(f"{m.symbol}: {p.account} is liquidatable but not liquidating")
+    out += _cross_violations(engine)
+    return out
+
+
+def _cross_violations(engine: Engine) -> list[str]:
+    """No cross account is left liquidatable unless it is being liquidated."""
+    out: list[str] = []
+    accounts = {(m.asset, a) for m in engine.markets.values() for a in m.cross}
+    for asset, account in sorted(accounts):
+        legs = [leg for _, leg in engine.cross_legs(asset, account)]
+        if any(leg.liquidating or leg.guarded for leg in legs):
+            continue  # being liquidated, or a guarded mark that decides nothing
+        if cross_margin.liquidatable(legs, engine.wallets[asset].balance(account)):
+            out.append(f"{asset}: cross account {account} is liquidatable but not liquidating")
     return out
 
 
@@ -93,6 +112,9 @@ def digest(engine: Engine) -> str:
             # Only when not the default, so digests of states without them stay as they were.
             reason = "" if g.reason is None else g.reason.value
             h.update(f"S|{m.status.value}|{reason}|{g.good_mark}|{g.mark_ts}\n".encode())
+        for acct in sorted(m.cross):
+            lev = m.cross_leverage.get(acct)
+            h.update(f"C|{acct}|{lev}\n".encode())
         for acct in sorted(m.positions):
             p = m.positions[acct]
             h.update(f"P|{acct}|{p.size}|{p.basis}|{p.margin}|{p.liquidation}\n".encode())

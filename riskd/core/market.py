@@ -29,6 +29,7 @@ __all__ = [
     "AdlPolicy",
     "PartialLiquidation",
     "TakeoverPrice",
+    "CrossLiquidation",
     "MarketSpec",
     "SpecError",
     "enum_settings",
@@ -79,6 +80,16 @@ class TakeoverPrice(enum.Enum):
 
     MARK = "mark"
     BANKRUPTCY = "bankruptcy"
+
+
+class CrossLiquidation(enum.Enum):
+    """How a liquidatable cross account is closed (riskd.core.cross_margin): every
+    cross position at once (Hyperliquid), or the largest maintenance margin first,
+    re-checking the account after each (Binance, Bybit)."""
+
+    ALL_AT_ONCE = "all_at_once"
+    STEP_DOWN = "step_down"
+
 
 
 #: Integer settings and their inclusive ranges, checked on every spec (config,
@@ -133,6 +144,17 @@ _POSITIONAL_FIELDS = (
     "_inverse_den",
     "_tier_coefs",
 )
+#: The positional layouts by length (never edit): the one above, and the one with
+#: ``cross_liquidation`` after ``takeover_price`` (cross margin, before specs were
+#: pickled by name).
+_POSITIONAL_LAYOUTS: dict[int, tuple[str, ...]] = {
+    len(_POSITIONAL_FIELDS): _POSITIONAL_FIELDS,
+    len(_POSITIONAL_FIELDS) + 1: (
+        *_POSITIONAL_FIELDS[:22],
+        "cross_liquidation",
+        *_POSITIONAL_FIELDS[22:],
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +216,7 @@ class MarketSpec:
     order_price_band_ppm: int = 0
     open_interest_cap: int = 0
     max_position_notional: int = 0
+    cross_liquidation: CrossLiquidation = CrossLiquidation.ALL_AT_ONCE
     # Derived constants (see __post_init__); excluded from equality.
     _linear_k: int = field(default=0, compare=False, repr=False)
     _inverse_num: int = field(default=0, compare=False, repr=False)
@@ -235,8 +258,14 @@ class MarketSpec:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def __setstate__(self, state: dict[str, object] | list[object]) -> None:
-        if isinstance(state, list):  # pickled positionally, before the fields below existed
-            state = dict(zip(_POSITIONAL_FIELDS, state, strict=False))
+        """Unpickle by name; a spec pickled positionally (before it was pickled by
+        name) in one of the field orders it had then; settings it lacks take their
+        defaults."""
+        if isinstance(state, list):
+            layout = _POSITIONAL_LAYOUTS.get(len(state))
+            if layout is None:
+                raise ValueError(f"a MarketSpec of {len(state)} values is not one riskd wrote")
+            state = dict(zip(layout, state, strict=True))
         for f in fields(self):
             object.__setattr__(self, f.name, state.get(f.name, f.default))
 

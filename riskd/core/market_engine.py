@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from riskd.core import adl, fill_sanity
+from riskd.core.cross_margin import Leg
 from riskd.core.errors import Rejected
 from riskd.core.events import (
     AdlReason,
@@ -37,6 +38,7 @@ from riskd.core.events import (
     MarkGuardChanged,
     MarkGuardOverride,
     MarkPrice,
+    SetMarginMode,
     WalletCredit,
 )
 from riskd.core.funding import funding_transfers
@@ -52,6 +54,7 @@ from riskd.core.margin import (
     initial_margin,
     liquidation_threshold,
     maintenance_margin,
+    notional,
     unrealised,
 )
 from riskd.core.mark_guard import GuardReason, MarkGuard, judge, stale
@@ -85,6 +88,7 @@ class PositionView:
     bankruptcy_price: int
     adl_quintile: int
     in_liquidation: bool
+    cross: bool = False  # cross margin: ``margin`` is the position's band of the wallet
 
 
 class MarketEngine:
@@ -115,6 +119,12 @@ class MarketEngine:
         self.open_interest = 0
         # Fills naming no open order (riskd_fills_unreserved_total).
         self.unreserved_fills = 0
+        # Cross margin (riskd.core.cross_margin): the accounts in cross mode here,
+        # those whose account must be re-checked after this input, and each
+        # cross account's (equity, notional) for ADL's account-level leverage.
+        self.cross: set[int] = set()
+        self.cross_due: set[int] = set()
+        self.cross_leverage: dict[int, tuple[int, int]] = {}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Snapshots from before the liquidation machine kept its parts here."""
@@ -137,6 +147,8 @@ class MarketEngine:
             positions: dict[int, Position] = state["positions"]  # type: ignore[assignment]
             state["open_interest"] = sum(p.size for p in positions.values() if p.size > 0)
         self.__dict__.update(state)
+        if "cross" not in state:  # snapshots from before cross margin
+            self.cross, self.cross_due, self.cross_leverage = set(), set(), {}
         if "liquidator" not in state:
             self.liquidator = Liquidator(self)
 
@@ -323,8 +335,11 @@ class MarketEngine:
         buyer, buyer_after = self._plan(f.buyer, f.quantity, bought, f.buyer_fee, "buyer")
         seller, seller_after = self._plan(f.seller, -f.quantity, sold, f.seller_fee, "seller")
         fill_sanity.check_price(self.spec, self.mark, f.price, f.buyer, f.seller)
-        fill_sanity.check_side(self.spec, self.mark, f.buyer, buyer_after, "buyer_account")
-        fill_sanity.check_side(self.spec, self.mark, f.seller, seller_after, "seller_account")
+        # A cross side's margin is only its band (the account is re-checked after).
+        if f.buyer not in self.cross:
+            fill_sanity.check_side(self.spec, self.mark, f.buyer, buyer_after, "buyer_account")
+        if f.seller not in self.cross:
+            fill_sanity.check_side(self.spec, self.mark, f.seller, seller_after, "seller_account")
         cause = f"trade:{f.trade_id}"
         self.trade_ids.remember(f.trade_id, payload)  # nothing below refuses
         self.fee_pool += bought + sold
@@ -473,6 +488,7 @@ class MarketEngine:
         self._check_account(account, "account")
         if amount <= 0:
             raise Rejected.invalid("amount", f"must be > 0, got {amount}")
+        self._check_isolated(account)
         pos = self.positions.get(account)
         if (pos.margin if pos else 0) + amount > INT64_MAX:
             raise Rejected.invalid("amount", "isolated margin would overflow int64")
@@ -492,6 +508,7 @@ class MarketEngine:
         self._check_account(account, "account")
         if amount <= 0:
             raise Rejected.invalid("amount", f"must be > 0, got {amount}")
+        self._check_isolated(account)
         pos = self.positions.get(account)
         if pos is None:
             raise Rejected.not_found("account", f"no margin for account {account} in {self.symbol}")
@@ -521,6 +538,81 @@ class MarketEngine:
         )
         if pos.size == 0 and pos.margin == 0:
             del self.positions[account]
+
+    def set_margin_mode(self, x: SetMarginMode) -> None:
+        """Switch an account's margin mode here; only while it holds nothing here
+        (Binance's rule): no position, no isolated margin, no liquidation."""
+        self._begin(x.ts)
+        self._check_account(x.account, "account")
+        if x.account == BACKSTOP_ACCOUNT:
+            raise Rejected.invalid("account", "the backstop's positions are isolated")
+        if (x.account in self.cross) == x.cross:
+            return
+        pos = self.positions.get(x.account)
+        if pos is not None:
+            what = f"a position of {pos.size}" if pos.size else f"{pos.margin} isolated margin"
+            raise Rejected.precondition(
+                "cross",
+                f"account {x.account} holds {what} in {self.symbol}: the margin mode"
+                " changes only while flat (close it, or move the margin out, first)",
+            )
+        if x.cross:
+            self.cross.add(x.account)
+        else:
+            self.cross.discard(x.account)
+            self.cross_leverage.pop(x.account, None)
+
+    def _check_isolated(self, account: int) -> None:
+        if account in self.cross:
+            raise Rejected.precondition(
+                "market",
+                f"account {account} trades {self.symbol} in cross margin: its wallet is the"
+                " collateral (no margin transfer; deposit or withdraw instead)",
+            )
+
+    # --- cross margin: what the account's re-check reads and does ------------------
+
+    def take_cross_due(self) -> list[int]:
+        """The cross accounts to re-check after this input (sorted), and forget them."""
+        due, self.cross_due = self.cross_due, set()
+        return sorted(due)
+
+    def cross_leg(self, account: int) -> Leg | None:
+        """The account's cross position here, or None (not cross, or no position)."""
+        if account not in self.cross:
+            return None
+        pos = self.positions.get(account)
+        if pos is None:
+            return None
+        return Leg(
+            self.symbol,
+            self.spec,
+            self.mark,
+            pos.size,
+            pos.basis,
+            pos.margin,
+            bool(pos.liquidation),
+            self.guard.reason is not None,
+        )
+
+    def allocate_cross(self, account: int, margin: int, leverage: tuple[int, int] | None) -> int:
+        """Set the account's cross allocation here; returns what it took (+) or gave
+        back (-).  ``leverage``: the account's (equity, notional) for ADL (None: keep)."""
+        pos = self.positions[account]
+        delta = margin - pos.margin
+        if delta:
+            self._set(pos, pos.size, pos.basis, margin)
+        if leverage is not None:
+            self.cross_leverage[account] = leverage
+        return delta
+
+    def liquidate_cross(self, account: int, ts: int) -> None:
+        """Liquidate the account's cross position here whole, with the margin it was
+        given (:meth:`allocate_cross`), as an isolated one."""
+        self._begin(ts)
+        pos = self.positions[account]
+        if not pos.liquidation and pos.size:
+            self.liquidator.start(pos, ts, whole=True)
 
     def update_spec(self, spec: MarketSpec, ts: int) -> None:
         """Change a live market's risk settings (tiers, fees, modes, caps, reduce-only).
@@ -553,7 +645,7 @@ class MarketEngine:
         if not -(10**8) < f.rate_e8 < 10**8:
             raise Rejected.invalid("rate_e8", "funding rate must be within (-100 %, 100 %)")
         live = [p for p in self.positions.values() if p.size and not p.liquidation]
-        deltas, residue = funding_transfers(self.spec, live, self.mark, f.rate_e8)
+        deltas, residue = funding_transfers(self.spec, live, self.mark, f.rate_e8, self.cross)
         for account, delta in deltas.items():
             pos = self.positions[account]
             self._set(pos, pos.size, pos.basis, pos.margin + delta)
@@ -643,9 +735,12 @@ class MarketEngine:
         if self.machine.cooling_ids:
             self.liquidator.cool(ts)
         for account in self.machine.index.crossed(self.mark):
-            self.liquidator.start(self.positions[account], ts)
-            # The venue cancels a liquidated account's orders: nothing stays reserved.
-            self.orders.drop_account(account)
+            if account in self.cross:  # its band: the account is re-checked as a whole
+                self.cross_due.add(account)
+            else:
+                self.liquidator.start(self.positions[account], ts)
+                # The venue cancels a liquidated account's orders: nothing stays reserved.
+                self.orders.drop_account(account)
 
     def _margin_calls(self, previous: int, ts: int) -> None:
         """Call the positions the mark's move brought within the band of their LP.
@@ -660,7 +755,7 @@ class MarketEngine:
         entered += self.index.shorts_between(previous * PPM // (PPM - d), mark * PPM // (PPM - d))
         for account in entered:
             pos = self.positions[account]
-            if not pos.is_backstop:
+            if not pos.is_backstop and account not in self.cross:
                 self._margin_call(pos, ts)
 
     def _margin_call(self, pos: Position, ts: int) -> None:
@@ -707,10 +802,11 @@ class MarketEngine:
                 else f"market is {self.status.value}"
             )
             raise Rejected.precondition(field, f"{self.symbol}: {why}")
-        if margin < 0:
+        if margin < 0 and (trial.size == 0 or account not in self.cross):
+            what = "cross allocation here" if account in self.cross else "isolated margin"
             raise Rejected.precondition(
                 field,
-                f"account {account}'s isolated margin would go negative ({margin}):"
+                f"account {account}'s {what} would go negative ({margin}):"
                 " the price is beyond its bankruptcy price or the fee exceeds its margin",
             )
         for name, v in (("quantity", trial.size), ("price", trial.basis), (field, margin)):
@@ -734,6 +830,7 @@ class MarketEngine:
             pos.key is not None
             and not was_called
             and not pos.is_backstop
+            and pos.account not in self.cross
             and self._in_call_band(pos.size > 0, pos.key >> 64)
         ):
             self._margin_call(pos, self._now)
@@ -800,6 +897,9 @@ class MarketEngine:
                 )
         pos.margin = 0
         self.positions.pop(pos.account, None)
+        if pos.account in self.cross:
+            self.cross_due.add(pos.account)
+            self.cross_leverage.pop(pos.account, None)
 
     def sweep_backstop_margin(self, amount: int, ts: int) -> None:
         if amount:
@@ -854,11 +954,25 @@ class MarketEngine:
             for p in self.positions.values()
             if p.size and (p.size > 0) == long and not p.liquidation and not p.is_backstop
         ]
-        ranked = deque(adl.rank(self.spec, side, mark))
+        ranked = deque(adl.rank(self.spec, [self._adl_view(p, mark) for p in side], mark))
+        if self.cross_leverage:
+            ranked = deque(self.positions[p.account] for p in ranked)
         backstop = self.positions.get(BACKSTOP_ACCOUNT)
         if backstop and backstop.size and (backstop.size > 0) == long:
             ranked.append(backstop)  # the fund's inventory is the last resort
         return ranked
+
+    def _adl_view(self, pos: Position, mark: int) -> Position:
+        """A cross position ranks with its account's leverage (BitMEX, Bybit): a
+        copy whose margin balance is its notional's share of the account's equity."""
+        lev = self.cross_leverage.get(pos.account) if self.cross_leverage else None
+        if lev is None:
+            return pos
+        equity, total = lev
+        trial = _copy(pos)
+        n = notional(self.spec, pos, mark)
+        trial.margin = n * equity // max(total, 1) - unrealised(self.spec, pos, mark)
+        return trial
 
     # --- validation -------------------------------------------------------------
 
@@ -933,6 +1047,7 @@ class MarketEngine:
             _wire_price(bp),
             quintile,
             bool(pos.liquidation),
+            account in self.cross,
         )
 
 
