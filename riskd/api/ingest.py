@@ -419,7 +419,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         Malformed input, an unknown market, an order id open with other terms
         or a market outside the grant end the call with that status (nothing
         changed); a well-formed order the gate refuses is an answer:
-        ``accepted`` false and the refusal.
+        ``accepted`` false and the refusal.  Each call is one update of the
+        gateway's rate limit, shared with its streams (over it:
+        RESOURCE_EXHAUSTED with a RetryInfo).
         """
         try:
             grant = self.auth.identify(context)  # the interceptor checked the role
@@ -430,6 +432,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, r.field, r.message)
         if self.draining:
             await abort(context, grpc.StatusCode.UNAVAILABLE, "", "riskd is shutting down")
+        bucket = self._bucket(grant, gateway)  # one update of the gateway's budget
+        delay = bucket.take(1, time.monotonic()) if bucket is not None else 0.0
+        if delay:
+            self.metrics.throttled.inc()
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "",
+                str(Throttled(gateway, delay)),
+                retry_after=delay,
+            )
         try:
             ts = request.timestamp_ms
             now = time.time_ns() // 1_000_000

@@ -246,3 +246,26 @@ def test_gate_config_keys_are_read_and_range_checked() -> None:
     for bad in ("order_price_band_ppm = 1000001", "open_interest_cap = -1"):
         with pytest.raises(ValueError, match=rf"markets\.BTC-USDT\.{bad.split()[0]}"):
             config.parse(text.replace(anchor, bad + "\n" + anchor, 1))
+
+
+def test_unary_checks_are_charged_to_the_gateways_rate_limit(tmp_path: Path) -> None:
+    import re
+
+    import grpc
+
+    text = (Path(__file__).parents[2] / "riskd" / "default_config.toml").read_text()
+    for key, value in (("gateway_updates_per_second", 1), ("gateway_burst", 3)):
+        text = re.sub(rf"^{key} = 0\b", f"{key} = {value}", text, count=1, flags=re.M)
+    config = tmp_path / "riskd.toml"
+    config.write_text(text)
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+        answered = 0
+        with pytest.raises(grpc.RpcError) as e:
+            for _ in range(10):
+                check(d, order(7, BUY, 1))
+                answered += 1
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+        assert 1 <= answered <= 4  # the burst, and perhaps a token refilled meanwhile
+    finally:
+        assert d.stop() == 0
