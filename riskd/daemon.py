@@ -148,7 +148,7 @@ class Daemon:
             retained_sequences=srv.stream_window * srv.max_batch_updates,
         )
         self.sequencer.assets = dict(config.assets)
-        self._nursery: trio.Nursery | None = None  # where runtime-added markets run
+        self.nursery: trio.Nursery | None = None  # where runtime-added markets run
         self.sequencer.spawn = self._spawn_market
         self.metrics.declare(self.markets, config.assets)
         self.metrics.describe(
@@ -179,10 +179,10 @@ class Daemon:
 
     async def _spawn_market(self, engine: MarketEngine) -> MarketActor:
         """Start the actor of a market added at runtime (AdminService.AddMarket)."""
-        if self._nursery is None:
+        if self.nursery is None:
             raise Rejected.precondition("market", "riskd is not running")
         actor = self._market_actor(engine)
-        await self._nursery.start(actor.run)
+        await self.nursery.start(actor.run)
         sym, cap = engine.symbol, self.config.server.mailbox_capacity
         self.metrics.declare([sym], ())
         self.metrics.describe((), [(sym, engine.asset)])
@@ -272,7 +272,7 @@ class Daemon:
             ) from e
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self.nursery = nursery
                 for actor in self.actors():
                     await nursery.start(actor.run)
                 await nursery.start(self.ledger.run)

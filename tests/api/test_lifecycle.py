@@ -9,13 +9,16 @@ admin audit log.
 
 from __future__ import annotations
 
+import json
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 
+from riskd import config as config_mod
 from riskd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -223,5 +226,49 @@ def test_added_market_survives_restarts_halts_and_settles_for_good(tmp_path: Pat
     d = start_daemon(tmp_path)
     try:
         assert SOL not in markets(d) and state(d).digest == before
+    finally:
+        assert d.stop() == 0, d.log.read_text()
+
+
+def test_an_added_market_is_in_the_snapshots_the_writer_process_takes(tmp_path: Path) -> None:
+    """Periodic snapshots are rebuilt in another process from the journal: the
+    added market must be in them, and a start from one (and the tail) runs it."""
+    config = tmp_path / "riskd.toml"
+    toml = config_mod.default_toml()
+    config.write_text(toml.replace("snapshot_seconds = 300", "snapshot_seconds = 0.2"))
+    d = start_daemon(tmp_path, "--config", str(config))
+    admin(d).AddMarket(admin_pb2.AddMarketRequest(market=_new_market()))
+    s = RawStream(d, "gw-sol-snap")
+    r = s.send(
+        deposit(3, 1_000 * USDT),
+        deposit(4, 1_000 * USDT),
+        margin(3, SOL, 100 * USDT),
+        margin(4, SOL, 100 * USDT),
+        mark(SOL, 15_000),
+        fill(SOL, 1, 3, 4, 15_000, 500),
+    )
+    assert list(r.rejections) == [], r
+    before = state(d).digest
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # a snapshot taken after the fill
+        written = [
+            json.loads(x) for x in d.log.read_text().splitlines() if '"snapshot_written"' in x
+        ]
+        if written and written[-1]["records"] >= 3:  # settings, market_added, the batch
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(d.log.read_text())
+    d.process.send_signal(signal.SIGKILL)
+    d.process.wait(10)
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+        recovered = json.loads(
+            next(x for x in d.log.read_text().splitlines() if '"riskd_recovered"' in x)
+        )
+        assert recovered["snapshot_records"] >= 3
+        assert SOL in markets(d) and state(d).digest == before
+        pos = query(d).GetPosition(query_pb2.GetPositionRequest(account=3, market=SOL)).position
+        assert pos.size == 500
     finally:
         assert d.stop() == 0, d.log.read_text()
