@@ -85,8 +85,8 @@ class MarketActor(Actor):
         engine = self.engine
         unreserved = engine.unreserved_fills
         for item in items:
-            if results and needs_release(item):
-                break
+            if results and (needs_release(item) or engine.cross_order_account(item) is not None):
+                break  # the sequencer works out the cross wallet first
             try:
                 kind = kind_of(item)
                 if kind.on_market is None:

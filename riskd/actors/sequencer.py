@@ -558,6 +558,10 @@ class Sequencer(Actor):
         market = self.markets.get(c.market)
         if market is not None:
             reserved, left = await market.call(market.query, partial(_order_margin, c))
+            if c.account in market.engine.cross:  # the whole cross wallet's figure
+                allowance = await self.cross._order_allowance(market, c.account)
+                here = await market.call(market.query, partial(_cross_reserved, c.account))
+                left = allowance - here
         return done.follow(OrderCheck(refused, reserved, left))
 
     async def withdraw(
@@ -929,6 +933,10 @@ class _Replay:
             if market is not None:  # else the start refuses the file (reconcile)
                 await market.call(_install, market, r.markets[sym])
         self.s.file_settings = dict(r.markets)
+
+
+def _cross_reserved(account: int, engine: MarketEngine) -> int:
+    return engine.cross_reserved(account)
 
 
 def _order_margin(c: CheckOrder, engine: MarketEngine) -> tuple[int, int]:

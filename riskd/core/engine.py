@@ -100,6 +100,9 @@ class Engine:
             leg = kind.wallet_leg(event) if kind.wallet_leg is not None else None
             if leg is not None:
                 self._wallet_leg(market, *leg)
+            account = market.cross_order_account(event)
+            if account is not None:  # a cross account's order check: its whole wallet
+                market.cross_free = self._order_allowance(market, account)
             kind.on_market(market, event)
         elif kind.owner is Owner.WALLET:
             assert kind.on_wallet is not None
@@ -177,14 +180,27 @@ class Engine:
         elif taken > 0:
             wallet.debit(account, taken)
 
+    def _order_allowance(self, market: MarketEngine, account: int) -> int:
+        """:func:`~riskd.core.cross_margin.order_allowance` for a check in ``market``."""
+        legs = [leg for _, leg in self.cross_legs(market.asset, account)]
+        elsewhere = sum(
+            m.cross_reserved(account)
+            for m in self.markets.values()
+            if m.asset == market.asset and m is not market
+        )
+        free = self.wallets[market.asset].balance(account)
+        return cross_margin.order_allowance(legs, free, elsewhere)
+
     def _cross_release(self, asset: str, account: int, amount: int, field: str) -> None:
-        """Free ``amount`` of a cross account's wallet before it leaves (or refuse)."""
+        """Free ``amount`` of a cross account's wallet before it leaves (or refuse);
+        what its open orders reserve stays."""
         pairs = self.cross_legs(asset, account)
-        if not pairs:
+        reserved = sum(m.cross_reserved(account) for m in self.markets.values() if m.asset == asset)
+        if not pairs and not reserved:
             return
         wallet = self.wallets[asset]
         margins = cross_margin.release(
-            [leg for _, leg in pairs], wallet.balance(account), amount, field
+            [leg for _, leg in pairs], wallet.balance(account), amount, field, reserved
         )
         if margins is not None:
             self._allocate(wallet, account, pairs, margins, None)

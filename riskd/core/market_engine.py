@@ -125,6 +125,10 @@ class MarketEngine:
         self.cross: set[int] = set()
         self.cross_due: set[int] = set()
         self.cross_leverage: dict[int, tuple[int, int]] = {}
+        # What a cross account's wallet can commit to its next order check here,
+        # set by whoever routes it (Engine, the sequencer) just before; never
+        # kept between inputs.
+        self.cross_free: int | None = None
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Snapshots from before the liquidation machine kept its parts here."""
@@ -146,6 +150,7 @@ class MarketEngine:
             state["unreserved_fills"] = 0
             positions: dict[int, Position] = state["positions"]  # type: ignore[assignment]
             state["open_interest"] = sum(p.size for p in positions.values() if p.size > 0)
+        state.setdefault("cross_free", None)
         self.__dict__.update(state)
         if "cross" not in state:  # snapshots from before cross margin
             self.cross, self.cross_due, self.cross_leverage = set(), set(), {}
@@ -377,6 +382,7 @@ class MarketEngine:
         An ``order_id`` already open with the same terms is that order again
         (a retried check): accepted, nothing more reserved.
         """
+        cross_free, self.cross_free = self.cross_free, None
         self._begin(c.ts)
         self._check_order_id(c.order_id)
         check_account(c.account, "account")
@@ -428,12 +434,14 @@ class MarketEngine:
             self.orders,
             self.open_interest,
             order,
+            cross_free=self._cross_free(c.account, cross_free),
         )
         self.orders.add(order)
 
     def amend_order(self, a: AmendOrder) -> None:
         """An open order's new price and remaining quantity, checked as a new one would be;
         refused, the order stays as it was."""
+        cross_free, self.cross_free = self.cross_free, None
         self._begin(a.ts)
         self._check_order_id(a.order_id)
         self._check_price(a.price, "price")
@@ -459,9 +467,35 @@ class MarketEngine:
             self.open_interest,
             new,
             old,
+            self._cross_free(old.account, cross_free),
         )
         self.orders.remove(old.order_id)
         self.orders.add(new)
+
+    def _cross_free(self, account: int, given: int | None) -> int | None:
+        """What a cross account's order check may commit (None: isolated); without a
+        figure from the router (a market driven alone), nothing."""
+        if account not in self.cross:
+            return None
+        return 0 if given is None else given
+
+    def cross_order_account(self, x: object) -> int | None:
+        """The cross account an order check or amend here is for (None: not one):
+        its router works out :attr:`cross_free` first."""
+        if type(x) is CheckOrder:
+            account = x.account
+        elif type(x) is AmendOrder:
+            order = self.orders.get(x.order_id)
+            if order is None:
+                return None
+            account = order.account
+        else:
+            return None
+        return account if account in self.cross else None
+
+    def cross_reserved(self, account: int) -> int:
+        """What the account's open orders here hold of its cross wallet (0: isolated here)."""
+        return self.orders.reserved(account) if account in self.cross else 0
 
     def cancel_order(self, c: CancelOrder) -> None:
         """An open order left the book: its reservation is released."""
@@ -548,6 +582,12 @@ class MarketEngine:
             raise Rejected.invalid("account", "the backstop's positions are isolated")
         if (x.account in self.cross) == x.cross:
             return
+        if self.orders.reserved(x.account) or self.orders.of(x.account):
+            raise Rejected.precondition(
+                "cross",
+                f"account {x.account} has open orders in {self.symbol}: their margin is held"
+                " in the mode they were checked in (cancel them first)",
+            )
         pos = self.positions.get(x.account)
         if pos is not None:
             what = f"a position of {pos.size}" if pos.size else f"{pos.margin} isolated margin"
@@ -613,6 +653,7 @@ class MarketEngine:
         pos = self.positions[account]
         if not pos.liquidation and pos.size:
             self.liquidator.start(pos, ts, whole=True)
+            self.orders.drop_account(account)  # as for an isolated one (scan)
 
     def update_spec(self, spec: MarketSpec, ts: int) -> None:
         """Change a live market's risk settings (tiers, fees, modes, caps, reduce-only).
@@ -640,12 +681,13 @@ class MarketEngine:
 
     def funding(self, f: FundingRate) -> None:
         self._begin(f.ts)
-        if self.mark is None:
-            raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
+        mark = self.guard_mark  # a guarded mark sets no payment: the last good one does
+        if mark is None:
+            raise Rejected.precondition("market", f"{self.symbol} has no good mark price yet")
         if not -(10**8) < f.rate_e8 < 10**8:
             raise Rejected.invalid("rate_e8", "funding rate must be within (-100 %, 100 %)")
         live = [p for p in self.positions.values() if p.size and not p.liquidation]
-        deltas, residue = funding_transfers(self.spec, live, self.mark, f.rate_e8, self.cross)
+        deltas, residue = funding_transfers(self.spec, live, mark, f.rate_e8, self.cross)
         for account, delta in deltas.items():
             pos = self.positions[account]
             self._set(pos, pos.size, pos.basis, pos.margin + delta)
@@ -873,7 +915,10 @@ class MarketEngine:
         if pos.margin < 0:
             raise AssertionError(f"{self.symbol}: {pos} would leave with negative margin")
         self.machine.untrack(pos)
-        keep = min(pos.margin, self.orders.reserved(pos.account))
+        # A cross position's margin is its band of the wallet: it all goes back.
+        keep = (
+            0 if pos.account in self.cross else min(pos.margin, self.orders.reserved(pos.account))
+        )
         if keep:
             if pos.margin > keep:
                 self.effects.append(

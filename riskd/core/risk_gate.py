@@ -90,13 +90,17 @@ def decide(
     open_interest: int,
     order: Order,
     replacing: Order | None = None,
+    cross_free: int | None = None,
 ) -> tuple[int, bool]:
     """``(reservation, reduce_only)`` for a well-formed ``order``, or :class:`OrderRefused`.
 
     ``replacing``: the open order an amend replaces (its quantity and
     reservation are left out of the account's totals).  ``reduce_only`` is
     true when the order may only reduce (flagged so, or the market is
-    close-only): it then reserves nothing.
+    close-only): it then reserves nothing.  ``cross_free``: for an account
+    in cross margin here, what its cross wallet can still commit before this
+    market's orders (:func:`riskd.core.cross_margin.available` less what its
+    orders in the asset's other markets reserve); None: isolated.
     """
     account, side, q = order.account, order.side, order.quantity
     if status is MarketStatus.HALTED or status is MarketStatus.SETTLED:
@@ -116,6 +120,8 @@ def decide(
             "price",
             f"{order.price} is more than {band} ppm from the mark {mark}",
         )
+    if pos is None and cross_free is not None:
+        pos = Position(account)  # a cross account's first position here
     if pos is None:
         raise OrderRefused(
             Refusal.UNKNOWN_ACCOUNT,
@@ -181,7 +187,8 @@ def decide(
     num, den = spec.value(side * q, mark)
     loss = max(0, -((num - spec.side_value(side * q, order.price) * den) // den))
     cost = im + loss
-    free = available(spec, pos, mark, reserved)
+    # The cross wallet's figure already counts every cross position's IM.
+    free = available(spec, pos, mark, reserved) if cross_free is None else cross_free - reserved
     if cost > free:
         raise OrderRefused(
             Refusal.INSUFFICIENT_BALANCE,

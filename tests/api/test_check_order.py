@@ -269,3 +269,41 @@ def test_unary_checks_are_charged_to_the_gateways_rate_limit(tmp_path: Path) -> 
         assert 1 <= answered <= 4  # the burst, and perhaps a token refilled meanwhile
     finally:
         assert d.stop() == 0
+
+
+def test_cross_account_orders_share_its_wallet_through_the_daemon(d: Daemon) -> None:
+    """The daemon routes a cross account's checks through its whole wallet as the pure
+    engine does (tests/core/test_risk_gate.py): one market's reservation is the other's
+    refusal, on the stream and as a unary call, and withdrawals leave it."""
+    from riskd.v1 import types_pb2, withdrawal_pb2, withdrawal_pb2_grpc
+
+    a = next(_accounts)
+    cross = types_pb2.MARGIN_MODE_CROSS
+    setup = [
+        U(mark_price=ingest_pb2.MarkPrice(market="ETH-USDT", price=300_000)),
+        U(margin_mode=ingest_pb2.SetMarginMode(market="BTC-USDT", account=a, mode=cross)),
+        U(margin_mode=ingest_pb2.SetMarginMode(market="ETH-USDT", account=a, mode=cross)),
+        U(deposit=ingest_pb2.Deposit(account=a, asset="USDT", amount=1_000 * USDT)),
+    ]
+    assert not send(d, *setup).rejections
+    assert check(d, order(a, BUY, 1_000)).reserved == 500 * USDT  # 1 BTC at 50,000: 100x
+    eth = ingest_pb2.CheckOrder(
+        market="ETH-USDT", order_id=next(_orders), account=a, side=SELL, price=300_000
+    )
+    eth.quantity = 20_000  # 20 ETH at 3,000 = 60,000 USDT: 600 at 100x, the wallet has 500
+    r = send(d, U(check_order=eth))
+    assert [x.order_refusal for x in r.rejections] == [
+        ingest_pb2.ORDER_REFUSAL_INSUFFICIENT_BALANCE
+    ]
+    eth.quantity = 10_000  # 10 ETH = 30,000 USDT: 300 at 100x
+    assert not send(d, U(check_order=eth)).rejections
+    left = check(d, order(a, BUY, 1))  # 200 left of the wallet: 0.001 BTC costs 0.4
+    assert left.accepted and left.available == 200 * USDT - left.reserved
+    w = withdrawal_pb2_grpc.WithdrawalServiceStub(d.channel())
+    no = w.Withdraw(
+        withdrawal_pb2.WithdrawRequest(
+            account=a, asset="USDT", amount=201 * USDT, withdrawal_id=next(_orders)
+        ),
+        metadata=[("x-riskd-gateway", "gw-orders")],
+    )
+    assert not no.approved and "reserve" in no.reason

@@ -56,6 +56,7 @@ from riskd.core import (
     Stage,
     TierTable,
     Withdrawal,
+    cross_margin,
     digest,
     violations,
 )
@@ -417,17 +418,26 @@ class EngineMachine(RuleBasedStateMachine):
         if self.apply(c):
             self.fits(m, self.order_id)
 
-    @staticmethod
-    def fits(m: MarketEngine, order_id: int) -> None:
+    def fits(self, m: MarketEngine, order_id: int) -> None:
         """An order just accepted that reserves margin leaves its account's available >= 0
-        (one that reserves nothing, a reduce-only one, may reduce an under-margined position)."""
+        (one that reserves nothing, a reduce-only one, may reduce an under-margined position):
+        its isolated margin's, or its whole cross wallet's across the asset's markets."""
         o = m.orders.orders[order_id]
         mark = m.guard_mark
         assert mark is not None
-        if o.margin:
-            assert (
-                available(m.spec, m.positions[o.account], mark, m.orders.reserved(o.account)) >= 0
+        if not o.margin:
+            return
+        if o.account in m.cross:
+            legs = [leg for _, leg in self.engine.cross_legs(m.asset, o.account)]
+            free = self.engine.wallets[m.asset].balance(o.account)
+            held = sum(
+                x.cross_reserved(o.account)
+                for x in self.engine.markets.values()
+                if x.asset == m.asset
             )
+            assert cross_margin.order_allowance(legs, free, 0) - held >= 0
+            return
+        assert available(m.spec, m.positions[o.account], mark, m.orders.reserved(o.account)) >= 0
 
     @precondition(lambda self: self.open_orders())
     @rule(data=st.data(), bp=st.integers(-300, 300), size=st.integers(1, 100))
@@ -477,7 +487,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert opening == m.orders.opening
             for o in m.orders:  # margin is held by a position that is not being liquidated
                 pos = m.positions.get(o.account)
-                if o.margin:
+                if o.margin and o.account not in m.cross:  # a cross one: by the wallet
                     assert pos is not None and pos.margin >= o.margin, (o, pos)
                 assert pos is None or not pos.liquidation, (o, pos)
 

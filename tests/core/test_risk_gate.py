@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from riskd.core import (
     CheckOrder,
     Code,
+    Deposit,
+    Fill,
     MarketSpec,
     OrderRefused,
     Refusal,
@@ -259,3 +261,30 @@ def test_gate_settings_are_range_checked(spec: MarketSpec) -> None:
         with pytest.raises(SpecError) as e:
             dataclasses.replace(spec, **{name: -1})
         assert e.value.field == name
+
+
+def test_cross_orders_share_the_wallet_and_hold_it() -> None:
+    """A cross account's orders in two markets draw on one wallet: what one reserves
+    the other cannot, withdrawals leave it, and the mode cannot change under them."""
+    from riskd.core import CancelOrder, SetMarginMode, Withdrawal
+
+    d = Desk(btc_usdt_spec(), btc_usdt_spec("ETH-USDT"))
+    for m in (M, "ETH-USDT"):
+        d.mark(m, P)
+        d.apply(SetMarginMode(m, 1, True))
+    d.apply(Deposit(1, "USDT", 1_000 * U))
+    d.apply(CheckOrder(M, 1, 1, BUY, P, ONE))  # 500 of the wallet
+    d.apply(CheckOrder("ETH-USDT", 2, 1, SELL, P, ONE))  # the other 500
+    assert reserved(d, 1) == 500 * U and d.markets["ETH-USDT"].orders.reserved(1) == 500 * U
+    refused(d, CheckOrder("ETH-USDT", 3, 1, BUY, P, 1), Refusal.INSUFFICIENT_BALANCE, "quantity")
+    refused(d, CheckOrder(M, 3, 1, BUY, P, 1), Refusal.INSUFFICIENT_BALANCE, "quantity")
+    assert_rejected(d.engine, Withdrawal(1, "USDT", 1), Code.FAILED_PRECONDITION, "amount")
+    assert_rejected(d.engine, SetMarginMode(M, 1, False), Code.FAILED_PRECONDITION, "cross")
+    d.apply(CancelOrder(M, 1))
+    d.apply(Withdrawal(1, "USDT", 500 * U))
+    assert_rejected(d.engine, Withdrawal(1, "USDT", 1), Code.FAILED_PRECONDITION, "amount")
+    # the ETH order fills: its reservation is released, the position takes its IM
+    d.margin(2, "ETH-USDT", 1_000 * U)
+    d.apply(Fill("ETH-USDT", 1, 2, 1, P, ONE, seller_order_id=2))
+    assert d.markets["ETH-USDT"].orders.reserved(1) == 0
+    d.check()
