@@ -319,7 +319,7 @@ def worker_ref_server(mode: str) -> None:
             for i, u in enumerate(request.updates):
                 last = u.sequence
                 try:
-                    apply(decode(u, f"updates[{i}]"))
+                    apply(decode(u, i))
                 except Rejected as r:
                     rejected.append(convert.rejection(u.sequence, i, u, r))
             return Response(acked_sequence=last, rejections=rejected)

@@ -82,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser(
         "audit", help="verify a data directory offline: journal chain, fund ledger, invariants"
     )
-    audit.add_argument("--data", required=True, help="the data directory to check")
+    audit.add_argument("--data", help="the data directory to check")
     audit.add_argument("--config", help="TOML config the daemon ran with (default: embedded)")
+    audit.add_argument(
+        "--storage",
+        help="instead: the PostgreSQL journal of riskd serve --storage (postgresql:// URL)",
+    )
+    audit.add_argument("--shard", help="with --storage: the shard (default: the config's assets)")
     replay = commands.add_parser(
         "replay",
         help="drive a daemon through a price path with a seeded population; write a report",
@@ -115,7 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load(args.config)
         except (OSError, ValueError) as e:
             return _bad_config(str(e))
-        return audit.main(config, args.data)
+        if not args.data and not args.storage:
+            return _bad_config("riskd audit needs --data or --storage")
+        if args.shard and not args.storage:
+            return _bad_config("--shard needs --storage")
+        return audit.main(config, args.data, args.storage, args.shard)
     if args.command == "replay":
         from riskd.replay import main as replay_main
 
@@ -210,23 +219,11 @@ def _serve(args: argparse.Namespace) -> int:
 async def _serve_postgres(config: Any, args: argparse.Namespace) -> None:
     from functools import partial
 
-    import structlog
-
     from riskd.cluster.node import _push, shard_of
     from riskd.daemon import Daemon
     from riskd.storage import postgres
 
     shard = args.shard or shard_of(config)
-    if config.server.snapshot_seconds > 0:
-        # The periodic snapshot writer process reads journal.sqlite3; with the
-        # journal in PostgreSQL only the snapshot at a clean stop is taken (and
-        # stored in the database for the next owner).  docs/cluster.md.
-        structlog.get_logger("riskd").warning(
-            "periodic_snapshots_off", reason="--storage postgresql"
-        )
-        config = dataclasses.replace(
-            config, server=dataclasses.replace(config.server, snapshot_seconds=0.0)
-        )
     if args.etcd:
         from riskd.cluster.etcd import Etcd
         from riskd.cluster.node import serve_node
@@ -236,7 +233,7 @@ async def _serve_postgres(config: Any, args: argparse.Namespace) -> None:
         await serve_node(config, args.config, args.storage, etcd, advertise, args.lease_ttl, shard)
         return
     daemon = Daemon(config, config_path=args.config)
-    daemon.open_journal = postgres.opener(args.storage, shard)
+    daemon.open_journal = postgres.opener(args.storage, shard, None, list(config.assets))
     daemon.snapshot_written = partial(_push, daemon)
     await daemon.run()
 

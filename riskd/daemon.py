@@ -20,6 +20,7 @@ or its WAL index say is missing records is refused like a corrupt one (exit
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import socket
@@ -68,6 +69,7 @@ from riskd.storage.journal import (
     open_sqlite,
 )
 from riskd.storage.ledger import LedgerWriter
+from riskd.storage.postgres import PostgresJournal
 from riskd.v1 import events_pb2
 
 __all__ = ["Daemon", "Endpoints", "StartupError", "serve"]
@@ -77,6 +79,8 @@ log = structlog.get_logger("riskd")
 #: Room for every message a unary RPC may have waiting at the sequencer.
 UNARY_LIMIT = 64
 DRAIN_SECONDS = 10.0
+#: Journal records decoded at a time at start-up.
+REPLAY_CHUNK = 10_000
 
 
 class StartupError(RiskdError):
@@ -116,7 +120,12 @@ class Daemon:
         # Storage: the data directory's SQLite file unless riskd.cli says otherwise
         # (--storage postgresql://...: riskd.storage.postgres).
         self.open_journal: Callable[[Path], Journal] = open_sqlite
-        self.snapshot_written: Callable[[Path], object] | None = None
+        #: Called with (data directory, records, chain hash, state) after a snapshot
+        #: written in process (at a clean stop), e.g. to store it in PostgreSQL; a
+        #: writer process stores its own (riskd.storage.snapshot.start_writer).
+        self.snapshot_written: Callable[[Path, int, str, dict[str, Any]], object] | None = None
+        #: ClusterService on the gRPC port (a cluster node owning its shard).
+        self.route: Any = None
         self.funds = {
             a: FundActor(
                 InsuranceFund(a, config.funds.get(a)),
@@ -279,6 +288,7 @@ class Daemon:
                     withdrawal=WithdrawalServicer(portal, self.sequencer, auth),
                     admin=AdminServicer(portal, self.sequencer),
                     log=self.event_log,
+                    cluster=self.route,
                 )
                 bound: dict[str, Any] = {}
 
@@ -414,23 +424,35 @@ class Daemon:
         disk_oldest = await trio.to_thread.run_sync(
             storage_events.cut, store, self.sequencer.events
         )
-        # All decoded first: an unknown format (exit 3) refuses before anything
-        # applies.  Decoded as read, so the texts are never all held at once.
-        records = await trio.to_thread.run_sync(
-            lambda: codec.decode_all(journal.replay(covered), covered, journal.path)
-        )
-        for record in records:
-            try:
-                await self.sequencer.call(self.sequencer.replay, record)
-            except (ValueError, KeyError, TypeError) as e:
-                raise JournalCorrupt(f"{journal.path}: record after {covered}: {e}") from e
-            await self._seal()  # the same numbers as before the restart, on disk again
+        # Decoded a chunk at a time, so neither the texts nor the records are all
+        # held at once (a takeover may replay a long journal).  A record that does
+        # not decode refuses the start (exit 3) before any record after it applies;
+        # what the ones before it wrote (events, ledger entries) is derived from
+        # durable records, so the same again at the next start.
+        texts = journal.replay(covered)
+        replayed = 0
+        while True:
+            chunk = await trio.to_thread.run_sync(
+                codec.decode_all,
+                itertools.islice(texts, REPLAY_CHUNK),
+                covered + replayed,
+                journal.path,
+            )
+            if not chunk:
+                break
+            for record in chunk:
+                try:
+                    await self.sequencer.call(self.sequencer.replay, record)
+                except (ValueError, KeyError, TypeError) as e:
+                    raise JournalCorrupt(f"{journal.path}: record after {covered}: {e}") from e
+                await self._seal()  # the same numbers as before the restart, on disk again
+            replayed += len(chunk)
         total += await self._reconcile_markets(journal, total == 0)
         await self._seal()
         log.info(
             "riskd_recovered",
             snapshot_records=covered,
-            replayed=len(records),
+            replayed=replayed,
             journal_epoch=journal.epoch,
         )
         actor = JournalActor(journal, self.config.server.mailbox_capacity, total, journal.head)
@@ -509,7 +531,7 @@ class Daemon:
                 ok = True
             else:
                 writer = await trio.to_thread.run_sync(
-                    snapshot.start_writer, self.config, data, covered, head
+                    snapshot.start_writer, self.config, data, covered, head, self._store()
                 )
                 ok = await trio.to_thread.run_sync(
                     snapshot.wait_writer, writer, abandon_on_cancel=True
@@ -520,9 +542,9 @@ class Daemon:
             fail_stop(StorageFault("snapshot", data, e))
         if ok:
             self._snapshot_at = max(covered, self._snapshot_at or 0)
-            if self.snapshot_written is not None:  # e.g. into PostgreSQL for other nodes
-                try:
-                    await trio.to_thread.run_sync(self.snapshot_written, data)
+            if state is not None and self.snapshot_written is not None:
+                try:  # e.g. into PostgreSQL for other nodes
+                    await trio.to_thread.run_sync(self.snapshot_written, data, covered, head, state)
                 except StorageFault as fault:
                     fail_stop(fault)
             log.info(
@@ -534,6 +556,14 @@ class Daemon:
             )
         else:  # not fatal: the journal holds everything, a restart just replays more
             log.error("snapshot_failed", records=covered)
+
+    def _store(self) -> tuple[str, str, int] | None:
+        """(database URL, shard, epoch) of a PostgreSQL journal, for the writer process."""
+        actor = self.sequencer.journal
+        journal = None if actor is None else actor.journal
+        if isinstance(journal, PostgresJournal):
+            return journal.dsn, journal.shard, journal.epoch
+        return None
 
     async def _snapshots(self, every: float) -> None:
         while True:

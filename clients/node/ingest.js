@@ -16,8 +16,13 @@
 // 1, it refuses to send when riskd already acknowledged sequences of that epoch
 // (they would be taken for resends and not applied).
 //
+// In a cluster (docs/cluster.md) it may be pointed at any node: a standby
+// answers UNAVAILABLE naming the shard's owner in the riskd-owner trailer, and
+// the run goes there (at most 3 hops), resuming its session after what the
+// owner acknowledged.
+//
 // Prints one JSON line: {"epoch": "E", "acked": N, "duplicates": D,
-// "rejections": [{sequence, code, field}]}. Exits 0 when riskd acknowledged
+// "redirects": R, "rejections": [{sequence, code, field}]}. Exits 0 when riskd acknowledged
 // the whole batch, non-zero on any error or after 10 seconds.
 'use strict';
 
@@ -29,6 +34,8 @@ const protoLoader = require('@grpc/proto-loader');
 const TIMEOUT_MS = 10_000;
 const PROTOS = path.resolve(__dirname, '..', '..', 'protos');
 const GATEWAY = 'node-gw';
+const OWNER_METADATA = 'riskd-owner'; // a cluster standby's redirect (docs/cluster.md)
+const MAX_REDIRECTS = 3;
 const RESUME = process.env.RISKD_EPOCH || ''; // '' or '0': a fresh epoch, assigned by riskd
 const USDT = 1_000_000n; // USDT has 6 decimals: 1 USDT = 10^6 quantums
 
@@ -57,8 +64,6 @@ function main() {
   const credentials = tls
     ? grpc.credentials.createSsl(fs.readFileSync(ca), fs.readFileSync(key), fs.readFileSync(cert))
     : grpc.credentials.createInsecure();
-  const client = new riskd.IngestService(target, credentials);
-
   const timer = setTimeout(() => fail(`timed out after ${TIMEOUT_MS} ms`), TIMEOUT_MS);
 
   // 64-bit integers are sent as strings so nothing depends on JS number precision.
@@ -75,64 +80,101 @@ function main() {
   ].map((u, i) => ({ sequence: String(i + 1), timestamp_ms: ts, ...u }));
   const last = BigInt(updates.length);
 
-  const metadata = new grpc.Metadata();
-  if (!tls) metadata.set('x-riskd-gateway', GATEWAY); // over TLS the certificate names us
-  metadata.set('x-riskd-epoch', RESUME || '0');
-  const call = client.Ingest(metadata, { deadline: Date.now() + TIMEOUT_MS });
-
-  let first = true;
-  let epoch = '0';
+  let epoch = '0'; // this session's, once riskd has named it
   let acked = 0n;
   let duplicates = 0n;
+  let redirects = 0;
   const rejections = [];
-  let halfClosed = false;
 
-  call.on('data', (response) => {
-    if (first) {
-      // riskd speaks first: this stream's epoch, and the last sequence it
-      // already applied in it (0 for a fresh epoch).
-      first = false;
-      epoch = response.epoch;
-      const held = BigInt(response.acked_sequence);
-      process.stderr.write(`first response: epoch=${epoch} acked_sequence=${held}\n`);
-      if (!RESUME || RESUME === '0') {
-        if (epoch === '0') fail('riskd assigned no epoch (it predates them): set RISKD_EPOCH');
-        if (held !== 0n) fail(`riskd assigned epoch ${epoch} but says ${held} of it is acked`);
-      } else if (held > 0n) {
-        fail(
-          `riskd already acknowledged sequences 1..${held} of epoch ${RESUME}; this run` +
-            ' numbers from 1, so those updates would be taken for resends and not applied:' +
-            ' nothing sent (unset RISKD_EPOCH for a new session)',
-        );
+  // One stream to `target`. A cluster standby refuses with UNAVAILABLE and the
+  // shard owner's address in the riskd-owner trailer: the stream is opened
+  // again there, in the same session (epoch), and resumes after what the owner
+  // says it acknowledged, so nothing is applied twice.
+  function open(target) {
+    const client = new riskd.IngestService(target, credentials);
+    const metadata = new grpc.Metadata();
+    if (!tls) metadata.set('x-riskd-gateway', GATEWAY); // over TLS the certificate names us
+    metadata.set('x-riskd-epoch', epoch !== '0' ? epoch : RESUME || '0');
+    const call = client.Ingest(metadata, { deadline: Date.now() + TIMEOUT_MS });
+    let first = true;
+    let halfClosed = false;
+
+    function endIfDone() {
+      if (acked >= last && !halfClosed) {
+        halfClosed = true;
+        call.end(); // half-close: riskd ends the stream with OK
       }
-      call.write({ epoch, updates });
-      return;
     }
-    duplicates += BigInt(response.duplicates);
-    for (const r of response.rejections) {
-      rejections.push({ sequence: Number(r.sequence), code: r.code, field: r.field });
-    }
-    const n = BigInt(response.acked_sequence);
-    if (n > acked) acked = n;
-    if (acked >= last && !halfClosed) {
-      halfClosed = true;
-      call.end(); // half-close: riskd ends the stream with OK
-    }
-  });
 
-  call.on('error', (err) => fail(`stream failed: ${err.code} ${err.details || err.message}`));
+    call.on('data', (response) => {
+      if (first) {
+        // riskd speaks first: this stream's epoch, and the last sequence it
+        // already applied in it (0 for a fresh epoch).
+        first = false;
+        const held = BigInt(response.acked_sequence);
+        process.stderr.write(`first response: epoch=${response.epoch} acked_sequence=${held}\n`);
+        if (epoch === '0') {
+          epoch = response.epoch;
+          if (!RESUME || RESUME === '0') {
+            if (epoch === '0') fail('riskd assigned no epoch (it predates them): set RISKD_EPOCH');
+            if (held !== 0n) fail(`riskd assigned epoch ${epoch} but says ${held} of it is acked`);
+          } else if (held > 0n) {
+            fail(
+              `riskd already acknowledged sequences 1..${held} of epoch ${RESUME}; this run` +
+                ' numbers from 1, so those updates would be taken for resends and not applied:' +
+                ' nothing sent (unset RISKD_EPOCH for a new session)',
+            );
+          }
+        } else if (response.epoch !== epoch) {
+          fail(`riskd answered epoch ${response.epoch} for session ${epoch}`);
+        }
+        if (held > acked) acked = held;
+        const rest = updates.filter((u) => BigInt(u.sequence) > held);
+        if (rest.length > 0) call.write({ epoch, updates: rest });
+        endIfDone();
+        return;
+      }
+      duplicates += BigInt(response.duplicates);
+      for (const r of response.rejections) {
+        rejections.push({ sequence: Number(r.sequence), code: r.code, field: r.field });
+      }
+      const n = BigInt(response.acked_sequence);
+      if (n > acked) acked = n;
+      endIfDone();
+    });
 
-  call.on('status', (status) => {
-    if (status.code !== grpc.status.OK) return; // reported by the 'error' handler
-    clearTimeout(timer);
-    client.close();
-    if (acked < last) fail(`stream ended at acked_sequence=${acked}, expected ${last}`);
-    if (duplicates > 0n) {
-      process.stderr.write(`riskd already had ${duplicates} of these updates: not applied again\n`);
-    }
-    const result = { epoch, acked: Number(acked), duplicates: Number(duplicates), rejections };
-    process.stdout.write(`${JSON.stringify(result)}\n`);
-  });
+    call.on('error', (err) => {
+      const owner = err.metadata ? err.metadata.get(OWNER_METADATA)[0] : undefined;
+      if (err.code === grpc.status.UNAVAILABLE && owner && redirects < MAX_REDIRECTS) {
+        redirects += 1;
+        process.stderr.write(`redirected to the shard's owner ${owner}\n`);
+        client.close();
+        open(String(owner));
+        return;
+      }
+      fail(`stream failed: ${err.code} ${err.details || err.message}`);
+    });
+
+    call.on('status', (status) => {
+      if (status.code !== grpc.status.OK) return; // reported by the 'error' handler
+      clearTimeout(timer);
+      client.close();
+      if (acked < last) fail(`stream ended at acked_sequence=${acked}, expected ${last}`);
+      if (duplicates > 0n) {
+        process.stderr.write(`riskd already had ${duplicates} of these updates: not applied again\n`);
+      }
+      const result = {
+        epoch,
+        acked: Number(acked),
+        duplicates: Number(duplicates),
+        redirects,
+        rejections,
+      };
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+    });
+  }
+
+  open(target);
 }
 
 main();

@@ -20,7 +20,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter as Counter_
 from prometheus_client import Histogram
@@ -62,6 +62,7 @@ __all__ = [
     "SequenceError",
     "SettingsConflict",
     "BatchResult",
+    "Posted",
     "Update",
     "StoredRejection",
 ]
@@ -132,6 +133,44 @@ class _Gateway:
             values = zip(("epoch", "last", "durable", "rejected"), state, strict=False)
         for name, value in values:
             setattr(self, name, value)
+
+
+#: One batch as the bridge posts it: gateway, epoch, its updates, when it was
+#: read (``time.perf_counter()``; None: not measured) and its lane.
+Posted = tuple[str, int, Sequence[Update], float | None, str]
+
+
+#: What the bridge hears of a posted batch, once durable.
+Answer = Durable[BatchResult | SequenceError]
+
+
+@dataclass(slots=True)
+class _Sequenced:
+    """A batch given its place in the order, on its way through one turn."""
+
+    g: _Gateway
+    gateway: str
+    epoch: int
+    fresh: list[Update]
+    #: Where ``fresh`` began in the gateway's request (the duplicates before it).
+    offset: int
+    result: BatchResult
+    #: The first and last sequence of the duplicates it began with, if any.
+    resent: tuple[int, int] | None
+
+
+def _first(t: tuple[int, Rejected]) -> int:
+    return t[0]
+
+
+def _durable_up_to(g: _Gateway, epoch: int, acked: int) -> Callable[[], None]:
+    """What to run once a batch is durable: a reconnect is told it is (same epoch)."""
+
+    def durable() -> None:
+        if g.epoch == epoch:
+            g.durable = max(g.durable, acked)
+
+    return durable
 
 
 class Sequencer(Actor):
@@ -239,6 +278,68 @@ class Sequencer(Actor):
         """Apply a gateway's batch; ``offset`` is where ``updates`` began in the
         gateway's request (journal replay: the duplicates dropped before it)."""
         started = time.perf_counter()
+        outcomes: Counter[tuple[str, str]] = Counter()
+        batch = self._sequence(gateway, epoch, updates, offset, outcomes)
+        await self._apply_runs([batch], outcomes)
+        (done,) = await self._conclude([batch], outcomes, started)
+        return done
+
+    async def ingest_or_error(
+        self,
+        gateway: str,
+        epoch: int,
+        updates: Sequence[Update],
+        received: float | None = None,
+        lane: str = "other",
+    ) -> Durable[BatchResult | SequenceError]:
+        """:meth:`ingest_group` of one batch."""
+        (done,) = await self.ingest_group([(gateway, epoch, updates, received, lane)])
+        return done
+
+    async def ingest_group(self, posted: Sequence[Posted]) -> list[Answer]:
+        """Apply batches (of any streams) in the order given, as one turn.
+
+        Exactly what :meth:`ingest` of each in turn would do, and journaled as
+        one record per batch, but consecutive updates for the same actor go to
+        it in one call even across batches, and the records are queued for the
+        journal together: at one update per message a turn per batch cost
+        several trio hops per update.  A batch out of order is answered with
+        its :class:`SequenceError` (a result: the stream is refused, the
+        others go on).  ``received`` (``time.perf_counter()`` when a batch
+        was read) measures how long it waited for its turn, per ``lane``
+        (``liquidation_path`` for the urgent lane, ``other``).
+        """
+        started = time.perf_counter()
+        outcomes: Counter[tuple[str, str]] = Counter()
+        answers: list[Answer | None] = []
+        batches: list[_Sequenced] = []
+        for gateway, epoch, updates, received, lane in posted:
+            if received is not None:
+                waited = self._waited.get(lane)
+                if waited is None:
+                    waited = self._waited[lane] = self.metrics.queue_seconds.labels(lane)
+                waited.observe(started - received)
+            try:
+                batches.append(self._sequence(gateway, epoch, updates, 0, outcomes))
+            except SequenceError as e:
+                answers.append(Durable.ready(e))
+            else:
+                answers.append(None)
+        await self._apply_runs(batches, outcomes)
+        # A batch's Durable[BatchResult] answers as Durable[BatchResult | SequenceError].
+        done = iter(cast(list[Answer], await self._conclude(batches, outcomes, started)))
+        return [a if a is not None else next(done) for a in answers]
+
+    def _sequence(
+        self,
+        gateway: str,
+        epoch: int,
+        updates: Sequence[Update],
+        offset: int,
+        outcomes: Counter[tuple[str, str]],
+    ) -> _Sequenced:
+        """A batch's place in its gateway's order: the fresh updates, the
+        duplicates' answers; a gap or a stale epoch raises SequenceError."""
         g = self.gateways.get(gateway)
         if g is None or epoch > g.epoch:
             g = self._begin_epoch(gateway, epoch)
@@ -251,87 +352,102 @@ class Sequencer(Actor):
             )
         fresh, duplicates = self._fresh(g, updates)
         result = BatchResult(g.last + len(fresh), duplicates=duplicates)
-        outcomes: Counter[tuple[str, str]] = Counter()
+        resent = None
         if duplicates:
             outcomes[("any", "duplicate")] += duplicates
-            result.repeated = self._repeated(g, updates[0][0], updates[duplicates - 1][0])
-        for actor, run in self._runs(fresh, result, outcomes):
-            done = await _apply(actor, [u for _, u in run])
-            for (seq, u), r in zip(run, done, strict=True):
-                kind = type(u).__name__
-                if r is None:
-                    outcomes[(kind, "applied")] += 1
-                else:
-                    outcomes[(kind, "rejected")] += 1
-                    result.rejections.append((seq, r))
+            resent = (updates[0][0], updates[duplicates - 1][0])
+        # Taken now: a later batch of the same gateway in this turn follows it.
         g.last = result.acked
-        result.rejections.sort(key=lambda t: t[0])
-        record = None
-        if fresh:
-            offset += duplicates
-            record = IngestBatch(gateway, epoch, tuple(fresh), offset)
-            self._keep(g, result.rejections, fresh, fresh[0][0] - offset)
+        return _Sequenced(g, gateway, epoch, fresh, offset + duplicates, result, resent)
+
+    async def _apply_runs(
+        self, batches: Sequence[_Sequenced], outcomes: Counter[tuple[str, str]]
+    ) -> None:
+        """Every fresh update of ``batches``, in order, one call per run of one actor."""
+        runs: list[tuple[MarketActor | WalletActor, list[Input], list[tuple[_Sequenced, int]]]]
+        runs = []
+        last: MarketActor | WalletActor | None = None
+        for b in batches:
+            for seq, u in b.fresh:
+                try:
+                    if isinstance(u, Rejected):
+                        raise u
+                    actor = self._owner(u)
+                except Rejected as r:
+                    b.result.rejections.append((seq, r))
+                    outcomes[(type(u).__name__, "rejected")] += 1
+                    continue
+                if actor is not last:
+                    runs.append((actor, [], []))
+                    last = actor
+                runs[-1][1].append(u)
+                runs[-1][2].append((b, seq))
+        for actor, items, where in runs:
+            done = await _apply(actor, items)
+            applied: Counter[type] = Counter(map(type, items))
+            for i, refused in enumerate(done):
+                if refused is not None:
+                    b, seq = where[i]
+                    kind = type(items[i])
+                    applied[kind] -= 1
+                    outcomes[(kind.__name__, "rejected")] += 1
+                    b.result.rejections.append((seq, refused))
+            for kind, n in applied.items():
+                outcomes[(kind.__name__, "applied")] += n
+
+    async def _conclude(
+        self,
+        batches: Sequence[_Sequenced],
+        outcomes: Counter[tuple[str, str]],
+        started: float,
+    ) -> list[Durable[BatchResult]]:
+        """Count, keep the rejections, and queue each batch's record: its answer,
+        released once that record is durable."""
         children = self._counted
         for key, n in outcomes.items():
-            child = children.get(key)
-            if child is None:
-                child = children[key] = self.metrics.updates.labels(*key)
-            child.inc(n)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            if n:
+                child = children.get(key)
+                if child is None:
+                    child = children[key] = self.metrics.updates.labels(*key)
+                child.inc(n)
+        records: list[tuple[str | None, BatchResult, Callable[[], None] | None]] = []
+        for b in batches:
+            result, g = b.result, b.g
+            if b.resent is not None:
+                # Here, not when sequenced: the first sending may be earlier in this turn.
+                result.repeated = self._repeated(g, *b.resent)
+            if result.rejections:
+                result.rejections.sort(key=_first)
+            record = None
+            if b.fresh:
+                record = codec.encode(IngestBatch(b.gateway, b.epoch, tuple(b.fresh), b.offset))
+                self._keep(g, result, b.fresh, b.fresh[0][0] - b.offset)
+            records.append((record, result, _durable_up_to(g, b.epoch, result.acked)))
+        elapsed = time.perf_counter() - started
+        for _ in batches:
+            self.metrics.batch_seconds.observe(elapsed)
         if self.journal is None:
-            g.durable = g.last
-            return Durable.ready(result)
-        acked = g.last
-
-        def durable() -> None:
-            if g.epoch == epoch:
-                g.durable = max(g.durable, acked)
-
-        return await self.journal.submit(
-            None if record is None else codec.encode(record), result, durable
-        )
-
-    async def ingest_or_error(
-        self,
-        gateway: str,
-        epoch: int,
-        updates: Sequence[Update],
-        received: float | None = None,
-        lane: str = "other",
-    ) -> Durable[BatchResult | SequenceError]:
-        """:meth:`ingest` for the bridge: a sequence error is a result, not a crash.
-
-        ``received`` (``time.perf_counter()`` when the batch was read) measures
-        how long it waited for its turn, per ``lane`` (``liquidation_path`` for
-        the urgent lane, ``other``).
-        """
-        if received is not None:
-            waited = self._waited.get(lane)
-            if waited is None:
-                waited = self._waited[lane] = self.metrics.queue_seconds.labels(lane)
-            waited.observe(time.perf_counter() - received)
-        try:
-            done: Durable[BatchResult | SequenceError] = await self.ingest(  # type: ignore[assignment]
-                gateway, epoch, updates
-            )
-        except SequenceError as e:
-            return Durable.ready(e)
-        return done
+            for b in batches:
+                b.g.durable = b.g.last
+            return [Durable.ready(r) for _, r, _ in records]
+        return await self.journal.submit_many(records)
 
     def _keep(
         self,
         g: _Gateway,
-        rejections: list[tuple[int, Rejected]],
+        result: BatchResult,
         fresh: list[Update],
         base: int,
     ) -> None:
         """Keep this batch's rejections for a reconnect (``base``: the sequence at index 0)."""
         kept = g.rejected
-        for seq, r in rejections:
+        for seq, r in result.rejections:
             u = fresh[seq - fresh[0][0]][1]
             kind = "" if isinstance(u, Rejected) else type(u).__name__
             kept.append((seq, seq - base, kind, r.code.value, r.field, r.message))
-        oldest = g.last - self.retained_sequences
+        # From this batch's last sequence, not the gateway's: later batches of
+        # the same turn are sequenced already.
+        oldest = result.acked - self.retained_sequences
         while kept and kept[0][0] <= oldest:
             kept.popleft()
 
@@ -367,26 +483,6 @@ class Sequencer(Actor):
             fresh.append((seq, u))
             expected += 1
         return fresh, duplicates
-
-    def _runs(
-        self, fresh: list[Update], result: BatchResult, outcomes: Counter[tuple[str, str]]
-    ) -> list[tuple[MarketActor | WalletActor, list[tuple[int, Input]]]]:
-        """Consecutive updates for the same actor, in order; unroutable ones rejected."""
-        runs: list[tuple[MarketActor | WalletActor, list[tuple[int, Input]]]] = []
-        for seq, u in fresh:
-            try:
-                if isinstance(u, Rejected):
-                    raise u
-                actor = self._owner(u)
-            except Rejected as r:
-                result.rejections.append((seq, r))
-                outcomes[(type(u).__name__, "rejected")] += 1
-                continue
-            if runs and runs[-1][0] is actor:
-                runs[-1][1].append((seq, u))
-            else:
-                runs.append((actor, [(seq, u)]))
-        return runs
 
     def _owner(self, u: Input) -> MarketActor | WalletActor:
         """The actor a streamed input goes to (:data:`riskd.core.inputs.KINDS`)."""

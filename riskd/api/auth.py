@@ -83,6 +83,8 @@ SERVICE_ROLES: dict[str, Role | None] = {
     "riskd.v1.QueryService": Role.READER,
     "riskd.v1.EventService": Role.READER,
     ADMIN_SERVICE: Role.ADMIN,
+    # Where a shard is served: what a standby tells anyone who got through TLS.
+    "riskd.v1.ClusterService": None,
     "grpc.health.v1.Health": None,
     "grpc.reflection.v1alpha.ServerReflection": None,
     "grpc.reflection.v1.ServerReflection": None,

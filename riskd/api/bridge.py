@@ -6,9 +6,13 @@ server on a dedicated asyncio thread and crosses into trio with
 ``TrioToken.run_sync_soon``; results come back with
 ``loop.call_soon_threadsafe``.  Two ways across:
 
-* :meth:`Portal.post` — the ingest fast path: a sync callback that queues a
-  write on an actor without waiting (the caller's credit window bounds it);
-  the answer comes back to ``deliver`` once durable;
+* :meth:`Portal.post` — a sync callback that queues a write on an actor
+  without waiting (the caller's credit window bounds it); the answer comes
+  back to ``deliver`` once durable;
+* :meth:`Portal.post_grouped` — the ingest fast path: as ``post``, but the
+  posts that cross in one wake-up of trio, consecutive and for the same
+  function, go to the actor as one message (a list) and are answered one by
+  one;
 * :meth:`Portal.call`, :meth:`Portal.query` and :meth:`Portal.write` —
   everything else: run a function in an actor (a query of a market's engine;
   a sequencer write, answered once durable) from asyncio and await its
@@ -25,10 +29,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, ParamSpec, TypeVar, overload
+from typing import Generic, ParamSpec, TypeVar, cast, overload
 
 import grpc
 import trio
@@ -39,10 +44,14 @@ from riskd.actors.market import MarketActor
 from riskd.core import MarketEngine
 from riskd.errors import RiskdError
 
-__all__ = ["Portal", "GrpcThread", "Unavailable", "call_soon", "Deliver"]
+__all__ = ["Portal", "GrpcThread", "Unavailable", "call_soon", "Deliver", "MAX_GROUP_WEIGHT"]
 
 T = TypeVar("T")
+A = TypeVar("A")
 P = ParamSpec("P")
+#: Posts of one group carry at most this much work (their ``weight``, say
+#: updates) when more than one: an urgent message waits for a whole group.
+MAX_GROUP_WEIGHT = 512
 
 #: Where a posted write's outcome goes (run on the asyncio loop): its value
 #: once durable, or the error that refused it.
@@ -60,10 +69,14 @@ class _Post(Generic[T]):
     """A write posted from asyncio, waiting for trio to pick it up."""
 
     actor: Actor
-    fn: Callable[..., Awaitable[Durable[T]]]
+    #: Answers a Durable[T]; grouped, a list of them.
+    fn: Callable[..., Awaitable[object]]
     args: tuple[object, ...]
     deliver: Deliver[T]
     urgent: bool
+    #: ``fn`` takes a list of ``args[0]`` of posts like this one (post_grouped).
+    grouped: bool = False
+    weight: int = 0
 
 
 @dataclass(slots=True)
@@ -180,24 +193,88 @@ class Portal:
             self._loop = asyncio.get_running_loop()
         self._inbound.append(_Post(actor, fn, args, deliver, urgent))  # type: ignore[arg-type]
         if not self._inbound_scheduled:
-            self._inbound_scheduled = True
-            try:
-                self.token.run_sync_soon(self._drain_inbound)
-            except trio.RunFinishedError:
-                self._inbound_scheduled = False
-                while self._inbound:
-                    self._inbound.popleft().deliver(None, Unavailable("the engine has stopped"))
+            self._schedule_inbound()
+
+    def post_grouped(
+        self,
+        actor: Actor,
+        deliver: Deliver[T],
+        urgent: bool,
+        fn: Callable[[list[A]], Awaitable[list[Durable[T]]]],
+        arg: A,
+        weight: int,
+    ) -> None:
+        """:meth:`post` of ``fn([arg])``, grouped with the posts next to it.
+
+        Consecutive grouped posts of the same ``fn`` on the same actor and
+        lane that cross together become one ``fn([arg, ...])`` (up to
+        :data:`MAX_GROUP_WEIGHT` of ``weight``), which answers one
+        :class:`Durable` per ``arg``, in order; each ``deliver`` gets its own.
+        """
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        job = _Post(actor, fn, (arg,), deliver, urgent, True, weight)
+        self._inbound.append(job)  # type: ignore[arg-type]
+        if not self._inbound_scheduled:
+            self._schedule_inbound()
+
+    def _schedule_inbound(self) -> None:
+        self._inbound_scheduled = True
+        try:
+            self.token.run_sync_soon(self._drain_inbound)
+        except trio.RunFinishedError:
+            self._inbound_scheduled = False
+            while self._inbound:
+                self._inbound.popleft().deliver(None, Unavailable("the engine has stopped"))
 
     def _drain_inbound(self) -> None:  # in trio: must never raise
         self._inbound_scheduled = False  # before draining: a post racing with us reschedules
         inbound = self._inbound
         while inbound:
             job = inbound.popleft()
-            notify = self._notifier(job.deliver)
+            if not job.grouped:
+                notify = self._notifier(job.deliver)
+                one = cast(Callable[..., Awaitable[Durable[object]]], job.fn)
+                try:
+                    job.actor.post(one, job.args, notify, job.urgent)
+                except trio.WouldBlock:
+                    notify(None, Unavailable(f"{job.actor.name} mailbox full"))
+                continue
+            group = [job]
+            weight = job.weight
+            while inbound and weight < MAX_GROUP_WEIGHT:
+                nxt = inbound[0]
+                if not (
+                    nxt.grouped
+                    and nxt.actor is job.actor
+                    and nxt.urgent == job.urgent
+                    and nxt.fn == job.fn
+                ):
+                    break
+                group.append(inbound.popleft())
+                weight += nxt.weight
+            notify_all = self._group_notifier([j.deliver for j in group])
+            many = cast(Callable[..., Awaitable[list[Durable[object]]]], job.fn)
             try:
-                job.actor.post(job.fn, job.args, notify, job.urgent)
+                job.actor.post(many, ([j.args[0] for j in group],), notify_all, job.urgent)
             except trio.WouldBlock:
-                notify(None, Unavailable(f"{job.actor.name} mailbox full"))
+                notify_all(None, Unavailable(f"{job.actor.name} mailbox full"))
+
+    def _group_notifier(
+        self, delivers: list[Deliver[object]]
+    ) -> Callable[[list[Durable[object]] | None, BaseException | None], None]:
+        def notify(done: list[Durable[object]] | None, error: BaseException | None) -> None:
+            if done is None:
+                for deliver in delivers:
+                    self._send_back(_Outcome(deliver, None, error))
+                return
+            for d, deliver in zip(done, delivers, strict=True):
+                d.then(functools.partial(self._durable_back, deliver))
+
+        return notify
+
+    def _durable_back(self, deliver: Deliver[object], value: object) -> None:  # in trio
+        self._send_back(_Outcome(deliver, value, None))
 
     def _notifier(
         self, deliver: Deliver[object]

@@ -344,16 +344,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             else:  # a SequenceError: the batch is out of order
                 s.results.put_nowait(StreamEnd(value))
 
-        self.portal.post(
+        self.portal.post_grouped(
             self.sequencer,
             deliver,
             urgent,
-            self.sequencer.ingest_or_error,
-            s.gateway,
-            s.epoch,
-            updates,
-            time.perf_counter(),
-            "liquidation_path" if urgent else "other",
+            self.sequencer.ingest_group,
+            (
+                s.gateway,
+                s.epoch,
+                updates,
+                time.perf_counter(),
+                "liquidation_path" if urgent else "other",
+            ),
+            len(updates),
         )
 
     def _bucket(self, grant: Grant, gateway: str) -> TokenBucket | None:
@@ -386,7 +389,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         f"{ts} is outside the allowed window [{earliest}, {latest}] around"
                         f" riskd's clock ({now}); 0 means not stamped",
                     )
-                x = convert.decode_update(u, f"updates[{i}]")
+                x = convert.decode_update(u, i)
                 if not ts and self.require_mark_ts and isinstance(x, MarkPrice):
                     raise Rejected.invalid(
                         f"updates[{i}].timestamp_ms",

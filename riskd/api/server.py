@@ -18,6 +18,7 @@ from riskd.api.withdrawal import WithdrawalServicer
 from riskd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    cluster_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
     ingest_pb2,
@@ -47,6 +48,8 @@ class Services:
     withdrawal: WithdrawalServicer
     admin: AdminServicer
     log: EventLog
+    #: ClusterService.Route on a cluster node that owns its shard (riskd.cluster.node).
+    cluster: cluster_pb2_grpc.ClusterServiceServicer | None = None
 
 
 async def build_server(
@@ -79,6 +82,8 @@ async def build_server(
     query_pb2_grpc.add_QueryServiceServicer_to_server(services.query, server)
     withdrawal_pb2_grpc.add_WithdrawalServiceServicer_to_server(services.withdrawal, server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(services.admin, server)
+    if services.cluster is not None:
+        cluster_pb2_grpc.add_ClusterServiceServicer_to_server(services.cluster, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,12 +28,12 @@ import trio
 
 from riskd.api.auth import server_credentials
 from riskd.cluster.etcd import Etcd, EtcdUnavailable, KeyValue
-from riskd.cluster.ownership import Keeper, campaign, current_owner
+from riskd.cluster.ownership import Keeper, Ownership, campaign, current_owner
 from riskd.config import Config
 from riskd.storage import postgres
 from riskd.v1 import cluster_pb2, cluster_pb2_grpc
 
-__all__ = ["OWNER_METADATA", "RouteServicer", "Standby", "serve_node", "shard_of"]
+__all__ = ["OWNER_METADATA", "OwnerRoute", "RouteServicer", "Standby", "serve_node", "shard_of"]
 
 log = structlog.get_logger("riskd")
 
@@ -45,24 +46,33 @@ def shard_of(config: Config) -> str:
     return "+".join(sorted(config.assets))
 
 
+def _refusal(
+    request: cluster_pb2.RouteRequest, config: Config
+) -> tuple[grpc.StatusCode, str] | None:
+    """Why ``request`` names nothing this shard serves; None if it names something."""
+    if bool(request.asset) == bool(request.market):
+        return grpc.StatusCode.INVALID_ARGUMENT, "set exactly one of asset and market"
+    if request.asset and request.asset not in config.assets:
+        return grpc.StatusCode.NOT_FOUND, f"asset: {request.asset!r} is not served here"
+    if request.market and request.market not in {m.symbol for m in config.markets}:
+        return grpc.StatusCode.NOT_FOUND, f"market: {request.market!r} is not served here"
+    return None
+
+
 class RouteServicer(cluster_pb2_grpc.ClusterServiceServicer):
+    """A standby's answer: the owner etcd names now."""
+
     def __init__(self, etcd: Etcd, shard: str, config: Config) -> None:
         self.etcd = etcd
         self.shard = shard
-        self.assets = set(config.assets)
-        self.markets = {m.symbol for m in config.markets}
+        self.config = config
 
     def Route(
         self, request: cluster_pb2.RouteRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.RouteResponse:
-        if bool(request.asset) == bool(request.market):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set exactly one of asset and market")
-        if request.asset and request.asset not in self.assets:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"asset: {request.asset!r} is not served here")
-        if request.market and request.market not in self.markets:
-            context.abort(
-                grpc.StatusCode.NOT_FOUND, f"market: {request.market!r} is not served here"
-            )
+        refused = _refusal(request, self.config)
+        if refused is not None:
+            context.abort(*refused)
         try:
             owner = current_owner(self.etcd, self.shard)
         except EtcdUnavailable:
@@ -75,6 +85,24 @@ class RouteServicer(cluster_pb2_grpc.ClusterServiceServicer):
         return cluster_pb2.RouteResponse(
             address=owner.value, shard=self.shard, epoch=owner.create_revision
         )
+
+
+class OwnerRoute(cluster_pb2_grpc.ClusterServiceServicer):
+    """The owner's answer: itself (it serves only while it holds the lease)."""
+
+    def __init__(self, ownership: Ownership, config: Config) -> None:
+        self.answer = cluster_pb2.RouteResponse(
+            address=ownership.address, shard=ownership.shard, epoch=ownership.epoch
+        )
+        self.config = config
+
+    async def Route(  # grpc.aio: a coroutine
+        self, request: cluster_pb2.RouteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cluster_pb2.RouteResponse:
+        refused = _refusal(request, self.config)
+        if refused is not None:
+            await context.abort(*refused)
+        return self.answer
 
 
 class _Redirect(grpc.GenericRpcHandler):
@@ -161,14 +189,17 @@ async def serve_node(
     keeper.start()
     try:
         daemon = Daemon(config, config_path=config_path)
-        daemon.open_journal = postgres.opener(dsn, shard, ownership.epoch)
+        daemon.route = OwnerRoute(ownership, config)
+        daemon.open_journal = postgres.opener(dsn, shard, ownership.epoch, list(config.assets))
         daemon.snapshot_written = partial(_push, daemon)
         await daemon.run()
     finally:
         keeper.release()
 
 
-def _push(daemon: Any, data: Any) -> None:
+def _push(daemon: Any, data: Path, records: int, head: str, state: dict[str, Any]) -> None:
+    """Store a snapshot written in process (a clean stop) in the database."""
     journal = daemon.sequencer.journal.journal
     if isinstance(journal, postgres.PostgresJournal):
-        postgres.push_snapshot(journal, data)
+        retention = daemon.config.server.event_retention
+        postgres.push_snapshot(journal, data, records, head, state, retention)

@@ -75,6 +75,10 @@ class EventStore:
         row = self.db.execute("SELECT MIN(sequence), MAX(sequence) FROM events").fetchone()
         return (0, 0) if row[0] is None else (int(row[0]), int(row[1]))
 
+    def event(self, sequence: int) -> bytes | None:
+        row = self.db.execute("SELECT event FROM events WHERE sequence = ?", (sequence,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def close(self) -> None:
         self.db.close()
 

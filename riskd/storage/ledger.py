@@ -196,6 +196,25 @@ class LedgerStore:
             prev = e.hash
         return None
 
+    def last(self, asset: str) -> int:
+        """The number of the fund's newest entry in the file (0 when none)."""
+        try:
+            (n,) = self._db.execute(
+                "SELECT COALESCE(MAX(sequence), 0) FROM ledger WHERE asset = ?", (asset,)
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StorageFault("ledger", self.path, e) from e
+        return int(n)
+
+    def hash_at(self, asset: str, sequence: int) -> str | None:
+        """Entry ``sequence``'s hash (GENESIS for 0); None if the file lacks it."""
+        if sequence == 0:
+            return GENESIS
+        row = self._db.execute(
+            "SELECT hash FROM ledger WHERE asset = ? AND sequence = ?", (asset, sequence)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def close(self) -> None:
         self._db.close()
 

@@ -31,15 +31,29 @@ riskd stops and the next owner reads back what is really there.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from riskd.core.events import FundKind
+from riskd.core.insurance_fund import LedgerEntry
+from riskd.storage import events as event_files
+from riskd.storage import ledger as ledger_files
 from riskd.storage import snapshot
+from riskd.storage.events import EventRow
 from riskd.storage.faults import StorageFault, describe
 from riskd.storage.journal import GENESIS, StaleWriter, chain
 
-__all__ = ["PostgresJournal", "connect", "opener", "pull_snapshot", "push_snapshot", "redact"]
+__all__ = [
+    "PostgresJournal",
+    "connect",
+    "opener",
+    "pull_events",
+    "pull_ledger",
+    "pull_snapshot",
+    "push_snapshot",
+    "redact",
+]
 
 #: Records read per round trip when replaying.
 PAGE = 10_000
@@ -64,6 +78,27 @@ CREATE TABLE IF NOT EXISTS riskd_snapshot (
     file bytea NOT NULL,
     PRIMARY KEY (shard, records)
 );
+CREATE TABLE IF NOT EXISTS riskd_ledger (
+    shard text NOT NULL,
+    asset text NOT NULL,
+    sequence bigint NOT NULL,
+    ts bigint NOT NULL,
+    kind text NOT NULL,
+    market text NOT NULL,
+    cause text NOT NULL,
+    amount numeric NOT NULL,
+    balance_after numeric NOT NULL,
+    prev text NOT NULL,
+    hash text NOT NULL,
+    PRIMARY KEY (shard, asset, sequence)
+);
+CREATE TABLE IF NOT EXISTS riskd_event (
+    shard text NOT NULL,
+    sequence bigint NOT NULL,
+    market text NOT NULL,
+    event bytea NOT NULL,
+    PRIMARY KEY (shard, sequence)
+);
 """
 # Snapshot files (a header and a pickle) are large; stored out of line and
 # uncompressed they spare the table's pages and pglz's attempts.
@@ -72,6 +107,24 @@ _STORAGE = "ALTER TABLE riskd_snapshot ALTER file SET STORAGE EXTERNAL"
 KEEP_SNAPSHOTS = 2
 
 _SYNC_WARNING = "canceling wait for synchronous replication"
+
+_LEDGER_COLUMNS = "sequence, ts, kind, market, cause, amount, balance_after, prev, hash"
+# Amounts as text, cast in SQL: exact for any integer, whatever size psycopg would pick.
+_INSERT_LEDGER = (
+    f"INSERT INTO riskd_ledger (shard, asset, {_LEDGER_COLUMNS})"
+    " SELECT %s, %s, s, ts, k, m, c, a::numeric, b::numeric, p, h FROM unnest("
+    "%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[]) AS t(s, ts, k, m, c, a, b, p, h)"
+    " ON CONFLICT (shard, asset, sequence) DO NOTHING"
+)
+
+
+def _ledger_columns(rows: Sequence[LedgerEntry]) -> tuple[list[Any], ...]:
+    return (
+        [e.sequence for e in rows], [e.ts for e in rows], [e.kind.value for e in rows],
+        [e.market for e in rows], [e.cause for e in rows], [str(e.amount) for e in rows],
+        [str(e.balance_after) for e in rows], [e.prev for e in rows], [e.hash for e in rows],
+    )  # fmt: skip
 
 
 def redact(dsn: str) -> str:
@@ -107,11 +160,18 @@ class PostgresJournal:
     owner key's revision); None takes the current one plus one.  Raises
     :class:`StorageFault` when the database cannot be reached or a newer
     owner already holds the shard.  ``readonly``: read without taking the shard
-    (tools, tests): every append is refused.
+    (tools, tests): every append is refused.  ``join``: write under ``epoch``
+    without taking the shard (the owner's snapshot writer process): refused,
+    like the owner, once a newer owner holds it.
     """
 
     def __init__(
-        self, dsn: str, shard: str = "default", epoch: int | None = None, readonly: bool = False
+        self,
+        dsn: str,
+        shard: str = "default",
+        epoch: int | None = None,
+        readonly: bool = False,
+        join: bool = False,
     ) -> None:
         import psycopg
 
@@ -124,7 +184,7 @@ class PostgresJournal:
         self.readonly = readonly
         self._db.add_notice_handler(self._notice)
         try:
-            self._open(epoch)
+            self._open(epoch, join)
         except StaleWriter as e:
             self._db.close()
             raise StorageFault("journal", self.path, str(e)) from e
@@ -137,7 +197,7 @@ class PostgresJournal:
         if _SYNC_WARNING in text:
             self._unsure.append(text.strip())
 
-    def _open(self, epoch: int | None) -> None:
+    def _open(self, epoch: int | None, join: bool) -> None:
         db = self._db
         with db.transaction():
             # Two nodes starting at once would race on CREATE TABLE's catalog rows.
@@ -147,6 +207,8 @@ class PostgresJournal:
         with db.transaction():
             if self.readonly:
                 row = (0,)  # no owner has epoch 0: every append is refused
+            elif join and epoch is not None:
+                row = (epoch,)  # checked at every write, as the owner's own
             elif epoch is None:
                 row = db.execute(
                     "INSERT INTO riskd_owner (shard, epoch) VALUES (%s, 1)"
@@ -247,6 +309,13 @@ class PostgresJournal:
             yield from rows
             after = int(rows[-1][0])
 
+    def rows(self, after: int, upto: int) -> Iterator[tuple[int, str, str]]:
+        """``(n, record, chain hash)`` of records ``after+1 .. upto``, a page at a time."""
+        for n, record, hash_ in self._pages(after, "record, hash"):
+            if n > upto:
+                return
+            yield int(n), str(record), str(hash_)
+
     def replay(self, after: int = 0) -> Iterator[str]:
         """Records after the first ``after`` ones, in order."""
         for _, record in self._pages(after, "record"):
@@ -270,30 +339,120 @@ class PostgresJournal:
         ).fetchone()
         return int(n)
 
-    def store_snapshot(self, records: int, journal_hash: str, file: bytes) -> None:
-        """Keep a snapshot where another node restoring the shard finds it (fenced)."""
+    def store_snapshot(
+        self,
+        records: int,
+        journal_hash: str,
+        file: bytes,
+        entries: Mapping[str, Sequence[LedgerEntry]] = {},
+        events: Sequence[EventRow] = (),
+        keep_events: int = 0,
+    ) -> None:
+        """Keep a snapshot where another node restoring the shard finds it, with the
+        fund ledger ``entries`` and ``events`` it covers that the database lacks;
+        one transaction, fenced like an append.  ``keep_events``: events kept per
+        shard (``server.event_retention``)."""
+        db = self._db
         try:
-            with self._db.transaction():
-                row = self._db.execute(
+            with db.transaction():
+                row = db.execute(
                     "SELECT epoch FROM riskd_owner WHERE shard = %s FOR SHARE", (self.shard,)
                 ).fetchone()
                 if row is None or int(row[0]) != self.epoch:
                     raise StaleWriter(f"shard {self.shard} has a newer owner")
-                self._db.execute(
+                db.execute(
                     "INSERT INTO riskd_snapshot (shard, records, hash, file)"
                     " VALUES (%s, %s, %s, %s) ON CONFLICT (shard, records) DO NOTHING",
                     (self.shard, records, journal_hash, file),
                 )
-                self._db.execute(
+                db.execute(
                     "DELETE FROM riskd_snapshot WHERE shard = %s AND records NOT IN"
                     " (SELECT records FROM riskd_snapshot WHERE shard = %s"
                     "  ORDER BY records DESC LIMIT %s)",
                     (self.shard, self.shard, KEEP_SNAPSHOTS),
                 )
+                for asset, rows in entries.items():
+                    if rows:
+                        db.execute(_INSERT_LEDGER, (self.shard, asset, *_ledger_columns(rows)))
+                if events:
+                    db.execute(
+                        "INSERT INTO riskd_event (shard, sequence, market, event)"
+                        " SELECT %s, s, m, e FROM unnest(%s::bigint[], %s::text[], %s::bytea[])"
+                        " AS t(s, m, e) ON CONFLICT (shard, sequence) DO NOTHING",
+                        (
+                            self.shard,
+                            [n for n, _, _ in events],
+                            [m for _, m, _ in events],
+                            [e for _, _, e in events],
+                        ),
+                    )
+                    db.execute(
+                        "DELETE FROM riskd_event WHERE shard = %s AND sequence <= %s",
+                        (self.shard, events[-1][0] - max(keep_events, 1)),
+                    )
         except StaleWriter as e:
             raise StorageFault("snapshot", self.path, str(e)) from e
         except self._errors as e:
             raise StorageFault("snapshot", self.path, _why(e)) from e
+
+    def ledger_count(self, asset: str) -> int:
+        """Fund ledger entries of ``asset`` stored (they are numbered from 1, no gap)."""
+        (n,) = self._db.execute(
+            "SELECT COALESCE(MAX(sequence), 0) FROM riskd_ledger WHERE shard = %s AND asset = %s",
+            (self.shard, asset),
+        ).fetchone()
+        return int(n)
+
+    def ledger_hash(self, asset: str, sequence: int) -> str | None:
+        row = self._db.execute(
+            "SELECT hash FROM riskd_ledger WHERE shard = %s AND asset = %s AND sequence = %s",
+            (self.shard, asset, sequence),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def ledger_entries(self, asset: str, after: int) -> Iterator[LedgerEntry]:
+        """Stored entries of ``asset`` after the first ``after``, in order, a page at a time."""
+        while True:
+            rows = self._db.execute(
+                f"SELECT {_LEDGER_COLUMNS} FROM riskd_ledger WHERE shard = %s AND asset = %s"
+                " AND sequence > %s ORDER BY sequence LIMIT %s",
+                (self.shard, asset, after, PAGE),
+            ).fetchall()
+            if not rows:
+                return
+            for seq, ts, kind, market, cause, amount, balance, prev, hash_ in rows:
+                yield LedgerEntry(
+                    int(seq), int(ts), FundKind(kind), market, cause, int(amount), int(balance),
+                    prev, hash_,
+                )  # fmt: skip
+            after = int(rows[-1][0])
+
+    def event_bounds(self) -> tuple[int, int]:
+        """(oldest, newest) event sequence stored; (0, 0) when none."""
+        row = self._db.execute(
+            "SELECT MIN(sequence), MAX(sequence) FROM riskd_event WHERE shard = %s", (self.shard,)
+        ).fetchone()
+        return (0, 0) if row[0] is None else (int(row[0]), int(row[1]))
+
+    def event(self, sequence: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT event FROM riskd_event WHERE shard = %s AND sequence = %s",
+            (self.shard, sequence),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def events(self, after: int) -> Iterator[list[EventRow]]:
+        """Stored events after sequence ``after``, in pages."""
+        while True:
+            rows = self._db.execute(
+                "SELECT sequence, market, event FROM riskd_event WHERE shard = %s"
+                " AND sequence > %s ORDER BY sequence LIMIT %s",
+                (self.shard, after, PAGE),
+            ).fetchall()
+            if not rows:
+                return
+            yield [(int(n), str(m), bytes(e)) for n, m, e in rows]
+            after = int(rows[-1][0])
 
     def latest_snapshot(self) -> tuple[int, str, bytes] | None:
         """The newest stored snapshot: ``(records, journal hash, the file's bytes)``."""
@@ -327,26 +486,140 @@ def pull_snapshot(journal: PostgresJournal, data: Path) -> int | None:
     return records
 
 
-def push_snapshot(journal: PostgresJournal, data: Path) -> int | None:
-    """Store the newest snapshot of ``data`` in the database; the records it covers."""
-    local = snapshot.latest_position(data)
-    if local is None:
-        return None
+def _agreeing(hi: int, same: Callable[[int], bool], lo: int = 0) -> int:
+    """The last position in ``lo..hi`` where two histories agree, given they agree at
+    ``lo`` and, once apart, stay apart (chained hashes; events numbered in order)."""
+    if same(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if same(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def pull_ledger(journal: PostgresJournal, data: Path, asset: str) -> int:
+    """Bring ``data``'s fund ledger file up to the entries stored in the database;
+    how many were written.  Entries the file holds past where the two histories
+    part (booked by inputs that never became durable) are removed first."""
+    store = ledger_files.LedgerStore(data / ledger_files.FILE)
     try:
-        raw = local.path.read_bytes()
+        local, theirs = store.last(asset), journal.ledger_count(asset)
+        hi = min(local, theirs)
+        agree = _agreeing(
+            hi, lambda k: k == 0 or store.hash_at(asset, k) == journal.ledger_hash(asset, k)
+        )
+        if agree == theirs:
+            return 0
+        if local > agree:
+            store.truncate(asset, agree)
+        written = 0
+        page: list[LedgerEntry] = []
+        for entry in journal.ledger_entries(asset, agree):
+            page.append(entry)
+            if len(page) == PAGE:
+                store.write([(asset, page)])
+                written, page = written + len(page), []
+        store.write([(asset, page)], full=True)
+        return written + len(page)
+    except journal._errors as e:
+        raise StorageFault("ledger", journal.path, _why(e)) from e
+    finally:
+        store.close()
+
+
+def pull_events(journal: PostgresJournal, data: Path) -> int:
+    """Bring ``data``'s event file up to the events stored in the database (those
+    published by earlier owners); how many were written."""
+    store = event_files.EventStore(data / event_files.FILE)
+    try:
+        oldest, newest = journal.event_bounds()
+        if newest == 0:
+            return 0
+        have_oldest, have_newest = store.bounds()
+        lo, hi = max(oldest, have_oldest), min(newest, have_newest)
+
+        def same(n: int) -> bool:
+            return store.event(n) == journal.event(n)
+
+        if have_newest == 0 or lo > hi or not same(lo):
+            agree = 0  # nothing in common: the database's events replace the file's
+            store.db.execute("DELETE FROM events")
+        else:
+            agree = _agreeing(hi, same, lo)
+            if agree >= newest:
+                return 0
+            store.db.execute("DELETE FROM events WHERE sequence > ?", (agree,))
+        written = 0
+        for page in journal.events(agree):
+            store.write(page, _NO_LIMIT, full=False)
+            written += len(page)
+        store.write([], _NO_LIMIT, full=True)
+        return written
+    except journal._errors as e:
+        raise StorageFault("events", journal.path, _why(e)) from e
+    finally:
+        store.close()
+
+
+#: Retention while pulling: the daemon's own writer trims to its setting.
+_NO_LIMIT = 1 << 62
+
+
+def push_snapshot(
+    journal: PostgresJournal,
+    data: Path,
+    records: int,
+    journal_hash: str,
+    state: Mapping[str, Any],
+    keep_events: int,
+) -> None:
+    """Store the snapshot of position ``records`` just written in ``data`` (whose
+    state is ``state``) in the database, with the fund ledger entries and
+    events it covers that the database does not hold yet (read from the data
+    directory's files, made durable before the snapshot was taken)."""
+    path = snapshot.path_of(data, records)
+    try:
+        raw = path.read_bytes()
+        entries: dict[str, list[LedgerEntry]] = {}
+        for asset, fund in state["funds"].items():
+            upto, have = len(fund.ledger), journal.ledger_count(asset)
+            if upto > have:
+                entries[asset] = ledger_files.read_page(
+                    data / ledger_files.FILE, asset, have + 1, upto - have
+                )
+        count = int(state.get("events", 0))
+        _, newest = journal.event_bounds()
+        start = max(newest, count - keep_events) + 1
+        events = (
+            event_files.read_range(data / event_files.FILE, start, count + 1)
+            if count >= start
+            else []
+        )
     except OSError as e:
-        raise StorageFault("snapshot", local.path, describe(e, local.path)) from e
-    journal.store_snapshot(local.records, local.journal_hash, raw)
-    return local.records
+        raise StorageFault("snapshot", path, describe(e, path)) from e
+    except journal._errors as e:
+        raise StorageFault("snapshot", journal.path, _why(e)) from e
+    journal.store_snapshot(records, journal_hash, raw, entries, events, keep_events)
 
 
-def opener(dsn: str, shard: str, epoch: int | None = None) -> Callable[[Path], PostgresJournal]:
-    """What the daemon calls to open its journal (``Daemon.open_journal``)."""
+def opener(
+    dsn: str, shard: str, epoch: int | None = None, assets: Sequence[str] = ()
+) -> Callable[[Path], PostgresJournal]:
+    """What the daemon calls to open its journal (``Daemon.open_journal``): takes the
+    shard, then fetches the newest stored snapshot, the fund ledgers of ``assets``
+    and the events into the data directory, so that only the journal's tail is
+    replayed."""
 
     def open_journal(data: Path) -> PostgresJournal:
         journal = PostgresJournal(dsn, shard, epoch)
         try:
             pull_snapshot(journal, data)
+            for asset in assets:
+                pull_ledger(journal, data, asset)
+            pull_events(journal, data)
         except BaseException:
             journal.close()
             raise

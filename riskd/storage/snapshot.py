@@ -55,6 +55,7 @@ __all__ = [
     "dumps",
     "write",
     "install",
+    "path_of",
     "probe",
     "start_writer",
     "wait_writer",
@@ -98,6 +99,11 @@ class Snapshot:
 
 def _name(records: int) -> str:
     return f"snapshot-{records:020d}.bin"
+
+
+def path_of(directory: Path, records: int) -> Path:
+    """Where the snapshot of journal position ``records`` is written in ``directory``."""
+    return directory / _name(records)
 
 
 def dumps(state: dict[str, Any]) -> bytes:
@@ -168,7 +174,13 @@ class Writer:
     records: int
 
 
-def start_writer(config: Any, directory: Path, records: int, journal_hash: str) -> Writer:
+def start_writer(
+    config: Any,
+    directory: Path,
+    records: int,
+    journal_hash: str,
+    store: tuple[str, str, int] | None = None,
+) -> Writer:
     """Start a process that writes the state at journal position ``records``.
 
     ``config``: the daemon's :class:`~riskd.config.Config` (the writer builds
@@ -176,10 +188,14 @@ def start_writer(config: Any, directory: Path, records: int, journal_hash: str) 
     (:mod:`riskd.storage.snapshot_writer`) is a fresh interpreter, started
     with ``subprocess`` (vfork + exec: no Python code runs in a copy of the
     threaded daemon).  It reads the journal up to ``records`` and checks it
-    ends with ``journal_hash``.  Wait for it with :func:`wait_writer`; a
-    writer that could not be started is reported there as a failure.
+    ends with ``journal_hash``.  ``store``: ``(database URL, shard, epoch)``
+    when the journal is in PostgreSQL: the writer reads it there and stores
+    the snapshot there too, under the daemon's epoch (fenced like its appends).
+    Wait for it with :func:`wait_writer`; a writer that could not be started
+    is reported there as a failure.
     """
-    job = pickle.dumps((config, str(directory), records, journal_hash))
+    # On stdin, not the command line: the database URL may hold a password.
+    job = pickle.dumps((config, str(directory), records, journal_hash, store))
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "riskd.storage.snapshot_writer"],

@@ -19,14 +19,16 @@ from __future__ import annotations
 import pickle
 import sqlite3
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from riskd.storage import snapshot
-from riskd.storage.faults import describe
+from riskd.storage.faults import StorageFault, describe
 from riskd.storage.journal import GENESIS, chain, hash_at
+from riskd.storage.postgres import PostgresJournal, push_snapshot
 
 __all__ = ["rebuild", "main"]
 
@@ -35,8 +37,29 @@ class _Mismatch(Exception):
     pass
 
 
-def _records(data: Path, after: int, upto: int, head: str | None) -> tuple[list[str], str]:
-    """Journal records ``after+1..upto`` and the chain hash after the last, checked."""
+def _chained(
+    where: object, rows: Iterable[tuple[int, str, str]], after: int, head: str
+) -> tuple[list[str], str]:
+    out: list[str] = []
+    for n, record, stored in rows:
+        head = chain(head, record)
+        if head != stored or n != after + len(out) + 1:
+            raise _Mismatch(f"{where}: record {n} does not chain")
+        out.append(record)
+    return out, head
+
+
+def _records(
+    data: Path, after: int, upto: int, head: str | None, journal: PostgresJournal | None
+) -> tuple[list[str], str]:
+    """Journal records ``after+1..upto`` and the chain hash after the last, checked
+    (from ``journal`` when the daemon's journal is in PostgreSQL)."""
+    if journal is not None:
+        if head is None:
+            head = journal.hash_at(after)
+            if head is None:
+                raise _Mismatch(f"{journal.path} has no record {after}")
+        return _chained(journal.path, journal.rows(after, upto), after, head)
     path = data / "journal.sqlite3"
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -44,21 +67,21 @@ def _records(data: Path, after: int, upto: int, head: str | None) -> tuple[list[
             head = hash_at(db, after)
             if head is None:
                 raise _Mismatch(f"{path} has no record {after}")
-        out: list[str] = []
         rows = db.execute(
             "SELECT n, record, hash FROM journal WHERE n > ? AND n <= ? ORDER BY n", (after, upto)
         )
-        for n, record, stored in rows:
-            head = chain(head, record)
-            if head != stored or n != after + len(out) + 1:
-                raise _Mismatch(f"{path}: record {n} does not chain")
-            out.append(record)
+        return _chained(path, rows, after, head)
     finally:
         db.close()
-    return out, head
 
 
-async def rebuild(config: Any, data: Path, records: int, journal_hash: str) -> dict[str, Any]:
+async def rebuild(
+    config: Any,
+    data: Path,
+    records: int,
+    journal_hash: str,
+    journal: PostgresJournal | None = None,
+) -> dict[str, Any]:
     """The daemon's state after the first ``records`` journal records."""
     from riskd.daemon import Daemon  # here: the daemon imports this package
 
@@ -74,7 +97,7 @@ async def rebuild(config: Any, data: Path, records: int, journal_hash: str) -> d
     snap = snapshot.load_latest(data, upto=records)
     covered = 0 if snap is None else snap.records
     known = None if snap is None or not snap.journal_hash else snap.journal_hash
-    texts, head = _records(data, covered, records, GENESIS if covered == 0 else known)
+    texts, head = _records(data, covered, records, GENESIS if covered == 0 else known, journal)
     if covered + len(texts) != records or (journal_hash and head != journal_hash):
         raise _Mismatch(f"the journal does not reach record {records} with the daemon's hash")
     async with trio.open_nursery() as nursery:
@@ -90,19 +113,36 @@ async def rebuild(config: Any, data: Path, records: int, journal_hash: str) -> d
 
 
 def main() -> int:
-    config, directory, records, journal_hash = pickle.load(sys.stdin.buffer)
+    config, directory, records, journal_hash, store = pickle.load(sys.stdin.buffer)
     data = Path(directory)
+    journal: PostgresJournal | None = None
     try:
-        state = trio.run(rebuild, config, data, records, journal_hash)
+        if store is not None:
+            dsn, shard, epoch = store
+            journal = PostgresJournal(dsn, shard, epoch, join=True)
+        state = trio.run(rebuild, config, data, records, journal_hash, journal)
         payload = snapshot.dumps(state)
+    except StorageFault as e:  # the database refused (a newer owner) or is gone
+        print(str(e), file=sys.stderr)
+        return snapshot.WRITE_FAILED
     except Exception as e:  # a bug or a journal that moved: the daemon logs it, goes on
         print(f"snapshot writer: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     try:
         snapshot.write(data, records, payload, journal_hash)
+        if journal is not None:
+            push_snapshot(
+                journal, data, records, journal_hash, state, config.server.event_retention
+            )
     except OSError as e:
         print(describe(e, data), file=sys.stderr)
         return snapshot.WRITE_FAILED
+    except StorageFault as e:
+        print(str(e), file=sys.stderr)
+        return snapshot.WRITE_FAILED
+    finally:
+        if journal is not None:
+            journal.close()
     return 0
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from riskd.actors.journal import Durable
 from riskd.actors.sequencer import SequenceError, Sequencer, StoredRejection
@@ -51,6 +53,9 @@ class Recorder:
         if on_durable is not None:
             on_durable()
         return Durable.ready(value)
+
+    async def submit_many(self, items: list[tuple[str | None, Any, Any]]) -> list[Durable[Any]]:
+        return [await self.submit(*item) for item in items]
 
 
 def config(book: bool = False) -> Any:
@@ -273,3 +278,84 @@ async def test_every_write_answers_durable_and_a_sequence_gap_is_a_result() -> N
         ok = await (await s.ingest_or_error("gw", 5, [(1, MarkPrice(M, 5_000_000))])).wait()
         assert not isinstance(ok, SequenceError) and ok.acked == 1
         assert (await (await s.flushed()).wait()) is None
+
+
+# --- one turn for many batches (Sequencer.ingest_group) ------------------------
+
+_UPDATE = st.sampled_from(
+    [
+        Deposit(1, "USDT", 1_000 * USDT),
+        Deposit(2, "USDT", 1_000 * USDT),
+        Deposit(3, "NOPE", 1),  # refused by the sequencer: unknown asset
+        MarginTransfer(1, M, 100 * USDT),
+        MarginTransfer(2, M, 100 * USDT),
+        MarkPrice(M, 5_000_000),
+        MarkPrice(M, 5_010_000),
+        MarkPrice("ETH-USDT", 300_000),
+        MarkPrice(M, 0),  # refused by the market
+        Fill(M, 0, 1, 2, 5_000_000, 10, 0, 0),  # trade id 0: refused unless ids are off
+        Fill(M, 7, 1, 2, 5_000_000, 10, 0, 0),
+        Fill(M, 8, 2, 1, 5_010_000, 20, 0, 0),
+        bad(0),  # refused at decoding
+    ]
+)
+
+
+@st.composite
+def _posts(draw: st.DrawFn) -> list[tuple[str, list[tuple[int, Input | Rejected]]]]:
+    """Batches of two gateways, some resent in part, some leaving a gap."""
+    sent = {"a": 0, "b": 0}
+    out: list[tuple[str, list[tuple[int, Input | Rejected]]]] = []
+    for _ in range(draw(st.integers(1, 8))):
+        gw = draw(st.sampled_from(["a", "b"]))
+        start = sent[gw] + 1 + draw(st.sampled_from([0, 0, 0, -1, -2, 1]))
+        start = max(start, 1)
+        body = draw(st.lists(_UPDATE, min_size=1, max_size=4))
+        batch = [(start + i, x) for i, x in enumerate(body)]
+        if start <= sent[gw] + 1:  # no gap: the gateway's order moves on
+            sent[gw] = max(sent[gw], batch[-1][0])
+        out.append((gw, batch))
+    return out
+
+
+def _seen(answer: object) -> object:
+    """What a gateway is told about a batch, in comparable values."""
+    if isinstance(answer, SequenceError):
+        return ("gap", answer.expected)
+    return (
+        answer.acked,  # type: ignore[attr-defined]
+        answer.duplicates,  # type: ignore[attr-defined]
+        [(seq, r.code, r.field) for seq, r in answer.rejections],  # type: ignore[attr-defined]
+        answer.repeated,  # type: ignore[attr-defined]
+    )
+
+
+async def _through(
+    posts: list[tuple[str, list[tuple[int, Input | Rejected]]]], cuts: list[int]
+) -> tuple[list[object], list[str], str]:
+    """Post the batches grouped as ``cuts`` says; what each was told, the journal, the digest."""
+    async with running() as s:
+        s.journal = Recorder()  # type: ignore[assignment]
+        told: list[object] = []
+        groups = [posts[a:b] for a, b in zip([0, *cuts], [*cuts, len(posts)], strict=True)]
+        for group in groups:
+            if not group:
+                continue
+            answers = await s.ingest_group([(gw, 1, batch, None, "other") for gw, batch in group])
+            assert len(answers) == len(group)
+            told += [_seen(await a.wait()) for a in answers]
+        records = list(s.journal.records)  # type: ignore[attr-defined]
+        return told, records, (await s.barrier(s.check))[0]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(posts=_posts(), data=st.data())
+def test_batches_sequenced_in_one_turn_end_as_if_sequenced_one_by_one(
+    posts: list[tuple[str, list[tuple[int, Input | Rejected]]]], data: st.DataObject
+) -> None:
+    """However the bridge groups what crossed together, every batch is answered,
+    journaled and applied exactly as when each had its own turn."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(posts)), max_size=len(posts))))
+    one_by_one = trio.run(_through, posts, list(range(1, len(posts))))
+    grouped = trio.run(_through, posts, cuts)
+    assert grouped == one_by_one

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from riskd_client.gateway import Gateway
 
 from ..api.scenario import crash_scenario, send
 from ..api.test_durability import pure_digest
+from ..api.test_node_client import NODE_DIR
+from ..api.test_node_client import _installed as _node_installed
 from .services import EtcdCluster, Postgres, free_port, wait_for
 
 
@@ -66,7 +69,7 @@ def start_node(
 
 
 def _config(tmp: Path) -> Path:
-    """The default config; periodic snapshots are off with PostgreSQL storage."""
+    """The default config (a snapshot every 300 s: none during a test)."""
     from riskd.config import default_toml
 
     path = tmp / "riskd.toml"
@@ -130,6 +133,32 @@ def test_standby_routes_to_the_owner_and_the_helper_follows(two_nodes) -> None: 
     gw = asyncio.run(via_standby())
     assert gw.redirects == 1 and gw.target == a.address
     assert gw.acked_sequence == len(inputs) and digest(a.address) == pure_digest(inputs)
+
+
+def test_the_owner_answers_route_and_the_node_client_follows_a_redirect(two_nodes) -> None:  # type: ignore[no-untyped-def]
+    a, b = two_nodes
+    with grpc.insecure_channel(a.address) as ch:
+        route = cluster_pb2_grpc.ClusterServiceStub(ch)
+        got = route.Route(cluster_pb2.RouteRequest(market="BTC-USDT"))
+        assert got.address == a.address and got.epoch > 0 and got.shard
+        with pytest.raises(grpc.RpcError) as e:
+            route.Route(cluster_pb2.RouteRequest(asset="DOGE"))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "asset" in (e.value.details() or "")
+    if shutil.which("node") is None or not _node_installed():
+        pytest.skip("node or clients/node/node_modules missing (npm ci in clients/node)")
+    run = subprocess.run(
+        ["node", str(NODE_DIR / "ingest.js"), b.address],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["redirects"] == 1 and result["acked"] == 5 and result["duplicates"] == 0
+    assert f"redirected to the shard's owner {a.address}" in run.stderr
+    with grpc.insecure_channel(a.address) as ch:
+        account = query_pb2_grpc.QueryServiceStub(ch).GetAccount(
+            query_pb2.GetAccountRequest(account=42, asset="USDT")
+        )
+    assert account.wallet_balance == 900 * 10**6  # applied once, on the owner
 
 
 def _failover(a: Node, b: Node, stop_owner: signal.Signals) -> tuple[int, Gateway]:
@@ -214,6 +243,11 @@ def test_a_standby_speaks_the_owners_mutual_tls(
                 cluster_pb2.RouteRequest(asset="USDT"), timeout=10
             )
             assert got.address == owner.address
+        with grpc.secure_channel(owner.address, creds) as ch:
+            got = cluster_pb2_grpc.ClusterServiceStub(ch).Route(
+                cluster_pb2.RouteRequest(market="BTC-USDT"), timeout=10
+            )
+            assert got.address == owner.address  # the owner names itself
         without_cert = grpc.ssl_channel_credentials((tls / "ca.crt").read_bytes())
         with grpc.secure_channel(standby.address, without_cert) as ch:
             with pytest.raises(grpc.RpcError) as e:

@@ -8,18 +8,32 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import psycopg
+
+from riskd.config import default_toml
 from riskd.storage.postgres import PostgresJournal
+from riskd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+)
 from riskd_client.gateway import Gateway
 
 from ..api.conftest import Daemon, start_daemon
 from ..api.scenario import crash_scenario, send
 from ..api.test_durability import _recovered, pure_digest, state, stream_all
-from .services import Postgres
+from .services import Postgres, wait_for
 
 
-def _node(tmp: Path, name: str, pg: Postgres, shard: str) -> Daemon:
-    return start_daemon(tmp, "--data-dir", str(tmp / name), "--storage", pg.dsn, "--shard", shard)
+def _node(tmp: Path, name: str, pg: Postgres, shard: str, *extra: str) -> Daemon:
+    return start_daemon(
+        tmp, "--data-dir", str(tmp / name), "--storage", pg.dsn, "--shard", shard, *extra
+    )
 
 
 def _records(pg: Postgres, shard: str) -> list[str]:
@@ -71,13 +85,14 @@ def test_kill9_then_another_node_serves_the_same_state(
         assert final.violations == [] and final.digest == pure_digest(inputs)
     finally:
         assert b.stop() == 0
-    # A clean stop stored its final snapshot in the database too.  A third node
-    # fetches it, but its own fund ledger file is empty, so it replays the
-    # journal from the start instead (docs/cluster.md): slower, the same state.
+    # A clean stop stored its final snapshot in the database too, with the fund
+    # ledger entries it covers: a third node, its data directory empty, fetches
+    # both and replays nothing.
     c = _node(tmp_path, "node-c", pg, shard)
     try:
         assert list((tmp_path / "node-c").glob("snapshot-*.bin"))
-        assert _recovered(c)["replayed"] == len(_records(pg, shard))
+        rec = _recovered(c)
+        assert rec["snapshot"] == len(_records(pg, shard)) and rec["replayed"] == 0
         assert state(c).digest == pure_digest(inputs)
     finally:
         assert c.stop() == 0
@@ -89,6 +104,92 @@ def test_kill9_then_another_node_serves_the_same_state(
         assert state(b).digest == pure_digest(inputs)
     finally:
         assert b.stop() == 0
+
+
+def _events_until(d: Daemon, marker: str, start: int = 1) -> list[events_pb2.Event]:
+    """Events from ``start`` up to the fund flow whose cause is ``marker``."""
+    stub = events_pb2_grpc.EventServiceStub(d.channel())
+    out = []
+    stream = stub.Subscribe(events_pb2.SubscribeRequest(from_sequence=start), timeout=30)
+    try:
+        for item in stream:
+            out.append(item.event)
+            if item.event.HasField("fund_flow") and item.event.fund_flow.cause == marker:
+                return out
+    finally:
+        stream.cancel()
+    raise AssertionError(f"no event {marker}")
+
+
+def _mark(d: Daemon, cause: str) -> None:
+    """A fund injection: its event is the newest once the call returns (durable)."""
+    admin = admin_pb2_grpc.AdminServiceStub(d.channel())
+    admin.InjectFund(admin_pb2.InjectFundRequest(asset="USDT", amount=1, cause=cause))
+
+
+def _ledger(d: Daemon) -> list[Any]:
+    q = query_pb2_grpc.QueryServiceStub(d.channel())
+    req = query_pb2.ListFundLedgerRequest(asset="USDT", page_size=1000)
+    return list(q.ListFundLedger(req).entries)
+
+
+def test_a_takeover_restores_the_periodic_snapshot_and_serves_the_old_owners_events(
+    pg: Postgres, shard: str, tmp_path: Path
+) -> None:
+    """Periodic snapshots, fund ledger entries and events go to the database, so a
+    node with an empty data directory replays only the journal's tail, pages the
+    whole fund ledger, and a subscriber resumes on it where it stopped."""
+    config = tmp_path / "riskd.toml"
+    config.write_text(default_toml().replace("snapshot_seconds = 300", "snapshot_seconds = 0.2"))
+    inputs = crash_scenario()
+    half = len(inputs) // 2
+    a = _node(tmp_path, "node-a", pg, shard, "--config", str(config))
+    try:
+        asyncio.run(stream_all(a, inputs[:half], "gw-snap"))
+        _mark(a, "half")
+        count = len(_records(pg, shard))
+        j = PostgresJournal(pg.dsn, shard, readonly=True)
+        try:
+            wait_for(lambda: (j.latest_snapshot() or (0,))[0] == count, "a stored snapshot")
+        finally:
+            j.close()
+        asyncio.run(stream_all(a, inputs, "gw-snap"))
+        _mark(a, "end")
+        before = _events_until(a, "end")
+        read = _events_until(a, "half")  # a subscriber that got this far
+        ledger = _ledger(a)
+        digest = state(a).digest
+        a.process.send_signal(signal.SIGKILL)
+        a.process.wait(10)
+    finally:
+        if a.process.poll() is None:
+            a.process.kill()
+    b = _node(tmp_path, "node-b", pg, shard, "--config", str(config))
+    try:
+        rec = _recovered(b)
+        assert rec["snapshot"] >= count and rec["replayed"] < len(_records(pg, shard))
+        assert state(b).digest == digest
+        assert _ledger(b) == ledger
+        # The same events, numbered alike: those before the snapshot from the
+        # database, the rest rebuilt from the journal.
+        assert _events_until(b, "end") == before
+        resumed = _events_until(b, "end", start=read[-1].sequence + 1)
+        assert read + resumed == before
+    finally:
+        assert b.stop() == 0
+    # riskd audit verifies the shard in the database offline.
+    audit = [sys.executable, "-m", "riskd.cli", "audit", "--config", str(config),
+             "--storage", pg.dsn, "--shard", shard]  # fmt: skip
+    done = subprocess.run(audit, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hash chain intact" in done.stdout and "stored ledger fund USDT" in done.stdout
+    assert f"state digest {digest}" in done.stdout
+    with psycopg.connect(pg.dsn, autocommit=True) as db:
+        db.execute(
+            "UPDATE riskd_journal SET record = record || ' ' WHERE shard = %s AND n = 3", (shard,)
+        )
+    done = subprocess.run(audit, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "hash chain broken at record 3" in done.stdout
 
 
 def test_a_fenced_daemon_stops_with_exit_4_and_acknowledges_nothing_more(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -9,9 +10,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from riskd.core.events import FundKind
+from riskd.core.insurance_fund import GENESIS as LEDGER_GENESIS
+from riskd.core.insurance_fund import LedgerEntry
 from riskd.storage import StorageFault, snapshot
+from riskd.storage import events as event_files
+from riskd.storage import ledger as ledger_files
 from riskd.storage.journal import GENESIS, SqliteJournal
-from riskd.storage.postgres import PostgresJournal, pull_snapshot, push_snapshot, redact
+from riskd.storage.postgres import (
+    PostgresJournal,
+    pull_events,
+    pull_ledger,
+    pull_snapshot,
+    push_snapshot,
+    redact,
+)
 
 from .services import Postgres
 
@@ -140,7 +153,9 @@ def test_snapshots_travel_through_the_database(pg: Postgres, shard: str, tmp_pat
     first = tmp_path / "node-a"
     first.mkdir()
     snapshot.write(first, 2, snapshot.dumps({"state": 1}), owner.head)
-    assert push_snapshot(owner, first) == 2
+    push_snapshot(owner, first, 2, owner.head, {"funds": {}, "events": 0}, 10)
+    stored = owner.latest_snapshot()
+    assert stored is not None and stored[0] == 2
     other = tmp_path / "node-b"
     other.mkdir()
     assert pull_snapshot(owner, other) == 2
@@ -197,3 +212,42 @@ def test_an_acknowledged_append_is_on_the_synchronous_standby(pg: Postgres, shar
         assert rows == [("replicated",), ("twice",)]
     finally:
         j.close()
+
+
+def _entries(causes: list[str]) -> list[LedgerEntry]:
+    out, prev, balance = [], LEDGER_GENESIS, 0
+    for n, cause in enumerate(causes, 1):
+        balance += 10**17
+        e = LedgerEntry(n, n, FundKind.INJECTION, "", cause, 10**17, balance, prev)
+        e = dataclasses.replace(e, hash=e.digest())
+        out.append(e)
+        prev = e.hash
+    return out
+
+
+def test_a_node_pulls_the_stored_ledger_and_events_over_its_own_stale_tail(
+    pg: Postgres, shard: str, tmp_path: Path
+) -> None:
+    """The database's fund ledger and events win over the entries a node's files
+    hold past where the histories part (booked by inputs that never became
+    durable before it lost the shard); what they share is not fetched again."""
+    owner = PostgresJournal(pg.dsn, shard)
+    true = _entries([f"c{i}" for i in range(1, 8)])
+    events = [(n, "BTC-USDT", f"e{n}".encode()) for n in range(1, 10)]
+    owner.store_snapshot(0, GENESIS, b"-", {"USDT": true}, events, keep_events=6)
+    assert owner.event_bounds() == (4, 9)  # the newest 6 kept
+    node = tmp_path / "node"
+    node.mkdir()
+    store = ledger_files.LedgerStore(node / ledger_files.FILE)
+    store.write([("USDT", _entries(["c1", "c2", "c3", "stale4", "stale5"]))])
+    store.close()
+    ev = event_files.EventStore(node / event_files.FILE)
+    ev.write([*events[:5], (6, "BTC-USDT", b"stale6")], retention=100, full=True)
+    ev.close()
+    assert pull_ledger(owner, node, "USDT") == 4  # entries 4..7; 1..3 were there
+    assert ledger_files.read_page(node / ledger_files.FILE, "USDT", 1, 100) == true
+    assert pull_events(owner, node) == 4  # events 6..9
+    got = event_files.read_range(node / event_files.FILE, 1, 100)
+    assert got == [*events[:5], *events[5:]] and got[5][2] == b"e6"
+    assert pull_ledger(owner, node, "USDT") == 0 and pull_events(owner, node) == 0
+    owner.close()
