@@ -131,7 +131,12 @@ class InsuranceFund:
     def __getstate__(self) -> dict[str, object]:
         return dict_state(self)
 
-    def __setstate__(self, state: object) -> None:
+    def __setstate__(self, state: dict[str, object]) -> None:
+        ledger = state.get("ledger")
+        if isinstance(ledger, list):
+            # Format v3 snapshots carry every entry as a list: an unbounded
+            # Ledger is the same (riskd.storage.ledger.agree writes it out).
+            state = {**state, "ledger": Ledger(None, ledger)}
         restore(self, state)
 
     def __init__(self, asset: str, policy: FundPolicy | None = None) -> None:

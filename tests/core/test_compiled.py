@@ -81,6 +81,29 @@ def test_the_core_that_runs_is_the_one_expected() -> None:
         )
 
 
+def test_no_compiled_class_extends_a_python_class() -> None:
+    """mypyc lays a native class's fields over what a Python base keeps in the
+    instance (a crash in the garbage collector): such a class, e.g. an
+    exception extending :class:`riskd.errors.RiskdError`, is marked
+    ``@mypyc_attr(native_class=False)``."""
+    if riskd.core_build() != "compiled":
+        pytest.skip("the pure core runs")
+    wrong = []
+    for m in MODULES:
+        module = importlib.import_module(f"riskd.core.{m}")
+        for name, cls in vars(module).items():
+            if not isinstance(cls, type) or cls.__module__ != module.__name__:
+                continue
+            if "__mypyc_attrs__" not in cls.__dict__:
+                continue  # not native
+            for base in cls.__mro__[1:]:
+                if base.__module__ not in ("builtins", "typing", "collections.abc") and (
+                    "__mypyc_attrs__" not in base.__dict__
+                ):
+                    wrong.append(f"{module.__name__}.{name} extends {base.__qualname__}")
+    assert not wrong, wrong
+
+
 # Run in the other core: the whole sequence from scratch, the parent's
 # snapshot of the first half continued with the second, and a snapshot back.
 CHILD = """
