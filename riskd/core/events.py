@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from riskd.core.pickling import fields_state, restore
+
 __all__ = [
     "Fill",
     "MarkPrice",
@@ -60,12 +62,24 @@ class Fill:
     seller_fee: int = 0
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class MarkPrice:
     market: str
     price: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +93,12 @@ class Deposit:
     ts: int = 0
     deposit_id: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class Withdrawal:
@@ -86,6 +106,12 @@ class Withdrawal:
     asset: str
     amount: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +123,12 @@ class MarginTransfer:
     amount: int
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class FundingRate:
@@ -105,6 +137,12 @@ class FundingRate:
     market: str
     rate_e8: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +157,12 @@ class LiquidationFill:
     counterparty_fee: int = 0
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class LiquidationDone:
@@ -127,6 +171,12 @@ class LiquidationDone:
     market: str
     liquidation_id: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +187,12 @@ class FundInjection:
     amount: int
     cause: str = "seed"
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 Input = (
@@ -177,6 +233,12 @@ class FundCredit:
     cause: str
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TakeoverClaim:
@@ -199,6 +261,12 @@ class TakeoverClaim:
     margin_wanted: int
     loss_cap: int | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReserveClaim:
@@ -212,6 +280,12 @@ class ReserveClaim:
     wanted: int
     loss_cap: int | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReserveSettle:
@@ -224,6 +298,12 @@ class ReserveSettle:
     reserved: int
     shortfall: int
     fee: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 class AdlReason(enum.Enum):
@@ -259,6 +339,12 @@ class FundDecision:
     granted: int
     reason: AdlReason | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WalletCredit:
@@ -266,6 +352,12 @@ class WalletCredit:
     asset: str
     amount: int
     cause: str
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,6 +372,12 @@ class LiquidationOrder:
     worst_price: int
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LiquidationSettled:
@@ -292,6 +390,12 @@ class LiquidationSettled:
     returned_to_trader: int
     adl_quantity: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,6 +410,12 @@ class AdlNotice:
     price: int
     realised: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -334,6 +444,12 @@ class AdlEvent:
     reason: AdlReason = AdlReason.FUND_EMPTY
     fund_paid: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MarginCall:
@@ -345,6 +461,12 @@ class MarginCall:
     maintenance_margin: int
     liquidation_price: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,6 +480,12 @@ class FundFlow:
     balance_after: int
     cause: str
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 Effect = (

@@ -50,7 +50,7 @@ from riskd.core.margin import (
     unrealised,
 )
 from riskd.core.market import MarketSpec
-from riskd.core.pickling import dict_state, restore
+from riskd.core.pickling import dict_state, fields_state, restore
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, sign
@@ -76,6 +76,12 @@ class PositionView:
     bankruptcy_price: int
     adl_quintile: int
     in_liquidation: bool
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)

@@ -11,6 +11,7 @@ in the other.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
@@ -102,6 +103,23 @@ def test_no_compiled_class_extends_a_python_class() -> None:
                 ):
                     wrong.append(f"{module.__name__}.{name} extends {base.__qualname__}")
     assert not wrong, wrong
+
+
+def test_every_core_dataclass_pickles_in_one_shape() -> None:
+    """A frozen dataclass compiled by mypyc pickles as a dict and cannot be
+    restored; every dataclass says its shape (riskd.core.pickling)."""
+    missing = []
+    for m in MODULES:
+        tree = ast.parse((CORE / f"{m}.py").read_text())
+        for node in tree.body:
+            if not isinstance(node, ast.ClassDef) or not any(
+                "dataclass" in ast.unparse(d) for d in node.decorator_list
+            ):
+                continue
+            methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+            if not {"__getstate__", "__setstate__"} <= methods:
+                missing.append(f"riskd.core.{m}.{node.name}")
+    assert not missing, missing
 
 
 # Run in the other core: the whole sequence from scratch, the parent's
