@@ -26,6 +26,7 @@ __all__ = [
     "LiquidationFill",
     "LiquidationDone",
     "FundInjection",
+    "SetMarginMode",
     "Input",
     "FundKind",
     "FundCredit",
@@ -195,6 +196,22 @@ class FundInjection:
         restore(self, state)
 
 
+@dataclass(frozen=True, slots=True)
+class SetMarginMode:
+    """The account's margin mode in a market: cross (shares its wallet) or isolated."""
+
+    market: str
+    account: int
+    cross: bool
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
 Input = (
     Fill
     | MarkPrice
@@ -205,6 +222,7 @@ Input = (
     | LiquidationFill
     | LiquidationDone
     | FundInjection
+    | SetMarginMode
 )
 
 
