@@ -146,10 +146,11 @@ class Engine:
         plan = cross_margin.plan([leg for _, leg in pairs], wallet.balance(account))
         if plan.action in (Action.NOTHING, Action.WAIT):
             return
-        self._allocate(wallet, account, pairs, plan.margins, (plan.equity, plan.notional))
-        for sym in plan.liquidate:
+        self._allocate(wallet, account, pairs, plan.margins)
+        for i, sym in enumerate(plan.liquidate):
             # Routed at once, as the daemon's market actor does (riskd.actors.cross).
-            self.markets[sym].liquidate_cross(account, ts)
+            notice = plan.notice(asset, account, ts) if i == 0 else None
+            self.markets[sym].liquidate_cross(account, ts, notice)
             self._route()
 
     @staticmethod
@@ -158,14 +159,13 @@ class Engine:
         account: int,
         pairs: list[tuple[MarketEngine, Leg]],
         margins: dict[str, int],
-        leverage: tuple[int, int] | None,
     ) -> None:
         """Move the account's cross wallet into the legs' new margins (a wallet credit
         for what comes back, a debit for what goes out)."""
         taken = 0
         for m, leg in pairs:
             if leg.market in margins:
-                taken += m.allocate_cross(account, margins[leg.market], leverage)
+                taken += m.allocate_cross(account, margins[leg.market])
         if taken < 0:
             wallet.credit(account, -taken)
         elif taken > 0:
@@ -181,7 +181,7 @@ class Engine:
             [leg for _, leg in pairs], wallet.balance(account), amount, field
         )
         if margins is not None:
-            self._allocate(wallet, account, pairs, margins, None)
+            self._allocate(wallet, account, pairs, margins)
 
     def decide_withdrawal(self, w: Withdrawal) -> WithdrawalDecision:
         """A journaled withdrawal decided again (the daemon's Withdraw, replayed): a

@@ -103,8 +103,7 @@ def digest(engine: Engine) -> str:
         h.update(f"M|{sym}|{m.mark}|{m.fee_pool}|{m.next_liquidation}\n".encode())
         h.update(f"T|{len(m.trade_ids)}\n".encode() + m.trade_ids.canonical())
         for acct in sorted(m.cross):
-            lev = m.cross_leverage.get(acct)
-            h.update(f"C|{acct}|{lev}\n".encode())
+            h.update(f"C|{acct}\n".encode())
         for acct in sorted(m.positions):
             p = m.positions[acct]
             h.update(f"P|{acct}|{p.size}|{p.basis}|{p.margin}|{p.liquidation}\n".encode())

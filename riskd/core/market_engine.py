@@ -20,6 +20,7 @@ from riskd.core import adl, fill_sanity
 from riskd.core.cross_margin import Leg
 from riskd.core.errors import Rejected
 from riskd.core.events import (
+    AccountLiquidation,
     AdlReason,
     Effect,
     Fill,
@@ -47,7 +48,6 @@ from riskd.core.margin import (
     initial_margin,
     liquidation_threshold,
     maintenance_margin,
-    notional,
     unrealised,
 )
 from riskd.core.market import MarketSpec
@@ -99,11 +99,9 @@ class MarketEngine:
         self._now = 0  # the current input's timestamp
         self._ranking: dict[bool, tuple[int, deque[Position]]] = {}
         # Cross margin (riskd.core.cross_margin): the accounts in cross mode here,
-        # those whose account must be re-checked after this input, and each
-        # cross account's (equity, notional) for ADL's account-level leverage.
+        # and those whose account must be re-checked after this input.
         self.cross: set[int] = set()
         self.cross_due: set[int] = set()
-        self.cross_leverage: dict[int, tuple[int, int]] = {}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Snapshots from before the liquidation machine kept its parts here."""
@@ -118,7 +116,7 @@ class MarketEngine:
             state["machine"] = machine
         self.__dict__.update(state)
         if "cross" not in state:  # snapshots from before cross margin
-            self.cross, self.cross_due, self.cross_leverage = set(), set(), {}
+            self.cross, self.cross_due = set(), set()
         if "liquidator" not in state:
             self.liquidator = Liquidator(self)
 
@@ -277,7 +275,6 @@ class MarketEngine:
             self.cross.add(x.account)
         else:
             self.cross.discard(x.account)
-            self.cross_leverage.pop(x.account, None)
 
     def _check_isolated(self, account: int) -> None:
         if account in self.cross:
@@ -311,21 +308,23 @@ class MarketEngine:
             bool(pos.liquidation),
         )
 
-    def allocate_cross(self, account: int, margin: int, leverage: tuple[int, int] | None) -> int:
-        """Set the account's cross allocation here; returns what it took (+) or gave
-        back (-).  ``leverage``: the account's (equity, notional) for ADL (None: keep)."""
+    def allocate_cross(self, account: int, margin: int) -> int:
+        """Set the account's cross band here; returns what it took (+) or gave back (-)."""
         pos = self.positions[account]
         delta = margin - pos.margin
         if delta:
             self._set(pos, pos.size, pos.basis, margin)
-        if leverage is not None:
-            self.cross_leverage[account] = leverage
         return delta
 
-    def liquidate_cross(self, account: int, ts: int) -> None:
+    def liquidate_cross(
+        self, account: int, ts: int, notice: AccountLiquidation | None = None
+    ) -> None:
         """Liquidate the account's cross position here whole, with the margin it was
-        given (:meth:`allocate_cross`), as an isolated one."""
+        given (:meth:`allocate_cross`), as an isolated one; ``notice``: the
+        account's liquidation, published first (by the first market it closes in)."""
         self._begin(ts)
+        if notice is not None:
+            self.effects.append(notice)
         pos = self.positions[account]
         if not pos.liquidation and pos.size:
             self.liquidator.start(pos, ts, whole=True)
@@ -513,6 +512,24 @@ class MarketEngine:
                 f"account {account}'s {what} would go negative ({margin}):"
                 " the price is beyond its bankruptcy price or the fee exceeds its margin",
             )
+        adds = abs(trial.size) > abs(pos.size) and (
+            pos.size == 0 or (pos.size > 0) == (trial.size > 0)
+        )
+        if account in self.cross and trial.size and self.mark is not None and not adds:
+            # A cross band may be negative, but a reduction or flip (its fee aside)
+            # must not take the band's margin balance at the mark below zero: the
+            # price is then beyond what the account put behind this position.
+            # (What a new or larger position needs comes from the wallet at the
+            # account's re-check.)
+            before = pos.margin + unrealised(self.spec, pos, self.mark) if pos.size else 0
+            trial.margin = margin
+            after = trial.margin + unrealised(self.spec, trial, self.mark)
+            if after < 0 and after < min(before, 0) - fee:
+                raise Rejected.precondition(
+                    field,
+                    f"account {account}'s cross band in {self.symbol} would be {after} at the"
+                    f" mark {self.mark} after this fill: the price is beyond its collateral here",
+                )
         for name, v in (("quantity", trial.size), ("price", trial.basis), (field, margin)):
             if abs(v) > INT64_MAX:
                 raise Rejected.invalid(name, f"position of account {account} would overflow int64")
@@ -585,7 +602,6 @@ class MarketEngine:
         self.positions.pop(pos.account, None)
         if pos.account in self.cross:
             self.cross_due.add(pos.account)
-            self.cross_leverage.pop(pos.account, None)
 
     def sweep_backstop_margin(self, amount: int, ts: int) -> None:
         if amount:
@@ -638,25 +654,13 @@ class MarketEngine:
             for p in self.positions.values()
             if p.size and (p.size > 0) == long and not p.liquidation and not p.is_backstop
         ]
-        ranked = deque(adl.rank(self.spec, [self._adl_view(p, mark) for p in side], mark))
-        if self.cross_leverage:
-            ranked = deque(self.positions[p.account] for p in ranked)
+        # A cross position's band holds its notional's share of its account's
+        # equity, so it ranks with the account's leverage (BitMEX, Bybit).
+        ranked = deque(adl.rank(self.spec, side, mark))
         backstop = self.positions.get(BACKSTOP_ACCOUNT)
         if backstop and backstop.size and (backstop.size > 0) == long:
             ranked.append(backstop)  # the fund's inventory is the last resort
         return ranked
-
-    def _adl_view(self, pos: Position, mark: int) -> Position:
-        """A cross position ranks with its account's leverage (BitMEX, Bybit): a
-        copy whose margin balance is its notional's share of the account's equity."""
-        lev = self.cross_leverage.get(pos.account) if self.cross_leverage else None
-        if lev is None:
-            return pos
-        equity, total = lev
-        trial = _copy(pos)
-        n = notional(self.spec, pos, mark)
-        trial.margin = n * equity // max(total, 1) - unrealised(self.spec, pos, mark)
-        return trial
 
     # --- validation -------------------------------------------------------------
 
