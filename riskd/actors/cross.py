@@ -97,9 +97,10 @@ class CrossMargin:
             return set()
         await self._allocate(wallet, account, pairs, plan.margins)
         due: set[tuple[str, int]] = set()
-        for sym in plan.liquidate:
+        for i, sym in enumerate(plan.liquidate):
             m = self.markets[sym]
-            due |= {(asset, a) for a in await m.call(m.liquidate_cross, account, ts)}
+            notice = plan.notice(asset, account, ts) if i == 0 else None
+            due |= {(asset, a) for a in await m.call(m.liquidate_cross, account, ts, notice)}
         return due
 
     @staticmethod

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from math import lcm
 
 from riskd.core.errors import Rejected
+from riskd.core.events import AccountLiquidation
 from riskd.core.margin import liquidation_threshold
 from riskd.core.market import CrossLiquidation, MarketSpec
 from riskd.core.pickling import fields_state, restore
@@ -168,6 +169,21 @@ class Plan:
     liquidate: tuple[str, ...] = ()
     equity: int = 0
     notional: int = 0
+    maintenance: int = 0
+    #: LIQUIDATE: "all_at_once", "step_down" (one step) or "bankrupt" (whole).
+    policy: str = ""
+
+    def notice(self, asset: str, account: int, ts: int) -> AccountLiquidation:
+        """The published effect of a LIQUIDATE plan."""
+        return AccountLiquidation(
+            asset=asset,
+            account=account,
+            equity=self.equity,
+            maintenance_margin=self.maintenance,
+            markets=self.liquidate,
+            policy=self.policy,
+            ts=ts,
+        )
 
     def __getstate__(self) -> list[object]:
         return fields_state(self)
@@ -249,12 +265,28 @@ def plan(legs: Sequence[Leg], free: int) -> Plan:
         rest = [i for i in range(len(legs)) if i != first]
         margins = allocate([legs[i] for i in rest], [figs[i] for i in rest], wallet - margin)
         margins[legs[first].market] = margin
-        return Plan(Action.LIQUIDATE, margins, 0, (legs[first].market,), equity, notional)
+        return Plan(
+            Action.LIQUIDATE,
+            margins,
+            0,
+            (legs[first].market,),
+            equity,
+            notional,
+            sum(mms),
+            "step_down",
+        )
     shares = _shares(equity, mms) if equity >= 0 else _deficits(legs, figs, equity, mms)
     margins = {leg.market: e - f.unrealised for leg, f, e in zip(legs, figs, shares, strict=True)}
     order = sorted(range(len(legs)), key=lambda i: (-mms[i], i))
     return Plan(
-        Action.LIQUIDATE, margins, 0, tuple(legs[i].market for i in order), equity, notional
+        Action.LIQUIDATE,
+        margins,
+        0,
+        tuple(legs[i].market for i in order),
+        equity,
+        notional,
+        sum(mms),
+        "all_at_once" if equity >= 0 else "bankrupt",
     )
 
 

@@ -162,9 +162,10 @@ class Engine:
         if plan.action in (Action.NOTHING, Action.WAIT):
             return
         self._allocate(wallet, account, pairs, plan.margins)
-        for sym in plan.liquidate:
+        for i, sym in enumerate(plan.liquidate):
             # Routed at once, as the daemon's market actor does (riskd.actors.cross).
-            self.markets[sym].liquidate_cross(account, ts)
+            notice = plan.notice(asset, account, ts) if i == 0 else None
+            self.markets[sym].liquidate_cross(account, ts, notice)
             self._route()
 
     @staticmethod

@@ -41,6 +41,7 @@ __all__ = [
     "AdlReason",
     "AdlEvent",
     "MarginCall",
+    "AccountLiquidation",
     "FundFlow",
     "Effect",
 ]
@@ -417,6 +418,20 @@ class LiquidationSettled:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AccountLiquidation:
+    """A cross account found liquidatable: ``markets`` start closing its positions
+    (``policy``: all_at_once, step_down, or bankrupt: closed whole)."""
+
+    asset: str
+    account: int
+    equity: int
+    maintenance_margin: int
+    markets: tuple[str, ...]
+    policy: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdlNotice:
     """To a deleveraged account: ``quantity`` of its position closed at ``price``."""
 
@@ -518,5 +533,6 @@ Effect = (
     | AdlNotice
     | AdlEvent
     | MarginCall
+    | AccountLiquidation
     | FundFlow
 )

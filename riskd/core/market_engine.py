@@ -22,6 +22,7 @@ from riskd.core import adl, fill_sanity
 from riskd.core.cross_margin import Leg
 from riskd.core.errors import Rejected
 from riskd.core.events import (
+    AccountLiquidation,
     AdlReason,
     Effect,
     Fill,
@@ -328,10 +329,15 @@ class MarketEngine:
             self._set(pos, pos.size, pos.basis, margin)
         return delta
 
-    def liquidate_cross(self, account: int, ts: int) -> None:
+    def liquidate_cross(
+        self, account: int, ts: int, notice: AccountLiquidation | None = None
+    ) -> None:
         """Liquidate the account's cross position here whole, with the margin it was
-        given (:meth:`allocate_cross`), as an isolated one."""
+        given (:meth:`allocate_cross`), as an isolated one; ``notice``: the
+        account's liquidation, published first (by the first market it closes in)."""
         self._begin(ts)
+        if notice is not None:
+            self.effects.append(notice)
         pos = self.positions[account]
         if not pos.liquidation and pos.size:
             self.liquidator.start(pos, ts, whole=True)
@@ -519,10 +525,15 @@ class MarketEngine:
                 f"account {account}'s {what} would go negative ({margin}):"
                 " the price is beyond its bankruptcy price or the fee exceeds its margin",
             )
-        if account in self.cross and trial.size and self.mark is not None:
-            # A cross band may be negative, but the trade itself (its fee aside) must
-            # not take the band's margin balance at the mark below zero: the price
-            # is then beyond what the account put behind this position.
+        adds = abs(trial.size) > abs(pos.size) and (
+            pos.size == 0 or (pos.size > 0) == (trial.size > 0)
+        )
+        if account in self.cross and trial.size and self.mark is not None and not adds:
+            # A cross band may be negative, but a reduction or flip (its fee aside)
+            # must not take the band's margin balance at the mark below zero: the
+            # price is then beyond what the account put behind this position.
+            # (What a new or larger position needs comes from the wallet at the
+            # account's re-check.)
             before = pos.margin + unrealised(self.spec, pos, self.mark) if pos.size else 0
             trial.margin = margin
             after = trial.margin + unrealised(self.spec, trial, self.mark)

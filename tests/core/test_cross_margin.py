@@ -9,6 +9,7 @@ from __future__ import annotations
 from _kit import Desk, U, assert_rejected, btc_usdt_spec, of_type, usdt
 
 from riskd.core import (
+    AccountLiquidation,
     AdlNotice,
     Code,
     CrossLiquidation,
@@ -153,6 +154,9 @@ def test_safe_per_market_but_liquidatable_in_total() -> None:
     # E = 1,000 − 450 − 500 = 50 ≤ MM = 47.75 + 47.5?  95.25 ≥ 50: liquidatable.
     claims = of_type(out, LiquidationSettled)
     assert {c.market for c in claims} == {BTC, ETH}  # all at once (the default)
+    [notice] = of_type(out, AccountLiquidation)  # published once, before the positions
+    assert (notice.account, notice.policy, notice.markets) == (TRADER, "all_at_once", (BTC, ETH))
+    assert notice.equity == 50 * U and out.index(notice) < out.index(claims[0])
     assert d.pos(BTC, TRADER) is None and d.pos(ETH, TRADER) is None
     settled = of_type(out, LiquidationSettled)
     # The equity (50) was split pro rata to MM; the fund claws it back as the fee.
