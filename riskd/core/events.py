@@ -430,6 +430,12 @@ class AccountLiquidation:
     policy: str
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdlNotice:
