@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from google.protobuf.message import Message
 
 from riskd.core.events import (
+    AccountLiquidation,
     AdlEvent,
     AdlNotice,
     AdlReason,
@@ -212,6 +213,34 @@ def _margin_call_event(e: MarginCall) -> Message:
     )
 
 
+# --- AccountLiquidation ---------------------------------------------------------
+
+
+def _cross_event(e: AccountLiquidation) -> Message:
+    return events_pb2.AccountLiquidation(
+        asset=e.asset,
+        account=e.account,
+        equity=e.equity,
+        maintenance_margin=e.maintenance_margin,
+        markets=list(e.markets),
+        policy=e.policy,
+    )
+
+
+def _cross_log(e: AccountLiquidation) -> dict[str, object]:
+    return {
+        "asset": e.asset,
+        "equity_quantums": e.equity,
+        "maintenance_margin_quantums": e.maintenance_margin,
+        "markets": list(e.markets),
+        "policy": e.policy,
+    }
+
+
+def _cross_metrics(m: Metrics, e: AccountLiquidation) -> None:
+    m.cross_liquidations.labels(e.asset, e.policy).inc()
+
+
 # --- FundFlow -----------------------------------------------------------------
 
 
@@ -370,6 +399,14 @@ _TABLE: tuple[EffectKind[Any], ...] = (
         encode=_market_settled_event,
         log="market_settled",
         log_fields=_market_settled_log,
+    ),
+    EffectKind(
+        cls=AccountLiquidation,
+        event="account_liquidation",
+        encode=_cross_event,
+        log="account_liquidation",
+        log_fields=_cross_log,
+        observe=_cross_metrics,
     ),
 )
 

@@ -29,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from riskd import __version__
+from riskd import __version__, core_build
 from riskd.core.events import AdlReason, Effect, FundKind
 from riskd.core.mark_guard import GuardReason
 from riskd.core.market_status import MarketStatus
@@ -98,11 +98,12 @@ class Metrics:
             r.register(shared)
         build = Gauge(
             "riskd_build_info",
-            "The running riskd: its version and those of Python and grpcio (value is 1).",
-            ["version", "python", "grpcio"],
+            "The running riskd: its version, those of Python and grpcio, and whether its"
+            " core is compiled (mypyc) or pure Python (value is 1).",
+            ["version", "python", "grpcio", "core"],
             registry=r,
         )
-        build.labels(__version__, platform.python_version(), grpc.__version__).set(1)
+        build.labels(__version__, platform.python_version(), grpc.__version__, core_build()).set(1)
         self.asset_info = Gauge(
             "riskd_asset_info",
             "Settlement assets and their decimals (value is 1).",
@@ -145,6 +146,14 @@ class Metrics:
             "riskd_insurance_fund_outflow_quantums",
             "Units paid out of the insurance fund, by kind.",
             ["asset", "kind"],
+            registry=r,
+        )
+        self.cross_liquidations = Counter(
+            "riskd_cross_liquidations",
+            "Cross accounts found liquidatable, by reason: all_at_once, step_down"
+            " (one step) or bankrupt (closed whole); each position closed also counts"
+            " in riskd_liquidations_total.",
+            ["asset", "reason"],
             registry=r,
         )
         self.liquidations = Counter(
@@ -318,6 +327,8 @@ class Metrics:
         for limit in ("per_identity", "total"):
             self.subscriptions_refused.labels(limit)
         for a in assets:
+            for why in ("all_at_once", "step_down", "bankrupt"):
+                self.cross_liquidations.labels(a, why)
             self.fund_balance.labels(a).set(0)
             self.fund_reserved.labels(a).set(0)
             for kind in FundKind:

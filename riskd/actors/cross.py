@@ -99,11 +99,12 @@ class CrossMargin:
         plan = cross_margin.plan([leg for _, leg in pairs], free)
         if plan.action in (Action.NOTHING, Action.WAIT):
             return set()
-        await self._allocate(wallet, account, pairs, plan.margins, (plan.equity, plan.notional))
+        await self._allocate(wallet, account, pairs, plan.margins)
         due: set[tuple[str, int]] = set()
-        for sym in plan.liquidate:
+        for i, sym in enumerate(plan.liquidate):
             m = self.markets[sym]
-            due |= {(asset, a) for a in await m.call(m.liquidate_cross, account, ts)}
+            notice = plan.notice(asset, account, ts) if i == 0 else None
+            due |= {(asset, a) for a in await m.call(m.liquidate_cross, account, ts, notice)}
         return due
 
     @staticmethod
@@ -112,14 +113,11 @@ class CrossMargin:
         account: int,
         pairs: list[tuple[MarketActor, Leg]],
         margins: dict[str, int],
-        leverage: tuple[int, int] | None,
     ) -> None:
         taken = 0
         for m, leg in pairs:
             if leg.market in margins:
-                taken += await m.call(
-                    m.query, partial(_allocate, account, margins[leg.market], leverage)
-                )
+                taken += await m.call(m.query, partial(_allocate, account, margins[leg.market]))
         if taken < 0:
             await wallet.call(wallet.credit, account, -taken)
         elif taken > 0:
@@ -160,7 +158,7 @@ class CrossMargin:
         free = await wallet.call(wallet.balance, account)
         margins = cross_margin.release([leg for _, leg in pairs], free, amount, field, reserved)
         if margins is not None:
-            await self._allocate(wallet, account, pairs, margins, None)
+            await self._allocate(wallet, account, pairs, margins)
 
     async def _before_transfer(self, actor: MarketActor, t: MarginTransfer) -> Rejected | None:
         """As Engine._wallet_leg: the market's own refusal comes first (the market
@@ -201,5 +199,5 @@ def _quintile(engine: MarketEngine, account: int) -> int:
     return v.adl_quintile if v is not None else 0
 
 
-def _allocate(account: int, margin: int, leverage: tuple[int, int] | None, e: MarketEngine) -> int:
-    return e.allocate_cross(account, margin, leverage)
+def _allocate(account: int, margin: int, e: MarketEngine) -> int:
+    return e.allocate_cross(account, margin)

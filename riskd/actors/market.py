@@ -27,6 +27,7 @@ from riskd.core import (
     kind_of,
     split_effects,
 )
+from riskd.core.events import AccountLiquidation
 
 __all__ = ["MarketActor", "needs_release"]
 
@@ -140,11 +141,13 @@ class MarketActor(Actor):
             for claim, decision in zip(claims, decisions, strict=True):
                 engine.fund_decision(decision, claim.ts)
 
-    async def liquidate_cross(self, account: int, ts: int) -> list[int]:
+    async def liquidate_cross(
+        self, account: int, ts: int, notice: AccountLiquidation | None = None
+    ) -> list[int]:
         """Start liquidating the account's cross position here (its margin already
         set by the re-check), routing what follows as :meth:`apply` does; the
         cross accounts to re-check now."""
-        self.engine.liquidate_cross(account, ts)
+        self.engine.liquidate_cross(account, ts, notice)
         if self.engine.effects:
             await self._route()
         return self.engine.take_cross_due()

@@ -16,6 +16,7 @@ from riskd.core.cross_margin import AccountView, CrossPositionView
 from riskd.core.engine import Engine, split_effects
 from riskd.core.errors import Code, Rejected
 from riskd.core.events import (
+    AccountLiquidation,
     AdlEvent,
     AdlNotice,
     AdlReason,
@@ -150,6 +151,7 @@ __all__ = [
     "AdlReason",
     "AdlEvent",
     "MarginCall",
+    "AccountLiquidation",
     "FundFlow",
     # refusals
     "Code",

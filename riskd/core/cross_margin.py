@@ -49,8 +49,10 @@ from dataclasses import dataclass
 from math import lcm
 
 from riskd.core.errors import Rejected
+from riskd.core.events import AccountLiquidation
 from riskd.core.margin import liquidation_threshold
 from riskd.core.market import CrossLiquidation, MarketSpec
+from riskd.core.pickling import fields_state, restore
 from riskd.core.position import Position
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 
@@ -86,6 +88,12 @@ class Leg:
     #: Its market's mark guard is on (riskd.core.mark_guard): that mark decides nothing.
     guarded: bool = False
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class Figures:
@@ -99,6 +107,12 @@ class Figures:
     notional: int
     need_num: int
     need_den: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     @property
     def need(self) -> int:
@@ -150,8 +164,7 @@ class Action(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What to do with one account: each leg's margin after, the wallet after,
-    which markets start liquidating it (in order), and the account's
-    ``(equity, notional)`` for ADL's account-level leverage."""
+    which markets start liquidating it (in order), and its equity and notional."""
 
     action: Action
     margins: dict[str, int]
@@ -159,6 +172,27 @@ class Plan:
     liquidate: tuple[str, ...] = ()
     equity: int = 0
     notional: int = 0
+    maintenance: int = 0
+    #: LIQUIDATE: "all_at_once", "step_down" (one step) or "bankrupt" (whole).
+    policy: str = ""
+
+    def notice(self, asset: str, account: int, ts: int) -> AccountLiquidation:
+        """The published effect of a LIQUIDATE plan."""
+        return AccountLiquidation(
+            asset=asset,
+            account=account,
+            equity=self.equity,
+            maintenance_margin=self.maintenance,
+            markets=self.liquidate,
+            policy=self.policy,
+            ts=ts,
+        )
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 def _shares(total: int, weights: Sequence[int]) -> list[int]:
@@ -172,10 +206,26 @@ def _shares(total: int, weights: Sequence[int]) -> list[int]:
 
 
 def allocate(legs: Sequence[Leg], figs: Sequence[Figures], wallet: int) -> dict[str, int]:
-    """Bands: ``wallet`` over the legs, each its need plus a share of what is left
-    pro rata to MM.  Short of the needs (a liquidation step's rest), each gets
-    its need in turn and the last what remains."""
+    """Bands: ``wallet`` over the legs.
+
+    Each leg's margin balance its notional's share of the equity
+    (``B_i = N_i × E / ΣN``, floored; the rest to the largest notional), so
+    that its effective leverage ``N_i / B_i`` is the account's and ADL ranks it
+    so (BitMEX, Bybit), when that keeps every leg above its need.  Otherwise
+    (maintenance rates too different) each gets its need plus a share of the
+    rest pro rata to MM; short of the needs (a liquidation step's rest), each
+    its need in turn and the last what remains.
+    """
     needs = [f.need for f in figs]
+    equity = wallet + sum(f.unrealised for f in figs)
+    total = sum(f.notional for f in figs)
+    if equity > 0 and total > 0:
+        margins = [f.notional * equity // total - f.unrealised for f in figs]
+        margins[max(range(len(figs)), key=lambda i: (figs[i].notional, -i))] += wallet - sum(
+            margins
+        )
+        if all(m >= n for m, n in zip(margins, needs, strict=True)):
+            return {leg.market: m for leg, m in zip(legs, margins, strict=True)}
     buffer = wallet - sum(needs)
     if buffer >= 0:
         extra = _shares(buffer, [f.mm for f in figs])
@@ -191,11 +241,17 @@ def allocate(legs: Sequence[Leg], figs: Sequence[Figures], wallet: int) -> dict[
 def plan(legs: Sequence[Leg], free: int) -> Plan:
     """Re-check one account exactly; ``free`` is its wallet's unallocated balance.
 
-    It waits while a leg is being liquidated, or while a leg's mark is guarded:
-    no liquidation is decided on a guarded mark (the next good one re-checks)."""
-    if any(leg.liquidating or leg.guarded for leg in legs):
+    Legs being liquidated keep the margin they were given; the others are an
+    account of their own.  It waits only for a ``step_down`` step while it
+    still has equity; otherwise it is banded or liquidated as usual, so no leg
+    is left unwatched while another is worked in the book or waits for ADL.
+    It also waits while a leg's mark is guarded: no liquidation is decided on a
+    guarded mark (the next good one re-checks).
+    """
+    if any(leg.guarded for leg in legs):
         return Plan(Action.WAIT, {}, free)
-    legs = [leg for leg in legs if leg.size]
+    stepping = [leg for leg in legs if leg.liquidating]
+    legs = [leg for leg in legs if leg.size and not leg.liquidating]
     if not legs:
         return Plan(Action.NOTHING, {}, free)
     figs = [figures(leg) for leg in legs]
@@ -204,6 +260,9 @@ def plan(legs: Sequence[Leg], free: int) -> Plan:
     notional = sum(f.notional for f in figs)
     if not liquidatable(legs, free):
         return Plan(Action.ALLOCATE, allocate(legs, figs, wallet), 0, (), equity, notional)
+    step_down = any(x.spec.cross_liquidation is CrossLiquidation.STEP_DOWN for x in stepping)
+    if stepping and step_down and equity > 0:
+        return Plan(Action.WAIT, {}, free)
     mms = [f.mm for f in figs]
     first = max(range(len(legs)), key=lambda i: (mms[i], -i))
     step = legs[first].spec.cross_liquidation is CrossLiquidation.STEP_DOWN
@@ -213,13 +272,67 @@ def plan(legs: Sequence[Leg], free: int) -> Plan:
         rest = [i for i in range(len(legs)) if i != first]
         margins = allocate([legs[i] for i in rest], [figs[i] for i in rest], wallet - margin)
         margins[legs[first].market] = margin
-        return Plan(Action.LIQUIDATE, margins, 0, (legs[first].market,), equity, notional)
-    shares = _shares(equity, mms)
+        return Plan(
+            Action.LIQUIDATE,
+            margins,
+            0,
+            (legs[first].market,),
+            equity,
+            notional,
+            sum(mms),
+            "step_down",
+        )
+    shares = _shares(equity, mms) if equity >= 0 else _deficits(legs, figs, equity, mms)
     margins = {leg.market: e - f.unrealised for leg, f, e in zip(legs, figs, shares, strict=True)}
     order = sorted(range(len(legs)), key=lambda i: (-mms[i], i))
     return Plan(
-        Action.LIQUIDATE, margins, 0, tuple(legs[i].market for i in order), equity, notional
+        Action.LIQUIDATE,
+        margins,
+        0,
+        tuple(legs[i].market for i in order),
+        equity,
+        notional,
+        sum(mms),
+        "all_at_once" if equity >= 0 else "bankrupt",
     )
+
+
+def _best(spec: MarketSpec, size: int) -> int:
+    tick = spec.tick_size
+    return tick if size < 0 else (INT64_MAX // tick) * tick
+
+
+def _deficits(
+    legs: Sequence[Leg], figs: Sequence[Figures], equity: int, mms: Sequence[int]
+) -> list[int]:
+    """A bankrupt account's negative equity split over its legs pro rata to MM, but
+    no linear short (inverse long) below ``−N`` plus its value at its best tick:
+    its value is bounded, so a deeper deficit would leave it no bankruptcy price
+    at all (an isolated one always has one); the rest goes to the other legs."""
+    shares = _shares(equity, mms)
+    bounded = [(leg.size < 0) == leg.spec.is_linear for leg in legs]
+    # At least worth the position at its best price on the tick (a short's lowest,
+    # an inverse long's highest): its bankruptcy price must be a price.
+    floor = [
+        2 - f.notional + abs(leg.spec.trade_value(leg.size, _best(leg.spec, leg.size)))
+        for leg, f in zip(legs, figs, strict=True)
+    ]
+    for _ in range(len(legs)):
+        excess = 0
+        for i, b in enumerate(bounded):
+            if b and shares[i] < floor[i]:
+                excess += floor[i] - shares[i]
+                shares[i] = floor[i]
+        if not excess:
+            break
+        room = [i for i, b in enumerate(bounded) if not b or shares[i] > floor[i]]
+        if not room:
+            shares[0] -= excess  # cannot happen (|E| < ΣN here); conserve anyway
+            break
+        extra = _shares(-excess, [mms[i] for i in room])
+        for i, x in zip(room, extra, strict=True):
+            shares[i] += x
+    return shares
 
 
 def available(legs: Sequence[Leg], free: int) -> int:
@@ -244,6 +357,12 @@ class CrossPositionView:
     adl_quintile: int
     in_liquidation: bool
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class AccountView:
@@ -261,6 +380,12 @@ class AccountView:
     available: int
     in_liquidation: bool
     positions: tuple[CrossPositionView, ...]
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 def estimated_liquidation_price(legs: Sequence[Leg], free: int, j: int) -> int:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from riskd.core.pickling import fields_state, restore
+
 __all__ = [
     "Fill",
     "MarkPrice",
@@ -45,6 +47,7 @@ __all__ = [
     "AdlReason",
     "AdlEvent",
     "MarginCall",
+    "AccountLiquidation",
     "FundFlow",
     "MarkGuardChanged",
     "MarketStatusChanged",
@@ -73,6 +76,12 @@ class Fill:
     buyer_order_id: int = 0
     seller_order_id: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class MarkPrice:
@@ -83,6 +92,12 @@ class MarkPrice:
     price: int
     ts: int = 0
     index_price: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +111,12 @@ class Deposit:
     ts: int = 0
     deposit_id: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class Withdrawal:
@@ -103,6 +124,12 @@ class Withdrawal:
     asset: str
     amount: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +141,12 @@ class MarginTransfer:
     amount: int
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class FundingRate:
@@ -122,6 +155,12 @@ class FundingRate:
     market: str
     rate_e8: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +175,12 @@ class LiquidationFill:
     counterparty_fee: int = 0
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class LiquidationDone:
@@ -144,6 +189,12 @@ class LiquidationDone:
     market: str
     liquidation_id: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +206,12 @@ class FundInjection:
     cause: str = "seed"
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class MarketStatusChange:
@@ -164,6 +221,12 @@ class MarketStatusChange:
     market: str
     status: str
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +238,12 @@ class MarkGuardOverride:
     hold: bool
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class SettleMarket:
@@ -183,6 +252,12 @@ class SettleMarket:
     market: str
     price: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +278,12 @@ class CheckOrder:
     leverage: int = 0
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class AmendOrder:
@@ -214,6 +295,12 @@ class AmendOrder:
     quantity: int
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class CancelOrder:
@@ -222,6 +309,12 @@ class CancelOrder:
     market: str
     order_id: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +325,12 @@ class SetMarginMode:
     account: int
     cross: bool
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 Input = (
@@ -279,6 +378,12 @@ class FundCredit:
     cause: str
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TakeoverClaim:
@@ -301,6 +406,12 @@ class TakeoverClaim:
     margin_wanted: int
     loss_cap: int | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReserveClaim:
@@ -314,6 +425,12 @@ class ReserveClaim:
     wanted: int
     loss_cap: int | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReserveSettle:
@@ -326,6 +443,12 @@ class ReserveSettle:
     reserved: int
     shortfall: int
     fee: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 class AdlReason(enum.Enum):
@@ -361,6 +484,12 @@ class FundDecision:
     granted: int
     reason: AdlReason | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WalletCredit:
@@ -368,6 +497,12 @@ class WalletCredit:
     asset: str
     amount: int
     cause: str
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -382,6 +517,12 @@ class LiquidationOrder:
     worst_price: int
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LiquidationSettled:
@@ -394,6 +535,32 @@ class LiquidationSettled:
     returned_to_trader: int
     adl_quantity: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountLiquidation:
+    """A cross account found liquidatable: ``markets`` start closing its positions
+    (``policy``: all_at_once, step_down, or bankrupt: closed whole)."""
+
+    asset: str
+    account: int
+    equity: int
+    maintenance_margin: int
+    markets: tuple[str, ...]
+    policy: str
+    ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -408,6 +575,12 @@ class AdlNotice:
     price: int
     realised: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -436,6 +609,12 @@ class AdlEvent:
     reason: AdlReason = AdlReason.FUND_EMPTY
     fund_paid: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MarginCall:
@@ -447,6 +626,12 @@ class MarginCall:
     maintenance_margin: int
     liquidation_price: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -460,6 +645,12 @@ class FundFlow:
     balance_after: int
     cause: str
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -477,6 +668,12 @@ class MarkGuardChanged:
     index_price: int
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MarketStatusChanged:
@@ -486,6 +683,12 @@ class MarketStatusChanged:
     status: str
     previous: str
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -502,6 +705,12 @@ class MarketSettled:
     fee_pool: int
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 Effect = (
     FundCredit
@@ -515,6 +724,7 @@ Effect = (
     | AdlNotice
     | AdlEvent
     | MarginCall
+    | AccountLiquidation
     | FundFlow
     | MarkGuardChanged
     | MarketStatusChanged

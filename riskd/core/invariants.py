@@ -113,8 +113,7 @@ def digest(engine: Engine) -> str:
             reason = "" if g.reason is None else g.reason.value
             h.update(f"S|{m.status.value}|{reason}|{g.good_mark}|{g.mark_ts}\n".encode())
         for acct in sorted(m.cross):
-            lev = m.cross_leverage.get(acct)
-            h.update(f"C|{acct}|{lev}\n".encode())
+            h.update(f"C|{acct}\n".encode())
         for acct in sorted(m.positions):
             p = m.positions[acct]
             h.update(f"P|{acct}|{p.size}|{p.basis}|{p.margin}|{p.liquidation}\n".encode())

@@ -16,10 +16,13 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core import adl, fill_sanity
 from riskd.core.cross_margin import Leg
 from riskd.core.errors import Rejected
 from riskd.core.events import (
+    AccountLiquidation,
     AdlReason,
     AmendOrder,
     CancelOrder,
@@ -54,13 +57,13 @@ from riskd.core.margin import (
     initial_margin,
     liquidation_threshold,
     maintenance_margin,
-    notional,
     unrealised,
 )
 from riskd.core.mark_guard import GuardReason, MarkGuard, judge, stale
 from riskd.core.market import MarketSpec
 from riskd.core.market_status import TRANSITIONS, MarketStatus
 from riskd.core.orders import BUY, SELL, Order, OrderBook
+from riskd.core.pickling import dict_state, fields_state, restore
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
 from riskd.core.risk_gate import decide
@@ -90,9 +93,19 @@ class PositionView:
     in_liquidation: bool
     cross: bool = False  # cross margin: ``margin`` is the position's band of the wallet
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
 
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class MarketEngine:
     """The state of one market, owned by exactly one actor."""
+
+    def __getstate__(self) -> dict[str, object]:
+        return dict_state(self)
 
     def __init__(self, spec: MarketSpec) -> None:
         self.spec = spec
@@ -120,11 +133,9 @@ class MarketEngine:
         # Fills naming no open order (riskd_fills_unreserved_total).
         self.unreserved_fills = 0
         # Cross margin (riskd.core.cross_margin): the accounts in cross mode here,
-        # those whose account must be re-checked after this input, and each
-        # cross account's (equity, notional) for ADL's account-level leverage.
+        # and those whose account must be re-checked after this input.
         self.cross: set[int] = set()
         self.cross_due: set[int] = set()
-        self.cross_leverage: dict[int, tuple[int, int]] = {}
         # What a cross account's wallet can commit to its next order check here,
         # set by whoever routes it (Engine, the sequencer) just before; never
         # kept between inputs.
@@ -151,9 +162,10 @@ class MarketEngine:
             positions: dict[int, Position] = state["positions"]  # type: ignore[assignment]
             state["open_interest"] = sum(p.size for p in positions.values() if p.size > 0)
         state.setdefault("cross_free", None)
-        self.__dict__.update(state)
+        state.pop("cross_leverage", None)  # kept by cross margin before its compiled form
+        restore(self, state)
         if "cross" not in state:  # snapshots from before cross margin
-            self.cross, self.cross_due, self.cross_leverage = set(), set(), {}
+            self.cross, self.cross_due = set(), set()
         if "liquidator" not in state:
             self.liquidator = Liquidator(self)
 
@@ -600,7 +612,6 @@ class MarketEngine:
             self.cross.add(x.account)
         else:
             self.cross.discard(x.account)
-            self.cross_leverage.pop(x.account, None)
 
     def _check_isolated(self, account: int) -> None:
         if account in self.cross:
@@ -635,21 +646,23 @@ class MarketEngine:
             self.guard.reason is not None,
         )
 
-    def allocate_cross(self, account: int, margin: int, leverage: tuple[int, int] | None) -> int:
-        """Set the account's cross allocation here; returns what it took (+) or gave
-        back (-).  ``leverage``: the account's (equity, notional) for ADL (None: keep)."""
+    def allocate_cross(self, account: int, margin: int) -> int:
+        """Set the account's cross band here; returns what it took (+) or gave back (-)."""
         pos = self.positions[account]
         delta = margin - pos.margin
         if delta:
             self._set(pos, pos.size, pos.basis, margin)
-        if leverage is not None:
-            self.cross_leverage[account] = leverage
         return delta
 
-    def liquidate_cross(self, account: int, ts: int) -> None:
+    def liquidate_cross(
+        self, account: int, ts: int, notice: AccountLiquidation | None = None
+    ) -> None:
         """Liquidate the account's cross position here whole, with the margin it was
-        given (:meth:`allocate_cross`), as an isolated one."""
+        given (:meth:`allocate_cross`), as an isolated one; ``notice``: the
+        account's liquidation, published first (by the first market it closes in)."""
         self._begin(ts)
+        if notice is not None:
+            self.effects.append(notice)
         pos = self.positions[account]
         if not pos.liquidation and pos.size:
             self.liquidator.start(pos, ts, whole=True)
@@ -851,6 +864,24 @@ class MarketEngine:
                 f"account {account}'s {what} would go negative ({margin}):"
                 " the price is beyond its bankruptcy price or the fee exceeds its margin",
             )
+        adds = abs(trial.size) > abs(pos.size) and (
+            pos.size == 0 or (pos.size > 0) == (trial.size > 0)
+        )
+        if account in self.cross and trial.size and self.mark is not None and not adds:
+            # A cross band may be negative, but a reduction or flip (its fee aside)
+            # must not take the band's margin balance at the mark below zero: the
+            # price is then beyond what the account put behind this position.
+            # (What a new or larger position needs comes from the wallet at the
+            # account's re-check.)
+            before = pos.margin + unrealised(self.spec, pos, self.mark) if pos.size else 0
+            trial.margin = margin
+            after = trial.margin + unrealised(self.spec, trial, self.mark)
+            if after < 0 and after < min(before, 0) - fee:
+                raise Rejected.precondition(
+                    field,
+                    f"account {account}'s cross band in {self.symbol} would be {after} at the"
+                    f" mark {self.mark} after this fill: the price is beyond its collateral here",
+                )
         for name, v in (("quantity", trial.size), ("price", trial.basis), (field, margin)):
             if abs(v) > INT64_MAX:
                 raise Rejected.invalid(name, f"position of account {account} would overflow int64")
@@ -944,7 +975,6 @@ class MarketEngine:
         self.positions.pop(pos.account, None)
         if pos.account in self.cross:
             self.cross_due.add(pos.account)
-            self.cross_leverage.pop(pos.account, None)
 
     def sweep_backstop_margin(self, amount: int, ts: int) -> None:
         if amount:
@@ -999,25 +1029,13 @@ class MarketEngine:
             for p in self.positions.values()
             if p.size and (p.size > 0) == long and not p.liquidation and not p.is_backstop
         ]
-        ranked = deque(adl.rank(self.spec, [self._adl_view(p, mark) for p in side], mark))
-        if self.cross_leverage:
-            ranked = deque(self.positions[p.account] for p in ranked)
+        # A cross position's band holds its notional's share of its account's
+        # equity, so it ranks with the account's leverage (BitMEX, Bybit).
+        ranked = deque(adl.rank(self.spec, side, mark))
         backstop = self.positions.get(BACKSTOP_ACCOUNT)
         if backstop and backstop.size and (backstop.size > 0) == long:
             ranked.append(backstop)  # the fund's inventory is the last resort
         return ranked
-
-    def _adl_view(self, pos: Position, mark: int) -> Position:
-        """A cross position ranks with its account's leverage (BitMEX, Bybit): a
-        copy whose margin balance is its notional's share of the account's equity."""
-        lev = self.cross_leverage.get(pos.account) if self.cross_leverage else None
-        if lev is None:
-            return pos
-        equity, total = lev
-        trial = _copy(pos)
-        n = notional(self.spec, pos, mark)
-        trial.margin = n * equity // max(total, 1) - unrealised(self.spec, pos, mark)
-        return trial
 
     # --- validation -------------------------------------------------------------
 

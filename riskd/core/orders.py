@@ -24,12 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mypy_extensions import mypyc_attr
+
+from riskd.core.pickling import restore, slots_state
+
 __all__ = ["Order", "OrderBook", "BUY", "SELL"]
 
 BUY = 1
 SELL = -1
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class Order:
     """One open order: ``side`` +1 buy / -1 sell, ``quantity`` what is left to fill.
 
@@ -48,6 +53,12 @@ class Order:
         "leverage",
         "margin",
     )
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def __init__(
         self,
@@ -84,6 +95,7 @@ class Order:
         )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class OrderBook:
     """A market's open orders, with per-account totals kept exact as they change.
 
@@ -93,6 +105,12 @@ class OrderBook:
     """
 
     __slots__ = ("orders", "by_account", "reserved_by", "opening")
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def __init__(self) -> None:
         self.orders: dict[int, Order] = {}

@@ -35,6 +35,7 @@ from riskd.v1 import (
 
 from .conftest import Daemon, start_daemon
 from .scenario import USDT, run_engine, stamp
+from .test_daemon_e2e import events, metric, scrape
 from .test_durability import stream_all
 
 B, E = "BTC-USDT", "ETH-USDT"
@@ -84,13 +85,21 @@ def test_cross_margin_through_the_daemon(tmp_path: Path) -> None:
         assert list(state.violations) == []
         assert state.digest == digest(engine)
 
+        # Account 1's liquidation was published (once) and counted, no account in labels.
+        notices = [e.account_liquidation for e in events(d) if e.HasField("account_liquidation")]
+        assert [(n.account, n.policy, list(n.markets)) for n in notices] == [
+            (1, "bankrupt", [B, E])
+        ]
+        scraped = scrape(d)
+        assert (
+            metric(scraped, "riskd_cross_liquidations_total", asset="USDT", reason="bankrupt") == 1
+        )
+
         # The account view: the same numbers as the pure engine's.
         query = query_pb2_grpc.QueryServiceStub(d.channel())
         got = query.GetAccount(query_pb2.GetAccountRequest(account=3, asset="USDT"))
         legs = [leg for _, leg in engine.cross_legs("USDT", 3)]
-        want = cross_margin.account_view(
-            3, "USDT", legs, engine.wallets["USDT"].balance(3), [5]
-        )
+        want = cross_margin.account_view(3, "USDT", legs, engine.wallets["USDT"].balance(3), [5])
         assert got.cross.wallet == want.wallet == 2_000 * USDT
         assert got.cross.equity == want.equity == 1_300 * USDT
         assert got.cross.maintenance_margin == want.maintenance_margin

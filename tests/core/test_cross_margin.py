@@ -9,6 +9,7 @@ from __future__ import annotations
 from _kit import Desk, U, assert_rejected, btc_usdt_spec, of_type, usdt
 
 from riskd.core import (
+    AccountLiquidation,
     AdlNotice,
     Code,
     CrossLiquidation,
@@ -153,6 +154,9 @@ def test_safe_per_market_but_liquidatable_in_total() -> None:
     # E = 1,000 − 450 − 500 = 50 ≤ MM = 47.75 + 47.5?  95.25 ≥ 50: liquidatable.
     claims = of_type(out, LiquidationSettled)
     assert {c.market for c in claims} == {BTC, ETH}  # all at once (the default)
+    [notice] = of_type(out, AccountLiquidation)  # published once, before the positions
+    assert (notice.account, notice.policy, notice.markets) == (TRADER, "all_at_once", (BTC, ETH))
+    assert notice.equity == 50 * U and out.index(notice) < out.index(claims[0])
     assert d.pos(BTC, TRADER) is None and d.pos(ETH, TRADER) is None
     settled = of_type(out, LiquidationSettled)
     # The equity (50) was split pro rata to MM; the fund claws it back as the fee.
@@ -266,3 +270,53 @@ def test_a_refused_cross_input_changes_nothing() -> None:
         d.engine, Withdrawal(TRADER, "USDT", 10_000 * U), Code.FAILED_PRECONDITION, "amount"
     )
     assert digest(d.engine) == before
+
+
+def test_adl_ranks_cross_counterparties_by_their_account_leverage() -> None:
+    """Two cross shorts with the same entry (same PnL %): the one whose account is
+    more levered is deleveraged first; a cross band's margin balance is its
+    notional's share of the account's equity."""
+    d = desk()
+    d.engine.funds["USDT"].balance = 0  # an empty fund: the bankrupt long goes to ADL
+    d.engine.funds["USDT"].injected -= 1_000_000 * U
+    cross(d, 11, BTC, deposit=1_000 * U)
+    cross(d, 12, BTC, deposit=5_000 * U)
+    d.margin(10, BTC, 500 * U)
+    d.margin(13, BTC, 10_000 * U)
+    d.mark(BTC, usdt("10000"))
+    step(d, d_fill(BTC, 10, 11, "10000", QTY))
+    step(d, d_fill(BTC, 13, 12, "10000", QTY))
+    step(d, d_mark(BTC, "9600"))
+    for account, equity in ((11, 1_400 * U), (12, 5_400 * U)):
+        v = view(d, account)
+        assert v.equity == equity
+        band = d.pos(BTC, account)
+        assert band.margin + v.positions[0].unrealised == equity  # one leg: all of it
+    out = step(d, d_mark(BTC, "9000"))  # account 10 bankrupt: −1,000 + 500
+    notices = of_type(out, AdlNotice)
+    assert [n.account for n in notices] == [11]
+
+
+def test_bands_share_the_equity_by_notional() -> None:
+    """Two legs of equal notional: each band holds half the equity, so each leg's
+    effective leverage is the account's (20x here)."""
+    d = two_markets(1_000 * U)
+    for m in (BTC, ETH):
+        assert d.pos(m, TRADER).margin == 500 * U
+    assert d.wallet("USDT", TRADER) == 0  # all of the cross wallet is in the bands
+    assert view(d, TRADER).wallet == 1_000 * U
+
+
+def test_a_fill_beyond_the_band_is_refused() -> None:
+    """The band (500 here) is what the account put behind the position: a close or
+    a reduction at a price that loses more than it is refused, changing nothing."""
+    d = two_markets(1_000 * U)
+    from riskd.core import Fill
+
+    far = Fill(BTC, 99, MAKER, TRADER, usdt("9400"), QTY)  # closes at −600
+    assert_rejected(d.engine, far, Code.FAILED_PRECONDITION, "seller_account")
+    half = Fill(BTC, 98, MAKER, TRADER, usdt("8000"), QTY // 2)  # −1,000 on half
+    assert_rejected(d.engine, half, Code.FAILED_PRECONDITION, "seller_account")
+    step(d, Fill(BTC, 97, MAKER, TRADER, usdt("9600"), QTY))  # −400: within the band
+    assert d.pos(BTC, TRADER) is None
+    assert view(d, TRADER).wallet == 600 * U
