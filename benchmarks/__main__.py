@@ -23,13 +23,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import core, ingest, latency, restart
+from benchmarks import core, cross, ingest, latency, restart
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Every benchmark module, in the order they run.
 MODULES: dict[str, Callable[..., dict[str, Any]]] = {
     "core": core.run,
+    "cross": cross.run,
     "ingest": ingest.run,
     "restart": restart.run,
     "latency": latency.run,

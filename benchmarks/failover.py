@@ -1,6 +1,7 @@
 """Clustered riskd under kill -9 and SIGSTOP: time to serve again, nothing lost or twice.
 
-``python -m benchmarks.failover [--kills 20] [--fencing 20] [--ttl 2] [--json PATH]``
+``python -m benchmarks.failover [--kills 20] [--fencing 20] [--ttl 2] [--snapshot-seconds 1]
+[--json PATH]``
 
 Starts a PostgreSQL 15 server and a 3-member etcd cluster on loopback in a
 temporary directory (the Debian packages' binaries, as tests/cluster does),
@@ -14,7 +15,9 @@ then two riskd nodes for one shard (``--storage postgresql://... --etcd ...``).
   the end the helper flushes, and the serving node's state digest
   (AdminService/CheckState) is compared with a single SQLite-journal node fed
   the same inputs once: equal digests mean no acknowledged update lost and
-  none applied twice.
+  none applied twice.  The nodes write a snapshot every ``--snapshot-seconds``
+  into PostgreSQL, so each takeover restores it and replays only the journal
+  after it (``takeover_replayed_records``).
 * **Fencing** (``--fencing``): SIGSTOP the owner; once the standby owns the
   shard (a higher epoch), SIGCONT the old owner: it must exit 4 having added no
   journal row under its epoch after the takeover.
@@ -156,6 +159,8 @@ async def _failover(nodes: list[Node], kills: int) -> dict[str, Any]:
     stalls: list[float] = []
     serving_after: list[float] = []  # kill -> the new owner's riskd_serving line
     lost_before: list[int] = []
+    replayed: list[int] = []  # journal records the new owner replayed after its snapshot
+    restored: list[int] = []  # records its snapshot covered
     for _ in range(kills):
         owner = next(n for n in nodes if n.alive() and _serving(n))
         other = next(n for n in nodes if n is not owner)
@@ -180,6 +185,9 @@ async def _failover(nodes: list[Node], kills: int) -> dict[str, Any]:
         line = [e for e in other.events() if e.get("event") == "riskd_serving"][-1]
         at = datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00"))
         serving_after.append(at.timestamp() - killed_wall)
+        rec = [e for e in other.events() if e.get("event") == "riskd_recovered"][-1]
+        replayed.append(int(rec["replayed"]))
+        restored.append(int(rec["snapshot_records"]))
         owner.start()  # back as the standby
         await asyncio.to_thread(
             _wait, lambda o=owner: o.count("riskd_standby") > 0 and o.alive(), "restart as standby"
@@ -190,6 +198,8 @@ async def _failover(nodes: list[Node], kills: int) -> dict[str, Any]:
         "stalls": stalls,
         "serving_after": serving_after,
         "acked_before_kills": lost_before,
+        "replayed": replayed,
+        "restored": restored,
         "final_acked": load.gw.acked_sequence,
         "sent": load.sent,
         "redirects": load.gw.redirects,
@@ -227,14 +237,10 @@ async def _fencing(nodes: list[Node], rounds: int, dsn: str) -> dict[str, Any]:
             await asyncio.to_thread(
                 _wait, lambda o=other, h=had: o.count("riskd_owner") > h, "the takeover"
             )
-            (rows_at_takeover,) = db.execute(
-                "SELECT count(*) FROM riskd_journal WHERE epoch = %s", (epoch,)
-            ).fetchone()
+            rows_at_takeover = _rows(db, epoch)
             owner.process.send_signal(signal.SIGCONT)
             code = await asyncio.to_thread(owner.process.wait, 60)
-            (rows_after,) = db.execute(
-                "SELECT count(*) FROM riskd_journal WHERE epoch = %s", (epoch,)
-            ).fetchone()
+            rows_after = _rows(db, epoch)
             results.append({"exit": code, "stale_rows": rows_after - rows_at_takeover})
             await asyncio.to_thread(_wait, lambda o=other: _serving(o), "the new owner serving")
             owner.start()
@@ -248,6 +254,12 @@ async def _fencing(nodes: list[Node], rounds: int, dsn: str) -> dict[str, Any]:
     }
 
 
+def _rows(db: Any, epoch: int) -> int:
+    """Journal rows written under ``epoch`` (every shard)."""
+    row = db.execute("SELECT count(*) FROM riskd_journal WHERE epoch = %s", (epoch,)).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 async def _poke(address: str) -> None:
     async with Gateway(address, "bench-fencing", batch_size=4) as gw:
         for i in range(8):
@@ -256,7 +268,8 @@ async def _poke(address: str) -> None:
 
 
 async def _ingest(node: Node, updates: int, asset: str = "USDT") -> float:
-    async with Gateway(node.address, f"bench-ingest-{node.name}-{asset}", batch_size=256,
+    # Gateway ids are at most 32 characters.
+    async with Gateway(node.address, f"bench-{node.name}-{asset}"[:32], batch_size=256,
                        window=16) as gw:  # fmt: skip
         await gw.wait_connected()
         t = time.perf_counter()
@@ -316,6 +329,11 @@ async def _scale(base: Path, dsn: str, free_port: Any, updates: int) -> dict[str
     return {"updates_per_s": rates, "ratio": round(rates["two_nodes"] / rates["one_node"], 2)}
 
 
+def _partial(out: dict[str, Any]) -> None:
+    """What is measured so far, on stderr: a later part failing loses nothing."""
+    print(json.dumps(out), file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     # One event loop for every grpc.aio call: its poller outlives a closed loop.
     return asyncio.run(amain(argv))
@@ -328,15 +346,36 @@ async def amain(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttl", type=int, default=2)
     parser.add_argument("--ingest-updates", type=int, default=100_000)
     parser.add_argument("--scale-updates", type=int, default=100_000)
+    parser.add_argument(
+        "--snapshot-seconds",
+        type=float,
+        default=1.0,
+        help="the cluster nodes' snapshot interval: what a takeover replays is at most this"
+        " much of the journal; shorter than an owner lives between kills (a few seconds)"
+        " (default 1)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     services = _services()
-    out: dict[str, Any] = {"ttl_s": args.ttl, "cpus": os.cpu_count()}
+    out: dict[str, Any] = {
+        "ttl_s": args.ttl,
+        "snapshot_seconds": args.snapshot_seconds,
+        "cpus": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory(prefix="riskd-failover-") as tmp:
         base = Path(tmp)
         os.chmod(base, 0o755)
         with services.postgres(base / "pg") as pg, services.etcd_cluster(base / "etcd") as etcd:
-            cluster = ["--storage", pg.dsn, "--etcd", ",".join(etcd.endpoints),
+            from riskd.config import default_toml
+
+            config = base / "riskd-cluster.toml"
+            config.write_text(
+                default_toml().replace(
+                    "snapshot_seconds = 300", f"snapshot_seconds = {args.snapshot_seconds}"
+                )
+            )
+            cluster = ["--config", str(config), "--storage", pg.dsn,
+                       "--etcd", ",".join(etcd.endpoints),
                        "--lease-ttl", str(args.ttl)]  # fmt: skip
             nodes = [Node(base, name, cluster, services.free_port()) for name in ("a", "b")]
             try:
@@ -368,6 +407,11 @@ async def amain(argv: list[str] | None = None) -> int:
                             "median": round(statistics.median(f["serving_after"]), 2),
                             "max": round(max(f["serving_after"]), 2),
                         },
+                        "takeover_replayed_records": {
+                            "median": statistics.median(f["replayed"]),
+                            "max": max(f["replayed"]),
+                            "journal_at_last_takeover": f["restored"][-1] + f["replayed"][-1],
+                        },
                         "target_s": args.ttl + 3,
                         "updates_acked": f["final_acked"],
                         "updates_sent": len(f["sent"]),
@@ -377,8 +421,10 @@ async def amain(argv: list[str] | None = None) -> int:
                         "silent_node_give_ups": f["stalls_detected"],
                         "rejections": f["rejections"],
                     }
+                    _partial(out)
                 if args.fencing:
                     out["fencing"] = await _fencing(nodes, args.fencing, pg.dsn)
+                    _partial(out)
             except Exception:
                 for n in nodes:  # what the nodes said, for the failure's reader
                     tail = n.log.read_text().splitlines()[-15:]

@@ -283,6 +283,7 @@ class Daemon:
                         self.config.assets,
                         auth,
                         stress_moves=srv.stress_moves_ppm,
+                        sequencer=self.sequencer,
                     ),
                     withdrawal=WithdrawalServicer(portal, self.sequencer, auth),
                     admin=AdminServicer(portal, self.sequencer),

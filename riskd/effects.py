@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from google.protobuf.message import Message
 
 from riskd.core.events import (
+    AccountLiquidation,
     AdlEvent,
     AdlNotice,
     AdlReason,
@@ -207,6 +208,34 @@ def _margin_call_event(e: MarginCall) -> Message:
     )
 
 
+# --- AccountLiquidation ---------------------------------------------------------
+
+
+def _cross_event(e: AccountLiquidation) -> Message:
+    return events_pb2.AccountLiquidation(
+        asset=e.asset,
+        account=e.account,
+        equity=e.equity,
+        maintenance_margin=e.maintenance_margin,
+        markets=list(e.markets),
+        policy=e.policy,
+    )
+
+
+def _cross_log(e: AccountLiquidation) -> dict[str, object]:
+    return {
+        "asset": e.asset,
+        "equity_quantums": e.equity,
+        "maintenance_margin_quantums": e.maintenance_margin,
+        "markets": list(e.markets),
+        "policy": e.policy,
+    }
+
+
+def _cross_metrics(m: Metrics, e: AccountLiquidation) -> None:
+    m.cross_liquidations.labels(e.asset, e.policy).inc()
+
+
 # --- FundFlow -----------------------------------------------------------------
 
 
@@ -269,6 +298,14 @@ _TABLE: tuple[EffectKind[Any], ...] = (
         observe=_adl_metrics,
     ),
     EffectKind(cls=MarginCall, event="margin_call", encode=_margin_call_event),
+    EffectKind(
+        cls=AccountLiquidation,
+        event="account_liquidation",
+        encode=_cross_event,
+        log="account_liquidation",
+        log_fields=_cross_log,
+        observe=_cross_metrics,
+    ),
 )
 
 #: Every published effect kind, by effect class.

@@ -145,6 +145,14 @@ class Metrics:
             ["asset", "kind"],
             registry=r,
         )
+        self.cross_liquidations = Counter(
+            "riskd_cross_liquidations",
+            "Cross accounts found liquidatable, by reason: all_at_once, step_down"
+            " (one step) or bankrupt (closed whole); each position closed also counts"
+            " in riskd_liquidations_total.",
+            ["asset", "reason"],
+            registry=r,
+        )
         self.liquidations = Counter(
             "riskd_liquidations",
             "Completed liquidations by outcome: surplus (fund took a fee),"
@@ -301,6 +309,8 @@ class Metrics:
         for limit in ("per_identity", "total"):
             self.subscriptions_refused.labels(limit)
         for a in assets:
+            for why in ("all_at_once", "step_down", "bankrupt"):
+                self.cross_liquidations.labels(a, why)
             self.fund_balance.labels(a).set(0)
             self.fund_reserved.labels(a).set(0)
             for kind in FundKind:

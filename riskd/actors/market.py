@@ -18,6 +18,7 @@ from riskd.actors.wallet import WalletActor
 from riskd.core import (
     Effect,
     Input,
+    MarginTransfer,
     MarketEngine,
     MarkPrice,
     Rejected,
@@ -26,10 +27,16 @@ from riskd.core import (
     kind_of,
     split_effects,
 )
+from riskd.core.events import AccountLiquidation
 
-__all__ = ["MarketActor"]
+__all__ = ["MarketActor", "needs_release"]
 
 T = TypeVar("T")
+
+
+def needs_release(item: Input) -> bool:
+    """A transfer into an isolated margin: a cross account's wallet may have to free it."""
+    return type(item) is MarginTransfer and item.amount > 0
 
 
 class Gauge(Protocol):
@@ -56,12 +63,22 @@ class MarketActor(Actor):
         self._publish = publish
         self._on_mark = on_mark
         self._in_progress = in_progress  # a gauge child: liquidations not yet settled
+        # Cross accounts the last apply left to re-check (riskd.actors.cross takes them).
+        self.cross_due: list[int] = []
 
     async def apply(self, items: list[Input]) -> list[Rejected | None]:
-        """Apply inputs in order; one result per input (None = applied)."""
+        """Apply inputs in order; one result per input (None = applied).
+
+        Stops early, with fewer results, where cross margin needs the other
+        actors (:mod:`riskd.actors.cross`): after an input that left a cross
+        account to re-check, and before a transfer into an isolated margin that
+        is not the first item (the cross wallet may have to free it first).
+        """
         results: list[Rejected | None] = []
         engine = self.engine
         for item in items:
+            if results and needs_release(item):
+                break
             try:
                 kind = kind_of(item)
                 if kind.on_market is None:
@@ -77,6 +94,9 @@ class MarketActor(Actor):
                 results.append(e)
             if engine.effects:
                 await self._route()
+            if engine.cross_due:
+                self.cross_due = engine.take_cross_due()
+                break
         if self._in_progress is not None:
             self._in_progress.set(len(engine.liquidations))
         return results
@@ -86,8 +106,10 @@ class MarketActor(Actor):
         try:
             self.engine.check_margin_credit(account, amount)
         except Rejected:
-            # A wallet short of the amount is the truer reason (not an overflow).
-            await self.wallet.call(self.wallet.check_debit, account, amount)
+            # A wallet short of the amount is the truer reason (not an overflow);
+            # not for a cross account, which has no isolated margin here.
+            if account not in self.engine.cross:
+                await self.wallet.call(self.wallet.check_debit, account, amount)
             raise
         await self.wallet.call(self.wallet.debit, account, amount)
 
@@ -107,6 +129,17 @@ class MarketActor(Actor):
             decisions = await self.fund.call(self.fund.process, fund_effects)
             for claim, decision in zip(claims, decisions, strict=True):
                 engine.fund_decision(decision, claim.ts)
+
+    async def liquidate_cross(
+        self, account: int, ts: int, notice: AccountLiquidation | None = None
+    ) -> list[int]:
+        """Start liquidating the account's cross position here (its margin already
+        set by the re-check), routing what follows as :meth:`apply` does; the
+        cross accounts to re-check now."""
+        self.engine.liquidate_cross(account, ts, notice)
+        if self.engine.effects:
+            await self._route()
+        return self.engine.take_cross_due()
 
     def query(self, fn: Callable[[MarketEngine], T]) -> T:
         """Run a read-only function against the engine (for the query API)."""

@@ -26,6 +26,7 @@ from prometheus_client import Counter as Counter_
 from prometheus_client import Histogram
 
 from riskd.actors.actor import Actor
+from riskd.actors.cross import CrossMargin
 from riskd.actors.fund import FundActor
 from riskd.actors.journal import Durable, JournalActor
 from riskd.actors.market import MarketActor
@@ -208,6 +209,8 @@ class Sequencer(Actor):
         #: what the next start compares the file with.  None: never journaled
         #: (a data directory of format 1).
         self.file_settings: dict[str, MarketSpec] | None = None
+        #: Cross accounts re-checked across the market and wallet actors.
+        self.cross = CrossMargin(markets, wallets)
 
     def resume(self, gateway: str, epoch: int) -> Resume:
         """The last durable sequence and the kept rejections up to it.
@@ -383,7 +386,10 @@ class Sequencer(Actor):
                 runs[-1][1].append(u)
                 runs[-1][2].append((b, seq))
         for actor, items, where in runs:
-            done = await _apply(actor, items)
+            if isinstance(actor, MarketActor):  # re-checks cross accounts as it goes
+                done = await self.cross.apply(actor, items)
+            else:
+                done = await _apply(actor, items)
             applied: Counter[type] = Counter(map(type, items))
             for i, refused in enumerate(done):
                 if refused is not None:
@@ -535,7 +541,14 @@ class Sequencer(Actor):
             raise
         if seen is not None:  # a retry: the decision may still be on its way to disk
             return await self._durable(None, seen)
-        decision: WithdrawalDecision = await wallet.call(wallet.withdraw, w)
+        try:  # a cross account: never unrealised profit, never below its initial margin
+            await self.cross.release(w.asset, w.account, w.amount, "amount")
+        except Rejected as r:
+            decision = WithdrawalDecision(
+                False, await wallet.call(wallet.balance, w.account), r.message
+            )
+        else:
+            decision = await wallet.call(wallet.withdraw, w)
         memory.record(withdrawal_id, w.account, w.amount, decision)
         return await self._durable(WithdrawalDecided(withdrawal_id, w), decision)
 

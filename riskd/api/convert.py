@@ -8,7 +8,16 @@ wrote it (``updates[3].fill.price``).
 
 from __future__ import annotations
 
-from riskd.core import AdlPolicy, ContractType, LiquidationMode, MarketSpec, PositionView, Rejected
+from riskd.core import (
+    AccountView,
+    AdlPolicy,
+    ContractType,
+    CrossPositionView,
+    LiquidationMode,
+    MarketSpec,
+    PositionView,
+    Rejected,
+)
 from riskd.core.errors import Code
 from riskd.core.events import (
     Deposit,
@@ -19,6 +28,7 @@ from riskd.core.events import (
     LiquidationFill,
     MarginTransfer,
     MarkPrice,
+    SetMarginMode,
 )
 from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
 from riskd.v1 import ingest_pb2, query_pb2, types_pb2
@@ -136,6 +146,18 @@ def decode_update(u: ingest_pb2.Update, index: int) -> Input:
                 lf.counterparty_fee,
                 ts,
             )
+        case "margin_mode":
+            mm = u.margin_mode
+            if mm.mode not in (types_pb2.MARGIN_MODE_ISOLATED, types_pb2.MARGIN_MODE_CROSS):
+                raise Rejected.invalid(
+                    f"updates[{index}].{kind}.mode", "must be MARGIN_MODE_ISOLATED or _CROSS"
+                )
+            return SetMarginMode(
+                _symbol(mm.market, index, kind, "market"),
+                mm.account,
+                mm.mode == types_pb2.MARGIN_MODE_CROSS,
+                ts,
+            )
         case "liquidation_done":
             ld = u.liquidation_done
             return LiquidationDone(_symbol(ld.market, index, kind, "market"), ld.liquidation_id, ts)
@@ -147,6 +169,7 @@ def decode_update(u: ingest_pb2.Update, index: int) -> Input:
 _WIRE_FIELDS = {
     "fill": {"buyer": "buyer_account", "seller": "seller_account"},
     "liquidation_fill": {"counterparty": "counterparty_account"},
+    "margin_mode": {"cross": "mode"},
 }
 
 
@@ -165,7 +188,21 @@ def rejection(
     )
 
 
-def position(v: PositionView) -> query_pb2.Position:
+def position(v: PositionView, cross: CrossPositionView | None = None) -> query_pb2.Position:
+    if v.cross:  # its margin is a band of the cross wallet: the account's numbers instead
+        return query_pb2.Position(
+            account=v.account,
+            market=v.market,
+            size=v.size,
+            entry_price=v.entry_price,
+            unrealized_pnl=v.unrealised,
+            maintenance_margin=v.maintenance_margin,
+            initial_margin=v.initial_margin,
+            liquidation_price=cross.estimated_liquidation_price if cross else 0,
+            adl_quintile=v.adl_quintile,
+            in_liquidation=v.in_liquidation,
+            margin_mode=types_pb2.MARGIN_MODE_CROSS,
+        )
     return query_pb2.Position(
         account=v.account,
         market=v.market,
@@ -180,6 +217,7 @@ def position(v: PositionView) -> query_pb2.Position:
         bankruptcy_price=v.bankruptcy_price,
         adl_quintile=v.adl_quintile,
         in_liquidation=v.in_liquidation,
+        margin_mode=types_pb2.MARGIN_MODE_ISOLATED,
     )
 
 
@@ -221,6 +259,34 @@ def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
         takeover_price=types_pb2.TakeoverPrice.Value(
             "TAKEOVER_PRICE_" + spec.takeover_price.value.upper()
         ),
+        cross_liquidation=types_pb2.CrossLiquidationPolicy.Value(
+            "CROSS_LIQUIDATION_POLICY_" + spec.cross_liquidation.value.upper()
+        ),
+    )
+
+
+def cross_account(v: AccountView) -> query_pb2.CrossAccount:
+    return query_pb2.CrossAccount(
+        wallet=v.wallet,
+        equity=v.equity,
+        maintenance_margin=v.maintenance_margin,
+        initial_margin=v.initial_margin,
+        margin_ratio_ppm=v.margin_ratio_ppm,
+        available=v.available,
+        in_liquidation=v.in_liquidation,
+        positions=[
+            query_pb2.CrossPosition(
+                market=p.market,
+                size=p.size,
+                unrealized_pnl=p.unrealised,
+                maintenance_margin=p.maintenance_margin,
+                initial_margin=p.initial_margin,
+                estimated_liquidation_price=p.estimated_liquidation_price,
+                adl_quintile=p.adl_quintile,
+                in_liquidation=p.in_liquidation,
+            )
+            for p in v.positions
+        ],
     )
 
 

@@ -17,6 +17,7 @@ import grpc
 from riskd.access import Grant
 from riskd.actors.fund import FundActor
 from riskd.actors.market import MarketActor
+from riskd.actors.sequencer import Sequencer
 from riskd.actors.wallet import WalletActor
 from riskd.api import convert
 from riskd.api.auth import Authenticator
@@ -44,7 +45,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         assets: dict[str, Asset],
         auth: Authenticator,
         stress_moves: tuple[int, ...] = stress.DEFAULT_MOVES_PPM,
+        sequencer: Sequencer | None = None,
     ) -> None:
+        # Cross accounts are read inside the sequencer: all their markets between two inputs.
+        self.sequencer = sequencer
         self.portal = portal
         self.stress_moves = stress_moves  # GetStressCoverage's default ([server] stress_moves_ppm)
         self.auth = auth
@@ -63,14 +67,23 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             )
         grant = await self._asset_grant(request.asset, context)
         balance = await self.portal.call(wallet, wallet.balance, request.account)
+        cross = None
+        if self.sequencer is not None:
+            s = self.sequencer
+            cross = await self.portal.call(s, s.cross.view, request.asset, request.account)
+        legs = {p.market: p for p in cross.positions} if cross is not None else {}
         positions = []
         for symbol, market in self.markets.items():
             if market.engine.asset != request.asset or not grant.covers_market(symbol):
                 continue
             view = await self._view(market, request.account)
             if view is not None:
-                positions.append(convert.position(view))
-        return query_pb2.GetAccountResponse(wallet_balance=balance, positions=positions)
+                positions.append(convert.position(view, legs.get(symbol)))
+        return query_pb2.GetAccountResponse(
+            wallet_balance=balance,
+            positions=positions,
+            cross=convert.cross_account(cross) if cross is not None and cross.positions else None,
+        )
 
     async def GetPosition(
         self, request: query_pb2.GetPositionRequest, context: Ctx

@@ -11,9 +11,12 @@ from here, not from the submodules.  Every input kind is one entry of
 row of :mod:`riskd.core.liquidation_machine`'s table.
 """
 
+from riskd.core import cross_margin
+from riskd.core.cross_margin import AccountView, CrossPositionView
 from riskd.core.engine import Engine, split_effects
 from riskd.core.errors import Code, Rejected
 from riskd.core.events import (
+    AccountLiquidation,
     AdlEvent,
     AdlNotice,
     AdlReason,
@@ -36,6 +39,7 @@ from riskd.core.events import (
     MarkPrice,
     ReserveClaim,
     ReserveSettle,
+    SetMarginMode,
     TakeoverClaim,
     WalletCredit,
     Withdrawal,
@@ -56,6 +60,7 @@ from riskd.core.liquidation_machine import IllegalTransition, LiquidationMachine
 from riskd.core.market import (
     AdlPolicy,
     ContractType,
+    CrossLiquidation,
     LiquidationMode,
     MarketSpec,
     enum_settings,
@@ -117,6 +122,12 @@ __all__ = [
     "LiquidationFill",
     "LiquidationDone",
     "FundInjection",
+    "SetMarginMode",
+    # cross margin
+    "cross_margin",
+    "AccountView",
+    "CrossPositionView",
+    "CrossLiquidation",
     # effects
     "Effect",
     "FundKind",
@@ -132,6 +143,7 @@ __all__ = [
     "AdlReason",
     "AdlEvent",
     "MarginCall",
+    "AccountLiquidation",
     "FundFlow",
     # refusals
     "Code",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from riskd.core import cross_margin
+from riskd.core.cross_margin import Action, Leg
 from riskd.core.errors import Rejected
 from riskd.core.events import (
     Effect,
@@ -20,11 +22,13 @@ from riskd.core.events import (
     ReserveSettle,
     TakeoverClaim,
     WalletCredit,
+    Withdrawal,
 )
 from riskd.core.inputs import Owner, kind_of
 from riskd.core.insurance_fund import FundEffect, FundPolicy, InsuranceFund
 from riskd.core.market import MarketSpec
 from riskd.core.market_engine import MarketEngine
+from riskd.core.recent_ids import WithdrawalDecision
 from riskd.core.units import Asset
 from riskd.core.wallet import Wallets, unsettled_bad_debt, withdrawals_paused
 
@@ -96,6 +100,9 @@ class Engine:
             wallet = self.wallet(kind.owner_of(event), kind.key)
             if kind.paused_by_bad_debt:
                 self._check_pause(wallet.asset)
+                account, amount = getattr(event, "account", 0), getattr(event, "amount", 0)
+                if amount > 0:
+                    self._cross_release(wallet.asset, account, amount, "amount")
             kind.on_wallet(wallet, event)
         else:
             assert kind.on_fund is not None
@@ -105,8 +112,86 @@ class Engine:
             kind.on_fund(fund, event)
             self.outbox.extend(fund.take_flows())
         self._route()
+        self.settle_cross(getattr(event, "ts", 0))
         out, self.outbox = self.outbox, []
         return out
+
+    # --- cross margin (riskd.core.cross_margin) -----------------------------------
+
+    def cross_legs(self, asset: str, account: int) -> list[tuple[MarketEngine, Leg]]:
+        """The account's cross positions in ``asset``, by market symbol."""
+        out: list[tuple[MarketEngine, Leg]] = []
+        for sym in sorted(self.markets):
+            m = self.markets[sym]
+            if m.asset == asset:
+                leg = m.cross_leg(account)
+                if leg is not None:
+                    out.append((m, leg))
+        return out
+
+    def settle_cross(self, ts: int) -> None:
+        """Re-check every cross account an input moved or whose band was crossed,
+        in (asset, account) order, until none is left (a liquidation's end is one)."""
+        while True:
+            due = sorted({(m.asset, a) for m in self.markets.values() for a in m.take_cross_due()})
+            if not due:
+                return
+            for asset, account in due:
+                self._recheck(asset, account, ts)
+            self._route()
+
+    def _recheck(self, asset: str, account: int, ts: int) -> None:
+        pairs = self.cross_legs(asset, account)
+        wallet = self.wallets[asset]
+        plan = cross_margin.plan([leg for _, leg in pairs], wallet.balance(account))
+        if plan.action in (Action.NOTHING, Action.WAIT):
+            return
+        self._allocate(wallet, account, pairs, plan.margins)
+        for i, sym in enumerate(plan.liquidate):
+            # Routed at once, as the daemon's market actor does (riskd.actors.cross).
+            notice = plan.notice(asset, account, ts) if i == 0 else None
+            self.markets[sym].liquidate_cross(account, ts, notice)
+            self._route()
+
+    @staticmethod
+    def _allocate(
+        wallet: Wallets,
+        account: int,
+        pairs: list[tuple[MarketEngine, Leg]],
+        margins: dict[str, int],
+    ) -> None:
+        """Move the account's cross wallet into the legs' new margins (a wallet credit
+        for what comes back, a debit for what goes out)."""
+        taken = 0
+        for m, leg in pairs:
+            if leg.market in margins:
+                taken += m.allocate_cross(account, margins[leg.market])
+        if taken < 0:
+            wallet.credit(account, -taken)
+        elif taken > 0:
+            wallet.debit(account, taken)
+
+    def _cross_release(self, asset: str, account: int, amount: int, field: str) -> None:
+        """Free ``amount`` of a cross account's wallet before it leaves (or refuse)."""
+        pairs = self.cross_legs(asset, account)
+        if not pairs:
+            return
+        wallet = self.wallets[asset]
+        margins = cross_margin.release(
+            [leg for _, leg in pairs], wallet.balance(account), amount, field
+        )
+        if margins is not None:
+            self._allocate(wallet, account, pairs, margins)
+
+    def decide_withdrawal(self, w: Withdrawal) -> WithdrawalDecision:
+        """A journaled withdrawal decided again (the daemon's Withdraw, replayed): a
+        cross account's refusal is a decision too, as its wallet's is."""
+        wallets = self.wallet(w.asset)
+        try:
+            self._cross_release(w.asset, w.account, w.amount, "amount")
+        except Rejected as r:
+            return WithdrawalDecision(False, wallets.balance(w.account), r.message)
+        return wallets.decide_withdrawal(w.account, w.amount)
 
     def _check_pause(self, asset: str) -> None:
         """Withdrawals wait while the asset has bad debt not yet placed (as the daemon)."""
@@ -122,9 +207,12 @@ class Engine:
         try:
             market.check_margin_credit(account, amount)
         except Rejected:
-            # A wallet short of the amount is the truer reason (not an overflow).
-            self.wallets[market.asset].check_debit(account, amount)
+            # A wallet short of the amount is the truer reason (not an overflow);
+            # not for a cross account, which has no isolated margin here.
+            if account not in market.cross:
+                self.wallets[market.asset].check_debit(account, amount)
             raise
+        self._cross_release(market.asset, account, amount, "amount")
         self.wallets[market.asset].debit(account, amount)
 
     def _route(self) -> None:

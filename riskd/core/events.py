@@ -24,6 +24,7 @@ __all__ = [
     "LiquidationFill",
     "LiquidationDone",
     "FundInjection",
+    "SetMarginMode",
     "Input",
     "FundKind",
     "FundCredit",
@@ -38,6 +39,7 @@ __all__ = [
     "AdlReason",
     "AdlEvent",
     "MarginCall",
+    "AccountLiquidation",
     "FundFlow",
     "Effect",
 ]
@@ -139,6 +141,16 @@ class FundInjection:
     ts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SetMarginMode:
+    """The account's margin mode in a market: cross (shares its wallet) or isolated."""
+
+    market: str
+    account: int
+    cross: bool
+    ts: int = 0
+
+
 Input = (
     Fill
     | MarkPrice
@@ -149,6 +161,7 @@ Input = (
     | LiquidationFill
     | LiquidationDone
     | FundInjection
+    | SetMarginMode
 )
 
 
@@ -295,6 +308,20 @@ class LiquidationSettled:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AccountLiquidation:
+    """A cross account found liquidatable: ``markets`` start closing its positions
+    (``policy``: all_at_once, step_down, or bankrupt: closed whole)."""
+
+    asset: str
+    account: int
+    equity: int
+    maintenance_margin: int
+    markets: tuple[str, ...]
+    policy: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdlNotice:
     """To a deleveraged account: ``quantity`` of its position closed at ``price``."""
 
@@ -372,5 +399,6 @@ Effect = (
     | AdlNotice
     | AdlEvent
     | MarginCall
+    | AccountLiquidation
     | FundFlow
 )

@@ -14,7 +14,7 @@ market's fee pool.  Funding never touches the insurance fund.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from riskd.core.margin import margin_balance
 from riskd.core.market import MarketSpec
@@ -25,9 +25,17 @@ __all__ = ["funding_transfers"]
 
 
 def funding_transfers(
-    spec: MarketSpec, positions: Sequence[Position], mark: int, rate_e8: int
+    spec: MarketSpec,
+    positions: Sequence[Position],
+    mark: int,
+    rate_e8: int,
+    cross: Collection[int] = (),
 ) -> tuple[dict[int, int], int]:
-    """Margin change per account and the residue for the fee pool."""
+    """Margin change per account and the residue for the fee pool.
+
+    A cross position (account in ``cross``) pays from its margin balance only:
+    its margin is a share of the account's wallet and may be negative.
+    """
     if rate_e8 == 0:
         return {}, 0
     longs_pay = rate_e8 > 0
@@ -40,7 +48,9 @@ def funding_transfers(
             continue
         if (pos.size > 0) == longs_pay:
             num, den = spec.notional(pos.size, mark)
-            solvent = min(pos.margin, margin_balance(spec, pos, mark))
+            solvent = margin_balance(spec, pos, mark)
+            if pos.account not in cross:
+                solvent = min(pos.margin, solvent)
             due = min(ceil_div(num * rate, den * FUNDING_SCALE), max(solvent, 0))
             if due:
                 deltas[pos.account] = -due

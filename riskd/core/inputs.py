@@ -32,6 +32,7 @@ from riskd.core.events import (
     LiquidationFill,
     MarginTransfer,
     MarkPrice,
+    SetMarginMode,
     Withdrawal,
 )
 
@@ -173,6 +174,7 @@ _TABLE: tuple[InputKind[Any], ...] = (
         lambda m, x: m.liquidation_done(x),
         liquidation_path=True,
     ),
+    _market(SetMarginMode, "margin_mode", lambda m, x: m.set_margin_mode(x)),
     InputKind(
         cls=FundInjection,
         owner=Owner.FUND,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 
+from riskd.core import cross_margin
 from riskd.core.engine import Engine
 from riskd.core.margin import is_bankrupt, is_liquidatable
 
@@ -58,6 +59,10 @@ def violations(engine: Engine) -> list[str]:
                 if p.liquidation not in m.liquidations:
                     out.append(f"{m.symbol}: {p.account} frozen by unknown liquidation")
                 continue
+            if p.account in m.cross:
+                if m.mark is not None and p.size and p.key is None:
+                    out.append(f"{m.symbol}: cross position of {p.account} is not indexed")
+                continue  # its margin is a band: the account is checked below
             if p.margin < 0:
                 out.append(f"{m.symbol}: account {p.account} has negative margin {p.margin}")
             if m.mark is not None and p.size and (p.key is None):
@@ -69,6 +74,20 @@ def violations(engine: Engine) -> list[str]:
                     out.append(f"{m.symbol}: the backstop is bankrupt but not liquidating")
             elif is_liquidatable(m.spec, p, m.mark):
                 out.append(f"{m.symbol}: {p.account} is liquidatable but not liquidating")
+    out += _cross_violations(engine)
+    return out
+
+
+def _cross_violations(engine: Engine) -> list[str]:
+    """No cross account is left liquidatable unless it is being liquidated."""
+    out: list[str] = []
+    accounts = {(m.asset, a) for m in engine.markets.values() for a in m.cross}
+    for asset, account in sorted(accounts):
+        legs = [leg for _, leg in engine.cross_legs(asset, account)]
+        if any(leg.liquidating for leg in legs):
+            continue
+        if cross_margin.liquidatable(legs, engine.wallets[asset].balance(account)):
+            out.append(f"{asset}: cross account {account} is liquidatable but not liquidating")
     return out
 
 
@@ -83,6 +102,8 @@ def digest(engine: Engine) -> str:
         m = engine.markets[sym]
         h.update(f"M|{sym}|{m.mark}|{m.fee_pool}|{m.next_liquidation}\n".encode())
         h.update(f"T|{len(m.trade_ids)}\n".encode() + m.trade_ids.canonical())
+        for acct in sorted(m.cross):
+            h.update(f"C|{acct}\n".encode())
         for acct in sorted(m.positions):
             p = m.positions[acct]
             h.update(f"P|{acct}|{p.size}|{p.basis}|{p.margin}|{p.liquidation}\n".encode())

@@ -29,6 +29,7 @@ __all__ = [
     "AdlPolicy",
     "PartialLiquidation",
     "TakeoverPrice",
+    "CrossLiquidation",
     "MarketSpec",
     "SpecError",
     "enum_settings",
@@ -80,6 +81,19 @@ class TakeoverPrice(enum.Enum):
     MARK = "mark"
     BANKRUPTCY = "bankruptcy"
 
+
+class CrossLiquidation(enum.Enum):
+    """How a liquidatable cross account is closed (riskd.core.cross_margin): every
+    cross position at once (Hyperliquid), or the largest maintenance margin first,
+    re-checking the account after each (Binance, Bybit)."""
+
+    ALL_AT_ONCE = "all_at_once"
+    STEP_DOWN = "step_down"
+
+
+#: Settings added after snapshots began pickling specs, oldest first: a spec
+#: pickled before one existed lacks its value (see MarketSpec.__setstate__).
+_ADDED: tuple[str, ...] = ("cross_liquidation",)
 
 #: Integer settings and their inclusive ranges, checked on every spec (config,
 #: UpdateMarket, journal replay).  A new integer field belongs here.
@@ -145,11 +159,23 @@ class MarketSpec:
     partial_fraction_ppm: int = 200_000
     partial_cooldown_ms: int = 30_000
     takeover_price: TakeoverPrice = TakeoverPrice.MARK
+    cross_liquidation: CrossLiquidation = CrossLiquidation.ALL_AT_ONCE
     # Derived constants (see __post_init__); excluded from equality.
     _linear_k: int = field(default=0, compare=False, repr=False)
     _inverse_num: int = field(default=0, compare=False, repr=False)
     _inverse_den: int = field(default=1, compare=False, repr=False)
     _tier_coefs: tuple[tuple[int, int, int], ...] = field(default=(), compare=False, repr=False)
+
+    def __setstate__(self, state: list[object]) -> None:
+        """Unpickle, also a spec pickled before the newest settings existed: its
+        values are in field order without them (they take their defaults)."""
+        names = [f.name for f in fields(self)]
+        missing = set(_ADDED[len(_ADDED) - (len(names) - len(state)) :])
+        if len(names) - len(state) > len(_ADDED):
+            raise ValueError(f"a MarketSpec of {len(state)} values is too old to read")
+        values = dict(zip([n for n in names if n not in missing], state, strict=True))
+        for f in fields(self):
+            object.__setattr__(self, f.name, values.get(f.name, f.default))
 
     def __post_init__(self) -> None:
         self._check()

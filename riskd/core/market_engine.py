@@ -17,8 +17,10 @@ from collections import deque
 from dataclasses import dataclass
 
 from riskd.core import adl, fill_sanity
+from riskd.core.cross_margin import Leg
 from riskd.core.errors import Rejected
 from riskd.core.events import (
+    AccountLiquidation,
     AdlReason,
     Effect,
     Fill,
@@ -30,6 +32,7 @@ from riskd.core.events import (
     LiquidationFill,
     MarginCall,
     MarkPrice,
+    SetMarginMode,
     WalletCredit,
 )
 from riskd.core.funding import funding_transfers
@@ -73,6 +76,7 @@ class PositionView:
     bankruptcy_price: int
     adl_quintile: int
     in_liquidation: bool
+    cross: bool = False  # cross margin: ``margin`` is the position's band of the wallet
 
 
 class MarketEngine:
@@ -94,6 +98,10 @@ class MarketEngine:
         self._input = 0
         self._now = 0  # the current input's timestamp
         self._ranking: dict[bool, tuple[int, deque[Position]]] = {}
+        # Cross margin (riskd.core.cross_margin): the accounts in cross mode here,
+        # and those whose account must be re-checked after this input.
+        self.cross: set[int] = set()
+        self.cross_due: set[int] = set()
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Snapshots from before the liquidation machine kept its parts here."""
@@ -107,6 +115,8 @@ class MarketEngine:
             state.pop("_ranked_stale", None)
             state["machine"] = machine
         self.__dict__.update(state)
+        if "cross" not in state:  # snapshots from before cross margin
+            self.cross, self.cross_due = set(), set()
         if "liquidator" not in state:
             self.liquidator = Liquidator(self)
 
@@ -180,8 +190,11 @@ class MarketEngine:
         buyer, buyer_after = self._plan(f.buyer, f.quantity, bought, f.buyer_fee, "buyer")
         seller, seller_after = self._plan(f.seller, -f.quantity, sold, f.seller_fee, "seller")
         fill_sanity.check_price(self.spec, self.mark, f.price, f.buyer, f.seller)
-        fill_sanity.check_side(self.spec, self.mark, f.buyer, buyer_after, "buyer_account")
-        fill_sanity.check_side(self.spec, self.mark, f.seller, seller_after, "seller_account")
+        # A cross side's margin is only its band (the account is re-checked after).
+        if f.buyer not in self.cross:
+            fill_sanity.check_side(self.spec, self.mark, f.buyer, buyer_after, "buyer_account")
+        if f.seller not in self.cross:
+            fill_sanity.check_side(self.spec, self.mark, f.seller, seller_after, "seller_account")
         cause = f"trade:{f.trade_id}"
         self.trade_ids.remember(f.trade_id, payload)  # nothing below refuses
         self.fee_pool += bought + sold
@@ -198,6 +211,7 @@ class MarketEngine:
         self._check_account(account, "account")
         if amount <= 0:
             raise Rejected.invalid("amount", f"must be > 0, got {amount}")
+        self._check_isolated(account)
         pos = self.positions.get(account)
         if (pos.margin if pos else 0) + amount > INT64_MAX:
             raise Rejected.invalid("amount", "isolated margin would overflow int64")
@@ -217,6 +231,7 @@ class MarketEngine:
         self._check_account(account, "account")
         if amount <= 0:
             raise Rejected.invalid("amount", f"must be > 0, got {amount}")
+        self._check_isolated(account)
         pos = self.positions.get(account)
         if pos is None:
             raise Rejected.not_found("account", f"no margin for account {account} in {self.symbol}")
@@ -238,6 +253,81 @@ class MarketEngine:
         )
         if pos.size == 0 and pos.margin == 0:
             del self.positions[account]
+
+    def set_margin_mode(self, x: SetMarginMode) -> None:
+        """Switch an account's margin mode here; only while it holds nothing here
+        (Binance's rule): no position, no isolated margin, no liquidation."""
+        self._begin(x.ts)
+        self._check_account(x.account, "account")
+        if x.account == BACKSTOP_ACCOUNT:
+            raise Rejected.invalid("account", "the backstop's positions are isolated")
+        if (x.account in self.cross) == x.cross:
+            return
+        pos = self.positions.get(x.account)
+        if pos is not None:
+            what = f"a position of {pos.size}" if pos.size else f"{pos.margin} isolated margin"
+            raise Rejected.precondition(
+                "cross",
+                f"account {x.account} holds {what} in {self.symbol}: the margin mode"
+                " changes only while flat (close it, or move the margin out, first)",
+            )
+        if x.cross:
+            self.cross.add(x.account)
+        else:
+            self.cross.discard(x.account)
+
+    def _check_isolated(self, account: int) -> None:
+        if account in self.cross:
+            raise Rejected.precondition(
+                "market",
+                f"account {account} trades {self.symbol} in cross margin: its wallet is the"
+                " collateral (no margin transfer; deposit or withdraw instead)",
+            )
+
+    # --- cross margin: what the account's re-check reads and does ------------------
+
+    def take_cross_due(self) -> list[int]:
+        """The cross accounts to re-check after this input (sorted), and forget them."""
+        due, self.cross_due = self.cross_due, set()
+        return sorted(due)
+
+    def cross_leg(self, account: int) -> Leg | None:
+        """The account's cross position here, or None (not cross, or no position)."""
+        if account not in self.cross:
+            return None
+        pos = self.positions.get(account)
+        if pos is None:
+            return None
+        return Leg(
+            self.symbol,
+            self.spec,
+            self.mark,
+            pos.size,
+            pos.basis,
+            pos.margin,
+            bool(pos.liquidation),
+        )
+
+    def allocate_cross(self, account: int, margin: int) -> int:
+        """Set the account's cross band here; returns what it took (+) or gave back (-)."""
+        pos = self.positions[account]
+        delta = margin - pos.margin
+        if delta:
+            self._set(pos, pos.size, pos.basis, margin)
+        return delta
+
+    def liquidate_cross(
+        self, account: int, ts: int, notice: AccountLiquidation | None = None
+    ) -> None:
+        """Liquidate the account's cross position here whole, with the margin it was
+        given (:meth:`allocate_cross`), as an isolated one; ``notice``: the
+        account's liquidation, published first (by the first market it closes in)."""
+        self._begin(ts)
+        if notice is not None:
+            self.effects.append(notice)
+        pos = self.positions[account]
+        if not pos.liquidation and pos.size:
+            self.liquidator.start(pos, ts, whole=True)
 
     def update_spec(self, spec: MarketSpec, ts: int) -> None:
         """Change a live market's risk settings (tiers, fees, modes, caps, reduce-only).
@@ -270,7 +360,7 @@ class MarketEngine:
         if not -(10**8) < f.rate_e8 < 10**8:
             raise Rejected.invalid("rate_e8", "funding rate must be within (-100 %, 100 %)")
         live = [p for p in self.positions.values() if p.size and not p.liquidation]
-        deltas, residue = funding_transfers(self.spec, live, self.mark, f.rate_e8)
+        deltas, residue = funding_transfers(self.spec, live, self.mark, f.rate_e8, self.cross)
         for account, delta in deltas.items():
             pos = self.positions[account]
             self._set(pos, pos.size, pos.basis, pos.margin + delta)
@@ -356,7 +446,10 @@ class MarketEngine:
         if self.machine.cooling_ids:
             self.liquidator.cool(ts)
         for account in self.machine.index.crossed(self.mark):
-            self.liquidator.start(self.positions[account], ts)
+            if account in self.cross:  # its band: the account is re-checked as a whole
+                self.cross_due.add(account)
+            else:
+                self.liquidator.start(self.positions[account], ts)
 
     def _margin_calls(self, previous: int, ts: int) -> None:
         """Call the positions the mark's move brought within the band of their LP.
@@ -371,7 +464,7 @@ class MarketEngine:
         entered += self.index.shorts_between(previous * PPM // (PPM - d), mark * PPM // (PPM - d))
         for account in entered:
             pos = self.positions[account]
-            if not pos.is_backstop:
+            if not pos.is_backstop and account not in self.cross:
                 self._margin_call(pos, ts)
 
     def _margin_call(self, pos: Position, ts: int) -> None:
@@ -412,12 +505,31 @@ class MarketEngine:
         if grows and (self.spec.reduce_only or pos.is_backstop):
             why = "the backstop only reduces" if pos.is_backstop else "market is reduce-only"
             raise Rejected.precondition(field, f"{self.symbol}: {why}")
-        if margin < 0:
+        if margin < 0 and (trial.size == 0 or account not in self.cross):
+            what = "cross allocation here" if account in self.cross else "isolated margin"
             raise Rejected.precondition(
                 field,
-                f"account {account}'s isolated margin would go negative ({margin}):"
+                f"account {account}'s {what} would go negative ({margin}):"
                 " the price is beyond its bankruptcy price or the fee exceeds its margin",
             )
+        adds = abs(trial.size) > abs(pos.size) and (
+            pos.size == 0 or (pos.size > 0) == (trial.size > 0)
+        )
+        if account in self.cross and trial.size and self.mark is not None and not adds:
+            # A cross band may be negative, but a reduction or flip (its fee aside)
+            # must not take the band's margin balance at the mark below zero: the
+            # price is then beyond what the account put behind this position.
+            # (What a new or larger position needs comes from the wallet at the
+            # account's re-check.)
+            before = pos.margin + unrealised(self.spec, pos, self.mark) if pos.size else 0
+            trial.margin = margin
+            after = trial.margin + unrealised(self.spec, trial, self.mark)
+            if after < 0 and after < min(before, 0) - fee:
+                raise Rejected.precondition(
+                    field,
+                    f"account {account}'s cross band in {self.symbol} would be {after} at the"
+                    f" mark {self.mark} after this fill: the price is beyond its collateral here",
+                )
         for name, v in (("quantity", trial.size), ("price", trial.basis), (field, margin)):
             if abs(v) > INT64_MAX:
                 raise Rejected.invalid(name, f"position of account {account} would overflow int64")
@@ -438,6 +550,7 @@ class MarketEngine:
             pos.key is not None
             and not was_called
             and not pos.is_backstop
+            and pos.account not in self.cross
             and self._in_call_band(pos.size > 0, pos.key >> 64)
         ):
             self._margin_call(pos, self._now)
@@ -487,6 +600,8 @@ class MarketEngine:
                 )
         pos.margin = 0
         self.positions.pop(pos.account, None)
+        if pos.account in self.cross:
+            self.cross_due.add(pos.account)
 
     def sweep_backstop_margin(self, amount: int, ts: int) -> None:
         if amount:
@@ -539,6 +654,8 @@ class MarketEngine:
             for p in self.positions.values()
             if p.size and (p.size > 0) == long and not p.liquidation and not p.is_backstop
         ]
+        # A cross position's band holds its notional's share of its account's
+        # equity, so it ranks with the account's leverage (BitMEX, Bybit).
         ranked = deque(adl.rank(self.spec, side, mark))
         backstop = self.positions.get(BACKSTOP_ACCOUNT)
         if backstop and backstop.size and (backstop.size > 0) == long:
@@ -618,6 +735,7 @@ class MarketEngine:
             _wire_price(bp),
             quintile,
             bool(pos.liquidation),
+            account in self.cross,
         )
 
 

@@ -31,6 +31,7 @@ COMPARE_KEYS = {
     "partial",
     "fund-cap",
     "population",
+    "cross-share",
 }
 
 
@@ -82,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="riskd config file with the market (default: the embedded "
                    "one, `riskd config`)")  # fmt: skip
     p.add_argument("--margin-mode", default="isolated", help=argparse.SUPPRESS)
+    p.add_argument("--cross-share", type=int, default=0, metavar="PCT",
+                   help="percent of traders in cross margin (their whole deposit backs "
+                   "their position; default 0)")  # fmt: skip
     p.add_argument("--bars", type=int, default=0, help="use only the first N bars (after --start)")
     p.add_argument("--start", help="first bar: ISO time (UTC) or ms since the epoch")
     p.add_argument("--end", help="last bar (inclusive): ISO time (UTC) or ms since the epoch")
@@ -129,6 +133,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         funding_rate_e8=parse_rate_e8(args.funding_rate),
         funding_interval_s=args.funding_interval,
         margin_mode=args.margin_mode,
+        cross_share=args.cross_share,
         config=args.config,
     )
 
@@ -167,6 +172,8 @@ def variants(base: Any, compare: list[str]) -> list[Any]:
                     axis.append(("fee_cap_ppm", parse_fee_cap(v)))
                 elif key in ("accounts", "seed"):
                     axis.append((key, int(v)))
+                elif key == "cross-share":
+                    axis.append(("cross_share", int(v)))
                 elif key == "liquidation-mode":
                     axis.append(("liquidation_mode", v))
                 elif key == "partial":

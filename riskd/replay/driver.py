@@ -67,10 +67,17 @@ PARTIAL_POLICIES = {
     "fraction": types_pb2.PARTIAL_LIQUIDATION_POLICY_FRACTION,
 }
 POPULATIONS = ("living", "static")
-#: Margin modes a replay can open positions in.  Cross margin (issue 15) is the
-#: hook: ``replay`` moves isolated margin into each position after the deposit;
-#: a cross account would skip that transfer and keep its collateral in the wallet.
-MARGIN_MODES = ("isolated",)
+#: Margin modes a replay can open positions in: an isolated trader moves margin
+#: into its position after the deposit; a cross trader switches the market to
+#: cross margin first and keeps its whole deposit in the wallet as collateral.
+#: ``--margin-mode cross`` is ``--cross-share 100``.
+MARGIN_MODES = ("isolated", "cross")
+
+
+def is_cross(account: int, share_pct: int) -> bool:
+    """Whether a trader trades in cross margin: ``share_pct`` % of accounts, chosen
+    by a fixed hash of the account id (the same traders in every run)."""
+    return (account * 2_654_435_761) % 2**32 * 100 >> 32 < share_pct
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,8 @@ class Settings:
     funding_rate_e8: int = 10_000  # per interval: 0.01 %, longs pay shorts
     funding_interval_s: int = 28_800  # 8 h, at 00:00, 08:00, 16:00 UTC
     margin_mode: str = "isolated"
+    #: Percent of traders in cross margin (``--cross-share``; 100 with --margin-mode cross).
+    cross_share: int = 0
     config: str | None = None  # a riskd config file (default: the embedded one)
     #: Settings a --compare varies, named in the label (so each run has its own).
     compared: tuple[str, ...] = ()
@@ -108,6 +117,8 @@ class Settings:
             out += f" partial={self.partial}"
         if self.fund_cap is not None:
             out += f" fund_cap={self.fund_cap}"
+        if self.cross_share:
+            out += f" cross={self.cross_share}%"
         return out
 
     def as_json(self) -> dict[str, Any]:
@@ -217,10 +228,9 @@ def check_without_config(settings: Settings) -> None:
     if settings.population not in POPULATIONS:
         raise ValueError(f"--population {settings.population!r}: want living or static")
     if settings.margin_mode not in MARGIN_MODES:
-        raise ValueError(
-            f"--margin-mode {settings.margin_mode!r}: riskd has isolated margin only "
-            "(cross margin is issue 15)"
-        )
+        raise ValueError(f"--margin-mode {settings.margin_mode!r}: want isolated or cross")
+    if not 0 <= settings.cross_share <= 100:
+        raise ValueError(f"--cross-share {settings.cross_share}: want 0 to 100 (percent)")
     if settings.hold_minutes < 1:
         raise ValueError(f"--hold {settings.hold_minutes}: want at least 1 minute")
     if settings.funding_interval_s < 60:
@@ -1025,9 +1035,16 @@ class _Session:
         entrants of this bar resting on the other side, the rest against the house."""
         info, traders = self.info, self.traders
         book = _Book()
+        share = 100 if self.settings.margin_mode == "cross" else self.settings.cross_share
         for i, t in zip(indices, entrants, strict=True):
-            self.deposit(t.account, t.deposit, ts)
-            self.margin_in(t.account, t.margin, ts)
+            if share and is_cross(t.account, share):
+                # Cross: the market switched while flat; the deposit is the collateral.
+                self.gw.margin_mode(info.symbol, t.account, True, ts=ts)
+                self.sent["margin_mode"] += 1
+                self.deposit(t.account, t.deposit, ts)
+            else:
+                self.deposit(t.account, t.deposit, ts)
+                self.margin_in(t.account, t.margin, ts)
             left = t.quantity
             resting = book.asks if t.side > 0 else book.bids
             price = px + info.tick if t.side > 0 else px - info.tick

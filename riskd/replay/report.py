@@ -406,8 +406,13 @@ def _positions(
 def _conservation(raw: ReplayRun, ev: _Events, fund: _Fund) -> dict[str, Any]:
     """The daemon's own check, and the identity recomputed from queries."""
     accounts, fund_after = raw.accounts, raw.fund_after
+    # A cross account's positions show no margin of their own: its cross equity
+    # (wallet, bands included, plus their unrealised PnL) stands for them.
     holdings = sum(
-        r.wallet_balance + sum(p.margin_balance for p in r.positions) for r in accounts.values()
+        r.wallet_balance
+        + sum(p.margin_balance for p in r.positions)
+        + (r.cross.equity - r.wallet_balance if r.HasField("cross") else 0)
+        for r in accounts.values()
     )
     fee_pool = raw.fees - fund.inflow.get("trading_fee", 0)
     injected = fund.inflow.get("injection", 0)

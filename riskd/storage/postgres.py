@@ -42,7 +42,7 @@ from riskd.storage import ledger as ledger_files
 from riskd.storage import snapshot
 from riskd.storage.events import EventRow
 from riskd.storage.faults import StorageFault, describe
-from riskd.storage.journal import GENESIS, StaleWriter, chain
+from riskd.storage.journal import GENESIS, JournalCorrupt, StaleWriter, chain
 
 __all__ = [
     "PostgresJournal",
@@ -199,11 +199,12 @@ class PostgresJournal:
 
     def _open(self, epoch: int | None, join: bool) -> None:
         db = self._db
-        with db.transaction():
-            # Two nodes starting at once would race on CREATE TABLE's catalog rows.
-            db.execute("SELECT pg_advisory_xact_lock(hashtext('riskd schema'))")
-            db.execute(SCHEMA)
-            db.execute(_STORAGE)
+        if not join:  # a joining writer's owner made the tables (and ALTER locks them)
+            with db.transaction():
+                # Two nodes starting at once would race on CREATE TABLE's catalog rows.
+                db.execute("SELECT pg_advisory_xact_lock(hashtext('riskd schema'))")
+                db.execute(SCHEMA)
+                db.execute(_STORAGE)
         with db.transaction():
             if self.readonly:
                 row = (0,)  # no owner has epoch 0: every append is refused
@@ -317,11 +318,33 @@ class PostgresJournal:
             yield int(n), str(record), str(hash_)
 
     def replay(self, after: int = 0) -> Iterator[str]:
-        """Records after the first ``after`` ones, in order."""
-        for _, record in self._pages(after, "record"):
+        """Records after the first ``after`` ones, in order, each checked against the
+        hash chain as it is read (from the hash after record ``after``): raises
+        :class:`JournalCorrupt` at a record missing or changed."""
+        head = self.hash_at(after)
+        if head is None:
+            raise JournalCorrupt(f"{self.path}: no record {after} to replay after")
+        expected = after + 1
+        for n, record, stored in self._pages(after, "record, hash"):
+            head = chain(head, record)
+            if n != expected:
+                raise JournalCorrupt(f"{self.path}: record {expected} is missing (next: {n})")
+            if head != stored:
+                raise JournalCorrupt(
+                    f"{self.path}: record {n}: hash chain broken (the record or its hash changed)"
+                )
+            expected += 1
             yield str(record)
 
     def verify(self) -> tuple[int, str | None]:
+        """``(records, None)`` without reading them: the daemon's start (a takeover)
+        must not cost a walk of the whole journal.  What it replays is checked as it
+        is read (:meth:`replay`); the records before its snapshot are vouched for by
+        the chain hash the snapshot recorded there (checked at start), and
+        ``riskd audit --storage`` walks the whole chain (:meth:`walk`)."""
+        return self._n, None
+
+    def walk(self) -> tuple[int, str | None]:
         """Walk the hash chain: ``(records, None)`` or ``(n, why)`` at the first break."""
         head, count = GENESIS, 0
         for n, record, stored in self._pages(0, "record, hash"):

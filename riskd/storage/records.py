@@ -176,7 +176,7 @@ class EngineTarget:
         wallets = self.engine.wallets.get(w.asset)
         if wallets is not None:
             with contextlib.suppress(Rejected):  # bad input then was refused then
-                wallets.decide_withdrawal(w.account, w.amount)  # as the daemon's wallet
+                self.engine.decide_withdrawal(w)  # as the daemon's sequencer and wallet
         return []
 
     def injection(self, r: FundInjected) -> list[Effect]:

@@ -15,6 +15,7 @@ from riskd.core.events import (
     LiquidationFill,
     MarginTransfer,
     MarkPrice,
+    SetMarginMode,
 )
 from riskd_client.gateway import Gateway
 
@@ -56,6 +57,8 @@ def send(gw: Gateway, x: Input) -> int:
             )
         case LiquidationDone():
             return gw.liquidation_done(x.market, x.liquidation_id, ts=x.ts)
+        case SetMarginMode():
+            return gw.margin_mode(x.market, x.account, x.cross, ts=x.ts)
     raise TypeError(x)
 
 

@@ -192,6 +192,14 @@ def mt(account: int = 11, market: str = "BTC-USDT", amount: int = USDT) -> inges
     )
 
 
+def mode(
+    account: int = 11, market: str = "BTC-USDT", cross: int = types_pb2.MARGIN_MODE_CROSS
+) -> ingest_pb2.Update:
+    return U(
+        margin_mode=ingest_pb2.SetMarginMode(market=market, account=account, mode=cross)  # type: ignore[arg-type]
+    )
+
+
 def lf(**kw: object) -> ingest_pb2.Update:
     base = {
         "market": "BTC-USDT",
@@ -248,6 +256,11 @@ CASES = [
         "updates[0].funding_rate.market",
     ),
     ("unknown-asset", dep(asset="DOGE"), NOT_FOUND, "updates[0].deposit.asset"),
+    ("unknown-market-mode", mode(market="NOPE"), NOT_FOUND, "updates[0].margin_mode.market"),
+    ("unspecified-mode", mode(cross=0), INVALID, "updates[0].margin_mode.mode"),
+    ("account-0-mode", mode(account=0), INVALID, "updates[0].margin_mode.account"),
+    # Account 11 holds isolated margin in BTC-USDT: not flat, so no switch.
+    ("mode-switch-not-flat", mode(), PRECONDITION, "updates[0].margin_mode.mode"),
     ("account-0-buyer", fill(buyer_account=0), INVALID, "updates[0].fill.buyer_account"),
     ("account-0-deposit", dep(account=0), INVALID, "updates[0].deposit.account"),
     ("account-max-deposit", dep(account=UINT64_MAX), INVALID, "updates[0].deposit.account"),
@@ -863,6 +876,24 @@ CLASSES: dict[str, st.SearchStrategy[tuple[list[ingest_pb2.Update], int, int, st
             5,
             PRECONDITION,
             "updates[5].fill.trade_id",
+        )
+    ),
+    # A cross account (wallet 1,000, long 0.1 BTC at 50,000: IM 40) moves more than
+    # its available 960 to an isolated position: refused, its bands untouched.
+    "cross transfer beyond available": st.integers(961, 10_000).map(
+        lambda x: (
+            [
+                dep(account=(a := next(_fresh_accounts)), amount=1_000 * USDT),
+                dep(account=(b := next(_fresh_accounts)), amount=10_000 * USDT),
+                mode(account=a),
+                mt(account=b, amount=5_000 * USDT),
+                mark(),
+                fill(trade_id=next(_trade_ids), buyer_account=a, seller_account=b, quantity=100),
+                mt(account=a, market="ETH-USDT", amount=x * USDT),
+            ],
+            6,
+            PRECONDITION,
+            "updates[6].margin_transfer.amount",
         )
     ),
 }

@@ -157,6 +157,13 @@ CASES["takeover_price"] = (
     [types_pb2.TAKEOVER_PRICE_BANKRUPTCY, types_pb2.TAKEOVER_PRICE_MARK],
     [(types_pb2.TAKEOVER_PRICE_UNSPECIFIED, "market.takeover_price"), (7, "market.takeover_price")],
 )
+CASES["cross_liquidation"] = (
+    [types_pb2.CROSS_LIQUIDATION_POLICY_STEP_DOWN, types_pb2.CROSS_LIQUIDATION_POLICY_ALL_AT_ONCE],
+    [
+        (types_pb2.CROSS_LIQUIDATION_POLICY_UNSPECIFIED, "market.cross_liquidation"),
+        (7, "market.cross_liquidation"),
+    ],
+)
 
 
 def test_every_changeable_field_has_a_case() -> None:

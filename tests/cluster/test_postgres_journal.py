@@ -56,7 +56,7 @@ def test_same_chain_as_sqlite_for_any_groups(
             assert pgj.head == lite.head
         flat = [r for g in groups for r in g]
         assert list(pgj.replay(start)) == flat == list(lite.replay())
-        total, broken = pgj.verify()
+        total, broken = pgj.walk()
         assert broken is None and total == start + len(flat)
         assert pgj.hash_at(total) == pgj.head
         assert pgj.hash_at(total + 1) is None
@@ -77,7 +77,7 @@ def test_reopen_continues_the_chain_under_a_new_epoch(pg: Postgres, shard: str) 
         b.append(["three"])
         assert list(b.replay()) == ["one", "two", "three"]
         assert list(b.replay(2)) == ["three"] and b.count() == 3
-        assert b.verify() == (3, None)
+        assert b.walk() == (3, None)
     finally:
         b.close()
 
@@ -141,7 +141,7 @@ def test_race_no_stale_append_lands_after_the_takeover(pg: Postgres, shard: str)
         # Every acknowledged A append is there, and nothing of A's after B's takeover.
         assert taken_at == 1 + len(acked)
         assert list(b.replay(taken_at)) == ["b"] * 5
-        assert b.verify() == (taken_at + 5, None)
+        assert b.walk() == (taken_at + 5, None) == b.verify()
     finally:
         a.close()
         b.close()
@@ -250,4 +250,45 @@ def test_a_node_pulls_the_stored_ledger_and_events_over_its_own_stale_tail(
     got = event_files.read_range(node / event_files.FILE, 1, 100)
     assert got == [*events[:5], *events[5:]] and got[5][2] == b"e6"
     assert pull_ledger(owner, node, "USDT") == 0 and pull_events(owner, node) == 0
+    owner.close()
+
+
+def test_the_owners_snapshot_writer_is_fenced_like_the_owner(pg: Postgres, shard: str) -> None:
+    owner = PostgresJournal(pg.dsn, shard)
+    owner.append(["r1"])
+    writer = PostgresJournal(pg.dsn, shard, owner.epoch, join=True)  # takes nothing
+    try:
+        writer.store_snapshot(1, owner.head, b"file")
+        owner.append(["r2"])  # the owner still owns the shard
+        assert [n for n, _, _ in writer.rows(0, 1)] == [1]
+        taker = PostgresJournal(pg.dsn, shard)
+        with pytest.raises(StorageFault) as e:
+            writer.store_snapshot(2, owner.head, b"late")
+        assert "newer owner" in str(e.value)
+        stored = taker.latest_snapshot()
+        assert stored is not None and stored[0] == 1
+        taker.close()
+    finally:
+        writer.close()
+        owner.close()
+
+
+def test_replay_checks_the_chain_of_what_it_reads(pg: Postgres, shard: str) -> None:
+    import psycopg
+
+    from riskd.storage.journal import JournalCorrupt
+
+    owner = PostgresJournal(pg.dsn, shard)
+    owner.append(["r1", "r2", "r3", "r4"])
+    assert list(owner.replay(2)) == ["r3", "r4"]
+    with psycopg.connect(pg.dsn, autocommit=True) as db:
+        db.execute("UPDATE riskd_journal SET record = 'R3' WHERE shard = %s AND n = 3", (shard,))
+    assert list(owner.replay(3)) == ["r4"]  # after the change: its hash still chains
+    with pytest.raises(JournalCorrupt, match="record 3: hash chain broken"):
+        list(owner.replay(1))
+    assert owner.walk() == (3, "record 3: hash chain broken (the record or its hash changed)")
+    with psycopg.connect(pg.dsn, autocommit=True) as db:
+        db.execute("DELETE FROM riskd_journal WHERE shard = %s AND n = 3", (shard,))
+    with pytest.raises(JournalCorrupt, match="record 3 is missing"):
+        list(owner.replay(2))
     owner.close()

@@ -48,6 +48,7 @@ from riskd.core import (
     MarketSpec,
     MarkPrice,
     Rejected,
+    SetMarginMode,
     Stage,
     TierTable,
     Withdrawal,
@@ -98,6 +99,9 @@ SPECS = [
     ),
 ]
 SYMBOLS = [s.symbol for s in SPECS]
+#: Mixed modes: these accounts start in cross margin in these markets (the rest
+#: isolated); ``margin_mode`` switches any account while it is flat.
+CROSS_START = [(a, s) for a in (5, 6, 7, 8) for s in SYMBOLS if a > 6 or s != "BTC-USD"]
 START = {"BTC-USDT": 5_000_000, "ETH-USDT": 300_000, "BTC-USD": 500_000}
 MAX_QTY = {"BTC-USDT": 60, "ETH-USDT": 2_000, "BTC-USD": 300}
 ASSET_UNIT = {"USDT": U, "BTC": BTC // 50_000}  # about one dollar of each
@@ -184,8 +188,15 @@ class EngineMachine(RuleBasedStateMachine):
         for a in ACCOUNTS:
             self.apply(Deposit(a, "USDT", 3_000 * U))
             self.apply(Deposit(a, "BTC", BTC // 10))
+        for account, symbol in CROSS_START:
+            self.apply(SetMarginMode(symbol, account, True))
         for s in SYMBOLS:
             self.apply(MarkPrice(s, START[s]))
+
+    @rule(account=st.sampled_from(ACCOUNTS), symbol=st.sampled_from(SYMBOLS), cross=st.booleans())
+    def margin_mode(self, account: int, symbol: str, cross: bool) -> None:
+        """Switch a margin mode (refused, changing nothing, unless flat there)."""
+        self.apply(SetMarginMode(symbol, account, cross))
 
     @rule(
         account=st.sampled_from([*ACCOUNTS, 0]),
@@ -416,6 +427,7 @@ def random_inputs(seed: int, n: int = 400) -> list[Any]:
     out += [
         Deposit(a, asset, 2_000 * ASSET_UNIT[asset]) for a in ACCOUNTS for asset in ("USDT", "BTC")
     ]
+    out += [SetMarginMode(s, a, True) for a, s in CROSS_START]
     marks = dict(START)
     out += [MarkPrice(s, p) for s, p in marks.items()]
     for i in range(n):

@@ -153,6 +153,19 @@ def test_compare_book_mode_and_fund_cap_with_deltas(tmp_path: Path) -> None:
     assert runs[0]["overlap_with_baseline"]["jaccard_ppm"] == 10**6
 
 
+def test_cross_share_runs_half_the_traders_in_cross_margin(tmp_path: Path) -> None:
+    """Cross traders keep their whole deposit as collateral: nothing refused, the
+    identity recomputed from queries (cross equity included) holds."""
+    out = tmp_path / "out"
+    p = cli("--generated", "--bars", "110", "--accounts", "60", "--seed", "3",
+            "--cross-share", "50", "--quiet", "--out", str(out))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    r = json.loads((out / "report.json").read_text())
+    assert r["settings"]["cross_share"] == 50 and r["conservation"]["ok"]
+    assert r["conservation"]["recomputed"]["difference"] == 0
+    assert r["liquidations"]["count"] > 0
+
+
 def test_partial_fraction_policy_runs_within_the_rules(tmp_path: Path) -> None:
     out = tmp_path / "out"
     p = cli("--generated", "--bars", "110", "--accounts", "60", "--seed", "3", "--fund", "0",
@@ -173,7 +186,8 @@ def test_partial_fraction_policy_runs_within_the_rules(tmp_path: Path) -> None:
         (["--compare", "fund=1,x"], "--compare fund"),
         (["--fee-cap", "200%"], "fee cap '200%'"),
         (["--funding-rate", "lots"], "funding rate 'lots'"),
-        (["--margin-mode", "cross"], "cross margin is issue 15"),
+        (["--margin-mode", "portfolio"], "--margin-mode 'portfolio': want isolated or cross"),
+        (["--cross-share", "101"], "--cross-share 101: want 0 to 100"),
         (["--start", "2030-01-01"], "--start/--end: no bar in the window"),
         (["--start", "yesterday"], "--start 'yesterday'"),
         (["--fund-cap", "1.5"], "--fund-cap 1.5"),

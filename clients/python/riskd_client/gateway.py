@@ -62,7 +62,7 @@ from types import TracebackType
 import grpc
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from riskd.v1 import ingest_pb2, ingest_pb2_grpc
+from riskd.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
 
 __all__ = [
     "Gateway",
@@ -318,6 +318,16 @@ class Gateway:
                 margin_transfer=ingest_pb2.MarginTransfer(
                     account=account, market=market, amount=amount
                 ),
+            )
+        )
+
+    def margin_mode(self, market: str, account: int, cross: bool, *, ts: int = 0) -> int:
+        """Switch ``account`` to cross (True) or isolated margin in ``market`` (only while flat)."""
+        mode = types_pb2.MARGIN_MODE_CROSS if cross else types_pb2.MARGIN_MODE_ISOLATED
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts,
+                margin_mode=ingest_pb2.SetMarginMode(market=market, account=account, mode=mode),
             )
         )
 
