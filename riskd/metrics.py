@@ -202,8 +202,8 @@ class Metrics:
         )
         self.journal_commit_seconds = Histogram(
             "riskd_journal_commit_seconds",
-            "Time one group commit of the journal took (write and fsync): every"
-            " acknowledgement and every event waits for one, or two when it came in during another.",
+            "Time one group commit of the journal took (write and fsync): every acknowledgement"
+            " and every event waits for one, or two when it came in during another.",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
