@@ -29,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from riskd import __version__
+from riskd import __version__, core_build
 from riskd.core.events import AdlReason, Effect, FundKind
 from riskd.core.stress import StressRow, move_label
 from riskd.effects import EFFECTS, LIQUIDATION_OUTCOMES
@@ -96,11 +96,12 @@ class Metrics:
             r.register(shared)
         build = Gauge(
             "riskd_build_info",
-            "The running riskd: its version and those of Python and grpcio (value is 1).",
-            ["version", "python", "grpcio"],
+            "The running riskd: its version, those of Python and grpcio, and whether its"
+            " core is compiled (mypyc) or pure Python (value is 1).",
+            ["version", "python", "grpcio", "core"],
             registry=r,
         )
-        build.labels(__version__, platform.python_version(), grpc.__version__).set(1)
+        build.labels(__version__, platform.python_version(), grpc.__version__, core_build()).set(1)
         self.asset_info = Gauge(
             "riskd_asset_info",
             "Settlement assets and their decimals (value is 1).",
