@@ -35,6 +35,7 @@ import trio
 from grpc_health.v1 import health_pb2
 from prometheus_client import start_http_server
 
+from riskd import core_build
 from riskd.actors.actor import Actor, ActorStopped
 from riskd.actors.fund import FundActor
 from riskd.actors.journal import JournalActor
@@ -323,6 +324,7 @@ class Daemon:
                     grpc_port=endpoints.grpc_port,
                     metrics_port=endpoints.metrics_port,
                     markets=list(self.markets),
+                    core=core_build(),
                 )
                 task_status.started(endpoints)
                 if srv.invariant_check_seconds > 0:
@@ -454,7 +456,13 @@ class Daemon:
             replayed=replayed,
             journal_epoch=journal.epoch,
         )
-        actor = JournalActor(journal, self.config.server.mailbox_capacity, total, journal.head)
+        actor = JournalActor(
+            journal,
+            self.config.server.mailbox_capacity,
+            total,
+            journal.head,
+            on_commit=self.metrics.journal_commit_seconds.observe,
+        )
         actor.seal = self._seal
         self.event_log.start_at(self.sequencer.events + 1, disk_oldest)
         self.sequencer.journal = actor

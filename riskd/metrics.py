@@ -29,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from riskd import __version__
+from riskd import __version__, core_build
 from riskd.core.events import AdlReason, Effect, FundKind
 from riskd.core.stress import StressRow, move_label
 from riskd.effects import EFFECTS, LIQUIDATION_OUTCOMES
@@ -96,11 +96,12 @@ class Metrics:
             r.register(shared)
         build = Gauge(
             "riskd_build_info",
-            "The running riskd: its version and those of Python and grpcio (value is 1).",
-            ["version", "python", "grpcio"],
+            "The running riskd: its version, those of Python and grpcio, and whether its"
+            " core is compiled (mypyc) or pure Python (value is 1).",
+            ["version", "python", "grpcio", "core"],
             registry=r,
         )
-        build.labels(__version__, platform.python_version(), grpc.__version__).set(1)
+        build.labels(__version__, platform.python_version(), grpc.__version__, core_build()).set(1)
         self.asset_info = Gauge(
             "riskd_asset_info",
             "Settlement assets and their decimals (value is 1).",
@@ -197,6 +198,13 @@ class Metrics:
             "Time an ingest batch waited between being read and being sequenced, by kind:"
             " liquidation_path (only marks and liquidation fills; ahead of the queue) or other.",
             ["kind"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.journal_commit_seconds = Histogram(
+            "riskd_journal_commit_seconds",
+            "Time one group commit of the journal took (write and fsync): every acknowledgement"
+            " and every event waits for one, or two when it came in during another.",
             buckets=BATCH_BUCKETS,
             registry=r,
         )

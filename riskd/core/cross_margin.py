@@ -52,6 +52,7 @@ from riskd.core.errors import Rejected
 from riskd.core.events import AccountLiquidation
 from riskd.core.margin import liquidation_threshold
 from riskd.core.market import CrossLiquidation, MarketSpec
+from riskd.core.pickling import fields_state, restore
 from riskd.core.position import Position
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 
@@ -84,6 +85,12 @@ class Leg:
     margin: int
     liquidating: bool
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class Figures:
@@ -97,6 +104,12 @@ class Figures:
     notional: int
     need_num: int
     need_den: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     @property
     def need(self) -> int:
@@ -171,6 +184,12 @@ class Plan:
             policy=self.policy,
             ts=ts,
         )
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 def _shares(total: int, weights: Sequence[int]) -> list[int]:
@@ -331,6 +350,12 @@ class CrossPositionView:
     adl_quintile: int
     in_liquidation: bool
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class AccountView:
@@ -348,6 +373,12 @@ class AccountView:
     available: int
     in_liquidation: bool
     positions: tuple[CrossPositionView, ...]
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 def estimated_liquidation_price(legs: Sequence[Leg], free: int, j: int) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core import cross_margin
 from riskd.core.cross_margin import Action, Leg
 from riskd.core.errors import Rejected
@@ -28,6 +30,7 @@ from riskd.core.inputs import Owner, kind_of
 from riskd.core.insurance_fund import FundEffect, FundPolicy, InsuranceFund
 from riskd.core.market import MarketSpec
 from riskd.core.market_engine import MarketEngine
+from riskd.core.pickling import dict_state, restore
 from riskd.core.recent_ids import WithdrawalDecision
 from riskd.core.units import Asset
 from riskd.core.wallet import Wallets, unsettled_bad_debt, withdrawals_paused
@@ -35,6 +38,7 @@ from riskd.core.wallet import Wallets, unsettled_bad_debt, withdrawals_paused
 __all__ = ["Engine", "split_effects"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class Engine:
     """The whole risk state, applied one input at a time."""
 
@@ -57,6 +61,12 @@ class Engine:
         self.funds = {a: InsuranceFund(a, policies.get(a)) for a in self.assets}
         self.outbox: list[Effect] = []
 
+    def __getstate__(self) -> dict[str, object]:
+        return dict_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
     @classmethod
     def view(
         cls,
@@ -65,7 +75,8 @@ class Engine:
         funds: dict[str, InsuranceFund],
     ) -> Engine:
         """An engine over parts owned elsewhere (the daemon's actors), for checks."""
-        engine = cls.__new__(cls)
+        # Built empty, then pointed at the parts (no ``__new__``: mypyc compiles this class).
+        engine = cls(())
         engine.markets = markets
         engine.assets = {m.asset: m.spec.asset for m in markets.values()}
         engine.wallets = wallets
@@ -85,8 +96,12 @@ class Engine:
             raise Rejected.not_found(field, f"unknown asset {asset!r}")
         return w
 
-    def apply(self, event: Input) -> list[Effect]:
-        """Apply one input; return what it published (orders, settlements, ADL, fund flows)."""
+    def apply(self, event: Input | object) -> list[Effect]:
+        """Apply one input; return what it published (orders, settlements, ADL, fund flows).
+
+        Typed ``object`` on purpose: compiled, an ``Input`` parameter would raise
+        TypeError where a non-input must be refused (INVALID_ARGUMENT, field ``kind``).
+        """
         kind = kind_of(event)
         if kind.owner is Owner.MARKET:
             assert kind.on_market is not None

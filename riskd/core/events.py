@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from riskd.core.pickling import fields_state, restore
+
 __all__ = [
     "Fill",
     "MarkPrice",
@@ -62,12 +64,24 @@ class Fill:
     seller_fee: int = 0
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class MarkPrice:
     market: str
     price: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,12 @@ class Deposit:
     ts: int = 0
     deposit_id: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class Withdrawal:
@@ -88,6 +108,12 @@ class Withdrawal:
     asset: str
     amount: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +125,12 @@ class MarginTransfer:
     amount: int
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class FundingRate:
@@ -107,6 +139,12 @@ class FundingRate:
     market: str
     rate_e8: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +159,12 @@ class LiquidationFill:
     counterparty_fee: int = 0
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class LiquidationDone:
@@ -129,6 +173,12 @@ class LiquidationDone:
     market: str
     liquidation_id: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +190,12 @@ class FundInjection:
     cause: str = "seed"
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class SetMarginMode:
@@ -149,6 +205,12 @@ class SetMarginMode:
     account: int
     cross: bool
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 Input = (
@@ -190,6 +252,12 @@ class FundCredit:
     cause: str
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TakeoverClaim:
@@ -212,6 +280,12 @@ class TakeoverClaim:
     margin_wanted: int
     loss_cap: int | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReserveClaim:
@@ -225,6 +299,12 @@ class ReserveClaim:
     wanted: int
     loss_cap: int | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReserveSettle:
@@ -237,6 +317,12 @@ class ReserveSettle:
     reserved: int
     shortfall: int
     fee: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 class AdlReason(enum.Enum):
@@ -272,6 +358,12 @@ class FundDecision:
     granted: int
     reason: AdlReason | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WalletCredit:
@@ -279,6 +371,12 @@ class WalletCredit:
     asset: str
     amount: int
     cause: str
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -293,6 +391,12 @@ class LiquidationOrder:
     worst_price: int
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LiquidationSettled:
@@ -305,6 +409,12 @@ class LiquidationSettled:
     returned_to_trader: int
     adl_quantity: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -320,6 +430,12 @@ class AccountLiquidation:
     policy: str
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdlNotice:
@@ -333,6 +449,12 @@ class AdlNotice:
     price: int
     realised: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -361,6 +483,12 @@ class AdlEvent:
     reason: AdlReason = AdlReason.FUND_EMPTY
     fund_paid: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MarginCall:
@@ -372,6 +500,12 @@ class MarginCall:
     maintenance_margin: int
     liquidation_price: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -385,6 +519,12 @@ class FundFlow:
     balance_after: int
     cause: str
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 Effect = (

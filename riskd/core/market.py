@@ -20,6 +20,7 @@ import functools
 import typing
 from dataclasses import dataclass, field, fields
 
+from riskd.core.pickling import fields_state
 from riskd.core.tiers import SpecError, TierTable
 from riskd.core.units import INT64_MAX, PPM, Asset
 
@@ -165,6 +166,9 @@ class MarketSpec:
     _inverse_num: int = field(default=0, compare=False, repr=False)
     _inverse_den: int = field(default=1, compare=False, repr=False)
     _tier_coefs: tuple[tuple[int, int, int], ...] = field(default=(), compare=False, repr=False)
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
 
     def __setstate__(self, state: list[object]) -> None:
         """Unpickle, also a spec pickled before the newest settings existed: its

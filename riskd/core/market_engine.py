@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core import adl, fill_sanity
 from riskd.core.cross_margin import Leg
 from riskd.core.errors import Rejected
@@ -51,6 +53,7 @@ from riskd.core.margin import (
     unrealised,
 )
 from riskd.core.market import MarketSpec
+from riskd.core.pickling import dict_state, fields_state, restore
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, sign
@@ -78,9 +81,19 @@ class PositionView:
     in_liquidation: bool
     cross: bool = False  # cross margin: ``margin`` is the position's band of the wallet
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
 
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class MarketEngine:
     """The state of one market, owned by exactly one actor."""
+
+    def __getstate__(self) -> dict[str, object]:
+        return dict_state(self)
 
     def __init__(self, spec: MarketSpec) -> None:
         self.spec = spec
@@ -114,7 +127,7 @@ class MarketEngine:
             machine.recount_cooling()
             state.pop("_ranked_stale", None)
             state["machine"] = machine
-        self.__dict__.update(state)
+        restore(self, state)
         if "cross" not in state:  # snapshots from before cross margin
             self.cross, self.cross_due = set(), set()
         if "liquidator" not in state:

@@ -221,7 +221,9 @@ def test_an_unknown_format_version_is_refused_naming_it(version: object) -> None
 def _any_input(kind: Any) -> st.SearchStrategy[Any]:
     """Any value of one input kind, built from its fields' types (so a new kind is covered)."""
     hints = {f.name: f.type for f in dataclasses.fields(kind.cls)}
-    return st.builds(kind.cls, **{n: text if t in ("str", str) else ints for n, t in hints.items()})
+    # Booleans as booleans: the compiled core checks a field's type as it is set.
+    types = {"str": text, str: text, "bool": st.booleans(), bool: st.booleans()}
+    return st.builds(kind.cls, **{n: types.get(t, ints) for n, t in hints.items()})
 
 
 @given(st.data())
