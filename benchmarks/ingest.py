@@ -963,8 +963,8 @@ def _quiet_cell(
             pass
         _SPARE[0] -= time.perf_counter() - t
         t = time.perf_counter()
-        # A fresh data directory (and gateway) per attempt: a repeat must not
-        # find the last attempt's sequences there.
+        # A fresh data directory and gateway per attempt: a repeated riskd cell
+        # reusing the first's found its sequences already acknowledged and failed.
         tag = f"b{batch}-r{rep}" + (f"-a{len(attempts)}" if attempts else "")
         attempts.append(_run_cell(kind, batch, rep, tmp, workload, cfg, riskd_root, tag=tag))
         if attempts[-1]["foreign_cpu"] <= QUIET_CORES or len(attempts) >= ATTEMPTS:

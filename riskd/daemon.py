@@ -478,7 +478,13 @@ class Daemon:
             replayed=replayed,
             journal_epoch=journal.epoch,
         )
-        actor = JournalActor(journal, self.config.server.mailbox_capacity, total, journal.head)
+        actor = JournalActor(
+            journal,
+            self.config.server.mailbox_capacity,
+            total,
+            journal.head,
+            on_commit=self.metrics.journal_commit_seconds.observe,
+        )
         actor.seal = self._seal
         self.event_log.start_at(self.sequencer.events + 1, disk_oldest)
         self.sequencer.journal = actor

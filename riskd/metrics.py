@@ -203,6 +203,13 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.journal_commit_seconds = Histogram(
+            "riskd_journal_commit_seconds",
+            "Time one group commit of the journal took (write and fsync): every acknowledgement"
+            " and every event waits for one, or two when it came in during another.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.streams_open = Gauge(
             "riskd_ingest_streams_open", "Open gateway ingest streams.", registry=r
         )
