@@ -279,6 +279,19 @@ def _touch(request: Any) -> tuple[int, int]:
         elif kind == "liquidation_done":
             ld = u.liquidation_done
             total += len(ld.market) + ld.liquidation_id
+        elif kind == "check_order":  # benchmarks.gate
+            c = u.check_order
+            total += (
+                len(c.market)
+                + c.order_id
+                + c.account
+                + c.side
+                + c.price
+                + c.quantity
+                + c.reduce_only
+                + c.post_only
+                + c.leverage
+            )
     return last, total
 
 

@@ -28,6 +28,7 @@ from riskd.storage.journal import Journal
 __all__ = ["JournalActor", "Durable"]
 
 T = TypeVar("T")
+U = TypeVar("U")
 MAX_GROUP = 1024
 
 
@@ -67,6 +68,13 @@ class Durable(Generic[T]):
     async def wait(self) -> T:
         await self._done.wait()
         return self.value
+
+    def follow(self, value: U) -> Durable[U]:
+        """``value``, released when this one is (an answer worked out after its record
+        was queued, with no record of its own)."""
+        out: Durable[U] = Durable(value)
+        self.then(lambda _: out._release())
+        return out
 
     def _release(self) -> None:
         self._done.set()
