@@ -10,11 +10,17 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
+# A C compiler: the install compiles riskd/core with mypyc (setup.py). Only
+# this stage has it; the image gets the built venv.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/riskd/venv
 ENV PATH=/opt/riskd/venv/bin:$PATH
 # The generator's version is the floor the generated stubs enforce on grpcio.
 RUN pip install --no-cache-dir "grpcio-tools>=1.85.1,<1.86" "mypy-protobuf>=5.1,<6"
-COPY pyproject.toml ./
+COPY pyproject.toml setup.py ./
 COPY protos/ protos/
 COPY riskd/ riskd/
 COPY clients/python/ clients/python/

@@ -9,18 +9,35 @@ BIN := $(VENV)/bin
 PROTOS := $(wildcard protos/riskd/v1/*.proto)
 INSTALL_STAMP := $(VENV)/.riskd-installed
 GEN_STAMP := riskd/v1/.generated
+# riskd/core compiled in place by mypyc (setup.py); RISKD_PURE=1 runs the .py sources.
+CORE_SOURCES := $(filter-out riskd/core/__init__.py,$(wildcard riskd/core/*.py))
+CORE_STAMP := riskd/core/.compiled
+# Also run with RISKD_PURE=1 by `make test`: the core's tests and the tests that
+# compare a daemon's state digest with the core's, so the two cannot drift.
+PURE_TESTS ?= tests/core tests/api/test_daemon_e2e.py tests/api/test_waterfall_e2e.py
 
-.PHONY: setup gen run test lint lint-proto bench demo clean distclean
+.PHONY: setup compile gen run test lint lint-proto bench demo clean distclean
 
-setup: $(INSTALL_STAMP) $(GEN_STAMP)
+setup: $(INSTALL_STAMP) $(GEN_STAMP) $(CORE_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(INSTALL_STAMP): pyproject.toml | $(BIN)/python
+# The editable install skips the compile (RISKD_PURE_BUILD): $(CORE_STAMP) does it
+# in place with the venv's pinned mypy, again whenever a core module changes.
+$(INSTALL_STAMP): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	RISKD_PURE_BUILD=1 $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+
+$(CORE_STAMP): $(CORE_SOURCES) setup.py $(INSTALL_STAMP)
+	$(BIN)/python setup.py --quiet build_ext --inplace --parallel 2
+	touch $@
+
+# The core compiled now, whatever the stamp says.
+compile: $(INSTALL_STAMP)
+	$(BIN)/python setup.py --quiet build_ext --inplace --parallel 2 --force
+	touch $(CORE_STAMP)
 
 # Regenerate when a .proto, the generator, or the installed toolchain changes.
 $(GEN_STAMP): $(PROTOS) clients/python/generate.py $(INSTALL_STAMP)
@@ -36,6 +53,7 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	RISKD_PURE=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
 
 lint: setup
 	$(BIN)/ruff check riskd tests clients benchmarks
@@ -57,6 +75,7 @@ demo: setup
 clean:
 	rm -rf riskd/v1 build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	rm -rf *.egg-info clients/python/*.egg-info
+	rm -f riskd/core/*.so $(CORE_STAMP)
 	find riskd clients tests benchmarks -type d -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean

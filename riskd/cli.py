@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from riskd import __version__
+from riskd import __version__, core_build
 
 #: ``riskd serve`` exit statuses (docs/runbook.md says what to do about each).
 #: Could not start as configured: bad config, unwritable data directory, busy
@@ -22,7 +22,9 @@ EXIT_CORRUPT = 3
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="riskd", description="Risk engine daemon.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__} ({core_build()} core)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the risk engine daemon")
     serve.add_argument("--config", help="TOML config file (default: the embedded default)")

@@ -19,7 +19,9 @@
 // In a cluster (docs/cluster.md) it may be pointed at any node: a standby
 // answers UNAVAILABLE naming the shard's owner in the riskd-owner trailer, and
 // the run goes there (at most 3 hops), resuming its session after what the
-// owner acknowledged.
+// owner acknowledged. RISKD_NODES=host:port,... names the other nodes: when
+// the node in use is down (the owner died), the run tries them in turn every
+// 200 ms, following their redirects, until one serves (the new owner).
 //
 // Prints one JSON line: {"epoch": "E", "acked": N, "duplicates": D,
 // "redirects": R, "rejections": [{sequence, code, field}]}. Exits 0 when riskd acknowledged
@@ -36,6 +38,7 @@ const PROTOS = path.resolve(__dirname, '..', '..', 'protos');
 const GATEWAY = 'node-gw';
 const OWNER_METADATA = 'riskd-owner'; // a cluster standby's redirect (docs/cluster.md)
 const MAX_REDIRECTS = 3;
+const RETRY_MS = 200; // between nodes, while a takeover is under way
 const RESUME = process.env.RISKD_EPOCH || ''; // '' or '0': a fresh epoch, assigned by riskd
 const USDT = 1_000_000n; // USDT has 6 decimals: 1 USDT = 10^6 quantums
 
@@ -84,7 +87,11 @@ function main() {
   let acked = 0n;
   let duplicates = 0n;
   let redirects = 0;
+  let hops = 0; // redirects since a node last failed
   const rejections = [];
+  // Other nodes of the cluster to try when the one in use is down.
+  const nodes = [target, ...(process.env.RISKD_NODES || '').split(',').filter(Boolean)];
+  let next = 0;
 
   // One stream to `target`. A cluster standby refuses with UNAVAILABLE and the
   // shard owner's address in the riskd-owner trailer: the stream is opened
@@ -144,12 +151,22 @@ function main() {
     });
 
     call.on('error', (err) => {
+      client.close();
       const owner = err.metadata ? err.metadata.get(OWNER_METADATA)[0] : undefined;
-      if (err.code === grpc.status.UNAVAILABLE && owner && redirects < MAX_REDIRECTS) {
+      if (err.code === grpc.status.UNAVAILABLE && owner && hops < MAX_REDIRECTS) {
+        hops += 1;
         redirects += 1;
         process.stderr.write(`redirected to the shard's owner ${owner}\n`);
-        client.close();
         open(String(owner));
+        return;
+      }
+      if (err.code === grpc.status.UNAVAILABLE && nodes.length > 1) {
+        // The node is down (or a standby names an owner that is): the next one
+        // in RISKD_NODES, until one serves or the run's time is up.
+        hops = 0;
+        next = (next + 1) % nodes.length;
+        process.stderr.write(`${target} unavailable (${err.details}): trying ${nodes[next]}\n`);
+        setTimeout(() => open(nodes[next]), RETRY_MS);
         return;
       }
       fail(`stream failed: ${err.code} ${err.details || err.message}`);

@@ -9,7 +9,9 @@ routed, so the invariants hold between any two calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+
+from mypy_extensions import mypyc_attr
 
 from riskd.core import cross_margin
 from riskd.core.cross_margin import Action, Leg
@@ -28,13 +30,15 @@ from riskd.core.inputs import Owner, kind_of
 from riskd.core.insurance_fund import FundEffect, FundPolicy, InsuranceFund
 from riskd.core.market import MarketSpec
 from riskd.core.market_engine import MarketEngine
+from riskd.core.pickling import dict_state, restore
 from riskd.core.recent_ids import WithdrawalDecision
 from riskd.core.units import Asset
 from riskd.core.wallet import Wallets, unsettled_bad_debt, withdrawals_paused
 
-__all__ = ["Engine", "split_effects"]
+__all__ = ["Engine", "split_effects", "check_new_market"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class Engine:
     """The whole risk state, applied one input at a time."""
 
@@ -57,6 +61,12 @@ class Engine:
         self.funds = {a: InsuranceFund(a, policies.get(a)) for a in self.assets}
         self.outbox: list[Effect] = []
 
+    def __getstate__(self) -> dict[str, object]:
+        return dict_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
     @classmethod
     def view(
         cls,
@@ -65,13 +75,20 @@ class Engine:
         funds: dict[str, InsuranceFund],
     ) -> Engine:
         """An engine over parts owned elsewhere (the daemon's actors), for checks."""
-        engine = cls.__new__(cls)
+        # Built empty, then pointed at the parts (no ``__new__``: mypyc compiles this class).
+        engine = cls(())
         engine.markets = markets
         engine.assets = {m.asset: m.spec.asset for m in markets.values()}
         engine.wallets = wallets
         engine.funds = funds
         engine.outbox = []
         return engine
+
+    def add_market(self, spec: MarketSpec) -> MarketEngine:
+        """A market begins (``AdminService.AddMarket``), settled in a known asset."""
+        check_new_market(spec, self.markets, self.assets)
+        m = self.markets[spec.symbol] = MarketEngine(spec)
+        return m
 
     def market(self, symbol: str, field: str = "market") -> MarketEngine:
         m = self.markets.get(symbol)
@@ -85,8 +102,12 @@ class Engine:
             raise Rejected.not_found(field, f"unknown asset {asset!r}")
         return w
 
-    def apply(self, event: Input) -> list[Effect]:
-        """Apply one input; return what it published (orders, settlements, ADL, fund flows)."""
+    def apply(self, event: Input | object) -> list[Effect]:
+        """Apply one input; return what it published (orders, settlements, ADL, fund flows).
+
+        Typed ``object`` on purpose: compiled, an ``Input`` parameter would raise
+        TypeError where a non-input must be refused (INVALID_ARGUMENT, field ``kind``).
+        """
         kind = kind_of(event)
         if kind.owner is Owner.MARKET:
             assert kind.on_market is not None
@@ -94,6 +115,9 @@ class Engine:
             leg = kind.wallet_leg(event) if kind.wallet_leg is not None else None
             if leg is not None:
                 self._wallet_leg(market, *leg)
+            account = market.cross_order_account(event)
+            if account is not None:  # a cross account's order check: its whole wallet
+                market.cross_free = self._order_allowance(market, account)
             kind.on_market(market, event)
         elif kind.owner is Owner.WALLET:
             assert kind.on_wallet is not None
@@ -178,14 +202,27 @@ class Engine:
         elif taken > 0:
             wallet.debit(account, taken)
 
+    def _order_allowance(self, market: MarketEngine, account: int) -> int:
+        """:func:`~riskd.core.cross_margin.order_allowance` for a check in ``market``."""
+        legs = [leg for _, leg in self.cross_legs(market.asset, account)]
+        elsewhere = sum(
+            m.cross_reserved(account)
+            for m in self.markets.values()
+            if m.asset == market.asset and m is not market
+        )
+        free = self.wallets[market.asset].balance(account)
+        return cross_margin.order_allowance(legs, free, elsewhere)
+
     def _cross_release(self, asset: str, account: int, amount: int, field: str) -> None:
-        """Free ``amount`` of a cross account's wallet before it leaves (or refuse)."""
+        """Free ``amount`` of a cross account's wallet before it leaves (or refuse);
+        what its open orders reserve stays."""
         pairs = self.cross_legs(asset, account)
-        if not pairs:
+        reserved = sum(m.cross_reserved(account) for m in self.markets.values() if m.asset == asset)
+        if not pairs and not reserved:
             return
         wallet = self.wallets[asset]
         margins = cross_margin.release(
-            [leg for _, leg in pairs], wallet.balance(account), amount, field
+            [leg for _, leg in pairs], wallet.balance(account), amount, field, reserved
         )
         if margins is not None:
             self._allocate(wallet, account, pairs, margins)
@@ -245,6 +282,24 @@ class Engine:
                     strict=True,
                 ):
                     market.fund_decision(decision, claim.ts)
+
+
+def check_new_market(
+    spec: MarketSpec, markets: Mapping[str, object], assets: Mapping[str, Asset]
+) -> None:
+    """Whether ``spec`` may begin: a new symbol, in a declared asset with its decimals."""
+    if spec.symbol in markets:
+        raise Rejected.precondition("market.symbol", f"market {spec.symbol!r} exists already")
+    known = assets.get(spec.asset.symbol)
+    if known is None:
+        raise Rejected.precondition(
+            "market.settle_asset",
+            f"asset {spec.asset.symbol!r} is not declared (new assets need the configuration)",
+        )
+    if known != spec.asset:
+        raise Rejected.invalid(
+            "market.settle_asset", f"{known.symbol} has {known.decimals} decimals"
+        )
 
 
 def split_effects(

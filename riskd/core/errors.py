@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from mypy_extensions import mypyc_attr
+
 from riskd.errors import RiskdError
 
 __all__ = ["Code", "Rejected"]
@@ -19,6 +21,9 @@ class Code(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 
 
+# Not compiled: a native class cannot extend a Python one (RiskdError) safely;
+# mypyc would lay its fields over the exception's own (a crash in the GC).
+@mypyc_attr(native_class=False)
 class Rejected(RiskdError):
     """An input the engine refuses.
 

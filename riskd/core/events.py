@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from riskd.core.pickling import fields_state, restore
+
 __all__ = [
     "Fill",
     "MarkPrice",
@@ -24,6 +26,12 @@ __all__ = [
     "LiquidationFill",
     "LiquidationDone",
     "FundInjection",
+    "CheckOrder",
+    "AmendOrder",
+    "CancelOrder",
+    "MarketStatusChange",
+    "MarkGuardOverride",
+    "SettleMarket",
     "SetMarginMode",
     "Input",
     "FundKind",
@@ -41,6 +49,9 @@ __all__ = [
     "MarginCall",
     "AccountLiquidation",
     "FundFlow",
+    "MarkGuardChanged",
+    "MarketStatusChanged",
+    "MarketSettled",
     "Effect",
 ]
 
@@ -61,13 +72,32 @@ class Fill:
     buyer_fee: int = 0
     seller_fee: int = 0
     ts: int = 0
+    #: The open orders (riskd.core.orders) this trade filled, 0: none named.
+    buyer_order_id: int = 0
+    seller_order_id: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
 class MarkPrice:
+    """``index_price``: the gateway's index (spot) price, 0 when not given; the
+    mark-price guard checks the mark's divergence from it."""
+
     market: str
     price: int
     ts: int = 0
+    index_price: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +111,12 @@ class Deposit:
     ts: int = 0
     deposit_id: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class Withdrawal:
@@ -88,6 +124,12 @@ class Withdrawal:
     asset: str
     amount: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +141,12 @@ class MarginTransfer:
     amount: int
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class FundingRate:
@@ -107,6 +155,12 @@ class FundingRate:
     market: str
     rate_e8: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +175,12 @@ class LiquidationFill:
     counterparty_fee: int = 0
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class LiquidationDone:
@@ -129,6 +189,12 @@ class LiquidationDone:
     market: str
     liquidation_id: int
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +206,116 @@ class FundInjection:
     cause: str = "seed"
     ts: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class MarketStatusChange:
+    """An operator opens, halts or sets a market close-only (``status``: a
+    :class:`~riskd.core.market_status.MarketStatus` value, e.g. ``"halted"``)."""
+
+    market: str
+    status: str
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkGuardOverride:
+    """An operator clears a market's mark-price guard (``hold`` false: the newest
+    mark is good) or holds it on (``hold`` true) until cleared."""
+
+    market: str
+    hold: bool
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class SettleMarket:
+    """Final settlement: every position is closed at ``price``, the market delisted."""
+
+    market: str
+    price: int
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOrder:
+    """A pre-trade check: accept the order and reserve its margin, or refuse it.
+
+    ``side`` +1 buy / -1 sell; ``leverage`` 0: the tier's maximum.
+    """
+
+    market: str
+    order_id: int
+    account: int
+    side: int
+    price: int
+    quantity: int
+    reduce_only: bool = False
+    post_only: bool = False
+    leverage: int = 0
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class AmendOrder:
+    """An open order's new price and remaining quantity, checked again."""
+
+    market: str
+    order_id: int
+    price: int
+    quantity: int
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    """An open order left the book unfilled (its rest): the reservation is released."""
+
+    market: str
+    order_id: int
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class SetMarginMode:
@@ -149,6 +325,12 @@ class SetMarginMode:
     account: int
     cross: bool
     ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 Input = (
@@ -161,6 +343,12 @@ Input = (
     | LiquidationFill
     | LiquidationDone
     | FundInjection
+    | CheckOrder
+    | AmendOrder
+    | CancelOrder
+    | MarketStatusChange
+    | MarkGuardOverride
+    | SettleMarket
     | SetMarginMode
 )
 
@@ -190,6 +378,12 @@ class FundCredit:
     cause: str
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TakeoverClaim:
@@ -212,6 +406,12 @@ class TakeoverClaim:
     margin_wanted: int
     loss_cap: int | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReserveClaim:
@@ -225,6 +425,12 @@ class ReserveClaim:
     wanted: int
     loss_cap: int | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReserveSettle:
@@ -237,6 +443,12 @@ class ReserveSettle:
     reserved: int
     shortfall: int
     fee: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 class AdlReason(enum.Enum):
@@ -272,6 +484,12 @@ class FundDecision:
     granted: int
     reason: AdlReason | None = None
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WalletCredit:
@@ -279,6 +497,12 @@ class WalletCredit:
     asset: str
     amount: int
     cause: str
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -293,6 +517,12 @@ class LiquidationOrder:
     worst_price: int
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LiquidationSettled:
@@ -305,6 +535,12 @@ class LiquidationSettled:
     returned_to_trader: int
     adl_quantity: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -320,6 +556,12 @@ class AccountLiquidation:
     policy: str
     ts: int
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdlNotice:
@@ -333,6 +575,12 @@ class AdlNotice:
     price: int
     realised: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -361,6 +609,12 @@ class AdlEvent:
     reason: AdlReason = AdlReason.FUND_EMPTY
     fund_paid: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MarginCall:
@@ -372,6 +626,12 @@ class MarginCall:
     maintenance_margin: int
     liquidation_price: int
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -385,6 +645,71 @@ class FundFlow:
     balance_after: int
     cause: str
     ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarkGuardChanged:
+    """A market's mark-price guard went on, changed reason or cleared.
+
+    ``reason`` is a :class:`~riskd.core.mark_guard.GuardReason` value, "" when
+    cleared; ``mark`` the newest mark, ``good_mark`` the last one that passed
+    (0: none yet)."""
+
+    market: str
+    reason: str
+    mark: int
+    good_mark: int
+    index_price: int
+    ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarketStatusChanged:
+    """A market's lifecycle status changed (a ``MarketStatus`` value)."""
+
+    market: str
+    status: str
+    previous: str
+    ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarketSettled:
+    """A market was settled and delisted: ``positions`` closed at ``price``;
+    ``paid_out`` the margin returned to wallets, ``fee_pool`` the market's fee
+    pool after (the closes' rounding went there)."""
+
+    market: str
+    asset: str
+    price: int
+    positions: int
+    paid_out: int
+    fee_pool: int
+    ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 Effect = (
@@ -401,4 +726,7 @@ Effect = (
     | MarginCall
     | AccountLiquidation
     | FundFlow
+    | MarkGuardChanged
+    | MarketStatusChanged
+    | MarketSettled
 )

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from riskd.core.errors import Rejected
 from riskd.core.events import (
+    AmendOrder,
+    CancelOrder,
+    CheckOrder,
     Deposit,
     Fill,
     FundingRate,
@@ -31,8 +33,11 @@ from riskd.core.events import (
     LiquidationDone,
     LiquidationFill,
     MarginTransfer,
+    MarketStatusChange,
+    MarkGuardOverride,
     MarkPrice,
     SetMarginMode,
+    SettleMarket,
     Withdrawal,
 )
 
@@ -60,9 +65,10 @@ class Journal(enum.Enum):
     INGEST = "ingest"  # a row of an IngestBatch (streamed by gateways)
     WITHDRAWAL = "withdrawal"  # WithdrawalDecided (the Withdraw RPC)
     INJECTION = "injection"  # FundInjected (the admin InjectFund RPC)
+    ADMIN = "admin"  # AdminInput (the lifecycle and mark-guard admin RPCs)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+# A plain class, not a dataclass: mypyc cannot compile a generic dataclass.
 class InputKind(Generic[I]):
     """One input kind.
 
@@ -78,17 +84,39 @@ class InputKind(Generic[I]):
     the one ``owner`` names: the core method that applies it.
     """
 
-    cls: type[I]
-    owner: Owner
-    key: str
-    journal: Journal
-    wire: str | None
-    liquidation_path: bool = False
-    wallet_leg: Callable[[I], tuple[int, int] | None] | None = None
-    paused_by_bad_debt: bool = False
-    on_market: Callable[[MarketEngine, I], None] | None = None
-    on_wallet: Callable[[Wallets, I], object] | None = None
-    on_fund: Callable[[InsuranceFund, I], object] | None = None
+    def __init__(
+        self,
+        *,
+        cls: type[I],
+        owner: Owner,
+        key: str,
+        journal: Journal,
+        wire: str | None,
+        liquidation_path: bool = False,
+        wallet_leg: Callable[[I], tuple[int, int] | None] | None = None,
+        paused_by_bad_debt: bool = False,
+        on_market: Callable[[MarketEngine, I], None] | None = None,
+        on_wallet: Callable[[Wallets, I], object] | None = None,
+        on_fund: Callable[[InsuranceFund, I], object] | None = None,
+    ) -> None:
+        self.cls: Final = cls
+        self.owner: Final = owner
+        self.key: Final = key
+        self.journal: Final = journal
+        self.wire: Final = wire
+        self.liquidation_path: Final = liquidation_path
+        self.wallet_leg: Final = wallet_leg
+        self.paused_by_bad_debt: Final = paused_by_bad_debt
+        self.on_market: Final = on_market
+        self.on_wallet: Final = on_wallet
+        self.on_fund: Final = on_fund
+        set_ = [f for f in (on_market, on_wallet, on_fund) if f is not None]
+        wanted = {Owner.MARKET: on_market, Owner.WALLET: on_wallet, Owner.FUND: on_fund}[owner]
+        if len(set_) != 1 or wanted is None:
+            raise ValueError(f"{cls.__name__}: exactly the {owner.value} apply is set")
+
+    def __repr__(self) -> str:
+        return f"InputKind({self.name})"
 
     @property
     def name(self) -> str:
@@ -99,16 +127,6 @@ class InputKind(Generic[I]):
         """The symbol or asset of the market/wallet/fund that applies ``x``."""
         value: str = getattr(x, self.key)
         return value
-
-    def __post_init__(self) -> None:
-        set_ = [f for f in (self.on_market, self.on_wallet, self.on_fund) if f is not None]
-        wanted = {
-            Owner.MARKET: self.on_market,
-            Owner.WALLET: self.on_wallet,
-            Owner.FUND: self.on_fund,
-        }[self.owner]
-        if len(set_) != 1 or wanted is None:
-            raise ValueError(f"{self.cls.__name__}: exactly the {self.owner.value} apply is set")
 
 
 def _transfer(m: MarketEngine, t: MarginTransfer) -> None:
@@ -137,6 +155,13 @@ def _market(
         wire=wire,
         on_market=apply,
         **kw,
+    )
+
+
+def _admin(cls: type[I], apply: Callable[[MarketEngine, I], None]) -> InputKind[I]:
+    """A market's lifecycle or guard change an operator makes (journaled as AdminInput)."""
+    return InputKind(
+        cls=cls, owner=Owner.MARKET, key="market", journal=Journal.ADMIN, wire=None, on_market=apply
     )
 
 
@@ -183,6 +208,12 @@ _TABLE: tuple[InputKind[Any], ...] = (
         wire=None,
         on_fund=lambda f, x: f.inject(x.amount, x.cause, x.ts),
     ),
+    _market(CheckOrder, "check_order", lambda m, x: m.check_order(x)),
+    _market(AmendOrder, "amend_order", lambda m, x: m.amend_order(x)),
+    _market(CancelOrder, "cancel_order", lambda m, x: m.cancel_order(x)),
+    _admin(MarketStatusChange, lambda m, x: m.set_status(x)),
+    _admin(MarkGuardOverride, lambda m, x: m.override_guard(x)),
+    _admin(SettleMarket, lambda m, x: m.settle(x.price, x.ts)),
 )
 
 #: Every input kind by its class, in the order format 2 lists them.

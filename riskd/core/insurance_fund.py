@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core.errors import Rejected
 from riskd.core.events import (
     AdlReason,
@@ -40,6 +42,7 @@ from riskd.core.events import (
 from riskd.core.hash_chain import GENESIS, link
 from riskd.core.ledger import Ledger
 from riskd.core.liquidation import waterfall
+from riskd.core.pickling import dict_state, fields_state, restore, slots_state
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_positive
 
 FundEffect = FundCredit | TakeoverClaim | ReserveClaim | ReserveSettle
@@ -57,6 +60,12 @@ class FundPolicy:
 
     drawdown_limit_ppm: int = 300_000
     window_ms: int = 8 * 3_600_000
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def __post_init__(self) -> None:
         if not 0 < self.drawdown_limit_ppm <= PPM:
@@ -78,6 +87,12 @@ class LedgerEntry:
     balance_after: int
     prev: str = GENESIS
     hash: str = ""
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def digest(self) -> str:
         """What ``hash`` must be: SHA-256 over the previous hash and every field."""
@@ -102,9 +117,27 @@ class DailyReport:
     inflow_by_kind: dict[FundKind, int] = field(default_factory=dict)
     outflow_by_kind: dict[FundKind, int] = field(default_factory=dict)
 
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
 
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class InsuranceFund:
     """One asset's fund; feed it effects, read back decisions and ledger entries."""
+
+    def __getstate__(self) -> dict[str, object]:
+        return dict_state(self)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        ledger = state.get("ledger")
+        if isinstance(ledger, list):
+            # Format v3 snapshots carry every entry as a list: an unbounded
+            # Ledger is the same (riskd.storage.ledger.agree writes it out).
+            state = {**state, "ledger": Ledger(None, ledger)}
+        restore(self, state)
 
     def __init__(self, asset: str, policy: FundPolicy | None = None) -> None:
         self.asset = asset

@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
+from mypy_extensions import mypyc_attr
+
 from riskd.errors import RiskdError
 
 if TYPE_CHECKING:
@@ -24,12 +26,15 @@ if TYPE_CHECKING:
 __all__ = ["Ledger", "NotInMemory"]
 
 
+# Two exception bases: mypyc compiles only single-base native classes.
+@mypyc_attr(native_class=False)
 class NotInMemory(RiskdError, IndexError):
     """The entry exists but only on disk (a bounded ledger keeps the newest)."""
 
     STATUS = "OUT_OF_RANGE"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class Ledger(Sequence["LedgerEntry"]):
     __slots__ = ("keep", "total", "_entries", "_unsaved")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from riskd.core.events import AdlReason
 from riskd.core.margin import NEVER_LONG, NEVER_SHORT, bankruptcy_threshold
 from riskd.core.market import MarketSpec
+from riskd.core.pickling import fields_state, restore, slots_state
 from riskd.core.position import Position
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 
@@ -74,6 +75,12 @@ class Liquidation:
     # Policy ``fraction``: when a cooling position's rest may go whole.
     until: int = 0
 
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 @dataclass(frozen=True, slots=True)
 class Waterfall:
@@ -82,6 +89,12 @@ class Waterfall:
     fee: int  # surplus to the fund (the clawback)
     paid: int  # shortfall the fund pays
     uncovered: int  # shortfall left for ADL counterparties
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
 
 def waterfall(remaining: int, notional: int, fee_cap_ppm: int, available: int) -> Waterfall:

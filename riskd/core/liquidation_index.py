@@ -11,7 +11,10 @@ position instead of a tuple (memory is the constraint at 10**6 positions).
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
 from sortedcontainers import SortedList
+
+from riskd.core.pickling import restore, slots_state
 
 __all__ = ["LiquidationIndex"]
 
@@ -19,8 +22,15 @@ _SHIFT = 64
 _MASK = (1 << _SHIFT) - 1
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class LiquidationIndex:
     __slots__ = ("_longs", "_shorts")
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def __init__(self) -> None:
         self._longs: SortedList[int] = SortedList()

@@ -25,10 +25,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core.liquidation import Liquidation, Stage
 from riskd.core.liquidation_index import LiquidationIndex
 from riskd.core.margin import bankruptcy_threshold, liquidation_threshold
 from riskd.core.market import MarketSpec
+from riskd.core.pickling import dict_state, restore
 from riskd.core.position import Position
 from riskd.errors import RiskdError
 
@@ -58,6 +61,8 @@ TRANSITIONS: Mapping[tuple[Stage, Event], Stage] = {
 }
 
 
+# Two exception bases: mypyc compiles only single-base native classes.
+@mypyc_attr(native_class=False)
 class IllegalTransition(RiskdError, AssertionError):
     """An event a liquidation's stage has no transition for (a bug in the market)."""
 
@@ -77,8 +82,12 @@ def next_stage(liquidation_id: int, stage: Stage, event: Event) -> Stage:
     return to
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class LiquidationMachine:
     """One market's liquidations, their index and their ADL queue."""
+
+    def __getstate__(self) -> dict[str, object]:
+        return dict_state(self)
 
     def __init__(self) -> None:
         self.index = LiquidationIndex()
@@ -92,7 +101,7 @@ class LiquidationMachine:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Snapshots from before ``cooling_ids``: derived from the stages."""
-        self.__dict__.update(state)
+        restore(self, state)
         if "cooling_ids" not in state:
             self.recount_cooling()
 

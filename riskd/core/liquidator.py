@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core import adl
 from riskd.core.events import (
     AdlEvent,
@@ -48,6 +50,7 @@ from riskd.core.margin import (
     notional,
 )
 from riskd.core.market import LiquidationMode, PartialLiquidation, TakeoverPrice
+from riskd.core.pickling import dict_state, restore
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.units import PPM, ceil_div, sign
 
@@ -57,8 +60,15 @@ if TYPE_CHECKING:
 __all__ = ["Liquidator"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class Liquidator:
     """The liquidation procedure of one market (``m``), which owns all the state."""
+
+    def __getstate__(self) -> dict[str, object]:
+        return dict_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def __init__(self, market: MarketEngine) -> None:
         self.m = market
@@ -221,6 +231,9 @@ class Liquidator:
         """
         spec, mark = self.m.spec, self.m.mark
         assert mark is not None
+        if self.m.guarded:  # the mark decides nothing: released, the next good one rescans
+            self._end(liq, pos, ts)
+            return
         if (
             spec.partial_policy is PartialLiquidation.FRACTION
             and spec.partial_cooldown_ms
@@ -290,7 +303,7 @@ class Liquidator:
             ts=ts,
         )
         assert self.m.mark is not None
-        if gave_up and is_liquidatable(self.m.spec, pos, self.m.mark):
+        if gave_up and not self.m.guarded and is_liquidatable(self.m.spec, pos, self.m.mark):
             self._end(liq, pos, ts, again=True)
         else:
             self._stepped(liq, pos, ts)

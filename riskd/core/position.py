@@ -11,6 +11,9 @@ collateral; nothing here assumes where the collateral lives.
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
+from riskd.core.pickling import restore, slots_state
 from riskd.core.units import ceil_div
 
 __all__ = ["Position", "BACKSTOP_ACCOUNT"]
@@ -21,6 +24,7 @@ __all__ = ["Position", "BACKSTOP_ACCOUNT"]
 BACKSTOP_ACCOUNT = 2**64 - 1
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class Position:
     """One account's position in one market.
 
@@ -30,6 +34,12 @@ class Position:
     """
 
     __slots__ = ("account", "size", "basis", "margin", "key", "liquidation")
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def __init__(self, account: int) -> None:
         self.account = account

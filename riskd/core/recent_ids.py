@@ -52,7 +52,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core.errors import Rejected
+from riskd.core.pickling import fields_state, restore, slots_state
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -84,11 +87,15 @@ def fingerprint(*fields: int) -> int:
     return hash(fields)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class RecentIds:
     """The last ``capacity`` non-zero ids applied, each with its payload's fingerprint
     (and, with ``values``, one more integer per id), and the highest id forgotten."""
 
     __slots__ = ("capacity", "_ids", "_ring", "_fingerprints", "_next", "floor", "_values")
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, *, values: bool = False) -> None:
         if capacity < 1:
@@ -222,12 +229,19 @@ class WithdrawalDecision:
     balance: int
     reason: str = ""
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
 
 #: Refusals remembered per asset, apart from approvals: a burst of refused
 #: requests must never push an approval out of memory.
 REFUSALS_REMEMBERED = 10_000
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class WithdrawalDecisions:
     """The decisions on one asset's withdrawal ids, for retries.
 
@@ -240,6 +254,12 @@ class WithdrawalDecisions:
     """
 
     __slots__ = ("approved", "refused", "refusals")
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, refusals: int = REFUSALS_REMEMBERED):
         self.approved = RecentIds(capacity, values=True)

@@ -25,12 +25,17 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
+from riskd.core.pickling import fields_state, restore, slots_state
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 from riskd.errors import RiskdError
 
 __all__ = ["SpecError", "Tier", "TierTable"]
 
 
+# Two exception bases: mypyc compiles only single-base native classes.
+@mypyc_attr(native_class=False)
 class SpecError(RiskdError, ValueError):
     """A market setting out of range; ``field`` names it as the config and the
     API spell it (``tick_size``, ``tiers[2]``), ``reason`` says why."""
@@ -52,16 +57,29 @@ class Tier:
     mmr_ppm: int
     cum_scaled: int = 0
 
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
     @property
     def cum(self) -> int:
         """``cum`` in quantums, rounded up (it is published, never used in math)."""
         return ceil_div(self.cum_scaled, PPM)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class TierTable:
     """An ordered, validated set of tiers with derived ``cum``."""
 
     __slots__ = ("tiers", "_floors")
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def __init__(self, brackets: Iterable[tuple[int, int, int]]) -> None:
         """Build from ``(floor, max_leverage, mmr_ppm)`` triples, first floor 0."""

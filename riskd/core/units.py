@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from riskd.core.errors import Rejected
+from riskd.core.pickling import fields_state, restore
 
 __all__ = [
     "sign",
@@ -66,6 +67,12 @@ class Asset:
 
     symbol: str
     decimals: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def __post_init__(self) -> None:
         if not self.symbol or not self.symbol.isascii():

@@ -321,7 +321,10 @@ class PostgresJournal:
         """Records after the first ``after`` ones, in order, each checked against the
         hash chain as it is read (from the hash after record ``after``): raises
         :class:`JournalCorrupt` at a record missing or changed."""
-        head = self.hash_at(after)
+        try:
+            head = self.hash_at(after)
+        except self._errors as e:
+            raise StorageFault("journal", self.path, _why(e)) from e
         if head is None:
             raise JournalCorrupt(f"{self.path}: no record {after} to replay after")
         expected = after + 1

@@ -159,6 +159,23 @@ def test_the_owner_answers_route_and_the_node_client_follows_a_redirect(two_node
             query_pb2.GetAccountRequest(account=42, asset="USDT")
         )
     assert account.wallet_balance == 900 * 10**6  # applied once, on the owner
+    # The owner dies: pointed at it, with the other node in RISKD_NODES, the
+    # client goes on to b, follows its redirects until b owns the shard, and
+    # lands its batch there (a new session: applied a second time).
+    a.process.kill()
+    a.process.wait(10)
+    run = subprocess.run(
+        ["node", str(NODE_DIR / "ingest.js"), a.address],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "RISKD_NODES": b.address},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1])["acked"] == 5
+    assert f"trying {b.address}" in run.stderr
+    with grpc.insecure_channel(b.address) as ch:
+        account = query_pb2_grpc.QueryServiceStub(ch).GetAccount(
+            query_pb2.GetAccountRequest(account=42, asset="USDT")
+        )
+    assert account.wallet_balance == 2 * 900 * 10**6
 
 
 def _failover(a: Node, b: Node, stop_owner: signal.Signals) -> tuple[int, Gateway]:

@@ -370,6 +370,7 @@ def test_process_python_and_build_info_are_exported(live: Live) -> None:
         "version": riskd.__version__,
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
+        "core": riskd.core_build(),
     }
     assert build.value == 1
     decimals = {s.labels["asset"]: s.value for s in fams["riskd_asset_decimals"].samples}
