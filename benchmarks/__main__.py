@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import core, cross, ingest, latency, restart
+from benchmarks import core, cross, gate, ingest, latency, restart
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +34,7 @@ MODULES: dict[str, Callable[..., dict[str, Any]]] = {
     "ingest": ingest.run,
     "restart": restart.run,
     "latency": latency.run,
+    "gate": gate.run,
 }
 
 

@@ -24,6 +24,7 @@ Run ``python -m benchmarks.core --help`` for the worker commands.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -409,6 +410,43 @@ def decode_ns_per_update(batch: int = 256, reps: int = 200) -> int:
     return _percentile(out, 0.5) // batch
 
 
+#: The mark guard's limits for the guarded tick (riskd.core.mark_guard): all three on.
+GUARD = {
+    "mark_max_jump_ppm": 50_000,
+    "mark_max_divergence_ppm": 20_000,
+    "mark_stale_after_ms": 60_000,
+}
+
+
+def _guard_figures(engine: Engine, reps: int, budget_s: float) -> dict[str, Any]:
+    """Quiet mark ticks with the guard off and on (an index price with each), interleaved.
+
+    Three rounds of each, the best median of each kept, so a slow patch of the
+    machine does not land on one side only: the ratio is what the guard costs.
+    """
+    market = engine.markets[SYMBOL]
+    off = market.spec
+    on = dataclasses.replace(off, **GUARD)
+    plain = (MarkPrice(SYMBOL, MARK_A, 10), MarkPrice(SYMBOL, MARK_B, 11))
+    indexed = (MarkPrice(SYMBOL, MARK_A, 10, MARK_A), MarkPrice(SYMBOL, MARK_B, 11, MARK_A))
+    medians: dict[str, list[int]] = {"off": [], "on": []}
+    for _ in range(3):
+        for name, spec, marks in (("off", off, plain), ("on", on, indexed)):
+            market.spec = spec  # only the guard's limits differ: the index is unchanged
+            ns = _time_calls(engine.apply, marks, reps, budget_s / 3)
+            medians[name].append(_percentile(ns, 0.5))
+            if market.guarded or market.liquidations or market.take_effects():
+                raise AssertionError("the guarded ticks must pass the guard and move nobody")
+    market.spec = off
+    best_off, best_on = min(medians["off"]), min(medians["on"])
+    return {
+        "off_median_ns": best_off,
+        "on_median_ns": best_on,
+        "ratio": round(best_on / best_off, 3),
+        "rounds": medians,
+    }
+
+
 def worker_tick(n: int, reps: int, band: float, budget_s: float) -> dict[str, Any]:
     """Populate ``n`` positions; time ticks and fills; then again with ``band`` of them near LP."""
     engine = make_engine()
@@ -432,6 +470,7 @@ def worker_tick(n: int, reps: int, band: float, budget_s: float) -> dict[str, An
 
     quiet = _tick_figures(engine, reps, budget_s, 10**9)
     decode_ns = decode_ns_per_update()
+    guard = _guard_figures(engine, reps, budget_s)
     moved = move_into_band(engine, band)
     near = _tick_figures(engine, reps, budget_s, 2 * 10**9)
     if open_positions(engine) != n:
@@ -447,6 +486,7 @@ def worker_tick(n: int, reps: int, band: float, budget_s: float) -> dict[str, An
         "rss_bytes_per_position": (rss1 - rss0) / n,
         "timer_overhead_median_ns": _percentile(timer, 0.5),
         "quiet": quiet,
+        "guard": guard,
         "band_fraction": band,
         "band_positions": moved,
         "band": near,
@@ -667,6 +707,21 @@ def run(quick: bool = False) -> dict[str, Any]:
             ok=ratio <= 2,
             note=f"one fill / the bare server's decode of one fill update "
             f"({r['decode_ns_per_update']} ns), same process; {r['core']} core",
+        )
+        g = r["guard"]
+        _fig(
+            figures,
+            f"mark_tick_guard_ratio[n={n}]",
+            g["ratio"],
+            "x",
+            r["command"],
+            target="<= 1.2",
+            ok=g["ratio"] <= 1.2,
+            note=(
+                f"quiet Engine.apply(MarkPrice) with the mark guard on (jump, divergence from"
+                f" an index, staleness) / off: {g['on_median_ns']} / {g['off_median_ns']} ns,"
+                " best median of 3 interleaved rounds each"
+            ),
         )
     if ticks:
         big = ticks[max(ticks)]

@@ -49,6 +49,8 @@ __all__ = [
     "counters",
     "unexpected",
     "check_state",
+    "bucket_quantile",
+    "since",
     "exit_on_problems",
     "median_range",
     "si",
@@ -258,6 +260,30 @@ def unexpected(
         if not liquidations and s.name in _UNEXPECTED:
             bad.append(f"{s.name}{{{','.join(s.labels.values())}}} = {s.value:g}")
     return bad
+
+
+def since(before: Iterable[Sample], after: Iterable[Sample]) -> list[Sample]:
+    """``after`` less ``before``, series by series: the counters and histogram
+    buckets of what happened between two scrapes."""
+    was = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in before}
+    return [
+        Sample(s.name, s.labels, s.value - was.get((s.name, tuple(sorted(s.labels.items()))), 0.0))
+        for s in after
+    ]
+
+
+def bucket_quantile(samples: Iterable[Sample], name: str, q: float, **labels: str) -> float | None:
+    """The upper bound of the histogram bucket ``name`` holding quantile ``q``
+    (None: no observations), e.g. ``bucket_quantile(s, "riskd_journal_commit_seconds", 0.99)``."""
+    buckets = sorted(
+        (float(s.labels["le"]), s.value)
+        for s in samples
+        if s.name == f"{name}_bucket" and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+    if not buckets or not buckets[-1][1]:
+        return None
+    total = buckets[-1][1]
+    return next(le for le, n in buckets if n >= q * total)
 
 
 def check_state(target: str, timeout: float = 60.0) -> tuple[str, list[str]]:

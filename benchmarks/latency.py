@@ -153,14 +153,37 @@ def measure(seconds: float, probes_n: int) -> dict[str, Any]:
                 await _setup(daemon.target, probes)
                 capacity = await _capacity(daemon.target, 3.0)
                 probe_every = max(int(capacity / 2 / 20), 2)  # about 20 probes a second
+                assert daemon.metrics_port is not None
+                before = harness.scrape(daemon.metrics_port)
                 r = await _open_loop(daemon.target, capacity / 2, seconds, probes, probe_every)
-                return {"capacity_msgs_per_s": capacity, "probe_every": probe_every, **r}
+                during = harness.since(before, harness.scrape(daemon.metrics_port))
+                return {
+                    "capacity_msgs_per_s": capacity,
+                    "probe_every": probe_every,
+                    **r,
+                    "split": _split(during),
+                }
 
             r = asyncio.run(go())
             r["problems"] = _problems(daemon, r["probes"])
             return r
         finally:
             daemon.stop(60)
+
+
+def _split(during: list[harness.Sample]) -> dict[str, float | None]:
+    """Where a probe's time goes, from riskd's histograms over the open loop (bucket
+    bounds, ms): waiting to be sequenced (the urgent lane), and the journal's group
+    commit, which its event waits for once or, arriving during another, twice."""
+    out: dict[str, float | None] = {}
+    for key, name, labels in (
+        ("queue", "riskd_ingest_queue_seconds", {"kind": "liquidation_path"}),
+        ("commit", "riskd_journal_commit_seconds", {}),
+    ):
+        for q in (0.5, 0.99):
+            v = harness.bucket_quantile(during, name, q, **labels)
+            out[f"{key}_p{int(q * 100)}_ms_le"] = None if v is None else 1000 * v
+    return out
 
 
 def _problems(daemon: harness.Server, probes: int) -> list[str]:
@@ -199,6 +222,13 @@ def run(quick: bool = False) -> dict[str, Any]:
         f"mark -> liquidation event at {r['rate_sent']:,.0f} msgs/s (half of"
         f" {r['capacity_msgs_per_s']:,.0f}): p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms,"
         f" max {r['max_ms']:.2f} ms over {r['probes']} probes"
+    )
+    sp = r.get("split", {})
+    print(
+        "  of which, from riskd's histograms (bucket bounds): wait to be sequenced"
+        f" p50 <= {sp.get('queue_p50_ms_le')} ms, p99 <= {sp.get('queue_p99_ms_le')} ms;"
+        f" journal group commit (write + fsync) p50 <= {sp.get('commit_p50_ms_le')} ms,"
+        f" p99 <= {sp.get('commit_p99_ms_le')} ms"
     )
     figures = {
         "mark_to_liquidation_p50_ms": r["p50_ms"],

@@ -71,7 +71,7 @@ SERVER_LIMITS: dict[str, tuple[int, int] | tuple[float, float]] = {
 DEFAULT_FILL_PRICE_BAND_PPM = 50_000
 
 #: Market keys given in whole settlement-asset units (scaled to quantums).
-WHOLE_UNITS = frozenset({"fund_loss_cap"})
+WHOLE_UNITS = frozenset({"fund_loss_cap", "max_position_notional"})
 
 
 class ConfigError(RiskdError, ValueError):

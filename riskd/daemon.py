@@ -52,7 +52,7 @@ from riskd.api.server import SERVICE_NAMES, Services, build_server
 from riskd.api.withdrawal import WithdrawalServicer
 from riskd.config import Config
 from riskd.config import load as load_config
-from riskd.core import InsuranceFund, MarketEngine, stress
+from riskd.core import InsuranceFund, MarketEngine, Rejected, stress
 from riskd.core.events import Effect
 from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
@@ -137,18 +137,7 @@ class Daemon:
             )
             for a in config.assets
         }
-        self.markets = {
-            m.symbol: MarketActor(
-                MarketEngine(m),
-                self.funds[m.asset.symbol],
-                self.wallets[m.asset.symbol],
-                self.publish,
-                cap,
-                self._marked,
-                self.metrics.liquidations_in_progress.labels(m.symbol),
-            )
-            for m in config.markets
-        }
+        self.markets = {m.symbol: self._market_actor(MarketEngine(m)) for m in config.markets}
         # Every stream may have a full window in flight, plus the unary calls.
         self.sequencer = Sequencer(
             self.markets,
@@ -159,6 +148,9 @@ class Daemon:
             withdrawal_ids=srv.withdrawal_ids_remembered,
             retained_sequences=srv.stream_window * srv.max_batch_updates,
         )
+        self.sequencer.assets = dict(config.assets)
+        self.nursery: trio.Nursery | None = None  # where runtime-added markets run
+        self.sequencer.spawn = self._spawn_market
         self.metrics.declare(self.markets, config.assets)
         self.metrics.describe(
             ((a, asset.decimals) for a, asset in config.assets.items()),
@@ -172,6 +164,32 @@ class Daemon:
         self.metrics.watch_mailbox(
             "sequencer", "", "", _depth(self.sequencer), self.sequencer.capacity
         )
+
+    def _market_actor(self, engine: MarketEngine) -> MarketActor:
+        asset, sym = engine.asset, engine.symbol
+        return MarketActor(
+            engine,
+            self.funds[asset],
+            self.wallets[asset],
+            self.publish,
+            self.config.server.mailbox_capacity,
+            self._marked,
+            self.metrics.liquidations_in_progress.labels(sym),
+            self.metrics.fills_unreserved.labels(sym),
+        )
+
+    async def _spawn_market(self, engine: MarketEngine) -> MarketActor:
+        """Start the actor of a market added at runtime (AdminService.AddMarket)."""
+        if self.nursery is None:
+            raise Rejected.precondition("market", "riskd is not running")
+        actor = self._market_actor(engine)
+        await self.nursery.start(actor.run)
+        sym, cap = engine.symbol, self.config.server.mailbox_capacity
+        self.metrics.declare([sym], ())
+        self.metrics.describe((), [(sym, engine.asset)])
+        self.metrics.watch_mailbox("market", sym, engine.asset, _depth(actor), cap)
+        self.metrics.market_state(sym, engine.status, engine.guard.reason)
+        return actor
 
     def actors(self) -> list[Actor]:
         return [
@@ -255,6 +273,7 @@ class Daemon:
             ) from e
         try:
             async with trio.open_nursery() as nursery:
+                self.nursery = nursery
                 for actor in self.actors():
                     await nursery.start(actor.run)
                 await nursery.start(self.ledger.run)
@@ -419,6 +438,7 @@ class Daemon:
             covered, snap = 0, None  # the journal from its start rebuilds what the file lost
         if snap is not None:
             self.sequencer.restore(snap.state)
+            await self.sequencer.call(self.sequencer.adopt_restored)
         self._snapshot_at = None if snap is None else snap.records
         # Events after the snapshot are numbered again by the replay below.
         store = await trio.to_thread.run_sync(self.events.open)
@@ -450,13 +470,21 @@ class Daemon:
             replayed += len(chunk)
         total += await self._reconcile_markets(journal, total == 0)
         await self._seal()
+        for m in self.markets.values():  # restored from a snapshot: no event set these
+            self.metrics.market_state(m.engine.symbol, m.engine.status, m.engine.guard.reason)
         log.info(
             "riskd_recovered",
             snapshot_records=covered,
             replayed=replayed,
             journal_epoch=journal.epoch,
         )
-        actor = JournalActor(journal, self.config.server.mailbox_capacity, total, journal.head)
+        actor = JournalActor(
+            journal,
+            self.config.server.mailbox_capacity,
+            total,
+            journal.head,
+            on_commit=self.metrics.journal_commit_seconds.observe,
+        )
         actor.seal = self._seal
         self.event_log.start_at(self.sequencer.events + 1, disk_oldest)
         self.sequencer.journal = actor

@@ -31,7 +31,12 @@ from riskd.core.events import (
     LiquidationOrder,
     LiquidationSettled,
     MarginCall,
+    MarketSettled,
+    MarketStatusChanged,
+    MarkGuardChanged,
 )
+from riskd.core.mark_guard import GuardReason
+from riskd.core.market_status import MarketStatus
 from riskd.v1 import events_pb2, types_pb2
 
 if TYPE_CHECKING:
@@ -269,6 +274,80 @@ def _flow_metrics(m: Metrics, e: FundFlow) -> None:
     m.fund_balance.labels(e.asset).set(e.balance_after)
 
 
+# --- the mark guard and the market lifecycle ----------------------------------
+
+
+def _guard_wire(reason: str) -> types_pb2.MarkGuardReason.ValueType:
+    return types_pb2.MarkGuardReason.Value("MARK_GUARD_REASON_" + (reason or "unspecified").upper())
+
+
+def _status_wire(status: str) -> types_pb2.MarketStatus.ValueType:
+    return types_pb2.MarketStatus.Value("MARKET_STATUS_" + status.upper())
+
+
+def _guard_event(e: MarkGuardChanged) -> Message:
+    return events_pb2.MarkGuardChanged(
+        market=e.market,
+        reason=_guard_wire(e.reason),
+        mark_price=e.mark,
+        good_mark_price=e.good_mark,
+        index_price=e.index_price,
+    )
+
+
+def _guard_log(e: MarkGuardChanged) -> dict[str, object]:
+    return {
+        "market": e.market,
+        "reason": e.reason or "cleared",
+        "mark": e.mark,
+        "good_mark": e.good_mark,
+        "index_price": e.index_price,
+    }
+
+
+def _guard_metrics(m: Metrics, e: MarkGuardChanged) -> None:
+    on = GuardReason(e.reason) if e.reason else None
+    for reason in GuardReason:
+        m.mark_guard.labels(e.market, reason.value).set(1 if reason is on else 0)
+
+
+def _status_event(e: MarketStatusChanged) -> Message:
+    return events_pb2.MarketStatusChanged(
+        market=e.market, status=_status_wire(e.status), previous=_status_wire(e.previous)
+    )
+
+
+def _status_log(e: MarketStatusChanged) -> dict[str, object]:
+    return {"market": e.market, "status": e.status, "previous": e.previous}
+
+
+def _status_metrics(m: Metrics, e: MarketStatusChanged) -> None:
+    for status in MarketStatus:
+        m.market_status.labels(e.market, status.value).set(1 if status.value == e.status else 0)
+
+
+def _market_settled_event(e: MarketSettled) -> Message:
+    return events_pb2.MarketSettled(
+        market=e.market,
+        asset=e.asset,
+        price=e.price,
+        positions=e.positions,
+        paid_out=e.paid_out,
+        fee_pool=e.fee_pool,
+    )
+
+
+def _market_settled_log(e: MarketSettled) -> dict[str, object]:
+    return {
+        "market": e.market,
+        "asset": e.asset,
+        "price": e.price,
+        "positions": e.positions,
+        "paid_out_quantums": e.paid_out,
+        "fee_pool_quantums": e.fee_pool,
+    }
+
+
 # Any: one entry per effect class, each typed by its own class.
 _TABLE: tuple[EffectKind[Any], ...] = (
     EffectKind(cls=LiquidationOrder, event="liquidation_order", encode=_order_event),
@@ -298,6 +377,29 @@ _TABLE: tuple[EffectKind[Any], ...] = (
         observe=_adl_metrics,
     ),
     EffectKind(cls=MarginCall, event="margin_call", encode=_margin_call_event),
+    EffectKind(
+        cls=MarkGuardChanged,
+        event="mark_guard_changed",
+        encode=_guard_event,
+        log="mark_guard_changed",
+        log_fields=_guard_log,
+        observe=_guard_metrics,
+    ),
+    EffectKind(
+        cls=MarketStatusChanged,
+        event="market_status_changed",
+        encode=_status_event,
+        log="market_status_changed",
+        log_fields=_status_log,
+        observe=_status_metrics,
+    ),
+    EffectKind(
+        cls=MarketSettled,
+        event="market_settled",
+        encode=_market_settled_event,
+        log="market_settled",
+        log_fields=_market_settled_log,
+    ),
     EffectKind(
         cls=AccountLiquidation,
         event="account_liquidation",

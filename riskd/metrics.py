@@ -31,6 +31,8 @@ from prometheus_client.registry import Collector
 
 from riskd import __version__, core_build
 from riskd.core.events import AdlReason, Effect, FundKind
+from riskd.core.mark_guard import GuardReason
+from riskd.core.market_status import MarketStatus
 from riskd.core.stress import StressRow, move_label
 from riskd.effects import EFFECTS, LIQUIDATION_OUTCOMES
 
@@ -201,6 +203,13 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.journal_commit_seconds = Histogram(
+            "riskd_journal_commit_seconds",
+            "Time one group commit of the journal took (write and fsync): every acknowledgement"
+            " and every event waits for one, or two when it came in during another.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.streams_open = Gauge(
             "riskd_ingest_streams_open", "Open gateway ingest streams.", registry=r
         )
@@ -243,6 +252,26 @@ class Metrics:
         self.liquidations_in_progress = Gauge(
             "riskd_liquidations_in_progress",
             "Liquidations started and not yet settled (waiting for the fund, the book or ADL).",
+            ["market"],
+            registry=r,
+        )
+        self.mark_guard = Gauge(
+            "riskd_mark_guard",
+            "1 while a market's mark guard is on for this reason (stale, jump, divergence,"
+            " admin): its liquidations are paused and pre-trade checks use the last good mark.",
+            ["market", "reason"],
+            registry=r,
+        )
+        self.market_status = Gauge(
+            "riskd_market_status",
+            "1 for a market's lifecycle status (open, halted, close_only, settled).",
+            ["market", "status"],
+            registry=r,
+        )
+        self.fills_unreserved = Counter(
+            "riskd_fills_unreserved",
+            "Fills applied where a side named no open order of its account (no pre-trade"
+            " check reserved margin for it): the trade happened, the gate was bypassed.",
             ["market"],
             registry=r,
         )
@@ -298,6 +327,8 @@ class Metrics:
                 self.adl_notional.labels(m, reason.value)
                 self.adl_overshoot.labels(m, reason.value)
             self.liquidations_in_progress.labels(m)
+            self.fills_unreserved.labels(m)
+            self.market_state(m, MarketStatus.OPEN, None)
         for lane in ("liquidation_path", "other"):
             self.queue_seconds.labels(lane)
         for limit in ("per_identity", "total"):
@@ -310,6 +341,13 @@ class Metrics:
             for kind in FundKind:
                 self.fund_inflow.labels(a, kind.value)
                 self.fund_outflow.labels(a, kind.value)
+
+    def market_state(self, market: str, status: MarketStatus, guard: GuardReason | None) -> None:
+        """A market's lifecycle status and mark guard, each label set at 1 or 0."""
+        for st in MarketStatus:
+            self.market_status.labels(market, st.value).set(1 if st is status else 0)
+        for reason in GuardReason:
+            self.mark_guard.labels(market, reason.value).set(1 if reason is guard else 0)
 
     def describe(
         self, assets: Iterable[tuple[str, int]], markets: Iterable[tuple[str, str]]

@@ -58,6 +58,10 @@ class CrossMargin:
                 if refused is not None:
                     out.append(refused)
                     continue
+            account = actor.engine.cross_order_account(first)
+            if account is not None:  # an order check: what the whole cross wallet can commit
+                free = await self._order_allowance(actor, account)
+                await actor.call(actor.query, partial(_allow, free))
             out += await actor.call(actor.apply, items[len(out) :])
             due, actor.cross_due = actor.cross_due, []
             if due:
@@ -119,15 +123,40 @@ class CrossMargin:
         elif taken > 0:
             await wallet.call(wallet.debit, account, taken)
 
+    async def _reserved(self, asset: str, account: int, but: MarketActor | None = None) -> int:
+        """What the account's open orders in the asset's markets (but one) hold of its
+        cross wallet."""
+        held = 0
+        for m in self._of(asset):
+            if m is not but:
+                held += await m.call(m.query, partial(_cross_reserved, account))
+        return held
+
+    async def _order_allowance(self, actor: MarketActor, account: int) -> int:
+        """Engine._order_allowance, from the actors."""
+        asset = actor.engine.asset
+        pairs = await self.legs(asset, account)
+        elsewhere = await self._reserved(asset, account, actor)
+        wallet = self.wallets[asset]
+        free = await wallet.call(wallet.balance, account)
+        return cross_margin.order_allowance([leg for _, leg in pairs], free, elsewhere)
+
     async def release(self, asset: str, account: int, amount: int, field: str) -> None:
         """Free ``amount`` of the account's cross wallet before it leaves; Rejected
-        (and nothing changed) beyond what is available (Engine._cross_release)."""
-        pairs = await self.legs(asset, account)
-        if not pairs:
+        (and nothing changed) beyond what is available, less what its open orders
+        reserve (Engine._cross_release)."""
+        pairs: list[tuple[MarketActor, Leg]] = []
+        reserved = 0
+        for m in self._of(asset):  # one call per market: this runs for every transfer in
+            leg, held = await m.call(m.query, partial(_leg_and_reserved, account))
+            reserved += held
+            if leg is not None:
+                pairs.append((m, leg))
+        if not pairs and not reserved:
             return
         wallet = self.wallets[asset]
         free = await wallet.call(wallet.balance, account)
-        margins = cross_margin.release([leg for _, leg in pairs], free, amount, field)
+        margins = cross_margin.release([leg for _, leg in pairs], free, amount, field, reserved)
         if margins is not None:
             await self._allocate(wallet, account, pairs, margins)
 
@@ -151,6 +180,18 @@ class CrossMargin:
         free = await wallet.call(wallet.balance, account)
         quintiles = [await m.call(m.query, lambda e: _quintile(e, account)) for m, _ in pairs]
         return cross_margin.account_view(account, asset, [leg for _, leg in pairs], free, quintiles)
+
+
+def _leg_and_reserved(account: int, engine: MarketEngine) -> tuple[Leg | None, int]:
+    return engine.cross_leg(account), engine.cross_reserved(account)
+
+
+def _cross_reserved(account: int, engine: MarketEngine) -> int:
+    return engine.cross_reserved(account)
+
+
+def _allow(free: int, engine: MarketEngine) -> None:
+    engine.cross_free = free
 
 
 def _quintile(engine: MarketEngine, account: int) -> int:

@@ -16,6 +16,7 @@ actors that will never answer.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -27,6 +28,7 @@ from riskd.storage.journal import Journal
 __all__ = ["JournalActor", "Durable"]
 
 T = TypeVar("T")
+U = TypeVar("U")
 MAX_GROUP = 1024
 
 
@@ -67,6 +69,13 @@ class Durable(Generic[T]):
         await self._done.wait()
         return self.value
 
+    def follow(self, value: U) -> Durable[U]:
+        """``value``, released when this one is (an answer worked out after its record
+        was queued, with no record of its own)."""
+        out: Durable[U] = Durable(value)
+        self.then(lambda _: out._release())
+        return out
+
     def _release(self) -> None:
         self._done.set()
         for cb in self._callbacks:
@@ -82,8 +91,11 @@ class JournalActor:
         written: int = 0,
         head: str = "",
         on_fault: Callable[[StorageFault], object] = fail_stop,
+        on_commit: Callable[[float], None] | None = None,
     ) -> None:
         self.journal = journal
+        #: Told how long each group commit took (seconds): riskd_journal_commit_seconds.
+        self.on_commit = on_commit
         self.capacity = capacity
         self.written = written  # records durable in the journal
         self.head = head  # their chain hash: where a snapshot of this state sits
@@ -148,6 +160,7 @@ class JournalActor:
                     break
             records = [r for r, _, _ in group if r is not None]
             if records:
+                started = time.perf_counter()
                 try:
                     await trio.to_thread.run_sync(self.journal.append, records)
                 except StorageFault as fault:
@@ -156,6 +169,8 @@ class JournalActor:
                 except Exception as e:  # a backend that does not speak StorageFault
                     self.on_fault(StorageFault("journal", getattr(self.journal, "path", ""), e))
                     raise
+                if self.on_commit is not None:
+                    self.on_commit(time.perf_counter() - started)
                 self.written += len(records)
                 self.head = self.journal.head
             for _, pending, on_durable in group:

@@ -45,6 +45,12 @@ class Gauge(Protocol):
     def set(self, value: float) -> None: ...
 
 
+class Tally(Protocol):
+    """What the actor counts unreserved fills on (a prometheus counter child)."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+
 class MarketActor(Actor):
     def __init__(
         self,
@@ -55,6 +61,7 @@ class MarketActor(Actor):
         capacity: int,
         on_mark: Callable[[str, int], None] | None = None,
         in_progress: Gauge | None = None,
+        unreserved: Tally | None = None,
     ) -> None:
         super().__init__(f"market:{engine.symbol}", capacity)
         self.engine = engine
@@ -63,6 +70,7 @@ class MarketActor(Actor):
         self._publish = publish
         self._on_mark = on_mark
         self._in_progress = in_progress  # a gauge child: liquidations not yet settled
+        self._unreserved = unreserved  # a counter child: fills naming no open order
         # Cross accounts the last apply left to re-check (riskd.actors.cross takes them).
         self.cross_due: list[int] = []
 
@@ -76,9 +84,10 @@ class MarketActor(Actor):
         """
         results: list[Rejected | None] = []
         engine = self.engine
+        unreserved = engine.unreserved_fills
         for item in items:
-            if results and needs_release(item):
-                break
+            if results and (needs_release(item) or engine.cross_order_account(item) is not None):
+                break  # the sequencer works out the cross wallet first
             try:
                 kind = kind_of(item)
                 if kind.on_market is None:
@@ -99,6 +108,8 @@ class MarketActor(Actor):
                 break
         if self._in_progress is not None:
             self._in_progress.set(len(engine.liquidations))
+        if self._unreserved is not None and engine.unreserved_fills != unreserved:
+            self._unreserved.inc(engine.unreserved_fills - unreserved)
         return results
 
     async def _wallet_leg(self, account: int, amount: int) -> None:

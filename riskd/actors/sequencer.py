@@ -18,8 +18,9 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter as Counter_
@@ -31,9 +32,10 @@ from riskd.actors.fund import FundActor
 from riskd.actors.journal import Durable, JournalActor
 from riskd.actors.market import MarketActor
 from riskd.actors.wallet import WalletActor
-from riskd.core import Engine, MarketEngine, MarketSpec, Rejected
+from riskd.core import Asset, Engine, MarketEngine, MarketSpec, OrderRefused, Rejected
+from riskd.core.engine import check_new_market
 from riskd.core.errors import Code
-from riskd.core.events import FundInjection, Input, Withdrawal
+from riskd.core.events import CheckOrder, FundInjection, Input, Withdrawal
 from riskd.core.inputs import Journal, Owner, kind_of
 from riskd.core.invariants import digest, violations
 from riskd.core.recent_ids import (
@@ -42,6 +44,7 @@ from riskd.core.recent_ids import (
     WithdrawalDecisions,
     check_id,
 )
+from riskd.core.risk_gate import available
 from riskd.core.tiers import SpecError
 from riskd.core.units import check_positive
 from riskd.core.wallet import check_account, unsettled_bad_debt, withdrawals_paused
@@ -49,9 +52,11 @@ from riskd.errors import RiskdError
 from riskd.metrics import Metrics
 from riskd.storage import codec, records
 from riskd.storage.records import (
+    AdminInput,
     EpochAssigned,
     FundInjected,
     IngestBatch,
+    MarketAdded,
     MarketSettings,
     MarketUpdated,
     Record,
@@ -80,8 +85,9 @@ MAX_RESUME_REJECTIONS = 8_192
 Update = tuple[int, Input | Rejected]
 #: A rejection kept for a gateway that may not have read its ack: sequence,
 #: index in its batch, the input's type name ("" if it did not decode), code
-#: value, field and message.  Plain values: it is pickled into snapshots.
-StoredRejection = tuple[int, int, str, str, str, str]
+#: value, field, message and a refused order's reason ("": none; absent from
+#: those kept before the risk gate).  Plain values: it is pickled into snapshots.
+StoredRejection = tuple[int, int, str, str, str, str, str]
 
 
 class SequenceError(RiskdError):
@@ -93,6 +99,21 @@ class SequenceError(RiskdError):
         self.field = field
         self.message = message
         self.expected = expected
+
+
+#: Appended to a gateway's name for its unary CheckOrder session: a control
+#: character no gateway name may contain (convert.check_symbol).
+UNARY_SESSION = "\x1fcheck_order"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCheck:
+    """A unary check's answer: ``refused`` None when accepted; the order's
+    reservation and what the account can still commit after it."""
+
+    refused: Rejected | None
+    reserved: int
+    available: int
 
 
 @dataclass(slots=True)
@@ -209,6 +230,17 @@ class Sequencer(Actor):
         #: what the next start compares the file with.  None: never journaled
         #: (a data directory of format 1).
         self.file_settings: dict[str, MarketSpec] | None = None
+        #: Starts the actor of a market added at runtime (set by riskd.daemon;
+        #: None: markets cannot be added, as in tools without a nursery).
+        self.spawn: Callable[[MarketEngine], Awaitable[MarketActor]] | None = None
+        #: The settlement assets markets may be added in (riskd.daemon: the config's).
+        self.assets: dict[str, Asset] = {}
+        #: Markets a snapshot holds that no actor runs yet (added at runtime):
+        #: :meth:`adopt_restored` starts them.
+        self.restored: dict[str, MarketEngine] = {}
+        #: Markets added at runtime (journaled MarketAdded), whether or not the
+        #: file declares them since.
+        self.added: set[str] = set()
         #: Cross accounts re-checked across the market and wallet actors.
         self.cross = CrossMargin(markets, wallets)
 
@@ -450,7 +482,8 @@ class Sequencer(Actor):
         for seq, r in result.rejections:
             u = fresh[seq - fresh[0][0]][1]
             kind = "" if isinstance(u, Rejected) else type(u).__name__
-            kept.append((seq, seq - base, kind, r.code.value, r.field, r.message))
+            reason = r.reason.value if isinstance(r, OrderRefused) else ""
+            kept.append((seq, seq - base, kind, r.code.value, r.field, r.message, reason))
         # From this batch's last sequence, not the gateway's: later batches of
         # the same turn are sequenced already.
         oldest = result.acked - self.retained_sequences
@@ -504,6 +537,32 @@ class Sequencer(Actor):
         return actor
 
     # --- unary writes, sequenced like everything else ------------------------
+
+    async def check_order(self, gateway: str, c: CheckOrder) -> Durable[OrderCheck]:
+        """The unary pre-trade check: ``c`` sequenced as a one-update batch.
+
+        It goes through :meth:`ingest` in the gateway's unary session (its
+        name followed by :data:`UNARY_SESSION`, epoch 1, numbered here), so it
+        is journaled, replayed and snapshotted exactly as a streamed
+        ``check_order``; nobody resumes that session, so its rejections are
+        not kept.  The answer adds what the check reserved and what the
+        account has left, read before anything else is sequenced.
+        """
+        session = gateway + UNARY_SESSION
+        g = self.gateways.get(session)
+        seq = (g.last if g is not None else 0) + 1
+        done = await self.ingest(session, 1, [(seq, c)])
+        self.gateways[session].rejected.clear()
+        refused = done.value.rejections[0][1] if done.value.rejections else None
+        reserved = left = 0
+        market = self.markets.get(c.market)
+        if market is not None:
+            reserved, left = await market.call(market.query, partial(_order_margin, c))
+            if c.account in market.engine.cross:  # the whole cross wallet's figure
+                allowance = await self.cross._order_allowance(market, c.account)
+                here = await market.call(market.query, partial(_cross_reserved, c.account))
+                left = allowance - here
+        return done.follow(OrderCheck(refused, reserved, left))
 
     async def withdraw(
         self, w: Withdrawal, withdrawal_id: int, replaying: bool = False
@@ -584,6 +643,52 @@ class Sequencer(Actor):
         spec = await market.call(_update_spec, market.engine, changes, ts)
         return await self._durable(MarketUpdated(symbol, changes, ts), spec)
 
+    async def admin_input(self, x: Input) -> Durable[int]:
+        """An operator's change to a market (``Journal.ADMIN`` kinds: status,
+        mark guard, settlement), applied between two inputs and journaled;
+        answers how many positions the market held just before it."""
+        kind = kind_of(x)
+        if kind.journal is not Journal.ADMIN:
+            raise Rejected.invalid("kind", f"{kind.name} is not an admin change")
+        symbol = kind.owner_of(x)
+        market = self.markets.get(symbol)
+        if market is None:
+            raise Rejected.not_found("market", f"unknown market {symbol!r}")
+        # Nothing else writes to the market meanwhile: the sequencer is its only writer.
+        held = len(market.engine.positions)
+        [refused] = await _apply(market, [x])
+        if refused is not None:
+            raise refused
+        return await self._durable(AdminInput(x), held)
+
+    async def add_market(self, spec: MarketSpec, replaying: bool = False) -> Durable[MarketSpec]:
+        """A market begins at runtime (``AdminService.AddMarket``), journaled.
+
+        Its actor starts now; replay starts it again from the record, so the
+        market survives a restart without being in the configuration file.
+        A market the file declares too (added there after) keeps the recorded
+        settings; the file's changes apply as an edit (:meth:`reconcile`).
+        """
+        if replaying and spec.symbol in self.markets:
+            existing = self.markets[spec.symbol]
+            await existing.call(_install, existing, spec)
+            self.added.add(spec.symbol)
+            return Durable.ready(spec)
+        check_new_market(spec, self.markets, self.assets)
+        if self.spawn is None:
+            raise Rejected.precondition("market", "markets cannot be added here")
+        self.markets[spec.symbol] = await self.spawn(MarketEngine(spec))
+        self.added.add(spec.symbol)
+        return await self._durable(MarketAdded(spec), spec)
+
+    async def adopt_restored(self) -> None:
+        """Start the actors of runtime-added markets a snapshot brought back."""
+        restored, self.restored = self.restored, {}
+        for symbol, engine in restored.items():
+            if self.spawn is None:
+                raise RuntimeError(f"snapshot holds market {symbol} but markets cannot be added")
+            self.markets[symbol] = await self.spawn(engine)
+
     async def replay(self, record: Record | str) -> None:
         """Apply one journal record, exactly as when it was first sequenced.
 
@@ -638,6 +743,7 @@ class Sequencer(Actor):
             "gateways": self.gateways,
             "withdrawals": self.withdrawals,
             "events": self.events,
+            "added": sorted(self.added),
             # As journal text: the codec reads it whatever the code's classes became.
             "file_settings": None
             if self.file_settings is None
@@ -649,6 +755,8 @@ class Sequencer(Actor):
         for sym, engine in state["markets"].items():
             if sym in self.markets:
                 self.markets[sym].engine = engine
+            else:  # added at runtime: its actor starts in adopt_restored
+                self.restored[sym] = engine
         for asset, wallets in state["wallets"].items():
             if asset in self.wallets:
                 self.wallets[asset].wallets = wallets
@@ -658,6 +766,7 @@ class Sequencer(Actor):
         self.gateways = state["gateways"]
         # Absent before snapshot format 6 (events were not kept): numbering restarts.
         self.events = state.get("events", 0)
+        self.added = set(state.get("added", ()))
         self.withdrawals = _decisions(state["withdrawals"], self.withdrawal_ids)
         saved = state.get("file_settings")  # absent from snapshots of format 1 data
         if saved is not None:
@@ -716,6 +825,10 @@ class Sequencer(Actor):
             )
         for sym, spec in wanted.items():
             old = base.get(sym)
+            if old is None and sym in self.added:
+                # Added at runtime, declared by the file since: the file's
+                # differences from its live settings are an edit.
+                old = self.markets[sym].engine.spec
             if old is None:
                 continue
             changes = {k: getattr(spec, k) for k in _differing(old, spec)}
@@ -733,7 +846,7 @@ class Sequencer(Actor):
                     f" {getattr(spec, key, '?')!r})",
                 ) from r
             out.append(MarketUpdated(sym, changes, 0))
-        created = tuple(sym for sym in wanted if sym not in base)
+        created = tuple(sym for sym in wanted if sym not in base and sym not in self.added)
         if out or created:
             out.append(MarketSettings(wanted, created))
             self.file_settings = wanted
@@ -806,12 +919,34 @@ class _Replay:
     async def epoch(self, r: EpochAssigned) -> None:
         self.s._begin_epoch(r.gateway, r.epoch)
 
+    async def admin(self, r: AdminInput) -> None:
+        with contextlib.suppress(Rejected):
+            await self.s.admin_input(r.input)
+
+    async def market_added(self, r: MarketAdded) -> None:
+        with contextlib.suppress(Rejected):
+            await self.s.add_market(r.spec, replaying=True)
+
     async def settings(self, r: MarketSettings) -> None:
         for sym in r.created:
             market = self.s.markets.get(sym)
             if market is not None:  # else the start refuses the file (reconcile)
                 await market.call(_install, market, r.markets[sym])
         self.s.file_settings = dict(r.markets)
+
+
+def _cross_reserved(account: int, engine: MarketEngine) -> int:
+    return engine.cross_reserved(account)
+
+
+def _order_margin(c: CheckOrder, engine: MarketEngine) -> tuple[int, int]:
+    """What order ``c`` holds and what its account can still commit, at the gate's mark."""
+    order = engine.orders.get(c.order_id)
+    reserved = order.margin if order is not None and order.account == c.account else 0
+    pos, mark = engine.positions.get(c.account), engine.guard_mark
+    if pos is None or mark is None:
+        return reserved, 0
+    return reserved, available(engine.spec, pos, mark, engine.orders.reserved(c.account))
 
 
 def _reserved(fund: FundActor) -> int:

@@ -1,4 +1,5 @@
-"""Operator actions: change a market's risk settings, set it reduce-only, seed a fund.
+"""Operator actions: change a market's risk settings, set it reduce-only, seed a fund,
+add, halt, close or settle a market, override its mark guard.
 
 Every change is sequenced with the gateway updates, so it takes effect
 between two inputs and is logged as one line.
@@ -17,9 +18,16 @@ from riskd.actors.sequencer import Sequencer
 from riskd.api import convert
 from riskd.api.bridge import Portal
 from riskd.api.status import abort, abort_rejected
-from riskd.core import MarketEngine, MarketSpec, Rejected, TierTable
-from riskd.core.events import FundInjection
+from riskd.config import DEFAULT_FILL_PRICE_BAND_PPM
+from riskd.core import Asset, MarketEngine, MarketSpec, Rejected, TierTable
+from riskd.core.events import (
+    FundInjection,
+    MarketStatusChange,
+    MarkGuardOverride,
+    SettleMarket,
+)
 from riskd.core.market import enum_settings
+from riskd.core.market_status import MarketStatus
 from riskd.core.tiers import SpecError
 from riskd.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
@@ -47,13 +55,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             # where the sequencer applies them (a bad one: Rejected naming it).
             current = await self.portal.query(actor, _spec)
             changes = _changes(request, current)
-            spec = await self.portal.write(
-                self.sequencer, self.sequencer.update_spec, m.symbol, changes
-            )
+            await self.portal.write(self.sequencer, self.sequencer.update_spec, m.symbol, changes)
+            # As queries show it (status, mark guard), not just the settings.
+            shown = await self.portal.query(actor, convert.market_of)
         except Rejected as r:
             await abort_rejected(context, r)
         log.info("market_updated", market=m.symbol, fields=sorted(changes))
-        return admin_pb2.UpdateMarketResponse(market=convert.market(spec, None))
+        return admin_pb2.UpdateMarketResponse(market=shown)
 
     async def SetReduceOnly(
         self, request: admin_pb2.SetReduceOnlyRequest, context: Ctx
@@ -82,6 +90,65 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             await abort_rejected(context, r)
         log.info("fund_injected", asset=request.asset, amount=request.amount, cause=i.cause)
         return admin_pb2.InjectFundResponse(balance_after=balance)
+
+    async def AddMarket(
+        self, request: admin_pb2.AddMarketRequest, context: Ctx
+    ) -> admin_pb2.AddMarketResponse:
+        try:
+            spec = _new_spec(request.market, self.sequencer.assets)
+            await self.portal.write(self.sequencer, self.sequencer.add_market, spec)
+            market = await self._market(spec.symbol)
+        except Rejected as r:
+            await abort_rejected(context, r)
+        log.info("market_added", market=spec.symbol, asset=spec.asset.symbol)
+        return admin_pb2.AddMarketResponse(market=market)
+
+    async def SetMarketStatus(
+        self, request: admin_pb2.SetMarketStatusRequest, context: Ctx
+    ) -> admin_pb2.SetMarketStatusResponse:
+        try:
+            status = _STATUS_FROM_WIRE.get(request.status)
+            if status is None:
+                raise Rejected.invalid(
+                    "status", "must be MARKET_STATUS_OPEN, _HALTED or _CLOSE_ONLY"
+                )
+            change = MarketStatusChange(request.market, status.value)
+            await self.portal.write(self.sequencer, self.sequencer.admin_input, change)
+            market = await self._market(request.market)
+        except Rejected as r:
+            await abort_rejected(context, r)
+        log.info("market_status_set", market=request.market, status=status.value)
+        return admin_pb2.SetMarketStatusResponse(market=market)
+
+    async def OverrideMarkGuard(
+        self, request: admin_pb2.OverrideMarkGuardRequest, context: Ctx
+    ) -> admin_pb2.OverrideMarkGuardResponse:
+        try:
+            override = MarkGuardOverride(request.market, request.hold)
+            await self.portal.write(self.sequencer, self.sequencer.admin_input, override)
+            market = await self._market(request.market)
+        except Rejected as r:
+            await abort_rejected(context, r)
+        log.info("mark_guard_overridden", market=request.market, hold=request.hold)
+        return admin_pb2.OverrideMarkGuardResponse(market=market)
+
+    async def SettleMarket(
+        self, request: admin_pb2.SettleMarketRequest, context: Ctx
+    ) -> admin_pb2.SettleMarketResponse:
+        try:
+            settle = SettleMarket(request.market, request.price)
+            count = await self.portal.write(self.sequencer, self.sequencer.admin_input, settle)
+        except Rejected as r:
+            await abort_rejected(context, r)
+        # What was paid out is in the market_settled event and log line.
+        log.info("market_settle_requested", market=request.market, price=request.price)
+        return admin_pb2.SettleMarketResponse(positions=count)
+
+    async def _market(self, symbol: str) -> types_pb2.Market:
+        actor = self.sequencer.markets.get(symbol)
+        if actor is None:
+            raise Rejected.not_found("market", f"unknown market {symbol!r}")
+        return await self.portal.query(actor, convert.market_of)
 
     async def CheckState(
         self, request: admin_pb2.CheckStateRequest, context: Ctx
@@ -119,6 +186,49 @@ def _spec(engine: MarketEngine) -> MarketSpec:
     return engine.spec
 
 
+_STATUS_FROM_WIRE = {
+    types_pb2.MARKET_STATUS_OPEN: MarketStatus.OPEN,
+    types_pb2.MARKET_STATUS_HALTED: MarketStatus.HALTED,
+    types_pb2.MARKET_STATUS_CLOSE_ONLY: MarketStatus.CLOSE_ONLY,
+}
+
+
+def _new_spec(m: types_pb2.Market, assets: dict[str, Asset]) -> MarketSpec:
+    """A whole new market from the wire: the fixed fields, tiers and any optional setting."""
+    convert.check_symbol(m.symbol, "market.symbol")
+    asset = assets.get(m.settle_asset)
+    if asset is None:
+        raise Rejected.precondition(
+            "market.settle_asset",
+            f"asset {m.settle_asset!r} is not declared (new assets need the configuration)",
+        )
+    contract = convert.CONTRACT_FROM_WIRE.get(m.contract_type)
+    if contract is None:
+        raise Rejected.invalid("market.contract_type", "must be LINEAR or INVERSE")
+    if not m.tiers:
+        raise Rejected.invalid("market.tiers", "at least one risk tier")
+    values: dict[str, object] = {
+        "symbol": m.symbol,
+        "contract_type": contract,
+        "asset": asset,
+        "price_decimals": m.price_decimals,
+        "tick_size": m.tick_size if m.HasField("tick_size") else 1,
+        "quantity_decimals": m.quantity_decimals,
+        "step_size": m.step_size if m.HasField("step_size") else 1,
+        "contract_value": m.contract_value,
+        # Fill sanity on unless the request turns it off, as for the file's markets.
+        "fill_price_band_ppm": DEFAULT_FILL_PRICE_BAND_PPM,
+    }
+    # The same reading of tiers and optional settings as UpdateMarket's.
+    values.update(_settings(m))
+    if m.HasField("fund_loss_cap"):
+        values["fund_loss_cap"] = m.fund_loss_cap
+    try:
+        return MarketSpec(**values)  # type: ignore[arg-type]
+    except SpecError as e:
+        raise Rejected.invalid(f"market.{e.field}", e.reason) from e
+
+
 def _changes(request: admin_pb2.UpdateMarketRequest, current: MarketSpec) -> dict[str, object]:
     """The settings an UpdateMarket changes, validated: a field that is set (even to
     0 or false) changes, one not set keeps its value."""
@@ -128,6 +238,24 @@ def _changes(request: admin_pb2.UpdateMarketRequest, current: MarketSpec) -> dic
         given, fixed = getattr(m, name), getattr(now, name)
         if given and given != fixed:
             raise Rejected.invalid(f"market.{name}", f"cannot change on a live market (is {fixed})")
+    changes = _settings(m)
+    if request.clear_fund_loss_cap:
+        if m.HasField("fund_loss_cap"):
+            raise Rejected.invalid(
+                "clear_fund_loss_cap", "set either clear_fund_loss_cap or market.fund_loss_cap"
+            )
+        changes["fund_loss_cap"] = None
+    elif m.HasField("fund_loss_cap"):
+        changes["fund_loss_cap"] = m.fund_loss_cap
+    if not changes:
+        raise Rejected.invalid(
+            "market", "nothing to change: set a field (tiers, an optional setting) to its new value"
+        )
+    return changes  # MarketSpec checks the values where the sequencer applies them
+
+
+def _settings(m: types_pb2.Market) -> dict[str, object]:
+    """The tiers (when given) and the optional settings a Market sets, read by name."""
     changes: dict[str, object] = {}
     if m.tiers:
         try:
@@ -153,16 +281,4 @@ def _changes(request: admin_pb2.UpdateMarketRequest, current: MarketSpec) -> dic
             if value not in table:
                 raise Rejected.invalid(f"market.{name}", f"unknown value {value}")
             changes[name] = table[value]
-    if request.clear_fund_loss_cap:
-        if m.HasField("fund_loss_cap"):
-            raise Rejected.invalid(
-                "clear_fund_loss_cap", "set either clear_fund_loss_cap or market.fund_loss_cap"
-            )
-        changes["fund_loss_cap"] = None
-    elif m.HasField("fund_loss_cap"):
-        changes["fund_loss_cap"] = m.fund_loss_cap
-    if not changes:
-        raise Rejected.invalid(
-            "market", "nothing to change: set a field (tiers, an optional setting) to its new value"
-        )
-    return changes  # MarketSpec checks the values where the sequencer applies them
+    return changes

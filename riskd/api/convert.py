@@ -14,12 +14,18 @@ from riskd.core import (
     ContractType,
     CrossPositionView,
     LiquidationMode,
+    MarketEngine,
     MarketSpec,
+    OrderRefused,
     PositionView,
+    Refusal,
     Rejected,
 )
 from riskd.core.errors import Code
 from riskd.core.events import (
+    AmendOrder,
+    CancelOrder,
+    CheckOrder,
     Deposit,
     Fill,
     FundingRate,
@@ -39,6 +45,7 @@ __all__ = [
     "rejection",
     "position",
     "market",
+    "market_of",
     "fund",
     "ledger_entry",
     "daily_report",
@@ -68,6 +75,7 @@ _ADL = {
     AdlPolicy.PRO_RATA_RISK: types_pb2.ADL_POLICY_PRO_RATA_RISK,
 }
 MODE_FROM_WIRE = {v: k for k, v in _MODE.items()}
+CONTRACT_FROM_WIRE = {v: k for k, v in _CONTRACT.items()}
 ADL_FROM_WIRE = {v: k for k, v in _ADL.items()}
 
 
@@ -120,10 +128,12 @@ def decode_update(u: ingest_pb2.Update, index: int) -> Input:
                 x.buyer_fee,
                 x.seller_fee,
                 ts,
+                x.buyer_order_id,
+                x.seller_order_id,
             )
         case "mark_price":
             m = u.mark_price
-            return MarkPrice(_symbol(m.market, index, kind, "market"), m.price, ts)
+            return MarkPrice(_symbol(m.market, index, kind, "market"), m.price, ts, m.index_price)
         case "deposit":
             d = u.deposit
             return Deposit(
@@ -146,6 +156,17 @@ def decode_update(u: ingest_pb2.Update, index: int) -> Input:
                 lf.counterparty_fee,
                 ts,
             )
+        case "check_order":
+            o = u.check_order
+            return _order(o, ts, _symbol(o.market, index, kind, "market"), index)
+        case "amend_order":
+            a = u.amend_order
+            return AmendOrder(
+                _symbol(a.market, index, kind, "market"), a.order_id, a.price, a.quantity, ts
+            )
+        case "cancel_order":
+            c = u.cancel_order
+            return CancelOrder(_symbol(c.market, index, kind, "market"), c.order_id, ts)
         case "margin_mode":
             mm = u.margin_mode
             if mm.mode not in (types_pb2.MARGIN_MODE_ISOLATED, types_pb2.MARGIN_MODE_CROSS):
@@ -162,6 +183,37 @@ def decode_update(u: ingest_pb2.Update, index: int) -> Input:
             ld = u.liquidation_done
             return LiquidationDone(_symbol(ld.market, index, kind, "market"), ld.liquidation_id, ts)
     raise Rejected.invalid(f"updates[{index}].kind", f"unknown update kind {kind!r}")
+
+
+#: The wire's order sides as the core's signs (+1 buy, -1 sell).
+_SIDES = {ingest_pb2.ORDER_SIDE_BUY: 1, ingest_pb2.ORDER_SIDE_SELL: -1}
+#: Each refusal reason's wire value.
+REFUSALS = {r: ingest_pb2.OrderRefusal.Value("ORDER_REFUSAL_" + r.name) for r in Refusal}
+
+
+def check_order(x: ingest_pb2.CheckOrder, ts: int, field: str) -> CheckOrder:
+    """The unary request's order to check (``field``: where it is in the request)."""
+    return _order(x, ts, check_symbol(x.market, f"{field}.market"), field)
+
+
+def _order(x: ingest_pb2.CheckOrder, ts: int, market: str, where: str | int) -> CheckOrder:
+    """A wire order; ``where``: its field, or the index of the update carrying it."""
+    side = _SIDES.get(x.side)
+    if side is None:
+        field = f"updates[{where}].check_order" if isinstance(where, int) else where
+        raise Rejected.invalid(f"{field}.side", "must be ORDER_SIDE_BUY or ORDER_SIDE_SELL")
+    return CheckOrder(
+        market,
+        x.order_id,
+        x.account,
+        side,
+        x.price,
+        x.quantity,
+        x.reduce_only,
+        x.post_only,
+        x.leverage,
+        ts,
+    )
 
 
 # Core field names differ from the wire in a few places; map them back so a
@@ -184,7 +236,13 @@ def rejection(
         else:
             field = f"updates[{index}].{field}"
     return ingest_pb2.Rejection(
-        sequence=sequence, code=REJECTION_CODES[r.code], field=field, message=r.message
+        sequence=sequence,
+        code=REJECTION_CODES[r.code],
+        field=field,
+        message=r.message,
+        order_refusal=REFUSALS[r.reason]
+        if isinstance(r, OrderRefused)
+        else ingest_pb2.ORDER_REFUSAL_UNSPECIFIED,
     )
 
 
@@ -219,6 +277,19 @@ def position(v: PositionView, cross: CrossPositionView | None = None) -> query_p
         in_liquidation=v.in_liquidation,
         margin_mode=types_pb2.MARGIN_MODE_ISOLATED,
     )
+
+
+def market_of(engine: MarketEngine) -> types_pb2.Market:
+    """A live market as the API shows it: settings, mark, status and mark guard."""
+    out = market(engine.spec, engine.mark)
+    out.status = types_pb2.MarketStatus.Value("MARKET_STATUS_" + engine.status.value.upper())
+    reason = engine.guard.reason
+    if reason is not None:
+        out.mark_guard = types_pb2.MarkGuardReason.Value(
+            "MARK_GUARD_REASON_" + reason.value.upper()
+        )
+    out.good_mark_price = engine.guard_mark or 0
+    return out
 
 
 def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
@@ -259,6 +330,12 @@ def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
         takeover_price=types_pb2.TakeoverPrice.Value(
             "TAKEOVER_PRICE_" + spec.takeover_price.value.upper()
         ),
+        order_price_band_ppm=spec.order_price_band_ppm,
+        open_interest_cap=spec.open_interest_cap,
+        max_position_notional=spec.max_position_notional,
+        mark_stale_after_ms=spec.mark_stale_after_ms,
+        mark_max_jump_ppm=spec.mark_max_jump_ppm,
+        mark_max_divergence_ppm=spec.mark_max_divergence_ppm,
         cross_liquidation=types_pb2.CrossLiquidationPolicy.Value(
             "CROSS_LIQUIDATION_POLICY_" + spec.cross_liquidation.value.upper()
         ),

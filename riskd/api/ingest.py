@@ -48,9 +48,9 @@ from riskd.api import convert
 from riskd.api.auth import GATEWAY_KEY, Authenticator, Denied
 from riskd.api.bridge import Portal, Unavailable
 from riskd.api.rate_limit import TokenBucket
-from riskd.api.status import GRPC_CODES, abort
+from riskd.api.status import GRPC_CODES, abort, abort_rejected
 from riskd.config import ServerConfig
-from riskd.core import Rejected
+from riskd.core import OrderRefused, Refusal, Rejected
 from riskd.core.errors import Code
 from riskd.core.events import Input, MarkPrice
 from riskd.core.inputs import KINDS, Owner
@@ -82,6 +82,7 @@ _STUBS = {k.name: _stub(k.wire) for k in KINDS.values() if k.wire is not None}
 log = structlog.get_logger("riskd.ingest")
 
 Context = grpc.aio.ServicerContext[ingest_pb2.IngestRequest, ingest_pb2.IngestResponse]
+UnaryContext = grpc.aio.ServicerContext[ingest_pb2.CheckOrderRequest, ingest_pb2.CheckOrderResponse]
 Log = structlog.stdlib.BoundLogger
 
 
@@ -410,6 +411,79 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 out.append((u.sequence, r))
         return out, counted
 
+    async def CheckOrder(
+        self, request: ingest_pb2.CheckOrderRequest, context: UnaryContext
+    ) -> ingest_pb2.CheckOrderResponse:
+        """One pre-trade check, sequenced and journaled like a streamed ``check_order``.
+
+        Malformed input, an unknown market, an order id open with other terms
+        or a market outside the grant end the call with that status (nothing
+        changed); a well-formed order the gate refuses is an answer:
+        ``accepted`` false and the refusal.  Each call is one update of the
+        gateway's rate limit, shared with its streams (over it:
+        RESOURCE_EXHAUSTED with a RetryInfo).
+        """
+        try:
+            grant = self.auth.identify(context)  # the interceptor checked the role
+            gateway = convert.check_symbol(self.auth.gateway(grant, context), GATEWAY_KEY)
+        except Denied as d:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, d.field, d.message)
+        except Rejected as r:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, r.field, r.message)
+        if self.draining:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "", "riskd is shutting down")
+        bucket = self._bucket(grant, gateway)  # one update of the gateway's budget
+        delay = bucket.take(1, time.monotonic()) if bucket is not None else 0.0
+        if delay:
+            self.metrics.throttled.inc()
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "",
+                str(Throttled(gateway, delay)),
+                retry_after=delay,
+            )
+        try:
+            ts = request.timestamp_ms
+            now = time.time_ns() // 1_000_000
+            earliest = now - self.max_age_ms if self.max_age_ms else 0
+            latest = now + self.max_ahead_ms if self.max_ahead_ms else 2**63 - 1
+            if ts and not earliest <= ts <= latest:
+                raise Rejected.invalid(
+                    "timestamp_ms",
+                    f"{ts} is outside the allowed window [{earliest}, {latest}] around"
+                    f" riskd's clock ({now}); 0 means not stamped",
+                )
+            if not request.HasField("order"):
+                raise Rejected.invalid("order", "is required")
+            check = convert.check_order(request.order, ts, "order")
+            if grant.markets is not None:
+                try:
+                    _authorize(grant, check)
+                except Rejected as r:
+                    raise Rejected(r.code, f"order.{r.field}", r.message) from None
+            done = await self.portal.write(
+                self.sequencer, self.sequencer.check_order, gateway, check
+            )
+        except Unavailable as u:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "", str(u))
+        except Rejected as r:
+            await abort_rejected(context, r)
+        refused = done.refused
+        if refused is None:
+            return ingest_pb2.CheckOrderResponse(
+                accepted=True, reserved=done.reserved, available=done.available
+            )
+        if not isinstance(refused, OrderRefused):  # bad input: no decision was taken
+            await abort_rejected(context, refused, "order.")
+        return ingest_pb2.CheckOrderResponse(
+            accepted=False,
+            refusal=convert.REFUSALS[refused.reason],
+            field=f"order.{refused.field}",
+            message=refused.message,
+            available=done.available,
+        )
+
     async def _fail(self, context: Context, item: BaseException, bound: Log) -> None:
         """End the stream with the status ``item`` maps to (always raises)."""
         if isinstance(item, SequenceError):
@@ -470,8 +544,11 @@ def _authorize(grant: Grant, x: Input) -> None:
 
 def _stored(r: StoredRejection) -> ingest_pb2.Rejection:
     """A rejection as first reported (its index in the batch it came in)."""
-    seq, index, kind, code, field, message = r
-    return convert.rejection(seq, index, _STUBS.get(kind), Rejected(Code(code), field, message))
+    seq, index, kind, code, field, message, *rest = r  # 6 values: kept before the risk gate
+    refused = Rejected(Code(code), field, message)
+    if rest and rest[0]:
+        refused = OrderRefused(Refusal(rest[0]), field, message)
+    return convert.rejection(seq, index, _STUBS.get(kind), refused)
 
 
 async def _replies(

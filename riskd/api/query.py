@@ -23,8 +23,9 @@ from riskd.api import convert
 from riskd.api.auth import Authenticator
 from riskd.api.bridge import Portal
 from riskd.api.status import abort
-from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, MarketSpec, PositionView, Stage, stress
+from riskd.core import BACKSTOP_ACCOUNT, MarketEngine, PositionView, Stage, stress
 from riskd.core.insurance_fund import DailyReport, InsuranceFund, LedgerEntry
+from riskd.core.market_status import MarketStatus
 from riskd.core.units import INT64_MAX, Asset
 from riskd.storage import ledger
 from riskd.v1 import events_pb2, query_pb2, query_pb2_grpc, types_pb2
@@ -73,7 +74,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             cross = await self.portal.call(s, s.cross.view, request.asset, request.account)
         legs = {p.market: p for p in cross.positions} if cross is not None else {}
         positions = []
-        for symbol, market in self.markets.items():
+        # A copy: AddMarket may add one meanwhile (the dict is the sequencer's).
+        for symbol, market in list(self.markets.items()):
             if market.engine.asset != request.asset or not grant.covers_market(symbol):
                 continue
             view = await self._view(market, request.account)
@@ -154,9 +156,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self, request: query_pb2.ListMarketsRequest, context: Ctx
     ) -> query_pb2.ListMarketsResponse:
         out = []
-        for m in self.markets.values():
-            spec, mark = await self.portal.query(m, _spec_and_mark)
-            out.append(convert.market(spec, mark))
+        for m in list(self.markets.values()):  # a copy: AddMarket may add one meanwhile
+            market = await self.portal.query(m, _listed)
+            if market is not None:
+                out.append(market)
         return query_pb2.ListMarketsResponse(markets=out)
 
     async def ListAssets(
@@ -180,7 +183,11 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         rows = []
         for symbol in sorted(self.markets):
             market = self.markets[symbol]
-            if market.engine.asset != request.asset or not grant.covers_market(symbol):
+            if (
+                market.engine.asset != request.asset
+                or not grant.covers_market(symbol)
+                or market.engine.status is MarketStatus.SETTLED
+            ):
                 continue
             # The budget is read in the fund actor and the positions in the market's,
             # each between two inputs (as GetInsuranceFund's backstop margin is).
@@ -203,7 +210,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def _granted_market(self, symbol: str, context: Ctx) -> MarketActor:
         """The market, or NOT_FOUND; PERMISSION_DENIED unless the caller is granted it."""
         market = self.markets.get(symbol)
-        if market is None:
+        if market is None or market.engine.status is MarketStatus.SETTLED:
             await abort(context, grpc.StatusCode.NOT_FOUND, "market", f"unknown market {symbol!r}")
         grant = self.auth.identify(context)
         if not grant.covers_market(symbol):
@@ -290,8 +297,11 @@ def _report(fund: InsuranceFund, day: int) -> DailyReport:
     )
 
 
-def _spec_and_mark(engine: MarketEngine) -> tuple[MarketSpec, int | None]:
-    return engine.spec, engine.mark
+def _listed(engine: MarketEngine) -> types_pb2.Market | None:
+    """The market as listed; None once settled (delisted)."""
+    if engine.status is MarketStatus.SETTLED:
+        return None
+    return convert.market_of(engine)
 
 
 async def _denied(context: Ctx, field: str, message: str) -> NoReturn:

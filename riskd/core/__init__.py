@@ -20,6 +20,9 @@ from riskd.core.events import (
     AdlEvent,
     AdlNotice,
     AdlReason,
+    AmendOrder,
+    CancelOrder,
+    CheckOrder,
     Deposit,
     Effect,
     Fill,
@@ -66,6 +69,7 @@ from riskd.core.market import (
     enum_settings,
 )
 from riskd.core.market_engine import MarketEngine, PositionView
+from riskd.core.orders import Order, OrderBook
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import (
     DEFAULT_CAPACITY,
@@ -73,6 +77,7 @@ from riskd.core.recent_ids import (
     WithdrawalDecisions,
     check_id,
 )
+from riskd.core.risk_gate import OrderRefused, Refusal
 from riskd.core.stress import DEFAULT_MOVES_PPM, StressRow, check_moves, move_label
 from riskd.core.tiers import SpecError, TierTable
 from riskd.core.units import INT64_MAX, PPM, Asset, ceil_div, check_int64, check_positive
@@ -122,6 +127,9 @@ __all__ = [
     "LiquidationFill",
     "LiquidationDone",
     "FundInjection",
+    "CheckOrder",
+    "AmendOrder",
+    "CancelOrder",
     "SetMarginMode",
     # cross margin
     "cross_margin",
@@ -149,6 +157,11 @@ __all__ = [
     "Code",
     "Rejected",
     "SpecError",
+    "OrderRefused",
+    "Refusal",
+    # open orders
+    "Order",
+    "OrderBook",
     # checks and the hash chain
     "digest",
     "violations",

@@ -70,6 +70,7 @@ __all__ = [
     "available",
     "account_view",
     "release",
+    "order_allowance",
 ]
 
 
@@ -84,6 +85,8 @@ class Leg:
     basis: int
     margin: int
     liquidating: bool
+    #: Its market's mark guard is on (riskd.core.mark_guard): that mark decides nothing.
+    guarded: bool = False
 
     def __getstate__(self) -> list[object]:
         return fields_state(self)
@@ -242,7 +245,11 @@ def plan(legs: Sequence[Leg], free: int) -> Plan:
     account of their own.  It waits only for a ``step_down`` step while it
     still has equity; otherwise it is banded or liquidated as usual, so no leg
     is left unwatched while another is worked in the book or waits for ADL.
+    It also waits while a leg's mark is guarded: no liquidation is decided on a
+    guarded mark (the next good one re-checks).
     """
+    if any(leg.guarded for leg in legs):
+        return Plan(Action.WAIT, {}, free)
     stepping = [leg for leg in legs if leg.liquidating]
     legs = [leg for leg in legs if leg.size and not leg.liquidating]
     if not legs:
@@ -436,26 +443,44 @@ def account_view(
     )
 
 
-def release(legs: Sequence[Leg], free: int, amount: int, field: str) -> dict[str, int] | None:
+def order_allowance(legs: Sequence[Leg], free: int, reserved_elsewhere: int) -> int:
+    """What a cross account's next order check in one market may commit: what its
+    wallet could release (:func:`available`) less what its open orders in the
+    asset's other markets reserve; nothing while it is being liquidated."""
+    if any(leg.liquidating for leg in legs):
+        return 0
+    return available([leg for leg in legs if leg.size], free) - reserved_elsewhere
+
+
+def release(
+    legs: Sequence[Leg], free: int, amount: int, field: str, reserved: int = 0
+) -> dict[str, int] | None:
     """Make ``amount`` of the account's cross wallet free to leave (a withdrawal, a
     transfer to an isolated position): new bands over the rest, or None if the
     free balance already covers it.  Refused (FAILED_PRECONDITION on ``field``)
-    beyond :func:`available` or while the account is being liquidated."""
+    beyond :func:`available` less ``reserved`` (what the account's open orders
+    hold, :mod:`riskd.core.risk_gate`) or while the account is being liquidated."""
     if any(leg.liquidating for leg in legs):
         raise Rejected.precondition(
             field, "the account's cross positions in this asset are being liquidated"
         )
+    guarded = [leg.market for leg in legs if leg.guarded and leg.size]
+    if guarded:
+        raise Rejected.precondition(
+            field, f"{guarded[0]}'s mark is guarded: cross margin stays until a good mark"
+        )
     legs = [leg for leg in legs if leg.size]
-    if not legs:
+    if not legs and not reserved:
         return None
-    can = available(legs, free)
+    can = available(legs, free) - reserved
     if amount > can:
         raise Rejected.precondition(
             field,
-            f"{amount} exceeds the {can} available in the cross wallet (wallet + unrealised"
-            " loss − initial margin of the cross positions; unrealised profit never leaves)",
+            f"{amount} exceeds the {max(can, 0)} available in the cross wallet (wallet +"
+            " unrealised loss − initial margin of the cross positions − what open orders"
+            " reserve; unrealised profit never leaves)",
         )
-    if amount <= free:
+    if not legs or amount <= free:
         return None
     wallet = free + sum(leg.margin for leg in legs)
     return allocate(legs, [figures(leg) for leg in legs], wallet - amount)

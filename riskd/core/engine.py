@@ -9,7 +9,7 @@ routed, so the invariants hold between any two calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from mypy_extensions import mypyc_attr
 
@@ -35,7 +35,7 @@ from riskd.core.recent_ids import WithdrawalDecision
 from riskd.core.units import Asset
 from riskd.core.wallet import Wallets, unsettled_bad_debt, withdrawals_paused
 
-__all__ = ["Engine", "split_effects"]
+__all__ = ["Engine", "split_effects", "check_new_market"]
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
@@ -84,6 +84,12 @@ class Engine:
         engine.outbox = []
         return engine
 
+    def add_market(self, spec: MarketSpec) -> MarketEngine:
+        """A market begins (``AdminService.AddMarket``), settled in a known asset."""
+        check_new_market(spec, self.markets, self.assets)
+        m = self.markets[spec.symbol] = MarketEngine(spec)
+        return m
+
     def market(self, symbol: str, field: str = "market") -> MarketEngine:
         m = self.markets.get(symbol)
         if m is None:
@@ -109,6 +115,9 @@ class Engine:
             leg = kind.wallet_leg(event) if kind.wallet_leg is not None else None
             if leg is not None:
                 self._wallet_leg(market, *leg)
+            account = market.cross_order_account(event)
+            if account is not None:  # a cross account's order check: its whole wallet
+                market.cross_free = self._order_allowance(market, account)
             kind.on_market(market, event)
         elif kind.owner is Owner.WALLET:
             assert kind.on_wallet is not None
@@ -186,14 +195,27 @@ class Engine:
         elif taken > 0:
             wallet.debit(account, taken)
 
+    def _order_allowance(self, market: MarketEngine, account: int) -> int:
+        """:func:`~riskd.core.cross_margin.order_allowance` for a check in ``market``."""
+        legs = [leg for _, leg in self.cross_legs(market.asset, account)]
+        elsewhere = sum(
+            m.cross_reserved(account)
+            for m in self.markets.values()
+            if m.asset == market.asset and m is not market
+        )
+        free = self.wallets[market.asset].balance(account)
+        return cross_margin.order_allowance(legs, free, elsewhere)
+
     def _cross_release(self, asset: str, account: int, amount: int, field: str) -> None:
-        """Free ``amount`` of a cross account's wallet before it leaves (or refuse)."""
+        """Free ``amount`` of a cross account's wallet before it leaves (or refuse);
+        what its open orders reserve stays."""
         pairs = self.cross_legs(asset, account)
-        if not pairs:
+        reserved = sum(m.cross_reserved(account) for m in self.markets.values() if m.asset == asset)
+        if not pairs and not reserved:
             return
         wallet = self.wallets[asset]
         margins = cross_margin.release(
-            [leg for _, leg in pairs], wallet.balance(account), amount, field
+            [leg for _, leg in pairs], wallet.balance(account), amount, field, reserved
         )
         if margins is not None:
             self._allocate(wallet, account, pairs, margins)
@@ -253,6 +275,24 @@ class Engine:
                     strict=True,
                 ):
                     market.fund_decision(decision, claim.ts)
+
+
+def check_new_market(
+    spec: MarketSpec, markets: Mapping[str, object], assets: Mapping[str, Asset]
+) -> None:
+    """Whether ``spec`` may begin: a new symbol, in a declared asset with its decimals."""
+    if spec.symbol in markets:
+        raise Rejected.precondition("market.symbol", f"market {spec.symbol!r} exists already")
+    known = assets.get(spec.asset.symbol)
+    if known is None:
+        raise Rejected.precondition(
+            "market.settle_asset",
+            f"asset {spec.asset.symbol!r} is not declared (new assets need the configuration)",
+        )
+    if known != spec.asset:
+        raise Rejected.invalid(
+            "market.settle_asset", f"{known.symbol} has {known.decimals} decimals"
+        )
 
 
 def split_effects(

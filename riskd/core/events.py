@@ -26,6 +26,12 @@ __all__ = [
     "LiquidationFill",
     "LiquidationDone",
     "FundInjection",
+    "CheckOrder",
+    "AmendOrder",
+    "CancelOrder",
+    "MarketStatusChange",
+    "MarkGuardOverride",
+    "SettleMarket",
     "SetMarginMode",
     "Input",
     "FundKind",
@@ -43,6 +49,9 @@ __all__ = [
     "MarginCall",
     "AccountLiquidation",
     "FundFlow",
+    "MarkGuardChanged",
+    "MarketStatusChanged",
+    "MarketSettled",
     "Effect",
 ]
 
@@ -63,6 +72,9 @@ class Fill:
     buyer_fee: int = 0
     seller_fee: int = 0
     ts: int = 0
+    #: The open orders (riskd.core.orders) this trade filled, 0: none named.
+    buyer_order_id: int = 0
+    seller_order_id: int = 0
 
     def __getstate__(self) -> list[object]:
         return fields_state(self)
@@ -73,9 +85,13 @@ class Fill:
 
 @dataclass(frozen=True, slots=True)
 class MarkPrice:
+    """``index_price``: the gateway's index (spot) price, 0 when not given; the
+    mark-price guard checks the mark's divergence from it."""
+
     market: str
     price: int
     ts: int = 0
+    index_price: int = 0
 
     def __getstate__(self) -> list[object]:
         return fields_state(self)
@@ -198,6 +214,110 @@ class FundInjection:
 
 
 @dataclass(frozen=True, slots=True)
+class MarketStatusChange:
+    """An operator opens, halts or sets a market close-only (``status``: a
+    :class:`~riskd.core.market_status.MarketStatus` value, e.g. ``"halted"``)."""
+
+    market: str
+    status: str
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkGuardOverride:
+    """An operator clears a market's mark-price guard (``hold`` false: the newest
+    mark is good) or holds it on (``hold`` true) until cleared."""
+
+    market: str
+    hold: bool
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class SettleMarket:
+    """Final settlement: every position is closed at ``price``, the market delisted."""
+
+    market: str
+    price: int
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOrder:
+    """A pre-trade check: accept the order and reserve its margin, or refuse it.
+
+    ``side`` +1 buy / -1 sell; ``leverage`` 0: the tier's maximum.
+    """
+
+    market: str
+    order_id: int
+    account: int
+    side: int
+    price: int
+    quantity: int
+    reduce_only: bool = False
+    post_only: bool = False
+    leverage: int = 0
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class AmendOrder:
+    """An open order's new price and remaining quantity, checked again."""
+
+    market: str
+    order_id: int
+    price: int
+    quantity: int
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    """An open order left the book unfilled (its rest): the reservation is released."""
+
+    market: str
+    order_id: int
+    ts: int = 0
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True)
 class SetMarginMode:
     """The account's margin mode in a market: cross (shares its wallet) or isolated."""
 
@@ -223,6 +343,12 @@ Input = (
     | LiquidationFill
     | LiquidationDone
     | FundInjection
+    | CheckOrder
+    | AmendOrder
+    | CancelOrder
+    | MarketStatusChange
+    | MarkGuardOverride
+    | SettleMarket
     | SetMarginMode
 )
 
@@ -527,6 +653,65 @@ class FundFlow:
         restore(self, state)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarkGuardChanged:
+    """A market's mark-price guard went on, changed reason or cleared.
+
+    ``reason`` is a :class:`~riskd.core.mark_guard.GuardReason` value, "" when
+    cleared; ``mark`` the newest mark, ``good_mark`` the last one that passed
+    (0: none yet)."""
+
+    market: str
+    reason: str
+    mark: int
+    good_mark: int
+    index_price: int
+    ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarketStatusChanged:
+    """A market's lifecycle status changed (a ``MarketStatus`` value)."""
+
+    market: str
+    status: str
+    previous: str
+    ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarketSettled:
+    """A market was settled and delisted: ``positions`` closed at ``price``;
+    ``paid_out`` the margin returned to wallets, ``fee_pool`` the market's fee
+    pool after (the closes' rounding went there)."""
+
+    market: str
+    asset: str
+    price: int
+    positions: int
+    paid_out: int
+    fee_pool: int
+    ts: int
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
 Effect = (
     FundCredit
     | TakeoverClaim
@@ -541,4 +726,7 @@ Effect = (
     | MarginCall
     | AccountLiquidation
     | FundFlow
+    | MarkGuardChanged
+    | MarketStatusChanged
+    | MarketSettled
 )

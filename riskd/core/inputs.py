@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from riskd.core.errors import Rejected
 from riskd.core.events import (
+    AmendOrder,
+    CancelOrder,
+    CheckOrder,
     Deposit,
     Fill,
     FundingRate,
@@ -30,8 +33,11 @@ from riskd.core.events import (
     LiquidationDone,
     LiquidationFill,
     MarginTransfer,
+    MarketStatusChange,
+    MarkGuardOverride,
     MarkPrice,
     SetMarginMode,
+    SettleMarket,
     Withdrawal,
 )
 
@@ -59,6 +65,7 @@ class Journal(enum.Enum):
     INGEST = "ingest"  # a row of an IngestBatch (streamed by gateways)
     WITHDRAWAL = "withdrawal"  # WithdrawalDecided (the Withdraw RPC)
     INJECTION = "injection"  # FundInjected (the admin InjectFund RPC)
+    ADMIN = "admin"  # AdminInput (the lifecycle and mark-guard admin RPCs)
 
 
 # A plain class, not a dataclass: mypyc cannot compile a generic dataclass.
@@ -151,6 +158,13 @@ def _market(
     )
 
 
+def _admin(cls: type[I], apply: Callable[[MarketEngine, I], None]) -> InputKind[I]:
+    """A market's lifecycle or guard change an operator makes (journaled as AdminInput)."""
+    return InputKind(
+        cls=cls, owner=Owner.MARKET, key="market", journal=Journal.ADMIN, wire=None, on_market=apply
+    )
+
+
 _TABLE: tuple[InputKind[Any], ...] = (
     _market(Fill, "fill", lambda m, x: m.fill(x)),
     _market(MarkPrice, "mark_price", lambda m, x: m.mark_price(x), liquidation_path=True),
@@ -194,6 +208,12 @@ _TABLE: tuple[InputKind[Any], ...] = (
         wire=None,
         on_fund=lambda f, x: f.inject(x.amount, x.cause, x.ts),
     ),
+    _market(CheckOrder, "check_order", lambda m, x: m.check_order(x)),
+    _market(AmendOrder, "amend_order", lambda m, x: m.amend_order(x)),
+    _market(CancelOrder, "cancel_order", lambda m, x: m.cancel_order(x)),
+    _admin(MarketStatusChange, lambda m, x: m.set_status(x)),
+    _admin(MarkGuardOverride, lambda m, x: m.override_guard(x)),
+    _admin(SettleMarket, lambda m, x: m.settle(x.price, x.ts)),
 )
 
 #: Every input kind by its class, in the order format 2 lists them.

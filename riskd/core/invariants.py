@@ -52,6 +52,11 @@ def violations(engine: Engine) -> list[str]:
         shorts = -sum(p.size for p in m.positions.values() if p.size < 0)
         if longs != shorts:
             out.append(f"{m.symbol}: long size {longs} != short size {shorts}")
+        if m.open_interest != longs:
+            out.append(f"{m.symbol}: open interest {m.open_interest} != long size {longs}")
+        for o in m.orders:
+            if o.margin < 0 or o.quantity <= 0:
+                out.append(f"{m.symbol}: order {o.order_id} holds {o.margin} for {o.quantity}")
         for p in m.positions.values():
             if p.size == 0 and p.basis != 0:
                 out.append(f"{m.symbol}: flat position of {p.account} keeps basis {p.basis}")
@@ -67,8 +72,8 @@ def violations(engine: Engine) -> list[str]:
                 out.append(f"{m.symbol}: account {p.account} has negative margin {p.margin}")
             if m.mark is not None and p.size and (p.key is None):
                 out.append(f"{m.symbol}: open position of {p.account} is not indexed")
-            if m.mark is None or not p.size:
-                continue
+            if m.mark is None or not p.size or m.guard.reason is not None:
+                continue  # a guarded mark liquidates nobody (riskd.core.mark_guard)
             if p.is_backstop:
                 if is_bankrupt(m.spec, p, m.mark):
                     out.append(f"{m.symbol}: the backstop is bankrupt but not liquidating")
@@ -84,8 +89,8 @@ def _cross_violations(engine: Engine) -> list[str]:
     accounts = {(m.asset, a) for m in engine.markets.values() for a in m.cross}
     for asset, account in sorted(accounts):
         legs = [leg for _, leg in engine.cross_legs(asset, account)]
-        if any(leg.liquidating for leg in legs):
-            continue
+        if any(leg.liquidating or leg.guarded for leg in legs):
+            continue  # being liquidated, or a guarded mark that decides nothing
         if cross_margin.liquidatable(legs, engine.wallets[asset].balance(account)):
             out.append(f"{asset}: cross account {account} is liquidatable but not liquidating")
     return out
@@ -102,11 +107,18 @@ def digest(engine: Engine) -> str:
         m = engine.markets[sym]
         h.update(f"M|{sym}|{m.mark}|{m.fee_pool}|{m.next_liquidation}\n".encode())
         h.update(f"T|{len(m.trade_ids)}\n".encode() + m.trade_ids.canonical())
+        g = m.guard
+        if m.status.value != "open" or g.reason is not None or g.good_mark != m.mark:
+            # Only when not the default, so digests of states without them stay as they were.
+            reason = "" if g.reason is None else g.reason.value
+            h.update(f"S|{m.status.value}|{reason}|{g.good_mark}|{g.mark_ts}\n".encode())
         for acct in sorted(m.cross):
             h.update(f"C|{acct}\n".encode())
         for acct in sorted(m.positions):
             p = m.positions[acct]
             h.update(f"P|{acct}|{p.size}|{p.basis}|{p.margin}|{p.liquidation}\n".encode())
+        if m.orders:  # only then, so digests of states without orders stay as they were
+            h.update(f"OB|{len(m.orders)}\n".encode() + m.orders.canonical())
         for lid in sorted(m.liquidations):
             x = m.liquidations[lid]
             h.update(

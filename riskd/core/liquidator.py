@@ -231,6 +231,9 @@ class Liquidator:
         """
         spec, mark = self.m.spec, self.m.mark
         assert mark is not None
+        if self.m.guarded:  # the mark decides nothing: released, the next good one rescans
+            self._end(liq, pos, ts)
+            return
         if (
             spec.partial_policy is PartialLiquidation.FRACTION
             and spec.partial_cooldown_ms
@@ -300,7 +303,7 @@ class Liquidator:
             ts=ts,
         )
         assert self.m.mark is not None
-        if gave_up and is_liquidatable(self.m.spec, pos, self.m.mark):
+        if gave_up and not self.m.guarded and is_liquidatable(self.m.spec, pos, self.m.mark):
             self._end(liq, pos, ts, again=True)
         else:
             self._stepped(liq, pos, ts)

@@ -20,7 +20,6 @@ import functools
 import typing
 from dataclasses import dataclass, field, fields
 
-from riskd.core.pickling import fields_state
 from riskd.core.tiers import SpecError, TierTable
 from riskd.core.units import INT64_MAX, PPM, Asset
 
@@ -92,9 +91,6 @@ class CrossLiquidation(enum.Enum):
     STEP_DOWN = "step_down"
 
 
-#: Settings added after snapshots began pickling specs, oldest first: a spec
-#: pickled before one existed lacks its value (see MarketSpec.__setstate__).
-_ADDED: tuple[str, ...] = ("cross_liquidation",)
 
 #: Integer settings and their inclusive ranges, checked on every spec (config,
 #: UpdateMarket, journal replay).  A new integer field belongs here.
@@ -110,8 +106,55 @@ _RANGES: tuple[tuple[str, int, int], ...] = (
     ("fill_price_band_ppm", 0, PPM),
     ("partial_fraction_ppm", 1, PPM),
     ("partial_cooldown_ms", 0, INT64_MAX),
+    ("mark_stale_after_ms", 0, INT64_MAX),
+    ("mark_max_jump_ppm", 0, PPM),
+    ("mark_max_divergence_ppm", 0, PPM),
+    ("order_price_band_ppm", 0, PPM),
+    ("open_interest_cap", 0, INT64_MAX),
+    ("max_position_notional", 0, INT64_MAX),
 )
 _FLAGS = ("reduce_only", "partial_liquidation")
+#: MarketSpec's fields in the order snapshots of format 6 and older pickled them
+#: (positionally); never edit.
+_POSITIONAL_FIELDS = (
+    "symbol",
+    "contract_type",
+    "asset",
+    "price_decimals",
+    "tick_size",
+    "quantity_decimals",
+    "step_size",
+    "tiers",
+    "contract_value",
+    "liquidation_fee_cap_ppm",
+    "fund_fee_share_ppm",
+    "liquidation_mode",
+    "adl_policy",
+    "fund_loss_cap",
+    "reduce_only",
+    "partial_liquidation",
+    "margin_call_ppm",
+    "fill_price_band_ppm",
+    "partial_liquidation_policy",
+    "partial_fraction_ppm",
+    "partial_cooldown_ms",
+    "takeover_price",
+    "_linear_k",
+    "_inverse_num",
+    "_inverse_den",
+    "_tier_coefs",
+)
+#: The positional layouts by length (never edit): the one above, and the one with
+#: ``cross_liquidation`` after ``takeover_price`` (cross margin, before specs were
+#: pickled by name).
+_POSITIONAL_LAYOUTS: dict[int, tuple[str, ...]] = {
+    len(_POSITIONAL_FIELDS): _POSITIONAL_FIELDS,
+    len(_POSITIONAL_FIELDS) + 1: (
+        *_POSITIONAL_FIELDS[:22],
+        "cross_liquidation",
+        *_POSITIONAL_FIELDS[22:],
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +178,12 @@ class MarketSpec:
     before a margin call is published; 0 disables margin calls.
     ``fill_price_band_ppm`` turns on the fill sanity checks (0: off; see
     :meth:`riskd.core.market_engine.MarketEngine.fill`): a fill's price must be
-    within this fraction of the mark.
+    within this fraction of the mark.  ``mark_stale_after_ms``,
+    ``mark_max_jump_ppm`` and ``mark_max_divergence_ppm`` are the mark-price
+    guard's limits (:mod:`riskd.core.mark_guard`; 0: that check is off).
+    ``order_price_band_ppm`` (of the mark), ``open_interest_cap`` (quantity
+    units, longs) and ``max_position_notional`` (quantums) are the risk
+    gate's limits on orders (:mod:`riskd.core.risk_gate`; 0: no limit).
     """
 
     symbol: str
@@ -160,26 +208,20 @@ class MarketSpec:
     partial_fraction_ppm: int = 200_000
     partial_cooldown_ms: int = 30_000
     takeover_price: TakeoverPrice = TakeoverPrice.MARK
+    # The mark-price guard (riskd.core.mark_guard); 0 turns each check off.
+    mark_stale_after_ms: int = 0
+    mark_max_jump_ppm: int = 0
+    mark_max_divergence_ppm: int = 0
+    # The risk gate (riskd.core.risk_gate); 0 turns each limit off.
+    order_price_band_ppm: int = 0
+    open_interest_cap: int = 0
+    max_position_notional: int = 0
     cross_liquidation: CrossLiquidation = CrossLiquidation.ALL_AT_ONCE
     # Derived constants (see __post_init__); excluded from equality.
     _linear_k: int = field(default=0, compare=False, repr=False)
     _inverse_num: int = field(default=0, compare=False, repr=False)
     _inverse_den: int = field(default=1, compare=False, repr=False)
     _tier_coefs: tuple[tuple[int, int, int], ...] = field(default=(), compare=False, repr=False)
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: list[object]) -> None:
-        """Unpickle, also a spec pickled before the newest settings existed: its
-        values are in field order without them (they take their defaults)."""
-        names = [f.name for f in fields(self)]
-        missing = set(_ADDED[len(_ADDED) - (len(names) - len(state)) :])
-        if len(names) - len(state) > len(_ADDED):
-            raise ValueError(f"a MarketSpec of {len(state)} values is too old to read")
-        values = dict(zip([n for n in names if n not in missing], state, strict=True))
-        for f in fields(self):
-            object.__setattr__(self, f.name, values.get(f.name, f.default))
 
     def __post_init__(self) -> None:
         self._check()
@@ -210,6 +252,22 @@ class MarketSpec:
             for t in self.tiers.tiers
         )
         object.__setattr__(self, "_tier_coefs", coefs)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled by field name, so a field added later reads old snapshots."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict[str, object] | list[object]) -> None:
+        """Unpickle by name; a spec pickled positionally (before it was pickled by
+        name) in one of the field orders it had then; settings it lacks take their
+        defaults."""
+        if isinstance(state, list):
+            layout = _POSITIONAL_LAYOUTS.get(len(state))
+            if layout is None:
+                raise ValueError(f"a MarketSpec of {len(state)} values is not one riskd wrote")
+            state = dict(zip(layout, state, strict=True))
+        for f in fields(self):
+            object.__setattr__(self, f.name, state.get(f.name, f.default))
 
     def _check(self) -> None:
         """Every setting in range; a :class:`SpecError` names the first that is not."""

@@ -24,6 +24,9 @@ from riskd.core.errors import Rejected
 from riskd.core.events import (
     AccountLiquidation,
     AdlReason,
+    AmendOrder,
+    CancelOrder,
+    CheckOrder,
     Effect,
     Fill,
     FundCredit,
@@ -33,6 +36,10 @@ from riskd.core.events import (
     LiquidationDone,
     LiquidationFill,
     MarginCall,
+    MarketStatusChange,
+    MarketStatusChanged,
+    MarkGuardChanged,
+    MarkGuardOverride,
     MarkPrice,
     SetMarginMode,
     WalletCredit,
@@ -52,10 +59,15 @@ from riskd.core.margin import (
     maintenance_margin,
     unrealised,
 )
+from riskd.core.mark_guard import GuardReason, MarkGuard, judge, stale
 from riskd.core.market import MarketSpec
+from riskd.core.market_status import TRANSITIONS, MarketStatus
+from riskd.core.orders import BUY, SELL, Order, OrderBook
 from riskd.core.pickling import dict_state, fields_state, restore
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
+from riskd.core.risk_gate import decide
+from riskd.core.settlement import settle
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, sign
 from riskd.core.wallet import check_account
 
@@ -111,10 +123,23 @@ class MarketEngine:
         self._input = 0
         self._now = 0  # the current input's timestamp
         self._ranking: dict[bool, tuple[int, deque[Position]]] = {}
+        # Lifecycle (an operator's decision) and the mark-price guard (automatic).
+        self.status = MarketStatus.OPEN
+        self.guard = MarkGuard()
+        # Open orders and their reservations (riskd.core.orders); the long
+        # side's total size (open interest), kept by _set and change.
+        self.orders = OrderBook()
+        self.open_interest = 0
+        # Fills naming no open order (riskd_fills_unreserved_total).
+        self.unreserved_fills = 0
         # Cross margin (riskd.core.cross_margin): the accounts in cross mode here,
         # and those whose account must be re-checked after this input.
         self.cross: set[int] = set()
         self.cross_due: set[int] = set()
+        # What a cross account's wallet can commit to its next order check here,
+        # set by whoever routes it (Engine, the sequencer) just before; never
+        # kept between inputs.
+        self.cross_free: int | None = None
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Snapshots from before the liquidation machine kept its parts here."""
@@ -127,6 +152,17 @@ class MarketEngine:
             machine.recount_cooling()
             state.pop("_ranked_stale", None)
             state["machine"] = machine
+        state.setdefault("status", MarketStatus.OPEN)  # snapshots from before the lifecycle
+        if "guard" not in state:
+            guard = state["guard"] = MarkGuard()
+            guard.good_mark = state.get("mark")  # type: ignore[assignment]
+        if "orders" not in state:  # snapshots from before the risk gate
+            state["orders"] = OrderBook()
+            state["unreserved_fills"] = 0
+            positions: dict[int, Position] = state["positions"]  # type: ignore[assignment]
+            state["open_interest"] = sum(p.size for p in positions.values() if p.size > 0)
+        state.setdefault("cross_free", None)
+        state.pop("cross_leverage", None)  # kept by cross margin before its compiled form
         restore(self, state)
         if "cross" not in state:  # snapshots from before cross margin
             self.cross, self.cross_due = set(), set()
@@ -155,8 +191,21 @@ class MarketEngine:
     def symbol(self) -> str:
         return self.spec.symbol
 
+    @property
+    def guard_mark(self) -> int | None:
+        """The mark pre-trade checks use: the newest while the guard is off, else
+        the last good one (None before the first good mark)."""
+        return self.guard.good_mark if self.guard.reason is not None else self.mark
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the mark-price guard is on (liquidations paused)."""
+        return self.guard.reason is not None
+
     def _begin(self, ts: int) -> None:
         """A new input: cached ADL rankings describe an older state."""
+        if self.status is MarketStatus.SETTLED:
+            raise Rejected.precondition("market", f"{self.symbol} is settled (delisted)")
         self._input += 1
         self._now = ts
 
@@ -167,12 +216,108 @@ class MarketEngine:
     # --- inputs -----------------------------------------------------------------
 
     def mark_price(self, m: MarkPrice) -> None:
+        """A new mark, judged by the mark-price guard (:mod:`riskd.core.mark_guard`)."""
         self._begin(m.ts)
         self._check_price(m.price, "price")
+        if m.index_price < 0 or m.index_price > INT64_MAX:
+            raise Rejected.invalid(
+                "index_price", f"must be 0 (none) or a price > 0, got {m.index_price}"
+            )
+        spec, guard = self.spec, self.guard
         previous, self.mark = self.mark, m.price
+        if m.ts:
+            guard.mark_ts = m.ts
+        wrong = None
+        if spec.mark_max_jump_ppm or spec.mark_max_divergence_ppm:
+            wrong = judge(
+                previous,
+                m.price,
+                m.index_price,
+                spec.mark_max_jump_ppm,
+                spec.mark_max_divergence_ppm,
+            )
+        good, reason = guard.good_mark, guard.reason
+        if wrong is None and reason is None:
+            guard.good_mark = m.price  # the every-tick path: nothing else to do
+        elif reason is GuardReason.ADMIN:
+            pass  # held on by an operator until cleared
+        elif wrong is None:
+            guard.good_mark = m.price
+            self._guard_reason(None, m.ts, m.index_price)
+        else:
+            self._guard_reason(wrong, m.ts, m.index_price)
         self.scan(m.ts)
-        if previous is not None and self.spec.margin_call_ppm:
-            self._margin_calls(previous, m.ts)
+        # Margin calls follow good marks only, from the last good one.
+        if good is not None and spec.margin_call_ppm and guard.reason is None:
+            self._margin_calls(good, m.ts)
+
+    def _guard_reason(self, reason: GuardReason | None, ts: int, index: int = 0) -> None:
+        """Set the guard's reason, publishing a change."""
+        guard = self.guard
+        if reason is guard.reason:
+            return
+        guard.reason = reason
+        self.effects.append(
+            MarkGuardChanged(
+                market=self.symbol,
+                reason="" if reason is None else reason.value,
+                mark=self.mark or 0,
+                good_mark=guard.good_mark or 0,
+                index_price=index,
+                ts=ts,
+            )
+        )
+
+    def _check_stale(self, ts: int) -> bool:
+        """Guard a mark that has not moved for ``mark_stale_after_ms``; whether guarded."""
+        guard = self.guard
+        if guard.reason is None and stale(guard.mark_ts, ts, self.spec.mark_stale_after_ms):
+            self._guard_reason(GuardReason.STALE, ts)
+        return guard.reason is not None
+
+    def override_guard(self, o: MarkGuardOverride) -> None:
+        """An operator clears the guard (the newest mark is good) or holds it on."""
+        self._begin(o.ts)
+        if o.hold:
+            self._guard_reason(GuardReason.ADMIN, o.ts)
+            return
+        if self.mark is None:
+            raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
+        if self.guard.reason is None:
+            raise Rejected.precondition("market", f"{self.symbol}'s mark is not guarded")
+        self.guard.good_mark = self.mark
+        if o.ts:
+            self.guard.mark_ts = o.ts  # the operator vouches for it now: not stale
+        self._guard_reason(None, o.ts)
+        self.scan(o.ts)
+
+    def set_status(self, c: MarketStatusChange) -> None:
+        """An operator opens, halts or sets the market close-only."""
+        self._begin(c.ts)
+        try:
+            status = MarketStatus(c.status)
+        except ValueError:
+            raise Rejected.invalid("status", f"unknown status {c.status!r}") from None
+        if status is MarketStatus.SETTLED:
+            raise Rejected.invalid("status", "a market is settled by SettleMarket, with a price")
+        if status is self.status:
+            raise Rejected.precondition("status", f"{self.symbol} is already {status.value}")
+        if status not in TRANSITIONS[self.status]:
+            raise Rejected.precondition(
+                "status", f"{self.symbol} cannot go from {self.status.value} to {status.value}"
+            )
+        previous, self.status = self.status, status
+        self.effects.append(
+            MarketStatusChanged(
+                market=self.symbol, status=status.value, previous=previous.value, ts=c.ts
+            )
+        )
+
+    def settle(self, price: int, ts: int) -> None:
+        """Final settlement at ``price`` (:mod:`riskd.core.settlement`)."""
+        self._begin(ts)
+        settle(self, price, ts)
+        self.orders = OrderBook()  # a delisted market's orders are gone with it
 
     def fill(self, f: Fill) -> None:
         """Apply both sides of a trade (open, increase, reduce, close or flip).
@@ -187,6 +332,8 @@ class MarketEngine:
         self._check_price(f.price, "price")
         self._check_quantity(f.quantity, "quantity")
         check_id(f.trade_id, "trade_id")
+        check_id(f.buyer_order_id, "buyer_order_id")
+        check_id(f.seller_order_id, "seller_order_id")
         self._check_account(f.buyer, "buyer_account")
         self._check_account(f.seller, "seller_account")
         if f.buyer == f.seller:
@@ -197,6 +344,8 @@ class MarketEngine:
         if f.trade_id:  # the trade without its id and timestamp
             payload = fingerprint(f.buyer, f.seller, f.price, f.quantity, f.buyer_fee, f.seller_fee)
             self.trade_ids.check(f.trade_id, payload, "trade_id", "fill")
+        if not self.status.trades:  # after the id: a resend is "already applied" first
+            raise Rejected.precondition("market", f"{self.symbol} is {self.status.value}")
         # Each side's value rounds against it; the residue goes to the fee pool.
         bought = self.spec.side_value(f.quantity, f.price)
         sold = self.spec.side_value(-f.quantity, f.price)
@@ -215,12 +364,173 @@ class MarketEngine:
         self._commit(seller, seller_after)
         self._take_fee(f.buyer_fee, cause, f.ts)
         self._take_fee(f.seller_fee, cause, f.ts)
+        bought_from_order = self._fill_order(f.buyer_order_id, f.buyer, BUY, f.quantity)
+        sold_from_order = self._fill_order(f.seller_order_id, f.seller, SELL, f.quantity)
+        if not (bought_from_order and sold_from_order):
+            self.unreserved_fills += 1
         self._after_trade(buyer, f.ts)
         self._after_trade(seller, f.ts)
         self.scan(f.ts)
 
+    def _fill_order(self, order_id: int, account: int, side: int, quantity: int) -> bool:
+        """Release what a fill used of the side's open order; False: it named none.
+
+        The backstop trades without orders (its fills count as reserved).
+        A fill that names no open order of its account and side still
+        happened: it is applied, and counted as unreserved.
+        """
+        if account == BACKSTOP_ACCOUNT:
+            return True
+        order = self.orders.get(order_id) if order_id else None
+        if order is None or order.account != account or order.side != side:
+            return False
+        self.orders.fill(order_id, quantity)
+        return True
+
+    def check_order(self, c: CheckOrder) -> None:
+        """The pre-trade check (:mod:`riskd.core.risk_gate`): the order is open and
+        its margin reserved, or it is refused and nothing changes.
+
+        An ``order_id`` already open with the same terms is that order again
+        (a retried check): accepted, nothing more reserved.
+        """
+        cross_free, self.cross_free = self.cross_free, None
+        self._begin(c.ts)
+        self._check_order_id(c.order_id)
+        check_account(c.account, "account")
+        if c.side != BUY and c.side != SELL:
+            raise Rejected.invalid("side", f"must be buy (1) or sell (-1), got {c.side}")
+        self._check_price(c.price, "price")
+        self._check_quantity(c.quantity, "quantity")
+        if not 0 <= c.leverage <= PPM:
+            raise Rejected.invalid(
+                "leverage", f"must be 0 (the tier's maximum) or 1..1000000, got {c.leverage}"
+            )
+        held = self.orders.get(c.order_id)
+        if held is not None:
+            if (
+                held.account,
+                held.side,
+                held.price,
+                held.quantity,
+                held.post_only,
+                held.leverage,
+            ) == (
+                c.account,
+                c.side,
+                c.price,
+                c.quantity,
+                c.post_only,
+                c.leverage,
+            ):
+                return
+            raise Rejected.precondition(
+                "order_id", f"order {c.order_id} is already open in {self.symbol} with other terms"
+            )
+        order = Order(
+            c.order_id,
+            c.account,
+            c.side,
+            c.price,
+            c.quantity,
+            c.reduce_only,
+            c.post_only,
+            c.leverage,
+            0,
+        )
+        order.margin, order.reduce_only = decide(
+            self.spec,
+            self.status,
+            self.guard_mark,
+            self.positions.get(c.account),
+            self.orders,
+            self.open_interest,
+            order,
+            cross_free=self._cross_free(c.account, cross_free),
+        )
+        self.orders.add(order)
+
+    def amend_order(self, a: AmendOrder) -> None:
+        """An open order's new price and remaining quantity, checked as a new one would be;
+        refused, the order stays as it was."""
+        cross_free, self.cross_free = self.cross_free, None
+        self._begin(a.ts)
+        self._check_order_id(a.order_id)
+        self._check_price(a.price, "price")
+        self._check_quantity(a.quantity, "quantity")
+        old = self._open_order(a.order_id)
+        new = Order(
+            old.order_id,
+            old.account,
+            old.side,
+            a.price,
+            a.quantity,
+            old.reduce_only,
+            old.post_only,
+            old.leverage,
+            0,
+        )
+        new.margin, new.reduce_only = decide(
+            self.spec,
+            self.status,
+            self.guard_mark,
+            self.positions.get(old.account),
+            self.orders,
+            self.open_interest,
+            new,
+            old,
+            self._cross_free(old.account, cross_free),
+        )
+        self.orders.remove(old.order_id)
+        self.orders.add(new)
+
+    def _cross_free(self, account: int, given: int | None) -> int | None:
+        """What a cross account's order check may commit (None: isolated); without a
+        figure from the router (a market driven alone), nothing."""
+        if account not in self.cross:
+            return None
+        return 0 if given is None else given
+
+    def cross_order_account(self, x: object) -> int | None:
+        """The cross account an order check or amend here is for (None: not one):
+        its router works out :attr:`cross_free` first."""
+        if type(x) is CheckOrder:
+            account = x.account
+        elif type(x) is AmendOrder:
+            order = self.orders.get(x.order_id)
+            if order is None:
+                return None
+            account = order.account
+        else:
+            return None
+        return account if account in self.cross else None
+
+    def cross_reserved(self, account: int) -> int:
+        """What the account's open orders here hold of its cross wallet (0: isolated here)."""
+        return self.orders.reserved(account) if account in self.cross else 0
+
+    def cancel_order(self, c: CancelOrder) -> None:
+        """An open order left the book: its reservation is released."""
+        self._begin(c.ts)
+        self._check_order_id(c.order_id)
+        self.orders.remove(self._open_order(c.order_id).order_id)
+
+    def _open_order(self, order_id: int) -> Order:
+        order = self.orders.get(order_id)
+        if order is None:
+            raise Rejected.not_found("order_id", f"no open order {order_id} in {self.symbol}")
+        return order
+
+    @staticmethod
+    def _check_order_id(order_id: int) -> None:
+        if order_id == 0:
+            raise Rejected.invalid("order_id", "is required (> 0)")
+        check_id(order_id, "order_id")
+
     def check_margin_credit(self, account: int, amount: int) -> None:
         """Validate a wallet → margin transfer before the wallet is debited."""
+        if self.status is MarketStatus.SETTLED:
+            raise Rejected.precondition("market", f"{self.symbol} is settled (delisted)")
         self._check_account(account, "account")
         if amount <= 0:
             raise Rejected.invalid("amount", f"must be > 0, got {amount}")
@@ -250,7 +560,13 @@ class MarketEngine:
             raise Rejected.not_found("account", f"no margin for account {account} in {self.symbol}")
         if pos.liquidation:
             raise Rejected.precondition("account", "position is being liquidated")
-        free = pos.margin
+        if pos.size and self.guard.reason is not None:
+            raise Rejected.precondition(
+                "market",
+                f"{self.symbol}'s mark is guarded ({self.guard.reason.value}): margin stays",
+            )
+        # Open orders keep the margin reserved for them (riskd.core.risk_gate.available).
+        free = pos.margin - self.orders.reserved(account)
         if pos.size:
             if self.mark is None:
                 raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
@@ -258,7 +574,9 @@ class MarketEngine:
             free += min(u, 0) - initial_margin(self.spec, pos, self.mark)
         if amount > free:
             raise Rejected.precondition(
-                "amount", f"{amount} exceeds the {max(free, 0)} free in the isolated margin"
+                "amount",
+                f"{amount} exceeds the {max(free, 0)} free in the isolated margin"
+                " (initial margin and open orders' reservations stay)",
             )
         self._set(pos, pos.size, pos.basis, pos.margin - amount)
         self.effects.append(
@@ -276,6 +594,12 @@ class MarketEngine:
             raise Rejected.invalid("account", "the backstop's positions are isolated")
         if (x.account in self.cross) == x.cross:
             return
+        if self.orders.reserved(x.account) or self.orders.of(x.account):
+            raise Rejected.precondition(
+                "cross",
+                f"account {x.account} has open orders in {self.symbol}: their margin is held"
+                " in the mode they were checked in (cancel them first)",
+            )
         pos = self.positions.get(x.account)
         if pos is not None:
             what = f"a position of {pos.size}" if pos.size else f"{pos.margin} isolated margin"
@@ -319,6 +643,7 @@ class MarketEngine:
             pos.basis,
             pos.margin,
             bool(pos.liquidation),
+            self.guard.reason is not None,
         )
 
     def allocate_cross(self, account: int, margin: int) -> int:
@@ -341,6 +666,7 @@ class MarketEngine:
         pos = self.positions[account]
         if not pos.liquidation and pos.size:
             self.liquidator.start(pos, ts, whole=True)
+            self.orders.drop_account(account)  # as for an isolated one (scan)
 
     def update_spec(self, spec: MarketSpec, ts: int) -> None:
         """Change a live market's risk settings (tiers, fees, modes, caps, reduce-only).
@@ -368,12 +694,13 @@ class MarketEngine:
 
     def funding(self, f: FundingRate) -> None:
         self._begin(f.ts)
-        if self.mark is None:
-            raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
+        mark = self.guard_mark  # a guarded mark sets no payment: the last good one does
+        if mark is None:
+            raise Rejected.precondition("market", f"{self.symbol} has no good mark price yet")
         if not -(10**8) < f.rate_e8 < 10**8:
             raise Rejected.invalid("rate_e8", "funding rate must be within (-100 %, 100 %)")
         live = [p for p in self.positions.values() if p.size and not p.liquidation]
-        deltas, residue = funding_transfers(self.spec, live, self.mark, f.rate_e8, self.cross)
+        deltas, residue = funding_transfers(self.spec, live, mark, f.rate_e8, self.cross)
         for account, delta in deltas.items():
             pos = self.positions[account]
             self._set(pos, pos.size, pos.basis, pos.margin + delta)
@@ -451,8 +778,12 @@ class MarketEngine:
         self.liquidator.fund_decision(d, ts)
 
     def scan(self, ts: int) -> None:
-        """Start liquidating every position the mark has crossed."""
+        """Start liquidating every position the mark has crossed (none while guarded)."""
         if self.mark is None:
+            return
+        if self.guard.reason is not None or (
+            self.spec.mark_stale_after_ms and self._check_stale(ts)
+        ):
             return
         if self.machine.awaiting_adl:  # counterparties may have appeared since
             self.liquidator.retry_adl(ts)
@@ -463,6 +794,8 @@ class MarketEngine:
                 self.cross_due.add(account)
             else:
                 self.liquidator.start(self.positions[account], ts)
+                # The venue cancels a liquidated account's orders: nothing stays reserved.
+                self.orders.drop_account(account)
 
     def _margin_calls(self, previous: int, ts: int) -> None:
         """Call the positions the mark's move brought within the band of their LP.
@@ -515,8 +848,14 @@ class MarketEngine:
         grows = abs(trial.size) > abs(pos.size) or (
             pos.size and trial.size and (trial.size > 0) != (pos.size > 0)
         )
-        if grows and (self.spec.reduce_only or pos.is_backstop):
-            why = "the backstop only reduces" if pos.is_backstop else "market is reduce-only"
+        if grows and (self.spec.reduce_only or pos.is_backstop or not self.status.grows):
+            why = (
+                "the backstop only reduces"
+                if pos.is_backstop
+                else "market is reduce-only"
+                if self.spec.reduce_only
+                else f"market is {self.status.value}"
+            )
             raise Rejected.precondition(field, f"{self.symbol}: {why}")
         if margin < 0 and (trial.size == 0 or account not in self.cross):
             what = "cross allocation here" if account in self.cross else "isolated margin"
@@ -557,6 +896,7 @@ class MarketEngine:
         """Change a position's numbers; a margin call if that moved it into the band."""
         was_called = pos.key is not None and self._in_call_band(pos.size > 0, pos.key >> 64)
         self.machine.untrack(pos)
+        self.open_interest += max(size, 0) - max(pos.size, 0)
         pos.size, pos.basis, pos.margin = size, basis, margin
         self.machine.track(self.spec, pos)
         if (
@@ -598,10 +938,30 @@ class MarketEngine:
             self.sweep(pos, ts)
 
     def sweep(self, pos: Position, ts: int) -> None:
-        """A flat position's margin returns to its owner; the record goes."""
+        """A flat position's margin returns to its owner; the record goes.
+
+        What its open orders reserve stays, in the flat position, until they
+        are filled or cancelled and the owner moves it out.
+        """
         if pos.margin < 0:
             raise AssertionError(f"{self.symbol}: {pos} would leave with negative margin")
         self.machine.untrack(pos)
+        # A cross position's margin is its band of the wallet: it all goes back.
+        keep = (
+            0 if pos.account in self.cross else min(pos.margin, self.orders.reserved(pos.account))
+        )
+        if keep:
+            if pos.margin > keep:
+                self.effects.append(
+                    WalletCredit(
+                        account=pos.account,
+                        asset=self.asset,
+                        amount=pos.margin - keep,
+                        cause="close",
+                    )
+                )
+            pos.margin = keep
+            return
         if pos.margin:
             if pos.is_backstop:
                 self.sweep_backstop_margin(pos.margin, ts)
@@ -637,7 +997,9 @@ class MarketEngine:
         can never describe a position that moved.
         """
         self.machine.untrack(pos)
+        was = pos.size
         realised = pos.trade(qty, value) if qty else 0
+        self.open_interest += max(pos.size, 0) - max(was, 0)
         pos.margin += realised + margin
         self.machine.track(self.spec, pos)
         return realised

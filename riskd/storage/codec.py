@@ -3,7 +3,16 @@
 JSON keeps integers exact at any size, is readable by ``sqlite3`` and any
 auditor, and does not execute anything on load.
 
-Format 2 (this version writes it).  Every record is one JSON object with
+Format 3 (this version writes it) is format 2 with more in it: the record
+kinds ``admin`` (an operator's change to a market: its status, its mark
+guard, its settlement) and ``market_added`` (``AddMarket``), and the input
+kinds and fields of the risk gate and the mark guard (``CheckOrder``,
+``AmendOrder``, ``CancelOrder``, a fill's order ids, a mark's index price).
+A format 2 record is read as format 3 (nothing in it changed meaning); a
+riskd that reads only format 2 refuses a format 3 journal by its version
+instead of failing on a kind it does not know.
+
+Format 2.  Every record is one JSON object with
 ``"v": 2`` and a ``"kind"``; every value is under its field's name.  An
 ingest batch, the bulk of the journal, names each input class's fields once
 (``"fields": {"Fill": ["market", "trade_id", ...]}``) and its rows carry the
@@ -49,9 +58,11 @@ from riskd.core import (
 )
 from riskd.storage.journal import JournalCorrupt
 from riskd.storage.records import (
+    AdminInput,
     EpochAssigned,
     FundInjected,
     IngestBatch,
+    MarketAdded,
     MarketSettings,
     MarketUpdated,
     Record,
@@ -76,7 +87,7 @@ __all__ = [
 ]
 
 #: The journal format this version writes.
-FORMAT = 2
+FORMAT = 3
 #: The oldest format it still reads.
 OLDEST = 1
 
@@ -284,6 +295,11 @@ class Codec:
                     markets={sym: settings_of(spec) for sym, spec in record.markets.items()},
                     created=list(record.created),
                 )
+            case AdminInput():
+                x = record.input
+                out.update(kind="admin", type=type(x).__name__, input=self._input_fields(x))
+            case MarketAdded():
+                out.update(kind="market_added", market=settings_of(record.spec))
             case _:
                 raise TypeError(f"not a journal record: {type(record).__name__}")
         return json.dumps(out, separators=(",", ":"), sort_keys=True)
@@ -327,6 +343,11 @@ class Codec:
                 return self._update(r["market"], r["changes"], r["ts"])
             case "epoch":
                 return EpochAssigned(r["gateway"], r["epoch"])
+            case "admin":
+                return AdminInput(self._input(r["type"], r["input"], "admin record"))
+            case "market_added":
+                values = r["market"]
+                return MarketAdded(self._spec(str(values.get("symbol")), values))
             case _:  # "settings"
                 return MarketSettings(
                     {sym: self._spec(sym, values) for sym, values in r["markets"].items()},
@@ -434,7 +455,8 @@ def _by_name(cls: type[Any], names: tuple[str, ...]) -> Any:
     return make
 
 
-#: Format 2's keys per kind, besides "v" and "kind": exactly these, no more, no fewer.
+#: Format 2's and 3's keys per kind, besides "v" and "kind": exactly these, no more, no
+#: fewer (the last two kinds are format 3's).
 _V2_FIELDS: dict[str, set[str]] = {
     "ingest": {"gateway", "epoch", "offset", "fields", "updates"},
     "withdrawal": {"withdrawal_id", "withdrawal"},
@@ -442,6 +464,8 @@ _V2_FIELDS: dict[str, set[str]] = {
     "market_update": {"market", "changes", "ts"},
     "epoch": {"gateway", "epoch"},
     "settings": {"markets", "created"},
+    "admin": {"type", "input"},
+    "market_added": {"market"},
 }
 
 CODEC = Codec()

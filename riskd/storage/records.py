@@ -15,7 +15,10 @@ upgrade tests), so both follow the same rules, stated once here:
 * a market change is applied as ``UpdateMarket`` applied it;
 * a settings record installs the recorded settings of the markets it
   creates: replay uses the settings a market was recorded under, not the
-  ones the config file holds today.
+  ones the config file holds today;
+* an admin input (a market's status, its mark guard, its settlement) is
+  applied like a streamed one, and skipped if the engine refuses it again;
+* a market added at runtime begins with its recorded settings.
 
 How records are written as text: :mod:`riskd.storage.codec`.
 """
@@ -48,6 +51,8 @@ __all__ = [
     "MarketUpdated",
     "EpochAssigned",
     "MarketSettings",
+    "AdminInput",
+    "MarketAdded",
     "Record",
     "Target",
     "apply",
@@ -116,8 +121,30 @@ class MarketSettings:
     created: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class AdminInput:
+    """An operator's change to a market (an input of ``Journal.ADMIN``: its
+    status, its mark guard, its final settlement)."""
+
+    input: Input
+
+
+@dataclass(frozen=True, slots=True)
+class MarketAdded:
+    """``AdminService.AddMarket``: a market begins here with these settings."""
+
+    spec: MarketSpec
+
+
 Record = (
-    IngestBatch | WithdrawalDecided | FundInjected | MarketUpdated | EpochAssigned | MarketSettings
+    IngestBatch
+    | WithdrawalDecided
+    | FundInjected
+    | MarketUpdated
+    | EpochAssigned
+    | MarketSettings
+    | AdminInput
+    | MarketAdded
 )
 
 R = TypeVar("R", covariant=True)
@@ -138,6 +165,10 @@ class Target(Protocol[R]):
 
     def settings(self, r: MarketSettings) -> R: ...
 
+    def admin(self, r: AdminInput) -> R: ...
+
+    def market_added(self, r: MarketAdded) -> R: ...
+
 
 def apply(record: Record, target: Target[R]) -> R:
     """Replay one record into ``target`` (the rules: this module's docstring)."""
@@ -154,6 +185,10 @@ def apply(record: Record, target: Target[R]) -> R:
             return target.epoch(record)
         case MarketSettings():
             return target.settings(record)
+        case AdminInput():
+            return target.admin(record)
+        case MarketAdded():
+            return target.market_added(record)
     raise TypeError(f"not a journal record: {type(record).__name__}")
 
 
@@ -209,4 +244,14 @@ class EngineTarget:
                 engine.wallets[asset] = Wallets(asset)
                 engine.funds[asset] = InsuranceFund(asset)
             engine.markets[symbol] = MarketEngine(spec)
+        return []
+
+    def admin(self, r: AdminInput) -> list[Effect]:
+        with contextlib.suppress(Rejected):
+            return self.engine.apply(r.input)
+        return []
+
+    def market_added(self, r: MarketAdded) -> list[Effect]:
+        with contextlib.suppress(Rejected):
+            self.engine.add_market(r.spec)
         return []

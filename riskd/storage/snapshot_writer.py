@@ -101,10 +101,12 @@ async def rebuild(
     if covered + len(texts) != records or (journal_hash and head != journal_hash):
         raise _Mismatch(f"the journal does not reach record {records} with the daemon's hash")
     async with trio.open_nursery() as nursery:
+        d.nursery = nursery  # markets added at runtime (AddMarket) start here too
         for actor in d.actors():
             await nursery.start(actor.run)
         if snap is not None:
             d.sequencer.restore(snap.state)
+            await d.sequencer.call(d.sequencer.adopt_restored)
         for text in texts:
             await d.sequencer.call(d.sequencer.replay, text)
         state: dict[str, Any] = await d.sequencer.call(d.sequencer.barrier, d.sequencer.state)

@@ -103,8 +103,8 @@ async def test_rejections_are_kept_for_a_reconnect_bounded_and_rebuilt_by_replay
         resume = s.resume("gw", 1)
         assert (resume.acked, resume.rejections_from) == (3, 1)
         assert resume.rejections == [
-            (2, 1, "", "INVALID_ARGUMENT", "updates[1].mark_price.price", "must be > 0"),
-            (3, 2, "MarkPrice", "NOT_FOUND", "market", "unknown market 'NOPE'"),
+            (2, 1, "", "INVALID_ARGUMENT", "updates[1].mark_price.price", "must be > 0", ""),
+            (3, 2, "MarkPrice", "NOT_FOUND", "market", "unknown market 'NOPE'", ""),
         ]
         assert s.resume("gw", 2) == type(resume)(0, 0, [])  # another epoch: nothing
         # A resend of 1..3 plus 4: the duplicates' rejections come back as first decided.

@@ -211,6 +211,18 @@ def lf(**kw: object) -> ingest_pb2.Update:
     return U(liquidation_fill=ingest_pb2.LiquidationFill(**{**base, **kw}))  # type: ignore[arg-type]
 
 
+def co(**kw: object) -> ingest_pb2.Update:
+    base: dict[str, object] = {
+        "market": "BTC-USDT",
+        "order_id": 1,
+        "account": 11,
+        "side": ingest_pb2.ORDER_SIDE_BUY,
+        "price": 5_000_000,
+        "quantity": 1,
+    }
+    return U(check_order=ingest_pb2.CheckOrder(**{**base, **kw}))  # type: ignore[arg-type]
+
+
 CASES = [
     # (id, update, code, field)
     ("missing-oneof", U(), INVALID, "updates[0].kind"),
@@ -241,6 +253,12 @@ CASES = [
     ),
     ("off-tick-fill", fill(price=5_000_005), INVALID, "updates[0].fill.price"),
     ("off-tick-mark", mark(price=5_000_001), INVALID, "updates[0].mark_price.price"),
+    (
+        "negative-index-price",
+        U(mark_price=ingest_pb2.MarkPrice(market="BTC-USDT", price=5_000_000, index_price=-1)),
+        INVALID,
+        "updates[0].mark_price.index_price",
+    ),
     (
         "off-step-quantity",
         fill(market="ETH-USDT", price=300_000, quantity=15),
@@ -285,6 +303,39 @@ CASES = [
         dep(account=11, amount=INT64_MAX),
         INVALID,
         "updates[0].deposit.amount",
+    ),
+    ("check-order-no-side", co(side=0), INVALID, "updates[0].check_order.side"),
+    ("check-order-unknown-side", co(side=7), INVALID, "updates[0].check_order.side"),
+    ("check-order-id-0", co(order_id=0), INVALID, "updates[0].check_order.order_id"),
+    ("check-order-account-0", co(account=0), INVALID, "updates[0].check_order.account"),
+    ("check-order-off-tick", co(price=5_000_005), INVALID, "updates[0].check_order.price"),
+    ("check-order-quantity-0", co(quantity=0), INVALID, "updates[0].check_order.quantity"),
+    ("check-order-leverage", co(leverage=-1), INVALID, "updates[0].check_order.leverage"),
+    ("check-order-market", co(market="NOPE"), NOT_FOUND, "updates[0].check_order.market"),
+    ("check-order-empty-market", co(market=""), INVALID, "updates[0].check_order.market"),
+    (
+        "amend-unknown-order",
+        U(amend_order=ingest_pb2.AmendOrder(market="BTC-USDT", order_id=99, price=10, quantity=1)),
+        NOT_FOUND,
+        "updates[0].amend_order.order_id",
+    ),
+    (
+        "amend-quantity-0",
+        U(amend_order=ingest_pb2.AmendOrder(market="BTC-USDT", order_id=99, price=10)),
+        INVALID,
+        "updates[0].amend_order.quantity",
+    ),
+    (
+        "cancel-unknown-order",
+        U(cancel_order=ingest_pb2.CancelOrder(market="BTC-USDT", order_id=99)),
+        NOT_FOUND,
+        "updates[0].cancel_order.order_id",
+    ),
+    (
+        "cancel-order-id-0",
+        U(cancel_order=ingest_pb2.CancelOrder(market="BTC-USDT")),
+        INVALID,
+        "updates[0].cancel_order.order_id",
     ),
 ]
 
@@ -345,6 +396,78 @@ def test_unknown_enum_on_update_market(d: Daemon) -> None:
         admin(d).UpdateMarket(admin_pb2.UpdateMarketRequest(market=types_pb2.Market(symbol="NOPE")))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert "market" in det(e.value)
+    assert digest(d) == before
+
+
+_TIER = types_pb2.RiskTier(notional_floor=0, max_leverage=20, maintenance_margin_rate_ppm=25_000)
+
+
+def _new(**kw: object) -> types_pb2.Market:
+    base: dict[str, object] = {
+        "symbol": "NEW-USDT",
+        "contract_type": types_pb2.CONTRACT_TYPE_LINEAR,
+        "settle_asset": "USDT",
+        "price_decimals": 2,
+        "quantity_decimals": 3,
+        "tiers": [_TIER],
+    }
+    return types_pb2.Market(**{**base, **kw})  # type: ignore[arg-type]
+
+
+_A = admin_pb2
+LIFECYCLE = [
+    # (id, method, request, code, field)
+    ("add-existing", "AddMarket", _A.AddMarketRequest(market=_new(symbol="BTC-USDT")),
+     grpc.StatusCode.FAILED_PRECONDITION, "market.symbol"),
+    ("add-unknown-asset", "AddMarket", _A.AddMarketRequest(market=_new(settle_asset="DOGE")),
+     grpc.StatusCode.FAILED_PRECONDITION, "market.settle_asset"),
+    ("add-no-contract", "AddMarket", _A.AddMarketRequest(market=_new(contract_type=0)),
+     grpc.StatusCode.INVALID_ARGUMENT, "market.contract_type"),
+    ("add-no-tiers", "AddMarket", _A.AddMarketRequest(market=_new(tiers=[])),
+     grpc.StatusCode.INVALID_ARGUMENT, "market.tiers"),
+    ("add-long-symbol", "AddMarket", _A.AddMarketRequest(market=_new(symbol="N" * 33)),
+     grpc.StatusCode.INVALID_ARGUMENT, "market.symbol"),
+    ("add-bad-jump", "AddMarket", _A.AddMarketRequest(market=_new(mark_max_jump_ppm=-1)),
+     grpc.StatusCode.INVALID_ARGUMENT, "market.mark_max_jump_ppm"),
+    ("add-bad-decimals", "AddMarket", _A.AddMarketRequest(market=_new(price_decimals=9)),
+     grpc.StatusCode.INVALID_ARGUMENT, "market.price_decimals"),
+    ("status-unspecified", "SetMarketStatus", _A.SetMarketStatusRequest(market="BTC-USDT"),
+     grpc.StatusCode.INVALID_ARGUMENT, "status"),
+    ("status-settled", "SetMarketStatus",
+     _A.SetMarketStatusRequest(market="BTC-USDT", status=types_pb2.MARKET_STATUS_SETTLED),
+     grpc.StatusCode.INVALID_ARGUMENT, "status"),
+    ("status-same", "SetMarketStatus",
+     _A.SetMarketStatusRequest(market="BTC-USDT", status=types_pb2.MARKET_STATUS_OPEN),
+     grpc.StatusCode.FAILED_PRECONDITION, "status"),
+    ("status-unknown-market", "SetMarketStatus",
+     _A.SetMarketStatusRequest(market="NOPE", status=types_pb2.MARKET_STATUS_HALTED),
+     grpc.StatusCode.NOT_FOUND, "market"),
+    ("guard-not-guarded", "OverrideMarkGuard", _A.OverrideMarkGuardRequest(market="BTC-USDT"),
+     grpc.StatusCode.FAILED_PRECONDITION, "market"),
+    ("guard-unknown-market", "OverrideMarkGuard", _A.OverrideMarkGuardRequest(market="NOPE"),
+     grpc.StatusCode.NOT_FOUND, "market"),
+    ("settle-price-0", "SettleMarket", _A.SettleMarketRequest(market="BTC-USDT"),
+     grpc.StatusCode.INVALID_ARGUMENT, "price"),
+    ("settle-off-tick", "SettleMarket", _A.SettleMarketRequest(market="BTC-USDT", price=5_000_001),
+     grpc.StatusCode.INVALID_ARGUMENT, "price"),
+    ("settle-unknown-market", "SettleMarket", _A.SettleMarketRequest(market="NOPE", price=10),
+     grpc.StatusCode.NOT_FOUND, "market"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "code", "field"),
+    [c[1:] for c in LIFECYCLE],
+    ids=[c[0] for c in LIFECYCLE],
+)
+def test_lifecycle_bad_input(
+    d: Daemon, method: str, request_: object, code: grpc.StatusCode, field: str
+) -> None:
+    before = digest(d)
+    with pytest.raises(grpc.RpcError) as e:
+        getattr(admin(d), method)(request_)
+    assert e.value.code() == code, e.value
+    assert det(e.value).startswith(field), det(e.value)
     assert digest(d) == before
 
 
@@ -409,6 +532,55 @@ def test_withdrawal_bad_input(d: Daemon) -> None:
 
 
 # --- 2. stream-level refusals --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "field"),
+    [
+        (ingest_pb2.CheckOrderRequest(), grpc.StatusCode.INVALID_ARGUMENT, "order"),
+        (
+            ingest_pb2.CheckOrderRequest(order=co(side=0).check_order),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "order.side",
+        ),
+        (
+            ingest_pb2.CheckOrderRequest(order=co(order_id=0).check_order),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "order.order_id",
+        ),
+        (
+            ingest_pb2.CheckOrderRequest(order=co(price=-10).check_order),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "order.price",
+        ),
+        (
+            ingest_pb2.CheckOrderRequest(order=co(market="NOPE").check_order),
+            grpc.StatusCode.NOT_FOUND,
+            "order.market",
+        ),
+        (
+            ingest_pb2.CheckOrderRequest(order=co(market="B" * 33).check_order),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "order.market",
+        ),
+        (
+            ingest_pb2.CheckOrderRequest(order=co().check_order, timestamp_ms=INT64_MIN),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "timestamp_ms",
+        ),
+    ],
+    ids=["no-order", "no-side", "id-0", "negative-price", "unknown-market", "long-id", "ts"],
+)
+def test_check_order_unary_bad_input(
+    d: Daemon, request_: ingest_pb2.CheckOrderRequest, code: grpc.StatusCode, field: str
+) -> None:
+    before = digest(d)
+    stub = ingest_pb2_grpc.IngestServiceStub(d.channel())
+    with pytest.raises(grpc.RpcError) as e:
+        stub.CheckOrder(request_, metadata=[("x-riskd-gateway", "gw-unary")])
+    assert e.value.code() == code, e.value
+    assert det(e.value).startswith(field), det(e.value)
+    assert digest(d) == before
 
 
 def test_sequence_gap_ends_the_stream(d: Daemon) -> None:
@@ -702,6 +874,41 @@ KINDS = {
         ingest_pb2.LiquidationDone, market=st.just("BTC-USDT"), liquidation_id=st.integers(1, 5)
     )
     | st.builds(ingest_pb2.LiquidationDone, market=ids, liquidation_id=u64),
+    "check_order": st.builds(
+        ingest_pb2.CheckOrder,
+        market=st.just("BTC-USDT"),
+        order_id=st.integers(1, 5),
+        account=accounts,
+        side=st.sampled_from([1, 2]),
+        price=btc_price,
+        quantity=st.integers(1, 1000),
+        reduce_only=st.booleans(),
+        leverage=st.integers(0, 200),
+    )
+    | st.builds(
+        ingest_pb2.CheckOrder,
+        market=ids,
+        order_id=u64,
+        account=u64,
+        side=st.integers(0, 3),
+        price=i64,
+        quantity=i64,
+        reduce_only=st.booleans(),
+        post_only=st.booleans(),
+        leverage=i64,
+    ),
+    "amend_order": st.builds(
+        ingest_pb2.AmendOrder,
+        market=st.just("BTC-USDT"),
+        order_id=st.integers(1, 5),
+        price=btc_price,
+        quantity=st.integers(1, 1000),
+    )
+    | st.builds(ingest_pb2.AmendOrder, market=ids, order_id=u64, price=i64, quantity=i64),
+    "cancel_order": st.builds(
+        ingest_pb2.CancelOrder, market=st.just("BTC-USDT"), order_id=st.integers(1, 5)
+    )
+    | st.builds(ingest_pb2.CancelOrder, market=ids, order_id=u64),
 }
 KNOWN_CODES = {
     INVALID,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks.harness import Sample, stamp, unexpected
+from benchmarks.harness import Sample, bucket_quantile, since, stamp, unexpected
 from riskd.config import ServerConfig
 
 
@@ -29,3 +29,19 @@ def test_refusals_liquidations_and_adl_are_problems_unless_expected() -> None:
     assert len(unexpected(samples, liquidations=True)) == 1
     assert unexpected(samples, liquidations=True, rejections=True) == []
     assert unexpected(samples[:1]) == []
+
+
+def test_a_quantile_is_read_from_what_happened_between_two_scrapes() -> None:
+    def commits(*counts: float) -> list[Sample]:
+        bounds = ("0.001", "0.0025", "0.005", "+Inf")
+        return [
+            Sample("riskd_journal_commit_seconds_bucket", {"le": le}, n)
+            for le, n in zip(bounds, counts, strict=True)
+        ]
+
+    before = commits(90, 100, 100, 100)  # set-up: 100 fast commits
+    during = since(before, commits(100, 190, 199, 200))  # 100 more, mostly slower
+    assert bucket_quantile(during, "riskd_journal_commit_seconds", 0.5) == 0.0025
+    assert bucket_quantile(during, "riskd_journal_commit_seconds", 0.99) == 0.005
+    assert bucket_quantile(during, "riskd_journal_commit_seconds", 1.0) == float("inf")
+    assert bucket_quantile(before[:0], "riskd_journal_commit_seconds", 0.5) is None

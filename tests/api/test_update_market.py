@@ -138,6 +138,18 @@ CASES: dict[str, tuple[list[Any], list[tuple[Any, str]]]] = {
     ),
 }
 CASES["fill_price_band_ppm"] = ([20_000, 0], [(-1, "market.fill_price_band_ppm")])
+CASES["mark_max_jump_ppm"] = ([100_000, 0], [(-1, "market.mark_max_jump_ppm")])
+CASES["mark_max_divergence_ppm"] = (
+    [20_000, 0],
+    [(-1, "market.mark_max_divergence_ppm"), (1_000_001, "market.mark_max_divergence_ppm")],
+)
+CASES["mark_stale_after_ms"] = ([10_000, 0], [(-1, "market.mark_stale_after_ms")])
+CASES["order_price_band_ppm"] = (
+    [30_000, 0],
+    [(-1, "market.order_price_band_ppm"), (1_000_001, "market.order_price_band_ppm")],
+)
+CASES["open_interest_cap"] = ([5_000, 0], [(-1, "market.open_interest_cap")])
+CASES["max_position_notional"] = ([1_000_000 * USDT, 0], [(-1, "market.max_position_notional")])
 CASES["partial_liquidation_policy"] = (
     [types_pb2.PARTIAL_LIQUIDATION_POLICY_FULL],
     [
@@ -169,6 +181,7 @@ CASES["cross_liquidation"] = (
 def test_every_changeable_field_has_a_case() -> None:
     fixed = {"symbol", "contract_type", "settle_asset", "price_decimals", "quantity_decimals"}
     fixed |= {"contract_value", "mark_price", "partial_liquidation"}  # the last: its own test
+    fixed |= {"status", "mark_guard", "good_mark_price"}  # output only (the lifecycle RPCs)
     assert set(types_pb2.Market.DESCRIPTOR.fields_by_name) - fixed == set(CASES)
 
 
@@ -376,6 +389,12 @@ _FIELDS: dict[str, st.SearchStrategy[Any]] = {
     ).map(lambda rows: tiers(*rows)),
 }
 _FIELDS["fill_price_band_ppm"] = _INT64
+_FIELDS["mark_max_jump_ppm"] = _INT64
+_FIELDS["mark_max_divergence_ppm"] = _INT64
+_FIELDS["mark_stale_after_ms"] = _INT64
+_FIELDS["order_price_band_ppm"] = _INT64
+_FIELDS["open_interest_cap"] = _INT64
+_FIELDS["max_position_notional"] = _INT64
 _FIELDS["partial_fraction_ppm"] = _INT64
 _FIELDS["partial_cooldown_ms"] = _INT64
 _FIELDS["partial_liquidation_policy"] = st.integers(min_value=-1, max_value=4)

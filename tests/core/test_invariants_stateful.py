@@ -34,6 +34,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from riskd.core import (
     BACKSTOP_ACCOUNT,
     AdlPolicy,
+    AmendOrder,
+    CancelOrder,
+    CheckOrder,
     Code,
     ContractType,
     Deposit,
@@ -45,6 +48,7 @@ from riskd.core import (
     LiquidationFill,
     LiquidationMode,
     MarginTransfer,
+    MarketEngine,
     MarketSpec,
     MarkPrice,
     Rejected,
@@ -52,9 +56,12 @@ from riskd.core import (
     Stage,
     TierTable,
     Withdrawal,
+    cross_margin,
     digest,
     violations,
 )
+from riskd.core.events import MarketStatusChange, MarkGuardOverride, SettleMarket
+from riskd.core.risk_gate import available
 
 ACCOUNTS = list(range(1, 9))
 
@@ -96,6 +103,9 @@ SPECS = [
         tiers=TierTable(BTCUSD_BRACKETS),
         contract_value=100,
         fund_loss_cap=BTC // 20,
+        # The mark guard: a crash (±50 %) is guarded until a sane mark follows.
+        mark_max_jump_ppm=300_000,
+        mark_max_divergence_ppm=30_000,
     ),
 ]
 SYMBOLS = [s.symbol for s in SPECS]
@@ -143,12 +153,14 @@ class EngineMachine(RuleBasedStateMachine):
         # Applied inputs that carry an id, for the rules that send them again.
         self.fills: list[Fill] = []
         self.deposits: list[Deposit] = []
+        self.order_id = 0
 
     # --- plumbing -----------------------------------------------------------------
 
     def apply(self, event: Any) -> bool:
         self.inputs.append(event)
         before = digest(self.engine)
+        started = {s: m.next_liquidation for s, m in self.engine.markets.items()}
         try:
             with deadline(5):
                 out = self.engine.apply(event)
@@ -157,6 +169,9 @@ class EngineMachine(RuleBasedStateMachine):
             self.rejected += 1
             return False
         self.published += len(out)
+        for s, m in self.engine.markets.items():
+            # No liquidation is ever decided on a guarded mark.
+            assert not (m.guarded and m.next_liquidation != started[s]), (event, m.guard.reason)
         return True
 
     def refused(self, event: Any, field: str) -> None:
@@ -368,10 +383,153 @@ class EngineMachine(RuleBasedStateMachine):
             LiquidationFill("ETH-USDT", lid, cp, price, qty, data.draw(st.integers(0, 1_000)))
         )
 
+    # --- orders and reservations ---------------------------------------------------
+
+    def open_orders(self) -> list[tuple[str, int]]:
+        return [(s, o.order_id) for s in SYMBOLS for o in self.engine.markets[s].orders]
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        symbol=st.sampled_from(SYMBOLS),
+        side=st.sampled_from([1, -1]),
+        bp=st.integers(-300, 300),
+        size=st.integers(1, 100),
+        leverage=st.sampled_from([0, 0, 1, 10, 50, 125]),
+        reduce_only=st.booleans(),
+    )
+    def check_order(
+        self,
+        account: int,
+        symbol: str,
+        side: int,
+        bp: int,
+        size: int,
+        leverage: int,
+        reduce_only: bool,
+    ) -> None:
+        """An accepted order never leaves its account's reservations beyond its margin."""
+        m = self.engine.markets[symbol]
+        price = on_tick(self.mark_of(symbol) * (10_000 + bp) // 10_000, m.spec.tick_size)
+        qty = max(MAX_QTY[symbol] * size // 100, 1)
+        self.order_id += 1
+        c = CheckOrder(
+            symbol, self.order_id, account, side, price, qty, reduce_only, False, leverage
+        )
+        if self.apply(c):
+            self.fits(m, self.order_id)
+
+    def fits(self, m: MarketEngine, order_id: int) -> None:
+        """An order just accepted that reserves margin leaves its account's available >= 0
+        (one that reserves nothing, a reduce-only one, may reduce an under-margined position):
+        its isolated margin's, or its whole cross wallet's across the asset's markets."""
+        o = m.orders.orders[order_id]
+        mark = m.guard_mark
+        assert mark is not None
+        if not o.margin:
+            return
+        if o.account in m.cross:
+            legs = [leg for _, leg in self.engine.cross_legs(m.asset, o.account)]
+            free = self.engine.wallets[m.asset].balance(o.account)
+            held = sum(
+                x.cross_reserved(o.account)
+                for x in self.engine.markets.values()
+                if x.asset == m.asset
+            )
+            assert cross_margin.order_allowance(legs, free, 0) - held >= 0
+            return
+        assert available(m.spec, m.positions[o.account], mark, m.orders.reserved(o.account)) >= 0
+
+    @precondition(lambda self: self.open_orders())
+    @rule(data=st.data(), bp=st.integers(-300, 300), size=st.integers(1, 100))
+    def amend_order(self, data: st.DataObject, bp: int, size: int) -> None:
+        symbol, order_id = data.draw(st.sampled_from(self.open_orders()))
+        m = self.engine.markets[symbol]
+        price = on_tick(self.mark_of(symbol) * (10_000 + bp) // 10_000, m.spec.tick_size)
+        if self.apply(AmendOrder(symbol, order_id, price, max(MAX_QTY[symbol] * size // 100, 1))):
+            self.fits(m, order_id)
+
+    @precondition(lambda self: self.open_orders())
+    @rule(data=st.data())
+    def cancel_order(self, data: st.DataObject) -> None:
+        symbol, order_id = data.draw(st.sampled_from(self.open_orders()))
+        assert self.apply(CancelOrder(symbol, order_id))
+
+    @precondition(lambda self: self.open_orders())
+    @rule(data=st.data(), part=st.integers(1, 100), counterparty=st.sampled_from(ACCOUNTS))
+    def order_fill(self, data: st.DataObject, part: int, counterparty: int) -> None:
+        """A fill naming the order (and the counterparty's, when it has one on the other side)."""
+        symbol, order_id = data.draw(st.sampled_from(self.open_orders()))
+        m = self.engine.markets[symbol]
+        o = m.orders.orders[order_id]
+        if counterparty == o.account:
+            return
+        theirs = [x.order_id for x in m.orders.of(counterparty) if x.side == -o.side]
+        qty = max(o.quantity * part // 100, 1)
+        buyer, seller = (o.account, counterparty) if o.side > 0 else (counterparty, o.account)
+        ids = (order_id, theirs[0] if theirs else 0)
+        buy_id, sell_id = ids if o.side > 0 else ids[::-1]
+        self.trade_id += 1
+        f = Fill(symbol, self.trade_id, buyer, seller, o.price, qty, 0, 0, 0, buy_id, sell_id)
+        if self.apply(f):
+            self.fills.append(f)
+
+    @invariant()
+    def reservations_add_up(self) -> None:
+        for m in self.engine.markets.values():
+            held: dict[int, int] = {}
+            opening: dict[tuple[int, int], int] = {}
+            for o in m.orders:
+                held[o.account] = held.get(o.account, 0) + o.margin
+                if not o.reduce_only:
+                    key = (o.account, o.side)
+                    opening[key] = opening.get(key, 0) + o.quantity
+            assert {a: v for a, v in held.items() if v} == m.orders.reserved_by
+            assert opening == m.orders.opening
+            for o in m.orders:  # margin is held by a position that is not being liquidated
+                pos = m.positions.get(o.account)
+                if o.margin and o.account not in m.cross:  # a cross one: by the wallet
+                    assert pos is not None and pos.margin >= o.margin, (o, pos)
+                assert pos is None or not pos.liquidation, (o, pos)
+
     @precondition(lambda self: self.working())
     @rule(data=st.data())
     def liquidation_done(self, data: st.DataObject) -> None:
         self.apply(LiquidationDone("ETH-USDT", data.draw(st.sampled_from(self.working()))))
+
+    # --- the mark guard and the lifecycle -------------------------------------------
+
+    @rule(symbol=st.sampled_from(SYMBOLS), pct=st.integers(-10, 10), off=st.integers(-60, 60))
+    def mark_with_index(self, symbol: str, pct: int, off: int) -> None:
+        """A mark with an index price up to 6 % away: BTC-USD guards beyond 3 %."""
+        tick = self.spec(symbol).tick_size
+        price = on_tick(self.mark_of(symbol) * (100 + pct) // 100, tick)
+        start = START[symbol]
+        price = min(max(price, on_tick(start // 20, tick)), start * 20)
+        self.apply(MarkPrice(symbol, price, 0, max(price * (1_000 + off) // 1_000, 1)))
+
+    @rule(symbol=st.sampled_from(SYMBOLS), hold=st.booleans())
+    def guard_override(self, symbol: str, hold: bool) -> None:
+        self.apply(MarkGuardOverride(symbol, hold))
+
+    @rule(
+        symbol=st.sampled_from(SYMBOLS),
+        status=st.sampled_from(["open", "open", "halted", "close_only"]),
+    )
+    def set_status(self, symbol: str, status: str) -> None:
+        self.apply(MarketStatusChange(symbol, status))
+
+    @rule(symbol=st.sampled_from(SYMBOLS), bp=st.integers(-500, 500), go=st.integers(0, 7))
+    def settle(self, symbol: str, bp: int, go: int) -> None:
+        """Rarely, a market is settled anywhere near its mark: the fund pays nothing."""
+        m = self.engine.markets[symbol]
+        if go or m.mark is None or m.status.value == "settled":
+            return
+        funds = {a: f.balance for a, f in self.engine.funds.items()}
+        price = on_tick(self.mark_of(symbol) * (10_000 + bp) // 10_000, m.spec.tick_size)
+        if self.apply(SettleMarket(symbol, price)):
+            assert not m.positions and m.status.value == "settled"
+            asset = m.asset
+            assert self.engine.funds[asset].balance >= funds[asset]  # its backstop's margin back
 
     @rule(kind=st.integers(0, 5), symbol=st.sampled_from(SYMBOLS))
     def bad_input(self, kind: int, symbol: str) -> None:

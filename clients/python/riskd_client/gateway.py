@@ -274,6 +274,8 @@ class Gateway:
         trade_id: int = 0,
         buyer_fee: int = 0,
         seller_fee: int = 0,
+        buyer_order_id: int = 0,
+        seller_order_id: int = 0,
         ts: int = 0,
     ) -> int:
         return self.add(
@@ -288,14 +290,73 @@ class Gateway:
                     quantity=quantity,
                     buyer_fee=buyer_fee,
                     seller_fee=seller_fee,
+                    buyer_order_id=buyer_order_id,
+                    seller_order_id=seller_order_id,
                 ),
             )
         )
 
-    def mark_price(self, market: str, price: int, *, ts: int = 0) -> int:
+    def check_order(
+        self,
+        market: str,
+        order_id: int,
+        account: int,
+        side: ingest_pb2.OrderSide.ValueType,
+        price: int,
+        quantity: int,
+        *,
+        reduce_only: bool = False,
+        post_only: bool = False,
+        leverage: int = 0,
+        ts: int = 0,
+    ) -> int:
+        """A pre-trade check, batched: a refusal comes back in ``rejections``
+        with ``order_refusal`` set; no rejection means accepted and reserved."""
         return self.add(
             ingest_pb2.Update(
-                timestamp_ms=ts, mark_price=ingest_pb2.MarkPrice(market=market, price=price)
+                timestamp_ms=ts,
+                check_order=ingest_pb2.CheckOrder(
+                    market=market,
+                    order_id=order_id,
+                    account=account,
+                    side=side,
+                    price=price,
+                    quantity=quantity,
+                    reduce_only=reduce_only,
+                    post_only=post_only,
+                    leverage=leverage,
+                ),
+            )
+        )
+
+    def amend_order(
+        self, market: str, order_id: int, price: int, quantity: int, *, ts: int = 0
+    ) -> int:
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts,
+                amend_order=ingest_pb2.AmendOrder(
+                    market=market, order_id=order_id, price=price, quantity=quantity
+                ),
+            )
+        )
+
+    def cancel_order(self, market: str, order_id: int, *, ts: int = 0) -> int:
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts,
+                cancel_order=ingest_pb2.CancelOrder(market=market, order_id=order_id),
+            )
+        )
+
+    def mark_price(self, market: str, price: int, *, index_price: int = 0, ts: int = 0) -> int:
+        """A mark; ``index_price`` (0: none) lets riskd's mark guard check its divergence."""
+        return self.add(
+            ingest_pb2.Update(
+                timestamp_ms=ts,
+                mark_price=ingest_pb2.MarkPrice(
+                    market=market, price=price, index_price=index_price
+                ),
             )
         )
 

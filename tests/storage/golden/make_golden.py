@@ -95,6 +95,35 @@ def first(target: str) -> None:
     w.Withdraw(
         withdrawal_pb2.WithdrawRequest(account=4, asset="USDT", amount=USDT, withdrawal_id=7)
     )
+    # The lifecycle and the mark guard (journal format 3): an operator holds and
+    # clears BTC-USDT's guard, adds SOL-USDT, trades it, halts and settles it.
+    admin.OverrideMarkGuard(admin_pb2.OverrideMarkGuardRequest(market=M, hold=True))
+    admin.OverrideMarkGuard(admin_pb2.OverrideMarkGuardRequest(market=M, hold=False))
+    sol = "SOL-USDT"
+    admin.AddMarket(
+        admin_pb2.AddMarketRequest(
+            market=types_pb2.Market(
+                symbol=sol,
+                contract_type=types_pb2.CONTRACT_TYPE_LINEAR,
+                settle_asset="USDT",
+                price_decimals=2,
+                quantity_decimals=2,
+                tiers=[types_pb2.RiskTier(max_leverage=20, maintenance_margin_rate_ppm=25_000)],
+                mark_max_divergence_ppm=20_000,
+            )
+        )
+    )
+    sol_steps: list[tuple[str, tuple]] = [
+        ("margin_transfer", (1, sol, 100 * USDT, t)),
+        ("margin_transfer", (2, sol, 100 * USDT, t)),
+        ("mark_price", (sol, 15_000, t)),
+        ("fill", (sol, 1, 2, 15_000, 500, t)),
+    ]
+    asyncio.run(stream(target, "gw-golden-sol", 1, sol_steps))
+    admin.SetMarketStatus(
+        admin_pb2.SetMarketStatusRequest(market=sol, status=types_pb2.MARKET_STATUS_HALTED)
+    )
+    admin.SettleMarket(admin_pb2.SettleMarketRequest(market=sol, price=16_000))
     fills = [
         ("fill", (M, 1, 2, 5_000_000, 100, t)),
         ("fill", (M, 3, 4, 5_000_000, 100, t)),

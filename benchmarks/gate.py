@@ -1,0 +1,433 @@
+"""The risk gate's speed: CheckOrder through the stream and as a unary call.
+
+Two figures, each against its target (issue 16):
+
+* **stream capacity**: ``check_order`` updates/s through ``IngestService/Ingest``
+  at 16 checks per message, riskd against the bare ``grpc.aio`` server of
+  :mod:`benchmarks.ingest` (which decodes every field of every update, then
+  acks), interleaved and paired per repetition exactly as that benchmark runs
+  its cells (:func:`benchmarks.ingest._run_cell`: a fresh server and a fresh
+  pipelined client process per cell, window 32).  Target: riskd / bare >= 0.5.
+* **unary latency**: ``IngestService/CheckOrder`` p99 at half of its capacity.
+  Capacity first, closed loop (``CONCURRENCY`` calls in flight, one client
+  process); then open loop at half that rate, each call's latency measured
+  from when it was *due* (no coordinated omission).  Target: p99 <= 2 ms.
+
+Workload: the set-up stream of :mod:`benchmarks.ingest` (1,000 accounts with
+100,000 USDT of BTC-USDT isolated margin each, a mark of 50,000.00, +/-1 BTC
+positions), then checks of 0.001-0.010 BTC, either side, within 0.2 % of the
+mark, each under a new order id: every one is accepted and reserves margin
+(a refusal is flagged as a problem, as in the ingest benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pickle
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import harness, ingest
+from benchmarks.figures import add as _fig
+
+__all__ = ["run", "main", "build_checks"]
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 16
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 2.0
+KINDS = ("bare", "riskd")
+CONCURRENCY = 16
+#: Checks/s the stream is not expected to exceed (pre-built for this x1.5).
+MAX_CHECKS_PER_S = 40_000
+
+FULL: dict[str, Any] = {
+    "reps": 3,
+    "warmup_s": 0.5,
+    "measure_s": 2.5,
+    "quiet_wait_s": 2.0,
+    "spare_s": 20.0,
+    "profile": False,
+    "profile_s": 0.0,
+    "unary_capacity_s": 3.0,
+    "unary_paced_s": 6.0,
+}
+QUICK: dict[str, Any] = {
+    "reps": 1,
+    "warmup_s": 0.3,
+    "measure_s": 1.0,
+    "quiet_wait_s": 0.5,
+    "spare_s": 1.0,
+    "profile": False,
+    "profile_s": 0.0,
+    "unary_capacity_s": 1.0,
+    "unary_paced_s": 2.0,
+}
+
+log = harness.logger("gate")
+
+
+def _order(pb: Any, rng: random.Random, order_id: int) -> Any:
+    return pb.CheckOrder(
+        market=ingest.MARKET,
+        order_id=order_id,
+        account=rng.randrange(1, ingest.N_ACCOUNTS + 1),
+        side=rng.choice((pb.ORDER_SIDE_BUY, pb.ORDER_SIDE_SELL)),
+        price=ingest.MARK0 + rng.randrange(-10, 11) * 10,
+        quantity=rng.randrange(1, 11),
+    )
+
+
+def build_checks(batch: int, n_updates: int, seed: int = 11) -> list[bytes]:
+    """``n_updates`` check_order updates (whole messages), sequences and order ids from 1."""
+    from riskd.v1 import ingest_pb2 as pb
+
+    rng = random.Random(seed)
+    out: list[bytes] = []
+    seq = 0
+    for _ in range(-(-n_updates // batch)):
+        updates = []
+        for _ in range(batch):
+            seq += 1
+            updates.append(
+                pb.Update(
+                    sequence=seq,
+                    timestamp_ms=harness.stamp(ingest.T0_MS, seq),
+                    check_order=_order(pb, rng, seq),
+                )
+            )
+        out.append(pb.IngestRequest(epoch=ingest.EPOCH, updates=updates).SerializeToString())
+    return out
+
+
+# --- unary worker (a client process) ---------------------------------------------
+
+
+async def _unary(target: str, setup: list[bytes], capacity_s: float, paced_s: float) -> Any:
+    import grpc
+
+    from riskd.v1 import ingest_pb2 as pb
+    from riskd.v1 import ingest_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(target)
+    await ingest._setup_stream(channel, "gate-setup", setup)
+    stub = ingest_pb2_grpc.IngestServiceStub(channel)
+    meta = (("x-riskd-gateway", "gate-unary"),)
+    rng = random.Random(5)
+    ids = iter(range(10**9, 2 * 10**9))
+    refused = 0
+
+    async def call() -> None:
+        nonlocal refused
+        r = await stub.CheckOrder(
+            pb.CheckOrderRequest(order=_order(pb, rng, next(ids))), metadata=meta
+        )
+        if not r.accepted:
+            refused += 1
+
+    for _ in range(200):  # warm-up
+        await call()
+    # Capacity: closed loop, CONCURRENCY calls in flight.
+    clock = time.perf_counter
+    done = 0
+    end = clock() + capacity_s
+
+    async def loop() -> None:
+        nonlocal done
+        while clock() < end:
+            await call()
+            done += 1
+
+    t0 = clock()
+    await asyncio.gather(*(loop() for _ in range(CONCURRENCY)))
+    capacity = done / (clock() - t0)
+    # Open loop at half capacity: latency from when each call was due.
+    rate = capacity / 2
+    latencies: list[float] = []
+
+    async def due_at(at: float) -> None:
+        wait = at - clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await call()
+        latencies.append(clock() - at)
+
+    t0 = clock()
+    n = int(rate * paced_s)
+    tasks = []
+    for i in range(n):
+        at = t0 + i / rate
+        wait = at - clock() - 0.002
+        if wait > 0:
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.create_task(due_at(at)))
+    await asyncio.gather(*tasks)
+    sent_rate = n / (clock() - t0)
+    await channel.close()
+    latencies.sort()
+    ms = [x * 1000 for x in latencies]
+    return {
+        "capacity_calls_per_s": capacity,
+        "rate_target": rate,
+        "rate_sent": sent_rate,
+        "calls": len(ms),
+        "p50_ms": ms[len(ms) // 2],
+        "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+        "max_ms": ms[-1],
+        "refused": refused,
+    }
+
+
+def _fsync_ms(directory: Path, n: int = 200) -> tuple[float, float]:
+    """p50 and p99 of one small write + fsync in ``directory``: the floor under any
+    durable answer (riskd's journal commits with synchronous=FULL)."""
+    path = directory / "fsync-probe"
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 256)
+            t = time.perf_counter()
+            os.fsync(fd)
+            times.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return times[n // 2], times[min(n - 1, n * 99 // 100)]
+
+
+def _unary_cell(tmp: Path, setup_path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    server = harness.start(harness.riskd_command(tmp / "data-unary"), tmp / "unary.riskd.log")
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.gate",
+        "unary",
+        "--target",
+        server.target,
+        "--setup",
+        str(setup_path),
+        "--capacity-s",
+        str(cfg["unary_capacity_s"]),
+        "--paced-s",
+        str(cfg["unary_paced_s"]),
+    ]
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if out.returncode != 0 or not out.stdout.strip():
+            raise RuntimeError(f"unary client failed:\n{out.stderr[-3000:]}")
+        r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        _, violations = harness.check_state(server.target)
+    finally:
+        code = server.stop()
+    r["fsync_p50_ms"], r["fsync_p99_ms"] = _fsync_ms(tmp)
+    r["problems"] = []
+    if violations:
+        r["problems"].append(f"CheckState: {violations[:3]}")
+    if r["refused"]:
+        r["problems"].append(f"{r['refused']} checks refused")
+    if code != 0:
+        r["problems"].append(f"server exit code {code}")
+    r["command"] = harness.display(cmd)
+    return r
+
+
+# --- driver ------------------------------------------------------------------------
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    cfg = dict(QUICK if quick else FULL)
+    command = "python -m benchmarks.gate" + (" --quick" if quick else "")
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="riskd-bench-gate-"))
+    try:
+        setup = ingest.build_setup()
+        span = cfg["warmup_s"] + cfg["measure_s"]
+        workload = tmp / "checks.pickle"
+        with workload.open("wb") as f:
+            msgs = build_checks(BATCH, int(MAX_CHECKS_PER_S * span * 1.5))
+            pickle.dump({"batch": BATCH, "setup": setup, "measured": msgs}, f, protocol=5)
+        setup_path = tmp / "setup.pickle"
+        setup_path.write_bytes(pickle.dumps(setup, protocol=5))
+        # The reference: the ingest benchmark's fills through riskd, same batch size.
+        fills = tmp / "fills"
+        fills.mkdir()
+        fills_workload = fills / "fills.pickle"
+        with fills_workload.open("wb") as f:
+            msgs = ingest.build_workload(BATCH, int(MAX_CHECKS_PER_S * span * 1.5))
+            pickle.dump({"batch": BATCH, "setup": setup, "measured": msgs}, f, protocol=5)
+        ingest._SPARE[0] = cfg["spare_s"]
+        cells: list[dict[str, Any]] = []
+        fill_cells: list[dict[str, Any]] = []
+        for rep in range(cfg["reps"]):
+            order = KINDS if rep % 2 == 0 else KINDS[::-1]
+            for kind in order:
+                c = ingest._quiet_cell(kind, BATCH, rep, tmp, workload, cfg, None)
+                cells.append(c)
+                log(
+                    f"rep {rep} {kind:<6} {c['updates_per_s']:9.0f} checks/s  server "
+                    f"{c['server_cpu']:.2f} client {c['client_cpu']:.2f} foreign "
+                    f"{c['foreign_cpu']:.2f} cores"
+                    + (f"  PROBLEMS {c['problems']}" if c["problems"] else "")
+                )
+            c = ingest._quiet_cell("riskd", BATCH, rep, fills, fills_workload, cfg, None)
+            fill_cells.append(c)
+            log(
+                f"rep {rep} riskd  {c['updates_per_s']:9.0f} fills/s   server "
+                f"{c['server_cpu']:.2f} foreign {c['foreign_cpu']:.2f} cores"
+                + (f"  PROBLEMS {c['problems']}" if c["problems"] else "")
+            )
+        unary = _unary_cell(tmp, setup_path, cfg)
+        log(
+            f"unary: capacity {unary['capacity_calls_per_s']:.0f} calls/s; at "
+            f"{unary['rate_sent']:.0f}/s p50 {unary['p50_ms']:.2f} ms p99 {unary['p99_ms']:.2f}"
+            f" ms max {unary['max_ms']:.2f} ms"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    figures: dict[str, dict[str, Any]] = {}
+    by = {k: [c for c in cells if c["kind"] == k] for k in KINDS}
+    for k, cs in by.items():
+        u = harness.median_range([c["updates_per_s"] for c in cs])
+        _fig(
+            figures,
+            f"{k}_checks_per_s[batch={BATCH}]",
+            round(u[0], 1),
+            "checks/s",
+            command,
+            note=f"median of {len(cs)} [{u[1]:.0f}-{u[2]:.0f}]",
+        )
+    ratios = harness.median_range(ingest._paired(by["riskd"], by["bare"], cfg["reps"]))
+    _fig(
+        figures,
+        f"stream_ratio[batch={BATCH}]",
+        round(ratios[0], 3),
+        "x",
+        command,
+        target=f">= {TARGET_RATIO}",
+        ok=ratios[0] >= TARGET_RATIO,
+        note=f"riskd/bare check_order updates/s, median of {cfg['reps']} paired reps "
+        f"[{ratios[1]:.3f}-{ratios[2]:.3f}]",
+    )
+    vs_fills = harness.median_range(ingest._paired(by["riskd"], fill_cells, cfg["reps"]))
+    _fig(
+        figures,
+        f"checks_vs_fills[batch={BATCH}]",
+        round(vs_fills[0], 3),
+        "x",
+        command,
+        note="riskd check_order updates/s / riskd fill updates/s (the ingest benchmark's"
+        f" workload), median of {cfg['reps']} paired reps [{vs_fills[1]:.3f}-{vs_fills[2]:.3f}]",
+    )
+    per_check = statistics.median(c["server_cpu_us_per_msg"] for c in by["riskd"]) / BATCH
+    per_fill = statistics.median(c["server_cpu_us_per_msg"] for c in fill_cells) / BATCH
+    per_bare = statistics.median(c["server_cpu_us_per_msg"] for c in by["bare"]) / BATCH
+    _fig(
+        figures,
+        "server_cpu_us_per_update",
+        round(per_check, 1),
+        "µs",
+        command,
+        note=f"riskd's CPU per check_order; per fill {per_fill:.1f}, bare per check "
+        f"{per_bare:.1f} (a ratio of CPU costs, less sensitive to other load on the machine)",
+    )
+    _fig(
+        figures,
+        "unary_capacity_calls_per_s",
+        round(unary["capacity_calls_per_s"], 1),
+        "calls/s",
+        command,
+        note=f"closed loop, {CONCURRENCY} in flight",
+    )
+    _fig(
+        figures,
+        "unary_p99_ms",
+        round(unary["p99_ms"], 3),
+        "ms",
+        command,
+        target=f"<= {TARGET_P99_MS}",
+        ok=unary["p99_ms"] <= TARGET_P99_MS,
+        note=f"open loop at {unary['rate_sent']:.0f} calls/s (half of capacity); "
+        f"p50 {unary['p50_ms']:.2f} ms, max {unary['max_ms']:.2f} ms, {unary['calls']} calls;"
+        f" the disk's fsync alone: p50 {unary['fsync_p50_ms']:.2f} ms,"
+        f" p99 {unary['fsync_p99_ms']:.2f} ms (a check answers once journaled)",
+    )
+    ratio = figures[f"stream_ratio[batch={BATCH}]"]
+    print(
+        f"check_order through the stream at batch {BATCH}: riskd/bare {ratio['value']:.3f} "
+        f"(target {ratio['target']}: {'ok' if ratio['meets_target'] else 'MISSED'};"
+        f" {ratio['note']})"
+    )
+    h = figures["server_cpu_us_per_update"]
+    print(
+        f"riskd checks/fills {figures[f'checks_vs_fills[batch={BATCH}]']['value']:.3f}; "
+        f"server CPU per check {h['value']:.1f} µs ({h['note']})"
+    )
+    g = figures["unary_p99_ms"]
+    print(
+        f"unary CheckOrder p99 {g['value']:.3f} ms (target {g['target']}: "
+        f"{'ok' if g['meets_target'] else 'MISSED'}; {g['note']})"
+    )
+    errors = [
+        f"{c['kind']} rep {c['rep']}: {'; '.join(c['problems'])}"
+        for c in cells + fill_cells
+        if c["problems"]
+    ]
+    errors += [f"unary: {p}" for p in unary["problems"]]
+    runtime = time.perf_counter() - started
+    print(f"gate: {runtime:.1f}s{' (quick)' if quick else ''}; command: {command}")
+    return {
+        "figures": figures,
+        "errors": errors,
+        "details": {
+            "cells": cells,
+            "fill_cells": fill_cells,
+            "unary": unary,
+            "config": cfg,
+            "stream_checks_per_s_median": {
+                k: statistics.median(c["updates_per_s"] for c in cs) for k, cs in by.items()
+            },
+        },
+        "runtime_s": runtime,
+        "quick": quick,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.gate", description=(__doc__ or "").split("\n")[0]
+    )
+    p.add_argument("--quick", action="store_true", help="1 repetition, short windows")
+    p.add_argument("--json", metavar="PATH", type=Path, help="also write the result as JSON")
+    sub = p.add_subparsers(dest="worker")
+    u = sub.add_parser("unary", help="one unary client run against a riskd (prints JSON)")
+    u.add_argument("--target", required=True)
+    u.add_argument("--setup", required=True, help="pickle of the set-up stream's messages")
+    u.add_argument("--capacity-s", type=float, default=FULL["unary_capacity_s"])
+    u.add_argument("--paced-s", type=float, default=FULL["unary_paced_s"])
+    ns = p.parse_args(argv)
+    if ns.worker == "unary":
+        setup = pickle.loads(Path(ns.setup).read_bytes())
+        r = asyncio.run(_unary(ns.target, setup, ns.capacity_s, ns.paced_s))
+        print(json.dumps(r), flush=True)
+        return
+    out = run(quick=ns.quick)
+    if ns.json:
+        ns.json.write_text(json.dumps(out, indent=2) + "\n")
+    harness.exit_on_problems("benchmarks.gate", out["errors"])
+
+
+if __name__ == "__main__":
+    main()

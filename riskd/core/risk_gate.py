@@ -1,0 +1,199 @@
+"""The pre-trade decision: may this order rest on the book, and what does it reserve?
+
+One pure function, :func:`decide`, over one market's state; the market
+applies what it answers (:meth:`riskd.core.market_engine.MarketEngine.check_order`).
+Checks, in this order, the first that fails refuses the order with its
+:class:`Refusal` (``docs/engine.md``, "The risk gate"):
+
+1. the market takes orders (not halted or settled) and has a mark (the
+   mark-price guard's last good one while it is guarded);
+2. the price is within ``order_price_band_ppm`` of that mark;
+3. the account holds isolated margin in the market and is not being
+   liquidated;
+4. reduce-only (an order flagged so, or any order in a close-only or
+   reduce-only market): opposite to the position and no larger than it;
+5. otherwise, with ``E`` the largest position the account could reach on the
+   order's side (its position, its other open orders on that side and this
+   one, netted) and ``O`` the part of this order that adds to it:
+   the notional of ``E`` within ``max_position_notional``; the market's open
+   interest plus ``O`` within ``open_interest_cap``; the order's leverage
+   within the tier of ``E``'s notional;
+6. its cost ``IM(O) + open loss`` within the position's available margin
+   ``M + min(u, 0) − IM(position) − reserved``.
+
+Prices are exact integers; notionals are taken at whichever of the order
+price and the mark makes them larger (the buy-above-mark and inverse cases
+alike) and rounded up, the margin of ``O`` is its notional over the leverage
+rounded up, and the open loss (what filling at the order price loses against
+the mark at once) rounded up: every rounding is against the trader.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from riskd.core.errors import Code, Rejected
+from riskd.core.margin import initial_margin, unrealised
+from riskd.core.market import MarketSpec
+from riskd.core.market_status import MarketStatus
+from riskd.core.orders import Order, OrderBook
+from riskd.core.position import Position
+from riskd.core.units import PPM, ceil_div
+
+__all__ = ["Refusal", "OrderRefused", "decide", "available"]
+
+
+class Refusal(enum.Enum):
+    """Why a pre-trade check refused an order (the wire's ``OrderRefusal``)."""
+
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    LEVERAGE_ABOVE_TIER = "leverage_above_tier"
+    POSITION_LIMIT = "position_limit"
+    OPEN_INTEREST_CAP = "open_interest_cap"
+    REDUCE_ONLY = "reduce_only"
+    MARKET_HALTED = "market_halted"
+    MARKET_CLOSE_ONLY = "market_close_only"
+    PRICE_BAND = "price_band"
+    UNKNOWN_ACCOUNT = "unknown_account"
+    NO_MARK = "no_mark"
+    IN_LIQUIDATION = "in_liquidation"
+
+
+class OrderRefused(Rejected):
+    """A well-formed order the gate refuses; ``reason`` says which check failed."""
+
+    def __init__(self, reason: Refusal, field: str, message: str) -> None:
+        code = Code.NOT_FOUND if reason is Refusal.UNKNOWN_ACCOUNT else Code.FAILED_PRECONDITION
+        super().__init__(code, field, message)
+        self.reason = reason
+
+
+def _notional(spec: MarketSpec, qty: int, price: int) -> int:
+    num, den = spec.notional(qty, price)
+    return ceil_div(num, den)
+
+
+def available(spec: MarketSpec, pos: Position, mark: int, reserved: int) -> int:
+    """Margin the position can still commit: ``M + min(u, 0) − IM − reserved`` at ``mark``."""
+    free = pos.margin - reserved
+    if pos.size:
+        free += min(unrealised(spec, pos, mark), 0) - initial_margin(spec, pos, mark)
+    return free
+
+
+def decide(
+    spec: MarketSpec,
+    status: MarketStatus,
+    mark: int | None,
+    pos: Position | None,
+    book: OrderBook,
+    open_interest: int,
+    order: Order,
+    replacing: Order | None = None,
+    cross_free: int | None = None,
+) -> tuple[int, bool]:
+    """``(reservation, reduce_only)`` for a well-formed ``order``, or :class:`OrderRefused`.
+
+    ``replacing``: the open order an amend replaces (its quantity and
+    reservation are left out of the account's totals).  ``reduce_only`` is
+    true when the order may only reduce (flagged so, or the market is
+    close-only): it then reserves nothing.  ``cross_free``: for an account
+    in cross margin here, what its cross wallet can still commit before this
+    market's orders (:func:`riskd.core.cross_margin.available` less what its
+    orders in the asset's other markets reserve); None: isolated.
+    """
+    account, side, q = order.account, order.side, order.quantity
+    if status is MarketStatus.HALTED or status is MarketStatus.SETTLED:
+        raise OrderRefused(
+            Refusal.MARKET_HALTED, "market", f"{spec.symbol} is {status.value}: no new orders"
+        )
+    if mark is None:
+        raise OrderRefused(
+            Refusal.NO_MARK,
+            "market",
+            f"{spec.symbol} has no mark price yet to check orders against",
+        )
+    band = spec.order_price_band_ppm
+    if band and abs(order.price - mark) * PPM > band * mark:
+        raise OrderRefused(
+            Refusal.PRICE_BAND,
+            "price",
+            f"{order.price} is more than {band} ppm from the mark {mark}",
+        )
+    if pos is None and cross_free is not None:
+        pos = Position(account)  # a cross account's first position here
+    if pos is None:
+        raise OrderRefused(
+            Refusal.UNKNOWN_ACCOUNT,
+            "account",
+            f"account {account} has no isolated margin in {spec.symbol}: transfer margin in first",
+        )
+    if pos.liquidation:
+        raise OrderRefused(
+            Refusal.IN_LIQUIDATION, "account", f"account {account} is being liquidated"
+        )
+    close_only = status is MarketStatus.CLOSE_ONLY or spec.reduce_only
+    if order.reduce_only or close_only:
+        if pos.size * side >= 0 or q > abs(pos.size):
+            if order.reduce_only:
+                raise OrderRefused(
+                    Refusal.REDUCE_ONLY,
+                    "reduce_only",
+                    f"a reduce-only order must be opposite to the position ({pos.size})"
+                    f" and no larger than it, got side {side} quantity {q}",
+                )
+            raise OrderRefused(
+                Refusal.MARKET_CLOSE_ONLY,
+                "market",
+                f"{spec.symbol} is close-only: only orders that reduce a position",
+            )
+        return 0, True
+    held = book.open_quantity(account, side)
+    reserved = book.reserved(account)
+    if replacing is not None:
+        reserved -= replacing.margin
+        if not replacing.reduce_only and replacing.side == side:
+            held -= replacing.quantity
+    before = max(0, side * pos.size + held)
+    after = max(0, side * pos.size + held + q)
+    opening = after - before
+    largest = max(_notional(spec, after, order.price), _notional(spec, after, mark))
+    limit = spec.max_position_notional
+    if limit and largest > limit:
+        raise OrderRefused(
+            Refusal.POSITION_LIMIT,
+            "quantity",
+            f"the position could reach a notional of {largest}, above the limit {limit}",
+        )
+    cap = spec.open_interest_cap
+    if cap and open_interest + opening > cap:
+        raise OrderRefused(
+            Refusal.OPEN_INTEREST_CAP,
+            "quantity",
+            f"{spec.symbol}'s open interest {open_interest} plus {opening} would exceed"
+            f" its cap {cap}",
+        )
+    most = spec.tiers.tier_for(largest).max_leverage
+    leverage = order.leverage or most
+    if leverage > most:
+        raise OrderRefused(
+            Refusal.LEVERAGE_ABOVE_TIER,
+            "leverage",
+            f"{leverage}x is above the {most}x the tier allows for a notional of {largest}",
+        )
+    im = ceil_div(
+        max(_notional(spec, opening, order.price), _notional(spec, opening, mark)), leverage
+    )
+    num, den = spec.value(side * q, mark)
+    loss = max(0, -((num - spec.side_value(side * q, order.price) * den) // den))
+    cost = im + loss
+    # The cross wallet's figure already counts every cross position's IM.
+    free = available(spec, pos, mark, reserved) if cross_free is None else cross_free - reserved
+    if cost > free:
+        raise OrderRefused(
+            Refusal.INSUFFICIENT_BALANCE,
+            "quantity",
+            f"the order needs {cost} (initial margin {im}, open loss {loss}) but account"
+            f" {account} has {max(free, 0)} available in {spec.symbol}",
+        )
+    return cost, False
