@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import enum
 
+from mypy_extensions import mypyc_attr
+
+from riskd.core.pickling import dict_state, restore
 from riskd.core.units import PPM
 
 __all__ = ["GuardReason", "MarkGuard", "judge", "stale"]
@@ -42,8 +45,16 @@ class GuardReason(enum.Enum):
     ADMIN = "admin"  # held on by an operator
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class MarkGuard:
     """One market's guard state."""
+
+    # Pickled in one shape, compiled or not (riskd.core.pickling).
+    def __getstate__(self) -> dict[str, object]:
+        return dict_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
 
     def __init__(self) -> None:
         #: Why the market is guarded; None: it is not.

@@ -61,7 +61,7 @@ class Refusal(enum.Enum):
     IN_LIQUIDATION = "in_liquidation"
 
 
-# Not compiled, like Rejected: mypyc cannot extend a Python class.
+# Not compiled, as Rejected (riskd.core.errors): an exception over a Python base.
 @mypyc_attr(native_class=False)
 class OrderRefused(Rejected):
     """A well-formed order the gate refuses; ``reason`` says which check failed."""

@@ -184,7 +184,9 @@ def test_gate_settings_show_in_the_market(d: Daemon) -> None:
     assert got["BTC-USDT"].open_interest_cap == 0
 
 
-def test_reservations_survive_a_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_reservations_survive_a_restart(tmp_path: Path, how: str) -> None:
+    """From the journal (kill -9) and from the shutdown snapshot (SIGTERM)."""
     first = start_daemon(tmp_path)
     try:
         assert not send(
@@ -195,8 +197,11 @@ def test_reservations_survive_a_restart(tmp_path: Path) -> None:
         assert not send(first, U(check_order=order(a, BUY, 100))).rejections
         before = digest(first)
     finally:
-        first.process.kill()  # acknowledged = journaled
-        first.process.wait()
+        if how == "kill":
+            first.process.kill()  # acknowledged = journaled
+            first.process.wait()
+        else:
+            assert first.stop() == 0
     again = start_daemon(tmp_path)
     try:
         assert digest(again) == before

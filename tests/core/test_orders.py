@@ -160,7 +160,7 @@ def test_a_snapshot_from_before_orders_reads_with_an_empty_book() -> None:
     d = desk()
     d.open(M, 1, 2, P, 100, 1_000 * U, 1_000 * U)
     m = d.markets[M]
-    state = dict(m.__dict__)
+    state = dict(m.__getstate__())  # as pickled (compiled or not)
     for name in ("orders", "open_interest", "unreserved_fills"):
         del state[name]
     fresh = m.__class__.__new__(m.__class__)
