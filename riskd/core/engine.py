@@ -157,7 +157,14 @@ class Engine:
         """Re-check every cross account an input moved or whose band was crossed,
         in (asset, account) order, until none is left (a liquidation's end is one)."""
         while True:
-            due = sorted({(m.asset, a) for m in self.markets.values() for a in m.take_cross_due()})
+            due = sorted(
+                {
+                    (m.asset, a)
+                    for m in self.markets.values()
+                    if m.cross_due  # most inputs leave none: no set built
+                    for a in m.take_cross_due()
+                }
+            )
             if not due:
                 return
             for asset, account in due:

@@ -889,6 +889,9 @@ class MarketEngine:
 
     def _commit(self, pos: Position, after: tuple[int, int, int]) -> None:
         """Apply a planned trade side; a new position is only stored now."""
+        if pos.size == 0 and pos.account in self.cross:
+            # A new cross position holds no band yet: its account draws them now.
+            self.cross_due.add(pos.account)
         self.positions.setdefault(pos.account, pos)
         self._set(pos, *after)
 

@@ -142,3 +142,48 @@ def test_cross_margin_through_the_daemon(tmp_path: Path) -> None:
     ok_, lines = audit(config_mod.load(), tmp_path / "data")
     assert ok_, "\n".join(lines)
     assert lines[-1].split()[-1] == digest(engine)
+
+
+def test_domain_cross_example_through_the_daemon(tmp_path: Path) -> None:
+    """DOMAIN.md "Cross, one position" on ETH-USDT set to one 100x / 0.5 % tier: 2
+    long @ 10,000 with 2,200 in the wallet: IM 200, MM 100, available 2,000; the
+    estimated liquidation price 8,944.72 (MM at the mark; the example's 8,950
+    holds it at the entry's 100); a mark there liquidates the account."""
+    t = stamp()
+    d = start_daemon(tmp_path)
+    try:
+        admin_pb2_grpc.AdminServiceStub(d.channel()).UpdateMarket(
+            admin_pb2.UpdateMarketRequest(
+                market=types_pb2.Market(
+                    symbol=E,
+                    tiers=[
+                        types_pb2.RiskTier(
+                            notional_floor=0, max_leverage=100, maintenance_margin_rate_ppm=5_000
+                        )
+                    ],
+                )
+            )
+        )
+        setup = [
+            Deposit(1, "USDT", 2_200 * USDT, t),
+            Deposit(2, "USDT", 100_000 * USDT, t),
+            SetMarginMode(E, 1, True, t),
+            MarginTransfer(2, E, 50_000 * USDT, t),
+            MarkPrice(E, 1_000_000, t),
+            Fill(E, 1, 1, 2, 1_000_000, 2_000, 0, 0, t),
+            MarkPrice(E, 895_000, t + 1),  # 8,950.00: not yet
+        ]
+        asyncio.run(stream_all(d, setup, "gw-domain"))
+        query = query_pb2_grpc.QueryServiceStub(d.channel())
+        got = query.GetAccount(query_pb2.GetAccountRequest(account=1, asset="USDT")).cross
+        assert (got.wallet, got.initial_margin) == (2_200 * USDT, 179 * USDT)  # IM at the mark
+        [p] = got.positions
+        assert p.estimated_liquidation_price == 894_472  # 8,944.72 (tick 0.01)
+        assert got.equity == 2_200 * USDT - 2 * 1_050 * USDT
+        asyncio.run(stream_all(d, [MarkPrice(E, 894_472, t + 2)], "gw-domain-2"))
+        gone = query.GetAccount(query_pb2.GetAccountRequest(account=1, asset="USDT"))
+        assert list(gone.positions) == [] and not gone.cross.positions
+        notices = [e.account_liquidation for e in events(d) if e.HasField("account_liquidation")]
+        assert [(n.account, list(n.markets)) for n in notices] == [(1, [E])]
+    finally:
+        assert d.stop() == 0
