@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import riskd
 from benchmarks import harness
 from benchmarks.figures import add as _fig
 from riskd.core import Asset, ContractType, Engine, MarketSpec, Rejected, TierTable
@@ -368,6 +369,47 @@ def _tick_figures(
     }
 
 
+def decode_ns_per_update(batch: int = 256, reps: int = 200) -> int:
+    """What the bare server of ``benchmarks.ingest`` spends decoding one fill update.
+
+    The message as gRPC hands it over (bytes), parsed by the generated
+    protobuf class, then every field of every update read
+    (``benchmarks.ingest._touch``); the median over ``reps`` messages of
+    ``batch`` fills, per update.  The same process times the engine's fill, so
+    the ratio between the two is taken in one run.
+    """
+    from benchmarks.ingest import _touch
+    from riskd.v1 import ingest_pb2 as pb
+
+    updates = [
+        pb.Update(
+            sequence=i + 1,
+            timestamp_ms=1_700_000_000_000 + i,
+            fill=pb.Fill(
+                market=SYMBOL,
+                trade_id=10**9 + i,
+                buyer_account=1 + i % 1000,
+                seller_account=1001 + i % 1000,
+                price=MARK_A + i % 100,
+                quantity=1 + i % 50,
+                buyer_fee=i % 7,
+                seller_fee=i % 5,
+            ),
+        )
+        for i in range(batch)
+    ]
+    raw = pb.IngestRequest(epoch=1, updates=updates).SerializeToString()
+    parse = pb.IngestRequest.FromString
+    clock = time.perf_counter_ns
+    out = []
+    for _ in range(reps):
+        s = clock()
+        _touch(parse(raw))
+        out.append(clock() - s)
+    out.sort()
+    return _percentile(out, 0.5) // batch
+
+
 #: The mark guard's limits for the guarded tick (riskd.core.mark_guard): all three on.
 GUARD = {
     "mark_max_jump_ppm": 50_000,
@@ -427,6 +469,7 @@ def worker_tick(n: int, reps: int, band: float, budget_s: float) -> dict[str, An
     timer.sort()
 
     quiet = _tick_figures(engine, reps, budget_s, 10**9)
+    decode_ns = decode_ns_per_update()
     guard = _guard_figures(engine, reps, budget_s)
     moved = move_into_band(engine, band)
     near = _tick_figures(engine, reps, budget_s, 2 * 10**9)
@@ -434,6 +477,8 @@ def worker_tick(n: int, reps: int, band: float, budget_s: float) -> dict[str, An
         raise AssertionError("the timed ticks changed the book")
     return {
         "n": n,
+        "core": riskd.core_build(),
+        "decode_ns_per_update": decode_ns,
         "populate_s": populate_s,
         "populate_positions_per_s": n / populate_s,
         "populate_inputs_per_s": (n // 2 * 5) / populate_s,
@@ -497,6 +542,7 @@ def worker_cascade(
 
     base = {
         "n": n,
+        "core": riskd.core_build(),
         "fund": fund,
         "positions": n_positions,
         "longs_per_short": longs_per_short,
@@ -569,16 +615,28 @@ def worker_cascade(
 # --- driver -------------------------------------------------------------------
 
 
-def _command(args: Sequence[str]) -> str:
-    return harness.display([sys.executable, "-m", "benchmarks.core", *args])
+def _command(args: Sequence[str], pure: bool = False) -> str:
+    shown = harness.display([sys.executable, "-m", "benchmarks.core", *args])
+    return f"RISKD_PURE=1 {shown}" if pure else shown
 
 
-def _spawn(args: Sequence[str], timeout: float, errors: list[str]) -> dict[str, Any] | None:
-    """Run one worker; its JSON result, or None (and a line in ``errors``) if it failed."""
+def _spawn(
+    args: Sequence[str], timeout: float, errors: list[str], pure: bool = False
+) -> dict[str, Any] | None:
+    """Run one worker; its JSON result, or None (and a line in ``errors``) if it failed.
+
+    ``pure``: on the core's Python sources (``RISKD_PURE=1``), else on
+    whichever core this process runs (the compiled one after ``make setup``).
+    """
     cmd = [sys.executable, "-m", "benchmarks.core", *args]
-    log(f"$ {_command(args)}")
+    env = dict(os.environ)
+    if pure:
+        env["RISKD_PURE"] = "1"
+    log(f"$ {_command(args, pure)}")
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout, env=env
+        )
     except subprocess.TimeoutExpired:
         errors.append(f"timed out after {timeout:.0f}s: {_command(args)}")
         return None
@@ -587,7 +645,7 @@ def _spawn(args: Sequence[str], timeout: float, errors: list[str]) -> dict[str, 
         errors.append(f"exit {proc.returncode} (see stderr above): {_command(args)}")
         return None
     result: dict[str, Any] = json.loads(lines[-1])
-    result["command"] = _command(args)
+    result["command"] = _command(args, pure)
     return result
 
 
@@ -638,6 +696,18 @@ def run(quick: bool = False) -> dict[str, Any]:
                 note=f"t(n={hi}) / t(n={lo})",
             )
     for n, r in ticks.items():
+        ratio = r["quiet"]["fill_median_ns"] / r["decode_ns_per_update"]
+        _fig(
+            figures,
+            f"fill_vs_decode[n={n}]",
+            round(ratio, 2),
+            "x",
+            r["command"],
+            target="<= 2",
+            ok=ratio <= 2,
+            note=f"one fill / the bare server's decode of one fill update "
+            f"({r['decode_ns_per_update']} ns), same process; {r['core']} core",
+        )
         g = r["guard"]
         _fig(
             figures,
@@ -714,17 +784,76 @@ def run(quick: bool = False) -> dict[str, Any]:
                     f"DEADLINE: {r['liquidations_settled']} of {n} settled in "
                     f"{r['elapsed_s']:.1f}s; rate so far"
                 )
+            headline = n == cn and not quick
             _fig(
                 figures,
                 f"cascade_liq_per_s[fund={fund},n={n}]",
                 round(r["liquidations_per_s"], 1),
                 "liquidations/s",
                 r["command"],
+                target=">= 50000" if headline else None,
+                ok=r["liquidations_per_s"] >= 50_000 if headline else None,
                 note=note,
             )
 
+    # The same figures on the pure core (RISKD_PURE=1), for the before/after table.
+    compare: dict[str, tuple[float, float, str, str]] = {}
+    n0 = sizes[0]
+    pure_tick = _spawn(
+        ["tick", "--n", str(n0), "--reps", str(cfg.tick_reps), "--budget", str(cfg.tick_budget_s)],
+        600,
+        errors,
+        pure=True,
+    )
+    if pure_tick is not None and n0 in ticks:
+        c = ticks[n0]
+        for label, phase, key in (
+            ("mark tick, nobody near LP", "quiet", "apply_median_ns"),
+            ("fill, nobody near LP", "quiet", "fill_median_ns"),
+        ):
+            compare[f"{label}, n={n0:,} (median ns)"] = (
+                pure_tick[phase][key],
+                c[phase][key],
+                pure_tick["command"],
+                c["command"],
+            )
+        compare[f"populate through Engine.apply, n={n0:,} (positions/s)"] = (
+            pure_tick["populate_positions_per_s"],
+            c["populate_positions_per_s"],
+            pure_tick["command"],
+            c["command"],
+        )
+    seeded = [r for r in details["cascade"] if r["fund"] == "seeded" and r["complete"]]
+    if seeded:
+        c = max(seeded, key=lambda r: r["n"])
+        deadline = cfg.cascade_deadline_s["seeded"]
+        args = ["cascade", "--n", str(c["n"]), "--fund", "seeded", "--deadline", f"{deadline:g}"]
+        p = _spawn(args, deadline + 300, errors, pure=True)
+        if p is not None:
+            compare[f"cascade, fund seeded, n={c['n']:,} (liquidations/s)"] = (
+                p["liquidations_per_s"],
+                c["liquidations_per_s"],
+                p["command"],
+                c["command"],
+            )
+    for label, (pure_v, compiled_v, _, compiled_cmd) in compare.items():
+        faster = pure_v / compiled_v if "ns" in label else compiled_v / pure_v
+        _fig(
+            figures,
+            f"compiled_speedup[{label}]",
+            round(faster, 2),
+            "x",
+            compiled_cmd,
+            note=f"pure {_num(round(pure_v, 1))}, compiled {_num(round(compiled_v, 1))}",
+        )
+    details["compare"] = {k: list(v) for k, v in compare.items()}
+
     runtime = time.perf_counter() - started
     _print_tables(ticks, mem, details["cascade"], figures)
+    if compare:
+        print(f"\nthis process's core: {riskd.core_build()}")
+        rows = [[k, _num(round(p, 1)), _num(round(c, 1))] for k, (p, c, _, _) in compare.items()]
+        _table(["pure vs compiled (same run)", "pure", "compiled"], rows)
     for e in errors:
         print(f"ERROR: {e}")
     print(f"core: {runtime:.1f}s{' (quick)' if quick else ''}")

@@ -150,7 +150,7 @@ class Metrics:
         )
         self.cross_liquidations = Counter(
             "riskd_cross_liquidations",
-            "Cross accounts found liquidatable, by reason: all_at_once, step_down"
+            "Cross-margin liquidations started, by reason: all_at_once, step_down"
             " (one step) or bankrupt (closed whole); each position closed also counts"
             " in riskd_liquidations_total.",
             ["asset", "reason"],
@@ -270,8 +270,8 @@ class Metrics:
         )
         self.fills_unreserved = Counter(
             "riskd_fills_unreserved",
-            "Fills applied where a side named no open order of its account (no pre-trade"
-            " check reserved margin for it): the trade happened, the gate was bypassed.",
+            "Fills applied where a side named none of its open orders (no pre-trade check"
+            " reserved margin for it): the trade happened, the gate was bypassed.",
             ["market"],
             registry=r,
         )

@@ -21,7 +21,6 @@ window length, not by the number of liquidations in a crash.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -307,10 +306,11 @@ class InsuranceFund:
         if self.balance < 0:  # guarded by budget(); reaching this is a bug, not input
             raise AssertionError(f"fund {self.asset} would go negative")
         prev = self.ledger[-1].hash if self.ledger else GENESIS
-        entry = LedgerEntry(
-            len(self.ledger) + 1, ts, kind, market, cause, amount, self.balance, prev
-        )
-        entry = dataclasses.replace(entry, hash=entry.digest())
+        sequence = len(self.ledger) + 1
+        # LedgerEntry.digest() of the entry, built once (no dataclasses.replace: a
+        # cascade books two entries per liquidation).
+        hash_ = link(prev, sequence, ts, kind.value, market, cause, amount, self.balance)
+        entry = LedgerEntry(sequence, ts, kind, market, cause, amount, self.balance, prev, hash_)
         self.ledger.append(entry)
         self._flows.append(
             FundFlow(

@@ -38,7 +38,7 @@ MONEY_FIELD = re.compile(
 NOT_MONEY = {"sequence", "epoch", "page_size"}
 
 EXPECTED_SERVICES = {
-    "IngestService": {"Ingest"},
+    "IngestService": {"Ingest", "CheckOrder"},
     "EventService": {"Subscribe"},
     "QueryService": {
         "GetAccount",
@@ -52,7 +52,16 @@ EXPECTED_SERVICES = {
         "ListLiquidationOrders",
     },
     "WithdrawalService": {"Withdraw"},
-    "AdminService": {"UpdateMarket", "SetReduceOnly", "InjectFund", "CheckState"},
+    "AdminService": {
+        "UpdateMarket",
+        "SetReduceOnly",
+        "InjectFund",
+        "CheckState",
+        "AddMarket",
+        "SetMarketStatus",
+        "SettleMarket",
+        "OverrideMarkGuard",
+    },
 }
 
 
