@@ -2,10 +2,13 @@
 each installs into a clean virtual environment (nothing from this checkout on
 its path) and serves; ``pip install riskd`` brings the daemon without
 matplotlib, and ``riskd replay`` there says in one line to install
-``riskd[replay]`` (exit 2).
+``riskd[replay]`` (exit 2).  The wheel carries the core compiled by mypyc
+(``riskd --version`` says so) and its .py sources (``RISKD_PURE=1``).
 
-Slow-ish (~40 s: a build, a venv, an install from pip's cache, two daemons):
-one test, marked slow, well inside CI's budget.
+Slow-ish (~95 s of CPU: a build that compiles the core once, about a minute,
+a venv, an install from pip's cache, two daemons): one test, marked slow.
+Run it without this checkout on PYTHONPATH: ``python -m build`` leaves
+riskd.egg-info here, and pip would take that for riskd installed.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 HEALTH_CHECK = ROOT / "deploy" / "docker" / "grpc_health_check.py"
 
 
-def run(*args: str | Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str | Path, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
     assert proc.returncode == 0, f"{args}: {proc.stdout}\n{proc.stderr}"
     return proc
@@ -97,7 +102,12 @@ def test_sdist_and_wheel_install_and_serve_in_a_clean_venv(tmp_path: Path) -> No
         }
     assert {"riskd/v1/ingest_pb2.py", "riskd/default_config.toml", "riskd/py.typed"} <= in_wheel
     assert {"riskd_client/gateway.py"} <= in_wheel
-    assert {n for n in in_wheel if not n.endswith("/")} <= in_sdist
+    # The core compiled by mypyc (built from the sdist), its sources beside it (RISKD_PURE=1).
+    compiled = {n for n in z.namelist() if n.endswith(".so")}
+    assert any(n.startswith("riskd/core/engine.") for n in compiled), sorted(in_wheel)
+    assert any(n.startswith("riskd/core/_native__mypyc.") for n in compiled), sorted(compiled)
+    assert "riskd/core/engine.py" in in_wheel
+    assert {n for n in in_wheel if not n.endswith(("/", ".so"))} <= in_sdist
     # The daemon needs no plotting; `riskd[replay]` does.
     requires = metadata.get_all("Requires-Dist") or []
     plotting = [r for r in requires if r.startswith("matplotlib")]
@@ -112,6 +122,10 @@ def test_sdist_and_wheel_install_and_serve_in_a_clean_venv(tmp_path: Path) -> No
     listed = run(bin_dir / "python", "-m", "pip", "list", "--format=json", cwd=tmp_path)
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
     assert "riskd" in names and "matplotlib" not in names and "numpy" not in names
+    version = run(bin_dir / "riskd", "--version", cwd=tmp_path).stdout
+    assert version.strip().endswith(" (compiled core)"), version
+    pure = run(bin_dir / "riskd", "--version", cwd=tmp_path, env={**os.environ, "RISKD_PURE": "1"})
+    assert pure.stdout.strip().endswith(" (pure core)"), pure.stdout
     serve_once(bin_dir, tmp_path)
     replay = subprocess.run(
         [bin_dir / "riskd", "replay", "--generated", "--out", tmp_path / "out"],
@@ -126,8 +140,13 @@ def test_sdist_and_wheel_install_and_serve_in_a_clean_venv(tmp_path: Path) -> No
     assert line.startswith("riskd replay: ") and "pip install 'riskd[replay]'" in line
     assert not (tmp_path / "out").exists()
 
-    # The sdist installs too (built again from itself), over the wheel.
-    run(*pip, "--force-reinstall", "--no-deps", sdist, cwd=tmp_path)
+    # The sdist installs too (built again from itself), over the wheel; without
+    # compiling this time (RISKD_PURE_BUILD=1): the wheel above was compiled
+    # from this sdist already, and a second compile costs CI a minute.
+    env = {**os.environ, "RISKD_PURE_BUILD": "1"}
+    run(*pip, "--force-reinstall", "--no-deps", sdist, cwd=tmp_path, env=env)
+    version = run(bin_dir / "riskd", "--version", cwd=tmp_path).stdout
+    assert version.strip().endswith(" (pure core)"), version
     serve_once(bin_dir, tmp_path)
 
 

@@ -73,6 +73,10 @@ DIMENSIONLESS = frozenset(
         "riskd_asset_decimals",  # a count of digits
         "riskd_event_subscriptions_refused",
         "riskd_rpc_denied_unrecorded",
+        "riskd_cross_liquidations",
+        "riskd_fills_unreserved",
+        "riskd_mark_guard",  # 1 while on
+        "riskd_market_status",  # 1 for the status
     }
 )
 UNITS = ("_quantums", "_seconds", "_messages", "_info")
@@ -393,7 +397,11 @@ def test_metrics_are_in_base_units_with_total_counters_and_sane_buckets(live: Li
                 assert s.name.endswith("_total"), s.name
     assert "# TYPE riskd_liquidations_total counter" in live.scrape
     hist = [f for f in fams if f.type == "histogram"]
-    assert [f.name for f in hist] == ["riskd_batch_duration_seconds", "riskd_ingest_queue_seconds"]
+    assert [f.name for f in hist] == [
+        "riskd_batch_duration_seconds",
+        "riskd_ingest_queue_seconds",
+        "riskd_journal_commit_seconds",
+    ]
     for h in hist:
         bounds = sorted(
             {
