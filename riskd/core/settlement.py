@@ -69,6 +69,16 @@ def settle(m: MarketEngine, price: int, ts: int) -> None:
             f"{m.symbol} has {len(m.liquidations)} liquidation(s) in progress (first: {first});"
             " settle once they have finished",
         )
+    cross = sorted(a for a in m.cross if a in m.positions)
+    if cross:
+        # A cross position's margin is a band of its account's wallet (possibly
+        # negative): closing it here needs the account's other collateral, which
+        # settlement does not reach yet.  Refused rather than booked as a deficit.
+        raise Rejected.precondition(
+            "market",
+            f"{m.symbol} has {len(cross)} cross-margin position(s) open (first: account"
+            f" {cross[0]}); settlement of cross positions is not supported yet: close them first",
+        )
     spec = m.spec
     positions = sorted(m.positions.values(), key=lambda p: p.account)
     # Planned in full before anything changes: a refusal leaves the market as it was.

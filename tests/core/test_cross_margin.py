@@ -320,3 +320,15 @@ def test_a_fill_beyond_the_band_is_refused() -> None:
     step(d, Fill(BTC, 97, MAKER, TRADER, usdt("9600"), QTY))  # −400: within the band
     assert d.pos(BTC, TRADER) is None
     assert view(d, TRADER).wallet == 600 * U
+
+
+def test_settling_a_market_with_cross_positions_is_refused() -> None:
+    """Not supported yet (a band needs its account's other collateral): refused,
+    nothing changed, rather than booked as a deficit."""
+    from riskd.core.events import SettleMarket
+
+    d = two_markets(1_000 * U)
+    err = assert_rejected(
+        d.engine, SettleMarket(BTC, usdt("10000")), Code.FAILED_PRECONDITION, "market"
+    )
+    assert "cross-margin" in err.message
