@@ -327,7 +327,9 @@ class EngineMachine(RuleBasedStateMachine):
             "sides": dataclasses.replace(f, buyer=f.seller, seller=f.buyer),
             "fee": dataclasses.replace(f, buyer_fee=f.buyer_fee + 1),
         }[change]
-        self.refused(again, "trade_id")
+        # A settled market refuses every input first, naming the market.
+        settled = self.engine.markets[f.market].status.value == "settled"
+        self.refused(again, "market" if settled else "trade_id")
 
     @precondition(lambda self: self.deposits)
     @rule(data=st.data(), change=st.sampled_from(["none", "amount", "account"]))
