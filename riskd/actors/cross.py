@@ -99,8 +99,12 @@ class CrossMargin:
         plan = cross_margin.plan([leg for _, leg in pairs], free)
         if plan.action in (Action.NOTHING, Action.WAIT):
             return set()
-        await self._allocate(wallet, account, pairs, plan.margins)
+        await self._allocate(wallet, account, pairs, plan.margins, plan.called)
         due: set[tuple[str, int]] = set()
+        call = plan.margin_call(account, ts)
+        if call is not None:
+            m = self.markets[call.market]
+            await m.call(m.cross_margin_call, call)
         for i, sym in enumerate(plan.liquidate):
             m = self.markets[sym]
             notice = plan.notice(asset, account, ts) if i == 0 else None
@@ -113,11 +117,13 @@ class CrossMargin:
         account: int,
         pairs: list[tuple[MarketActor, Leg]],
         margins: dict[str, int],
+        called: bool | None = None,
     ) -> None:
         taken = 0
         for m, leg in pairs:
             if leg.market in margins:
-                taken += await m.call(m.query, partial(_allocate, account, margins[leg.market]))
+                margin = margins[leg.market]
+                taken += await m.call(m.query, partial(_allocate, account, margin, called))
         if taken < 0:
             await wallet.call(wallet.credit, account, -taken)
         elif taken > 0:
@@ -199,5 +205,5 @@ def _quintile(engine: MarketEngine, account: int) -> int:
     return v.adl_quintile if v is not None else 0
 
 
-def _allocate(account: int, margin: int, e: MarketEngine) -> int:
-    return e.allocate_cross(account, margin)
+def _allocate(account: int, margin: int, called: bool | None, e: MarketEngine) -> int:
+    return e.allocate_cross(account, margin, called)

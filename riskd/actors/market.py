@@ -27,7 +27,7 @@ from riskd.core import (
     kind_of,
     split_effects,
 )
-from riskd.core.events import AccountLiquidation
+from riskd.core.events import AccountLiquidation, MarginCall
 
 __all__ = ["MarketActor", "needs_release"]
 
@@ -151,6 +151,11 @@ class MarketActor(Actor):
         if self.engine.effects:
             await self._route()
         return self.engine.take_cross_due()
+
+    async def cross_margin_call(self, call: MarginCall) -> None:
+        """Publish a cross account's margin call here (its re-check decided it)."""
+        self.engine.cross_margin_call(call)
+        await self._route()
 
     def query(self, fn: Callable[[MarketEngine], T]) -> T:
         """Run a read-only function against the engine (for the query API)."""

@@ -96,7 +96,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             return query_pb2.GetPositionResponse(
                 position=query_pb2.Position(account=request.account, market=request.market)
             )
-        return query_pb2.GetPositionResponse(position=convert.position(view))
+        cross = None
+        if view.cross and self.sequencer is not None:
+            # The account's view, as GetAccount shows it: the estimate needs every leg.
+            s = self.sequencer
+            account = await self.portal.call(s, s.cross.view, market.engine.asset, request.account)
+            cross = next((p for p in account.positions if p.market == request.market), None)
+        return query_pb2.GetPositionResponse(position=convert.position(view, cross))
 
     async def GetInsuranceFund(
         self, request: query_pb2.GetInsuranceFundRequest, context: Ctx

@@ -45,11 +45,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import lcm
 
 from riskd.core.errors import Rejected
-from riskd.core.events import AccountLiquidation
+from riskd.core.events import AccountLiquidation, MarginCall
 from riskd.core.margin import liquidation_threshold
 from riskd.core.market import CrossLiquidation, MarketSpec
 from riskd.core.pickling import fields_state, restore
@@ -65,6 +65,7 @@ __all__ = [
     "CrossPositionView",
     "figures",
     "liquidatable",
+    "in_call_band",
     "plan",
     "allocate",
     "available",
@@ -87,6 +88,8 @@ class Leg:
     liquidating: bool
     #: Its market's mark guard is on (riskd.core.mark_guard): that mark decides nothing.
     guarded: bool = False
+    #: The account was in the margin-call band at its last re-check (its markets remember it).
+    called: bool = False
 
     def __getstate__(self) -> list[object]:
         return fields_state(self)
@@ -154,6 +157,28 @@ def liquidatable(legs: Sequence[Leg], free: int) -> bool:
     return total <= 0
 
 
+def _against(leg: Leg) -> Leg:
+    """The leg with its mark moved against it by its market's ``margin_call_ppm``,
+    rounded as the isolated band's edge is (``MarketEngine._in_call_band``)."""
+    d = leg.spec.margin_call_ppm
+    if leg.mark is None or not d:
+        return leg
+    mark = leg.mark * PPM // (PPM + d) if leg.size > 0 else leg.mark * PPM // (PPM - d)
+    return replace(leg, mark=mark)
+
+
+def in_call_band(legs: Sequence[Leg], free: int) -> bool:
+    """The account is within its margin-call band: liquidatable were every mark moved
+    against its position by that market's ``margin_call_ppm``.
+
+    For one leg this is exactly the isolated rule (the mark within the distance
+    of the liquidation price); never while no leg's market has calls on.
+    """
+    if not any(leg.spec.margin_call_ppm and leg.size and leg.mark for leg in legs):
+        return False
+    return liquidatable([_against(leg) for leg in legs], free)
+
+
 class Action(enum.Enum):
     NOTHING = "nothing"  # no open cross position
     WAIT = "wait"  # one is being liquidated: re-checked when it ends
@@ -175,6 +200,12 @@ class Plan:
     maintenance: int = 0
     #: LIQUIDATE: "all_at_once", "step_down" (one step) or "bankrupt" (whole).
     policy: str = ""
+    #: ALLOCATE: the account is in its margin-call band (each leg's market remembers it).
+    called: bool = False
+    #: ALLOCATE, the account has just entered the band: the market (largest MM) that
+    #: publishes its MarginCall, and the estimated liquidation price there.
+    call_market: str = ""
+    call_price: int = 0
 
     def notice(self, asset: str, account: int, ts: int) -> AccountLiquidation:
         """The published effect of a LIQUIDATE plan."""
@@ -185,6 +216,20 @@ class Plan:
             maintenance_margin=self.maintenance,
             markets=self.liquidate,
             policy=self.policy,
+            ts=ts,
+        )
+
+    def margin_call(self, account: int, ts: int) -> MarginCall | None:
+        """The published effect of an ALLOCATE plan that entered the band, if any:
+        the account's equity and MM, priced in its largest-MM market."""
+        if not self.call_market:
+            return None
+        return MarginCall(
+            market=self.call_market,
+            account=account,
+            margin_balance=self.equity,
+            maintenance_margin=self.maintenance,
+            liquidation_price=self.call_price,
             ts=ts,
         )
 
@@ -259,7 +304,25 @@ def plan(legs: Sequence[Leg], free: int) -> Plan:
     equity = wallet + sum(f.unrealised for f in figs)
     notional = sum(f.notional for f in figs)
     if not liquidatable(legs, free):
-        return Plan(Action.ALLOCATE, allocate(legs, figs, wallet), 0, (), equity, notional)
+        margins = allocate(legs, figs, wallet)
+        if not in_call_band(legs, free):
+            return Plan(Action.ALLOCATE, margins, 0, (), equity, notional)
+        mm = sum(f.mm for f in figs)
+        if any(leg.called for leg in legs):  # called already: again only after leaving
+            return Plan(Action.ALLOCATE, margins, 0, (), equity, notional, mm, called=True)
+        j = max(range(len(legs)), key=lambda i: (figs[i].mm, -i))
+        return Plan(
+            Action.ALLOCATE,
+            margins,
+            0,
+            (),
+            equity,
+            notional,
+            mm,
+            called=True,
+            call_market=legs[j].market,
+            call_price=estimated_liquidation_price(legs, free, j),
+        )
     step_down = any(x.spec.cross_liquidation is CrossLiquidation.STEP_DOWN for x in stepping)
     if stepping and step_down and equity > 0:
         return Plan(Action.WAIT, {}, free)

@@ -177,7 +177,11 @@ class Engine:
         plan = cross_margin.plan([leg for _, leg in pairs], wallet.balance(account))
         if plan.action in (Action.NOTHING, Action.WAIT):
             return
-        self._allocate(wallet, account, pairs, plan.margins)
+        self._allocate(wallet, account, pairs, plan.margins, plan.called)
+        call = plan.margin_call(account, ts)
+        if call is not None:
+            self.markets[call.market].cross_margin_call(call)
+            self._route()
         for i, sym in enumerate(plan.liquidate):
             # Routed at once, as the daemon's market actor does (riskd.actors.cross).
             notice = plan.notice(asset, account, ts) if i == 0 else None
@@ -190,13 +194,14 @@ class Engine:
         account: int,
         pairs: list[tuple[MarketEngine, Leg]],
         margins: dict[str, int],
+        called: bool | None = None,
     ) -> None:
         """Move the account's cross wallet into the legs' new margins (a wallet credit
         for what comes back, a debit for what goes out)."""
         taken = 0
         for m, leg in pairs:
             if leg.market in margins:
-                taken += m.allocate_cross(account, margins[leg.market])
+                taken += m.allocate_cross(account, margins[leg.market], called)
         if taken < 0:
             wallet.credit(account, -taken)
         elif taken > 0:

@@ -136,6 +136,9 @@ class MarketEngine:
         # and those whose account must be re-checked after this input.
         self.cross: set[int] = set()
         self.cross_due: set[int] = set()
+        # Cross accounts in their margin-call band at their last re-check: called
+        # once, again only after leaving it (every market of the account keeps it).
+        self.cross_called: set[int] = set()
         # What a cross account's wallet can commit to its next order check here,
         # set by whoever routes it (Engine, the sequencer) just before; never
         # kept between inputs.
@@ -162,6 +165,7 @@ class MarketEngine:
             positions: dict[int, Position] = state["positions"]  # type: ignore[assignment]
             state["open_interest"] = sum(p.size for p in positions.values() if p.size > 0)
         state.setdefault("cross_free", None)
+        state.setdefault("cross_called", set())  # snapshots from before cross margin calls
         state.pop("cross_leverage", None)  # kept by cross margin before its compiled form
         restore(self, state)
         if "cross" not in state:  # snapshots from before cross margin
@@ -584,6 +588,7 @@ class MarketEngine:
         )
         if pos.size == 0 and pos.margin == 0:
             del self.positions[account]
+            self.cross_called.discard(account)
 
     def set_margin_mode(self, x: SetMarginMode) -> None:
         """Switch an account's margin mode here; only while it holds nothing here
@@ -644,15 +649,25 @@ class MarketEngine:
             pos.margin,
             bool(pos.liquidation),
             self.guard.reason is not None,
+            account in self.cross_called,
         )
 
-    def allocate_cross(self, account: int, margin: int) -> int:
-        """Set the account's cross band here; returns what it took (+) or gave back (-)."""
+    def allocate_cross(self, account: int, margin: int, called: bool | None = None) -> int:
+        """Set the account's cross band here (and whether the account is in its
+        margin-call band, unless None); returns what it took (+) or gave back (-)."""
+        if called:
+            self.cross_called.add(account)
+        elif called is not None:
+            self.cross_called.discard(account)
         pos = self.positions[account]
         delta = margin - pos.margin
         if delta:
             self._set(pos, pos.size, pos.basis, margin)
         return delta
+
+    def cross_margin_call(self, call: MarginCall) -> None:
+        """Publish a cross account's margin call (its re-check found it entering the band)."""
+        self.effects.append(call)
 
     def liquidate_cross(
         self, account: int, ts: int, notice: AccountLiquidation | None = None
@@ -810,7 +825,10 @@ class MarketEngine:
         entered += self.index.shorts_between(previous * PPM // (PPM - d), mark * PPM // (PPM - d))
         for account in entered:
             pos = self.positions[account]
-            if not pos.is_backstop and account not in self.cross:
+            if account in self.cross:
+                # Its band came within the distance: the account decides, at a re-check.
+                self.cross_due.add(account)
+            elif not pos.is_backstop:
                 self._margin_call(pos, ts)
 
     def _margin_call(self, pos: Position, ts: int) -> None:
@@ -976,6 +994,7 @@ class MarketEngine:
                 )
         pos.margin = 0
         self.positions.pop(pos.account, None)
+        self.cross_called.discard(pos.account)
         if pos.account in self.cross:
             self.cross_due.add(pos.account)
 

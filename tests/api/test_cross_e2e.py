@@ -43,7 +43,8 @@ B, E = "BTC-USDT", "ETH-USDT"
 
 def cross_scenario() -> list[Input]:
     """Account 1: cross in both markets with 1,000 USDT, long 0.1 BTC and 1 ETH;
-    safe per market but liquidatable in total after a fall in both.  Account 3:
+    safe per market, called (account level) then liquidatable in total after a fall
+    in both.  Account 3:
     cross, long 0.1 BTC with 2,000 USDT, survives.  Account 2: the isolated maker."""
     t = stamp()
     return [
@@ -63,6 +64,9 @@ def cross_scenario() -> list[Input]:
         # −250 and −150: equity 598 > MM; each fall alone would be covered.
         MarkPrice(B, 4_750_000, t + 1_000),
         MarkPrice(E, 285_000, t + 1_000),
+        # −600 and −300: equity 98 > MM, but a 2 % fall of both would not be: a margin call.
+        MarkPrice(B, 4_400_000, t + 1_500),
+        MarkPrice(E, 270_000, t + 1_500),
         # −700 and −300: equity −2 ≤ MM: both closed at once, the fund covers 2.
         MarkPrice(B, 4_300_000, t + 2_000),
         MarkPrice(E, 270_000, t + 2_000),
@@ -90,6 +94,10 @@ def test_cross_margin_through_the_daemon(tmp_path: Path) -> None:
         assert [(n.account, n.policy, list(n.markets)) for n in notices] == [
             (1, "bankrupt", [B, E])
         ]
+        # Called once before, at account level, in the market of its largest MM.
+        calls = [e.margin_call for e in events(d) if e.HasField("margin_call")]
+        assert [(c.market, c.account) for c in calls] == [(B, 1)]
+        assert 0 < calls[0].maintenance_margin < calls[0].margin_balance == 98 * USDT
         scraped = scrape(d)
         assert (
             metric(scraped, "riskd_cross_liquidations_total", asset="USDT", reason="bankrupt") == 1
@@ -112,6 +120,13 @@ def test_cross_margin_through_the_daemon(tmp_path: Path) -> None:
         [pos] = got.positions
         assert pos.margin_mode == types_pb2.MARGIN_MODE_CROSS
         assert pos.liquidation_price == p.estimated_liquidation_price
+        # GetPosition shows the same estimate and ADL quintile as GetAccount's entry.
+        one = query.GetPosition(query_pb2.GetPositionRequest(account=3, market=B)).position
+        assert one.margin_mode == types_pb2.MARGIN_MODE_CROSS
+        assert (one.liquidation_price, one.adl_quintile) == (
+            p.estimated_liquidation_price,
+            p.adl_quintile,
+        )
 
         # A withdrawal beyond what is available is refused; one within it is paid,
         # out of the cross wallet (its bands re-drawn), exactly as the engine does.

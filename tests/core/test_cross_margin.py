@@ -16,6 +16,7 @@ from riskd.core import (
     Deposit,
     FundingRate,
     LiquidationSettled,
+    MarginCall,
     MarginTransfer,
     SetMarginMode,
     TierTable,
@@ -332,3 +333,48 @@ def test_settling_a_market_with_cross_positions_is_refused() -> None:
         d.engine, SettleMarket(BTC, usdt("10000")), Code.FAILED_PRECONDITION, "market"
     )
     assert "cross-margin" in err.message
+
+
+def test_margin_call_before_liquidation_and_none_while_safe() -> None:
+    """The account is called when a 2 % move against every position (the markets'
+    ``margin_call_ppm``) would make it liquidatable: once, before it is liquidated."""
+    d = two_markets(1_000 * U)
+    for price in ("9900", "9800"):  # E 800, 600: a 2 % fall leaves it safe
+        assert not of_type(step(d, d_mark(BTC, price)), MarginCall)
+        assert not of_type(step(d, d_mark(ETH, price)), MarginCall)
+    # BTC alone at 9,700 (E 500): a 2 % fall of both leaves E 117.6 > MM 95.6.
+    assert not of_type(step(d, d_mark(BTC, "9700")), MarginCall)
+    assert TRADER not in d.markets[BTC].cross_called
+    # Both at 9,700 (E 400): a 2 % fall leaves E 19.6 ≤ MM 95.1: called, in the
+    # market of the largest MM (BTC, the first of equals), with the account's numbers.
+    [call] = of_type(step(d, d_mark(ETH, "9700")), MarginCall)
+    v = view(d, TRADER)
+    assert (call.market, call.account) == (BTC, TRADER)
+    assert (call.margin_balance, call.maintenance_margin) == (v.equity, v.maintenance_margin)
+    assert call.liquidation_price == v.positions[0].estimated_liquidation_price > 0
+    # Further falls within the band call no more; the crossing liquidates it.
+    out: list[object] = []
+    for price in ("9650", "9600", "9550", "9500"):
+        out += step(d, d_mark(BTC, price))
+        out += step(d, d_mark(ETH, price))
+    assert not of_type(out, MarginCall)
+    assert of_type(out, AccountLiquidation)
+    assert d.pos(BTC, TRADER) is None and d.pos(ETH, TRADER) is None
+    assert TRADER not in d.markets[BTC].cross_called | d.markets[ETH].cross_called
+
+
+def test_no_cross_margin_call_with_calls_off() -> None:
+    d = Desk(
+        btc_usdt_spec(BTC, tiers=FLAT, margin_call_ppm=0),
+        btc_usdt_spec(ETH, tiers=FLAT, margin_call_ppm=0),
+    )
+    d.inject("USDT", 1_000_000 * U)
+    d.margin(MAKER, BTC, 100_000 * U)
+    d.margin(MAKER, ETH, 100_000 * U)
+    cross(d, TRADER, BTC, ETH, deposit=1_000 * U)
+    d.mark(BTC, usdt("10000"))
+    d.mark(ETH, usdt("10000"))
+    step(d, d_fill(BTC, TRADER, MAKER, "10000", QTY))
+    step(d, d_fill(ETH, TRADER, MAKER, "10000", QTY))
+    out = step(d, d_mark(BTC, "9700")) + step(d, d_mark(ETH, "9700"))
+    assert not of_type(out, MarginCall)
