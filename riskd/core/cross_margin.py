@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from math import lcm
 
 from riskd.core.errors import Rejected
@@ -164,7 +164,17 @@ def _against(leg: Leg) -> Leg:
     if leg.mark is None or not d:
         return leg
     mark = leg.mark * PPM // (PPM + d) if leg.size > 0 else leg.mark * PPM // (PPM - d)
-    return replace(leg, mark=mark)
+    return Leg(
+        leg.market,
+        leg.spec,
+        mark,
+        leg.size,
+        leg.basis,
+        leg.margin,
+        leg.liquidating,
+        leg.guarded,
+        leg.called,
+    )
 
 
 def in_call_band(legs: Sequence[Leg], free: int) -> bool:
