@@ -907,11 +907,17 @@ class MarketEngine:
 
     def _commit(self, pos: Position, after: tuple[int, int, int]) -> None:
         """Apply a planned trade side; a new position is only stored now."""
-        if pos.size == 0 and pos.account in self.cross:
-            # A new cross position holds no band yet: its account draws them now.
-            self.cross_due.add(pos.account)
+        new = pos.size == 0
         self.positions.setdefault(pos.account, pos)
         self._set(pos, *after)
+        if pos.account in self.cross and (
+            new or (pos.key is not None and self._in_call_band(pos.size > 0, pos.key >> 64))
+        ):
+            # A new cross position holds no band yet; a fill that took one within
+            # the margin-call distance of its band's edge may call the account.
+            # Either way the account is re-checked now (a band crossed outright is
+            # the scan's, after the fill); a fill leaving the band clear costs nothing.
+            self.cross_due.add(pos.account)
 
     def _set(self, pos: Position, size: int, basis: int, margin: int) -> None:
         """Change a position's numbers; a margin call if that moved it into the band."""

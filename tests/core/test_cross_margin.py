@@ -378,3 +378,22 @@ def test_no_cross_margin_call_with_calls_off() -> None:
     step(d, d_fill(ETH, TRADER, MAKER, "10000", QTY))
     out = step(d, d_mark(BTC, "9700")) + step(d, d_mark(ETH, "9700"))
     assert not of_type(out, MarginCall)
+
+
+
+def test_a_fill_that_brings_the_account_within_the_call_distance_calls_it_at_once() -> None:
+    """Growing BTC to 5 at the mark: safe now (E = 1,000 > MM = 300), but a 2 % move
+    against both legs would leave E = −200: the fill's own output calls the account,
+    not the next mark."""
+    d = two_markets(1_000 * U)
+    out = step(d, d_fill(BTC, TRADER, MAKER, "10000", 4 * QTY))
+    [call] = of_type(out, MarginCall)
+    assert call.account == TRADER
+    assert not of_type(out, AccountLiquidation)
+
+
+def test_a_fill_that_leaves_the_band_clear_needs_no_re_check() -> None:
+    d = two_markets(1_000 * U)
+    out = step(d, d_fill(BTC, TRADER, MAKER, "10000", QTY // 10))
+    assert not of_type(out, MarginCall) and not of_type(out, AccountLiquidation)
+    assert d.engine.markets[BTC].cross_due == set()
