@@ -272,10 +272,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     end = StreamEnd(Rejected.invalid("updates.sequence", "must be >= 1"))
                     return
                 updates, counted = checked
-                throttled = await self._pace(s, counted)
-                if throttled is not None:
-                    end = StreamEnd(throttled)
-                    return
+                if s.bucket is not None and counted:  # else nothing to pace (no coroutine)
+                    throttled = await self._pace(s, counted)
+                    if throttled is not None:
+                        end = StreamEnd(throttled)
+                        return
                 await s.credits.acquire()
                 self._post(s, request, updates, counted)
         except grpc.aio.AioRpcError:
@@ -607,7 +608,8 @@ def _fold(
 
 def _response(request: ingest_pb2.IngestRequest, result: BatchResult) -> ingest_pb2.IngestResponse:
     response = ingest_pb2.IngestResponse(acked_sequence=result.acked, duplicates=result.duplicates)
-    response.rejections.extend(_stored(r) for r in result.repeated)
+    if result.repeated:
+        response.rejections.extend(_stored(r) for r in result.repeated)
     if result.rejections:
         where = {u.sequence: (i, u) for i, u in enumerate(request.updates)}
         for seq, r in result.rejections:
