@@ -31,6 +31,7 @@ riskd stops and the next owner reads back what is really there.
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -628,6 +629,8 @@ def push_snapshot(
         raise StorageFault("snapshot", path, describe(e, path)) from e
     except journal._errors as e:
         raise StorageFault("snapshot", journal.path, _why(e)) from e
+    except (sqlite3.Error, ValueError) as e:  # the data directory's ledger or event file
+        raise StorageFault("snapshot", data, describe(e, data)) from e
     journal.store_snapshot(records, journal_hash, raw, entries, events, keep_events)
 
 
