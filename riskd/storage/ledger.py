@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -59,6 +59,8 @@ __all__ = [
     "read_page",
     "count",
     "export",
+    "report_json",
+    "reports_of",
 ]
 
 FILE = "ledger.sqlite3"
@@ -125,7 +127,10 @@ def _entry(row: Sequence[Any]) -> LedgerEntry:
     )
 
 
-def _report_json(r: DailyReport) -> str:
+def report_json(r: DailyReport) -> str:
+    """A daily report as stored (this file's ``reports``, PostgreSQL's
+    ``riskd_report``): JSON, keys sorted, so equal reports are equal strings and
+    amounts of any size exact."""
     return json.dumps(
         {
             "opening_balance": r.opening_balance,
@@ -141,6 +146,11 @@ def _report_json(r: DailyReport) -> str:
 #: What a write or read of the file can raise: SQLite's errors, a value it cannot
 #: bind (OverflowError) or one riskd did not write (:func:`integer`).
 _FAULTS = (sqlite3.Error, OverflowError, ValueError)
+
+
+def reports_of(funds: Mapping[str, InsuranceFund]) -> list[tuple[str, int, str]]:
+    """Every daily report of ``funds`` as stored: ``(asset, day, JSON)``."""
+    return [(a, d, report_json(r)) for a, f in funds.items() for d, r in sorted(f.reports.items())]
 
 
 class LedgerStore:
@@ -181,6 +191,16 @@ class LedgerStore:
             self._db.executemany(
                 "INSERT OR REPLACE INTO reports (asset, day, report) VALUES (?,?,?)", rows
             )
+            self._db.execute("COMMIT")
+        except _FAULTS as e:
+            raise StorageFault("ledger", self.path, e) from e
+
+    def replace_reports(self, asset: str, rows: Sequence[tuple[str, int, str]]) -> None:
+        """Make ``rows`` the fund's whole set of daily reports in the file."""
+        try:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM reports WHERE asset = ?", (asset,))
+            self._db.executemany("INSERT INTO reports (asset, day, report) VALUES (?,?,?)", rows)
             self._db.execute("COMMIT")
         except _FAULTS as e:
             raise StorageFault("ledger", self.path, e) from e
@@ -334,7 +354,7 @@ class LedgerWriter(GroupWriter[tuple[str, list[LedgerEntry]]]):
         the daily reports of ``funds`` as they are now."""
         # Encoded here: the fund actor goes on changing its reports meanwhile.
         await self._sync(
-            _Sync([(f.asset, d, _report_json(r)) for f in funds for d, r in f.reports.items()])
+            _Sync([(f.asset, d, report_json(r)) for f in funds for d, r in f.reports.items()])
         )
 
     def _write(self, items: list[tuple[str, list[LedgerEntry]]], syncs: list[Marker]) -> None:
@@ -392,7 +412,7 @@ def export(data: Path, funds: dict[str, InsuranceFund], keep: int = DEFAULT_MEMO
     try:
         for asset, fund in funds.items():
             store.replace(asset, list(fund.ledger))
-            store.write_reports([(asset, d, _report_json(r)) for d, r in fund.reports.items()])
+            store.write_reports([(asset, d, report_json(r)) for d, r in fund.reports.items()])
             fund.ledger = fund.ledger.rebound(keep)
     finally:
         store.close()
