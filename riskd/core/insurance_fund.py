@@ -149,9 +149,7 @@ class InsuranceFund(DictPickled):
         self._expire(ts)
         return self.limit_at(market, ts, loss_cap)
 
-    def limit_at(
-        self, market: str, ts: int, loss_cap: int | None = None
-    ) -> tuple[int, AdlReason]:
+    def limit_at(self, market: str, ts: int, loss_cap: int | None = None) -> tuple[int, AdlReason]:
         """:meth:`limit` read without moving the rolling window (queries, stress tests):
         buckets older than the window are skipped instead of expired, and the
         current balance counts as a peak."""
