@@ -42,7 +42,7 @@ from riskd.core.hash_chain import GENESIS, link
 from riskd.core.ledger import Ledger
 from riskd.core.liquidation import waterfall
 from riskd.core.pickling import DictPickled, FieldsPickled, SlotsPickled, restore
-from riskd.core.units import INT64_MAX, PPM, ceil_div, check_positive
+from riskd.core.units import PPM, SUPPLY_CAP, ceil_div, check_positive
 
 FundEffect = FundCredit | TakeoverClaim | ReserveClaim | ReserveSettle
 
@@ -149,9 +149,7 @@ class InsuranceFund(DictPickled):
         self._expire(ts)
         return self.limit_at(market, ts, loss_cap)
 
-    def limit_at(
-        self, market: str, ts: int, loss_cap: int | None = None
-    ) -> tuple[int, AdlReason]:
+    def limit_at(self, market: str, ts: int, loss_cap: int | None = None) -> tuple[int, AdlReason]:
         """:meth:`limit` read without moving the rolling window (queries, stress tests):
         buckets older than the window are skipped instead of expired, and the
         current balance counts as a peak."""
@@ -179,8 +177,10 @@ class InsuranceFund(DictPickled):
     def inject(self, amount: int, cause: str, ts: int) -> LedgerEntry:
         """Seed capital: the only way units enter a fund from outside a market."""
         check_positive(amount, "amount")
-        if self.balance + amount > INT64_MAX:
-            raise Rejected.invalid("amount", "fund balance would overflow int64")
+        if self.injected + amount > SUPPLY_CAP:
+            raise Rejected.invalid(
+                "amount", f"{self.asset} fund injections would pass the supply cap of {SUPPLY_CAP}"
+            )
         if not cause.isascii() or len(cause) > 128:
             raise Rejected.invalid("cause", "must be ASCII, at most 128 characters")
         self.injected += amount
