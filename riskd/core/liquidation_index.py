@@ -18,7 +18,7 @@ the index, so this was a third of a compiled fill (issue 17).
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right, insort
+import bisect
 from collections.abc import Iterable
 from typing import Final, final
 
@@ -31,6 +31,11 @@ _MASK: Final = (1 << 64) - 1
 #: Chunk size: a chunk splits past 2 * _LOAD keys and merges below _LOAD // 4.
 #: Insertion moves half a chunk of pointers; the chunk list stays short.
 _LOAD: Final = 512
+# Module-level finals are C statics in the compiled core (a plain import is a
+# dict lookup per call).
+bisect_left: Final = bisect.bisect_left
+bisect_right: Final = bisect.bisect_right
+insort: Final = bisect.insort
 
 
 @final

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -72,6 +73,12 @@ from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, fits_int64, 
 from riskd.core.wallet import check_account
 
 __all__ = ["MarketEngine", "PositionView"]
+
+# MarketStatus is a Python enum: its members kept here are C statics in the
+# compiled core, where ``status.trades`` is a generic attribute lookup.
+_OPEN: Final = MarketStatus.OPEN
+_CLOSE_ONLY: Final = MarketStatus.CLOSE_ONLY
+_SETTLED: Final = MarketStatus.SETTLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +215,7 @@ class MarketEngine:
 
     def _begin(self, ts: int) -> None:
         """A new input: cached ADL rankings describe an older state."""
-        if self.status is MarketStatus.SETTLED:
+        if self.status is _SETTLED:
             raise Rejected.precondition("market", f"{self.symbol} is settled (delisted)")
         self._input += 1
         self._now = ts
@@ -348,7 +355,8 @@ class MarketEngine:
         if f.trade_id:  # the trade without its id and timestamp
             payload = fingerprint(f.buyer, f.seller, f.price, f.quantity, f.buyer_fee, f.seller_fee)
             self.trade_ids.check(f.trade_id, payload, "trade_id", "fill")
-        if not self.status.trades:  # after the id: a resend is "already applied" first
+        status = self.status  # MarketStatus.trades, without the enum's attribute lookup
+        if not (status is _OPEN or status is _CLOSE_ONLY):  # after the id: a resend first
             raise Rejected.precondition("market", f"{self.symbol} is {self.status.value}")
         # Each side's value rounds against it; the residue goes to the fee pool.
         bought = self.spec.side_value(f.quantity, f.price)
@@ -539,7 +547,7 @@ class MarketEngine:
 
     def check_margin_credit(self, account: int, amount: int) -> None:
         """Validate a wallet → margin transfer before the wallet is debited."""
-        if self.status is MarketStatus.SETTLED:
+        if self.status is _SETTLED:
             raise Rejected.precondition("market", f"{self.symbol} is settled (delisted)")
         self._check_account(account, "account")
         if amount <= 0:
@@ -875,7 +883,7 @@ class MarketEngine:
         # Grows: larger, or flipped to the other side.
         grows = abs(size) > abs(was) or (was != 0 and size != 0 and (size > 0) != (was > 0))
         backstop = account == BACKSTOP_ACCOUNT
-        if grows and (self.spec.reduce_only or backstop or not self.status.grows):
+        if grows and (self.spec.reduce_only or backstop or self.status is not _OPEN):  # .grows
             why = (
                 "the backstop only reduces"
                 if backstop
