@@ -367,7 +367,7 @@ class FundKind(enum.Enum):
     BACKSTOP_RETURN = "backstop_return"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class FundCredit:
     """Units a market hands to its fund; never refused."""
 
@@ -378,6 +378,18 @@ class FundCredit:
     cause: str
     ts: int
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self, *, asset: str, market: str, kind: FundKind, amount: int, cause: str, ts: int
+    ) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "cause", cause)
+        object.__setattr__(self, "ts", ts)
+
     def __getstate__(self) -> list[object]:
         return fields_state(self)
 
@@ -385,7 +397,7 @@ class FundCredit:
         restore(self, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class TakeoverClaim:
     """Takeover-mode settlement: fee in, shortfall out, and backstop margin wanted.
 
@@ -406,6 +418,31 @@ class TakeoverClaim:
     margin_wanted: int
     loss_cap: int | None = None
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        asset: str,
+        market: str,
+        liquidation_id: int,
+        ts: int,
+        notional: int,
+        fee: int,
+        shortfall: int,
+        margin_wanted: int,
+        loss_cap: int | None = None,
+    ) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "notional", notional)
+        object.__setattr__(self, "fee", fee)
+        object.__setattr__(self, "shortfall", shortfall)
+        object.__setattr__(self, "margin_wanted", margin_wanted)
+        object.__setattr__(self, "loss_cap", loss_cap)
+
     def __getstate__(self) -> list[object]:
         return fields_state(self)
 
@@ -413,7 +450,7 @@ class TakeoverClaim:
         restore(self, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class ReserveClaim:
     """Book mode: earmark up to ``wanted`` for a liquidation order's slippage."""
 
@@ -425,6 +462,27 @@ class ReserveClaim:
     wanted: int
     loss_cap: int | None = None
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        asset: str,
+        market: str,
+        liquidation_id: int,
+        ts: int,
+        notional: int,
+        wanted: int,
+        loss_cap: int | None = None,
+    ) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "notional", notional)
+        object.__setattr__(self, "wanted", wanted)
+        object.__setattr__(self, "loss_cap", loss_cap)
+
     def __getstate__(self) -> list[object]:
         return fields_state(self)
 
@@ -432,7 +490,7 @@ class ReserveClaim:
         restore(self, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class ReserveSettle:
     """Book mode, final: release ``reserved``, pay ``shortfall`` (<= it), take ``fee``."""
 
@@ -443,6 +501,27 @@ class ReserveSettle:
     reserved: int
     shortfall: int
     fee: int
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        asset: str,
+        market: str,
+        liquidation_id: int,
+        ts: int,
+        reserved: int,
+        shortfall: int,
+        fee: int,
+    ) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "reserved", reserved)
+        object.__setattr__(self, "shortfall", shortfall)
+        object.__setattr__(self, "fee", fee)
 
     def __getstate__(self) -> list[object]:
         return fields_state(self)
@@ -467,7 +546,7 @@ class AdlReason(enum.Enum):
     BACKSTOP = "backstop"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class FundDecision:
     """The fund's answer to a claim.
 
@@ -484,6 +563,23 @@ class FundDecision:
     granted: int
     reason: AdlReason | None = None
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        liquidation_id: int,
+        absorbed: bool,
+        granted: int,
+        reason: AdlReason | None = None,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "absorbed", absorbed)
+        object.__setattr__(self, "granted", granted)
+        object.__setattr__(self, "reason", reason)
+
     def __getstate__(self) -> list[object]:
         return fields_state(self)
 
@@ -491,13 +587,21 @@ class FundDecision:
         restore(self, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class WalletCredit:
     account: int
     asset: str
     amount: int
     cause: str
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(self, *, account: int, asset: str, amount: int, cause: str) -> None:
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "cause", cause)
+
     def __getstate__(self) -> list[object]:
         return fields_state(self)
 
@@ -505,7 +609,7 @@ class WalletCredit:
         restore(self, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class LiquidationOrder:
     """Book mode: place this order; ``side`` is +1 buy / -1 sell."""
 
@@ -517,6 +621,27 @@ class LiquidationOrder:
     worst_price: int
     ts: int
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        liquidation_id: int,
+        account: int,
+        side: int,
+        quantity: int,
+        worst_price: int,
+        ts: int,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "side", side)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "worst_price", worst_price)
+        object.__setattr__(self, "ts", ts)
+
     def __getstate__(self) -> list[object]:
         return fields_state(self)
 
@@ -524,7 +649,7 @@ class LiquidationOrder:
         restore(self, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class LiquidationSettled:
     market: str
     liquidation_id: int
@@ -535,6 +660,31 @@ class LiquidationSettled:
     returned_to_trader: int
     adl_quantity: int
     ts: int
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        liquidation_id: int,
+        account: int,
+        quantity: int,
+        price: int,
+        fund_delta: int,
+        returned_to_trader: int,
+        adl_quantity: int,
+        ts: int,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "fund_delta", fund_delta)
+        object.__setattr__(self, "returned_to_trader", returned_to_trader)
+        object.__setattr__(self, "adl_quantity", adl_quantity)
+        object.__setattr__(self, "ts", ts)
 
     def __getstate__(self) -> list[object]:
         return fields_state(self)
@@ -563,7 +713,7 @@ class AccountLiquidation:
         restore(self, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class AdlNotice:
     """To a deleveraged account: ``quantity`` of its position closed at ``price``."""
 
@@ -576,6 +726,29 @@ class AdlNotice:
     realised: int
     ts: int
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        liquidation_id: int,
+        account: int,
+        side: int,
+        quantity: int,
+        price: int,
+        realised: int,
+        ts: int,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "side", side)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "realised", realised)
+        object.__setattr__(self, "ts", ts)
+
     def __getstate__(self) -> list[object]:
         return fields_state(self)
 
@@ -583,7 +756,7 @@ class AdlNotice:
         restore(self, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class AdlEvent:
     """One ADL execution, for metrics and reports.
 
@@ -609,6 +782,39 @@ class AdlEvent:
     reason: AdlReason = AdlReason.FUND_EMPTY
     fund_paid: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        asset: str,
+        liquidation_id: int,
+        quantity: int,
+        price: int,
+        closed_notional: int,
+        deficit: int,
+        haircut: int,
+        overshoot: int,
+        counterparties: int,
+        ts: int,
+        reason: AdlReason = AdlReason.FUND_EMPTY,
+        fund_paid: int = 0,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "closed_notional", closed_notional)
+        object.__setattr__(self, "deficit", deficit)
+        object.__setattr__(self, "haircut", haircut)
+        object.__setattr__(self, "overshoot", overshoot)
+        object.__setattr__(self, "counterparties", counterparties)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "fund_paid", fund_paid)
+
     def __getstate__(self) -> list[object]:
         return fields_state(self)
 
@@ -616,7 +822,7 @@ class AdlEvent:
         restore(self, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class MarginCall:
     """A position's mark came within the market's margin-call distance of its LP."""
 
@@ -627,6 +833,25 @@ class MarginCall:
     liquidation_price: int
     ts: int
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        account: int,
+        margin_balance: int,
+        maintenance_margin: int,
+        liquidation_price: int,
+        ts: int,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "margin_balance", margin_balance)
+        object.__setattr__(self, "maintenance_margin", maintenance_margin)
+        object.__setattr__(self, "liquidation_price", liquidation_price)
+        object.__setattr__(self, "ts", ts)
+
     def __getstate__(self) -> list[object]:
         return fields_state(self)
 
@@ -634,7 +859,7 @@ class MarginCall:
         restore(self, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class FundFlow:
     """A fund ledger entry, as published."""
 
@@ -645,6 +870,27 @@ class FundFlow:
     balance_after: int
     cause: str
     ts: int
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        asset: str,
+        market: str,
+        kind: FundKind,
+        amount: int,
+        balance_after: int,
+        cause: str,
+        ts: int,
+    ) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "balance_after", balance_after)
+        object.__setattr__(self, "cause", cause)
+        object.__setattr__(self, "ts", ts)
 
     def __getstate__(self) -> list[object]:
         return fields_state(self)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -74,9 +75,14 @@ class IllegalTransition(RiskdError, AssertionError):
         self.event = event
 
 
+# TRANSITIONS keyed by the members' identities: Stage and Event are Python enums,
+# whose __hash__ runs as interpreted code (two transitions per liquidation).
+_BY_IDENTITY: Final = {(id(s), id(e)): to for (s, e), to in TRANSITIONS.items()}
+
+
 def next_stage(liquidation_id: int, stage: Stage, event: Event) -> Stage:
     """The stage ``event`` leads to from ``stage``; IllegalTransition if none."""
-    to = TRANSITIONS.get((stage, event))
+    to = _BY_IDENTITY.get((id(stage), id(event)))
     if to is None:
         raise IllegalTransition(liquidation_id, stage, event)
     return to
