@@ -24,6 +24,8 @@ from typing import Final, final
 
 from mypy_extensions import mypyc_attr
 
+from riskd.core.pickling import SlotsPickled
+
 __all__ = ["LiquidationIndex", "SortedKeys"]
 
 _SHIFT: Final = 64
@@ -167,7 +169,7 @@ class SortedKeys:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class LiquidationIndex:
+class LiquidationIndex(SlotsPickled):
     __slots__ = ("_longs", "_shorts")
 
     # Pickled as two ascending lists of keys, the shape both cores read; a
