@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core.pickling import FieldsPickled
 
 __all__ = [
@@ -271,6 +273,7 @@ class FundKind(enum.Enum):
     BACKSTOP_RETURN = "backstop_return"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class FundCredit(FieldsPickled):
     """Units a market hands to its fund; never refused."""
@@ -295,6 +298,7 @@ class FundCredit(FieldsPickled):
         object.__setattr__(self, "ts", ts)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class TakeoverClaim(FieldsPickled):
     """Takeover-mode settlement: fee in, shortfall out, and backstop margin wanted.
@@ -342,6 +346,7 @@ class TakeoverClaim(FieldsPickled):
         object.__setattr__(self, "loss_cap", loss_cap)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class ReserveClaim(FieldsPickled):
     """Book mode: earmark up to ``wanted`` for a liquidation order's slippage."""
@@ -376,6 +381,7 @@ class ReserveClaim(FieldsPickled):
         object.__setattr__(self, "loss_cap", loss_cap)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class ReserveSettle(FieldsPickled):
     """Book mode, final: release ``reserved``, pay ``shortfall`` (<= it), take ``fee``."""
@@ -426,6 +432,7 @@ class AdlReason(enum.Enum):
     BACKSTOP = "backstop"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class FundDecision(FieldsPickled):
     """The fund's answer to a claim.
@@ -461,6 +468,7 @@ class FundDecision(FieldsPickled):
         object.__setattr__(self, "reason", reason)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class WalletCredit(FieldsPickled):
     account: int
@@ -477,6 +485,7 @@ class WalletCredit(FieldsPickled):
         object.__setattr__(self, "cause", cause)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class LiquidationOrder(FieldsPickled):
     """Book mode: place this order; ``side`` is +1 buy / -1 sell."""
@@ -511,6 +520,7 @@ class LiquidationOrder(FieldsPickled):
         object.__setattr__(self, "ts", ts)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class LiquidationSettled(FieldsPickled):
     market: str
@@ -563,6 +573,7 @@ class AccountLiquidation(FieldsPickled):
     ts: int
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class AdlNotice(FieldsPickled):
     """To a deleveraged account: ``quantity`` of its position closed at ``price``."""
@@ -600,6 +611,7 @@ class AdlNotice(FieldsPickled):
         object.__setattr__(self, "ts", ts)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class AdlEvent(FieldsPickled):
     """One ADL execution, for metrics and reports.
@@ -660,6 +672,7 @@ class AdlEvent(FieldsPickled):
         object.__setattr__(self, "fund_paid", fund_paid)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class MarginCall(FieldsPickled):
     """A position's mark came within the market's margin-call distance of its LP."""
@@ -691,6 +704,7 @@ class MarginCall(FieldsPickled):
         object.__setattr__(self, "ts", ts)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class FundFlow(FieldsPickled):
     """A fund ledger entry, as published."""

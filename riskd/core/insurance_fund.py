@@ -68,6 +68,7 @@ class FundPolicy(FieldsPickled):
             raise ValueError("window_ms must be at least one minute")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, init=False)
 class LedgerEntry(FieldsPickled):
     """One movement; ``hash`` chains it to the entry before (``prev``)."""

@@ -21,6 +21,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core.events import AdlReason
 from riskd.core.margin import NEVER_LONG, NEVER_SHORT, bankruptcy_threshold
 from riskd.core.market import MarketSpec
@@ -52,6 +54,7 @@ class Stage(enum.Enum):
     # The transitions between these: riskd.core.liquidation_machine.TRANSITIONS.
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(slots=True, init=False)
 class Liquidation(SlotsPickled):
     id: int
@@ -114,6 +117,7 @@ class Liquidation(SlotsPickled):
         self.until = until
 
 
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 @dataclass(frozen=True, slots=True, init=False)
 class Waterfall(FieldsPickled):
     """How a closing's result ``R`` is split: every unit lands in one place."""

@@ -11,8 +11,11 @@ each one against its field list, so a field added later without its line in
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 import pkgutil
+import types
+import typing
 from typing import Any
 
 import pytest
@@ -43,15 +46,32 @@ def test_the_cascade_path_classes_are_written_out() -> None:
     assert {"FundFlow", "LedgerEntry", "LiquidationSettled", "TakeoverClaim", "Waterfall"} <= names
 
 
+def _value(hint: Any, i: int) -> object:
+    """A value of the field's type, distinct per field (compiled __init__s check types)."""
+    if hint is type:  # compiled, an optional enum field's annotation reads as ``type``
+        return None
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return _value(next(a for a in typing.get_args(hint) if a is not type(None)), i)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return list(hint)[-1]
+    if hint is bool:
+        return True
+    if hint is str:
+        return f"field {i}"
+    assert hint is int, hint
+    return 1_000 + i
+
+
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_init_sets_every_field_and_keeps_the_defaults(cls: type[Any]) -> None:
     fields = dataclasses.fields(cls)
-    values = {f.name: object() for f in fields}
+    hints = typing.get_type_hints(cls)
+    values = {f.name: _value(hints[f.name], i) for i, f in enumerate(fields)}
     by_name = cls(**values)
-    assert all(getattr(by_name, f.name) is values[f.name] for f in fields)
+    assert {f.name: getattr(by_name, f.name) for f in fields} == values
     if not any(f.kw_only for f in fields):
         positional = cls(*(values[f.name] for f in fields))
-        assert all(getattr(positional, f.name) is values[f.name] for f in fields)
+        assert {f.name: getattr(positional, f.name) for f in fields} == values
     required = {f.name: values[f.name] for f in fields if f.default is dataclasses.MISSING}
     defaults = cls(**required)
     for f in fields:
