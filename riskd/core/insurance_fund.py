@@ -43,7 +43,7 @@ from riskd.core.hash_chain import GENESIS, line_hash, link
 from riskd.core.ledger import Ledger
 from riskd.core.liquidation import waterfall
 from riskd.core.pickling import DictPickled, FieldsPickled, SlotsPickled, restore
-from riskd.core.units import INT64_MAX, PPM, ceil_div, check_positive
+from riskd.core.units import PPM, SUPPLY_CAP, ceil_div, check_positive
 
 FundEffect = FundCredit | TakeoverClaim | ReserveClaim | ReserveSettle
 
@@ -210,8 +210,10 @@ class InsuranceFund(DictPickled):
     def inject(self, amount: int, cause: str, ts: int) -> LedgerEntry:
         """Seed capital: the only way units enter a fund from outside a market."""
         check_positive(amount, "amount")
-        if self.balance + amount > INT64_MAX:
-            raise Rejected.invalid("amount", "fund balance would overflow int64")
+        if self.injected + amount > SUPPLY_CAP:
+            raise Rejected.invalid(
+                "amount", f"{self.asset} fund injections would pass the supply cap of {SUPPLY_CAP}"
+            )
         if not cause.isascii() or len(cause) > 128:
             raise Rejected.invalid("cause", "must be ASCII, at most 128 characters")
         self.injected += amount

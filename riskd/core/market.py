@@ -91,7 +91,6 @@ class CrossLiquidation(enum.Enum):
     STEP_DOWN = "step_down"
 
 
-
 #: Integer settings and their inclusive ranges, checked on every spec (config,
 #: UpdateMarket, journal replay).  A new integer field belongs here.
 _RANGES: tuple[tuple[str, int, int], ...] = (

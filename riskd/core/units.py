@@ -20,6 +20,7 @@ from riskd.core.pickling import FieldsPickled
 __all__ = [
     "sign",
     "INT64_MAX",
+    "SUPPLY_CAP",
     "PPM",
     "FUNDING_SCALE",
     "Asset",
@@ -34,6 +35,14 @@ __all__ = [
 ]
 
 INT64_MAX: Final = 2**63 - 1
+
+#: The most an asset's net deposits (deposits - withdrawals), and separately its
+#: fund's injections, may reach, in quantums.  Everything conservation adds up
+#: (balances, margins, fund, fee pool) is paid out of those two, so with both
+#: capped at 2**61 every such amount keeps at least 2**62 of int64 headroom for
+#: what unrealised PnL can move between them: a fee credit or a shortfall can
+#: never take a fund, a wallet or the fee pool past the int64 wire format.
+SUPPLY_CAP: Final = 2**61
 PPM: Final = 1_000_000
 FUNDING_SCALE: Final = 100_000_000
 #: The compiled core keeps ints in -2**62..2**62-1 unboxed; ordering one against
