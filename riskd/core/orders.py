@@ -131,6 +131,11 @@ class OrderBook:
         """Margin held for the account's open orders in this market."""
         return self.reserved_by.get(account, 0)
 
+    def count(self, account: int) -> int:
+        """How many orders the account has open in this market."""
+        ids = self.by_account.get(account)
+        return 0 if ids is None else len(ids)
+
     def open_quantity(self, account: int, side: int) -> int:
         """Quantity of the account's open, not reduce-only orders on ``side``."""
         return self.opening.get((account, side), 0)

@@ -9,7 +9,8 @@ Checks, in this order, the first that fails refuses the order with its
    mark-price guard's last good one while it is guarded);
 2. the price is within ``order_price_band_ppm`` of that mark;
 3. the account holds isolated margin in the market and is not being
-   liquidated;
+   liquidated; a new order (not an amend) finds it with fewer than
+   ``max_open_orders`` open here;
 4. reduce-only (an order flagged so, or any order in a close-only or
    reduce-only market): opposite to the position and no larger than it;
 5. otherwise, with ``E`` the largest position the account could reach on the
@@ -59,6 +60,7 @@ class Refusal(enum.Enum):
     UNKNOWN_ACCOUNT = "unknown_account"
     NO_MARK = "no_mark"
     IN_LIQUIDATION = "in_liquidation"
+    TOO_MANY_ORDERS = "too_many_orders"
 
 
 # Not compiled, as Rejected (riskd.core.errors): an exception over a Python base.
@@ -135,6 +137,13 @@ def decide(
     if pos.liquidation:
         raise OrderRefused(
             Refusal.IN_LIQUIDATION, "account", f"account {account} is being liquidated"
+        )
+    if replacing is None and book.count(account) >= spec.max_open_orders:
+        raise OrderRefused(
+            Refusal.TOO_MANY_ORDERS,
+            "order_id",
+            f"account {account} already has {spec.max_open_orders} open orders in"
+            f" {spec.symbol} (max_open_orders): cancel one first",
         )
     close_only = status is MarketStatus.CLOSE_ONLY or spec.reduce_only
     if order.reduce_only or close_only:

@@ -261,6 +261,37 @@ def test_gate_settings_are_range_checked(spec: MarketSpec) -> None:
         with pytest.raises(SpecError) as e:
             dataclasses.replace(spec, **{name: -1})
         assert e.value.field == name
+    assert spec.max_open_orders == 200
+    for bad in (0, -1, 100_001):
+        with pytest.raises(SpecError) as e:
+            dataclasses.replace(spec, max_open_orders=bad)
+        assert e.value.field == "max_open_orders"
+
+
+def test_open_orders_per_account_are_bounded() -> None:
+    """A gateway that checks and never cancels stops at max_open_orders; amends,
+    retries and other accounts are not counted against it; a cancel or a fill frees one."""
+    from riskd.core import AmendOrder, CancelOrder
+
+    d = desk(max_open_orders=3)
+    d.margin(1, M, 1_000 * U)
+    d.margin(2, M, 1_000 * U)
+    for i in (1, 2):
+        check(d, i, 1, BUY, P, 10)
+    check(d, 3, 1, SELL, P, 10, reduce_only=False)
+    check(d, 3, 1, SELL, P, 10)  # a retried check is the same order, not a fourth
+    r = refused(d, CheckOrder(M, 4, 1, BUY, P, 10), Refusal.TOO_MANY_ORDERS, "order_id")
+    assert "3 open orders" in r.message
+    d.apply(AmendOrder(M, 1, P, 20))  # an amend keeps the count
+    check(d, 5, 2, BUY, P, 10)  # another account has its own
+    d.apply(CancelOrder(M, 2))
+    check(d, 4, 1, BUY, P, 10)
+    refused(d, CheckOrder(M, 6, 1, BUY, P, 10), Refusal.TOO_MANY_ORDERS, "order_id")
+    d.margin(3, M, 1_000 * U)
+    d.apply(Fill(M, 1, 1, 3, P, 20, buyer_order_id=1))  # filled whole: no longer open
+    check(d, 6, 1, BUY, P, 10)
+    assert d.markets[M].orders.count(1) == 3
+    d.check()
 
 
 def test_cross_orders_share_the_wallet_and_hold_it() -> None:
