@@ -4,10 +4,11 @@ An order is open in riskd from the moment a pre-trade check accepts it
 (:mod:`riskd.core.risk_gate`) until the gateway reports it cancelled or
 filled.  Its **reservation** is the margin the check held for it: the
 initial margin of the part that can open exposure plus its open loss
-(``docs/engine.md``, "The risk gate").  A reservation is an amount held, not
-a formula re-evaluated: a later mark does not change it (the next check and
-every margin withdrawal see the account's reservations as they are), an
-amend re-checks the order and replaces it.
+(``docs/engine.md``, "The risk gate").  A reservation is an amount kept
+here; at decisions (the next check, margin leaving) the orders hold the
+larger of it and their cost re-priced at the mark of the moment
+(:func:`riskd.core.risk_gate.hold`), an amend re-checks the order and
+replaces it.
 
 A fill of ``q`` of an order of remaining quantity ``Q`` releases
 ``floor(margin × q / Q)``; the last fill releases the rest, so the released

@@ -20,7 +20,9 @@ Checks, in this order, the first that fails refuses the order with its
    interest plus ``O`` within ``open_interest_cap``; the order's leverage
    within the tier of ``E``'s notional;
 6. its cost ``IM(O) + open loss`` within the position's available margin
-   ``M + min(u, 0) − IM(position) − reserved``.
+   ``M + min(u, 0) − IM(position) − held``, where ``held`` is what the
+   account's other orders hold re-priced at the mark (:func:`hold`; with this
+   order among them, the whole must fit).
 
 Prices are exact integers; notionals are taken at whichever of the order
 price and the mark makes them larger (the buy-above-mark and inverse cases
@@ -43,7 +45,7 @@ from riskd.core.orders import Order, OrderBook
 from riskd.core.position import Position
 from riskd.core.units import PPM, ceil_div
 
-__all__ = ["Refusal", "OrderRefused", "decide", "available"]
+__all__ = ["Refusal", "OrderRefused", "decide", "available", "hold"]
 
 
 class Refusal(enum.Enum):
@@ -77,6 +79,53 @@ class OrderRefused(Rejected):
 def _notional(spec: MarketSpec, qty: int, price: int) -> int:
     num, den = spec.notional(qty, price)
     return ceil_div(num, den)
+
+
+def _cost(
+    spec: MarketSpec, side: int, q: int, price: int, opening: int, leverage: int, mark: int
+) -> tuple[int, int]:
+    """``(IM, open loss)`` of an order of ``q`` at ``price`` of which ``opening`` adds to
+    the position, at ``mark``; both rounded up."""
+    im = ceil_div(max(_notional(spec, opening, price), _notional(spec, opening, mark)), leverage)
+    num, den = spec.value(side * q, mark)
+    loss = max(0, -((num - spec.side_value(side * q, price) * den) // den))
+    return im, loss
+
+
+def hold(spec: MarketSpec, size: int, orders: list[Order], mark: int) -> int:
+    """What one account's open ``orders`` here (by order id) hold at ``mark``, its
+    position being ``size``: each order the larger of its reservation and its cost
+    re-priced at ``mark``.
+
+    The re-pricing is the check's formula with the book as it is now: on each
+    side the orders, by id, open what the position and the earlier ones leave
+    to open, at the tier of the largest position the side could reach.  A
+    reservation is a floor (fills release it pro rata); the re-priced cost is
+    what a venue would hold now, so a mark that moved against the orders
+    holds more of the margin at the next decision, never less than was
+    reserved.
+    """
+    reach = [0, 0, 0]  # by side + 1: the side's open, not reduce-only, quantity
+    for o in orders:
+        if not o.reduce_only:
+            reach[o.side + 1] += o.quantity
+    before = [0, 0, 0]
+    total = 0
+    for o in orders:
+        if o.reduce_only:
+            total += o.margin
+            continue
+        side = o.side
+        base = side * size + before[side + 1]
+        before[side + 1] += o.quantity
+        opening = max(0, base + o.quantity) - max(0, base)
+        most_reach = max(0, side * size + reach[side + 1])
+        largest = max(_notional(spec, most_reach, o.price), _notional(spec, most_reach, mark))
+        most = spec.tiers.tier_for(largest).max_leverage
+        leverage = min(o.leverage or most, most)
+        im, loss = _cost(spec, side, o.quantity, o.price, opening, leverage, mark)
+        total += max(o.margin, im + loss)
+    return total
 
 
 def available(spec: MarketSpec, pos: Position, mark: int, reserved: int) -> int:
@@ -161,14 +210,11 @@ def decide(
                 f"{spec.symbol} is close-only: only orders that reduce a position",
             )
         return 0, True
-    held = book.open_quantity(account, side)
-    reserved = book.reserved(account)
-    if replacing is not None:
-        reserved -= replacing.margin
-        if not replacing.reduce_only and replacing.side == side:
-            held -= replacing.quantity
-    before = max(0, side * pos.size + held)
-    after = max(0, side * pos.size + held + q)
+    same_side = book.open_quantity(account, side)
+    if replacing is not None and not replacing.reduce_only and replacing.side == side:
+        same_side -= replacing.quantity
+    before = max(0, side * pos.size + same_side)
+    after = max(0, side * pos.size + same_side + q)
     opening = after - before
     largest = max(_notional(spec, after, order.price), _notional(spec, after, mark))
     limit = spec.max_position_notional
@@ -194,19 +240,29 @@ def decide(
             "leverage",
             f"{leverage}x is above the {most}x the tier allows for a notional of {largest}",
         )
-    im = ceil_div(
-        max(_notional(spec, opening, order.price), _notional(spec, opening, mark)), leverage
-    )
-    num, den = spec.value(side * q, mark)
-    loss = max(0, -((num - spec.side_value(side * q, order.price) * den) // den))
+    im, loss = _cost(spec, side, q, order.price, opening, leverage, mark)
     cost = im + loss
+    # The account's other orders here, re-priced at the mark (hold): with this one
+    # they must fit, so what is accepted never leaves the margin over-committed.
+    others = [o for o in book.of(account) if o is not replacing] if book.count(account) else []
+    if others:
+        held = hold(spec, pos.size, others, mark)
+        order.margin = cost
+        needs = hold(spec, pos.size, sorted([*others, order], key=_by_id), mark) - held
+    else:
+        held, needs = 0, cost
     # The cross wallet's figure already counts every cross position's IM.
-    free = available(spec, pos, mark, reserved) if cross_free is None else cross_free - reserved
-    if cost > free:
+    free = available(spec, pos, mark, held) if cross_free is None else cross_free - held
+    if needs > free:
         raise OrderRefused(
             Refusal.INSUFFICIENT_BALANCE,
             "quantity",
-            f"the order needs {cost} (initial margin {im}, open loss {loss}) but account"
-            f" {account} has {max(free, 0)} available in {spec.symbol}",
+            f"the order needs {needs} (initial margin {im}, open loss {loss}, and what the"
+            f" account's other orders hold more with it) but account {account} has"
+            f" {max(free, 0)} available in {spec.symbol}",
         )
     return cost, False
+
+
+def _by_id(order: Order) -> int:
+    return order.order_id

@@ -211,6 +211,33 @@ def test_open_orders_per_account_are_bounded(d: Daemon) -> None:
         limit(200)
 
 
+def test_a_later_mark_re_prices_what_orders_hold(d: Daemon) -> None:
+    """Buy 1 BTC at 50,000 with 600 USDT: 500 reserved.  At a mark of 55,000 the
+    order holds 550: the next check sees 50 available and margin out stops there."""
+
+    def mark(price: int) -> None:
+        assert not send(
+            d, U(mark_price=ingest_pb2.MarkPrice(market="BTC-USDT", price=price))
+        ).rejections
+
+    a = funded(d, 600)
+    assert check(d, order(a, BUY, 1_000)).accepted
+    mark(5_500_000)
+    try:
+        no = check(d, order(a, BUY, 100, price=5_500_000))  # needs 55
+        assert (no.refusal, no.available) == (
+            ingest_pb2.ORDER_REFUSAL_INSUFFICIENT_BALANCE,
+            50 * USDT,
+        ), no
+        out = ingest_pb2.MarginTransfer(account=a, market="BTC-USDT", amount=-51 * USDT)
+        assert [x.field for x in send(d, U(margin_transfer=out)).rejections] == [
+            "updates[0].margin_transfer.amount"
+        ]
+    finally:
+        mark(P)
+    assert check(d, order(a, BUY, 100)).accepted  # 50 at 50,000 and 100x: fits the 100
+
+
 def test_gate_settings_show_in_the_market(d: Daemon) -> None:
     q = query_pb2_grpc.QueryServiceStub(d.channel())
     got = {m.symbol: m for m in q.ListMarkets(query_pb2.ListMarketsRequest()).markets}
