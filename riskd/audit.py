@@ -18,8 +18,9 @@ ever held is explained:
 ``riskd audit --storage postgresql://... [--shard NAME]`` checks a shard's
 journal in PostgreSQL the same way (read-only, taking nothing from its
 owner): the chain and record numbering, the newest stored snapshot's
-position, the fund ledger entries stored with snapshots against the replay,
-the funds, ADL and invariants (and a node's admin audit log with ``--data``).
+position, the fund ledger entries and daily reports stored with snapshots
+against the replay, the funds, ADL and invariants (and a node's admin audit
+log with ``--data``).
 
 Prints a short report; exits 0 when everything holds, 1 otherwise, and 3
 (as ``riskd serve``) for a journal record of a format it does not know.
@@ -27,6 +28,7 @@ Prints a short report; exits 0 when everything holds, 1 otherwise, and 3
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from collections.abc import Iterable
@@ -69,6 +71,8 @@ class _Replayed:
     at_snapshot: str | None  # the chain hash after the snapshot's position
     settled: set[str]
     adl: list[AdlEvent]
+    # The funds' daily reports at the snapshot's position, as stored (asset, day, JSON).
+    reports_at_snapshot: list[tuple[str, int, str]]
 
 
 def _replay(
@@ -84,6 +88,7 @@ def _replay(
     at_snapshot = GENESIS if snapshot_at == 0 else None
     settled: set[str] = set()
     adl: list[AdlEvent] = []
+    reports: list[tuple[str, int, str]] = []
     try:
         for row_n, record, stored in rows:
             head = chain(head, record)
@@ -103,9 +108,11 @@ def _replay(
                     settled.add(f"liq:{e.market}:{e.liquidation_id}")
                 elif isinstance(e, AdlEvent):
                     adl.append(e)
+            if n == snapshot_at:
+                reports = ledger.reports_of(engine.funds)
     except (sqlite3.DatabaseError, codec.BadRecord, ValueError, KeyError, TypeError) as e:
         return f"FAIL journal unreadable at record {n}: {e}"
-    return _Replayed(engine, n, at_snapshot, settled, adl)
+    return _Replayed(engine, n, at_snapshot, settled, adl, reports)
 
 
 def audit(config: Config, data_dir: Path) -> tuple[bool, list[str]]:
@@ -196,6 +203,8 @@ def audit_postgres(
                 else f"ok   stored ledger fund {asset}: {n} of {len(replayed)} entries, each the"
                 " replayed one (stored up to the newest snapshot)"
             )
+        if stored is not None:
+            ok &= _stored_reports(done, journal.reports(), stored[0], lines)
         ok &= _adl(done, lines)
         if data_dir is not None:
             ok &= _admin_log(data_dir, lines)
@@ -203,6 +212,45 @@ def audit_postgres(
         return ok, lines
     finally:
         journal.close()
+
+
+def _stored_reports(
+    done: _Replayed, stored: list[tuple[str, int, int, str]], at: int, lines: list[str]
+) -> bool:
+    """The daily reports stored with the snapshots: each must be the replay's at
+    the newest snapshot's position, none missing (a shard whose snapshots were all
+    stored by a riskd that did not store reports has none)."""
+    ok = True
+    want: dict[str, dict[int, str]] = {a: {} for a in done.engine.funds}
+    for asset, day, report in done.reports_at_snapshot:
+        want[asset][day] = report
+    have: dict[str, dict[int, str]] = {}
+    for asset, day, _, report in stored:
+        have.setdefault(asset, {})[day] = report
+    for asset in sorted(want.keys() | have.keys()):
+        days, got = want.get(asset, {}), have.get(asset, {})
+        if not got:
+            lines.append(
+                f"ok   stored daily reports fund {asset}: none"
+                + (" (the snapshot was stored without them)" if days else "")
+            )
+            continue
+        bad = sorted(d for d in days.keys() | got.keys() if days.get(d) != got.get(d))
+        ok &= not bad
+        if bad:
+            lines.append(
+                f"FAIL stored daily reports fund {asset}: day {bad[0]} "
+                + ("is missing" if bad[0] not in got else "differs from the journal's replay")
+                + f" (at the snapshot of record {at})"
+            )
+            continue
+        newest = max(got)
+        closing = json.loads(got[newest])["closing_balance"]
+        lines.append(
+            f"ok   stored daily reports fund {asset}: {len(got)} days, each the replay's at the"
+            f" snapshot of record {at}; day {newest} closing balance {closing}"
+        )
+    return ok
 
 
 def _funds(done: _Replayed, lines: list[str]) -> bool:

@@ -24,20 +24,27 @@ them again.
 
 A write that fails is a storage fault like a failed journal write:
 fail-stop, exit 4 (:mod:`riskd.storage.faults`).
+
+Amounts are exact at any size.  A fund's balance can pass 2**63 (an
+injection up to the int64 limit, then fee credits, which are never refused),
+and SQLite's INTEGER holds 64 bits: a value that fits is stored as an
+INTEGER, a larger one as its decimal digits in a BLOB (:func:`exact`), which
+the columns' INTEGER affinity never converts, so files written before keep
+their schema and stay readable as they are.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from riskd.core.events import FundKind
 from riskd.core.insurance_fund import GENESIS, DailyReport, InsuranceFund, LedgerEntry
 from riskd.core.ledger import Ledger
-from riskd.storage.faults import StorageFault, fail_stop
+from riskd.storage.faults import StorageFault, describe, fail_stop
 from riskd.storage.group import GroupWriter, Marker
 
 if TYPE_CHECKING:
@@ -52,6 +59,8 @@ __all__ = [
     "read_page",
     "count",
     "export",
+    "report_json",
+    "reports_of",
 ]
 
 FILE = "ledger.sqlite3"
@@ -84,19 +93,44 @@ CREATE TABLE IF NOT EXISTS reports (
 _COLUMNS = "sequence, ts, kind, market, cause, amount, balance_after, prev, hash"
 
 
+_LOW, _HIGH = -(1 << 63), (1 << 63) - 1
+
+
+def exact(value: int) -> int | bytes:
+    """``value`` as SQLite keeps it exactly: an INTEGER when it fits in 64 bits,
+    else its decimal digits as a BLOB (TEXT would be turned into a REAL by the
+    INTEGER affinity: rounded)."""
+    return value if _LOW <= value <= _HIGH else str(value).encode("ascii")
+
+
+def integer(stored: object) -> int:
+    """The integer :func:`exact` stored; ValueError for anything else (a REAL, a
+    damaged file)."""
+    if type(stored) is int:
+        return stored
+    if isinstance(stored, bytes) and stored[-1:].isdigit():
+        return int(stored.decode("ascii"))  # ValueError if not all digits
+    raise ValueError(f"{stored!r} is not an amount riskd wrote")
+
+
 def _row(asset: str, e: LedgerEntry) -> tuple[Any, ...]:
     return (
-        asset, e.sequence, e.ts, e.kind.value, e.market, e.cause, e.amount, e.balance_after,
-        e.prev, e.hash,
+        asset, e.sequence, e.ts, e.kind.value, e.market, e.cause, exact(e.amount),
+        exact(e.balance_after), e.prev, e.hash,
     )  # fmt: skip
 
 
 def _entry(row: Sequence[Any]) -> LedgerEntry:
     seq, ts, kind, market, cause, amount, balance, prev, hash_ = row
-    return LedgerEntry(seq, ts, FundKind(kind), market, cause, amount, balance, prev, hash_)
+    return LedgerEntry(
+        seq, ts, FundKind(kind), market, cause, integer(amount), integer(balance), prev, hash_
+    )
 
 
-def _report_json(r: DailyReport) -> str:
+def report_json(r: DailyReport) -> str:
+    """A daily report as stored (this file's ``reports``, PostgreSQL's
+    ``riskd_report``): JSON, keys sorted, so equal reports are equal strings and
+    amounts of any size exact."""
     return json.dumps(
         {
             "opening_balance": r.opening_balance,
@@ -107,6 +141,16 @@ def _report_json(r: DailyReport) -> str:
         },
         sort_keys=True,
     )
+
+
+#: What a write or read of the file can raise: SQLite's errors, a value it cannot
+#: bind (OverflowError) or one riskd did not write (:func:`integer`).
+_FAULTS = (sqlite3.Error, OverflowError, ValueError)
+
+
+def reports_of(funds: Mapping[str, InsuranceFund]) -> list[tuple[str, int, str]]:
+    """Every daily report of ``funds`` as stored: ``(asset, day, JSON)``."""
+    return [(a, d, report_json(r)) for a, f in funds.items() for d, r in sorted(f.reports.items())]
 
 
 class LedgerStore:
@@ -137,7 +181,7 @@ class LedgerStore:
                     [_row(asset, e) for e in entries],
                 )
             db.execute("COMMIT")
-        except sqlite3.Error as e:
+        except _FAULTS as e:
             raise StorageFault("ledger", self.path, e) from e
 
     def write_reports(self, rows: Sequence[tuple[str, int, str]]) -> None:
@@ -148,7 +192,17 @@ class LedgerStore:
                 "INSERT OR REPLACE INTO reports (asset, day, report) VALUES (?,?,?)", rows
             )
             self._db.execute("COMMIT")
-        except sqlite3.Error as e:
+        except _FAULTS as e:
+            raise StorageFault("ledger", self.path, e) from e
+
+    def replace_reports(self, asset: str, rows: Sequence[tuple[str, int, str]]) -> None:
+        """Make ``rows`` the fund's whole set of daily reports in the file."""
+        try:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM reports WHERE asset = ?", (asset,))
+            self._db.executemany("INSERT INTO reports (asset, day, report) VALUES (?,?,?)", rows)
+            self._db.execute("COMMIT")
+        except _FAULTS as e:
             raise StorageFault("ledger", self.path, e) from e
 
     def truncate(self, asset: str, keep: int) -> None:
@@ -156,7 +210,7 @@ class LedgerStore:
         try:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("DELETE FROM ledger WHERE asset = ? AND sequence > ?", (asset, keep))
-        except sqlite3.Error as e:
+        except _FAULTS as e:
             raise StorageFault("ledger", self.path, e) from e
 
     def replace(self, asset: str, entries: Sequence[LedgerEntry]) -> None:
@@ -173,6 +227,12 @@ class LedgerStore:
         ``riskd audit``'s: it is the journal's replay that makes every entry,
         and a start already walks the journal's own chain.
         """
+        try:
+            return self._disagreement(asset, ledger)
+        except _FAULTS as e:  # a damaged file: the daemon replays instead of trusting it
+            return f"fund {asset}: unreadable: {describe(e, self.path)}"
+
+    def _disagreement(self, asset: str, ledger: Ledger) -> str | None:
         upto = len(ledger)
         (n,) = self._db.execute(
             "SELECT COUNT(*) FROM ledger WHERE asset = ? AND sequence <= ?", (asset, upto)
@@ -202,7 +262,7 @@ class LedgerStore:
             (n,) = self._db.execute(
                 "SELECT COALESCE(MAX(sequence), 0) FROM ledger WHERE asset = ?", (asset,)
             ).fetchone()
-        except sqlite3.Error as e:
+        except _FAULTS as e:
             raise StorageFault("ledger", self.path, e) from e
         return int(n)
 
@@ -210,9 +270,12 @@ class LedgerStore:
         """Entry ``sequence``'s hash (GENESIS for 0); None if the file lacks it."""
         if sequence == 0:
             return GENESIS
-        row = self._db.execute(
-            "SELECT hash FROM ledger WHERE asset = ? AND sequence = ?", (asset, sequence)
-        ).fetchone()
+        try:
+            row = self._db.execute(
+                "SELECT hash FROM ledger WHERE asset = ? AND sequence = ?", (asset, sequence)
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StorageFault("ledger", self.path, e) from e
         return None if row is None else str(row[0])
 
     def close(self) -> None:
@@ -291,14 +354,21 @@ class LedgerWriter(GroupWriter[tuple[str, list[LedgerEntry]]]):
         the daily reports of ``funds`` as they are now."""
         # Encoded here: the fund actor goes on changing its reports meanwhile.
         await self._sync(
-            _Sync([(f.asset, d, _report_json(r)) for f in funds for d, r in f.reports.items()])
+            _Sync([(f.asset, d, report_json(r)) for f in funds for d, r in f.reports.items()])
         )
 
     def _write(self, items: list[tuple[str, list[LedgerEntry]]], syncs: list[Marker]) -> None:
-        store = self.open()
-        store.write(items, full=bool(syncs))
-        for s in syncs:
-            store.write_reports(cast(_Sync, s).reports)
+        try:
+            store = self.open()
+            store.write(items, full=bool(syncs))
+            for s in syncs:
+                store.write_reports(cast(_Sync, s).reports)
+        except StorageFault:
+            raise
+        except Exception as e:
+            # Whatever else a write raises, the file is behind what was acknowledged
+            # to the fund actor: the same one line and exit 4, not a traceback.
+            raise StorageFault("ledger", self.path, e) from e
 
 
 def agree(store: LedgerStore, funds: dict[str, InsuranceFund]) -> str | None:
@@ -342,7 +412,7 @@ def export(data: Path, funds: dict[str, InsuranceFund], keep: int = DEFAULT_MEMO
     try:
         for asset, fund in funds.items():
             store.replace(asset, list(fund.ledger))
-            store.write_reports([(asset, d, _report_json(r)) for d, r in fund.reports.items()])
+            store.write_reports([(asset, d, report_json(r)) for d, r in fund.reports.items()])
             fund.ledger = fund.ledger.rebound(keep)
     finally:
         store.close()
@@ -390,7 +460,7 @@ def audit_file(path: Path, funds: dict[str, InsuranceFund]) -> tuple[bool, list[
                 f"ok   {path.name} fund {asset}: {n} of {len(replayed)} entries, each the"
                 f" replayed one{extra}"
             )
-    except sqlite3.DatabaseError as e:
+    except (sqlite3.DatabaseError, ValueError) as e:
         return False, [f"FAIL {path.name}: unreadable: {e}"]
     finally:
         db.close()

@@ -31,6 +31,7 @@ riskd stops and the next owner reads back what is really there.
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ __all__ = [
     "opener",
     "pull_events",
     "pull_ledger",
+    "pull_reports",
     "pull_snapshot",
     "push_snapshot",
     "redact",
@@ -92,6 +94,14 @@ CREATE TABLE IF NOT EXISTS riskd_ledger (
     hash text NOT NULL,
     PRIMARY KEY (shard, asset, sequence)
 );
+CREATE TABLE IF NOT EXISTS riskd_report (
+    shard text NOT NULL,
+    asset text NOT NULL,
+    day bigint NOT NULL,
+    records bigint NOT NULL,
+    report text NOT NULL,
+    PRIMARY KEY (shard, asset, day)
+);
 CREATE TABLE IF NOT EXISTS riskd_event (
     shard text NOT NULL,
     sequence bigint NOT NULL,
@@ -116,6 +126,17 @@ _INSERT_LEDGER = (
     "%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
     " %s::text[], %s::text[]) AS t(s, ts, k, m, c, a, b, p, h)"
     " ON CONFLICT (shard, asset, sequence) DO NOTHING"
+)
+
+
+# A report changes only on its own day; rewriting the unchanged ones would cost
+# every snapshot a write per day of history.
+_UPSERT_REPORTS = (
+    "INSERT INTO riskd_report (shard, asset, day, records, report)"
+    " SELECT %s, a, d, %s, r FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS t(a, d, r)"
+    " ON CONFLICT (shard, asset, day) DO UPDATE"
+    " SET records = EXCLUDED.records, report = EXCLUDED.report"
+    " WHERE riskd_report.report <> EXCLUDED.report"
 )
 
 
@@ -373,9 +394,11 @@ class PostgresJournal:
         entries: Mapping[str, Sequence[LedgerEntry]] = {},
         events: Sequence[EventRow] = (),
         keep_events: int = 0,
+        reports: Sequence[tuple[str, int, str]] = (),
     ) -> None:
         """Keep a snapshot where another node restoring the shard finds it, with the
-        fund ledger ``entries`` and ``events`` it covers that the database lacks;
+        fund ledger ``entries`` and ``events`` it covers that the database lacks
+        and the funds' daily ``reports`` ``(asset, day, JSON)`` as they are at it;
         one transaction, fenced like an append.  ``keep_events``: events kept per
         shard (``server.event_retention``)."""
         db = self._db
@@ -386,6 +409,22 @@ class PostgresJournal:
                 ).fetchone()
                 if row is None or int(row[0]) != self.epoch:
                     raise StaleWriter(f"shard {self.shard} has a newer owner")
+                (newest,) = db.execute(
+                    "SELECT COALESCE(MAX(records), -1) FROM riskd_snapshot WHERE shard = %s",
+                    (self.shard,),
+                ).fetchone()
+                # Reports only move forward: an older snapshot stored late keeps its own.
+                if reports and records >= int(newest):
+                    db.execute(
+                        _UPSERT_REPORTS,
+                        (
+                            self.shard,
+                            records,
+                            [a for a, _, _ in reports],
+                            [d for _, d, _ in reports],
+                            [r for _, _, r in reports],
+                        ),
+                    )
                 db.execute(
                     "INSERT INTO riskd_snapshot (shard, records, hash, file)"
                     " VALUES (%s, %s, %s, %s) ON CONFLICT (shard, records) DO NOTHING",
@@ -452,6 +491,19 @@ class PostgresJournal:
                     prev, hash_,
                 )  # fmt: skip
             after = int(rows[-1][0])
+
+    def reports(self, asset: str | None = None) -> list[tuple[str, int, int, str]]:
+        """Stored daily reports ``(asset, day, records, JSON)`` by asset and day, of
+        ``asset`` or all; ``records``: the snapshot that last changed the report."""
+        try:
+            rows = self._db.execute(
+                "SELECT asset, day, records, report FROM riskd_report WHERE shard = %s"
+                " AND (%s::text IS NULL OR asset = %s) ORDER BY asset, day",
+                (self.shard, asset, asset),
+            ).fetchall()
+        except self._errors as e:
+            raise StorageFault("journal", self.path, _why(e)) from e
+        return [(str(a), int(d), int(n), str(r)) for a, d, n, r in rows]
 
     def event_bounds(self) -> tuple[int, int]:
         """(oldest, newest) event sequence stored; (0, 0) when none."""
@@ -556,6 +608,19 @@ def pull_ledger(journal: PostgresJournal, data: Path, asset: str) -> int:
         store.close()
 
 
+def pull_reports(journal: PostgresJournal, data: Path, asset: str) -> int:
+    """Make ``data``'s ledger file hold the fund's daily reports stored with the
+    snapshot just fetched (for reading offline until this node's first snapshot
+    writes its own); how many."""
+    store = ledger_files.LedgerStore(data / ledger_files.FILE)
+    try:
+        rows = [(a, d, r) for a, d, _, r in journal.reports(asset)]
+        store.replace_reports(asset, rows)
+        return len(rows)
+    finally:
+        store.close()
+
+
 def pull_events(journal: PostgresJournal, data: Path) -> int:
     """Bring ``data``'s event file up to the events stored in the database (those
     published by earlier owners); how many were written."""
@@ -628,7 +693,10 @@ def push_snapshot(
         raise StorageFault("snapshot", path, describe(e, path)) from e
     except journal._errors as e:
         raise StorageFault("snapshot", journal.path, _why(e)) from e
-    journal.store_snapshot(records, journal_hash, raw, entries, events, keep_events)
+    except (sqlite3.Error, ValueError) as e:  # the data directory's ledger or event file
+        raise StorageFault("snapshot", data, describe(e, data)) from e
+    reports = ledger_files.reports_of(state["funds"])
+    journal.store_snapshot(records, journal_hash, raw, entries, events, keep_events, reports)
 
 
 def opener(
@@ -642,9 +710,11 @@ def opener(
     def open_journal(data: Path) -> PostgresJournal:
         journal = PostgresJournal(dsn, shard, epoch)
         try:
-            pull_snapshot(journal, data)
+            fetched = pull_snapshot(journal, data)
             for asset in assets:
                 pull_ledger(journal, data, asset)
+                if fetched is not None:
+                    pull_reports(journal, data, asset)
             pull_events(journal, data)
         except BaseException:
             journal.close()

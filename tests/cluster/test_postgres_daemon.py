@@ -4,7 +4,10 @@ and another node (another data directory) rebuilds the same state from it."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +136,40 @@ def _ledger(d: Daemon) -> list[Any]:
     return list(q.ListFundLedger(req).entries)
 
 
+def _reports(d: Daemon, days: list[int]) -> list[tuple[int, int, int, int, dict, dict]]:
+    """The daemon's daily reports of USDT for ``days`` (days since the epoch)."""
+    q = query_pb2_grpc.QueryServiceStub(d.channel())
+    out = []
+    for day in days:
+        text = datetime.date.fromordinal(EPOCH_ORDINAL + day).isoformat()
+        r = q.GetFundDailyReport(query_pb2.GetFundDailyReportRequest(asset="USDT", day=text)).report
+        out.append(
+            (r.opening_balance, r.closing_balance, r.liquidation_volume,
+             dict(r.inflow_by_kind), dict(r.outflow_by_kind), day)
+        )  # fmt: skip
+    return out
+
+
+EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+
+
+def _stored_reports(pg: Postgres, shard: str) -> list[tuple[int, int, int, dict, dict, int]]:
+    """The reports stored in the database, as :func:`_reports` shows them."""
+    j = PostgresJournal(pg.dsn, shard, readonly=True)
+    try:
+        rows = j.reports("USDT")
+    finally:
+        j.close()
+    out = []
+    for _, day, _, text in rows:
+        r = json.loads(text)
+        out.append(
+            (r["opening_balance"], r["closing_balance"], r["liquidation_volume"],
+             r["inflow_by_kind"], r["outflow_by_kind"], day)
+        )  # fmt: skip
+    return out
+
+
 def test_a_takeover_restores_the_periodic_snapshot_and_serves_the_old_owners_events(
     pg: Postgres, shard: str, tmp_path: Path
 ) -> None:
@@ -159,6 +196,15 @@ def test_a_takeover_restores_the_periodic_snapshot_and_serves_the_old_owners_eve
         read = _events_until(a, "half")  # a subscriber that got this far
         ledger = _ledger(a)
         digest = state(a).digest
+        # The funds' daily reports go to the database with each snapshot.
+        total = len(_records(pg, shard))
+        j = PostgresJournal(pg.dsn, shard, readonly=True)
+        try:
+            wait_for(lambda: (j.latest_snapshot() or (0,))[0] == total, "the final snapshot")
+        finally:
+            j.close()
+        stored = _stored_reports(pg, shard)
+        assert stored and stored == _reports(a, [r[-1] for r in stored])
         a.process.send_signal(signal.SIGKILL)
         a.process.wait(10)
     finally:
@@ -175,6 +221,12 @@ def test_a_takeover_restores_the_periodic_snapshot_and_serves_the_old_owners_eve
         assert _events_until(b, "end") == before
         resumed = _events_until(b, "end", start=read[-1].sequence + 1)
         assert read + resumed == before
+        # The new owner's reports are the ones its predecessor stored, and its data
+        # directory holds them before it wrote a snapshot of its own.
+        assert _reports(b, [r[-1] for r in stored]) == stored
+        file = sqlite3.connect(tmp_path / "node-b" / "ledger.sqlite3")
+        assert file.execute("SELECT COUNT(*) FROM reports").fetchone() == (len(stored),)
+        file.close()
     finally:
         assert b.stop() == 0
     # riskd audit verifies the shard in the database offline.
@@ -184,6 +236,17 @@ def test_a_takeover_restores_the_periodic_snapshot_and_serves_the_old_owners_eve
     assert done.returncode == 0, done.stdout + done.stderr
     assert "hash chain intact" in done.stdout and "stored ledger fund USDT" in done.stdout
     assert f"state digest {digest}" in done.stdout
+    assert f"ok   stored daily reports fund USDT: {len(stored)} days" in done.stdout
+    day = stored[-1][-1]
+    with psycopg.connect(pg.dsn, autocommit=True) as db:
+        db.execute(
+            "UPDATE riskd_report SET report = replace(report, '\"liquidation_volume\": ',"
+            " '\"liquidation_volume\": 1') WHERE shard = %s AND day = %s",
+            (shard, day),
+        )
+    done = subprocess.run(audit, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout
+    assert f"FAIL stored daily reports fund USDT: day {day} differs" in done.stdout
     with psycopg.connect(pg.dsn, autocommit=True) as db:
         db.execute(
             "UPDATE riskd_journal SET record = record || ' ' WHERE shard = %s AND n = 3", (shard,)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from riskd.storage.postgres import (
     PostgresJournal,
     pull_events,
     pull_ledger,
+    pull_reports,
     pull_snapshot,
     push_snapshot,
     redact,
@@ -45,7 +48,7 @@ records = st.lists(st.lists(texts, min_size=1, max_size=5), max_size=6)
 def test_same_chain_as_sqlite_for_any_groups(
     pg: Postgres, tmp_path_factory: pytest.TempPathFactory, groups: list[list[str]]
 ) -> None:
-    shard = f"h{id(groups)}-{len(groups)}-{sum(map(len, groups))}"
+    shard = f"h{uuid.uuid4().hex}"  # a fresh shard per example (an id() can be reused)
     lite = SqliteJournal(tmp_path_factory.mktemp("lite") / "journal.sqlite3")
     pgj = PostgresJournal(pg.dsn, shard)
     try:
@@ -251,6 +254,47 @@ def test_a_node_pulls_the_stored_ledger_and_events_over_its_own_stale_tail(
     assert got == [*events[:5], *events[5:]] and got[5][2] == b"e6"
     assert pull_ledger(owner, node, "USDT") == 0 and pull_events(owner, node) == 0
     owner.close()
+
+
+def test_daily_reports_are_stored_with_the_snapshot_move_forward_and_reach_a_node(
+    pg: Postgres, shard: str, tmp_path: Path
+) -> None:
+    owner = PostgresJournal(pg.dsn, shard)
+    owner.append(["a", "b", "c"])
+    day1 = [("USDT", 20000, '{"closing_balance": 5}'), ("USDT", 20001, '{"closing_balance": 7}')]
+    owner.store_snapshot(2, owner.head, b"-", reports=day1)
+    assert owner.reports() == [(a, d, 2, r) for a, d, r in day1]
+    # Day 20001 went on; 20000 is unchanged and keeps the snapshot that wrote it.
+    later = [day1[0], ("USDT", 20001, '{"closing_balance": 9}'), ("BTC", 20001, "{}")]
+    owner.store_snapshot(3, owner.head, b"-", reports=later)
+    assert owner.reports("USDT") == [
+        ("USDT", 20000, 2, '{"closing_balance": 5}'),
+        ("USDT", 20001, 3, '{"closing_balance": 9}'),
+    ]
+    # An older snapshot stored late does not take them back.
+    owner.store_snapshot(1, owner.head, b"-", reports=day1)
+    assert owner.reports("USDT")[1][3] == '{"closing_balance": 9}'
+    # A fenced writer stores none: the snapshot's transaction is refused whole.
+    newer = PostgresJournal(pg.dsn, shard)
+    with pytest.raises(StorageFault):
+        owner.store_snapshot(4, owner.head, b"-", reports=[("USDT", 20001, "stale")])
+    assert newer.reports("USDT")[1][3] == '{"closing_balance": 9}'
+    # A node taking the shard gets them into its ledger file (read offline).
+    node = tmp_path / "node"
+    node.mkdir()
+    store = ledger_files.LedgerStore(node / ledger_files.FILE)
+    store.write_reports([("USDT", 19999, "stale local")])
+    store.close()
+    assert pull_reports(newer, node, "USDT") == 2
+    db = sqlite3.connect(node / ledger_files.FILE)
+    rows = db.execute("SELECT asset, day, report FROM reports ORDER BY day").fetchall()
+    db.close()
+    assert rows == [
+        ("USDT", 20000, '{"closing_balance": 5}'),
+        ("USDT", 20001, '{"closing_balance": 9}'),
+    ]
+    owner.close()
+    newer.close()
 
 
 def test_the_owners_snapshot_writer_is_fenced_like_the_owner(pg: Postgres, shard: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import pickle
 import signal
@@ -11,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,6 +145,152 @@ def test_a_write_that_fails_is_a_storage_fault(tmp_path: Path) -> None:
         store.write([("USDT", [e2])])  # the same entry number twice: never overwritten
     assert fault.value.what == "ledger"
     store.close()
+
+
+def _chain(amounts: list[int], ts: int = 0) -> list[LedgerEntry]:
+    """Entries booking ``amounts`` in order, chained (balances as they add up)."""
+    out, prev, balance = [], GENESIS, 0
+    for n, amount in enumerate(amounts, 1):
+        balance += amount
+        e = LedgerEntry(n, ts + n, FundKind.TRADING_FEE, "BTC-USDT", f"c{n}", amount, balance, prev)
+        e = dataclasses.replace(e, hash=e.digest())
+        out.append(e)
+        prev = e.hash
+    return out
+
+
+INT64 = 2**63
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    amounts=st.lists(
+        st.one_of(
+            st.integers(-(2**200), 2**200),
+            st.integers(INT64 - 3, INT64 + 3),
+            st.integers(-INT64 - 3, -INT64 + 3),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_every_amount_is_stored_exactly_at_any_size(amounts: list[int]) -> None:
+    import tempfile
+
+    entries = _chain(amounts)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / store_mod.FILE
+        store = store_mod.LedgerStore(path)
+        store.write([("USDT", entries)], full=True)
+        assert store.verify("USDT", Ledger(None, entries)) is None
+        store.close()
+        # Read back by a fresh connection, as ListFundLedger and a restart do.
+        assert store_mod.read_page(path, "USDT", 1, 100) == entries
+
+
+def test_a_fund_past_int64_is_written_by_the_daemons_writer_and_audited(tmp_path: Path) -> None:
+    """Reachable from the API: an injection up to the int64 limit, then a fee
+    credit (never refused) takes the balance past 2**63."""
+    from riskd.core.events import FundCredit
+
+    f = InsuranceFund("USDT")
+    f.inject(INT64 - 1, "seed", 0)
+    f.credit(
+        FundCredit(
+            asset="USDT", market="BTC-USDT", kind=FundKind.TRADING_FEE, amount=5, cause="f", ts=1
+        )
+    )
+    entries = list(f.ledger)
+    assert entries[-1].balance_after == INT64 + 4
+    path = tmp_path / store_mod.FILE
+    writer = store_mod.LedgerWriter(path)
+    faults: list[object] = []
+    writer.on_fault = faults.append
+
+    async def go() -> None:
+        async with trio.open_nursery() as n:
+            await n.start(writer.run)
+            await writer.submit("USDT", entries)
+            await writer.sync([f])
+            n.cancel_scope.cancel()
+
+    trio.run(go)
+    assert not faults
+    assert store_mod.read_page(path, "USDT", 1, 10) == entries
+    ok, lines = store_mod.audit_file(path, {"USDT": f})
+    assert ok, lines
+    # The daily report's sums too: JSON keeps any integer.
+    db = sqlite3.connect(path)
+    (report,) = db.execute("SELECT report FROM reports WHERE asset = 'USDT'").fetchone()
+    (stored,) = db.execute("SELECT typeof(balance_after) FROM ledger WHERE sequence = 2").fetchone()
+    db.close()
+    assert json.loads(report)["closing_balance"] == INT64 + 4 and stored == "blob"
+
+
+def test_a_file_written_before_reads_and_grows_past_int64(tmp_path: Path) -> None:
+    """A ledger.sqlite3 of an earlier riskd (plain INTEGER rows, the same schema)
+    is read as it is, and takes entries of any size after them."""
+    entries = _chain([7, INT64 - 8, 10**25])
+    path = tmp_path / store_mod.FILE
+    old = sqlite3.connect(path)
+    old.executescript(store_mod._SCHEMA)
+    rows = [
+        ("USDT", e.sequence, e.ts, e.kind.value, e.market, e.cause, e.amount, e.balance_after,
+         e.prev, e.hash)
+        for e in entries[:2]
+    ]  # fmt: skip
+    old.executemany("INSERT INTO ledger VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    old.commit()
+    old.close()
+    store = store_mod.LedgerStore(path)
+    assert store.verify("USDT", Ledger(None, entries[:2])) is None
+    store.write([("USDT", entries[2:])], full=True)
+    assert store.verify("USDT", Ledger(None, entries)) is None
+    store.close()
+    assert store_mod.read_page(path, "USDT", 1, 10) == entries
+
+
+def test_a_value_sqlite_cannot_bind_is_a_storage_fault_not_a_crash(tmp_path: Path) -> None:
+    from riskd.storage import StorageFault
+
+    bad = dataclasses.replace(_chain([1])[0], ts=2**64)  # no ledger column takes this
+    store = store_mod.LedgerStore(tmp_path / store_mod.FILE)
+    with pytest.raises(StorageFault) as fault:
+        store.write([("USDT", [bad])])
+    assert fault.value.what == "ledger" and "int" in fault.value.cause
+    store.close()
+    # The writer task hands it to the fail-stop path (one line, exit 4) and stops.
+    writer = store_mod.LedgerWriter(tmp_path / "other.sqlite3")
+    faults: list[StorageFault] = []
+    writer.on_fault = faults.append
+
+    async def go() -> None:
+        async with trio.open_nursery() as n:
+            await n.start(writer.run)
+            await writer.submit("USDT", [bad])
+
+    with pytest.raises(BaseExceptionGroup) as stopped:
+        trio.run(go)
+    assert stopped.group_contains(StorageFault)
+    assert [f.what for f in faults] == ["ledger"]
+
+
+def test_a_damaged_amount_makes_the_snapshot_ignored_and_the_audit_fail(tmp_path: Path) -> None:
+    entries = _chain([3, 4])
+    path = tmp_path / store_mod.FILE
+    store = store_mod.LedgerStore(path)
+    store.write([("USDT", entries)], full=True)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE ledger SET amount = 4.5 WHERE sequence = 2")
+    db.commit()
+    db.close()
+    why = store.verify("USDT", Ledger(None, entries))
+    assert why is not None and why.startswith("fund USDT: unreadable:")
+    store.close()
+    f = InsuranceFund("USDT")
+    f.ledger = Ledger(None, entries)
+    ok, lines = store_mod.audit_file(path, {"USDT": f})
+    assert not ok and "unreadable" in lines[0]
 
 
 # --- the daemon -----------------------------------------------------------------------
