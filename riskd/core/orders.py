@@ -102,22 +102,31 @@ class OrderBook:
 
     ``opening[(account, side)]`` is the quantity of the account's open orders
     on ``side`` that are not reduce-only: what the gate adds up when it asks
-    how large a position could become.
+    how large a position could become.  ``prices[(account, side)]`` bounds
+    their prices ``(lowest, highest)``: it only widens while the side has
+    orders (a cancel does not narrow it), which is all the gate's quick upper
+    bound needs (:func:`riskd.core.risk_gate.decide`); it decides nothing, so
+    a restart rebuilds it from the orders.
     """
 
-    __slots__ = ("orders", "by_account", "reserved_by", "opening")
-
-    def __getstate__(self) -> tuple[None, dict[str, object]]:
-        return slots_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
+    __slots__ = ("orders", "by_account", "reserved_by", "opening", "prices")
 
     def __init__(self) -> None:
         self.orders: dict[int, Order] = {}
         self.by_account: dict[int, set[int]] = {}
         self.reserved_by: dict[int, int] = {}
         self.opening: dict[tuple[int, int], int] = {}
+        self.prices: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+        self.prices = {}
+        for order in self.orders.values():
+            if not order.reduce_only:
+                self._widen(order)
 
     def __len__(self) -> int:
         return len(self.orders)
@@ -136,6 +145,11 @@ class OrderBook:
         """How many orders the account has open in this market."""
         ids = self.by_account.get(account)
         return 0 if ids is None else len(ids)
+
+    def price_range(self, account: int, side: int) -> tuple[int, int]:
+        """``(lowest, highest)`` bounding the prices of the account's open, not
+        reduce-only orders on ``side`` (``(0, 0)``: none)."""
+        return self.prices.get((account, side), (0, 0))
 
     def open_quantity(self, account: int, side: int) -> int:
         """Quantity of the account's open, not reduce-only orders on ``side``."""
@@ -193,5 +207,14 @@ class OrderBook:
         qty = self.opening.get(key, 0) + sign * order.quantity
         if qty:
             self.opening[key] = qty
+            if sign > 0:
+                self._widen(order)
         else:
             self.opening.pop(key, None)
+            self.prices.pop(key, None)
+
+    def _widen(self, order: Order) -> None:
+        key = (order.account, order.side)
+        price = order.price
+        lo, hi = self.prices.get(key, (price, price))
+        self.prices[key] = (min(lo, price), max(hi, price))

@@ -33,13 +33,14 @@ the mark at once) rounded up: every rounding is against the trader.
 
 from __future__ import annotations
 
+import bisect
 import enum
 
 from mypy_extensions import mypyc_attr
 
 from riskd.core.errors import Code, Rejected
 from riskd.core.margin import initial_margin, unrealised
-from riskd.core.market import MarketSpec
+from riskd.core.market import ContractType, MarketSpec
 from riskd.core.market_status import MarketStatus
 from riskd.core.orders import Order, OrderBook
 from riskd.core.position import Position
@@ -92,6 +93,14 @@ def _cost(
     return im, loss
 
 
+def _dearest(spec: MarketSpec, price: int, mark: int) -> int:
+    """Whichever of ``price`` and ``mark`` makes a notional larger (the higher one on a
+    linear market, the lower on an inverse one)."""
+    if spec.contract_type is ContractType.LINEAR:
+        return price if price > mark else mark
+    return price if price < mark else mark
+
+
 def hold(spec: MarketSpec, size: int, orders: list[Order], mark: int) -> int:
     """What one account's open ``orders`` here (by order id) hold at ``mark``, its
     position being ``size``: each order the larger of its reservation and its cost
@@ -99,32 +108,54 @@ def hold(spec: MarketSpec, size: int, orders: list[Order], mark: int) -> int:
 
     The re-pricing is the check's formula with the book as it is now: on each
     side the orders, by id, open what the position and the earlier ones leave
-    to open, at the tier of the largest position the side could reach.  A
-    reservation is a floor (fills release it pro rata); the re-priced cost is
-    what a venue would hold now, so a mark that moved against the orders
-    holds more of the margin at the next decision, never less than was
-    reserved.
+    to open, at the tier of the largest notional that side could reach (at the
+    dearest of its prices and the mark).  A reservation is a floor (fills
+    release it pro rata); the re-priced cost is what a venue would hold now,
+    so a mark that moved against the orders holds more at the next decision,
+    never less than was reserved.  O(len(orders)).
     """
-    reach = [0, 0, 0]  # by side + 1: the side's open, not reduce-only, quantity
+    # Pass 1: how far each side could reach, and its dearest price.
+    buy_qty = sell_qty = 0
+    buy_price = sell_price = mark
     for o in orders:
-        if not o.reduce_only:
-            reach[o.side + 1] += o.quantity
-    before = [0, 0, 0]
+        if o.reduce_only:
+            continue
+        if o.side > 0:
+            buy_qty += o.quantity
+            buy_price = _dearest(spec, o.price, buy_price)
+        else:
+            sell_qty += o.quantity
+            sell_price = _dearest(spec, o.price, sell_price)
+    tiers = spec.tiers
+    buy_most = tiers.tier_for(_notional(spec, max(0, size + buy_qty), buy_price)).max_leverage
+    sell_most = tiers.tier_for(_notional(spec, max(0, sell_qty - size), sell_price)).max_leverage
+    # Pass 2: each order's opening part, by id, and its cost at the mark.
+    bought = sold = 0  # the side's quantity of earlier orders
     total = 0
     for o in orders:
         if o.reduce_only:
             total += o.margin
             continue
-        side = o.side
-        base = side * size + before[side + 1]
-        before[side + 1] += o.quantity
-        opening = max(0, base + o.quantity) - max(0, base)
-        most_reach = max(0, side * size + reach[side + 1])
-        largest = max(_notional(spec, most_reach, o.price), _notional(spec, most_reach, mark))
-        most = spec.tiers.tier_for(largest).max_leverage
-        leverage = min(o.leverage or most, most)
-        im, loss = _cost(spec, side, o.quantity, o.price, opening, leverage, mark)
-        total += max(o.margin, im + loss)
+        q = o.quantity
+        if o.side > 0:
+            base = size + bought
+            bought += q
+            most = buy_most
+        else:
+            base = sold - size
+            sold += q
+            most = sell_most
+        opening = max(0, base + q) - max(0, base)
+        leverage = o.leverage if 0 < o.leverage < most else most
+        im = (
+            ceil_div(_notional(spec, opening, _dearest(spec, o.price, mark)), leverage)
+            if opening
+            else 0
+        )
+        num, den = spec.value(o.side * q, mark)
+        loss = max(0, -((num - spec.side_value(o.side * q, o.price) * den) // den))
+        cost = im + loss
+        total += cost if cost > o.margin else o.margin
     return total
 
 
@@ -242,18 +273,24 @@ def decide(
         )
     im, loss = _cost(spec, side, q, order.price, opening, leverage, mark)
     cost = im + loss
-    # The account's other orders here, re-priced at the mark (hold): with this one
-    # they must fit, so what is accepted never leaves the margin over-committed.
-    others = [o for o in book.of(account) if o is not replacing] if book.count(account) else []
+    # The account's orders here with this one, re-priced at the mark (hold), must
+    # fit: what is accepted never leaves the margin over-committed.
+    others = book.of(account) if book.count(account) else []
+    if replacing is not None:
+        others.remove(replacing)
+    mine = others
     if others:
-        held = hold(spec, pos.size, others, mark)
         order.margin = cost
-        needs = hold(spec, pos.size, sorted([*others, order], key=_by_id), mark) - held
-    else:
-        held, needs = 0, cost
+        mine = list(others)
+        bisect.insort(mine, order, key=_by_id)
     # The cross wallet's figure already counts every cross position's IM.
-    free = available(spec, pos, mark, held) if cross_free is None else cross_free - held
-    if needs > free:
+    base = available(spec, pos, mark, 0) if cross_free is None else cross_free
+    if others and _bound(spec, book, order, mark) <= base:
+        return cost, False  # the walk could only find it fits: skipped
+    if (hold(spec, pos.size, mine, mark) if others else cost) > base:
+        held = hold(spec, pos.size, others, mark) if others else 0
+        needs = (hold(spec, pos.size, mine, mark) if others else cost) - held
+        free = base - held
         raise OrderRefused(
             Refusal.INSUFFICIENT_BALANCE,
             "quantity",
@@ -262,6 +299,31 @@ def decide(
             f" {max(free, 0)} available in {spec.symbol}",
         )
     return cost, False
+
+
+def _bound(spec: MarketSpec, book: OrderBook, order: Order, mark: int) -> int:
+    """An upper bound, in O(1), of what the account's orders hold at ``mark`` with
+    ``order`` (its margin set) among them (:func:`hold`).
+
+    Each order holds at most its reservation plus its re-priced cost, and that
+    cost (IM at leverage >= 1, plus open loss) is at most three times its
+    notional at the dearest of its side's prices and the mark, plus a quantum
+    or three of rounding: a well-funded account is answered without the walk,
+    with the answer the walk would give.
+    """
+    account = order.account
+    total = book.reserved(account) + order.margin + 6 * (book.count(account) + 1)
+    for side in (1, -1):
+        qty = book.open_quantity(account, side)
+        lo, hi = book.price_range(account, side)
+        if side == order.side:
+            qty += order.quantity
+            lo, hi = (order.price, order.price) if not lo else (lo, hi)
+            lo, hi = min(lo, order.price), max(hi, order.price)
+        if qty:
+            dear = _dearest(spec, hi if spec.contract_type is ContractType.LINEAR else lo, mark)
+            total += 3 * _notional(spec, qty, dear)
+    return total
 
 
 def _by_id(order: Order) -> int:

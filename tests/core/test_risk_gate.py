@@ -380,3 +380,41 @@ def test_cross_orders_share_the_wallet_and_hold_it() -> None:
     d.apply(Fill("ETH-USDT", 1, 2, 1, P, ONE, seller_order_id=2))
     assert d.markets["ETH-USDT"].orders.reserved(1) == 0
     d.check()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    inverse=st.booleans(),
+    size=st.integers(-3_000, 3_000),
+    mark=st.integers(1_000, 9_000_000),
+    orders=st.lists(
+        st.tuples(
+            st.sampled_from([BUY, SELL]),
+            st.integers(1_000, 9_000_000),
+            st.integers(1, 3_000),
+            st.sampled_from([0, 1, 3, 125]),
+            st.integers(0, 10**9),
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+)
+def test_the_quick_bound_is_never_below_the_walk(
+    inverse: bool, size: int, mark: int, orders: list[tuple[int, int, int, int, int]]
+) -> None:
+    """The gate answers a well-funded account from an O(1) upper bound: it must bound
+    the exact re-priced figure on both contract types, whatever the book."""
+    from riskd.core.orders import Order, OrderBook
+    from riskd.core.risk_gate import _bound, hold
+
+    spec = btc_usd_spec() if inverse else btc_usdt_spec()
+    book = OrderBook()
+    made = [
+        Order(i, 1, side, price // 10 * 10 or 10, qty, False, False, lev, margin)
+        for i, (side, price, qty, lev, margin) in enumerate(orders, start=1)
+    ]
+    *rest, last = made
+    for o in rest:
+        book.add(o)
+    exact = hold(spec, size, sorted(made, key=lambda o: o.order_id), mark)
+    assert _bound(spec, book, last, mark) >= exact
