@@ -854,6 +854,10 @@ def _run_cell(
                         "--rate",
                         "250",
                         "--threads",
+                        # Only the thread holding the GIL: where the one core
+                        # riskd's Python can use goes (without it, a thread
+                        # waiting for the GIL after epoll counts as busy).
+                        "--gil",
                         "--nonblocking",
                         "--format",
                         "raw",
@@ -1255,7 +1259,7 @@ def _print_profiles(profiles: dict[str, Any], top: int = 15) -> None:
                         )
         elif "by_self" in p:
             print(
-                f"\n-- {name}: riskd sampled by py-spy (on-CPU samples, every thread), "
+                f"\n-- {name}: riskd sampled by py-spy (samples of the thread holding the GIL), "
                 f"{p['samples']} samples, {harness.si(p['msgs_per_s_while_sampled'])} msgs/s --"
             )
             print("   threads: " + ", ".join(f"{t} {v:.0%}" for t, v in p["threads"].items()))

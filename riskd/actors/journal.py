@@ -41,32 +41,42 @@ class Durable(Generic[T]):
     ``await d.wait()`` in trio, ``d.then(callback)`` from a callback.
     """
 
-    __slots__ = ("value", "_done", "_callbacks")
+    # The event and the callback list are made only when someone waits: most
+    # answers (one per ingest batch) are only ever handed a callback or read.
+    __slots__ = ("value", "_released", "_event", "_callbacks")
 
     def __init__(self, value: T) -> None:
         self.value = value
-        self._done = trio.Event()
-        self._callbacks: list[Callable[[T], None]] = []
+        self._released = False
+        self._event: trio.Event | None = None
+        self._callbacks: list[Callable[[T], None]] | None = None
 
     @classmethod
     def ready(cls, value: T) -> Durable[T]:
         """A result with nothing (more) to wait for."""
         d = cls(value)
-        d._done.set()
+        d._released = True
         return d
 
     @property
     def released(self) -> bool:
-        return self._done.is_set()
+        return self._released
 
     def then(self, callback: Callable[[T], None]) -> None:
-        if self._done.is_set():
+        if self._released:
             callback(self.value)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
         else:
             self._callbacks.append(callback)
 
     async def wait(self) -> T:
-        await self._done.wait()
+        if not self._released:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
+        else:
+            await trio.lowlevel.checkpoint()  # as waiting on a set Event did
         return self.value
 
     def follow(self, value: U) -> Durable[U]:
@@ -77,10 +87,13 @@ class Durable(Generic[T]):
         return out
 
     def _release(self) -> None:
-        self._done.set()
-        for cb in self._callbacks:
-            cb(self.value)
-        self._callbacks.clear()
+        self._released = True
+        if self._event is not None:
+            self._event.set()
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks is not None:
+            for cb in callbacks:
+                cb(self.value)
 
 
 class JournalActor:

@@ -27,11 +27,17 @@ from riskd.core import (
     kind_of,
     split_effects,
 )
-from riskd.core.events import AccountLiquidation, MarginCall
+from riskd.core.events import AccountLiquidation, AmendOrder, CheckOrder, MarginCall
+from riskd.core.inputs import KINDS
 
 __all__ = ["MarketActor", "needs_release"]
 
 T = TypeVar("T")
+
+
+#: The inputs that may stop a run for cross margin (:func:`needs_release`,
+#: ``MarketEngine.cross_order_account``): the others skip both checks.
+_MAY_NEED_CROSS = frozenset({MarginTransfer, CheckOrder, AmendOrder})
 
 
 def needs_release(item: Input) -> bool:
@@ -85,19 +91,27 @@ class MarketActor(Actor):
         results: list[Rejected | None] = []
         engine = self.engine
         unreserved = engine.unreserved_fills
+        on_mark = self._on_mark
         for item in items:
-            if results and (needs_release(item) or engine.cross_order_account(item) is not None):
+            cls = type(item)
+            if (
+                results
+                and cls in _MAY_NEED_CROSS
+                and (needs_release(item) or engine.cross_order_account(item) is not None)
+            ):
                 break  # the sequencer works out the cross wallet first
             try:
-                kind = kind_of(item)
+                kind = KINDS.get(cls)
+                if kind is None:
+                    kind = kind_of(item)  # raises, naming the input
                 if kind.on_market is None:
                     raise Rejected.invalid("kind", f"{kind.name} does not go to a market")
                 leg = kind.wallet_leg(item) if kind.wallet_leg is not None else None
                 if leg is not None:
                     await self._wallet_leg(*leg)
                 kind.on_market(engine, item)  # no coroutine per update on the hot path
-                if self._on_mark is not None and isinstance(item, MarkPrice):
-                    self._on_mark(engine.symbol, item.ts)
+                if on_mark is not None and isinstance(item, MarkPrice):
+                    on_mark(engine.symbol, item.ts)
                 results.append(None)
             except Rejected as e:
                 results.append(e)

@@ -14,6 +14,7 @@ sequencer removes is nondeterminism between markets that share a fund.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import time
@@ -36,7 +37,7 @@ from riskd.core import Asset, Engine, MarketEngine, MarketSpec, OrderRefused, Re
 from riskd.core.engine import check_new_market
 from riskd.core.errors import Code
 from riskd.core.events import CheckOrder, FundInjection, Input, Withdrawal
-from riskd.core.inputs import Journal, Owner, kind_of
+from riskd.core.inputs import KINDS, Journal, Owner, kind_of
 from riskd.core.invariants import digest, violations
 from riskd.core.recent_ids import (
     DEFAULT_CAPACITY,
@@ -179,6 +180,36 @@ class _Sequenced:
     result: BatchResult
     #: The first and last sequence of the duplicates it began with, if any.
     resent: tuple[int, int] | None
+
+
+#: Per streamed input class: whether a market (else a wallet) applies it, and
+#: the field naming which (:meth:`Sequencer._owner`, looked up once per class).
+_ROUTES: dict[type, tuple[bool, str]] = {
+    k.cls: (k.owner is Owner.MARKET, k.key)
+    for k in KINDS.values()
+    if k.journal is Journal.INGEST and k.owner in (Owner.MARKET, Owner.WALLET)
+}
+
+
+@dataclass(slots=True)
+class _Run:
+    """Consecutive fresh updates for one actor, across the batches of a turn."""
+
+    actor: MarketActor | WalletActor
+    items: list[Input]
+    #: The ``(sequence, input)`` of each item, as the batch holds it.
+    pairs: list[Update]
+    #: ``(index of its first item, batch)`` for each batch the run spans.
+    starts: list[tuple[int, _Sequenced]]
+
+    def batch_of(self, i: int) -> _Sequenced:
+        """The batch the run's item ``i`` came in."""
+        at = bisect.bisect_right(self.starts, i, key=_start_index) - 1
+        return self.starts[at][1]
+
+
+def _start_index(start: tuple[int, _Sequenced]) -> int:
+    return start[0]
 
 
 def _first(t: tuple[int, Rejected]) -> int:
@@ -399,25 +430,34 @@ class Sequencer(Actor):
         self, batches: Sequence[_Sequenced], outcomes: Counter[tuple[str, str]]
     ) -> None:
         """Every fresh update of ``batches``, in order, one call per run of one actor."""
-        runs: list[tuple[MarketActor | WalletActor, list[Input], list[tuple[_Sequenced, int]]]]
-        runs = []
-        last: MarketActor | WalletActor | None = None
+        runs: list[_Run] = []
+        run: _Run | None = None
+        markets, wallets = self.markets, self.wallets
         for b in batches:
-            for seq, u in b.fresh:
-                try:
-                    if isinstance(u, Rejected):
-                        raise u
-                    actor = self._owner(u)
-                except Rejected as r:
-                    b.result.rejections.append((seq, r))
-                    outcomes[(type(u).__name__, "rejected")] += 1
-                    continue
-                if actor is not last:
-                    runs.append((actor, [], []))
-                    last = actor
-                runs[-1][1].append(u)
-                runs[-1][2].append((b, seq))
-        for actor, items, where in runs:
+            if run is not None:
+                run.starts.append((len(run.pairs), b))
+            for pair in b.fresh:
+                u = pair[1]
+                route = _ROUTES.get(type(u))
+                actor: MarketActor | WalletActor | None = None
+                if route is not None:
+                    actor = (markets if route[0] else wallets).get(getattr(u, route[1]))
+                if actor is None:  # refused at decoding, or routed nowhere: say why
+                    try:
+                        if isinstance(u, Rejected):
+                            raise u
+                        actor = self._owner(u)
+                    except Rejected as r:
+                        b.result.rejections.append((pair[0], r))
+                        outcomes[(type(u).__name__, "rejected")] += 1
+                        continue
+                if run is None or actor is not run.actor:
+                    run = _Run(actor, [], [], [(0, b)])
+                    runs.append(run)
+                run.items.append(cast(Input, u))  # routed: not a Rejected
+                run.pairs.append(pair)
+        for run in runs:
+            actor, items = run.actor, run.items
             if isinstance(actor, MarketActor):  # re-checks cross accounts as it goes
                 done = await self.cross.apply(actor, items)
             else:
@@ -425,11 +465,10 @@ class Sequencer(Actor):
             applied: Counter[type] = Counter(map(type, items))
             for i, refused in enumerate(done):
                 if refused is not None:
-                    b, seq = where[i]
                     kind = type(items[i])
                     applied[kind] -= 1
                     outcomes[(kind.__name__, "rejected")] += 1
-                    b.result.rejections.append((seq, refused))
+                    run.batch_of(i).result.rejections.append((run.pairs[i][0], refused))
             for kind, n in applied.items():
                 outcomes[(kind.__name__, "applied")] += n
 
@@ -508,7 +547,8 @@ class Sequencer(Actor):
         expected = g.last + 1
         fresh: list[Update] = []
         duplicates = 0
-        for seq, u in updates:
+        for pair in updates:
+            seq = pair[0]
             if seq < expected and not fresh:
                 duplicates += 1
                 continue
@@ -519,7 +559,7 @@ class Sequencer(Actor):
                     f"sequence {seq} out of order: expected {expected}",
                     g.last + 1,
                 )
-            fresh.append((seq, u))
+            fresh.append(pair)
             expected += 1
         return fresh, duplicates
 

@@ -66,6 +66,8 @@ MAX_PACE_SECONDS = 1.0
 #: Updates that keep liquidations going: never charged to a rate limit, and a
 #: batch of only these goes ahead of the sequencer's queue.
 LIQUIDATION_PATH = tuple(k.cls for k in KINDS.values() if k.liquidation_path)
+#: The same as a set of types: decoding makes exactly these classes (one lookup per update).
+_LIQUIDATION_PATH_TYPES = frozenset(LIQUIDATION_PATH)
 #: How long a stream refused over max_ingest_streams waits for the client's first message.
 REFUSAL_READ_SECONDS = 0.25
 
@@ -265,14 +267,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     return
                 if not request.updates:
                     continue
-                if any(u.sequence == 0 for u in request.updates):
+                checked = self._checked(request, s.grant)
+                if checked is None:
                     end = StreamEnd(Rejected.invalid("updates.sequence", "must be >= 1"))
                     return
-                updates, counted = self._decode(request, s.grant)
-                throttled = await self._pace(s, counted)
-                if throttled is not None:
-                    end = StreamEnd(throttled)
-                    return
+                updates, counted = checked
+                if s.bucket is not None and counted:  # else nothing to pace (no coroutine)
+                    throttled = await self._pace(s, counted)
+                    if throttled is not None:
+                        end = StreamEnd(throttled)
+                        return
                 await s.credits.acquire()
                 self._post(s, request, updates, counted)
         except grpc.aio.AioRpcError:
@@ -373,15 +377,29 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             bucket = self._buckets[gateway] = TokenBucket(rate, burst, time.monotonic())
         return bucket
 
-    def _decode(self, request: ingest_pb2.IngestRequest, grant: Grant) -> tuple[list[Update], int]:
-        """Decode and check each update; also how many are not on the liquidation path."""
+    def _checked(
+        self, request: ingest_pb2.IngestRequest, grant: Grant
+    ) -> tuple[list[Update], int] | None:
+        """Check and decode each update, in one pass; also how many are not on
+        the liquidation path.  None: an update has sequence 0 (the stream ends).
+
+        At 256 updates per message this runs ~10^5 times a second, so nothing
+        is looked up twice and no string is built unless an update is refused.
+        """
         out: list[Update] = []
+        append = out.append
         counted = 0
         now = time.time_ns() // 1_000_000
         earliest = now - self.max_age_ms if self.max_age_ms else 0
         latest = now + self.max_ahead_ms if self.max_ahead_ms else 2**63 - 1
         scoped = grant.markets is not None
+        require_mark_ts = self.require_mark_ts
+        decode = convert.decode_stamped
+        free = _LIQUIDATION_PATH_TYPES
         for i, u in enumerate(request.updates):
+            seq = u.sequence
+            if not seq:
+                return None
             try:
                 ts = u.timestamp_ms
                 if ts and not earliest <= ts <= latest:  # earliest >= 0: no negatives
@@ -390,8 +408,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         f"{ts} is outside the allowed window [{earliest}, {latest}] around"
                         f" riskd's clock ({now}); 0 means not stamped",
                     )
-                x = convert.decode_update(u, i)
-                if not ts and self.require_mark_ts and isinstance(x, MarkPrice):
+                x = decode(u, i, ts)
+                if not ts and require_mark_ts and type(x) is MarkPrice:
                     raise Rejected.invalid(
                         f"updates[{i}].timestamp_ms",
                         "a mark price must be stamped (server.require_mark_timestamps)",
@@ -401,14 +419,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         _authorize(grant, x)
                     except Rejected as r:
                         # The whole path now: it is journaled and may be reported again.
-                        path = convert.rejection(u.sequence, i, u, r).field
+                        path = convert.rejection(seq, i, u, r).field
                         raise Rejected(r.code, path, r.message) from None
-                if not isinstance(x, LIQUIDATION_PATH):
+                if type(x) not in free:
                     counted += 1
-                out.append((u.sequence, x))
+                append((seq, x))
             except Rejected as r:
                 counted += 1
-                out.append((u.sequence, r))
+                append((seq, r))
         return out, counted
 
     async def CheckOrder(
@@ -590,7 +608,8 @@ def _fold(
 
 def _response(request: ingest_pb2.IngestRequest, result: BatchResult) -> ingest_pb2.IngestResponse:
     response = ingest_pb2.IngestResponse(acked_sequence=result.acked, duplicates=result.duplicates)
-    response.rejections.extend(_stored(r) for r in result.repeated)
+    if result.repeated:
+        response.rejections.extend(_stored(r) for r in result.repeated)
     if result.rejections:
         where = {u.sequence: (i, u) for i, u in enumerate(request.updates)}
         for seq, r in result.rejections:

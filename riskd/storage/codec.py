@@ -41,7 +41,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from collections.abc import Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from riskd.core import (
@@ -212,6 +213,11 @@ class Codec:
             for name, t in self._inputs.items()
         }
         self._settings = spec_settings()
+        # Per input class: its name and a getter of its fields' values in the
+        # journal's order (an ingest batch's rows; a tuple encodes as a list).
+        self._getters: dict[type[Any], tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
+            t: (name, _values_of(self._fields[name])) for name, t in self._inputs.items()
+        }
 
     # --- inputs ----------------------------------------------------------------
 
@@ -255,15 +261,21 @@ class Codec:
         match record:
             case IngestBatch():
                 names = self._fields
-                rows: list[list[Any]] = []
+                rows: list[tuple[Any, ...]] = []
+                append = rows.append
                 kinds: set[str] = set()
+                getters = self._getters
                 for seq, x in record.updates:
-                    if isinstance(x, Rejected):
-                        rows.append([seq, _REJECTED, x.code.value, x.field, x.message])
+                    got = getters.get(type(x))
+                    if got is not None:
+                        kinds.add(got[0])
+                        append((seq, got[0], *got[1](x)))
+                    elif isinstance(x, Rejected):
+                        append((seq, _REJECTED, x.code.value, x.field, x.message))
                     else:
                         kind = type(x).__name__
                         kinds.add(kind)
-                        rows.append([seq, kind, *map(x.__getattribute__, names[kind])])
+                        append((seq, kind, *map(x.__getattribute__, names[kind])))
                 out.update(
                     kind="ingest",
                     gateway=record.gateway,
@@ -446,6 +458,16 @@ def decode_all(texts: Iterable[str], after: int, path: object) -> list[Record]:
         except BadRecord as e:
             raise BadRecord(f"{path}: record {n}: {e}") from None
     return out
+
+
+def _values_of(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function from an input to its values of ``names``, as a tuple (even of one)."""
+    if not names:
+        return lambda x: ()
+    get = operator.attrgetter(*names)
+    if len(names) > 1:
+        return get
+    return lambda x: (get(x),)
 
 
 def _by_name(cls: type[Any], names: tuple[str, ...]) -> Any:
