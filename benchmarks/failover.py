@@ -23,9 +23,15 @@ then two riskd nodes for one shard (``--storage postgresql://... --etcd ...``).
   journal row under its epoch after the takeover.
 * **Ingest**: deposits/s through one node with the journal in PostgreSQL and
   with the SQLite journal (same client, batches of 256).
-* **Two assets** (``--scale-updates``): two gateways, one per settlement asset,
-  against one node serving both and against two nodes (one shard each), all
-  journaling to PostgreSQL.
+* **Two assets** (``--scale-updates``, ``--scale-reps``, ``--scale-pin``): two
+  gateways, one per settlement asset, against one node serving both and
+  against two nodes (one shard each), all journaling to PostgreSQL.  Each
+  gateway is a process of its own (``benchmarks/load_client.py``): pre-encoded
+  requests through a generic stream, and the Python helper for comparison.
+  Each cell reports the CPU every process tree spent meanwhile (riskd nodes,
+  PostgreSQL, etcd, load clients, this harness, and other work on the
+  machine, from ``/proc``) and riskd's CPU per update by thread, so the
+  ratio can be read against the cores riskd actually got.
 
 Prints one JSON document (also written to ``--json``).
 """
@@ -77,12 +83,14 @@ class Node:
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
         self._from = 0  # where this process's lines begin in the shared log
+        self.cpu: int | None = None  # the one core every thread of the node runs on
 
     def start(self) -> None:
         self._from = self.log.stat().st_size if self.log.exists() else 0
+        pin = [] if self.cpu is None else ["taskset", "-c", str(self.cpu)]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "riskd.cli", "serve", "--grpc-listen", self.address,
+                [*pin, sys.executable, "-m", "riskd.cli", "serve", "--grpc-listen", self.address,
                  "--metrics-listen", "127.0.0.1:0", "--data-dir", str(self.data), *self.extra],
                 stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -299,34 +307,252 @@ def _config_of(asset: str, base: Path) -> Path:
     return path
 
 
-async def _scale(base: Path, dsn: str, free_port: Any, updates: int) -> dict[str, Any]:
-    """Two assets: one node serving both, against two nodes with one each."""
+_TICK = os.sysconf("SC_CLK_TCK")
 
-    async def both(targets: list[Node]) -> float:
-        t = time.perf_counter()
-        await asyncio.gather(
-            *(_ingest(n, updates, a) for n, a in zip(targets, ("USDT", "BTC"), strict=True))
-        )
-        return 2 * updates / (time.perf_counter() - t)
 
-    one = Node(base, "scale-one", ["--storage", dsn, "--shard", "scale-one"], free_port())
-    pair = [
-        Node(base, f"scale-{a}", ["--config", str(_config_of(a, base)), "--storage", dsn,
-                                  "--shard", f"scale-{a}"], free_port())
-        for a in ("USDT", "BTC")
-    ]  # fmt: skip
-    rates = {}
-    for label, nodes, targets in (("one_node", [one], [one, one]), ("two_nodes", pair, pair)):
+def _proc_table() -> dict[int, tuple[int, float, float]]:
+    """Every process: pid -> (parent, its own CPU s, its exited children's CPU s)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        own = (int(fields[11]) + int(fields[12])) / _TICK
+        waited = (int(fields[13]) + int(fields[14])) / _TICK
+        out[int(name)] = (int(fields[1]), own, waited)
+    return out
+
+
+def _busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / _TICK  # less idle and iowait
+
+
+def _cpu_by_process(roots: dict[str, list[int]]) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of every process, with its group: that of its nearest
+    listed ancestor (itself included; a root counts its exited children too), or
+    "other" (work on the machine that is not this benchmark's)."""
+    table = _proc_table()
+    group_of = {pid: g for g, pids in roots.items() for pid in pids}
+    harness = os.getpid()
+    out = {}
+    for pid, (_, own, waited) in table.items():
+        at, g = pid, "other"
+        for _ in range(64):
+            if at in group_of:
+                g = group_of[at]
+                break
+            if at not in table or at <= 1:
+                break
+            at = table[at][0]
+        root = pid in group_of and pid != harness
+        out[pid] = (g, own + (waited if root else 0.0))
+    return out
+
+
+def _spent(a: dict[int, tuple[str, float]], z: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each group spent between two samples (a process that started
+    between them: all of its CPU; one that ended: missed, left unattributed)."""
+    out: dict[str, float] = {}
+    for pid, (g, cpu) in z.items():
+        before = a.get(pid)
+        out[g] = out.get(g, 0.0) + max(cpu - (before[1] if before else 0.0), 0.0)
+    return out
+
+
+def _threads_cpu_s(pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the threads of ``pids`` by name, summed over the
+    processes ("main": each process's first thread, where riskd runs trio, i.e.
+    the engine)."""
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    head, _, rest = f.read().rpartition(")")
+            except OSError:
+                continue
+            fields = rest.split()
+            name = "main" if tid == str(pid) else head.split("(", 1)[1].rstrip("0123456789-_")
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def _postmaster(pg: Any) -> list[int]:
+    try:
+        return [int((pg.data / "postmaster.pid").read_text().split()[0])]
+    except (OSError, ValueError, IndexError):
+        return []
+
+
+def _load_client(
+    address: str, gateway: str, asset: str, updates: int, helper: bool
+) -> subprocess.Popen[str]:
+    """A load client process (benchmarks/load_client.py), connected once it says ready."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.load_client", address, gateway, asset, str(updates),
+         *(["--helper"] if helper else [])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+
+
+def _line(p: subprocess.Popen[str]) -> str:
+    assert p.stdout is not None
+    return p.stdout.readline()
+
+
+async def _scale(
+    base: Path,
+    pg: Any,
+    etcd_pids: list[int],
+    free_port: Any,
+    updates: int,
+    reps: int,
+    pin: bool = False,
+) -> dict[str, Any]:
+    """Two assets, one gateway each: one node serving both against two nodes with one
+    each (all journaling to the same PostgreSQL), with each load client a process
+    of its own (pre-encoded bytes, and the Python helper for comparison), and the
+    CPU every process group spent meanwhile."""
+    configs = {a: _config_of(a, base) for a in ("USDT", "BTC")}
+    cells: list[dict[str, Any]] = []
+
+    async def cell(label: str, client: str, rep: int) -> dict[str, Any]:
+        tag = f"{label}-{client}-{rep}"
+        if label == "one_node":
+            one = Node(base, f"scale-{tag}", ["--storage", pg.dsn, "--shard", f"s-{tag}"],
+                       free_port())  # fmt: skip
+            nodes, targets = [one], [one, one]
+        else:
+            nodes = [
+                Node(base, f"scale-{tag}-{a}", ["--config", str(configs[a]), "--storage", pg.dsn,
+                                                 "--shard", f"s-{tag}-{a}"], free_port())
+                for a in ("USDT", "BTC")
+            ]  # fmt: skip
+            targets = nodes
+        if pin:  # a core per node: the one node gets one core, the two nodes one each
+            for cpu, n in enumerate(nodes):
+                n.cpu = cpu
         for n in nodes:
             n.start()
         for n in nodes:
             await asyncio.to_thread(_wait, lambda n=n: n.count("riskd_serving") > 0, n.name)
-        rates[label] = round(await both(targets))
-        for n in nodes:
-            assert n.process is not None
-            n.process.terminate()
-            await asyncio.to_thread(n.process.wait, 60)
-    return {"updates_per_s": rates, "ratio": round(rates["two_nodes"] / rates["one_node"], 2)}
+        loads = [
+            _load_client(n.address, f"gw-{tag}-{a}"[:32], a, updates, client == "helper")
+            for n, a in zip(targets, ("USDT", "BTC"), strict=True)
+        ]
+        try:
+            for p in loads:
+                line = await asyncio.to_thread(_line, p)
+                if '"ready"' not in line:
+                    raise RuntimeError(f"load client: {line!r}")
+            roots = {
+                "riskd": [n.process.pid for n in nodes if n.process is not None],
+                "postgresql": _postmaster(pg),
+                "etcd": etcd_pids,
+                "load_clients": [p.pid for p in loads],
+                "harness": [os.getpid()],
+            }
+            threads0 = _threads_cpu_s(roots["riskd"])
+            cpu0, busy0, t0 = _cpu_by_process(roots), _busy_s(), time.perf_counter()
+            for p in loads:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            outs = [json.loads(await asyncio.to_thread(_line, p)) for p in loads]
+            seconds = time.perf_counter() - t0
+            cpu1, busy1 = _cpu_by_process(roots), _busy_s()
+            threads1 = _threads_cpu_s(roots["riskd"])
+            for p in loads:
+                await asyncio.to_thread(p.wait, 60)
+        finally:
+            for p in loads:
+                if p.poll() is None:
+                    p.kill()
+            for n in nodes:
+                assert n.process is not None
+                n.process.terminate()
+                await asyncio.to_thread(n.process.wait, 60)
+        total = sum(int(o["updates"]) for o in outs)
+        if total != 2 * updates or any(o["rejections"] for o in outs):
+            raise RuntimeError(f"the load was not all applied: {outs}")
+        spent = dict.fromkeys([*roots, "other"], 0.0) | _spent(cpu0, cpu1)
+        # Busy time no listed or still-running process accounts for (short-lived
+        # processes of other work, interrupts).
+        spent["unattributed"] = max((busy1 - busy0) - sum(spent.values()), 0.0)
+        return {
+            "nodes": label,
+            "client": client,
+            "rep": rep,
+            "pinned": pin,
+            "updates_per_s": round(total / seconds),
+            "seconds": round(seconds, 2),
+            # Cores each group used on average over the run, and its CPU per update.
+            "cores": {g: round(v / seconds, 2) for g, v in spent.items()},
+            "cpu_us_per_update": {g: round(v / total * 1e6, 1) for g, v in spent.items()},
+            "machine_busy_cores": round((busy1 - busy0) / seconds, 2),
+            # riskd's CPU per update by thread: the busiest one bounds a node's rate
+            # when cores are plenty (each node: one trio thread runs its engine).
+            "riskd_thread_cpu_us_per_update": {
+                k: round((v - threads0.get(k, 0.0)) / total * 1e6, 2)
+                for k, v in sorted(threads1.items(), key=lambda kv: -kv[1])
+                if v - threads0.get(k, 0.0) > 0
+            },
+            "client_cpu_s_own_count": [round(float(o["cpu_s"]), 2) for o in outs],
+        }
+
+    for rep in range(reps):
+        for client in ("pre_encoded", "helper"):
+            # Alternate which goes first: a burst of other work hits both alike.
+            order = ("one_node", "two_nodes") if rep % 2 == 0 else ("two_nodes", "one_node")
+            for label in order:
+                cells.append(await cell(label, client, rep))
+                _partial({"two_assets_cell": cells[-1]})
+
+    def ratios(client: str) -> list[float]:
+        out = []
+        for rep in range(reps):
+            r = {c["nodes"]: c["updates_per_s"] for c in cells
+                 if c["client"] == client and c["rep"] == rep}  # fmt: skip
+            out.append(round(r["two_nodes"] / r["one_node"], 2))
+        return out
+
+    def median_of(client: str, nodes: str, key: str, group: str) -> float:
+        return statistics.median(
+            c[key][group] for c in cells if c["client"] == client and c["nodes"] == nodes
+        )
+
+    summary = {}
+    for client in ("pre_encoded", "helper"):
+        rs = ratios(client)
+        summary[client] = {
+            "ratio_two_over_one": rs,
+            "median": statistics.median(rs),
+            # What riskd costs per update (the same in both set-ups: no work is added
+            # by splitting) and how many cores it got: the ratio follows the cores.
+            "riskd_cpu_us_per_update": {
+                n: median_of(client, n, "cpu_us_per_update", "riskd")
+                for n in ("one_node", "two_nodes")
+            },
+            "riskd_cores": {
+                n: median_of(client, n, "cores", "riskd") for n in ("one_node", "two_nodes")
+            },
+            "load_client_cpu_us_per_update": median_of(
+                client, "two_nodes", "cpu_us_per_update", "load_clients"
+            ),
+        }
+    return {"updates_per_gateway": updates, "cpus": os.cpu_count(), "summary": summary,
+            "cells": cells}  # fmt: skip
 
 
 def _partial(out: dict[str, Any]) -> None:
@@ -346,6 +572,18 @@ async def amain(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttl", type=int, default=2)
     parser.add_argument("--ingest-updates", type=int, default=100_000)
     parser.add_argument("--scale-updates", type=int, default=100_000)
+    parser.add_argument(
+        "--scale-reps",
+        type=int,
+        default=2,
+        help="repetitions of the two-asset cells (one node, two nodes; each client kind)",
+    )
+    parser.add_argument(
+        "--scale-pin",
+        action="store_true",
+        help="run each riskd node of the two-asset cells on a core of its own (taskset):"
+        " the one node on core 0, the two nodes on cores 0 and 1",
+    )
     parser.add_argument(
         "--snapshot-seconds",
         type=float,
@@ -452,7 +690,13 @@ async def amain(argv: list[str] | None = None) -> int:
                 out["postgresql_over_sqlite"] = round(rates["postgresql"] / rates["sqlite"], 2)
             if args.scale_updates:
                 out["two_assets"] = await _scale(
-                    base, pg.dsn, services.free_port, args.scale_updates
+                    base,
+                    pg,
+                    [p.pid for p in etcd.processes],
+                    services.free_port,
+                    args.scale_updates,
+                    args.scale_reps,
+                    args.scale_pin,
                 )
     text = json.dumps(out, indent=2)
     print(text)

@@ -52,7 +52,7 @@ from riskd.core.errors import Rejected
 from riskd.core.events import AccountLiquidation, MarginCall
 from riskd.core.margin import liquidation_threshold
 from riskd.core.market import CrossLiquidation, MarketSpec
-from riskd.core.pickling import fields_state, restore
+from riskd.core.pickling import FieldsPickled
 from riskd.core.position import Position
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 
@@ -76,7 +76,7 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class Leg:
+class Leg(FieldsPickled):
     """One cross position of an account, as its market holds it."""
 
     market: str
@@ -91,15 +91,9 @@ class Leg:
     #: The account was in the margin-call band at its last re-check (its markets remember it).
     called: bool = False
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class Figures:
+class Figures(FieldsPickled):
     """A leg's numbers at its mark (all 0 without a mark): u rounded down,
     requirements up; ``need_num/need_den`` is the exact margin at which it is
     exactly at maintenance."""
@@ -110,12 +104,6 @@ class Figures:
     notional: int
     need_num: int
     need_den: int
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     @property
     def need(self) -> int:
@@ -197,7 +185,7 @@ class Action(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(FieldsPickled):
     """What to do with one account: each leg's margin after, the wallet after,
     which markets start liquidating it (in order), and its equity and notional."""
 
@@ -242,12 +230,6 @@ class Plan:
             liquidation_price=self.call_price,
             ts=ts,
         )
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
 
 def _shares(total: int, weights: Sequence[int]) -> list[int]:
@@ -417,7 +399,7 @@ def available(legs: Sequence[Leg], free: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class CrossPositionView:
+class CrossPositionView(FieldsPickled):
     """A cross position in the account view; prices 0 where undefined."""
 
     market: str
@@ -430,15 +412,9 @@ class CrossPositionView:
     adl_quintile: int
     in_liquidation: bool
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class AccountView:
+class AccountView(FieldsPickled):
     """One account's cross margin in one asset, as queries show it."""
 
     account: int
@@ -453,12 +429,6 @@ class AccountView:
     available: int
     in_liquidation: bool
     positions: tuple[CrossPositionView, ...]
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
 
 def estimated_liquidation_price(legs: Sequence[Leg], free: int, j: int) -> int:

@@ -30,7 +30,7 @@ from riskd.core.inputs import Owner, kind_of
 from riskd.core.insurance_fund import FundEffect, FundPolicy, InsuranceFund
 from riskd.core.market import MarketSpec
 from riskd.core.market_engine import MarketEngine
-from riskd.core.pickling import dict_state, restore
+from riskd.core.pickling import DictPickled
 from riskd.core.recent_ids import WithdrawalDecision
 from riskd.core.units import Asset
 from riskd.core.wallet import Wallets, unsettled_bad_debt, withdrawals_paused
@@ -39,7 +39,7 @@ __all__ = ["Engine", "split_effects", "check_new_market"]
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class Engine:
+class Engine(DictPickled):
     """The whole risk state, applied one input at a time."""
 
     def __init__(
@@ -60,12 +60,6 @@ class Engine:
         self.wallets = {a: Wallets(a) for a in self.assets}
         self.funds = {a: InsuranceFund(a, policies.get(a)) for a in self.assets}
         self.outbox: list[Effect] = []
-
-    def __getstate__(self) -> dict[str, object]:
-        return dict_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     @classmethod
     def view(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from riskd.core.pickling import fields_state, restore
+from riskd.core.pickling import FieldsPickled
 
 __all__ = [
     "Fill",
@@ -60,7 +60,7 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class Fill:
+class Fill(FieldsPickled):
     """Both sides of a trade; fees are >= 0 and come out of position margin."""
 
     market: str
@@ -76,15 +76,9 @@ class Fill:
     buyer_order_id: int = 0
     seller_order_id: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class MarkPrice:
+class MarkPrice(FieldsPickled):
     """``index_price``: the gateway's index (spot) price, 0 when not given; the
     mark-price guard checks the mark's divergence from it."""
 
@@ -93,15 +87,9 @@ class MarkPrice:
     ts: int = 0
     index_price: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class Deposit:
+class Deposit(FieldsPickled):
     """``deposit_id`` is the exchange's id (0: not given); it comes last so that
     journal records written before it existed still decode."""
 
@@ -111,29 +99,17 @@ class Deposit:
     ts: int = 0
     deposit_id: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class Withdrawal:
+class Withdrawal(FieldsPickled):
     account: int
     asset: str
     amount: int
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class MarginTransfer:
+class MarginTransfer(FieldsPickled):
     """``amount > 0`` moves wallet → isolated margin, ``< 0`` moves it back."""
 
     account: int
@@ -141,30 +117,18 @@ class MarginTransfer:
     amount: int
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class FundingRate:
+class FundingRate(FieldsPickled):
     """A funding payment at the current mark; ``rate_e8 > 0``: longs pay shorts."""
 
     market: str
     rate_e8: int
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class LiquidationFill:
+class LiquidationFill(FieldsPickled):
     """A fill of a liquidation order, reported back by the gateway."""
 
     market: str
@@ -175,30 +139,18 @@ class LiquidationFill:
     counterparty_fee: int = 0
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class LiquidationDone:
+class LiquidationDone(FieldsPickled):
     """The book will fill no more of a liquidation order: the rest goes to ADL."""
 
     market: str
     liquidation_id: int
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class FundInjection:
+class FundInjection(FieldsPickled):
     """Seed capital an operator puts into an asset's insurance fund."""
 
     asset: str
@@ -206,15 +158,9 @@ class FundInjection:
     cause: str = "seed"
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class MarketStatusChange:
+class MarketStatusChange(FieldsPickled):
     """An operator opens, halts or sets a market close-only (``status``: a
     :class:`~riskd.core.market_status.MarketStatus` value, e.g. ``"halted"``)."""
 
@@ -222,15 +168,9 @@ class MarketStatusChange:
     status: str
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class MarkGuardOverride:
+class MarkGuardOverride(FieldsPickled):
     """An operator clears a market's mark-price guard (``hold`` false: the newest
     mark is good) or holds it on (``hold`` true) until cleared."""
 
@@ -238,30 +178,18 @@ class MarkGuardOverride:
     hold: bool
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class SettleMarket:
+class SettleMarket(FieldsPickled):
     """Final settlement: every position is closed at ``price``, the market delisted."""
 
     market: str
     price: int
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class CheckOrder:
+class CheckOrder(FieldsPickled):
     """A pre-trade check: accept the order and reserve its margin, or refuse it.
 
     ``side`` +1 buy / -1 sell; ``leverage`` 0: the tier's maximum.
@@ -278,15 +206,9 @@ class CheckOrder:
     leverage: int = 0
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class AmendOrder:
+class AmendOrder(FieldsPickled):
     """An open order's new price and remaining quantity, checked again."""
 
     market: str
@@ -295,42 +217,24 @@ class AmendOrder:
     quantity: int
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class CancelOrder:
+class CancelOrder(FieldsPickled):
     """An open order left the book unfilled (its rest): the reservation is released."""
 
     market: str
     order_id: int
     ts: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class SetMarginMode:
+class SetMarginMode(FieldsPickled):
     """The account's margin mode in a market: cross (shares its wallet) or isolated."""
 
     market: str
     account: int
     cross: bool
     ts: int = 0
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
 
 Input = (
@@ -368,7 +272,7 @@ class FundKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FundCredit:
+class FundCredit(FieldsPickled):
     """Units a market hands to its fund; never refused."""
 
     asset: str
@@ -378,15 +282,9 @@ class FundCredit:
     cause: str
     ts: int
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TakeoverClaim:
+class TakeoverClaim(FieldsPickled):
     """Takeover-mode settlement: fee in, shortfall out, and backstop margin wanted.
 
     The fund answers with a :class:`FundDecision`: ``absorbed`` says whether it
@@ -406,15 +304,9 @@ class TakeoverClaim:
     margin_wanted: int
     loss_cap: int | None = None
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ReserveClaim:
+class ReserveClaim(FieldsPickled):
     """Book mode: earmark up to ``wanted`` for a liquidation order's slippage."""
 
     asset: str
@@ -425,15 +317,9 @@ class ReserveClaim:
     wanted: int
     loss_cap: int | None = None
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ReserveSettle:
+class ReserveSettle(FieldsPickled):
     """Book mode, final: release ``reserved``, pay ``shortfall`` (<= it), take ``fee``."""
 
     asset: str
@@ -443,12 +329,6 @@ class ReserveSettle:
     reserved: int
     shortfall: int
     fee: int
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
 
 class AdlReason(enum.Enum):
@@ -468,7 +348,7 @@ class AdlReason(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FundDecision:
+class FundDecision(FieldsPickled):
     """The fund's answer to a claim.
 
     Takeover: ``absorbed`` when it pays the whole shortfall, then ``granted`` is
@@ -484,29 +364,17 @@ class FundDecision:
     granted: int
     reason: AdlReason | None = None
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WalletCredit:
+class WalletCredit(FieldsPickled):
     account: int
     asset: str
     amount: int
     cause: str
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LiquidationOrder:
+class LiquidationOrder(FieldsPickled):
     """Book mode: place this order; ``side`` is +1 buy / -1 sell."""
 
     market: str
@@ -517,15 +385,9 @@ class LiquidationOrder:
     worst_price: int
     ts: int
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LiquidationSettled:
+class LiquidationSettled(FieldsPickled):
     market: str
     liquidation_id: int
     account: int
@@ -536,15 +398,9 @@ class LiquidationSettled:
     adl_quantity: int
     ts: int
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AccountLiquidation:
+class AccountLiquidation(FieldsPickled):
     """A cross account found liquidatable: ``markets`` start closing its positions
     (``policy``: all_at_once, step_down, or bankrupt: closed whole)."""
 
@@ -556,15 +412,9 @@ class AccountLiquidation:
     policy: str
     ts: int
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AdlNotice:
+class AdlNotice(FieldsPickled):
     """To a deleveraged account: ``quantity`` of its position closed at ``price``."""
 
     market: str
@@ -576,15 +426,9 @@ class AdlNotice:
     realised: int
     ts: int
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AdlEvent:
+class AdlEvent(FieldsPickled):
     """One ADL execution, for metrics and reports.
 
     ``deficit`` is what the bankrupt position lacked at the mark; ``fund_paid``
@@ -609,15 +453,9 @@ class AdlEvent:
     reason: AdlReason = AdlReason.FUND_EMPTY
     fund_paid: int = 0
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MarginCall:
+class MarginCall(FieldsPickled):
     """A position's mark came within the market's margin-call distance of its LP."""
 
     market: str
@@ -627,15 +465,9 @@ class MarginCall:
     liquidation_price: int
     ts: int
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FundFlow:
+class FundFlow(FieldsPickled):
     """A fund ledger entry, as published."""
 
     asset: str
@@ -646,15 +478,9 @@ class FundFlow:
     cause: str
     ts: int
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MarkGuardChanged:
+class MarkGuardChanged(FieldsPickled):
     """A market's mark-price guard went on, changed reason or cleared.
 
     ``reason`` is a :class:`~riskd.core.mark_guard.GuardReason` value, "" when
@@ -668,15 +494,9 @@ class MarkGuardChanged:
     index_price: int
     ts: int
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MarketStatusChanged:
+class MarketStatusChanged(FieldsPickled):
     """A market's lifecycle status changed (a ``MarketStatus`` value)."""
 
     market: str
@@ -684,15 +504,9 @@ class MarketStatusChanged:
     previous: str
     ts: int
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MarketSettled:
+class MarketSettled(FieldsPickled):
     """A market was settled and delisted: ``positions`` closed at ``price``;
     ``paid_out`` the margin returned to wallets, ``fee_pool`` the market's fee
     pool after (the closes' rounding went there)."""
@@ -704,12 +518,6 @@ class MarketSettled:
     paid_out: int
     fee_pool: int
     ts: int
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
 
 Effect = (

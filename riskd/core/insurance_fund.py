@@ -41,7 +41,7 @@ from riskd.core.events import (
 from riskd.core.hash_chain import GENESIS, link
 from riskd.core.ledger import Ledger
 from riskd.core.liquidation import waterfall
-from riskd.core.pickling import dict_state, fields_state, restore, slots_state
+from riskd.core.pickling import DictPickled, FieldsPickled, SlotsPickled, restore
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_positive
 
 FundEffect = FundCredit | TakeoverClaim | ReserveClaim | ReserveSettle
@@ -54,17 +54,11 @@ _OUTFLOWS = (FundKind.SHORTFALL, FundKind.BACKSTOP_MARGIN)
 
 
 @dataclass(frozen=True, slots=True)
-class FundPolicy:
+class FundPolicy(FieldsPickled):
     """Limits on what one fund may pay out (per-market caps come with each claim)."""
 
     drawdown_limit_ppm: int = 300_000
     window_ms: int = 8 * 3_600_000
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     def __post_init__(self) -> None:
         if not 0 < self.drawdown_limit_ppm <= PPM:
@@ -74,7 +68,7 @@ class FundPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerEntry:
+class LedgerEntry(FieldsPickled):
     """One movement; ``hash`` chains it to the entry before (``prev``)."""
 
     sequence: int
@@ -86,12 +80,6 @@ class LedgerEntry:
     balance_after: int
     prev: str = GENESIS
     hash: str = ""
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     def digest(self) -> str:
         """What ``hash`` must be: SHA-256 over the previous hash and every field."""
@@ -108,7 +96,7 @@ class LedgerEntry:
 
 
 @dataclass(slots=True)
-class DailyReport:
+class DailyReport(SlotsPickled):
     day: int  # days since the Unix epoch, UTC
     opening_balance: int
     closing_balance: int
@@ -116,19 +104,10 @@ class DailyReport:
     inflow_by_kind: dict[FundKind, int] = field(default_factory=dict)
     outflow_by_kind: dict[FundKind, int] = field(default_factory=dict)
 
-    def __getstate__(self) -> tuple[None, dict[str, object]]:
-        return slots_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class InsuranceFund:
+class InsuranceFund(DictPickled):
     """One asset's fund; feed it effects, read back decisions and ledger entries."""
-
-    def __getstate__(self) -> dict[str, object]:
-        return dict_state(self)
 
     def __setstate__(self, state: dict[str, object]) -> None:
         ledger = state.get("ledger")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from riskd.core.events import AdlReason
 from riskd.core.margin import NEVER_LONG, NEVER_SHORT, bankruptcy_threshold
 from riskd.core.market import MarketSpec
-from riskd.core.pickling import fields_state, restore, slots_state
+from riskd.core.pickling import FieldsPickled, SlotsPickled
 from riskd.core.position import Position
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 
@@ -53,7 +53,7 @@ class Stage(enum.Enum):
 
 
 @dataclass(slots=True)
-class Liquidation:
+class Liquidation(SlotsPickled):
     id: int
     account: int
     takeover: bool
@@ -75,26 +75,14 @@ class Liquidation:
     # Policy ``fraction``: when a cooling position's rest may go whole.
     until: int = 0
 
-    def __getstate__(self) -> tuple[None, dict[str, object]]:
-        return slots_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @dataclass(frozen=True, slots=True)
-class Waterfall:
+class Waterfall(FieldsPickled):
     """How a closing's result ``R`` is split: every unit lands in one place."""
 
     fee: int  # surplus to the fund (the clawback)
     paid: int  # shortfall the fund pays
     uncovered: int  # shortfall left for ADL counterparties
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
 
 def waterfall(remaining: int, notional: int, fee_cap_ppm: int, available: int) -> Waterfall:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from mypy_extensions import mypyc_attr
 from sortedcontainers import SortedList
 
-from riskd.core.pickling import restore, slots_state
+from riskd.core.pickling import SlotsPickled
 
 __all__ = ["LiquidationIndex"]
 
@@ -23,14 +23,8 @@ _MASK = (1 << _SHIFT) - 1
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class LiquidationIndex:
+class LiquidationIndex(SlotsPickled):
     __slots__ = ("_longs", "_shorts")
-
-    def __getstate__(self) -> tuple[None, dict[str, object]]:
-        return slots_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     def __init__(self) -> None:
         self._longs: SortedList[int] = SortedList()

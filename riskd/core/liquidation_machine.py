@@ -31,7 +31,7 @@ from riskd.core.liquidation import Liquidation, Stage
 from riskd.core.liquidation_index import LiquidationIndex
 from riskd.core.margin import bankruptcy_threshold, liquidation_threshold
 from riskd.core.market import MarketSpec
-from riskd.core.pickling import dict_state, restore
+from riskd.core.pickling import DictPickled, restore
 from riskd.core.position import Position
 from riskd.errors import RiskdError
 
@@ -83,11 +83,8 @@ def next_stage(liquidation_id: int, stage: Stage, event: Event) -> Stage:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class LiquidationMachine:
+class LiquidationMachine(DictPickled):
     """One market's liquidations, their index and their ADL queue."""
-
-    def __getstate__(self) -> dict[str, object]:
-        return dict_state(self)
 
     def __init__(self) -> None:
         self.index = LiquidationIndex()

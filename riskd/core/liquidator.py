@@ -50,7 +50,7 @@ from riskd.core.margin import (
     notional,
 )
 from riskd.core.market import LiquidationMode, PartialLiquidation, TakeoverPrice
-from riskd.core.pickling import dict_state, restore
+from riskd.core.pickling import DictPickled
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.units import PPM, ceil_div, sign
 
@@ -61,14 +61,8 @@ __all__ = ["Liquidator"]
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class Liquidator:
+class Liquidator(DictPickled):
     """The liquidation procedure of one market (``m``), which owns all the state."""
-
-    def __getstate__(self) -> dict[str, object]:
-        return dict_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     def __init__(self, market: MarketEngine) -> None:
         self.m = market

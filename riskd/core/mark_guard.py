@@ -32,7 +32,7 @@ import enum
 
 from mypy_extensions import mypyc_attr
 
-from riskd.core.pickling import dict_state, restore
+from riskd.core.pickling import DictPickled
 from riskd.core.units import PPM
 
 __all__ = ["GuardReason", "MarkGuard", "judge", "stale"]
@@ -46,16 +46,10 @@ class GuardReason(enum.Enum):
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class MarkGuard:
+class MarkGuard(DictPickled):
     """One market's guard state."""
 
     # Pickled in one shape, compiled or not (riskd.core.pickling).
-    def __getstate__(self) -> dict[str, object]:
-        return dict_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
     def __init__(self) -> None:
         #: Why the market is guarded; None: it is not.
         self.reason: GuardReason | None = None

@@ -63,7 +63,7 @@ from riskd.core.mark_guard import GuardReason, MarkGuard, judge, stale
 from riskd.core.market import MarketSpec
 from riskd.core.market_status import TRANSITIONS, MarketStatus
 from riskd.core.orders import BUY, SELL, Order, OrderBook
-from riskd.core.pickling import dict_state, fields_state, restore
+from riskd.core.pickling import DictPickled, FieldsPickled, restore
 from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
 from riskd.core.risk_gate import decide, hold
@@ -75,7 +75,7 @@ __all__ = ["MarketEngine", "PositionView"]
 
 
 @dataclass(frozen=True, slots=True)
-class PositionView:
+class PositionView(FieldsPickled):
     """A position as the query API shows it; prices 0 where undefined."""
 
     account: int
@@ -93,19 +93,10 @@ class PositionView:
     in_liquidation: bool
     cross: bool = False  # cross margin: ``margin`` is the position's band of the wallet
 
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
-
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class MarketEngine:
+class MarketEngine(DictPickled):
     """The state of one market, owned by exactly one actor."""
-
-    def __getstate__(self) -> dict[str, object]:
-        return dict_state(self)
 
     def __init__(self, spec: MarketSpec) -> None:
         self.spec = spec

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 
 from mypy_extensions import mypyc_attr
 
-from riskd.core.pickling import restore, slots_state
+from riskd.core.pickling import SlotsPickled, restore
 
 __all__ = ["Order", "OrderBook", "BUY", "SELL"]
 
@@ -36,7 +36,7 @@ SELL = -1
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class Order:
+class Order(SlotsPickled):
     """One open order: ``side`` +1 buy / -1 sell, ``quantity`` what is left to fill.
 
     ``leverage`` is the one the check priced it at (0: the tier's maximum),
@@ -54,12 +54,6 @@ class Order:
         "leverage",
         "margin",
     )
-
-    def __getstate__(self) -> tuple[None, dict[str, object]]:
-        return slots_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     def __init__(
         self,
@@ -97,7 +91,7 @@ class Order:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class OrderBook:
+class OrderBook(SlotsPickled):
     """A market's open orders, with per-account totals kept exact as they change.
 
     ``opening[(account, side)]`` is the quantity of the account's open orders
@@ -117,9 +111,6 @@ class OrderBook:
         self.reserved_by: dict[int, int] = {}
         self.opening: dict[tuple[int, int], int] = {}
         self.prices: dict[tuple[int, int], tuple[int, int]] = {}
-
-    def __getstate__(self) -> tuple[None, dict[str, object]]:
-        return slots_state(self)
 
     def __setstate__(self, state: object) -> None:
         restore(self, state)

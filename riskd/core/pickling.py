@@ -10,18 +10,38 @@ it (:func:`slots_state`, :func:`dict_state`, :func:`fields_state`) and
 restores from any of the three (:func:`restore`): a snapshot written by either
 core, or by a riskd from before the compiled one, loads in the other.
 
-Such a class is also marked ``@mypyc_attr(allow_interpreted_subclasses=True,
-serializable=True)``: serializable so unpickling creates it without calling
+A class gets this by deriving from the base named for its shape:
+:class:`FieldsPickled` (frozen slotted dataclasses), :class:`SlotsPickled`
+(slotted classes, slotted dataclasses), :class:`DictPickled` (plain classes).
+A class with a history of shapes overrides ``__setstate__`` and still calls
+:func:`restore`.  Pure Python gives a frozen slotted dataclass the same two
+methods itself (``dataclasses`` adds them); the base is what the compiled
+class runs.
+
+The native classes are also marked ``@mypyc_attr(allow_interpreted_subclasses=True,
+serializable=True)``: serializable so unpickling creates them without calling
 ``__init__``; allow_interpreted_subclasses because without it a serializable
-class constructed from Python code would skip ``__init__`` altogether.
+class constructed from Python code would skip ``__init__`` altogether.  The
+bases carry both marks, mypyc's rule for a base of such a class.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["slots_state", "dict_state", "fields_state", "restore"]
+from mypy_extensions import mypyc_attr
+
+__all__ = [
+    "FieldsPickled",
+    "SlotsPickled",
+    "DictPickled",
+    "slots_state",
+    "dict_state",
+    "fields_state",
+    "restore",
+]
 
 # Attribute names no snapshot carries: Python's own machinery.
 _NOT_STATE = frozenset({"__dict__", "__weakref__"})
@@ -82,3 +102,45 @@ def restore(obj: object, state: object) -> None:
         items = state.items()
     for name, value in items:
         object.__setattr__(obj, name, value)
+
+
+# Empty __slots__: the pure subclasses keep theirs (no __dict__ comes from a base).
+
+
+class FieldsPickled:
+    """Base of a frozen slotted dataclass: pickled as its field values in order."""
+
+    __slots__ = ()
+
+    def __getstate__(self) -> list[object]:
+        return fields_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+class SlotsPickled:
+    """Base of a slotted class: pickled as ``(None, {slot: value})``."""
+
+    __slots__ = ()
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        return slots_state(self)
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+class DictPickled:
+    """Base of a plain class: pickled as its attributes by name."""
+
+    __slots__ = ()
+
+    def __getstate__(self) -> dict[str, object]:
+        return dict_state(self)
+
+    # Any: a subclass that reads older shapes takes the dict it expects.
+    def __setstate__(self, state: Any) -> None:
+        restore(self, state)

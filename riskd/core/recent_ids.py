@@ -55,7 +55,7 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 
 from riskd.core.errors import Rejected
-from riskd.core.pickling import fields_state, restore, slots_state
+from riskd.core.pickling import FieldsPickled, SlotsPickled
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -88,14 +88,11 @@ def fingerprint(*fields: int) -> int:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class RecentIds:
+class RecentIds(SlotsPickled):
     """The last ``capacity`` non-zero ids applied, each with its payload's fingerprint
     (and, with ``values``, one more integer per id), and the highest id forgotten."""
 
     __slots__ = ("capacity", "_ids", "_ring", "_fingerprints", "_next", "floor", "_values")
-
-    def __getstate__(self) -> tuple[None, dict[str, object]]:
-        return slots_state(self)
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, *, values: bool = False) -> None:
         if capacity < 1:
@@ -222,18 +219,12 @@ class RecentIds:
 
 
 @dataclass(frozen=True, slots=True)
-class WithdrawalDecision:
+class WithdrawalDecision(FieldsPickled):
     """What riskd answered to a withdrawal: approved or not, and the wallet balance then."""
 
     approved: bool
     balance: int
     reason: str = ""
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
 
 #: Refusals remembered per asset, apart from approvals: a burst of refused
@@ -242,7 +233,7 @@ REFUSALS_REMEMBERED = 10_000
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class WithdrawalDecisions:
+class WithdrawalDecisions(SlotsPickled):
     """The decisions on one asset's withdrawal ids, for retries.
 
     Approvals live in a :class:`RecentIds` of ``capacity`` (with the balance
@@ -254,12 +245,6 @@ class WithdrawalDecisions:
     """
 
     __slots__ = ("approved", "refused", "refusals")
-
-    def __getstate__(self) -> tuple[None, dict[str, object]]:
-        return slots_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, refusals: int = REFUSALS_REMEMBERED):
         self.approved = RecentIds(capacity, values=True)

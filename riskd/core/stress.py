@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from riskd.core.engine import Engine
 from riskd.core.insurance_fund import InsuranceFund
 from riskd.core.market_engine import MarketEngine
-from riskd.core.pickling import fields_state, restore
+from riskd.core.pickling import FieldsPickled
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 
 __all__ = [
@@ -73,7 +73,7 @@ MAX_MOVES = 32
 
 
 @dataclass(frozen=True, slots=True)
-class StressRow:
+class StressRow(FieldsPickled):
     """One market under one move; money in quantums of ``asset``."""
 
     market: str
@@ -85,12 +85,6 @@ class StressRow:
     payable: int  # what the fund could pay of it now
     coverage_ppm: int  # payable / shortfall, ppm, rounded down
     budget: int  # the most the fund may pay for this market now
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
 
 def check_moves(moves: Sequence[int]) -> str | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from mypy_extensions import mypyc_attr
 
-from riskd.core.pickling import fields_state, restore, slots_state
+from riskd.core.pickling import FieldsPickled, SlotsPickled
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 from riskd.errors import RiskdError
 
@@ -49,19 +49,13 @@ class SpecError(RiskdError, ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Tier:
+class Tier(FieldsPickled):
     """One bracket: ``floor`` in settlement quantums of notional, MMR in ppm."""
 
     floor: int
     max_leverage: int
     mmr_ppm: int
     cum_scaled: int = 0
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     @property
     def cum(self) -> int:
@@ -70,16 +64,10 @@ class Tier:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class TierTable:
+class TierTable(SlotsPickled):
     """An ordered, validated set of tiers with derived ``cum``."""
 
     __slots__ = ("tiers", "_floors")
-
-    def __getstate__(self) -> tuple[None, dict[str, object]]:
-        return slots_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     def __init__(self, brackets: Iterable[tuple[int, int, int]]) -> None:
         """Build from ``(floor, max_leverage, mmr_ppm)`` triples, first floor 0."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from riskd.core.errors import Rejected
-from riskd.core.pickling import fields_state, restore
+from riskd.core.pickling import FieldsPickled
 
 __all__ = [
     "sign",
@@ -62,17 +62,11 @@ def check_positive(value: int, field: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Asset:
+class Asset(FieldsPickled):
     """A settlement asset; each has exactly one insurance fund."""
 
     symbol: str
     decimals: int
-
-    def __getstate__(self) -> list[object]:
-        return fields_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     def __post_init__(self) -> None:
         if not self.symbol or not self.symbol.isascii():

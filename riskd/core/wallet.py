@@ -9,7 +9,7 @@ from mypy_extensions import mypyc_attr
 
 from riskd.core.errors import Rejected
 from riskd.core.liquidation import Stage
-from riskd.core.pickling import restore, slots_state
+from riskd.core.pickling import SlotsPickled
 from riskd.core.position import BACKSTOP_ACCOUNT
 from riskd.core.recent_ids import RecentIds, WithdrawalDecision, check_id, fingerprint
 from riskd.core.units import INT64_MAX, check_positive
@@ -27,7 +27,7 @@ def check_account(account: int, field: str) -> int:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
-class Wallets:
+class Wallets(SlotsPickled):
     """Balances of one asset, with the totals conservation is checked against.
 
     ``deposit_ids`` remembers the deposit ids applied lately (see
@@ -35,12 +35,6 @@ class Wallets:
     """
 
     __slots__ = ("asset", "balances", "deposits", "withdrawals", "deposit_ids")
-
-    def __getstate__(self) -> tuple[None, dict[str, object]]:
-        return slots_state(self)
-
-    def __setstate__(self, state: object) -> None:
-        restore(self, state)
 
     def __init__(self, asset: str) -> None:
         self.asset = asset

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.harness import Sample, bucket_quantile, since, stamp, unexpected
 from riskd.config import ServerConfig
+from riskd.v1 import query_pb2, query_pb2_grpc
+
+from .conftest import start_daemon
 
 
 @given(t0=st.integers(min_value=0, max_value=2**42), n=st.integers(min_value=0, max_value=10**7))
@@ -45,3 +53,28 @@ def test_a_quantile_is_read_from_what_happened_between_two_scrapes() -> None:
     assert bucket_quantile(during, "riskd_journal_commit_seconds", 0.99) == 0.005
     assert bucket_quantile(during, "riskd_journal_commit_seconds", 1.0) == float("inf")
     assert bucket_quantile(before[:0], "riskd_journal_commit_seconds", 0.5) is None
+
+
+def test_the_pre_encoded_load_client_has_every_deposit_applied_once(tmp_path: Path) -> None:
+    """benchmarks/load_client.py (two-asset cells of benchmarks/failover.py): its
+    bytes are the deposits it claims, numbered without a gap, and its count of
+    acknowledged updates is riskd's (a last batch shorter than the others too)."""
+    updates = 600  # batches of 256: 256, 256, 88
+    d = start_daemon(tmp_path)
+    try:
+        load = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.load_client", d.target, "gw-load", "USDT",
+             str(updates)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        out, _ = load.communicate("go\n", timeout=60)
+        lines = [json.loads(x) for x in out.splitlines()]
+        assert lines[0] == {"event": "ready"} and load.returncode == 0
+        assert lines[1]["updates"] == updates and lines[1]["rejections"] == 0
+        q = query_pb2_grpc.QueryServiceStub(d.channel())
+        for account in (1, 100):  # deposits i with 1 + i % 100 == account, of 1 + i % 9 each
+            want = sum(1 + i % 9 for i in range(updates) if 1 + i % 100 == account)
+            got = q.GetAccount(query_pb2.GetAccountRequest(account=account, asset="USDT"))
+            assert got.wallet_balance == want
+    finally:
+        assert d.stop() == 0
