@@ -275,20 +275,22 @@ def decide(
     cost = im + loss
     # The account's orders here with this one, re-priced at the mark (hold), must
     # fit: what is accepted never leaves the margin over-committed.
-    others = book.of(account) if book.count(account) else []
-    if replacing is not None:
-        others.remove(replacing)
-    mine = others
-    if others:
-        order.margin = cost
-        mine = list(others)
-        bisect.insort(mine, order, key=_by_id)
     # The cross wallet's figure already counts every cross position's IM.
     base = available(spec, pos, mark, 0) if cross_free is None else cross_free
-    if others and _bound(spec, book, order, mark) <= base:
-        return cost, False  # the walk could only find it fits: skipped
-    if (hold(spec, pos.size, mine, mark) if others else cost) > base:
-        held = hold(spec, pos.size, others, mark) if others else 0
+    if not book.count(account):
+        fits, others, mine = cost <= base, [], []
+    else:
+        order.margin = cost
+        if _bound(spec, book, order, mark) <= base:
+            return cost, False  # the walk could only find that it fits: skipped
+        others = book.of(account)
+        if replacing is not None:
+            others.remove(replacing)
+        mine = list(others)
+        bisect.insort(mine, order, key=_by_id)
+        fits = hold(spec, pos.size, mine, mark) <= base
+    if not fits:
+        held = hold(spec, pos.size, others, mark)
         needs = (hold(spec, pos.size, mine, mark) if others else cost) - held
         free = base - held
         raise OrderRefused(
