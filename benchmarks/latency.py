@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,12 @@ async def _open_loop(
     events = events_pb2_grpc.EventServiceStub(channel)
     due: dict[int, float] = {}
     latencies: list[float] = []
+    # Per probe (its account): when its mark was acknowledged (durable), and
+    # then when its event arrived, from when it was due: the split below.
+    acked_at: dict[int, float] = {}
+    to_ack: list[float] = []
+    ack_to_event: list[float] = []
+    probe_seqs: deque[tuple[int, int]] = deque()  # (sequence, account), in order
     done = asyncio.Event()
     wanted = 0
 
@@ -100,15 +107,32 @@ async def _open_loop(
         async for r in call:
             e = r.event
             if e.HasField("liquidation_settled") and e.liquidation_settled.account in due:
-                latencies.append(time.perf_counter() - due.pop(e.liquidation_settled.account))
+                account = e.liquidation_settled.account
+                now = time.perf_counter()
+                at = due.pop(account)
+                latencies.append(now - at)
+                acked = acked_at.pop(account, None)
+                if acked is not None:  # else the event came first (not expected)
+                    to_ack.append(acked - at)
+                    ack_to_event.append(now - acked)
                 if wanted and len(latencies) >= wanted:
                     done.set()
+
+    async def watch_acks() -> None:
+        while True:
+            await gw._wait_change()
+            now, acked = time.perf_counter(), gw.acked_sequence
+            while probe_seqs and probe_seqs[0][0] <= acked:
+                _seq, account = probe_seqs.popleft()
+                if account in due:
+                    acked_at[account] = now
 
     listener = asyncio.create_task(listen())
     await asyncio.sleep(0.2)  # subscribed before the first probe
     gw = Gateway(target, "lat-open", batch_size=1, window=10**9)
     await gw.start()
     await gw.wait_connected()
+    watcher = asyncio.create_task(watch_acks())
     t0 = time.perf_counter()
     n, p = 0, 0
     while (now := time.perf_counter()) - t0 < seconds and p < len(probes):
@@ -118,7 +142,7 @@ async def _open_loop(
         if n % probe_every == probe_every - 1:
             account, mark = probes[p]
             due[account] = at  # from when it was due: no coordinated omission
-            gw.mark_price(ETH, mark)
+            probe_seqs.append((gw.mark_price(ETH, mark), account))
             p += 1
         else:
             gw.mark_price(BTC, 5_000_000 + 10 * (n % 2))
@@ -130,17 +154,31 @@ async def _open_loop(
     await gw.flush(timeout=120)
     await asyncio.wait_for(done.wait(), 60)
     listener.cancel()
+    watcher.cancel()
     await gw.close()
     await channel.close()
-    latencies.sort()
     return {
         "rate_target": rate,
         "rate_sent": sent_rate,
         "probes": len(latencies),
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, (99 * len(latencies)) // 100)],
-        "max_ms": 1000 * latencies[-1],
+        "p50_ms": _quantile_ms(latencies, 0.5),
+        "p99_ms": _quantile_ms(latencies, 0.99),
+        "max_ms": 1000 * max(latencies),
+        # Seen by the client: due -> its mark acknowledged (sequenced, applied,
+        # journaled: durable), then -> its event (published once durable, the
+        # subscriber's stream); p50/p99 of each on its own, so they need not add up.
+        "due_to_ack_p50_ms": _quantile_ms(to_ack, 0.5),
+        "due_to_ack_p99_ms": _quantile_ms(to_ack, 0.99),
+        "ack_to_event_p50_ms": _quantile_ms(ack_to_event, 0.5),
+        "ack_to_event_p99_ms": _quantile_ms(ack_to_event, 0.99),
     }
+
+
+def _quantile_ms(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def measure(seconds: float, probes_n: int) -> dict[str, Any]:
@@ -173,12 +211,14 @@ def measure(seconds: float, probes_n: int) -> dict[str, Any]:
 
 def _split(during: list[harness.Sample]) -> dict[str, float | None]:
     """Where a probe's time goes, from riskd's histograms over the open loop (bucket
-    bounds, ms): waiting to be sequenced (the urgent lane), and the journal's group
-    commit, which its event waits for once or, arriving during another, twice."""
+    bounds, ms): waiting to be sequenced (the urgent lane), the journal's group
+    commit, which its event waits for once or, arriving during another, twice,
+    and the whole stay in riskd from being read to being durable (urgent lane)."""
     out: dict[str, float | None] = {}
     for key, name, labels in (
         ("queue", "riskd_ingest_queue_seconds", {"kind": "liquidation_path"}),
         ("commit", "riskd_journal_commit_seconds", {}),
+        ("durable", "riskd_ingest_durable_seconds", {"kind": "liquidation_path"}),
     ):
         for q in (0.5, 0.99):
             v = harness.bucket_quantile(during, name, q, **labels)
@@ -228,7 +268,14 @@ def run(quick: bool = False) -> dict[str, Any]:
         "  of which, from riskd's histograms (bucket bounds): wait to be sequenced"
         f" p50 <= {sp.get('queue_p50_ms_le')} ms, p99 <= {sp.get('queue_p99_ms_le')} ms;"
         f" journal group commit (write + fsync) p50 <= {sp.get('commit_p50_ms_le')} ms,"
-        f" p99 <= {sp.get('commit_p99_ms_le')} ms"
+        f" p99 <= {sp.get('commit_p99_ms_le')} ms; read -> durable"
+        f" p50 <= {sp.get('durable_p50_ms_le')} ms, p99 <= {sp.get('durable_p99_ms_le')} ms"
+    )
+    print(
+        "  seen by the client, per probe: due -> its mark acknowledged (durable)"
+        f" p50 {_ms(r.get('due_to_ack_p50_ms'))}, p99 {_ms(r.get('due_to_ack_p99_ms'))};"
+        f" acknowledged -> its event p50 {_ms(r.get('ack_to_event_p50_ms'))},"
+        f" p99 {_ms(r.get('ack_to_event_p99_ms'))}"
     )
     figures = {
         "mark_to_liquidation_p50_ms": r["p50_ms"],
@@ -249,6 +296,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         "details": r,
         "errors": errors,
     }
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} ms"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass, field, fields
 
 from riskd.core.tiers import SpecError, TierTable
-from riskd.core.units import INT64_MAX, PPM, Asset
+from riskd.core.units import INT64_MAX, PPM, SHORT_MAX, Asset
 
 __all__ = [
     "ContractType",
@@ -366,7 +366,7 @@ class MarketSpec:
         """Why a price is unacceptable, or None."""
         if price <= 0:
             return f"must be > 0, got {price}"
-        if price > INT64_MAX:
+        if price > SHORT_MAX and price > INT64_MAX:  # short first: no boxing
             return f"{price} does not fit in int64"
         if price % self.tick_size:
             return f"{price} is not a multiple of tick_size {self.tick_size}"
@@ -375,7 +375,7 @@ class MarketSpec:
     def check_quantity(self, qty: int) -> str | None:
         if qty <= 0:
             return f"must be > 0, got {qty}"
-        if qty > INT64_MAX:
+        if qty > SHORT_MAX and qty > INT64_MAX:
             return f"{qty} does not fit in int64"
         if qty % self.step_size:
             return f"{qty} is not a multiple of step_size {self.step_size}"

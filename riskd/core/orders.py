@@ -24,6 +24,7 @@ figure it reads.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -31,8 +32,8 @@ from riskd.core.pickling import SlotsPickled, restore
 
 __all__ = ["Order", "OrderBook", "BUY", "SELL"]
 
-BUY = 1
-SELL = -1
+BUY: Final = 1
+SELL: Final = -1
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)

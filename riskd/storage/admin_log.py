@@ -188,5 +188,3 @@ def verify(path: Path) -> tuple[int, str | None]:
                 return n, f"line {n}: chain broken (prev does not match line {n - 1})"
             prev = line_hash(data)
     return n, None
-
-

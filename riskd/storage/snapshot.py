@@ -285,9 +285,7 @@ def read_latest(directory: Path) -> tuple[int, dict[str, Any]] | None:
     return None if snap is None else (snap.records, snap.state)
 
 
-def mismatch(
-    snap: Snapshot, journal: Path | str, records: int, hash_at: str | None
-) -> str | None:
+def mismatch(snap: Snapshot, journal: Path | str, records: int, hash_at: str | None) -> str | None:
     """Why ``snap`` and the journal disagree, naming both files; None if they agree.
 
     ``records``: how many records the journal holds; ``hash_at``: its chain

@@ -170,7 +170,6 @@ def _next_is(target: str) -> int:
     raise AssertionError("a subscription from 10**9 was accepted")
 
 
-
 def _all(target: str, start: int, upto: int) -> list[events_pb2.Event]:
     got: list[events_pb2.Event] = []
     _read(target, start, upto, got)
