@@ -1003,7 +1003,7 @@ def _order_margin(c: CheckOrder, engine: MarketEngine) -> tuple[int, int]:
     pos, mark = engine.positions.get(c.account), engine.guard_mark
     if pos is None or mark is None:
         return reserved, 0
-    return reserved, available(engine.spec, pos, mark, engine.orders.reserved(c.account))
+    return reserved, available(engine.spec, pos, mark, engine.held(c.account))
 
 
 def _reserved(fund: FundActor) -> int:
