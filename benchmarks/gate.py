@@ -12,6 +12,9 @@ Two figures, each against its target (issue 16):
   Capacity first, closed loop (``CONCURRENCY`` calls in flight, one client
   process); then open loop at half that rate, each call's latency measured
   from when it was *due* (no coordinated omission).  Target: p99 <= 2 ms.
+  ``--tmpfs [DIR]`` runs that cell a second time with riskd's journal in DIR
+  (default /dev/shm, a RAM file system): the software's latency apart from
+  the disk's fsync, both printed.
 
 Workload: the set-up stream of :mod:`benchmarks.ingest` (1,000 accounts with
 100,000 USDT of BTC-USDT isolated margin each, a mark of 50,000.00, +/-1 BTC
