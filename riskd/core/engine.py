@@ -18,6 +18,7 @@ from riskd.core.cross_margin import Action, Leg
 from riskd.core.errors import Rejected
 from riskd.core.events import (
     Effect,
+    Fill,
     FundCredit,
     Input,
     ReserveClaim,
@@ -102,6 +103,18 @@ class Engine(DictPickled):
         Typed ``object`` on purpose: compiled, an ``Input`` parameter would raise
         TypeError where a non-input must be refused (INVALID_ARGUMENT, field ``kind``).
         """
+        if type(event) is Fill:
+            # The most frequent input, applied without the table's generic dispatch
+            # (no wallet leg, no order check): what KINDS[Fill] would do.
+            market = self.markets.get(event.market)
+            if market is None:
+                raise Rejected.not_found("market", f"unknown market {event.market!r}")
+            market.fill(event)
+            if market.effects:
+                self._route()
+            self.settle_cross(event.ts)
+            out, self.outbox = self.outbox, []
+            return out
         kind = kind_of(event)
         if kind.owner is Owner.MARKET:
             assert kind.on_market is not None
@@ -151,6 +164,8 @@ class Engine(DictPickled):
         """Re-check every cross account an input moved or whose band was crossed,
         in (asset, account) order, until none is left (a liquidation's end is one)."""
         while True:
+            if not any(m.cross_due for m in self.markets.values()):
+                return
             due = sorted(
                 {
                     (m.asset, a)
@@ -264,9 +279,9 @@ class Engine(DictPickled):
         while busy:
             busy = False
             for market in self.markets.values():
-                effects = market.take_effects()
-                if not effects:
+                if not market.effects:
                     continue
+                effects = market.take_effects()
                 busy = True
                 fund_effects, wallet_credits, published = split_effects(effects)
                 for w in wallet_credits:

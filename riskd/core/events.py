@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core.pickling import FieldsPickled
 
 __all__ = [
@@ -271,7 +273,8 @@ class FundKind(enum.Enum):
     BACKSTOP_RETURN = "backstop_return"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class FundCredit(FieldsPickled):
     """Units a market hands to its fund; never refused."""
 
@@ -282,8 +285,21 @@ class FundCredit(FieldsPickled):
     cause: str
     ts: int
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self, *, asset: str, market: str, kind: FundKind, amount: int, cause: str, ts: int
+    ) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "cause", cause)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class TakeoverClaim(FieldsPickled):
     """Takeover-mode settlement: fee in, shortfall out, and backstop margin wanted.
 
@@ -304,8 +320,34 @@ class TakeoverClaim(FieldsPickled):
     margin_wanted: int
     loss_cap: int | None = None
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        asset: str,
+        market: str,
+        liquidation_id: int,
+        ts: int,
+        notional: int,
+        fee: int,
+        shortfall: int,
+        margin_wanted: int,
+        loss_cap: int | None = None,
+    ) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "notional", notional)
+        object.__setattr__(self, "fee", fee)
+        object.__setattr__(self, "shortfall", shortfall)
+        object.__setattr__(self, "margin_wanted", margin_wanted)
+        object.__setattr__(self, "loss_cap", loss_cap)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class ReserveClaim(FieldsPickled):
     """Book mode: earmark up to ``wanted`` for a liquidation order's slippage."""
 
@@ -317,8 +359,30 @@ class ReserveClaim(FieldsPickled):
     wanted: int
     loss_cap: int | None = None
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        asset: str,
+        market: str,
+        liquidation_id: int,
+        ts: int,
+        notional: int,
+        wanted: int,
+        loss_cap: int | None = None,
+    ) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "notional", notional)
+        object.__setattr__(self, "wanted", wanted)
+        object.__setattr__(self, "loss_cap", loss_cap)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class ReserveSettle(FieldsPickled):
     """Book mode, final: release ``reserved``, pay ``shortfall`` (<= it), take ``fee``."""
 
@@ -329,6 +393,27 @@ class ReserveSettle(FieldsPickled):
     reserved: int
     shortfall: int
     fee: int
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        asset: str,
+        market: str,
+        liquidation_id: int,
+        ts: int,
+        reserved: int,
+        shortfall: int,
+        fee: int,
+    ) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "reserved", reserved)
+        object.__setattr__(self, "shortfall", shortfall)
+        object.__setattr__(self, "fee", fee)
 
 
 class AdlReason(enum.Enum):
@@ -347,7 +432,8 @@ class AdlReason(enum.Enum):
     BACKSTOP = "backstop"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class FundDecision(FieldsPickled):
     """The fund's answer to a claim.
 
@@ -364,16 +450,43 @@ class FundDecision(FieldsPickled):
     granted: int
     reason: AdlReason | None = None
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        liquidation_id: int,
+        absorbed: bool,
+        granted: int,
+        reason: AdlReason | None = None,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "absorbed", absorbed)
+        object.__setattr__(self, "granted", granted)
+        object.__setattr__(self, "reason", reason)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class WalletCredit(FieldsPickled):
     account: int
     asset: str
     amount: int
     cause: str
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(self, *, account: int, asset: str, amount: int, cause: str) -> None:
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "cause", cause)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class LiquidationOrder(FieldsPickled):
     """Book mode: place this order; ``side`` is +1 buy / -1 sell."""
 
@@ -385,8 +498,30 @@ class LiquidationOrder(FieldsPickled):
     worst_price: int
     ts: int
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        liquidation_id: int,
+        account: int,
+        side: int,
+        quantity: int,
+        worst_price: int,
+        ts: int,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "side", side)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "worst_price", worst_price)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class LiquidationSettled(FieldsPickled):
     market: str
     liquidation_id: int
@@ -397,6 +532,31 @@ class LiquidationSettled(FieldsPickled):
     returned_to_trader: int
     adl_quantity: int
     ts: int
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        liquidation_id: int,
+        account: int,
+        quantity: int,
+        price: int,
+        fund_delta: int,
+        returned_to_trader: int,
+        adl_quantity: int,
+        ts: int,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "fund_delta", fund_delta)
+        object.__setattr__(self, "returned_to_trader", returned_to_trader)
+        object.__setattr__(self, "adl_quantity", adl_quantity)
+        object.__setattr__(self, "ts", ts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -413,7 +573,8 @@ class AccountLiquidation(FieldsPickled):
     ts: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class AdlNotice(FieldsPickled):
     """To a deleveraged account: ``quantity`` of its position closed at ``price``."""
 
@@ -426,8 +587,32 @@ class AdlNotice(FieldsPickled):
     realised: int
     ts: int
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        liquidation_id: int,
+        account: int,
+        side: int,
+        quantity: int,
+        price: int,
+        realised: int,
+        ts: int,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "side", side)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "realised", realised)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class AdlEvent(FieldsPickled):
     """One ADL execution, for metrics and reports.
 
@@ -453,8 +638,42 @@ class AdlEvent(FieldsPickled):
     reason: AdlReason = AdlReason.FUND_EMPTY
     fund_paid: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        asset: str,
+        liquidation_id: int,
+        quantity: int,
+        price: int,
+        closed_notional: int,
+        deficit: int,
+        haircut: int,
+        overshoot: int,
+        counterparties: int,
+        ts: int,
+        reason: AdlReason = AdlReason.FUND_EMPTY,
+        fund_paid: int = 0,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "closed_notional", closed_notional)
+        object.__setattr__(self, "deficit", deficit)
+        object.__setattr__(self, "haircut", haircut)
+        object.__setattr__(self, "overshoot", overshoot)
+        object.__setattr__(self, "counterparties", counterparties)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "fund_paid", fund_paid)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class MarginCall(FieldsPickled):
     """A position's mark came within the market's margin-call distance of its LP."""
 
@@ -465,8 +684,28 @@ class MarginCall(FieldsPickled):
     liquidation_price: int
     ts: int
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        market: str,
+        account: int,
+        margin_balance: int,
+        maintenance_margin: int,
+        liquidation_price: int,
+        ts: int,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "margin_balance", margin_balance)
+        object.__setattr__(self, "maintenance_margin", maintenance_margin)
+        object.__setattr__(self, "liquidation_price", liquidation_price)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class FundFlow(FieldsPickled):
     """A fund ledger entry, as published."""
 
@@ -477,6 +716,27 @@ class FundFlow(FieldsPickled):
     balance_after: int
     cause: str
     ts: int
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        *,
+        asset: str,
+        market: str,
+        kind: FundKind,
+        amount: int,
+        balance_after: int,
+        cause: str,
+        ts: int,
+    ) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "balance_after", balance_after)
+        object.__setattr__(self, "cause", cause)
+        object.__setattr__(self, "ts", ts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -38,19 +39,19 @@ from riskd.core.events import (
     ReserveSettle,
     TakeoverClaim,
 )
-from riskd.core.hash_chain import GENESIS, link
+from riskd.core.hash_chain import GENESIS, line_hash, link
 from riskd.core.ledger import Ledger
 from riskd.core.liquidation import waterfall
 from riskd.core.pickling import DictPickled, FieldsPickled, SlotsPickled, restore
-from riskd.core.units import INT64_MAX, PPM, ceil_div, check_positive
+from riskd.core.units import PPM, SUPPLY_CAP, ceil_div, check_positive
 
 FundEffect = FundCredit | TakeoverClaim | ReserveClaim | ReserveSettle
 
 __all__ = ["GENESIS", "FundEffect", "FundPolicy", "LedgerEntry", "DailyReport", "InsuranceFund"]
 
-_MINUTE_MS = 60_000
-_DAY_MS = 86_400_000
-_OUTFLOWS = (FundKind.SHORTFALL, FundKind.BACKSTOP_MARGIN)
+_MINUTE_MS: Final = 60_000
+_DAY_MS: Final = 86_400_000
+_OUTFLOWS: Final = (FundKind.SHORTFALL, FundKind.BACKSTOP_MARGIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,8 @@ class FundPolicy(FieldsPickled):
             raise ValueError("window_ms must be at least one minute")
 
 
-@dataclass(frozen=True, slots=True)
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class LedgerEntry(FieldsPickled):
     """One movement; ``hash`` chains it to the entry before (``prev``)."""
 
@@ -80,6 +82,30 @@ class LedgerEntry(FieldsPickled):
     balance_after: int
     prev: str = GENESIS
     hash: str = ""
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        sequence: int,
+        ts: int,
+        kind: FundKind,
+        market: str,
+        cause: str,
+        amount: int,
+        balance_after: int,
+        prev: str = GENESIS,
+        hash: str = "",
+    ) -> None:
+        object.__setattr__(self, "sequence", sequence)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "cause", cause)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "balance_after", balance_after)
+        object.__setattr__(self, "prev", prev)
+        object.__setattr__(self, "hash", hash)
 
     def digest(self) -> str:
         """What ``hash`` must be: SHA-256 over the previous hash and every field."""
@@ -155,13 +181,20 @@ class InsuranceFund(DictPickled):
         current balance counts as a peak."""
         oldest = (ts - self.policy.window_ms) // _MINUTE_MS
         free = self.balance - self.reserved_total
-        peak = max([b for m, b in self._peaks if m >= oldest] + [self.balance])
+        peak = self.balance  # the highest balance in the window (a loop: no lists built)
+        for m, b in self._peaks:
+            if m >= oldest and b > peak:
+                peak = b
         floor = ceil_div(peak * (PPM - self.policy.drawdown_limit_ppm), PPM)
         drawdown = self.balance - floor - self.reserved_total
         cap = drawdown
         if loss_cap is not None:
-            used = sum(x for m, x in self._losses.get(market, ()) if m >= oldest)
-            used += self._reserved_by_market.get(market, 0)
+            used = self._reserved_by_market.get(market, 0)
+            losses = self._losses.get(market)
+            if losses is not None:
+                for m, x in losses:
+                    if m >= oldest:
+                        used += x
             cap = loss_cap - used
         room = min(free, drawdown, cap)
         if free <= 0 or free == room:
@@ -177,8 +210,10 @@ class InsuranceFund(DictPickled):
     def inject(self, amount: int, cause: str, ts: int) -> LedgerEntry:
         """Seed capital: the only way units enter a fund from outside a market."""
         check_positive(amount, "amount")
-        if self.balance + amount > INT64_MAX:
-            raise Rejected.invalid("amount", "fund balance would overflow int64")
+        if self.injected + amount > SUPPLY_CAP:
+            raise Rejected.invalid(
+                "amount", f"{self.asset} fund injections would pass the supply cap of {SUPPLY_CAP}"
+            )
         if not cause.isascii() or len(cause) > 128:
             raise Rejected.invalid("cause", "must be ASCII, at most 128 characters")
         self.injected += amount
@@ -286,7 +321,11 @@ class InsuranceFund(DictPickled):
         sequence = len(self.ledger) + 1
         # LedgerEntry.digest() of the entry, built once (no dataclasses.replace: a
         # cascade books two entries per liquidation).
-        hash_ = link(prev, sequence, ts, kind.value, market, cause, amount, self.balance)
+        # link(prev, sequence, ts, kind.value, market, cause, amount, balance), the same
+        # text built as one f-string (compiled: no tuple, map or join); ``_value_`` is
+        # what the enum's ``value`` property returns, without running its Python code.
+        text = f"{prev}|{sequence}|{ts}|{kind._value_}|{market}|{cause}|{amount}|{self.balance}"
+        hash_ = line_hash(text.encode())
         entry = LedgerEntry(sequence, ts, kind, market, cause, amount, self.balance, prev, hash_)
         self.ledger.append(entry)
         self._flows.append(

@@ -21,6 +21,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from riskd.core.events import AdlReason
 from riskd.core.margin import NEVER_LONG, NEVER_SHORT, bankruptcy_threshold
 from riskd.core.market import MarketSpec
@@ -52,7 +54,8 @@ class Stage(enum.Enum):
     # The transitions between these: riskd.core.liquidation_machine.TRANSITIONS.
 
 
-@dataclass(slots=True)
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(slots=True, init=False)
 class Liquidation(SlotsPickled):
     id: int
     account: int
@@ -75,14 +78,60 @@ class Liquidation(SlotsPickled):
     # Policy ``fraction``: when a cooling position's rest may go whole.
     until: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(
+        self,
+        id: int,
+        account: int,
+        takeover: bool,
+        price: int,
+        quantity: int,
+        ts: int,
+        stage: Stage = Stage.AWAITING_FUND,
+        reserved: int = 0,
+        worst_price: int = 0,
+        filled: int = 0,
+        filled_notional: int = 0,
+        fee: int = 0,
+        shortfall: int = 0,
+        adl_reason: AdlReason | None = None,
+        paid_in: int = 0,
+        until: int = 0,
+    ) -> None:
+        self.id = id
+        self.account = account
+        self.takeover = takeover
+        self.price = price
+        self.quantity = quantity
+        self.ts = ts
+        self.stage = stage
+        self.reserved = reserved
+        self.worst_price = worst_price
+        self.filled = filled
+        self.filled_notional = filled_notional
+        self.fee = fee
+        self.shortfall = shortfall
+        self.adl_reason = adl_reason
+        self.paid_in = paid_in
+        self.until = until
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Waterfall(FieldsPickled):
     """How a closing's result ``R`` is split: every unit lands in one place."""
 
     fee: int  # surplus to the fund (the clawback)
     paid: int  # shortfall the fund pays
     uncovered: int  # shortfall left for ADL counterparties
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code (tests/core/test_explicit_inits.py: it sets every field).
+    def __init__(self, fee: int, paid: int, uncovered: int) -> None:
+        object.__setattr__(self, "fee", fee)
+        object.__setattr__(self, "paid", paid)
+        object.__setattr__(self, "uncovered", uncovered)
 
 
 def waterfall(remaining: int, notional: int, fee_cap_ppm: int, available: int) -> Waterfall:

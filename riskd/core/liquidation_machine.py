@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -32,7 +33,7 @@ from riskd.core.liquidation_index import LiquidationIndex
 from riskd.core.margin import bankruptcy_threshold, liquidation_threshold
 from riskd.core.market import MarketSpec
 from riskd.core.pickling import DictPickled, restore
-from riskd.core.position import Position
+from riskd.core.position import BACKSTOP_ACCOUNT, Position
 from riskd.errors import RiskdError
 
 __all__ = ["Event", "TRANSITIONS", "IllegalTransition", "LiquidationMachine", "next_stage"]
@@ -74,9 +75,14 @@ class IllegalTransition(RiskdError, AssertionError):
         self.event = event
 
 
+# TRANSITIONS keyed by the members' identities: Stage and Event are Python enums,
+# whose __hash__ runs as interpreted code (two transitions per liquidation).
+_BY_IDENTITY: Final = {(id(s), id(e)): to for (s, e), to in TRANSITIONS.items()}
+
+
 def next_stage(liquidation_id: int, stage: Stage, event: Event) -> Stage:
     """The stage ``event`` leads to from ``stage``; IllegalTransition if none."""
-    to = TRANSITIONS.get((stage, event))
+    to = _BY_IDENTITY.get((id(stage), id(event)))
     if to is None:
         raise IllegalTransition(liquidation_id, stage, event)
     return to
@@ -108,13 +114,36 @@ class LiquidationMachine(DictPickled):
 
     # --- the index of live positions ------------------------------------------
 
+    @staticmethod
+    def key_of(spec: MarketSpec, pos: Position) -> int | None:
+        """The index key a live, open position belongs at (its trigger: bankruptcy for
+        the backstop); None for a flat or frozen one, which the index never holds."""
+        if pos.size == 0 or pos.liquidation:
+            return None
+        account = pos.account
+        if account == BACKSTOP_ACCOUNT:
+            return LiquidationIndex.key(bankruptcy_threshold(spec, pos), account)
+        return LiquidationIndex.key(liquidation_threshold(spec, pos), account)
+
     def track(self, spec: MarketSpec, pos: Position) -> None:
         """Put a live, open position in the index at its trigger (bankruptcy for the backstop)."""
-        if pos.size == 0 or pos.liquidation:
-            return
-        threshold = bankruptcy_threshold if pos.is_backstop else liquidation_threshold
-        pos.key = LiquidationIndex.key(threshold(spec, pos), pos.account)
-        self.index.add(pos.size > 0, pos.key)
+        key = self.key_of(spec, pos)
+        if key is not None:
+            pos.key = key
+            self.index.add(pos.size > 0, key)
+
+    def retrack(self, spec: MarketSpec, pos: Position, long_before: bool) -> None:
+        """``pos``'s numbers changed since it was tracked (``pos.key``, on the long side
+        if ``long_before``): one move in the index, none if its key stays."""
+        old, new = pos.key, self.key_of(spec, pos)
+        if old is not None:
+            if new is not None:
+                self.index.move(long_before, old, pos.size > 0, new)
+            else:
+                self.index.remove(long_before, old)
+        elif new is not None:
+            self.index.add(pos.size > 0, new)
+        pos.key = new
 
     def untrack(self, pos: Position) -> None:
         if pos.key is not None:

@@ -21,9 +21,11 @@ the predicate flips, not approximations to be re-checked.
 
 from __future__ import annotations
 
+from typing import Final
+
 from riskd.core.market import MarketSpec
 from riskd.core.position import Position
-from riskd.core.units import INT64_MAX, PPM, ceil_div
+from riskd.core.units import INT64_MAX, PPM, ceil_div, short
 
 __all__ = [
     "unrealised",
@@ -40,8 +42,8 @@ __all__ = [
 ]
 
 #: Threshold meaning "never crosses": no positive price is <= 0 and none >= 2**63.
-NEVER_LONG = 0
-NEVER_SHORT = INT64_MAX + 1
+NEVER_LONG: Final = 0
+NEVER_SHORT: Final = INT64_MAX + 1
 
 
 def unrealised(spec: MarketSpec, pos: Position, price: int) -> int:
@@ -119,30 +121,53 @@ def liquidation_threshold(spec: MarketSpec, pos: Position) -> int:
     """The liquidation price as an exact integer threshold (see module doc).
 
     The same closed forms as :func:`_threshold`, one per tier, with the tier
-    constants precomputed: this runs on every fill, for both sides.
+    constants precomputed: this runs on every fill, for both sides.  Written
+    as plain loops over native ints (compiled, no generator or boxed max),
+    and the clamps to the never-crosses values test the unboxed range first.
     """
     e = PPM * (pos.margin - pos.basis)
     q = pos.size
     coefs = spec._tier_coefs
-    if spec.is_linear:
-        if q > 0:  # max_t floor((-e - cum) / (q * k * (1e6 - mmr)))
-            best = max((-e - cum) // (q * lo) for cum, lo, _ in coefs)
-            return max(best, NEVER_LONG)
-        a = -q  # min_t ceil((e + cum) / (a * k * (1e6 + mmr)))
-        best = min(-((-e - cum) // (a * hi)) for cum, _, hi in coefs)
-        return min(max(best, 1), NEVER_SHORT)
+    if spec._linear_k:
+        if q > 0:  # max_t floor((-e - cum) / (q * k * (1e6 - mmr))), at least NEVER_LONG
+            best = NEVER_LONG
+            for cum, lo, _ in coefs:
+                t = (-e - cum) // (q * lo)
+                if t > best:
+                    best = t
+            return best
+        a = -q  # min_t ceil((e + cum) / (a * k * (1e6 + mmr))), within 1..NEVER_SHORT
+        best, found = 0, False
+        for cum, _, hi in coefs:
+            t = -((-e - cum) // (a * hi))
+            if not found or t < best:
+                best, found = t, True
+        return _within_short(best, found)
     inv, qd = spec._inverse_num, spec._inverse_den
     if q > 0:  # floor(q * inv * (1e6 + mmr) / (qd * d)), d = e + cum; d <= 0: always
-        best = max(
-            (q * inv * up) // (qd * (e + cum)) if e + cum > 0 else INT64_MAX for cum, up, _ in coefs
-        )
-        return max(min(best, INT64_MAX), NEVER_LONG)
+        best = NEVER_LONG
+        for cum, up, _ in coefs:
+            t = (q * inv * up) // (qd * (e + cum)) if e + cum > 0 else INT64_MAX
+            if t > best:
+                best = t
+        return best if short(best) else min(best, INT64_MAX)
     a = -q  # ceil(a * inv * (1e6 - mmr) / (qd * -d)); d >= 0: never
-    best = min(
-        -((-a * inv * down) // (qd * -(e + cum))) if e + cum < 0 else NEVER_SHORT
-        for cum, _, down in coefs
-    )
-    return min(max(best, 1), NEVER_SHORT)
+    best, found = 0, False
+    for cum, _, down in coefs:
+        if e + cum < 0:
+            t = -((-a * inv * down) // (qd * -(e + cum)))
+            if not found or t < best:
+                best, found = t, True
+    return _within_short(best, found)
+
+
+def _within_short(best: int, found: bool) -> int:
+    """A short's threshold clamped to 1..NEVER_SHORT (not found: never crosses)."""
+    if not found:
+        return NEVER_SHORT
+    if best < 1:
+        return 1
+    return best if short(best) else min(best, NEVER_SHORT)
 
 
 def bankruptcy_threshold(spec: MarketSpec, pos: Position, extra_margin: int = 0) -> int:

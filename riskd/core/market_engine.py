@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -64,14 +65,20 @@ from riskd.core.market import MarketSpec
 from riskd.core.market_status import TRANSITIONS, MarketStatus
 from riskd.core.orders import BUY, SELL, Order, OrderBook
 from riskd.core.pickling import DictPickled, FieldsPickled, restore
-from riskd.core.position import BACKSTOP_ACCOUNT, Position
+from riskd.core.position import BACKSTOP_ACCOUNT, Position, traded
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
-from riskd.core.risk_gate import decide
+from riskd.core.risk_gate import decide, hold
 from riskd.core.settlement import settle
-from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, sign
+from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, fits_int64, short, sign
 from riskd.core.wallet import check_account
 
 __all__ = ["MarketEngine", "PositionView"]
+
+# MarketStatus is a Python enum: its members kept here are C statics in the
+# compiled core, where ``status.trades`` is a generic attribute lookup.
+_OPEN: Final = MarketStatus.OPEN
+_CLOSE_ONLY: Final = MarketStatus.CLOSE_ONLY
+_SETTLED: Final = MarketStatus.SETTLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +206,7 @@ class MarketEngine(DictPickled):
 
     def _begin(self, ts: int) -> None:
         """A new input: cached ADL rankings describe an older state."""
-        if self.status is MarketStatus.SETTLED:
+        if self.status is _SETTLED:
             raise Rejected.precondition("market", f"{self.symbol} is settled (delisted)")
         self._input += 1
         self._now = ts
@@ -339,26 +346,33 @@ class MarketEngine(DictPickled):
         if f.trade_id:  # the trade without its id and timestamp
             payload = fingerprint(f.buyer, f.seller, f.price, f.quantity, f.buyer_fee, f.seller_fee)
             self.trade_ids.check(f.trade_id, payload, "trade_id", "fill")
-        if not self.status.trades:  # after the id: a resend is "already applied" first
+        status = self.status  # MarketStatus.trades, without the enum's attribute lookup
+        if not (status is _OPEN or status is _CLOSE_ONLY):  # after the id: a resend first
             raise Rejected.precondition("market", f"{self.symbol} is {self.status.value}")
         # Each side's value rounds against it; the residue goes to the fee pool.
         bought = self.spec.side_value(f.quantity, f.price)
         sold = self.spec.side_value(-f.quantity, f.price)
-        buyer, buyer_after = self._plan(f.buyer, f.quantity, bought, f.buyer_fee, "buyer")
-        seller, seller_after = self._plan(f.seller, -f.quantity, sold, f.seller_fee, "seller")
-        fill_sanity.check_price(self.spec, self.mark, f.price, f.buyer, f.seller)
-        # A cross side's margin is only its band (the account is re-checked after).
-        if f.buyer not in self.cross:
-            fill_sanity.check_side(self.spec, self.mark, f.buyer, buyer_after, "buyer_account")
-        if f.seller not in self.cross:
-            fill_sanity.check_side(self.spec, self.mark, f.seller, seller_after, "seller_account")
-        cause = f"trade:{f.trade_id}"
+        buyer, buyer_after = self._plan(f.buyer, f.quantity, bought, f.buyer_fee, "buyer_account")
+        seller, seller_after = self._plan(
+            f.seller, -f.quantity, sold, f.seller_fee, "seller_account"
+        )
+        if self.spec.fill_price_band_ppm:
+            fill_sanity.check_price(self.spec, self.mark, f.price, f.buyer, f.seller)
+            # A cross side's margin is only its band (the account is re-checked after).
+            if f.buyer not in self.cross:
+                fill_sanity.check_side(self.spec, self.mark, f.buyer, buyer_after, "buyer_account")
+            if f.seller not in self.cross:
+                fill_sanity.check_side(
+                    self.spec, self.mark, f.seller, seller_after, "seller_account"
+                )
         self.trade_ids.remember(f.trade_id, payload)  # nothing below refuses
         self.fee_pool += bought + sold
         self._commit(buyer, buyer_after)
         self._commit(seller, seller_after)
-        self._take_fee(f.buyer_fee, cause, f.ts)
-        self._take_fee(f.seller_fee, cause, f.ts)
+        if f.buyer_fee or f.seller_fee:
+            cause = f"trade:{f.trade_id}"
+            self._take_fee(f.buyer_fee, cause, f.ts)
+            self._take_fee(f.seller_fee, cause, f.ts)
         bought_from_order = self._fill_order(f.buyer_order_id, f.buyer, BUY, f.quantity)
         sold_from_order = self._fill_order(f.seller_order_id, f.seller, SELL, f.quantity)
         if not (bought_from_order and sold_from_order):
@@ -502,7 +516,16 @@ class MarketEngine(DictPickled):
 
     def cross_reserved(self, account: int) -> int:
         """What the account's open orders here hold of its cross wallet (0: isolated here)."""
-        return self.orders.reserved(account) if account in self.cross else 0
+        return self.held(account) if account in self.cross else 0
+
+    def held(self, account: int) -> int:
+        """What the account's open orders here hold now: re-priced at the gate's mark
+        (:func:`riskd.core.risk_gate.hold`), never less than their reservations."""
+        mark = self.guard_mark
+        if mark is None or not self.orders.count(account):
+            return self.orders.reserved(account)
+        pos = self.positions.get(account)
+        return hold(self.spec, pos.size if pos else 0, self.orders.of(account), mark)
 
     def cancel_order(self, c: CancelOrder) -> None:
         """An open order left the book: its reservation is released."""
@@ -524,7 +547,7 @@ class MarketEngine(DictPickled):
 
     def check_margin_credit(self, account: int, amount: int) -> None:
         """Validate a wallet → margin transfer before the wallet is debited."""
-        if self.status is MarketStatus.SETTLED:
+        if self.status is _SETTLED:
             raise Rejected.precondition("market", f"{self.symbol} is settled (delisted)")
         self._check_account(account, "account")
         if amount <= 0:
@@ -560,8 +583,8 @@ class MarketEngine(DictPickled):
                 "market",
                 f"{self.symbol}'s mark is guarded ({self.guard.reason.value}): margin stays",
             )
-        # Open orders keep the margin reserved for them (riskd.core.risk_gate.available).
-        free = pos.margin - self.orders.reserved(account)
+        # Open orders keep what they hold at the mark (riskd.core.risk_gate.hold).
+        free = pos.margin - self.held(account)
         if pos.size:
             if self.mark is None:
                 raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")
@@ -739,7 +762,7 @@ class MarketEngine(DictPickled):
         cp_value = self.spec.side_value(-qty, lf.price)
         self._check_fee(lf.counterparty_fee, "counterparty")
         cp, cp_state = self._plan(
-            lf.counterparty, -qty, cp_value, lf.counterparty_fee, "counterparty"
+            lf.counterparty, -qty, cp_value, lf.counterparty_fee, "counterparty_account"
         )
         self._commit(cp, cp_state)
         self.fee_pool += value + cp_value
@@ -795,7 +818,10 @@ class MarketEngine(DictPickled):
             self.liquidator.retry_adl(ts)
         if self.machine.cooling_ids:
             self.liquidator.cool(ts)
-        for account in self.machine.index.crossed(self.mark):
+        index = self.machine.index
+        if not index.any_crossed(self.mark):  # the every-input path: nobody crossed
+            return
+        for account in index.crossed(self.mark):
             if account in self.cross:  # its band: the account is re-checked as a whole
                 self.cross_due.add(account)
             else:
@@ -839,70 +865,82 @@ class MarketEngine(DictPickled):
     # --- position bookkeeping ---------------------------------------------------
 
     def _plan(
-        self, account: int, qty: int, value: int, fee: int, who: str
+        self, account: int, qty: int, value: int, fee: int, field: str
     ) -> tuple[Position, tuple[int, int, int]]:
         """Check one side of a trade; return its position and (size, basis, margin) after.
 
-        The fee has been checked (:meth:`_check_fee`).
+        ``field`` names the side's account in a refusal.  The fee has been
+        checked (:meth:`_check_fee`).
         """
-        field = f"{who}_account"
         pos = self.positions.get(account)
         if pos is None:
             pos = Position(account)
         if pos.liquidation:
             raise Rejected.precondition(field, f"account {account} is being liquidated")
-        trial = _copy(pos)
-        realised = trial.trade(qty, value)
-        margin = trial.margin + realised - fee
-        grows = abs(trial.size) > abs(pos.size) or (
-            pos.size and trial.size and (trial.size > 0) != (pos.size > 0)
-        )
-        if grows and (self.spec.reduce_only or pos.is_backstop or not self.status.grows):
+        was = pos.size
+        size, basis, realised = traded(was, pos.basis, qty, value)
+        margin = pos.margin + realised - fee
+        # Grows: larger, or flipped to the other side.
+        grows = abs(size) > abs(was) or (was != 0 and size != 0 and (size > 0) != (was > 0))
+        backstop = account == BACKSTOP_ACCOUNT
+        if grows and (self.spec.reduce_only or backstop or self.status is not _OPEN):  # .grows
             why = (
                 "the backstop only reduces"
-                if pos.is_backstop
+                if backstop
                 else "market is reduce-only"
                 if self.spec.reduce_only
                 else f"market is {self.status.value}"
             )
             raise Rejected.precondition(field, f"{self.symbol}: {why}")
-        if margin < 0 and (trial.size == 0 or account not in self.cross):
-            what = "cross allocation here" if account in self.cross else "isolated margin"
+        cross = account in self.cross
+        if margin < 0 and (size == 0 or not cross):
+            what = "cross allocation here" if cross else "isolated margin"
             raise Rejected.precondition(
                 field,
                 f"account {account}'s {what} would go negative ({margin}):"
                 " the price is beyond its bankruptcy price or the fee exceeds its margin",
             )
-        adds = abs(trial.size) > abs(pos.size) and (
-            pos.size == 0 or (pos.size > 0) == (trial.size > 0)
-        )
-        if account in self.cross and trial.size and self.mark is not None and not adds:
-            # A cross band may be negative, but a reduction or flip (its fee aside)
-            # must not take the band's margin balance at the mark below zero: the
-            # price is then beyond what the account put behind this position.
-            # (What a new or larger position needs comes from the wallet at the
-            # account's re-check.)
-            before = pos.margin + unrealised(self.spec, pos, self.mark) if pos.size else 0
-            trial.margin = margin
-            after = trial.margin + unrealised(self.spec, trial, self.mark)
-            if after < 0 and after < min(before, 0) - fee:
-                raise Rejected.precondition(
-                    field,
-                    f"account {account}'s cross band in {self.symbol} would be {after} at the"
-                    f" mark {self.mark} after this fill: the price is beyond its collateral here",
-                )
-        for name, v in (("quantity", trial.size), ("price", trial.basis), (field, margin)):
-            if abs(v) > INT64_MAX:
-                raise Rejected.invalid(name, f"position of account {account} would overflow int64")
-        return pos, (trial.size, trial.basis, margin)
+        if cross and size and self.mark is not None:
+            adds = abs(size) > abs(was) and (was == 0 or (was > 0) == (size > 0))
+            if not adds:
+                self._check_cross_band(pos, size, basis, margin, fee, field)
+        if not (short(size) and short(basis) and short(margin)):
+            for name, v in (("quantity", size), ("price", basis), (field, margin)):
+                if abs(v) > INT64_MAX:
+                    raise Rejected.invalid(
+                        name, f"position of account {account} would overflow int64"
+                    )
+        return pos, (size, basis, margin)
+
+    def _check_cross_band(
+        self, pos: Position, size: int, basis: int, margin: int, fee: int, field: str
+    ) -> None:
+        """A cross band may be negative, but a reduction or flip (its fee aside) must
+        not take the band's margin balance at the mark below zero: the price is
+        then beyond what the account put behind this position.  (What a new or
+        larger position needs comes from the wallet at the account's re-check.)"""
+        mark = self.mark
+        assert mark is not None
+        before = pos.margin + unrealised(self.spec, pos, mark) if pos.size else 0
+        trial = Position(pos.account)
+        trial.size, trial.basis, trial.margin = size, basis, margin
+        after = trial.margin + unrealised(self.spec, trial, mark)
+        if after < 0 and after < min(before, 0) - fee:
+            raise Rejected.precondition(
+                field,
+                f"account {pos.account}'s cross band in {self.symbol} would be {after} at the"
+                f" mark {mark} after this fill: the price is beyond its collateral here",
+            )
 
     def _commit(self, pos: Position, after: tuple[int, int, int]) -> None:
         """Apply a planned trade side; a new position is only stored now."""
         new = pos.size == 0
-        self.positions.setdefault(pos.account, pos)
-        self._set(pos, *after)
+        if new:
+            self.positions.setdefault(pos.account, pos)
+        size, basis, margin = after
+        self._set(pos, size, basis, margin)
         if pos.account in self.cross and (
-            new or (pos.key is not None and self._in_call_band(pos.size > 0, pos.key >> 64))
+            new or (pos.key is not None and self._in_call_band(pos.size > 0, pos.key))
         ):
             # A new cross position holds no band yet; a fill that took one within
             # the margin-call distance of its band's edge may call the account.
@@ -912,24 +950,27 @@ class MarketEngine(DictPickled):
 
     def _set(self, pos: Position, size: int, basis: int, margin: int) -> None:
         """Change a position's numbers; a margin call if that moved it into the band."""
-        was_called = pos.key is not None and self._in_call_band(pos.size > 0, pos.key >> 64)
-        self.machine.untrack(pos)
+        key, long = pos.key, pos.size > 0
+        was_called = key is not None and self._in_call_band(long, key)
         self.open_interest += max(size, 0) - max(pos.size, 0)
         pos.size, pos.basis, pos.margin = size, basis, margin
-        self.machine.track(self.spec, pos)
+        self.machine.retrack(self.spec, pos, long)
+        key = pos.key
         if (
-            pos.key is not None
+            key is not None
             and not was_called
-            and not pos.is_backstop
+            and pos.account != BACKSTOP_ACCOUNT
             and pos.account not in self.cross
-            and self._in_call_band(pos.size > 0, pos.key >> 64)
+            and self._in_call_band(size > 0, key)
         ):
             self._margin_call(pos, self._now)
 
-    def _in_call_band(self, long: bool, threshold: int) -> bool:
+    def _in_call_band(self, long: bool, key: int) -> bool:
+        """Whether the position indexed at ``key`` is within the margin-call band."""
         d, mark = self.spec.margin_call_ppm, self.mark
         if not d or mark is None:
             return False
+        threshold = key >> 64
         if long:
             return threshold >= mark * PPM // (PPM + d)
         return threshold <= mark * PPM // (PPM - d)
@@ -1015,12 +1056,11 @@ class MarketEngine(DictPickled):
         the index first, back in after (a frozen one stays out), so the index
         can never describe a position that moved.
         """
-        self.machine.untrack(pos)
         was = pos.size
         realised = pos.trade(qty, value) if qty else 0
         self.open_interest += max(pos.size, 0) - max(was, 0)
         pos.margin += realised + margin
-        self.machine.track(self.spec, pos)
+        self.machine.retrack(self.spec, pos, was > 0)
         return realised
 
     def ranked_for_adl(self, long: bool) -> deque[Position]:
@@ -1065,6 +1105,8 @@ class MarketEngine(DictPickled):
 
     @staticmethod
     def _check_fee(fee: int, who: str) -> None:
+        if fee >= 0 and fits_int64(fee):
+            return
         if fee < 0:
             raise Rejected.invalid(f"{who}_fee", "fees must be >= 0")
         check_int64(fee, f"{who}_fee")
@@ -1131,12 +1173,6 @@ class MarketEngine(DictPickled):
             bool(pos.liquidation),
             account in self.cross,
         )
-
-
-def _copy(pos: Position) -> Position:
-    trial = Position(pos.account)
-    trial.size, trial.basis, trial.margin = pos.size, pos.basis, pos.margin
-    return trial
 
 
 def _wire_price(p: int) -> int:

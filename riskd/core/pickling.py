@@ -107,6 +107,9 @@ def restore(obj: object, state: object) -> None:
 # Empty __slots__: the pure subclasses keep theirs (no __dict__ comes from a base).
 
 
+# Marked too: a subclass that writes its __init__ out (compiled natively, see
+# tests/core/test_explicit_inits.py) needs both marks, and so its base.
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class FieldsPickled:
     """Base of a frozen slotted dataclass: pickled as its field values in order."""
 

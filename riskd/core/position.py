@@ -12,18 +12,18 @@ collateral; nothing here assumes where the collateral lives.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
 from riskd.core.units import ceil_div
 
-__all__ = ["Position", "BACKSTOP_ACCOUNT"]
+__all__ = ["Position", "BACKSTOP_ACCOUNT", "traded"]
 
 #: The fund's backstop account: it takes over positions in ``takeover`` markets.
 #: The top uint64 value is reserved for it; gateways may name it in fills that
 #: close its inventory through the book.
-BACKSTOP_ACCOUNT = 2**64 - 1
+BACKSTOP_ACCOUNT: Final = 2**64 - 1
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
@@ -89,20 +89,26 @@ class Position:
         withdraw a rounding it has not earned.  The position's equity
         (``margin + value(size, P) - basis``) does not depend on either split.
         """
-        size = self.size
-        if size == 0 or (size > 0) == (qty > 0):
-            self.size = size + qty
-            self.basis += value
-            return 0
-        closing = min(abs(qty), abs(size))
-        close_value = value if closing == abs(qty) else ceil_div(value * closing, abs(qty))
-        released = self.basis if closing == abs(size) else ceil_div(self.basis * closing, abs(size))
-        realised = -close_value - released
-        self.basis -= released
-        self.size = size + qty
-        if self.size and (self.size > 0) != (size > 0):
-            self.basis += value - close_value
+        self.size, self.basis, realised = traded(self.size, self.basis, qty, value)
         return realised
+
+
+def traded(size: int, basis: int, qty: int, value: int) -> tuple[int, int, int]:
+    """:meth:`Position.trade` on the numbers alone: ``(size, basis, realised)`` after.
+
+    A fill plans both sides with this before it changes anything, without a
+    trial :class:`Position` per side.
+    """
+    if size == 0 or (size > 0) == (qty > 0):
+        return size + qty, basis + value, 0
+    closing = min(abs(qty), abs(size))
+    close_value = value if closing == abs(qty) else ceil_div(value * closing, abs(qty))
+    released = basis if closing == abs(size) else ceil_div(basis * closing, abs(size))
+    after = size + qty
+    basis -= released
+    if after and (after > 0) != (size > 0):
+        basis += value - close_value
+    return after, basis, -close_value - released
 
 
 def _restore_position(

@@ -50,12 +50,13 @@ import sys
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
 from riskd.core.errors import Rejected
 from riskd.core.pickling import FieldsPickled, SlotsPickled
+from riskd.core.units import SHORT_MAX
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -68,16 +69,16 @@ __all__ = [
 ]
 
 #: Ids remembered per market (trade ids) and per settlement asset (deposit ids).
-DEFAULT_CAPACITY = 100_000
+DEFAULT_CAPACITY: Final = 100_000
 #: Ids are uint64 on the wire.
-MAX_ID = 2**64 - 1
+MAX_ID: Final = 2**64 - 1
 #: How many of the newest ids are searched first for a reused id's fingerprint.
-_RECENT = 4_096
+_RECENT: Final = 4_096
 
 
 def check_id(value: int, field: str) -> int:
     """An id fits the wire's uint64 (0 = not given)."""
-    if not 0 <= value <= MAX_ID:
+    if not (0 <= value <= SHORT_MAX or 0 <= value <= MAX_ID):  # short first: no boxing
         raise Rejected.invalid(field, f"must be in 0..2**64-1, got {value}")
     return value
 
@@ -229,7 +230,7 @@ class WithdrawalDecision(FieldsPickled):
 
 #: Refusals remembered per asset, apart from approvals: a burst of refused
 #: requests must never push an approval out of memory.
-REFUSALS_REMEMBERED = 10_000
+REFUSALS_REMEMBERED: Final = 10_000
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)

@@ -12,6 +12,7 @@ million; funding rates in parts per 10**8.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from riskd.core.errors import Rejected
 from riskd.core.pickling import FieldsPickled
@@ -19,6 +20,7 @@ from riskd.core.pickling import FieldsPickled
 __all__ = [
     "sign",
     "INT64_MAX",
+    "SUPPLY_CAP",
     "PPM",
     "FUNDING_SCALE",
     "Asset",
@@ -26,11 +28,28 @@ __all__ = [
     "floor_div",
     "check_int64",
     "check_positive",
+    "fits_int64",
+    "short",
+    "SHORT_MIN",
+    "SHORT_MAX",
 ]
 
-INT64_MAX = 2**63 - 1
-PPM = 1_000_000
-FUNDING_SCALE = 100_000_000
+INT64_MAX: Final = 2**63 - 1
+
+#: The most an asset's net deposits (deposits - withdrawals), and separately its
+#: fund's injections, may reach, in quantums.  Everything conservation adds up
+#: (balances, margins, fund, fee pool) is paid out of those two, so with both
+#: capped at 2**61 every such amount keeps at least 2**62 of int64 headroom for
+#: what unrealised PnL can move between them: a fee credit or a shortfall can
+#: never take a fund, a wallet or the fee pool past the int64 wire format.
+SUPPLY_CAP: Final = 2**61
+PPM: Final = 1_000_000
+FUNDING_SCALE: Final = 100_000_000
+#: The compiled core keeps ints in -2**62..2**62-1 unboxed; ordering one against
+#: a constant outside that range (INT64_MAX, 2**64-1) boxes it, an allocation.
+#: Range checks on hot paths test this range first (``short``).
+SHORT_MIN: Final = -(2**62)
+SHORT_MAX: Final = 2**62 - 1
 
 
 def sign(x: int) -> int:
@@ -48,9 +67,18 @@ def ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
+def short(value: int) -> bool:
+    """Whether ``value`` is in the compiled core's unboxed range (so in int64)."""
+    return SHORT_MIN <= value <= SHORT_MAX
+
+
+def fits_int64(value: int) -> bool:
+    return SHORT_MIN <= value <= SHORT_MAX or -INT64_MAX - 1 <= value <= INT64_MAX
+
+
 def check_int64(value: int, field: str) -> int:
     """Refuse a value that would not survive the int64 wire format."""
-    if not -INT64_MAX - 1 <= value <= INT64_MAX:
+    if not fits_int64(value):
         raise Rejected.invalid(field, f"{value} does not fit in int64")
     return value
 

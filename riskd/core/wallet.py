@@ -12,7 +12,7 @@ from riskd.core.liquidation import Stage
 from riskd.core.pickling import SlotsPickled
 from riskd.core.position import BACKSTOP_ACCOUNT
 from riskd.core.recent_ids import RecentIds, WithdrawalDecision, check_id, fingerprint
-from riskd.core.units import INT64_MAX, check_positive
+from riskd.core.units import INT64_MAX, SHORT_MAX, SUPPLY_CAP, check_positive
 
 if TYPE_CHECKING:
     from riskd.core.market_engine import MarketEngine
@@ -21,7 +21,7 @@ __all__ = ["Wallets", "check_account", "unsettled_bad_debt", "withdrawals_paused
 
 
 def check_account(account: int, field: str) -> int:
-    if not 0 < account < BACKSTOP_ACCOUNT:
+    if not (0 < account <= SHORT_MAX or 0 < account < BACKSTOP_ACCOUNT):  # short first: no boxing
         raise Rejected.invalid(field, f"account must be in 1..2**64-2, got {account}")
     return account
 
@@ -61,6 +61,10 @@ class Wallets(SlotsPickled):
         new = self.balance(account) + amount
         if new > INT64_MAX:
             raise Rejected.invalid("amount", "wallet balance would overflow int64")
+        if self.deposits - self.withdrawals + amount > SUPPLY_CAP:
+            raise Rejected.invalid(
+                "amount", f"{self.asset} net deposits would pass the supply cap of {SUPPLY_CAP}"
+            )
         self.deposit_ids.remember(deposit_id, payload)
         self.balances[account] = new
         self.deposits += amount

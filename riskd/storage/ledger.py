@@ -25,9 +25,9 @@ them again.
 A write that fails is a storage fault like a failed journal write:
 fail-stop, exit 4 (:mod:`riskd.storage.faults`).
 
-Amounts are exact at any size.  A fund's balance can pass 2**63 (an
-injection up to the int64 limit, then fee credits, which are never refused),
-and SQLite's INTEGER holds 64 bits: a value that fits is stored as an
+Amounts are exact at any size.  The supply cap (riskd.core.units.SUPPLY_CAP)
+keeps a fund's balance inside int64, but fee credits are never refused and
+SQLite's INTEGER holds 64 bits, so as a second line a value that fits is stored as an
 INTEGER, a larger one as its decimal digits in a BLOB (:func:`exact`), which
 the columns' INTEGER affinity never converts, so files written before keep
 their schema and stay readable as they are.

@@ -238,6 +238,7 @@ CASES = [
     ("negative-fee", fill(buyer_fee=-1), INVALID, "updates[0].fill.buyer_fee"),
     ("zero-deposit", dep(amount=0), INVALID, "updates[0].deposit.amount"),
     ("negative-deposit", dep(amount=-1), INVALID, "updates[0].deposit.amount"),
+    ("deposit-past-supply-cap", dep(amount=2**61), INVALID, "updates[0].deposit.amount"),
     ("zero-margin-transfer", mt(amount=0), INVALID, "updates[0].margin_transfer.amount"),
     (
         "unknown-liquidation-id",
@@ -452,6 +453,9 @@ LIFECYCLE = [
      grpc.StatusCode.INVALID_ARGUMENT, "price"),
     ("settle-unknown-market", "SettleMarket", _A.SettleMarketRequest(market="NOPE", price=10),
      grpc.StatusCode.NOT_FOUND, "market"),
+    ("inject-past-supply-cap", "InjectFund",
+     _A.InjectFundRequest(asset="USDT", amount=2**61 + 1, cause="seed"),
+     grpc.StatusCode.INVALID_ARGUMENT, "amount"),
 ]  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from riskd.core import (
     TakeoverClaim,
     Withdrawal,
 )
+from riskd.core.units import SUPPLY_CAP
 
 M = "BTC-USDT"
 HOUR = 3_600_000
@@ -126,11 +127,14 @@ def test_bad_injection_rejected(amount: int, cause: str, field: str) -> None:
     assert (f.balance, len(f.ledger)) == (1_000 * U, 1)
 
 
-def test_injection_overflow_rejected() -> None:
-    f = seeded(2**63 - 10)
-    with pytest.raises(Rejected):
-        f.inject(10, "more", 0)
-    assert f.balance == 2**63 - 10
+def test_injections_stop_at_the_supply_cap_but_fees_still_land() -> None:
+    f = seeded(SUPPLY_CAP - 10)
+    with pytest.raises(Rejected) as info:
+        f.inject(11, "more", 0)
+    assert (info.value.code, info.value.field) == (Code.INVALID_ARGUMENT, "amount")
+    f.inject(10, "more", 0)
+    f.credit(credit(FundKind.TRADING_FEE, 5, "fee"))  # credits are never refused
+    assert f.balance == SUPPLY_CAP + 5 <= 2**63 - 1
 
 
 def test_takeover_books_fee_shortfall_and_backstop_margin_in_order() -> None:

@@ -189,15 +189,18 @@ def test_every_amount_is_stored_exactly_at_any_size(amounts: list[int]) -> None:
 
 
 def test_a_fund_past_int64_is_written_by_the_daemons_writer_and_audited(tmp_path: Path) -> None:
-    """Reachable from the API: an injection up to the int64 limit, then a fee
-    credit (never refused) takes the balance past 2**63."""
+    """Defence in depth: the supply cap (riskd.core.units.SUPPLY_CAP) keeps the
+    API's inputs from getting a fund here, but credits are never refused, so
+    the file stays exact past 2**63 anyway."""
     from riskd.core.events import FundCredit
+    from riskd.core.units import SUPPLY_CAP
 
     f = InsuranceFund("USDT")
-    f.inject(INT64 - 1, "seed", 0)
+    f.inject(SUPPLY_CAP, "seed", 0)
+    fee = INT64 + 4 - SUPPLY_CAP  # one credit, itself within int64
     f.credit(
         FundCredit(
-            asset="USDT", market="BTC-USDT", kind=FundKind.TRADING_FEE, amount=5, cause="f", ts=1
+            asset="USDT", market="BTC-USDT", kind=FundKind.TRADING_FEE, amount=fee, cause="f", ts=1
         )
     )
     entries = list(f.ledger)
