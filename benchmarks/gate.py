@@ -12,6 +12,9 @@ Two figures, each against its target (issue 16):
   Capacity first, closed loop (``CONCURRENCY`` calls in flight, one client
   process); then open loop at half that rate, each call's latency measured
   from when it was *due* (no coordinated omission).  Target: p99 <= 2 ms.
+  ``--tmpfs [DIR]`` runs that cell a second time with riskd's journal in DIR
+  (default /dev/shm, a RAM file system): the software's latency apart from
+  the disk's fsync, both printed.
 
 Workload: the set-up stream of :mod:`benchmarks.ingest` (1,000 accounts with
 100,000 USDT of BTC-USDT isolated margin each, a mark of 50,000.00, +/-1 BTC
@@ -49,6 +52,8 @@ TARGET_RATIO = 0.5
 TARGET_P99_MS = 2.0
 KINDS = ("bare", "riskd")
 CONCURRENCY = 16
+#: Unary calls made one at a time after the paced run (the latency with no queue).
+SEQUENTIAL = 500
 #: Checks/s the stream is not expected to exceed (pre-built for this x1.5).
 MAX_CHECKS_PER_S = 40_000
 
@@ -174,10 +179,19 @@ async def _unary(target: str, setup: list[bytes], capacity_s: float, paced_s: fl
         tasks.append(asyncio.create_task(due_at(at)))
     await asyncio.gather(*tasks)
     sent_rate = n / (clock() - t0)
+    # One call in flight: the path's own latency, with no queue behind it.
+    alone: list[float] = []
+    for _ in range(SEQUENTIAL):
+        t = clock()
+        await call()
+        alone.append((clock() - t) * 1000)
     await channel.close()
+    alone.sort()
     latencies.sort()
     ms = [x * 1000 for x in latencies]
     return {
+        "sequential_p50_ms": alone[len(alone) // 2],
+        "sequential_p99_ms": alone[min(len(alone) - 1, int(len(alone) * 0.99))],
         "capacity_calls_per_s": capacity,
         "rate_target": rate,
         "rate_sent": sent_rate,
@@ -209,6 +223,7 @@ def _fsync_ms(directory: Path, n: int = 200) -> tuple[float, float]:
 
 
 def _unary_cell(tmp: Path, setup_path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """One riskd with its data directory (journal) in ``tmp``, and one unary client."""
     server = harness.start(harness.riskd_command(tmp / "data-unary"), tmp / "unary.riskd.log")
     cmd = [
         sys.executable,
@@ -247,9 +262,15 @@ def _unary_cell(tmp: Path, setup_path: Path, cfg: dict[str, Any]) -> dict[str, A
 # --- driver ------------------------------------------------------------------------
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, tmpfs: Path | None = None) -> dict[str, Any]:
+    """``tmpfs``: also run the unary cell with riskd's journal there (a RAM file
+    system such as /dev/shm), so the software's latency shows apart from the disk's."""
     cfg = dict(QUICK if quick else FULL)
-    command = "python -m benchmarks.gate" + (" --quick" if quick else "")
+    command = (
+        "python -m benchmarks.gate"
+        + (" --quick" if quick else "")
+        + (f" --tmpfs {tmpfs}" if tmpfs else "")
+    )
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="riskd-bench-gate-"))
     try:
@@ -289,12 +310,22 @@ def run(quick: bool = False) -> dict[str, Any]:
                 f"{c['server_cpu']:.2f} foreign {c['foreign_cpu']:.2f} cores"
                 + (f"  PROBLEMS {c['problems']}" if c["problems"] else "")
             )
-        unary = _unary_cell(tmp, setup_path, cfg)
-        log(
-            f"unary: capacity {unary['capacity_calls_per_s']:.0f} calls/s; at "
-            f"{unary['rate_sent']:.0f}/s p50 {unary['p50_ms']:.2f} ms p99 {unary['p99_ms']:.2f}"
-            f" ms max {unary['max_ms']:.2f} ms"
-        )
+        unaries = {"disk": _unary_cell(tmp, setup_path, cfg)}
+        if tmpfs is not None:
+            ram = Path(tempfile.mkdtemp(prefix="riskd-bench-gate-", dir=tmpfs))
+            try:
+                unaries["tmpfs"] = _unary_cell(ram, setup_path, cfg)
+            finally:
+                shutil.rmtree(ram, ignore_errors=True)
+        for where, u in unaries.items():
+            log(
+                f"unary ({where}): capacity {u['capacity_calls_per_s']:.0f} calls/s; at "
+                f"{u['rate_sent']:.0f}/s p50 {u['p50_ms']:.2f} ms p99 {u['p99_ms']:.2f}"
+                f" ms max {u['max_ms']:.2f} ms; one at a time p50 {u['sequential_p50_ms']:.2f}"
+                f" ms p99 {u['sequential_p99_ms']:.2f} ms; fsync there p50"
+                f" {u['fsync_p50_ms']:.3f} ms"
+            )
+        unary = unaries["disk"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     figures: dict[str, dict[str, Any]] = {}
@@ -362,8 +393,33 @@ def run(quick: bool = False) -> dict[str, Any]:
         note=f"open loop at {unary['rate_sent']:.0f} calls/s (half of capacity); "
         f"p50 {unary['p50_ms']:.2f} ms, max {unary['max_ms']:.2f} ms, {unary['calls']} calls;"
         f" the disk's fsync alone: p50 {unary['fsync_p50_ms']:.2f} ms,"
-        f" p99 {unary['fsync_p99_ms']:.2f} ms (a check answers once journaled)",
+        f" p99 {unary['fsync_p99_ms']:.2f} ms (a check answers once journaled); one call at a"
+        f" time: p50 {unary['sequential_p50_ms']:.2f} ms, p99 {unary['sequential_p99_ms']:.2f} ms",
     )
+    if "tmpfs" in unaries:
+        ram = unaries["tmpfs"]
+        _fig(
+            figures,
+            "unary_capacity_calls_per_s[tmpfs]",
+            round(ram["capacity_calls_per_s"], 1),
+            "calls/s",
+            command,
+            note=f"closed loop, {CONCURRENCY} in flight, journal on {tmpfs}",
+        )
+        _fig(
+            figures,
+            "unary_p99_ms[tmpfs]",
+            round(ram["p99_ms"], 3),
+            "ms",
+            command,
+            target=f"<= {TARGET_P99_MS}",
+            ok=ram["p99_ms"] <= TARGET_P99_MS,
+            note=f"the software alone: journal on {tmpfs} (fsync p50"
+            f" {ram['fsync_p50_ms']:.3f} ms), open loop at {ram['rate_sent']:.0f} calls/s"
+            f" (half of capacity); p50 {ram['p50_ms']:.2f} ms, max {ram['max_ms']:.2f} ms,"
+            f" {ram['calls']} calls; one call at a time: p50 {ram['sequential_p50_ms']:.2f} ms,"
+            f" p99 {ram['sequential_p99_ms']:.2f} ms",
+        )
     ratio = figures[f"stream_ratio[batch={BATCH}]"]
     print(
         f"check_order through the stream at batch {BATCH}: riskd/bare {ratio['value']:.3f} "
@@ -375,17 +431,20 @@ def run(quick: bool = False) -> dict[str, Any]:
         f"riskd checks/fills {figures[f'checks_vs_fills[batch={BATCH}]']['value']:.3f}; "
         f"server CPU per check {h['value']:.1f} µs ({h['note']})"
     )
-    g = figures["unary_p99_ms"]
-    print(
-        f"unary CheckOrder p99 {g['value']:.3f} ms (target {g['target']}: "
-        f"{'ok' if g['meets_target'] else 'MISSED'}; {g['note']})"
-    )
+    for name, where in (("unary_p99_ms", "disk"), ("unary_p99_ms[tmpfs]", "tmpfs")):
+        if name not in figures:
+            continue
+        g = figures[name]
+        print(
+            f"unary CheckOrder p99 ({where}) {g['value']:.3f} ms (target {g['target']}: "
+            f"{'ok' if g['meets_target'] else 'MISSED'}; {g['note']})"
+        )
     errors = [
         f"{c['kind']} rep {c['rep']}: {'; '.join(c['problems'])}"
         for c in cells + fill_cells
         if c["problems"]
     ]
-    errors += [f"unary: {p}" for p in unary["problems"]]
+    errors += [f"unary ({w}): {p}" for w, u in unaries.items() for p in u["problems"]]
     runtime = time.perf_counter() - started
     print(f"gate: {runtime:.1f}s{' (quick)' if quick else ''}; command: {command}")
     return {
@@ -395,6 +454,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "cells": cells,
             "fill_cells": fill_cells,
             "unary": unary,
+            "unary_tmpfs": unaries.get("tmpfs"),
             "config": cfg,
             "stream_checks_per_s_median": {
                 k: statistics.median(c["updates_per_s"] for c in cs) for k, cs in by.items()
@@ -411,6 +471,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p.add_argument("--quick", action="store_true", help="1 repetition, short windows")
     p.add_argument("--json", metavar="PATH", type=Path, help="also write the result as JSON")
+    p.add_argument(
+        "--tmpfs",
+        metavar="DIR",
+        type=Path,
+        nargs="?",
+        const=Path("/dev/shm"),
+        help="also measure unary CheckOrder with the journal in DIR, a RAM file system"
+        " (default /dev/shm): the software's latency apart from the disk's fsync",
+    )
     sub = p.add_subparsers(dest="worker")
     u = sub.add_parser("unary", help="one unary client run against a riskd (prints JSON)")
     u.add_argument("--target", required=True)
@@ -423,7 +492,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         r = asyncio.run(_unary(ns.target, setup, ns.capacity_s, ns.paced_s))
         print(json.dumps(r), flush=True)
         return
-    out = run(quick=ns.quick)
+    if ns.tmpfs is not None and not ns.tmpfs.is_dir():
+        p.error(f"--tmpfs: {ns.tmpfs} is not a directory")
+    out = run(quick=ns.quick, tmpfs=ns.tmpfs)
     if ns.json:
         ns.json.write_text(json.dumps(out, indent=2) + "\n")
     harness.exit_on_problems("benchmarks.gate", out["errors"])

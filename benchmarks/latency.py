@@ -211,12 +211,14 @@ def measure(seconds: float, probes_n: int) -> dict[str, Any]:
 
 def _split(during: list[harness.Sample]) -> dict[str, float | None]:
     """Where a probe's time goes, from riskd's histograms over the open loop (bucket
-    bounds, ms): waiting to be sequenced (the urgent lane), and the journal's group
-    commit, which its event waits for once or, arriving during another, twice."""
+    bounds, ms): waiting to be sequenced (the urgent lane), the journal's group
+    commit, which its event waits for once or, arriving during another, twice,
+    and the whole stay in riskd from being read to being durable (urgent lane)."""
     out: dict[str, float | None] = {}
     for key, name, labels in (
         ("queue", "riskd_ingest_queue_seconds", {"kind": "liquidation_path"}),
         ("commit", "riskd_journal_commit_seconds", {}),
+        ("durable", "riskd_ingest_durable_seconds", {"kind": "liquidation_path"}),
     ):
         for q in (0.5, 0.99):
             v = harness.bucket_quantile(during, name, q, **labels)
@@ -266,7 +268,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "  of which, from riskd's histograms (bucket bounds): wait to be sequenced"
         f" p50 <= {sp.get('queue_p50_ms_le')} ms, p99 <= {sp.get('queue_p99_ms_le')} ms;"
         f" journal group commit (write + fsync) p50 <= {sp.get('commit_p50_ms_le')} ms,"
-        f" p99 <= {sp.get('commit_p99_ms_le')} ms"
+        f" p99 <= {sp.get('commit_p99_ms_le')} ms; read -> durable"
+        f" p50 <= {sp.get('durable_p50_ms_le')} ms, p99 <= {sp.get('durable_p99_ms_le')} ms"
     )
     print(
         "  seen by the client, per probe: due -> its mark acknowledged (durable)"

@@ -203,6 +203,14 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.durable_seconds = Histogram(
+            "riskd_ingest_durable_seconds",
+            "Time from reading an ingest batch to its journal record being durable (its ack"
+            " and events released), by kind as riskd_ingest_queue_seconds.",
+            ["kind"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.journal_commit_seconds = Histogram(
             "riskd_journal_commit_seconds",
             "Time one group commit of the journal took (write and fsync): every acknowledgement"
@@ -331,6 +339,7 @@ class Metrics:
             self.market_state(m, MarketStatus.OPEN, None)
         for lane in ("liquidation_path", "other"):
             self.queue_seconds.labels(lane)
+            self.durable_seconds.labels(lane)
         for limit in ("per_identity", "total"):
             self.subscriptions_refused.labels(limit)
         for a in assets:

@@ -180,6 +180,10 @@ class _Sequenced:
     result: BatchResult
     #: The first and last sequence of the duplicates it began with, if any.
     resent: tuple[int, int] | None
+    #: When it was read (``time.perf_counter()``) and the durable-time histogram
+    #: of its lane; None: not measured (replay, unary writes).
+    received: float | None = None
+    durable_seconds: Histogram | None = None
 
 
 #: Per streamed input class: whether a market (else a wallet) applies it, and
@@ -216,12 +220,17 @@ def _first(t: tuple[int, Rejected]) -> int:
     return t[0]
 
 
-def _durable_up_to(g: _Gateway, epoch: int, acked: int) -> Callable[[], None]:
-    """What to run once a batch is durable: a reconnect is told it is (same epoch)."""
+def _durable_up_to(b: _Sequenced) -> Callable[[], None]:
+    """What to run once a batch is durable: a reconnect is told it is (same
+    epoch), and how long it took from being read is measured."""
+    g, epoch, acked = b.g, b.epoch, b.result.acked
+    received, histogram = b.received, b.durable_seconds
 
     def durable() -> None:
         if g.epoch == epoch:
             g.durable = max(g.durable, acked)
+        if received is not None and histogram is not None:
+            histogram.observe(time.perf_counter() - received)
 
     return durable
 
@@ -246,7 +255,8 @@ class Sequencer(Actor):
         self.gateways: dict[str, _Gateway] = {}
         # Label children looked up once (a labels() call per batch is measurable).
         self._counted: dict[tuple[str, str], Counter_] = {}
-        self._waited: dict[str, Histogram] = {}
+        #: Per lane: the queue-time and the durable-time histograms' children.
+        self._waited: dict[str, tuple[Histogram, Histogram]] = {}
         # Decisions on withdrawal ids, per asset, make retries safe; rebuilt by replay.
         self.withdrawal_ids = withdrawal_ids
         self.withdrawals: dict[str, WithdrawalDecisions] = {}
@@ -380,16 +390,23 @@ class Sequencer(Actor):
         answers: list[Answer | None] = []
         batches: list[_Sequenced] = []
         for gateway, epoch, updates, received, lane in posted:
+            durable_seconds = None
             if received is not None:
-                waited = self._waited.get(lane)
-                if waited is None:
-                    waited = self._waited[lane] = self.metrics.queue_seconds.labels(lane)
-                waited.observe(started - received)
+                histograms = self._waited.get(lane)
+                if histograms is None:
+                    histograms = self._waited[lane] = (
+                        self.metrics.queue_seconds.labels(lane),
+                        self.metrics.durable_seconds.labels(lane),
+                    )
+                histograms[0].observe(started - received)
+                durable_seconds = histograms[1]
             try:
-                batches.append(self._sequence(gateway, epoch, updates, 0, outcomes))
+                b = self._sequence(gateway, epoch, updates, 0, outcomes)
             except SequenceError as e:
                 answers.append(Durable.ready(e))
             else:
+                b.received, b.durable_seconds = received, durable_seconds
+                batches.append(b)
                 answers.append(None)
         await self._apply_runs(batches, outcomes)
         # A batch's Durable[BatchResult] answers as Durable[BatchResult | SequenceError].
@@ -499,7 +516,7 @@ class Sequencer(Actor):
             if b.fresh:
                 record = codec.encode(IngestBatch(b.gateway, b.epoch, tuple(b.fresh), b.offset))
                 self._keep(g, result, b.fresh, b.fresh[0][0] - b.offset)
-            records.append((record, result, _durable_up_to(g, b.epoch, result.acked)))
+            records.append((record, result, _durable_up_to(b)))
         elapsed = time.perf_counter() - started
         for _ in batches:
             self.metrics.batch_seconds.observe(elapsed)
@@ -986,7 +1003,7 @@ def _order_margin(c: CheckOrder, engine: MarketEngine) -> tuple[int, int]:
     pos, mark = engine.positions.get(c.account), engine.guard_mark
     if pos is None or mark is None:
         return reserved, 0
-    return reserved, available(engine.spec, pos, mark, engine.orders.reserved(c.account))
+    return reserved, available(engine.spec, pos, mark, engine.held(c.account))
 
 
 def _reserved(fund: FundActor) -> int:

@@ -342,6 +342,7 @@ def market(spec: MarketSpec, mark: int | None) -> types_pb2.Market:
         order_price_band_ppm=spec.order_price_band_ppm,
         open_interest_cap=spec.open_interest_cap,
         max_position_notional=spec.max_position_notional,
+        max_open_orders=spec.max_open_orders,
         mark_stale_after_ms=spec.mark_stale_after_ms,
         mark_max_jump_ppm=spec.mark_max_jump_ppm,
         mark_max_divergence_ppm=spec.mark_max_divergence_ppm,

@@ -91,6 +91,9 @@ class CrossLiquidation(enum.Enum):
     STEP_DOWN = "step_down"
 
 
+#: The largest per-account open-order limit a market may set.
+MAX_OPEN_ORDERS = 100_000
+
 #: Integer settings and their inclusive ranges, checked on every spec (config,
 #: UpdateMarket, journal replay).  A new integer field belongs here.
 _RANGES: tuple[tuple[str, int, int], ...] = (
@@ -111,6 +114,7 @@ _RANGES: tuple[tuple[str, int, int], ...] = (
     ("order_price_band_ppm", 0, PPM),
     ("open_interest_cap", 0, INT64_MAX),
     ("max_position_notional", 0, INT64_MAX),
+    ("max_open_orders", 1, MAX_OPEN_ORDERS),
 )
 _FLAGS = ("reduce_only", "partial_liquidation")
 #: MarketSpec's fields in the order snapshots of format 6 and older pickled them
@@ -182,7 +186,10 @@ class MarketSpec:
     guard's limits (:mod:`riskd.core.mark_guard`; 0: that check is off).
     ``order_price_band_ppm`` (of the mark), ``open_interest_cap`` (quantity
     units, longs) and ``max_position_notional`` (quantums) are the risk
-    gate's limits on orders (:mod:`riskd.core.risk_gate`; 0: no limit).
+    gate's limits on orders (:mod:`riskd.core.risk_gate`; 0: no limit);
+    ``max_open_orders`` (1..:data:`MAX_OPEN_ORDERS`) the most orders one
+    account may have open here, so a gateway that never cancels cannot grow
+    the book without bound.
     """
 
     symbol: str
@@ -215,6 +222,8 @@ class MarketSpec:
     order_price_band_ppm: int = 0
     open_interest_cap: int = 0
     max_position_notional: int = 0
+    # Nothing grows without bound: an account's open orders here (Binance's per-symbol 200).
+    max_open_orders: int = 200
     cross_liquidation: CrossLiquidation = CrossLiquidation.ALL_AT_ONCE
     # Derived constants (see __post_init__); excluded from equality.
     _linear_k: int = field(default=0, compare=False, repr=False)

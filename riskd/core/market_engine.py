@@ -67,7 +67,7 @@ from riskd.core.orders import BUY, SELL, Order, OrderBook
 from riskd.core.pickling import DictPickled, FieldsPickled, restore
 from riskd.core.position import BACKSTOP_ACCOUNT, Position, traded
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
-from riskd.core.risk_gate import decide
+from riskd.core.risk_gate import decide, hold
 from riskd.core.settlement import settle
 from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, fits_int64, short, sign
 from riskd.core.wallet import check_account
@@ -516,7 +516,16 @@ class MarketEngine(DictPickled):
 
     def cross_reserved(self, account: int) -> int:
         """What the account's open orders here hold of its cross wallet (0: isolated here)."""
-        return self.orders.reserved(account) if account in self.cross else 0
+        return self.held(account) if account in self.cross else 0
+
+    def held(self, account: int) -> int:
+        """What the account's open orders here hold now: re-priced at the gate's mark
+        (:func:`riskd.core.risk_gate.hold`), never less than their reservations."""
+        mark = self.guard_mark
+        if mark is None or not self.orders.count(account):
+            return self.orders.reserved(account)
+        pos = self.positions.get(account)
+        return hold(self.spec, pos.size if pos else 0, self.orders.of(account), mark)
 
     def cancel_order(self, c: CancelOrder) -> None:
         """An open order left the book: its reservation is released."""
@@ -574,8 +583,8 @@ class MarketEngine(DictPickled):
                 "market",
                 f"{self.symbol}'s mark is guarded ({self.guard.reason.value}): margin stays",
             )
-        # Open orders keep the margin reserved for them (riskd.core.risk_gate.available).
-        free = pos.margin - self.orders.reserved(account)
+        # Open orders keep what they hold at the mark (riskd.core.risk_gate.hold).
+        free = pos.margin - self.held(account)
         if pos.size:
             if self.mark is None:
                 raise Rejected.precondition("market", f"{self.symbol} has no mark price yet")

@@ -4,10 +4,11 @@ An order is open in riskd from the moment a pre-trade check accepts it
 (:mod:`riskd.core.risk_gate`) until the gateway reports it cancelled or
 filled.  Its **reservation** is the margin the check held for it: the
 initial margin of the part that can open exposure plus its open loss
-(``docs/engine.md``, "The risk gate").  A reservation is an amount held, not
-a formula re-evaluated: a later mark does not change it (the next check and
-every margin withdrawal see the account's reservations as they are), an
-amend re-checks the order and replaces it.
+(``docs/engine.md``, "The risk gate").  A reservation is an amount kept
+here; at decisions (the next check, margin leaving) the orders hold the
+larger of it and their cost re-priced at the mark of the moment
+(:func:`riskd.core.risk_gate.hold`), an amend re-checks the order and
+replaces it.
 
 A fill of ``q`` of an order of remaining quantity ``Q`` releases
 ``floor(margin × q / Q)``; the last fill releases the rest, so the released
@@ -27,7 +28,7 @@ from typing import Final
 
 from mypy_extensions import mypyc_attr
 
-from riskd.core.pickling import SlotsPickled
+from riskd.core.pickling import SlotsPickled, restore
 
 __all__ = ["Order", "OrderBook", "BUY", "SELL"]
 
@@ -96,16 +97,28 @@ class OrderBook(SlotsPickled):
 
     ``opening[(account, side)]`` is the quantity of the account's open orders
     on ``side`` that are not reduce-only: what the gate adds up when it asks
-    how large a position could become.
+    how large a position could become.  ``prices[(account, side)]`` bounds
+    their prices ``(lowest, highest)``: it only widens while the side has
+    orders (a cancel does not narrow it), which is all the gate's quick upper
+    bound needs (:func:`riskd.core.risk_gate.decide`); it decides nothing, so
+    a restart rebuilds it from the orders.
     """
 
-    __slots__ = ("orders", "by_account", "reserved_by", "opening")
+    __slots__ = ("orders", "by_account", "reserved_by", "opening", "prices")
 
     def __init__(self) -> None:
         self.orders: dict[int, Order] = {}
         self.by_account: dict[int, set[int]] = {}
         self.reserved_by: dict[int, int] = {}
         self.opening: dict[tuple[int, int], int] = {}
+        self.prices: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def __setstate__(self, state: object) -> None:
+        restore(self, state)
+        self.prices = {}
+        for order in self.orders.values():
+            if not order.reduce_only:
+                self._widen(order)
 
     def __len__(self) -> int:
         return len(self.orders)
@@ -119,6 +132,16 @@ class OrderBook(SlotsPickled):
     def reserved(self, account: int) -> int:
         """Margin held for the account's open orders in this market."""
         return self.reserved_by.get(account, 0)
+
+    def count(self, account: int) -> int:
+        """How many orders the account has open in this market."""
+        ids = self.by_account.get(account)
+        return 0 if ids is None else len(ids)
+
+    def price_range(self, account: int, side: int) -> tuple[int, int]:
+        """``(lowest, highest)`` bounding the prices of the account's open, not
+        reduce-only orders on ``side`` (``(0, 0)``: none)."""
+        return self.prices.get((account, side), (0, 0))
 
     def open_quantity(self, account: int, side: int) -> int:
         """Quantity of the account's open, not reduce-only orders on ``side``."""
@@ -176,5 +199,14 @@ class OrderBook(SlotsPickled):
         qty = self.opening.get(key, 0) + sign * order.quantity
         if qty:
             self.opening[key] = qty
+            if sign > 0:
+                self._widen(order)
         else:
             self.opening.pop(key, None)
+            self.prices.pop(key, None)
+
+    def _widen(self, order: Order) -> None:
+        key = (order.account, order.side)
+        price = order.price
+        lo, hi = self.prices.get(key, (price, price))
+        self.prices[key] = (min(lo, price), max(hi, price))

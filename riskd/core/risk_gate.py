@@ -9,7 +9,8 @@ Checks, in this order, the first that fails refuses the order with its
    mark-price guard's last good one while it is guarded);
 2. the price is within ``order_price_band_ppm`` of that mark;
 3. the account holds isolated margin in the market and is not being
-   liquidated;
+   liquidated; a new order (not an amend) finds it with fewer than
+   ``max_open_orders`` open here;
 4. reduce-only (an order flagged so, or any order in a close-only or
    reduce-only market): opposite to the position and no larger than it;
 5. otherwise, with ``E`` the largest position the account could reach on the
@@ -19,7 +20,9 @@ Checks, in this order, the first that fails refuses the order with its
    interest plus ``O`` within ``open_interest_cap``; the order's leverage
    within the tier of ``E``'s notional;
 6. its cost ``IM(O) + open loss`` within the position's available margin
-   ``M + min(u, 0) − IM(position) − reserved``.
+   ``M + min(u, 0) − IM(position) − held``, where ``held`` is what the
+   account's other orders hold re-priced at the mark (:func:`hold`; with this
+   order among them, the whole must fit).
 
 Prices are exact integers; notionals are taken at whichever of the order
 price and the mark makes them larger (the buy-above-mark and inverse cases
@@ -30,19 +33,20 @@ the mark at once) rounded up: every rounding is against the trader.
 
 from __future__ import annotations
 
+import bisect
 import enum
 
 from mypy_extensions import mypyc_attr
 
 from riskd.core.errors import Code, Rejected
 from riskd.core.margin import initial_margin, unrealised
-from riskd.core.market import MarketSpec
+from riskd.core.market import ContractType, MarketSpec
 from riskd.core.market_status import MarketStatus
 from riskd.core.orders import Order, OrderBook
 from riskd.core.position import Position
 from riskd.core.units import PPM, ceil_div
 
-__all__ = ["Refusal", "OrderRefused", "decide", "available"]
+__all__ = ["Refusal", "OrderRefused", "decide", "available", "hold"]
 
 
 class Refusal(enum.Enum):
@@ -59,6 +63,7 @@ class Refusal(enum.Enum):
     UNKNOWN_ACCOUNT = "unknown_account"
     NO_MARK = "no_mark"
     IN_LIQUIDATION = "in_liquidation"
+    TOO_MANY_ORDERS = "too_many_orders"
 
 
 # Not compiled, as Rejected (riskd.core.errors): an exception over a Python base.
@@ -75,6 +80,83 @@ class OrderRefused(Rejected):
 def _notional(spec: MarketSpec, qty: int, price: int) -> int:
     num, den = spec.notional(qty, price)
     return ceil_div(num, den)
+
+
+def _cost(
+    spec: MarketSpec, side: int, q: int, price: int, opening: int, leverage: int, mark: int
+) -> tuple[int, int]:
+    """``(IM, open loss)`` of an order of ``q`` at ``price`` of which ``opening`` adds to
+    the position, at ``mark``; both rounded up."""
+    im = ceil_div(max(_notional(spec, opening, price), _notional(spec, opening, mark)), leverage)
+    num, den = spec.value(side * q, mark)
+    loss = max(0, -((num - spec.side_value(side * q, price) * den) // den))
+    return im, loss
+
+
+def _dearest(spec: MarketSpec, price: int, mark: int) -> int:
+    """Whichever of ``price`` and ``mark`` makes a notional larger (the higher one on a
+    linear market, the lower on an inverse one)."""
+    if spec.contract_type is ContractType.LINEAR:
+        return price if price > mark else mark
+    return price if price < mark else mark
+
+
+def hold(spec: MarketSpec, size: int, orders: list[Order], mark: int) -> int:
+    """What one account's open ``orders`` here (by order id) hold at ``mark``, its
+    position being ``size``: each order the larger of its reservation and its cost
+    re-priced at ``mark``.
+
+    The re-pricing is the check's formula with the book as it is now: on each
+    side the orders, by id, open what the position and the earlier ones leave
+    to open, at the tier of the largest notional that side could reach (at the
+    dearest of its prices and the mark).  A reservation is a floor (fills
+    release it pro rata); the re-priced cost is what a venue would hold now,
+    so a mark that moved against the orders holds more at the next decision,
+    never less than was reserved.  O(len(orders)).
+    """
+    # Pass 1: how far each side could reach, and its dearest price.
+    buy_qty = sell_qty = 0
+    buy_price = sell_price = mark
+    for o in orders:
+        if o.reduce_only:
+            continue
+        if o.side > 0:
+            buy_qty += o.quantity
+            buy_price = _dearest(spec, o.price, buy_price)
+        else:
+            sell_qty += o.quantity
+            sell_price = _dearest(spec, o.price, sell_price)
+    tiers = spec.tiers
+    buy_most = tiers.tier_for(_notional(spec, max(0, size + buy_qty), buy_price)).max_leverage
+    sell_most = tiers.tier_for(_notional(spec, max(0, sell_qty - size), sell_price)).max_leverage
+    # Pass 2: each order's opening part, by id, and its cost at the mark.
+    bought = sold = 0  # the side's quantity of earlier orders
+    total = 0
+    for o in orders:
+        if o.reduce_only:
+            total += o.margin
+            continue
+        q = o.quantity
+        if o.side > 0:
+            base = size + bought
+            bought += q
+            most = buy_most
+        else:
+            base = sold - size
+            sold += q
+            most = sell_most
+        opening = max(0, base + q) - max(0, base)
+        leverage = o.leverage if 0 < o.leverage < most else most
+        im = (
+            ceil_div(_notional(spec, opening, _dearest(spec, o.price, mark)), leverage)
+            if opening
+            else 0
+        )
+        num, den = spec.value(o.side * q, mark)
+        loss = max(0, -((num - spec.side_value(o.side * q, o.price) * den) // den))
+        cost = im + loss
+        total += cost if cost > o.margin else o.margin
+    return total
 
 
 def available(spec: MarketSpec, pos: Position, mark: int, reserved: int) -> int:
@@ -136,6 +218,13 @@ def decide(
         raise OrderRefused(
             Refusal.IN_LIQUIDATION, "account", f"account {account} is being liquidated"
         )
+    if replacing is None and book.count(account) >= spec.max_open_orders:
+        raise OrderRefused(
+            Refusal.TOO_MANY_ORDERS,
+            "order_id",
+            f"account {account} already has {spec.max_open_orders} open orders in"
+            f" {spec.symbol} (max_open_orders): cancel one first",
+        )
     close_only = status is MarketStatus.CLOSE_ONLY or spec.reduce_only
     if order.reduce_only or close_only:
         if pos.size * side >= 0 or q > abs(pos.size):
@@ -152,14 +241,11 @@ def decide(
                 f"{spec.symbol} is close-only: only orders that reduce a position",
             )
         return 0, True
-    held = book.open_quantity(account, side)
-    reserved = book.reserved(account)
-    if replacing is not None:
-        reserved -= replacing.margin
-        if not replacing.reduce_only and replacing.side == side:
-            held -= replacing.quantity
-    before = max(0, side * pos.size + held)
-    after = max(0, side * pos.size + held + q)
+    same_side = book.open_quantity(account, side)
+    if replacing is not None and not replacing.reduce_only and replacing.side == side:
+        same_side -= replacing.quantity
+    before = max(0, side * pos.size + same_side)
+    after = max(0, side * pos.size + same_side + q)
     opening = after - before
     largest = max(_notional(spec, after, order.price), _notional(spec, after, mark))
     limit = spec.max_position_notional
@@ -185,19 +271,62 @@ def decide(
             "leverage",
             f"{leverage}x is above the {most}x the tier allows for a notional of {largest}",
         )
-    im = ceil_div(
-        max(_notional(spec, opening, order.price), _notional(spec, opening, mark)), leverage
-    )
-    num, den = spec.value(side * q, mark)
-    loss = max(0, -((num - spec.side_value(side * q, order.price) * den) // den))
+    im, loss = _cost(spec, side, q, order.price, opening, leverage, mark)
     cost = im + loss
+    # The account's orders here with this one, re-priced at the mark (hold), must
+    # fit: what is accepted never leaves the margin over-committed.
     # The cross wallet's figure already counts every cross position's IM.
-    free = available(spec, pos, mark, reserved) if cross_free is None else cross_free - reserved
-    if cost > free:
+    base = available(spec, pos, mark, 0) if cross_free is None else cross_free
+    if not book.count(account):
+        fits, others, mine = cost <= base, [], []
+    else:
+        order.margin = cost
+        if _bound(spec, book, order, mark) <= base:
+            return cost, False  # the walk could only find that it fits: skipped
+        others = book.of(account)
+        if replacing is not None:
+            others.remove(replacing)
+        mine = list(others)
+        bisect.insort(mine, order, key=_by_id)
+        fits = hold(spec, pos.size, mine, mark) <= base
+    if not fits:
+        held = hold(spec, pos.size, others, mark)
+        needs = (hold(spec, pos.size, mine, mark) if others else cost) - held
+        free = base - held
         raise OrderRefused(
             Refusal.INSUFFICIENT_BALANCE,
             "quantity",
-            f"the order needs {cost} (initial margin {im}, open loss {loss}) but account"
-            f" {account} has {max(free, 0)} available in {spec.symbol}",
+            f"the order needs {needs} (initial margin {im}, open loss {loss}, and what the"
+            f" account's other orders hold more with it) but account {account} has"
+            f" {max(free, 0)} available in {spec.symbol}",
         )
     return cost, False
+
+
+def _bound(spec: MarketSpec, book: OrderBook, order: Order, mark: int) -> int:
+    """An upper bound, in O(1), of what the account's orders hold at ``mark`` with
+    ``order`` (its margin set) among them (:func:`hold`).
+
+    Each order holds at most its reservation plus its re-priced cost, and that
+    cost (IM at leverage >= 1, plus open loss) is at most three times its
+    notional at the dearest of its side's prices and the mark, plus a quantum
+    or three of rounding: a well-funded account is answered without the walk,
+    with the answer the walk would give.
+    """
+    account = order.account
+    total = book.reserved(account) + order.margin + 6 * (book.count(account) + 1)
+    for side in (1, -1):
+        qty = book.open_quantity(account, side)
+        lo, hi = book.price_range(account, side)
+        if side == order.side:
+            qty += order.quantity
+            lo, hi = (order.price, order.price) if not lo else (lo, hi)
+            lo, hi = min(lo, order.price), max(hi, order.price)
+        if qty:
+            dear = _dearest(spec, hi if spec.contract_type is ContractType.LINEAR else lo, mark)
+            total += 3 * _notional(spec, qty, dear)
+    return total
+
+
+def _by_id(order: Order) -> int:
+    return order.order_id

@@ -21,7 +21,9 @@ position closed at the settlement price ``P`` the operator names:
 
 Settlement is refused while a liquidation is in progress (its fund claim or
 reservation would be left dangling): halt the market, let liquidations
-finish, then settle.  Conservation holds to the unit: what left the
+finish, then settle.  It is refused too while a cross-margin position is
+open there (``docs/engine.md``, "Market lifecycle", says why): close-only
+first, let them close, then settle.  Conservation holds to the unit: what left the
 positions is exactly what reached wallets, the fund (backstop margin) and
 the fee pool.
 """
@@ -72,12 +74,14 @@ def settle(m: MarketEngine, price: int, ts: int) -> None:
     cross = sorted(a for a in m.cross if a in m.positions)
     if cross:
         # A cross position's margin is a band of its account's wallet (possibly
-        # negative): closing it here needs the account's other collateral, which
-        # settlement does not reach yet.  Refused rather than booked as a deficit.
+        # negative): its loss at the price may need the account's other collateral,
+        # in the wallet and the asset's other markets, which one market's settlement
+        # cannot reach atomically.  Refused rather than booked as a deficit.
         raise Rejected.precondition(
             "market",
             f"{m.symbol} has {len(cross)} cross-margin position(s) open (first: account"
-            f" {cross[0]}); settlement of cross positions is not supported yet: close them first",
+            f" {cross[0]}); only isolated positions are settled: put the market in"
+            " close_only, let the gateway close the cross positions, then settle",
         )
     spec = m.spec
     positions = sorted(m.positions.values(), key=lambda p: p.account)

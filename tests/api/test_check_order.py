@@ -177,11 +177,73 @@ def test_cancel_and_amend_on_the_stream(d: Daemon) -> None:
     assert check(d, order(a, BUY, 250)).accepted
 
 
+def test_open_orders_per_account_are_bounded(d: Daemon) -> None:
+    """max_open_orders (UpdateMarket here; 200 by default) refuses a new order, unary
+    and on the stream, changing nothing; a cancel makes room again."""
+    from riskd.v1 import types_pb2
+
+    def limit(n: int) -> None:
+        m = types_pb2.Market(symbol="BTC-USDT", max_open_orders=n)
+        got = admin(d).UpdateMarket(admin_pb2.UpdateMarketRequest(market=m)).market
+        assert got.max_open_orders == n
+
+    a = funded(d, 100)
+    limit(2)
+    try:
+        first = order(a, BUY, 10)
+        assert check(d, first).accepted and check(d, order(a, BUY, 10)).accepted
+        before = digest(d)
+        no = check(d, order(a, BUY, 10))
+        assert (no.accepted, no.refusal, no.field) == (
+            False,
+            ingest_pb2.ORDER_REFUSAL_TOO_MANY_ORDERS,
+            "order.order_id",
+        ), no
+        r = send(d, U(check_order=order(a, SELL, 10)))
+        assert [(x.field, x.order_refusal) for x in r.rejections] == [
+            ("updates[0].check_order.order_id", ingest_pb2.ORDER_REFUSAL_TOO_MANY_ORDERS)
+        ]
+        assert digest(d) == before
+        assert check(d, first).accepted  # a retry of an open one is not a new order
+        cancel = ingest_pb2.CancelOrder(market="BTC-USDT", order_id=first.order_id)
+        assert not send(d, U(cancel_order=cancel), U(check_order=order(a, SELL, 10))).rejections
+    finally:
+        limit(200)
+
+
+def test_a_later_mark_re_prices_what_orders_hold(d: Daemon) -> None:
+    """Buy 1 BTC at 50,000 with 600 USDT: 500 reserved.  At a mark of 55,000 the
+    order holds 550: the next check sees 50 available and margin out stops there."""
+
+    def mark(price: int) -> None:
+        assert not send(
+            d, U(mark_price=ingest_pb2.MarkPrice(market="BTC-USDT", price=price))
+        ).rejections
+
+    a = funded(d, 600)
+    assert check(d, order(a, BUY, 1_000)).accepted
+    mark(5_500_000)
+    try:
+        no = check(d, order(a, BUY, 100, price=5_500_000))  # needs 55
+        assert (no.refusal, no.available) == (
+            ingest_pb2.ORDER_REFUSAL_INSUFFICIENT_BALANCE,
+            50 * USDT,
+        ), no
+        out = ingest_pb2.MarginTransfer(account=a, market="BTC-USDT", amount=-51 * USDT)
+        assert [x.field for x in send(d, U(margin_transfer=out)).rejections] == [
+            "updates[0].margin_transfer.amount"
+        ]
+    finally:
+        mark(P)
+    assert check(d, order(a, BUY, 100)).accepted  # 50 at 50,000 and 100x: fits the 100
+
+
 def test_gate_settings_show_in_the_market(d: Daemon) -> None:
     q = query_pb2_grpc.QueryServiceStub(d.channel())
     got = {m.symbol: m for m in q.ListMarkets(query_pb2.ListMarketsRequest()).markets}
     assert got["BTC-USDT"].HasField("order_price_band_ppm")
     assert got["BTC-USDT"].open_interest_cap == 0
+    assert got["BTC-USDT"].max_open_orders == 200
 
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
@@ -248,7 +310,7 @@ def test_gate_config_keys_are_read_and_range_checked() -> None:
         30_000,
         5_000,
     )
-    for bad in ("order_price_band_ppm = 1000001", "open_interest_cap = -1"):
+    for bad in ("order_price_band_ppm = 1000001", "open_interest_cap = -1", "max_open_orders = 0"):
         with pytest.raises(ValueError, match=rf"markets\.BTC-USDT\.{bad.split()[0]}"):
             config.parse(text.replace(anchor, bad + "\n" + anchor, 1))
 

@@ -142,3 +142,58 @@ def test_node_client_over_mutual_tls(node_client: Path, tmp_path: Path) -> None:
         assert refused.returncode != 0
     finally:
         assert d.stop() == 0
+
+
+def test_node_order_helpers_check_amend_cancel_and_send_the_index(
+    node_client: Path, daemon: Daemon
+) -> None:
+    """``clients/node/orders.js`` (the ``riskd.js`` helpers): stream checks, an amend, a
+    cancel, unary checks, and marks with an index price that the mark guard judges."""
+    from riskd.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+
+    admin = admin_pb2_grpc.AdminServiceStub(daemon.channel())
+    admin.UpdateMarket(
+        admin_pb2.UpdateMarketRequest(
+            market=types_pb2.Market(symbol="BTC-USDT", mark_max_divergence_ppm=10_000)
+        )
+    )
+    run = subprocess.run(
+        ["node", str(node_client.parent / "orders.js"), daemon.target, "77"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["stream"] == [
+        {
+            "sequence": 5,
+            "field": "updates[4].check_order.quantity",
+            "order_refusal": "ORDER_REFUSAL_INSUFFICIENT_BALANCE",
+        }
+    ]
+    no = "ORDER_REFUSAL_UNSPECIFIED"
+    refused = "ORDER_REFUSAL_INSUFFICIENT_BALANCE"
+    assert got["unary"] == [
+        {"accepted": True, "refusal": no, "field": "", "reserved": "40000000", "available": "0"},
+        {
+            "accepted": False,
+            "refusal": refused,
+            "field": "order.quantity",
+            "reserved": "0",
+            "available": "0",
+        },
+    ]
+    # the cancel freed 60; the check still runs on the last good mark
+    assert got["after_cancel"] == [
+        {
+            "accepted": True,
+            "refusal": no,
+            "field": "",
+            "reserved": "4000000",
+            "available": "56000000",
+        }
+    ]
+    query = query_pb2_grpc.QueryServiceStub(daemon.channel())
+    markets = {m.symbol: m for m in query.ListMarkets(query_pb2.ListMarketsRequest()).markets}
+    assert markets["BTC-USDT"].mark_guard == types_pb2.MARK_GUARD_REASON_DIVERGENCE

@@ -150,6 +150,10 @@ CASES["order_price_band_ppm"] = (
 )
 CASES["open_interest_cap"] = ([5_000, 0], [(-1, "market.open_interest_cap")])
 CASES["max_position_notional"] = ([1_000_000 * USDT, 0], [(-1, "market.max_position_notional")])
+CASES["max_open_orders"] = (
+    [5, 200],
+    [(0, "market.max_open_orders"), (100_001, "market.max_open_orders")],
+)
 CASES["partial_liquidation_policy"] = (
     [types_pb2.PARTIAL_LIQUIDATION_POLICY_FULL],
     [
@@ -395,6 +399,7 @@ _FIELDS["mark_stale_after_ms"] = _INT64
 _FIELDS["order_price_band_ppm"] = _INT64
 _FIELDS["open_interest_cap"] = _INT64
 _FIELDS["max_position_notional"] = _INT64
+_FIELDS["max_open_orders"] = _INT64
 _FIELDS["partial_fraction_ppm"] = _INT64
 _FIELDS["partial_cooldown_ms"] = _INT64
 _FIELDS["partial_liquidation_policy"] = st.integers(min_value=-1, max_value=4)

@@ -229,28 +229,89 @@ ORDERS = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(orders=ORDERS, margin=st.integers(min_value=1, max_value=3_000), long=st.integers(0, 1_500))
+@given(
+    orders=ORDERS,
+    margin=st.integers(min_value=1, max_value=3_000),
+    long=st.integers(0, 1_500),
+    marks=st.lists(st.integers(4_500_000, 5_500_000).map(lambda p: p // 10 * 10), max_size=12),
+    descending=st.booleans(),
+)
 def test_two_orders_never_spend_the_same_margin(
-    orders: list[tuple[int, int, int, int, bool]], margin: int, long: int
+    orders: list[tuple[int, int, int, int, bool]],
+    margin: int,
+    long: int,
+    marks: list[int],
+    descending: bool,
 ) -> None:
-    """After every accepted check the account's reservations fit its available margin;
-    a refused one changes nothing."""
+    """After every accepted check that may add to the position the account's orders,
+    re-priced at the mark of the moment, fit its available margin, whatever the
+    marks did in between and in whichever order the ids come; a refused one
+    changes nothing."""
     d = desk()
     d.margin(1, M, margin * U)
     d.margin(2, M, 10_000 * U)
     if long:
         d.fill(M, 1, 2, P, long) if margin * U * 100 >= long * P * 10 else None
     m = d.markets[M]
+    mark = P
     for i, (side, price, qty, leverage, ro) in enumerate(orders, start=1):
+        if i <= len(marks):
+            mark = marks[i - 1]
+            d.mark(M, mark)
+            if 1 not in m.positions or m.positions[1].liquidation:
+                return  # liquidated by the move: no more checks to make
+        oid = 100 - i if descending else i
         before = digest(d.engine)
         try:
-            d.apply(CheckOrder(M, i, 1, side, price, qty, ro, False, leverage))
+            d.apply(CheckOrder(M, oid, 1, side, price, qty, ro, False, leverage))
         except OrderRefused:
             assert digest(d.engine) == before
             continue
-        pos = m.positions[1]
-        assert available(m.spec, pos, P, m.orders.reserved(1)) >= 0
+        assert m.held(1) >= m.orders.reserved(1)
+        accepted = m.orders.get(oid)
+        if accepted is not None and not accepted.reduce_only:  # reducing needs no margin
+            assert available(m.spec, m.positions[1], mark, m.held(1)) >= 0
     d.check()
+
+
+def test_a_mark_that_moves_against_orders_holds_more_at_the_next_decision() -> None:
+    """Buy 1 BTC at 50,000 with 600 USDT: it reserves 500 (100x), 100 stay free.  At a
+    mark of 55,000 the order is worth 550 of initial margin: only 50 may leave or be
+    committed.  At 45,000 it would fill 5,000 under water: nothing is free.  Back at
+    50,000 the reservation is what it holds again."""
+    from riskd.core import MarginTransfer
+
+    d = desk()
+    d.margin(1, M, 600 * U)
+    check(d, 1, 1, BUY, P, ONE)
+    m = d.markets[M]
+    assert (reserved(d, 1), m.held(1)) == (500 * U, 500 * U)
+    d.mark(M, 5_500_000)
+    assert (reserved(d, 1), m.held(1)) == (500 * U, 550 * U)  # the amount stays, it holds more
+    assert_rejected(d.engine, MarginTransfer(1, M, -51 * U), Code.FAILED_PRECONDITION, "amount")
+    # 0.1 BTC more at 55,000 needs 55 (100x) of the 50 left
+    r = refused(
+        d, CheckOrder(M, 2, 1, BUY, 5_500_000, 100), Refusal.INSUFFICIENT_BALANCE, "quantity"
+    )
+    assert "50000000 available" in r.message
+    d.mark(M, 4_500_000)
+    assert m.held(1) == 500 * U + 5_000 * U  # IM at the order's price, and the open loss
+    assert_rejected(d.engine, MarginTransfer(1, M, -1), Code.FAILED_PRECONDITION, "amount")
+    d.mark(M, P)
+    assert m.held(1) == 500 * U
+    d.apply(MarginTransfer(1, M, -100 * U))
+    d.check()
+
+
+def test_re_pricing_nets_the_book_whatever_the_ids() -> None:
+    """Two buys that add up to the same exposure hold the same whichever was checked first."""
+    a, b = desk(), desk()
+    for d, ids in ((a, (1, 2)), (b, (2, 1))):
+        d.margin(1, M, 1_000 * U)
+        check(d, ids[0], 1, BUY, P, 500)
+        check(d, ids[1], 1, BUY, P, 500)
+        d.mark(M, 5_200_000)
+    assert a.markets[M].held(1) == b.markets[M].held(1) == 520 * U
 
 
 @pytest.mark.parametrize("spec", [btc_usdt_spec(), btc_usd_spec()])
@@ -261,6 +322,37 @@ def test_gate_settings_are_range_checked(spec: MarketSpec) -> None:
         with pytest.raises(SpecError) as e:
             dataclasses.replace(spec, **{name: -1})
         assert e.value.field == name
+    assert spec.max_open_orders == 200
+    for bad in (0, -1, 100_001):
+        with pytest.raises(SpecError) as e:
+            dataclasses.replace(spec, max_open_orders=bad)
+        assert e.value.field == "max_open_orders"
+
+
+def test_open_orders_per_account_are_bounded() -> None:
+    """A gateway that checks and never cancels stops at max_open_orders; amends,
+    retries and other accounts are not counted against it; a cancel or a fill frees one."""
+    from riskd.core import AmendOrder, CancelOrder
+
+    d = desk(max_open_orders=3)
+    d.margin(1, M, 1_000 * U)
+    d.margin(2, M, 1_000 * U)
+    for i in (1, 2):
+        check(d, i, 1, BUY, P, 10)
+    check(d, 3, 1, SELL, P, 10, reduce_only=False)
+    check(d, 3, 1, SELL, P, 10)  # a retried check is the same order, not a fourth
+    r = refused(d, CheckOrder(M, 4, 1, BUY, P, 10), Refusal.TOO_MANY_ORDERS, "order_id")
+    assert "3 open orders" in r.message
+    d.apply(AmendOrder(M, 1, P, 20))  # an amend keeps the count
+    check(d, 5, 2, BUY, P, 10)  # another account has its own
+    d.apply(CancelOrder(M, 2))
+    check(d, 4, 1, BUY, P, 10)
+    refused(d, CheckOrder(M, 6, 1, BUY, P, 10), Refusal.TOO_MANY_ORDERS, "order_id")
+    d.margin(3, M, 1_000 * U)
+    d.apply(Fill(M, 1, 1, 3, P, 20, buyer_order_id=1))  # filled whole: no longer open
+    check(d, 6, 1, BUY, P, 10)
+    assert d.markets[M].orders.count(1) == 3
+    d.check()
 
 
 def test_cross_orders_share_the_wallet_and_hold_it() -> None:
@@ -288,3 +380,41 @@ def test_cross_orders_share_the_wallet_and_hold_it() -> None:
     d.apply(Fill("ETH-USDT", 1, 2, 1, P, ONE, seller_order_id=2))
     assert d.markets["ETH-USDT"].orders.reserved(1) == 0
     d.check()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    inverse=st.booleans(),
+    size=st.integers(-3_000, 3_000),
+    mark=st.integers(1_000, 9_000_000),
+    orders=st.lists(
+        st.tuples(
+            st.sampled_from([BUY, SELL]),
+            st.integers(1_000, 9_000_000),
+            st.integers(1, 3_000),
+            st.sampled_from([0, 1, 3, 125]),
+            st.integers(0, 10**9),
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+)
+def test_the_quick_bound_is_never_below_the_walk(
+    inverse: bool, size: int, mark: int, orders: list[tuple[int, int, int, int, int]]
+) -> None:
+    """The gate answers a well-funded account from an O(1) upper bound: it must bound
+    the exact re-priced figure on both contract types, whatever the book."""
+    from riskd.core.orders import Order, OrderBook
+    from riskd.core.risk_gate import _bound, hold
+
+    spec = btc_usd_spec() if inverse else btc_usdt_spec()
+    book = OrderBook()
+    made = [
+        Order(i, 1, side, price // 10 * 10 or 10, qty, False, False, lev, margin)
+        for i, (side, price, qty, lev, margin) in enumerate(orders, start=1)
+    ]
+    *rest, last = made
+    for o in rest:
+        book.add(o)
+    exact = hold(spec, size, sorted(made, key=lambda o: o.order_id), mark)
+    assert _bound(spec, book, last, mark) >= exact

@@ -100,6 +100,26 @@ def test_settlement_waits_for_liquidations_in_progress() -> None:
     assert_rejected(d.engine, SettleMarket(M, usdt("49000")), Code.FAILED_PRECONDITION, "market")
 
 
+def test_settlement_waits_for_cross_positions_to_close() -> None:
+    """A cross position's loss may need its account's wallet: refused, naming the
+    way out (close-only, close them, settle); once it is closed, settled."""
+    from riskd.core import Deposit, SetMarginMode
+
+    d = desk()
+    d.apply(SetMarginMode(M, 3, True))
+    d.apply(Deposit(3, "USDT", 10_000 * U))
+    d.fill(M, 3, 1, usdt("50000"), 100)  # 3 buys 0.1 BTC in cross from 1
+    r = assert_rejected(
+        d.engine, SettleMarket(M, usdt("50000")), Code.FAILED_PRECONDITION, "market"
+    )
+    assert "account 3" in r.message and "close_only" in r.message
+    d.apply(MarketStatusChange(M, "close_only"))
+    d.fill(M, 2, 3, usdt("50000"), 100)  # closed: both sides shrink
+    d.apply(SettleMarket(M, usdt("50000")))
+    assert d.markets[M].status is MarketStatus.SETTLED
+    d.check()
+
+
 def test_a_bad_settlement_price_is_refused_on_price() -> None:
     d = desk()
     assert_rejected(d.engine, SettleMarket(M, 0), Code.INVALID_ARGUMENT, "price")

@@ -400,6 +400,7 @@ def test_metrics_are_in_base_units_with_total_counters_and_sane_buckets(live: Li
     assert [f.name for f in hist] == [
         "riskd_batch_duration_seconds",
         "riskd_ingest_queue_seconds",
+        "riskd_ingest_durable_seconds",
         "riskd_journal_commit_seconds",
     ]
     for h in hist:
