@@ -594,7 +594,8 @@ def worker_cascade(
         import pstats
 
         prof.disable()
-        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+        order = os.environ.get("RISKD_PROFILE_SORT", "cumulative")
+        pstats.Stats(prof, stream=sys.stderr).sort_stats(order).print_stats(40)
 
     settled = sum(1 for e in effects if isinstance(e, LiquidationSettled))
     adl = sum(1 for e in effects if isinstance(e, AdlEvent))

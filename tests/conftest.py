@@ -1,4 +1,10 @@
-"""How the suite splits across pytest-xdist workers (``make test``: ``-n 2 --dist loadgroup``).
+"""Suite-wide settings: hypothesis without deadlines, and how the suite splits
+across pytest-xdist workers (``make test``: ``-n 2 --dist loadgroup``).
+
+Hypothesis's default 200 ms deadline per example is a timed assertion: on a
+loaded machine (two workers on CI's two cores) a slow first call fails a
+correct test.  Examples still run to completion; a test that sets its own
+deadline keeps it.
 
 Each test file is one unit of work, so a module's fixtures (a daemon shared by
 its tests) start once; tests/cluster is one unit, so its session-wide
@@ -13,6 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("riskd", deadline=None)
+settings.load_profile("riskd")
 
 TESTS = Path(__file__).resolve().parent
 

@@ -7,8 +7,9 @@ matplotlib, and ``riskd replay`` there says in one line to install
 
 Slow-ish (~95 s of CPU: a build that compiles the core once, about a minute,
 a venv, an install from pip's cache, two daemons): one test, marked slow.
-Run it without this checkout on PYTHONPATH: ``python -m build`` leaves
-riskd.egg-info here, and pip would take that for riskd installed.
+Its commands run without PYTHONPATH (a worktree's tests set it to the
+checkout): ``python -m build`` leaves riskd.egg-info here, and pip would take
+that for riskd installed.
 """
 
 from __future__ import annotations
@@ -29,13 +30,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEALTH_CHECK = ROOT / "deploy" / "docker" / "grpc_health_check.py"
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def run(
     *args: str | Path, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        [str(a) for a in args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=CLEAN_ENV if env is None else env,
     )
     assert proc.returncode == 0, f"{args}: {proc.stdout}\n{proc.stderr}"
     return proc
@@ -59,7 +66,7 @@ def serve_once(bin_dir: Path, tmp: Path) -> None:
             cwd=tmp,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**CLEAN_ENV, "PYTHONUNBUFFERED": "1"},
         )
     try:
         port = None
@@ -124,7 +131,7 @@ def test_sdist_and_wheel_install_and_serve_in_a_clean_venv(tmp_path: Path) -> No
     assert "riskd" in names and "matplotlib" not in names and "numpy" not in names
     version = run(bin_dir / "riskd", "--version", cwd=tmp_path).stdout
     assert version.strip().endswith(" (compiled core)"), version
-    pure = run(bin_dir / "riskd", "--version", cwd=tmp_path, env={**os.environ, "RISKD_PURE": "1"})
+    pure = run(bin_dir / "riskd", "--version", cwd=tmp_path, env={**CLEAN_ENV, "RISKD_PURE": "1"})
     assert pure.stdout.strip().endswith(" (pure core)"), pure.stdout
     serve_once(bin_dir, tmp_path)
     replay = subprocess.run(
@@ -133,6 +140,7 @@ def test_sdist_and_wheel_install_and_serve_in_a_clean_venv(tmp_path: Path) -> No
         capture_output=True,
         text=True,
         timeout=60,
+        env=CLEAN_ENV,
     )
     assert replay.returncode == 2, replay
     assert replay.stdout == ""
@@ -143,7 +151,7 @@ def test_sdist_and_wheel_install_and_serve_in_a_clean_venv(tmp_path: Path) -> No
     # The sdist installs too (built again from itself), over the wheel; without
     # compiling this time (RISKD_PURE_BUILD=1): the wheel above was compiled
     # from this sdist already, and a second compile costs CI a minute.
-    env = {**os.environ, "RISKD_PURE_BUILD": "1"}
+    env = {**CLEAN_ENV, "RISKD_PURE_BUILD": "1"}
     run(*pip, "--force-reinstall", "--no-deps", sdist, cwd=tmp_path, env=env)
     version = run(bin_dir / "riskd", "--version", cwd=tmp_path).stdout
     assert version.strip().endswith(" (pure core)"), version
