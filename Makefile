@@ -15,10 +15,10 @@ CORE_STAMP := riskd/core/.compiled
 # Also run with RISKD_PURE=1 by `make test`: the core's tests and the tests that
 # compare a daemon's state digest with the core's, so the two cannot drift.
 PURE_TESTS ?= tests/core tests/api/test_daemon_e2e.py tests/api/test_waterfall_e2e.py
-# pytest-xdist processes for `make test` (tests/conftest.py keeps a file, and
-# tests/cluster, on one worker); PYTEST_WORKERS=0 runs the suite in one process.
+# pytest-xdist processes for `make test` (each test file on one worker: see
+# tests/conftest.py); PYTEST_WORKERS=0 runs the suite in one process.
 PYTEST_WORKERS ?= 2
-XDIST = -n $(PYTEST_WORKERS) --dist loadgroup
+XDIST = -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: setup compile gen run test lint lint-proto bench demo clean distclean
 

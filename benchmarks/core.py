@@ -583,8 +583,10 @@ def worker_cascade(
         prof = cProfile.Profile()
         prof.enable()
     t1 = time.perf_counter_ns()
+    c1 = time.process_time_ns()  # CPU too: on a shared machine wall time includes waiting
     effects = engine.apply(MarkPrice(SYMBOL, CASCADE_MARK, 2))
     elapsed = (time.perf_counter_ns() - t1) / 1e9
+    cpu = (time.process_time_ns() - c1) / 1e9
     finished.set()
     if not owner.acquire(blocking=False):  # the watchdog is reporting and will exit
         threading.Event().wait()
@@ -605,6 +607,8 @@ def worker_cascade(
         "elapsed_s": elapsed,
         "liquidations_settled": settled,
         "liquidations_per_s": settled / elapsed,
+        "cpu_s": cpu,
+        "liquidations_per_cpu_s": settled / cpu if cpu else 0.0,
         "adl_events": adl,
         "fund_flows": flows,
         "still_liquidating": len(market.liquidations),
@@ -776,7 +780,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                 note = (
                     f"{r['liquidations_settled']} LiquidationSettled in {r['elapsed_s']:.2f}s, "
                     f"{r['adl_events']} ADL, {r['fund_flows']} fund entries, "
-                    f"{r['violations']} violations"
+                    f"{r['violations']} violations; "
+                    f"{r['liquidations_per_cpu_s']:,.0f} per CPU second"
                 )
                 if r["violations"] or r["liquidations_settled"] != n:
                     errors.append(f"cascade {fund} n={n}: {note}: {r['violations_sample']}")

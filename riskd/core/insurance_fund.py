@@ -346,7 +346,10 @@ class InsuranceFund(DictPickled):
             self.total_outflow -= amount
             report.outflow_by_kind[kind] = report.outflow_by_kind.get(kind, 0) - amount
             if kind in _OUTFLOWS:
-                self._bucket(self._losses.setdefault(market, deque()), ts, -amount, add=True)
+                losses = self._losses.get(market)
+                if losses is None:  # not setdefault: that builds a deque every time
+                    losses = self._losses[market] = deque()
+                self._bucket(losses, ts, -amount, add=True)
         report.closing_balance = self.balance
         self._bucket(self._peaks, ts, self.balance, add=False)
         return entry

@@ -27,7 +27,7 @@ from riskd.core.events import AdlReason
 from riskd.core.margin import NEVER_LONG, NEVER_SHORT, bankruptcy_threshold
 from riskd.core.market import MarketSpec
 from riskd.core.pickling import FieldsPickled, SlotsPickled
-from riskd.core.position import Position
+from riskd.core.position import Position, traded
 from riskd.core.units import INT64_MAX, PPM, ceil_div
 
 __all__ = [
@@ -159,9 +159,8 @@ def takeover_result(spec: MarketSpec, pos: Position, qty: int, price: int) -> tu
     trader's side takes the unit, and ``R`` already includes it.
     """
     value = spec.trade_value(qty, price)
-    trial = Position(pos.account)
-    trial.size, trial.basis, trial.margin = pos.size, pos.basis, pos.margin
-    return value, trial.margin + trial.trade(-qty, -value)
+    realised = traded(pos.size, pos.basis, -qty, -value)[2]  # no trial Position
+    return value, pos.margin + realised
 
 
 def execution_price(spec: MarketSpec, pos: Position, extra_margin: int = 0) -> int:

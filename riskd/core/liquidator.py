@@ -17,6 +17,7 @@ closing's result, and nothing here rounds in anyone's favour but the fund's.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from mypy_extensions import mypyc_attr
@@ -343,15 +344,7 @@ class Liquidator(DictPickled):
         # move the hole.  One that waits for ADL itself qualifies if it is
         # solvent there: two such positions net out against each other.
         spare = 0 if spec.is_linear else 2
-        ranked = (
-            p
-            for p in self.m.ranked_for_adl(q < 0)
-            if p.size
-            and (p.size > 0) != (q > 0)
-            and p.liquidation in self._awaiting_adl_or_none(p)
-            and margin_balance(spec, p, price) >= spare
-        )
-        takes = adl.allocate(ranked, abs(q), spec, mark)
+        takes = adl.allocate(self._counterparties(q, price, spare), abs(q), spec, mark)
         if sum(x for _, x in takes) < abs(q):
             return False  # wait: the missing counterparties are being liquidated themselves
         _, at_mark = close_result(spec, pos, mark)
@@ -405,6 +398,20 @@ class Liquidator(DictPickled):
         )
         self._conclude(liq, pos, price, abs(total), abs(q), ts)
         return True
+
+    def _counterparties(self, q: int, price: int, spare: int) -> Iterator[Position]:
+        """The ranked positions opposite ``q`` that qualify, lazily: the queue stops at
+        the first that cover it.  (A generator function: compiled, a generator
+        expression becomes a list, which made every ADL test every counterparty.)"""
+        spec = self.m.spec
+        for p in self.m.ranked_for_adl(q < 0):
+            if (
+                p.size
+                and (p.size > 0) != (q > 0)
+                and p.liquidation in self._awaiting_adl_or_none(p)
+                and margin_balance(spec, p, price) >= spare
+            ):
+                yield p
 
     def _awaiting_adl_or_none(self, pos: Position) -> tuple[int, ...]:
         """Liquidation ids a counterparty may carry: none, or one waiting for ADL."""

@@ -499,3 +499,14 @@ def test_pro_rata_risk_through_the_engine(rows: list[tuple[int, int]]) -> None:
             size = {a: s for a, s, _ in same_leverage}
             counts.append(sum(1 for n in of_type(out, AdlNotice) if n.quantity == size[n.account]))
         assert counts[1] == 0 <= counts[0]
+
+
+def test_adl_counterparties_are_found_lazily() -> None:
+    """The queue stops at the first counterparties that cover a bankrupt position:
+    compiled, a generator expression would become a list and test every ranked
+    position's margin for each ADL (a quadratic all-ADL cascade, issue 17)."""
+    d = _book_liquidated()
+    m = d.markets[M]
+    found = m.liquidator._counterparties(m.positions[1].size, usdt("25000"), 0)
+    assert iter(found) is found  # an iterator, not a list built up front
+    assert next(found).account == 2 and next(found, None) is None
