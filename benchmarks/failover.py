@@ -56,7 +56,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks.harness import log_records
+from benchmarks.harness import CLOCK_TICK, log_records, proc_table
 from riskd.v1 import admin_pb2, admin_pb2_grpc
 from riskd_client.gateway import Gateway
 
@@ -307,38 +307,18 @@ def _config_of(asset: str, base: Path) -> Path:
     return path
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_table() -> dict[int, tuple[int, float, float]]:
-    """Every process: pid -> (parent, its own CPU s, its exited children's CPU s)."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        own = (int(fields[11]) + int(fields[12])) / _TICK
-        waited = (int(fields[13]) + int(fields[14])) / _TICK
-        out[int(name)] = (int(fields[1]), own, waited)
-    return out
-
-
 def _busy_s() -> float:
     """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(v) - v[3] - v[4]) / _TICK  # less idle and iowait
+    return (sum(v) - v[3] - v[4]) / CLOCK_TICK  # less idle and iowait
 
 
 def _cpu_by_process(roots: dict[str, list[int]]) -> dict[int, tuple[str, float]]:
     """CPU seconds so far of every process, with its group: that of its nearest
     listed ancestor (itself included; a root counts its exited children too), or
     "other" (work on the machine that is not this benchmark's)."""
-    table = _proc_table()
+    table = proc_table()
     group_of = {pid: g for g, pids in roots.items() for pid in pids}
     harness = os.getpid()
     out = {}
@@ -384,7 +364,7 @@ def _threads_cpu_s(pids: list[int]) -> dict[str, float]:
                 continue
             fields = rest.split()
             name = "main" if tid == str(pid) else head.split("(", 1)[1].rstrip("0123456789-_")
-            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICK
     return out
 
 

@@ -56,9 +56,14 @@ __all__ = [
     "si",
     "display",
     "logger",
+    "CLOCK_TICK",
+    "proc_table",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: /proc's CPU times are in these ticks per second.
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 #: Updates stamped per millisecond of gateway time: a workload of n updates
 #: spans n / STAMPS_PER_MS ms, so even 10^7 updates stay 10 s ahead of the
@@ -335,3 +340,20 @@ def display(cmd: Sequence[str]) -> str:
         except ValueError:
             parts[0] = "python"
     return shlex.join(parts)
+
+
+def proc_table() -> dict[int, tuple[int, float, float]]:
+    """Every process: pid -> (parent, its own CPU s, its exited children's CPU s)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        own = (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+        waited = (int(fields[13]) + int(fields[14])) / CLOCK_TICK
+        out[int(name)] = (int(fields[1]), own, waited)
+    return out

@@ -368,7 +368,7 @@ def worker_ref_server(mode: str) -> None:
 # --- the client ----------------------------------------------------------------
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
+_TICK = harness.CLOCK_TICK
 
 
 def _cpu_s(pid: int) -> float:
@@ -402,17 +402,7 @@ def _thread_cpu_s(pid: int) -> dict[str, float]:
 
 def _others_cpu_s(exclude: set[int]) -> dict[int, float]:
     """CPU seconds of every other process (another job competing for the cores), by pid."""
-    out: dict[int, float] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in exclude:
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(name)] = (int(fields[11]) + int(fields[12])) / _TICK
-    return out
+    return {pid: own for pid, (_, own, _) in harness.proc_table().items() if pid not in exclude}
 
 
 def _others_delta(a: dict[int, float], z: dict[int, float]) -> float:
