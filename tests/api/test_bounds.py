@@ -259,8 +259,12 @@ def start_limited(tmp: Path, fsize: int) -> tuple[subprocess.Popen[bytes], Path,
             [sys.executable, "-m", "riskd.cli", "serve", "--grpc-listen", "127.0.0.1:0",
              "--metrics-listen", "127.0.0.1:0", "--data-dir", str(tmp / "data")],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize)),
         )  # fmt: skip
+    # Set from outside, not by preexec_fn: that runs Python in the forked child of
+    # this multi-threaded test process (xdist's and grpc's threads), which
+    # subprocess documents as unsafe; once it left the daemon with a broken
+    # epoll fd.  Nothing writes to the audit log before riskd serves.
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (fsize, fsize))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
