@@ -7,10 +7,13 @@ Python stubs.  Skipped when node/npm are missing or ``npm ci`` cannot install.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -38,10 +41,18 @@ def _installed() -> bool:
     return all((modules / p / "package.json").exists() for p in ("grpc-js", "proto-loader"))
 
 
-@pytest.fixture(scope="module")
-def node_client() -> Path:
-    """``clients/node`` with its dependencies installed (once; kept between runs)."""
-    if not _installed():
+def install() -> str | None:
+    """``npm ci`` in ``clients/node`` unless its dependencies are there (kept
+    between runs); None when they are, else why not.  Under a file lock: two
+    xdist workers may both ask (this file, tests/cluster), and a second
+    ``npm ci`` deletes node_modules under the first one's tests."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node and npm are not both on PATH"
+    key = hashlib.sha256(str(NODE_DIR).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"riskd-npm-ci-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _installed():
+            return None
         try:
             done = subprocess.run(
                 ["npm", "ci", "--no-audit", "--no-fund"],
@@ -51,9 +62,18 @@ def node_client() -> Path:
                 timeout=300,
             )
         except subprocess.TimeoutExpired:
-            pytest.skip("npm ci in clients/node timed out (no registry?)")
+            return "npm ci in clients/node timed out (no registry?)"
         if done.returncode != 0 or not _installed():
-            pytest.skip(f"npm ci in clients/node failed (no registry?): {done.stderr[-500:]}")
+            return f"npm ci in clients/node failed (no registry?): {done.stderr[-500:]}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def node_client() -> Path:
+    """``clients/node``'s ``ingest.js``, its dependencies installed."""
+    why = install()
+    if why:
+        pytest.skip(why)
     return NODE_DIR / "ingest.js"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from riskd_client.gateway import Gateway
 from ..api.scenario import crash_scenario, send
 from ..api.test_durability import pure_digest
 from ..api.test_node_client import NODE_DIR
-from ..api.test_node_client import _installed as _node_installed
+from ..api.test_node_client import install as install_node_client
 from .services import EtcdCluster, Postgres, free_port, wait_for
 
 
@@ -144,8 +143,9 @@ def test_the_owner_answers_route_and_the_node_client_follows_a_redirect(two_node
         with pytest.raises(grpc.RpcError) as e:
             route.Route(cluster_pb2.RouteRequest(asset="DOGE"))
         assert e.value.code() == grpc.StatusCode.NOT_FOUND and "asset" in (e.value.details() or "")
-    if shutil.which("node") is None or not _node_installed():
-        pytest.skip("node or clients/node/node_modules missing (npm ci in clients/node)")
+    why = install_node_client()
+    if why:
+        pytest.skip(why)
     run = subprocess.run(
         ["node", str(NODE_DIR / "ingest.js"), b.address],
         capture_output=True, text=True, timeout=60,
