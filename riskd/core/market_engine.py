@@ -447,16 +447,7 @@ class MarketEngine(DictPickled):
             c.leverage,
             0,
         )
-        order.margin, order.reduce_only = decide(
-            self.spec,
-            self.status,
-            self.guard_mark,
-            self.positions.get(c.account),
-            self.orders,
-            self.open_interest,
-            order,
-            cross_free=self._cross_free(c.account, cross_free),
-        )
+        self._decide(order, None, cross_free)
         self.orders.add(order)
 
     def amend_order(self, a: AmendOrder) -> None:
@@ -479,26 +470,27 @@ class MarketEngine(DictPickled):
             old.leverage,
             0,
         )
-        new.margin, new.reduce_only = decide(
-            self.spec,
-            self.status,
-            self.guard_mark,
-            self.positions.get(old.account),
-            self.orders,
-            self.open_interest,
-            new,
-            old,
-            self._cross_free(old.account, cross_free),
-        )
+        self._decide(new, old, cross_free)
         self.orders.remove(old.order_id)
         self.orders.add(new)
 
-    def _cross_free(self, account: int, given: int | None) -> int | None:
-        """What a cross account's order check may commit (None: isolated); without a
-        figure from the router (a market driven alone), nothing."""
-        if account not in self.cross:
-            return None
-        return 0 if given is None else given
+    def _decide(self, order: Order, replacing: Order | None, given: int | None) -> None:
+        """The risk gate's answer for ``order`` (replacing ``replacing``, an amend)
+        set on it, or :class:`OrderRefused`.  ``given``: what the router worked
+        out a cross account may commit (None: no figure; a market driven alone
+        commits nothing for a cross account)."""
+        cross_free = None if order.account not in self.cross else (0 if given is None else given)
+        order.margin, order.reduce_only = decide(
+            self.spec,
+            self.status,
+            self.guard_mark,
+            self.positions.get(order.account),
+            self.orders,
+            self.open_interest,
+            order,
+            replacing,
+            cross_free,
+        )
 
     def cross_order_account(self, x: object) -> int | None:
         """The cross account an order check or amend here is for (None: not one):
