@@ -69,7 +69,16 @@ from riskd.core.position import BACKSTOP_ACCOUNT, Position, traded
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
 from riskd.core.risk_gate import decide, hold
 from riskd.core.settlement import settle
-from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, fits_int64, short, sign
+from riskd.core.units import (
+    INT64_MAX,
+    PPM,
+    ceil_div,
+    check_int64,
+    fits_int64,
+    magnitude,
+    short,
+    sign,
+)
 from riskd.core.wallet import check_account
 
 __all__ = ["MarketEngine", "PositionView"]
@@ -873,7 +882,8 @@ class MarketEngine(DictPickled):
         size, basis, realised = traded(was, pos.basis, qty, value)
         margin = pos.margin + realised - fee
         # Grows: larger, or flipped to the other side.
-        grows = abs(size) > abs(was) or (was != 0 and size != 0 and (size > 0) != (was > 0))
+        flipped = was != 0 and size != 0 and (size > 0) != (was > 0)
+        grows = magnitude(size) > magnitude(was) or flipped
         backstop = account == BACKSTOP_ACCOUNT
         if grows and (self.spec.reduce_only or backstop or self.status is not _OPEN):  # .grows
             why = (
@@ -893,7 +903,7 @@ class MarketEngine(DictPickled):
                 " the price is beyond its bankruptcy price or the fee exceeds its margin",
             )
         if cross and size and self.mark is not None:
-            adds = abs(size) > abs(was) and (was == 0 or (was > 0) == (size > 0))
+            adds = magnitude(size) > magnitude(was) and (was == 0 or (was > 0) == (size > 0))
             if not adds:
                 self._check_cross_band(pos, size, basis, margin, fee, field)
         if not (short(size) and short(basis) and short(margin)):

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
-from riskd.core.units import ceil_div
+from riskd.core.units import ceil_div, magnitude, mul
 
 __all__ = ["Position", "BACKSTOP_ACCOUNT", "traded"]
 
@@ -101,9 +101,10 @@ def traded(size: int, basis: int, qty: int, value: int) -> tuple[int, int, int]:
     """
     if size == 0 or (size > 0) == (qty > 0):
         return size + qty, basis + value, 0
-    closing = min(abs(qty), abs(size))
-    close_value = value if closing == abs(qty) else ceil_div(value * closing, abs(qty))
-    released = basis if closing == abs(size) else ceil_div(basis * closing, abs(size))
+    traded_qty, held = magnitude(qty), magnitude(size)  # native, unlike abs() and min()
+    closing = traded_qty if traded_qty < held else held
+    close_value = value if closing == traded_qty else ceil_div(mul(value, closing), traded_qty)
+    released = basis if closing == held else ceil_div(mul(basis, closing), held)
     after = size + qty
     basis -= released
     if after and (after > 0) != (size > 0):
