@@ -284,6 +284,9 @@ class Sequencer(Actor):
         self.added: set[str] = set()
         #: Cross accounts re-checked across the market and wallet actors.
         self.cross = CrossMargin(markets, wallets)
+        #: riskd's clock in timestamp_ms, the one gateway stamps are checked
+        #: against: it stamps operator inputs when they are sequenced.
+        self.clock: Callable[[], int] = now_ms
 
     def resume(self, gateway: str, epoch: int) -> Resume:
         """The last durable sequence and the kept rejections up to it.
@@ -683,24 +686,31 @@ class Sequencer(Actor):
         reserved = 0 if fund is None else await fund.call(_reserved, fund)
         return withdrawals_paused(asset, unsettled, reserved)
 
-    async def inject(self, i: FundInjection) -> Durable[int]:
+    async def inject(self, i: FundInjection, replaying: bool = False) -> Durable[int]:
         fund = self.funds.get(i.asset)
         if fund is None:
             raise Rejected.not_found("asset", f"unknown asset {i.asset!r}")
+        if not replaying and not i.ts:
+            i = dataclasses.replace(i, ts=self.clock())
         balance = await fund.call(fund.inject, i)
         return await self._durable(FundInjected(i), balance)
 
     async def update_spec(
-        self, symbol: str, changes: dict[str, object], ts: int = 0
+        self, symbol: str, changes: dict[str, object], ts: int | None = None
     ) -> Durable[MarketSpec]:
-        """Change a market's settings (see MarketEngine.update_spec); journaled."""
+        """Change a market's settings (see MarketEngine.update_spec); journaled.
+
+        ``ts`` None: stamped now (an operator's change); replay passes the
+        journaled one."""
         market = self.markets.get(symbol)
         if market is None:
             raise Rejected.not_found("market", f"unknown market {symbol!r}")
+        if ts is None:
+            ts = self.clock()
         spec = await market.call(_update_spec, market.engine, changes, ts)
         return await self._durable(MarketUpdated(symbol, changes, ts), spec)
 
-    async def admin_input(self, x: Input) -> Durable[int]:
+    async def admin_input(self, x: Input, replaying: bool = False) -> Durable[int]:
         """An operator's change to a market (``Journal.ADMIN`` kinds: status,
         mark guard, settlement), applied between two inputs and journaled;
         answers how many positions the market held just before it."""
@@ -711,6 +721,10 @@ class Sequencer(Actor):
         market = self.markets.get(symbol)
         if market is None:
             raise Rejected.not_found("market", f"unknown market {symbol!r}")
+        if not replaying and not x.ts:
+            # Stamped here, in the order it takes, and journaled with its stamp:
+            # replay gives the same events (and staleness, cool-downs) again.
+            x = dataclasses.replace(x, ts=self.clock())
         # Nothing else writes to the market meanwhile: the sequencer is its only writer.
         held = len(market.engine.positions)
         [refused] = await _apply(market, [x])
@@ -892,8 +906,9 @@ class Sequencer(Actor):
             if not changes:
                 continue
             market = self.markets[sym]
+            ts = self.clock()
             try:
-                await market.call(_update_spec, market.engine, changes, 0)
+                await market.call(_update_spec, market.engine, changes, ts)
             except Rejected as r:
                 key = r.field.removeprefix("market.")
                 raise SettingsConflict(
@@ -902,7 +917,7 @@ class Sequencer(Actor):
                     f" {getattr(old, key, '?')!r}, the file now says"
                     f" {getattr(spec, key, '?')!r})",
                 ) from r
-            out.append(MarketUpdated(sym, changes, 0))
+            out.append(MarketUpdated(sym, changes, ts))
         created = tuple(sym for sym in wanted if sym not in base and sym not in self.added)
         if out or created:
             out.append(MarketSettings(wanted, created))
@@ -930,6 +945,11 @@ async def _apply(actor: MarketActor | WalletActor, items: list[Input]) -> list[R
 
 def _nothing() -> None:
     return None
+
+
+def now_ms() -> int:
+    """Wall-clock time in timestamp_ms, as the ingest checks gateway stamps."""
+    return time.time_ns() // 1_000_000
 
 
 class SettingsConflict(RiskdError):
@@ -967,7 +987,7 @@ class _Replay:
 
     async def injection(self, r: FundInjected) -> None:
         with contextlib.suppress(Rejected):
-            await self.s.inject(r.injection)
+            await self.s.inject(r.injection, replaying=True)
 
     async def market_update(self, r: MarketUpdated) -> None:
         with contextlib.suppress(Rejected):
@@ -978,7 +998,7 @@ class _Replay:
 
     async def admin(self, r: AdminInput) -> None:
         with contextlib.suppress(Rejected):
-            await self.s.admin_input(r.input)
+            await self.s.admin_input(r.input, replaying=True)
 
     async def market_added(self, r: MarketAdded) -> None:
         with contextlib.suppress(Rejected):

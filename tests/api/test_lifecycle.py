@@ -272,3 +272,68 @@ def test_an_added_market_is_in_the_snapshots_the_writer_process_takes(tmp_path: 
         assert pos.size == 500
     finally:
         assert d.stop() == 0, d.log.read_text()
+
+
+def _stamps(d: Daemon) -> list[tuple[str, int]]:
+    """Every operator-made event on the stream so far: (kind, timestamp_ms)."""
+    events = events_pb2_grpc.EventServiceStub(d.channel()).Subscribe(
+        events_pb2.SubscribeRequest(from_sequence=1), timeout=2
+    )
+    out = []
+    with pytest.raises(grpc.RpcError):  # the deadline ends the subscription
+        for e in events:
+            kind = e.event.WhichOneof("kind")
+            if kind in ("market_status_changed", "mark_guard_changed", "market_settled"):
+                out.append((str(kind), e.event.timestamp_ms))
+            elif kind == "fund_flow" and e.event.fund_flow.kind == "injection":
+                out.append((str(kind), e.event.timestamp_ms))
+    return out
+
+
+def _ledger_stamps(d: Daemon) -> list[int]:
+    ledger = query(d).ListFundLedger(query_pb2.ListFundLedgerRequest(asset="USDT")).entries
+    return [e.timestamp_ms for e in ledger if e.kind == "injection"]
+
+
+def test_operator_changes_are_stamped_with_riskds_clock_and_replay_keeps_the_stamps(
+    tmp_path: Path,
+) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        before_ms = time.time_ns() // 1_000_000
+        a = admin(d)
+        a.InjectFund(admin_pb2.InjectFundRequest(asset="USDT", amount=1_000 * USDT))
+        s = RawStream(d, "gw-stamps")
+        assert list(s.send(mark("ETH-USDT", 300_000)).rejections) == []
+        s.close()
+        a.SetMarketStatus(
+            admin_pb2.SetMarketStatusRequest(
+                market="ETH-USDT", status=types_pb2.MARKET_STATUS_CLOSE_ONLY
+            )
+        )
+        a.OverrideMarkGuard(admin_pb2.OverrideMarkGuardRequest(market="ETH-USDT", hold=True))
+        a.SettleMarket(admin_pb2.SettleMarketRequest(market="ETH-USDT", price=300_000))
+        after_ms = time.time_ns() // 1_000_000
+        stamps = _stamps(d)
+        assert [k for k, _ in stamps] == [
+            "fund_flow",
+            "market_status_changed",
+            "mark_guard_changed",
+            "market_status_changed",  # settled
+            "market_settled",
+        ], stamps
+        assert all(before_ms <= ts <= after_ms for _, ts in stamps), (before_ms, stamps)
+        assert [ts for _, ts in stamps] == sorted(ts for _, ts in stamps)  # the order taken
+        [injected] = _ledger_stamps(d)
+        assert injected == stamps[0][1]
+        digest = state(d).digest
+    finally:
+        d.process.send_signal(signal.SIGKILL)  # no snapshot: the journal alone replays
+        d.process.wait(10)
+    d = start_daemon(tmp_path)
+    try:
+        assert state(d).digest == digest
+        assert _stamps(d) == stamps  # the events numbered again by replay, stamps and all
+        assert _ledger_stamps(d) == [injected]
+    finally:
+        assert d.stop() == 0, d.log.read_text()
