@@ -274,6 +274,9 @@ def test_an_added_market_is_in_the_snapshots_the_writer_process_takes(tmp_path: 
         assert d.stop() == 0, d.log.read_text()
 
 
+_OPERATOR_EVENTS = ("market_status_changed", "mark_guard_changed", "market_settled")
+
+
 def _stamps(d: Daemon) -> list[tuple[str, int]]:
     """Every operator-made event on the stream so far: (kind, timestamp_ms)."""
     events = events_pb2_grpc.EventServiceStub(d.channel()).Subscribe(
@@ -282,11 +285,10 @@ def _stamps(d: Daemon) -> list[tuple[str, int]]:
     out = []
     with pytest.raises(grpc.RpcError):  # the deadline ends the subscription
         for e in events:
-            kind = e.event.WhichOneof("kind")
-            if kind in ("market_status_changed", "mark_guard_changed", "market_settled"):
-                out.append((str(kind), e.event.timestamp_ms))
-            elif kind == "fund_flow" and e.event.fund_flow.kind == "injection":
-                out.append((str(kind), e.event.timestamp_ms))
+            kind = str(e.event.WhichOneof("kind"))
+            injected = kind == "fund_flow" and e.event.fund_flow.kind == "injection"
+            if injected or kind in _OPERATOR_EVENTS:
+                out.append((kind, e.event.timestamp_ms))
     return out
 
 
