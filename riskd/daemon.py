@@ -498,13 +498,19 @@ class Daemon:
         result = await self.sequencer.call(self.sequencer.reconcile, self.config.markets, fresh)
         if isinstance(result, SettingsConflict):
             raise StartupError(f"bad configuration: {result}")
-        added, differ = result
-        if differ:
+        if result.differ:
             log.warning(
                 "market_settings_differ",
-                keys=differ,
+                keys=result.differ,
                 kept="the data directory's (settings journaled before format 2)",
             )
+        if result.settled:
+            log.warning(
+                "settled_market_in_config",
+                markets=result.settled,
+                kept="settled: the file's settings for it are not applied; remove it from the file",
+            )
+        added = result.records
         if added:
             await trio.to_thread.run_sync(journal.append, [codec.encode(r) for r in added])
         return len(added)

@@ -39,6 +39,7 @@ from riskd.core.errors import Code
 from riskd.core.events import CheckOrder, FundInjection, Input, Withdrawal
 from riskd.core.inputs import KINDS, Journal, Owner, kind_of
 from riskd.core.invariants import digest, violations
+from riskd.core.market_status import MarketStatus
 from riskd.core.recent_ids import (
     DEFAULT_CAPACITY,
     WithdrawalDecision,
@@ -68,6 +69,7 @@ __all__ = [
     "Sequencer",
     "SequenceError",
     "SettingsConflict",
+    "Reconciled",
     "BatchResult",
     "Posted",
     "Update",
@@ -847,20 +849,19 @@ class Sequencer(Actor):
 
     async def reconcile(
         self, file: Sequence[MarketSpec], fresh: bool
-    ) -> tuple[list[Record], list[str]] | SettingsConflict:
+    ) -> Reconciled | SettingsConflict:
         """:meth:`_reconcile`; a conflict is a result (raised, it would stop the actor)."""
         try:
             return await self._reconcile(file, fresh)
         except SettingsConflict as e:
             return e
 
-    async def _reconcile(
-        self, file: Sequence[MarketSpec], fresh: bool
-    ) -> tuple[list[Record], list[str]]:
+    async def _reconcile(self, file: Sequence[MarketSpec], fresh: bool) -> Reconciled:
         """Bring the markets in line with the config file at start.
 
-        Returns the records to journal, and the keys (``markets.SYM.key``) where
-        format 1 data keeps a live setting that differs from the file's.
+        Returns the records to journal, the keys (``markets.SYM.key``) where
+        format 1 data keeps a live setting that differs from the file's, and
+        the settled markets the file still declares.
 
         Call after replay, before the journal is attached.  ``fresh``: the journal
         is empty, so the markets begin with the file's settings (journaled, so a
@@ -871,22 +872,29 @@ class Sequencer(Actor):
         directory holds that the file dropped, or a change of what positions are
         measured in, raises :class:`SettingsConflict` naming the key.  Format 1
         data, whose settings were never journaled, keeps its live settings.
+
+        A settled market is past the file: it stays settled whatever the file
+        says of it (its settings are never applied, it is never created anew),
+        and the file may drop it.
         """
         wanted = {spec.symbol: spec for spec in file}
         if fresh:
             self.file_settings = wanted
-            return [MarketSettings(wanted, tuple(wanted))], []
+            return Reconciled([MarketSettings(wanted, tuple(wanted))])
+        settled = {s for s, m in self.markets.items() if m.engine.status is MarketStatus.SETTLED}
+        listed = sorted(settled & wanted.keys())
         base = self.file_settings
         out: list[Record] = []
         if base is None:
             differ = [
                 f"markets.{sym}.{key}"
                 for sym, spec in wanted.items()
+                if sym not in settled
                 for key in _differing(self.markets[sym].engine.spec, spec)
             ]
             self.file_settings = wanted
-            return [MarketSettings(wanted, ())], differ
-        gone = sorted(base.keys() - wanted.keys())
+            return Reconciled([MarketSettings(wanted, ())], differ, listed)
+        gone = sorted(base.keys() - wanted.keys() - settled)
         if gone:
             raise SettingsConflict(
                 f"markets.{gone[0]}",
@@ -895,6 +903,8 @@ class Sequencer(Actor):
                 " it down)",
             )
         for sym, spec in wanted.items():
+            if sym in settled:
+                continue
             old = base.get(sym)
             if old is None and sym in self.added:
                 # Added at runtime, declared by the file since: the file's
@@ -918,11 +928,13 @@ class Sequencer(Actor):
                     f" {getattr(spec, key, '?')!r})",
                 ) from r
             out.append(MarketUpdated(sym, changes, ts))
-        created = tuple(sym for sym in wanted if sym not in base and sym not in self.added)
-        if out or created:
+        created = tuple(
+            sym for sym in wanted if sym not in base and sym not in self.added | settled
+        )
+        if out or created or base.keys() - wanted.keys():
             out.append(MarketSettings(wanted, created))
             self.file_settings = wanted
-        return out, []
+        return Reconciled(out, [], listed)
 
     def check(self) -> tuple[str, list[str]]:
         """Digest and invariant violations of the whole state (call inside :meth:`barrier`)."""
@@ -950,6 +962,18 @@ def _nothing() -> None:
 def now_ms() -> int:
     """Wall-clock time in timestamp_ms, as the ingest checks gateway stamps."""
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What a start's :meth:`Sequencer.reconcile` found."""
+
+    #: Records to journal (the file's changes, its settings).
+    records: list[Record]
+    #: ``markets.SYM.key`` where format 1 data keeps a setting the file differs on.
+    differ: list[str] = field(default_factory=list)
+    #: Settled markets the file still declares (kept settled).
+    settled: list[str] = field(default_factory=list)
 
 
 class SettingsConflict(RiskdError):
@@ -1005,11 +1029,17 @@ class _Replay:
             await self.s.add_market(r.spec, replaying=True)
 
     async def settings(self, r: MarketSettings) -> None:
+        s = self.s
         for sym in r.created:
-            market = self.s.markets.get(sym)
-            if market is not None:  # else the start refuses the file (reconcile)
-                await market.call(_install, market, r.markets[sym])
-        self.s.file_settings = dict(r.markets)
+            market, spec = s.markets.get(sym), r.markets[sym]
+            if market is not None:
+                await market.call(_install, market, spec)
+            elif s.spawn is not None and spec.asset.symbol in s.funds:
+                # The file dropped it since (allowed once it is settled): the
+                # journal still says what it was, and its history needs it.
+                # (Not settled: reconcile refuses the file.)
+                s.markets[sym] = await s.spawn(MarketEngine(spec))
+        s.file_settings = dict(r.markets)
 
 
 def _cross_reserved(account: int, engine: MarketEngine) -> int:
