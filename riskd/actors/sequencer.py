@@ -34,10 +34,11 @@ from riskd.actors.journal import Durable, JournalActor
 from riskd.actors.market import MarketActor
 from riskd.actors.wallet import WalletActor
 from riskd.core import Asset, Engine, MarketEngine, MarketSpec, OrderRefused, Rejected
-from riskd.core.engine import check_new_market
+from riskd.core.engine import check_new_asset, check_new_market
 from riskd.core.errors import Code
 from riskd.core.events import CheckOrder, FundInjection, Input, Withdrawal
 from riskd.core.inputs import KINDS, Journal, Owner, kind_of
+from riskd.core.insurance_fund import FundPolicy
 from riskd.core.invariants import digest, violations
 from riskd.core.market_status import MarketStatus
 from riskd.core.recent_ids import (
@@ -55,6 +56,7 @@ from riskd.metrics import Metrics
 from riskd.storage import codec, records
 from riskd.storage.records import (
     AdminInput,
+    AssetAdded,
     EpochAssigned,
     FundInjected,
     IngestBatch,
@@ -276,8 +278,18 @@ class Sequencer(Actor):
         #: Starts the actor of a market added at runtime (set by riskd.daemon;
         #: None: markets cannot be added, as in tools without a nursery).
         self.spawn: Callable[[MarketEngine], Awaitable[MarketActor]] | None = None
-        #: The settlement assets markets may be added in (riskd.daemon: the config's).
+        #: The settlement assets markets may be added in (riskd.daemon: the
+        #: config's, and those added at runtime).
         self.assets: dict[str, Asset] = {}
+        #: Starts the wallet and fund actors of an asset added at runtime and
+        #: puts them in ``wallets`` and ``funds`` (set by riskd.daemon; None:
+        #: assets cannot be added).
+        self.spawn_asset: Callable[[Asset, FundPolicy], Awaitable[None]] | None = None
+        #: Assets added at runtime (journaled AssetAdded), whether or not the
+        #: file declares them since.
+        self.added_assets: dict[str, Asset] = {}
+        #: Assets a snapshot holds that no actor runs yet: :meth:`adopt_restored`.
+        self.restored_assets: dict[str, tuple[Asset, Any, Any]] = {}
         #: Markets a snapshot holds that no actor runs yet (added at runtime):
         #: :meth:`adopt_restored` starts them.
         self.restored: dict[str, MarketEngine] = {}
@@ -734,7 +746,9 @@ class Sequencer(Actor):
             raise refused
         return await self._durable(AdminInput(x), held)
 
-    async def add_market(self, spec: MarketSpec, replaying: bool = False) -> Durable[MarketSpec]:
+    async def add_market(
+        self, spec: MarketSpec, replaying: bool = False, ts: int | None = None
+    ) -> Durable[MarketSpec]:
         """A market begins at runtime (``AdminService.AddMarket``), journaled.
 
         Its actor starts now; replay starts it again from the record, so the
@@ -752,10 +766,41 @@ class Sequencer(Actor):
             raise Rejected.precondition("market", "markets cannot be added here")
         self.markets[spec.symbol] = await self.spawn(MarketEngine(spec))
         self.added.add(spec.symbol)
-        return await self._durable(MarketAdded(spec), spec)
+        stamp = self.clock() if ts is None else ts
+        return await self._durable(MarketAdded(spec, stamp), spec)
+
+    async def add_asset(
+        self, asset: Asset, fund: FundPolicy, ts: int | None = None, replaying: bool = False
+    ) -> Durable[Asset]:
+        """A settlement asset begins at runtime (``AdminService.AddAsset``), journaled.
+
+        Its wallet and fund actors start now, before anything can name the
+        asset; replay starts them again from the record.  An asset the file
+        declares too (added there after) keeps the file's fund policy, as every
+        declared asset does.
+        """
+        if replaying and asset.symbol in self.assets:
+            self.added_assets[asset.symbol] = asset  # reconcile compares the decimals
+            return Durable.ready(asset)
+        check_new_asset(asset, self.assets)
+        if self.spawn_asset is None:
+            raise Rejected.precondition("symbol", "assets cannot be added here")
+        await self.spawn_asset(asset, fund)
+        self.assets[asset.symbol] = asset
+        self.added_assets[asset.symbol] = asset
+        stamp = self.clock() if ts is None else ts
+        return await self._durable(AssetAdded(asset, fund, stamp), asset)
 
     async def adopt_restored(self) -> None:
-        """Start the actors of runtime-added markets a snapshot brought back."""
+        """Start the actors of runtime-added assets and markets a snapshot brought back."""
+        assets, self.restored_assets = self.restored_assets, {}
+        for symbol, (asset, wallets, fund) in assets.items():
+            if self.spawn_asset is None:
+                raise RuntimeError(f"snapshot holds asset {symbol} but assets cannot be added")
+            await self.spawn_asset(asset, fund.policy)
+            self.assets[symbol] = asset
+            self.wallets[symbol].wallets = wallets
+            self.funds[symbol].adopt(fund)
         restored, self.restored = self.restored, {}
         for symbol, engine in restored.items():
             if self.spawn is None:
@@ -817,6 +862,7 @@ class Sequencer(Actor):
             "withdrawals": self.withdrawals,
             "events": self.events,
             "added": sorted(self.added),
+            "added_assets": dict(self.added_assets),
             # As journal text: the codec reads it whatever the code's classes became.
             "file_settings": None
             if self.file_settings is None
@@ -830,9 +876,14 @@ class Sequencer(Actor):
                 self.markets[sym].engine = engine
             else:  # added at runtime: its actor starts in adopt_restored
                 self.restored[sym] = engine
+        # Absent before assets could be added at runtime.
+        self.added_assets = dict(state.get("added_assets", {}))
         for asset, wallets in state["wallets"].items():
             if asset in self.wallets:
                 self.wallets[asset].wallets = wallets
+            else:  # added at runtime: its actors start in adopt_restored
+                added = self.added_assets[asset]
+                self.restored_assets[asset] = (added, wallets, state["funds"][asset])
         for asset, fund in state["funds"].items():
             if asset in self.funds:
                 self.funds[asset].adopt(fund)  # bounds its ledger in memory
@@ -878,6 +929,14 @@ class Sequencer(Actor):
         and the file may drop it.
         """
         wanted = {spec.symbol: spec for spec in file}
+        for spec in file:  # an asset added at runtime, declared by the file since
+            added = self.added_assets.get(spec.asset.symbol)
+            if added is not None and added.decimals != spec.asset.decimals:
+                raise SettingsConflict(
+                    f"assets.{added.symbol}.decimals",
+                    f"the data directory's asset has {added.decimals} decimals (AddAsset),"
+                    f" the file says {spec.asset.decimals}",
+                )
         if fresh:
             self.file_settings = wanted
             return Reconciled([MarketSettings(wanted, tuple(wanted))])
@@ -1026,7 +1085,11 @@ class _Replay:
 
     async def market_added(self, r: MarketAdded) -> None:
         with contextlib.suppress(Rejected):
-            await self.s.add_market(r.spec, replaying=True)
+            await self.s.add_market(r.spec, replaying=True, ts=r.ts)
+
+    async def asset_added(self, r: AssetAdded) -> None:
+        with contextlib.suppress(Rejected):
+            await self.s.add_asset(r.asset, r.fund, r.ts, replaying=True)
 
     async def settings(self, r: MarketSettings) -> None:
         s = self.s
