@@ -884,7 +884,7 @@ class Sequencer(Actor):
         for asset, wallets in state["wallets"].items():
             if asset in self.wallets:
                 self.wallets[asset].wallets = wallets
-            else:  # added at runtime: its actors start in adopt_restored
+            elif asset in self.added_assets:  # its actors start in adopt_restored
                 added = self.added_assets[asset]
                 self.restored_assets[asset] = (added, wallets, state["funds"][asset])
         for asset, fund in state["funds"].items():

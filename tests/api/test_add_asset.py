@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -126,3 +128,28 @@ def test_an_asset_added_at_runtime_works_at_once_and_survives_restarts(tmp_path:
         assert d.stop() == 0, d.log.read_text()
     ok, lines = audit(config_mod.load(config), tmp_path / "data")
     assert ok, lines
+
+    # The file declares the asset since: the same decimals start (its fund
+    # settings from the file on), other decimals refuse the start naming the key.
+    declared = config.read_text() + (
+        "\n[assets.USDC]\ndecimals = {d}\n[assets.USDC.fund]\ndrawdown_limit_ppm = 400000\n"
+        '\n[markets.SOL-USDC]\ncontract_type = "linear"\nasset = "USDC"\nprice_decimals = 2\n'
+        "quantity_decimals = 2\ntick_size = 1\nstep_size = 1\ntiers = [[0, 20, 25000]]\n"
+    )
+    config.write_text(declared.format(d=8))
+    refused = subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "serve", "--config", str(config),
+         "--grpc-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+         "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "assets.USDC.decimals" in refused.stderr, refused.stderr
+    config.write_text(declared.format(d=6))
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+        assert state(d).digest == before and fund(d) == (501 * USDC, [500 * USDC, USDC])
+        assets = query(d).ListAssets(query_pb2.ListAssetsRequest()).assets
+        assert [x.symbol for x in assets] == ["BTC", "USDC", "USDT"]
+    finally:
+        assert d.stop() == 0, d.log.read_text()
