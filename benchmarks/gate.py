@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import harness, ingest
+from benchmarks import harness, ingest, sched
 from benchmarks.figures import add as _fig
 
 __all__ = ["run", "main", "build_checks"]
@@ -119,7 +119,14 @@ def build_checks(batch: int, n_updates: int, seed: int = 11) -> list[bytes]:
 # --- unary worker (a client process) ---------------------------------------------
 
 
-async def _unary(target: str, setup: list[bytes], capacity_s: float, paced_s: float) -> Any:
+async def _unary(
+    target: str,
+    setup: list[bytes],
+    capacity_s: float,
+    paced_s: float,
+    server_pid: int | None = None,
+    metrics_port: int | None = None,
+) -> Any:
     import grpc
 
     from riskd.v1 import ingest_pb2 as pb
@@ -157,8 +164,14 @@ async def _unary(target: str, setup: list[bytes], capacity_s: float, paced_s: fl
     t0 = clock()
     await asyncio.gather(*(loop() for _ in range(CONCURRENCY)))
     capacity = done / (clock() - t0)
-    # Open loop at half capacity: latency from when each call was due.
+    # Open loop at half capacity: latency from when each call was due.  Meanwhile
+    # what the machine took (run-queue waits, a jitter probe) and riskd's own
+    # histograms (collector pauses, journal commits) over the same window.
     rate = capacity / 2
+    pids = {"client": os.getpid(), **({"riskd": server_pid} if server_pid else {})}
+    before = harness.scrape(metrics_port) if metrics_port else []
+    machine = sched.window(pids)
+    machine.__enter__()
     latencies: list[float] = []
 
     async def due_at(at: float) -> None:
@@ -179,6 +192,8 @@ async def _unary(target: str, setup: list[bytes], capacity_s: float, paced_s: fl
         tasks.append(asyncio.create_task(due_at(at)))
     await asyncio.gather(*tasks)
     sent_rate = n / (clock() - t0)
+    machine.__exit__()
+    during = harness.since(before, harness.scrape(metrics_port)) if metrics_port else []
     # One call in flight: the path's own latency, with no queue behind it.
     alone: list[float] = []
     for _ in range(SEQUENTIAL):
@@ -200,7 +215,50 @@ async def _unary(target: str, setup: list[bytes], capacity_s: float, paced_s: fl
         "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
         "max_ms": ms[-1],
         "refused": refused,
+        "machine": machine.result,
+        "riskd": riskd_split(during),
     }
+
+
+def riskd_split(during: list[harness.Sample]) -> dict[str, Any]:
+    """riskd's histograms over a window: collector pauses per generation (count,
+    total, p99 bucket bound) and the journal's group commits (p50/p99 bucket bounds)."""
+    out: dict[str, Any] = {}
+    for g in ("0", "1", "2"):
+        count = sum(
+            x.value
+            for x in during
+            if x.name == "riskd_gc_pause_seconds_count" and x.labels.get("generation") == g
+        )
+        total = sum(
+            x.value
+            for x in during
+            if x.name == "riskd_gc_pause_seconds_sum" and x.labels.get("generation") == g
+        )
+        worst = harness.bucket_quantile(during, "riskd_gc_pause_seconds", 1.0, generation=g)
+        out[f"gc{g}"] = {
+            "count": int(count),
+            "total_ms": 1000 * total,
+            "max_ms_le": None if worst is None else 1000 * worst,
+        }
+    for q in (0.5, 0.99):
+        v = harness.bucket_quantile(during, "riskd_journal_commit_seconds", q)
+        out[f"commit_p{int(q * 100)}_ms_le"] = None if v is None else 1000 * v
+    return out
+
+
+def describe_split(r: dict[str, Any]) -> str:
+    """One line of :func:`riskd_split`."""
+    gcs = ", ".join(
+        f"gen{g} {r[f'gc{g}']['count']}× ({r[f'gc{g}']['total_ms']:.1f} ms in all,"
+        f" worst <= {r[f'gc{g}']['max_ms_le']} ms)"
+        for g in "012"
+        if r[f"gc{g}"]["count"]
+    )
+    return (
+        f"collections: {gcs or 'none'}; journal group commit p50 <= {r['commit_p50_ms_le']} ms,"
+        f" p99 <= {r['commit_p99_ms_le']} ms"
+    )
 
 
 def _fsync_ms(directory: Path, n: int = 200) -> tuple[float, float]:
@@ -238,6 +296,10 @@ def _unary_cell(tmp: Path, setup_path: Path, cfg: dict[str, Any]) -> dict[str, A
         str(cfg["unary_capacity_s"]),
         "--paced-s",
         str(cfg["unary_paced_s"]),
+        "--server-pid",
+        str(server.pid),
+        "--metrics-port",
+        str(server.metrics_port),
     ]
     try:
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -262,37 +324,40 @@ def _unary_cell(tmp: Path, setup_path: Path, cfg: dict[str, Any]) -> dict[str, A
 # --- driver ------------------------------------------------------------------------
 
 
-def run(quick: bool = False, tmpfs: Path | None = None) -> dict[str, Any]:
+def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False) -> dict[str, Any]:
     """``tmpfs``: also run the unary cell with riskd's journal there (a RAM file
-    system such as /dev/shm), so the software's latency shows apart from the disk's."""
+    system such as /dev/shm), so the software's latency shows apart from the disk's.
+    ``unary_only``: skip the stream cells (the latency figures alone)."""
     cfg = dict(QUICK if quick else FULL)
     command = (
         "python -m benchmarks.gate"
         + (" --quick" if quick else "")
         + (f" --tmpfs {tmpfs}" if tmpfs else "")
+        + (" --unary-only" if unary_only else "")
     )
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="riskd-bench-gate-"))
     try:
         setup = ingest.build_setup()
         span = cfg["warmup_s"] + cfg["measure_s"]
-        workload = tmp / "checks.pickle"
-        with workload.open("wb") as f:
-            msgs = build_checks(BATCH, int(MAX_CHECKS_PER_S * span * 1.5))
-            pickle.dump({"batch": BATCH, "setup": setup, "measured": msgs}, f, protocol=5)
         setup_path = tmp / "setup.pickle"
         setup_path.write_bytes(pickle.dumps(setup, protocol=5))
+        workload = tmp / "checks.pickle"
         # The reference: the ingest benchmark's fills through riskd, same batch size.
         fills = tmp / "fills"
-        fills.mkdir()
         fills_workload = fills / "fills.pickle"
-        with fills_workload.open("wb") as f:
-            msgs = ingest.build_workload(BATCH, int(MAX_CHECKS_PER_S * span * 1.5))
-            pickle.dump({"batch": BATCH, "setup": setup, "measured": msgs}, f, protocol=5)
+        if not unary_only:
+            with workload.open("wb") as f:
+                msgs = build_checks(BATCH, int(MAX_CHECKS_PER_S * span * 1.5))
+                pickle.dump({"batch": BATCH, "setup": setup, "measured": msgs}, f, protocol=5)
+            fills.mkdir()
+            with fills_workload.open("wb") as f:
+                msgs = ingest.build_workload(BATCH, int(MAX_CHECKS_PER_S * span * 1.5))
+                pickle.dump({"batch": BATCH, "setup": setup, "measured": msgs}, f, protocol=5)
         ingest._SPARE[0] = cfg["spare_s"]
         cells: list[dict[str, Any]] = []
         fill_cells: list[dict[str, Any]] = []
-        for rep in range(cfg["reps"]):
+        for rep in range(0 if unary_only else cfg["reps"]):
             order = KINDS if rep % 2 == 0 else KINDS[::-1]
             for kind in order:
                 c = ingest._quiet_cell(kind, BATCH, rep, tmp, workload, cfg, None)
@@ -325,55 +390,15 @@ def run(quick: bool = False, tmpfs: Path | None = None) -> dict[str, Any]:
                 f" ms p99 {u['sequential_p99_ms']:.2f} ms; fsync there p50"
                 f" {u['fsync_p50_ms']:.3f} ms"
             )
+            log(f"  meanwhile: {sched.describe(u['machine'])}")
+            log(f"  riskd: {describe_split(u['riskd'])}")
         unary = unaries["disk"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     figures: dict[str, dict[str, Any]] = {}
     by = {k: [c for c in cells if c["kind"] == k] for k in KINDS}
-    for k, cs in by.items():
-        u = harness.median_range([c["updates_per_s"] for c in cs])
-        _fig(
-            figures,
-            f"{k}_checks_per_s[batch={BATCH}]",
-            round(u[0], 1),
-            "checks/s",
-            command,
-            note=f"median of {len(cs)} [{u[1]:.0f}-{u[2]:.0f}]",
-        )
-    ratios = harness.median_range(ingest._paired(by["riskd"], by["bare"], cfg["reps"]))
-    _fig(
-        figures,
-        f"stream_ratio[batch={BATCH}]",
-        round(ratios[0], 3),
-        "x",
-        command,
-        target=f">= {TARGET_RATIO}",
-        ok=ratios[0] >= TARGET_RATIO,
-        note=f"riskd/bare check_order updates/s, median of {cfg['reps']} paired reps "
-        f"[{ratios[1]:.3f}-{ratios[2]:.3f}]",
-    )
-    vs_fills = harness.median_range(ingest._paired(by["riskd"], fill_cells, cfg["reps"]))
-    _fig(
-        figures,
-        f"checks_vs_fills[batch={BATCH}]",
-        round(vs_fills[0], 3),
-        "x",
-        command,
-        note="riskd check_order updates/s / riskd fill updates/s (the ingest benchmark's"
-        f" workload), median of {cfg['reps']} paired reps [{vs_fills[1]:.3f}-{vs_fills[2]:.3f}]",
-    )
-    per_check = statistics.median(c["server_cpu_us_per_msg"] for c in by["riskd"]) / BATCH
-    per_fill = statistics.median(c["server_cpu_us_per_msg"] for c in fill_cells) / BATCH
-    per_bare = statistics.median(c["server_cpu_us_per_msg"] for c in by["bare"]) / BATCH
-    _fig(
-        figures,
-        "server_cpu_us_per_update",
-        round(per_check, 1),
-        "µs",
-        command,
-        note=f"riskd's CPU per check_order; per fill {per_fill:.1f}, bare per check "
-        f"{per_bare:.1f} (a ratio of CPU costs, less sensitive to other load on the machine)",
-    )
+    if cells:
+        _stream_figures(figures, by, fill_cells, cfg["reps"], command)
     _fig(
         figures,
         "unary_capacity_calls_per_s",
@@ -420,17 +445,6 @@ def run(quick: bool = False, tmpfs: Path | None = None) -> dict[str, Any]:
             f" {ram['calls']} calls; one call at a time: p50 {ram['sequential_p50_ms']:.2f} ms,"
             f" p99 {ram['sequential_p99_ms']:.2f} ms",
         )
-    ratio = figures[f"stream_ratio[batch={BATCH}]"]
-    print(
-        f"check_order through the stream at batch {BATCH}: riskd/bare {ratio['value']:.3f} "
-        f"(target {ratio['target']}: {'ok' if ratio['meets_target'] else 'MISSED'};"
-        f" {ratio['note']})"
-    )
-    h = figures["server_cpu_us_per_update"]
-    print(
-        f"riskd checks/fills {figures[f'checks_vs_fills[batch={BATCH}]']['value']:.3f}; "
-        f"server CPU per check {h['value']:.1f} µs ({h['note']})"
-    )
     for name, where in (("unary_p99_ms", "disk"), ("unary_p99_ms[tmpfs]", "tmpfs")):
         if name not in figures:
             continue
@@ -457,12 +471,77 @@ def run(quick: bool = False, tmpfs: Path | None = None) -> dict[str, Any]:
             "unary_tmpfs": unaries.get("tmpfs"),
             "config": cfg,
             "stream_checks_per_s_median": {
-                k: statistics.median(c["updates_per_s"] for c in cs) for k, cs in by.items()
+                k: statistics.median(c["updates_per_s"] for c in cs) for k, cs in by.items() if cs
             },
         },
         "runtime_s": runtime,
         "quick": quick,
     }
+
+
+def _stream_figures(
+    figures: dict[str, dict[str, Any]],
+    by: dict[str, list[dict[str, Any]]],
+    fill_cells: list[dict[str, Any]],
+    reps: int,
+    command: str,
+) -> None:
+    """The stream cells' figures (ratio to bare, to fills, CPU per check), printed."""
+    for k, cs in by.items():
+        u = harness.median_range([c["updates_per_s"] for c in cs])
+        _fig(
+            figures,
+            f"{k}_checks_per_s[batch={BATCH}]",
+            round(u[0], 1),
+            "checks/s",
+            command,
+            note=f"median of {len(cs)} [{u[1]:.0f}-{u[2]:.0f}]",
+        )
+    ratios = harness.median_range(ingest._paired(by["riskd"], by["bare"], reps))
+    _fig(
+        figures,
+        f"stream_ratio[batch={BATCH}]",
+        round(ratios[0], 3),
+        "x",
+        command,
+        target=f">= {TARGET_RATIO}",
+        ok=ratios[0] >= TARGET_RATIO,
+        note=f"riskd/bare check_order updates/s, median of {reps} paired reps "
+        f"[{ratios[1]:.3f}-{ratios[2]:.3f}]",
+    )
+    vs_fills = harness.median_range(ingest._paired(by["riskd"], fill_cells, reps))
+    _fig(
+        figures,
+        f"checks_vs_fills[batch={BATCH}]",
+        round(vs_fills[0], 3),
+        "x",
+        command,
+        note="riskd check_order updates/s / riskd fill updates/s (the ingest benchmark's"
+        f" workload), median of {reps} paired reps [{vs_fills[1]:.3f}-{vs_fills[2]:.3f}]",
+    )
+    per_check = statistics.median(c["server_cpu_us_per_msg"] for c in by["riskd"]) / BATCH
+    per_fill = statistics.median(c["server_cpu_us_per_msg"] for c in fill_cells) / BATCH
+    per_bare = statistics.median(c["server_cpu_us_per_msg"] for c in by["bare"]) / BATCH
+    _fig(
+        figures,
+        "server_cpu_us_per_update",
+        round(per_check, 1),
+        "µs",
+        command,
+        note=f"riskd's CPU per check_order; per fill {per_fill:.1f}, bare per check "
+        f"{per_bare:.1f} (a ratio of CPU costs, less sensitive to other load on the machine)",
+    )
+    ratio = figures[f"stream_ratio[batch={BATCH}]"]
+    print(
+        f"check_order through the stream at batch {BATCH}: riskd/bare {ratio['value']:.3f} "
+        f"(target {ratio['target']}: {'ok' if ratio['meets_target'] else 'MISSED'};"
+        f" {ratio['note']})"
+    )
+    h = figures["server_cpu_us_per_update"]
+    print(
+        f"riskd checks/fills {figures[f'checks_vs_fills[batch={BATCH}]']['value']:.3f}; "
+        f"server CPU per check {h['value']:.1f} µs ({h['note']})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -480,21 +559,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="also measure unary CheckOrder with the journal in DIR, a RAM file system"
         " (default /dev/shm): the software's latency apart from the disk's fsync",
     )
+    p.add_argument(
+        "--unary-only",
+        action="store_true",
+        help="only the unary CheckOrder cells (capacity, latency at half of it)",
+    )
     sub = p.add_subparsers(dest="worker")
     u = sub.add_parser("unary", help="one unary client run against a riskd (prints JSON)")
     u.add_argument("--target", required=True)
     u.add_argument("--setup", required=True, help="pickle of the set-up stream's messages")
     u.add_argument("--capacity-s", type=float, default=FULL["unary_capacity_s"])
     u.add_argument("--paced-s", type=float, default=FULL["unary_paced_s"])
+    u.add_argument("--server-pid", type=int, help="riskd's pid: its run-queue waits")
+    u.add_argument("--metrics-port", type=int, help="riskd's metrics: its histograms")
     ns = p.parse_args(argv)
     if ns.worker == "unary":
         setup = pickle.loads(Path(ns.setup).read_bytes())
-        r = asyncio.run(_unary(ns.target, setup, ns.capacity_s, ns.paced_s))
+        r = asyncio.run(
+            _unary(ns.target, setup, ns.capacity_s, ns.paced_s, ns.server_pid, ns.metrics_port)
+        )
         print(json.dumps(r), flush=True)
         return
     if ns.tmpfs is not None and not ns.tmpfs.is_dir():
         p.error(f"--tmpfs: {ns.tmpfs} is not a directory")
-    out = run(quick=ns.quick, tmpfs=ns.tmpfs)
+    out = run(quick=ns.quick, tmpfs=ns.tmpfs, unary_only=ns.unary_only)
     if ns.json:
         ns.json.write_text(json.dumps(out, indent=2) + "\n")
     harness.exit_on_problems("benchmarks.gate", out["errors"])

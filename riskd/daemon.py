@@ -35,7 +35,7 @@ import trio
 from grpc_health.v1 import health_pb2
 from prometheus_client import start_http_server
 
-from riskd import core_build
+from riskd import core_build, heap
 from riskd.actors.actor import Actor, ActorStopped
 from riskd.actors.fund import FundActor
 from riskd.actors.journal import JournalActor
@@ -271,6 +271,9 @@ class Daemon:
             raise StartupError(
                 f"cannot listen on server.metrics_listen {srv.metrics_listen}: {e.strerror}"
             ) from e
+        gc_times = heap.CollectionTimes()
+        self.metrics.registry.register(gc_times)
+        gc_times.install()
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -282,6 +285,7 @@ class Daemon:
                     "ledger", "", "", _depth(self.ledger), self.ledger.capacity
                 )
                 journal = await self._recover()
+                heap.settle()  # the restored state: out of every later collection's walk
                 await nursery.start(journal.run)
                 self.metrics.watch_mailbox("journal", "", "", _depth(journal), journal.capacity)
                 portal = Portal(trio.lowlevel.current_trio_token(), nursery, UNARY_LIMIT)
@@ -364,6 +368,8 @@ class Daemon:
                         await self._shutdown(grpc, health, ingest)
                     nursery.cancel_scope.cancel()
         finally:
+            heap.unsettle()
+            gc_times.uninstall()
             http.shutdown()
             http_thread.join(timeout=5)
             admin_log.close()

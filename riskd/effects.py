@@ -334,6 +334,10 @@ def _market_settled_event(e: MarketSettled) -> Message:
         positions=e.positions,
         paid_out=e.paid_out,
         fee_pool=e.fee_pool,
+        cross_positions=e.cross_positions,
+        charged=e.charged,
+        deficit=e.deficit,
+        haircut=e.haircut,
     )
 
 
@@ -345,6 +349,10 @@ def _market_settled_log(e: MarketSettled) -> dict[str, object]:
         "positions": e.positions,
         "paid_out_quantums": e.paid_out,
         "fee_pool_quantums": e.fee_pool,
+        "cross_positions": e.cross_positions,
+        "charged_quantums": e.charged,
+        "deficit_quantums": e.deficit,
+        "haircut_quantums": e.haircut,
     }
 
 

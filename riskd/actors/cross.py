@@ -25,14 +25,14 @@ blocking sends exists (docs/architecture.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 from riskd.actors.market import MarketActor, needs_release
 from riskd.actors.wallet import WalletActor
-from riskd.core import Input, MarketEngine, Rejected, cross_margin
+from riskd.core import Input, MarketEngine, Rejected, cross_margin, settlement
 from riskd.core.cross_margin import Action, Leg
-from riskd.core.events import MarginTransfer
+from riskd.core.events import MarginTransfer, SettleMarket
 
 __all__ = ["CrossMargin"]
 
@@ -129,6 +129,28 @@ class CrossMargin:
         elif taken > 0:
             await wallet.call(wallet.debit, account, taken)
 
+    async def settle_market(self, actor: MarketActor, x: SettleMarket) -> None:
+        """Final settlement with cross positions open, as Engine._settle_market:
+        the deficits from each cross account's legs and wallet, the market settled
+        with them, what is left of each band taken into its cross wallet, then
+        the accounts re-checked.  Rejected (nothing changed) if it may not."""
+        asset = actor.engine.asset
+        wallet = self.wallets[asset]
+        accounts: list[tuple[int, Sequence[Leg], int]] = []
+        for a in await actor.call(actor.query, _cross_open):
+            legs = [leg for _, leg in await self.legs(asset, a)]
+            accounts.append((a, legs, await wallet.call(wallet.balance, a)))
+        deficits = await actor.call(actor.query, partial(_deficits, x.price, accounts))
+        left, due = await actor.call(actor.settle, x, deficits)
+        for account in sorted(left):
+            if left[account] < 0:
+                pairs = await self.legs(asset, account)
+                free = await wallet.call(wallet.balance, account)
+                margins = settlement.absorb([leg for _, leg in pairs], free, -left[account])
+                await self._allocate(wallet, account, pairs, margins)
+                await wallet.call(wallet.debit, account, -left[account])
+        await self.settle([(asset, a) for a in due], x.ts)
+
     async def _reserved(self, asset: str, account: int, but: MarketActor | None = None) -> int:
         """What the account's open orders in the asset's markets (but one) hold of its
         cross wallet."""
@@ -186,6 +208,16 @@ class CrossMargin:
         free = await wallet.call(wallet.balance, account)
         quintiles = [await m.call(m.query, lambda e: _quintile(e, account)) for m, _ in pairs]
         return cross_margin.account_view(account, asset, [leg for _, leg in pairs], free, quintiles)
+
+
+def _cross_open(engine: MarketEngine) -> list[int]:
+    return engine.cross_open()
+
+
+def _deficits(
+    price: int, accounts: Sequence[tuple[int, Sequence[Leg], int]], engine: MarketEngine
+) -> dict[int, int]:
+    return settlement.cross_deficits(engine, price, accounts)
 
 
 def _leg_and_reserved(account: int, engine: MarketEngine) -> tuple[Leg | None, int]:

@@ -27,7 +27,13 @@ from riskd.core import (
     kind_of,
     split_effects,
 )
-from riskd.core.events import AccountLiquidation, AmendOrder, CheckOrder, MarginCall
+from riskd.core.events import (
+    AccountLiquidation,
+    AmendOrder,
+    CheckOrder,
+    MarginCall,
+    SettleMarket,
+)
 from riskd.core.inputs import KINDS
 
 __all__ = ["MarketActor", "needs_release"]
@@ -165,6 +171,16 @@ class MarketActor(Actor):
         if self.engine.effects:
             await self._route()
         return self.engine.take_cross_due()
+
+    async def settle(
+        self, x: SettleMarket, deficits: dict[int, int]
+    ) -> tuple[dict[int, int], list[int]]:
+        """Final settlement (``MarketEngine.settle``), routed as :meth:`apply` routes:
+        what is left of each cross band, and the cross accounts to re-check."""
+        left = self.engine.settle(x.price, x.ts, deficits)
+        if self.engine.effects:
+            await self._route()
+        return left, self.engine.take_cross_due()
 
     async def cross_margin_call(self, call: MarginCall) -> None:
         """Publish a cross account's margin call here (its re-check decided it)."""

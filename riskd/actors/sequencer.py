@@ -36,7 +36,7 @@ from riskd.actors.wallet import WalletActor
 from riskd.core import Asset, Engine, MarketEngine, MarketSpec, OrderRefused, Rejected
 from riskd.core.engine import check_new_market
 from riskd.core.errors import Code
-from riskd.core.events import CheckOrder, FundInjection, Input, Withdrawal
+from riskd.core.events import CheckOrder, FundInjection, Input, SettleMarket, Withdrawal
 from riskd.core.inputs import KINDS, Journal, Owner, kind_of
 from riskd.core.invariants import digest, violations
 from riskd.core.recent_ids import (
@@ -713,9 +713,12 @@ class Sequencer(Actor):
             raise Rejected.not_found("market", f"unknown market {symbol!r}")
         # Nothing else writes to the market meanwhile: the sequencer is its only writer.
         held = len(market.engine.positions)
-        [refused] = await _apply(market, [x])
-        if refused is not None:
-            raise refused
+        if isinstance(x, SettleMarket):  # its cross positions need their wallets
+            await self.cross.settle_market(market, x)
+        else:
+            [refused] = await _apply(market, [x])
+            if refused is not None:
+                raise refused
         return await self._durable(AdminInput(x), held)
 
     async def add_market(self, spec: MarketSpec, replaying: bool = False) -> Durable[MarketSpec]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from mypy_extensions import mypyc_attr
 
-from riskd.core import cross_margin
+from riskd.core import cross_margin, settlement
 from riskd.core.cross_margin import Action, Leg
 from riskd.core.errors import Rejected
 from riskd.core.events import (
@@ -23,6 +23,7 @@ from riskd.core.events import (
     Input,
     ReserveClaim,
     ReserveSettle,
+    SettleMarket,
     TakeoverClaim,
     WalletCredit,
     Withdrawal,
@@ -125,7 +126,10 @@ class Engine(DictPickled):
             account = market.cross_order_account(event)
             if account is not None:  # a cross account's order check: its whole wallet
                 market.cross_free = self._order_allowance(market, account)
-            kind.on_market(market, event)
+            if type(event) is SettleMarket:  # its cross positions need their wallets
+                self._settle_market(market, event)
+            else:
+                kind.on_market(market, event)
         elif kind.owner is Owner.WALLET:
             assert kind.on_wallet is not None
             wallet = self.wallet(kind.owner_of(event), kind.key)
@@ -215,6 +219,28 @@ class Engine(DictPickled):
             wallet.credit(account, -taken)
         elif taken > 0:
             wallet.debit(account, taken)
+
+    def _settle_market(self, m: MarketEngine, x: SettleMarket) -> None:
+        """Final settlement with cross positions open (:mod:`riskd.core.settlement`):
+        each cross account's deficit worked out from its legs and wallet first,
+        the market settled with them, then what is left of each band taken into
+        its cross wallet; the accounts are re-checked after (``settle_cross``)."""
+        wallet = self.wallets[m.asset]
+        accounts = [
+            (a, [leg for _, leg in self.cross_legs(m.asset, a)], wallet.balance(a))
+            for a in m.cross_open()
+        ]
+        deficits = settlement.cross_deficits(m, x.price, accounts)
+        left = m.settle(x.price, x.ts, deficits)
+        self._route()  # its wallet credits first, as the daemon's market actor sends them
+        for account in sorted(left):
+            if left[account] < 0:
+                pairs = self.cross_legs(m.asset, account)
+                margins = settlement.absorb(
+                    [leg for _, leg in pairs], wallet.balance(account), -left[account]
+                )
+                self._allocate(wallet, account, pairs, margins)
+                wallet.debit(account, -left[account])
 
     def _order_allowance(self, market: MarketEngine, account: int) -> int:
         """:func:`~riskd.core.cross_margin.order_allowance` for a check in ``market``."""

@@ -966,7 +966,10 @@ class MarketStatusChanged(FieldsPickled):
 class MarketSettled(FieldsPickled):
     """A market was settled and delisted: ``positions`` closed at ``price``;
     ``paid_out`` the margin returned to wallets, ``fee_pool`` the market's fee
-    pool after (the closes' rounding went there)."""
+    pool after (the closes' rounding went there).  ``cross_positions`` of them
+    were cross: ``charged`` is what their accounts' cross wallets paid beyond
+    their bands; ``deficit`` what bankrupt accounts (isolated and cross) could
+    not pay, and ``haircut`` what the winners gave up for it (rounded up)."""
 
     market: str
     asset: str
@@ -975,6 +978,10 @@ class MarketSettled(FieldsPickled):
     paid_out: int
     fee_pool: int
     ts: int
+    cross_positions: int = 0
+    charged: int = 0
+    deficit: int = 0
+    haircut: int = 0
 
 
 Effect = (

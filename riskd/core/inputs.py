@@ -129,6 +129,12 @@ class InputKind(Generic[I]):
         return value
 
 
+def _settle(m: MarketEngine, x: SettleMarket) -> None:
+    """The market alone settles isolated positions only: Engine and the sequencer
+    route a settlement themselves, with the cross accounts' deficits."""
+    m.settle(x.price, x.ts)
+
+
 def _transfer(m: MarketEngine, t: MarginTransfer) -> None:
     """Margin in (after the wallet leg paid it) or out; 0 moves nothing."""
     if t.amount > 0:
@@ -213,7 +219,7 @@ _TABLE: tuple[InputKind[Any], ...] = (
     _market(CancelOrder, "cancel_order", lambda m, x: m.cancel_order(x)),
     _admin(MarketStatusChange, lambda m, x: m.set_status(x)),
     _admin(MarkGuardOverride, lambda m, x: m.override_guard(x)),
-    _admin(SettleMarket, lambda m, x: m.settle(x.price, x.ts)),
+    _admin(SettleMarket, _settle),
 )
 
 #: Every input kind by its class, in the order format 2 lists them.

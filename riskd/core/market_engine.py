@@ -14,6 +14,7 @@ Every input method validates completely before it mutates, so a
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -315,11 +316,19 @@ class MarketEngine(DictPickled):
             )
         )
 
-    def settle(self, price: int, ts: int) -> None:
-        """Final settlement at ``price`` (:mod:`riskd.core.settlement`)."""
+    def settle(
+        self, price: int, ts: int, deficits: Mapping[int, int] | None = None
+    ) -> dict[int, int]:
+        """Final settlement at ``price`` (:mod:`riskd.core.settlement`); what is left
+        of each cross account's band (its cross wallet takes it)."""
         self._begin(ts)
-        settle(self, price, ts)
+        left = settle(self, price, ts, deficits)
         self.orders = OrderBook()  # a delisted market's orders are gone with it
+        return left
+
+    def cross_open(self) -> list[int]:
+        """The cross accounts with a position here, in order."""
+        return sorted(a for a in self.cross if a in self.positions)
 
     def fill(self, f: Fill) -> None:
         """Apply both sides of a trade (open, increase, reduce, close or flip).

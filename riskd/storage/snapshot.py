@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from riskd import heap
 from riskd.storage.faults import StorageFault, describe
 
 __all__ = [
@@ -263,7 +264,10 @@ def _verified(directory: Path, unpickle: bool, upto: int | None = None) -> Snaps
             continue  # renamed by hand: its name is not where its state sits
         if upto is not None and records > upto:
             continue
-        state: dict[str, Any] = pickle.loads(payload) if unpickle else {}
+        state: dict[str, Any] = {}
+        if unpickle:
+            with heap.bulk_load():  # the collector re-walked the growing state thousands of times
+                state = pickle.loads(payload)
         journal_hash = fields[2].decode()
         return Snapshot(path, records, "" if journal_hash == "-" else journal_hash, state)
     return None

@@ -8,6 +8,7 @@ before and after a restart, and ``riskd audit`` must agree.
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 from riskd import config as config_mod
@@ -20,6 +21,7 @@ from riskd.core.events import (
     MarginTransfer,
     MarkPrice,
     SetMarginMode,
+    SettleMarket,
     Withdrawal,
 )
 from riskd.core.invariants import digest
@@ -202,3 +204,88 @@ def test_domain_cross_example_through_the_daemon(tmp_path: Path) -> None:
         assert [(n.account, list(n.markets)) for n in notices] == [(1, [E])]
     finally:
         assert d.stop() == 0
+
+
+def settlement_scenario() -> list[Input]:
+    """BTC-USDT at 50,000 with three cross accounts: 1 long 0.1 BTC and 1 ETH
+    (1,000 USDT), 3 short 0.1 BTC (2,000), 4 long 0.1 BTC with only 100; 2 is the
+    isolated maker.  ETH then rises 200 for account 1."""
+    t = stamp()
+    return [
+        Deposit(1, "USDT", 1_000 * USDT, t),
+        Deposit(2, "USDT", 100_000 * USDT, t),
+        Deposit(3, "USDT", 2_000 * USDT, t),
+        Deposit(4, "USDT", 100 * USDT, t),
+        SetMarginMode(B, 1, True, t),
+        SetMarginMode(E, 1, True, t),
+        SetMarginMode(B, 3, True, t),
+        SetMarginMode(B, 4, True, t),
+        MarginTransfer(2, B, 40_000 * USDT, t),
+        MarginTransfer(2, E, 40_000 * USDT, t),
+        MarkPrice(B, 5_000_000, t),
+        MarkPrice(E, 300_000, t),
+        Fill(B, 1, 1, 2, 5_000_000, 100, 0, 0, t),
+        Fill(E, 1, 1, 2, 300_000, 1_000, 0, 0, t),
+        Fill(B, 2, 4, 2, 5_000_000, 100, 0, 0, t),
+        Fill(B, 3, 2, 3, 5_000_000, 100, 0, 0, t),
+        MarkPrice(E, 320_000, t + 1_000),
+    ]
+
+
+def test_settling_a_market_with_cross_positions_through_the_daemon(tmp_path: Path) -> None:
+    """SettleMarket at 47,000 over gRPC: 1's BTC loss (300) is paid by its cross
+    wallet, 4 (100 against a 300 loss) is bankrupt and its 200 is taken from the
+    winners (3, cross, and 2, isolated: 100 each), never the fund.  The daemon's
+    digest equals the pure Engine's, after a crash (journal replay), after a clean
+    restart (snapshot), and in ``riskd audit``."""
+    inputs = settlement_scenario()
+    engine = run_engine(inputs, Engine(config_mod.load().markets, config_mod.load().funds))
+    assert {a: p.size for a, p in engine.markets[B].positions.items() if a != 2} == {
+        1: 100,
+        3: -100,
+        4: 100,
+    }
+    d = start_daemon(tmp_path)
+    admin = admin_pb2_grpc.AdminServiceStub(d.channel())
+    query = query_pb2_grpc.QueryServiceStub(d.channel())
+    fund = query.GetInsuranceFund(query_pb2.GetInsuranceFundRequest(asset="USDT")).fund.balance
+    try:
+        asyncio.run(stream_all(d, inputs, "gw-settle"))
+        assert _digest(d).digest == digest(engine)
+        got = admin.SettleMarket(admin_pb2.SettleMarketRequest(market=B, price=4_700_000))
+        assert got.positions == 4
+        [settled] = [e for e in events(d) if e.HasField("market_settled")]
+        s = settled.market_settled
+        assert (s.positions, s.cross_positions) == (4, 3)
+        assert (s.deficit, s.haircut) == (200 * USDT, 200 * USDT)
+        # The pure engine, the same settlement (stamped as the daemon stamped it).
+        run_engine([SettleMarket(B, 4_700_000, settled.timestamp_ms)], engine)
+        state = _digest(d)
+        assert list(state.violations) == [] and state.digest == digest(engine)
+        wallets = {
+            a: query.GetAccount(query_pb2.GetAccountRequest(account=a, asset="USDT"))
+            for a in (1, 3, 4)
+        }
+        assert wallets[4].wallet_balance == 0 and not wallets[4].cross.positions
+        assert wallets[3].wallet_balance == 2_200 * USDT  # +300 less its 100 share
+        assert wallets[1].cross.equity == (1_000 - 300 + 200) * USDT
+        assert [p.market for p in wallets[1].cross.positions] == [E]
+        after = query.GetInsuranceFund(query_pb2.GetInsuranceFundRequest(asset="USDT"))
+        assert after.fund.balance == fund
+    finally:
+        d.process.send_signal(signal.SIGKILL)  # no snapshot: the journal alone
+        d.process.wait(10)
+
+    again = start_daemon(tmp_path)
+    try:
+        assert _digest(again).digest == digest(engine)
+    finally:
+        assert again.stop() == 0  # a clean stop: a snapshot
+    again = start_daemon(tmp_path)
+    try:
+        assert _digest(again).digest == digest(engine)
+    finally:
+        assert again.stop() == 0
+    ok_, lines = audit(config_mod.load(), tmp_path / "data")
+    assert ok_, "\n".join(lines)
+    assert lines[-1].split()[-1] == digest(engine)

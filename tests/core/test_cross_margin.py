@@ -323,16 +323,19 @@ def test_a_fill_beyond_the_band_is_refused() -> None:
     assert view(d, TRADER).wallet == 600 * U
 
 
-def test_settling_a_market_with_cross_positions_is_refused() -> None:
-    """Not supported yet (a band needs its account's other collateral): refused,
-    nothing changed, rather than booked as a deficit."""
-    from riskd.core.events import SettleMarket
+def test_settling_a_market_with_cross_positions_takes_the_loss_from_the_wallet() -> None:
+    """Once refused (a band needs its account's other collateral), now settled: the
+    loss beyond BTC's band is taken from the account's cross wallet, through its
+    ETH band (riskd.core.settlement; more cases in tests/core/test_settlement.py)."""
+    from riskd.core.events import MarketSettled, SettleMarket
 
     d = two_markets(1_000 * U)
-    err = assert_rejected(
-        d.engine, SettleMarket(BTC, usdt("10000")), Code.FAILED_PRECONDITION, "market"
-    )
-    assert "cross-margin" in err.message
+    before = view(d, TRADER)
+    out = step(d, SettleMarket(BTC, usdt("9700")))  # −300 on BTC, with a band of 500
+    [settled] = of_type(out, MarketSettled)
+    assert (settled.cross_positions, settled.deficit, settled.charged) == (1, 0, 0)
+    v = view(d, TRADER)
+    assert v.equity == before.equity - 300 * U and [p.market for p in v.positions] == [ETH]
 
 
 def test_margin_call_before_liquidation_and_none_while_safe() -> None:
@@ -378,7 +381,6 @@ def test_no_cross_margin_call_with_calls_off() -> None:
     step(d, d_fill(ETH, TRADER, MAKER, "10000", QTY))
     out = step(d, d_mark(BTC, "9700")) + step(d, d_mark(ETH, "9700"))
     assert not of_type(out, MarginCall)
-
 
 
 def test_a_fill_that_brings_the_account_within_the_call_distance_calls_it_at_once() -> None:

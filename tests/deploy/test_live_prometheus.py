@@ -402,6 +402,7 @@ def test_metrics_are_in_base_units_with_total_counters_and_sane_buckets(live: Li
         "riskd_ingest_queue_seconds",
         "riskd_ingest_durable_seconds",
         "riskd_journal_commit_seconds",
+        "riskd_gc_pause_seconds",
     ]
     for h in hist:
         bounds = sorted(
