@@ -1,7 +1,8 @@
 """Where riskd's CPU per ingested update goes, stage by stage, in one process.
 
-``python -m benchmarks.ingest_stages [--batch 256] [--messages 200]`` takes
-``benchmarks.ingest``'s workload (after its set-up stream) and times each
+``python -m benchmarks.ingest_stages [--batch 256] [--messages 200] [--checks]``
+takes ``benchmarks.ingest``'s workload (after its set-up stream; ``--checks``:
+``benchmarks.gate``'s accepted ``check_order`` updates instead) and times each
 stage an ingest message passes through outside the transport, on the
 daemon's own code in one thread, timed by that thread's CPU clock
 (``time.thread_time``: on a shared machine, wall time also counts other
@@ -48,7 +49,7 @@ def _percall(samples: list[float], batch: int) -> tuple[float, float]:
     return med * 1e6, med * 1e6 / batch
 
 
-async def _run(batch: int, messages: int) -> dict[str, tuple[float, float]]:
+async def _run(batch: int, messages: int, checks: bool) -> dict[str, tuple[float, float]]:
     from riskd.access import Grant, Role
     from riskd.actors.journal import Durable
     from riskd.api.ingest import IngestServicer, _response
@@ -147,7 +148,13 @@ async def _run(batch: int, messages: int) -> dict[str, tuple[float, float]]:
 
         for raw in bench.build_setup():
             await feed("setup", raw, False)
-        for raw in bench.build_workload(batch, batch * messages):
+        if checks:
+            from benchmarks.gate import build_checks
+
+            workload = build_checks(batch, batch * messages)
+        else:
+            workload = bench.build_workload(batch, batch * messages)
+        for raw in workload:
             await feed("measured", raw, True)
         nursery.cancel_scope.cancel()
     journal.close()
@@ -158,9 +165,11 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ingest_stages")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--messages", type=int, default=200)
+    p.add_argument("--checks", action="store_true", help="benchmarks.gate's check_order updates")
     ns = p.parse_args()
-    out = trio.run(_run, ns.batch, ns.messages)
-    print(f"stages at {ns.batch} updates per message, median of {ns.messages} messages")
+    out = trio.run(_run, ns.batch, ns.messages, ns.checks)
+    what = "check_order updates" if ns.checks else "updates"
+    print(f"stages at {ns.batch} {what} per message, median of {ns.messages} messages")
     print(f"  {'stage':<16} {'µs/msg':>10} {'µs/update':>10}")
     for k, (per_msg, per_update) in out.items():
         print(f"  {k:<16} {per_msg:10.1f} {per_update:10.2f}")
