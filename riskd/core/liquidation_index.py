@@ -135,8 +135,8 @@ class SortedPairs:
         j = _first_at_least(ts, accts, threshold, account)
         if j == len(ts) or ts[j] != threshold or accts[j] != account:
             raise ValueError(f"({threshold}, {account}) is not in the index")
-        del ts[j]
-        del accts[j]
+        ts.pop(j)  # compiled, pop is native where del is a generic call
+        accts.pop(j)
         self.size -= 1
         n = len(ts)
         if n == 0:
