@@ -34,7 +34,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks import core, harness
+from benchmarks import core, gate, harness
 from riskd.config import default_toml
 from riskd.storage import ledger, snapshot
 from riskd.v1 import admin_pb2, admin_pb2_grpc
@@ -90,6 +90,10 @@ def measure(n: int) -> dict[str, Any]:
                 done = [x for x in records if x.get("event") == "snapshot_written"]
                 snap = done[0] if done else None
             channel.close()
+            # The daemon's collections over its life so far (riskd_gc_pause_seconds):
+            # with the restored state frozen, none walks the 10^6 positions.
+            assert daemon.metrics_port is not None
+            collections = gate.riskd_split(harness.scrape(daemon.metrics_port))
             fork_lines = log.read_text().count("fork()")
             problems = _problems(daemon)
         finally:
@@ -108,6 +112,7 @@ def measure(n: int) -> dict[str, Any]:
         "inject_probes": len(rtts),
         "fork_warnings": fork_lines,
         "restart_to_serving_s": round(serving, 2),
+        "collections": collections,
         "problems": problems,
     }
 
@@ -147,6 +152,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         f" max {r['inject_rtt_max_ms']} ms ({r['inject_probes']});"
         f" fork() warnings in the log: {r['fork_warnings']}"
     )
+    print(f"the daemon's collections meanwhile: {gate.describe_split(r['collections'])}")
     target = 5.0
     return {
         "figures": {
