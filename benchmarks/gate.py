@@ -161,14 +161,17 @@ async def _unary(
             await call()
             done += 1
 
+    pids = {"client": os.getpid(), **({"riskd": server_pid} if server_pid else {})}
+    at_capacity = sched.window(pids, jitter=False)
+    at_capacity.__enter__()
     t0 = clock()
     await asyncio.gather(*(loop() for _ in range(CONCURRENCY)))
     capacity = done / (clock() - t0)
+    at_capacity.__exit__()
     # Open loop at half capacity: latency from when each call was due.  Meanwhile
     # what the machine took (run-queue waits, a jitter probe) and riskd's own
     # histograms (collector pauses, journal commits) over the same window.
     rate = capacity / 2
-    pids = {"client": os.getpid(), **({"riskd": server_pid} if server_pid else {})}
     before = harness.scrape(metrics_port) if metrics_port else []
     machine = sched.window(pids)
     machine.__enter__()
@@ -189,6 +192,8 @@ async def _unary(
         wait = at - clock() - 0.002
         if wait > 0:
             await asyncio.sleep(wait)
+        else:  # behind schedule: the calls already due still get the loop
+            await asyncio.sleep(0)
         tasks.append(asyncio.create_task(due_at(at)))
     await asyncio.gather(*tasks)
     sent_rate = n / (clock() - t0)
@@ -216,6 +221,7 @@ async def _unary(
         "max_ms": ms[-1],
         "refused": refused,
         "machine": machine.result,
+        "machine_at_capacity": at_capacity.result,
         "riskd": riskd_split(during),
     }
 
@@ -245,6 +251,20 @@ def riskd_split(during: list[harness.Sample]) -> dict[str, Any]:
         v = harness.bucket_quantile(during, "riskd_journal_commit_seconds", q)
         out[f"commit_p{int(q * 100)}_ms_le"] = None if v is None else 1000 * v
     return out
+
+
+def per_call(u: dict[str, Any]) -> str:
+    """riskd's CPU per call closed loop at capacity and open loop at half of it: a
+    call costs more when fewer share a group commit and a thread wake-up."""
+    cap, half = u["machine_at_capacity"].get("riskd"), u["machine"].get("riskd")
+    if not cap or not half:
+        return "riskd's CPU per call: -"
+    at_cap = cap["cpu_ms_per_s"] / u["capacity_calls_per_s"] * 1000
+    at_half = half["cpu_ms_per_s"] / u["rate_sent"] * 1000
+    return (
+        f"riskd's CPU per call: {at_cap:.0f} µs at capacity ({cap['cpu_ms_per_s']:.0f} ms/s),"
+        f" {at_half:.0f} µs at half of it ({half['cpu_ms_per_s']:.0f} ms/s)"
+    )
 
 
 def describe_split(r: dict[str, Any]) -> str:
@@ -391,6 +411,7 @@ def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False
                 f" {u['fsync_p50_ms']:.3f} ms"
             )
             log(f"  meanwhile: {sched.describe(u['machine'])}")
+            log(f"  {per_call(u)}")
             log(f"  riskd: {describe_split(u['riskd'])}")
         unary = unaries["disk"]
     finally:

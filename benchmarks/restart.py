@@ -117,6 +117,61 @@ def measure(n: int) -> dict[str, Any]:
     }
 
 
+def collector(n: int) -> dict[str, Any]:
+    """What the cyclic collector costs around a snapshot of ``n`` positions, in this
+    process (``python -m benchmarks.restart --collector``): unpickling it with the
+    collector on and off (its collections meanwhile), then one full collection
+    with the state alive, before and after ``gc.freeze()`` (riskd/heap.py)."""
+    import gc
+    import pickle
+
+    engine = core.make_engine()
+    core.populate_book(engine, n)
+    state = {"markets": dict(engine.markets), "wallets": dict(engine.wallets),
+             "funds": dict(engine.funds), "gateways": {}, "withdrawals": OrderedDict()}  # fmt: skip
+    payload = snapshot.dumps(state)
+    del state, engine
+    gc.collect()
+    pauses: list[tuple[int, float]] = []
+    started = [0.0]
+
+    def timed(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - started[0]))
+
+    out: dict[str, Any] = {"positions": n}
+    gc.callbacks.append(timed)
+    try:
+        for mode in ("on", "off"):
+            pauses.clear()
+            if mode == "off":
+                gc.disable()
+            t0 = time.perf_counter()
+            loaded = pickle.loads(payload)
+            took = time.perf_counter() - t0
+            gc.enable()
+            full = [p for g, p in pauses if g == 2]
+            out[f"load_collector_{mode}_s"] = round(took, 3)
+            out[f"load_collector_{mode}_collections"] = len(pauses)
+            out[f"load_collector_{mode}_collecting_s"] = round(sum(p for _, p in pauses), 3)
+            out[f"load_collector_{mode}_worst_full_ms"] = round(1000 * max(full, default=0), 1)
+            t0 = time.perf_counter()
+            gc.collect()
+            out[f"full_collection_ms[{mode}]"] = round(1000 * (time.perf_counter() - t0), 1)
+            gc.freeze()
+            t0 = time.perf_counter()
+            gc.collect()
+            out[f"full_collection_frozen_ms[{mode}]"] = round(1000 * (time.perf_counter() - t0), 2)
+            gc.unfreeze()
+            del loaded
+            gc.collect()
+    finally:
+        gc.callbacks.remove(timed)
+    return out
+
+
 def _problems(daemon: harness.Server) -> list[str]:
     """The restored positions are all healthy and the state checks out."""
     assert daemon.metrics_port is not None
@@ -196,7 +251,16 @@ def run(quick: bool = False) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.restart")
     p.add_argument("--n", type=int, default=1_000_000)
-    r = measure(p.parse_args(argv).n)
+    p.add_argument(
+        "--collector",
+        action="store_true",
+        help="only the collector's cost around a snapshot of n positions, in process",
+    )
+    a = p.parse_args(argv)
+    if a.collector:
+        print(json.dumps(collector(a.n)))
+        return
+    r = measure(a.n)
     print(json.dumps(r))
     harness.exit_on_problems("benchmarks.restart", r["problems"])
 
