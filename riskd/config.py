@@ -43,6 +43,9 @@ __all__ = [
 #: Longest period a seconds setting may name (a year): beyond it, a typo.
 MAX_SECONDS = 366 * 86_400.0
 MAX_FUND_WINDOW_SECONDS = 366 * 86_400
+#: An asset's fund settings when [assets.X.fund] (or AddAsset) leaves them out.
+DEFAULT_DRAWDOWN_LIMIT_PPM = 300_000
+DEFAULT_FUND_WINDOW_SECONDS = 28_800
 
 #: ``[server]`` numbers and their inclusive ranges.  A number not listed must
 #: be >= 0 (and an integer fit in int64, a float be at most a year).  0 means
@@ -368,12 +371,15 @@ def _asset(sym: str, table: object) -> tuple[Asset, FundPolicy]:
     _no_unknown_keys(f"{where}.fund", fund, {"drawdown_limit_ppm", "window_seconds"})
     policy = FundPolicy(
         drawdown_limit_ppm=_integer(
-            f"{where}.fund.drawdown_limit_ppm", fund.get("drawdown_limit_ppm", 300_000), 1, PPM
+            f"{where}.fund.drawdown_limit_ppm",
+            fund.get("drawdown_limit_ppm", DEFAULT_DRAWDOWN_LIMIT_PPM),
+            1,
+            PPM,
         ),
         window_ms=1000
         * _integer(
             f"{where}.fund.window_seconds",
-            fund.get("window_seconds", 28_800),
+            fund.get("window_seconds", DEFAULT_FUND_WINDOW_SECONDS),
             60,
             MAX_FUND_WINDOW_SECONDS,
         ),

@@ -53,7 +53,7 @@ from riskd.api.server import SERVICE_NAMES, Services, build_server
 from riskd.api.withdrawal import WithdrawalServicer
 from riskd.config import Config
 from riskd.config import load as load_config
-from riskd.core import InsuranceFund, MarketEngine, Rejected, stress
+from riskd.core import Asset, FundPolicy, InsuranceFund, MarketEngine, Rejected, stress
 from riskd.core.events import Effect
 from riskd.core.invariants import violations
 from riskd.core.wallet import Wallets
@@ -152,6 +152,7 @@ class Daemon:
         self.sequencer.assets = dict(config.assets)
         self.nursery: trio.Nursery | None = None  # where runtime-added markets run
         self.sequencer.spawn = self._spawn_market
+        self.sequencer.spawn_asset = self._spawn_asset
         self.metrics.declare(self.markets, config.assets)
         self.metrics.describe(
             ((a, asset.decimals) for a, asset in config.assets.items()),
@@ -191,6 +192,38 @@ class Daemon:
         self.metrics.watch_mailbox("market", sym, engine.asset, _depth(actor), cap)
         self.metrics.market_state(sym, engine.status, engine.guard.reason)
         return actor
+
+    #: Whether funds write their ledger entries to ledger.sqlite3 (the snapshot
+    #: writer process only reads it).
+    writes_ledger = True
+
+    async def _spawn_asset(self, asset: Asset, policy: FundPolicy) -> None:
+        """Start the wallet and fund actors of an asset added at runtime (AddAsset)."""
+        if self.nursery is None:
+            raise Rejected.precondition("symbol", "riskd is not running")
+        if self.route is not None:
+            # A cluster node's shard is named by its configured assets.
+            raise Rejected.precondition(
+                "symbol", "a cluster node adds assets only through its configuration"
+            )
+        a, srv = asset.symbol, self.config.server
+        cap = srv.mailbox_capacity
+        wallet = WalletActor(Wallets(a), cap)
+        fund = FundActor(
+            InsuranceFund(a, policy),
+            self.publish,
+            cap,
+            self._fund_changed,
+            writer=self.ledger if self.writes_ledger else None,
+            ledger_memory=srv.fund_ledger_memory,
+        )
+        await self.nursery.start(wallet.run)
+        await self.nursery.start(fund.run)
+        self.wallets[a], self.funds[a] = wallet, fund
+        self.metrics.declare((), [a])
+        self.metrics.describe([(a, asset.decimals)], ())
+        self.metrics.watch_mailbox("fund", "", a, _depth(fund), cap)
+        self.metrics.watch_mailbox("wallet", "", a, _depth(wallet), cap)
 
     def actors(self) -> list[Actor]:
         return [
@@ -305,7 +338,7 @@ class Daemon:
                         self.markets,
                         self.funds,
                         self.wallets,
-                        self.config.assets,
+                        self.sequencer.assets,  # with those added at runtime
                         auth,
                         stress_moves=srv.stress_moves_ppm,
                         sequencer=self.sequencer,
@@ -507,13 +540,19 @@ class Daemon:
         result = await self.sequencer.call(self.sequencer.reconcile, self.config.markets, fresh)
         if isinstance(result, SettingsConflict):
             raise StartupError(f"bad configuration: {result}")
-        added, differ = result
-        if differ:
+        if result.differ:
             log.warning(
                 "market_settings_differ",
-                keys=differ,
+                keys=result.differ,
                 kept="the data directory's (settings journaled before format 2)",
             )
+        if result.settled:
+            log.warning(
+                "settled_market_in_config",
+                markets=result.settled,
+                kept="settled: the file's settings for it are not applied; remove it from the file",
+            )
+        added = result.records
         if added:
             await trio.to_thread.run_sync(journal.append, [codec.encode(r) for r in added])
         return len(added)
@@ -523,14 +562,19 @@ class Daemon:
         one) and check its chain reaches the snapshot's; whether ``snap`` is usable."""
         store = await trio.to_thread.run_sync(self.ledger.open)
         funds = {a: f.fund for a, f in self.funds.items()}  # fresh: nothing booked
+        # An asset added at runtime (AddAsset): what the snapshot holds of it, or
+        # nothing, and the journal books the rest again.
+        booked = await trio.to_thread.run_sync(store.assets)
+        funds.update((a, InsuranceFund(a)) for a in booked if a not in funds)
         if snap is not None:
-            funds.update((a, f) for a, f in snap.state["funds"].items() if a in funds)
+            added = snap.state.get("added_assets", {})
+            funds.update((a, f) for a, f in snap.state["funds"].items() if a in funds or a in added)
         why = await trio.to_thread.run_sync(ledger.agree, store, funds)
         if why is None:
             return True
         assert snap is not None  # fresh funds agree with any file once it is cut to 0
         log.warning("snapshot_ignored", snapshot=str(snap.path), reason=why)
-        fresh = {a: InsuranceFund(a) for a in self.funds}
+        fresh = {a: InsuranceFund(a) for a in funds}
         await trio.to_thread.run_sync(ledger.agree, store, fresh)
         return False
 

@@ -34,11 +34,13 @@ from riskd.actors.journal import Durable, JournalActor
 from riskd.actors.market import MarketActor
 from riskd.actors.wallet import WalletActor
 from riskd.core import Asset, Engine, MarketEngine, MarketSpec, OrderRefused, Rejected
-from riskd.core.engine import check_new_market
+from riskd.core.engine import check_new_asset, check_new_market
 from riskd.core.errors import Code
 from riskd.core.events import CheckOrder, FundInjection, Input, SettleMarket, Withdrawal
 from riskd.core.inputs import KINDS, Journal, Owner, kind_of
+from riskd.core.insurance_fund import FundPolicy
 from riskd.core.invariants import digest, violations
+from riskd.core.market_status import MarketStatus
 from riskd.core.recent_ids import (
     DEFAULT_CAPACITY,
     WithdrawalDecision,
@@ -54,6 +56,7 @@ from riskd.metrics import Metrics
 from riskd.storage import codec, records
 from riskd.storage.records import (
     AdminInput,
+    AssetAdded,
     EpochAssigned,
     FundInjected,
     IngestBatch,
@@ -68,6 +71,7 @@ __all__ = [
     "Sequencer",
     "SequenceError",
     "SettingsConflict",
+    "Reconciled",
     "BatchResult",
     "Posted",
     "Update",
@@ -274,8 +278,18 @@ class Sequencer(Actor):
         #: Starts the actor of a market added at runtime (set by riskd.daemon;
         #: None: markets cannot be added, as in tools without a nursery).
         self.spawn: Callable[[MarketEngine], Awaitable[MarketActor]] | None = None
-        #: The settlement assets markets may be added in (riskd.daemon: the config's).
+        #: The settlement assets markets may be added in (riskd.daemon: the
+        #: config's, and those added at runtime).
         self.assets: dict[str, Asset] = {}
+        #: Starts the wallet and fund actors of an asset added at runtime and
+        #: puts them in ``wallets`` and ``funds`` (set by riskd.daemon; None:
+        #: assets cannot be added).
+        self.spawn_asset: Callable[[Asset, FundPolicy], Awaitable[None]] | None = None
+        #: Assets added at runtime (journaled AssetAdded), whether or not the
+        #: file declares them since.
+        self.added_assets: dict[str, Asset] = {}
+        #: Assets a snapshot holds that no actor runs yet: :meth:`adopt_restored`.
+        self.restored_assets: dict[str, tuple[Asset, Any, Any]] = {}
         #: Markets a snapshot holds that no actor runs yet (added at runtime):
         #: :meth:`adopt_restored` starts them.
         self.restored: dict[str, MarketEngine] = {}
@@ -284,6 +298,9 @@ class Sequencer(Actor):
         self.added: set[str] = set()
         #: Cross accounts re-checked across the market and wallet actors.
         self.cross = CrossMargin(markets, wallets)
+        #: riskd's clock in timestamp_ms, the one gateway stamps are checked
+        #: against: it stamps operator inputs when they are sequenced.
+        self.clock: Callable[[], int] = now_ms
 
     def resume(self, gateway: str, epoch: int) -> Resume:
         """The last durable sequence and the kept rejections up to it.
@@ -514,7 +531,7 @@ class Sequencer(Actor):
                 result.rejections.sort(key=_first)
             record = None
             if b.fresh:
-                record = codec.encode(IngestBatch(b.gateway, b.epoch, tuple(b.fresh), b.offset))
+                record = codec.encode_ingest(b.gateway, b.epoch, b.fresh, b.offset)
                 self._keep(g, result, b.fresh, b.fresh[0][0] - b.offset)
             records.append((record, result, _durable_up_to(b)))
         elapsed = time.perf_counter() - started
@@ -683,24 +700,31 @@ class Sequencer(Actor):
         reserved = 0 if fund is None else await fund.call(_reserved, fund)
         return withdrawals_paused(asset, unsettled, reserved)
 
-    async def inject(self, i: FundInjection) -> Durable[int]:
+    async def inject(self, i: FundInjection, replaying: bool = False) -> Durable[int]:
         fund = self.funds.get(i.asset)
         if fund is None:
             raise Rejected.not_found("asset", f"unknown asset {i.asset!r}")
+        if not replaying and not i.ts:
+            i = dataclasses.replace(i, ts=self.clock())
         balance = await fund.call(fund.inject, i)
         return await self._durable(FundInjected(i), balance)
 
     async def update_spec(
-        self, symbol: str, changes: dict[str, object], ts: int = 0
+        self, symbol: str, changes: dict[str, object], ts: int | None = None
     ) -> Durable[MarketSpec]:
-        """Change a market's settings (see MarketEngine.update_spec); journaled."""
+        """Change a market's settings (see MarketEngine.update_spec); journaled.
+
+        ``ts`` None: stamped now (an operator's change); replay passes the
+        journaled one."""
         market = self.markets.get(symbol)
         if market is None:
             raise Rejected.not_found("market", f"unknown market {symbol!r}")
+        if ts is None:
+            ts = self.clock()
         spec = await market.call(_update_spec, market.engine, changes, ts)
         return await self._durable(MarketUpdated(symbol, changes, ts), spec)
 
-    async def admin_input(self, x: Input) -> Durable[int]:
+    async def admin_input(self, x: Input, replaying: bool = False) -> Durable[int]:
         """An operator's change to a market (``Journal.ADMIN`` kinds: status,
         mark guard, settlement), applied between two inputs and journaled;
         answers how many positions the market held just before it."""
@@ -711,6 +735,10 @@ class Sequencer(Actor):
         market = self.markets.get(symbol)
         if market is None:
             raise Rejected.not_found("market", f"unknown market {symbol!r}")
+        if not replaying and not x.ts:
+            # Stamped here, in the order it takes, and journaled with its stamp:
+            # replay gives the same events (and staleness, cool-downs) again.
+            x = dataclasses.replace(x, ts=self.clock())
         # Nothing else writes to the market meanwhile: the sequencer is its only writer.
         held = len(market.engine.positions)
         if isinstance(x, SettleMarket):  # its cross positions need their wallets
@@ -721,7 +749,9 @@ class Sequencer(Actor):
                 raise refused
         return await self._durable(AdminInput(x), held)
 
-    async def add_market(self, spec: MarketSpec, replaying: bool = False) -> Durable[MarketSpec]:
+    async def add_market(
+        self, spec: MarketSpec, replaying: bool = False, ts: int | None = None
+    ) -> Durable[MarketSpec]:
         """A market begins at runtime (``AdminService.AddMarket``), journaled.
 
         Its actor starts now; replay starts it again from the record, so the
@@ -739,10 +769,41 @@ class Sequencer(Actor):
             raise Rejected.precondition("market", "markets cannot be added here")
         self.markets[spec.symbol] = await self.spawn(MarketEngine(spec))
         self.added.add(spec.symbol)
-        return await self._durable(MarketAdded(spec), spec)
+        stamp = self.clock() if ts is None else ts
+        return await self._durable(MarketAdded(spec, stamp), spec)
+
+    async def add_asset(
+        self, asset: Asset, fund: FundPolicy, ts: int | None = None, replaying: bool = False
+    ) -> Durable[Asset]:
+        """A settlement asset begins at runtime (``AdminService.AddAsset``), journaled.
+
+        Its wallet and fund actors start now, before anything can name the
+        asset; replay starts them again from the record.  An asset the file
+        declares too (added there after) keeps the file's fund policy, as every
+        declared asset does.
+        """
+        if replaying and asset.symbol in self.assets:
+            self.added_assets[asset.symbol] = asset  # reconcile compares the decimals
+            return Durable.ready(asset)
+        check_new_asset(asset, self.assets)
+        if self.spawn_asset is None:
+            raise Rejected.precondition("symbol", "assets cannot be added here")
+        await self.spawn_asset(asset, fund)
+        self.assets[asset.symbol] = asset
+        self.added_assets[asset.symbol] = asset
+        stamp = self.clock() if ts is None else ts
+        return await self._durable(AssetAdded(asset, fund, stamp), asset)
 
     async def adopt_restored(self) -> None:
-        """Start the actors of runtime-added markets a snapshot brought back."""
+        """Start the actors of runtime-added assets and markets a snapshot brought back."""
+        assets, self.restored_assets = self.restored_assets, {}
+        for symbol, (asset, wallets, fund) in assets.items():
+            if self.spawn_asset is None:
+                raise RuntimeError(f"snapshot holds asset {symbol} but assets cannot be added")
+            await self.spawn_asset(asset, fund.policy)
+            self.assets[symbol] = asset
+            self.wallets[symbol].wallets = wallets
+            self.funds[symbol].adopt(fund)
         restored, self.restored = self.restored, {}
         for symbol, engine in restored.items():
             if self.spawn is None:
@@ -804,6 +865,7 @@ class Sequencer(Actor):
             "withdrawals": self.withdrawals,
             "events": self.events,
             "added": sorted(self.added),
+            "added_assets": dict(self.added_assets),
             # As journal text: the codec reads it whatever the code's classes became.
             "file_settings": None
             if self.file_settings is None
@@ -817,9 +879,14 @@ class Sequencer(Actor):
                 self.markets[sym].engine = engine
             else:  # added at runtime: its actor starts in adopt_restored
                 self.restored[sym] = engine
+        # Absent before assets could be added at runtime.
+        self.added_assets = dict(state.get("added_assets", {}))
         for asset, wallets in state["wallets"].items():
             if asset in self.wallets:
                 self.wallets[asset].wallets = wallets
+            elif asset in self.added_assets:  # its actors start in adopt_restored
+                added = self.added_assets[asset]
+                self.restored_assets[asset] = (added, wallets, state["funds"][asset])
         for asset, fund in state["funds"].items():
             if asset in self.funds:
                 self.funds[asset].adopt(fund)  # bounds its ledger in memory
@@ -836,20 +903,19 @@ class Sequencer(Actor):
 
     async def reconcile(
         self, file: Sequence[MarketSpec], fresh: bool
-    ) -> tuple[list[Record], list[str]] | SettingsConflict:
+    ) -> Reconciled | SettingsConflict:
         """:meth:`_reconcile`; a conflict is a result (raised, it would stop the actor)."""
         try:
             return await self._reconcile(file, fresh)
         except SettingsConflict as e:
             return e
 
-    async def _reconcile(
-        self, file: Sequence[MarketSpec], fresh: bool
-    ) -> tuple[list[Record], list[str]]:
+    async def _reconcile(self, file: Sequence[MarketSpec], fresh: bool) -> Reconciled:
         """Bring the markets in line with the config file at start.
 
-        Returns the records to journal, and the keys (``markets.SYM.key``) where
-        format 1 data keeps a live setting that differs from the file's.
+        Returns the records to journal, the keys (``markets.SYM.key``) where
+        format 1 data keeps a live setting that differs from the file's, and
+        the settled markets the file still declares.
 
         Call after replay, before the journal is attached.  ``fresh``: the journal
         is empty, so the markets begin with the file's settings (journaled, so a
@@ -860,22 +926,37 @@ class Sequencer(Actor):
         directory holds that the file dropped, or a change of what positions are
         measured in, raises :class:`SettingsConflict` naming the key.  Format 1
         data, whose settings were never journaled, keeps its live settings.
+
+        A settled market is past the file: it stays settled whatever the file
+        says of it (its settings are never applied, it is never created anew),
+        and the file may drop it.
         """
         wanted = {spec.symbol: spec for spec in file}
+        for spec in file:  # an asset added at runtime, declared by the file since
+            added = self.added_assets.get(spec.asset.symbol)
+            if added is not None and added.decimals != spec.asset.decimals:
+                raise SettingsConflict(
+                    f"assets.{added.symbol}.decimals",
+                    f"the data directory's asset has {added.decimals} decimals (AddAsset),"
+                    f" the file says {spec.asset.decimals}",
+                )
         if fresh:
             self.file_settings = wanted
-            return [MarketSettings(wanted, tuple(wanted))], []
+            return Reconciled([MarketSettings(wanted, tuple(wanted))])
+        settled = {s for s, m in self.markets.items() if m.engine.status is MarketStatus.SETTLED}
+        listed = sorted(settled & wanted.keys())
         base = self.file_settings
         out: list[Record] = []
         if base is None:
             differ = [
                 f"markets.{sym}.{key}"
                 for sym, spec in wanted.items()
+                if sym not in settled
                 for key in _differing(self.markets[sym].engine.spec, spec)
             ]
             self.file_settings = wanted
-            return [MarketSettings(wanted, ())], differ
-        gone = sorted(base.keys() - wanted.keys())
+            return Reconciled([MarketSettings(wanted, ())], differ, listed)
+        gone = sorted(base.keys() - wanted.keys() - settled)
         if gone:
             raise SettingsConflict(
                 f"markets.{gone[0]}",
@@ -884,6 +965,8 @@ class Sequencer(Actor):
                 " it down)",
             )
         for sym, spec in wanted.items():
+            if sym in settled:
+                continue
             old = base.get(sym)
             if old is None and sym in self.added:
                 # Added at runtime, declared by the file since: the file's
@@ -895,8 +978,9 @@ class Sequencer(Actor):
             if not changes:
                 continue
             market = self.markets[sym]
+            ts = self.clock()
             try:
-                await market.call(_update_spec, market.engine, changes, 0)
+                await market.call(_update_spec, market.engine, changes, ts)
             except Rejected as r:
                 key = r.field.removeprefix("market.")
                 raise SettingsConflict(
@@ -905,12 +989,14 @@ class Sequencer(Actor):
                     f" {getattr(old, key, '?')!r}, the file now says"
                     f" {getattr(spec, key, '?')!r})",
                 ) from r
-            out.append(MarketUpdated(sym, changes, 0))
-        created = tuple(sym for sym in wanted if sym not in base and sym not in self.added)
-        if out or created:
+            out.append(MarketUpdated(sym, changes, ts))
+        created = tuple(
+            sym for sym in wanted if sym not in base and sym not in self.added | settled
+        )
+        if out or created or base.keys() - wanted.keys():
             out.append(MarketSettings(wanted, created))
             self.file_settings = wanted
-        return out, []
+        return Reconciled(out, [], listed)
 
     def check(self) -> tuple[str, list[str]]:
         """Digest and invariant violations of the whole state (call inside :meth:`barrier`)."""
@@ -933,6 +1019,23 @@ async def _apply(actor: MarketActor | WalletActor, items: list[Input]) -> list[R
 
 def _nothing() -> None:
     return None
+
+
+def now_ms() -> int:
+    """Wall-clock time in timestamp_ms, as the ingest checks gateway stamps."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What a start's :meth:`Sequencer.reconcile` found."""
+
+    #: Records to journal (the file's changes, its settings).
+    records: list[Record]
+    #: ``markets.SYM.key`` where format 1 data keeps a setting the file differs on.
+    differ: list[str] = field(default_factory=list)
+    #: Settled markets the file still declares (kept settled).
+    settled: list[str] = field(default_factory=list)
 
 
 class SettingsConflict(RiskdError):
@@ -970,7 +1073,7 @@ class _Replay:
 
     async def injection(self, r: FundInjected) -> None:
         with contextlib.suppress(Rejected):
-            await self.s.inject(r.injection)
+            await self.s.inject(r.injection, replaying=True)
 
     async def market_update(self, r: MarketUpdated) -> None:
         with contextlib.suppress(Rejected):
@@ -981,18 +1084,28 @@ class _Replay:
 
     async def admin(self, r: AdminInput) -> None:
         with contextlib.suppress(Rejected):
-            await self.s.admin_input(r.input)
+            await self.s.admin_input(r.input, replaying=True)
 
     async def market_added(self, r: MarketAdded) -> None:
         with contextlib.suppress(Rejected):
-            await self.s.add_market(r.spec, replaying=True)
+            await self.s.add_market(r.spec, replaying=True, ts=r.ts)
+
+    async def asset_added(self, r: AssetAdded) -> None:
+        with contextlib.suppress(Rejected):
+            await self.s.add_asset(r.asset, r.fund, r.ts, replaying=True)
 
     async def settings(self, r: MarketSettings) -> None:
+        s = self.s
         for sym in r.created:
-            market = self.s.markets.get(sym)
-            if market is not None:  # else the start refuses the file (reconcile)
-                await market.call(_install, market, r.markets[sym])
-        self.s.file_settings = dict(r.markets)
+            market, spec = s.markets.get(sym), r.markets[sym]
+            if market is not None:
+                await market.call(_install, market, spec)
+            elif s.spawn is not None and spec.asset.symbol in s.funds:
+                # The file dropped it since (allowed once it is settled): the
+                # journal still says what it was, and its history needs it.
+                # (Not settled: reconcile refuses the file.)
+                s.markets[sym] = await s.spawn(MarketEngine(spec))
+        s.file_settings = dict(r.markets)
 
 
 def _cross_reserved(account: int, engine: MarketEngine) -> int:

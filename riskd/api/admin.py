@@ -1,5 +1,5 @@
 """Operator actions: change a market's risk settings, set it reduce-only, seed a fund,
-add, halt, close or settle a market, override its mark guard.
+add an asset, add, halt, close or settle a market, override its mark guard.
 
 Every change is sequenced with the gateway updates, so it takes effect
 between two inputs and is logged as one line.
@@ -18,8 +18,13 @@ from riskd.actors.sequencer import Sequencer
 from riskd.api import convert
 from riskd.api.bridge import Portal
 from riskd.api.status import abort, abort_rejected
-from riskd.config import DEFAULT_FILL_PRICE_BAND_PPM
-from riskd.core import Asset, MarketEngine, MarketSpec, Rejected, TierTable
+from riskd.config import (
+    DEFAULT_DRAWDOWN_LIMIT_PPM,
+    DEFAULT_FILL_PRICE_BAND_PPM,
+    DEFAULT_FUND_WINDOW_SECONDS,
+    MAX_FUND_WINDOW_SECONDS,
+)
+from riskd.core import Asset, FundPolicy, MarketEngine, MarketSpec, Rejected, TierTable
 from riskd.core.events import (
     FundInjection,
     MarketStatusChange,
@@ -29,6 +34,7 @@ from riskd.core.events import (
 from riskd.core.market import enum_settings
 from riskd.core.market_status import MarketStatus
 from riskd.core.tiers import SpecError
+from riskd.core.units import PPM
 from riskd.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 __all__ = ["AdminServicer"]
@@ -102,6 +108,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             await abort_rejected(context, r)
         log.info("market_added", market=spec.symbol, asset=spec.asset.symbol)
         return admin_pb2.AddMarketResponse(market=market)
+
+    async def AddAsset(
+        self, request: admin_pb2.AddAssetRequest, context: Ctx
+    ) -> admin_pb2.AddAssetResponse:
+        try:
+            asset, policy = _new_asset(request)
+            await self.portal.write(self.sequencer, self.sequencer.add_asset, asset, policy)
+        except Rejected as r:
+            await abort_rejected(context, r)
+        log.info(
+            "asset_added",
+            asset=asset.symbol,
+            decimals=asset.decimals,
+            drawdown_limit_ppm=policy.drawdown_limit_ppm,
+            window_seconds=policy.window_ms // 1000,
+        )
+        return admin_pb2.AddAssetResponse(
+            asset=types_pb2.Asset(symbol=asset.symbol, decimals=asset.decimals)
+        )
 
     async def SetMarketStatus(
         self, request: admin_pb2.SetMarketStatusRequest, context: Ctx
@@ -200,7 +225,7 @@ def _new_spec(m: types_pb2.Market, assets: dict[str, Asset]) -> MarketSpec:
     if asset is None:
         raise Rejected.precondition(
             "market.settle_asset",
-            f"asset {m.settle_asset!r} is not declared (new assets need the configuration)",
+            f"asset {m.settle_asset!r} is not declared (AddAsset or the configuration adds it)",
         )
     contract = convert.CONTRACT_FROM_WIRE.get(m.contract_type)
     if contract is None:
@@ -227,6 +252,28 @@ def _new_spec(m: types_pb2.Market, assets: dict[str, Asset]) -> MarketSpec:
         return MarketSpec(**values)  # type: ignore[arg-type]
     except SpecError as e:
         raise Rejected.invalid(f"market.{e.field}", e.reason) from e
+
+
+def _new_asset(r: admin_pb2.AddAssetRequest) -> tuple[Asset, FundPolicy]:
+    """The asset and fund policy an AddAsset asks for, as [assets.SYMBOL] reads them."""
+    convert.check_symbol(r.symbol, "symbol")
+    if not r.HasField("decimals"):
+        raise Rejected.invalid("decimals", "is required (0..18)")
+    if r.decimals > 18:
+        raise Rejected.invalid("decimals", f"must be in 0..18, got {r.decimals}")
+    limit = DEFAULT_DRAWDOWN_LIMIT_PPM
+    if r.HasField("fund_drawdown_limit_ppm"):
+        limit = r.fund_drawdown_limit_ppm
+        if not 1 <= limit <= PPM:
+            raise Rejected.invalid("fund_drawdown_limit_ppm", f"must be in 1..{PPM}, got {limit}")
+    window = DEFAULT_FUND_WINDOW_SECONDS
+    if r.HasField("fund_window_seconds"):
+        window = r.fund_window_seconds
+        if not 60 <= window <= MAX_FUND_WINDOW_SECONDS:
+            raise Rejected.invalid(
+                "fund_window_seconds", f"must be in 60..{MAX_FUND_WINDOW_SECONDS}, got {window}"
+            )
+    return Asset(r.symbol, r.decimals), FundPolicy(limit, window * 1000)
 
 
 def _changes(request: admin_pb2.UpdateMarketRequest, current: MarketSpec) -> dict[str, object]:

@@ -171,10 +171,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def ListAssets(
         self, request: query_pb2.ListAssetsRequest, context: Ctx
     ) -> query_pb2.ListAssetsResponse:
+        # A copy (one step under the GIL): AddAsset may add one meanwhile.
+        assets = sorted(self.assets.items())
         return query_pb2.ListAssetsResponse(
-            assets=[
-                types_pb2.Asset(symbol=a.symbol, decimals=a.decimals) for a in self.assets.values()
-            ]
+            assets=[types_pb2.Asset(symbol=a.symbol, decimals=a.decimals) for _, a in assets]
         )
 
     async def GetStressCoverage(

@@ -37,7 +37,7 @@ from riskd.core.recent_ids import WithdrawalDecision
 from riskd.core.units import Asset
 from riskd.core.wallet import Wallets, unsettled_bad_debt, withdrawals_paused
 
-__all__ = ["Engine", "split_effects", "check_new_market"]
+__all__ = ["Engine", "split_effects", "check_new_market", "check_new_asset"]
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
@@ -85,6 +85,13 @@ class Engine(DictPickled):
         check_new_market(spec, self.markets, self.assets)
         m = self.markets[spec.symbol] = MarketEngine(spec)
         return m
+
+    def add_asset(self, asset: Asset, policy: FundPolicy) -> None:
+        """A settlement asset begins (``AdminService.AddAsset``): empty wallets and fund."""
+        check_new_asset(asset, self.assets)
+        self.assets[asset.symbol] = asset
+        self.wallets[asset.symbol] = Wallets(asset.symbol)
+        self.funds[asset.symbol] = InsuranceFund(asset.symbol, policy)
 
     def market(self, symbol: str, field: str = "market") -> MarketEngine:
         m = self.markets.get(symbol)
@@ -334,12 +341,19 @@ def check_new_market(
     if known is None:
         raise Rejected.precondition(
             "market.settle_asset",
-            f"asset {spec.asset.symbol!r} is not declared (new assets need the configuration)",
+            f"asset {spec.asset.symbol!r} is not declared (AddAsset or the configuration adds it)",
         )
     if known != spec.asset:
         raise Rejected.invalid(
             "market.settle_asset", f"{known.symbol} has {known.decimals} decimals"
         )
+
+
+def check_new_asset(asset: Asset, assets: Mapping[str, Asset]) -> None:
+    """Whether ``asset`` may begin: a symbol no asset has (not even one whose
+    markets were all settled: its wallets still hold what they paid out)."""
+    if asset.symbol in assets:
+        raise Rejected.precondition("symbol", f"asset {asset.symbol!r} exists already")
 
 
 def split_effects(

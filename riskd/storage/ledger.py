@@ -205,6 +205,13 @@ class LedgerStore:
         except _FAULTS as e:
             raise StorageFault("ledger", self.path, e) from e
 
+    def assets(self) -> set[str]:
+        """The assets the file holds entries of."""
+        try:
+            return {a for (a,) in self._db.execute("SELECT DISTINCT asset FROM ledger")}
+        except _FAULTS as e:
+            raise StorageFault("ledger", self.path, e) from e
+
     def truncate(self, asset: str, keep: int) -> None:
         """Remove the entries after ``keep`` (booked by inputs no snapshot covers)."""
         try:

@@ -18,7 +18,9 @@ upgrade tests), so both follow the same rules, stated once here:
   ones the config file holds today;
 * an admin input (a market's status, its mark guard, its settlement) is
   applied like a streamed one, and skipped if the engine refuses it again;
-* a market added at runtime begins with its recorded settings.
+* a market added at runtime begins with its recorded settings;
+* an asset added at runtime begins (empty wallets and fund, its recorded
+  fund policy) unless it exists already (the config file declares it since).
 
 How records are written as text: :mod:`riskd.storage.codec`.
 """
@@ -32,9 +34,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from riskd.core import (
+    Asset,
     Effect,
     Engine,
     FundInjection,
+    FundPolicy,
     Input,
     InsuranceFund,
     MarketEngine,
@@ -53,6 +57,7 @@ __all__ = [
     "MarketSettings",
     "AdminInput",
     "MarketAdded",
+    "AssetAdded",
     "Record",
     "Target",
     "apply",
@@ -131,9 +136,20 @@ class AdminInput:
 
 @dataclass(frozen=True, slots=True)
 class MarketAdded:
-    """``AdminService.AddMarket``: a market begins here with these settings."""
+    """``AdminService.AddMarket``: a market begins here with these settings
+    (``ts``: when the sequencer took it; 0 in format 3 records)."""
 
     spec: MarketSpec
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AssetAdded:
+    """``AdminService.AddAsset``: a settlement asset begins here, its fund under ``fund``."""
+
+    asset: Asset
+    fund: FundPolicy
+    ts: int = 0
 
 
 Record = (
@@ -145,6 +161,7 @@ Record = (
     | MarketSettings
     | AdminInput
     | MarketAdded
+    | AssetAdded
 )
 
 R = TypeVar("R", covariant=True)
@@ -169,6 +186,8 @@ class Target(Protocol[R]):
 
     def market_added(self, r: MarketAdded) -> R: ...
 
+    def asset_added(self, r: AssetAdded) -> R: ...
+
 
 def apply(record: Record, target: Target[R]) -> R:
     """Replay one record into ``target`` (the rules: this module's docstring)."""
@@ -189,6 +208,8 @@ def apply(record: Record, target: Target[R]) -> R:
             return target.admin(record)
         case MarketAdded():
             return target.market_added(record)
+        case AssetAdded():
+            return target.asset_added(record)
     raise TypeError(f"not a journal record: {type(record).__name__}")
 
 
@@ -254,4 +275,9 @@ class EngineTarget:
     def market_added(self, r: MarketAdded) -> list[Effect]:
         with contextlib.suppress(Rejected):
             self.engine.add_market(r.spec)
+        return []
+
+    def asset_added(self, r: AssetAdded) -> list[Effect]:
+        if r.asset.symbol not in self.engine.assets:  # else the config declares it since
+            self.engine.add_asset(r.asset, r.fund)
         return []

@@ -89,6 +89,7 @@ async def rebuild(
 
     class Quiet(Daemon):
         keep_events = False  # counted (part of the state), never kept
+        writes_ledger = False  # the daemon writes the ledger file; this process only reads
 
         def observe(self, effects: list[Any]) -> None:
             """Nothing leaves this process: no metrics, logs or events."""

@@ -29,6 +29,8 @@ from riskd.core.events import (
     LiquidationDone,
     MarginTransfer,
     MarkPrice,
+    SetMarginMode,
+    SettleMarket,
     Withdrawal,
 )
 from riskd.core.invariants import digest
@@ -359,3 +361,93 @@ def test_batches_sequenced_in_one_turn_end_as_if_sequenced_one_by_one(
     one_by_one = trio.run(_through, posts, list(range(1, len(posts))))
     grouped = trio.run(_through, posts, cuts)
     assert grouped == one_by_one
+
+
+_B, _E = "BTC-USDT", "ETH-USDT"
+_LOT = {_B: 10, _E: 100}  # 0.01 BTC, 0.1 ETH: 500 and 300 USDT at the marks
+
+
+async def _settled_through_actors(
+    inputs: list[Input], settle: SettleMarket
+) -> tuple[str, list[str], str | None, str]:
+    """``inputs`` streamed, then ``settle`` as the admin RPC sends it: the digest and
+    violations after, the refusal if any, and the digest of a replay of the journal."""
+    async with running() as s:
+        s.journal = Recorder()  # type: ignore[assignment]
+        for seq, x in enumerate(inputs, 1):
+            await result(await s.ingest("gw", 1, [(seq, x)]))
+        refused: str | None = None
+        try:
+            await result(await s.admin_input(settle))
+        except Rejected as r:
+            refused = r.field
+        got, broken = await s.barrier(s.check)
+        records = list(s.journal.records)  # type: ignore[attr-defined]
+    async with running() as again:
+        for record in records:
+            await again.replay(record)
+        replayed, _ = await again.barrier(again.check)
+    return got, broken, refused, replayed
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    trades=st.lists(
+        st.tuples(st.booleans(), st.integers(1, 4), st.integers(1, 4), st.integers(1, 10)),
+        min_size=1,
+        max_size=8,
+    ),
+    crossed=st.sets(st.integers(1, 4), min_size=1),
+    wallet=st.integers(100, 2_000),
+    move=st.integers(-300, 300),
+    other=st.integers(-100, 100),
+    first=st.booleans(),
+)
+def test_settling_cross_positions_in_the_actors_is_the_pure_engines_settlement(
+    trades: list[tuple[bool, int, int, int]],
+    crossed: set[int],
+    wallet: int,
+    move: int,
+    other: int,
+    first: bool,
+) -> None:
+    """Random books of cross and isolated accounts over BTC and ETH, one market
+    settled anywhere: the sequencer's settlement across the market, wallet and
+    other market actors (riskd.actors.cross) ends exactly where Engine's does,
+    and a replay of its journal too."""
+    t = 1_700_000_000_000
+    inputs: list[Input] = [Deposit(5, "USDT", 100_000 * USDT, t)]
+    for a in range(1, 5):
+        if a in crossed:
+            inputs += [Deposit(a, "USDT", wallet * USDT, t)]
+            inputs += [SetMarginMode(_B, a, True, t), SetMarginMode(_E, a, True, t)]
+        else:
+            inputs += [Deposit(a, "USDT", 20_000 * USDT, t)]
+            inputs += [MarginTransfer(a, _B, 10_000 * USDT, t)]
+            inputs += [MarginTransfer(a, _E, 10_000 * USDT, t)]
+    inputs += [MarginTransfer(5, sym, 50_000 * USDT, t) for sym in (_B, _E)]
+    marks = {_B: 5_000_000, _E: 300_000}
+    inputs += [MarkPrice(sym, p, t) for sym, p in marks.items()]
+    for n, (in_btc, buyer, seller, qty) in enumerate(trades, 1):
+        # A trade in each market, opposite ways (5, the isolated maker, for one alone).
+        buyer, seller = (buyer, seller) if buyer != seller else (buyer, 5)
+        one, two = (_B, _E) if in_btc else (_E, _B)
+        inputs.append(Fill(one, 2 * n, buyer, seller, marks[one], qty * _LOT[one]))
+        inputs.append(Fill(two, 2 * n + 1, seller, buyer, marks[two], qty * _LOT[two]))
+    sym, rest = (_B, _E) if first else (_E, _B)
+    inputs.append(MarkPrice(rest, marks[rest] * (1_000 + other) // 1_000, t + 1))
+    settle = SettleMarket(sym, marks[sym] * (1_000 + move) // 1_000, t + 2)
+
+    engine = Engine(config().markets)
+    refused: str | None = None
+    for x in inputs:
+        with contextlib.suppress(Rejected):
+            engine.apply(x)
+    try:
+        engine.apply(settle)
+    except Rejected as r:
+        refused = r.field
+    got, broken, daemon_refused, replayed = trio.run(_settled_through_actors, inputs, settle)
+    assert broken == []
+    assert (got, daemon_refused) == (digest(engine), refused)
+    assert replayed == got

@@ -58,6 +58,7 @@ EXPECTED_SERVICES = {
         "InjectFund",
         "CheckState",
         "AddMarket",
+        "AddAsset",
         "SetMarketStatus",
         "SettleMarket",
         "OverrideMarkGuard",

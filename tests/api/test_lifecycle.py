@@ -272,3 +272,141 @@ def test_an_added_market_is_in_the_snapshots_the_writer_process_takes(tmp_path: 
         assert pos.size == 500
     finally:
         assert d.stop() == 0, d.log.read_text()
+
+
+_OPERATOR_EVENTS = ("market_status_changed", "mark_guard_changed", "market_settled")
+
+
+def _stamps(d: Daemon) -> list[tuple[str, int]]:
+    """Every operator-made event on the stream so far: (kind, timestamp_ms)."""
+    events = events_pb2_grpc.EventServiceStub(d.channel()).Subscribe(
+        events_pb2.SubscribeRequest(from_sequence=1), timeout=2
+    )
+    out = []
+    with pytest.raises(grpc.RpcError):  # the deadline ends the subscription
+        for e in events:
+            kind = str(e.event.WhichOneof("kind"))
+            injected = kind == "fund_flow" and e.event.fund_flow.kind == "injection"
+            if injected or kind in _OPERATOR_EVENTS:
+                out.append((kind, e.event.timestamp_ms))
+    return out
+
+
+def _ledger_stamps(d: Daemon) -> list[int]:
+    ledger = query(d).ListFundLedger(query_pb2.ListFundLedgerRequest(asset="USDT")).entries
+    return [e.timestamp_ms for e in ledger if e.kind == "injection"]
+
+
+def test_operator_changes_are_stamped_with_riskds_clock_and_replay_keeps_the_stamps(
+    tmp_path: Path,
+) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        before_ms = time.time_ns() // 1_000_000
+        a = admin(d)
+        a.InjectFund(admin_pb2.InjectFundRequest(asset="USDT", amount=1_000 * USDT))
+        s = RawStream(d, "gw-stamps")
+        assert list(s.send(mark("ETH-USDT", 300_000)).rejections) == []
+        s.close()
+        a.SetMarketStatus(
+            admin_pb2.SetMarketStatusRequest(
+                market="ETH-USDT", status=types_pb2.MARKET_STATUS_CLOSE_ONLY
+            )
+        )
+        a.OverrideMarkGuard(admin_pb2.OverrideMarkGuardRequest(market="ETH-USDT", hold=True))
+        a.SettleMarket(admin_pb2.SettleMarketRequest(market="ETH-USDT", price=300_000))
+        after_ms = time.time_ns() // 1_000_000
+        stamps = _stamps(d)
+        assert [k for k, _ in stamps] == [
+            "fund_flow",
+            "market_status_changed",
+            "mark_guard_changed",
+            "market_status_changed",  # settled
+            "market_settled",
+        ], stamps
+        assert all(before_ms <= ts <= after_ms for _, ts in stamps), (before_ms, stamps)
+        assert [ts for _, ts in stamps] == sorted(ts for _, ts in stamps)  # the order taken
+        [injected] = _ledger_stamps(d)
+        assert injected == stamps[0][1]
+        digest = state(d).digest
+    finally:
+        d.process.send_signal(signal.SIGKILL)  # no snapshot: the journal alone replays
+        d.process.wait(10)
+    d = start_daemon(tmp_path)
+    try:
+        assert state(d).digest == digest
+        assert _stamps(d) == stamps  # the events numbered again by replay, stamps and all
+        assert _ledger_stamps(d) == [injected]
+    finally:
+        assert d.stop() == 0, d.log.read_text()
+
+
+ETH = "ETH-USDT"
+ETH_TABLE = "[markets.ETH-USDT]"
+
+
+def _settled_lines(d: Daemon) -> list[dict[str, object]]:
+    return [
+        json.loads(x) for x in d.log.read_text().splitlines() if '"settled_market_in_config"' in x
+    ]
+
+
+def test_a_settled_market_the_file_still_lists_stays_settled_across_restarts(
+    tmp_path: Path,
+) -> None:
+    """The journal settled ETH-USDT; the file keeps it (even with new settings),
+    then drops it, then lists it again: riskd starts each time, the market stays
+    settled with its money where settlement put it, and the start says so once."""
+    config = tmp_path / "riskd.toml"
+    toml = config_mod.default_toml()
+    config.write_text(toml)
+    d = start_daemon(tmp_path, "--config", str(config))
+    try:
+        s = RawStream(d, "gw-eth", epoch=1)
+        r = s.send(
+            deposit(5, 1_000 * USDT),
+            deposit(6, 1_000 * USDT),
+            margin(5, ETH, 100 * USDT),
+            margin(6, ETH, 100 * USDT),
+            mark(ETH, 300_000),
+            fill(ETH, 1, 5, 6, 300_000, 1_000),  # 5 long 1 ETH at 3,000.00: +100 at 3,100.00
+        )
+        assert list(r.rejections) == [], r
+        s.close()
+        admin(d).SettleMarket(admin_pb2.SettleMarketRequest(market=ETH, price=310_000))
+        settled = state(d).digest
+        assert _settled_lines(d) == []
+    finally:
+        assert d.stop() == 0, d.log.read_text()
+
+    def restarted(text: str, expect_line: bool) -> None:
+        config.write_text(text)
+        d = start_daemon(tmp_path, "--config", str(config))
+        try:
+            assert state(d).digest == settled and ETH not in markets(d)
+            lines = _settled_lines(d)
+            assert len(lines) == (1 if expect_line else 0), d.log.read_text()
+            if expect_line:
+                assert lines[0]["markets"] == [ETH] and lines[0]["level"] == "warning"
+            got = query(d).GetAccount(query_pb2.GetAccountRequest(account=5, asset="USDT"))
+            assert (got.wallet_balance, list(got.positions)) == (1_100 * USDT, [])
+            s = RawStream(d, f"gw-eth-{time.monotonic_ns()}")
+            [refused] = s.send(mark(ETH, 300_000)).rejections
+            assert (refused.code, refused.field) == (PRECONDITION, "updates[0].mark_price.market")
+            s.close()
+        finally:
+            d.process.send_signal(signal.SIGKILL)  # the next start replays the journal tail
+            d.process.wait(10)
+
+    # The file still lists it, with a setting changed since: not applied, no refusal.
+    edited = toml.replace(ETH_TABLE, ETH_TABLE + "\nfund_fee_share_ppm = 1000", 1)
+    restarted(edited, expect_line=True)
+    restarted(edited, expect_line=True)  # said again at every start that finds it
+    # The file drops it; replayed from the journal alone (no snapshot) it is rebuilt.
+    for snap in (tmp_path / "data").glob("snapshot-*"):
+        snap.unlink()
+    start, _, rest = toml.partition(ETH_TABLE)
+    dropped = start + rest[rest.index("[markets.BTC-USD]") :]
+    restarted(dropped, expect_line=False)
+    # Listed again: still settled, never opened anew with the file's settings.
+    restarted(toml, expect_line=True)

@@ -124,6 +124,10 @@ def first(target: str) -> None:
         admin_pb2.SetMarketStatusRequest(market=sol, status=types_pb2.MARKET_STATUS_HALTED)
     )
     admin.SettleMarket(admin_pb2.SettleMarketRequest(market=sol, price=16_000))
+    # Journal format 4: an asset added at runtime, its fund seeded, a deposit in it.
+    admin.AddAsset(admin_pb2.AddAssetRequest(symbol="USDC", decimals=6, fund_window_seconds=3600))
+    admin.InjectFund(admin_pb2.InjectFundRequest(asset="USDC", amount=5 * USDT, cause="seed"))
+    asyncio.run(stream(target, "gw-golden-usdc", 1, [("deposit", (6, "USDC", 7 * USDT, t))]))
     fills = [
         ("fill", (M, 1, 2, 5_000_000, 100, t)),
         ("fill", (M, 3, 4, 5_000_000, 100, t)),
