@@ -136,10 +136,14 @@ class CrossMargin:
         the accounts re-checked.  Rejected (nothing changed) if it may not."""
         asset = actor.engine.asset
         wallet = self.wallets[asset]
-        accounts: list[tuple[int, Sequence[Leg], int]] = []
-        for a in await actor.call(actor.query, _cross_open):
-            legs = [leg for _, leg in await self.legs(asset, a)]
-            accounts.append((a, legs, await wallet.call(wallet.balance, a)))
+        open_ = await actor.call(actor.query, _cross_open)
+        # Gathered with one call per actor, not per account (nothing changes meanwhile).
+        legs: dict[int, list[Leg]] = {a: [] for a in open_}
+        for m in self._of(asset):
+            for a, leg in await m.call(m.query, partial(_cross_legs, open_)):
+                legs[a].append(leg)
+        balances = await wallet.call(wallet.balances, open_)
+        accounts = [(a, legs[a], b) for a, b in zip(open_, balances, strict=True)]
         deficits = await actor.call(actor.query, partial(_deficits, x.price, accounts))
         left, due = await actor.call(actor.settle, x, deficits)
         for account in sorted(left):
@@ -212,6 +216,10 @@ class CrossMargin:
 
 def _cross_open(engine: MarketEngine) -> list[int]:
     return engine.cross_open()
+
+
+def _cross_legs(accounts: list[int], engine: MarketEngine) -> list[tuple[int, Leg]]:
+    return [(a, leg) for a in accounts if (leg := engine.cross_leg(a)) is not None]
 
 
 def _deficits(

@@ -41,3 +41,6 @@ class WalletActor(Actor):
 
     def balance(self, account: int) -> int:
         return self.wallets.balance(account)
+
+    def balances(self, accounts: list[int]) -> list[int]:
+        return [self.wallets.balance(a) for a in accounts]
