@@ -1,9 +1,12 @@
 """Where riskd's CPU per ingested update goes, stage by stage, in one process.
 
-``python -m benchmarks.ingest_stages [--batch 256] [--messages 200]`` takes
-``benchmarks.ingest``'s workload (after its set-up stream) and times each
+``python -m benchmarks.ingest_stages [--batch 256] [--messages 200] [--checks]``
+takes ``benchmarks.ingest``'s workload (after its set-up stream; ``--checks``:
+``benchmarks.gate``'s accepted ``check_order`` updates instead) and times each
 stage an ingest message passes through outside the transport, on the
-daemon's own code, single-threaded (so wall time is CPU time):
+daemon's own code in one thread, timed by that thread's CPU clock
+(``time.thread_time``: on a shared machine, wall time also counts other
+processes' turns, which once made the core's share look 3.6× its cost):
 
 * ``parse``: ``IngestRequest.FromString`` (grpc.aio does it before the handler);
 * ``check+decode``: the stream reader's checks and decoding into core inputs
@@ -16,8 +19,8 @@ daemon's own code, single-threaded (so wall time is CPU time):
   difference per message (the machine's load moves both alike);
 * ``journal encode``: ``codec.encode`` of the message's record alone (inside
   the turn);
-* ``journal append``: ``SqliteJournal.append`` of that record: CPU of the
-  calling thread (``time.thread_time``), fsync waits excluded;
+* ``journal append``: ``SqliteJournal.append`` of that record (fsync waits
+  excluded: the clock is the thread's CPU);
 * ``ack``: the response built from the batch's result.
 
 What it leaves out: the transport (what the bare server of
@@ -46,7 +49,7 @@ def _percall(samples: list[float], batch: int) -> tuple[float, float]:
     return med * 1e6, med * 1e6 / batch
 
 
-async def _run(batch: int, messages: int) -> dict[str, tuple[float, float]]:
+async def _run(batch: int, messages: int, checks: bool) -> dict[str, tuple[float, float]]:
     from riskd.access import Grant, Role
     from riskd.actors.journal import Durable
     from riskd.api.ingest import IngestServicer, _response
@@ -91,6 +94,7 @@ async def _run(batch: int, messages: int) -> dict[str, tuple[float, float]]:
     tmp = Path(tempfile.mkdtemp(prefix="riskd-stages-"))
     journal = SqliteJournal(tmp / "journal.sqlite3")
     Parse = ingest_pb2.IngestRequest.FromString
+    clock = time.thread_time
     rows: dict[str, list[float]] = {
         k: []
         for k in (
@@ -109,29 +113,29 @@ async def _run(batch: int, messages: int) -> dict[str, tuple[float, float]]:
             await nursery.start(actor.run)
 
         async def feed(gateway: str, raw: bytes, timed: bool) -> None:
-            t0 = time.perf_counter()
+            t0 = clock()
             request = Parse(raw)
-            t1 = time.perf_counter()
+            t1 = clock()
             updates = check(request)
-            t2 = time.perf_counter()
+            t2 = clock()
             (done,) = await seq.ingest_group([(gateway, 1, updates, None, "other")])
-            t3 = time.perf_counter()
+            t3 = clock()
             for _s, x in updates:
                 if not isinstance(x, Rejected):
                     with contextlib.suppress(Rejected):
                         twin.apply(x)
-            t4 = time.perf_counter()
+            t4 = clock()
             record = codec.encode(IngestBatch(gateway, 1, tuple(updates), 0))
-            t5 = time.perf_counter()
-            c0 = time.thread_time()
+            t5 = clock()
+            c0 = clock()
             journal.append([record])
-            c1 = time.thread_time()
-            t6 = time.perf_counter()
+            c1 = clock()
+            t6 = clock()
             result = done.value
             assert not isinstance(result, BaseException), result
             assert not result.rejections, result.rejections[:3]
             _response(request, result)
-            t7 = time.perf_counter()
+            t7 = clock()
             if timed:
                 rows["parse"].append(t1 - t0)
                 rows["check+decode"].append(t2 - t1)
@@ -144,7 +148,13 @@ async def _run(batch: int, messages: int) -> dict[str, tuple[float, float]]:
 
         for raw in bench.build_setup():
             await feed("setup", raw, False)
-        for raw in bench.build_workload(batch, batch * messages):
+        if checks:
+            from benchmarks.gate import build_checks
+
+            workload = build_checks(batch, batch * messages)
+        else:
+            workload = bench.build_workload(batch, batch * messages)
+        for raw in workload:
             await feed("measured", raw, True)
         nursery.cancel_scope.cancel()
     journal.close()
@@ -155,9 +165,11 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ingest_stages")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--messages", type=int, default=200)
+    p.add_argument("--checks", action="store_true", help="benchmarks.gate's check_order updates")
     ns = p.parse_args()
-    out = trio.run(_run, ns.batch, ns.messages)
-    print(f"stages at {ns.batch} updates per message, median of {ns.messages} messages")
+    out = trio.run(_run, ns.batch, ns.messages, ns.checks)
+    what = "check_order updates" if ns.checks else "updates"
+    print(f"stages at {ns.batch} {what} per message, median of {ns.messages} messages")
     print(f"  {'stage':<16} {'µs/msg':>10} {'µs/update':>10}")
     for k, (per_msg, per_update) in out.items():
         print(f"  {k:<16} {per_msg:10.1f} {per_update:10.2f}")

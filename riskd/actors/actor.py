@@ -97,8 +97,14 @@ class Actor:
     ) -> T | Awaitable[T]:
         """Run ``fn(*args)`` inside the actor and return its result."""
         reply: _Reply[object] = _Reply()
+        message = (_bind(fn, kwargs), args, reply)
         try:
-            await self._inbox.send((_bind(fn, kwargs), args, reply))
+            try:
+                # Room in the mailbox: no scheduling pass just to queue it (waiting
+                # for the reply below is this call's checkpoint).
+                self._inbox.send_nowait(message)
+            except trio.WouldBlock:
+                await self._inbox.send(message)
         except trio.BrokenResourceError:
             raise ActorStopped(f"{self.name} has stopped") from None
         await reply.done.wait()

@@ -540,7 +540,7 @@ class Sequencer(Actor):
                 result.rejections.sort(key=_first)
             record = None
             if b.fresh:
-                record = codec.encode(IngestBatch(b.gateway, b.epoch, tuple(b.fresh), b.offset))
+                record = codec.encode_ingest(b.gateway, b.epoch, b.fresh, b.offset)
                 self._keep(g, result, b.fresh, b.fresh[0][0] - b.offset)
             records.append((record, result, _durable_up_to(b)))
         elapsed = time.perf_counter() - started

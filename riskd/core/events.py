@@ -61,7 +61,8 @@ __all__ = [
 # --- inputs -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Fill(FieldsPickled):
     """Both sides of a trade; fees are >= 0 and come out of position margin."""
 
@@ -78,8 +79,37 @@ class Fill(FieldsPickled):
     buyer_order_id: int = 0
     seller_order_id: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(
+        self,
+        market: str,
+        trade_id: int,
+        buyer: int,
+        seller: int,
+        price: int,
+        quantity: int,
+        buyer_fee: int = 0,
+        seller_fee: int = 0,
+        ts: int = 0,
+        buyer_order_id: int = 0,
+        seller_order_id: int = 0,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "trade_id", trade_id)
+        object.__setattr__(self, "buyer", buyer)
+        object.__setattr__(self, "seller", seller)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "buyer_fee", buyer_fee)
+        object.__setattr__(self, "seller_fee", seller_fee)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "buyer_order_id", buyer_order_id)
+        object.__setattr__(self, "seller_order_id", seller_order_id)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MarkPrice(FieldsPickled):
     """``index_price``: the gateway's index (spot) price, 0 when not given; the
     mark-price guard checks the mark's divergence from it."""
@@ -89,8 +119,17 @@ class MarkPrice(FieldsPickled):
     ts: int = 0
     index_price: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, market: str, price: int, ts: int = 0, index_price: int = 0) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "index_price", index_price)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Deposit(FieldsPickled):
     """``deposit_id`` is the exchange's id (0: not given); it comes last so that
     journal records written before it existed still decode."""
@@ -101,16 +140,42 @@ class Deposit(FieldsPickled):
     ts: int = 0
     deposit_id: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(
+        self,
+        account: int,
+        asset: str,
+        amount: int,
+        ts: int = 0,
+        deposit_id: int = 0,
+    ) -> None:
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "deposit_id", deposit_id)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Withdrawal(FieldsPickled):
     account: int
     asset: str
     amount: int
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, account: int, asset: str, amount: int, ts: int = 0) -> None:
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MarginTransfer(FieldsPickled):
     """``amount > 0`` moves wallet → isolated margin, ``< 0`` moves it back."""
 
@@ -119,8 +184,17 @@ class MarginTransfer(FieldsPickled):
     amount: int
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, account: int, market: str, amount: int, ts: int = 0) -> None:
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class FundingRate(FieldsPickled):
     """A funding payment at the current mark; ``rate_e8 > 0``: longs pay shorts."""
 
@@ -128,8 +202,16 @@ class FundingRate(FieldsPickled):
     rate_e8: int
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, market: str, rate_e8: int, ts: int = 0) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "rate_e8", rate_e8)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class LiquidationFill(FieldsPickled):
     """A fill of a liquidation order, reported back by the gateway."""
 
@@ -141,8 +223,29 @@ class LiquidationFill(FieldsPickled):
     counterparty_fee: int = 0
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(
+        self,
+        market: str,
+        liquidation_id: int,
+        counterparty: int,
+        price: int,
+        quantity: int,
+        counterparty_fee: int = 0,
+        ts: int = 0,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "counterparty", counterparty)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "counterparty_fee", counterparty_fee)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class LiquidationDone(FieldsPickled):
     """The book will fill no more of a liquidation order: the rest goes to ADL."""
 
@@ -150,8 +253,16 @@ class LiquidationDone(FieldsPickled):
     liquidation_id: int
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, market: str, liquidation_id: int, ts: int = 0) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "liquidation_id", liquidation_id)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class FundInjection(FieldsPickled):
     """Seed capital an operator puts into an asset's insurance fund."""
 
@@ -160,8 +271,17 @@ class FundInjection(FieldsPickled):
     cause: str = "seed"
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, asset: str, amount: int, cause: str = "seed", ts: int = 0) -> None:
+        object.__setattr__(self, "asset", asset)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "cause", cause)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MarketStatusChange(FieldsPickled):
     """An operator opens, halts or sets a market close-only (``status``: a
     :class:`~riskd.core.market_status.MarketStatus` value, e.g. ``"halted"``)."""
@@ -170,8 +290,16 @@ class MarketStatusChange(FieldsPickled):
     status: str
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, market: str, status: str, ts: int = 0) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MarkGuardOverride(FieldsPickled):
     """An operator clears a market's mark-price guard (``hold`` false: the newest
     mark is good) or holds it on (``hold`` true) until cleared."""
@@ -180,8 +308,16 @@ class MarkGuardOverride(FieldsPickled):
     hold: bool
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, market: str, hold: bool, ts: int = 0) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "hold", hold)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class SettleMarket(FieldsPickled):
     """Final settlement: every position is closed at ``price``, the market delisted."""
 
@@ -189,8 +325,16 @@ class SettleMarket(FieldsPickled):
     price: int
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, market: str, price: int, ts: int = 0) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class CheckOrder(FieldsPickled):
     """A pre-trade check: accept the order and reserve its margin, or refuse it.
 
@@ -208,8 +352,35 @@ class CheckOrder(FieldsPickled):
     leverage: int = 0
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(
+        self,
+        market: str,
+        order_id: int,
+        account: int,
+        side: int,
+        price: int,
+        quantity: int,
+        reduce_only: bool = False,
+        post_only: bool = False,
+        leverage: int = 0,
+        ts: int = 0,
+    ) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "order_id", order_id)
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "side", side)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "reduce_only", reduce_only)
+        object.__setattr__(self, "post_only", post_only)
+        object.__setattr__(self, "leverage", leverage)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class AmendOrder(FieldsPickled):
     """An open order's new price and remaining quantity, checked again."""
 
@@ -219,8 +390,18 @@ class AmendOrder(FieldsPickled):
     quantity: int
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, market: str, order_id: int, price: int, quantity: int, ts: int = 0) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "order_id", order_id)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class CancelOrder(FieldsPickled):
     """An open order left the book unfilled (its rest): the reservation is released."""
 
@@ -228,8 +409,16 @@ class CancelOrder(FieldsPickled):
     order_id: int
     ts: int = 0
 
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, market: str, order_id: int, ts: int = 0) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "order_id", order_id)
+        object.__setattr__(self, "ts", ts)
 
-@dataclass(frozen=True, slots=True)
+
+@mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
+@dataclass(frozen=True, slots=True, init=False)
 class SetMarginMode(FieldsPickled):
     """The account's margin mode in a market: cross (shares its wallet) or isolated."""
 
@@ -237,6 +426,14 @@ class SetMarginMode(FieldsPickled):
     account: int
     cross: bool
     ts: int = 0
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ runs as
+    # interpreted code, and inputs are built per update (decoding, replay).
+    def __init__(self, market: str, account: int, cross: bool, ts: int = 0) -> None:
+        object.__setattr__(self, "market", market)
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "cross", cross)
+        object.__setattr__(self, "ts", ts)
 
 
 Input = (

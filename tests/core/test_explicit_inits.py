@@ -3,7 +3,11 @@
 Compiled, a dataclass's generated ``__init__`` runs as interpreted code (with
 ``object.__setattr__`` per field when frozen): a liquidation built about ten
 such objects, a third of a compiled cascade (issue 17).  The classes on that
-path write their ``__init__`` out instead, which mypyc compiles.  This checks
+path, and the input classes decoding builds per update, write their
+``__init__`` out instead, which mypyc compiles (with both of
+:mod:`riskd.core.pickling`'s mypyc marks: without ``allow_interpreted_subclasses``
+a class that inherits ``serializable`` is built from Python code without its
+``__init__`` running at all, every field unset).  This checks
 each one against its field list, so a field added later without its line in
 ``__init__`` fails here (in whichever core runs the test).
 """
@@ -44,6 +48,11 @@ CLASSES = _written_out()
 def test_the_cascade_path_classes_are_written_out() -> None:
     names = {c.__name__ for c in CLASSES}
     assert {"FundFlow", "LedgerEntry", "LiquidationSettled", "TakeoverClaim", "Waterfall"} <= names
+
+
+def test_every_input_class_is_written_out() -> None:
+    # Decoding builds one per update, replay one per journaled update.
+    assert set(riskd.core.KINDS) <= set(CLASSES)
 
 
 def _value(hint: Any, i: int) -> object:

@@ -14,6 +14,7 @@ from riskd import config as config_mod
 from riskd.core import KINDS, Asset, FundPolicy, Journal, Rejected
 from riskd.core.errors import Code
 from riskd.core.events import (
+    CheckOrder,
     Deposit,
     Fill,
     FundingRate,
@@ -73,6 +74,50 @@ def test_every_ingest_batch_reads_back_as_written(
     decoded = codec.decode(text)
     assert isinstance(decoded, IngestBatch)
     assert _plain(decoded) == _plain(record)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 2**63),
+            st.one_of(
+                _inputs(),  # and a kind with booleans (JSON's true/false):
+                st.builds(CheckOrder, text, ints, ints, ints, ints, ints, st.booleans()),
+            ),
+        ),
+        max_size=6,
+    ),
+    text,
+    st.integers(0, 2**63),
+    st.integers(0, 4096),
+)
+def test_an_ingest_record_is_the_text_json_dumps_gives_it(
+    updates: list[tuple[int, Any]], gateway: str, epoch: int, offset: int
+) -> None:
+    """The ingest record's envelope is written out for speed: byte for byte what
+    format 3 defines, ``json.dumps`` of the record's object with its keys sorted."""
+    names = {t.__name__: [f.name for f in dataclasses.fields(t)] for t in INPUT_TYPES}
+    rows: list[list[Any]] = []
+    kinds = set()
+    for seq, x in updates:
+        if isinstance(x, Rejected):
+            rows.append([seq, "!", x.code.value, x.field, x.message])
+        else:
+            kind = type(x).__name__
+            kinds.add(kind)
+            rows.append([seq, kind, *(getattr(x, f) for f in names[kind])])
+    reference = {
+        "v": FORMAT,
+        "kind": "ingest",
+        "gateway": gateway,
+        "epoch": epoch,
+        "offset": offset,
+        "fields": {k: names[k] for k in kinds},
+        "updates": rows,
+    }
+    want = json.dumps(reference, separators=(",", ":"), sort_keys=True)
+    assert codec.encode(IngestBatch(gateway, epoch, tuple(updates), offset)) == want
+    assert codec.encode_ingest(gateway, epoch, updates, offset) == want
 
 
 def _plain(r: IngestBatch) -> tuple[Any, ...]:
