@@ -21,6 +21,7 @@ import hashlib
 from riskd.core import cross_margin
 from riskd.core.engine import Engine
 from riskd.core.margin import is_bankrupt, is_liquidatable
+from riskd.core.position import NOT_INDEXED
 
 __all__ = ["violations", "conservation", "digest"]
 
@@ -65,12 +66,12 @@ def violations(engine: Engine) -> list[str]:
                     out.append(f"{m.symbol}: {p.account} frozen by unknown liquidation")
                 continue
             if p.account in m.cross:
-                if m.mark is not None and p.size and p.key is None:
+                if m.mark is not None and p.size and p.threshold == NOT_INDEXED:
                     out.append(f"{m.symbol}: cross position of {p.account} is not indexed")
                 continue  # its margin is a band: the account is checked below
             if p.margin < 0:
                 out.append(f"{m.symbol}: account {p.account} has negative margin {p.margin}")
-            if m.mark is not None and p.size and (p.key is None):
+            if m.mark is not None and p.size and p.threshold == NOT_INDEXED:
                 out.append(f"{m.symbol}: open position of {p.account} is not indexed")
             if m.mark is None or not p.size or m.guard.reason is not None:
                 continue  # a guarded mark liquidates nobody (riskd.core.mark_guard)

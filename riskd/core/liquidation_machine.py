@@ -33,7 +33,7 @@ from riskd.core.liquidation_index import LiquidationIndex
 from riskd.core.margin import bankruptcy_threshold, liquidation_threshold
 from riskd.core.market import MarketSpec
 from riskd.core.pickling import DictPickled, restore
-from riskd.core.position import BACKSTOP_ACCOUNT, Position
+from riskd.core.position import BACKSTOP_ACCOUNT, NOT_INDEXED, Position
 from riskd.errors import RiskdError
 
 __all__ = ["Event", "TRANSITIONS", "IllegalTransition", "LiquidationMachine", "next_stage"]
@@ -115,40 +115,39 @@ class LiquidationMachine(DictPickled):
     # --- the index of live positions ------------------------------------------
 
     @staticmethod
-    def key_of(spec: MarketSpec, pos: Position) -> int | None:
-        """The index key a live, open position belongs at (its trigger: bankruptcy for
-        the backstop); None for a flat or frozen one, which the index never holds."""
+    def threshold_of(spec: MarketSpec, pos: Position) -> int:
+        """The threshold a live, open position is indexed at (its trigger: bankruptcy
+        for the backstop); NOT_INDEXED for a flat or frozen one, which the index never holds."""
         if pos.size == 0 or pos.liquidation:
-            return None
-        account = pos.account
-        if account == BACKSTOP_ACCOUNT:
-            return LiquidationIndex.key(bankruptcy_threshold(spec, pos), account)
-        return LiquidationIndex.key(liquidation_threshold(spec, pos), account)
+            return NOT_INDEXED
+        if pos.account == BACKSTOP_ACCOUNT:
+            return bankruptcy_threshold(spec, pos)
+        return liquidation_threshold(spec, pos)
 
     def track(self, spec: MarketSpec, pos: Position) -> None:
         """Put a live, open position in the index at its trigger (bankruptcy for the backstop)."""
-        key = self.key_of(spec, pos)
-        if key is not None:
-            pos.key = key
-            self.index.add(pos.size > 0, key)
+        threshold = self.threshold_of(spec, pos)
+        if threshold != NOT_INDEXED:
+            pos.threshold = threshold
+            self.index.add(pos.size > 0, threshold, pos.account)
 
     def retrack(self, spec: MarketSpec, pos: Position, long_before: bool) -> None:
-        """``pos``'s numbers changed since it was tracked (``pos.key``, on the long side
-        if ``long_before``): one move in the index, none if its key stays."""
-        old, new = pos.key, self.key_of(spec, pos)
-        if old is not None:
-            if new is not None:
-                self.index.move(long_before, old, pos.size > 0, new)
+        """``pos``'s numbers changed since it was tracked (at ``pos.threshold``, on the
+        long side if ``long_before``): one move in the index, none if it stays."""
+        old, new = pos.threshold, self.threshold_of(spec, pos)
+        if old != NOT_INDEXED:
+            if new != NOT_INDEXED:
+                self.index.move(long_before, old, pos.size > 0, new, pos.account)
             else:
-                self.index.remove(long_before, old)
-        elif new is not None:
-            self.index.add(pos.size > 0, new)
-        pos.key = new
+                self.index.remove(long_before, old, pos.account)
+        elif new != NOT_INDEXED:
+            self.index.add(pos.size > 0, new, pos.account)
+        pos.threshold = new
 
     def untrack(self, pos: Position) -> None:
-        if pos.key is not None:
-            self.index.remove(pos.size > 0, pos.key)
-            pos.key = None
+        if pos.threshold != NOT_INDEXED:
+            self.index.remove(pos.size > 0, pos.threshold, pos.account)
+            pos.threshold = NOT_INDEXED
 
     # --- transitions ------------------------------------------------------------
 

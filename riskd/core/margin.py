@@ -25,7 +25,7 @@ from typing import Final
 
 from riskd.core.market import MarketSpec
 from riskd.core.position import Position
-from riskd.core.units import INT64_MAX, PPM, ceil_div, short
+from riskd.core.units import INT64_MAX, PPM, ceil_div, mul, short
 
 __all__ = [
     "unrealised",
@@ -125,20 +125,20 @@ def liquidation_threshold(spec: MarketSpec, pos: Position) -> int:
     as plain loops over native ints (compiled, no generator or boxed max),
     and the clamps to the never-crosses values test the unboxed range first.
     """
-    e = PPM * (pos.margin - pos.basis)
+    e = mul(PPM, pos.margin - pos.basis)
     q = pos.size
     coefs = spec._tier_coefs
     if spec._linear_k:
         if q > 0:  # max_t floor((-e - cum) / (q * k * (1e6 - mmr))), at least NEVER_LONG
             best = NEVER_LONG
-            for cum, lo, _ in coefs:
+            for cum, lo, _hi in coefs:  # named: compiled, a value put in `_` is boxed
                 t = (-e - cum) // (q * lo)
                 if t > best:
                     best = t
             return best
         a = -q  # min_t ceil((e + cum) / (a * k * (1e6 + mmr))), within 1..NEVER_SHORT
         best, found = 0, False
-        for cum, _, hi in coefs:
+        for cum, _lo, hi in coefs:
             t = -((-e - cum) // (a * hi))
             if not found or t < best:
                 best, found = t, True
@@ -146,14 +146,14 @@ def liquidation_threshold(spec: MarketSpec, pos: Position) -> int:
     inv, qd = spec._inverse_num, spec._inverse_den
     if q > 0:  # floor(q * inv * (1e6 + mmr) / (qd * d)), d = e + cum; d <= 0: always
         best = NEVER_LONG
-        for cum, up, _ in coefs:
+        for cum, up, _down in coefs:
             t = (q * inv * up) // (qd * (e + cum)) if e + cum > 0 else INT64_MAX
             if t > best:
                 best = t
         return best if short(best) else min(best, INT64_MAX)
     a = -q  # ceil(a * inv * (1e6 - mmr) / (qd * -d)); d >= 0: never
     best, found = 0, False
-    for cum, _, down in coefs:
+    for cum, _up, down in coefs:
         if e + cum < 0:
             t = -((-a * inv * down) // (qd * -(e + cum)))
             if not found or t < best:

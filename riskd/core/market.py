@@ -332,7 +332,11 @@ class MarketSpec:
     def value(self, qty: int, price: int) -> tuple[int, int]:
         """Exact value of a signed quantity at a price as ``(num, den)``, den > 0."""
         if self._linear_k:
-            return qty * price * self._linear_k, 1
+            # The price's factor first and the quantity's sign apart: both factors
+            # then stay small and non-negative, which the compiled core multiplies
+            # natively (see units.mul).
+            unit = price * self._linear_k
+            return (qty * unit if qty >= 0 else -(-qty * unit)), 1
         return -qty * self._inverse_num, price * self._inverse_den
 
     def trade_value(self, qty: int, price: int) -> int:

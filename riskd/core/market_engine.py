@@ -66,11 +66,20 @@ from riskd.core.market import MarketSpec
 from riskd.core.market_status import TRANSITIONS, MarketStatus
 from riskd.core.orders import BUY, SELL, Order, OrderBook
 from riskd.core.pickling import DictPickled, FieldsPickled, restore
-from riskd.core.position import BACKSTOP_ACCOUNT, Position, traded
+from riskd.core.position import BACKSTOP_ACCOUNT, NOT_INDEXED, Position, traded
 from riskd.core.recent_ids import RecentIds, check_id, fingerprint
 from riskd.core.risk_gate import decide, hold
 from riskd.core.settlement import settle
-from riskd.core.units import INT64_MAX, PPM, ceil_div, check_int64, fits_int64, short, sign
+from riskd.core.units import (
+    INT64_MAX,
+    PPM,
+    ceil_div,
+    check_int64,
+    fits_int64,
+    magnitude,
+    short,
+    sign,
+)
 from riskd.core.wallet import check_account
 
 __all__ = ["MarketEngine", "PositionView"]
@@ -882,7 +891,8 @@ class MarketEngine(DictPickled):
         size, basis, realised = traded(was, pos.basis, qty, value)
         margin = pos.margin + realised - fee
         # Grows: larger, or flipped to the other side.
-        grows = abs(size) > abs(was) or (was != 0 and size != 0 and (size > 0) != (was > 0))
+        flipped = was != 0 and size != 0 and (size > 0) != (was > 0)
+        grows = magnitude(size) > magnitude(was) or flipped
         backstop = account == BACKSTOP_ACCOUNT
         if grows and (self.spec.reduce_only or backstop or self.status is not _OPEN):  # .grows
             why = (
@@ -902,7 +912,7 @@ class MarketEngine(DictPickled):
                 " the price is beyond its bankruptcy price or the fee exceeds its margin",
             )
         if cross and size and self.mark is not None:
-            adds = abs(size) > abs(was) and (was == 0 or (was > 0) == (size > 0))
+            adds = magnitude(size) > magnitude(was) and (was == 0 or (was > 0) == (size > 0))
             if not adds:
                 self._check_cross_band(pos, size, basis, margin, fee, field)
         if not (short(size) and short(basis) and short(margin)):
@@ -941,7 +951,8 @@ class MarketEngine(DictPickled):
         size, basis, margin = after
         self._set(pos, size, basis, margin)
         if pos.account in self.cross and (
-            new or (pos.key is not None and self._in_call_band(pos.size > 0, pos.key))
+            new
+            or (pos.threshold != NOT_INDEXED and self._in_call_band(pos.size > 0, pos.threshold))
         ):
             # A new cross position holds no band yet; a fill that took one within
             # the margin-call distance of its band's edge may call the account.
@@ -951,27 +962,26 @@ class MarketEngine(DictPickled):
 
     def _set(self, pos: Position, size: int, basis: int, margin: int) -> None:
         """Change a position's numbers; a margin call if that moved it into the band."""
-        key, long = pos.key, pos.size > 0
-        was_called = key is not None and self._in_call_band(long, key)
+        threshold, long = pos.threshold, pos.size > 0
+        was_called = threshold != NOT_INDEXED and self._in_call_band(long, threshold)
         self.open_interest += max(size, 0) - max(pos.size, 0)
         pos.size, pos.basis, pos.margin = size, basis, margin
         self.machine.retrack(self.spec, pos, long)
-        key = pos.key
+        threshold = pos.threshold
         if (
-            key is not None
+            threshold != NOT_INDEXED
             and not was_called
             and pos.account != BACKSTOP_ACCOUNT
             and pos.account not in self.cross
-            and self._in_call_band(size > 0, key)
+            and self._in_call_band(size > 0, threshold)
         ):
             self._margin_call(pos, self._now)
 
-    def _in_call_band(self, long: bool, key: int) -> bool:
-        """Whether the position indexed at ``key`` is within the margin-call band."""
+    def _in_call_band(self, long: bool, threshold: int) -> bool:
+        """Whether the position indexed at ``threshold`` is within the margin-call band."""
         d, mark = self.spec.margin_call_ppm, self.mark
         if not d or mark is None:
             return False
-        threshold = key >> 64
         if long:
             return threshold >= mark * PPM // (PPM + d)
         return threshold <= mark * PPM // (PPM - d)

@@ -16,55 +16,59 @@ from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
-from riskd.core.units import ceil_div
+from riskd.core.units import ceil_div, magnitude, mul
 
-__all__ = ["Position", "BACKSTOP_ACCOUNT", "traded"]
+__all__ = ["Position", "BACKSTOP_ACCOUNT", "NOT_INDEXED", "traded"]
 
 #: The fund's backstop account: it takes over positions in ``takeover`` markets.
 #: The top uint64 value is reserved for it; gateways may name it in fills that
 #: close its inventory through the book.
 BACKSTOP_ACCOUNT: Final = 2**64 - 1
+#: :attr:`Position.threshold` of a position the liquidation index does not hold
+#: (flat, frozen by a liquidation, or not tracked yet): thresholds are >= 0.
+NOT_INDEXED: Final = -1
 
 
 @mypyc_attr(allow_interpreted_subclasses=True, serializable=True)
 class Position:
     """One account's position in one market.
 
-    ``key`` is the position's entry in the market's liquidation index (see
-    :mod:`riskd.core.liquidation_index`), ``liquidation`` the id of the
-    liquidation that froze it, if any.
+    ``threshold`` is the price the market's liquidation index holds it at
+    (see :mod:`riskd.core.liquidation_index`; :data:`NOT_INDEXED` when it holds
+    none), ``liquidation`` the id of the liquidation that froze it, if any.
     """
 
-    __slots__ = ("account", "size", "basis", "margin", "key", "liquidation")
+    __slots__ = ("account", "size", "basis", "margin", "threshold", "liquidation")
 
     def __init__(self, account: int) -> None:
         self.account = account
         self.size = 0
         self.basis = 0
         self.margin = 0
-        self.key: int | None = None
+        self.threshold = NOT_INDEXED
         self.liquidation = 0
 
-    # Pickled as its six fields in order, rebuilt by _restore_position: no dict
-    # per position (a snapshot holds a million), the same in both cores.
+    # Pickled as its six fields in order, rebuilt by _restore_indexed_position:
+    # no dict per position (a snapshot holds a million), the same in both cores.
     def __reduce__(self) -> tuple[Callable[..., Position], tuple[object, ...]]:
-        return _restore_position, (
+        return _restore_indexed_position, (
             self.account,
             self.size,
             self.basis,
             self.margin,
-            self.key,
+            self.threshold,
             self.liquidation,
         )
 
-    # Snapshots written before __reduce__: CPython's shape of a slotted class.
+    # Snapshots written before __reduce__: CPython's shape of a slotted class,
+    # with the index key of the time (see _restore_position).
     def __setstate__(self, state: tuple[object, dict[str, Any]]) -> None:
         slots = state[1]
         self.account = slots["account"]
         self.size = slots["size"]
         self.basis = slots["basis"]
         self.margin = slots["margin"]
-        self.key = slots.get("key")
+        self.threshold = _threshold_of_key(slots.get("key"))
         self.liquidation = slots.get("liquidation", 0)
 
     def __repr__(self) -> str:
@@ -101,9 +105,10 @@ def traded(size: int, basis: int, qty: int, value: int) -> tuple[int, int, int]:
     """
     if size == 0 or (size > 0) == (qty > 0):
         return size + qty, basis + value, 0
-    closing = min(abs(qty), abs(size))
-    close_value = value if closing == abs(qty) else ceil_div(value * closing, abs(qty))
-    released = basis if closing == abs(size) else ceil_div(basis * closing, abs(size))
+    traded_qty, held = magnitude(qty), magnitude(size)  # native, unlike abs() and min()
+    closing = traded_qty if traded_qty < held else held
+    close_value = value if closing == traded_qty else ceil_div(mul(value, closing), traded_qty)
+    released = basis if closing == held else ceil_div(mul(basis, closing), held)
     after = size + qty
     basis -= released
     if after and (after > 0) != (size > 0):
@@ -111,14 +116,28 @@ def traded(size: int, basis: int, qty: int, value: int) -> tuple[int, int, int]:
     return after, basis, -close_value - released
 
 
-def _restore_position(
-    account: int, size: int, basis: int, margin: int, key: int | None, liquidation: int
+def _restore_indexed_position(
+    account: int, size: int, basis: int, margin: int, threshold: int, liquidation: int
 ) -> Position:
     """A pickled :class:`Position` (its ``__reduce__``)."""
     pos = Position(account)
     pos.size = size
     pos.basis = basis
     pos.margin = margin
-    pos.key = key
+    pos.threshold = threshold
     pos.liquidation = liquidation
     return pos
+
+
+def _restore_position(
+    account: int, size: int, basis: int, margin: int, key: int | None, liquidation: int
+) -> Position:
+    """A :class:`Position` pickled before the index held thresholds and accounts
+    apart: its fifth field is the index key ``threshold << 64 | account`` or None."""
+    return _restore_indexed_position(
+        account, size, basis, margin, _threshold_of_key(key), liquidation
+    )
+
+
+def _threshold_of_key(key: int | None) -> int:
+    return NOT_INDEXED if key is None else key >> 64

@@ -36,12 +36,16 @@ restart.  Two different payloads with the same fingerprint would only change
 the refusal's message ("already applied" instead of "different"), never
 whether it is refused.
 
-Layout, for memory (about 90 bytes per remembered id at 100,000): a set of
-the ids for O(1) membership, and two ring buffers in :mod:`array` (the ids in
-arrival order and their fingerprints, 8 bytes each, no object per
-fingerprint).  Looking up the fingerprint of a reused id scans the ring,
-newest first: cheap for a recent id, up to a few milliseconds for one near
-the end of a full window, and only ever on the refusal path.
+Layout: a set of the ids for O(1) membership, and two ring buffers as
+lists (the ids in arrival order and their fingerprints): about MEASURE bytes per
+remembered id at 100,000.  Lists,
+not :mod:`array`: every fill remembers its trade id, and the compiled core
+reads and writes a list natively where each array access is a generic call
+that parses its argument (issue 17).  Snapshots still hold the two rings as
+arrays (the shape riskd always wrote), so either shape loads.  Looking up
+the fingerprint of a reused id scans the ring, newest first: cheap for a
+recent id, up to a few milliseconds for one near the end of a full window,
+and only ever on the refusal path.
 """
 
 from __future__ import annotations
@@ -100,21 +104,40 @@ class RecentIds(SlotsPickled):
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
         self._ids: set[int] = set()
-        # Slot i holds an id and its fingerprint; the arrays grow to ``capacity``
+        # Slot i holds an id and its fingerprint; the rings grow to ``capacity``
         # and then wrap, overwriting the oldest slot.
-        self._ring = array("Q")
-        self._fingerprints = array("q")
+        self._ring: list[int] = []
+        self._fingerprints: list[int] = []
         self._next = 0  # the slot the next id takes: the oldest one once full
         #: The highest id forgotten so far: ids up to it are refused unless remembered.
         self.floor = 0
-        self._values: array[int] | None = array("q") if values else None
+        self._values: list[int] | None = [] if values else None
+
+    # Pickled as before the rings were lists: the slots, with the rings as
+    # arrays (8 bytes an entry), the shape snapshots have always held.
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        values = None if self._values is None else array("q", self._values)
+        return None, {
+            "capacity": self.capacity,
+            "_ids": self._ids,
+            "_ring": array("Q", self._ring),
+            "_fingerprints": array("q", self._fingerprints),
+            "_next": self._next,
+            "floor": self.floor,
+            "_values": values,
+        }
 
     def __setstate__(self, state: Any) -> None:
         # Snapshots written before the floor existed restore with floor 0.
-        self.floor, self._values = 0, None
-        slots = state[1] if isinstance(state, tuple) else state
-        for name, value in (slots or {}).items():
-            setattr(self, name, value)
+        slots: dict[str, Any] = (state[1] if isinstance(state, tuple) else state) or {}
+        self.capacity = slots["capacity"]
+        self._ids = slots["_ids"]
+        self._ring = list(slots["_ring"])
+        self._fingerprints = list(slots["_fingerprints"])
+        self._next = slots["_next"]
+        self.floor = slots.get("floor", 0)
+        values = slots.get("_values")
+        self._values = None if values is None else list(values)
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -210,8 +233,8 @@ class RecentIds(SlotsPickled):
         """The remembered ids then their fingerprints, oldest first, little-endian (digests);
         then the floor, once there is one (it decides what a later id does)."""
         start = self._next if len(self._ring) == self.capacity else 0
-        ring = self._ring[start:] + self._ring[:start]
-        fps = self._fingerprints[start:] + self._fingerprints[:start]
+        ring = array("Q", self._ring[start:] + self._ring[:start])
+        fps = array("q", self._fingerprints[start:] + self._fingerprints[:start])
         if sys.byteorder != "little":
             ring.byteswap()
             fps.byteswap()

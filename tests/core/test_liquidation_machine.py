@@ -28,6 +28,7 @@ from riskd.core.liquidation_machine import (
     next_stage,
 )
 from riskd.core.liquidator import Liquidator
+from riskd.core.position import NOT_INDEXED
 from riskd.errors import RiskdError
 
 LIVE = [s for s in Stage if s is not Stage.SETTLED]
@@ -111,7 +112,7 @@ def test_open_freezes_out_of_the_index_and_end_unfreezes() -> None:
     assert len(m.index) == 1
     liq = m.open(pos, takeover=True, price=24_000_00, ts=5)
     assert (len(m.index), pos.liquidation, liq.quantity) == (0, liq.id, 1_000)
-    assert pos.key is None
+    assert pos.threshold == NOT_INDEXED
     m.track(spec, pos)  # a frozen position stays out
     assert len(m.index) == 0
     m.end(liq, pos)

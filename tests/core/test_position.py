@@ -191,3 +191,25 @@ def test_margin_only_position_keeps_record_until_withdrawn() -> None:
     d.apply(MarginTransfer(1, "BTC-USDT", -7 * U))
     assert d.pos("BTC-USDT", 1) is None
     assert d.wallet("USDT", 1) == 7 * U
+
+
+def test_a_position_pickles_with_its_threshold_and_reads_the_older_index_key() -> None:
+    import pickle
+
+    from riskd.core.position import NOT_INDEXED, _restore_position
+
+    pos = Position(7)
+    pos.size, pos.basis, pos.margin, pos.threshold = -3, -150, 40, 52
+    back = pickle.loads(pickle.dumps(pos))
+    assert (back.account, back.size, back.basis, back.margin) == (7, -3, -150, 40)
+    assert (back.threshold, back.liquidation) == (52, 0)
+    # Snapshots from before: the fifth field was the key ``threshold << 64 | account``
+    # (None: not indexed), or a CPython slot state with one under "key".
+    assert _restore_position(7, -3, -150, 40, 52 << 64 | 7, 0).threshold == 52
+    assert _restore_position(7, 0, 0, 40, None, 0).threshold == NOT_INDEXED
+    old = Position(BACKSTOP_ACCOUNT)
+    slots = {"account": BACKSTOP_ACCOUNT, "size": 1, "basis": 9, "margin": 2}
+    old.__setstate__((None, {**slots, "key": 0 << 64 | BACKSTOP_ACCOUNT}))
+    assert (old.threshold, old.liquidation, old.size) == (0, 0, 1)
+    old.__setstate__((None, slots))
+    assert old.threshold == NOT_INDEXED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from array import array
 
 import pytest
 
@@ -130,9 +131,9 @@ def test_the_floor_survives_pickling_and_old_pickles_restore_without_one() -> No
             {
                 "capacity": 2,
                 "_ids": set(),
-                "_ring": m._ring[:0],
+                "_ring": array("Q"),
                 "_next": 0,
-                "_fingerprints": m._fingerprints[:0],
+                "_fingerprints": array("q"),
             },
         )
     )
@@ -264,6 +265,23 @@ def test_fingerprints_are_the_same_in_every_process() -> None:
         for seed in ("1", "2", "random")
     }
     assert outs == {str(fingerprint(11, 12, 5_000_000, 3))}
+
+
+def test_snapshots_hold_the_rings_as_arrays_as_they_always_did() -> None:
+    # The rings are lists in memory (native access when compiled); a snapshot
+    # keeps the array shape, so older riskd versions' snapshots and new ones agree.
+    m = RecentIds(capacity=3, values=True)
+    for i in range(1, 5):
+        m.remember(i, fingerprint(i), 10 * i)
+    slots = m.__getstate__()[1]
+    assert slots["_ring"] == array("Q", [4, 2, 3])
+    assert slots["_fingerprints"] == array("q", [fingerprint(4), fingerprint(2), fingerprint(3)])
+    assert slots["_values"] == array("q", [40, 20, 30])
+    assert (slots["_next"], slots["floor"], slots["capacity"]) == (1, 1, 3)
+    again = RecentIds()
+    again.__setstate__((None, slots))
+    assert again.items() == m.items() and again.canonical() == m.canonical()
+    assert again.lookup(3) == (fingerprint(3), 30)
 
 
 def test_a_pickled_memory_behaves_the_same() -> None:
