@@ -14,7 +14,13 @@ Two figures, each against its target (issue 16):
   from when it was *due* (no coordinated omission).  Target: p99 <= 2 ms.
   ``--tmpfs [DIR]`` runs that cell a second time with riskd's journal in DIR
   (default /dev/shm, a RAM file system): the software's latency apart from
-  the disk's fsync, both printed.
+  the disk's fsync, both printed.  Then the same client against a bare
+  ``grpc.aio`` IngestService that reads each order and accepts it (no riskd
+  behind it): the floor a Python gRPC server on this machine sets under any
+  answer.  Each cell also prints what the machine took meanwhile
+  (:mod:`benchmarks.sched`) and, for riskd, its CPU per call at capacity and
+  at half of it, its collector pauses and journal commits.
+  ``--unary-only``: these cells alone.
 
 Workload: the set-up stream of :mod:`benchmarks.ingest` (1,000 accounts with
 100,000 USDT of BTC-USDT isolated margin each, a mark of 50,000.00, +/-1 BTC
@@ -126,6 +132,7 @@ async def _unary(
     paced_s: float,
     server_pid: int | None = None,
     metrics_port: int | None = None,
+    server_kind: str = "riskd",
 ) -> Any:
     import grpc
 
@@ -161,14 +168,17 @@ async def _unary(
             await call()
             done += 1
 
+    pids = {"client": os.getpid(), **({server_kind: server_pid} if server_pid else {})}
+    at_capacity = sched.window(pids, jitter=False)
+    at_capacity.__enter__()
     t0 = clock()
     await asyncio.gather(*(loop() for _ in range(CONCURRENCY)))
     capacity = done / (clock() - t0)
+    at_capacity.__exit__()
     # Open loop at half capacity: latency from when each call was due.  Meanwhile
     # what the machine took (run-queue waits, a jitter probe) and riskd's own
     # histograms (collector pauses, journal commits) over the same window.
     rate = capacity / 2
-    pids = {"client": os.getpid(), **({"riskd": server_pid} if server_pid else {})}
     before = harness.scrape(metrics_port) if metrics_port else []
     machine = sched.window(pids)
     machine.__enter__()
@@ -189,6 +199,8 @@ async def _unary(
         wait = at - clock() - 0.002
         if wait > 0:
             await asyncio.sleep(wait)
+        else:  # behind schedule: the calls already due still get the loop
+            await asyncio.sleep(0)
         tasks.append(asyncio.create_task(due_at(at)))
     await asyncio.gather(*tasks)
     sent_rate = n / (clock() - t0)
@@ -216,6 +228,7 @@ async def _unary(
         "max_ms": ms[-1],
         "refused": refused,
         "machine": machine.result,
+        "machine_at_capacity": at_capacity.result,
         "riskd": riskd_split(during),
     }
 
@@ -245,6 +258,21 @@ def riskd_split(during: list[harness.Sample]) -> dict[str, Any]:
         v = harness.bucket_quantile(during, "riskd_journal_commit_seconds", q)
         out[f"commit_p{int(q * 100)}_ms_le"] = None if v is None else 1000 * v
     return out
+
+
+def per_call(u: dict[str, Any]) -> str:
+    """riskd's CPU per call closed loop at capacity and open loop at half of it: a
+    call costs more when fewer share a group commit and a thread wake-up."""
+    kind = "riskd" if "riskd" in u["machine"] else "bare"
+    cap, half = u["machine_at_capacity"].get(kind), u["machine"].get(kind)
+    if not cap or not half:
+        return f"{kind}'s CPU per call: -"
+    at_cap = cap["cpu_ms_per_s"] / u["capacity_calls_per_s"] * 1000
+    at_half = half["cpu_ms_per_s"] / u["rate_sent"] * 1000
+    return (
+        f"{kind}'s CPU per call: {at_cap:.0f} µs at capacity ({cap['cpu_ms_per_s']:.0f} ms/s),"
+        f" {at_half:.0f} µs at half of it ({half['cpu_ms_per_s']:.0f} ms/s)"
+    )
 
 
 def describe_split(r: dict[str, Any]) -> str:
@@ -280,9 +308,22 @@ def _fsync_ms(directory: Path, n: int = 200) -> tuple[float, float]:
     return times[n // 2], times[min(n - 1, n * 99 // 100)]
 
 
-def _unary_cell(tmp: Path, setup_path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    """One riskd with its data directory (journal) in ``tmp``, and one unary client."""
-    server = harness.start(harness.riskd_command(tmp / "data-unary"), tmp / "unary.riskd.log")
+def _unary_cell(
+    tmp: Path, setup_path: Path, cfg: dict[str, Any], bare: bool = False
+) -> dict[str, Any]:
+    """One riskd with its data directory (journal) in ``tmp``, and one unary client.
+
+    ``bare``: the same client against :func:`worker_bare` instead (no riskd: the
+    transport alone, for the floor under any answer from a Python gRPC server)."""
+    if bare:
+        server = harness.start(
+            [sys.executable, "-m", "benchmarks.gate", "bare"],
+            tmp / "unary.bare.log",
+            kind="bare",
+            event="ref_serving",
+        )
+    else:
+        server = harness.start(harness.riskd_command(tmp / "data-unary"), tmp / "unary.riskd.log")
     cmd = [
         sys.executable,
         "-m",
@@ -298,15 +339,19 @@ def _unary_cell(tmp: Path, setup_path: Path, cfg: dict[str, Any]) -> dict[str, A
         str(cfg["unary_paced_s"]),
         "--server-pid",
         str(server.pid),
-        "--metrics-port",
-        str(server.metrics_port),
+        "--server-kind",
+        server.kind,
     ]
+    if server.metrics_port is not None:
+        cmd += ["--metrics-port", str(server.metrics_port)]
+    violations: list[str] = []
     try:
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         if out.returncode != 0 or not out.stdout.strip():
             raise RuntimeError(f"unary client failed:\n{out.stderr[-3000:]}")
         r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-        _, violations = harness.check_state(server.target)
+        if not bare:
+            _, violations = harness.check_state(server.target)
     finally:
         code = server.stop()
     r["fsync_p50_ms"], r["fsync_p99_ms"] = _fsync_ms(tmp)
@@ -319,6 +364,47 @@ def _unary_cell(tmp: Path, setup_path: Path, cfg: dict[str, Any]) -> dict[str, A
         r["problems"].append(f"server exit code {code}")
     r["command"] = harness.display(cmd)
     return r
+
+
+def worker_bare() -> None:
+    """``IngestService`` with nothing behind it, on ``grpc.aio`` as riskd's: the
+    stream acks each message; ``CheckOrder`` reads every field of the order and
+    accepts it (no sequencing, no journal, no thread hop).  Prints its port as
+    JSON (``ref_serving``) and runs until SIGTERM."""
+    import signal
+
+    import grpc
+
+    from riskd.v1 import ingest_pb2, ingest_pb2_grpc
+
+    class Bare(ingest_pb2_grpc.IngestServiceServicer):  # type: ignore[misc]
+        async def Ingest(self, request_iterator: Any, context: Any) -> Any:
+            yield ingest_pb2.IngestResponse(acked_sequence=0)
+            async for request in request_iterator:
+                last = request.updates[-1].sequence if request.updates else 0
+                yield ingest_pb2.IngestResponse(acked_sequence=last)
+
+        async def CheckOrder(self, request: Any, context: Any) -> Any:
+            o = request.order
+            touched = len(o.market) + o.order_id + o.account + o.side + o.price + o.quantity
+            return ingest_pb2.CheckOrderResponse(
+                accepted=True, reserved=touched & 1, available=request.timestamp_ms
+            )
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(Bare(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(json.dumps({"event": "ref_serving", "grpc_port": port}), flush=True)
+        await stop.wait()
+        await server.stop(1.0)
+
+    asyncio.run(serve())
 
 
 # --- driver ------------------------------------------------------------------------
@@ -376,6 +462,7 @@ def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False
                 + (f"  PROBLEMS {c['problems']}" if c["problems"] else "")
             )
         unaries = {"disk": _unary_cell(tmp, setup_path, cfg)}
+        unaries["bare"] = _unary_cell(tmp, setup_path, cfg, bare=True)
         if tmpfs is not None:
             ram = Path(tempfile.mkdtemp(prefix="riskd-bench-gate-", dir=tmpfs))
             try:
@@ -391,7 +478,9 @@ def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False
                 f" {u['fsync_p50_ms']:.3f} ms"
             )
             log(f"  meanwhile: {sched.describe(u['machine'])}")
-            log(f"  riskd: {describe_split(u['riskd'])}")
+            log(f"  {per_call(u)}")
+            if where != "bare":
+                log(f"  riskd: {describe_split(u['riskd'])}")
         unary = unaries["disk"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -445,14 +534,33 @@ def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False
             f" {ram['calls']} calls; one call at a time: p50 {ram['sequential_p50_ms']:.2f} ms,"
             f" p99 {ram['sequential_p99_ms']:.2f} ms",
         )
-    for name, where in (("unary_p99_ms", "disk"), ("unary_p99_ms[tmpfs]", "tmpfs")):
+    bare = unaries["bare"]
+    _fig(
+        figures,
+        "unary_p99_ms[bare]",
+        round(bare["p99_ms"], 3),
+        "ms",
+        command,
+        note="no riskd: a grpc.aio IngestService that reads the order and accepts it, the same"
+        f" client; capacity {bare['capacity_calls_per_s']:.0f} calls/s, open loop at"
+        f" {bare['rate_sent']:.0f} calls/s (half of it); p50 {bare['p50_ms']:.2f} ms, max"
+        f" {bare['max_ms']:.2f} ms; one call at a time: p50 {bare['sequential_p50_ms']:.2f} ms,"
+        f" p99 {bare['sequential_p99_ms']:.2f} ms",
+    )
+    for name, where in (
+        ("unary_p99_ms", "disk"),
+        ("unary_p99_ms[tmpfs]", "tmpfs"),
+        ("unary_p99_ms[bare]", "bare grpc.aio"),
+    ):
         if name not in figures:
             continue
         g = figures[name]
-        print(
-            f"unary CheckOrder p99 ({where}) {g['value']:.3f} ms (target {g['target']}: "
-            f"{'ok' if g['meets_target'] else 'MISSED'}; {g['note']})"
+        verdict = (
+            f"target {g['target']}: {'ok' if g['meets_target'] else 'MISSED'}; "
+            if "target" in g
+            else ""
         )
+        print(f"unary CheckOrder p99 ({where}) {g['value']:.3f} ms ({verdict}{g['note']})")
     errors = [
         f"{c['kind']} rep {c['rep']}: {'; '.join(c['problems'])}"
         for c in cells + fill_cells
@@ -572,11 +680,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     u.add_argument("--paced-s", type=float, default=FULL["unary_paced_s"])
     u.add_argument("--server-pid", type=int, help="riskd's pid: its run-queue waits")
     u.add_argument("--metrics-port", type=int, help="riskd's metrics: its histograms")
+    u.add_argument("--server-kind", default="riskd", help="what the server is (riskd, bare)")
+    sub.add_parser("bare", help="the bare grpc.aio IngestService (prints its port as JSON)")
     ns = p.parse_args(argv)
+    if ns.worker == "bare":
+        worker_bare()
+        return
     if ns.worker == "unary":
         setup = pickle.loads(Path(ns.setup).read_bytes())
         r = asyncio.run(
-            _unary(ns.target, setup, ns.capacity_s, ns.paced_s, ns.server_pid, ns.metrics_port)
+            _unary(
+                ns.target,
+                setup,
+                ns.capacity_s,
+                ns.paced_s,
+                ns.server_pid,
+                ns.metrics_port,
+                ns.server_kind,
+            )
         )
         print(json.dumps(r), flush=True)
         return

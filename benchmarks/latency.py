@@ -122,6 +122,8 @@ async def _sender(
         at = t0 + n / rate
         if at > now:
             await asyncio.sleep(at - now)
+        else:  # behind schedule: still let the gateway's writer task send what is queued
+            await asyncio.sleep(0)
         late.append(time.perf_counter() - at)
         if n % probe_every == probe_every - 1:
             account, mark = probes[p]
@@ -239,7 +241,8 @@ def measure(seconds: float, probes_n: int, where: Path | None = None) -> dict[st
 
             async def go() -> dict[str, Any]:
                 await _setup(daemon.target, probes)
-                capacity = await _capacity(daemon.target, 3.0)
+                with sched.window({"riskd": daemon.pid}, jitter=False) as at_capacity:
+                    capacity = await _capacity(daemon.target, 3.0)
                 probe_every = max(int(capacity / 2 / 20), 2)  # about 20 probes a second
                 assert daemon.metrics_port is not None
                 before = harness.scrape(daemon.metrics_port)
@@ -253,6 +256,7 @@ def measure(seconds: float, probes_n: int, where: Path | None = None) -> dict[st
                     **r,
                     "split": _split(during),
                     "riskd": gate.riskd_split(during),
+                    "machine_at_capacity": at_capacity.result,
                 }
 
             r = asyncio.run(go())
@@ -369,6 +373,15 @@ def _print(place: str, r: dict[str, Any]) -> None:
         print(f"  riskd: {gate.describe_split(r['riskd'])}")
     if r.get("machine"):
         print(f"  meanwhile: {sched.describe(r['machine'])}")
+    cap = r.get("machine_at_capacity", {}).get("riskd")
+    half = r.get("machine", {}).get("riskd")
+    if cap and half:
+        print(
+            "  riskd's CPU per message:"
+            f" {cap['cpu_ms_per_s'] / r['capacity_msgs_per_s'] * 1000:.0f} µs at capacity"
+            f" ({cap['cpu_ms_per_s']:.0f} ms/s), {half['cpu_ms_per_s'] / r['rate_sent'] * 1000:.0f}"
+            f" µs at half of it ({half['cpu_ms_per_s']:.0f} ms/s)"
+        )
 
 
 def _ms(v: float | None) -> str:

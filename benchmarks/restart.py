@@ -34,7 +34,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks import core, harness
+from benchmarks import core, gate, harness
 from riskd.config import default_toml
 from riskd.storage import ledger, snapshot
 from riskd.v1 import admin_pb2, admin_pb2_grpc
@@ -90,6 +90,10 @@ def measure(n: int) -> dict[str, Any]:
                 done = [x for x in records if x.get("event") == "snapshot_written"]
                 snap = done[0] if done else None
             channel.close()
+            # The daemon's collections over its life so far (riskd_gc_pause_seconds):
+            # with the restored state frozen, none walks the 10^6 positions.
+            assert daemon.metrics_port is not None
+            collections = gate.riskd_split(harness.scrape(daemon.metrics_port))
             fork_lines = log.read_text().count("fork()")
             problems = _problems(daemon)
         finally:
@@ -108,8 +112,64 @@ def measure(n: int) -> dict[str, Any]:
         "inject_probes": len(rtts),
         "fork_warnings": fork_lines,
         "restart_to_serving_s": round(serving, 2),
+        "collections": collections,
         "problems": problems,
     }
+
+
+def collector(n: int) -> dict[str, Any]:
+    """What the cyclic collector costs around a snapshot of ``n`` positions, in this
+    process (``python -m benchmarks.restart --collector``): unpickling it with the
+    collector on and off (its collections meanwhile), then one full collection
+    with the state alive, before and after ``gc.freeze()`` (riskd/heap.py)."""
+    import gc
+    import pickle
+
+    engine = core.make_engine()
+    core.populate_book(engine, n)
+    state = {"markets": dict(engine.markets), "wallets": dict(engine.wallets),
+             "funds": dict(engine.funds), "gateways": {}, "withdrawals": OrderedDict()}  # fmt: skip
+    payload = snapshot.dumps(state)
+    del state, engine
+    gc.collect()
+    pauses: list[tuple[int, float]] = []
+    started = [0.0]
+
+    def timed(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - started[0]))
+
+    out: dict[str, Any] = {"positions": n}
+    gc.callbacks.append(timed)
+    try:
+        for mode in ("on", "off"):
+            pauses.clear()
+            if mode == "off":
+                gc.disable()
+            t0 = time.perf_counter()
+            loaded = pickle.loads(payload)
+            took = time.perf_counter() - t0
+            gc.enable()
+            full = [p for g, p in pauses if g == 2]
+            out[f"load_collector_{mode}_s"] = round(took, 3)
+            out[f"load_collector_{mode}_collections"] = len(pauses)
+            out[f"load_collector_{mode}_collecting_s"] = round(sum(p for _, p in pauses), 3)
+            out[f"load_collector_{mode}_worst_full_ms"] = round(1000 * max(full, default=0), 1)
+            t0 = time.perf_counter()
+            gc.collect()
+            out[f"full_collection_ms[{mode}]"] = round(1000 * (time.perf_counter() - t0), 1)
+            gc.freeze()
+            t0 = time.perf_counter()
+            gc.collect()
+            out[f"full_collection_frozen_ms[{mode}]"] = round(1000 * (time.perf_counter() - t0), 2)
+            gc.unfreeze()
+            del loaded
+            gc.collect()
+    finally:
+        gc.callbacks.remove(timed)
+    return out
 
 
 def _problems(daemon: harness.Server) -> list[str]:
@@ -147,6 +207,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         f" max {r['inject_rtt_max_ms']} ms ({r['inject_probes']});"
         f" fork() warnings in the log: {r['fork_warnings']}"
     )
+    print(f"the daemon's collections meanwhile: {gate.describe_split(r['collections'])}")
     target = 5.0
     return {
         "figures": {
@@ -190,7 +251,16 @@ def run(quick: bool = False) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.restart")
     p.add_argument("--n", type=int, default=1_000_000)
-    r = measure(p.parse_args(argv).n)
+    p.add_argument(
+        "--collector",
+        action="store_true",
+        help="only the collector's cost around a snapshot of n positions, in process",
+    )
+    a = p.parse_args(argv)
+    if a.collector:
+        print(json.dumps(collector(a.n)))
+        return
+    r = measure(a.n)
     print(json.dumps(r))
     harness.exit_on_problems("benchmarks.restart", r["problems"])
 

@@ -20,6 +20,7 @@ or its WAL index say is missing records is refused like a corrupt one (exit
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import signal
@@ -463,7 +464,9 @@ class Daemon:
             await trio.to_thread.run_sync(snapshot.remove_partial, data)
         except OSError as e:
             raise StorageFault("snapshot", data, e) from e
-        snap = await trio.to_thread.run_sync(snapshot.load_latest, data)
+        snap = await trio.to_thread.run_sync(
+            functools.partial(snapshot.load_latest, data, settle=True)  # kept: frozen as loaded
+        )
         covered = 0
         if snap is not None:
             # Acknowledged records the snapshot saw must still be in the journal:

@@ -302,6 +302,7 @@ def _guard_log(e: MarkGuardChanged) -> dict[str, object]:
         "mark": e.mark,
         "good_mark": e.good_mark,
         "index_price": e.index_price,
+        "ts_ms": e.ts,  # the input's stamp: the same when replay logs it again
     }
 
 
@@ -318,7 +319,7 @@ def _status_event(e: MarketStatusChanged) -> Message:
 
 
 def _status_log(e: MarketStatusChanged) -> dict[str, object]:
-    return {"market": e.market, "status": e.status, "previous": e.previous}
+    return {"market": e.market, "status": e.status, "previous": e.previous, "ts_ms": e.ts}
 
 
 def _status_metrics(m: Metrics, e: MarketStatusChanged) -> None:
@@ -353,6 +354,7 @@ def _market_settled_log(e: MarketSettled) -> dict[str, object]:
         "charged_quantums": e.charged,
         "deficit_quantums": e.deficit,
         "haircut_quantums": e.haircut,
+        "ts_ms": e.ts,
     }
 
 

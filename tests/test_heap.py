@@ -70,3 +70,15 @@ def test_collection_times_are_exported_by_generation() -> None:
     total = registry.get_sample_value("riskd_gc_pause_seconds_sum", {"generation": "2"})
     assert count == 1 and inf == 1 and young is not None and young >= 1
     assert total is not None and total > 0
+
+
+def test_a_kept_bulk_load_is_frozen_before_the_collector_is_back(collector_on: None) -> None:
+    """Else the first collection after it walks everything it made, all young."""
+    try:
+        with heap.bulk_load(settle_after=True):
+            loaded = [[i] for i in range(1000)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= len(loaded)
+        assert gc.get_count()[0] < len(loaded)  # nothing young left to walk
+    finally:
+        heap.unsettle()

@@ -98,6 +98,8 @@ class Actor:
         """Run ``fn(*args)`` inside the actor and return its result."""
         reply: _Reply[object] = _Reply()
         message = (_bind(fn, kwargs), args, reply)
+        # As ``send`` would: a cancelled caller queues nothing (no pass when not).
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             try:
                 # Room in the mailbox: no scheduling pass just to queue it (waiting

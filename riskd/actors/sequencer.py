@@ -33,7 +33,16 @@ from riskd.actors.fund import FundActor
 from riskd.actors.journal import Durable, JournalActor
 from riskd.actors.market import MarketActor
 from riskd.actors.wallet import WalletActor
-from riskd.core import Asset, Engine, MarketEngine, MarketSpec, OrderRefused, Rejected
+from riskd.core import (
+    Asset,
+    Engine,
+    InsuranceFund,
+    MarketEngine,
+    MarketSpec,
+    OrderRefused,
+    Rejected,
+    Wallets,
+)
 from riskd.core.engine import check_new_asset, check_new_market
 from riskd.core.errors import Code
 from riskd.core.events import CheckOrder, FundInjection, Input, SettleMarket, Withdrawal
@@ -289,7 +298,7 @@ class Sequencer(Actor):
         #: file declares them since.
         self.added_assets: dict[str, Asset] = {}
         #: Assets a snapshot holds that no actor runs yet: :meth:`adopt_restored`.
-        self.restored_assets: dict[str, tuple[Asset, Any, Any]] = {}
+        self.restored_assets: dict[str, tuple[Asset, Wallets, InsuranceFund]] = {}
         #: Markets a snapshot holds that no actor runs yet (added at runtime):
         #: :meth:`adopt_restored` starts them.
         self.restored: dict[str, MarketEngine] = {}
@@ -659,6 +668,8 @@ class Sequencer(Actor):
         check_id(withdrawal_id, "withdrawal_id")
         check_account(w.account, "account")
         check_positive(w.amount, "amount")
+        if not replaying and not w.ts:  # the journal says when it was decided
+            w = dataclasses.replace(w, ts=self.clock())
         memory = self.withdrawals.get(w.asset)
         if memory is None:
             memory = self.withdrawals[w.asset] = WithdrawalDecisions(self.withdrawal_ids)

@@ -243,7 +243,9 @@ def remove_partial(directory: Path) -> int:
     return len(partial)
 
 
-def _verified(directory: Path, unpickle: bool, upto: int | None = None) -> Snapshot | None:
+def _verified(
+    directory: Path, unpickle: bool, upto: int | None = None, settle: bool = False
+) -> Snapshot | None:
     for path in sorted(directory.glob("snapshot-*.bin"), reverse=True):
         try:
             data = path.read_bytes()
@@ -266,16 +268,23 @@ def _verified(directory: Path, unpickle: bool, upto: int | None = None) -> Snaps
             continue
         state: dict[str, Any] = {}
         if unpickle:
-            with heap.bulk_load():  # the collector re-walked the growing state thousands of times
+            with heap.bulk_load(settle):  # else the collector re-walks it thousands of times
                 state = pickle.loads(payload)
         journal_hash = fields[2].decode()
         return Snapshot(path, records, "" if journal_hash == "-" else journal_hash, state)
     return None
 
 
-def load_latest(directory: Path, upto: int | None = None) -> Snapshot | None:
-    """The newest snapshot that verifies (and covers at most ``upto`` records)."""
-    return _verified(directory, unpickle=True, upto=upto)
+def load_latest(
+    directory: Path, upto: int | None = None, *, settle: bool = False
+) -> Snapshot | None:
+    """The newest snapshot that verifies (and covers at most ``upto`` records).
+
+    ``settle``: the process keeps this state for its life (the daemon, the
+    writer): freeze it out of the collector's walks as loaded
+    (:func:`riskd.heap.bulk_load`).
+    """
+    return _verified(directory, unpickle=True, upto=upto, settle=settle)
 
 
 def latest_position(directory: Path) -> Snapshot | None:

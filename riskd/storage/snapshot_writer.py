@@ -27,7 +27,6 @@ from typing import Any
 
 import trio
 
-from riskd import heap
 from riskd.storage import snapshot
 from riskd.storage.faults import StorageFault, describe
 from riskd.storage.journal import GENESIS, chain, hash_at
@@ -98,7 +97,7 @@ async def rebuild(
     d = Quiet(config)
     for fund in d.funds.values():
         fund.writer = None  # the daemon writes the ledger file; this process only reads
-    snap = snapshot.load_latest(data, upto=records)
+    snap = snapshot.load_latest(data, upto=records, settle=True)
     covered = 0 if snap is None else snap.records
     known = None if snap is None or not snap.journal_hash else snap.journal_hash
     texts, head = _records(data, covered, records, GENESIS if covered == 0 else known, journal)
@@ -111,7 +110,6 @@ async def rebuild(
         if snap is not None:
             d.sequencer.restore(snap.state)
             await d.sequencer.call(d.sequencer.adopt_restored)
-            heap.settle()  # the replay's collections need not walk the restored state
         for text in texts:
             await d.sequencer.call(d.sequencer.replay, text)
         state: dict[str, Any] = await d.sequencer.call(d.sequencer.barrier, d.sequencer.state)

@@ -93,3 +93,50 @@ async def test_a_stopped_actor_answers_waiting_and_later_calls_instead_of_hangin
     late: list[BaseException | None] = []
     actor.post(print, (), lambda v, e: late.append(e))
     assert [type(e) for e in late] == [ActorStopped]
+
+
+async def test_a_call_queues_at_once_with_room_and_wait_for_room_when_full() -> None:
+    actor = Actor("test", capacity=1)
+    gate = trio.Event()
+    ran: list[int] = []
+
+    async def blocker() -> None:
+        await gate.wait()
+
+    def record(n: int) -> int:
+        ran.append(n)
+        return n
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        nursery.start_soon(actor.call, blocker)
+        await trio.testing.wait_all_tasks_blocked()  # the actor runs blocker
+        nursery.start_soon(actor.call, record, 1)  # fills the mailbox
+        await trio.testing.wait_all_tasks_blocked()
+        assert actor.depth == 1
+        nursery.start_soon(actor.call, record, 2)  # waits for room
+        await trio.testing.wait_all_tasks_blocked()
+        assert actor.depth == 1
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == [1, 2]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_caller_queues_nothing() -> None:
+    actor = Actor("test", capacity=8)
+    ran: list[int] = []
+
+    def record(n: int) -> int:
+        ran.append(n)
+        return n
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await actor.call(record, 1)
+        assert scope.cancelled_caught
+        assert await actor.call(record, 2) == 2
+        assert ran == [2]
+        nursery.cancel_scope.cancel()

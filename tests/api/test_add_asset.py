@@ -16,9 +16,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+import grpc
+import pytest
+
 from riskd import config as config_mod
 from riskd.audit import audit
-from riskd.v1 import admin_pb2, ingest_pb2, query_pb2, types_pb2
+from riskd.v1 import (
+    admin_pb2,
+    events_pb2,
+    events_pb2_grpc,
+    ingest_pb2,
+    query_pb2,
+    types_pb2,
+)
 
 from .conftest import Daemon, start_daemon
 from .test_bad_input import RawStream
@@ -76,6 +86,15 @@ def test_an_asset_added_at_runtime_works_at_once_and_survives_restarts(tmp_path:
     a.InjectFund(admin_pb2.InjectFundRequest(asset="USDC", amount=500 * USDC, cause="seed"))
     assert fund(d) == (500 * USDC, [500 * USDC])
     assert 'riskd_insurance_fund_balance_quantums{asset="USDC"} 5e+08' in scrape(d)
+    events = events_pb2_grpc.EventServiceStub(d.channel()).Subscribe(
+        events_pb2.SubscribeRequest(from_sequence=1), timeout=2
+    )
+    flows = []
+    with pytest.raises(grpc.RpcError):  # the deadline ends the subscription
+        for e in events:
+            if e.event.HasField("fund_flow"):
+                flows.append((e.event.fund_flow.asset, e.event.fund_flow.balance_after))
+    assert flows == [("USDC", 500 * USDC)]  # the fund stream shows it
     a.AddMarket(admin_pb2.AddMarketRequest(market=sol_usdc()))
     s = RawStream(d, "gw-usdc", epoch=1)
     r = s.send(

@@ -328,6 +328,9 @@ def test_operator_changes_are_stamped_with_riskds_clock_and_replay_keeps_the_sta
         assert [ts for _, ts in stamps] == sorted(ts for _, ts in stamps)  # the order taken
         [injected] = _ledger_stamps(d)
         assert injected == stamps[0][1]
+        logged = [json.loads(x) for x in d.log.read_text().splitlines() if x.startswith("{")]
+        [settled_line] = [x for x in logged if x.get("event") == "market_settled"]
+        assert settled_line["ts_ms"] == stamps[-1][1]
         digest = state(d).digest
     finally:
         d.process.send_signal(signal.SIGKILL)  # no snapshot: the journal alone replays

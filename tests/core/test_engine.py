@@ -46,6 +46,8 @@ from riskd.core import (
     Withdrawal,
     digest,
 )
+from riskd.core.insurance_fund import FundPolicy
+from riskd.core.invariants import violations
 from riskd.core.recent_ids import RecentIds
 from riskd.core.units import SUPPLY_CAP
 
@@ -507,3 +509,32 @@ def test_remembered_ids_are_state_a_pickled_engine_keeps(desk: Desk) -> None:
     assert digest(other.engine) != digest(plain.engine)  # the trade ids still differ
     plain.engine.markets[M].trade_ids = other.engine.markets[M].trade_ids
     assert digest(other.engine) == digest(plain.engine)
+
+
+def test_an_asset_added_at_runtime_holds_money_like_a_declared_one() -> None:
+    """AddAsset's core: empty wallets and fund, a market in it, conservation to
+    the unit; a symbol in use is refused on ``symbol`` and changes nothing."""
+    engine = Engine([btc_usdt_spec()])
+    usdc = Asset("USDC", 6)
+    engine.add_asset(usdc, FundPolicy(500_000, 3_600_000))
+    assert engine.funds["USDC"].policy == FundPolicy(500_000, 3_600_000)
+    engine.add_market(btc_usdt_spec("BTC-USDC", asset=usdc))
+    for x in (
+        Deposit(1, "USDC", 1_000 * U),
+        Deposit(2, "USDC", 1_000 * U),
+        FundInjection("USDC", 50 * U),
+        MarginTransfer(1, "BTC-USDC", 500 * U),
+        MarginTransfer(2, "BTC-USDC", 500 * U),
+        MarkPrice("BTC-USDC", E),
+        Fill("BTC-USDC", 1, 1, 2, E, 100, 3 * U // 10, 3 * U // 10),
+        MarkPrice("BTC-USDC", usdt("51000")),
+        Withdrawal(1, "USDC", 100 * U),
+    ):
+        engine.apply(x)
+    assert violations(engine) == []
+    before = digest(engine)
+    for asset in (Asset("USDC", 6), Asset("USDT", 6), Asset("USDC", 8)):
+        with pytest.raises(Rejected) as info:
+            engine.add_asset(asset, FundPolicy())
+        assert (info.value.code, info.value.field) == (Code.FAILED_PRECONDITION, "symbol")
+    assert digest(engine) == before
