@@ -42,6 +42,7 @@ from typing import Any
 import riskd
 from benchmarks import harness
 from benchmarks.figures import add as _fig
+from riskd import heap
 from riskd.core import Asset, ContractType, Engine, MarketSpec, Rejected, TierTable
 from riskd.core.events import (
     AdlEvent,
@@ -515,7 +516,13 @@ def worker_memory(n: int) -> dict[str, Any]:
 
 
 def worker_cascade(
-    n: int, fund: str, longs_per_short: int, deadline_s: float, profile: bool
+    n: int,
+    fund: str,
+    longs_per_short: int,
+    deadline_s: float,
+    profile: bool,
+    settle: bool = False,
+    gen0: int = 0,
 ) -> dict[str, Any]:
     """One mark tick crosses ``n`` longs; time the whole ``Engine.apply`` call.
 
@@ -526,6 +533,13 @@ def worker_cascade(
 
     If the tick is still running after ``deadline_s`` (0: no deadline), a
     watchdog reports the liquidations settled so far and ends the process.
+
+    ``settle``: the populated book is moved out of the cyclic collector's walks
+    before the tick (:func:`riskd.heap.settle`, what the daemon does once it
+    has restored its state), as for a daemon restarted with these positions.
+    ``gen0`` (0: CPython's default, 700): the collector's first threshold, the
+    allocations between two young collections.  The collections the tick
+    triggers are counted and timed either way.
     """
     engine = make_engine()
     t0 = time.perf_counter()
@@ -539,6 +553,11 @@ def worker_cascade(
     if fund == "seeded":
         engine.apply(FundInjection(ASSET, total_notional, "benchmark seed", 1))
     log(f"cascade {fund} n={n:,}: {n_positions:,} positions in {populate_s:.1f}s; ticking")
+    if settle:
+        gc.collect()
+        heap.settle()
+    if gen0:
+        gc.set_threshold(gen0, *gc.get_threshold()[1:])
 
     base = {
         "n": n,
@@ -547,7 +566,10 @@ def worker_cascade(
         "positions": n_positions,
         "longs_per_short": longs_per_short,
         "populate_s": populate_s,
+        "settled_heap": settle,
+        "gc_threshold": gc.get_threshold(),
     }
+    collections = _CollectionLog()
     start = time.perf_counter()
     finished = threading.Event()
     owner = threading.Lock()  # whoever takes it reports; the other stays quiet
@@ -584,7 +606,9 @@ def worker_cascade(
         prof.enable()
     t1 = time.perf_counter_ns()
     c1 = time.process_time_ns()  # CPU too: on a shared machine wall time includes waiting
+    gc.callbacks.append(collections.callback)
     effects = engine.apply(MarkPrice(SYMBOL, CASCADE_MARK, 2))
+    gc.callbacks.remove(collections.callback)
     elapsed = (time.perf_counter_ns() - t1) / 1e9
     cpu = (time.process_time_ns() - c1) / 1e9
     finished.set()
@@ -614,7 +638,25 @@ def worker_cascade(
         "still_liquidating": len(market.liquidations),
         "violations": len(broken),
         "violations_sample": broken[:5],
+        "gc_collections": collections.counts,
+        "gc_s": [round(s, 4) for s in collections.seconds],
     }
+
+
+class _CollectionLog:
+    """Cyclic collections by generation, and the seconds they took (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.counts[info["generation"]] += 1
+            self.seconds[info["generation"]] += time.perf_counter() - self._started
 
 
 # --- driver -------------------------------------------------------------------
@@ -766,12 +808,20 @@ def run(quick: bool = False) -> dict[str, Any]:
             note="tracemalloc delta over populate / open positions (the compared figure)",
         )
 
-    # Cascades: a ladder of smaller sizes, then the headline size; all under a deadline.
+    # Cascades: a ladder of smaller sizes, then the headline size; all under a
+    # deadline.  The seeded headline once more with the book frozen out of the
+    # collector's walks, as a daemon's is after it restores (riskd.heap.settle):
+    # the collector was a quarter of the cascade (docs/performance.md).
     cn = cfg.cascade_n
     for fund in ("seeded", "empty"):
         deadline = cfg.cascade_deadline_s[fund]
-        for n in [*cfg.cascade_ladder[fund], cn]:
+        runs = [(n, False) for n in [*cfg.cascade_ladder[fund], cn]]
+        if fund == "seeded":
+            runs.append((cn, True))
+        for n, settle in runs:
             args = ["cascade", "--n", str(n), "--fund", fund, "--deadline", f"{deadline:g}"]
+            if settle:
+                args.append("--settle")
             r = _spawn(args, deadline + 300, errors)
             if r is None:
                 continue
@@ -790,10 +840,10 @@ def run(quick: bool = False) -> dict[str, Any]:
                     f"DEADLINE: {r['liquidations_settled']} of {n} settled in "
                     f"{r['elapsed_s']:.1f}s; rate so far"
                 )
-            headline = n == cn and not quick
+            headline = n == cn and not quick and not settle
             _fig(
                 figures,
-                f"cascade_liq_per_s[fund={fund},n={n}]",
+                f"cascade_liq_per_s[fund={fund},n={n}{',settled' if settle else ''}]",
                 round(r["liquidations_per_s"], 1),
                 "liquidations/s",
                 r["command"],
@@ -829,7 +879,11 @@ def run(quick: bool = False) -> dict[str, Any]:
             pure_tick["command"],
             c["command"],
         )
-    seeded = [r for r in details["cascade"] if r["fund"] == "seeded" and r["complete"]]
+    seeded = [
+        r
+        for r in details["cascade"]
+        if r["fund"] == "seeded" and r["complete"] and not r["settled_heap"]
+    ]
     if seeded:
         c = max(seeded, key=lambda r: r["n"])
         deadline = cfg.cascade_deadline_s["seeded"]
@@ -920,7 +974,9 @@ def _print_tables(
             done = r["complete"]
             rows.append(
                 [
-                    r["fund"] + ("" if done else " (deadline)"),
+                    r["fund"]
+                    + (", heap settled" if r.get("settled_heap") else "")
+                    + ("" if done else " (deadline)"),
                     _num(r["n"]),
                     _num(r["positions"]),
                     _num(r["liquidations_settled"]),
@@ -977,13 +1033,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--longs-per-short", type=int, default=LONGS_PER_SHORT)
     c.add_argument("--deadline", type=float, default=0.0, help="seconds; 0 = none")
     c.add_argument("--profile", action="store_true", help="cProfile the tick to stderr")
+    c.add_argument(
+        "--settle",
+        action="store_true",
+        help="freeze the populated book out of the collector's walks first (riskd.heap.settle,"
+        " as the daemon does after a restore)",
+    )
+    c.add_argument(
+        "--gen0", type=int, default=0, help="the collector's first threshold (0: default)"
+    )
     ns = p.parse_args(argv)
     if ns.worker == "tick":
         out = worker_tick(ns.n, ns.reps, ns.band, ns.budget)
     elif ns.worker == "memory":
         out = worker_memory(ns.n)
     elif ns.worker == "cascade":
-        out = worker_cascade(ns.n, ns.fund, ns.longs_per_short, ns.deadline, ns.profile)
+        out = worker_cascade(
+            ns.n, ns.fund, ns.longs_per_short, ns.deadline, ns.profile, ns.settle, ns.gen0
+        )
     else:
         result = run(quick=ns.quick)
         harness.exit_on_problems("benchmarks.core", result["errors"])

@@ -668,6 +668,8 @@ class Sequencer(Actor):
         check_id(withdrawal_id, "withdrawal_id")
         check_account(w.account, "account")
         check_positive(w.amount, "amount")
+        if not replaying and not w.ts:  # the journal says when it was decided
+            w = dataclasses.replace(w, ts=self.clock())
         memory = self.withdrawals.get(w.asset)
         if memory is None:
             memory = self.withdrawals[w.asset] = WithdrawalDecisions(self.withdrawal_ids)

@@ -129,24 +129,24 @@ class LiquidationMachine(DictPickled):
         threshold = self.threshold_of(spec, pos)
         if threshold != NOT_INDEXED:
             pos.threshold = threshold
-            self.index.add(pos.size > 0, threshold, pos.account)
+            self.index.add(pos.size > 0, pos)
 
     def retrack(self, spec: MarketSpec, pos: Position, long_before: bool) -> None:
         """``pos``'s numbers changed since it was tracked (at ``pos.threshold``, on the
-        long side if ``long_before``): one move in the index, none if it stays."""
+        long side if ``long_before``): out of the index at its old threshold and in
+        at its new one, nothing if neither its threshold nor its side changed."""
         old, new = pos.threshold, self.threshold_of(spec, pos)
+        if old == new and (new == NOT_INDEXED or (pos.size > 0) == long_before):
+            return
         if old != NOT_INDEXED:
-            if new != NOT_INDEXED:
-                self.index.move(long_before, old, pos.size > 0, new, pos.account)
-            else:
-                self.index.remove(long_before, old, pos.account)
-        elif new != NOT_INDEXED:
-            self.index.add(pos.size > 0, new, pos.account)
+            self.index.remove(long_before, pos)
         pos.threshold = new
+        if new != NOT_INDEXED:
+            self.index.add(pos.size > 0, pos)
 
     def untrack(self, pos: Position) -> None:
         if pos.threshold != NOT_INDEXED:
-            self.index.remove(pos.size > 0, pos.threshold, pos.account)
+            self.index.remove(pos.size > 0, pos)
             pos.threshold = NOT_INDEXED
 
     # --- transitions ------------------------------------------------------------

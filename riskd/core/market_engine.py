@@ -180,6 +180,7 @@ class MarketEngine(DictPickled):
             self.cross, self.cross_due = set(), set()
         if "liquidator" not in state:
             self.liquidator = Liquidator(self)
+        self.machine.index.adopt(self.positions)  # an older snapshot's index keys
 
     @property
     def index(self) -> LiquidationIndex:

@@ -224,6 +224,20 @@ async def test_a_refused_withdrawal_reports_the_balance_and_a_retry_the_same_dec
         assert again.wallets["USDT"].wallets.balance(1) == 500_000
 
 
+async def test_a_withdrawal_is_journaled_with_riskds_clock_and_replay_keeps_the_stamp() -> None:
+    async with running() as s:
+        s.journal = Recorder()  # type: ignore[assignment]
+        s.clock = lambda: 1_700_000_000_123
+        await apply(s, 0, [Deposit(1, "USDT", 900_000)])
+        assert (await withdraw(s, Withdrawal(1, "USDT", 400_000), 6)).approved
+        records = list(s.journal.records)  # type: ignore[attr-defined]
+    assert '"ts":1700000000123' in records[-1].replace(" ", ""), records[-1]
+    async with running() as again:
+        for text in records:
+            await again.replay(text)
+        assert again.wallets["USDT"].wallets.balance(1) == 500_000
+
+
 def test_stored_rejections_are_plain_values() -> None:
     # They are pickled into snapshots and compared after replay.
     r: StoredRejection = (1, 0, "Fill", "INVALID_ARGUMENT", "price", "bad")

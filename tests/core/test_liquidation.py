@@ -35,6 +35,7 @@ from riskd.core import (
     LiquidationOrder,
     LiquidationSettled,
     MarginTransfer,
+    Position,
     TierTable,
     violations,
 )
@@ -431,11 +432,17 @@ def test_book_fund_grants_nothing_when_empty() -> None:
 
 
 def test_index_crossed_order_and_bounds() -> None:
+    def at(threshold: int, account: int) -> Position:
+        pos = Position(account)
+        pos.threshold = threshold
+        return pos
+
     idx = LiquidationIndex()
-    for t, a in [(100, 1), (300, 2), (200, 3)]:
-        idx.add(True, t, a)
+    longs = {a: at(t, a) for t, a in [(100, 1), (300, 2), (200, 3)]}
+    for pos in longs.values():
+        idx.add(True, pos)
     for t, a in [(500, 4), (400, 5), (600, 6)]:
-        idx.add(False, t, a)
+        idx.add(False, at(t, a))
     assert len(idx) == 6
     assert idx.crossed(350) == []
     assert idx.crossed(300) == [2]  # long crossed at equality
@@ -443,9 +450,9 @@ def test_index_crossed_order_and_bounds() -> None:
     assert idx.crossed(400) == [5]  # short crossed at equality
     assert idx.crossed(10**6) == [5, 4, 6]  # lowest threshold first
     assert idx.nearest() == (300, 400)
-    idx.remove(True, 300, 2)
+    idx.remove(True, longs[2])
     assert idx.crossed(250) == []
-    idx.add(False, 1, BACKSTOP_ACCOUNT)
+    idx.add(False, at(1, BACKSTOP_ACCOUNT))
     assert idx.crossed(1) == [3, 1, BACKSTOP_ACCOUNT]
     assert LiquidationIndex().nearest() == (None, None)
 
