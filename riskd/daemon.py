@@ -402,6 +402,10 @@ class Daemon:
                         await self._shutdown(grpc, health, ingest)
                     nursery.cancel_scope.cancel()
         finally:
+            if self.sequencer.journal is not None:
+                # Closed here, not by the collector at exit: the close checkpoints
+                # SQLite's WAL into the file and removes it.
+                self.sequencer.journal.journal.close()
             heap.unsettle()
             gc_times.uninstall()
             http.shutdown()

@@ -273,5 +273,9 @@ def test_sigterm_drains_streams_and_exits_cleanly(daemon: Daemon) -> None:
     assert daemon.process.wait(20) == 0
     log = daemon.log.read_text()
     assert "riskd_stopping" in log and "riskd_stopped" in log
+    # The journal was closed, not left to the collector: its WAL is checkpointed away.
+    data = daemon.log.parent / "data"
+    assert (data / "journal.sqlite3").stat().st_size > 0
+    assert not (data / "journal.sqlite3-wal").exists()
     assert "ingest_internal_error" not in log
     assert gw.acked_sequence > 0
