@@ -132,6 +132,15 @@ class MarketActor(Actor):
             self._unreserved.inc(engine.unreserved_fills - unreserved)
         return results
 
+    async def apply_and_read(
+        self, items: list[Input], read: Callable[[MarketEngine], T]
+    ) -> tuple[list[Rejected | None], T]:
+        """:meth:`apply`, then ``read(engine)`` in the same turn: nothing is
+        sequenced between them, and the caller saves a round trip (the unary
+        ``CheckOrder``'s figures)."""
+        results = await self.apply(items)
+        return results, read(self.engine)
+
     async def _wallet_leg(self, account: int, amount: int) -> None:
         """Wallet -> margin: validate here, then debit the wallet actor (the entry credits)."""
         try:

@@ -634,6 +634,13 @@ class Sequencer(Actor):
         session = gateway + UNARY_SESSION
         g = self.gateways.get(session)
         seq = (g.last if g is not None else 0) + 1
+        market = self.markets.get(c.market)
+        if (
+            market is not None
+            and c.account not in market.engine.cross
+            and market.engine.cross_order_account(c) is None
+        ):
+            return await self._check_isolated(session, seq, market, c)
         done = await self.ingest(session, 1, [(seq, c)])
         self.gateways[session].rejected.clear()
         refused = done.value.rejections[0][1] if done.value.rejections else None
@@ -645,6 +652,30 @@ class Sequencer(Actor):
                 allowance = await self.cross._order_allowance(market, c.account)
                 here = await market.call(market.query, partial(_cross_reserved, c.account))
                 left = allowance - here
+        return done.follow(OrderCheck(refused, reserved, left))
+
+    async def _check_isolated(
+        self, session: str, seq: int, market: MarketActor, c: CheckOrder
+    ) -> Durable[OrderCheck]:
+        """:meth:`check_order` of an order no cross wallet is involved in: what
+        :meth:`ingest` does with it, but applied and its figures read in one
+        turn of the market (a round trip of the sequencer's fewer per call)."""
+        started = time.perf_counter()
+        outcomes: Counter[tuple[str, str]] = Counter()
+        batch = self._sequence(session, 1, [(seq, c)], 0, outcomes)
+        items: list[Input] = [c]
+        [refused], (reserved, left) = await market.call(
+            market.apply_and_read, items, partial(_order_margin, c)
+        )
+        if refused is not None:
+            batch.result.rejections.append((seq, refused))
+        outcomes[(type(c).__name__, "applied" if refused is None else "rejected")] += 1
+        due, market.cross_due = market.cross_due, []
+        if due:  # as CrossMargin.apply: re-checked before the figures are read
+            await self.cross.settle([(market.engine.asset, a) for a in due], c.ts)
+            reserved, left = await market.call(market.query, partial(_order_margin, c))
+        (done,) = await self._conclude([batch], outcomes, started)
+        self.gateways[session].rejected.clear()
         return done.follow(OrderCheck(refused, reserved, left))
 
     async def withdraw(
