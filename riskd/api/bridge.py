@@ -77,6 +77,8 @@ class _Post(Generic[T]):
     #: ``fn`` takes a list of ``args[0]`` of posts like this one (post_grouped).
     grouped: bool = False
     weight: int = 0
+    #: A full mailbox: wait for room (as ``Actor.call`` does), not Unavailable.
+    patient: bool = False
 
 
 @dataclass(slots=True)
@@ -134,13 +136,31 @@ class Portal:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Await a write run inside ``actor``; its value once its record is durable."""
+        """Await a write run inside ``actor``; its value once its record is durable.
 
-        async def task() -> T:
-            done = await actor.call(fn, *args, **kwargs)
-            return await done.wait()
+        Posted, as :meth:`post` posts: no trio task per call, and the answer
+        comes back from the journal's release (the profile of a unary
+        ``CheckOrder`` counted each hop of the other way).  A full mailbox is
+        waited on, as :meth:`call` waits."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.limit)
+        one = functools.partial(fn, **kwargs) if kwargs else fn
+        async with self._slots:
+            loop = self._loop = asyncio.get_running_loop()
+            fut: asyncio.Future[T] = loop.create_future()
 
-        return await self._cross(task)
+            def deliver(value: T | None, error: BaseException | None) -> None:
+                if not fut.done():
+                    if error is not None:
+                        fut.set_exception(error)
+                    else:
+                        fut.set_result(value)  # type: ignore[arg-type]  # None only with an error
+
+            job = _Post(actor, one, args, deliver, False, patient=True)
+            self._inbound.append(job)  # type: ignore[arg-type]
+            if not self._inbound_scheduled:
+                self._schedule_inbound()
+            return await fut
 
     async def _cross(self, task: Callable[[], Awaitable[T]]) -> T:
         if self._slots is None:
@@ -238,7 +258,12 @@ class Portal:
                 try:
                     job.actor.post(one, job.args, notify, job.urgent)
                 except trio.WouldBlock:
-                    notify(None, Unavailable(f"{job.actor.name} mailbox full"))
+                    if job.patient:
+                        self.nursery.start_soon(
+                            self._post_patiently, job.actor, one, job.args, notify
+                        )
+                    else:
+                        notify(None, Unavailable(f"{job.actor.name} mailbox full"))
                 continue
             group = [job]
             weight = job.weight
@@ -259,6 +284,23 @@ class Portal:
                 job.actor.post(many, ([j.args[0] for j in group],), notify_all, job.urgent)
             except trio.WouldBlock:
                 notify_all(None, Unavailable(f"{job.actor.name} mailbox full"))
+
+    @staticmethod
+    async def _post_patiently(
+        actor: Actor,
+        fn: Callable[..., Awaitable[Durable[object]]],
+        args: tuple[object, ...],
+        notify: Callable[[Durable[object] | None, BaseException | None], None],
+    ) -> None:
+        """A patient post that found the mailbox full: waits for room, then as posted."""
+        try:
+            done = await actor.call(fn, *args)
+        except Exception as e:  # delivered to the caller, not lost in trio
+            notify(None, e)
+            if not _is_expected(e):
+                raise
+        else:
+            notify(done, None)
 
     def _group_notifier(
         self, delivers: list[Deliver[object]]
