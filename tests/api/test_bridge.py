@@ -1,4 +1,5 @@
-"""The asyncio → trio bridge's grouped posts (riskd/api/bridge.py: Portal.post_grouped).
+"""The asyncio → trio bridge (riskd/api/bridge.py): grouped posts (Portal.post_grouped)
+and unary writes (Portal.write).
 
 Posts that cross in one wake-up of trio reach the actor as one call when they
 are consecutive, for the same function, in the same lane and within
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import trio
+import trio.testing
 
 from riskd.actors.actor import Actor
 from riskd.actors.journal import Durable
@@ -131,3 +133,59 @@ async def test_a_group_stops_at_its_weight() -> None:
     half = MAX_GROUP_WEIGHT // 2
     calls, _ = await answers([(False, "many", half)] * 5 + [(False, "many", 10 * MAX_GROUP_WEIGHT)])
     assert calls == [[0, 1], [2, 3], [4, 5]]  # a heavy one joins the group it finds open
+
+
+class Gated(Actor):
+    """One message of room; ``hold`` keeps the actor busy until ``gate`` opens."""
+
+    def __init__(self) -> None:
+        super().__init__("gated", 1)
+        self.gate = trio.Event()
+        self.written = trio.Event()
+        self.record: Durable[int] = Durable(0)
+
+    async def hold(self) -> None:
+        await self.gate.wait()
+
+    async def write(self, x: int) -> Durable[int]:
+        self.record = Durable(2 * x)
+        self.written.set()
+        return self.record
+
+
+class SignalToken(HandToken):
+    """A HandToken that says (across threads) when a wake-up is waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.woken = threading.Event()
+
+    def run_sync_soon(self, fn: Callable[[], None]) -> None:
+        super().run_sync_soon(fn)
+        self.woken.set()
+
+
+async def test_a_write_waits_for_room_and_answers_once_durable() -> None:
+    """A unary write finding the mailbox full waits (as ``Actor.call`` does), not
+    UNAVAILABLE; its answer comes only once its record is released."""
+    token = SignalToken()
+    with asyncio_thread() as loop, trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            actor = Gated()
+            await nursery.start(actor.run)
+            portal = Portal(token, nursery, 8)  # type: ignore[arg-type]  # run_sync_soon only
+            nursery.start_soon(actor.call, actor.hold)  # busy ...
+            await trio.testing.wait_all_tasks_blocked()
+            await actor.cast(actor.hold)  # ... and its one slot taken
+            answer = asyncio.run_coroutine_threadsafe(portal.write(actor, actor.write, 21), loop)
+            assert await trio.to_thread.run_sync(token.woken.wait, 10)
+            token.cross()  # the mailbox is full: the write waits for room
+            actor.gate.set()
+            await actor.written.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            ping = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop)
+            await trio.to_thread.run_sync(ping.result, 10)  # anything sent back has landed
+            assert not answer.done()  # written, not durable yet
+            actor.record._release()
+            assert await trio.to_thread.run_sync(answer.result, 10) == 42
+            nursery.cancel_scope.cancel()
