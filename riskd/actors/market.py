@@ -39,6 +39,7 @@ from riskd.core.inputs import KINDS
 __all__ = ["MarketActor", "needs_release"]
 
 T = TypeVar("T")
+In = TypeVar("In", bound=Input)
 
 
 #: The inputs that may stop a run for cross margin (:func:`needs_release`,
@@ -132,14 +133,20 @@ class MarketActor(Actor):
             self._unreserved.inc(engine.unreserved_fills - unreserved)
         return results
 
-    async def apply_and_read(
-        self, items: list[Input], read: Callable[[MarketEngine], T]
-    ) -> tuple[list[Rejected | None], T]:
-        """:meth:`apply`, then ``read(engine)`` in the same turn: nothing is
-        sequenced between them, and the caller saves a round trip (the unary
-        ``CheckOrder``'s figures)."""
-        results = await self.apply(items)
-        return results, read(self.engine)
+    async def apply_each_and_read(
+        self, items: list[In], read: Callable[[In, MarketEngine], T]
+    ) -> list[tuple[Rejected | None, T]]:
+        """Each item :meth:`apply`-ed, then ``read(item, engine)``, before the
+        next: nothing comes between an item and its reading, and the caller
+        saves a round trip per item (the unary ``CheckOrder``'s figures).
+        Stops after an item that left cross accounts to re-check (``cross_due``)."""
+        out: list[tuple[Rejected | None, T]] = []
+        for item in items:
+            [refused] = await self.apply([item])
+            out.append((refused, read(item, self.engine)))
+            if self.cross_due:
+                break
+        return out
 
     async def _wallet_leg(self, account: int, amount: int) -> None:
         """Wallet -> margin: validate here, then debit the wallet actor (the entry credits)."""

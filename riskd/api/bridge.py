@@ -48,6 +48,7 @@ __all__ = ["Portal", "GrpcThread", "Unavailable", "call_soon", "Deliver", "MAX_G
 
 T = TypeVar("T")
 A = TypeVar("A")
+R = TypeVar("R")
 P = ParamSpec("P")
 #: Posts of one group carry at most this much work (their ``weight``, say
 #: updates) when more than one: an urgent message waits for a whole group.
@@ -157,6 +158,31 @@ class Portal:
                         fut.set_result(value)  # type: ignore[arg-type]  # None only with an error
 
             job = _Post(actor, one, args, deliver, False, patient=True)
+            self._inbound.append(job)  # type: ignore[arg-type]
+            if not self._inbound_scheduled:
+                self._schedule_inbound()
+            return await fut
+
+    async def write_grouped(
+        self, actor: Actor, fn: Callable[[list[A]], Awaitable[list[Durable[T]]]], arg: A
+    ) -> T:
+        """:meth:`write` of ``fn([arg])``, grouped as :meth:`post_grouped` groups
+        (weight 1): the unary writes that cross in one wake-up of trio are one
+        call of ``fn``; each caller gets its own value once durable."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.limit)
+        async with self._slots:
+            loop = self._loop = asyncio.get_running_loop()
+            fut: asyncio.Future[T] = loop.create_future()
+
+            def deliver(value: T | None, error: BaseException | None) -> None:
+                if not fut.done():
+                    if error is not None:
+                        fut.set_exception(error)
+                    else:
+                        fut.set_result(value)  # type: ignore[arg-type]  # None only with an error
+
+            job = _Post(actor, fn, (arg,), deliver, False, True, 1, patient=True)
             self._inbound.append(job)  # type: ignore[arg-type]
             if not self._inbound_scheduled:
                 self._schedule_inbound()
@@ -273,6 +299,7 @@ class Portal:
                     nxt.grouped
                     and nxt.actor is job.actor
                     and nxt.urgent == job.urgent
+                    and nxt.patient == job.patient
                     and nxt.fn == job.fn
                 ):
                     break
@@ -280,17 +307,21 @@ class Portal:
                 weight += nxt.weight
             notify_all = self._group_notifier([j.deliver for j in group])
             many = cast(Callable[..., Awaitable[list[Durable[object]]]], job.fn)
+            args = ([j.args[0] for j in group],)
             try:
-                job.actor.post(many, ([j.args[0] for j in group],), notify_all, job.urgent)
+                job.actor.post(many, args, notify_all, job.urgent)
             except trio.WouldBlock:
-                notify_all(None, Unavailable(f"{job.actor.name} mailbox full"))
+                if job.patient:
+                    self.nursery.start_soon(self._post_patiently, job.actor, many, args, notify_all)
+                else:
+                    notify_all(None, Unavailable(f"{job.actor.name} mailbox full"))
 
     @staticmethod
     async def _post_patiently(
         actor: Actor,
-        fn: Callable[..., Awaitable[Durable[object]]],
+        fn: Callable[..., Awaitable[R]],
         args: tuple[object, ...],
-        notify: Callable[[Durable[object] | None, BaseException | None], None],
+        notify: Callable[[R | None, BaseException | None], None],
     ) -> None:
         """A patient post that found the mailbox full: waits for room, then as posted."""
         try:

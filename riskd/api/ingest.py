@@ -480,8 +480,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     _authorize(grant, check)
                 except Rejected as r:
                     raise Rejected(r.code, f"order.{r.field}", r.message) from None
-            done = await self.portal.write(
-                self.sequencer, self.sequencer.check_order, gateway, check
+            done = await self.portal.write_grouped(
+                self.sequencer, self.sequencer.check_orders, (gateway, check)
             )
         except Unavailable as u:
             await abort(context, grpc.StatusCode.UNAVAILABLE, "", str(u))

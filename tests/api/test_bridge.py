@@ -189,3 +189,27 @@ async def test_a_write_waits_for_room_and_answers_once_durable() -> None:
             actor.record._release()
             assert await trio.to_thread.run_sync(answer.result, 10) == 42
             nursery.cancel_scope.cancel()
+
+
+async def test_unary_writes_that_cross_together_are_one_call() -> None:
+    """Portal.write_grouped: grouped as post_grouped, each caller awaits its own value."""
+    token = SignalToken()
+    with asyncio_thread() as loop, trio.fail_after(10):
+        async with portal_on(loop) as (portal, _, actor):
+            portal.token = token  # type: ignore[assignment]  # only run_sync_soon is used
+
+            async def both() -> list[int]:
+                return list(
+                    await asyncio.gather(
+                        portal.write_grouped(actor, actor.many, 1),
+                        portal.write_grouped(actor, actor.many, 2),
+                    )
+                )
+
+            answer = asyncio.run_coroutine_threadsafe(both(), loop)
+            assert await trio.to_thread.run_sync(token.woken.wait, 10)
+            ping = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop)
+            await trio.to_thread.run_sync(ping.result, 10)  # both posted
+            token.cross()
+            assert await trio.to_thread.run_sync(answer.result, 10) == [2, 4]
+            assert actor.calls == [[1, 2]]

@@ -374,3 +374,58 @@ def test_cross_account_orders_share_its_wallet_through_the_daemon(d: Daemon) -> 
         metadata=[("x-riskd-gateway", "gw-orders")],
     )
     assert not no.approved and "reserve" in no.reason
+
+
+def test_concurrent_unary_checks_each_see_the_ones_before(tmp_path: Path) -> None:
+    """Unary checks in flight together (crossing into the engine together, applied
+    in one turn of the market) never spend the same margin, and each answer's
+    figures are its own: read right after it, before the next.  A restart from
+    the journal alone (kill -9) reproduces them."""
+    import asyncio
+
+    import grpc
+
+    first = start_daemon(tmp_path)
+    try:
+        assert not send(
+            first, U(mark_price=ingest_pb2.MarkPrice(market="BTC-USDT", price=P))
+        ).rejections
+        a = funded(first, 330)  # 0.1 BTC at 50,000, 125x: 40 USDT each; 8 fit
+
+        async def go() -> list[ingest_pb2.CheckOrderResponse]:
+            async with grpc.aio.insecure_channel(first.target) as channel:
+                stub = ingest_pb2_grpc.IngestServiceStub(channel)
+                meta = [("x-riskd-gateway", "gw-many")]
+                return list(
+                    await asyncio.gather(
+                        *(
+                            stub.CheckOrder(
+                                ingest_pb2.CheckOrderRequest(order=order(a, BUY, 100)),
+                                metadata=meta,
+                            )
+                            for _ in range(12)
+                        )
+                    )
+                )
+
+        answers = asyncio.run(go())
+        accepted = [r for r in answers if r.accepted]
+        assert sorted(r.available for r in accepted) == [
+            (330 - 40 * k) * USDT for k in range(8, 0, -1)
+        ]
+        assert {r.reserved for r in accepted} == {40 * USDT}
+        refused = [r for r in answers if not r.accepted]
+        assert len(refused) == 4
+        assert {(r.refusal, r.available) for r in refused} == {
+            (ingest_pb2.ORDER_REFUSAL_INSUFFICIENT_BALANCE, 10 * USDT)
+        }
+        before = digest(first)
+    finally:
+        first.process.kill()  # acknowledged = journaled
+        first.process.wait()
+    again = start_daemon(tmp_path)
+    try:
+        assert digest(again) == before
+        assert check(again, order(a, BUY, 100)).available == 10 * USDT
+    finally:
+        assert again.stop() == 0
