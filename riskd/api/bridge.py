@@ -143,25 +143,10 @@ class Portal:
         comes back from the journal's release (the profile of a unary
         ``CheckOrder`` counted each hop of the other way).  A full mailbox is
         waited on, as :meth:`call` waits."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.limit)
         one = functools.partial(fn, **kwargs) if kwargs else fn
-        async with self._slots:
-            loop = self._loop = asyncio.get_running_loop()
-            fut: asyncio.Future[T] = loop.create_future()
-
-            def deliver(value: T | None, error: BaseException | None) -> None:
-                if not fut.done():
-                    if error is not None:
-                        fut.set_exception(error)
-                    else:
-                        fut.set_result(value)  # type: ignore[arg-type]  # None only with an error
-
-            job = _Post(actor, one, args, deliver, False, patient=True)
-            self._inbound.append(job)  # type: ignore[arg-type]
-            if not self._inbound_scheduled:
-                self._schedule_inbound()
-            return await fut
+        return await self._posted(
+            lambda deliver: _Post(actor, one, args, deliver, False, patient=True)
+        )
 
     async def write_grouped(
         self, actor: Actor, fn: Callable[[list[A]], Awaitable[list[Durable[T]]]], arg: A
@@ -169,21 +154,20 @@ class Portal:
         """:meth:`write` of ``fn([arg])``, grouped as :meth:`post_grouped` groups
         (weight 1): the unary writes that cross in one wake-up of trio are one
         call of ``fn``; each caller gets its own value once durable."""
+        return await self._posted(
+            lambda deliver: _Post(actor, fn, (arg,), deliver, False, True, 1, patient=True)
+        )
+
+    async def _posted(self, job: Callable[[Deliver[T]], _Post[T]]) -> T:
+        """Post ``job(deliver)`` within the bound on calls in flight; its value."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.limit)
         async with self._slots:
             loop = self._loop = asyncio.get_running_loop()
-            fut: asyncio.Future[T] = loop.create_future()
-
-            def deliver(value: T | None, error: BaseException | None) -> None:
-                if not fut.done():
-                    if error is not None:
-                        fut.set_exception(error)
-                    else:
-                        fut.set_result(value)  # type: ignore[arg-type]  # None only with an error
-
-            job = _Post(actor, fn, (arg,), deliver, False, True, 1, patient=True)
-            self._inbound.append(job)  # type: ignore[arg-type]
+            fut: asyncio.Future[T]
+            deliver: Deliver[T]
+            fut, deliver = _future(loop)
+            self._inbound.append(job(deliver))  # type: ignore[arg-type]
             if not self._inbound_scheduled:
                 self._schedule_inbound()
             return await fut
@@ -193,14 +177,9 @@ class Portal:
             self._slots = asyncio.Semaphore(self.limit)
         async with self._slots:
             loop = asyncio.get_running_loop()
-            fut: asyncio.Future[T] = loop.create_future()
-
-            def deliver(value: T | None, error: BaseException | None) -> None:
-                if not fut.done():
-                    if error is not None:
-                        fut.set_exception(error)
-                    else:
-                        fut.set_result(value)  # type: ignore[arg-type]  # None only with an error
+            fut: asyncio.Future[T]
+            deliver: Deliver[T]
+            fut, deliver = _future(loop)
 
             async def in_trio() -> None:
                 try:
@@ -380,6 +359,20 @@ def _is_expected(e: Exception) -> bool:
     from riskd.core import Rejected
 
     return isinstance(e, Rejected | SequenceError | Unavailable)
+
+
+def _future(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[T], Deliver[T]]:
+    """A future on ``loop`` and the :data:`Deliver` that settles it (once)."""
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def deliver(value: T | None, error: BaseException | None) -> None:
+        if not fut.done():
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(value)  # type: ignore[arg-type]  # None only with an error
+
+    return fut, deliver
 
 
 def call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: object) -> None:
