@@ -371,9 +371,6 @@ def worker_bare() -> None:
     stream acks each message; ``CheckOrder`` reads every field of the order and
     accepts it (no sequencing, no journal, no thread hop).  Prints its port as
     JSON (``ref_serving``) and runs until SIGTERM."""
-    import signal
-
-    import grpc
 
     from riskd.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -391,20 +388,7 @@ def worker_bare() -> None:
                 accepted=True, reserved=touched & 1, available=request.timestamp_ms
             )
 
-    async def serve() -> None:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(Bare(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        print(json.dumps({"event": "ref_serving", "grpc_port": port}), flush=True)
-        await stop.wait()
-        await server.stop(1.0)
-
-    asyncio.run(serve())
+    harness.serve_reference(Bare())
 
 
 # --- driver ------------------------------------------------------------------------

@@ -173,6 +173,32 @@ def wait_event(
     raise RuntimeError(f"server did not start:\n{log_path.read_text()[-4000:]}")
 
 
+def serve_reference(servicer: Any, options: Sequence[tuple[str, Any]] = (), **shown: Any) -> None:
+    """Serve a reference ``IngestService`` (grpc.aio) on a free loopback port
+    until SIGTERM or SIGINT; its port goes out as one ``ref_serving`` line
+    (with ``shown``), as :func:`start` reads riskd's."""
+    import asyncio
+
+    import grpc
+
+    from riskd.v1 import ingest_pb2_grpc
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=[*options, ("grpc.so_reuseport", 0)])
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(json.dumps({"event": "ref_serving", **shown, "grpc_port": port}), flush=True)
+        await stop.wait()
+        await server.stop(1.0)
+
+    asyncio.run(serve())
+
+
 def riskd_command(data_dir: Path, *extra: str) -> list[str]:
     """``riskd serve`` on ephemeral loopback ports (plaintext development mode)."""
     return [

@@ -59,7 +59,6 @@ import pickle
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -303,7 +302,6 @@ def worker_ref_server(mode: str) -> None:
     in the handler (no trio, no sequencer, no actors, no metrics), ack with
     rejections like riskd: the same engine work without the daemon around it.
     """
-    import grpc
 
     from riskd.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -343,26 +341,14 @@ def worker_ref_server(mode: str) -> None:
             async for request in request_iterator:
                 yield handle(request)
 
-    async def serve() -> None:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-                ("grpc.max_send_message_length", 4 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(Reference(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        print(json.dumps({"event": "ref_serving", "mode": mode, "grpc_port": port}), flush=True)
-        await stop.wait()
-        await server.stop(1.0)
-
-    asyncio.run(serve())
+    harness.serve_reference(
+        Reference(),
+        [
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ],
+        mode=mode,
+    )
 
 
 # --- the client ----------------------------------------------------------------
