@@ -701,7 +701,7 @@ class Sequencer(Actor):
         checks = [c for _, c in run]
         answers: list[tuple[Rejected | None, tuple[int, int]]] = []
         while len(answers) < len(checks):
-            answers += await market.call(
+            answers += await market.call_here(
                 market.apply_each_and_read, checks[len(answers) :], _order_margin
             )
             due, market.cross_due = market.cross_due, []
@@ -1105,7 +1105,7 @@ class Sequencer(Actor):
 async def _apply(actor: MarketActor | WalletActor, items: list[Input]) -> list[Rejected | None]:
     """``actor.apply(items)`` in the actor, typed once (a market's is a coroutine,
     a wallet's is not: mypy cannot infer the call's result over the union inline)."""
-    return await actor.call(actor.apply, items)
+    return await actor.call_here(actor.apply, items)
 
 
 def _nothing() -> None:
