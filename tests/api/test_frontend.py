@@ -9,6 +9,8 @@ import dataclasses
 import json
 import os
 import signal
+import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.harness import riskd_command
 from riskd import config as config_mod
 from riskd.core import Engine
 from riskd.core.events import Deposit, Input
@@ -218,6 +221,24 @@ async def acked(gw: Gateway, n: int) -> None:
     """Until the gateway holds acks up to ``n`` (the stream is mid-flight)."""
     while gw.acked_sequence < n:  # noqa: ASYNC110 - the helper has no event for it
         await asyncio.sleep(0.005)
+
+
+def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = subprocess.run(
+            [*riskd_command(tmp_path / "data"), "--frontend-listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().startswith(
+        f"riskd: cannot listen on server.frontend_listen 127.0.0.1:{port}: "
+    ), p.stderr
 
 
 def _deposits(n: int, ts: int) -> list[Input]:
