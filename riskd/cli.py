@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the risk engine daemon")
     serve.add_argument("--config", help="TOML config file (default: the embedded default)")
     serve.add_argument("--grpc-listen", help="override server.grpc_listen (host:port)")
+    serve.add_argument(
+        "--frontend-listen",
+        help="override server.frontend_listen (host:port; the ingest front-end process)",
+    )
     serve.add_argument("--metrics-listen", help="override server.metrics_listen (host:port)")
     serve.add_argument("--data-dir", help="override server.data_dir")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
@@ -172,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
         k: v
         for k, v in (
             ("grpc_listen", args.grpc_listen),
+            ("frontend_listen", args.frontend_listen),
             ("metrics_listen", args.metrics_listen),
             ("data_dir", args.data_dir),
         )

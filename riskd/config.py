@@ -102,6 +102,8 @@ class TlsConfig:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     grpc_listen: str = "127.0.0.1:50051"
+    #: The ingest front-end process's address ("": none; IngestService on grpc_listen only).
+    frontend_listen: str = ""
     metrics_listen: str = "127.0.0.1:9464"
     data_dir: str = "riskd-data"
     mailbox_capacity: int = 1024
@@ -143,6 +145,8 @@ class ServerConfig:
         overrides.)"""
         for key in ("grpc_listen", "metrics_listen"):
             _check_listen(f"server.{key}", getattr(self, key))
+        if self.frontend_listen:
+            _check_listen("server.frontend_listen", self.frontend_listen)
         if self.tls is not None and self.plaintext:
             raise ConfigError("server", "set either [server.tls] or plaintext = true, not both")
         if self.tls is None and not self.plaintext:
@@ -156,6 +160,12 @@ class ServerConfig:
                 "server.grpc_listen",
                 "plaintext is for local development and may only listen on a loopback"
                 f" address, not {self.grpc_listen!r}; configure [server.tls]",
+            )
+        if self.plaintext and self.frontend_listen and not is_loopback(self.frontend_listen):
+            raise ConfigError(
+                "server.frontend_listen",
+                "plaintext is for local development and may only listen on a loopback"
+                f" address, not {self.frontend_listen!r}; configure [server.tls]",
             )
 
 

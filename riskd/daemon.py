@@ -36,7 +36,7 @@ import trio
 from grpc_health.v1 import health_pb2
 from prometheus_client import start_http_server
 
-from riskd import core_build, heap
+from riskd import core_build, heap, logs
 from riskd.actors.actor import Actor, ActorStopped
 from riskd.actors.fund import FundActor
 from riskd.actors.journal import JournalActor
@@ -47,9 +47,10 @@ from riskd.api.admin import AdminServicer
 from riskd.api.auth import Authenticator, AuthInterceptor, server_credentials
 from riskd.api.bridge import GrpcThread, Portal, call_soon
 from riskd.api.events import EventLog, EventServicer
+from riskd.api.frontend_link import FrontendFailed, FrontendLink
 from riskd.api.ingest import IngestServicer
 from riskd.api.query import QueryServicer
-from riskd.api.server import SERVICE_NAMES, Services, build_server
+from riskd.api.server import MAX_MESSAGE_BYTES, SERVICE_NAMES, Services, build_server
 from riskd.api.withdrawal import WithdrawalServicer
 from riskd.config import Config
 from riskd.config import load as load_config
@@ -94,6 +95,8 @@ class StartupError(RiskdError):
 class Endpoints:
     grpc_port: int
     metrics_port: int
+    #: The ingest front-end process's port (0: none, server.frontend_listen is empty).
+    frontend_port: int = 0
 
 
 class Daemon:
@@ -114,6 +117,8 @@ class Daemon:
         #: Numbered events whose journal record is not yet queued (one input's worth).
         self._unsealed: list[tuple[int, str, events_pb2.Event]] = []
         self._grpc: GrpcThread | None = None
+        #: The ingest front-end process (server.frontend_listen), once started.
+        self.frontend: FrontendLink | None = None
         self.wallets = {a: WalletActor(Wallets(a), cap) for a in config.assets}
         # Fund ledger entries go to ledger.sqlite3; memory keeps the newest.
         self.ledger = LedgerWriter(Path(srv.data_dir) / ledger.FILE)
@@ -296,6 +301,13 @@ class Daemon:
         auth = Authenticator(self.config.access if srv.tls is not None else None)
         credentials = _credentials(srv.tls) if srv.tls is not None else None
         _check_port("server.grpc_listen", srv.grpc_listen)
+        if srv.frontend_listen:
+            if self.route is not None:
+                raise StartupError(
+                    "server.frontend_listen: a cluster node (--etcd) does not support"
+                    " the ingest front end yet; leave it empty"
+                )
+            _check_port("server.frontend_listen", srv.frontend_listen)
         admin_log = AdminLog(Path(srv.data_dir) / "admin-audit.jsonl")
         host, port = _split(srv.metrics_listen)
         try:
@@ -354,7 +366,7 @@ class Daemon:
                     server, port, health = await build_server(
                         services,
                         srv.grpc_listen,
-                        4 * 1024 * 1024,
+                        MAX_MESSAGE_BYTES,
                         AuthInterceptor(auth, admin_log, self.metrics),
                         credentials,
                         srv.transport_window_bytes,
@@ -371,15 +383,34 @@ class Daemon:
                         f"cannot listen on server.grpc_listen {srv.grpc_listen}: {why}"
                     ) from e
                 health = bound["health"]
+                frontend_port = 0
+                if srv.frontend_listen:
+                    self.frontend = FrontendLink(
+                        self.config,
+                        srv.frontend_listen,
+                        portal,
+                        self.sequencer,
+                        self.metrics,
+                        self.sequencer.capacity,
+                        logs.level(),
+                    )
+                    try:
+                        frontend_port = await trio.to_thread.run_sync(
+                            grpc.run_coroutine, self.frontend.start()
+                        )
+                    except FrontendFailed as e:
+                        await trio.to_thread.run_sync(grpc.stop, 0.0)
+                        raise StartupError(str(e)) from e
                 await trio.to_thread.run_sync(
                     grpc.run_coroutine, _set_health(health, health_pb2.HealthCheckResponse.SERVING)
                 )
-                endpoints = Endpoints(bound["port"], http.server_port)
+                endpoints = Endpoints(bound["port"], http.server_port, frontend_port)
                 log.info(
                     "riskd_serving",
                     transport="mtls" if auth.tls else "plaintext (development, loopback only)",
                     grpc_port=endpoints.grpc_port,
                     metrics_port=endpoints.metrics_port,
+                    frontend_port=endpoints.frontend_port,
                     markets=list(self.markets),
                     core=core_build(),
                 )
@@ -406,6 +437,8 @@ class Daemon:
                 # Closed here, not by the collector at exit: the close checkpoints
                 # SQLite's WAL into the file and removes it.
                 self.sequencer.journal.journal.close()
+            if self.frontend is not None:  # not drained (the start failed after it): no orphan
+                self.frontend.kill()
             heap.unsettle()
             gc_times.uninstall()
             http.shutdown()
@@ -433,6 +466,9 @@ class Daemon:
             return False
         auth.reload(fresh.access)
         self.config = dataclasses.replace(self.config, access=fresh.access)
+        grpc, frontend = self._grpc, self.frontend
+        if frontend is not None and grpc is not None and grpc.loop is not None:
+            call_soon(grpc.loop, frontend.reload_access, fresh.access)
         log.info("config_reloaded", identities=sorted(fresh.access.grants))
         return True
 
@@ -660,6 +696,8 @@ class Daemon:
         await trio.to_thread.run_sync(
             grpc.run_coroutine, _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
         )
+        if self.frontend is not None:  # its streams first: their acks need the engine
+            await trio.to_thread.run_sync(grpc.run_coroutine, self.frontend.drain(DRAIN_SECONDS))
         await trio.to_thread.run_sync(grpc.run_coroutine, ingest.drain(DRAIN_SECONDS))
         await trio.to_thread.run_sync(grpc.stop, 2.0)
         await self.take_snapshot(final=True)  # a clean restart replays nothing

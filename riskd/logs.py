@@ -12,10 +12,19 @@ import sys
 
 import structlog
 
-__all__ = ["configure"]
+__all__ = ["configure", "level"]
+
+_level = "info"
+
+
+def level() -> str:
+    """The level :func:`configure` last set (a child process logs at the same)."""
+    return _level
 
 
 def configure(level: str = "info", *, json: bool | None = None) -> None:
+    global _level
+    _level = level
     if json is None:
         json = not sys.stdout.isatty()
     renderer: structlog.types.Processor = (

@@ -373,6 +373,12 @@ class Metrics:
             " the next denied line (admin audit log, rpc_denied log), not written one by one.",
             registry=r,
         )
+        self.frontend_restarts = Counter(
+            "riskd_frontend_restarts",
+            "Times the ingest front-end process (server.frontend_listen) exited unexpectedly"
+            " and was started again.",
+            registry=r,
+        )
         self.mark_timestamp = Gauge(
             "riskd_mark_price_timestamp_seconds",
             "Timestamp of the last mark price applied, per market: the gateway's, or for an"

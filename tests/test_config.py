@@ -41,6 +41,17 @@ def test_plaintext_off_loopback_is_refused() -> None:
         parse(text)
 
 
+def test_plaintext_front_end_off_loopback_is_refused() -> None:
+    text = default_toml().replace(
+        'grpc_listen = "127.0.0.1:50051"',
+        'grpc_listen = "127.0.0.1:50051"\nfrontend_listen = "0.0.0.0:50052"',
+    )
+    with pytest.raises(ConfigError, match=r"^server\.frontend_listen: plaintext .* loopback"):
+        parse(text)
+    assert parse(text.replace("0.0.0.0:50052", "[::1]:0")).server.frontend_listen == "[::1]:0"
+    assert parse(default_toml()).server.frontend_listen == ""  # none unless asked for
+
+
 def test_tls_and_plaintext_together_are_refused() -> None:
     with pytest.raises(ValueError, match="not both"):
         parse(default_toml() + TLS + ACCESS)
@@ -467,6 +478,8 @@ def test_any_value_anywhere_is_accepted_or_refused_by_name(changes: list[tuple[s
         ("metrics_listen", "abc", "must be host:port"),  # was a traceback at start
         ("metrics_listen", ":9464", "must be host:port"),
         ("metrics_listen", "127.0.0.1:http", "must be host:port"),
+        ("frontend_listen", "127.0.0.1", "must be host:port"),
+        ("frontend_listen", "127.0.0.1:65536", "port must be in 0..65535"),
     ],
 )
 def test_listen_addresses_are_host_and_port(key: str, address: str, message: str) -> None:

@@ -29,7 +29,10 @@ from riskd.v1 import (
     withdrawal_pb2_grpc,
 )
 
-__all__ = ["Services", "build_server", "SERVICE_NAMES"]
+__all__ = ["Services", "build_server", "server_options", "SERVICE_NAMES", "MAX_MESSAGE_BYTES"]
+
+#: Largest gRPC message riskd receives or sends.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 SERVICE_NAMES = (
     ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
@@ -52,6 +55,18 @@ class Services:
     cluster: cluster_pb2_grpc.ClusterServiceServicer | None = None
 
 
+def server_options(max_message_bytes: int, window_bytes: int) -> list[tuple[str, int]]:
+    """The grpc.aio options of riskd's servers (the engine's, the ingest front end's)."""
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    if window_bytes > 0:
+        options += [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", window_bytes)]
+    return options
+
+
 async def build_server(
     services: Services,
     address: str,
@@ -69,14 +84,9 @@ async def build_server(
     fills, per stream) after riskd has stopped reading; a fixed window makes
     flow control reach the gateway after that many bytes.
     """
-    options: list[tuple[str, int]] = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    if window_bytes > 0:
-        options += [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", window_bytes)]
-    server = grpc.aio.server(interceptors=[interceptor], options=options)
+    server = grpc.aio.server(
+        interceptors=[interceptor], options=server_options(max_message_bytes, window_bytes)
+    )
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(services.ingest, server)
     events_pb2_grpc.add_EventServiceServicer_to_server(services.events, server)
     query_pb2_grpc.add_QueryServiceServicer_to_server(services.query, server)

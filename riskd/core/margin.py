@@ -36,7 +36,9 @@ __all__ = [
     "is_liquidatable",
     "is_bankrupt",
     "liquidation_threshold",
+    "liquidation_threshold_of",
     "bankruptcy_threshold",
+    "bankruptcy_threshold_of",
     "NEVER_LONG",
     "NEVER_SHORT",
 ]
@@ -118,15 +120,20 @@ def _threshold(spec: MarketSpec, q: int, equity: int, mmr: int, cum_scaled: int)
 
 
 def liquidation_threshold(spec: MarketSpec, pos: Position) -> int:
-    """The liquidation price as an exact integer threshold (see module doc).
+    """The liquidation price as an exact integer threshold (see module doc)."""
+    return liquidation_threshold_of(spec, pos.size, pos.basis, pos.margin)
+
+
+def liquidation_threshold_of(spec: MarketSpec, q: int, basis: int, margin: int) -> int:
+    """:func:`liquidation_threshold` of a position of size ``q`` with these numbers
+    (a fill's planned side, before anything changes).
 
     The same closed forms as :func:`_threshold`, one per tier, with the tier
     constants precomputed: this runs on every fill, for both sides.  Written
     as plain loops over native ints (compiled, no generator or boxed max),
     and the clamps to the never-crosses values test the unboxed range first.
     """
-    e = mul(PPM, pos.margin - pos.basis)
-    q = pos.size
+    e = mul(PPM, margin - basis)
     coefs = spec._tier_coefs
     if spec._linear_k:
         if q > 0:  # max_t floor((-e - cum) / (q * k * (1e6 - mmr))), at least NEVER_LONG
@@ -178,3 +185,8 @@ def bankruptcy_threshold(spec: MarketSpec, pos: Position, extra_margin: int = 0)
     against the trader (see :func:`riskd.core.liquidation.execution_price`).
     """
     return _threshold(spec, pos.size, pos.margin + extra_margin - pos.basis, 0, 0)
+
+
+def bankruptcy_threshold_of(spec: MarketSpec, q: int, basis: int, margin: int) -> int:
+    """:func:`bankruptcy_threshold` of a position of size ``q`` with these numbers."""
+    return _threshold(spec, q, margin - basis, 0, 0)

@@ -22,6 +22,8 @@ class Daemon:
     grpc_port: int
     metrics_port: int
     log: Path
+    #: The ingest front end's port (``--frontend-listen``; 0: none).
+    frontend_port: int = 0
 
     @property
     def target(self) -> str:
@@ -47,7 +49,7 @@ def start_daemon(tmp: Path, *extra: str) -> Daemon:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     rec = wait_event(process, log, "riskd_serving", timeout=30)
-    return Daemon(process, rec["grpc_port"], rec["metrics_port"], log)
+    return Daemon(process, rec["grpc_port"], rec["metrics_port"], log, rec.get("frontend_port", 0))
 
 
 @pytest.fixture

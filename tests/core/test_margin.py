@@ -8,6 +8,7 @@ example (riskd is isolated-margin only), the "Bankruptcy quote" dYdX example
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import pytest
@@ -25,8 +26,19 @@ from _kit import (
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from riskd.core import INT64_MAX, ContractType, LiquidationSettled, MarketSpec, Position, TierTable
+from riskd.core import (
+    BACKSTOP_ACCOUNT,
+    INT64_MAX,
+    ContractType,
+    LiquidationSettled,
+    MarketSpec,
+    Position,
+    Rejected,
+    TierTable,
+)
+from riskd.core.fill_sanity import check_side
 from riskd.core.liquidation import close_result, execution_price, liquidation_fee
+from riskd.core.liquidation_machine import LiquidationMachine
 from riskd.core.margin import (
     NEVER_LONG,
     NEVER_SHORT,
@@ -339,6 +351,34 @@ def test_bankruptcy_threshold_and_execution_price(
         # applies, which in inverse markets can put the worst tick past the
         # exact threshold: see test_execution_price_is_the_worst_tick).
         assert close_result(spec, pos, worse)[1] < 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(positions, st.integers(min_value=1, max_value=400_000), st.booleans())
+def test_the_fill_sanity_check_refuses_exactly_a_side_liquidatable_at_the_mark(
+    p: tuple[MarketSpec, int, bool, int, int], ticks: int, backstop: bool
+) -> None:
+    """Rule 3 compares the mark with the threshold the fill indexes the side at
+    (issue 17): that must be the predicate itself, ``B <= MM`` (the backstop:
+    ``B <= 0``) at the mark, on both sides of every threshold."""
+    spec, size, long, entry, margin = p
+    spec = dataclasses.replace(spec, fill_price_band_ppm=50_000)
+    pos = make_pos(spec, size if long else -size, entry * spec.tick_size, margin)
+    account = BACKSTOP_ACCOUNT if backstop else 1
+    threshold = LiquidationMachine.threshold_for(spec, account, pos.size, pos.basis, pos.margin)
+    pos.account = account
+    assert threshold == LiquidationMachine.threshold_of(spec, pos)
+    for mark in {ticks * spec.tick_size, threshold - 1, threshold, threshold + 1}:
+        if not 1 <= mark <= INT64_MAX:
+            continue
+        crossed = is_bankrupt(spec, pos, mark) if backstop else is_liquidatable(spec, pos, mark)
+        refused = False
+        try:
+            check_side(spec, mark, account, pos.size, threshold, "buyer_account")
+        except Rejected as r:
+            assert r.field == "buyer_account"
+            refused = True
+        assert refused == crossed, (mark, threshold)
 
 
 def test_execution_price_is_the_worst_tick() -> None:

@@ -1,0 +1,310 @@
+"""The ingest front-end process (``server.frontend_listen``): the same answers as the
+engine's own port, acks still durable, and a front end's crash or the daemon's
+stop loses nothing and applies nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from benchmarks.harness import riskd_command
+from riskd import config as config_mod
+from riskd.core import Engine
+from riskd.core.events import Deposit, Input
+from riskd.core.invariants import digest as engine_digest
+from riskd.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from riskd_client.gateway import Gateway
+
+from .conftest import Daemon, start_daemon
+from .scenario import USDT, crash_scenario, run_engine, send, stamp
+from .test_bad_input import RawStream, co, dep, det, fill, mark, mt
+
+FRONTEND = ("--frontend-listen", "127.0.0.1:0")
+
+
+def front(d: Daemon) -> Daemon:
+    """The same daemon, addressed at its front end's port."""
+    assert d.frontend_port and d.frontend_port != d.grpc_port
+    return dataclasses.replace(d, grpc_port=d.frontend_port)
+
+
+def digest(d: Daemon) -> str:
+    return (
+        admin_pb2_grpc.AdminServiceStub(d.channel())
+        .CheckState(admin_pb2.CheckStateRequest())
+        .digest
+    )
+
+
+def scrape(d: Daemon, name: str) -> float:
+    url = f"http://127.0.0.1:{d.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+def frontend_pids(d: Daemon) -> list[int]:
+    """The front-end processes the daemon started, oldest first (its log says)."""
+    pids = []
+    for line in d.log.read_text().splitlines():
+        if '"frontend_started"' in line:
+            pids.append(json.loads(line)["pid"])
+    return pids
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    daemon = start_daemon(tmp_path_factory.mktemp("frontend"), *FRONTEND)
+    try:
+        # Funded accounts 11, 12 with isolated margin and a BTC-USDT mark, through the front end.
+        s = RawStream(front(daemon), "gw-setup")
+        r = s.send(dep(11, amount=10**6 * USDT), dep(12, amount=10**6 * USDT), mark())
+        r = s.send(mt(11, amount=10**5 * USDT), mt(12, amount=10**5 * USDT))
+        assert list(r.rejections) == [] and r.acked_sequence == 5, r
+        s.close()
+        yield daemon
+    finally:
+        code = daemon.stop()
+        assert code == 0, f"riskd exited with {code}:\n{daemon.log.read_text()}"
+    log = daemon.log.read_text()
+    assert "ingest_internal_error" not in log and "Traceback" not in log
+    (pid,) = frontend_pids(daemon)
+    assert gone(pid)
+
+
+def test_front_end_serves_ingest_and_health_only(d: Daemon) -> None:
+    fe = front(d).channel()
+    health = health_pb2_grpc.HealthStub(fe)
+    for name in ("", "riskd.v1.IngestService"):
+        r = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert r.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as e:
+        admin_pb2_grpc.AdminServiceStub(fe).CheckState(admin_pb2.CheckStateRequest(), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_rejections_equal_the_engine_ports(d: Daemon) -> None:
+    """Per-update refusals (decoding, routing, the core) read the same on both ports."""
+    before = digest(d)
+    bad = [
+        fill(quantity=0),
+        mark(price=5_000_001),
+        mark(market="NOPE"),
+        dep(asset="DOGE"),
+        fill(seller_account=11),
+        mt(amount=0),
+        co(account=999_999),  # a streamed check: an order refusal
+        ingest_pb2.Update(),
+    ]
+    answers = []
+    for port in (d, front(d)):
+        s = RawStream(port)
+        answers.append(s.send(*bad))
+        s.close()
+    engine, fe = answers
+    assert fe.acked_sequence == engine.acked_sequence == len(bad)
+    assert len(fe.rejections) == len(bad)
+    assert list(fe.rejections) == list(engine.rejections)
+    assert any(r.order_refusal for r in fe.rejections)
+    assert digest(d) == before
+
+
+@pytest.mark.parametrize(
+    "case", ["wrong-epoch", "too-large", "gap", "sequence-0", "bad-epoch-key", "long-gateway"]
+)
+def test_stream_statuses_equal_the_engine_ports(d: Daemon, case: str) -> None:
+    before = digest(d)
+    results = []
+    for port in (d, front(d)):
+        try:
+            if case == "bad-epoch-key":
+                RawStream(port, epoch="abc")  # type: ignore[arg-type]
+                raise AssertionError("accepted")
+            if case == "long-gateway":
+                RawStream(port, gateway="g" * 33)
+                raise AssertionError("accepted")
+            s = RawStream(port, epoch=4)
+            request = {
+                "wrong-epoch": ingest_pb2.IngestRequest(
+                    epoch=5, updates=[ingest_pb2.Update(sequence=1, mark_price=mark().mark_price)]
+                ),
+                "too-large": ingest_pb2.IngestRequest(
+                    updates=[
+                        ingest_pb2.Update(sequence=i, mark_price=mark().mark_price)
+                        for i in range(1, 4098)
+                    ]
+                ),
+                "gap": ingest_pb2.IngestRequest(
+                    updates=[ingest_pb2.Update(sequence=3, mark_price=mark().mark_price)]
+                ),
+                "sequence-0": ingest_pb2.IngestRequest(
+                    updates=[ingest_pb2.Update(sequence=0, mark_price=mark().mark_price)]
+                ),
+            }[case]
+            e = s.fails(request)
+        except grpc.RpcError as err:
+            e = err
+        results.append((e.code(), det(e)))
+    assert results[0][0] != grpc.StatusCode.OK
+    assert results[1] == results[0]
+    assert digest(d) == before
+
+
+def test_unary_check_order_through_the_front_end(d: Daemon) -> None:
+    stub = ingest_pb2_grpc.IngestServiceStub(front(d).channel())
+    md = [("x-riskd-gateway", "gw-unary-fe")]
+    ok = stub.CheckOrder(
+        ingest_pb2.CheckOrderRequest(order=co(order_id=77).check_order), metadata=md
+    )
+    assert ok.accepted and ok.reserved > 0 and ok.available > 0
+    refused = stub.CheckOrder(
+        ingest_pb2.CheckOrderRequest(order=co(order_id=78, account=999_999).check_order),
+        metadata=md,
+    )
+    assert not refused.accepted and refused.refusal and refused.field.startswith("order.")
+    engine_stub = ingest_pb2_grpc.IngestServiceStub(d.channel())
+    same = engine_stub.CheckOrder(
+        ingest_pb2.CheckOrderRequest(order=co(order_id=79, account=999_999).check_order),
+        metadata=md,
+    )
+    assert (same.refusal, same.field, same.message) == (
+        refused.refusal,
+        refused.field,
+        refused.message,
+    )
+    before = digest(d)
+    for request in (
+        ingest_pb2.CheckOrderRequest(),
+        ingest_pb2.CheckOrderRequest(order=co(market="NOPE").check_order),
+    ):
+        codes = []
+        for s in (engine_stub, stub):
+            with pytest.raises(grpc.RpcError) as e:
+                s.CheckOrder(request, metadata=md)
+            codes.append((e.value.code(), det(e.value)))
+        assert codes[0] == codes[1] and codes[0][0] != grpc.StatusCode.OK
+    assert digest(d) == before
+
+
+def test_stream_gauge_is_the_engines(d: Daemon) -> None:
+    """The front end's streams show in the engine's one scrape."""
+    base = scrape(d, "riskd_ingest_streams_open")
+    s = RawStream(front(d))
+    assert s.send(mark(market="NOPE")).acked_sequence == 1
+    assert scrape(d, "riskd_ingest_streams_open") == base + 1
+    s.close()
+
+
+async def acked(gw: Gateway, n: int) -> None:
+    """Until the gateway holds acks up to ``n`` (the stream is mid-flight)."""
+    while gw.acked_sequence < n:  # noqa: ASYNC110 - the helper has no event for it
+        await asyncio.sleep(0.005)
+
+
+def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = subprocess.run(
+            [*riskd_command(tmp_path / "data"), "--frontend-listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().startswith(
+        f"riskd: cannot listen on server.frontend_listen 127.0.0.1:{port}: "
+    ), p.stderr
+
+
+def _deposits(n: int, ts: int) -> list[Input]:
+    return [Deposit(1 + i % 4, "USDT", USDT, ts) for i in range(n)]
+
+
+def test_front_end_killed_then_daemon_stopped_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL of the front end mid-stream: it is started again on its port, the
+    gateway resumes from its acked sequence, and every update is applied once.
+    Then SIGTERM of the daemon mid-stream: the stream ends after its acks, the
+    front end is gone, and a restart reproduces the state."""
+    d = start_daemon(tmp_path, *FRONTEND)
+    fe = front(d)
+    t = stamp()
+    first = crash_scenario() + _deposits(3000, t)
+    more = _deposits(50, t)
+
+    async def killed() -> Gateway:
+        async with Gateway(fe.target, "gw-kill", epoch=1, batch_size=4, window=64) as gw:
+            for x in first:
+                send(gw, x)
+            await acked(gw, 40)
+            (pid,) = frontend_pids(d)
+            os.kill(pid, signal.SIGKILL)
+            for x in more:  # sent only once the stream is back
+                send(gw, x)
+            await gw.flush(timeout=30)
+            assert gw.reconnects >= 1
+        return gw
+
+    try:
+        gw = asyncio.run(killed())
+        inputs = first + more
+        assert gw.acked_sequence == len(inputs)
+        assert len(frontend_pids(d)) == 2  # restarted
+        assert scrape(d, "riskd_frontend_restarts_total") == 1
+        assert scrape(d, "riskd_ingest_streams_open") == 0
+        cfg = config_mod.load()
+        assert digest(d) == engine_digest(run_engine(inputs, Engine(cfg.markets, cfg.funds)))
+        assert '"frontend_exited"' in d.log.read_text()
+
+        flood = _deposits(2000, t)
+
+        async def stopped() -> int:
+            gw = Gateway(fe.target, "gw-term", epoch=1, batch_size=1, window=64)
+            await gw.start()
+            for x in flood:
+                send(gw, x)
+            await acked(gw, 20)
+            d.process.send_signal(signal.SIGTERM)
+            code = await asyncio.get_running_loop().run_in_executor(None, d.process.wait, 20)
+            assert code == 0
+            done = gw.acked_sequence
+            await gw.close()
+            return done
+
+        done = asyncio.run(stopped())
+        assert 20 <= done <= len(flood)
+        log = d.log.read_text()
+        assert "frontend_stopped" in log and "ingest_internal_error" not in log
+        assert all(gone(pid) for pid in frontend_pids(d))
+        expected = run_engine(inputs + flood[:done], Engine(cfg.markets, cfg.funds))
+    finally:
+        d.stop()
+    again = start_daemon(tmp_path, *FRONTEND)
+    try:
+        assert digest(again) == engine_digest(expected)
+    finally:
+        assert again.stop() == 0
