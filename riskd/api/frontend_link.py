@@ -151,6 +151,12 @@ class _Connection:
             self._post_group()
             self._checks.append((m[1], (m[2], handoff.unmarshal_check(m[3]))))
             return
+        if op == Op.METRICS:  # not a post: the groups gathered go on gathering
+            self._metrics(*m[1:])
+            return
+        if op == Op.DRAINED:
+            self.drained.set()
+            return
         self._post_group()
         self._post_checks()
         seq = self.sequencer
@@ -160,10 +166,6 @@ class _Connection:
             self._post(
                 seq.open_session, (m[2], m[3]), self._one(m[1], handoff.marshal_resume), True
             )
-        elif op == Op.METRICS:
-            self._metrics(*m[1:])
-        elif op == Op.DRAINED:
-            self.drained.set()
         else:
             raise ValueError(f"unexpected message {op!r}")
 
