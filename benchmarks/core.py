@@ -411,6 +411,89 @@ def decode_ns_per_update(batch: int = 256, reps: int = 200) -> int:
     return _percentile(out, 0.5) // batch
 
 
+def ingest_events(batch: int = 256, n_updates: int = 256 * 100) -> tuple[list[Any], list[Any]]:
+    """``benchmarks.ingest``'s set-up and workload as core inputs: the same bytes
+    its clients send (``build_setup``, ``build_workload``), parsed and turned
+    into the inputs the daemon's decoder makes of them (ids and timestamps kept)."""
+    from benchmarks import ingest
+    from riskd.v1 import ingest_pb2 as pb
+
+    def inputs(raws: list[bytes]) -> list[Any]:
+        out: list[Any] = []
+        for raw in raws:
+            for u in pb.IngestRequest.FromString(raw).updates:
+                kind, ts = u.WhichOneof("kind"), u.timestamp_ms
+                if kind == "fill":
+                    f = u.fill
+                    out.append(
+                        Fill(
+                            f.market,
+                            f.trade_id,
+                            f.buyer_account,
+                            f.seller_account,
+                            f.price,
+                            f.quantity,
+                            f.buyer_fee,
+                            f.seller_fee,
+                            ts=ts,
+                        )
+                    )
+                elif kind == "mark_price":
+                    out.append(MarkPrice(u.mark_price.market, u.mark_price.price, ts))
+                elif kind == "deposit":
+                    d = u.deposit
+                    out.append(Deposit(d.account, d.asset, d.amount, ts, d.deposit_id))
+                elif kind == "margin_transfer":
+                    t = u.margin_transfer
+                    out.append(MarginTransfer(t.account, t.market, t.amount, ts))
+                else:
+                    raise AssertionError(f"benchmarks.ingest sent a {kind} update")
+        return out
+
+    return inputs(ingest.build_setup(batch)), inputs(ingest.build_workload(batch, n_updates))
+
+
+def _ingest_figures(n_updates: int) -> dict[str, Any]:
+    """The fill as ``benchmarks.ingest``'s workload pays it (issue 17).
+
+    The tick figures' fill trades two accounts at 1x in a market without the
+    fill sanity checks, and moves one liquidation threshold at most.  The
+    ingest workload's runs in the daemon's default market (``riskd.config``:
+    five tiers, ``fill_price_band_ppm`` on) between random accounts of 1,000
+    holding 0.2..3 BTC, so both sides' thresholds are computed, checked
+    against the mark and moved in the index: this times each of its inputs
+    through ``Engine.apply``, as riskd's engine applies them, and refuses a
+    run where any is rejected or liquidates.
+    """
+    from riskd.config import default_toml, parse
+
+    cfg = parse(default_toml())
+    engine = Engine(cfg.markets, cfg.funds)
+    setup, workload = ingest_events(256, n_updates)
+    for ev in setup:
+        engine.apply(ev)
+    clock = time.perf_counter_ns
+    fills: list[int] = []
+    marks: list[int] = []
+    gc.collect()
+    for ev in workload:
+        s = clock()
+        engine.apply(ev)  # a Rejected here fails the worker: the workload must apply whole
+        e = clock()
+        (fills if type(ev) is Fill else marks).append(e - s)
+    if any(m.liquidations for m in engine.markets.values()) or violations(engine):
+        raise AssertionError("the ingest workload liquidated or broke an invariant")
+    fills.sort()
+    marks.sort()
+    return {
+        "fills": len(fills),
+        "marks": len(marks),
+        "fill_median_ns": _percentile(fills, 0.5),
+        "fill_p99_ns": _percentile(fills, 0.99),
+        "mark_median_ns": _percentile(marks, 0.5),
+    }
+
+
 #: The mark guard's limits for the guarded tick (riskd.core.mark_guard): all three on.
 GUARD = {
     "mark_max_jump_ppm": 50_000,
@@ -448,8 +531,13 @@ def _guard_figures(engine: Engine, reps: int, budget_s: float) -> dict[str, Any]
     }
 
 
-def worker_tick(n: int, reps: int, band: float, budget_s: float) -> dict[str, Any]:
-    """Populate ``n`` positions; time ticks and fills; then again with ``band`` of them near LP."""
+def worker_tick(
+    n: int, reps: int, band: float, budget_s: float, ingest_updates: int = 256 * 100
+) -> dict[str, Any]:
+    """Populate ``n`` positions; time ticks and fills; then again with ``band`` of them near LP.
+
+    And, in a market of its own, ``ingest_updates`` of ``benchmarks.ingest``'s
+    workload (:func:`_ingest_figures`)."""
     engine = make_engine()
     gc.collect()
     rss0 = rss_bytes()
@@ -471,6 +559,7 @@ def worker_tick(n: int, reps: int, band: float, budget_s: float) -> dict[str, An
 
     quiet = _tick_figures(engine, reps, budget_s, 10**9)
     decode_ns = decode_ns_per_update()
+    ingest = _ingest_figures(ingest_updates)
     guard = _guard_figures(engine, reps, budget_s)
     moved = move_into_band(engine, band)
     near = _tick_figures(engine, reps, budget_s, 2 * 10**9)
@@ -487,6 +576,7 @@ def worker_tick(n: int, reps: int, band: float, budget_s: float) -> dict[str, An
         "rss_bytes_per_position": (rss1 - rss0) / n,
         "timer_overhead_median_ns": _percentile(timer, 0.5),
         "quiet": quiet,
+        "ingest": ingest,
         "guard": guard,
         "band_fraction": band,
         "band_positions": moved,
@@ -755,6 +845,31 @@ def run(quick: bool = False) -> dict[str, Any]:
             note=f"one fill / the bare server's decode of one fill update "
             f"({r['decode_ns_per_update']} ns), same process; {r['core']} core",
         )
+    if ticks:  # the same in benchmarks.ingest's workload (one figure: it does not vary with n)
+        r = ticks[sizes[0]]
+        w = r["ingest"]
+        ratio = w["fill_median_ns"] / r["decode_ns_per_update"]
+        _fig(
+            figures,
+            "fill_ns[workload=ingest]",
+            w["fill_median_ns"],
+            "ns",
+            r["command"],
+            note=f"Engine.apply(Fill) over benchmarks.ingest's workload ({w['fills']:,} fills"
+            f" between 1,000 accounts, both sides' thresholds moved, sanity checks on); median"
+            f" (MarkPrice {w['mark_median_ns']} ns)",
+        )
+        _fig(
+            figures,
+            "fill_vs_decode[workload=ingest]",
+            round(ratio, 2),
+            "x",
+            r["command"],
+            target="<= 2",
+            ok=ratio <= 2,
+            note=f"the ingest workload's fill / the bare server's decode of one fill update "
+            f"({r['decode_ns_per_update']} ns), same process; {r['core']} core",
+        )
         g = r["guard"]
         _fig(
             figures,
@@ -947,6 +1062,8 @@ def _print_tables(
             ("  MarketEngine.mark_price only", "quiet", "market_median_ns"),
             ("fill, nobody near LP", "quiet", "fill_median_ns"),
             (f"fill, {band} in call band", "band", "fill_median_ns"),
+            ("fill, benchmarks.ingest's workload", "ingest", "fill_median_ns"),
+            ("  its MarkPrice", "ingest", "mark_median_ns"),
         ):
             vals = [ticks[n][phase][key] for n in sizes]
             rows.append([label, *(_num(v) for v in vals), f"{vals[-1] / vals[0]:.2f}x"])
@@ -1025,6 +1142,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=3.0,
         help="seconds at most per timing loop (at least 200 calls)",
     )
+    t.add_argument(
+        "--ingest-updates",
+        type=int,
+        default=256 * 100,
+        help="updates of benchmarks.ingest's workload timed in a market of their own",
+    )
     m = sub.add_parser("memory", help="traced bytes per open position (prints JSON)")
     m.add_argument("--n", type=int, required=True)
     c = sub.add_parser("cascade", help="one tick liquidating n longs (prints JSON)")
@@ -1044,7 +1167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ns = p.parse_args(argv)
     if ns.worker == "tick":
-        out = worker_tick(ns.n, ns.reps, ns.band, ns.budget)
+        out = worker_tick(ns.n, ns.reps, ns.band, ns.budget, ns.ingest_updates)
     elif ns.worker == "memory":
         out = worker_memory(ns.n)
     elif ns.worker == "cascade":

@@ -286,9 +286,9 @@ class Daemon:
         # An unstamped mark (ts 0) ages from when riskd applied it, not from 1970.
         # Replay cannot know that moment: the gauge then waits for a live mark.
         if ts:
-            self.metrics.mark_timestamp.labels(market).set(ts / 1000)
+            self.metrics.mark_applied(market, ts / 1000)
         elif self.sequencer.journal is not None:
-            self.metrics.mark_timestamp.labels(market).set(time.time())
+            self.metrics.mark_applied(market, time.time())
 
     async def run(
         self, *, task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED

@@ -14,6 +14,12 @@ An exception other than :class:`~riskd.core.Rejected` escaping a handler is a
 bug that may have left state half-changed: it is not caught here, so it takes
 the daemon down and a restart rebuilds the state from durable storage.
 
+:meth:`Actor.call_here` runs a call in the caller's own task when the actor
+is idle (its task waits on an empty mailbox): the call is still the next and
+only thing the actor runs, and a message arriving meanwhile waits until it
+returns, so one handler at a time, in arrival order, holds as ever; what it
+saves is the round trip's two scheduling passes (the sequencer's turn).
+
 An actor whose task has ended (cancelled at shutdown, or crashed) answers
 every call still waiting, and every later one, with :class:`ActorStopped`:
 a caller never waits forever on a mailbox nobody reads (the daemon's
@@ -81,11 +87,19 @@ class Actor:
         self._urgent: deque[_Message] = deque()
         self._idle = False
         self._stopped = False
+        #: A :meth:`call_here` is running in its caller's task.
+        self._lent = False
+        #: Set when that call returns, if the actor's task is waiting for it.
+        self._handed_back: trio.Event | None = None
+        #: A message taken from the mailbox while a call_here ran, that urgent
+        #: ones overtook: the next one from the mailbox.
+        self._held: _Message | None = None
 
     @property
     def depth(self) -> int:
         """Messages waiting in the mailbox (read by the metrics collector)."""
-        return self._inbox.statistics().current_buffer_used + len(self._urgent)
+        held = self._held is not None
+        return self._inbox.statistics().current_buffer_used + len(self._urgent) + held
 
     @overload
     async def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
@@ -114,6 +128,53 @@ class Actor:
             raise reply.error
         # run() awaited an awaitable result: what is stored is fn's final value.
         return reply.value  # type: ignore[return-value]
+
+    @overload
+    async def call_here(
+        self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    @overload
+    async def call_here(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    async def call_here(
+        self, fn: Callable[P, T | Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T | Awaitable[T]:
+        """:meth:`call`, run in the caller's task when the actor is idle.
+
+        Idle: its task is parked on an empty mailbox (no message handed to it
+        and not yet run: trio hands a message straight to a waiting receiver,
+        which then no longer counts as waiting), nothing is in the urgent lane
+        and no other ``call_here`` is running.  ``fn`` is then exactly what the
+        actor would run next; it runs at once, and should a message reach the
+        actor while ``fn`` awaits (another actor's answer), the actor's task
+        runs it only once ``fn`` has returned.  Otherwise, :meth:`call`.
+
+        For callers that are not cancelled while the actor works (the
+        sequencer: only shutdown cancels it, and cancels the actors' own tasks
+        alike), since a cancellation reaching ``fn`` here would stop it half
+        way, where :meth:`call` would stop waiting and let it finish.  An
+        exception other than :class:`~riskd.core.Rejected` reaches the caller
+        (whose crash takes the daemon down, as the actor's would).
+        """
+        if (
+            self._lent
+            or self._urgent
+            or self._stopped
+            or not self._inbox.statistics().tasks_waiting_receive
+        ):
+            return await self.call(fn, *args, **kwargs)
+        await trio.lowlevel.checkpoint_if_cancelled()  # as call (it does not yield otherwise)
+        self._lent = True
+        try:
+            result = _bind(fn, kwargs)(*args)
+            if isawaitable(result):
+                result = await result
+            return result  # type: ignore[return-value]  # fn's final value, as call's
+        finally:
+            self._lent = False
+            back, self._handed_back = self._handed_back, None
+            if back is not None:
+                back.set()
 
     async def cast(self, fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
         """Queue ``fn(*args)`` for the actor; errors in it crash the actor."""
@@ -155,15 +216,33 @@ class Actor:
 
     async def _next(self) -> _Message:
         while True:
-            if self._urgent:
-                return self._urgent.popleft()
-            self._idle = True
-            try:
-                message = await self._mailbox.receive()
-            finally:
-                self._idle = False
-            if message[0] is not _wake:
-                return message
+            urgent = bool(self._urgent)
+            if urgent:
+                message = self._urgent.popleft()
+            elif self._held is not None:
+                message, self._held = self._held, None
+            else:
+                self._idle = True
+                try:
+                    message = await self._mailbox.receive()
+                finally:
+                    self._idle = False
+                if message[0] is _wake:
+                    continue
+            if self._lent:  # a call_here came first: it runs to its end before this
+                back = self._handed_back = trio.Event()
+                try:
+                    await back.wait()
+                except BaseException:  # answered by _stop
+                    if urgent:
+                        self._urgent.appendleft(message)
+                    else:
+                        self._held = message
+                    raise
+                if not urgent and self._urgent:  # urgent ones came meanwhile: first
+                    self._held = message
+                    continue
+            return message
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -197,6 +276,9 @@ class Actor:
         waiting = [current] if current is not None else []
         waiting += [r for _, _, r in self._urgent if r is not None]
         self._urgent.clear()
+        if self._held is not None and self._held[2] is not None:
+            waiting.append(self._held[2])
+        self._held = None
         while True:
             try:
                 _, _, r = self._mailbox.receive_nowait()

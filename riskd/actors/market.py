@@ -83,6 +83,7 @@ class MarketActor(Actor):
         self._publish = publish
         self._on_mark = on_mark
         self._in_progress = in_progress  # a gauge child: liquidations not yet settled
+        self._shown = -1  # what it was last set to (-1: never): set when it changes
         self._unreserved = unreserved  # a counter child: fills naming no open order
         # Cross accounts the last apply left to re-check (riskd.actors.cross takes them).
         self.cross_due: list[int] = []
@@ -127,8 +128,9 @@ class MarketActor(Actor):
             if engine.cross_due:
                 self.cross_due = engine.take_cross_due()
                 break
-        if self._in_progress is not None:
-            self._in_progress.set(len(engine.liquidations))
+        if self._in_progress is not None and len(engine.liquidations) != self._shown:
+            self._shown = len(engine.liquidations)
+            self._in_progress.set(self._shown)
         if self._unreserved is not None and engine.unreserved_fills != unreserved:
             self._unreserved.inc(engine.unreserved_fills - unreserved)
         return results

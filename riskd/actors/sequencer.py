@@ -24,9 +24,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from prometheus_client import Counter as Counter_
-from prometheus_client import Histogram
-
 from riskd.actors.actor import Actor
 from riskd.actors.cross import CrossMargin
 from riskd.actors.fund import FundActor
@@ -61,7 +58,7 @@ from riskd.core.tiers import SpecError
 from riskd.core.units import check_positive
 from riskd.core.wallet import check_account, unsettled_bad_debt, withdrawals_paused
 from riskd.errors import RiskdError
-from riskd.metrics import Metrics
+from riskd.metrics import HistogramChild, Metrics
 from riskd.storage import codec, records
 from riskd.storage.records import (
     AdminInput,
@@ -196,7 +193,7 @@ class _Sequenced:
     #: When it was read (``time.perf_counter()``) and the durable-time histogram
     #: of its lane; None: not measured (replay, unary writes).
     received: float | None = None
-    durable_seconds: Histogram | None = None
+    durable_seconds: HistogramChild | None = None
 
 
 #: Per streamed input class: whether a market (else a wallet) applies it, and
@@ -223,6 +220,20 @@ class _Run:
         """The batch the run's item ``i`` came in."""
         at = bisect.bisect_right(self.starts, i, key=_start_index) - 1
         return self.starts[at][1]
+
+
+#: riskd_updates_total's label sets (``self._tally``'s keys), made once.
+_DUPLICATE = ("any", "duplicate")
+_CHECK_REFUSED = (CheckOrder.__name__, "rejected")
+_APPLIED_KEYS: dict[type, tuple[str, str]] = {}
+
+
+def _applied_key(kind: type) -> tuple[str, str]:
+    """``(kind's name, "applied")``, one tuple per input class."""
+    key = _APPLIED_KEYS.get(kind)
+    if key is None:
+        key = _APPLIED_KEYS[kind] = (kind.__name__, "applied")
+    return key
 
 
 def _start_index(start: tuple[int, _Sequenced]) -> int:
@@ -266,10 +277,10 @@ class Sequencer(Actor):
         self.funds = funds
         self.metrics = metrics
         self.gateways: dict[str, _Gateway] = {}
-        # Label children looked up once (a labels() call per batch is measurable).
-        self._counted: dict[tuple[str, str], Counter_] = {}
+        #: riskd_updates_total by (kind, outcome), added to in place as a turn goes.
+        self._tally = metrics.updates.counts
         #: Per lane: the queue-time and the durable-time histograms' children.
-        self._waited: dict[str, tuple[Histogram, Histogram]] = {}
+        self._waited: dict[str, tuple[HistogramChild, HistogramChild]] = {}
         # Decisions on withdrawal ids, per asset, make retries safe; rebuilt by replay.
         self.withdrawal_ids = withdrawal_ids
         self.withdrawals: dict[str, WithdrawalDecisions] = {}
@@ -380,10 +391,9 @@ class Sequencer(Actor):
         """Apply a gateway's batch; ``offset`` is where ``updates`` began in the
         gateway's request (journal replay: the duplicates dropped before it)."""
         started = time.perf_counter()
-        outcomes: Counter[tuple[str, str]] = Counter()
-        batch = self._sequence(gateway, epoch, updates, offset, outcomes)
-        await self._apply_runs([batch], outcomes)
-        (done,) = await self._conclude([batch], outcomes, started)
+        batch = self._sequence(gateway, epoch, updates, offset)
+        await self._apply_runs([batch])
+        (done,) = await self._conclude([batch], started)
         return done
 
     async def ingest_or_error(
@@ -412,7 +422,6 @@ class Sequencer(Actor):
         (``liquidation_path`` for the urgent lane, ``other``).
         """
         started = time.perf_counter()
-        outcomes: Counter[tuple[str, str]] = Counter()
         answers: list[Answer | None] = []
         batches: list[_Sequenced] = []
         for gateway, epoch, updates, received, lane in posted:
@@ -427,16 +436,16 @@ class Sequencer(Actor):
                 histograms[0].observe(started - received)
                 durable_seconds = histograms[1]
             try:
-                b = self._sequence(gateway, epoch, updates, 0, outcomes)
+                b = self._sequence(gateway, epoch, updates, 0)
             except SequenceError as e:
                 answers.append(Durable.ready(e))
             else:
                 b.received, b.durable_seconds = received, durable_seconds
                 batches.append(b)
                 answers.append(None)
-        await self._apply_runs(batches, outcomes)
+        await self._apply_runs(batches)
         # A batch's Durable[BatchResult] answers as Durable[BatchResult | SequenceError].
-        done = iter(cast(list[Answer], await self._conclude(batches, outcomes, started)))
+        done = iter(cast(list[Answer], await self._conclude(batches, started)))
         return [a if a is not None else next(done) for a in answers]
 
     def _sequence(
@@ -445,7 +454,6 @@ class Sequencer(Actor):
         epoch: int,
         updates: Sequence[Update],
         offset: int,
-        outcomes: Counter[tuple[str, str]],
     ) -> _Sequenced:
         """A batch's place in its gateway's order: the fresh updates, the
         duplicates' answers; a gap or a stale epoch raises SequenceError."""
@@ -463,41 +471,41 @@ class Sequencer(Actor):
         result = BatchResult(g.last + len(fresh), duplicates=duplicates)
         resent = None
         if duplicates:
-            outcomes[("any", "duplicate")] += duplicates
+            tally = self._tally
+            tally[_DUPLICATE] = tally.get(_DUPLICATE, 0) + duplicates
             resent = (updates[0][0], updates[duplicates - 1][0])
         # Taken now: a later batch of the same gateway in this turn follows it.
         g.last = result.acked
         return _Sequenced(g, gateway, epoch, fresh, offset + duplicates, result, resent)
 
-    async def _apply_runs(
-        self, batches: Sequence[_Sequenced], outcomes: Counter[tuple[str, str]]
-    ) -> None:
+    async def _apply_runs(self, batches: Sequence[_Sequenced]) -> None:
         """Every fresh update of ``batches``, in order, one call per run of one actor."""
         runs: list[_Run] = []
         run: _Run | None = None
-        markets, wallets = self.markets, self.wallets
+        markets, wallets, routes, tally = self.markets, self.wallets, _ROUTES, self._tally
         for b in batches:
             if run is not None:
                 run.starts.append((len(run.pairs), b))
             for pair in b.fresh:
                 u = pair[1]
-                route = _ROUTES.get(type(u))
-                actor: MarketActor | WalletActor | None = None
-                if route is not None:
-                    actor = (markets if route[0] else wallets).get(getattr(u, route[1]))
-                if actor is None:  # refused at decoding, or routed nowhere: say why
-                    try:
-                        if isinstance(u, Rejected):
-                            raise u
+                try:
+                    if isinstance(u, Rejected):  # refused at decoding
+                        raise u
+                    route = routes.get(type(u))
+                    actor: MarketActor | WalletActor | None = None
+                    if route is not None:
+                        actor = (markets if route[0] else wallets).get(getattr(u, route[1]))
+                    if actor is None:  # routed nowhere: say why
                         actor = self._owner(u)
-                    except Rejected as r:
-                        b.result.rejections.append((pair[0], r))
-                        outcomes[(type(u).__name__, "rejected")] += 1
-                        continue
+                except Rejected as r:
+                    b.result.rejections.append((pair[0], r))
+                    key = (type(u).__name__, "rejected")
+                    tally[key] = tally.get(key, 0) + 1
+                    continue
                 if run is None or actor is not run.actor:
                     run = _Run(actor, [], [], [(0, b)])
                     runs.append(run)
-                run.items.append(cast(Input, u))  # routed: not a Rejected
+                run.items.append(u)
                 run.pairs.append(pair)
         for run in runs:
             actor, items = run.actor, run.items
@@ -505,31 +513,29 @@ class Sequencer(Actor):
                 done = await self.cross.apply(actor, items)
             else:
                 done = await _apply(actor, items)
-            applied: Counter[type] = Counter(map(type, items))
-            for i, refused in enumerate(done):
-                if refused is not None:
-                    kind = type(items[i])
-                    applied[kind] -= 1
-                    outcomes[(kind.__name__, "rejected")] += 1
-                    run.batch_of(i).result.rejections.append((run.pairs[i][0], refused))
+            applied: Counter[type] | dict[type, int] = (
+                {type(items[0]): 1} if len(items) == 1 else Counter(map(type, items))
+            )
+            if done.count(None) != len(done):  # some refused (most runs: none)
+                for i, refused in enumerate(done):
+                    if refused is not None:
+                        kind = type(items[i])
+                        applied[kind] -= 1
+                        key = (kind.__name__, "rejected")
+                        tally[key] = tally.get(key, 0) + 1
+                        run.batch_of(i).result.rejections.append((run.pairs[i][0], refused))
             for kind, n in applied.items():
-                outcomes[(kind.__name__, "applied")] += n
+                if n:
+                    key = _applied_key(kind)
+                    tally[key] = tally.get(key, 0) + n
 
     async def _conclude(
         self,
         batches: Sequence[_Sequenced],
-        outcomes: Counter[tuple[str, str]],
         started: float,
     ) -> list[Durable[BatchResult]]:
         """Count, keep the rejections, and queue each batch's record: its answer,
         released once that record is durable."""
-        children = self._counted
-        for key, n in outcomes.items():
-            if n:
-                child = children.get(key)
-                if child is None:
-                    child = children[key] = self.metrics.updates.labels(*key)
-                child.inc(n)
         records: list[tuple[str | None, BatchResult, Callable[[], None] | None]] = []
         for b in batches:
             result, g = b.result, b.g
@@ -543,9 +549,7 @@ class Sequencer(Actor):
                 record = codec.encode_ingest(b.gateway, b.epoch, b.fresh, b.offset)
                 self._keep(g, result, b.fresh, b.fresh[0][0] - b.offset)
             records.append((record, result, _durable_up_to(b)))
-        elapsed = time.perf_counter() - started
-        for _ in batches:
-            self.metrics.batch_seconds.observe(elapsed)
+        self.metrics.batch_seconds.observe_many(time.perf_counter() - started, len(batches))
         if self.journal is None:
             for b in batches:
                 b.g.durable = b.g.last
@@ -689,16 +693,15 @@ class Sequencer(Actor):
         in: what :meth:`ingest` does with each, one record each, but applied and
         their figures read in one turn of the market."""
         started = time.perf_counter()
-        outcomes: Counter[tuple[str, str]] = Counter()
         batches: list[_Sequenced] = []
         for gateway, c in run:
             g = self.gateways.get(gateway + UNARY_SESSION)
             seq = (g.last if g is not None else 0) + 1
-            batches.append(self._sequence(gateway + UNARY_SESSION, 1, [(seq, c)], 0, outcomes))
+            batches.append(self._sequence(gateway + UNARY_SESSION, 1, [(seq, c)], 0))
         checks = [c for _, c in run]
         answers: list[tuple[Rejected | None, tuple[int, int]]] = []
         while len(answers) < len(checks):
-            answers += await market.call(
+            answers += await market.call_here(
                 market.apply_each_and_read, checks[len(answers) :], _order_margin
             )
             due, market.cross_due = market.cross_due, []
@@ -711,9 +714,12 @@ class Sequencer(Actor):
             if refused is not None:
                 b.result.rejections.append((b.fresh[0][0], refused))
         rejected = sum(1 for refused, _ in answers if refused is not None)
-        outcomes[(CheckOrder.__name__, "applied")] += len(answers) - rejected
-        outcomes[(CheckOrder.__name__, "rejected")] += rejected
-        done = await self._conclude(batches, outcomes, started)
+        tally = self._tally
+        counted = ((_applied_key(CheckOrder), len(answers) - rejected), (_CHECK_REFUSED, rejected))
+        for key, n in counted:
+            if n:
+                tally[key] = tally.get(key, 0) + n
+        done = await self._conclude(batches, started)
         for b in batches:
             b.g.rejected.clear()
         return [
@@ -1099,7 +1105,7 @@ class Sequencer(Actor):
 async def _apply(actor: MarketActor | WalletActor, items: list[Input]) -> list[Rejected | None]:
     """``actor.apply(items)`` in the actor, typed once (a market's is a coroutine,
     a wallet's is not: mypy cannot infer the call's result over the union inline)."""
-    return await actor.call(actor.apply, items)
+    return await actor.call_here(actor.apply, items)
 
 
 def _nothing() -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from riskd.core.errors import Rejected
 from riskd.core.market import MarketSpec
 from riskd.core.position import BACKSTOP_ACCOUNT
-from riskd.core.units import PPM
+from riskd.core.units import PPM, magnitude
 
 __all__ = ["check_price", "check_side"]
 
@@ -47,7 +47,7 @@ def check_price(spec: MarketSpec, mark: int | None, price: int, buyer: int, sell
             f"{spec.symbol} has no mark price yet: fills are checked against the mark"
             f" (fill_price_band_ppm {band})",
         )
-    if abs(price - mark) * PPM > band * mark:
+    if magnitude(price - mark) * PPM > band * mark:  # compiled, abs() boxes: magnitude is native
         raise Rejected.precondition(
             "price",
             f"{price} is outside the fill price band of {spec.symbol}: more than"
@@ -64,34 +64,32 @@ def check_price(spec: MarketSpec, mark: int | None, price: int, buyer: int, sell
 
 
 def check_side(
-    spec: MarketSpec, mark: int | None, account: int, after: tuple[int, int, int], field: str
+    spec: MarketSpec, mark: int | None, account: int, size: int, threshold: int, field: str
 ) -> None:
     """Rule 3: refuse a side left liquidatable at the mark (FAILED_PRECONDITION on ``field``).
 
-    ``after`` is the side's planned ``(size, basis, margin)``; a flat side
-    is always fine.
+    ``size`` is the side's planned size and ``threshold`` the one it would be
+    indexed at (:meth:`LiquidationMachine.threshold_for` its planned numbers:
+    the liquidation price, the bankruptcy price for the backstop).  Those are
+    the exact integer prices where ``B <= MM`` (``B <= 0``) starts to hold
+    (:mod:`riskd.core.margin`), so comparing the mark with the threshold the
+    fill indexes the side at anyway is the predicate itself, on native ints.
+    A flat side is always fine.
     """
-    size, basis, margin = after
     if not spec.fill_price_band_ppm or mark is None or not size:
         return
-    # riskd.core.margin.is_liquidatable / is_bankrupt on the planned numbers,
-    # without building a Position: this runs twice for every fill.
-    num, den = spec.value(size, mark)
-    equity = (margin - basis) * den + num  # margin balance x den, exact
-    if account == BACKSTOP_ACCOUNT:
-        if equity <= 0:
-            raise Rejected.precondition(
-                field, f"the backstop would be bankrupt at the mark {mark} after this fill"
-            )
+    if (mark > threshold) if size > 0 else (mark < threshold):
         return
-    lhs, n = PPM * equity, abs(num)
-    if any(lhs <= n * t.mmr_ppm - t.cum_scaled * den for t in spec.tiers.tiers):
+    if account == BACKSTOP_ACCOUNT:
         raise Rejected.precondition(
-            field,
-            f"account {account} would be at or below its maintenance margin at the mark"
-            f" {mark} after this fill, so it would be liquidated at once; add margin or trade"
-            " nearer the mark",
+            field, f"the backstop would be bankrupt at the mark {mark} after this fill"
         )
+    raise Rejected.precondition(
+        field,
+        f"account {account} would be at or below its maintenance margin at the mark"
+        f" {mark} after this fill, so it would be liquidated at once; add margin or trade"
+        " nearer the mark",
+    )
 
 
 def _low(mark: int, band: int) -> int:

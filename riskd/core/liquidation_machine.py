@@ -30,7 +30,7 @@ from mypy_extensions import mypyc_attr
 
 from riskd.core.liquidation import Liquidation, Stage
 from riskd.core.liquidation_index import LiquidationIndex
-from riskd.core.margin import bankruptcy_threshold, liquidation_threshold
+from riskd.core.margin import bankruptcy_threshold_of, liquidation_threshold_of
 from riskd.core.market import MarketSpec
 from riskd.core.pickling import DictPickled, restore
 from riskd.core.position import BACKSTOP_ACCOUNT, NOT_INDEXED, Position
@@ -118,11 +118,20 @@ class LiquidationMachine(DictPickled):
     def threshold_of(spec: MarketSpec, pos: Position) -> int:
         """The threshold a live, open position is indexed at (its trigger: bankruptcy
         for the backstop); NOT_INDEXED for a flat or frozen one, which the index never holds."""
-        if pos.size == 0 or pos.liquidation:
+        if pos.liquidation:
             return NOT_INDEXED
-        if pos.account == BACKSTOP_ACCOUNT:
-            return bankruptcy_threshold(spec, pos)
-        return liquidation_threshold(spec, pos)
+        return LiquidationMachine.threshold_for(spec, pos.account, pos.size, pos.basis, pos.margin)
+
+    @staticmethod
+    def threshold_for(spec: MarketSpec, account: int, size: int, basis: int, margin: int) -> int:
+        """:meth:`threshold_of` a live position of ``account`` with these numbers: a
+        fill computes it once for its planned side, checks it against the mark
+        (:func:`riskd.core.fill_sanity.check_side`) and indexes the side at it."""
+        if size == 0:
+            return NOT_INDEXED
+        if account == BACKSTOP_ACCOUNT:
+            return bankruptcy_threshold_of(spec, size, basis, margin)
+        return liquidation_threshold_of(spec, size, basis, margin)
 
     def track(self, spec: MarketSpec, pos: Position) -> None:
         """Put a live, open position in the index at its trigger (bankruptcy for the backstop)."""
@@ -135,14 +144,19 @@ class LiquidationMachine(DictPickled):
         """``pos``'s numbers changed since it was tracked (at ``pos.threshold``, on the
         long side if ``long_before``): out of the index at its old threshold and in
         at its new one, nothing if neither its threshold nor its side changed."""
-        old, new = pos.threshold, self.threshold_of(spec, pos)
-        if old == new and (new == NOT_INDEXED or (pos.size > 0) == long_before):
+        self.reindex(pos, long_before, self.threshold_of(spec, pos))
+
+    def reindex(self, pos: Position, long_before: bool, new: int) -> None:
+        """:meth:`retrack` with ``pos``'s new threshold known (:meth:`threshold_of` its
+        numbers now)."""
+        old, long = pos.threshold, pos.size > 0
+        if old == new and (new == NOT_INDEXED or long == long_before):
             return
         if old != NOT_INDEXED:
             self.index.remove(long_before, pos)
         pos.threshold = new
         if new != NOT_INDEXED:
-            self.index.add(pos.size > 0, pos)
+            self.index.add(long, pos)
 
     def untrack(self, pos: Position) -> None:
         if pos.threshold != NOT_INDEXED:

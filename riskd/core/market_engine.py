@@ -378,12 +378,15 @@ class MarketEngine(DictPickled):
         if self.spec.fill_price_band_ppm:
             fill_sanity.check_price(self.spec, self.mark, f.price, f.buyer, f.seller)
             # A cross side's margin is only its band (the account is re-checked after).
-            if f.buyer not in self.cross:
-                fill_sanity.check_side(self.spec, self.mark, f.buyer, buyer_after, "buyer_account")
-            if f.seller not in self.cross:
-                fill_sanity.check_side(
-                    self.spec, self.mark, f.seller, seller_after, "seller_account"
-                )
+            # (An empty set first: most markets have no cross account, and a
+            # membership test boxes and hashes the account.)
+            spec, mark, cross = self.spec, self.mark, self.cross
+            if not (cross and f.buyer in cross):
+                size, threshold = buyer_after[0], buyer_after[3]
+                fill_sanity.check_side(spec, mark, f.buyer, size, threshold, "buyer_account")
+            if not (cross and f.seller in cross):
+                size, threshold = seller_after[0], seller_after[3]
+                fill_sanity.check_side(spec, mark, f.seller, size, threshold, "seller_account")
         self.trade_ids.remember(f.trade_id, payload)  # nothing below refuses
         self.fee_pool += bought + sold
         self._commit(buyer, buyer_after)
@@ -877,8 +880,10 @@ class MarketEngine(DictPickled):
 
     def _plan(
         self, account: int, qty: int, value: int, fee: int, field: str
-    ) -> tuple[Position, tuple[int, int, int]]:
-        """Check one side of a trade; return its position and (size, basis, margin) after.
+    ) -> tuple[Position, tuple[int, int, int, int]]:
+        """Check one side of a trade; return its position and (size, basis, margin,
+        threshold) after: the threshold it will be indexed at, computed once for the
+        fill's sanity check and the index.
 
         ``field`` names the side's account in a refusal.  The fee has been
         checked (:meth:`_check_fee`).
@@ -904,7 +909,7 @@ class MarketEngine(DictPickled):
                 else f"market is {self.status.value}"
             )
             raise Rejected.precondition(field, f"{self.symbol}: {why}")
-        cross = account in self.cross
+        cross = bool(self.cross) and account in self.cross
         if margin < 0 and (size == 0 or not cross):
             what = "cross allocation here" if cross else "isolated margin"
             raise Rejected.precondition(
@@ -922,7 +927,8 @@ class MarketEngine(DictPickled):
                     raise Rejected.invalid(
                         name, f"position of account {account} would overflow int64"
                     )
-        return pos, (size, basis, margin)
+        threshold = LiquidationMachine.threshold_for(self.spec, account, size, basis, margin)
+        return pos, (size, basis, margin, threshold)
 
     def _check_cross_band(
         self, pos: Position, size: int, basis: int, margin: int, fee: int, field: str
@@ -944,16 +950,18 @@ class MarketEngine(DictPickled):
                 f" mark {mark} after this fill: the price is beyond its collateral here",
             )
 
-    def _commit(self, pos: Position, after: tuple[int, int, int]) -> None:
-        """Apply a planned trade side; a new position is only stored now."""
+    def _commit(self, pos: Position, after: tuple[int, int, int, int]) -> None:
+        """Apply a planned trade side (:meth:`_plan`); a new position is only stored now."""
         new = pos.size == 0
         if new:
             self.positions.setdefault(pos.account, pos)
-        size, basis, margin = after
-        self._set(pos, size, basis, margin)
-        if pos.account in self.cross and (
-            new
-            or (pos.threshold != NOT_INDEXED and self._in_call_band(pos.size > 0, pos.threshold))
+        size, basis, margin, threshold = after
+        self._set_at(pos, size, basis, margin, threshold)
+        cross = self.cross
+        if not (cross and pos.account in cross):
+            return
+        if new or (
+            pos.threshold != NOT_INDEXED and self._in_call_band(pos.size > 0, pos.threshold)
         ):
             # A new cross position holds no band yet; a fill that took one within
             # the margin-call distance of its band's edge may call the account.
@@ -963,17 +971,26 @@ class MarketEngine(DictPickled):
 
     def _set(self, pos: Position, size: int, basis: int, margin: int) -> None:
         """Change a position's numbers; a margin call if that moved it into the band."""
+        threshold = (
+            NOT_INDEXED
+            if pos.liquidation
+            else LiquidationMachine.threshold_for(self.spec, pos.account, size, basis, margin)
+        )
+        self._set_at(pos, size, basis, margin, threshold)
+
+    def _set_at(self, pos: Position, size: int, basis: int, margin: int, new: int) -> None:
+        """:meth:`_set` with the threshold of the new numbers known (``new``)."""
         threshold, long = pos.threshold, pos.size > 0
         was_called = threshold != NOT_INDEXED and self._in_call_band(long, threshold)
         self.open_interest += max(size, 0) - max(pos.size, 0)
         pos.size, pos.basis, pos.margin = size, basis, margin
-        self.machine.retrack(self.spec, pos, long)
-        threshold = pos.threshold
+        self.machine.reindex(pos, long, new)
+        threshold = new
         if (
             threshold != NOT_INDEXED
             and not was_called
             and pos.account != BACKSTOP_ACCOUNT
-            and pos.account not in self.cross
+            and not (self.cross and pos.account in self.cross)
             and self._in_call_band(size > 0, threshold)
         ):
             self._margin_call(pos, self._now)
@@ -1064,7 +1081,7 @@ class MarketEngine(DictPickled):
     def change(self, pos: Position, *, qty: int = 0, value: int = 0, margin: int = 0) -> int:
         """Trade ``qty`` for ``value`` and move ``margin`` into ``pos``; returns the realised PnL.
 
-        With :meth:`_set`, the only way a position's numbers change: out of
+        With :meth:`_set` (:meth:`_set_at`), the only way a position's numbers change: out of
         the index first, back in after (a frozen one stays out), so the index
         can never describe a position that moved.
         """

@@ -7,6 +7,7 @@ import trio
 import trio.testing
 
 from riskd.actors.actor import Actor
+from riskd.core import Rejected
 
 
 async def test_urgent_messages_overtake_the_mailbox_but_not_each_other() -> None:
@@ -139,4 +140,85 @@ async def test_a_cancelled_caller_queues_nothing() -> None:
         assert scope.cancelled_caught
         assert await actor.call(record, 2) == 2
         assert ran == [2]
+        nursery.cancel_scope.cancel()
+
+
+async def test_call_here_runs_in_the_callers_task_only_when_the_actor_is_idle() -> None:
+    """Idle: at once, in the caller's task.  A message ahead of it (queued, or
+    handed to the actor's task and not yet run, or urgent): as ``call``, after it."""
+    actor = Actor("test", capacity=8)
+    ran: list[tuple[str, bool]] = []
+    gate = trio.Event()
+    me = trio.lowlevel.current_task
+
+    def record(name: str, caller: trio.lowlevel.Task) -> str:
+        ran.append((name, me() is caller))
+        return name
+
+    async def blocker() -> None:
+        await gate.wait()
+        ran.append(("blocker", False))
+
+    def refuse() -> None:
+        raise Rejected.invalid("x", "no")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert await actor.call_here(record, "idle", me()) == "idle"
+        with pytest.raises(Rejected):  # refused: raised to the caller, as call does
+            await actor.call_here(refuse)
+        # Handed to the actor's task, which has not run it yet: it goes first.
+        actor.post(record, ("handed", me()), lambda v, e: None)
+        await actor.call_here(record, "after handed", me())
+        # Queued behind a running handler: it goes first too.
+        actor.post(blocker, (), lambda v, e: None)
+        actor.post(record, ("queued", me()), lambda v, e: None)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(actor.call_here, record, "after queued", me())
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == [
+            ("idle", True),
+            ("handed", False),
+            ("after handed", False),
+            ("blocker", False),
+            ("queued", False),
+            ("after queued", False),
+        ]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_message_arriving_while_call_here_awaits_runs_after_it() -> None:
+    """One handler at a time: the actor's task waits for the lent call to return."""
+    actor = Actor("test", capacity=8)
+    other = Actor("other", capacity=8)
+    ran: list[str] = []
+    gate = trio.Event()
+
+    async def lent() -> str:
+        ran.append("lent starts")
+        await other.call(gate.wait)  # awaits another actor meanwhile
+        ran.append("lent ends")
+        return "lent"
+
+    def record(name: str) -> str:
+        ran.append(name)
+        return name
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await nursery.start(other.run)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(actor.call_here, lent)
+        await trio.testing.wait_all_tasks_blocked()
+        actor.post(record, ("posted",), lambda v, e: None)
+        actor.post(record, ("urgent",), lambda v, e: None, urgent=True)
+        nursery.start_soon(actor.call_here, record, "second call_here")
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == ["lent starts"]
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == ["lent starts", "lent ends", "urgent", "posted", "second call_here"]
         nursery.cancel_scope.cancel()

@@ -144,7 +144,8 @@ def class_source(cls: type) -> str:
 
 
 def test_position_numbers_change_in_one_place() -> None:
-    """Outside ``change`` and ``_set`` nothing writes a position's margin, size or basis."""
+    """Outside ``change`` and ``_set`` (``_set_at``, the threshold known) nothing writes a
+    position's margin, size or basis."""
     # From the .py files: a compiled core has no source for inspect to find.
     source = class_source(MarketEngine) + class_source(Liquidator)
     methods = re.split(r"\n    def ", source)
@@ -155,7 +156,7 @@ def test_position_numbers_change_in_one_place() -> None:
         or re.search(r"\.trade\(", m)
     }
     # _plan trades a copy; _sweep zeroes a record it drops.
-    assert writers <= {"change", "_set", "_plan", "sweep"}, writers
+    assert writers <= {"change", "_set_at", "_plan", "sweep"}, writers
 
 
 def test_a_snapshot_from_before_the_machine_loads() -> None:

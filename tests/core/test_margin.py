@@ -8,6 +8,7 @@ example (riskd is isolated-margin only), the "Bankruptcy quote" dYdX example
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import pytest
@@ -25,11 +26,23 @@ from _kit import (
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from riskd.core import INT64_MAX, ContractType, LiquidationSettled, MarketSpec, Position, TierTable
+from riskd.core import (
+    BACKSTOP_ACCOUNT,
+    INT64_MAX,
+    ContractType,
+    LiquidationSettled,
+    MarketSpec,
+    Position,
+    Rejected,
+    TierTable,
+)
+from riskd.core.fill_sanity import check_side
 from riskd.core.liquidation import close_result, execution_price, liquidation_fee
+from riskd.core.liquidation_machine import LiquidationMachine
 from riskd.core.margin import (
     NEVER_LONG,
     NEVER_SHORT,
+    _threshold,
     bankruptcy_threshold,
     initial_margin,
     is_bankrupt,
@@ -316,6 +329,35 @@ def test_liquidation_threshold_is_where_the_predicate_flips(
             assert not oracle_liquidatable(spec, pos, t - 1)
 
 
+@st.composite
+def tier_tables(draw: st.DrawFn) -> TierTable:
+    """1..6 brackets, any floors and non-decreasing MMRs the table accepts."""
+    rows, floor, mmr, lev = [], 0, draw(st.integers(1, 50_000)), 10**6
+    for i in range(draw(st.integers(1, 6))):
+        if i:
+            floor += draw(st.integers(1, 10**14))
+            mmr = min(mmr + draw(st.sampled_from([0, 1, 500, 5_000, 100_000])), 400_000)
+        lev = max(min(lev, (10**6 - 1) // mmr, draw(st.integers(1, 200))), 1)
+        rows.append((floor, lev, mmr))
+    return TierTable(rows)
+
+
+@settings(max_examples=400, deadline=None)
+@given(tier_tables(), positions, st.integers(min_value=-(10**13), max_value=10**13))
+def test_liquidation_threshold_stops_at_the_binding_tier_and_misses_none(
+    tiers: TierTable, p: tuple[MarketSpec, int, bool, int, int], extra: int
+) -> None:
+    """The per-tier loop stops past the extreme (issue 17); its answer must be
+    the extreme over every tier's closed form (``_threshold``), for any table."""
+    spec, size, long, entry, margin = p
+    spec = dataclasses.replace(spec, tiers=tiers)
+    pos = make_pos(spec, size if long else -size, entry * spec.tick_size, max(margin + extra, 0))
+    each = [
+        _threshold(spec, pos.size, pos.margin - pos.basis, t.mmr_ppm, t.cum_scaled) for t in tiers
+    ]
+    assert liquidation_threshold(spec, pos) == (max(each) if long else min(each))
+
+
 @settings(max_examples=300, deadline=None)
 @given(positions)
 def test_bankruptcy_threshold_and_execution_price(
@@ -339,6 +381,34 @@ def test_bankruptcy_threshold_and_execution_price(
         # applies, which in inverse markets can put the worst tick past the
         # exact threshold: see test_execution_price_is_the_worst_tick).
         assert close_result(spec, pos, worse)[1] < 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(positions, st.integers(min_value=1, max_value=400_000), st.booleans())
+def test_the_fill_sanity_check_refuses_exactly_a_side_liquidatable_at_the_mark(
+    p: tuple[MarketSpec, int, bool, int, int], ticks: int, backstop: bool
+) -> None:
+    """Rule 3 compares the mark with the threshold the fill indexes the side at
+    (issue 17): that must be the predicate itself, ``B <= MM`` (the backstop:
+    ``B <= 0``) at the mark, on both sides of every threshold."""
+    spec, size, long, entry, margin = p
+    spec = dataclasses.replace(spec, fill_price_band_ppm=50_000)
+    pos = make_pos(spec, size if long else -size, entry * spec.tick_size, margin)
+    account = BACKSTOP_ACCOUNT if backstop else 1
+    threshold = LiquidationMachine.threshold_for(spec, account, pos.size, pos.basis, pos.margin)
+    pos.account = account
+    assert threshold == LiquidationMachine.threshold_of(spec, pos)
+    for mark in {ticks * spec.tick_size, threshold - 1, threshold, threshold + 1}:
+        if not 1 <= mark <= INT64_MAX:
+            continue
+        crossed = is_bankrupt(spec, pos, mark) if backstop else is_liquidatable(spec, pos, mark)
+        refused = False
+        try:
+            check_side(spec, mark, account, pos.size, threshold, "buyer_account")
+        except Rejected as r:
+            assert r.field == "buyer_account"
+            refused = True
+        assert refused == crossed, (mark, threshold)
 
 
 def test_execution_price_is_the_worst_tick() -> None:
