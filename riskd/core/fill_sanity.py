@@ -31,7 +31,7 @@ from __future__ import annotations
 from riskd.core.errors import Rejected
 from riskd.core.market import MarketSpec
 from riskd.core.position import BACKSTOP_ACCOUNT
-from riskd.core.units import PPM
+from riskd.core.units import PPM, magnitude
 
 __all__ = ["check_price", "check_side"]
 
@@ -47,7 +47,7 @@ def check_price(spec: MarketSpec, mark: int | None, price: int, buyer: int, sell
             f"{spec.symbol} has no mark price yet: fills are checked against the mark"
             f" (fill_price_band_ppm {band})",
         )
-    if abs(price - mark) * PPM > band * mark:
+    if magnitude(price - mark) * PPM > band * mark:  # compiled, abs() boxes: magnitude is native
         raise Rejected.precondition(
             "price",
             f"{price} is outside the fill price band of {spec.symbol}: more than"

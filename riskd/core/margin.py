@@ -132,39 +132,60 @@ def liquidation_threshold_of(spec: MarketSpec, q: int, basis: int, margin: int) 
     constants precomputed: this runs on every fill, for both sides.  Written
     as plain loops over native ints (compiled, no generator or boxed max),
     and the clamps to the never-crosses values test the unboxed range first.
+
+    The loops stop at the first tier past the extreme: the tiers' thresholds
+    in tier order rise to it and then fall (a long's; a short's fall, then
+    rise).  MM is the upper envelope of the tiers' lines, continuous, and
+    each tier is on it over its bracket; between the lines of two
+    consecutive tiers, which meet on the envelope at the bracket floor, the
+    steeper one reaches the predicate's flip first before the flip's bracket
+    and last after it, so each side of the binding tier is monotone (in
+    ``1/P`` for inverse contracts: the same argument, the order reversed by
+    ``1/x``).  Rounding each threshold to an integer keeps that order.
     """
     e = mul(PPM, margin - basis)
     coefs = spec._tier_coefs
     if spec._linear_k:
         if q > 0:  # max_t floor((-e - cum) / (q * k * (1e6 - mmr))), at least NEVER_LONG
-            best = NEVER_LONG
+            top, first = 0, True
             for cum, lo, _hi in coefs:  # named: compiled, a value put in `_` is boxed
                 t = (-e - cum) // (q * lo)
-                if t > best:
-                    best = t
-            return best
+                if first or t > top:
+                    top, first = t, False
+                elif t < top:  # past the highest: the rest only fall
+                    break
+            return top if top > NEVER_LONG else NEVER_LONG
         a = -q  # min_t ceil((e + cum) / (a * k * (1e6 + mmr))), within 1..NEVER_SHORT
         best, found = 0, False
         for cum, _lo, hi in coefs:
             t = -((-e - cum) // (a * hi))
             if not found or t < best:
                 best, found = t, True
+            elif t > best:  # past the lowest: the rest only rise
+                break
         return _within_short(best, found)
     inv, qd = spec._inverse_num, spec._inverse_den
     if q > 0:  # floor(q * inv * (1e6 + mmr) / (qd * d)), d = e + cum; d <= 0: always
-        best = NEVER_LONG
+        top, first = 0, True
         for cum, up, _down in coefs:
             t = (q * inv * up) // (qd * (e + cum)) if e + cum > 0 else INT64_MAX
-            if t > best:
-                best = t
-        return best if short(best) else min(best, INT64_MAX)
+            if not short(t) and t > INT64_MAX:  # clamped per tier: the order above holds
+                t = INT64_MAX
+            if first or t > top:
+                top, first = t, False
+            elif t < top:
+                break
+        return top if top > NEVER_LONG else NEVER_LONG
     a = -q  # ceil(a * inv * (1e6 - mmr) / (qd * -d)); d >= 0: never
     best, found = 0, False
     for cum, _up, down in coefs:
-        if e + cum < 0:
-            t = -((-a * inv * down) // (qd * -(e + cum)))
-            if not found or t < best:
-                best, found = t, True
+        if e + cum >= 0:  # cum never falls with the tier: this one and the rest never cross
+            break
+        t = -((-a * inv * down) // (qd * -(e + cum)))
+        if not found or t < best:
+            best, found = t, True
+        elif t > best:
+            break
     return _within_short(best, found)
 
 

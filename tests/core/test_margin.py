@@ -42,6 +42,7 @@ from riskd.core.liquidation_machine import LiquidationMachine
 from riskd.core.margin import (
     NEVER_LONG,
     NEVER_SHORT,
+    _threshold,
     bankruptcy_threshold,
     initial_margin,
     is_bankrupt,
@@ -326,6 +327,35 @@ def test_liquidation_threshold_is_where_the_predicate_flips(
         if t > 1:
             assert not is_liquidatable(spec, pos, t - 1)
             assert not oracle_liquidatable(spec, pos, t - 1)
+
+
+@st.composite
+def tier_tables(draw: st.DrawFn) -> TierTable:
+    """1..6 brackets, any floors and non-decreasing MMRs the table accepts."""
+    rows, floor, mmr, lev = [], 0, draw(st.integers(1, 50_000)), 10**6
+    for i in range(draw(st.integers(1, 6))):
+        if i:
+            floor += draw(st.integers(1, 10**14))
+            mmr = min(mmr + draw(st.sampled_from([0, 1, 500, 5_000, 100_000])), 400_000)
+        lev = max(min(lev, (10**6 - 1) // mmr, draw(st.integers(1, 200))), 1)
+        rows.append((floor, lev, mmr))
+    return TierTable(rows)
+
+
+@settings(max_examples=400, deadline=None)
+@given(tier_tables(), positions, st.integers(min_value=-(10**13), max_value=10**13))
+def test_liquidation_threshold_stops_at_the_binding_tier_and_misses_none(
+    tiers: TierTable, p: tuple[MarketSpec, int, bool, int, int], extra: int
+) -> None:
+    """The per-tier loop stops past the extreme (issue 17); its answer must be
+    the extreme over every tier's closed form (``_threshold``), for any table."""
+    spec, size, long, entry, margin = p
+    spec = dataclasses.replace(spec, tiers=tiers)
+    pos = make_pos(spec, size if long else -size, entry * spec.tick_size, max(margin + extra, 0))
+    each = [
+        _threshold(spec, pos.size, pos.margin - pos.basis, t.mmr_ppm, t.cum_scaled) for t in tiers
+    ]
+    assert liquidation_threshold(spec, pos) == (max(each) if long else min(each))
 
 
 @settings(max_examples=300, deadline=None)
