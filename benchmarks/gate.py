@@ -8,6 +8,7 @@ Two figures, each against its target (issue 16):
   acks), interleaved and paired per repetition exactly as that benchmark runs
   its cells (:func:`benchmarks.ingest._run_cell`: a fresh server and a fresh
   pipelined client process per cell, window 32).  Target: riskd / bare >= 0.5.
+  Also riskd-fe, riskd with its ingest front-end process, the same way.
 * **unary latency**: ``IngestService/CheckOrder`` p99 at half of its capacity.
   Capacity first, closed loop (``CONCURRENCY`` calls in flight, one client
   process); then open loop at half that rate, each call's latency measured
@@ -56,7 +57,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BATCH = 16
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 2.0
-KINDS = ("bare", "riskd")
+#: riskd-fe: riskd with its ingest front-end process (benchmarks.ingest).
+KINDS = ("bare", "riskd", "riskd-fe")
 CONCURRENCY = 16
 #: Unary calls made one at a time after the paced run (the latency with no queue).
 SEQUENTIAL = 500
@@ -623,6 +625,24 @@ def _stream_figures(
         note=f"riskd's CPU per check_order; per fill {per_fill:.1f}, bare per check "
         f"{per_bare:.1f} (a ratio of CPU costs, less sensitive to other load on the machine)",
     )
+    if by.get("riskd-fe"):
+        fe = harness.median_range(ingest._paired(by["riskd-fe"], by["bare"], reps))
+        cpu = statistics.median(c["server_cpu_us_per_msg"] for c in by["riskd-fe"]) / BATCH
+        fe_cpu = statistics.median(c["frontend_cpu_us_per_msg"] for c in by["riskd-fe"]) / BATCH
+        _fig(
+            figures,
+            f"stream_ratio_frontend[batch={BATCH}]",
+            round(fe[0], 3),
+            "x",
+            command,
+            target=f">= {TARGET_RATIO}",
+            ok=fe[0] >= TARGET_RATIO,
+            note=f"riskd-fe/bare check_order updates/s, median of {reps} paired reps "
+            f"[{fe[1]:.3f}-{fe[2]:.3f}]; CPU per check: engine {cpu:.1f} µs,"
+            f" front end {fe_cpu:.1f} µs",
+        )
+        g = figures[f"stream_ratio_frontend[batch={BATCH}]"]
+        print(f"check_order through the front end: riskd-fe/bare {g['value']:.3f} ({g['note']})")
     ratio = figures[f"stream_ratio[batch={BATCH}]"]
     print(
         f"check_order through the stream at batch {BATCH}: riskd/bare {ratio['value']:.3f} "

@@ -114,6 +114,8 @@ class Server:
         self.pid = proc.pid
         self.port: int = rec["grpc_port"]
         self.metrics_port: int | None = rec.get("metrics_port")
+        #: riskd's ingest front end (``--frontend-listen``), if it runs one.
+        self.frontend_port: int | None = rec.get("frontend_port") or None
         self.log_path = log_path
         self.command = command
 
@@ -131,6 +133,15 @@ class Server:
             self.proc.kill()
             self.proc.wait()
             raise RuntimeError(f"{self.kind} did not stop in {timeout}s") from None
+
+    def frontend_pid(self) -> int | None:
+        """The pid of riskd's ingest front-end process (its log names it), if any."""
+        pids = [
+            r["pid"]
+            for r in log_records(self.log_path.read_text(errors="replace"))
+            if r.get("event") == "frontend_started"
+        ]
+        return pids[-1] if pids else None
 
     def error_lines(self) -> list[str]:
         """The JSON log lines at level error (none in a clean run)."""

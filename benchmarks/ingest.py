@@ -27,7 +27,11 @@ batch size, rotating which goes first; figures are medians with [min-max] over
 repetitions, and the ratio is the median of the per-repetition (paired) ratios.
 A third server, ``inline`` (riskd's decoder and ``riskd.core.Engine.apply`` in
 the handler, no trio, no actors), separates the engine's cost from the
-daemon's plumbing.
+daemon's plumbing.  A fourth, ``riskd-fe``, is the daemon with its ingest
+front-end process (``--frontend-listen``; the client streams to that port):
+its CPU is given per process, the engine's and the front end's
+(``--no-frontend`` leaves it out, e.g. for ``--riskd-root`` of a tree
+without one).
 
 Workload: before timing, one un-timed stream (its own gateway id) deposits
 1,000,000 USDT into each of 1,000 accounts, moves 100,000 USDT of it into each
@@ -403,15 +407,16 @@ def _steal_s() -> float:
 
 
 class _Snap:
-    __slots__ = ("t", "acked", "server", "client", "threads", "others", "steal")
+    __slots__ = ("t", "acked", "server", "frontend", "client", "threads", "others", "steal")
 
-    def __init__(self, t: float, acked: int, pid: int) -> None:
+    def __init__(self, t: float, acked: int, pid: int, frontend_pid: int | None = None) -> None:
         self.t = t
         self.acked = acked
         self.server = _cpu_s(pid)
+        self.frontend = _cpu_s(frontend_pid) if frontend_pid else 0.0
         self.client = time.process_time()
         self.threads = _thread_cpu_s(pid)
-        self.others = _others_cpu_s({pid, os.getpid()})
+        self.others = _others_cpu_s({pid, os.getpid(), frontend_pid or pid})
         self.steal = _steal_s()
 
 
@@ -455,6 +460,7 @@ async def _measured_stream(
     measure_s: float,
     server_pid: int,
     cycle: bool,
+    frontend_pid: int | None = None,
 ) -> dict[str, Any]:
     import grpc
 
@@ -516,20 +522,21 @@ async def _measured_stream(
             now = clock()
             if start is None:
                 if now >= t_warm:
-                    start = _Snap(now, acked, server_pid)
+                    start = _Snap(now, acked, server_pid, frontend_pid)
             elif now >= t_end:
-                end = _Snap(now, acked, server_pid)
+                end = _Snap(now, acked, server_pid, frontend_pid)
                 stop.set()
                 release()  # wake the writer if it waits for a credit
     await task
     code = await call.code()
     if end is None and start is not None:  # ran out of messages before the window closed
-        end = _Snap(clock(), acked, server_pid)
+        end = _Snap(clock(), acked, server_pid, frontend_pid)
     if start is None or end is None or end.acked <= start.acked:
         raise RuntimeError(f"nothing measured: {acked} acks, exhausted={state['exhausted']}")
     seconds = end.t - start.t
     msgs_n = end.acked - start.acked
     server = end.server - start.server
+    frontend = end.frontend - start.frontend
     client = end.client - start.client
     threads = {
         k: round((v - start.threads.get(k, 0.0)) / msgs_n * 1e6, 1)
@@ -545,6 +552,9 @@ async def _measured_stream(
         "server_cpu": server / seconds,
         "client_cpu": client / seconds,
         "server_cpu_us_per_msg": server / msgs_n * 1e6,
+        # riskd-fe: the front-end process's own (server_* is then the engine's).
+        "frontend_cpu": frontend / seconds,
+        "frontend_cpu_us_per_msg": frontend / msgs_n * 1e6,
         "server_thread_cpu_us_per_msg": threads,
         # CPU of everything else on the machine (other processes), in cores.
         "foreign_cpu": _others_delta(start.others, end.others) / seconds,
@@ -576,7 +586,15 @@ def worker_client(ns: argparse.Namespace) -> dict[str, Any]:
                 setup = await _setup_stream(channel, f"{ns.gateway}-s", doc["setup"])
             print(json.dumps({"event": "measuring"}), flush=True)
             out = await _measured_stream(
-                channel, ns.gateway, msgs, batch, ns.warmup, ns.measure, ns.server_pid, ns.cycle
+                channel,
+                ns.gateway,
+                msgs,
+                batch,
+                ns.warmup,
+                ns.measure,
+                ns.server_pid,
+                ns.cycle,
+                ns.frontend_pid,
             )
             out["setup"] = setup
             return out
@@ -738,7 +756,7 @@ def _pyspy_tables(raw: Path, top: int = 15) -> dict[str, Any]:
 
 # --- processes -------------------------------------------------------------------
 
-KINDS = ("bare", "inline", "riskd")
+KINDS = ("bare", "inline", "riskd", "riskd-fe")
 
 
 def _start(
@@ -749,7 +767,9 @@ def _start(
     if kind in ("bare", "inline"):
         cmd = [sys.executable, "-m", "benchmarks.ingest", "ref-server", "--mode", kind]
         return harness.start(cmd, log_path, kind=kind, event="ref_serving")
-    cmd = harness.riskd_command(tmp / f"data-{tag}")
+    cmd = harness.riskd_command(tmp / f"data-{tag}-{kind}")
+    if kind == "riskd-fe":
+        cmd += ["--frontend-listen", "127.0.0.1:0"]
     if cprofile_prefix is not None:
         cmd = [
             sys.executable,
@@ -787,13 +807,14 @@ def _run_cell(
     measure = cfg["measure_s"] if measure_s is None else measure_s
     server = _start(kind, tmp, tag, riskd_root, cprofile_prefix)
     gateway = f"g-{tag}-{kind}"[-28:]  # riskd takes ids of at most 32 characters
+    port = server.frontend_port if kind == "riskd-fe" else server.port
     cmd = [
         sys.executable,
         "-m",
         "benchmarks.ingest",
         "client",
         "--target",
-        f"127.0.0.1:{server.port}",
+        f"127.0.0.1:{port}",
         "--gateway",
         gateway,
         "--workload",
@@ -808,6 +829,9 @@ def _run_cell(
     ]
     if kind == "bare":
         cmd.append("--cycle")
+    frontend_pid = server.frontend_pid() if kind == "riskd-fe" else None
+    if frontend_pid is not None:
+        cmd += ["--frontend-pid", str(frontend_pid)]
     spy: subprocess.Popen[bytes] | None = None
     spy_out = tmp / f"{tag}.pyspy.txt"
     result: dict[str, Any] | None = None
@@ -961,16 +985,20 @@ def _quiet_cell(
     return best
 
 
-def _orders(rep: int, i: int) -> tuple[str, ...]:
+def _orders(rep: int, i: int, kinds: tuple[str, ...]) -> tuple[str, ...]:
     """Which server goes first rotates with the repetition and the batch size."""
-    k = (rep + i) % len(KINDS)
-    return KINDS[k:] + KINDS[:k]
+    k = (rep + i) % len(kinds)
+    return kinds[k:] + kinds[:k]
 
 
 def run(
-    quick: bool = False, riskd_root: Path | None = None, profile: bool | None = None
+    quick: bool = False,
+    riskd_root: Path | None = None,
+    profile: bool | None = None,
+    frontend: bool = True,
 ) -> dict[str, Any]:
     """The interleaved matrix (and, in full, the profiles); prints a table; returns figures."""
+    kinds = KINDS if frontend else tuple(k for k in KINDS if k != "riskd-fe")
     cfg = dict(QUICK if quick else FULL)
     if profile is not None:
         cfg["profile"] = profile
@@ -985,7 +1013,7 @@ def run(
         cells: list[dict[str, Any]] = []
         for rep in range(cfg["reps"]):
             for i, b in enumerate(BATCHES):
-                for kind in _orders(rep, i):
+                for kind in _orders(rep, i, kinds):
                     r = _quiet_cell(kind, b, rep, tmp, workloads[b], cfg, riskd_root)
                     cells.append(r)
                     log(
@@ -998,7 +1026,7 @@ def run(
                     )
         profiles = _profile(tmp, workloads, cfg, riskd_root) if cfg["profile"] else {}
         runtime = time.perf_counter() - started
-        figures = _report(cells, cfg, command, runtime, quick)
+        figures = _report(cells, cfg, command, runtime, quick, kinds)
         if profiles:
             _print_profiles(profiles)
         errors = [
@@ -1082,17 +1110,23 @@ def _paired(num: list[dict[str, Any]], den: list[dict[str, Any]], reps: int) -> 
 
 
 def _report(
-    cells: list[dict[str, Any]], cfg: dict[str, Any], command: str, runtime: float, quick: bool
+    cells: list[dict[str, Any]],
+    cfg: dict[str, Any],
+    command: str,
+    runtime: float,
+    quick: bool,
+    kinds: tuple[str, ...] = KINDS,
 ) -> dict[str, dict[str, Any]]:
     figures: dict[str, dict[str, Any]] = {}
     print(
-        f"ingest: updates/s end-to-end, {len(KINDS)} servers interleaved, {cfg['reps']} rep(s), "
+        f"ingest: updates/s end-to-end, {len(kinds)} servers interleaved, {cfg['reps']} rep(s), "
         f"{cfg['measure_s']}s window after {cfg['warmup_s']}s warm-up, pipelined grpc.aio "
         f"client (window {WINDOW}); median [min-max]"
     )
     print(
         "  bare = grpc.aio, decode every field, ack;  inline = + riskd's decoder and "
-        "Engine.apply in the handler;  riskd = the daemon"
+        "Engine.apply in the handler;  riskd = the daemon;  riskd-fe = the daemon with its"
+        " ingest front-end process (server cores, µs/msg: engine + front end)"
     )
     head = (
         "batch",
@@ -1106,18 +1140,23 @@ def _report(
     )
     rows = []
     for b in BATCHES:
-        by = {k: [c for c in cells if c["batch"] == b and c["kind"] == k] for k in KINDS}
+        by = {k: [c for c in cells if c["batch"] == b and c["kind"] == k] for k in kinds}
         for k, cs in by.items():
             m = harness.median_range([c["msgs_per_s"] for c in cs])
             u = harness.median_range([c["updates_per_s"] for c in cs])
+            cores = f"{statistics.median(c['server_cpu'] for c in cs):.2f}"
+            us = f"{statistics.median(c['server_cpu_us_per_msg'] for c in cs):.0f}"
+            if k == "riskd-fe":
+                cores += f" + {statistics.median(c['frontend_cpu'] for c in cs):.2f}"
+                us += f" + {statistics.median(c['frontend_cpu_us_per_msg'] for c in cs):.0f}"
             rows.append(
                 (
                     str(b),
                     k,
                     f"{harness.si(m[0])} [{harness.si(m[1])}-{harness.si(m[2])}]",
                     f"{harness.si(u[0])} [{harness.si(u[1])}-{harness.si(u[2])}]",
-                    f"{statistics.median(c['server_cpu'] for c in cs):.2f}",
-                    f"{statistics.median(c['server_cpu_us_per_msg'] for c in cs):.0f}",
+                    cores,
+                    us,
                     f"{statistics.median(c['client_cpu'] for c in cs):.2f}",
                     f"{statistics.median(c['foreign_cpu'] for c in cs):.2f}",
                 )
@@ -1156,6 +1195,19 @@ def _report(
                 note=f"riskd/{den} updates/s, median of {cfg['reps']} paired reps "
                 f"[{ratios[1]:.3f}-{ratios[2]:.3f}]; ratio of medians {of_medians:.3f}",
             )
+        if "riskd-fe" in by:
+            fe = harness.median_range(_paired(by["riskd-fe"], by["bare"], cfg["reps"]))
+            _fig(
+                figures,
+                f"ratio_frontend[batch={b}]",
+                round(fe[0], 3),
+                "x",
+                command,
+                target=f">= {TARGETS[b]}",
+                ok=fe[0] >= TARGETS[b],
+                note=f"riskd-fe/bare updates/s, median of {cfg['reps']} paired reps "
+                f"[{fe[1]:.3f}-{fe[2]:.3f}]",
+            )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     for r in rows:
@@ -1166,6 +1218,12 @@ def _report(
             f"ratio riskd/bare at batch {b:>3}: {f['value']:.3f}  (target {f['target']}: "
             f"{'ok' if f['meets_target'] else 'MISSED'}; {f['note']});  riskd/inline "
             f"{g['value']:.3f}"
+            + (
+                f";  riskd-fe/bare {figures[f'ratio_frontend[batch={b}]']['value']:.3f}"
+                f" ({figures[f'ratio_frontend[batch={b}]']['note']})"
+                if f"ratio_frontend[batch={b}]" in figures
+                else ""
+            )
         )
     riskd_threads = {
         b: statistics.median(
@@ -1265,6 +1323,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="profile riskd after the matrix (default: in full runs only)",
     )
+    p.add_argument(
+        "--frontend",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure riskd-fe, riskd with its ingest front-end process (default: yes)",
+    )
     sub = p.add_subparsers(dest="worker")
     r = sub.add_parser("ref-server", help="a reference grpc.aio IngestService (prints its port)")
     r.add_argument("--mode", choices=("bare", "inline"), default="bare")
@@ -1277,6 +1341,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--server-pid", type=int, required=True)
     c.add_argument("--setup", action="store_true", help="send the set-up stream first")
     c.add_argument("--cycle", action="store_true", help="reuse the messages (bare server only)")
+    c.add_argument("--frontend-pid", type=int, help="riskd's front-end process (its CPU too)")
     cp = sub.add_parser("cprofile-riskd", help="riskd.cli under cProfile in every thread")
     cp.add_argument("--out", required=True, help="prefix of the .prof files")
     cp.add_argument("riskd_args", nargs=argparse.REMAINDER)
@@ -1290,7 +1355,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(worker_cprofile_riskd(ns.out, args))
     else:
         root = ns.riskd_root.resolve() if ns.riskd_root else None
-        out = run(quick=ns.quick, riskd_root=root, profile=ns.profile)
+        out = run(quick=ns.quick, riskd_root=root, profile=ns.profile, frontend=ns.frontend)
         if ns.json:
             ns.json.write_text(json.dumps(out, indent=2) + "\n")
         harness.exit_on_problems("benchmarks.ingest", out["errors"])

@@ -388,16 +388,13 @@ class Daemon:
                     self.frontend = FrontendLink(
                         self.config,
                         srv.frontend_listen,
-                        portal,
                         self.sequencer,
                         self.metrics,
                         self.sequencer.capacity,
                         logs.level(),
                     )
                     try:
-                        frontend_port = await trio.to_thread.run_sync(
-                            grpc.run_coroutine, self.frontend.start()
-                        )
+                        frontend_port = await self.frontend.start(nursery)
                     except FrontendFailed as e:
                         await trio.to_thread.run_sync(grpc.stop, 0.0)
                         raise StartupError(str(e)) from e
@@ -466,9 +463,8 @@ class Daemon:
             return False
         auth.reload(fresh.access)
         self.config = dataclasses.replace(self.config, access=fresh.access)
-        grpc, frontend = self._grpc, self.frontend
-        if frontend is not None and grpc is not None and grpc.loop is not None:
-            call_soon(grpc.loop, frontend.reload_access, fresh.access)
+        if self.frontend is not None:
+            self.frontend.reload_access(fresh.access)
         log.info("config_reloaded", identities=sorted(fresh.access.grants))
         return True
 
@@ -697,7 +693,7 @@ class Daemon:
             grpc.run_coroutine, _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
         )
         if self.frontend is not None:  # its streams first: their acks need the engine
-            await trio.to_thread.run_sync(grpc.run_coroutine, self.frontend.drain(DRAIN_SECONDS))
+            await self.frontend.drain(DRAIN_SECONDS)
         await trio.to_thread.run_sync(grpc.run_coroutine, ingest.drain(DRAIN_SECONDS))
         await trio.to_thread.run_sync(grpc.stop, 2.0)
         await self.take_snapshot(final=True)  # a clean restart replays nothing

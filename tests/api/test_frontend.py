@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,11 +68,12 @@ def frontend_pids(d: Daemon) -> list[int]:
 
 
 def gone(pid: int) -> bool:
+    """Exited (a zombie no one has reaped yet counts: it serves nothing)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
         return True
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +223,26 @@ async def acked(gw: Gateway, n: int) -> None:
     """Until the gateway holds acks up to ``n`` (the stream is mid-flight)."""
     while gw.acked_sequence < n:  # noqa: ASYNC110 - the helper has no event for it
         await asyncio.sleep(0.005)
+
+
+def test_engine_gone_ends_front_end_streams_unavailable_and_it_exits(tmp_path: Path) -> None:
+    """SIGKILL of the engine: the front end's open streams end UNAVAILABLE, and the
+    front end exits (no orphan serving a port nothing stands behind)."""
+    d = start_daemon(tmp_path, *FRONTEND)
+    s = RawStream(front(d))
+    assert s.send(mark(market="NOPE")).acked_sequence == 1
+    (pid,) = frontend_pids(d)
+    d.process.kill()
+    d.process.wait(10)
+    with pytest.raises(grpc.RpcError) as e:
+        s.send(mark(market="NOPE"))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
+    s.q.put(None)
+    s.channel.close()
+    deadline = time.monotonic() + 10
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(pid)
 
 
 def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
