@@ -17,10 +17,12 @@ the sequencer's task, between two inputs, exactly where
    (a liquidation ended, a counterparty's band crossed); it repeats until
    none is left, then the rest of the run goes on.
 
-Only the sequencer sends to markets and wallets here, and it waits for each
-answer before sending the next: markets never send to the sequencer or to
-each other, the fund and wallet actors never send to anyone, so no cycle of
-blocking sends exists (docs/architecture.md).
+Only the sequencer sends to markets and wallets here (``Actor.call_here``:
+in its own task when the actor is idle, so a re-check is not a round trip of
+trio's run loop per leg), and it waits for each answer before sending the
+next: markets never send to the sequencer or to each other, the fund and
+wallet actors never send to anyone, so no cycle of blocking sends exists
+(docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class CrossMargin:
             account = actor.engine.cross_order_account(first)
             if account is not None:  # an order check: what the whole cross wallet can commit
                 free = await self._order_allowance(actor, account)
-                await actor.call(actor.query, partial(_allow, free))
+                await actor.call_here(actor.query, partial(_allow, free))
             # In this task when the market is idle (Actor.call_here): the round
             # trip was half of the turn less the core at one update per message.
             out += await actor.call_here(actor.apply, items[len(out) :])
@@ -89,7 +91,7 @@ class CrossMargin:
     async def legs(self, asset: str, account: int) -> list[tuple[MarketActor, Leg]]:
         out: list[tuple[MarketActor, Leg]] = []
         for m in self._of(asset):
-            leg = await m.call(m.query, lambda e: e.cross_leg(account))
+            leg = await m.call_here(m.query, lambda e: e.cross_leg(account))
             if leg is not None:
                 out.append((m, leg))
         return out
@@ -97,7 +99,7 @@ class CrossMargin:
     async def _recheck(self, asset: str, account: int, ts: int) -> set[tuple[str, int]]:
         pairs = await self.legs(asset, account)
         wallet = self.wallets[asset]
-        free = await wallet.call(wallet.balance, account)
+        free = await wallet.call_here(wallet.balance, account)
         plan = cross_margin.plan([leg for _, leg in pairs], free)
         if plan.action in (Action.NOTHING, Action.WAIT):
             return set()
@@ -106,11 +108,11 @@ class CrossMargin:
         call = plan.margin_call(account, ts)
         if call is not None:
             m = self.markets[call.market]
-            await m.call(m.cross_margin_call, call)
+            await m.call_here(m.cross_margin_call, call)
         for i, sym in enumerate(plan.liquidate):
             m = self.markets[sym]
             notice = plan.notice(asset, account, ts) if i == 0 else None
-            due |= {(asset, a) for a in await m.call(m.liquidate_cross, account, ts, notice)}
+            due |= {(asset, a) for a in await m.call_here(m.liquidate_cross, account, ts, notice)}
         return due
 
     @staticmethod
@@ -125,11 +127,11 @@ class CrossMargin:
         for m, leg in pairs:
             if leg.market in margins:
                 margin = margins[leg.market]
-                taken += await m.call(m.query, partial(_allocate, account, margin, called))
+                taken += await m.call_here(m.query, partial(_allocate, account, margin, called))
         if taken < 0:
-            await wallet.call(wallet.credit, account, -taken)
+            await wallet.call_here(wallet.credit, account, -taken)
         elif taken > 0:
-            await wallet.call(wallet.debit, account, taken)
+            await wallet.call_here(wallet.debit, account, taken)
 
     async def settle_market(self, actor: MarketActor, x: SettleMarket) -> None:
         """Final settlement with cross positions open, as Engine._settle_market:
@@ -138,23 +140,23 @@ class CrossMargin:
         the accounts re-checked.  Rejected (nothing changed) if it may not."""
         asset = actor.engine.asset
         wallet = self.wallets[asset]
-        open_ = await actor.call(actor.query, _cross_open)
+        open_ = await actor.call_here(actor.query, _cross_open)
         # Gathered with one call per actor, not per account (nothing changes meanwhile).
         legs: dict[int, list[Leg]] = {a: [] for a in open_}
         for m in self._of(asset):
-            for a, leg in await m.call(m.query, partial(_cross_legs, open_)):
+            for a, leg in await m.call_here(m.query, partial(_cross_legs, open_)):
                 legs[a].append(leg)
-        balances = await wallet.call(wallet.balances, open_)
+        balances = await wallet.call_here(wallet.balances, open_)
         accounts = [(a, legs[a], b) for a, b in zip(open_, balances, strict=True)]
-        deficits = await actor.call(actor.query, partial(_deficits, x.price, accounts))
-        left, due = await actor.call(actor.settle, x, deficits)
+        deficits = await actor.call_here(actor.query, partial(_deficits, x.price, accounts))
+        left, due = await actor.call_here(actor.settle, x, deficits)
         for account in sorted(left):
             if left[account] < 0:
                 pairs = await self.legs(asset, account)
-                free = await wallet.call(wallet.balance, account)
+                free = await wallet.call_here(wallet.balance, account)
                 margins = settlement.absorb([leg for _, leg in pairs], free, -left[account])
                 await self._allocate(wallet, account, pairs, margins)
-                await wallet.call(wallet.debit, account, -left[account])
+                await wallet.call_here(wallet.debit, account, -left[account])
         await self.settle([(asset, a) for a in due], x.ts)
 
     async def _reserved(self, asset: str, account: int, but: MarketActor | None = None) -> int:
@@ -163,7 +165,7 @@ class CrossMargin:
         held = 0
         for m in self._of(asset):
             if m is not but:
-                held += await m.call(m.query, partial(_cross_reserved, account))
+                held += await m.call_here(m.query, partial(_cross_reserved, account))
         return held
 
     async def _order_allowance(self, actor: MarketActor, account: int) -> int:
@@ -172,7 +174,7 @@ class CrossMargin:
         pairs = await self.legs(asset, account)
         elsewhere = await self._reserved(asset, account, actor)
         wallet = self.wallets[asset]
-        free = await wallet.call(wallet.balance, account)
+        free = await wallet.call_here(wallet.balance, account)
         return cross_margin.order_allowance([leg for _, leg in pairs], free, elsewhere)
 
     async def release(self, asset: str, account: int, amount: int, field: str) -> None:
@@ -182,14 +184,14 @@ class CrossMargin:
         pairs: list[tuple[MarketActor, Leg]] = []
         reserved = 0
         for m in self._of(asset):  # one call per market: this runs for every transfer in
-            leg, held = await m.call(m.query, partial(_leg_and_reserved, account))
+            leg, held = await m.call_here(m.query, partial(_leg_and_reserved, account))
             reserved += held
             if leg is not None:
                 pairs.append((m, leg))
         if not pairs and not reserved:
             return
         wallet = self.wallets[asset]
-        free = await wallet.call(wallet.balance, account)
+        free = await wallet.call_here(wallet.balance, account)
         margins = cross_margin.release([leg for _, leg in pairs], free, amount, field, reserved)
         if margins is not None:
             await self._allocate(wallet, account, pairs, margins)
@@ -198,7 +200,7 @@ class CrossMargin:
         """As Engine._wallet_leg: the market's own refusal comes first (the market
         gives it when the transfer is applied), then the cross wallet's."""
         try:
-            await actor.call(actor.query, lambda e: e.check_margin_credit(t.account, t.amount))
+            await actor.call_here(actor.query, lambda e: e.check_margin_credit(t.account, t.amount))
         except Rejected:
             return None
         try:
@@ -211,8 +213,8 @@ class CrossMargin:
         """The account view (QueryService.GetCrossAccount)."""
         pairs = await self.legs(asset, account)
         wallet = self.wallets[asset]
-        free = await wallet.call(wallet.balance, account)
-        quintiles = [await m.call(m.query, lambda e: _quintile(e, account)) for m, _ in pairs]
+        free = await wallet.call_here(wallet.balance, account)
+        quintiles = [await m.call_here(m.query, lambda e: _quintile(e, account)) for m, _ in pairs]
         return cross_margin.account_view(account, asset, [leg for _, leg in pairs], free, quintiles)
 
 

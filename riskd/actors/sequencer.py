@@ -547,7 +547,8 @@ class Sequencer(Actor):
             record = None
             if b.fresh:
                 record = codec.encode_ingest(b.gateway, b.epoch, b.fresh, b.offset)
-                self._keep(g, result, b.fresh, b.fresh[0][0] - b.offset)
+                if result.rejections or g.rejected:  # else nothing to keep or drop
+                    self._keep(g, result, b.fresh, b.fresh[0][0] - b.offset)
             records.append((record, result, _durable_up_to(b)))
         self.metrics.batch_seconds.observe_many(time.perf_counter() - started, len(batches))
         if self.journal is None:
@@ -679,10 +680,10 @@ class Sequencer(Actor):
         reserved = left = 0
         market = self.markets.get(c.market)
         if market is not None:
-            reserved, left = await market.call(market.query, partial(_order_margin, c))
+            reserved, left = await market.call_here(market.query, partial(_order_margin, c))
             if c.account in market.engine.cross:  # the whole cross wallet's figure
                 allowance = await self.cross._order_allowance(market, c.account)
-                here = await market.call(market.query, partial(_cross_reserved, c.account))
+                here = await market.call_here(market.query, partial(_cross_reserved, c.account))
                 left = allowance - here
         return done.follow(OrderCheck(refused, reserved, left))
 
@@ -708,7 +709,7 @@ class Sequencer(Actor):
             if due:  # as CrossMargin.apply: re-checked before the figures are read
                 last = checks[len(answers) - 1]
                 await self.cross.settle([(market.engine.asset, a) for a in due], last.ts)
-                figures = await market.call(market.query, partial(_order_margin, last))
+                figures = await market.call_here(market.query, partial(_order_margin, last))
                 answers[-1] = (answers[-1][0], figures)
         for b, (refused, _) in zip(batches, answers, strict=True):
             if refused is not None:
@@ -769,10 +770,10 @@ class Sequencer(Actor):
             await self.cross.release(w.asset, w.account, w.amount, "amount")
         except Rejected as r:
             decision = WithdrawalDecision(
-                False, await wallet.call(wallet.balance, w.account), r.message
+                False, await wallet.call_here(wallet.balance, w.account), r.message
             )
         else:
-            decision = await wallet.call(wallet.withdraw, w)
+            decision = await wallet.call_here(wallet.withdraw, w)
         memory.record(withdrawal_id, w.account, w.amount, decision)
         return await self._durable(WithdrawalDecided(withdrawal_id, w), decision)
 
@@ -786,9 +787,9 @@ class Sequencer(Actor):
         unsettled: list[tuple[str, int, str]] = []
         for m in self.markets.values():
             if m.engine.asset == asset:
-                unsettled += await m.call(m.query, unsettled_bad_debt)
+                unsettled += await m.call_here(m.query, unsettled_bad_debt)
         fund = self.funds.get(asset)
-        reserved = 0 if fund is None else await fund.call(_reserved, fund)
+        reserved = 0 if fund is None else await fund.call_here(_reserved, fund)
         return withdrawals_paused(asset, unsettled, reserved)
 
     async def inject(self, i: FundInjection, replaying: bool = False) -> Durable[int]:
@@ -797,7 +798,7 @@ class Sequencer(Actor):
             raise Rejected.not_found("asset", f"unknown asset {i.asset!r}")
         if not replaying and not i.ts:
             i = dataclasses.replace(i, ts=self.clock())
-        balance = await fund.call(fund.inject, i)
+        balance = await fund.call_here(fund.inject, i)
         return await self._durable(FundInjected(i), balance)
 
     async def update_spec(
