@@ -313,6 +313,24 @@ def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
     ), p.stderr
 
 
+def test_cluster_mode_with_a_front_end_is_refused_at_start(tmp_path: Path) -> None:
+    p = subprocess.run(
+        [
+            *riskd_command(tmp_path / "data", *FRONTEND),
+            *("--storage", "postgresql://nowhere/riskd", "--etcd", "http://127.0.0.1:1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip() == (
+        "riskd: bad configuration: server.frontend_listen: not supported with --etcd"
+        " (cluster mode) yet"
+    ), p.stderr
+
+
 def _deposits(n: int, ts: int) -> list[Input]:
     return [Deposit(1 + i % 4, "USDT", USDT, ts) for i in range(n)]
 
