@@ -6,6 +6,9 @@
   of the positions inside the margin-call band (``MarketSpec.margin_call_ppm``),
   because the core re-derives that band on every tick; fills are timed the
   same way (every fill rescans too);
+* the fill as ``benchmarks.ingest``'s workload pays it (its set-up and
+  updates, in the daemon's default market: both sides checked against the
+  mark and re-indexed), against the same ``<= 2 x`` decode target;
 * bytes per open position at 10**6 (tracemalloc, target <= 300; RSS reported
   alongside);
 * liquidations per second when one mark tick crosses 10**5 long positions,

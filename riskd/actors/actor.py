@@ -178,8 +178,15 @@ class Actor:
 
     async def cast(self, fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
         """Queue ``fn(*args)`` for the actor; errors in it crash the actor."""
+        message = (_bind(fn, kwargs), args, None)
+        await trio.lowlevel.checkpoint_if_cancelled()  # as call: cancelled, nothing queued
         try:
-            await self._inbox.send((_bind(fn, kwargs), args, None))
+            try:
+                # As call: room in the mailbox, no scheduling pass just to queue it
+                # (a market casts a wallet credit per position that closes).
+                self._inbox.send_nowait(message)
+            except trio.WouldBlock:
+                await self._inbox.send(message)
         except trio.BrokenResourceError:
             raise ActorStopped(f"{self.name} has stopped") from None
 

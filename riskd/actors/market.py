@@ -175,7 +175,9 @@ class MarketActor(Actor):
             claims = [e for e in fund_effects if isinstance(e, TakeoverClaim | ReserveClaim)]
             # Called, not cast, even without claims: the fund publishes its flows
             # while this market waits, so event numbers follow the journal's order.
-            decisions = await self.fund.call(self.fund.process, fund_effects)
+            # In this task when the fund is idle (Actor.call_here): a fill with a
+            # fee makes a fund effect, so a round trip here was one per fill.
+            decisions = await self.fund.call_here(self.fund.process, fund_effects)
             for claim, decision in zip(claims, decisions, strict=True):
                 engine.fund_decision(decision, claim.ts)
 

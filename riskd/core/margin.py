@@ -133,15 +133,17 @@ def liquidation_threshold_of(spec: MarketSpec, q: int, basis: int, margin: int) 
     as plain loops over native ints (compiled, no generator or boxed max),
     and the clamps to the never-crosses values test the unboxed range first.
 
-    The loops stop at the first tier past the extreme: the tiers' thresholds
-    in tier order rise to it and then fall (a long's; a short's fall, then
-    rise).  MM is the upper envelope of the tiers' lines, continuous, and
-    each tier is on it over its bracket; between the lines of two
-    consecutive tiers, which meet on the envelope at the bracket floor, the
-    steeper one reaches the predicate's flip first before the flip's bracket
-    and last after it, so each side of the binding tier is monotone (in
-    ``1/P`` for inverse contracts: the same argument, the order reversed by
-    ``1/x``).  Rounding each threshold to an integer keeps that order.
+    The loops stop at the first tier past the extreme.  In tier order the
+    thresholds rise to the binding tier's and fall after it (a long's; a
+    short's fall, then rise): MM is the continuous upper envelope of the
+    tiers' lines, each on it over its bracket, their slopes ordered by tier.
+    Two consecutive tiers' lines meet on the envelope at their bracket
+    floor, so both flip the predicate on the same side of that floor, in the
+    order their slopes give; the side is the binding bracket's, before the
+    floor or after it, so the order reverses there (for inverse contracts
+    the same holds in ``1/P``).  Rounding to integers keeps the order; ties
+    do not stop a loop (tests/core/test_margin.py checks it against every
+    tier's closed form over random tier tables).
     """
     e = mul(PPM, margin - basis)
     coefs = spec._tier_coefs
