@@ -195,6 +195,8 @@ def _serve(args: argparse.Namespace) -> int:
         return _bad_config("--lease-ttl must be 1..60 seconds")
     if args.storage and not args.storage.startswith(("postgresql://", "postgres://")):
         return _bad_config("--storage must be a postgresql:// URL")
+    if args.etcd and config.server.frontend_listen:
+        return _bad_config("server.frontend_listen: not supported with --etcd (cluster mode) yet")
     # Raised inside the daemon's nursery, hence groups.  A StorageFault that
     # gets here happened before serving (one while serving exits 4 at once).
     failed: list[BaseException] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -25,14 +26,18 @@ from riskd import config as config_mod
 from riskd.core import Engine
 from riskd.core.events import Deposit, Input
 from riskd.core.invariants import digest as engine_digest
+from riskd.dev_certs import issue, make_ca
 from riskd.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from riskd_client.gateway import Gateway
 
 from .conftest import Daemon, start_daemon
 from .scenario import USDT, crash_scenario, run_engine, send, stamp
 from .test_bad_input import RawStream, co, dep, det, fill, mark, mt
+from .test_rotation import AFTER, BEFORE, Stream, config_text, credentials, wait_for_log
 
 FRONTEND = ("--frontend-listen", "127.0.0.1:0")
+U = ingest_pb2.Update
+MARK = ingest_pb2.MarkPrice(market="BTC-USDT", price=5_000_000)
 
 
 def front(d: Daemon) -> Daemon:
@@ -245,6 +250,51 @@ def test_engine_gone_ends_front_end_streams_unavailable_and_it_exits(tmp_path: P
     assert gone(pid)
 
 
+def test_front_end_has_the_engines_tls_and_access_policy_and_reloads_it(tmp_path: Path) -> None:
+    """Mutual TLS with the same certificates, roles checked by the same interceptor
+    (its denials counted in the engine's scrape), and a SIGHUP's new policy: a
+    revoked gateway's stream through the front end ends at its next batch."""
+    ca = make_ca()
+    ca.write(tmp_path, "ca")
+    issue(ca, "riskd", server_hosts=["127.0.0.1"]).write(tmp_path, "server")
+    gw, ops = issue(ca, "gw-a"), issue(ca, "ops")
+    (tmp_path / "riskd.toml").write_text(config_text(tmp_path, BEFORE))
+    d = start_daemon(tmp_path, "--config", str(tmp_path / "riskd.toml"), *FRONTEND)
+    fe = front(d)
+    try:
+        with grpc.insecure_channel(fe.target) as plain:  # no certificate, no RPC
+            with pytest.raises(grpc.RpcError) as e:
+                health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        stream = Stream(fe, credentials(ca, gw))
+        ok = stream.send(U(sequence=1, mark_price=MARK))
+        assert ok.acked_sequence == 1 and not ok.rejections
+        with grpc.secure_channel(fe.target, credentials(ca, ops)) as admin:
+            with pytest.raises(grpc.RpcError) as e:  # an admin is no gateway
+                ingest_pb2_grpc.IngestServiceStub(admin).CheckOrder(
+                    ingest_pb2.CheckOrderRequest(order=co().check_order), timeout=5
+                )
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert scrape(d, "riskd_rpc_denied_total") == 1
+        (tmp_path / "riskd.toml").write_text(config_text(tmp_path, AFTER))
+        d.process.send_signal(signal.SIGHUP)
+        wait_for_log(d, "config_reloaded")
+        # The policy goes to the front end after that line, unacknowledged: a
+        # batch or two may still be served before it lands.
+        for seq in itertools.count(2):
+            stream.q.put(ingest_pb2.IngestRequest(updates=[U(sequence=seq, mark_price=MARK)]))
+            try:
+                assert next(stream.call).acked_sequence == seq and seq < 100
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error
+                break
+            time.sleep(0.02)
+        stream.q.put(None)
+        stream.channel.close()
+    finally:
+        assert d.stop() == 0
+
+
 def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -260,6 +310,24 @@ def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().startswith(
         f"riskd: cannot listen on server.frontend_listen 127.0.0.1:{port}: "
+    ), p.stderr
+
+
+def test_cluster_mode_with_a_front_end_is_refused_at_start(tmp_path: Path) -> None:
+    p = subprocess.run(
+        [
+            *riskd_command(tmp_path / "data", *FRONTEND),
+            *("--storage", "postgresql://nowhere/riskd", "--etcd", "http://127.0.0.1:1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip() == (
+        "riskd: bad configuration: server.frontend_listen: not supported with --etcd"
+        " (cluster mode) yet"
     ), p.stderr
 
 
