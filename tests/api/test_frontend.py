@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -61,6 +61,17 @@ def scrape(d: Daemon, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])
     raise KeyError(name)
+
+
+def eventually(check: Callable[[], bool]) -> bool:
+    """Whether ``check`` holds within a few seconds: the front end forwards its
+    metrics on its own, after the answer the caller already has."""
+    deadline = time.monotonic() + 10
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def frontend_pids(d: Daemon) -> list[int]:
@@ -220,7 +231,7 @@ def test_stream_gauge_is_the_engines(d: Daemon) -> None:
     base = scrape(d, "riskd_ingest_streams_open")
     s = RawStream(front(d))
     assert s.send(mark(market="NOPE")).acked_sequence == 1
-    assert scrape(d, "riskd_ingest_streams_open") == base + 1
+    assert eventually(lambda: scrape(d, "riskd_ingest_streams_open") == base + 1)
     s.close()
 
 
@@ -275,7 +286,7 @@ def test_front_end_has_the_engines_tls_and_access_policy_and_reloads_it(tmp_path
                     ingest_pb2.CheckOrderRequest(order=co().check_order), timeout=5
                 )
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert scrape(d, "riskd_rpc_denied_total") == 1
+        assert eventually(lambda: scrape(d, "riskd_rpc_denied_total") == 1)
         (tmp_path / "riskd.toml").write_text(config_text(tmp_path, AFTER))
         d.process.send_signal(signal.SIGHUP)
         wait_for_log(d, "config_reloaded")
@@ -365,7 +376,7 @@ def test_front_end_killed_then_daemon_stopped_loses_nothing(tmp_path: Path) -> N
         assert gw.acked_sequence == len(inputs)
         assert len(frontend_pids(d)) == 2  # restarted
         assert scrape(d, "riskd_frontend_restarts_total") == 1
-        assert scrape(d, "riskd_ingest_streams_open") == 0
+        assert eventually(lambda: scrape(d, "riskd_ingest_streams_open") == 0)
         cfg = config_mod.load()
         assert digest(d) == engine_digest(run_engine(inputs, Engine(cfg.markets, cfg.funds)))
         assert '"frontend_exited"' in d.log.read_text()
