@@ -175,11 +175,8 @@ class Engine(DictPickled):
         """Re-check every cross account an input moved or whose band was crossed,
         in (asset, account) order, until none is left (a liquidation's end is one)."""
         while True:
-            for m in self.markets.values():
-                if m.cross_due:
-                    break
-            else:  # the every-input path: no account to re-check (a loop: compiled,
-                return  # any() over a generator builds a list first)
+            if not any(m.cross_due for m in self.markets.values()):
+                return
             due = sorted(
                 {
                     (m.asset, a)
