@@ -16,17 +16,24 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
+import trio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.harness import riskd_command
 from riskd import config as config_mod
+from riskd.actors.sequencer import Sequencer
+from riskd.api import handoff
+from riskd.api.frontend_link import FrontendLink, _Connection
+from riskd.api.handoff import Op
 from riskd.core import Engine
 from riskd.core.events import Deposit, Input
 from riskd.core.invariants import digest as engine_digest
 from riskd.dev_certs import issue, make_ca
+from riskd.metrics import Metrics
 from riskd.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from riskd_client.gateway import Gateway
 
@@ -304,6 +311,40 @@ def test_front_end_has_the_engines_tls_and_access_policy_and_reloads_it(tmp_path
         stream.channel.close()
     finally:
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("wire", "before_applied"),
+    [
+        (handoff.frame((Op.INGEST, 1, False, "gw", 1, [(1, 999, ())], "other", 1)), True),
+        (handoff.frame((99,)), True),  # no such message
+        (b"\x00\x00\x00\x03abc", False),  # not marshal
+        (b"\xff\xff\xff\xff", False),  # a frame too large to be one
+    ],
+    ids=["unknown-kind", "unknown-op", "not-marshal", "too-large"],
+)
+def test_a_broken_front_end_cannot_take_the_engine_down(wire: bytes, before_applied: bool) -> None:
+    """The engine's reader ends that connection (the front end is restarted) and
+    raises nothing into the daemon.  A message that does not make sense ends it
+    after the messages before it; bytes that are no frames, with the rest of
+    that read (a broken front end's last words: its gateways resume anyway)."""
+    metrics = Metrics()
+    cfg = config_mod.load()
+
+    async def main() -> None:
+        ours, theirs = trio.socket.socketpair()
+        link = FrontendLink(cfg, "127.0.0.1:0", cast(Sequencer, None), metrics, 8, "info")
+        conn = _Connection(link, trio.SocketStream(ours))
+        peer = trio.SocketStream(theirs)
+        await peer.send_all(handoff.frame((Op.METRICS, 2, 0.0, 0, 1, 0)) + wire)
+        with trio.fail_after(10):
+            await conn.serve()  # returns: the connection is over
+        await peer.aclose()
+
+    trio.run(main)
+    applied = 1 if before_applied else 0
+    assert metrics.registry.get_sample_value("riskd_ingest_streams_open") == 2 * applied
+    assert metrics.registry.get_sample_value("riskd_rpc_denied_total") == applied
 
 
 def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
