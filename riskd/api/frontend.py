@@ -404,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"riskd frontend: {e}", file=sys.stderr)
         return 2
     logs.configure(level)
+    # Its lines go where the engine's go: each names the process it came from
+    # (the servicer's own lines, ingest_stream_opened say, are the same events).
+    structlog.contextvars.bind_contextvars(process="frontend")
     started = time.monotonic()
     code = asyncio.run(_serve(sock, config, address))
     with contextlib.suppress(OSError):

@@ -102,12 +102,16 @@ class _Connection:
     # --- reading --------------------------------------------------------------
 
     async def receive(self) -> list[tuple[Any, ...]]:
-        """The next messages ([] at the end of the stream)."""
+        """The next messages ([] at the end of the stream, or bytes that are none)."""
         while True:
             data = await self.stream.receive_some(READ_BYTES)
             if not data:
                 return []
-            messages = self._reader.feed(data)
+            try:
+                messages = self._reader.feed(data)
+            except ValueError as e:  # not frames: treated as the front end's end
+                log.error("frontend_protocol_error", error=str(e))
+                return []
             if messages:
                 return messages
 
@@ -124,9 +128,14 @@ class _Connection:
                 return
             if not messages:
                 return
-            for m in messages:
-                self._dispatch(m)
-            self.posted()
+            try:
+                for m in messages:
+                    self._dispatch(m)
+            except Exception as e:  # a broken front end must not take the engine down
+                log.error("frontend_protocol_error", error=repr(e))
+                return  # it is stopped (its socket closed) and started again
+            finally:
+                self.posted()  # what was read before the bad message goes ahead
 
     def posted(self) -> None:
         """The end of what was read: post the group and the checks gathered."""

@@ -125,7 +125,10 @@ class FrameReader:
 
 
 def unpack(body: bytes) -> tuple[Any, ...]:
-    message = marshal.loads(body)
+    try:
+        message = marshal.loads(body)
+    except (EOFError, TypeError, ValueError) as e:
+        raise ValueError(f"a frame that does not unmarshal: {e}") from None
     if not isinstance(message, tuple) or not message or not isinstance(message[0], int):
         raise ValueError("a frame that is no message")
     return message

@@ -14,19 +14,26 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
+import trio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.harness import riskd_command
 from riskd import config as config_mod
+from riskd.actors.sequencer import Sequencer
+from riskd.api import handoff
+from riskd.api.frontend_link import FrontendLink, _Connection
+from riskd.api.handoff import Op
 from riskd.core import Engine
 from riskd.core.events import Deposit, Input
 from riskd.core.invariants import digest as engine_digest
 from riskd.dev_certs import issue, make_ca
+from riskd.metrics import Metrics
 from riskd.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from riskd_client.gateway import Gateway
 
@@ -61,6 +68,17 @@ def scrape(d: Daemon, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])
     raise KeyError(name)
+
+
+def eventually(check: Callable[[], bool]) -> bool:
+    """Whether ``check`` holds within a few seconds: the front end forwards its
+    metrics on its own, after the answer the caller already has."""
+    deadline = time.monotonic() + 10
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def frontend_pids(d: Daemon) -> list[int]:
@@ -220,7 +238,7 @@ def test_stream_gauge_is_the_engines(d: Daemon) -> None:
     base = scrape(d, "riskd_ingest_streams_open")
     s = RawStream(front(d))
     assert s.send(mark(market="NOPE")).acked_sequence == 1
-    assert scrape(d, "riskd_ingest_streams_open") == base + 1
+    assert eventually(lambda: scrape(d, "riskd_ingest_streams_open") == base + 1)
     s.close()
 
 
@@ -275,7 +293,7 @@ def test_front_end_has_the_engines_tls_and_access_policy_and_reloads_it(tmp_path
                     ingest_pb2.CheckOrderRequest(order=co().check_order), timeout=5
                 )
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert scrape(d, "riskd_rpc_denied_total") == 1
+        assert eventually(lambda: scrape(d, "riskd_rpc_denied_total") == 1)
         (tmp_path / "riskd.toml").write_text(config_text(tmp_path, AFTER))
         d.process.send_signal(signal.SIGHUP)
         wait_for_log(d, "config_reloaded")
@@ -293,6 +311,40 @@ def test_front_end_has_the_engines_tls_and_access_policy_and_reloads_it(tmp_path
         stream.channel.close()
     finally:
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("wire", "before_applied"),
+    [
+        (handoff.frame((Op.INGEST, 1, False, "gw", 1, [(1, 999, ())], "other", 1)), True),
+        (handoff.frame((99,)), True),  # no such message
+        (b"\x00\x00\x00\x03abc", False),  # not marshal
+        (b"\xff\xff\xff\xff", False),  # a frame too large to be one
+    ],
+    ids=["unknown-kind", "unknown-op", "not-marshal", "too-large"],
+)
+def test_a_broken_front_end_cannot_take_the_engine_down(wire: bytes, before_applied: bool) -> None:
+    """The engine's reader ends that connection (the front end is restarted) and
+    raises nothing into the daemon.  A message that does not make sense ends it
+    after the messages before it; bytes that are no frames, with the rest of
+    that read (a broken front end's last words: its gateways resume anyway)."""
+    metrics = Metrics()
+    cfg = config_mod.load()
+
+    async def main() -> None:
+        ours, theirs = trio.socket.socketpair()
+        link = FrontendLink(cfg, "127.0.0.1:0", cast(Sequencer, None), metrics, 8, "info")
+        conn = _Connection(link, trio.SocketStream(ours))
+        peer = trio.SocketStream(theirs)
+        await peer.send_all(handoff.frame((Op.METRICS, 2, 0.0, 0, 1, 0)) + wire)
+        with trio.fail_after(10):
+            await conn.serve()  # returns: the connection is over
+        await peer.aclose()
+
+    trio.run(main)
+    applied = 1 if before_applied else 0
+    assert metrics.registry.get_sample_value("riskd_ingest_streams_open") == 2 * applied
+    assert metrics.registry.get_sample_value("riskd_rpc_denied_total") == applied
 
 
 def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
@@ -365,7 +417,7 @@ def test_front_end_killed_then_daemon_stopped_loses_nothing(tmp_path: Path) -> N
         assert gw.acked_sequence == len(inputs)
         assert len(frontend_pids(d)) == 2  # restarted
         assert scrape(d, "riskd_frontend_restarts_total") == 1
-        assert scrape(d, "riskd_ingest_streams_open") == 0
+        assert eventually(lambda: scrape(d, "riskd_ingest_streams_open") == 0)
         cfg = config_mod.load()
         assert digest(d) == engine_digest(run_engine(inputs, Engine(cfg.markets, cfg.funds)))
         assert '"frontend_exited"' in d.log.read_text()
