@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -465,3 +466,45 @@ def test_settling_cross_positions_in_the_actors_is_the_pure_engines_settlement(
     assert broken == []
     assert (got, daemon_refused) == (digest(engine), refused)
     assert replayed == got
+
+
+async def test_a_run_reaches_an_idle_market_in_the_sequencers_task_and_a_busy_one_after_it() -> (
+    None
+):
+    """The turn's market hop (Actor.call_here): an idle market's run is applied
+    in the task that sequences it, no round trip; a market busy with an earlier
+    message gets it through its mailbox, after that message. Same results."""
+    async with running() as s:
+        market = s.markets[M]
+        ran: list[tuple[str, bool]] = []
+        apply = market.apply
+
+        async def recording(items: list[Input]) -> list[Rejected | None]:
+            ran.append(("apply", trio.lowlevel.current_task() is caller))
+            return await apply(items)
+
+        market.apply = recording  # type: ignore[method-assign]
+        caller = trio.lowlevel.current_task()
+        await trio.testing.wait_all_tasks_blocked()
+        first = await (await s.ingest("gw", 1, [(1, MarkPrice(M, 5_000_000))])).wait()
+        gate = trio.Event()
+
+        async def busy() -> None:
+            await gate.wait()
+            ran.append(("busy", False))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(market.call, busy)
+            await trio.testing.wait_all_tasks_blocked()  # the market runs busy()
+            done: list[Any] = []
+
+            async def second() -> None:
+                done.append(await (await s.ingest("gw", 1, [(2, MarkPrice(M, 5_000_100))])).wait())
+
+            nursery.start_soon(second)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ran == [("apply", True)]  # the second run waits behind busy()
+            gate.set()
+        assert ran == [("apply", True), ("busy", False), ("apply", False)]
+        assert (first.acked, first.rejections, done[0].acked, done[0].rejections) == (1, [], 2, [])
+        assert market.engine.mark == 5_000_100
