@@ -77,6 +77,7 @@ DIMENSIONLESS = frozenset(
         "riskd_fills_unreserved",
         "riskd_mark_guard",  # 1 while on
         "riskd_market_status",  # 1 for the status
+        "riskd_frontend_restarts",
     }
 )
 UNITS = ("_quantums", "_seconds", "_messages", "_info")
