@@ -61,7 +61,7 @@ def test_turn_counter_and_gauge_export_what_prometheus_ones_do(
     tg = TurnGauge("m_seconds", "doc.", ["market"], registry=ours)
     for key in counted:
         c.labels(*key).inc(2)
-        tc.counts[key] = tc.counts.get(key, 0) + 2
+        tc.values[key] = tc.values.get(key, 0) + 2
     for market, seconds in marks:
         g.labels(market).set(seconds)
         tg.values[(market,)] = seconds

@@ -278,7 +278,7 @@ class Sequencer(Actor):
         self.metrics = metrics
         self.gateways: dict[str, _Gateway] = {}
         #: riskd_updates_total by (kind, outcome), added to in place as a turn goes.
-        self._tally = metrics.updates.counts
+        self._tally = metrics.updates.values
         #: Per lane: the queue-time and the durable-time histograms' children.
         self._waited: dict[str, tuple[HistogramChild, HistogramChild]] = {}
         # Decisions on withdrawal ids, per asset, make retries safe; rebuilt by replay.
