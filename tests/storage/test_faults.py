@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -61,11 +59,7 @@ UNSHARE = shutil.which("unshare")
 # --- launching riskd under a fault ---------------------------------------------------
 
 
-def _launch(
-    tmp: Path,
-    argv: Sequence[str],
-    preexec: Callable[[], None] | None = None,
-) -> Daemon:
+def _launch(tmp: Path, argv: Sequence[str]) -> Daemon:
     """Start a process whose output carries riskd's log; wait until it serves."""
     log = tmp / f"riskd-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
@@ -73,7 +67,6 @@ def _launch(
             argv,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=preexec,
             start_new_session=True,  # a wrapper and its riskd are stopped together
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -148,12 +141,9 @@ def _assert_acked_survived(
 def test_a_journal_write_past_rlimit_fsize_fail_stops(tmp_path: Path) -> None:
     limit = 1 << 20  # the WAL outgrows it within a few hundred commits
 
-    def small_files() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     data = tmp_path / "data"
     inputs = _deposits(40_000)
-    d = _launch(tmp_path, riskd_command(data), preexec=small_files)
+    d = _launch(tmp_path, _restricted("fsize", limit, riskd_command(data)))
     try:
         acked = asyncio.run(_stream_until_exit(d, inputs, "gw-fsize"))
     finally:
@@ -209,36 +199,59 @@ def test_a_full_disk_fail_stops(tmp_path: Path) -> None:
     _assert_acked_survived(tmp_path, kept, inputs, "gw-full", acked)
 
 
-PR_CAPBSET_DROP = 24
 # The capabilities that let root ignore permission bits.
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
 
 
-def _without_root_powers() -> None:
-    """preexec_fn: drop what lets root write where permission bits say no."""
+# Restrictions are applied by a launcher that then execs riskd, never by a
+# preexec_fn: that runs Python in a fork() of this multi-threaded test process,
+# whose gRPC poller, restarted in the child by gRPC's fork handler, then met the
+# epoll fd subprocess's close_fds had closed and aborted the child (SIGABRT,
+# "epoll_wait error: Bad file descriptor"; grpc/grpc#43055).  Without a
+# preexec_fn subprocess uses vfork, which runs no fork handlers.
+_LAUNCHER = """
+import ctypes, os, resource, sys
+what, arg, *argv = sys.argv[1:]
+if what == "fsize":
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(arg), int(arg)))
+else:  # drop what lets root write where permission bits say no
     libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+    for cap in map(int, arg.split(",")):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+os.execv(argv[0], argv)
+"""
+
+
+def _restricted(what: str, arg: object, argv: Sequence[str]) -> list[str]:
+    """``argv`` run under ``RLIMIT_FSIZE`` = ``arg`` ("fsize") or without the
+    capabilities ``arg`` ("caps")."""
+    return [sys.executable, "-c", _LAUNCHER, what, str(arg), *argv]
+
+
+def _without_root_powers(argv: Sequence[str]) -> list[str]:
+    caps = (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER)
+    return _restricted("caps", ",".join(map(str, caps)), argv)
+
+
+Wrap = Callable[[Sequence[str]], list[str]]
 
 
 @pytest.fixture
-def permissions_apply(tmp_path: Path) -> Callable[[], None] | None:
-    """A preexec_fn under which chmod stops riskd (None: it does anyway), or skip."""
+def permissions_apply(tmp_path: Path) -> Wrap:
+    """What makes a command run where chmod stops it (root: without the
+    capabilities that ignore permission bits), or skip."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     try:
         (locked / "x").touch()
     except PermissionError:
-        return None  # not root, or a root without the powers already
-    try:
-        probe = subprocess.run(
-            [sys.executable, "-c", f"open({str(locked / 'y')!r}, 'w')"],
-            preexec_fn=_without_root_powers, capture_output=True,
-        )  # fmt: skip
-    except subprocess.SubprocessError:  # prctl refused (no CAP_SETPCAP)
-        probe = None
-    if probe is None or probe.returncode == 0:
+        return list  # not root, or a root without the powers already
+    probe = subprocess.run(
+        _without_root_powers([sys.executable, "-c", f"open({str(locked / 'y')!r}, 'w')"]),
+        capture_output=True,
+    )  # fmt: skip
+    if probe.returncode == 0 or b"prctl" in probe.stderr:  # or prctl refused (no CAP_SETPCAP)
         pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE: chmod would not stop it")
     return _without_root_powers
 
@@ -250,7 +263,7 @@ def _chmod_tree(path: Path, directory: int, file: int) -> None:
 
 
 def test_a_data_directory_turned_read_only_fail_stops_at_the_next_snapshot(
-    tmp_path: Path, permissions_apply: Callable[[], None] | None
+    tmp_path: Path, permissions_apply: Wrap
 ) -> None:
     config = tmp_path / "riskd.toml"
     config.write_text(
@@ -258,7 +271,7 @@ def test_a_data_directory_turned_read_only_fail_stops_at_the_next_snapshot(
     )
     data = tmp_path / "data"
     inputs = _deposits(200)
-    d = _launch(tmp_path, riskd_command(data, "--config", str(config)), preexec=permissions_apply)
+    d = _launch(tmp_path, permissions_apply(riskd_command(data, "--config", str(config))))
     try:
 
         async def stream() -> int:
@@ -282,7 +295,7 @@ def test_a_data_directory_turned_read_only_fail_stops_at_the_next_snapshot(
     _chmod_tree(data, 0o500, 0o400)
     try:
         refused = subprocess.run(
-            riskd_command(data), preexec_fn=permissions_apply, capture_output=True, text=True,
+            permissions_apply(riskd_command(data)), capture_output=True, text=True,
             timeout=60,
         )  # fmt: skip
     finally:
@@ -358,8 +371,8 @@ def test_the_journal_actor_releases_nothing_after_a_failed_write() -> None:
 # --- one-line start-up failures ----------------------------------------------------------
 
 
-def _one_line_exit_2(argv: list[str], *, preexec: Callable[[], None] | None = None) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, preexec_fn=preexec)
+def _one_line_exit_2(argv: list[str]) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_STARTUP, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("riskd: "), proc.stderr
@@ -409,10 +422,10 @@ def test_a_missing_tls_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_tls_file_is_one_line_and_exit_2(
-    tmp_path: Path, permissions_apply: Callable[[], None] | None
+    tmp_path: Path, permissions_apply: Wrap
 ) -> None:
     config, key = _tls_config(tmp_path)
     key.chmod(0)
     argv = riskd_command(tmp_path / "data", "--config", str(config))
-    line = _one_line_exit_2(argv, preexec=permissions_apply)
+    line = _one_line_exit_2(permissions_apply(argv))
     assert str(key) in line and "ermission denied" in line
