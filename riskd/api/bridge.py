@@ -44,7 +44,15 @@ from riskd.actors.market import MarketActor
 from riskd.core import MarketEngine
 from riskd.errors import RiskdError
 
-__all__ = ["Portal", "GrpcThread", "Unavailable", "call_soon", "Deliver", "MAX_GROUP_WEIGHT"]
+__all__ = [
+    "Portal",
+    "GrpcThread",
+    "Unavailable",
+    "call_soon",
+    "post_in_trio",
+    "Deliver",
+    "MAX_GROUP_WEIGHT",
+]
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -260,15 +268,9 @@ class Portal:
             if not job.grouped:
                 notify = self._notifier(job.deliver)
                 one = cast(Callable[..., Awaitable[Durable[object]]], job.fn)
-                try:
-                    job.actor.post(one, job.args, notify, job.urgent)
-                except trio.WouldBlock:
-                    if job.patient:
-                        self.nursery.start_soon(
-                            self._post_patiently, job.actor, one, job.args, notify
-                        )
-                    else:
-                        notify(None, Unavailable(f"{job.actor.name} mailbox full"))
+                post_in_trio(
+                    self.nursery, job.actor, one, job.args, notify, job.urgent, job.patient
+                )
                 continue
             group = [job]
             weight = job.weight
@@ -287,30 +289,7 @@ class Portal:
             notify_all = self._group_notifier([j.deliver for j in group])
             many = cast(Callable[..., Awaitable[list[Durable[object]]]], job.fn)
             args = ([j.args[0] for j in group],)
-            try:
-                job.actor.post(many, args, notify_all, job.urgent)
-            except trio.WouldBlock:
-                if job.patient:
-                    self.nursery.start_soon(self._post_patiently, job.actor, many, args, notify_all)
-                else:
-                    notify_all(None, Unavailable(f"{job.actor.name} mailbox full"))
-
-    @staticmethod
-    async def _post_patiently(
-        actor: Actor,
-        fn: Callable[..., Awaitable[R]],
-        args: tuple[object, ...],
-        notify: Callable[[R | None, BaseException | None], None],
-    ) -> None:
-        """A patient post that found the mailbox full: waits for room, then as posted."""
-        try:
-            done = await actor.call(fn, *args)
-        except Exception as e:  # delivered to the caller, not lost in trio
-            notify(None, e)
-            if not _is_expected(e):
-                raise
-        else:
-            notify(done, None)
+            post_in_trio(self.nursery, job.actor, many, args, notify_all, job.urgent, job.patient)
 
     def _group_notifier(
         self, delivers: list[Deliver[object]]
@@ -352,6 +331,45 @@ class Portal:
         while outbound:
             o = outbound.popleft()
             o.deliver(o.value, o.error)
+
+
+def post_in_trio(
+    nursery: trio.Nursery,
+    actor: Actor,
+    fn: Callable[..., Awaitable[R]],
+    args: tuple[object, ...],
+    notify: Callable[[R | None, BaseException | None], None],
+    urgent: bool,
+    patient: bool,
+) -> None:
+    """Queue ``fn(*args)`` on ``actor`` from trio without waiting; ``notify`` gets
+    its result or error.  A full mailbox refuses an impatient post (UNAVAILABLE:
+    a stream's batch, which its gateway resends) and is waited on, in a task of
+    ``nursery``, by a patient one (a unary call, whose caller waits anyway)."""
+    try:
+        actor.post(fn, args, notify, urgent)
+    except trio.WouldBlock:
+        if patient:
+            nursery.start_soon(_post_patiently, actor, fn, args, notify)
+        else:
+            notify(None, Unavailable(f"{actor.name} mailbox full"))
+
+
+async def _post_patiently(
+    actor: Actor,
+    fn: Callable[..., Awaitable[R]],
+    args: tuple[object, ...],
+    notify: Callable[[R | None, BaseException | None], None],
+) -> None:
+    """A patient post that found the mailbox full: waits for room, then as posted."""
+    try:
+        done = await actor.call(fn, *args)
+    except Exception as e:  # delivered to the caller, not lost in trio
+        notify(None, e)
+        if not _is_expected(e):
+            raise
+    else:
+        notify(done, None)
 
 
 def _is_expected(e: Exception) -> bool:

@@ -51,7 +51,7 @@ from riskd.access import Policy
 from riskd.actors.journal import Durable
 from riskd.actors.sequencer import Sequencer
 from riskd.api import handoff
-from riskd.api.bridge import MAX_GROUP_WEIGHT, Unavailable
+from riskd.api.bridge import MAX_GROUP_WEIGHT, post_in_trio
 from riskd.api.handoff import Op
 from riskd.config import Config
 from riskd.errors import RiskdError
@@ -209,14 +209,7 @@ class _Connection:
     ) -> None:
         """As the Portal posts: a full mailbox refuses a batch (UNAVAILABLE, its
         stream resumes) and is waited on by a unary write."""
-        seq = self.sequencer
-        try:
-            seq.post(fn, args, notify, urgent)
-        except trio.WouldBlock:
-            if patient:
-                self.link.nursery.start_soon(_post_patiently, seq, fn, args, notify)
-            else:
-                notify(None, Unavailable(f"{seq.name} mailbox full"))
+        post_in_trio(self.link.nursery, self.sequencer, fn, args, notify, urgent, patient)
 
     def _answerer(self, rid: int, encode: Callable[[Any], object] | None) -> Answer:
         self.outstanding += 1
@@ -231,7 +224,7 @@ class _Connection:
             if done is None:
                 answer(None, error)
             else:
-                done.then(lambda value: answer(value, None))
+                done.then(_succeeded(answer))
 
         return notify
 
@@ -312,21 +305,6 @@ class _Connection:
 
 def _succeeded(answer: Answer) -> Callable[[object], None]:
     return lambda value: answer(value, None)
-
-
-async def _post_patiently(
-    actor: Sequencer,
-    fn: Callable[..., Awaitable[Any]],
-    args: tuple[Any, ...],
-    notify: Callable[[Any, BaseException | None], None],
-) -> None:
-    """A unary write that found the mailbox full: waits for room, then as posted."""
-    try:
-        done = await actor.call(fn, *args)
-    except Exception as e:  # the error is the answer
-        notify(None, e)
-    else:
-        notify(done, None)
 
 
 class FrontendLink:
