@@ -74,7 +74,7 @@ from riskd.storage.ledger import LedgerWriter
 from riskd.storage.postgres import PostgresJournal
 from riskd.v1 import events_pb2
 
-__all__ = ["Daemon", "Endpoints", "StartupError", "serve"]
+__all__ = ["Daemon", "Endpoints", "StartupError", "bind_error", "serve"]
 
 log = structlog.get_logger("riskd")
 
@@ -302,11 +302,6 @@ class Daemon:
         credentials = _credentials(srv.tls) if srv.tls is not None else None
         _check_port("server.grpc_listen", srv.grpc_listen)
         if srv.frontend_listen:
-            if self.route is not None:
-                raise StartupError(
-                    "server.frontend_listen: a cluster node (--etcd) does not support"
-                    " the ingest front end yet; leave it empty"
-                )
             _check_port("server.frontend_listen", srv.frontend_listen)
         admin_log = AdminLog(Path(srv.data_dir) / "admin-audit.jsonl")
         host, port = _split(srv.metrics_listen)
@@ -378,7 +373,7 @@ class Daemon:
                 try:
                     await trio.to_thread.run_sync(grpc.start)
                 except RuntimeError as e:  # grpc says only "Failed to bind to address"
-                    why = _bind_error(srv.grpc_listen) or str(e)
+                    why = bind_error(srv.grpc_listen) or str(e)
                     raise StartupError(
                         f"cannot listen on server.grpc_listen {srv.grpc_listen}: {why}"
                     ) from e
@@ -739,7 +734,7 @@ def _credentials(tls: Any) -> Any:
         raise StartupError(f"cannot read the TLS files of [server.tls]: {e}") from e
 
 
-def _bind_error(address: str) -> str | None:
+def bind_error(address: str) -> str | None:
     """Why ``address`` cannot be bound (gRPC does not say), or None if it can."""
     host, port = _split(address)
     if port == 0:
@@ -759,7 +754,7 @@ def _bind_error(address: str) -> str | None:
 
 
 def _check_port(key: str, address: str) -> None:
-    why = _bind_error(address)
+    why = bind_error(address)
     if why is not None:
         raise StartupError(f"cannot listen on {key} {address}: {why}")
 

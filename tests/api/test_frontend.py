@@ -365,7 +365,8 @@ def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
     ), p.stderr
 
 
-def test_cluster_mode_with_a_front_end_is_refused_at_start(tmp_path: Path) -> None:
+def test_a_cluster_node_needs_a_fixed_front_end_port(tmp_path: Path) -> None:
+    """Its standby holds the port and its front end binds it again at a takeover."""
     p = subprocess.run(
         [
             *riskd_command(tmp_path / "data", *FRONTEND),
@@ -378,8 +379,8 @@ def test_cluster_mode_with_a_front_end_is_refused_at_start(tmp_path: Path) -> No
     )
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip() == (
-        "riskd: bad configuration: server.frontend_listen: not supported with --etcd"
-        " (cluster mode) yet"
+        "riskd: bad configuration: server.frontend_listen: a cluster node (--etcd) needs"
+        " a fixed port, not 0"
     ), p.stderr
 
 
