@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -307,10 +308,18 @@ def test_front_ends_in_a_cluster_redirect_route_and_fail_over(two_front_ends) ->
     assert digest(b.address) == pure_digest(inputs)  # nothing lost, nothing applied twice
 
 
+@pytest.fixture(params=[False, True], ids=["engine-port", "front-end"])
+def nodes_either_way(request, tmp_path: Path, pg: Postgres, etcd: EtcdCluster, shard: str):  # type: ignore[no-untyped-def]
+    """Two nodes, without and with ingest front ends."""
+    yield from _two_nodes(tmp_path, pg, etcd, shard, frontend=request.param)
+
+
 def test_a_sigstopped_owner_resumed_after_the_takeover_writes_nothing(  # type: ignore[no-untyped-def]
-    two_nodes, pg: Postgres, shard: str
+    nodes_either_way, pg: Postgres, shard: str
 ) -> None:
-    a, b = two_nodes
+    """A paused engine's front end still takes streams but acks nothing: the
+    gateway gives it up after ack_timeout as it gives up a paused engine."""
+    a, b = nodes_either_way
     inputs = crash_scenario()
     _, _, gw = _failover(a, b, signal.SIGSTOP)
     assert gw.acked_sequence == len(inputs) and digest(b.address) == pure_digest(inputs)
@@ -322,6 +331,8 @@ def test_a_sigstopped_owner_resumed_after_the_takeover_writes_nothing(  # type: 
         assert list(reader.replay()) == before  # the former owner wrote nothing
     finally:
         reader.close()
+    for pid in frontend_pids(a):  # exit 4 ends its front end too
+        wait_for(partial(gone, pid), "the former owner's front end to exit")
     assert digest(b.address) == pure_digest(inputs)
 
 
