@@ -175,6 +175,9 @@ async def _failover(nodes: list[Node], kills: int) -> dict[str, Any]:
     lost_before: list[int] = []
     replayed: list[int] = []  # journal records the new owner replayed after its snapshot
     restored: list[int] = []  # records its snapshot covered
+    # The new owner's own work, from its log: owning -> recovered -> serving.
+    recovering: list[float] = []
+    starting: list[float] = []
     for _ in range(kills):
         owner = next(n for n in nodes if n.alive() and _serving(n))
         other = next(n for n in nodes if n is not owner)
@@ -202,6 +205,9 @@ async def _failover(nodes: list[Node], kills: int) -> dict[str, Any]:
         rec = [e for e in other.events() if e.get("event") == "riskd_recovered"][-1]
         replayed.append(int(rec["replayed"]))
         restored.append(int(rec["snapshot_records"]))
+        won = [e for e in other.events() if e.get("event") == "riskd_owner"][-1]
+        recovering.append(_at(rec) - _at(won))
+        starting.append(at.timestamp() - _at(rec))
         owner.start()  # back as the standby
         await asyncio.to_thread(
             _wait, lambda o=owner: o.count("riskd_standby") > 0 and o.alive(), "restart as standby"
@@ -214,12 +220,18 @@ async def _failover(nodes: list[Node], kills: int) -> dict[str, Any]:
         "acked_before_kills": lost_before,
         "replayed": replayed,
         "restored": restored,
+        "recovering": recovering,
+        "starting": starting,
         "final_acked": load.gw.acked_sequence,
         "sent": load.sent,
         "redirects": load.gw.redirects,
         "stalls_detected": load.gw.stalls,
         "rejections": len(load.gw.rejections),
     }
+
+
+def _at(line: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 def _serving(n: Node) -> bool:
@@ -647,6 +659,10 @@ async def amain(argv: list[str] | None = None) -> int:
                             "median": round(statistics.median(f["serving_after"]), 2),
                             "max": round(max(f["serving_after"]), 2),
                         },
+                        # riskd_owner -> riskd_recovered -> riskd_serving (the
+                        # ports bound, the front end started), medians.
+                        "owner_to_recovered_s": round(statistics.median(f["recovering"]), 3),
+                        "recovered_to_serving_s": round(statistics.median(f["starting"]), 3),
                         "takeover_replayed_records": {
                             "median": statistics.median(f["replayed"]),
                             "max": max(f["replayed"]),

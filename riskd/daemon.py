@@ -47,7 +47,7 @@ from riskd.api.admin import AdminServicer
 from riskd.api.auth import Authenticator, AuthInterceptor, server_credentials
 from riskd.api.bridge import GrpcThread, Portal, call_soon
 from riskd.api.events import EventLog, EventServicer
-from riskd.api.frontend_link import FrontendFailed, FrontendLink
+from riskd.api.frontend_link import FrontendFailed, FrontendLink, Launched
 from riskd.api.ingest import IngestServicer
 from riskd.api.query import QueryServicer
 from riskd.api.server import MAX_MESSAGE_BYTES, SERVICE_NAMES, Services, build_server
@@ -119,6 +119,9 @@ class Daemon:
         self._grpc: GrpcThread | None = None
         #: The ingest front-end process (server.frontend_listen), once started.
         self.frontend: FrontendLink | None = None
+        #: A front-end process started before this daemon (by a standing-by
+        #: cluster node), for :meth:`run` to hand its config instead of starting one.
+        self.frontend_ahead: Launched | None = None
         self.wallets = {a: WalletActor(Wallets(a), cap) for a in config.assets}
         # Fund ledger entries go to ledger.sqlite3; memory keeps the newest.
         self.ledger = LedgerWriter(Path(srv.data_dir) / ledger.FILE)
@@ -318,6 +321,21 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
+                if srv.frontend_listen:
+                    # Started now, configured once the engine serves: its imports
+                    # overlap the recovery (a takeover's, a restart's).
+                    self.frontend = FrontendLink(
+                        self.config,
+                        srv.frontend_listen,
+                        self.sequencer,
+                        self.metrics,
+                        self.sequencer.capacity,
+                        logs.level(),
+                    )
+                    try:
+                        self.frontend.launch(self.frontend_ahead)
+                    except FrontendFailed as e:
+                        raise StartupError(str(e)) from e
                 for actor in self.actors():
                     await nursery.start(actor.run)
                 await nursery.start(self.ledger.run)
@@ -379,15 +397,7 @@ class Daemon:
                     ) from e
                 health = bound["health"]
                 frontend_port = 0
-                if srv.frontend_listen:
-                    self.frontend = FrontendLink(
-                        self.config,
-                        srv.frontend_listen,
-                        self.sequencer,
-                        self.metrics,
-                        self.sequencer.capacity,
-                        logs.level(),
-                    )
+                if self.frontend is not None:
                     try:
                         frontend_port = await self.frontend.start(nursery)
                     except FrontendFailed as e:

@@ -32,6 +32,7 @@ import structlog
 import trio
 
 from riskd.api.auth import server_credentials
+from riskd.api.frontend_link import FrontendFailed, launch
 from riskd.cluster.etcd import Etcd, EtcdUnavailable
 from riskd.cluster.ownership import Keeper, Owner, Ownership, campaign, current_owner
 from riskd.config import Config
@@ -270,39 +271,51 @@ async def serve_node(
     if srv.frontend_listen:
         listen["server.frontend_listen"] = srv.frontend_listen
     standby = Standby(listen, RouteServicer(etcd, shard, config), credentials)
-    standby.start()
+    # A front end started now waits, its imports done, for the takeover to
+    # configure it: measured, a takeover served ~0.4 s later when the daemon
+    # started it only then (benchmarks/failover.py --frontend, docs/cluster.md).
     try:
-        ownership = await trio.to_thread.run_sync(
-            partial(
-                campaign,
-                etcd,
-                shard,
-                advertise,
-                ttl,
-                waiting=standby.waiting,
-                ingest=advertise_ingest,
-            ),
-            abandon_on_cancel=True,
+        ahead = launch() if srv.frontend_listen else None
+    except FrontendFailed as e:
+        raise StartupError(str(e)) from e
+    try:
+        standby.start()
+        try:
+            ownership = await trio.to_thread.run_sync(
+                partial(
+                    campaign,
+                    etcd,
+                    shard,
+                    advertise,
+                    ttl,
+                    waiting=standby.waiting,
+                    ingest=advertise_ingest,
+                ),
+                abandon_on_cancel=True,
+            )
+        finally:
+            standby.stop()  # its ports, released for the daemon to bind
+        log.info(
+            "riskd_owner",
+            shard=shard,
+            epoch=ownership.epoch,
+            address=advertise,
+            ingest=ownership.ingest or advertise,
         )
+        keeper = Keeper(etcd, ownership)
+        keeper.start()
+        try:
+            daemon = Daemon(config, config_path=config_path)
+            daemon.frontend_ahead = ahead
+            daemon.route = OwnerRoute(ownership, config)
+            daemon.open_journal = postgres.opener(dsn, shard, ownership.epoch, list(config.assets))
+            daemon.snapshot_written = partial(_push, daemon)
+            await daemon.run()
+        finally:
+            keeper.release()
     finally:
-        standby.stop()  # its ports, released for the daemon to bind
-    log.info(
-        "riskd_owner",
-        shard=shard,
-        epoch=ownership.epoch,
-        address=advertise,
-        ingest=ownership.ingest or advertise,
-    )
-    keeper = Keeper(etcd, ownership)
-    keeper.start()
-    try:
-        daemon = Daemon(config, config_path=config_path)
-        daemon.route = OwnerRoute(ownership, config)
-        daemon.open_journal = postgres.opener(dsn, shard, ownership.epoch, list(config.assets))
-        daemon.snapshot_written = partial(_push, daemon)
-        await daemon.run()
-    finally:
-        keeper.release()
+        if ahead is not None:  # never configured, or the daemon is done with it
+            ahead.kill()
 
 
 def _push(daemon: Any, data: Path, records: int, head: str, state: dict[str, Any]) -> None:
