@@ -1,7 +1,7 @@
 """Clustered riskd under kill -9 and SIGSTOP: time to serve again, nothing lost or twice.
 
 ``python -m benchmarks.failover [--kills 20] [--fencing 20] [--ttl 2] [--snapshot-seconds 1]
-[--json PATH]``
+[--frontend] [--json PATH]``
 
 Starts a PostgreSQL 15 server and a 3-member etcd cluster on loopback in a
 temporary directory (the Debian packages' binaries, as tests/cluster does),
@@ -17,7 +17,9 @@ then two riskd nodes for one shard (``--storage postgresql://... --etcd ...``).
   the same inputs once: equal digests mean no acknowledged update lost and
   none applied twice.  The nodes write a snapshot every ``--snapshot-seconds``
   into PostgreSQL, so each takeover restores it and replays only the journal
-  after it (``takeover_replayed_records``).
+  after it (``takeover_replayed_records``).  With ``--frontend`` both nodes
+  run the ingest front end and the helper streams to the front ends' ports
+  (a standby's redirects there name the owner's front end).
 * **Fencing** (``--fencing``): SIGSTOP the owner; once the standby owns the
   shard (a higher epoch), SIGCONT the old owner: it must exit 4 having added no
   journal row under its epoch after the takeover.
@@ -75,12 +77,16 @@ def _services() -> Any:
 
 
 class Node:
-    def __init__(self, base: Path, name: str, extra: list[str], port: int) -> None:
+    def __init__(
+        self, base: Path, name: str, extra: list[str], port: int, ingest_port: int = 0
+    ) -> None:
         self.name = name
         self.address = f"127.0.0.1:{port}"
+        #: Where gateways stream: the ingest front end (``ingest_port``), or ``address``.
+        self.ingest = f"127.0.0.1:{ingest_port}" if ingest_port else self.address
         self.log = base / f"{name}.log"
         self.data = base / name
-        self.extra = extra
+        self.extra = [*extra, "--frontend-listen", self.ingest] if ingest_port else extra
         self.process: subprocess.Popen[bytes] | None = None
         self._from = 0  # where this process's lines begin in the shared log
         self.cpu: int | None = None  # the one core every thread of the node runs on
@@ -162,13 +168,16 @@ class Load:
 
 
 async def _failover(nodes: list[Node], kills: int) -> dict[str, Any]:
-    load = Load([n.address for n in nodes])
+    load = Load([n.ingest for n in nodes])
     task = asyncio.create_task(load.run())
     stalls: list[float] = []
     serving_after: list[float] = []  # kill -> the new owner's riskd_serving line
     lost_before: list[int] = []
     replayed: list[int] = []  # journal records the new owner replayed after its snapshot
     restored: list[int] = []  # records its snapshot covered
+    # The new owner's own work, from its log: owning -> recovered -> serving.
+    recovering: list[float] = []
+    starting: list[float] = []
     for _ in range(kills):
         owner = next(n for n in nodes if n.alive() and _serving(n))
         other = next(n for n in nodes if n is not owner)
@@ -196,6 +205,9 @@ async def _failover(nodes: list[Node], kills: int) -> dict[str, Any]:
         rec = [e for e in other.events() if e.get("event") == "riskd_recovered"][-1]
         replayed.append(int(rec["replayed"]))
         restored.append(int(rec["snapshot_records"]))
+        won = [e for e in other.events() if e.get("event") == "riskd_owner"][-1]
+        recovering.append(_at(rec) - _at(won))
+        starting.append(at.timestamp() - _at(rec))
         owner.start()  # back as the standby
         await asyncio.to_thread(
             _wait, lambda o=owner: o.count("riskd_standby") > 0 and o.alive(), "restart as standby"
@@ -208,12 +220,18 @@ async def _failover(nodes: list[Node], kills: int) -> dict[str, Any]:
         "acked_before_kills": lost_before,
         "replayed": replayed,
         "restored": restored,
+        "recovering": recovering,
+        "starting": starting,
         "final_acked": load.gw.acked_sequence,
         "sent": load.sent,
         "redirects": load.gw.redirects,
         "stalls_detected": load.gw.stalls,
         "rejections": len(load.gw.rejections),
     }
+
+
+def _at(line: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 def _serving(n: Node) -> bool:
@@ -572,12 +590,19 @@ async def amain(argv: list[str] | None = None) -> int:
         " much of the journal; shorter than an owner lives between kills (a few seconds)"
         " (default 1)",
     )
+    parser.add_argument(
+        "--frontend",
+        action="store_true",
+        help="the cluster nodes run the ingest front end (--frontend-listen); the failover"
+        " load streams to it",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     services = _services()
     out: dict[str, Any] = {
         "ttl_s": args.ttl,
         "snapshot_seconds": args.snapshot_seconds,
+        "frontend": args.frontend,
         "cpus": os.cpu_count(),
     }
     with tempfile.TemporaryDirectory(prefix="riskd-failover-") as tmp:
@@ -595,7 +620,16 @@ async def amain(argv: list[str] | None = None) -> int:
             cluster = ["--config", str(config), "--storage", pg.dsn,
                        "--etcd", ",".join(etcd.endpoints),
                        "--lease-ttl", str(args.ttl)]  # fmt: skip
-            nodes = [Node(base, name, cluster, services.free_port()) for name in ("a", "b")]
+            nodes = [
+                Node(
+                    base,
+                    name,
+                    cluster,
+                    services.free_port(),
+                    services.free_port() if args.frontend else 0,
+                )
+                for name in ("a", "b")
+            ]
             try:
                 nodes[0].start()
                 _wait(lambda: _serving(nodes[0]), "node a serving")
@@ -625,6 +659,10 @@ async def amain(argv: list[str] | None = None) -> int:
                             "median": round(statistics.median(f["serving_after"]), 2),
                             "max": round(max(f["serving_after"]), 2),
                         },
+                        # riskd_owner -> riskd_recovered -> riskd_serving (the
+                        # ports bound, the front end started), medians.
+                        "owner_to_recovered_s": round(statistics.median(f["recovering"]), 3),
+                        "recovered_to_serving_s": round(statistics.median(f["starting"]), 3),
                         "takeover_replayed_records": {
                             "median": statistics.median(f["replayed"]),
                             "max": max(f["replayed"]),

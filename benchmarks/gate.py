@@ -15,10 +15,11 @@ Two figures, each against its target (issue 16):
   from when it was *due* (no coordinated omission).  Target: p99 <= 2 ms.
   ``--tmpfs [DIR]`` runs that cell a second time with riskd's journal in DIR
   (default /dev/shm, a RAM file system): the software's latency apart from
-  the disk's fsync, both printed.  Then the same client against a bare
-  ``grpc.aio`` IngestService that reads each order and accepts it (no riskd
-  behind it): the floor a Python gRPC server on this machine sets under any
-  answer.  Each cell also prints what the machine took meanwhile
+  the disk's fsync, both printed.  Each of these cells again with the client
+  calling riskd's ingest front-end process (``--frontend-listen``).  Then the
+  same client against a bare ``grpc.aio`` IngestService that reads each order
+  and accepts it (no riskd behind it): the floor a Python gRPC server on this
+  machine sets under any answer.  Each cell also prints what the machine took meanwhile
   (:mod:`benchmarks.sched`) and, for riskd, its CPU per call at capacity and
   at half of it, its collector pauses and journal commits.
   ``--unary-only``: these cells alone.
@@ -135,6 +136,7 @@ async def _unary(
     server_pid: int | None = None,
     metrics_port: int | None = None,
     server_kind: str = "riskd",
+    frontend_pid: int | None = None,
 ) -> Any:
     import grpc
 
@@ -171,6 +173,8 @@ async def _unary(
             done += 1
 
     pids = {"client": os.getpid(), **({server_kind: server_pid} if server_pid else {})}
+    if frontend_pid:
+        pids["frontend"] = frontend_pid
     at_capacity = sched.window(pids, jitter=False)
     at_capacity.__enter__()
     t0 = clock()
@@ -269,12 +273,19 @@ def per_call(u: dict[str, Any]) -> str:
     cap, half = u["machine_at_capacity"].get(kind), u["machine"].get(kind)
     if not cap or not half:
         return f"{kind}'s CPU per call: -"
-    at_cap = cap["cpu_ms_per_s"] / u["capacity_calls_per_s"] * 1000
-    at_half = half["cpu_ms_per_s"] / u["rate_sent"] * 1000
-    return (
-        f"{kind}'s CPU per call: {at_cap:.0f} µs at capacity ({cap['cpu_ms_per_s']:.0f} ms/s),"
-        f" {at_half:.0f} µs at half of it ({half['cpu_ms_per_s']:.0f} ms/s)"
-    )
+    out = []
+    for who, c, h in (
+        (kind, cap, half),
+        ("its front end", u["machine_at_capacity"].get("frontend"), u["machine"].get("frontend")),
+    ):
+        if c and h:
+            at_cap = c["cpu_ms_per_s"] / u["capacity_calls_per_s"] * 1000
+            at_half = h["cpu_ms_per_s"] / u["rate_sent"] * 1000
+            out.append(
+                f"{who}'s CPU per call: {at_cap:.0f} µs at capacity ({c['cpu_ms_per_s']:.0f}"
+                f" ms/s), {at_half:.0f} µs at half of it ({h['cpu_ms_per_s']:.0f} ms/s)"
+            )
+    return "; ".join(out)
 
 
 def describe_split(r: dict[str, Any]) -> str:
@@ -311,12 +322,13 @@ def _fsync_ms(directory: Path, n: int = 200) -> tuple[float, float]:
 
 
 def _unary_cell(
-    tmp: Path, setup_path: Path, cfg: dict[str, Any], bare: bool = False
+    tmp: Path, setup_path: Path, cfg: dict[str, Any], bare: bool = False, frontend: bool = False
 ) -> dict[str, Any]:
     """One riskd with its data directory (journal) in ``tmp``, and one unary client.
 
     ``bare``: the same client against :func:`worker_bare` instead (no riskd: the
-    transport alone, for the floor under any answer from a Python gRPC server)."""
+    transport alone, for the floor under any answer from a Python gRPC server).
+    ``frontend``: riskd with its ingest front-end process, the client calling that."""
     if bare:
         server = harness.start(
             [sys.executable, "-m", "benchmarks.gate", "bare"],
@@ -325,14 +337,19 @@ def _unary_cell(
             event="ref_serving",
         )
     else:
-        server = harness.start(harness.riskd_command(tmp / "data-unary"), tmp / "unary.riskd.log")
+        extra = ("--frontend-listen", "127.0.0.1:0") if frontend else ()
+        name = "unary-fe" if frontend else "unary"
+        server = harness.start(
+            harness.riskd_command(tmp / f"data-{name}", *extra), tmp / f"{name}.riskd.log"
+        )
+    target = f"127.0.0.1:{server.frontend_port}" if frontend else server.target
     cmd = [
         sys.executable,
         "-m",
         "benchmarks.gate",
         "unary",
         "--target",
-        server.target,
+        target,
         "--setup",
         str(setup_path),
         "--capacity-s",
@@ -346,6 +363,8 @@ def _unary_cell(
     ]
     if server.metrics_port is not None:
         cmd += ["--metrics-port", str(server.metrics_port)]
+    if frontend:
+        cmd += ["--frontend-pid", str(server.frontend_pid())]
     violations: list[str] = []
     try:
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -449,10 +468,12 @@ def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False
             )
         unaries = {"disk": _unary_cell(tmp, setup_path, cfg)}
         unaries["bare"] = _unary_cell(tmp, setup_path, cfg, bare=True)
+        unaries["disk,frontend"] = _unary_cell(tmp, setup_path, cfg, frontend=True)
         if tmpfs is not None:
             ram = Path(tempfile.mkdtemp(prefix="riskd-bench-gate-", dir=tmpfs))
             try:
                 unaries["tmpfs"] = _unary_cell(ram, setup_path, cfg)
+                unaries["tmpfs,frontend"] = _unary_cell(ram, setup_path, cfg, frontend=True)
             finally:
                 shutil.rmtree(ram, ignore_errors=True)
         for where, u in unaries.items():
@@ -520,6 +541,24 @@ def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False
             f" {ram['calls']} calls; one call at a time: p50 {ram['sequential_p50_ms']:.2f} ms,"
             f" p99 {ram['sequential_p99_ms']:.2f} ms",
         )
+    for where in ("disk,frontend", "tmpfs,frontend"):
+        if where not in unaries:
+            continue
+        fe = unaries[where]
+        _fig(
+            figures,
+            f"unary_p99_ms[{where}]",
+            round(fe["p99_ms"], 3),
+            "ms",
+            command,
+            target=f"<= {TARGET_P99_MS}",
+            ok=fe["p99_ms"] <= TARGET_P99_MS,
+            note=f"through riskd's ingest front end (journal on {where.split(',')[0]}),"
+            f" capacity {fe['capacity_calls_per_s']:.0f} calls/s, open loop at"
+            f" {fe['rate_sent']:.0f} calls/s (half of it); p50 {fe['p50_ms']:.2f} ms, max"
+            f" {fe['max_ms']:.2f} ms; one call at a time: p50 {fe['sequential_p50_ms']:.2f} ms,"
+            f" p99 {fe['sequential_p99_ms']:.2f} ms",
+        )
     bare = unaries["bare"]
     _fig(
         figures,
@@ -536,6 +575,8 @@ def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False
     for name, where in (
         ("unary_p99_ms", "disk"),
         ("unary_p99_ms[tmpfs]", "tmpfs"),
+        ("unary_p99_ms[disk,frontend]", "disk, front end"),
+        ("unary_p99_ms[tmpfs,frontend]", "tmpfs, front end"),
         ("unary_p99_ms[bare]", "bare grpc.aio"),
     ):
         if name not in figures:
@@ -685,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     u.add_argument("--server-pid", type=int, help="riskd's pid: its run-queue waits")
     u.add_argument("--metrics-port", type=int, help="riskd's metrics: its histograms")
     u.add_argument("--server-kind", default="riskd", help="what the server is (riskd, bare)")
+    u.add_argument("--frontend-pid", type=int, help="riskd's ingest front end's pid")
     sub.add_parser("bare", help="the bare grpc.aio IngestService (prints its port as JSON)")
     ns = p.parse_args(argv)
     if ns.worker == "bare":
@@ -701,6 +743,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 ns.server_pid,
                 ns.metrics_port,
                 ns.server_kind,
+                ns.frontend_pid,
             )
         )
         print(json.dumps(r), flush=True)

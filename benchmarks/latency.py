@@ -7,7 +7,9 @@ coordinated omission).  Most messages are background marks on BTC-USDT; every
 ``1/probe_share``-th is a probe: a mark on ETH-USDT that crosses exactly one
 prepared long's liquidation price.  A subscriber on the event stream stamps
 the probe's ``LiquidationSettled``.  The rate is half of the capacity measured
-first, in the same run, with the same messages sent closed-loop.
+first, in the same run, with the same messages sent closed-loop.  Each cell
+runs again with riskd's ingest front-end process (``--frontend``): the marks
+go to the front end, the events still come from the engine's port.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ def _probes(k: int) -> list[tuple[int, int]]:
     return out
 
 
-async def _setup(target: str, probes: list[tuple[int, int]]) -> None:
-    async with Gateway(target, "lat-setup", batch_size=256) as gw:
+async def _setup(target: str, ingest: str, probes: list[tuple[int, int]]) -> None:
+    async with Gateway(ingest, "lat-setup", batch_size=256) as gw:
         gw.deposit(1, "USDT", 10**12)
         gw.margin_transfer(1, ETH, 10**11)  # the short on the other side of every probe
         gw.mark_price(ETH, ETH_MARK)
@@ -152,15 +154,16 @@ async def _sender(
 
 async def _open_loop(
     target: str,
+    ingest: str,
     rate: float,
     seconds: float,
     probes: list[tuple[int, int]],
     probe_every: int,
-    riskd_pid: int,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
-    """The subscriber here, the sender in its own process (:func:`_sender`), so
-    neither one's work delays the other's timestamps; the machine's readings
-    (:mod:`benchmarks.sched`) over the same window."""
+    """The subscriber here (events from ``target``), the sender in its own process
+    (:func:`_sender`, to ``ingest``), so neither one's work delays the other's
+    timestamps; the machine's readings (:mod:`benchmarks.sched`) over the same window."""
     channel = grpc.aio.insecure_channel(target)
     events = events_pb2_grpc.EventServiceStub(channel)
     wanted = {account for account, _ in probes}
@@ -179,13 +182,13 @@ async def _open_loop(
     sent_probes: set[int] = set()
     listener = asyncio.create_task(listen())
     await asyncio.sleep(0.2)  # subscribed before the first probe
-    job = json.dumps({"target": target, "rate": rate, "seconds": seconds, "probes": probes,
+    job = json.dumps({"target": ingest, "rate": rate, "seconds": seconds, "probes": probes,
                       "probe_every": probe_every})  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.latency", "sender",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    machine = sched.window({"riskd": riskd_pid, "subscriber": os.getpid()})
+    machine = sched.window({**pids, "subscriber": os.getpid()})
     machine.__enter__()
     out, _ = await proc.communicate(job.encode())
     machine.__exit__()
@@ -232,22 +235,32 @@ def _quantile_ms(values: list[float], q: float) -> float | None:
     return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def measure(seconds: float, probes_n: int, where: Path | None = None) -> dict[str, Any]:
-    """``where``: the directory for riskd's data (its journal), e.g. a RAM file system."""
+def measure(
+    seconds: float, probes_n: int, where: Path | None = None, frontend: bool = False
+) -> dict[str, Any]:
+    """``where``: the directory for riskd's data (its journal), e.g. a RAM file system.
+    ``frontend``: riskd with its ingest front-end process, the marks sent to that."""
     probes = _probes(probes_n)
     with tempfile.TemporaryDirectory(prefix="riskd-latency-", dir=where) as tmp:
-        daemon = harness.start(harness.riskd_command(Path(tmp) / "data"), Path(tmp) / "riskd.log")
+        extra = ("--frontend-listen", "127.0.0.1:0") if frontend else ()
+        daemon = harness.start(
+            harness.riskd_command(Path(tmp) / "data", *extra), Path(tmp) / "riskd.log"
+        )
         try:
+            ingest = f"127.0.0.1:{daemon.frontend_port}" if frontend else daemon.target
+            pids = {"riskd": daemon.pid}
+            if frontend:
+                pids["frontend"] = daemon.frontend_pid() or daemon.pid
 
             async def go() -> dict[str, Any]:
-                await _setup(daemon.target, probes)
-                with sched.window({"riskd": daemon.pid}, jitter=False) as at_capacity:
-                    capacity = await _capacity(daemon.target, 3.0)
+                await _setup(daemon.target, ingest, probes)
+                with sched.window(pids, jitter=False) as at_capacity:
+                    capacity = await _capacity(ingest, 3.0)
                 probe_every = max(int(capacity / 2 / 20), 2)  # about 20 probes a second
                 assert daemon.metrics_port is not None
                 before = harness.scrape(daemon.metrics_port)
                 r = await _open_loop(
-                    daemon.target, capacity / 2, seconds, probes, probe_every, daemon.pid
+                    daemon.target, ingest, capacity / 2, seconds, probes, probe_every, pids
                 )
                 during = harness.since(before, harness.scrape(daemon.metrics_port))
                 return {
@@ -309,11 +322,14 @@ def run(quick: bool = False, tmpfs: Path | None = None) -> dict[str, Any]:
     figures: dict[str, dict[str, Any]] = {}
     details: dict[str, Any] = {}
     errors: list[str] = []
-    for place in ("disk", "tmpfs") if tmpfs else ("disk",):
-        extra = ["--tmpfs", str(tmpfs)] if place == "tmpfs" else []
+    places = ("disk", "tmpfs") if tmpfs else ("disk",)
+    for place in places + tuple(f"{p},frontend" for p in places):
+        extra = ["--tmpfs", str(tmpfs)] if place.startswith("tmpfs") else []
+        if place.endswith(",frontend"):
+            extra.append("--frontend")
         args = ["--seconds", f"{seconds:g}", "--probes", str(probes), *extra]
         command = harness.display([sys.executable, "-m", "benchmarks.latency", *args])
-        print(f"[latency] open loop at half capacity, journal on {place} ...", file=sys.stderr,
+        print(f"[latency] open loop at half capacity, {_where(place)} ...", file=sys.stderr,
               flush=True)  # fmt: skip
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.latency", *args],
@@ -344,9 +360,15 @@ def run(quick: bool = False, tmpfs: Path | None = None) -> dict[str, Any]:
     return {"figures": figures, "details": details, "errors": errors}
 
 
+def _where(place: str) -> str:
+    """ "tmpfs,frontend" -> "journal on tmpfs, through the front end"."""
+    journal, _, frontend = place.partition(",")
+    return f"journal on {journal}" + (", through the front end" if frontend else "")
+
+
 def _print(place: str, r: dict[str, Any]) -> None:
     print(
-        f"mark -> liquidation event, journal on {place}, at {r['rate_sent']:,.0f} msgs/s (half"
+        f"mark -> liquidation event, {_where(place)}, at {r['rate_sent']:,.0f} msgs/s (half"
         f" of {r['capacity_msgs_per_s']:,.0f}): p50 {r['p50_ms']:.2f} ms, p99"
         f" {r['p99_ms']:.2f} ms, max {r['max_ms']:.2f} ms over {r['probes']} probes"
     )
@@ -373,15 +395,17 @@ def _print(place: str, r: dict[str, Any]) -> None:
         print(f"  riskd: {gate.describe_split(r['riskd'])}")
     if r.get("machine"):
         print(f"  meanwhile: {sched.describe(r['machine'])}")
-    cap = r.get("machine_at_capacity", {}).get("riskd")
-    half = r.get("machine", {}).get("riskd")
-    if cap and half:
-        print(
-            "  riskd's CPU per message:"
-            f" {cap['cpu_ms_per_s'] / r['capacity_msgs_per_s'] * 1000:.0f} µs at capacity"
-            f" ({cap['cpu_ms_per_s']:.0f} ms/s), {half['cpu_ms_per_s'] / r['rate_sent'] * 1000:.0f}"
-            f" µs at half of it ({half['cpu_ms_per_s']:.0f} ms/s)"
-        )
+    for who in ("riskd", "frontend"):
+        cap = r.get("machine_at_capacity", {}).get(who)
+        half = r.get("machine", {}).get(who)
+        if cap and half:
+            print(
+                f"  {who}'s CPU per message:"
+                f" {cap['cpu_ms_per_s'] / r['capacity_msgs_per_s'] * 1000:.0f} µs at capacity"
+                f" ({cap['cpu_ms_per_s']:.0f} ms/s),"
+                f" {half['cpu_ms_per_s'] / r['rate_sent'] * 1000:.0f}"
+                f" µs at half of it ({half['cpu_ms_per_s']:.0f} ms/s)"
+            )
 
 
 def _ms(v: float | None) -> str:
@@ -400,6 +424,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         const=Path("/dev/shm"),
         help="riskd's data directory (journal) in DIR, a RAM file system (default /dev/shm)",
     )
+    p.add_argument(
+        "--frontend",
+        action="store_true",
+        help="riskd with its ingest front-end process (--frontend-listen), the marks sent there",
+    )
     p.add_argument("worker", nargs="?", choices=["sender"], help="(internal) the load generator")
     a = p.parse_args(argv)
     if a.worker == "sender":  # its job on stdin, its result on stdout
@@ -410,9 +439,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(json.dumps(r), flush=True)
         return
-    r = measure(a.seconds, a.probes, a.tmpfs)
+    r = measure(a.seconds, a.probes, a.tmpfs, a.frontend)
     with contextlib.redirect_stdout(sys.stderr):  # the summary for a person; JSON last
-        _print("tmpfs" if a.tmpfs else "disk", r)
+        _print(("tmpfs" if a.tmpfs else "disk") + (",frontend" if a.frontend else ""), r)
     print(json.dumps(r))
     harness.exit_on_problems("benchmarks.latency", r["problems"])
 

@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --etcd: the address gateways are sent to (default: --grpc-listen)",
     )
     serve.add_argument(
+        "--advertise-ingest",
+        metavar="HOST:PORT",
+        help="with --etcd: where gateways stream (IngestService), e.g. the front end's"
+        " address (default: server.frontend_listen when it names a host, else --advertise's"
+        " host with its port; --advertise without a front end)",
+    )
+    serve.add_argument(
         "--lease-ttl",
         type=int,
         default=2,
@@ -195,8 +202,18 @@ def _serve(args: argparse.Namespace) -> int:
         return _bad_config("--lease-ttl must be 1..60 seconds")
     if args.storage and not args.storage.startswith(("postgresql://", "postgres://")):
         return _bad_config("--storage must be a postgresql:// URL")
-    if args.etcd and config.server.frontend_listen:
-        return _bad_config("server.frontend_listen: not supported with --etcd (cluster mode) yet")
+    if args.advertise_ingest and not args.etcd:
+        return _bad_config("--advertise-ingest needs --etcd")
+    if args.etcd:
+        from riskd.cluster.node import ingest_address
+
+        args.advertise = args.advertise or config.server.grpc_listen
+        try:
+            args.advertise_ingest = ingest_address(
+                args.advertise, config.server.frontend_listen, args.advertise_ingest
+            )
+        except ValueError as e:
+            return _bad_config(str(e))
     # Raised inside the daemon's nursery, hence groups.  A StorageFault that
     # gets here happened before serving (one while serving exits 4 at once).
     failed: list[BaseException] = []
@@ -236,8 +253,16 @@ async def _serve_postgres(config: Any, args: argparse.Namespace) -> None:
         from riskd.cluster.node import serve_node
 
         etcd = Etcd([u.strip() for u in args.etcd.split(",") if u.strip()])
-        advertise = args.advertise or config.server.grpc_listen
-        await serve_node(config, args.config, args.storage, etcd, advertise, args.lease_ttl, shard)
+        await serve_node(
+            config,
+            args.config,
+            args.storage,
+            etcd,
+            args.advertise,
+            args.lease_ttl,
+            shard,
+            args.advertise_ingest,
+        )
         return
     daemon = Daemon(config, config_path=args.config)
     daemon.open_journal = postgres.opener(args.storage, shard, None, list(config.assets))

@@ -47,7 +47,7 @@ from riskd.api.admin import AdminServicer
 from riskd.api.auth import Authenticator, AuthInterceptor, server_credentials
 from riskd.api.bridge import GrpcThread, Portal, call_soon
 from riskd.api.events import EventLog, EventServicer
-from riskd.api.frontend_link import FrontendFailed, FrontendLink
+from riskd.api.frontend_link import FrontendFailed, FrontendLink, Launched
 from riskd.api.ingest import IngestServicer
 from riskd.api.query import QueryServicer
 from riskd.api.server import MAX_MESSAGE_BYTES, SERVICE_NAMES, Services, build_server
@@ -74,7 +74,7 @@ from riskd.storage.ledger import LedgerWriter
 from riskd.storage.postgres import PostgresJournal
 from riskd.v1 import events_pb2
 
-__all__ = ["Daemon", "Endpoints", "StartupError", "serve"]
+__all__ = ["Daemon", "Endpoints", "StartupError", "bind_error", "serve"]
 
 log = structlog.get_logger("riskd")
 
@@ -119,6 +119,9 @@ class Daemon:
         self._grpc: GrpcThread | None = None
         #: The ingest front-end process (server.frontend_listen), once started.
         self.frontend: FrontendLink | None = None
+        #: A front-end process started before this daemon (by a standing-by
+        #: cluster node), for :meth:`run` to hand its config instead of starting one.
+        self.frontend_ahead: Launched | None = None
         self.wallets = {a: WalletActor(Wallets(a), cap) for a in config.assets}
         # Fund ledger entries go to ledger.sqlite3; memory keeps the newest.
         self.ledger = LedgerWriter(Path(srv.data_dir) / ledger.FILE)
@@ -302,11 +305,6 @@ class Daemon:
         credentials = _credentials(srv.tls) if srv.tls is not None else None
         _check_port("server.grpc_listen", srv.grpc_listen)
         if srv.frontend_listen:
-            if self.route is not None:
-                raise StartupError(
-                    "server.frontend_listen: a cluster node (--etcd) does not support"
-                    " the ingest front end yet; leave it empty"
-                )
             _check_port("server.frontend_listen", srv.frontend_listen)
         admin_log = AdminLog(Path(srv.data_dir) / "admin-audit.jsonl")
         host, port = _split(srv.metrics_listen)
@@ -323,6 +321,21 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
+                if srv.frontend_listen:
+                    # Started now, configured once the engine serves: its imports
+                    # overlap the recovery (a takeover's, a restart's).
+                    self.frontend = FrontendLink(
+                        self.config,
+                        srv.frontend_listen,
+                        self.sequencer,
+                        self.metrics,
+                        self.sequencer.capacity,
+                        logs.level(),
+                    )
+                    try:
+                        self.frontend.launch(self.frontend_ahead)
+                    except FrontendFailed as e:
+                        raise StartupError(str(e)) from e
                 for actor in self.actors():
                     await nursery.start(actor.run)
                 await nursery.start(self.ledger.run)
@@ -378,21 +391,13 @@ class Daemon:
                 try:
                     await trio.to_thread.run_sync(grpc.start)
                 except RuntimeError as e:  # grpc says only "Failed to bind to address"
-                    why = _bind_error(srv.grpc_listen) or str(e)
+                    why = bind_error(srv.grpc_listen) or str(e)
                     raise StartupError(
                         f"cannot listen on server.grpc_listen {srv.grpc_listen}: {why}"
                     ) from e
                 health = bound["health"]
                 frontend_port = 0
-                if srv.frontend_listen:
-                    self.frontend = FrontendLink(
-                        self.config,
-                        srv.frontend_listen,
-                        self.sequencer,
-                        self.metrics,
-                        self.sequencer.capacity,
-                        logs.level(),
-                    )
+                if self.frontend is not None:
                     try:
                         frontend_port = await self.frontend.start(nursery)
                     except FrontendFailed as e:
@@ -739,7 +744,7 @@ def _credentials(tls: Any) -> Any:
         raise StartupError(f"cannot read the TLS files of [server.tls]: {e}") from e
 
 
-def _bind_error(address: str) -> str | None:
+def bind_error(address: str) -> str | None:
     """Why ``address`` cannot be bound (gRPC does not say), or None if it can."""
     host, port = _split(address)
     if port == 0:
@@ -759,7 +764,7 @@ def _bind_error(address: str) -> str | None:
 
 
 def _check_port(key: str, address: str) -> None:
-    why = _bind_error(address)
+    why = bind_error(address)
     if why is not None:
         raise StartupError(f"cannot listen on {key} {address}: {why}")
 

@@ -398,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
+    # The engine's end is trio's (non-blocking), and so was this one: started
+    # ahead of its config (frontend_link.launch), the read below must wait.
+    sock.setblocking(True)
     try:
         config, address, level = _read_config(sock)
     except (OSError, EOFError, ValueError, pickle.UnpicklingError) as e:

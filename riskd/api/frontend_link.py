@@ -57,7 +57,7 @@ from riskd.config import Config
 from riskd.errors import RiskdError
 from riskd.metrics import Metrics
 
-__all__ = ["FrontendLink", "FrontendFailed", "RESTART_SECONDS"]
+__all__ = ["FrontendLink", "FrontendFailed", "Launched", "RESTART_SECONDS", "launch"]
 
 log = structlog.get_logger("riskd.frontend")
 
@@ -307,6 +307,39 @@ def _succeeded(answer: Answer) -> Callable[[object], None]:
     return lambda value: answer(value, None)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Launched:
+    """A front-end process started ahead of its config (it waits on ``socket``)."""
+
+    process: subprocess.Popen[bytes]
+    socket: trio.socket.SocketType  # our end
+
+    def kill(self) -> None:
+        """Stop it if it runs (its config never came, or the engine is done with it)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.socket.close()
+
+
+def launch() -> Launched:
+    """Fork and exec a front end; FrontendFailed if that fails."""
+    ours, theirs = trio.socket.socketpair()
+    try:
+        # One fork and exec per start, not per request; trio's open_process
+        # would give the same Popen.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "riskd.api.frontend", "--fd", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+        )
+    except OSError as e:
+        ours.close()
+        raise FrontendFailed(f"cannot start the ingest front end: {e}") from e
+    finally:
+        theirs.close()
+    return Launched(process, ours)
+
+
 class FrontendLink:
     """Spawns, feeds and supervises the front-end process (in the trio thread)."""
 
@@ -331,6 +364,8 @@ class FrontendLink:
         self._stopping = False
         self._stopped = trio.Event()  # the supervisor returned
         self._nursery: trio.Nursery | None = None
+        #: A process started ahead (:meth:`launch`), not yet handed its config.
+        self._launched: Launched | None = None
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -347,21 +382,19 @@ class FrontendLink:
         nursery.start_soon(self._supervise, conn)
         return port
 
+    def launch(self, ahead: Launched | None = None) -> None:
+        """Start the process ahead of :meth:`start` (or take ``ahead``, started
+        earlier still): it imports gRPC and riskd (a few hundred ms) while the
+        engine recovers, then waits for its config.  A node taking over its
+        shard serves that much sooner."""
+        if self._launched is None and self.process is None:
+            self._launched = ahead or launch()
+            self.process = self._launched.process
+
     async def _spawn(self) -> tuple[_Connection, int]:
-        ours, theirs = trio.socket.socketpair()
-        try:
-            # One fork and exec per start, not per request; trio's open_process
-            # would give the same Popen.
-            self.process = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-m", "riskd.api.frontend", "--fd", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-            )
-        except OSError as e:
-            ours.close()
-            raise FrontendFailed(f"cannot start the ingest front end: {e}") from e
-        finally:
-            theirs.close()
-        conn = _Connection(self, trio.SocketStream(ours))
+        launched, self._launched = self._launched or launch(), None
+        self.process = launched.process
+        conn = _Connection(self, trio.SocketStream(launched.socket))
         self._conn = conn
         blob = pickle.dumps((self.config, self.address, self.log_level))
         try:
@@ -461,3 +494,6 @@ class FrontendLink:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+        if self._launched is not None:  # started ahead, never handed its config
+            self._launched.kill()
+            self._launched = None

@@ -91,25 +91,58 @@ class Etcd:
         kvs = self._call("kv/range", {"key": _b64(key)}).get("kvs", [])
         return _kv(kvs[0]) if kvs else None
 
+    def get_all(self, keys: Sequence[str]) -> dict[str, KeyValue]:
+        """The ``keys`` that exist, read at one revision (one transaction)."""
+        reply = self._call(
+            "kv/txn", {"success": [{"request_range": {"key": _b64(k)}} for k in keys]}
+        )
+        return _ranges(reply)
+
     def create(self, key: str, value: str, lease: int) -> tuple[bool, KeyValue | None]:
         """Put ``key`` only if it does not exist, attached to ``lease``.
 
         ``(True, the new key)`` or ``(False, the key that exists)``, atomically.
         """
-        k = _b64(key)
+        won, kvs = self.create_all(key, {key: value}, lease)
+        return won, kvs.get(key)
+
+    def create_all(
+        self, first: str, values: dict[str, str], lease: int, read: Sequence[str] = ()
+    ) -> tuple[bool, dict[str, KeyValue]]:
+        """Put every key of ``values`` (``first`` among them), attached to ``lease``,
+        only if ``first`` does not exist; all at one revision.
+
+        ``(True, the new keys)`` or ``(False, those of the keys of values and
+        read that exist)``, atomically.
+        """
+        k = _b64(first)
         reply = self._call(
             "kv/txn",
             {
                 "compare": [{"key": k, "target": "CREATE", "create_revision": "0"}],
-                "success": [{"request_put": {"key": k, "value": _b64(value), "lease": str(lease)}}],
-                "failure": [{"request_range": {"key": k}}],
+                "success": [
+                    {"request_put": {"key": _b64(key), "value": _b64(v), "lease": str(lease)}}
+                    for key, v in values.items()
+                ],
+                "failure": [
+                    {"request_range": {"key": _b64(key)}} for key in dict.fromkeys([*values, *read])
+                ],
             },
         )
         if reply.get("succeeded"):
             revision = int(reply["header"]["revision"])
-            return True, KeyValue(key, value, revision)
-        kvs = reply["responses"][0]["response_range"].get("kvs", [])
-        return False, _kv(kvs[0]) if kvs else None
+            return True, {key: KeyValue(key, v, revision) for key, v in values.items()}
+        return False, _ranges(reply)
+
+
+def _ranges(reply: dict[str, Any]) -> dict[str, KeyValue]:
+    """The keys a transaction's range requests found."""
+    found = {}
+    for response in reply.get("responses", []):
+        for raw in response.get("response_range", {}).get("kvs", []):
+            kv = _kv(raw)
+            found[kv.key] = kv
+    return found
 
 
 def _kv(raw: dict[str, Any]) -> KeyValue:

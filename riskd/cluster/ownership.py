@@ -15,6 +15,16 @@ seconds) it must assume another node owns the shard: it stops at once, like a
 failed storage write (exit 4).  A paused owner (SIGSTOP, a long GC, a VM
 stall) cannot renew; when it resumes, its next append is refused by the
 journal (its epoch is no longer current) and it stops the same way.
+
+Where gateways stream: a node with an ingest front end (``[server]
+frontend_listen``) also puts ``/riskd/ingest/S`` (its ``--advertise-ingest``
+address) in the same transaction, under the same lease.  The owner key is
+left exactly as it was (its create revision the epoch, its value the gRPC
+address), so a node of an older version reads it as before and sends
+gateways to the owner's gRPC port, which serves ingest too.  A reader takes
+the ingest key only at the owner key's revision (both were written by one
+transaction, so they share it); without one, streams go to the gRPC
+address.  Both keys go with the lease, so no owner's ingest key outlives it.
 """
 
 from __future__ import annotations
@@ -28,13 +38,28 @@ from dataclasses import dataclass
 from riskd.cluster.etcd import Etcd, EtcdUnavailable, KeyValue
 from riskd.storage.faults import StorageFault, fail_stop
 
-__all__ = ["PREFIX", "Ownership", "Keeper", "campaign", "owner_key", "current_owner"]
+__all__ = [
+    "INGEST_PREFIX",
+    "PREFIX",
+    "Owner",
+    "Ownership",
+    "Keeper",
+    "campaign",
+    "ingest_key",
+    "owner_key",
+    "current_owner",
+]
 
 PREFIX = "/riskd/owner/"
+INGEST_PREFIX = "/riskd/ingest/"
 
 
 def owner_key(shard: str) -> str:
     return PREFIX + shard
+
+
+def ingest_key(shard: str) -> str:
+    return INGEST_PREFIX + shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +69,32 @@ class Ownership:
     lease: int
     epoch: int  # the owner key's create revision
     ttl: int
+    #: Where IngestService streams go: its front end, or ``address`` ("": ``address``).
+    ingest: str = ""
 
 
-def current_owner(etcd: Etcd, shard: str) -> KeyValue | None:
-    return etcd.get(owner_key(shard))
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A shard's owner, as etcd names it."""
+
+    address: str  # its gRPC port, as it advertises it
+    ingest: str  # where IngestService streams go: its front end, or ``address``
+    epoch: int
+
+
+def _owner(shard: str, found: dict[str, KeyValue]) -> Owner | None:
+    owner = found.get(owner_key(shard))
+    if owner is None:
+        return None
+    ingest = found.get(ingest_key(shard))
+    same = ingest is not None and ingest.create_revision == owner.create_revision
+    address = ingest.value if same and ingest is not None and ingest.value else owner.value
+    return Owner(owner.value, address, owner.create_revision)
+
+
+def current_owner(etcd: Etcd, shard: str) -> Owner | None:
+    """The owner now (both keys read at one revision), or None between owners."""
+    return _owner(shard, etcd.get_all([owner_key(shard), ingest_key(shard)]))
 
 
 def campaign(
@@ -57,28 +104,35 @@ def campaign(
     ttl: int,
     *,
     poll: float = 0.1,
-    waiting: Callable[[KeyValue | None], object] = lambda _: None,
+    waiting: Callable[[Owner | None], object] = lambda _: None,
     stop: threading.Event | None = None,
+    ingest: str = "",
 ) -> Ownership:
     """Block until this node owns ``shard``; ``waiting`` is told who owns it meanwhile.
 
+    ``ingest``: where this node's IngestService streams go, published with
+    the ownership when it is not ``address`` (the node has a front end).
     The lease is granted once and kept alive while waiting, so the takeover
     costs one transaction once the old owner's key is gone.  Raises
     :class:`EtcdUnavailable` only when ``stop`` is set.
     """
+    values = {owner_key(shard): address}
+    if ingest and ingest != address:
+        values[ingest_key(shard)] = ingest
     lease: int | None = None
     while stop is None or not stop.is_set():
         try:
             if lease is None or etcd.keepalive(lease) <= 0:
                 lease = etcd.grant(ttl)
-            won, kv = etcd.create(owner_key(shard), address, lease)
+            won, found = etcd.create_all(owner_key(shard), values, lease, [ingest_key(shard)])
         except EtcdUnavailable:
             time.sleep(poll)  # etcd electing a leader, or not up yet: keep asking
             continue
+        owner = _owner(shard, found)
         if won:
-            assert kv is not None
-            return Ownership(shard, address, lease, kv.create_revision, ttl)
-        waiting(kv)
+            assert owner is not None
+            return Ownership(shard, address, lease, owner.epoch, ttl, owner.ingest)
+        waiting(owner)
         time.sleep(poll)
     raise EtcdUnavailable("campaign stopped")
 

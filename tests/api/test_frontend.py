@@ -365,7 +365,22 @@ def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
     ), p.stderr
 
 
-def test_cluster_mode_with_a_front_end_is_refused_at_start(tmp_path: Path) -> None:
+def test_a_refused_start_leaves_no_front_end_behind(tmp_path: Path) -> None:
+    """The front end is started while the engine recovers; a recovery that
+    fails (exit 3) kills it: one line on stderr, none from an orphan."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "journal.sqlite3").write_bytes(b"\xff" * 4096)  # not a database
+    p = subprocess.run(
+        riskd_command(data, *FRONTEND), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert p.returncode == 3, p.stderr
+    lines = [x for x in p.stderr.splitlines() if x.startswith("riskd")]
+    assert len(lines) == 1 and "journal is unreadable" in lines[0], p.stderr
+
+
+def test_a_cluster_node_needs_a_fixed_front_end_port(tmp_path: Path) -> None:
+    """Its standby holds the port and its front end binds it again at a takeover."""
     p = subprocess.run(
         [
             *riskd_command(tmp_path / "data", *FRONTEND),
@@ -378,8 +393,8 @@ def test_cluster_mode_with_a_front_end_is_refused_at_start(tmp_path: Path) -> No
     )
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip() == (
-        "riskd: bad configuration: server.frontend_listen: not supported with --etcd"
-        " (cluster mode) yet"
+        "riskd: bad configuration: server.frontend_listen: a cluster node (--etcd) needs"
+        " a fixed port, not 0"
     ), p.stderr
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from riskd.cli import build_parser
+from riskd.cluster.node import ingest_address
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -54,6 +55,14 @@ def test_kubernetes_cluster_manifests() -> None:
     args = c["args"]
     _serve_flags(args[1:])
     assert args[args.index("--advertise") + 1] == "$(POD_NAME).riskd-cluster-nodes:50051"
+    # The ingest front end: advertised on the node's own name, exposed by both Services.
+    listen = args[args.index("--frontend-listen") + 1]
+    advertised = ingest_address(args[args.index("--advertise") + 1], listen, None)
+    assert advertised == "$(POD_NAME).riskd-cluster-nodes:50052"
+    assert {"name": "ingest", "containerPort": 50052} in c["ports"]
+    for service in ("riskd-cluster", "riskd-cluster-nodes"):
+        ports = objs[("Service", service)]["spec"]["ports"]
+        assert {"name": "ingest", "port": 50052, "targetPort": "ingest"} in ports
     etcd = objs[("StatefulSet", "etcd")]
     urls = ",".join(f"http://etcd-{i}.etcd:2379" for i in range(etcd["spec"]["replicas"]))
     assert args[args.index("--etcd") + 1] == urls

@@ -14,17 +14,27 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from riskd.storage.postgres import PostgresJournal
-from riskd.v1 import cluster_pb2, cluster_pb2_grpc, query_pb2, query_pb2_grpc
+from riskd.v1 import (
+    cluster_pb2,
+    cluster_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+)
 from riskd_client.gateway import Gateway
 
 from ..api.scenario import crash_scenario, send
 from ..api.test_durability import pure_digest
+from ..api.test_frontend import gone
 from ..api.test_node_client import NODE_DIR
 from ..api.test_node_client import install as install_node_client
 from .services import EtcdCluster, Postgres, free_port, wait_for
@@ -35,6 +45,8 @@ class Node:
     process: subprocess.Popen[bytes]
     address: str
     log: Path
+    #: Where gateways stream: its front end's address, or ``address`` without one.
+    ingest: str = ""
 
     def lines(self) -> list[dict[str, object]]:
         out = []
@@ -48,19 +60,27 @@ class Node:
 
 
 def start_node(
-    tmp: Path, name: str, pg: Postgres, etcd: EtcdCluster, config: Path, shard: str
+    tmp: Path,
+    name: str,
+    pg: Postgres,
+    etcd: EtcdCluster,
+    config: Path,
+    shard: str,
+    frontend: bool = False,
 ) -> Node:
     address = f"127.0.0.1:{free_port()}"
+    ingest = f"127.0.0.1:{free_port()}" if frontend else address
     log = tmp / f"{name}.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "riskd.cli", "serve", "--config", str(config),
          "--grpc-listen", address, "--metrics-listen", "127.0.0.1:0",
          "--data-dir", str(tmp / name), "--storage", pg.dsn,
-         "--etcd", ",".join(etcd.endpoints), "--lease-ttl", "1", "--shard", shard],
+         "--etcd", ",".join(etcd.endpoints), "--lease-ttl", "1", "--shard", shard,
+         *(("--frontend-listen", ingest) if frontend else ())],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
-    node = Node(process, address, log)
+    node = Node(process, address, log, ingest)
     wait_for(lambda: node.said("riskd_serving") or node.said("riskd_standby")
              or process.poll() is not None, f"{name} to serve or stand by")  # fmt: skip
     assert process.poll() is None, log.read_text()
@@ -84,18 +104,38 @@ def digest(address: str) -> str:
         return str(stub.CheckState(admin_pb2.CheckStateRequest()).digest)
 
 
+def _two_nodes(tmp: Path, pg: Postgres, etcd: EtcdCluster, shard: str, frontend: bool):  # type: ignore[no-untyped-def]
+    config = _config(tmp)
+    a = start_node(tmp, "node-a", pg, etcd, config, shard, frontend)
+    wait_for(lambda: a.said("riskd_serving"), "node a to own the shard")
+    b = start_node(tmp, "node-b", pg, etcd, config, shard, frontend)
+    assert b.said("riskd_standby") and not b.said("riskd_serving")
+    try:
+        yield a, b
+    finally:
+        for n in (a, b):
+            if n.process.poll() is None:
+                n.process.kill()
+            n.process.wait(10)
+        for pid in frontend_pids(a) + frontend_pids(b):  # none left behind, even on a failure
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def two_nodes(tmp_path: Path, pg: Postgres, etcd: EtcdCluster, shard: str):  # type: ignore[no-untyped-def]
-    config = _config(tmp_path)
-    a = start_node(tmp_path, "node-a", pg, etcd, config, shard)
-    wait_for(lambda: a.said("riskd_serving"), "node a to own the shard")
-    b = start_node(tmp_path, "node-b", pg, etcd, config, shard)
-    assert b.said("riskd_standby") and not b.said("riskd_serving")
-    yield a, b
-    for n in (a, b):
-        if n.process.poll() is None:
-            n.process.kill()
-        n.process.wait(10)
+    yield from _two_nodes(tmp_path, pg, etcd, shard, frontend=False)
+
+
+@pytest.fixture
+def two_front_ends(tmp_path: Path, pg: Postgres, etcd: EtcdCluster, shard: str):  # type: ignore[no-untyped-def]
+    """Two nodes each with an ingest front end (server.frontend_listen)."""
+    yield from _two_nodes(tmp_path, pg, etcd, shard, frontend=True)
+
+
+def frontend_pids(n: Node) -> list[int]:
+    """The front-end processes the node's engine started (its log says)."""
+    return [int(str(rec["pid"])) for rec in n.lines() if rec.get("event") == "frontend_started"]
 
 
 def test_standby_routes_to_the_owner_and_the_helper_follows(two_nodes) -> None:  # type: ignore[no-untyped-def]
@@ -178,25 +218,35 @@ def test_the_owner_answers_route_and_the_node_client_follows_a_redirect(two_node
     assert account.wallet_balance == 2 * 900 * 10**6
 
 
-def _failover(a: Node, b: Node, stop_owner: signal.Signals) -> tuple[int, Gateway]:
+def _failover(
+    a: Node, b: Node, stop_owner: signal.Signals, first: str = ""
+) -> tuple[str, int, Gateway]:
+    """A gateway streams to the owner a (at its ingest address, or sent there
+    from ``first``), a stops half way, b takes over; (where the first half was
+    acked, how many, the gateway)."""
     inputs = crash_scenario()
     half = len(inputs) // 2
 
-    async def run() -> tuple[int, Gateway]:
+    async def run() -> tuple[str, int, Gateway]:
         gw = Gateway(
-            a.address, "gw-failover", batch_size=2, window=4, nodes=[b.address], ack_timeout=1.0
+            first or a.ingest,
+            "gw-failover",
+            batch_size=2,
+            window=4,
+            nodes=[a.ingest, b.ingest],
+            ack_timeout=1.0,
         )
         await gw.start()
         for x in inputs[:half]:
             send(gw, x)
         await gw.flush()
-        acked = gw.acked_sequence
+        target, acked = gw.target, gw.acked_sequence
         a.process.send_signal(stop_owner)
         for x in inputs[half:]:
             send(gw, x)
         await gw.flush(timeout=60)  # served again by b, resumed by acknowledged sequence
         await gw.close()
-        return acked, gw
+        return target, acked, gw
 
     return asyncio.run(run())
 
@@ -204,19 +254,74 @@ def _failover(a: Node, b: Node, stop_owner: signal.Signals) -> tuple[int, Gatewa
 def test_kill9_of_the_owner_the_standby_serves_nothing_lost_nothing_twice(two_nodes) -> None:  # type: ignore[no-untyped-def]
     a, b = two_nodes
     inputs = crash_scenario()
-    acked, gw = _failover(a, b, signal.SIGKILL)
+    _, acked, gw = _failover(a, b, signal.SIGKILL)
     assert acked == len(inputs) // 2 and gw.acked_sequence == len(inputs)
     assert gw.rejections == [] and gw.target == b.address
     assert b.said("riskd_serving")
     assert digest(b.address) == pure_digest(inputs)
 
 
-def test_a_sigstopped_owner_resumed_after_the_takeover_writes_nothing(  # type: ignore[no-untyped-def]
-    two_nodes, pg: Postgres, shard: str
-) -> None:
-    a, b = two_nodes
+def _redirected(call: object, *args: object) -> str | None:
+    """The ``riskd-owner`` a standby's UNAVAILABLE named for ``call(*args)``."""
+    with pytest.raises(grpc.RpcError) as e:
+        got = call(*args)  # type: ignore[operator]
+        if not isinstance(got, Message):
+            list(got)  # a stream: its status comes with its end
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
+    return dict(e.value.trailing_metadata() or ()).get("riskd-owner")
+
+
+def test_front_ends_in_a_cluster_redirect_route_and_fail_over(two_front_ends) -> None:  # type: ignore[no-untyped-def]
+    """One test for both (each pair of nodes costs seconds to start): a standby's
+    ports send streams to the owner's front end and Route names it; kill -9 of
+    the owner ends its front end too and b's own front end takes the stream."""
+    a, b = two_front_ends
+    assert a.ingest != a.address and b.ingest != b.address
+    (pid,) = frontend_pids(a)
+    assert not frontend_pids(b)  # a standby runs no front end: its port redirects
+    for port in (b.ingest, b.address):
+        with grpc.insecure_channel(port) as ch:
+            ingest = ingest_pb2_grpc.IngestServiceStub(ch)
+            # IngestService to the owner's front end, anything else to its gRPC port.
+            assert _redirected(ingest.Ingest, iter(())) == a.ingest
+            assert _redirected(ingest.CheckOrder, ingest_pb2.CheckOrderRequest()) == a.ingest
+            query = query_pb2_grpc.QueryServiceStub(ch).GetInsuranceFund
+            assert _redirected(query, query_pb2.GetInsuranceFundRequest(asset="USDT")) == a.address
+            got = cluster_pb2_grpc.ClusterServiceStub(ch).Route(
+                cluster_pb2.RouteRequest(asset="USDT")
+            )
+            assert (got.address, got.ingest_address) == (a.address, a.ingest) and got.epoch > 0
+    with grpc.insecure_channel(a.address) as ch:
+        owner = cluster_pb2_grpc.ClusterServiceStub(ch).Route(
+            cluster_pb2.RouteRequest(market="BTC-USDT")
+        )
+    assert (owner.address, owner.ingest_address, owner.epoch) == (a.address, a.ingest, got.epoch)
+
+    # The gateway starts at the standby's front-end port and is sent to a's.
     inputs = crash_scenario()
-    _, gw = _failover(a, b, signal.SIGSTOP)
+    before, acked, gw = _failover(a, b, signal.SIGKILL, first=b.ingest)
+    assert before == a.ingest and acked == len(inputs) // 2
+    wait_for(lambda: gone(pid), "the killed owner's front end to exit")  # no orphan serving
+    assert gw.acked_sequence == len(inputs) and gw.rejections == []
+    assert gw.target == b.ingest  # b's own front end took the stream
+    assert b.said("riskd_serving") and len(frontend_pids(b)) == 1
+    assert digest(b.address) == pure_digest(inputs)  # nothing lost, nothing applied twice
+
+
+@pytest.fixture(params=[False, True], ids=["engine-port", "front-end"])
+def nodes_either_way(request, tmp_path: Path, pg: Postgres, etcd: EtcdCluster, shard: str):  # type: ignore[no-untyped-def]
+    """Two nodes, without and with ingest front ends."""
+    yield from _two_nodes(tmp_path, pg, etcd, shard, frontend=request.param)
+
+
+def test_a_sigstopped_owner_resumed_after_the_takeover_writes_nothing(  # type: ignore[no-untyped-def]
+    nodes_either_way, pg: Postgres, shard: str
+) -> None:
+    """A paused engine's front end still takes streams but acks nothing: the
+    gateway gives it up after ack_timeout as it gives up a paused engine."""
+    a, b = nodes_either_way
+    inputs = crash_scenario()
+    _, _, gw = _failover(a, b, signal.SIGSTOP)
     assert gw.acked_sequence == len(inputs) and digest(b.address) == pure_digest(inputs)
     reader = PostgresJournal(pg.dsn, shard, readonly=True)
     try:
@@ -226,6 +331,8 @@ def test_a_sigstopped_owner_resumed_after_the_takeover_writes_nothing(  # type: 
         assert list(reader.replay()) == before  # the former owner wrote nothing
     finally:
         reader.close()
+    for pid in frontend_pids(a):  # exit 4 ends its front end too
+        wait_for(partial(gone, pid), "the former owner's front end to exit")
     assert digest(b.address) == pure_digest(inputs)
 
 

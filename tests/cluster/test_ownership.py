@@ -7,7 +7,14 @@ import threading
 import pytest
 
 from riskd.cluster.etcd import Etcd, EtcdUnavailable
-from riskd.cluster.ownership import Keeper, Ownership, campaign, current_owner
+from riskd.cluster.ownership import (
+    Keeper,
+    Owner,
+    Ownership,
+    campaign,
+    current_owner,
+    ingest_key,
+)
 from riskd.storage import StorageFault
 from riskd.storage.postgres import PostgresJournal
 
@@ -17,14 +24,13 @@ from .services import EtcdCluster, Postgres
 def test_one_owner_then_a_takeover_with_a_higher_epoch(etcd: EtcdCluster, shard: str) -> None:
     client = Etcd(etcd.endpoints)
     a = campaign(client, shard, "a:1", ttl=1)
-    seen: list[str | None] = []
+    seen: list[Owner | None] = []
     stop = threading.Event()
     got: list[Ownership] = []
 
     def b_campaigns() -> None:
-        got.append(
-            campaign(client, shard, "b:1", ttl=1, waiting=lambda kv: seen.append(kv and kv.value))
-        )
+        # b runs an ingest front end: where it streams is published with its ownership.
+        got.append(campaign(client, shard, "b:1", ttl=1, waiting=seen.append, ingest="b:2"))
 
     t = threading.Thread(target=b_campaigns)
     t.start()
@@ -33,10 +39,11 @@ def test_one_owner_then_a_takeover_with_a_higher_epoch(etcd: EtcdCluster, shard:
         t.join(30)
         assert got, "b never took over"
         b = got[0]
-        assert "a:1" in seen  # b was told who owned it while it waited
-        assert b.epoch > a.epoch
-        owner = current_owner(client, shard)
-        assert owner is not None and owner.value == "b:1" and owner.create_revision == b.epoch
+        # b was told who owned it while it waited (a has no front end: it takes
+        # streams on its gRPC port).
+        assert Owner("a:1", "a:1", a.epoch) in seen
+        assert b.epoch > a.epoch and b.ingest == "b:2"
+        assert current_owner(client, shard) == Owner("b:1", "b:2", b.epoch)
     finally:
         stop.set()
 
@@ -53,10 +60,26 @@ def test_the_keeper_holds_the_lease_and_releases_it_at_a_clean_stop(
     # Three ttls: a lease without renewals would have expired twice over.
     waited.wait(3)
     owner = current_owner(client, shard)
-    assert lost == [] and owner is not None and owner.create_revision == a.epoch
+    assert lost == [] and owner is not None and owner.epoch == a.epoch
     keeper.release()
     keeper.join(5)
     assert current_owner(client, shard) is None  # revoked: a standby takes over at once
+
+
+def test_an_ingest_key_not_written_with_the_owner_key_is_not_taken(
+    etcd: EtcdCluster, shard: str
+) -> None:
+    """Only the ingest key of the owner key's own transaction names where streams go."""
+    client = Etcd(etcd.endpoints)
+    a = campaign(client, shard, "a:1", ttl=5)
+    assert a.ingest == "a:1" and current_owner(client, shard) == Owner("a:1", "a:1", a.epoch)
+    stray = client.grant(5)
+    won, _ = client.create(ingest_key(shard), "stale:9", stray)
+    assert won
+    assert current_owner(client, shard) == Owner("a:1", "a:1", a.epoch)
+    client.revoke(stray)
+    client.revoke(a.lease)
+    assert current_owner(client, shard) is None
 
 
 def test_the_keeper_reports_a_lost_lease(etcd: EtcdCluster, shard: str) -> None:

@@ -291,6 +291,7 @@ def test_storage_flags_are_checked_before_anything_starts(tmp_path: Path) -> Non
     for extra, why in (
         (["--shard", "X"], "--shard needs --storage"),
         (["--storage", "mysql://x"], "must be a postgresql:// URL"),
+        (["--advertise-ingest", "gw.example:50052"], "--advertise-ingest needs --etcd"),
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "riskd.cli", "serve", "--data-dir", str(tmp_path), *extra],

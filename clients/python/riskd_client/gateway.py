@@ -40,7 +40,8 @@ A gateway over its rate limit has its stream ended with RESOURCE_EXHAUSTED and
 a ``google.rpc.RetryInfo``: the helper waits that long, reconnects and resends
 (counted in :attr:`Gateway.throttled`).
 
-In a cluster (docs/cluster.md) pass the other nodes as ``nodes``: when the
+In a cluster (docs/cluster.md) pass the other nodes as ``nodes`` (their
+ingest addresses, ``--advertise-ingest``, where they run a front end): when the
 node it talks to is down the helper tries the next, and a standby's
 UNAVAILABLE naming the owner (``riskd-owner`` metadata) sends it straight to
 the owner (counted in :attr:`Gateway.redirects`).  A paused node answers
