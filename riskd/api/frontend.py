@@ -403,7 +403,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sock.setblocking(True)
     try:
         config, address, level = _read_config(sock)
-    except (OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+    except EOFError:
+        # The engine went away before it needed this process (a standby that
+        # started it ahead was stopped): nothing was served, nothing to say.
+        return 0
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
         print(f"riskd frontend: {e}", file=sys.stderr)
         return 2
     logs.configure(level)

@@ -211,7 +211,7 @@ class Standby:
         self,
         listen: dict[str, str],
         route: RouteServicer,
-        credentials: grpc.ServerCredentials | None,
+        credentials: Callable[[], grpc.ServerCredentials] | None,
     ) -> None:
         self.owner: Owner | None = None
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -222,7 +222,9 @@ class Standby:
                 if credentials is None:
                     port = self._server.add_insecure_port(address)
                 else:  # the owner's mutual TLS: only holders of the CA's certificates get an answer
-                    port = self._server.add_secure_port(address, credentials)
+                    # One per port: a port's first fetch of reloadable credentials
+                    # must see the files (a second port's would be "no change").
+                    port = self._server.add_secure_port(address, credentials())
             except (OSError, RuntimeError) as e:  # grpc says only "Failed to bind"
                 why = bind_error(address) or str(e)
                 raise StartupError(f"cannot listen on {key} {address}: {why}") from e
@@ -263,8 +265,11 @@ async def serve_node(
     """
     shard = shard or shard_of(config)
     srv = config.server
+    tls = srv.tls
+    credentials = None if tls is None else partial(server_credentials, tls)
     try:
-        credentials = None if srv.tls is None else server_credentials(srv.tls)
+        if credentials is not None:
+            credentials()  # the files read once here: one line if they cannot be
     except (OSError, ValueError) as e:
         raise StartupError(f"cannot read the TLS files of [server.tls]: {e}") from e
     listen = {"server.grpc_listen": srv.grpc_listen}

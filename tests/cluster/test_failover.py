@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from riskd.storage.postgres import PostgresJournal
 from riskd.v1 import (
@@ -351,8 +352,9 @@ def test_a_standby_speaks_the_owners_mutual_tls(
         f'client_ca = "{tls / "ca.crt"}"\n'
         '\n[access.ops]\nroles = ["admin"]\n'
     )
-    a = start_node(tmp_path, "node-a", pg, etcd, config, shard)
-    b = start_node(tmp_path, "node-b", pg, etcd, config, shard)
+    # With front ends: the standby's second port and the owner's front end too.
+    a = start_node(tmp_path, "node-a", pg, etcd, config, shard, frontend=True)
+    b = start_node(tmp_path, "node-b", pg, etcd, config, shard, frontend=True)
     try:
         wait_for(lambda: a.said("riskd_serving") or b.said("riskd_serving"), "an owner")
         owner, standby = (a, b) if a.said("riskd_serving") else (b, a)
@@ -362,28 +364,36 @@ def test_a_standby_speaks_the_owners_mutual_tls(
             (tls / "ops.key").read_bytes(),
             (tls / "ops.crt").read_bytes(),
         )
-        with grpc.secure_channel(standby.address, creds) as ch:
-            got = cluster_pb2_grpc.ClusterServiceStub(ch).Route(
-                cluster_pb2.RouteRequest(asset="USDT"), timeout=10
-            )
-            assert got.address == owner.address
+        without_cert = grpc.ssl_channel_credentials((tls / "ca.crt").read_bytes())
+        for port in (standby.address, standby.ingest):
+            with grpc.secure_channel(port, creds) as ch:
+                got = cluster_pb2_grpc.ClusterServiceStub(ch).Route(
+                    cluster_pb2.RouteRequest(asset="USDT"), timeout=10
+                )
+                assert (got.address, got.ingest_address) == (owner.address, owner.ingest)
+            with grpc.secure_channel(port, without_cert) as ch:
+                with pytest.raises(grpc.RpcError) as e:
+                    cluster_pb2_grpc.ClusterServiceStub(ch).Route(
+                        cluster_pb2.RouteRequest(asset="USDT"), timeout=10
+                    )
+                assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            with grpc.insecure_channel(port) as ch, pytest.raises(grpc.RpcError):
+                cluster_pb2_grpc.ClusterServiceStub(ch).Route(
+                    cluster_pb2.RouteRequest(asset="USDT"), timeout=10
+                )
         with grpc.secure_channel(owner.address, creds) as ch:
             got = cluster_pb2_grpc.ClusterServiceStub(ch).Route(
                 cluster_pb2.RouteRequest(market="BTC-USDT"), timeout=10
             )
             assert got.address == owner.address  # the owner names itself
-        without_cert = grpc.ssl_channel_credentials((tls / "ca.crt").read_bytes())
-        with grpc.secure_channel(standby.address, without_cert) as ch:
-            with pytest.raises(grpc.RpcError) as e:
-                cluster_pb2_grpc.ClusterServiceStub(ch).Route(
-                    cluster_pb2.RouteRequest(asset="USDT"), timeout=10
-                )
-            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        with grpc.insecure_channel(standby.address) as ch, pytest.raises(grpc.RpcError):
-            cluster_pb2_grpc.ClusterServiceStub(ch).Route(
-                cluster_pb2.RouteRequest(asset="USDT"), timeout=10
+        with grpc.secure_channel(owner.ingest, creds) as ch:  # its front end, over mTLS
+            health = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
             )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         for n in (a, b):
             n.process.kill()
             n.process.wait(10)
+        for pid in frontend_pids(a) + frontend_pids(b):
+            wait_for(partial(gone, pid), "the front ends to exit")
