@@ -58,6 +58,7 @@ SERVER_LIMITS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "event_retention": (1, 100_000_000),
     "invariant_check_seconds": (0.0, MAX_SECONDS),
     "snapshot_seconds": (0.0, MAX_SECONDS),
+    "journal_commit_interval_seconds": (0.0, 0.1),
     "max_clock_skew_seconds": (0.0, MAX_SECONDS),
     "max_update_age_seconds": (0.0, MAX_SECONDS),
     "gateway_updates_per_second": (0, INT64_MAX),
@@ -113,6 +114,9 @@ class ServerConfig:
     event_retention: int = 100_000
     invariant_check_seconds: float = 60.0
     snapshot_seconds: float = 300.0
+    #: A journal commit starts at least this long after the previous one did
+    #: (0: as soon as the writer is free): under load each carries more records.
+    journal_commit_interval_seconds: float = 0.0
     #: No TLS and no identities: for local development, on loopback only.
     plaintext: bool = False
     tls: TlsConfig | None = None

@@ -567,6 +567,7 @@ class Daemon:
             total,
             journal.head,
             on_commit=self.metrics.journal_commit_seconds.observe,
+            interval=self.config.server.journal_commit_interval_seconds,
         )
         actor.seal = self._seal
         self.event_log.start_at(self.sequencer.events + 1, disk_oldest)

@@ -130,8 +130,13 @@ class JournalActor:
         head: str = "",
         on_fault: Callable[[StorageFault], object] = fail_stop,
         on_commit: Callable[[float], None] | None = None,
+        interval: float = 0.0,
     ) -> None:
         self.journal = journal
+        #: A group is handed over at least this long after the previous one
+        #: (``[server] journal_commit_interval_seconds``).
+        self.interval = interval
+        self._handed_at = -interval
         #: Told how long each group commit took (seconds): riskd_journal_commit_seconds.
         self.on_commit = on_commit
         self.capacity = capacity
@@ -320,8 +325,12 @@ class JournalActor:
         while True:
             await self._kick.wait()
             self._kick = trio.Event()
+            if self.interval:
+                await trio.sleep_until(self._handed_at + self.interval)
             with trio.move_on_after(HAND_WITHIN):
                 await wait_all_tasks_blocked()
+            if self.interval:
+                self._handed_at = trio.current_time()
             self._hand_now()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

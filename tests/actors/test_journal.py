@@ -138,3 +138,30 @@ def test_every_record_is_written_once_in_order_and_released_in_order(
     assert [r for g in journal.groups for r in g] == records
     assert released == list(range(len(released))) == list(range(sum(map(len, turns))))
     assert all(w >= e for w, e in zip(written_at_release, expected_written, strict=True))
+
+
+def test_an_interval_spaces_commits_but_does_not_delay_one_after_a_quiet_spell() -> None:
+    """``journal_commit_interval_seconds``: a group is handed over no sooner than
+    the interval after the previous one (trio's virtual clock), and at once
+    when the previous one was longer ago."""
+    journal = Held()
+    actor = JournalActor(journal, 8, interval=1.0)  # type: ignore[arg-type]
+    at: dict[str, float] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            for record in ("a", "b"):
+                await (await actor.submit(record, record)).wait()
+                at[record] = trio.current_time()
+            await trio.sleep(5.0)
+            start = trio.current_time()
+            await (await actor.submit("c", "c")).wait()
+            at["c"] = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert journal.groups == [["a"], ["b"], ["c"]]
+    assert at["a"] < 1.0  # the first: nothing before it
+    assert at["b"] - at["a"] >= 1.0  # right behind "a": held to the interval
+    assert at["c"] < 1.0  # after a quiet spell: at once
