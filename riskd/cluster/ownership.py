@@ -16,9 +16,10 @@ failed storage write (exit 4).  A paused owner (SIGSTOP, a long GC, a VM
 stall) cannot renew; when it resumes, its next append is refused by the
 journal (its epoch is no longer current) and it stops the same way.
 
-Where gateways stream: a node with an ingest front end (``[server]
-frontend_listen``) also puts ``/riskd/ingest/S`` (its ``--advertise-ingest``
-address) in the same transaction, under the same lease.  The owner key is
+Where gateways stream: a node whose ingest address is not its gRPC address
+(it runs an ingest front end, ``[server] frontend_listen``, or was given
+``--advertise-ingest``) also puts ``/riskd/ingest/S`` = that address in the
+same transaction, under the same lease.  The owner key is
 left exactly as it was (its create revision the epoch, its value the gRPC
 address), so a node of an older version reads it as before and sends
 gateways to the owner's gRPC port, which serves ingest too.  A reader takes
