@@ -20,7 +20,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from functools import partial
@@ -286,7 +289,8 @@ async def serve_node(
     try:
         standby.start()
         try:
-            ownership = await trio.to_thread.run_sync(
+            ownership = await _campaign_until_signalled(
+                etcd,
                 partial(
                     campaign,
                     etcd,
@@ -296,10 +300,11 @@ async def serve_node(
                     waiting=standby.waiting,
                     ingest=advertise_ingest,
                 ),
-                abandon_on_cancel=True,
             )
         finally:
             standby.stop()  # its ports, released for the daemon to bind
+        if ownership is None:
+            return
         log.info(
             "riskd_owner",
             shard=shard,
@@ -321,6 +326,37 @@ async def serve_node(
     finally:
         if ahead is not None:  # never configured, or the daemon is done with it
             ahead.kill()
+
+
+async def _campaign_until_signalled(etcd: Etcd, run: Callable[..., Ownership]) -> Ownership | None:
+    """``run(stop=...)`` in a thread until it wins; None once SIGTERM or SIGINT
+    stopped it (a standby stops cleanly, exit 0, as the owner does).  Won just as
+    the signal came: the lease is revoked at once, so the next standby need not
+    wait out its ttl for an owner that is leaving."""
+    stop = threading.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("riskd_standby_stopping", signal=signal.Signals(signum).name)
+                    stop.set()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            try:
+                # Not abandoned: a campaign left running could still win the lease.
+                ownership: Ownership | None = await trio.to_thread.run_sync(partial(run, stop=stop))
+            except EtcdUnavailable:
+                if not stop.is_set():
+                    raise
+                ownership = None
+            nursery.cancel_scope.cancel()
+    if ownership is not None and stop.is_set():
+        with contextlib.suppress(EtcdUnavailable):  # else it expires within ttl
+            etcd.revoke(ownership.lease)
+        return None
+    return ownership
 
 
 def _push(daemon: Any, data: Path, records: int, head: str, state: dict[str, Any]) -> None:

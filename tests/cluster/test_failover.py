@@ -174,6 +174,11 @@ def test_standby_routes_to_the_owner_and_the_helper_follows(two_nodes) -> None: 
     assert gw.redirects == 1 and gw.target == a.address
     assert gw.acked_sequence == len(inputs) and digest(a.address) == pure_digest(inputs)
 
+    # SIGTERM stops a standby cleanly (it died by the signal before), the owner unmoved.
+    b.process.send_signal(signal.SIGTERM)
+    assert b.process.wait(10) == 0 and b.said("riskd_standby_stopping")
+    assert not b.said("riskd_serving") and digest(a.address) == pure_digest(inputs)
+
 
 def test_the_owner_answers_route_and_the_node_client_follows_a_redirect(two_nodes) -> None:  # type: ignore[no-untyped-def]
     a, b = two_nodes
