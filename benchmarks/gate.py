@@ -16,7 +16,9 @@ Two figures, each against its target (issue 16):
   ``--tmpfs [DIR]`` runs that cell a second time with riskd's journal in DIR
   (default /dev/shm, a RAM file system): the software's latency apart from
   the disk's fsync, both printed.  Each of these cells again with the client
-  calling riskd's ingest front-end process (``--frontend-listen``).  Then the
+  calling riskd's ingest front-end process (``--frontend-listen``), and again
+  with riskd on one CPU and the client on the other (each its own core, as when
+  the gateways run elsewhere: :func:`benchmarks.harness.pin_apart`).  Then the
   same client against a bare ``grpc.aio`` IngestService that reads each order
   and accepts it (no riskd behind it): the floor a Python gRPC server on this
   machine sets under any answer.  Each cell also prints what the machine took meanwhile
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -322,13 +325,20 @@ def _fsync_ms(directory: Path, n: int = 200) -> tuple[float, float]:
 
 
 def _unary_cell(
-    tmp: Path, setup_path: Path, cfg: dict[str, Any], bare: bool = False, frontend: bool = False
+    tmp: Path,
+    setup_path: Path,
+    cfg: dict[str, Any],
+    bare: bool = False,
+    frontend: bool = False,
+    pin: bool = False,
 ) -> dict[str, Any]:
     """One riskd with its data directory (journal) in ``tmp``, and one unary client.
 
     ``bare``: the same client against :func:`worker_bare` instead (no riskd: the
     transport alone, for the floor under any answer from a Python gRPC server).
-    ``frontend``: riskd with its ingest front-end process, the client calling that."""
+    ``frontend``: riskd with its ingest front-end process, the client calling that.
+    ``pin``: the server on one CPU, the client on the others
+    (:func:`benchmarks.harness.pin_apart`)."""
     if bare:
         server = harness.start(
             [sys.executable, "-m", "benchmarks.gate", "bare"],
@@ -338,7 +348,7 @@ def _unary_cell(
         )
     else:
         extra = ("--frontend-listen", "127.0.0.1:0") if frontend else ()
-        name = "unary-fe" if frontend else "unary"
+        name = "unary-fe" if frontend else "unary-pinned" if pin else "unary"
         server = harness.start(
             harness.riskd_command(tmp / f"data-{name}", *extra), tmp / f"{name}.riskd.log"
         )
@@ -367,7 +377,9 @@ def _unary_cell(
         cmd += ["--frontend-pid", str(server.frontend_pid())]
     violations: list[str] = []
     try:
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        apart = harness.pin_apart(server.pid) if pin else contextlib.nullcontext("")
+        with apart:  # the client started meanwhile inherits this process's CPUs
+            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         if out.returncode != 0 or not out.stdout.strip():
             raise RuntimeError(f"unary client failed:\n{out.stderr[-3000:]}")
         r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -468,12 +480,15 @@ def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False
             )
         unaries = {"disk": _unary_cell(tmp, setup_path, cfg)}
         unaries["bare"] = _unary_cell(tmp, setup_path, cfg, bare=True)
+        unaries["bare,pinned"] = _unary_cell(tmp, setup_path, cfg, bare=True, pin=True)
         unaries["disk,frontend"] = _unary_cell(tmp, setup_path, cfg, frontend=True)
+        unaries["disk,pinned"] = _unary_cell(tmp, setup_path, cfg, pin=True)
         if tmpfs is not None:
             ram = Path(tempfile.mkdtemp(prefix="riskd-bench-gate-", dir=tmpfs))
             try:
                 unaries["tmpfs"] = _unary_cell(ram, setup_path, cfg)
                 unaries["tmpfs,frontend"] = _unary_cell(ram, setup_path, cfg, frontend=True)
+                unaries["tmpfs,pinned"] = _unary_cell(ram, setup_path, cfg, pin=True)
             finally:
                 shutil.rmtree(ram, ignore_errors=True)
         for where, u in unaries.items():
@@ -541,43 +556,55 @@ def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False
             f" {ram['calls']} calls; one call at a time: p50 {ram['sequential_p50_ms']:.2f} ms,"
             f" p99 {ram['sequential_p99_ms']:.2f} ms",
         )
-    for where in ("disk,frontend", "tmpfs,frontend"):
+    for where in ("disk,frontend", "tmpfs,frontend", "disk,pinned", "tmpfs,pinned"):
         if where not in unaries:
             continue
-        fe = unaries[where]
+        u = unaries[where]
+        how = (
+            "through riskd's ingest front end"
+            if where.endswith("frontend")
+            else "riskd on one CPU, the client on the other"
+        )
         _fig(
             figures,
             f"unary_p99_ms[{where}]",
-            round(fe["p99_ms"], 3),
+            round(u["p99_ms"], 3),
             "ms",
             command,
             target=f"<= {TARGET_P99_MS}",
-            ok=fe["p99_ms"] <= TARGET_P99_MS,
-            note=f"through riskd's ingest front end (journal on {where.split(',')[0]}),"
-            f" capacity {fe['capacity_calls_per_s']:.0f} calls/s, open loop at"
-            f" {fe['rate_sent']:.0f} calls/s (half of it); p50 {fe['p50_ms']:.2f} ms, max"
-            f" {fe['max_ms']:.2f} ms; one call at a time: p50 {fe['sequential_p50_ms']:.2f} ms,"
-            f" p99 {fe['sequential_p99_ms']:.2f} ms",
+            ok=u["p99_ms"] <= TARGET_P99_MS,
+            note=f"{how} (journal on {where.split(',')[0]}),"
+            f" capacity {u['capacity_calls_per_s']:.0f} calls/s, open loop at"
+            f" {u['rate_sent']:.0f} calls/s (half of it); p50 {u['p50_ms']:.2f} ms, max"
+            f" {u['max_ms']:.2f} ms; one call at a time: p50 {u['sequential_p50_ms']:.2f} ms,"
+            f" p99 {u['sequential_p99_ms']:.2f} ms",
         )
-    bare = unaries["bare"]
-    _fig(
-        figures,
-        "unary_p99_ms[bare]",
-        round(bare["p99_ms"], 3),
-        "ms",
-        command,
-        note="no riskd: a grpc.aio IngestService that reads the order and accepts it, the same"
-        f" client; capacity {bare['capacity_calls_per_s']:.0f} calls/s, open loop at"
-        f" {bare['rate_sent']:.0f} calls/s (half of it); p50 {bare['p50_ms']:.2f} ms, max"
-        f" {bare['max_ms']:.2f} ms; one call at a time: p50 {bare['sequential_p50_ms']:.2f} ms,"
-        f" p99 {bare['sequential_p99_ms']:.2f} ms",
-    )
+    for where, how in (
+        ("bare", ""),
+        ("bare,pinned", "the server on one CPU, the client on the other; "),
+    ):
+        bare = unaries[where]
+        _fig(
+            figures,
+            f"unary_p99_ms[{where}]",
+            round(bare["p99_ms"], 3),
+            "ms",
+            command,
+            note=f"{how}no riskd: a grpc.aio IngestService that reads the order and accepts it,"
+            f" the same client; capacity {bare['capacity_calls_per_s']:.0f} calls/s, open loop at"
+            f" {bare['rate_sent']:.0f} calls/s (half of it); p50 {bare['p50_ms']:.2f} ms, max"
+            f" {bare['max_ms']:.2f} ms; one call at a time: p50 {bare['sequential_p50_ms']:.2f} ms,"
+            f" p99 {bare['sequential_p99_ms']:.2f} ms",
+        )
     for name, where in (
         ("unary_p99_ms", "disk"),
         ("unary_p99_ms[tmpfs]", "tmpfs"),
         ("unary_p99_ms[disk,frontend]", "disk, front end"),
         ("unary_p99_ms[tmpfs,frontend]", "tmpfs, front end"),
+        ("unary_p99_ms[disk,pinned]", "disk, pinned apart"),
+        ("unary_p99_ms[tmpfs,pinned]", "tmpfs, pinned apart"),
         ("unary_p99_ms[bare]", "bare grpc.aio"),
+        ("unary_p99_ms[bare,pinned]", "bare grpc.aio, pinned apart"),
     ):
         if name not in figures:
             continue

@@ -20,6 +20,7 @@ Each benchmark module is its measurement; the plumbing is here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,27 @@ def start(
             command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=full_env
         )
     return Server(kind, proc, wait_event(proc, log_path, event, timeout), log_path, command)
+
+
+@contextlib.contextmanager
+def pin_apart(*pids: int | None) -> Iterator[str]:
+    """The server's processes (every thread) on the first CPU, this process and
+    the children it starts meanwhile (the load) on the others: each side its own
+    core, as on a host whose gateways run elsewhere.  Yields what was done; this
+    process's CPUs are given back on exit."""
+    mine = os.sched_getaffinity(0)
+    cpus = sorted(mine)
+    if len(cpus) < 2:
+        yield "not pinned (one CPU)"
+        return
+    for pid in filter(None, pids):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), {cpus[0]})
+    os.sched_setaffinity(0, set(cpus[1:]))
+    try:
+        yield f"server on CPU {cpus[0]}, load on CPU {','.join(map(str, cpus[1:]))}"
+    finally:
+        os.sched_setaffinity(0, mine)
 
 
 # --- checks ----------------------------------------------------------------------

@@ -236,7 +236,11 @@ def _quantile_ms(values: list[float], q: float) -> float | None:
 
 
 def measure(
-    seconds: float, probes_n: int, where: Path | None = None, frontend: bool = False
+    seconds: float,
+    probes_n: int,
+    where: Path | None = None,
+    frontend: bool = False,
+    pin: bool = False,
 ) -> dict[str, Any]:
     """``where``: the directory for riskd's data (its journal), e.g. a RAM file system.
     ``frontend``: riskd with its ingest front-end process, the marks sent to that."""
@@ -251,6 +255,7 @@ def measure(
             pids = {"riskd": daemon.pid}
             if frontend:
                 pids["frontend"] = daemon.frontend_pid() or daemon.pid
+            apart = harness.pin_apart(*pids.values()) if pin else contextlib.nullcontext("")
 
             async def go() -> dict[str, Any]:
                 await _setup(daemon.target, ingest, probes)
@@ -272,7 +277,9 @@ def measure(
                     "machine_at_capacity": at_capacity.result,
                 }
 
-            r = asyncio.run(go())
+            with apart as pinned:
+                r = asyncio.run(go())
+            r["pinned"] = pinned
             r["problems"] = _problems(daemon, r["probes"])
             return r
         finally:
@@ -323,10 +330,12 @@ def run(quick: bool = False, tmpfs: Path | None = None) -> dict[str, Any]:
     details: dict[str, Any] = {}
     errors: list[str] = []
     places = ("disk", "tmpfs") if tmpfs else ("disk",)
-    for place in places + tuple(f"{p},frontend" for p in places):
+    for place in places + tuple(f"{p},{how}" for how in ("frontend", "pinned") for p in places):
         extra = ["--tmpfs", str(tmpfs)] if place.startswith("tmpfs") else []
         if place.endswith(",frontend"):
             extra.append("--frontend")
+        if place.endswith(",pinned"):
+            extra.append("--pin")
         args = ["--seconds", f"{seconds:g}", "--probes", str(probes), *extra]
         command = harness.display([sys.executable, "-m", "benchmarks.latency", *args])
         print(f"[latency] open loop at half capacity, {_where(place)} ...", file=sys.stderr,
@@ -362,8 +371,15 @@ def run(quick: bool = False, tmpfs: Path | None = None) -> dict[str, Any]:
 
 def _where(place: str) -> str:
     """ "tmpfs,frontend" -> "journal on tmpfs, through the front end"."""
-    journal, _, frontend = place.partition(",")
-    return f"journal on {journal}" + (", through the front end" if frontend else "")
+    journal, _, how = place.partition(",")
+    return (
+        f"journal on {journal}"
+        + {
+            "": "",
+            "frontend": ", through the front end",
+            "pinned": ", riskd on one CPU and the clients on the other",
+        }[how]
+    )
 
 
 def _print(place: str, r: dict[str, Any]) -> None:
@@ -429,6 +445,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="riskd with its ingest front-end process (--frontend-listen), the marks sent there",
     )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="riskd (every thread, its front end too) on the first CPU, the clients on the others",
+    )
     p.add_argument("worker", nargs="?", choices=["sender"], help="(internal) the load generator")
     a = p.parse_args(argv)
     if a.worker == "sender":  # its job on stdin, its result on stdout
@@ -439,9 +460,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(json.dumps(r), flush=True)
         return
-    r = measure(a.seconds, a.probes, a.tmpfs, a.frontend)
+    r = measure(a.seconds, a.probes, a.tmpfs, a.frontend, a.pin)
     with contextlib.redirect_stdout(sys.stderr):  # the summary for a person; JSON last
-        _print(("tmpfs" if a.tmpfs else "disk") + (",frontend" if a.frontend else ""), r)
+        how = ",frontend" if a.frontend else ",pinned" if a.pin else ""
+        _print(("tmpfs" if a.tmpfs else "disk") + how, r)
     print(json.dumps(r))
     harness.exit_on_problems("benchmarks.latency", r["problems"])
 
