@@ -142,6 +142,10 @@ class ServerConfig:
     #: Mark moves (ppm of the mark) the stress coverage gauges report, and
     #: GetStressCoverage's default (riskd.core.stress).
     stress_moves_ppm: tuple[int, ...] = DEFAULT_MOVES_PPM
+    #: CPUs the engine process's threads may run on, and the front end's
+    #: (riskd.cpus; empty: whatever riskd was started with).
+    engine_cpus: tuple[int, ...] = ()
+    frontend_cpus: tuple[int, ...] = ()
 
     def check_transport(self) -> None:
         """Listen addresses are ``host:port``; exactly one of TLS or plaintext;
@@ -330,6 +334,8 @@ def _server(table: dict[str, Any]) -> ServerConfig:
             values[key] = _tls(value)
         elif key == "stress_moves_ppm":
             values[key] = _moves(where, value)
+        elif key in ("engine_cpus", "frontend_cpus"):
+            values[key] = _cpus(where, value)
         elif kind is bool:
             if not isinstance(value, bool):
                 raise ConfigError(where, f"must be true or false, got {_kind(value)}")
@@ -355,6 +361,15 @@ def _moves(key: str, value: object) -> tuple[int, ...]:
     if why:
         raise ConfigError(key, why)
     return moves
+
+
+def _cpus(key: str, value: object) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be an array of CPU numbers, got {_kind(value)}")
+    cpus = tuple(_integer(f"{key}[{i}]", v, 0, 65_535) for i, v in enumerate(value))
+    if len(set(cpus)) != len(cpus):
+        raise ConfigError(key, f"names a CPU twice: {list(cpus)}")
+    return cpus
 
 
 def _tls(value: object) -> TlsConfig:

@@ -36,7 +36,7 @@ import trio
 from grpc_health.v1 import health_pb2
 from prometheus_client import start_http_server
 
-from riskd import core_build, heap, logs
+from riskd import core_build, cpus, heap, logs
 from riskd.actors.actor import Actor, ActorStopped
 from riskd.actors.fund import FundActor
 from riskd.actors.journal import JournalActor
@@ -300,6 +300,16 @@ class Daemon:
         srv = self.config.server
         srv.check_transport()  # again: the command line may have moved grpc_listen
         # Fail early, in one line each, before replaying anything.
+        started_on = cpus.available()
+        try:
+            frontend_cpus = cpus.check("server.frontend_cpus", srv.frontend_cpus)
+            engine_cpus = cpus.check("server.engine_cpus", srv.engine_cpus)
+            # Before the gRPC, metrics and worker threads start: they inherit it.
+            cpus.pin(engine_cpus)
+        except (cpus.CpuError, OSError) as e:
+            raise StartupError(str(e)) from e
+        if engine_cpus:
+            log.info("riskd_pinned", process="engine", cpus=sorted(engine_cpus))
         await trio.to_thread.run_sync(_check_writable, Path(srv.data_dir))
         auth = Authenticator(self.config.access if srv.tls is not None else None)
         credentials = _credentials(srv.tls) if srv.tls is not None else None
@@ -331,6 +341,10 @@ class Daemon:
                         self.metrics,
                         self.sequencer.capacity,
                         logs.level(),
+                    )
+                    # Not the engine's CPUs unless asked: where riskd was started.
+                    self.frontend.cpus = frontend_cpus or (
+                        started_on if engine_cpus else frozenset()
                     )
                     try:
                         self.frontend.launch(self.frontend_ahead)

@@ -47,6 +47,7 @@ from typing import Any
 import structlog
 import trio
 
+from riskd import cpus
 from riskd.access import Policy
 from riskd.actors.journal import Durable
 from riskd.actors.sequencer import Sequencer
@@ -366,6 +367,8 @@ class FrontendLink:
         self._nursery: trio.Nursery | None = None
         #: A process started ahead (:meth:`launch`), not yet handed its config.
         self._launched: Launched | None = None
+        #: The CPUs each front-end process is pinned to (empty: not pinned).
+        self.cpus: frozenset[int] = frozenset()
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -394,6 +397,12 @@ class FrontendLink:
     async def _spawn(self) -> tuple[_Connection, int]:
         launched, self._launched = self._launched or launch(), None
         self.process = launched.process
+        if self.cpus:  # still waiting for its config: the threads it starts inherit it
+            try:
+                cpus.pin(self.cpus, self.process.pid)
+            except OSError as e:
+                launched.kill()
+                raise FrontendFailed(f"cannot pin the ingest front end: {e}") from e
         conn = _Connection(self, trio.SocketStream(launched.socket))
         self._conn = conn
         blob = pickle.dumps((self.config, self.address, self.log_level))
@@ -416,7 +425,12 @@ class FrontendLink:
         for m in messages[1:]:  # a gateway reconnecting to a restarted front end at once
             conn._dispatch(m)
         conn.posted()
-        log.info("frontend_started", port=first[1], pid=self.process.pid)
+        log.info(
+            "frontend_started",
+            port=first[1],
+            pid=self.process.pid,
+            **({"cpus": sorted(self.cpus)} if self.cpus else {}),
+        )
         return conn, first[1]
 
     async def _reap(self, limit: float) -> int | None:
