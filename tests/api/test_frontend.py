@@ -27,7 +27,7 @@ from benchmarks.harness import riskd_command
 from riskd import config as config_mod
 from riskd.actors.sequencer import Sequencer
 from riskd.api import handoff
-from riskd.api.frontend_link import FrontendLink, _Connection
+from riskd.api.frontend_link import FrontendFailed, FrontendLink, _Connection
 from riskd.api.handoff import Op
 from riskd.core import Engine
 from riskd.core.events import Deposit, Input
@@ -363,6 +363,26 @@ def test_a_busy_front_end_port_refuses_the_start(tmp_path: Path) -> None:
     assert p.stderr.strip().startswith(
         f"riskd: cannot listen on server.frontend_listen 127.0.0.1:{port}: "
     ), p.stderr
+
+
+def test_a_front_end_that_cannot_bind_says_why_and_the_link_refuses_to_start() -> None:
+    """The daemon checks the port first; one taken in between is the front end's
+    own FAILED frame, raised by the engine's side as one line (exit 2 in riskd)."""
+    cfg = config_mod.load()
+
+    async def main() -> None:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            address = f"127.0.0.1:{busy.getsockname()[1]}"
+            link = FrontendLink(cfg, address, cast(Sequencer, None), Metrics(), 8, "info")
+            async with trio.open_nursery() as nursery:
+                with pytest.raises(FrontendFailed) as e, trio.fail_after(30):
+                    await link.start(nursery)
+        assert str(e.value).startswith(f"cannot listen on server.frontend_listen {address}: ")
+        assert link.process is not None and link.process.wait(10) == 2
+
+    trio.run(main)
 
 
 def test_a_refused_start_leaves_no_front_end_behind(tmp_path: Path) -> None:
