@@ -2,10 +2,11 @@
 
 The engine's threads (gRPC's, trio's, the journal writer's) hand work to each
 other many times per request and take turns at one GIL.  Measured on a
-2-CPU host (docs/performance.md, "Pinned apart"), the same riskd answered a
-unary ``CheckOrder`` with a p99 of 3-4 ms at half of its capacity when its
-threads shared one CPU and the load ran on the other, against 7-30 ms when
-the scheduler spread both over both CPUs; its capacity fell by about a third.
+2-CPU host (docs/performance.md, "Where the targets stand: session 15"), the
+same riskd answered unary ``CheckOrder`` at half of its capacity with a lower
+p99 in each of seven pairs when its threads shared one CPU and the load ran on
+the other (2.8-12.4 ms) than when the scheduler spread both over both CPUs
+(4.4-30 ms), by 1.2-7x; its capacity fell by a quarter to a half.
 Where the gateways run on other machines, giving the engine and its front
 end a CPU each is the setting that keeps the tail short; the default leaves
 the placement to the scheduler (or to ``taskset`` / a container's cpuset).
