@@ -6,7 +6,7 @@ other many times per request and take turns at one GIL.  Measured on a
 same riskd answered unary ``CheckOrder`` at half of its capacity with a lower
 p99 in each of seven pairs when its threads shared one CPU and the load ran on
 the other (2.8-12.4 ms) than when the scheduler spread both over both CPUs
-(4.4-30 ms), by 1.2-7x; its capacity fell by a quarter to a half.
+(4.4-30 ms), by 1.2-7x; its capacity fell by 24-40 %.
 Where the gateways run on other machines, giving the engine and its front
 end a CPU each is the setting that keeps the tail short; the default leaves
 the placement to the scheduler (or to ``taskset`` / a container's cpuset).
