@@ -64,6 +64,19 @@ TARGET_P99_MS = 2.0
 #: riskd-fe: riskd with its ingest front-end process (benchmarks.ingest).
 KINDS = ("bare", "riskd", "riskd-fe")
 CONCURRENCY = 16
+#: The unary cells (``_unary_cell``), each with what its figure's note says first.
+UNARY_CELLS = {
+    "disk": "journal on disk",
+    "tmpfs": "the software alone: journal on a RAM file system",
+    "disk,frontend": "through riskd's ingest front end, journal on disk",
+    "tmpfs,frontend": "through riskd's ingest front end, journal on a RAM file system",
+    "disk,pinned": "riskd on one CPU, the client on the other, journal on disk",
+    "tmpfs,pinned": "riskd on one CPU, the client on the other, journal on a RAM file system",
+    "bare": "no riskd: a grpc.aio IngestService that reads the order and accepts it, the same"
+    " client",
+    "bare,pinned": "the server on one CPU, the client on the other; no riskd: a grpc.aio"
+    " IngestService that reads the order and accepts it, the same client",
+}
 #: Unary calls made one at a time after the paced run (the latency with no queue).
 SEQUENTIAL = 500
 #: Checks/s the stream is not expected to exceed (pre-built for this x1.5).
@@ -510,109 +523,44 @@ def run(quick: bool = False, tmpfs: Path | None = None, unary_only: bool = False
     by = {k: [c for c in cells if c["kind"] == k] for k in KINDS}
     if cells:
         _stream_figures(figures, by, fill_cells, cfg["reps"], command)
-    _fig(
-        figures,
-        "unary_capacity_calls_per_s",
-        round(unary["capacity_calls_per_s"], 1),
-        "calls/s",
-        command,
-        note=f"closed loop, {CONCURRENCY} in flight",
-    )
-    _fig(
-        figures,
-        "unary_p99_ms",
-        round(unary["p99_ms"], 3),
-        "ms",
-        command,
-        target=f"<= {TARGET_P99_MS}",
-        ok=unary["p99_ms"] <= TARGET_P99_MS,
-        note=f"open loop at {unary['rate_sent']:.0f} calls/s (half of capacity); "
-        f"p50 {unary['p50_ms']:.2f} ms, max {unary['max_ms']:.2f} ms, {unary['calls']} calls;"
-        f" the disk's fsync alone: p50 {unary['fsync_p50_ms']:.2f} ms,"
-        f" p99 {unary['fsync_p99_ms']:.2f} ms (a check answers once journaled); one call at a"
-        f" time: p50 {unary['sequential_p50_ms']:.2f} ms, p99 {unary['sequential_p99_ms']:.2f} ms",
-    )
-    if "tmpfs" in unaries:
-        ram = unaries["tmpfs"]
-        _fig(
-            figures,
-            "unary_capacity_calls_per_s[tmpfs]",
-            round(ram["capacity_calls_per_s"], 1),
-            "calls/s",
-            command,
-            note=f"closed loop, {CONCURRENCY} in flight, journal on {tmpfs}",
-        )
-        _fig(
-            figures,
-            "unary_p99_ms[tmpfs]",
-            round(ram["p99_ms"], 3),
-            "ms",
-            command,
-            target=f"<= {TARGET_P99_MS}",
-            ok=ram["p99_ms"] <= TARGET_P99_MS,
-            note=f"the software alone: journal on {tmpfs} (fsync p50"
-            f" {ram['fsync_p50_ms']:.3f} ms), open loop at {ram['rate_sent']:.0f} calls/s"
-            f" (half of capacity); p50 {ram['p50_ms']:.2f} ms, max {ram['max_ms']:.2f} ms,"
-            f" {ram['calls']} calls; one call at a time: p50 {ram['sequential_p50_ms']:.2f} ms,"
-            f" p99 {ram['sequential_p99_ms']:.2f} ms",
-        )
-    for where in ("disk,frontend", "tmpfs,frontend", "disk,pinned", "tmpfs,pinned"):
+    for where in ("disk", "tmpfs"):
+        if where in unaries:
+            _fig(
+                figures,
+                "unary_capacity_calls_per_s" + ("" if where == "disk" else f"[{where}]"),
+                round(unaries[where]["capacity_calls_per_s"], 1),
+                "calls/s",
+                command,
+                note=f"closed loop, {CONCURRENCY} in flight, journal on {where}",
+            )
+    for where, what in UNARY_CELLS.items():
         if where not in unaries:
             continue
         u = unaries[where]
-        how = (
-            "through riskd's ingest front end"
-            if where.endswith("frontend")
-            else "riskd on one CPU, the client on the other"
-        )
+        name = "unary_p99_ms" + ("" if where == "disk" else f"[{where}]")
+        of_riskd = not where.startswith("bare")
         _fig(
             figures,
-            f"unary_p99_ms[{where}]",
+            name,
             round(u["p99_ms"], 3),
             "ms",
             command,
-            target=f"<= {TARGET_P99_MS}",
-            ok=u["p99_ms"] <= TARGET_P99_MS,
-            note=f"{how} (journal on {where.split(',')[0]}),"
-            f" capacity {u['capacity_calls_per_s']:.0f} calls/s, open loop at"
+            target=f"<= {TARGET_P99_MS}" if of_riskd else None,
+            ok=u["p99_ms"] <= TARGET_P99_MS if of_riskd else None,
+            note=f"{what}; capacity {u['capacity_calls_per_s']:.0f} calls/s, open loop at"
             f" {u['rate_sent']:.0f} calls/s (half of it); p50 {u['p50_ms']:.2f} ms, max"
-            f" {u['max_ms']:.2f} ms; one call at a time: p50 {u['sequential_p50_ms']:.2f} ms,"
-            f" p99 {u['sequential_p99_ms']:.2f} ms",
+            f" {u['max_ms']:.2f} ms, {u['calls']} calls; one call at a time: p50"
+            f" {u['sequential_p50_ms']:.2f} ms, p99 {u['sequential_p99_ms']:.2f} ms"
+            + (
+                f"; fsync there p50 {u['fsync_p50_ms']:.3f} ms, p99 {u['fsync_p99_ms']:.3f} ms"
+                " (a check answers once journaled)"
+                if of_riskd
+                else ""
+            ),
         )
-    for where, how in (
-        ("bare", ""),
-        ("bare,pinned", "the server on one CPU, the client on the other; "),
-    ):
-        bare = unaries[where]
-        _fig(
-            figures,
-            f"unary_p99_ms[{where}]",
-            round(bare["p99_ms"], 3),
-            "ms",
-            command,
-            note=f"{how}no riskd: a grpc.aio IngestService that reads the order and accepts it,"
-            f" the same client; capacity {bare['capacity_calls_per_s']:.0f} calls/s, open loop at"
-            f" {bare['rate_sent']:.0f} calls/s (half of it); p50 {bare['p50_ms']:.2f} ms, max"
-            f" {bare['max_ms']:.2f} ms; one call at a time: p50 {bare['sequential_p50_ms']:.2f} ms,"
-            f" p99 {bare['sequential_p99_ms']:.2f} ms",
-        )
-    for name, where in (
-        ("unary_p99_ms", "disk"),
-        ("unary_p99_ms[tmpfs]", "tmpfs"),
-        ("unary_p99_ms[disk,frontend]", "disk, front end"),
-        ("unary_p99_ms[tmpfs,frontend]", "tmpfs, front end"),
-        ("unary_p99_ms[disk,pinned]", "disk, pinned apart"),
-        ("unary_p99_ms[tmpfs,pinned]", "tmpfs, pinned apart"),
-        ("unary_p99_ms[bare]", "bare grpc.aio"),
-        ("unary_p99_ms[bare,pinned]", "bare grpc.aio, pinned apart"),
-    ):
-        if name not in figures:
-            continue
         g = figures[name]
         verdict = (
-            f"target {g['target']}: {'ok' if g['meets_target'] else 'MISSED'}; "
-            if "target" in g
-            else ""
+            f"target {g['target']}: {'ok' if g['meets_target'] else 'MISSED'}; " if of_riskd else ""
         )
         print(f"unary CheckOrder p99 ({where}) {g['value']:.3f} ms ({verdict}{g['note']})")
     errors = [
@@ -659,28 +607,14 @@ def _stream_figures(
             command,
             note=f"median of {len(cs)} [{u[1]:.0f}-{u[2]:.0f}]",
         )
-    ratios = harness.median_range(ingest._paired(by["riskd"], by["bare"], reps))
-    _fig(
-        figures,
-        f"stream_ratio[batch={BATCH}]",
-        round(ratios[0], 3),
-        "x",
-        command,
-        target=f">= {TARGET_RATIO}",
-        ok=ratios[0] >= TARGET_RATIO,
-        note=f"riskd/bare check_order updates/s, median of {reps} paired reps "
-        f"[{ratios[1]:.3f}-{ratios[2]:.3f}]",
-    )
-    vs_fills = harness.median_range(ingest._paired(by["riskd"], fill_cells, reps))
-    _fig(
-        figures,
-        f"checks_vs_fills[batch={BATCH}]",
-        round(vs_fills[0], 3),
-        "x",
-        command,
-        note="riskd check_order updates/s / riskd fill updates/s (the ingest benchmark's"
-        f" workload), median of {reps} paired reps [{vs_fills[1]:.3f}-{vs_fills[2]:.3f}]",
-    )
+    ingest.paired_ratio(
+        figures, f"stream_ratio[batch={BATCH}]", by["riskd"], by["bare"], reps, command,
+        "riskd/bare check_order updates/s", TARGET_RATIO,
+    )  # fmt: skip
+    ingest.paired_ratio(
+        figures, f"checks_vs_fills[batch={BATCH}]", by["riskd"], fill_cells, reps, command,
+        "riskd check_order updates/s / riskd fill updates/s (the ingest benchmark's workload)",
+    )  # fmt: skip
     per_check = statistics.median(c["server_cpu_us_per_msg"] for c in by["riskd"]) / BATCH
     per_fill = statistics.median(c["server_cpu_us_per_msg"] for c in fill_cells) / BATCH
     per_bare = statistics.median(c["server_cpu_us_per_msg"] for c in by["bare"]) / BATCH
@@ -694,21 +628,13 @@ def _stream_figures(
         f"{per_bare:.1f} (a ratio of CPU costs, less sensitive to other load on the machine)",
     )
     if by.get("riskd-fe"):
-        fe = harness.median_range(ingest._paired(by["riskd-fe"], by["bare"], reps))
         cpu = statistics.median(c["server_cpu_us_per_msg"] for c in by["riskd-fe"]) / BATCH
         fe_cpu = statistics.median(c["frontend_cpu_us_per_msg"] for c in by["riskd-fe"]) / BATCH
-        _fig(
-            figures,
-            f"stream_ratio_frontend[batch={BATCH}]",
-            round(fe[0], 3),
-            "x",
-            command,
-            target=f">= {TARGET_RATIO}",
-            ok=fe[0] >= TARGET_RATIO,
-            note=f"riskd-fe/bare check_order updates/s, median of {reps} paired reps "
-            f"[{fe[1]:.3f}-{fe[2]:.3f}]; CPU per check: engine {cpu:.1f} µs,"
-            f" front end {fe_cpu:.1f} µs",
-        )
+        ingest.paired_ratio(
+            figures, f"stream_ratio_frontend[batch={BATCH}]", by["riskd-fe"], by["bare"], reps,
+            command, "riskd-fe/bare check_order updates/s", TARGET_RATIO,
+            f"; CPU per check: engine {cpu:.1f} µs, front end {fe_cpu:.1f} µs",
+        )  # fmt: skip
         g = figures[f"stream_ratio_frontend[batch={BATCH}]"]
         print(f"check_order through the front end: riskd-fe/bare {g['value']:.3f} ({g['note']})")
     ratio = figures[f"stream_ratio[batch={BATCH}]"]

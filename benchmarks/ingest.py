@@ -1110,6 +1110,32 @@ def _paired(num: list[dict[str, Any]], den: list[dict[str, Any]], reps: int) -> 
     return out
 
 
+def paired_ratio(
+    figures: dict[str, dict[str, Any]],
+    name: str,
+    num: list[dict[str, Any]],
+    den: list[dict[str, Any]],
+    reps: int,
+    command: str,
+    what: str,
+    target: float | None = None,
+    more: str = "",
+) -> None:
+    """Record ``name``: the median of :func:`_paired` ratios (``what``: "riskd/bare
+    updates/s") and their range, against ``target`` when there is one."""
+    ratios = harness.median_range(_paired(num, den, reps))
+    _fig(
+        figures,
+        name,
+        round(ratios[0], 3),
+        "x",
+        command,
+        target=None if target is None else f">= {target}",
+        ok=None if target is None else ratios[0] >= target,
+        note=f"{what}, median of {reps} paired reps [{ratios[1]:.3f}-{ratios[2]:.3f}]{more}",
+    )
+
+
 def _report(
     cells: list[dict[str, Any]],
     cfg: dict[str, Any],
@@ -1180,35 +1206,19 @@ def _report(
             )
 
         for den, target in (("bare", TARGETS[b]), ("inline", None)):
-            ratios = harness.median_range(_paired(by["riskd"], by[den], cfg["reps"]))
             of_medians = statistics.median(c["updates_per_s"] for c in by["riskd"]) / (
                 statistics.median(c["updates_per_s"] for c in by[den])
             )
             name = f"ratio[batch={b}]" if den == "bare" else f"ratio_vs_inline[batch={b}]"
-            _fig(
-                figures,
-                name,
-                round(ratios[0], 3),
-                "x",
-                command,
-                target=None if target is None else f">= {target}",
-                ok=None if target is None else ratios[0] >= target,
-                note=f"riskd/{den} updates/s, median of {cfg['reps']} paired reps "
-                f"[{ratios[1]:.3f}-{ratios[2]:.3f}]; ratio of medians {of_medians:.3f}",
-            )
+            paired_ratio(
+                figures, name, by["riskd"], by[den], cfg["reps"], command,
+                f"riskd/{den} updates/s", target, f"; ratio of medians {of_medians:.3f}",
+            )  # fmt: skip
         if "riskd-fe" in by:
-            fe = harness.median_range(_paired(by["riskd-fe"], by["bare"], cfg["reps"]))
-            _fig(
-                figures,
-                f"ratio_frontend[batch={b}]",
-                round(fe[0], 3),
-                "x",
-                command,
-                target=f">= {TARGETS[b]}",
-                ok=fe[0] >= TARGETS[b],
-                note=f"riskd-fe/bare updates/s, median of {cfg['reps']} paired reps "
-                f"[{fe[1]:.3f}-{fe[2]:.3f}]",
-            )
+            paired_ratio(
+                figures, f"ratio_frontend[batch={b}]", by["riskd-fe"], by["bare"], cfg["reps"],
+                command, "riskd-fe/bare updates/s", TARGETS[b],
+            )  # fmt: skip
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     for r in rows:
