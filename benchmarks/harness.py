@@ -259,14 +259,15 @@ def pin_apart(*pids: int | None) -> Iterator[str]:
     the children it starts meanwhile (the load) on the others: each side its own
     core, as on a host whose gateways run elsewhere.  Yields what was done; this
     process's CPUs are given back on exit."""
+    from riskd import cpus as riskd_cpus  # what [server] engine_cpus does
+
     mine = os.sched_getaffinity(0)
     cpus = sorted(mine)
     if len(cpus) < 2:
         yield "not pinned (one CPU)"
         return
     for pid in filter(None, pids):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            os.sched_setaffinity(int(tid), {cpus[0]})
+        riskd_cpus.pin(frozenset(cpus[:1]), pid)
     os.sched_setaffinity(0, set(cpus[1:]))
     try:
         yield f"server on CPU {cpus[0]}, load on CPU {','.join(map(str, cpus[1:]))}"
