@@ -1,10 +1,11 @@
 """The journal actor: group commit behind one bounded mailbox.
 
 The sequencer applies an input, then hands its record here and moves on; this
-actor's writer thread writes everything waiting in one transaction (so trio
-keeps serving meanwhile) and only then does the actor release the
-acknowledgements of what it wrote.  Fast batches share one fsync; a slow disk fills the mailbox and
-slows the sequencer, never memory.
+actor writes everything waiting in one transaction (in trio when it has
+nothing else to do, else in the actor's writer thread, so trio keeps serving
+meanwhile) and only then releases the acknowledgements of what it wrote.
+Fast batches share one fsync; a slow disk fills the mailbox and slows the
+sequencer, never memory.
 
 An error writing is fatal (:mod:`riskd.storage.faults`): the group that
 failed is never released, so nothing in it (or queued after it) is
@@ -37,6 +38,10 @@ U = TypeVar("U")
 MAX_GROUP = 1024
 #: The longest a group waits for the trio thread to fall idle before it is written.
 HAND_WITHIN = 0.001
+#: An idle trio thread commits a group itself while the last commit took less
+#: than this (seconds); a slower one (a stalling disk, a remote journal) sends
+#: the next to the writer thread, so trio keeps serving meanwhile.
+COMMIT_HERE_BELOW = 0.002
 
 
 class Durable(Generic[T]):
@@ -104,23 +109,25 @@ class Durable(Generic[T]):
 
 
 class JournalActor:
-    """Group commit in the actor's own writer thread, behind a bounded queue.
+    """Group commit behind a bounded queue, in trio when idle, else in a writer thread.
 
     One group at a time: the records queued while the previous group was
-    written and released are handed to the writer thread (the actor's own, for
-    its life) once the trio thread has nothing left to run, or after
-    :data:`HAND_WITHIN`; the writer appends them in one transaction and
+    written and released are written once the trio thread has nothing left
+    to run, or after :data:`HAND_WITHIN`.  Idle, and while commits take less
+    than ``commit_here_below``, trio appends them in one transaction itself
+    and releases what is now durable, in order.  Otherwise they are handed to
+    the writer thread (the actor's own, for its life), which appends them and
     reports back through ``TrioToken.run_sync_soon``, where the actor
-    releases what is now durable, in order.  Why not ``trio.to_thread`` per
-    commit, as before: each call also paid a capacity limiter, an outcome, a
-    task reschedule and two renamings of the worker thread, a cost the trio
-    thread paid per commit (docs/performance.md, "The engine per message,
-    session 15").
+    releases them.  Why not ``trio.to_thread`` per commit, as before: each
+    call also paid a capacity limiter, an outcome, a task reschedule and two
+    renamings of the worker thread, a cost the trio thread paid per commit
+    (docs/performance.md, "The engine per message, session 15").
 
-    Only trio touches what awaits release, the records not yet handed over
-    and the counters; the writer thread touches the journal (nothing else
-    writes it while the actor runs) and the group handed to it, under one
-    lock.  Bounded: ``submit`` waits while ``capacity`` items are unreleased.
+    Only trio touches what awaits release, the records not yet written and
+    the counters; the journal is written by one side at a time (whoever
+    holds the group being written: nothing else writes it while the actor
+    runs), and the group handed to the writer passes under one lock.
+    Bounded: ``submit`` waits while ``capacity`` items are unreleased.
     """
 
     def __init__(
@@ -132,8 +139,12 @@ class JournalActor:
         on_fault: Callable[[StorageFault], object] = fail_stop,
         on_commit: Callable[[float], None] | None = None,
         interval: float = 0.0,
+        commit_here_below: float = COMMIT_HERE_BELOW,
     ) -> None:
         self.journal = journal
+        #: 0: every group goes to the writer thread (:data:`COMMIT_HERE_BELOW`).
+        self.commit_here_below = commit_here_below
+        self._last_commit = 0.0  # seconds the last commit took
         #: A group is handed over at least this long after the previous one
         #: (``[server] journal_commit_interval_seconds``).
         self.interval = interval
@@ -244,21 +255,47 @@ class JournalActor:
             return
         self._kick.set()
 
-    def _hand_now(self) -> None:
+    def _take_group(self) -> list[str] | None:
+        """The next group, now the writer's (None: one is being written, or none waits)."""
         if self._writing or not self._waiting:
-            return
+            return None
         group = self._waiting[:MAX_GROUP]
         del self._waiting[:MAX_GROUP]
         self._writing = True
+        return group
+
+    def _hand_now(self) -> None:
+        group = self._take_group()
+        if group is None:
+            return
         with self._lock:
             self._group = group
             self._lock.notify()
+
+    def _commit_here(self) -> None:
+        """Write the next group in the trio thread, which has nothing else to run:
+        no hand-over to the writer thread and no report back, two thread
+        wake-ups a commit fewer (measured: docs/performance.md, "Committing in
+        place, session 16").  SQLite lets go of the GIL while it writes and
+        syncs, so the gRPC thread goes on reading meanwhile."""
+        group = self._take_group()
+        if group is None:
+            return
+        started = time.perf_counter()
+        try:
+            self.journal.append(group)
+            head = self.journal.head
+        except Exception as e:
+            self._crashed(e)
+            return
+        self._committed(len(group), head, time.perf_counter() - started)
 
     def _committed(self, n: int, head: str, seconds: float) -> None:
         """In trio (from the writer): ``n`` more records are durable; release them
         and every record-less item queued before the next record."""
         if self.on_commit is not None:
             self.on_commit(seconds)
+        self._last_commit = seconds
         self.written += n
         self.head = head
         unreleased = self._unreleased
@@ -319,21 +356,29 @@ class JournalActor:
                 return
 
     async def _hander(self) -> None:
-        """Hand each group over once the trio thread has nothing left to run
-        (or after :data:`HAND_WITHIN`), so that what the turns under way still
+        """Write each group once the trio thread has nothing left to run (or
+        after :data:`HAND_WITHIN`), so that what the turns under way still
         queue joins it: each commit costs the process ~100-200 µs of CPU, mostly
-        the fsync, whatever its size.  (``wait_all_tasks_blocked`` is trio's
-        public "the run queue is empty" signal; it lives in ``trio.testing``.)"""
+        the fsync, whatever its size.  Idle, trio commits it itself while
+        commits are fast (:meth:`_commit_here`); busy, or after a slow commit,
+        the writer thread does, and trio goes on with the next turns.
+        (``wait_all_tasks_blocked`` is trio's public "the run queue is empty"
+        signal; it lives in ``trio.testing``.)"""
         while True:
             await self._kick.wait()
             self._kick = trio.Event()
             if self.interval:
                 await trio.sleep_until(self._handed_at + self.interval)
+            idle = False
             with trio.move_on_after(HAND_WITHIN):
                 await wait_all_tasks_blocked()
+                idle = True
             if self.interval:
                 self._handed_at = trio.current_time()
-            self._hand_now()
+            if idle and self._last_commit < self.commit_here_below:
+                self._commit_here()
+            else:
+                self._hand_now()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()

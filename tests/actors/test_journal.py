@@ -1,16 +1,19 @@
-"""The journal actor: its writer thread's groups, the order of releases, the bound."""
+"""The journal actor: its groups, who writes them, the order of releases, the bound."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from riskd.actors.journal import Durable, JournalActor
+from riskd.actors.journal import COMMIT_HERE_BELOW, Durable, JournalActor
+from riskd.storage.faults import StorageFault
 
 
 class Held:
@@ -34,7 +37,7 @@ class Held:
 
 async def test_groups_are_what_queued_while_the_previous_one_was_written() -> None:
     journal = Held(hold=True)
-    actor = JournalActor(journal, 16)  # type: ignore[arg-type]
+    actor = JournalActor(journal, 16, commit_here_below=0)  # type: ignore[arg-type]
     released: list[str] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
@@ -56,7 +59,7 @@ async def test_groups_are_what_queued_while_the_previous_one_was_written() -> No
 
 async def test_a_full_queue_makes_the_submitter_wait_until_a_release() -> None:
     journal = Held(hold=True)
-    actor = JournalActor(journal, 2)  # type: ignore[arg-type]
+    actor = JournalActor(journal, 2, commit_here_below=0)  # type: ignore[arg-type]
     third: list[Durable[str]] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
@@ -96,15 +99,18 @@ async def test_a_record_less_item_with_nothing_before_it_is_released_at_once() -
         max_size=12,
     ),
     st.integers(min_value=1, max_value=8),
+    st.booleans(),
 )
 def test_every_record_is_written_once_in_order_and_released_in_order(
-    turns: list[list[str | None]], capacity: int
+    turns: list[list[str | None]], capacity: int, in_place: bool
 ) -> None:
-    """Whatever the turns and the bound: records reach the journal in submission
-    order, each once, and the answers are released in submission order, each
-    after its record (and every record before it) is written."""
+    """Whatever the turns, the bound and who writes (trio in place, or the
+    writer thread): records reach the journal in submission order, each once,
+    and the answers are released in submission order, each after its record
+    (and every record before it) is written."""
     journal = Held()
-    actor = JournalActor(journal, capacity)  # type: ignore[arg-type]
+    below = COMMIT_HERE_BELOW if in_place else 0
+    actor = JournalActor(journal, capacity, commit_here_below=below)  # type: ignore[arg-type]
     released: list[int] = []
     written_at_release: list[int] = []
     expected_written: list[int] = []
@@ -165,3 +171,73 @@ def test_an_interval_spaces_commits_but_does_not_delay_one_after_a_quiet_spell()
     assert at["a"] < 1.0  # the first: nothing before it
     assert at["b"] - at["a"] >= 1.0  # right behind "a": held to the interval
     assert at["c"] < 1.0  # after a quiet spell: at once
+
+
+class Where(Held):
+    """A journal that notes which thread wrote each group, and can be slow once."""
+
+    def __init__(self, slow: set[int] | None = None) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+        self.slow = slow or set()
+
+    def append(self, records: Sequence[str]) -> None:
+        if len(self.groups) in self.slow:
+            time.sleep(COMMIT_HERE_BELOW * 2)
+        self.threads.append(threading.get_ident())
+        super().append(records)
+
+
+async def test_an_idle_trio_commits_in_place_and_a_slow_commit_sends_the_next_to_the_writer() -> (
+    None
+):
+    """Idle, trio writes the group itself (no thread hop); after a commit slower
+    than ``commit_here_below`` the next goes to the writer thread, and once
+    commits are fast again trio writes them again."""
+    journal = Where(slow={1})
+    actor = JournalActor(journal, 8)  # type: ignore[arg-type]
+    trio_thread = threading.get_ident()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        for record in ("a", "b", "c", "d"):
+            await (await actor.submit(record, record)).wait()
+        nursery.cancel_scope.cancel()
+    assert journal.groups == [["a"], ["b"], ["c"], ["d"]]
+    here = [t == trio_thread for t in journal.threads]
+    assert here == [True, True, False, True]  # "b" took too long: "c" by the writer
+
+
+async def test_a_busy_trio_hands_the_group_to_the_writer_thread() -> None:
+    """While other tasks keep trio busy past ``HAND_WITHIN``, the group is
+    written by the writer thread, and trio goes on running them."""
+    journal = Where()
+    actor = JournalActor(journal, 8)  # type: ignore[arg-type]
+    trio_thread = threading.get_ident()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        busy_until = time.perf_counter() + 0.05
+
+        async def busy() -> None:
+            while time.perf_counter() < busy_until:
+                await trio.lowlevel.checkpoint()
+
+        nursery.start_soon(busy)
+        await (await actor.submit("a", "a")).wait()
+        assert time.perf_counter() < busy_until  # written while trio was busy
+        nursery.cancel_scope.cancel()
+    assert journal.threads != [trio_thread]
+
+
+async def test_a_failed_commit_in_place_releases_nothing_and_reports_the_fault() -> None:
+    class Failing(Held):
+        def append(self, records: Sequence[str]) -> None:
+            raise StorageFault("journal", "failing", "disk gone")
+
+    faults: list[StorageFault] = []
+    actor = JournalActor(Failing(), 4, on_fault=faults.append)  # type: ignore[arg-type]
+    with pytest.RaisesGroup(StorageFault):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            done = await actor.submit("a", "a")
+    assert not done.released
+    assert [str(f) for f in faults] == [str(StorageFault("journal", "failing", "disk gone"))]
