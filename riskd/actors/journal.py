@@ -42,6 +42,10 @@ HAND_WITHIN = 0.001
 #: than this (seconds); a slower one (a stalling disk, a remote journal) sends
 #: the next to the writer thread, so trio keeps serving meanwhile.
 COMMIT_HERE_BELOW = 0.002
+#: ... and while the group's records are at most this many characters: a large
+#: group (batches of hundreds of updates) takes longer to write, and the next
+#: large batch is better applied meanwhile.
+COMMIT_HERE_CHARS = 16_384
 
 
 class Durable(Generic[T]):
@@ -113,9 +117,10 @@ class JournalActor:
 
     One group at a time: the records queued while the previous group was
     written and released are written once the trio thread has nothing left
-    to run, or after :data:`HAND_WITHIN`.  Idle, and while commits take less
-    than ``commit_here_below``, trio appends them in one transaction itself
-    and releases what is now durable, in order.  Otherwise they are handed to
+    to run, or after :data:`HAND_WITHIN`.  Idle, while commits take less than
+    ``commit_here_below`` and for a group of at most :data:`COMMIT_HERE_CHARS`,
+    trio appends them in one transaction itself and releases what is now
+    durable, in order.  Otherwise they are handed to
     the writer thread (the actor's own, for its life), which appends them and
     reports back through ``TrioToken.run_sync_soon``, where the actor
     releases them.  Why not ``trio.to_thread`` per commit, as before: each
@@ -359,9 +364,10 @@ class JournalActor:
         """Write each group once the trio thread has nothing left to run (or
         after :data:`HAND_WITHIN`), so that what the turns under way still
         queue joins it: each commit costs the process ~100-200 µs of CPU, mostly
-        the fsync, whatever its size.  Idle, trio commits it itself while
-        commits are fast (:meth:`_commit_here`); busy, or after a slow commit,
-        the writer thread does, and trio goes on with the next turns.
+        the fsync, whatever its size.  Idle, trio commits a small group itself
+        while commits are fast (:meth:`_commit_here`); busy, for a large group
+        or after a slow commit, the writer thread does, and trio goes on with
+        the next turns.
         (``wait_all_tasks_blocked`` is trio's public "the run queue is empty"
         signal; it lives in ``trio.testing``.)"""
         while True:
@@ -375,7 +381,11 @@ class JournalActor:
                 idle = True
             if self.interval:
                 self._handed_at = trio.current_time()
-            if idle and self._last_commit < self.commit_here_below:
+            if (
+                idle
+                and self._last_commit < self.commit_here_below
+                and sum(map(len, self._waiting[:MAX_GROUP])) <= COMMIT_HERE_CHARS
+            ):
                 self._commit_here()
             else:
                 self._hand_now()

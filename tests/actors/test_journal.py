@@ -12,7 +12,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from riskd.actors.journal import COMMIT_HERE_BELOW, Durable, JournalActor
+from riskd.actors.journal import COMMIT_HERE_BELOW, COMMIT_HERE_CHARS, Durable, JournalActor
 from riskd.storage.faults import StorageFault
 
 
@@ -191,20 +191,22 @@ class Where(Held):
 async def test_an_idle_trio_commits_in_place_and_a_slow_commit_sends_the_next_to_the_writer() -> (
     None
 ):
-    """Idle, trio writes the group itself (no thread hop); after a commit slower
-    than ``commit_here_below`` the next goes to the writer thread, and once
-    commits are fast again trio writes them again."""
+    """Idle, trio writes a small group itself (no thread hop); after a commit
+    slower than ``commit_here_below`` the next goes to the writer thread, and
+    once commits are fast again trio writes them again; a large group goes to
+    the writer thread."""
     journal = Where(slow={1})
     actor = JournalActor(journal, 8)  # type: ignore[arg-type]
     trio_thread = threading.get_ident()
+    large = "e" * (COMMIT_HERE_CHARS + 1)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
-        for record in ("a", "b", "c", "d"):
+        for record in ("a", "b", "c", "d", large):
             await (await actor.submit(record, record)).wait()
         nursery.cancel_scope.cancel()
-    assert journal.groups == [["a"], ["b"], ["c"], ["d"]]
+    assert journal.groups == [["a"], ["b"], ["c"], ["d"], [large]]
     here = [t == trio_thread for t in journal.threads]
-    assert here == [True, True, False, True]  # "b" took too long: "c" by the writer
+    assert here == [True, True, False, True, False]  # "b" took too long: "c" by the writer
 
 
 async def test_a_busy_trio_hands_the_group_to_the_writer_thread() -> None:
