@@ -50,6 +50,12 @@ thread (trio's main thread; the ``grpc`` thread that runs asyncio), and py-spy
 (sampling, all threads) when it is installed (``pip install py-spy``; not a
 dependency).
 
+A change to riskd, measured against the tree before it: ``python -m
+benchmarks.ingest ab BEFORE AFTER [--kinds riskd,riskd-fe] [--batches 1,16]``
+runs riskd from each source tree on the same workload, cell by cell,
+interleaved, and prints msgs/s and riskd's CPU per message (medians; no bare
+server, so no ratio).
+
 Run ``python -m benchmarks.ingest --help`` for the worker commands.
 """
 
@@ -1046,6 +1052,50 @@ def run(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def ab(
+    roots: Sequence[Path], kinds: Sequence[str], batches: Sequence[int], rounds: int
+) -> dict[str, Any]:
+    """riskd from each of ``roots`` (source trees: a change and the tree before it)
+    on the same workload, cell by cell, interleaved (which tree goes first
+    alternates); no bare server, so no ratio: msgs/s and riskd's CPU per
+    message (its processes' cores ÷ msgs/s), medians over ``rounds``."""
+    cfg = dict(FULL)
+    tmp = Path(tempfile.mkdtemp(prefix="riskd-bench-ab-"))
+    try:
+        workloads = _build_workloads(tmp, cfg)
+        _SPARE[0] = cfg["spare_s"]
+        seen: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
+        for rep in range(rounds):
+            for b in batches:
+                for kind in kinds:
+                    order = list(enumerate(roots))
+                    for j, root in order if rep % 2 == 0 else order[::-1]:
+                        # Its own rep number: a cell's data directory and gateway are per rep.
+                        r = _quiet_cell(kind, b, rep * len(roots) + j, tmp, workloads[b], cfg, root)
+                        if r["problems"]:
+                            raise RuntimeError(f"{kind} batch {b} from {root}: {r['problems']}")
+                        us = 1e6 * r["server_cpu"] / r["msgs_per_s"]
+                        seen.setdefault((b, kind, str(root)), []).append((r["msgs_per_s"], us))
+                        log(
+                            f"round {rep} batch {b:<3} {kind:<8} {root}: "
+                            f"{r['msgs_per_s']:7.0f} msgs/s, {us:6.0f} µs/msg, "
+                            f"foreign {r['foreign_cpu']:.2f} cores"
+                        )
+        out = {
+            f"batch {b} {kind} {root}": {
+                "msgs_per_s": statistics.median(m for m, _ in v),
+                "us_per_msg": statistics.median(u for _, u in v),
+                "rounds": v,
+            }
+            for (b, kind, root), v in seen.items()
+        }
+        for name, f in out.items():
+            print(f"{name}: {f['msgs_per_s']:.0f} msgs/s, {f['us_per_msg']:.0f} µs/msg (medians)")
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _profile(
     tmp: Path, workloads: dict[int, Path], cfg: dict[str, Any], riskd_root: Path | None
 ) -> dict[str, Any]:
@@ -1353,6 +1403,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--setup", action="store_true", help="send the set-up stream first")
     c.add_argument("--cycle", action="store_true", help="reuse the messages (bare server only)")
     c.add_argument("--frontend-pid", type=int, help="riskd's front-end process (its CPU too)")
+    a = sub.add_parser("ab", help="riskd from two source trees, cell by cell, interleaved")
+    a.add_argument("roots", nargs="+", type=Path, help="source trees (e.g. a worktree of main)")
+    a.add_argument("--kinds", default="riskd", help="comma-separated, of riskd,riskd-fe")
+    a.add_argument("--batches", default="1,16,256", help="updates per message, comma-separated")
+    a.add_argument("--rounds", type=int, default=3)
     cp = sub.add_parser("cprofile-riskd", help="riskd.cli under cProfile in every thread")
     cp.add_argument("--out", required=True, help="prefix of the .prof files")
     cp.add_argument("riskd_args", nargs=argparse.REMAINDER)
@@ -1361,6 +1416,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         worker_ref_server(ns.mode)
     elif ns.worker == "client":
         print(json.dumps(worker_client(ns)), flush=True)
+    elif ns.worker == "ab":
+        ab(
+            [r.resolve() for r in ns.roots],
+            ns.kinds.split(","),
+            [int(b) for b in ns.batches.split(",")],
+            ns.rounds,
+        )
     elif ns.worker == "cprofile-riskd":
         args = ns.riskd_args[1:] if ns.riskd_args[:1] == ["--"] else ns.riskd_args
         sys.exit(worker_cprofile_riskd(ns.out, args))
