@@ -120,13 +120,13 @@ class JournalActor:
     to run, or after :data:`HAND_WITHIN`.  Idle, while commits take less than
     ``commit_here_below`` and for a group of at most :data:`COMMIT_HERE_CHARS`,
     trio appends them in one transaction itself and releases what is now
-    durable, in order.  Otherwise they are handed to
-    the writer thread (the actor's own, for its life), which appends them and
-    reports back through ``TrioToken.run_sync_soon``, where the actor
-    releases them.  Why not ``trio.to_thread`` per commit, as before: each
-    call also paid a capacity limiter, an outcome, a task reschedule and two
-    renamings of the worker thread, a cost the trio thread paid per commit
-    (docs/performance.md, "The engine per message, session 15").
+    durable, in order.  Otherwise they are handed to the writer thread (the
+    actor's own, for its life), which appends them and reports back through
+    ``TrioToken.run_sync_soon``, where the actor releases them.  Why not
+    ``trio.to_thread`` per commit, as before: each call also paid a capacity
+    limiter, an outcome, a task reschedule and two renamings of the worker
+    thread, a cost the trio thread paid per commit (docs/performance.md, "The
+    engine per message, session 15").
 
     Only trio touches what awaits release, the records not yet written and
     the counters; the journal is written by one side at a time (whoever
@@ -296,8 +296,9 @@ class JournalActor:
         self._committed(len(group), head, time.perf_counter() - started)
 
     def _committed(self, n: int, head: str, seconds: float) -> None:
-        """In trio (from the writer): ``n`` more records are durable; release them
-        and every record-less item queued before the next record."""
+        """In trio, after a commit (reported by the writer, or in place): ``n``
+        more records are durable; release them and every record-less item
+        queued before the next record."""
         if self.on_commit is not None:
             self.on_commit(seconds)
         self._last_commit = seconds
