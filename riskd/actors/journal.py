@@ -269,31 +269,23 @@ class JournalActor:
         self._writing = True
         return group
 
-    def _hand_now(self) -> None:
-        group = self._take_group()
-        if group is None:
-            return
+    def _hand_over(self, group: list[str]) -> None:
         with self._lock:
             self._group = group
             self._lock.notify()
 
-    def _commit_here(self) -> None:
-        """Write the next group in the trio thread, which has nothing else to run:
+    def _commit_here(self, group: list[str]) -> None:
+        """Write ``group`` in the trio thread, which has nothing else to run:
         no hand-over to the writer thread and no report back, two thread
         wake-ups a commit fewer (measured: docs/performance.md, "Committing in
         place, session 16").  SQLite lets go of the GIL while it writes and
         syncs, so the gRPC thread goes on reading meanwhile."""
-        group = self._take_group()
-        if group is None:
-            return
-        started = time.perf_counter()
         try:
-            self.journal.append(group)
-            head = self.journal.head
+            head, seconds = _append(self.journal, group)
         except Exception as e:
             self._crashed(e)
             return
-        self._committed(len(group), head, time.perf_counter() - started)
+        self._committed(len(group), head, seconds)
 
     def _committed(self, n: int, head: str, seconds: float) -> None:
         """In trio, after a commit (reported by the writer, or in place): ``n``
@@ -327,7 +319,8 @@ class JournalActor:
         self._hand()
 
     def _crashed(self, fault: BaseException) -> None:
-        """In trio (from the writer): its commit failed; nothing more is released."""
+        """In trio (the writer's report, or in place): a commit failed; nothing
+        more is released."""
         self._fault = fault
         self._failed.set()
 
@@ -346,18 +339,14 @@ class JournalActor:
                     return
                 group: list[str] = self._group  # type: ignore[assignment]  # not None: looped
                 self._group = None
-            started = time.perf_counter()
             try:
-                journal.append(group)
-                head = journal.head
+                head, seconds = _append(journal, group)
             except BaseException as e:
                 with contextlib.suppress(trio.RunFinishedError):
                     token.run_sync_soon(self._crashed, e)
                 return
             try:
-                token.run_sync_soon(
-                    self._committed, len(group), head, time.perf_counter() - started
-                )
+                token.run_sync_soon(self._committed, len(group), head, seconds)
             except trio.RunFinishedError:
                 return
 
@@ -382,14 +371,17 @@ class JournalActor:
                 idle = True
             if self.interval:
                 self._handed_at = trio.current_time()
+            group = self._take_group()
+            if group is None:
+                continue
             if (
                 idle
                 and self._last_commit < self.commit_here_below
-                and sum(map(len, self._waiting[:MAX_GROUP])) <= COMMIT_HERE_CHARS
+                and sum(map(len, group)) <= COMMIT_HERE_CHARS
             ):
-                self._commit_here()
+                self._commit_here(group)
             else:
-                self._hand_now()
+                self._hand_over(group)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -420,6 +412,13 @@ class JournalActor:
         wrapped = StorageFault("journal", getattr(self.journal, "path", ""), fault)
         self.on_fault(wrapped)
         raise wrapped
+
+
+def _append(journal: Journal, group: list[str]) -> tuple[str, float]:
+    """Commit ``group``: the chain hash after it, and how long the commit took."""
+    started = time.perf_counter()
+    journal.append(group)
+    return journal.head, time.perf_counter() - started
 
 
 def _name_os_thread(name: bytes) -> None:
